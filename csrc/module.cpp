@@ -1,0 +1,160 @@
+// pybind11 bindings: raw buffers and pointers in, bytes out, GIL released around the work.
+// Tensors arrive as (address, dtype, tokens, heads, head_dim, strides) tuples made by Python.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "../src/codec.hpp"
+#include "../src/crc32c.hpp"
+#include "../src/format.hpp"
+#include "../src/parallel.hpp"
+
+namespace py = pybind11;
+using namespace cachegen;
+
+namespace {
+
+using ViewTuple = std::tuple<uintptr_t, int, uint32_t, uint32_t, uint32_t, int64_t, int64_t, int64_t>;
+using SpecTuple = std::tuple<ViewTuple, int, float, uint32_t>;
+
+DType to_dtype(int code) {
+  if (!valid_dtype((uint8_t)code)) throw InputError("unknown dtype code " + std::to_string(code));
+  return (DType)code;
+}
+
+TensorView to_view(const ViewTuple& t) {
+  auto [ptr, dtype, tokens, heads, dim, st, sh, sd] = t;
+  return TensorView{reinterpret_cast<void*>(ptr), to_dtype(dtype), tokens, heads, dim, st, sh, sd};
+}
+
+// A parsed blob that keeps the Python buffer it points into alive.
+struct Blob {
+  py::buffer owner;
+  py::buffer_info info;
+  ParsedBlob parsed;
+
+  explicit Blob(py::buffer b) : owner(b), info(b.request()) {
+    if (info.ndim > 1 || info.itemsize != 1) throw InputError("blob must be a 1-D byte buffer");
+    const auto* data = static_cast<const uint8_t*>(info.ptr);
+    const size_t size = (size_t)info.size;
+    py::gil_scoped_release nogil;
+    parsed = parse_blob(data, size);
+  }
+  const uint8_t* data() const { return static_cast<const uint8_t*>(info.ptr); }
+};
+
+py::dict group_dict(const Group& g) {
+  py::dict d;
+  d["tokens"] = g.desc.tokens;
+  d["heads"] = g.desc.heads;
+  d["head_dim"] = g.desc.head_dim;
+  d["segment_tokens"] = g.desc.seg_tokens;
+  d["segments"] = g.desc.num_segments;
+  d["quantizer"] = (int)g.desc.quantizer;
+  d["param"] = g.desc.param;
+  d["tables"] = g.tables.tables.size();
+  d["max_symbol"] = g.quant.max_symbol;
+  return d;
+}
+
+py::dict blob_info(const Blob& b) {
+  const ParsedBlob& p = b.parsed;
+  py::dict d;
+  d["version"] = kFormatVersion;
+  d["num_layers"] = p.header.num_layers;
+  d["dtype"] = (int)p.header.dtype;
+  d["layout"] = (int)p.header.layout;
+  d["level"] = p.header.level;
+  d["codec"] = p.header.codec;
+  d["segments"] = p.header.num_segments;
+  d["payload_bytes"] = p.payload_bytes;
+  d["total_bytes"] = (size_t)b.info.size;
+  d["checksum"] = p.checksum;
+  d["flags"] = p.header.flags;
+  py::list groups;
+  for (const Group& g : p.groups) groups.append(group_dict(g));
+  d["groups"] = groups;
+  return d;
+}
+
+py::bytes encode_py(const std::vector<SpecTuple>& specs, int dtype, int layout, int level,
+                    uint32_t segment_symbols, uint32_t flags, int threads) {
+  EncodeRequest req;
+  for (const auto& [view, quantizer, param, max_tables] : specs) {
+    if (!valid_quantizer((uint8_t)quantizer)) throw InputError("unknown quantizer id");
+    req.groups.push_back({to_view(view), (Quantizer)quantizer, param, max_tables});
+  }
+  req.dtype = to_dtype(dtype);
+  if (layout < 0 || layout > 1) throw InputError("unknown layout");
+  req.layout = (Layout)layout;
+  if (level < 0 || level > 255) throw InputError("level out of range");
+  req.level = (uint8_t)level;
+  if (segment_symbols < 1024) throw InputError("segment_symbols must be >= 1024");
+  req.segment_symbols = segment_symbols;
+  if (flags & ~kKnownFlags) throw InputError("unknown flags");
+  req.flags = flags;
+  req.threads = threads;
+  std::vector<uint8_t> out;
+  {
+    py::gil_scoped_release nogil;
+    out = encode(req);
+  }
+  return py::bytes(reinterpret_cast<const char*>(out.data()), out.size());
+}
+
+void decode_py(const Blob& b, const std::vector<ViewTuple>& outs, int threads) {
+  std::vector<TensorView> views;
+  for (const auto& o : outs) views.push_back(to_view(o));
+  py::gil_scoped_release nogil;
+  decode_into(b.parsed, b.data(), views, threads);
+}
+
+py::dict stats_py(const Blob& b, int threads) {
+  EntropyStats s;
+  {
+    py::gil_scoped_release nogil;
+    s = entropy_stats(b.parsed, b.data(), threads);
+  }
+  py::dict d;
+  d["ideal_bits"] = s.ideal_bits;
+  d["word_bytes"] = s.word_bytes;
+  d["state_bytes"] = s.state_bytes;
+  d["side_bytes"] = s.side_bytes;
+  d["symbols"] = s.symbols;
+  return d;
+}
+
+py::dict build_info_py() {
+  py::dict d;
+  d["backend"] = "cpu";
+  d["crc32c"] = crc32c_backend();
+  d["format_version"] = kFormatVersion;
+  d["lanes"] = rans::kLanes;
+  d["prob_bits"] = rans::kProbBits;
+  d["default_threads"] = resolve_threads(0);
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "cachegen native core";
+  static py::exception<FormatError> format_error(m, "FormatError", PyExc_ValueError);
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const FormatError& e) {
+      py::set_error(format_error, e.what());
+    } catch (const InputError& e) {
+      py::set_error(PyExc_ValueError, e.what());
+    }
+  });
+  py::class_<Blob>(m, "Blob")
+      .def(py::init<py::buffer>(), py::arg("blob"))
+      .def("info", &blob_info)
+      .def("decode_into", &decode_py, py::arg("outs"), py::arg("threads") = 0)
+      .def("entropy_stats", &stats_py, py::arg("threads") = 0);
+  m.def("encode", &encode_py, py::arg("specs"), py::arg("dtype"), py::arg("layout"),
+        py::arg("level"), py::arg("segment_symbols"), py::arg("flags") = 0,
+        py::arg("threads") = 0);
+  m.def("build_info", &build_info_py);
+}

@@ -1,0 +1,39 @@
+"""cachegen: compress LLM KV caches and move them fast.
+
+    blob = cachegen.encode(kv, level=3)
+    kv2 = cachegen.decode(blob)
+    info = cachegen.inspect(blob)
+"""
+
+from .api import (
+    DEFAULT_MAX_OUTPUT_BYTES,
+    FORMAT_VERSION,
+    BlobInfo,
+    FormatError,
+    GroupInfo,
+    build_info,
+    decode,
+    encode,
+    entropy_stats,
+    inspect,
+)
+from .config import DEFAULT_LEVEL, LEVELS, QUANTIZERS, CodecConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_LEVEL",
+    "DEFAULT_MAX_OUTPUT_BYTES",
+    "FORMAT_VERSION",
+    "LEVELS",
+    "QUANTIZERS",
+    "BlobInfo",
+    "CodecConfig",
+    "FormatError",
+    "GroupInfo",
+    "build_info",
+    "decode",
+    "encode",
+    "entropy_stats",
+    "inspect",
+]

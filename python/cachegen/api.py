@@ -1,0 +1,229 @@
+"""encode / decode / inspect: the public codec API over the native core."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from . import _core
+from .config import DEFAULT_LEVEL, QUANTIZER_NAMES, CodecConfig
+from .tensors import (
+    DTYPE_CODES,
+    DTYPE_NAMES,
+    LAYOUT_NAMES,
+    LAYOUTS,
+    allocate,
+    check_writable,
+    dtype_name,
+    views,
+)
+
+FormatError = _core.FormatError
+FORMAT_VERSION: int = _core.build_info()["format_version"]
+_FLAG_TORCH_SOURCE = 1
+
+# decode() refuses blobs that would expand past this many output bytes unless told otherwise:
+# a tiny hostile blob may legitimately describe a huge all-zero cache.
+DEFAULT_MAX_OUTPUT_BYTES = 1 << 36
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """One layer's K or V as stored."""
+
+    tokens: int
+    heads: int
+    head_dim: int
+    quantizer: str
+    param: float
+    tables: int
+    segments: int
+
+    @property
+    def elements(self) -> int:
+        return self.tokens * self.heads * self.head_dim
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    """Header facts of a blob, read without decoding its payload."""
+
+    version: int
+    num_layers: int
+    dtype: str
+    layout: str
+    level: int
+    total_bytes: int
+    payload_bytes: int
+    segments: int
+    checksum: int
+    from_torch: bool
+    keys: list[GroupInfo]
+    values: list[GroupInfo]
+
+    @property
+    def elements(self) -> int:
+        return sum(g.elements for g in self.keys + self.values)
+
+    @property
+    def bits_per_element(self) -> float:
+        """Every byte of the blob, headers and tables included, per KV element."""
+        return 8 * self.total_bytes / self.elements
+
+
+def _threads(threads: int | None) -> int:
+    if threads is None:
+        return 0
+    if not isinstance(threads, int) or threads < 0:
+        raise ValueError(f"threads must be a non-negative int, got {threads!r}")
+    return threads
+
+
+def encode(
+    kv: Any,
+    level: int | None = None,
+    *,
+    config: CodecConfig | None = None,
+    threads: int | None = None,
+) -> bytes:
+    """Compress a KV cache into a self-describing blob.
+
+    Args:
+        kv: a numpy array or torch CPU tensor `[layers, 2, tokens, kv_heads, head_dim]`, or a
+            sequence of per-layer `(K, V)` pairs `[1, kv_heads, tokens, head_dim]` (layers may
+            differ in tokens, heads and head dim). fp16, bf16 or fp32.
+        level: a level of the project ladder (`cachegen.LEVELS`; higher = larger, better);
+            default `cachegen.DEFAULT_LEVEL`. Exclusive with `config`.
+        config: an explicit `CodecConfig`, e.g. `CodecConfig.cachegen_reference(2)`.
+        threads: worker threads; default all cores.
+    """
+    if level is not None and config is not None:
+        raise ValueError("pass either level or config, not both")
+    if config is None:
+        config = CodecConfig.from_level(DEFAULT_LEVEL if level is None else level)
+    v = views(kv)
+    num_layers = len(v.groups) // 2
+    specs = []
+    for layer in range(num_layers):
+        params = config.layer_params(layer, num_layers)
+        for group, (quantizer, param) in zip(v.groups[2 * layer : 2 * layer + 2], params):
+            specs.append((group.as_tuple(), quantizer, param, config.max_tables))
+    flags = _FLAG_TORCH_SOURCE if v.framework == "torch" else 0
+    return _core.encode(
+        specs,
+        DTYPE_CODES[v.dtype],
+        LAYOUTS[v.layout],
+        config.level,
+        config.segment_symbols,
+        flags,
+        _threads(threads),
+    )
+
+
+def _group_info(d: dict) -> GroupInfo:
+    return GroupInfo(
+        d["tokens"],
+        d["heads"],
+        d["head_dim"],
+        QUANTIZER_NAMES[d["quantizer"]],
+        d["param"],
+        d["tables"],
+        d["segments"],
+    )
+
+
+def _info(parsed: Any) -> BlobInfo:
+    d = parsed.info()
+    groups = [_group_info(g) for g in d["groups"]]
+    return BlobInfo(
+        version=d["version"],
+        num_layers=d["num_layers"],
+        dtype=DTYPE_NAMES[d["dtype"]],
+        layout=LAYOUT_NAMES[d["layout"]],
+        level=d["level"],
+        total_bytes=d["total_bytes"],
+        payload_bytes=d["payload_bytes"],
+        segments=d["segments"],
+        checksum=d["checksum"],
+        from_torch=bool(d["flags"] & _FLAG_TORCH_SOURCE),
+        keys=groups[0::2],
+        values=groups[1::2],
+    )
+
+
+def _parse(blob: bytes | bytearray | memoryview) -> Any:
+    if not isinstance(blob, bytes | bytearray | memoryview):
+        raise TypeError(f"blob must be bytes-like, got {type(blob).__name__}")
+    return _core.Blob(blob)
+
+
+def inspect(blob: bytes | bytearray | memoryview) -> BlobInfo:
+    """Validate a blob's header, tables and checksum and return its facts (no payload decode)."""
+    return _info(_parse(blob))
+
+
+def _default_framework(info: BlobInfo) -> str:
+    if info.from_torch:
+        try:
+            import torch  # noqa: F401
+
+            return "torch"
+        except ImportError:
+            pass
+    return "numpy"
+
+
+def decode(
+    blob: bytes | bytearray | memoryview,
+    *,
+    out: Any = None,
+    dtype: Any = None,
+    framework: str | None = None,
+    threads: int | None = None,
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+) -> Any:
+    """Decompress a blob into a KV cache of the structure that was encoded.
+
+    Args:
+        out: a preallocated cache of the blob's structure and shapes to decode into (any
+            supported dtype, any strides); returned.
+        dtype: output dtype ("float16", "bfloat16", "float32" or a numpy/torch dtype); default
+            the encoded dtype.
+        framework: "numpy" or "torch"; default torch if torch tensors were encoded, else numpy.
+        threads: worker threads; default all cores.
+        max_output_bytes: refuse blobs that would decode to more than this.
+
+    Raises:
+        FormatError: the blob is malformed, truncated, corrupted or of an unsupported version.
+    """
+    parsed = _parse(blob)
+    info = _info(parsed)
+    shapes = [(g.tokens, g.heads, g.head_dim) for pair in zip(info.keys, info.values) for g in pair]
+    if out is None:
+        name = info.dtype if dtype is None else dtype_name(dtype)
+        fw = framework or _default_framework(info)
+        if fw not in ("numpy", "torch"):
+            raise ValueError(f"framework must be 'numpy' or 'torch', got {fw!r}")
+        nbytes = info.elements * (4 if name == "float32" else 2)
+        if nbytes > max_output_bytes:
+            raise FormatError(f"blob decodes to {nbytes} bytes, over max_output_bytes")
+        out = allocate(info.layout, shapes, name, fw)
+    v = views(out)
+    if v.layout != info.layout or [g.shape for g in v.groups] != shapes:
+        raise ValueError("out= does not match the blob's layout and shapes")
+    check_writable(out)
+    parsed.decode_into([g.as_tuple() for g in v.groups], _threads(threads))
+    return out
+
+
+def entropy_stats(blob: bytes, threads: int | None = None) -> dict[str, float]:
+    """Coder efficiency: payload bytes against the ideal code length under the stored tables."""
+    return _parse(blob).entropy_stats(_threads(threads))
+
+
+def build_info() -> dict[str, Any]:
+    """What was built: backend, checksum implementation, format version, default threads."""
+    info = dict(_core.build_info())
+    info["cpu_count"] = os.cpu_count()
+    return info

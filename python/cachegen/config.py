@@ -1,0 +1,122 @@
+"""Codec configuration: quantizers, per-layer parameters and the level ladders."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+# Quantizer ids as stored in the wire format (src/quant.hpp).
+QUANTIZERS: dict[str, int] = {
+    "token-absmax": 1,  # CacheGen's reference: symmetric, scale = per-token max |x|
+    "channel": 2,  # per-channel mean offset, step = param * channel rms
+    "token": 3,  # per-token step = param * token rms
+}
+QUANTIZER_NAMES = {v: k for k, v in QUANTIZERS.items()}
+
+# A per-layer schedule: (end, value) pairs, `end` a fraction of the layer count (exclusive), so
+# one schedule serves models of any depth. A plain number applies to every layer.
+Schedule = float | tuple[tuple[float, float], ...]
+
+DEFAULT_LEVEL = 3
+
+# Project default ladder: steps as a fraction of the channel (keys) / token (values) rms.
+_LEVEL_STEPS: dict[int, tuple[float, float]] = {
+    1: (1.6, 1.6),
+    2: (1.0, 1.0),
+    3: (0.6, 0.6),
+    4: (0.35, 0.35),
+    5: (0.2, 0.2),
+}
+
+# CacheGen's artifact levels (bins), layer groups cut at 10/32 and 20/32 of depth for keys and
+# 2/32 for values, as LMCache's defaults for 32-layer models.
+_K_CUTS = (10 / 32, 20 / 32, 1.0)
+_V_CUTS = (2 / 32, 1.0)
+_REFERENCE_BINS: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
+    1: ((16, 16, 12), (16, 12)),
+    2: ((32, 16, 16), (32, 16)),
+    3: ((32, 32, 32), (32, 32)),
+}
+
+
+def _schedule(cuts: Sequence[float], values: Sequence[int]) -> Schedule:
+    return tuple((c, float(v)) for c, v in zip(cuts, values, strict=True))
+
+
+def resolve_schedule(s: Schedule, layer: int, num_layers: int) -> float:
+    """The value of schedule `s` at `layer` of a `num_layers`-layer model."""
+    if isinstance(s, int | float):
+        return float(s)
+    position = layer / num_layers
+    for end, value in s:
+        if position < end:
+            return float(value)
+    return float(s[-1][1])
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """How to code a KV cache. Use `CodecConfig.level(n)` or `cachegen_reference(n)` unless
+    you are tuning.
+
+    Attributes:
+        key_quantizer / value_quantizer: a name from `QUANTIZERS`.
+        key_param / value_param: the quantizer parameter (step fraction, or bins for
+            "token-absmax"), a number or a per-layer `Schedule`.
+        max_tables: at most this many probability tables per (layer, K/V); channels with similar
+            statistics share one.
+        segment_symbols: target symbols per independently decodable segment.
+        level: recorded in the blob (0 for a custom config).
+    """
+
+    key_quantizer: str = "channel"
+    value_quantizer: str = "token"
+    key_param: Schedule = _LEVEL_STEPS[DEFAULT_LEVEL][0]
+    value_param: Schedule = _LEVEL_STEPS[DEFAULT_LEVEL][1]
+    max_tables: int = 8
+    segment_symbols: int = 1 << 16
+    level: int = 0
+    name: str = field(default="custom", compare=False)
+
+    def __post_init__(self) -> None:
+        for q in (self.key_quantizer, self.value_quantizer):
+            if q not in QUANTIZERS:
+                raise ValueError(f"unknown quantizer {q!r}; choose from {sorted(QUANTIZERS)}")
+        if not 1 <= self.max_tables <= 255:
+            raise ValueError("max_tables must be in [1, 255]")
+        if self.segment_symbols < 1024:
+            raise ValueError("segment_symbols must be >= 1024")
+        if not 0 <= self.level <= 255:
+            raise ValueError("level must be in [0, 255]")
+
+    @classmethod
+    def from_level(cls, level: int) -> CodecConfig:
+        """The project's ladder: level 1 (smallest) .. `max(LEVELS)` (highest quality)."""
+        if level not in _LEVEL_STEPS:
+            raise ValueError(f"level must be one of {sorted(_LEVEL_STEPS)}, got {level!r}")
+        k, v = _LEVEL_STEPS[level]
+        return cls(key_param=k, value_param=v, level=level, name=f"level-{level}")
+
+    @classmethod
+    def cachegen_reference(cls, level: int) -> CodecConfig:
+        """CacheGen's reference quantizer at its artifact's level 1, 2 or 3."""
+        if level not in _REFERENCE_BINS:
+            raise ValueError(f"CacheGen reference level must be 1, 2 or 3, got {level!r}")
+        k, v = _REFERENCE_BINS[level]
+        return cls(
+            key_quantizer="token-absmax",
+            value_quantizer="token-absmax",
+            key_param=_schedule(_K_CUTS, k),
+            value_param=_schedule(_V_CUTS, v),
+            name=f"cachegen-ref-{level}",
+        )
+
+    def layer_params(self, layer: int, num_layers: int) -> tuple[tuple[int, float], tuple[int, float]]:
+        """((quantizer id, param) for K, same for V) at one layer."""
+        return (
+            (QUANTIZERS[self.key_quantizer], resolve_schedule(self.key_param, layer, num_layers)),
+            (QUANTIZERS[self.value_quantizer], resolve_schedule(self.value_param, layer, num_layers)),
+        )
+
+
+LEVELS: tuple[int, ...] = tuple(sorted(_LEVEL_STEPS))

@@ -1,0 +1,118 @@
+"""Hugging Face ``transformers`` cache adapters.
+
+``from_cache`` turns a model's ``DynamicCache`` into the per-layer ``(K, V)`` list that
+``cachegen.encode`` takes; ``to_cache`` turns a decoded list back into a ``DynamicCache`` that the
+same model can continue from. Both use the layered cache API of ``transformers`` >= 4.56
+(``cache.layers[i].keys``/``.values``), including sliding-window layers, which keep only the
+last ``sliding_window - 1`` tokens and so may be shorter than full-attention layers.
+
+torch and transformers are imported only when a function is called, so ``import cachegen``
+works without them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import DynamicCache, PretrainedConfig
+
+KVPair = tuple["torch.Tensor", "torch.Tensor"]
+
+__all__ = ["from_cache", "to_cache"]
+
+
+def from_cache(cache: Any) -> list[KVPair]:
+    """Per-layer ``(K, V)`` tensors of ``cache``, each ``[batch, kv_heads, tokens, head_dim]``.
+
+    The tensors are the cache's own (no copy). A sliding-window layer yields only the tokens it
+    keeps, so layers may differ in token count; ``to_cache`` restores them.
+
+    Raises:
+        TypeError: ``cache`` is not a layered ``transformers`` cache.
+        ValueError: a layer holds no key/value states (uninitialised, linear-attention or
+            KV-sharing layers), or its keys and values disagree in batch or token count.
+    """
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        raise TypeError(
+            f"expected a transformers Cache with a .layers list (transformers >= 4.56), "
+            f"got {type(cache).__name__}"
+        )
+    return [_layer_kv(i, layer) for i, layer in enumerate(layers)]
+
+
+def _layer_kv(index: int, layer: Any) -> KVPair:
+    """The ``(keys, values)`` of one cache layer."""
+    kind = type(layer).__name__
+    return _check_kv(index, getattr(layer, "keys", None), getattr(layer, "values", None), kind)
+
+
+def _check_kv(index: int, keys: Any, values: Any, kind: str) -> KVPair:
+    """Check that ``keys`` and ``values`` are 4-D torch tensors agreeing in batch and tokens."""
+    import torch
+
+    if not (isinstance(keys, torch.Tensor) and isinstance(values, torch.Tensor)):
+        raise ValueError(
+            f"layer {index} ({kind}) holds no key/value tensors; "
+            "only attention layers with 4-D torch keys and values can be converted"
+        )
+    if keys.dim() != 4 or values.dim() != 4:
+        raise ValueError(
+            f"layer {index} ({kind}): keys {tuple(keys.shape)} and values {tuple(values.shape)} "
+            "must be 4-D [batch, kv_heads, tokens, head_dim]"
+        )
+    # Keys and values may differ in head_dim (e.g. MLA), never in batch or token count.
+    if keys.shape[0] != values.shape[0] or keys.shape[2] != values.shape[2]:
+        raise ValueError(
+            f"layer {index} ({kind}): keys {tuple(keys.shape)} and values {tuple(values.shape)} "
+            "disagree in batch or token count"
+        )
+    return keys, values
+
+
+def to_cache(
+    kv: Sequence[KVPair],
+    config: PretrainedConfig,
+    seq_length: int | None = None,
+) -> DynamicCache:
+    """Build a ``DynamicCache`` for the model described by ``config`` holding ``kv``.
+
+    Args:
+        kv: per-layer ``(K, V)`` tensors as returned by ``from_cache`` or ``cachegen.decode``,
+            one pair per layer of the model.
+        config: the model's config; it tells which layers use a sliding window.
+        seq_length: how many tokens the cache has seen. A sliding-window layer keeps fewer
+            tokens than that, but attention masks and positions need the true count. Defaults to
+            the longest layer's token count, which is right whenever the model has at least one
+            full-attention layer; pass it for models whose layers all slide.
+
+    Raises:
+        ValueError: ``kv`` has the wrong number of layers, a pair's K and V disagree, or
+            ``seq_length`` is shorter than a layer.
+    """
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=config)
+    if len(cache.layers) != len(kv):
+        raise ValueError(f"config describes {len(cache.layers)} cache layers, kv has {len(kv)}")
+    pairs = [_checked_pair(i, pair) for i, pair in enumerate(kv)]
+    longest = max((k.shape[2] for k, _ in pairs), default=0)
+    total = longest if seq_length is None else seq_length
+    if total < longest:
+        raise ValueError(f"seq_length {total} is shorter than a layer's {longest} tokens")
+    for layer, (keys, values) in zip(cache.layers, pairs, strict=True):
+        layer.update(keys, values)
+        if getattr(layer, "is_sliding", False):
+            # update() counted only the kept tokens; the mask offset needs all tokens seen.
+            layer.cumulative_length = total
+    return cache
+
+
+def _checked_pair(index: int, pair: Any) -> KVPair:
+    """Validate one ``(K, V)`` entry of ``to_cache``'s input."""
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        raise ValueError(f"kv[{index}] must be a (K, V) pair, got {type(pair).__name__}")
+    return _check_kv(index, pair[0], pair[1], "kv pair")

@@ -1,0 +1,317 @@
+"""Contexts: a token sequence's KV cache stored as chunks, each encoded at several levels.
+
+Write order makes every reader's view whole. A chunk's blobs and token ids go first, then its
+record (which lists them); the context's manifest goes last and is the commit: a context exists
+once its manifest does. A chunk is reusable by any context sharing the prefix once its record
+exists, so a writer killed part-way leaves whole chunks and no context, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import zstandard
+
+import cachegen
+
+from .base import Store
+from .errors import ContextMissing, ObjectCorrupted, ObjectMissing
+from .keys import (
+    MANIFEST_SCHEMA,
+    ObjectRef,
+    checksum,
+    chunk_hashes,
+    level_key,
+    manifest_key,
+    record_key,
+    seal,
+    token_array,
+    tokens_key,
+    unseal,
+)
+
+DEFAULT_CHUNK_TOKENS = 256
+DEFAULT_LEVELS = (1, 2, 3)
+#: Chunks encoded ahead of their upload; bounds memory while encode and upload overlap.
+_UPLOADS_IN_FLIGHT = 2
+
+
+@dataclass(frozen=True)
+class ChunkInfo:
+    """One stored chunk: tokens ``[start, stop)`` of the context."""
+
+    index: int
+    hash: str
+    start: int
+    stop: int
+    tokens: ObjectRef
+    levels: dict[int, ObjectRef]
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["levels"] = {str(lv): asdict(ref) for lv, ref in self.levels.items()}
+        return d
+
+    @classmethod
+    def from_json(cls, key: str, d: dict[str, Any]) -> ChunkInfo:
+        try:
+            return cls(
+                index=int(d["index"]),
+                hash=str(d["hash"]),
+                start=int(d["start"]),
+                stop=int(d["stop"]),
+                tokens=ObjectRef(**d["tokens"]),
+                levels={int(lv): ObjectRef(**ref) for lv, ref in d["levels"].items()},
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ObjectCorrupted(key, f"bad chunk entry ({e!r})") from e
+
+
+@dataclass
+class Context:
+    """A stored context, or the longest stored prefix of one, ready to fetch chunk by chunk."""
+
+    store: Store
+    model_id: str
+    codec_version: int
+    chunk_tokens: int
+    #: Tokens asked for (save_context: saved).
+    num_tokens: int
+    #: The longest run of stored chunks from the start of the context, in order.
+    chunks: list[ChunkInfo]
+    #: Whether a manifest for exactly these tokens exists, i.e. the whole context is stored.
+    complete: bool
+    #: The level ladder's measured quality, as given to `save_context` (complete contexts only).
+    quality: dict[str, Any] | None = None
+
+    @property
+    def prefix_tokens(self) -> int:
+        """How many leading tokens the stored chunks cover."""
+        return self.chunks[-1].stop if self.chunks else 0
+
+    @property
+    def levels(self) -> list[int]:
+        """Levels every stored chunk has."""
+        common = set.intersection(*(set(c.levels) for c in self.chunks)) if self.chunks else set()
+        return sorted(common)
+
+    def _ref(self, index: int, level: int) -> ObjectRef:
+        ref = self.chunks[index].levels.get(level)
+        if ref is None:
+            raise ObjectMissing(f"chunk {index} level {level}", f"levels {self.levels} stored")
+        return ref
+
+    def fetch(self, index: int, level: int) -> bytes:
+        """The verified blob of chunk `index` at `level`; `ObjectCorrupted`/`ObjectMissing`."""
+        ref = self._ref(index, level)
+        return ref.verify(self.store.get(ref.key))
+
+    async def afetch(self, index: int, level: int) -> bytes:
+        """Async `fetch`."""
+        ref = self._ref(index, level)
+        return ref.verify(await self.store.aget(ref.key))
+
+    def load(self, index: int, level: int) -> Any:
+        """Chunk `index` at `level`, decoded into the layout it was saved in."""
+        return cachegen.decode(self.fetch(index, level))
+
+    def fetch_tokens(self, index: int) -> np.ndarray:
+        """The token ids of chunk `index` (uint32), for recomputing it from text."""
+        chunk = self.chunks[index]
+        raw = chunk.tokens.verify(self.store.get(chunk.tokens.key))
+        try:
+            data = zstandard.ZstdDecompressor().decompress(raw)
+        except zstandard.ZstdError as e:
+            raise ObjectCorrupted(chunk.tokens.key, str(e)) from e
+        tokens = np.frombuffer(data, dtype="<u4")
+        if len(tokens) != chunk.stop - chunk.start:
+            raise ObjectCorrupted(chunk.tokens.key, f"{len(tokens)} token ids, expected more")
+        return tokens
+
+
+def _kv_tokens(kv: Any) -> int:
+    """Token count of a KV cache in either layout (tokens on axis 2 in both)."""
+    if isinstance(kv, list | tuple):
+        counts = {t.shape[2] for pair in kv for t in pair}
+    else:
+        if len(kv.shape) != 5:
+            raise ValueError(f"kv must be [layers, 2, tokens, heads, dim], got shape {kv.shape}")
+        counts = {kv.shape[2]}
+    if len(counts) != 1:
+        raise ValueError(f"every layer must hold every token to be chunked; got counts {counts}")
+    return counts.pop()
+
+
+def _slice_tokens(kv: Any, start: int, stop: int) -> Any:
+    if isinstance(kv, list | tuple):
+        return [(k[:, :, start:stop], v[:, :, start:stop]) for k, v in kv]
+    return kv[:, :, start:stop]
+
+
+def _read_record(key: str, raw: bytes | None) -> ChunkInfo | None:
+    """A chunk record's entry, or None when it is missing or damaged (a miss, not an error)."""
+    if raw is None:
+        return None
+    try:
+        return ChunkInfo.from_json(key, unseal(key, raw)["chunk"])
+    except (ObjectCorrupted, KeyError):
+        return None
+
+
+def save_context(
+    store: Store,
+    model_id: str,
+    token_ids: Any,
+    kv: Any,
+    *,
+    levels: tuple[int, ...] = DEFAULT_LEVELS,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    quality: dict[str, Any] | None = None,
+    threads: int | None = None,
+) -> Context:
+    """Store `kv` (the cache of `token_ids`) as chunks of `chunk_tokens`, each at every level.
+
+    Chunks already stored by a context with the same prefix are reused, not re-encoded.
+    `quality` (any JSON-serializable dict, e.g. measured KL per level) goes into the manifest.
+    """
+    tokens = token_array(token_ids)
+    if _kv_tokens(kv) != len(tokens):
+        raise ValueError(f"kv holds {_kv_tokens(kv)} tokens but token_ids has {len(tokens)}")
+    if not levels:
+        raise ValueError("levels must name at least one level")
+    try:
+        json.dumps(quality)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"quality must be JSON-serializable: {e}") from e
+    version = cachegen.FORMAT_VERSION
+    hashes = chunk_hashes(model_id, version, tokens, chunk_tokens)
+    keys = [record_key(h) for h in hashes]
+    stored = [
+        _read_record(k, r) for k, r in zip(keys, store.get_many(keys, missing_ok=True), strict=True)
+    ]
+
+    chunks: list[ChunkInfo] = []
+    pending: deque[Future[None]] = deque()
+    # Encode chunk i+1 while chunk i uploads; the codec and the store clients release the GIL.
+    with ThreadPoolExecutor(1, thread_name_prefix="cachegen-save") as uploader:
+        for i, h in enumerate(hashes):
+            start, stop = i * chunk_tokens, min((i + 1) * chunk_tokens, len(tokens))
+            old = stored[i]
+            if old is not None and old.stop == stop and set(levels) <= set(old.levels):
+                chunks.append(old)  # stored by a context with this prefix: reuse
+                continue
+            blobs = {
+                lv: cachegen.encode(_slice_tokens(kv, start, stop), level=lv, threads=threads)
+                for lv in levels
+                if old is None or lv not in old.levels
+            }
+            chunk, objects = _chunk_objects(i, h, start, stop, tokens[start:stop], blobs, old)
+            chunks.append(chunk)
+            while len(pending) >= _UPLOADS_IN_FLIGHT:
+                pending.popleft().result()
+            pending.append(uploader.submit(_write_chunk, store, chunk, objects))
+        for f in pending:
+            f.result()
+
+    manifest = {
+        "kind": "cachegen.context",
+        "schema": MANIFEST_SCHEMA,
+        "model_id": model_id,
+        "codec_version": version,
+        "chunk_tokens": chunk_tokens,
+        "num_tokens": len(tokens),
+        "levels": sorted(levels),
+        "created": time.time(),
+        "quality": quality,
+        "chunks": [c.to_json() for c in chunks],
+    }
+    store.put(manifest_key(hashes[-1]), seal(manifest))  # the commit point: last, one atomic put
+    return Context(store, model_id, version, chunk_tokens, len(tokens), chunks, True, quality)
+
+
+def _chunk_objects(
+    index: int,
+    chunk_hash: str,
+    start: int,
+    stop: int,
+    tokens: np.ndarray,
+    blobs: dict[int, bytes],
+    old: ChunkInfo | None,
+) -> tuple[ChunkInfo, dict[str, bytes]]:
+    """The chunk's entry (keeping levels an earlier writer stored) and the objects to put."""
+    packed = zstandard.ZstdCompressor(level=3).compress(tokens.tobytes())
+    tok = ObjectRef(tokens_key(chunk_hash, checksum(packed)), len(packed), checksum(packed))
+    refs = dict(old.levels) if old is not None else {}
+    objects = {tok.key: packed}
+    for lv, blob in blobs.items():
+        ref = ObjectRef(level_key(chunk_hash, lv, checksum(blob)), len(blob), checksum(blob))
+        refs[lv] = ref
+        objects[ref.key] = blob
+    return ChunkInfo(index, chunk_hash, start, stop, tok, dict(sorted(refs.items()))), objects
+
+
+def _write_chunk(store: Store, chunk: ChunkInfo, objects: dict[str, bytes]) -> None:
+    store.put_many(objects)
+    store.put(record_key(chunk.hash), seal({"kind": "cachegen.chunk", "chunk": chunk.to_json()}))
+
+
+def open_context(
+    store: Store, model_id: str, token_ids: Any, *, chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+) -> Context:
+    """The stored context for `token_ids`, or its longest stored prefix (``complete=False``).
+
+    Raises `ContextMissing` when not even the first chunk is stored and `ObjectCorrupted` when
+    this context's manifest is damaged; both are `StoreError`s a loader can treat as a miss.
+    """
+    tokens = token_array(token_ids)
+    version = cachegen.FORMAT_VERSION
+    hashes = chunk_hashes(model_id, version, tokens, chunk_tokens)
+    key = manifest_key(hashes[-1])
+    try:
+        raw = store.get(key)
+    except ObjectMissing:
+        chunks = _stored_prefix(store, hashes, chunk_tokens, len(tokens))
+        if not chunks:
+            raise ContextMissing(
+                key, f"no stored chunk starts this context of {model_id!r}"
+            ) from None
+        return Context(store, model_id, version, chunk_tokens, len(tokens), chunks, False)
+    body = unseal(key, raw)
+    expect = {
+        "kind": "cachegen.context",
+        "schema": MANIFEST_SCHEMA,
+        "model_id": model_id,
+        "codec_version": version,
+        "chunk_tokens": chunk_tokens,
+        "num_tokens": len(tokens),
+    }
+    if any(body.get(k) != v for k, v in expect.items()):
+        raise ObjectCorrupted(key, "manifest does not describe this context")
+    chunks = [ChunkInfo.from_json(key, c) for c in body.get("chunks", [])]
+    if [c.hash for c in chunks] != hashes:
+        raise ObjectCorrupted(key, "manifest chunk hashes do not match the token ids")
+    return Context(
+        store, model_id, version, chunk_tokens, len(tokens), chunks, True, body.get("quality")
+    )
+
+
+def _stored_prefix(store: Store, hashes: list[str], chunk_tokens: int, n: int) -> list[ChunkInfo]:
+    """Chunks with intact records from the first one on, probed `concurrency` at a time."""
+    found: list[ChunkInfo] = []
+    step = max(store.concurrency, 1)
+    for first in range(0, len(hashes), step):
+        keys = [record_key(h) for h in hashes[first : first + step]]
+        raws = store.get_many(keys, missing_ok=True)
+        for i, (k, raw) in enumerate(zip(keys, raws, strict=True), first):
+            chunk = _read_record(k, raw)
+            span = (i * chunk_tokens, min((i + 1) * chunk_tokens, n))
+            if chunk is None or chunk.hash != hashes[i] or (chunk.start, chunk.stop) != span:
+                return found
+            found.append(chunk)
+    return found

@@ -1,0 +1,118 @@
+"""Content addresses, object keys and sealed JSON for stored contexts.
+
+A chunk's hash chains over the context: H(previous chunk hash, model id, codec version, this
+chunk's token ids). Equal prefixes therefore give equal chunk hashes, in any process and on any
+machine, which is what lets a new context find the chunks it shares with a stored one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import ObjectCorrupted
+
+_PERSON = b"cachegen-chunk"  # domain separation from every other use of blake2b
+MANIFEST_SCHEMA = 1
+
+
+def token_array(token_ids: Any) -> np.ndarray:
+    """Token ids (list, numpy or torch, 1-D) as little-endian uint32, the hashed and stored form."""
+    if hasattr(token_ids, "detach"):  # torch, possibly on a GPU
+        token_ids = token_ids.detach().cpu().numpy()
+    arr = np.asarray(token_ids)
+    if arr.ndim != 1 or arr.size == 0:
+        raise ValueError(f"token_ids must be a non-empty 1-D sequence, got shape {arr.shape}")
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"token_ids must be integers, got dtype {arr.dtype}")
+    if arr.min() < 0 or arr.max() > 0xFFFFFFFF:
+        raise ValueError("token_ids must lie in [0, 2**32)")
+    return arr.astype("<u4")
+
+
+def chunk_hashes(
+    model_id: str, codec_version: int, tokens: np.ndarray, chunk_tokens: int
+) -> list[str]:
+    """Chained hex hashes of the token chunks ``[0, c), [c, 2c), ...`` of `tokens`."""
+    if chunk_tokens <= 0:
+        raise ValueError(f"chunk_tokens must be positive, got {chunk_tokens}")
+    model = model_id.encode()
+    header = len(model).to_bytes(4, "little") + model + codec_version.to_bytes(4, "little")
+    prev, out = bytes(32), []
+    for start in range(0, len(tokens), chunk_tokens):
+        h = hashlib.blake2b(prev, digest_size=32, person=_PERSON)
+        h.update(header)
+        h.update(tokens[start : start + chunk_tokens].tobytes())
+        prev = h.digest()
+        out.append(prev.hex())
+    return out
+
+
+def checksum(data: bytes | memoryview) -> str:
+    """The checksum every stored object is verified against."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+# A two-hex-digit fan-out keeps directories of the file backend small.
+def chunk_dir(chunk_hash: str) -> str:
+    return f"chunks/{chunk_hash[:2]}/{chunk_hash}"
+
+
+def record_key(chunk_hash: str) -> str:
+    return f"{chunk_dir(chunk_hash)}/record.json"
+
+
+def manifest_key(context_hash: str) -> str:
+    return f"contexts/{context_hash[:2]}/{context_hash}.json"
+
+
+# Blob keys carry their checksum, so two writers whose encodings differ never overwrite each
+# other's bytes: every record and manifest points at exactly the bytes it was written with.
+def level_key(chunk_hash: str, level: int, digest: str) -> str:
+    return f"{chunk_dir(chunk_hash)}/L{level}-{digest}.cg"
+
+
+def tokens_key(chunk_hash: str, digest: str) -> str:
+    return f"{chunk_dir(chunk_hash)}/tokens-{digest}.zst"
+
+
+@dataclass(frozen=True)
+class ObjectRef:
+    """Where an object is and what it must hash to."""
+
+    key: str
+    size: int
+    blake2b: str
+
+    def verify(self, data: bytes) -> bytes:
+        """Return `data` if it is this object's bytes, else raise `ObjectCorrupted`."""
+        if len(data) != self.size:
+            raise ObjectCorrupted(self.key, f"{len(data)} bytes, expected {self.size}")
+        if checksum(data) != self.blake2b:
+            raise ObjectCorrupted(self.key, "checksum mismatch")
+        return data
+
+
+def _canonical(body: dict[str, Any]) -> bytes:
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def seal(body: dict[str, Any]) -> bytes:
+    """JSON with a checksum over the body's canonical form (JSON, never pickle)."""
+    return json.dumps({"blake2b": checksum(_canonical(body)), "body": body}, indent=1).encode()
+
+
+def unseal(key: str, raw: bytes) -> dict[str, Any]:
+    """The body of a sealed JSON object; `ObjectCorrupted` if it does not parse or verify."""
+    try:
+        outer = json.loads(raw)
+        body, digest = outer["body"], outer["blake2b"]
+    except (ValueError, TypeError, KeyError) as e:
+        raise ObjectCorrupted(key, f"not sealed JSON ({e})") from e
+    if not isinstance(body, dict) or checksum(_canonical(body)) != digest:
+        raise ObjectCorrupted(key, "checksum mismatch")
+    return body

@@ -1,0 +1,167 @@
+"""Tensor adapters: numpy arrays and torch tensors in, strided raw views out, without copies.
+
+A KV cache is either one array `[layers, 2, tokens, kv_heads, head_dim]` ("stacked") or a
+sequence of per-layer `(K, V)` pairs in the Hugging Face layout `[1, kv_heads, tokens, head_dim]`
+("pairs"), whose layers may differ in token count, head count and head dim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+DTYPE_CODES: dict[str, int] = {"float16": 1, "bfloat16": 2, "float32": 3}
+DTYPE_NAMES = {v: k for k, v in DTYPE_CODES.items()}
+LAYOUTS: dict[str, int] = {"stacked": 0, "pairs": 1}
+LAYOUT_NAMES = {v: k for k, v in LAYOUTS.items()}
+
+
+@dataclass(frozen=True)
+class GroupView:
+    """One layer's K or V: address and element strides of (token, head, dim)."""
+
+    address: int
+    dtype: str
+    tokens: int
+    heads: int
+    head_dim: int
+    strides: tuple[int, int, int]
+
+    def as_tuple(self) -> tuple:
+        return (
+            self.address,
+            DTYPE_CODES[self.dtype],
+            self.tokens,
+            self.heads,
+            self.head_dim,
+            *self.strides,
+        )
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.tokens, self.heads, self.head_dim)
+
+
+@dataclass(frozen=True)
+class KVViews:
+    layout: str
+    framework: str  # "numpy" or "torch"
+    dtype: str
+    groups: list[GroupView]  # 2 per layer, K then V
+
+
+def is_torch(x: Any) -> bool:
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def dtype_name(x: Any) -> str:
+    """Canonical dtype name of an array, a tensor, or a dtype given by the user."""
+    name = str(getattr(x, "dtype", x)).removeprefix("torch.")
+    name = {"half": "float16", "float": "float32", "bf16": "bfloat16"}.get(name, name)
+    if name not in DTYPE_CODES:
+        raise TypeError(f"unsupported dtype {name!r}; use float16, bfloat16 or float32")
+    return name
+
+
+def _raw(x: Any) -> tuple[int, tuple[int, ...], tuple[int, ...], str]:
+    """(address, shape, element strides, dtype) of an array or CPU tensor."""
+    if is_torch(x):
+        if x.device.type != "cpu":
+            raise ValueError(f"tensor is on {x.device}; this build handles CPU tensors only")
+        return x.data_ptr(), tuple(x.shape), tuple(x.stride()), dtype_name(x)
+    if isinstance(x, np.ndarray):
+        name = dtype_name(x)
+        item = x.dtype.itemsize
+        if any(s % item for s in x.strides):
+            raise ValueError("array strides must be multiples of its item size")
+        return x.ctypes.data, x.shape, tuple(s // item for s in x.strides), name
+    raise TypeError(f"expected a numpy array or torch tensor, got {type(x).__name__}")
+
+
+def _group(address: int, dtype: str, item: int, shape, strides, offset: int = 0) -> GroupView:
+    tokens, heads, dim = shape
+    if min(shape) < 1:
+        raise ValueError(f"every KV tensor needs >= 1 token, head and dim, got shape {shape}")
+    return GroupView(address + offset * item, dtype, tokens, heads, dim, tuple(strides))
+
+
+def _stacked_views(x: Any) -> tuple[str, list[GroupView]]:
+    address, shape, st, dtype = _raw(x)
+    if len(shape) != 5 or shape[1] != 2:
+        raise ValueError(f"stacked KV must be [layers, 2, tokens, heads, head_dim], got {shape}")
+    item = 4 if dtype == "float32" else 2
+    groups = [
+        _group(address, dtype, item, shape[2:], st[2:], layer * st[0] + kv * st[1])
+        for layer in range(shape[0])
+        for kv in range(2)
+    ]
+    return dtype, groups
+
+
+def _hf_view(x: Any, what: str) -> GroupView:
+    address, shape, st, dtype = _raw(x)
+    if len(shape) != 4 or shape[0] != 1:
+        raise ValueError(f"{what} must be [1, kv_heads, tokens, head_dim], got {tuple(shape)}")
+    item = 4 if dtype == "float32" else 2
+    return _group(address, dtype, item, (shape[2], shape[1], shape[3]), (st[2], st[1], st[3]))
+
+
+def _pair_views(kv: Sequence) -> tuple[str, list[GroupView]]:
+    groups: list[GroupView] = []
+    for i, pair in enumerate(kv):
+        if not isinstance(pair, Sequence) or len(pair) != 2:
+            raise ValueError(f"layer {i} must be a (K, V) pair")
+        groups += [_hf_view(pair[0], f"layer {i} K"), _hf_view(pair[1], f"layer {i} V")]
+    dtypes = {g.dtype for g in groups}
+    if len(dtypes) != 1:
+        raise TypeError(f"all KV tensors must share one dtype, got {sorted(dtypes)}")
+    return dtypes.pop(), groups
+
+
+def views(kv: Any) -> KVViews:
+    """Zero-copy views of a KV cache in either layout."""
+    if isinstance(kv, np.ndarray) or is_torch(kv):
+        dtype, groups = _stacked_views(kv)
+        return KVViews("stacked", "torch" if is_torch(kv) else "numpy", dtype, groups)
+    if isinstance(kv, Sequence) and not isinstance(kv, str | bytes) and len(kv) > 0:
+        dtype, groups = _pair_views(kv)
+        framework = "torch" if is_torch(kv[0][0]) else "numpy"
+        return KVViews("pairs", framework, dtype, groups)
+    raise TypeError(
+        "kv must be an array/tensor [layers, 2, tokens, heads, head_dim] or a non-empty "
+        "sequence of (K, V) pairs [1, heads, tokens, head_dim]"
+    )
+
+
+def _empty(shape: tuple[int, ...], dtype: str, framework: str) -> Any:
+    if framework == "torch":
+        import torch
+
+        return torch.empty(shape, dtype=getattr(torch, dtype))
+    if dtype == "bfloat16":
+        try:
+            import ml_dtypes
+        except ImportError as e:
+            raise TypeError("bfloat16 numpy output needs ml_dtypes; pass framework='torch'") from e
+        return np.empty(shape, dtype=ml_dtypes.bfloat16)
+    return np.empty(shape, dtype=dtype)
+
+
+def allocate(layout: str, shapes: list[tuple[int, int, int]], dtype: str, framework: str) -> Any:
+    """An uninitialized KV cache of the given per-group (tokens, heads, head_dim) shapes."""
+    if layout == "stacked":
+        return _empty((len(shapes) // 2, 2, *shapes[0]), dtype, framework)
+    return [
+        tuple(_empty((1, h, t, d), dtype, framework) for t, h, d in shapes[i : i + 2])
+        for i in range(0, len(shapes), 2)
+    ]
+
+
+def check_writable(kv: Any) -> None:
+    arrays = [kv] if isinstance(kv, np.ndarray) or is_torch(kv) else [a for p in kv for a in p]
+    for a in arrays:
+        if isinstance(a, np.ndarray) and not a.flags.writeable:
+            raise ValueError("out= array is read-only")

@@ -1,0 +1,300 @@
+#include "format.hpp"
+
+#include <cmath>
+#include <cstring>
+#include <string>
+
+#include "crc32c.hpp"
+
+namespace cachegen {
+namespace {
+
+class Writer {
+ public:
+  explicit Writer(std::vector<uint8_t>& out) : out_(out) {}
+  template <typename T>
+  void put(T v) {
+    uint8_t b[sizeof(T)];
+    std::memcpy(b, &v, sizeof(T));  // little-endian hosts only (checked in CMake)
+    out_.insert(out_.end(), b, b + sizeof(T));
+  }
+  void bytes(const void* p, size_t n) {
+    auto* b = static_cast<const uint8_t*>(p);
+    out_.insert(out_.end(), b, b + n);
+  }
+
+ private:
+  std::vector<uint8_t>& out_;
+};
+
+class Reader {
+ public:
+  Reader(const uint8_t* data, size_t pos, size_t end) : d_(data), pos_(pos), end_(end) {}
+  template <typename T>
+  T get(const char* what) {
+    need(sizeof(T), what);
+    T v;
+    std::memcpy(&v, d_ + pos_, sizeof(T));
+    pos_ += sizeof(T);
+    return v;
+  }
+  std::vector<uint16_t> u16s(size_t n, const char* what) {
+    need(n * 2, what);
+    std::vector<uint16_t> v(n);
+    std::memcpy(v.data(), d_ + pos_, n * 2);
+    pos_ += n * 2;
+    return v;
+  }
+  std::vector<uint8_t> u8s(size_t n, const char* what) {
+    need(n, what);
+    std::vector<uint8_t> v(d_ + pos_, d_ + pos_ + n);
+    pos_ += n;
+    return v;
+  }
+  size_t& pos() { return pos_; }
+  size_t end() const { return end_; }
+  const uint8_t* data() const { return d_; }
+
+ private:
+  void need(size_t n, const char* what) {
+    if (end_ - pos_ < n) throw FormatError(std::string("truncated ") + what);
+  }
+  const uint8_t* d_;
+  size_t pos_, end_;
+};
+
+uint64_t align8(uint64_t x) { return (x + 7) & ~uint64_t{7}; }
+
+[[noreturn]] void fail(const std::string& msg) { throw FormatError(msg); }
+
+void write_side(const Group& g, Writer& w, std::vector<uint8_t>& out) {
+  const GroupQuant& q = g.quant;
+  if (q.flags & kTokenScale) w.bytes(q.token_scale.data(), q.token_scale.size() * 2);
+  if (q.flags & kChannelScale) w.bytes(q.channel_scale.data(), q.channel_scale.size() * 2);
+  if (q.flags & kChannelOffset) w.bytes(q.channel_offset.data(), q.channel_offset.size() * 2);
+  if (g.tables.tables.size() > 1) w.bytes(g.tables.channel_table.data(), g.desc.channels());
+  for (const Table& t : g.tables.tables) serialize_table(t, out);
+}
+
+std::vector<uint8_t> side_bytes(const Group& g) {
+  std::vector<uint8_t> out;
+  Writer w(out);
+  write_side(g, w, out);
+  return out;
+}
+
+void write_desc(const Group& g, uint32_t side_len, uint64_t side_off, Writer& w) {
+  const GroupDesc& d = g.desc;
+  w.put(d.tokens);
+  w.put(d.heads);
+  w.put(d.head_dim);
+  w.put(d.seg_tokens);
+  w.put((uint8_t)d.quantizer);
+  w.put(g.quant.flags);
+  w.put((uint8_t)g.tables.tables.size());
+  w.put(g.quant.max_symbol);
+  w.put(d.param);
+  w.put(side_len);
+  w.put(side_off);
+  w.put(d.first_segment);
+  w.put(d.num_segments);
+}
+
+struct DescFields {
+  GroupDesc desc;
+  uint8_t flags, num_tables, max_symbol;
+  uint32_t side_len;
+  uint64_t side_off;
+};
+
+DescFields read_desc(Reader& r) {
+  DescFields f;
+  GroupDesc& d = f.desc;
+  d.tokens = r.get<uint32_t>("group descriptor");
+  d.heads = r.get<uint16_t>("group descriptor");
+  d.head_dim = r.get<uint16_t>("group descriptor");
+  d.seg_tokens = r.get<uint32_t>("group descriptor");
+  uint8_t quantizer = r.get<uint8_t>("group descriptor");
+  f.flags = r.get<uint8_t>("group descriptor");
+  f.num_tables = r.get<uint8_t>("group descriptor");
+  f.max_symbol = r.get<uint8_t>("group descriptor");
+  d.param = r.get<float>("group descriptor");
+  f.side_len = r.get<uint32_t>("group descriptor");
+  f.side_off = r.get<uint64_t>("group descriptor");
+  d.first_segment = r.get<uint32_t>("group descriptor");
+  d.num_segments = r.get<uint32_t>("group descriptor");
+  if (!valid_quantizer(quantizer)) fail("unknown quantizer id " + std::to_string(quantizer));
+  d.quantizer = (Quantizer)quantizer;
+  return f;
+}
+
+void check_desc(const DescFields& f, uint32_t expected_first) {
+  const GroupDesc& d = f.desc;
+  if (d.tokens < 1 || d.tokens > kMaxTokens) fail("group token count out of range");
+  if (d.heads < 1 || d.heads > kMaxHeads) fail("group head count out of range");
+  if (d.head_dim < 1 || d.head_dim > kMaxHeadDim) fail("group head dim out of range");
+  if (d.channels() > kMaxChannels) fail("group channel count out of range");
+  if (d.seg_tokens < 1 || (uint64_t)d.seg_tokens * d.channels() > kMaxSegmentSymbols)
+    fail("segment length out of range");
+  if (d.num_segments != segment_count(d.tokens, d.seg_tokens)) fail("segment count mismatch");
+  if (d.first_segment != expected_first) fail("segment numbering mismatch");
+  if (f.flags & ~(kTokenScale | kChannelScale | kChannelOffset)) fail("unknown quantizer flags");
+  if (f.num_tables < 1) fail("group has no probability table");
+  if (f.max_symbol < 1 || f.max_symbol > kMaxSymbol) fail("max symbol out of range");
+  if (!std::isfinite(d.param)) fail("quantizer parameter is not finite");
+}
+
+Group parse_side(const DescFields& f, const uint8_t* data, size_t begin, size_t end) {
+  Group g;
+  g.desc = f.desc;
+  const uint32_t C = f.desc.channels();
+  Reader r(data, begin, end);
+  g.quant.flags = f.flags;
+  g.quant.max_symbol = f.max_symbol;
+  if (f.flags & kTokenScale) g.quant.token_scale = r.u16s(f.desc.tokens, "token scales");
+  if (f.flags & kChannelScale) g.quant.channel_scale = r.u16s(C, "channel scales");
+  if (f.flags & kChannelOffset) g.quant.channel_offset = r.u16s(C, "channel offsets");
+  if (f.num_tables > 1) {
+    g.tables.channel_table = r.u8s(C, "channel table map");
+    for (uint8_t t : g.tables.channel_table)
+      if (t >= f.num_tables) fail("channel refers to a missing table");
+  } else {
+    g.tables.channel_table.assign(C, 0);
+  }
+  for (int t = 0; t < f.num_tables; ++t) g.tables.tables.push_back(parse_table(data, r.pos(), end));
+  if (r.pos() != end) fail("group side data has trailing bytes");
+  return g;
+}
+
+}  // namespace
+
+uint32_t segment_count(uint32_t tokens, uint32_t seg_tokens) {
+  return (uint32_t)(((uint64_t)tokens + seg_tokens - 1) / seg_tokens);
+}
+
+std::vector<uint8_t> write_blob(const BlobHeader& h, const std::vector<Group>& groups,
+                                const std::vector<std::vector<uint8_t>>& segments) {
+  std::vector<std::vector<uint8_t>> sides;
+  uint64_t side_total = 0;
+  for (const Group& g : groups) {
+    sides.push_back(side_bytes(g));
+    side_total += sides.back().size();
+  }
+  uint64_t payload = 0;
+  for (auto& s : segments) payload += s.size();
+  const uint64_t side_off = kHeaderBytes + (uint64_t)groups.size() * kGroupDescBytes;
+  const uint64_t index_off = align8(side_off + side_total);
+  const uint64_t payload_off = align8(index_off + 4ull * segments.size());
+  const uint64_t total = payload_off + payload + 4;
+
+  std::vector<uint8_t> out;
+  out.reserve(total);
+  Writer w(out);
+  w.bytes(kMagic, 4);
+  w.put(kFormatVersion);
+  w.put((uint16_t)kHeaderBytes);
+  w.put(total);
+  w.put(h.num_layers);
+  w.put((uint8_t)h.dtype);
+  w.put((uint8_t)h.layout);
+  w.put(h.level);
+  w.put(h.codec);
+  w.put((uint32_t)segments.size());
+  w.put(h.flags);
+  w.put(side_off);
+  w.put(index_off);
+  w.put(payload_off);
+  w.put(uint64_t{0});
+  uint64_t off = side_off;
+  for (size_t i = 0; i < groups.size(); ++i) {
+    write_desc(groups[i], (uint32_t)sides[i].size(), off, w);
+    off += sides[i].size();
+  }
+  for (auto& s : sides) w.bytes(s.data(), s.size());
+  out.resize(index_off, 0);
+  for (auto& s : segments) w.put((uint32_t)s.size());
+  out.resize(payload_off, 0);
+  for (auto& s : segments) w.bytes(s.data(), s.size());
+  w.put(crc32c(out.data(), out.size()));
+  return out;
+}
+
+ParsedBlob parse_blob(const uint8_t* data, size_t size) {
+  if (size < kHeaderBytes + 4) fail("blob too short to be a cachegen blob");
+  if (std::memcmp(data, kMagic, 4) != 0) fail("not a cachegen blob (bad magic)");
+  Reader r(data, 4, size);
+  const uint16_t version = r.get<uint16_t>("header");
+  if (version != kFormatVersion)
+    fail("unsupported format version " + std::to_string(version) + " (this build reads 1)");
+  if (r.get<uint16_t>("header") != kHeaderBytes) fail("bad header size");
+  if (r.get<uint64_t>("header") != size) fail("blob length does not match header (truncated?)");
+  ParsedBlob b;
+  uint32_t stored_crc;
+  std::memcpy(&stored_crc, data + size - 4, 4);
+  if (crc32c(data, size - 4) != stored_crc) fail("checksum mismatch: blob is corrupted");
+  b.checksum = stored_crc;
+
+  BlobHeader& h = b.header;
+  h.num_layers = r.get<uint32_t>("header");
+  const uint8_t dtype = r.get<uint8_t>("header"), layout = r.get<uint8_t>("header");
+  h.level = r.get<uint8_t>("header");
+  h.codec = r.get<uint8_t>("header");
+  h.num_segments = r.get<uint32_t>("header");
+  h.flags = r.get<uint32_t>("header");
+  if (h.flags & ~kKnownFlags) fail("unknown header flags");
+  const uint64_t side_off = r.get<uint64_t>("header");
+  const uint64_t index_off = r.get<uint64_t>("header");
+  const uint64_t payload_off = r.get<uint64_t>("header");
+  if (h.num_layers < 1 || h.num_layers > kMaxLayers) fail("layer count out of range");
+  if (!valid_dtype(dtype)) fail("unknown dtype code " + std::to_string(dtype));
+  if (layout > 1) fail("unknown layout code " + std::to_string(layout));
+  if (h.codec != kCodecRans32x32) fail("unknown codec id " + std::to_string(h.codec));
+  h.dtype = (DType)dtype;
+  h.layout = (Layout)layout;
+  const uint64_t ngroups = 2ull * h.num_layers;
+  const uint64_t end = size - 4;
+  if (side_off != kHeaderBytes + ngroups * kGroupDescBytes || side_off > index_off ||
+      index_off > end || index_off % 8 || payload_off != align8(index_off + 4ull * h.num_segments) ||
+      payload_off > end)
+    fail("section offsets inconsistent");
+
+  Reader dr(data, kHeaderBytes, side_off);
+  uint64_t side_cursor = side_off;
+  uint32_t seg_cursor = 0;
+  for (uint64_t i = 0; i < ngroups; ++i) {
+    DescFields f = read_desc(dr);
+    check_desc(f, seg_cursor);
+    if (f.side_off != side_cursor || f.side_len > index_off - side_cursor)
+      fail("group side data out of bounds");
+    b.groups.push_back(parse_side(f, data, f.side_off, f.side_off + f.side_len));
+    side_cursor += f.side_len;
+    seg_cursor += f.desc.num_segments;
+  }
+  if (align8(side_cursor) != index_off) fail("side section has trailing bytes");
+  if (seg_cursor != h.num_segments) fail("segment count mismatch");
+  if (h.layout == Layout::Stacked) {
+    const GroupDesc& d0 = b.groups[0].desc;
+    for (const Group& g : b.groups)
+      if (g.desc.tokens != d0.tokens || g.desc.heads != d0.heads || g.desc.head_dim != d0.head_dim)
+        fail("stacked layout with differing group shapes");
+  }
+
+  Reader ir(data, index_off, payload_off);
+  uint64_t cursor = payload_off;
+  for (uint32_t gi = 0; gi < b.groups.size(); ++gi) {
+    const GroupDesc& d = b.groups[gi].desc;
+    for (uint32_t s = 0; s < d.num_segments; ++s) {
+      const uint32_t bytes = ir.get<uint32_t>("segment index");
+      if (bytes < rans::kStateBytes || (bytes - rans::kStateBytes) % 2 || bytes > end - cursor)
+        fail("segment size invalid");
+      const uint32_t t0 = s * d.seg_tokens;
+      b.segments.push_back({gi, t0, std::min(d.seg_tokens, d.tokens - t0), cursor, bytes});
+      cursor += bytes;
+    }
+  }
+  if (cursor != end) fail("payload size does not match segment index");
+  b.payload_bytes = end - payload_off;
+  return b;
+}
+
+}  // namespace cachegen

@@ -1,0 +1,79 @@
+// Wire format v1 (docs/FORMAT.md): fixed header, one descriptor per (layer, K/V) group, side
+// data (quantizer parameters, channel->table map, tables), segment size index, segment
+// payloads, CRC32C trailer. Everything little-endian. parse_blob validates every field before
+// anything is allocated or read from it.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "quant.hpp"
+#include "tables.hpp"
+
+namespace cachegen {
+
+constexpr uint8_t kMagic[4] = {'C', 'G', 'K', 'V'};
+constexpr uint16_t kFormatVersion = 1;
+constexpr uint32_t kHeaderBytes = 64;
+constexpr uint32_t kGroupDescBytes = 40;
+constexpr uint8_t kCodecRans32x32 = 1;
+
+enum class Layout : uint8_t { Stacked = 0, Pairs = 1 };
+
+struct BlobHeader {
+  uint32_t num_layers = 0;
+  DType dtype = DType::F16;
+  Layout layout = Layout::Stacked;
+  uint8_t level = 0;  // 0 = custom config
+  uint8_t codec = kCodecRans32x32;
+  uint32_t num_segments = 0;
+  uint32_t flags = 0;  // kFlag* bits
+};
+
+// The caller encoded torch tensors (decode returns torch by default). Informational only.
+constexpr uint32_t kFlagTorchSource = 1;
+constexpr uint32_t kKnownFlags = kFlagTorchSource;
+
+struct GroupDesc {
+  uint32_t tokens = 0;
+  uint16_t heads = 0, head_dim = 0;
+  uint32_t seg_tokens = 0;
+  Quantizer quantizer = Quantizer::ChannelStep;
+  float param = 0.0f;
+  uint32_t first_segment = 0, num_segments = 0;
+
+  uint32_t channels() const { return (uint32_t)heads * head_dim; }
+};
+
+// Everything the decoder needs about one group.
+struct Group {
+  GroupDesc desc;
+  GroupQuant quant;
+  TableSet tables;
+};
+
+struct Segment {
+  uint32_t group;
+  uint32_t token_begin, token_count;
+  size_t offset, bytes;  // absolute byte range of the segment in the blob
+};
+
+struct ParsedBlob {
+  BlobHeader header;
+  std::vector<Group> groups;  // 2 per layer: K then V
+  std::vector<Segment> segments;
+  size_t payload_bytes = 0;  // segment bytes, states included
+  uint32_t checksum = 0;
+};
+
+// Serialize a blob from fitted groups and encoded segment payloads (in segment order).
+std::vector<uint8_t> write_blob(const BlobHeader& h, const std::vector<Group>& groups,
+                                const std::vector<std::vector<uint8_t>>& segments);
+
+// Parse and validate; throws FormatError. The blob must outlive uses of Segment offsets.
+ParsedBlob parse_blob(const uint8_t* data, size_t size);
+
+// Segment boundaries implied by a group's token count and segment length.
+uint32_t segment_count(uint32_t tokens, uint32_t seg_tokens);
+
+}  // namespace cachegen

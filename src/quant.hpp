@@ -1,0 +1,84 @@
+// Quantizers: per-element arithmetic (shared by CPU and GPU) and per-group parameter fitting.
+//
+// Every quantizer reconstructs x' = s * a[token] * b[channel] + o[channel], where each of a, b, o
+// is either stored (fp16, one per token or channel) or absent (1, 1, 0). Quantizers differ only in
+// how they choose those parameters, so the decoder needs the flags, never the quantizer.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "common.hpp"
+#include "tensor_view.hpp"
+
+namespace cachegen {
+
+enum class Quantizer : uint8_t {
+  // CacheGen's reference: symmetric, one scale per token = max |x| over channels / (bins/2 - 1).
+  TokenAbsmax = 1,
+  // Per-channel mean offset and step = max(param * channel rms, range / 127).
+  ChannelStep = 2,
+  // Per-token step = max(param * token rms, range / 127), no offset.
+  TokenStep = 3,
+};
+
+inline bool valid_quantizer(uint8_t q) { return q >= 1 && q <= 3; }
+
+enum QuantFlags : uint8_t { kTokenScale = 1, kChannelScale = 2, kChannelOffset = 4 };
+
+constexpr int kSymbolBias = 128;  // symbol s is coded as alphabet index s + 128, s in [-127, 127]
+constexpr int kMaxSymbol = 127;
+
+// Operations that the compiler must neither fuse nor reorder, so CPU and GPU agree bit for bit.
+CG_HD float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;  // the core builds with -ffp-contract=off
+#endif
+}
+
+CG_HD float add_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
+CG_HD float dequantize(int s, float a, float b, float o) {
+  return add_rn(mul_rn(mul_rn((float)s, a), b), o);
+}
+
+// Round half to even via the 1.5 * 2^23 trick; exact for |y| <= 127.
+CG_HD int quantize(float x, float inv_step, float o, int max_symbol) {
+  float y = mul_rn(add_rn(x, -o), inv_step);
+  float m = (float)max_symbol;
+  y = y < -m ? -m : (y > m ? m : y);
+  return (int)add_rn(add_rn(y, 12582912.0f), -12582912.0f);
+}
+
+// Fitted parameters of one (layer, K/V) group, in the fp16 form they are stored in.
+struct GroupQuant {
+  uint8_t flags = 0;
+  uint8_t max_symbol = kMaxSymbol;
+  std::vector<uint16_t> token_scale;    // tokens entries if kTokenScale
+  std::vector<uint16_t> channel_scale;  // channels entries if kChannelScale
+  std::vector<uint16_t> channel_offset; // channels entries if kChannelOffset
+};
+
+// Expanded fp32 parameters: a per token, b and o per channel, with 1/1/0 where absent.
+struct DequantParams {
+  std::vector<float> a, b, o;
+};
+
+DequantParams expand_params(const GroupQuant& q, uint32_t tokens, uint32_t channels);
+
+// Fit the quantizer to x ([tokens, channels] fp32, row-major); throws InputError on nan/inf.
+GroupQuant fit_quantizer(Quantizer kind, float param, const float* x, uint32_t tokens,
+                         uint32_t channels);
+
+// Quantize x into symbols (int8, [tokens, channels]) with fitted parameters.
+void quantize_group(const GroupQuant& q, const DequantParams& p, const float* x, uint32_t tokens,
+                    uint32_t channels, int8_t* symbols);
+
+}  // namespace cachegen

@@ -1,0 +1,247 @@
+#include "tables.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+namespace cachegen {
+namespace {
+
+constexpr int kLloydRounds = 3;
+constexpr double kBitsPerTableEntry = 6.0;  // rough varint cost, used only to choose a count
+
+std::pair<int, int> used_range(const Histogram& h) {
+  int lo = 0, hi = -1;
+  for (int i = 0; i < kAlphabet; ++i) {
+    if (!h[i]) continue;
+    if (hi < 0) lo = i;
+    hi = i;
+  }
+  return {lo, hi};
+}
+
+// -log2 probabilities of a merged histogram, with a small floor so unseen symbols stay finite.
+std::array<float, kAlphabet> neg_log2(const Histogram& h, int lo, int hi) {
+  std::array<float, kAlphabet> cost{};
+  double total = 0.0;
+  for (int i = lo; i <= hi; ++i) total += h[i] + 0.5;
+  for (int i = lo; i <= hi; ++i) cost[i] = (float)-std::log2((h[i] + 0.5) / total);
+  return cost;
+}
+
+double cross_bits(const Histogram& h, const std::array<float, kAlphabet>& cost, int lo, int hi) {
+  double bits = 0.0;
+  for (int i = lo; i <= hi; ++i) bits += h[i] * (double)cost[i];
+  return bits;
+}
+
+struct Clustering {
+  std::vector<uint8_t> assign;
+  double bits = 0.0;
+};
+
+std::vector<Histogram> merge(const std::vector<Histogram>& hists, const std::vector<uint8_t>& assign,
+                             uint32_t k) {
+  std::vector<Histogram> merged(k, Histogram{});
+  for (size_t c = 0; c < hists.size(); ++c)
+    for (int i = 0; i < kAlphabet; ++i) merged[assign[c]][i] += hists[c][i];
+  return merged;
+}
+
+// Initial clusters: channels sorted by spread (mean |index - 128|), cut into k equal runs.
+std::vector<uint8_t> initial_assignment(const std::vector<Histogram>& hists, uint32_t k) {
+  std::vector<double> spread(hists.size());
+  for (size_t c = 0; c < hists.size(); ++c) {
+    double n = 0.0, s = 0.0;
+    for (int i = 0; i < kAlphabet; ++i) {
+      n += hists[c][i];
+      s += hists[c][i] * std::abs(i - 128);
+    }
+    spread[c] = n > 0 ? s / n : 0.0;
+  }
+  std::vector<uint32_t> order(hists.size());
+  std::iota(order.begin(), order.end(), 0u);
+  std::stable_sort(order.begin(), order.end(),
+                   [&](uint32_t a, uint32_t b) { return spread[a] < spread[b]; });
+  std::vector<uint8_t> assign(hists.size());
+  for (size_t r = 0; r < order.size(); ++r) assign[order[r]] = (uint8_t)(r * k / order.size());
+  return assign;
+}
+
+Clustering cluster(const std::vector<Histogram>& hists, uint32_t k, int lo, int hi) {
+  Clustering cl{initial_assignment(hists, k), 0.0};
+  for (int round = 0; round < kLloydRounds; ++round) {
+    std::vector<Histogram> merged = merge(hists, cl.assign, k);
+    std::vector<std::array<float, kAlphabet>> costs;
+    for (auto& m : merged) costs.push_back(neg_log2(m, lo, hi));
+    cl.bits = 0.0;
+    for (size_t c = 0; c < hists.size(); ++c) {
+      double best = INFINITY;
+      for (uint32_t j = 0; j < k; ++j) {
+        double b = cross_bits(hists[c], costs[j], lo, hi);
+        if (b < best) best = b, cl.assign[c] = (uint8_t)j;
+      }
+      cl.bits += best;
+    }
+  }
+  return cl;
+}
+
+// Compact table indices so that every table is used.
+void drop_empty(TableSet& ts, const std::vector<Histogram>& merged) {
+  std::vector<int> remap(merged.size(), -1);
+  for (size_t j = 0; j < merged.size(); ++j) {
+    if (used_range(merged[j]).second < 0) continue;
+    remap[j] = (int)ts.tables.size();
+    ts.tables.push_back(normalize(merged[j]));
+  }
+  for (auto& t : ts.channel_table) t = (uint8_t)remap[t];
+}
+
+void put_varint(uint32_t v, std::vector<uint8_t>& out) {
+  while (v >= 0x80) {
+    out.push_back((uint8_t)(v | 0x80));
+    v >>= 7;
+  }
+  out.push_back((uint8_t)v);
+}
+
+uint32_t get_varint(const uint8_t* data, size_t& pos, size_t end) {
+  uint32_t v = 0;
+  for (int shift = 0; shift < 21; shift += 7) {
+    if (pos >= end) throw FormatError("truncated probability table");
+    uint8_t b = data[pos++];
+    v |= (uint32_t)(b & 0x7f) << shift;
+    if (!(b & 0x80)) return v;
+  }
+  throw FormatError("malformed varint in probability table");
+}
+
+}  // namespace
+
+std::vector<Histogram> channel_histograms(const int8_t* symbols, uint32_t tokens,
+                                          uint32_t channels) {
+  std::vector<Histogram> h(channels, Histogram{});
+  for (uint32_t t = 0; t < tokens; ++t) {
+    const int8_t* row = symbols + (size_t)t * channels;
+    for (uint32_t c = 0; c < channels; ++c) h[c][row[c] + 128]++;
+  }
+  return h;
+}
+
+TableSet fit_tables(const std::vector<Histogram>& hists, uint32_t max_tables) {
+  Histogram all{};
+  for (auto& h : hists)
+    for (int i = 0; i < kAlphabet; ++i) all[i] += h[i];
+  auto [lo, hi] = used_range(all);
+  const double span = hi - lo + 1;
+  const uint32_t channels = (uint32_t)hists.size();
+  uint32_t limit = std::min<uint32_t>({max_tables, channels, 255});
+  double best_bits = INFINITY;
+  std::vector<uint8_t> best_assign(channels, 0);
+  uint32_t best_k = 1;
+  for (uint32_t k = 1; k <= limit; k *= 2) {
+    Clustering cl = cluster(hists, k, lo, hi);
+    double overhead = k * span * kBitsPerTableEntry + (k > 1 ? 8.0 * channels : 0.0);
+    if (cl.bits + overhead < best_bits) {
+      best_bits = cl.bits + overhead;
+      best_assign = cl.assign;
+      best_k = k;
+    }
+  }
+  TableSet ts;
+  ts.channel_table = best_assign;
+  drop_empty(ts, merge(hists, best_assign, best_k));
+  return ts;
+}
+
+Table normalize(const Histogram& counts) {
+  const uint64_t total = std::accumulate(counts.begin(), counts.end(), uint64_t{0});
+  Table t;
+  if (total == 0) {
+    t.freq[128] = rans::kProbScale;
+    return t;
+  }
+  int sum = 0;
+  for (int i = 0; i < kAlphabet; ++i) {
+    if (!counts[i]) continue;
+    uint32_t f = (uint32_t)std::llround((double)counts[i] * rans::kProbScale / total);
+    t.freq[i] = (uint16_t)std::max<uint32_t>(f, 1);
+    sum += t.freq[i];
+  }
+  // Fix the rounding drift one unit at a time where it costs the fewest bits.
+  while (sum != (int)rans::kProbScale) {
+    const bool grow = sum < (int)rans::kProbScale;
+    int pick = -1;
+    double best = INFINITY;
+    for (int i = 0; i < kAlphabet; ++i) {
+      if (!counts[i] || (!grow && t.freq[i] <= 1)) continue;
+      double f = t.freq[i];
+      double cost = grow ? -counts[i] * std::log2((f + 1) / f) : counts[i] * std::log2(f / (f - 1));
+      if (cost < best) best = cost, pick = i;
+    }
+    t.freq[pick] = (uint16_t)(t.freq[pick] + (grow ? 1 : -1));
+    sum += grow ? 1 : -1;
+  }
+  return t;
+}
+
+void serialize_table(const Table& t, std::vector<uint8_t>& out) {
+  int lo = 0, hi = -1;
+  for (int i = 0; i < kAlphabet; ++i) {
+    if (!t.freq[i]) continue;
+    if (hi < 0) lo = i;
+    hi = i;
+  }
+  out.push_back((uint8_t)lo);
+  out.push_back((uint8_t)(hi - lo));
+  for (int i = lo; i <= hi; ++i) put_varint(t.freq[i], out);
+}
+
+Table parse_table(const uint8_t* data, size_t& pos, size_t end) {
+  if (end - pos < 2) throw FormatError("truncated probability table");
+  const int lo = data[pos], n = data[pos + 1] + 1;
+  pos += 2;
+  if (lo < 1 || lo + n > kAlphabet) throw FormatError("probability table symbol range invalid");
+  Table t;
+  uint32_t sum = 0;
+  for (int i = lo; i < lo + n; ++i) {
+    uint32_t f = get_varint(data, pos, end);
+    if (f > rans::kProbScale) throw FormatError("probability table frequency out of range");
+    t.freq[i] = (uint16_t)f;
+    sum += f;
+  }
+  if (sum != rans::kProbScale) throw FormatError("probability table does not sum to 4096");
+  return t;
+}
+
+std::array<rans::EncSym, kAlphabet> encoder_symbols(const Table& t) {
+  std::array<rans::EncSym, kAlphabet> e{};
+  uint32_t cum = 0;
+  for (int i = 0; i < kAlphabet; ++i) {
+    e[i] = {t.freq[i], cum};
+    cum += t.freq[i];
+  }
+  return e;
+}
+
+std::vector<uint32_t> decoder_lut(const Table& t) {
+  std::vector<uint32_t> lut(rans::kProbScale);
+  uint32_t cum = 0;
+  for (int i = 0; i < kAlphabet; ++i) {
+    for (uint32_t k = 0; k < t.freq[i]; ++k) lut[cum + k] = rans::pack_dec_entry(i, t.freq[i], k);
+    cum += t.freq[i];
+  }
+  return lut;
+}
+
+double code_length_bits(const Histogram& counts, const Table& t) {
+  double bits = 0.0;
+  for (int i = 0; i < kAlphabet; ++i) {
+    if (!counts[i]) continue;
+    bits += counts[i] * -std::log2((double)t.freq[i] / rans::kProbScale);
+  }
+  return bits;
+}
+
+}  // namespace cachegen

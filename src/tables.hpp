@@ -1,0 +1,50 @@
+// Static probability tables: fitted per (layer, K/V) group, shared by clusters of channels whose
+// symbol statistics are alike, quantized to 12-bit frequencies and stored as varints.
+#pragma once
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "rans.hpp"
+
+namespace cachegen {
+
+constexpr int kAlphabet = 256;  // alphabet index = symbol + 128; index 0 is never used
+
+using Histogram = std::array<uint32_t, kAlphabet>;
+
+struct Table {
+  std::array<uint16_t, kAlphabet> freq{};  // sums to rans::kProbScale
+};
+
+struct TableSet {
+  std::vector<Table> tables;           // 1..255 tables
+  std::vector<uint8_t> channel_table;  // table index per channel
+};
+
+// Per-channel histograms of a [tokens, channels] symbol matrix.
+std::vector<Histogram> channel_histograms(const int8_t* symbols, uint32_t tokens,
+                                          uint32_t channels);
+
+// Cluster channels into at most max_tables tables, choosing the count that minimizes the
+// estimated coded size including the tables themselves.
+TableSet fit_tables(const std::vector<Histogram>& hists, uint32_t max_tables);
+
+// Scale counts to frequencies summing to 4096, every present symbol at least 1.
+Table normalize(const Histogram& counts);
+
+void serialize_table(const Table& t, std::vector<uint8_t>& out);
+
+// Parses one table at data[pos..end), advancing pos; throws FormatError on anything invalid.
+Table parse_table(const uint8_t* data, size_t& pos, size_t end);
+
+std::array<rans::EncSym, kAlphabet> encoder_symbols(const Table& t);
+
+// kProbScale packed decode entries (see rans::pack_dec_entry).
+std::vector<uint32_t> decoder_lut(const Table& t);
+
+// Ideal code length in bits of `counts` under table t (the entropy-coder efficiency yardstick).
+double code_length_bits(const Histogram& counts, const Table& t);
+
+}  // namespace cachegen
