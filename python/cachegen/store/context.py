@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -37,7 +38,6 @@ from .keys import (
 )
 
 DEFAULT_CHUNK_TOKENS = 256
-DEFAULT_LEVELS = (1, 2, 3)
 #: Chunks encoded ahead of their upload; bounds memory while encode and upload overlap.
 _UPLOADS_IN_FLIGHT = 2
 
@@ -135,6 +135,10 @@ class Context:
         return tokens
 
 
+def _ladder() -> list[int]:
+    return sorted({min(cachegen.LEVELS), cachegen.DEFAULT_LEVEL, max(cachegen.LEVELS)})
+
+
 def _kv_tokens(kv: Any) -> int:
     """Token count of a KV cache in either layout (tokens on axis 2 in both)."""
     if isinstance(kv, list | tuple):
@@ -170,21 +174,23 @@ def save_context(
     token_ids: Any,
     kv: Any,
     *,
-    levels: tuple[int, ...] = DEFAULT_LEVELS,
+    levels: Sequence[int] | None = None,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     quality: dict[str, Any] | None = None,
     threads: int | None = None,
 ) -> Context:
     """Store `kv` (the cache of `token_ids`) as chunks of `chunk_tokens`, each at every level.
 
+    `levels` defaults to three rungs of the codec's ladder: lowest, default and highest.
     Chunks already stored by a context with the same prefix are reused, not re-encoded.
     `quality` (any JSON-serializable dict, e.g. measured KL per level) goes into the manifest.
     """
     tokens = token_array(token_ids)
     if _kv_tokens(kv) != len(tokens):
         raise ValueError(f"kv holds {_kv_tokens(kv)} tokens but token_ids has {len(tokens)}")
-    if not levels:
-        raise ValueError("levels must name at least one level")
+    levels = _ladder() if levels is None else sorted(set(levels))
+    if not levels or not set(levels) <= set(cachegen.LEVELS):
+        raise ValueError(f"levels must be some of {cachegen.LEVELS}, got {levels}")
     try:
         json.dumps(quality)
     except (TypeError, ValueError) as e:
@@ -226,7 +232,7 @@ def save_context(
         "codec_version": version,
         "chunk_tokens": chunk_tokens,
         "num_tokens": len(tokens),
-        "levels": sorted(levels),
+        "levels": levels,
         "created": time.time(),
         "quality": quality,
         "chunks": [c.to_json() for c in chunks],
