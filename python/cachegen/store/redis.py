@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from urllib.parse import urlsplit
 
 import redis as _redis
 
-from .base import Buffer, Store
+from .base import Buffer, Store, check_prefix
 from .errors import ObjectMissing, StoreConfigError, StoreUnavailable
 
 
@@ -15,13 +17,17 @@ class RedisStore(Store):
     """Keys live under an optional `prefix` so a database can be shared with other data."""
 
     def __init__(self, url: str, prefix: str = "", concurrency: int = 8) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "unix" and not re.fullmatch(r"(/\d+)?/?", parts.path):
+            raise StoreConfigError(f"bad Redis URL {url!r}: the path must be a database number")
         try:
             # The pool grows to `concurrency` connections for the batched calls.
             self._r = _redis.Redis.from_url(url, max_connections=max(concurrency, 2) * 2)
         except ValueError as e:
             raise StoreConfigError(f"bad Redis URL {url!r}: {e}") from e
         self.url = url
-        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        prefix = check_prefix(prefix.strip("/"))
+        self.prefix = f"{prefix}/" if prefix else ""
         self.concurrency = concurrency
 
     @contextmanager

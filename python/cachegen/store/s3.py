@@ -88,6 +88,7 @@ class S3Store(Store):
             or os.environ.get("AWS_DEFAULT_REGION")
             or "us-east-1"
         )
+        self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.url = f"s3://{bucket}/{self.prefix}" + (f"?endpoint={endpoint}" if endpoint else "")
         self.concurrency = opts.concurrency
@@ -123,6 +124,8 @@ class S3Store(Store):
         try:
             yield
         except FileNotFoundError as e:
+            if "NoSuchBucket" in str(e):
+                raise StoreConfigError(f"S3 bucket {self.bucket!r} does not exist") from e
             raise ObjectMissing(key) from e
         except (PermissionDeniedError, UnauthenticatedError) as e:
             raise StoreConfigError(f"S3 {op} {key!r} refused: {_first_line(e)}") from e
