@@ -76,8 +76,8 @@ py::dict blob_info(const Blob& b) {
   return d;
 }
 
-py::bytes encode_py(const std::vector<SpecTuple>& specs, int dtype, int layout, int level,
-                    uint32_t segment_symbols, uint32_t flags, int threads) {
+EncodeRequest make_request(const std::vector<SpecTuple>& specs, int dtype, int layout, int level,
+                           uint32_t segment_symbols, uint32_t flags, int threads) {
   EncodeRequest req;
   for (const auto& [view, quantizer, param, max_tables] : specs) {
     if (!valid_quantizer((uint8_t)quantizer)) throw InputError("unknown quantizer id");
@@ -93,12 +93,38 @@ py::bytes encode_py(const std::vector<SpecTuple>& specs, int dtype, int layout, 
   if (flags & ~kKnownFlags) throw InputError("unknown flags");
   req.flags = flags;
   req.threads = threads;
+  return req;
+}
+
+py::bytes encode_py(const std::vector<SpecTuple>& specs, int dtype, int layout, int level,
+                    uint32_t segment_symbols, uint32_t flags, int threads) {
+  const EncodeRequest req = make_request(specs, dtype, layout, level, segment_symbols, flags, threads);
   std::vector<uint8_t> out;
   {
     py::gil_scoped_release nogil;
     out = encode(req);
   }
   return py::bytes(reinterpret_cast<const char*>(out.data()), out.size());
+}
+
+template <typename T>
+py::bytes as_bytes(const std::vector<T>& v) {
+  return py::bytes(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
+}
+
+// Per group: (symbols int8, a per token fp32, b per channel fp32, o per channel fp32) as bytes.
+py::list quantize_py(const std::vector<SpecTuple>& specs, int threads) {
+  const EncodeRequest req = make_request(specs, 1, 1, 0, 1u << 16, 0, threads);
+  std::vector<Quantized> q;
+  {
+    py::gil_scoped_release nogil;
+    q = quantize(req);
+  }
+  py::list out;
+  for (const Quantized& g : q)
+    out.append(py::make_tuple(as_bytes(g.symbols), as_bytes(g.params.a), as_bytes(g.params.b),
+                              as_bytes(g.params.o)));
+  return out;
 }
 
 void decode_py(const Blob& b, const std::vector<ViewTuple>& outs, int threads) {
@@ -127,6 +153,7 @@ py::dict build_info_py() {
   py::dict d;
   d["backend"] = "cpu";
   d["crc32c"] = crc32c_backend();
+  d["convert"] = convert_backend();
   d["format_version"] = kFormatVersion;
   d["lanes"] = rans::kLanes;
   d["prob_bits"] = rans::kProbBits;
@@ -156,5 +183,6 @@ PYBIND11_MODULE(_core, m) {
   m.def("encode", &encode_py, py::arg("specs"), py::arg("dtype"), py::arg("layout"),
         py::arg("level"), py::arg("segment_symbols"), py::arg("flags") = 0,
         py::arg("threads") = 0);
+  m.def("quantize", &quantize_py, py::arg("specs"), py::arg("threads") = 0);
   m.def("build_info", &build_info_py);
 }

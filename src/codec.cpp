@@ -1,11 +1,11 @@
 #include "codec.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <string>
 
-#include "half.hpp"
 #include "parallel.hpp"
 #include "segment.hpp"
 
@@ -48,15 +48,12 @@ FittedGroup fit_group(const GroupSpec& s, uint32_t segment_symbols) {
   d.num_segments = segment_count(T, d.seg_tokens);
   d.quantizer = s.quantizer;
   d.param = s.param;
-  {
-    std::vector<float> x((size_t)T * C);
-    load_f32(v, x.data());
-    f.group.quant = fit_quantizer(s.quantizer, s.param, x.data(), T, C);
-    f.symbols.resize(x.size());
-    quantize_group(f.group.quant, expand_params(f.group.quant, T, C), x.data(), T, C,
-                   f.symbols.data());
-  }
-  f.group.tables = fit_tables(channel_histograms(f.symbols.data(), T, C), s.max_tables);
+  f.group.quant = fit_quantizer(s.quantizer, s.param, v);
+  f.symbols.resize((size_t)T * C);
+  std::vector<Histogram> hists(C, Histogram{});
+  quantize_group(f.group.quant, expand_params(f.group.quant, T, C), v, f.symbols.data(),
+                 hists[0].data());
+  f.group.tables = fit_tables(hists, s.max_tables);
   for (const Table& t : f.group.tables.tables) f.enc.push_back(encoder_symbols(t));
   return f;
 }
@@ -91,41 +88,30 @@ std::vector<uint8_t> encode_segment(const FittedGroup& f, uint32_t token_begin, 
   return out;
 }
 
-// Decoder tables of one group: one LUT per table and a LUT pointer per channel.
-struct GroupLuts {
-  std::vector<std::vector<uint32_t>> luts;
-  std::vector<const uint32_t*> by_channel;
-};
-
-std::vector<GroupLuts> build_luts(const ParsedBlob& blob, int threads) {
-  std::vector<GroupLuts> out(blob.groups.size());
-  parallel_for(blob.groups.size(), threads, [&](size_t g) {
-    const TableSet& ts = blob.groups[g].tables;
-    for (const Table& t : ts.tables) out[g].luts.push_back(decoder_lut(t));
-    for (uint8_t t : ts.channel_table) out[g].by_channel.push_back(out[g].luts[t].data());
-  });
-  return out;
-}
-
-template <typename Out, Out (*Convert)(float)>
-struct WriteSink {
-  const float *a, *b, *o;
-  Out* base;
-  int64_t s_token;
-  const int64_t* channel_offset;
-  void operator()(uint32_t t, uint32_t c, int s) const {
-    base[t * s_token + channel_offset[c]] = Convert(dequantize(s, a[t], b[c], o[c]));
+// Decoder tables of one group, built per thread on first use and kept while the thread's
+// segments stay in that group (segments of a group are adjacent). One per thread, living across
+// calls so its memory is reused; `call` tells calls apart.
+class LutCache {
+ public:
+  const uint32_t* const* get(const ParsedBlob& blob, uint64_t call, uint32_t group) {
+    if (call == call_ && group == group_) return by_channel_.data();
+    const TableSet& ts = blob.groups[group].tables;
+    luts_.resize(ts.tables.size() * rans::kProbScale);
+    for (size_t t = 0; t < ts.tables.size(); ++t)
+      fill_decoder_lut(ts.tables[t], luts_.data() + t * rans::kProbScale);
+    by_channel_.clear();
+    for (uint8_t t : ts.channel_table) by_channel_.push_back(luts_.data() + t * rans::kProbScale);
+    call_ = call;
+    group_ = group;
+    return by_channel_.data();
   }
+
+ private:
+  uint64_t call_ = 0;
+  uint32_t group_ = 0;
+  std::vector<uint32_t> luts_;
+  std::vector<const uint32_t*> by_channel_;
 };
-
-float identity(float x) { return x; }
-
-std::vector<int64_t> channel_offsets(const TensorView& v) {
-  std::vector<int64_t> off(v.channels());
-  for (uint32_t h = 0; h < v.heads; ++h)
-    for (uint32_t d = 0; d < v.head_dim; ++d) off[h * v.head_dim + d] = h * v.s_head + d * v.s_dim;
-  return off;
-}
 
 void check_outputs(const ParsedBlob& blob, const std::vector<TensorView>& outs) {
   if (outs.size() != blob.groups.size()) throw InputError("need one output per (layer, K/V)");
@@ -137,29 +123,44 @@ void check_outputs(const ParsedBlob& blob, const std::vector<TensorView>& outs) 
   }
 }
 
-struct GroupOutput {
-  DequantParams params;
-  std::vector<int64_t> channel_offset;
-};
+// Decode a segment's symbols into a per-thread scratch buffer.
+std::atomic<uint64_t> g_calls{0};
 
-template <typename Out, Out (*Convert)(float)>
-void decode_to(const ParsedBlob& blob, const uint8_t* data, const Segment& s, const GroupLuts& l,
-               const GroupOutput& go, const TensorView& v) {
-  WriteSink<Out, Convert> sink{go.params.a.data(), go.params.b.data(), go.params.o.data(),
-                               static_cast<Out*>(v.data), v.s_token, go.channel_offset.data()};
-  decode_segment(data + s.offset, s.bytes, s.token_begin, s.token_count,
-                 blob.groups[s.group].desc.channels(), l.by_channel.data(), sink);
+const int8_t* segment_symbols(const ParsedBlob& blob, const uint8_t* data, uint64_t call,
+                              const Segment& s) {
+  thread_local LutCache luts;
+  thread_local std::vector<int8_t> scratch;
+  const uint32_t C = blob.groups[s.group].desc.channels();
+  scratch.resize((size_t)s.token_count * C);
+  decode_segment(data + s.offset, s.bytes, s.token_count, C, luts.get(blob, call, s.group),
+                 scratch.data());
+  return scratch.data();
 }
 
-}  // namespace
-
-std::vector<uint8_t> encode(const EncodeRequest& req) {
+std::vector<FittedGroup> fit_groups(const EncodeRequest& req) {
   if (req.groups.empty() || req.groups.size() % 2) throw InputError("need K and V for each layer");
   if (req.groups.size() / 2 > kMaxLayers) throw InputError("too many layers");
   for (size_t i = 0; i < req.groups.size(); ++i) check_spec(req.groups[i], i);
   std::vector<FittedGroup> fitted(req.groups.size());
   parallel_for(fitted.size(), req.threads,
                [&](size_t g) { fitted[g] = fit_group(req.groups[g], req.segment_symbols); });
+  return fitted;
+}
+
+}  // namespace
+
+std::vector<Quantized> quantize(const EncodeRequest& req) {
+  std::vector<FittedGroup> fitted = fit_groups(req);
+  std::vector<Quantized> out;
+  for (FittedGroup& f : fitted) {
+    const GroupDesc& d = f.group.desc;
+    out.push_back({std::move(f.symbols), expand_params(f.group.quant, d.tokens, d.channels())});
+  }
+  return out;
+}
+
+std::vector<uint8_t> encode(const EncodeRequest& req) {
+  std::vector<FittedGroup> fitted = fit_groups(req);
 
   std::vector<Group> groups;
   std::vector<std::pair<uint32_t, uint32_t>> seg_ref;  // (group, segment within group)
@@ -187,44 +188,41 @@ std::vector<uint8_t> encode(const EncodeRequest& req) {
 void decode_into(const ParsedBlob& blob, const uint8_t* data, const std::vector<TensorView>& outs,
                  int threads) {
   check_outputs(blob, outs);
-  const std::vector<GroupLuts> luts = build_luts(blob, threads);
-  std::vector<GroupOutput> go(blob.groups.size());
-  for (size_t g = 0; g < go.size(); ++g) {
+  const uint64_t call = ++g_calls;
+  std::vector<DequantParams> params(blob.groups.size());
+  for (size_t g = 0; g < params.size(); ++g) {
     const GroupDesc& d = blob.groups[g].desc;
-    go[g] = {expand_params(blob.groups[g].quant, d.tokens, d.channels()), channel_offsets(outs[g])};
+    params[g] = expand_params(blob.groups[g].quant, d.tokens, d.channels());
   }
   parallel_for(blob.segments.size(), threads, [&](size_t i) {
     const Segment& s = blob.segments[i];
-    const TensorView& v = outs[s.group];
-    switch (v.dtype) {
-      case DType::F16:
-        return decode_to<uint16_t, f32_to_f16>(blob, data, s, luts[s.group], go[s.group], v);
-      case DType::BF16:
-        return decode_to<uint16_t, f32_to_bf16>(blob, data, s, luts[s.group], go[s.group], v);
-      case DType::F32:
-        return decode_to<float, identity>(blob, data, s, luts[s.group], go[s.group], v);
+    const uint32_t C = blob.groups[s.group].desc.channels();
+    const int8_t* sym = segment_symbols(blob, data, call, s);
+    std::vector<float> row(C);
+    for (uint32_t k = 0; k < s.token_count; ++k) {
+      dequantize_row(sym + (size_t)k * C, params[s.group], s.token_begin + k, C, row.data());
+      store_row(outs[s.group], s.token_begin + k, row.data());
     }
   });
 }
 
 EntropyStats entropy_stats(const ParsedBlob& blob, const uint8_t* data, int threads) {
-  const std::vector<GroupLuts> luts = build_luts(blob, threads);
+  const uint64_t call = ++g_calls;
   std::vector<double> bits(blob.segments.size(), 0.0);
   parallel_for(blob.segments.size(), threads, [&](size_t i) {
     const Segment& s = blob.segments[i];
     const Group& g = blob.groups[s.group];
+    const uint32_t C = g.desc.channels();
     std::vector<std::array<double, kAlphabet>> cost(g.tables.tables.size());
     for (size_t t = 0; t < cost.size(); ++t)
       for (int k = 0; k < kAlphabet; ++k) {
         const double f = g.tables.tables[t].freq[k];
         cost[t][k] = f > 0 ? -std::log2(f / rans::kProbScale) : 0.0;
       }
-    const uint8_t* table_of = g.tables.channel_table.data();
-    double acc = 0.0;
-    auto sink = [&](uint32_t, uint32_t c, int sym) { acc += cost[table_of[c]][sym + kSymbolBias]; };
-    decode_segment(data + s.offset, s.bytes, s.token_begin, s.token_count, g.desc.channels(),
-                   luts[s.group].by_channel.data(), sink);
-    bits[i] = acc;
+    const int8_t* sym = segment_symbols(blob, data, call, s);
+    const size_t n = (size_t)s.token_count * C;
+    for (size_t p = 0; p < n; ++p)
+      bits[i] += cost[g.tables.channel_table[p % C]][sym[p] + kSymbolBias];
   });
   EntropyStats st;
   for (size_t i = 0; i < bits.size(); ++i) {

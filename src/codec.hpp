@@ -29,6 +29,13 @@ struct EncodeRequest {
 
 std::vector<uint8_t> encode(const EncodeRequest& req);
 
+// The quantization stage alone: per group, symbols ([tokens, channels]) and fp32 parameters.
+struct Quantized {
+  std::vector<int8_t> symbols;
+  DequantParams params;
+};
+std::vector<Quantized> quantize(const EncodeRequest& req);
+
 // Decode every group into its output view (2 per layer, shapes as in the blob).
 void decode_into(const ParsedBlob& blob, const uint8_t* data, const std::vector<TensorView>& outs,
                  int threads);

@@ -16,67 +16,73 @@ uint16_t step_to_f16(float step) { return f32_to_f16(std::min(step, kMaxF16)); }
 
 float safe_inverse(float step) { return step > 0.0f ? 1.0f / step : 0.0f; }
 
-void check_finite(const float* x, size_t n) {
-  for (size_t i = 0; i < n; ++i) {
-    if (!std::isfinite(x[i])) throw InputError("KV tensor contains NaN or Inf");
-  }
+void check_finite(const float* row, uint32_t n) {
+  uint32_t bad = 0;
+  for (uint32_t i = 0; i < n; ++i) bad |= (f32_bits(row[i]) & 0x7f800000u) == 0x7f800000u;
+  if (bad) throw InputError("KV tensor contains NaN or Inf");
 }
 
-std::vector<uint16_t> token_absmax_scales(const float* x, uint32_t tokens, uint32_t channels,
-                                          float max_symbol) {
-  std::vector<uint16_t> scale(tokens);
-  for (uint32_t t = 0; t < tokens; ++t) {
-    float m = 0.0f;
-    for (uint32_t c = 0; c < channels; ++c) m = std::max(m, std::fabs(x[(size_t)t * channels + c]));
-    scale[t] = step_to_f16(m / max_symbol);
-  }
-  return scale;
-}
+// Per-token statistics of one row; eight partial sums keep the loop vectorizable.
+struct RowStats {
+  double sum_sq = 0.0;
+  float absmax = 0.0f;
+};
 
-std::vector<uint16_t> token_steps(const float* x, uint32_t tokens, uint32_t channels, float q) {
-  std::vector<uint16_t> scale(tokens);
-  for (uint32_t t = 0; t < tokens; ++t) {
-    const float* row = x + (size_t)t * channels;
-    double ss = 0.0;
-    float m = 0.0f;
-    for (uint32_t c = 0; c < channels; ++c) {
-      ss += (double)row[c] * row[c];
-      m = std::max(m, std::fabs(row[c]));
+RowStats row_stats(const float* row, uint32_t n) {
+  float sq[8] = {}, mx[8] = {};
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) {
+      sq[k] += row[i + k] * row[i + k];
+      mx[k] = std::max(mx[k], std::fabs(row[i + k]));
     }
-    float rms = (float)std::sqrt(ss / channels);
-    scale[t] = step_to_f16(std::max(q * rms, m / kMaxSymbol));
+  for (; i < n; ++i) {
+    sq[0] += row[i] * row[i];
+    mx[0] = std::max(mx[0], std::fabs(row[i]));
   }
-  return scale;
+  RowStats s;
+  for (int k = 0; k < 8; ++k) {
+    s.sum_sq += sq[k];
+    s.absmax = std::max(s.absmax, mx[k]);
+  }
+  return s;
 }
 
-void channel_steps(const float* x, uint32_t tokens, uint32_t channels, float q, GroupQuant& g) {
-  std::vector<double> sum(channels, 0.0), ss(channels, 0.0);
-  std::vector<float> lo(channels, INFINITY), hi(channels, -INFINITY);
-  for (uint32_t t = 0; t < tokens; ++t) {
-    const float* row = x + (size_t)t * channels;
-    for (uint32_t c = 0; c < channels; ++c) sum[c] += row[c];
-  }
-  g.channel_offset.resize(channels);
-  std::vector<float> mean(channels);
-  for (uint32_t c = 0; c < channels; ++c) {
-    g.channel_offset[c] = f32_to_f16((float)(sum[c] / tokens));
-    mean[c] = f16_to_f32(g.channel_offset[c]);
-  }
-  for (uint32_t t = 0; t < tokens; ++t) {
-    const float* row = x + (size_t)t * channels;
-    for (uint32_t c = 0; c < channels; ++c) {
-      float d = row[c] - mean[c];
-      ss[c] += (double)d * d;
-      lo[c] = std::min(lo[c], d);
-      hi[c] = std::max(hi[c], d);
+// Per-channel running statistics over tokens.
+struct ChannelStats {
+  std::vector<double> sum, sum_sq;
+  std::vector<float> lo, hi;
+  explicit ChannelStats(uint32_t c) : sum(c), sum_sq(c), lo(c, INFINITY), hi(c, -INFINITY) {}
+  void add(const float* row) {
+    for (size_t c = 0; c < sum.size(); ++c) {
+      sum[c] += row[c];
+      sum_sq[c] += (double)row[c] * row[c];
+      lo[c] = std::min(lo[c], row[c]);
+      hi[c] = std::max(hi[c], row[c]);
     }
   }
-  g.channel_scale.resize(channels);
-  for (uint32_t c = 0; c < channels; ++c) {
-    float rms = (float)std::sqrt(ss[c] / tokens);
-    float range = std::max(-lo[c], hi[c]);
-    g.channel_scale[c] = step_to_f16(std::max(q * rms, range / kMaxSymbol));
+};
+
+void fit_channel_steps(const ChannelStats& s, uint32_t tokens, float q, GroupQuant& g) {
+  const size_t C = s.sum.size();
+  g.channel_offset.resize(C);
+  g.channel_scale.resize(C);
+  for (size_t c = 0; c < C; ++c) {
+    const double mean = s.sum[c] / tokens;
+    g.channel_offset[c] = f32_to_f16((float)mean);
+    const double o = f16_to_f32(g.channel_offset[c]);
+    const double var = std::max(0.0, s.sum_sq[c] / tokens - 2 * o * mean + o * o);
+    const float range = (float)std::max(s.hi[c] - o, o - s.lo[c]);
+    g.channel_scale[c] = step_to_f16(std::max(q * (float)std::sqrt(var), range / kMaxSymbol));
   }
+}
+
+uint8_t reference_max_symbol(float param) {
+  const int bins = (int)param;
+  if (bins < 3 || bins > 256 || (float)bins != param)
+    throw InputError("CacheGen reference bins must be an integer in [3, 256], got " +
+                     std::to_string(param));
+  return (uint8_t)std::min(bins / 2 - 1 + (bins % 2), kMaxSymbol);
 }
 
 }  // namespace
@@ -93,48 +99,55 @@ DequantParams expand_params(const GroupQuant& q, uint32_t tokens, uint32_t chann
   return p;
 }
 
-GroupQuant fit_quantizer(Quantizer kind, float param, const float* x, uint32_t tokens,
-                         uint32_t channels) {
-  check_finite(x, (size_t)tokens * channels);
+GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v) {
   if (!std::isfinite(param) || param <= 0.0f) throw InputError("quantizer parameter must be > 0");
+  const uint32_t T = v.tokens, C = v.channels();
   GroupQuant g;
-  switch (kind) {
-    case Quantizer::TokenAbsmax: {
-      int bins = (int)param;
-      if (bins < 3 || bins > 256 || (float)bins != param)
-        throw InputError("CacheGen reference bins must be an integer in [3, 256], got " +
-                         std::to_string(param));
-      g.max_symbol = (uint8_t)std::min(bins / 2 - 1 + (bins % 2), kMaxSymbol);
-      g.flags = kTokenScale;
-      g.token_scale = token_absmax_scales(x, tokens, channels, g.max_symbol);
-      break;
+  if (kind == Quantizer::TokenAbsmax) g.max_symbol = reference_max_symbol(param);
+  const bool per_token = kind == Quantizer::TokenAbsmax || kind == Quantizer::TokenStep;
+  if (!valid_quantizer((uint8_t)kind)) throw InputError("unknown quantizer id");
+  g.flags = per_token ? kTokenScale : (kChannelScale | kChannelOffset);
+  std::vector<float> row(C);
+  ChannelStats cs(per_token ? 0 : C);
+  for (uint32_t t = 0; t < T; ++t) {
+    load_row(v, t, row.data());
+    check_finite(row.data(), C);
+    if (!per_token) {
+      cs.add(row.data());
+      continue;
     }
-    case Quantizer::ChannelStep:
-      g.flags = kChannelScale | kChannelOffset;
-      channel_steps(x, tokens, channels, param, g);
-      break;
-    case Quantizer::TokenStep:
-      g.flags = kTokenScale;
-      g.token_scale = token_steps(x, tokens, channels, param);
-      break;
-    default:
-      throw InputError("unknown quantizer id " + std::to_string((int)kind));
+    const RowStats rs = row_stats(row.data(), C);
+    const float step = kind == Quantizer::TokenAbsmax
+                           ? rs.absmax / g.max_symbol
+                           : std::max(param * (float)std::sqrt(rs.sum_sq / C), rs.absmax / kMaxSymbol);
+    g.token_scale.push_back(step_to_f16(step));
   }
+  if (!per_token) fit_channel_steps(cs, T, param, g);
   return g;
 }
 
-void quantize_group(const GroupQuant& q, const DequantParams& p, const float* x, uint32_t tokens,
-                    uint32_t channels, int8_t* symbols) {
-  std::vector<float> inv_b(channels);
-  for (uint32_t c = 0; c < channels; ++c) inv_b[c] = safe_inverse(p.b[c]);
+void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorView& v,
+                    int8_t* symbols, uint32_t* hist) {
+  const uint32_t T = v.tokens, C = v.channels();
+  std::vector<float> inv_b(C), row(C);
+  for (uint32_t c = 0; c < C; ++c) inv_b[c] = safe_inverse(p.b[c]);
   const int m = q.max_symbol;
-  for (uint32_t t = 0; t < tokens; ++t) {
+  for (uint32_t t = 0; t < T; ++t) {
+    load_row(v, t, row.data());
     const float inv_a = safe_inverse(p.a[t]);
-    const float* row = x + (size_t)t * channels;
-    int8_t* out = symbols + (size_t)t * channels;
-    for (uint32_t c = 0; c < channels; ++c)
+    int8_t* out = symbols + (size_t)t * C;
+    for (uint32_t c = 0; c < C; ++c)
       out[c] = (int8_t)quantize(row[c], mul_rn(inv_a, inv_b[c]), p.o[c], m);
+    for (uint32_t c = 0; c < C; ++c) hist[c * 256 + out[c] + 128]++;
   }
+}
+
+void dequantize_row(const int8_t* symbols, const DequantParams& p, uint32_t token,
+                    uint32_t channels, float* row) {
+  const float a = p.a[token];
+  const float* b = p.b.data();
+  const float* o = p.o.data();
+  for (uint32_t c = 0; c < channels; ++c) row[c] = dequantize(symbols[c], a, b[c], o[c]);
 }
 
 }  // namespace cachegen

@@ -73,12 +73,16 @@ struct DequantParams {
 
 DequantParams expand_params(const GroupQuant& q, uint32_t tokens, uint32_t channels);
 
-// Fit the quantizer to x ([tokens, channels] fp32, row-major); throws InputError on nan/inf.
-GroupQuant fit_quantizer(Quantizer kind, float param, const float* x, uint32_t tokens,
-                         uint32_t channels);
+// Fit the quantizer to a tensor (one pass over it); throws InputError on nan/inf.
+GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v);
 
-// Quantize x into symbols (int8, [tokens, channels]) with fitted parameters.
-void quantize_group(const GroupQuant& q, const DequantParams& p, const float* x, uint32_t tokens,
-                    uint32_t channels, int8_t* symbols);
+// Quantize into symbols ([tokens, channels] int8) and count them per channel into
+// hist[channel * 256 + symbol + 128], which must start zeroed.
+void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorView& v,
+                    int8_t* symbols, uint32_t* hist);
+
+// Reconstruct one token's row: row[c] = dequantize(symbols[c], a[token], b[c], o[c]).
+void dequantize_row(const int8_t* symbols, const DequantParams& p, uint32_t token,
+                    uint32_t channels, float* row);
 
 }  // namespace cachegen

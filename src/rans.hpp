@@ -25,8 +25,9 @@ struct EncSym {
 };
 
 // Whether encoding `s` from state x first flushes one 16-bit word.
+// The bound reaches 2^32 for freq 4096, hence 64 bits.
 CG_HD bool enc_needs_flush(uint32_t x, EncSym s) {
-  return x >= ((kLowerBound >> kProbBits) << 16) * s.freq;
+  return x >= (uint64_t)((kLowerBound >> kProbBits) << 16) * s.freq;
 }
 
 CG_HD uint32_t enc_step(uint32_t x, EncSym s) {
@@ -47,6 +48,9 @@ CG_HD uint32_t dec_advance(uint32_t x, uint32_t entry) {
 
 CG_HD bool dec_needs_word(uint32_t x) { return x < kLowerBound; }
 
-CG_HD uint32_t dec_refill(uint32_t x, uint16_t word) { return (x << 16) | word; }
+// Shift in `word` if need is 1, keep x if 0: branch-free, since need is 1 at random.
+CG_HD uint32_t dec_renorm(uint32_t x, uint32_t need, uint16_t word) {
+  return (x << (need * 16)) | (word & (0u - need));
+}
 
 }  // namespace cachegen::rans

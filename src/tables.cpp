@@ -9,6 +9,7 @@ namespace {
 
 constexpr int kLloydRounds = 3;
 constexpr double kBitsPerTableEntry = 6.0;  // rough varint cost, used only to choose a count
+constexpr double kMinGain = 0.002;          // stop adding tables below this relative gain
 
 std::pair<int, int> used_range(const Histogram& h) {
   int lo = 0, hi = -1;
@@ -119,16 +120,6 @@ uint32_t get_varint(const uint8_t* data, size_t& pos, size_t end) {
 
 }  // namespace
 
-std::vector<Histogram> channel_histograms(const int8_t* symbols, uint32_t tokens,
-                                          uint32_t channels) {
-  std::vector<Histogram> h(channels, Histogram{});
-  for (uint32_t t = 0; t < tokens; ++t) {
-    const int8_t* row = symbols + (size_t)t * channels;
-    for (uint32_t c = 0; c < channels; ++c) h[c][row[c] + 128]++;
-  }
-  return h;
-}
-
 TableSet fit_tables(const std::vector<Histogram>& hists, uint32_t max_tables) {
   Histogram all{};
   for (auto& h : hists)
@@ -142,12 +133,11 @@ TableSet fit_tables(const std::vector<Histogram>& hists, uint32_t max_tables) {
   uint32_t best_k = 1;
   for (uint32_t k = 1; k <= limit; k *= 2) {
     Clustering cl = cluster(hists, k, lo, hi);
-    double overhead = k * span * kBitsPerTableEntry + (k > 1 ? 8.0 * channels : 0.0);
-    if (cl.bits + overhead < best_bits) {
-      best_bits = cl.bits + overhead;
-      best_assign = cl.assign;
-      best_k = k;
-    }
+    const double bits = cl.bits + k * span * kBitsPerTableEntry + (k > 1 ? 8.0 * channels : 0.0);
+    if (bits > best_bits * (1.0 - kMinGain)) break;  // doubling again would gain even less
+    best_bits = bits;
+    best_assign = cl.assign;
+    best_k = k;
   }
   TableSet ts;
   ts.channel_table = best_assign;
@@ -225,14 +215,12 @@ std::array<rans::EncSym, kAlphabet> encoder_symbols(const Table& t) {
   return e;
 }
 
-std::vector<uint32_t> decoder_lut(const Table& t) {
-  std::vector<uint32_t> lut(rans::kProbScale);
+void fill_decoder_lut(const Table& t, uint32_t* lut) {
   uint32_t cum = 0;
   for (int i = 0; i < kAlphabet; ++i) {
     for (uint32_t k = 0; k < t.freq[i]; ++k) lut[cum + k] = rans::pack_dec_entry(i, t.freq[i], k);
     cum += t.freq[i];
   }
-  return lut;
 }
 
 double code_length_bits(const Histogram& counts, const Table& t) {

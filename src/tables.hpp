@@ -23,10 +23,6 @@ struct TableSet {
   std::vector<uint8_t> channel_table;  // table index per channel
 };
 
-// Per-channel histograms of a [tokens, channels] symbol matrix.
-std::vector<Histogram> channel_histograms(const int8_t* symbols, uint32_t tokens,
-                                          uint32_t channels);
-
 // Cluster channels into at most max_tables tables, choosing the count that minimizes the
 // estimated coded size including the tables themselves.
 TableSet fit_tables(const std::vector<Histogram>& hists, uint32_t max_tables);
@@ -41,8 +37,8 @@ Table parse_table(const uint8_t* data, size_t& pos, size_t end);
 
 std::array<rans::EncSym, kAlphabet> encoder_symbols(const Table& t);
 
-// kProbScale packed decode entries (see rans::pack_dec_entry).
-std::vector<uint32_t> decoder_lut(const Table& t);
+// Fill kProbScale packed decode entries (see rans::pack_dec_entry).
+void fill_decoder_lut(const Table& t, uint32_t* lut);
 
 // Ideal code length in bits of `counts` under table t (the entropy-coder efficiency yardstick).
 double code_length_bits(const Histogram& counts, const Table& t);

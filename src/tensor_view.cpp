@@ -1,37 +1,115 @@
 #include "tensor_view.hpp"
 
+#include <cstring>
+
 #include "half.hpp"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define CG_X86 1
+#endif
 
 namespace cachegen {
 namespace {
 
-template <typename T, typename Convert>
-void load_rows(const TensorView& v, float* out, Convert convert) {
-  const T* base = static_cast<const T*>(v.data);
-  for (uint32_t t = 0; t < v.tokens; ++t) {
-    for (uint32_t h = 0; h < v.heads; ++h) {
-      const T* row = base + t * v.s_token + h * v.s_head;
-      float* dst = out + ((size_t)t * v.heads + h) * v.head_dim;
-      if (v.s_dim == 1) {
-        for (uint32_t d = 0; d < v.head_dim; ++d) dst[d] = convert(row[d]);
-      } else {
-        for (uint32_t d = 0; d < v.head_dim; ++d) dst[d] = convert(row[d * v.s_dim]);
-      }
+#ifdef CG_X86
+bool has_f16c() {
+  static const bool yes = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+  return yes;
+}
+
+// The F16C instructions round to nearest even, like f32_to_f16, so both paths agree bit for bit.
+__attribute__((target("avx,f16c"))) void f16_to_f32_f16c(const uint16_t* src, float* dst,
+                                                          uint32_t n) {
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(src + i))));
+  for (; i < n; ++i) dst[i] = f16_to_f32(src[i]);
+}
+
+__attribute__((target("avx,f16c"))) void f32_to_f16_f16c(const float* src, uint16_t* dst,
+                                                          uint32_t n) {
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128((__m128i*)(dst + i),
+                     _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+  for (; i < n; ++i) dst[i] = f32_to_f16(src[i]);
+}
+#endif
+
+void f16_to_f32_n(const uint16_t* src, float* dst, uint32_t n) {
+#ifdef CG_X86
+  if (has_f16c()) return f16_to_f32_f16c(src, dst, n);
+#endif
+  for (uint32_t i = 0; i < n; ++i) dst[i] = f16_to_f32(src[i]);
+}
+
+void f32_to_f16_n(const float* src, uint16_t* dst, uint32_t n) {
+#ifdef CG_X86
+  if (has_f16c()) return f32_to_f16_f16c(src, dst, n);
+#endif
+  for (uint32_t i = 0; i < n; ++i) dst[i] = f32_to_f16(src[i]);
+}
+
+void bf16_to_f32_n(const uint16_t* src, float* dst, uint32_t n) {
+  for (uint32_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(src[i]);
+}
+
+void f32_to_bf16_n(const float* src, uint16_t* dst, uint32_t n) {
+  for (uint32_t i = 0; i < n; ++i) dst[i] = f32_to_bf16(src[i]);
+}
+
+void copy_in(const float* src, float* dst, uint32_t n) { std::memcpy(dst, src, n * 4); }
+
+// Apply `fn(src_run, dst_run, n)` to each contiguous run of a row: one run if dense, else per
+// head (contiguous dims) or per element.
+template <typename T, typename Fn>
+void for_runs(const TensorView& v, uint32_t token, float* row, Fn fn) {
+  T* base = static_cast<T*>(v.data) + token * v.s_token;
+  if (v.dense_rows()) return fn(base, row, v.channels());
+  for (uint32_t h = 0; h < v.heads; ++h) {
+    T* head = base + h * v.s_head;
+    float* r = row + h * v.head_dim;
+    if (v.s_dim == 1) {
+      fn(head, r, v.head_dim);
+    } else {
+      for (uint32_t d = 0; d < v.head_dim; ++d) fn(head + d * v.s_dim, r + d, 1);
     }
   }
 }
 
 }  // namespace
 
-void load_f32(const TensorView& v, float* out) {
+void load_row(const TensorView& v, uint32_t token, float* row) {
   switch (v.dtype) {
     case DType::F16:
-      return load_rows<uint16_t>(v, out, f16_to_f32);
+      return for_runs<uint16_t>(v, token, row, f16_to_f32_n);
     case DType::BF16:
-      return load_rows<uint16_t>(v, out, bf16_to_f32);
+      return for_runs<uint16_t>(v, token, row, bf16_to_f32_n);
     case DType::F32:
-      return load_rows<float>(v, out, [](float x) { return x; });
+      return for_runs<float>(v, token, row, copy_in);
   }
+}
+
+void store_row(const TensorView& v, uint32_t token, const float* row) {
+  float* r = const_cast<float*>(row);  // for_runs hands out a mutable row; stores only read it
+  switch (v.dtype) {
+    case DType::F16:
+      return for_runs<uint16_t>(v, token, r,
+                                [](uint16_t* d, float* s, uint32_t n) { f32_to_f16_n(s, d, n); });
+    case DType::BF16:
+      return for_runs<uint16_t>(v, token, r,
+                                [](uint16_t* d, float* s, uint32_t n) { f32_to_bf16_n(s, d, n); });
+    case DType::F32:
+      return for_runs<float>(v, token, r, [](float* d, float* s, uint32_t n) { copy_in(s, d, n); });
+  }
+}
+
+const char* convert_backend() {
+#ifdef CG_X86
+  if (has_f16c()) return "f16c";
+#endif
+  return "scalar";
 }
 
 }  // namespace cachegen

@@ -11,11 +11,13 @@ from .api import (
     BlobInfo,
     FormatError,
     GroupInfo,
+    QuantizedGroup,
     build_info,
     decode,
     encode,
     entropy_stats,
     inspect,
+    quantize,
 )
 from .config import DEFAULT_LEVEL, LEVELS, QUANTIZERS, CodecConfig
 
@@ -31,9 +33,11 @@ __all__ = [
     "CodecConfig",
     "FormatError",
     "GroupInfo",
+    "QuantizedGroup",
     "build_info",
     "decode",
     "encode",
     "entropy_stats",
     "inspect",
+    "quantize",
 ]

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from . import _core
 from .config import DEFAULT_LEVEL, QUANTIZER_NAMES, CodecConfig
 from .tensors import (
@@ -13,6 +15,7 @@ from .tensors import (
     DTYPE_NAMES,
     LAYOUT_NAMES,
     LAYOUTS,
+    KVViews,
     allocate,
     check_writable,
     dtype_name,
@@ -80,6 +83,26 @@ def _threads(threads: int | None) -> int:
     return threads
 
 
+def _config(level: int | None, config: CodecConfig | None) -> CodecConfig:
+    if level is not None and config is not None:
+        raise ValueError("pass either level or config, not both")
+    if config is None:
+        return CodecConfig.from_level(DEFAULT_LEVEL if level is None else level)
+    if not isinstance(config, CodecConfig):
+        raise TypeError(f"config must be a CodecConfig, got {type(config).__name__}")
+    return config
+
+
+def _specs(v: KVViews, config: CodecConfig) -> list[tuple]:
+    num_layers = len(v.groups) // 2
+    specs = []
+    for layer in range(num_layers):
+        params = config.layer_params(layer, num_layers)
+        for group, (quantizer, param) in zip(v.groups[2 * layer : 2 * layer + 2], params):
+            specs.append((group.as_tuple(), quantizer, param, config.max_tables))
+    return specs
+
+
 def encode(
     kv: Any,
     level: int | None = None,
@@ -98,20 +121,11 @@ def encode(
         config: an explicit `CodecConfig`, e.g. `CodecConfig.cachegen_reference(2)`.
         threads: worker threads; default all cores.
     """
-    if level is not None and config is not None:
-        raise ValueError("pass either level or config, not both")
-    if config is None:
-        config = CodecConfig.from_level(DEFAULT_LEVEL if level is None else level)
+    config = _config(level, config)
     v = views(kv)
-    num_layers = len(v.groups) // 2
-    specs = []
-    for layer in range(num_layers):
-        params = config.layer_params(layer, num_layers)
-        for group, (quantizer, param) in zip(v.groups[2 * layer : 2 * layer + 2], params):
-            specs.append((group.as_tuple(), quantizer, param, config.max_tables))
     flags = _FLAG_TORCH_SOURCE if v.framework == "torch" else 0
     return _core.encode(
-        specs,
+        _specs(v, config),
         DTYPE_CODES[v.dtype],
         LAYOUTS[v.layout],
         config.level,
@@ -119,6 +133,43 @@ def encode(
         flags,
         _threads(threads),
     )
+
+
+@dataclass(frozen=True)
+class QuantizedGroup:
+    """The quantization stage of one layer's K or V: x' = symbols * a[:, None] * b + o."""
+
+    symbols: np.ndarray  # int8 [tokens, channels]
+    a: np.ndarray  # fp32 [tokens]
+    b: np.ndarray  # fp32 [channels]
+    o: np.ndarray  # fp32 [channels]
+
+    def dequantize(self) -> np.ndarray:
+        """fp32 reconstruction, with the decoder's operation order."""
+        return self.symbols.astype(np.float32) * self.a[:, None] * self.b + self.o
+
+
+def quantize(
+    kv: Any,
+    level: int | None = None,
+    *,
+    config: CodecConfig | None = None,
+    threads: int | None = None,
+) -> list[QuantizedGroup]:
+    """Run only the quantizer of `encode` (same arguments): per (layer, K/V) group, K first."""
+    v = views(kv)
+    raw = _core.quantize(_specs(v, _config(level, config)), _threads(threads))
+    out = []
+    for g, (sym, a, b, o) in zip(v.groups, raw):
+        out.append(
+            QuantizedGroup(
+                np.frombuffer(sym, np.int8).reshape(g.tokens, g.heads * g.head_dim),
+                np.frombuffer(a, np.float32),
+                np.frombuffer(b, np.float32),
+                np.frombuffer(o, np.float32),
+            )
+        )
+    return out
 
 
 def _group_info(d: dict) -> GroupInfo:
