@@ -1,0 +1,61 @@
+"""Golden blobs: deterministic inputs (integer hashing, no RNG or libm) and the blobs that freeze
+wire format v1. `python tests/golden.py` rewrites tests/data/ — only for a deliberate format change."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+import cachegen
+
+DATA = Path(__file__).parent / "data"
+
+
+def deterministic_kv(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """Roughly Gaussian values from a multiplicative hash, identical on every platform."""
+    i = np.arange(int(np.prod(shape)), dtype=np.uint64) + np.uint64(seed * 1_000_003)
+    acc = np.zeros(i.shape, np.float64)
+    for k in range(4):
+        h = (i * np.uint64(2654435761 + 2 * k) + np.uint64(k * 40503)) % np.uint64(1 << 32)
+        acc += h.astype(np.float64) / 2**32 - 0.5
+    channel_scale = 1.0 + (np.arange(shape[-1]) % 5)
+    return (acc.reshape(shape) * channel_scale).astype(np.float32)
+
+
+def cases() -> dict[str, tuple[object, cachegen.CodecConfig]]:
+    stacked = deterministic_kv((3, 2, 50, 2, 24), 1).astype(np.float16)
+    pairs = [
+        (deterministic_kv((1, 2, 40, 16), 2), deterministic_kv((1, 2, 40, 16), 3)),
+        (deterministic_kv((1, 1, 17, 8), 4), deterministic_kv((1, 1, 17, 12), 5)),
+    ]
+    small = cachegen.CodecConfig(segment_symbols=1024, max_tables=4)
+    return {
+        "stacked_f16_steps": (stacked, cachegen.CodecConfig(key_param=0.5, value_param=0.7)),
+        "stacked_f16_ref2": (stacked, cachegen.CodecConfig.cachegen_reference(2)),
+        "pairs_f32_segments": (pairs, small),
+    }
+
+
+def digest(kv: object) -> str:
+    arrays = [kv] if isinstance(kv, np.ndarray) else [t for pair in kv for t in pair]
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def main() -> None:
+    DATA.mkdir(exist_ok=True)
+    manifest = {}
+    for name, (kv, config) in cases().items():
+        blob = cachegen.encode(kv, config=config)
+        (DATA / f"{name}.cgkv").write_bytes(blob)
+        manifest[name] = {"decoded_sha256": digest(cachegen.decode(blob)), "bytes": len(blob)}
+    (DATA / "golden.json").write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

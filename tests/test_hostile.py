@@ -1,0 +1,123 @@
+"""Hostile blobs: truncated, bit-flipped, random, and mutated-then-resealed (valid checksum, bad
+fields) inputs raise FormatError only: never a crash, a hang or an oversized allocation."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from conftest import synthetic_kv
+
+import cachegen
+from cachegen import FormatError
+
+_crc_table = None
+
+
+def crc32c(data: bytes) -> int:
+    global _crc_table
+    if _crc_table is None:
+        _crc_table = []
+        for i in range(256):
+            c = i
+            for _ in range(8):
+                c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
+            _crc_table.append(c)
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc = (crc >> 8) ^ _crc_table[(crc ^ b) & 0xFF]
+    return crc ^ 0xFFFFFFFF
+
+
+def reseal(blob: bytearray) -> bytes:
+    """Fix the trailing checksum so that the mutation reaches the deeper validation."""
+    blob[-4:] = struct.pack("<I", crc32c(bytes(blob[:-4])))
+    return bytes(blob)
+
+
+@pytest.fixture(scope="module")
+def blob() -> bytes:
+    kv = synthetic_kv(2, 70, 2, 16, layout="pairs")
+    return cachegen.encode(kv, config=cachegen.CodecConfig(segment_symbols=1024, max_tables=4))
+
+
+def decode_or_format_error(data: bytes) -> None:
+    try:
+        cachegen.decode(data, framework="numpy", max_output_bytes=1 << 24)
+    except FormatError:
+        pass
+
+
+def test_valid_blob_is_accepted(blob):
+    assert cachegen.inspect(blob).version == cachegen.FORMAT_VERSION
+    assert cachegen.entropy_stats(blob)["symbols"] == cachegen.inspect(blob).elements
+
+
+def test_every_truncation_is_rejected(blob):
+    for n in range(len(blob)):
+        with pytest.raises(FormatError):
+            cachegen.decode(blob[:n])
+
+
+def test_bit_flips_are_rejected(blob):
+    rng = np.random.default_rng(1)
+    for _ in range(2000):
+        b = bytearray(blob)
+        b[rng.integers(len(b))] ^= 1 << int(rng.integers(8))
+        with pytest.raises(FormatError):
+            cachegen.decode(bytes(b))
+
+
+def test_random_bytes_are_rejected():
+    rng = np.random.default_rng(2)
+    for _ in range(1000):
+        data = rng.integers(0, 256, size=int(rng.integers(0, 400)), dtype=np.uint8).tobytes()
+        if rng.random() < 0.5:
+            data = b"CGKV\x01\x00" + data
+        with pytest.raises(FormatError):
+            cachegen.decode(data)
+
+
+def test_resealed_mutations_never_crash(blob):
+    """Byte mutations with a valid checksum: decode may succeed or raise FormatError only."""
+    rng = np.random.default_rng(3)
+    header_and_side = cachegen.inspect(blob).total_bytes - cachegen.inspect(blob).payload_bytes
+    for i in range(3000):
+        b = bytearray(blob)
+        # Mostly the header, descriptors and tables, where every field is a potential hazard.
+        hi = header_and_side if i % 4 else len(b) - 4
+        for _ in range(int(rng.integers(1, 4))):
+            b[rng.integers(4, hi)] = int(rng.integers(256))
+        decode_or_format_error(reseal(b))
+
+
+def test_resealed_field_extremes_are_rejected(blob):
+    """Header/descriptor fields set to extreme values: counts, offsets, shapes."""
+    for offset in [16, 20, 21, 23, 24, 28, 32, 40, 48, 64, 68, 70, 72, 76, 79, 84, 92, 100]:
+        for value in (0, 0xFF, 0xFFFF, 0xFFFFFFFF):
+            b = bytearray(blob)
+            b[offset : offset + 4] = struct.pack("<I", value)
+            decode_or_format_error(reseal(b))
+
+
+def test_unsupported_version_is_a_clear_error(blob):
+    b = bytearray(blob)
+    b[4:6] = struct.pack("<H", 2)
+    with pytest.raises(FormatError, match="unsupported format version 2"):
+        cachegen.inspect(reseal(b))
+
+
+def test_huge_declared_output_is_refused_before_allocation():
+    kv = np.zeros((1, 2, 4096, 8, 128), np.float16)
+    blob = cachegen.encode(kv)
+    assert len(blob) < 40_000
+    with pytest.raises(FormatError, match="max_output_bytes"):
+        cachegen.decode(blob, max_output_bytes=1 << 20)
+    assert cachegen.decode(blob).shape == kv.shape
+
+
+@pytest.mark.parametrize("bad", [None, 3, "CGKV", [1, 2]])
+def test_non_bytes_blob_is_a_type_error(bad):
+    with pytest.raises(TypeError):
+        cachegen.decode(bad)
