@@ -96,15 +96,21 @@ EncodeRequest make_request(const std::vector<SpecTuple>& specs, int dtype, int l
   return req;
 }
 
-py::bytes encode_py(const std::vector<SpecTuple>& specs, int dtype, int layout, int level,
+py::object encode_py(const std::vector<SpecTuple>& specs, int dtype, int layout, int level,
                     uint32_t segment_symbols, uint32_t flags, int threads) {
   const EncodeRequest req = make_request(specs, dtype, layout, level, segment_symbols, flags, threads);
-  std::vector<uint8_t> out;
+  // The blob is written straight into the bytes object that Python receives.
+  py::object result;
   {
     py::gil_scoped_release nogil;
-    out = encode(req);
+    encode(req, [&](size_t n) {
+      py::gil_scoped_acquire gil;
+      result = py::reinterpret_steal<py::object>(PyBytes_FromStringAndSize(nullptr, (Py_ssize_t)n));
+      if (!result) throw py::error_already_set();
+      return reinterpret_cast<uint8_t*>(PyBytes_AS_STRING(result.ptr()));
+    });
   }
-  return py::bytes(reinterpret_cast<const char*>(out.data()), out.size());
+  return result;
 }
 
 template <typename T>

@@ -14,11 +14,17 @@ namespace {
 
 using EncTable = std::array<rans::EncSym, kAlphabet>;
 
-struct FittedGroup {
-  Group group;
-  std::vector<int8_t> symbols;  // [tokens, channels]
-  std::vector<EncTable> enc;
+// Per-thread buffers reused across groups and calls: big fresh allocations cost page faults.
+struct Scratch {
+  std::vector<int8_t> symbols;  // [tokens, channels] of the group in hand
+  std::vector<Histogram> hists;
+  std::vector<uint16_t> words;
 };
+
+Scratch& scratch() {
+  thread_local Scratch s;
+  return s;
+}
 
 void check_spec(const GroupSpec& s, size_t index) {
   const TensorView& v = s.view;
@@ -36,56 +42,61 @@ uint32_t segment_tokens(uint32_t target_symbols, uint32_t channels) {
   return std::clamp<uint32_t>(target_symbols / channels, 1, std::max(cap, 1u));
 }
 
-FittedGroup fit_group(const GroupSpec& s, uint32_t segment_symbols) {
+// Quantize a group into `symbols` and fit its tables.
+Group fit_group(const GroupSpec& s, uint32_t segment_symbols, int8_t* symbols) {
   const TensorView& v = s.view;
   const uint32_t T = v.tokens, C = v.channels();
-  FittedGroup f;
-  GroupDesc& d = f.group.desc;
-  d.tokens = T;
-  d.heads = (uint16_t)v.heads;
-  d.head_dim = (uint16_t)v.head_dim;
-  d.seg_tokens = segment_tokens(segment_symbols, C);
-  d.num_segments = segment_count(T, d.seg_tokens);
-  d.quantizer = s.quantizer;
-  d.param = s.param;
-  f.group.quant = fit_quantizer(s.quantizer, s.param, v);
-  f.symbols.resize((size_t)T * C);
-  std::vector<Histogram> hists(C, Histogram{});
-  quantize_group(f.group.quant, expand_params(f.group.quant, T, C), v, f.symbols.data(),
-                 hists[0].data());
-  f.group.tables = fit_tables(hists, s.max_tables);
-  for (const Table& t : f.group.tables.tables) f.enc.push_back(encoder_symbols(t));
-  return f;
+  Group g;
+  g.desc = plan_group(s, segment_symbols);
+  g.quant = fit_quantizer(s.quantizer, s.param, v);
+  std::vector<Histogram>& hists = scratch().hists;
+  hists.assign(C, Histogram{});
+  quantize_group(g.quant, expand_params(g.quant, T, C), v, symbols, hists[0].data());
+  g.tables = fit_tables(hists, s.max_tables);
+  return g;
 }
 
-void put_u32(uint8_t* p, uint32_t v) { std::memcpy(p, &v, 4); }
-
-// Encode symbols[p] for p in [0, n) backwards; returns states followed by words.
-std::vector<uint8_t> encode_segment(const FittedGroup& f, uint32_t token_begin, uint32_t tokens) {
-  const uint32_t C = f.group.desc.channels();
-  const size_t n = (size_t)tokens * C;
-  const int8_t* sym = f.symbols.data() + (size_t)token_begin * C;
-  const uint8_t* table_of = f.group.tables.channel_table.data();
+// Append one segment (symbols[0, n) coded backwards) to `out`: states, then words. `words` is
+// scratch with room for one word per symbol, so a flush is a store plus a counter bump rather
+// than a mispredicted branch.
+void encode_segment(const int8_t* sym, size_t n, uint32_t channels, const uint8_t* table_of,
+                    const std::vector<EncTable>& enc, uint16_t* words, std::vector<uint8_t>& out) {
   uint32_t state[rans::kLanes];
   std::fill(state, state + rans::kLanes, rans::kLowerBound);
-  std::vector<uint16_t> words;
-  words.reserve(n / 4 + 16);
-  uint32_t c = (uint32_t)((n - 1) % C);
+  size_t nw = 0;
+  uint32_t c = (uint32_t)((n - 1) % channels);
   for (size_t p = n; p-- > 0;) {
-    const rans::EncSym es = f.enc[table_of[c]][sym[p] + kSymbolBias];
-    uint32_t& x = state[p % rans::kLanes];
-    if (rans::enc_needs_flush(x, es)) {
-      words.push_back((uint16_t)x);
-      x >>= 16;
-    }
-    x = rans::enc_step(x, es);
-    c = c ? c - 1 : C - 1;
+    const rans::EncSym es = enc[table_of[c]][sym[p] + kSymbolBias];
+    nw += rans::enc_put(state[p % rans::kLanes], es, words + nw);
+    c = c ? c - 1 : channels - 1;
   }
-  std::vector<uint8_t> out(rans::kStateBytes + words.size() * 2);
-  for (uint32_t l = 0; l < rans::kLanes; ++l) put_u32(out.data() + 4 * l, state[l]);
-  uint8_t* w = out.data() + rans::kStateBytes;
-  for (size_t i = 0; i < words.size(); ++i) std::memcpy(w + 2 * i, &words[words.size() - 1 - i], 2);
-  return out;
+  const size_t at = out.size();
+  out.resize(at + rans::kStateBytes + nw * 2);
+  std::memcpy(out.data() + at, state, rans::kStateBytes);
+  uint8_t* w = out.data() + at + rans::kStateBytes;
+  for (size_t i = 0; i < nw; ++i) std::memcpy(w + 2 * i, &words[nw - 1 - i], 2);
+}
+
+EncodedGroup encode_group(const GroupSpec& s, uint32_t segment_symbols) {
+  Scratch& sc = scratch();
+  const size_t n = (size_t)s.view.tokens * s.view.channels();
+  sc.symbols.resize(n);
+  EncodedGroup e{fit_group(s, segment_symbols, sc.symbols.data()), {}, {}};
+  const GroupDesc& d = e.group.desc;
+  sc.words.resize((size_t)d.seg_tokens * d.channels() + 1);
+  // At most 12 bits per symbol plus states: reserving avoids regrowth copies.
+  e.payload.reserve(n * 3 / 2 + (size_t)d.num_segments * rans::kStateBytes);
+  std::vector<EncTable> enc;
+  for (const Table& t : e.group.tables.tables) enc.push_back(encoder_symbols(t));
+  for (uint32_t t0 = 0; t0 < d.tokens; t0 += d.seg_tokens) {
+    const size_t before = e.payload.size();
+    const uint32_t tokens = std::min(d.seg_tokens, d.tokens - t0);
+    encode_segment(sc.symbols.data() + (size_t)t0 * d.channels(), (size_t)tokens * d.channels(),
+                   d.channels(), e.group.tables.channel_table.data(), enc, sc.words.data(),
+                   e.payload);
+    e.segment_bytes.push_back((uint32_t)(e.payload.size() - before));
+  }
+  return e;
 }
 
 // Decoder tables of one group, built per thread on first use and kept while the thread's
@@ -137,52 +148,64 @@ const int8_t* segment_symbols(const ParsedBlob& blob, const uint8_t* data, uint6
   return scratch.data();
 }
 
-std::vector<FittedGroup> fit_groups(const EncodeRequest& req) {
+}  // namespace
+
+void check_request(const EncodeRequest& req) {
   if (req.groups.empty() || req.groups.size() % 2) throw InputError("need K and V for each layer");
   if (req.groups.size() / 2 > kMaxLayers) throw InputError("too many layers");
   for (size_t i = 0; i < req.groups.size(); ++i) check_spec(req.groups[i], i);
-  std::vector<FittedGroup> fitted(req.groups.size());
-  parallel_for(fitted.size(), req.threads,
-               [&](size_t g) { fitted[g] = fit_group(req.groups[g], req.segment_symbols); });
-  return fitted;
 }
 
-}  // namespace
-
-std::vector<Quantized> quantize(const EncodeRequest& req) {
-  std::vector<FittedGroup> fitted = fit_groups(req);
-  std::vector<Quantized> out;
-  for (FittedGroup& f : fitted) {
-    const GroupDesc& d = f.group.desc;
-    out.push_back({std::move(f.symbols), expand_params(f.group.quant, d.tokens, d.channels())});
-  }
-  return out;
+GroupDesc plan_group(const GroupSpec& s, uint32_t segment_symbols) {
+  const TensorView& v = s.view;
+  GroupDesc d;
+  d.tokens = v.tokens;
+  d.heads = (uint16_t)v.heads;
+  d.head_dim = (uint16_t)v.head_dim;
+  d.seg_tokens = segment_tokens(segment_symbols, v.channels());
+  d.num_segments = segment_count(v.tokens, d.seg_tokens);
+  d.quantizer = s.quantizer;
+  d.param = s.param;
+  return d;
 }
 
-std::vector<uint8_t> encode(const EncodeRequest& req) {
-  std::vector<FittedGroup> fitted = fit_groups(req);
-
-  std::vector<Group> groups;
-  std::vector<std::pair<uint32_t, uint32_t>> seg_ref;  // (group, segment within group)
-  for (uint32_t g = 0; g < fitted.size(); ++g) {
-    fitted[g].group.desc.first_segment = (uint32_t)seg_ref.size();
-    for (uint32_t s = 0; s < fitted[g].group.desc.num_segments; ++s) seg_ref.push_back({g, s});
-    groups.push_back(fitted[g].group);
-  }
-  std::vector<std::vector<uint8_t>> segments(seg_ref.size());
-  parallel_for(segments.size(), req.threads, [&](size_t i) {
-    const FittedGroup& f = fitted[seg_ref[i].first];
-    const uint32_t t0 = seg_ref[i].second * f.group.desc.seg_tokens;
-    segments[i] = encode_segment(f, t0, std::min(f.group.desc.seg_tokens, f.group.desc.tokens - t0));
-  });
+BlobHeader blob_header(const EncodeRequest& req) {
   BlobHeader h;
   h.num_layers = (uint32_t)(req.groups.size() / 2);
   h.dtype = req.dtype;
   h.layout = req.layout;
   h.level = req.level;
   h.flags = req.flags;
-  h.num_segments = (uint32_t)segments.size();
-  return write_blob(h, groups, segments);
+  return h;
+}
+
+std::vector<Quantized> quantize(const EncodeRequest& req) {
+  check_request(req);
+  std::vector<Quantized> out(req.groups.size());
+  parallel_for(out.size(), req.threads, [&](size_t i) {
+    const TensorView& v = req.groups[i].view;
+    out[i].symbols.resize((size_t)v.tokens * v.channels());
+    const Group g = fit_group(req.groups[i], req.segment_symbols, out[i].symbols.data());
+    out[i].params = expand_params(g.quant, v.tokens, v.channels());
+  });
+  return out;
+}
+
+void encode(const EncodeRequest& req, const BlobAllocator& alloc) {
+  check_request(req);
+  std::vector<EncodedGroup> groups(req.groups.size());
+  parallel_for(groups.size(), req.threads,
+               [&](size_t g) { groups[g] = encode_group(req.groups[g], req.segment_symbols); });
+  write_blob(blob_header(req), groups, alloc);
+}
+
+std::vector<uint8_t> encode(const EncodeRequest& req) {
+  std::vector<uint8_t> out;
+  encode(req, [&](size_t n) {
+    out.resize(n);
+    return out.data();
+  });
+  return out;
 }
 
 void decode_into(const ParsedBlob& blob, const uint8_t* data, const std::vector<TensorView>& outs,

@@ -29,6 +29,15 @@ struct EncodeRequest {
 
 std::vector<uint8_t> encode(const EncodeRequest& req);
 
+// Steps of encode() that the GPU encoder shares: validation, segmenting, the blob header.
+void check_request(const EncodeRequest& req);
+GroupDesc plan_group(const GroupSpec& s, uint32_t segment_symbols);
+BlobHeader blob_header(const EncodeRequest& req);
+
+// Encode into memory from `alloc`, called once with the blob's size (lets bindings hand out the
+// final bytes object and skip a copy).
+void encode(const EncodeRequest& req, const BlobAllocator& alloc);
+
 // The quantization stage alone: per group, symbols ([tokens, channels]) and fp32 parameters.
 struct Quantized {
   std::vector<int8_t> symbols;

@@ -2,6 +2,9 @@
 
 #include <array>
 #include <cstring>
+#include <vector>
+
+#include "parallel.hpp"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #include <nmmintrin.h>
@@ -11,7 +14,8 @@
 namespace cachegen {
 namespace {
 
-constexpr uint32_t kPoly = 0x82f63b78u;  // reflected Castagnoli polynomial
+constexpr uint32_t kPoly = kCrc32cPoly;
+constexpr size_t kParallelChunk = 1u << 20;
 
 struct Tables {
   std::array<std::array<uint32_t, 256>, 8> t{};
@@ -60,14 +64,37 @@ bool has_sse42() {
 }
 #endif
 
-}  // namespace
-
-uint32_t crc32c(const uint8_t* data, size_t n, uint32_t crc) {
+uint32_t crc_serial(const uint8_t* data, size_t n, uint32_t crc) {
   crc = ~crc;
 #ifdef CG_X86
   if (has_sse42()) return ~crc_sse42(data, n, crc);
 #endif
   return ~crc_table(data, n, crc);
+}
+
+}  // namespace
+
+CrcPowers crc_powers() {
+  CrcPowers pw;
+  uint32_t p = 1u << 30;  // x^1
+  for (auto& v : pw.x2n) {
+    v = p;
+    p = crc_multmodp(p, p);
+  }
+  return pw;
+}
+
+uint32_t crc32c(const uint8_t* data, size_t n, uint32_t crc) {
+  const size_t chunks = n / kParallelChunk;
+  if (chunks < 2) return crc_serial(data, n, crc);
+  auto length = [&](size_t i) { return i + 1 == chunks ? n - i * kParallelChunk : kParallelChunk; };
+  std::vector<uint32_t> part(chunks);
+  parallel_for(chunks, 0, [&](size_t i) {
+    part[i] = crc_serial(data + i * kParallelChunk, length(i), i ? 0 : crc);
+  });
+  static const CrcPowers pw = crc_powers();
+  for (size_t i = 1; i < chunks; ++i) part[0] = crc_combine(part[0], part[i], length(i), pw);
+  return part[0];
 }
 
 const char* crc32c_backend() {

@@ -1,5 +1,6 @@
 #include "format.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -9,22 +10,34 @@
 namespace cachegen {
 namespace {
 
+// Appends to a vector, or fills preallocated memory (the blob itself).
 class Writer {
  public:
-  explicit Writer(std::vector<uint8_t>& out) : out_(out) {}
+  explicit Writer(std::vector<uint8_t>& out) : vec_(&out) {}
+  explicit Writer(uint8_t* out) : ptr_(out) {}
   template <typename T>
   void put(T v) {
-    uint8_t b[sizeof(T)];
-    std::memcpy(b, &v, sizeof(T));  // little-endian hosts only (checked in CMake)
-    out_.insert(out_.end(), b, b + sizeof(T));
+    bytes(&v, sizeof(T));  // little-endian hosts only (checked in CMake)
   }
   void bytes(const void* p, size_t n) {
     auto* b = static_cast<const uint8_t*>(p);
-    out_.insert(out_.end(), b, b + n);
+    if (vec_) {
+      vec_->insert(vec_->end(), b, b + n);
+    } else if (n) {
+      std::memcpy(ptr_ + pos_, b, n);
+    }
+    pos_ += n;
   }
+  void zeros_to(size_t offset) {
+    static const uint8_t kZeros[8] = {};
+    while (pos_ < offset) bytes(kZeros, std::min<size_t>(8, offset - pos_));
+  }
+  size_t pos() const { return pos_; }
 
  private:
-  std::vector<uint8_t>& out_;
+  std::vector<uint8_t>* vec_ = nullptr;
+  uint8_t* ptr_ = nullptr;
+  size_t pos_ = 0;
 };
 
 class Reader {
@@ -82,6 +95,7 @@ std::vector<uint8_t> side_bytes(const Group& g) {
   write_side(g, w, out);
   return out;
 }
+
 
 void write_desc(const Group& g, uint32_t side_len, uint64_t side_off, Writer& w) {
   const GroupDesc& d = g.desc;
@@ -172,23 +186,24 @@ uint32_t segment_count(uint32_t tokens, uint32_t seg_tokens) {
   return (uint32_t)(((uint64_t)tokens + seg_tokens - 1) / seg_tokens);
 }
 
-std::vector<uint8_t> write_blob(const BlobHeader& h, const std::vector<Group>& groups,
-                                const std::vector<std::vector<uint8_t>>& segments) {
+void write_blob(BlobHeader h, std::vector<EncodedGroup>& groups, const BlobAllocator& alloc) {
   std::vector<std::vector<uint8_t>> sides;
-  uint64_t side_total = 0;
-  for (const Group& g : groups) {
-    sides.push_back(side_bytes(g));
+  uint64_t side_total = 0, payload = 0;
+  uint32_t segments = 0;
+  for (EncodedGroup& e : groups) {
+    sides.push_back(side_bytes(e.group));
     side_total += sides.back().size();
+    payload += e.payload.size();
+    e.group.desc.first_segment = segments;
+    segments += (uint32_t)e.segment_bytes.size();
   }
-  uint64_t payload = 0;
-  for (auto& s : segments) payload += s.size();
+  h.num_segments = segments;
   const uint64_t side_off = kHeaderBytes + (uint64_t)groups.size() * kGroupDescBytes;
   const uint64_t index_off = align8(side_off + side_total);
-  const uint64_t payload_off = align8(index_off + 4ull * segments.size());
+  const uint64_t payload_off = align8(index_off + 4ull * segments);
   const uint64_t total = payload_off + payload + 4;
 
-  std::vector<uint8_t> out;
-  out.reserve(total);
+  uint8_t* out = alloc(total);
   Writer w(out);
   w.bytes(kMagic, 4);
   w.put(kFormatVersion);
@@ -199,7 +214,7 @@ std::vector<uint8_t> write_blob(const BlobHeader& h, const std::vector<Group>& g
   w.put((uint8_t)h.layout);
   w.put(h.level);
   w.put(h.codec);
-  w.put((uint32_t)segments.size());
+  w.put(h.num_segments);
   w.put(h.flags);
   w.put(side_off);
   w.put(index_off);
@@ -207,16 +222,16 @@ std::vector<uint8_t> write_blob(const BlobHeader& h, const std::vector<Group>& g
   w.put(uint64_t{0});
   uint64_t off = side_off;
   for (size_t i = 0; i < groups.size(); ++i) {
-    write_desc(groups[i], (uint32_t)sides[i].size(), off, w);
+    write_desc(groups[i].group, (uint32_t)sides[i].size(), off, w);
     off += sides[i].size();
   }
   for (auto& s : sides) w.bytes(s.data(), s.size());
-  out.resize(index_off, 0);
-  for (auto& s : segments) w.put((uint32_t)s.size());
-  out.resize(payload_off, 0);
-  for (auto& s : segments) w.bytes(s.data(), s.size());
-  w.put(crc32c(out.data(), out.size()));
-  return out;
+  w.zeros_to(index_off);
+  for (const EncodedGroup& e : groups)
+    for (uint32_t bytes : e.segment_bytes) w.put(bytes);
+  w.zeros_to(payload_off);
+  for (const EncodedGroup& e : groups) w.bytes(e.payload.data(), e.payload.size());
+  w.put(crc32c(out, w.pos()));
 }
 
 ParsedBlob parse_blob(const uint8_t* data, size_t size) {

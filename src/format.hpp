@@ -5,6 +5,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "quant.hpp"
@@ -66,9 +67,17 @@ struct ParsedBlob {
   uint32_t checksum = 0;
 };
 
-// Serialize a blob from fitted groups and encoded segment payloads (in segment order).
-std::vector<uint8_t> write_blob(const BlobHeader& h, const std::vector<Group>& groups,
-                                const std::vector<std::vector<uint8_t>>& segments);
+// A group ready to be written: its fitted parameters and its coded segments, back to back.
+struct EncodedGroup {
+  Group group;
+  std::vector<uint8_t> payload;
+  std::vector<uint32_t> segment_bytes;
+};
+
+using BlobAllocator = std::function<uint8_t*(size_t)>;
+
+// Serialize into memory obtained once from `alloc(total_bytes)`. Fills in segment numbering.
+void write_blob(BlobHeader h, std::vector<EncodedGroup>& groups, const BlobAllocator& alloc);
 
 // Parse and validate; throws FormatError. The blob must outlive uses of Segment offsets.
 ParsedBlob parse_blob(const uint8_t* data, size_t size);

@@ -9,11 +9,6 @@
 namespace cachegen {
 namespace {
 
-constexpr float kMaxF16 = 65504.0f;
-
-// Stored steps are fp16; a step that would overflow is clamped (values past it saturate).
-uint16_t step_to_f16(float step) { return f32_to_f16(std::min(step, kMaxF16)); }
-
 float safe_inverse(float step) { return step > 0.0f ? 1.0f / step : 0.0f; }
 
 void check_finite(const float* row, uint32_t n) {
@@ -68,13 +63,16 @@ void fit_channel_steps(const ChannelStats& s, uint32_t tokens, float q, GroupQua
   g.channel_offset.resize(C);
   g.channel_scale.resize(C);
   for (size_t c = 0; c < C; ++c) {
-    const double mean = s.sum[c] / tokens;
-    g.channel_offset[c] = f32_to_f16((float)mean);
-    const double o = f16_to_f32(g.channel_offset[c]);
-    const double var = std::max(0.0, s.sum_sq[c] / tokens - 2 * o * mean + o * o);
-    const float range = (float)std::max(s.hi[c] - o, o - s.lo[c]);
-    g.channel_scale[c] = step_to_f16(std::max(q * (float)std::sqrt(var), range / kMaxSymbol));
+    const ChannelFit f = channel_fit(s.sum[c], s.sum_sq[c], s.lo[c], s.hi[c], tokens, q);
+    g.channel_offset[c] = f.offset;
+    g.channel_scale[c] = f.step;
   }
+}
+
+// restrict: int8 stores may alias anything, which would otherwise block vectorization.
+void quantize_row(const float* __restrict x, float inv_a, const float* __restrict inv_b,
+                  const float* __restrict o, int max_symbol, uint32_t n, int8_t* __restrict out) {
+  for (uint32_t c = 0; c < n; ++c) out[c] = (int8_t)quantize(x[c], mul_rn(inv_a, inv_b[c]), o[c], max_symbol);
 }
 
 uint8_t reference_max_symbol(float param) {
@@ -99,14 +97,20 @@ DequantParams expand_params(const GroupQuant& q, uint32_t tokens, uint32_t chann
   return p;
 }
 
-GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v) {
+GroupQuant quantizer_layout(Quantizer kind, float param) {
   if (!std::isfinite(param) || param <= 0.0f) throw InputError("quantizer parameter must be > 0");
-  const uint32_t T = v.tokens, C = v.channels();
+  if (!valid_quantizer((uint8_t)kind)) throw InputError("unknown quantizer id");
   GroupQuant g;
   if (kind == Quantizer::TokenAbsmax) g.max_symbol = reference_max_symbol(param);
   const bool per_token = kind == Quantizer::TokenAbsmax || kind == Quantizer::TokenStep;
-  if (!valid_quantizer((uint8_t)kind)) throw InputError("unknown quantizer id");
   g.flags = per_token ? kTokenScale : (kChannelScale | kChannelOffset);
+  return g;
+}
+
+GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v) {
+  const uint32_t T = v.tokens, C = v.channels();
+  GroupQuant g = quantizer_layout(kind, param);
+  const bool per_token = g.flags & kTokenScale;
   std::vector<float> row(C);
   ChannelStats cs(per_token ? 0 : C);
   for (uint32_t t = 0; t < T; ++t) {
@@ -117,10 +121,7 @@ GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v) {
       continue;
     }
     const RowStats rs = row_stats(row.data(), C);
-    const float step = kind == Quantizer::TokenAbsmax
-                           ? rs.absmax / g.max_symbol
-                           : std::max(param * (float)std::sqrt(rs.sum_sq / C), rs.absmax / kMaxSymbol);
-    g.token_scale.push_back(step_to_f16(step));
+    g.token_scale.push_back(token_step(kind, param, g.max_symbol, rs.sum_sq, rs.absmax, C));
   }
   if (!per_token) fit_channel_steps(cs, T, param, g);
   return g;
@@ -134,19 +135,17 @@ void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorVie
   const int m = q.max_symbol;
   for (uint32_t t = 0; t < T; ++t) {
     load_row(v, t, row.data());
-    const float inv_a = safe_inverse(p.a[t]);
     int8_t* out = symbols + (size_t)t * C;
-    for (uint32_t c = 0; c < C; ++c)
-      out[c] = (int8_t)quantize(row[c], mul_rn(inv_a, inv_b[c]), p.o[c], m);
+    quantize_row(row.data(), safe_inverse(p.a[t]), inv_b.data(), p.o.data(), m, C, out);
     for (uint32_t c = 0; c < C; ++c) hist[c * 256 + out[c] + 128]++;
   }
 }
 
-void dequantize_row(const int8_t* symbols, const DequantParams& p, uint32_t token,
-                    uint32_t channels, float* row) {
+void dequantize_row(const int8_t* __restrict symbols, const DequantParams& p, uint32_t token,
+                    uint32_t channels, float* __restrict row) {
   const float a = p.a[token];
-  const float* b = p.b.data();
-  const float* o = p.o.data();
+  const float* __restrict b = p.b.data();
+  const float* __restrict o = p.o.data();
   for (uint32_t c = 0; c < channels; ++c) row[c] = dequantize(symbols[c], a, b[c], o[c]);
 }
 

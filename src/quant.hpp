@@ -4,10 +4,12 @@
 // is either stored (fp16, one per token or channel) or absent (1, 1, 0). Quantizers differ only in
 // how they choose those parameters, so the decoder needs the flags, never the quantizer.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
 #include "common.hpp"
+#include "half.hpp"
 #include "tensor_view.hpp"
 
 namespace cachegen {
@@ -57,6 +59,37 @@ CG_HD int quantize(float x, float inv_step, float o, int max_symbol) {
   return (int)add_rn(add_rn(y, 12582912.0f), -12582912.0f);
 }
 
+// Parameter fitting from statistics, shared by the CPU and GPU encoders so their blobs agree
+// byte for byte. Stored steps are fp16; a step that would overflow is clamped.
+CG_HD uint16_t step_to_f16(float step) { return f32_to_f16(65504.0f < step ? 65504.0f : step); }
+
+// Step of one token (TokenAbsmax, TokenStep) from its row's sum of squares and max |x|.
+CG_HD uint16_t token_step(Quantizer kind, float param, int max_symbol, double sum_sq,
+                          float absmax, uint32_t channels) {
+  if (kind == Quantizer::TokenAbsmax) return step_to_f16(absmax / max_symbol);
+  const float by_rms = mul_rn(param, (float)sqrt(sum_sq / channels));
+  const float by_range = absmax / kMaxSymbol;
+  return step_to_f16(by_rms < by_range ? by_range : by_rms);
+}
+
+// Offset (fp16 mean) and step of one channel (ChannelStep) from its sums over tokens.
+struct ChannelFit {
+  uint16_t offset, step;
+};
+
+CG_HD ChannelFit channel_fit(double sum, double sum_sq, float lo, float hi, uint32_t tokens,
+                             float param) {
+  const double mean = sum / tokens;
+  const uint16_t offset = f32_to_f16((float)mean);
+  const double o = f16_to_f32(offset);
+  const double v = sum_sq / tokens - 2 * o * mean + o * o;
+  const double var = v > 0.0 ? v : 0.0;
+  const double up = hi - o, down = o - lo;
+  const float by_rms = mul_rn(param, (float)sqrt(var));
+  const float by_range = (float)(up < down ? down : up) / kMaxSymbol;
+  return {offset, step_to_f16(by_rms < by_range ? by_range : by_rms)};
+}
+
 // Fitted parameters of one (layer, K/V) group, in the fp16 form they are stored in.
 struct GroupQuant {
   uint8_t flags = 0;
@@ -72,6 +105,9 @@ struct DequantParams {
 };
 
 DequantParams expand_params(const GroupQuant& q, uint32_t tokens, uint32_t channels);
+
+// A quantizer's flags and max symbol, before fitting; throws InputError on a bad parameter.
+GroupQuant quantizer_layout(Quantizer kind, float param);
 
 // Fit the quantizer to a tensor (one pass over it); throws InputError on nan/inf.
 GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v);

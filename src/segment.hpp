@@ -18,10 +18,8 @@ inline void decode_segment(const uint8_t* seg, size_t bytes, uint32_t tokens, ui
   uint32_t state[rans::kLanes];
   std::memcpy(state, seg, rans::kStateBytes);
   const size_t nwords = (bytes - rans::kStateBytes) / 2;
-  // Reads are clamped to the last word (or a zero word) so that a corrupt stream never reads
-  // past the segment; the overrun is detected and reported after the loop.
+  // The overrun of a corrupt stream is detected and reported after the loop.
   const uint8_t* words = nwords ? seg + rans::kStateBytes : kZeroWord;
-  const size_t last = nwords ? nwords - 1 : 0;
   const size_t n = (size_t)tokens * channels;
   size_t wp = 0;
   uint32_t overrun = 0, c = 0;
@@ -31,8 +29,7 @@ inline void decode_segment(const uint8_t* seg, size_t bytes, uint32_t tokens, ui
     x = rans::dec_advance(x, e);
     const uint32_t need = rans::dec_needs_word(x);
     uint16_t w;
-    std::memcpy(&w, words + 2 * (wp < nwords ? wp : last), 2);
-    overrun |= need & (wp >= nwords);
+    std::memcpy(&w, words + 2 * rans::clamp_word(wp, nwords, need, overrun), 2);
     x = rans::dec_renorm(x, need, w);
     wp += need;
     out[p] = (int8_t)((int)rans::dec_symbol_index(e) - 128);

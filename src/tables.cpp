@@ -209,7 +209,7 @@ std::array<rans::EncSym, kAlphabet> encoder_symbols(const Table& t) {
   std::array<rans::EncSym, kAlphabet> e{};
   uint32_t cum = 0;
   for (int i = 0; i < kAlphabet; ++i) {
-    e[i] = {t.freq[i], cum};
+    e[i] = rans::make_enc_sym(t.freq[i], cum);
     cum += t.freq[i];
   }
   return e;
@@ -218,7 +218,8 @@ std::array<rans::EncSym, kAlphabet> encoder_symbols(const Table& t) {
 void fill_decoder_lut(const Table& t, uint32_t* lut) {
   uint32_t cum = 0;
   for (int i = 0; i < kAlphabet; ++i) {
-    for (uint32_t k = 0; k < t.freq[i]; ++k) lut[cum + k] = rans::pack_dec_entry(i, t.freq[i], k);
+    const uint32_t base = rans::dec_entry_base(i, t.freq[i], cum);
+    for (uint32_t k = 0; k < t.freq[i]; ++k) lut[cum + k] = base + cum + k;
     cum += t.freq[i];
   }
 }
