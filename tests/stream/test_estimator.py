@@ -1,0 +1,53 @@
+"""Bandwidth estimator: cold start, sudden drops, recovery."""
+
+from __future__ import annotations
+
+import pytest
+from cachegen.stream import BandwidthEstimator
+
+MB = 1_000_000
+
+
+def feed(est: BandwidthEstimator, *rates: float) -> None:
+    for r in rates:
+        est.add(MB, MB / r)
+
+
+def test_unknown_until_first_sample_unless_prior() -> None:
+    assert BandwidthEstimator().bps is None
+    assert BandwidthEstimator(prior_bps=5e6).bps == 5e6
+
+
+def test_single_sample_is_the_estimate() -> None:
+    est = BandwidthEstimator(prior_bps=1.0)
+    feed(est, 10e6)
+    assert est.bps == pytest.approx(10e6)
+
+
+def test_slow_first_request_forgotten_at_once() -> None:
+    est = BandwidthEstimator()
+    feed(est, 1e6, 100e6)  # connection set-up made the first request 100x slower
+    assert est.bps == pytest.approx(100e6)
+    feed(est, 100e6, 100e6)
+    assert est.bps == pytest.approx(100e6)
+
+
+def test_sudden_drop_is_believed_within_one_sample() -> None:
+    est = BandwidthEstimator()
+    feed(est, 100e6, 100e6, 100e6, 100e6)
+    feed(est, 10e6)
+    assert est.bps == pytest.approx(10e6)
+    feed(est, 10e6, 10e6)
+    assert est.bps == pytest.approx(10e6)
+
+
+def test_mild_noise_is_smoothed() -> None:
+    est = BandwidthEstimator()
+    feed(est, 100e6, 90e6, 110e6, 70e6)
+    assert est.bps == pytest.approx(95e6)
+
+
+def test_recovers_after_a_drop() -> None:
+    est = BandwidthEstimator(window=5)
+    feed(est, 10e6, 10e6, 10e6, 100e6, 100e6, 100e6)
+    assert est.bps == pytest.approx(100e6)
