@@ -1,0 +1,72 @@
+"""Streaming: load a stored context into an engine's KV cache within a TTFT target.
+
+    from cachegen.stream import HFEngine, load
+    result = load(store, HFEngine(model), "my-model", token_ids, slo_s=0.5)
+    model(question_ids, cache=result.cache)      # generate on top of the loaded context
+    print(result.report.table())                 # per chunk: level or text, bytes, times
+
+Per chunk the controller picks a stored level or "text" (the engine recomputes the chunk),
+from bandwidth it measures on the transfers themselves and compute speeds it calibrates once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cachegen.store import Store
+from cachegen.store.context import DEFAULT_CHUNK_TOKENS
+
+from .costs import CostModel, measure_decode_eps
+from .engine import Engine
+from .estimator import BandwidthEstimator
+from .hf_engine import HFEngine
+from .loader import Loader, LoadResult
+from .planner import TEXT, Choice, ConstantLink, Decision, OptionTable, Planner
+from .report import ChunkReport, LoadReport
+from .throttle import ThrottledStore
+
+__all__ = [
+    "TEXT",
+    "BandwidthEstimator",
+    "Choice",
+    "ChunkReport",
+    "ConstantLink",
+    "CostModel",
+    "Decision",
+    "Engine",
+    "HFEngine",
+    "LoadReport",
+    "LoadResult",
+    "Loader",
+    "OptionTable",
+    "Planner",
+    "ThrottledStore",
+    "load",
+    "measure_decode_eps",
+]
+
+
+def load(
+    store: Store,
+    engine: Engine,
+    model_id: str,
+    token_ids: Any,
+    *,
+    slo_s: float,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    costs: CostModel | None = None,
+    **options: Any,
+) -> LoadResult:
+    """Load the context of `token_ids` into `engine` within `slo_s` seconds if possible.
+
+    Without `costs`, the engine's speeds come from the calibration cache (measured on first
+    use) and go back into it refined by this load. `options` go to `Loader`.
+    """
+    cached = costs is None
+    costs = costs or CostModel.calibrated(engine.key, engine.measure_prefill)
+    result = Loader(store, engine, costs, slo_s, **options).load(
+        model_id, token_ids, chunk_tokens=chunk_tokens
+    )
+    if cached:
+        costs.save(engine.key)
+    return result

@@ -1,0 +1,99 @@
+"""The `Engine` adapter for Hugging Face `transformers`: the result is a `DynamicCache` the
+model generates from (`model(ids, cache=cache)` or `generate`)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+import cachegen
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import DynamicCache
+
+#: Tokens of the calibration prefill: one chunk, the size the loader recomputes at a time.
+_CALIBRATION_TOKENS = 256
+
+
+class HFEngine:
+    """Fills a `DynamicCache` for `model` (a causal LM in eval mode) from blobs and text."""
+
+    def __init__(self, model: Any, *, name: str | None = None) -> None:
+        import torch
+
+        self.model = model
+        self.config = model.config
+        self._device = next(model.parameters()).device
+        self._dtype = next(model.parameters()).dtype
+        label = name or getattr(self.config, "_name_or_path", "") or type(model).__name__
+        self._key = f"hf:{label}:{self._device}:{torch.get_num_threads()}t"
+        self._cache: DynamicCache | None = None
+
+    @property
+    def key(self) -> str:
+        return self._key
+
+    @property
+    def kv_elements_per_token(self) -> int:
+        c = self.config
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        return c.num_hidden_layers * 2 * kv_heads * head_dim
+
+    def begin(self) -> None:
+        from transformers import DynamicCache
+
+        self._cache = DynamicCache(config=self.config)
+
+    def append_kv(self, blob: bytes) -> None:
+        pairs = self._pairs(cachegen.decode(blob, framework="torch"))
+        cache = self._live()
+        if len(pairs) != len(cache.layers):
+            raise ValueError(f"blob has {len(pairs)} layers, the model {len(cache.layers)}")
+        for i, (k, v) in enumerate(pairs):
+            cache.update(k, v, i)
+
+    def _pairs(self, kv: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Decoded KV as per-layer ``[1, heads, tokens, dim]`` tensors of the model's dtype."""
+        import torch
+
+        if isinstance(kv, torch.Tensor):  # stacked [layers, 2, tokens, heads, dim]
+            kv = [(layer[0], layer[1]) for layer in kv]
+            kv = [(k.permute(1, 0, 2)[None], v.permute(1, 0, 2)[None]) for k, v in kv]
+        return [(self._fit(k), self._fit(v)) for k, v in kv]
+
+    def _fit(self, t: torch.Tensor) -> torch.Tensor:
+        return t.to(self._device, self._dtype).contiguous()
+
+    def append_text(self, token_ids: np.ndarray) -> None:
+        import torch
+
+        ids = torch.as_tensor(np.asarray(token_ids, dtype=np.int64), device=self._device)[None]
+        with torch.inference_mode():
+            # Only the cache is wanted: skip the vocabulary projection for all but one token.
+            self.model(ids, cache=self._live(), use_cache=True, logits_to_keep=1)
+
+    def measure_prefill(self) -> float:
+        rng = np.random.default_rng(0)
+        vocab = self.config.vocab_size
+        self.begin()
+        self.append_text(rng.integers(0, vocab, 16))  # warm up kernels and allocator
+        ids = rng.integers(0, vocab, _CALIBRATION_TOKENS)
+        t0 = time.perf_counter()
+        self.append_text(ids)
+        seconds = time.perf_counter() - t0
+        self._cache = None
+        return _CALIBRATION_TOKENS / seconds
+
+    def finish(self) -> DynamicCache:
+        cache = self._live()
+        self._cache = None
+        return cache
+
+    def _live(self) -> DynamicCache:
+        if self._cache is None:
+            raise RuntimeError("call begin() before filling the cache")
+        return self._cache

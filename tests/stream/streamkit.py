@@ -1,0 +1,70 @@
+"""Helpers of the stream tests: a stand-in engine (real decode, timed fake recompute) and stored
+synthetic contexts."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import cachegen
+import numpy as np
+from cachegen.store import Store, save_context
+from cachegen.stream import CostModel
+
+LAYERS, HEADS, DIM = 4, 2, 32
+MODEL = "test-model"
+
+
+@dataclass
+class FakeEngine:
+    """Decodes blobs for real and "recomputes" text by sleeping at `prefill_tps` tokens/s.
+
+    Records what was appended so tests can check order and content.
+    """
+
+    prefill_tps: float = 20_000.0
+    appended: list[tuple[str, int]] = field(default_factory=list)
+    parts: list[np.ndarray] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        return "fake"
+
+    @property
+    def kv_elements_per_token(self) -> int:
+        return LAYERS * 2 * HEADS * DIM
+
+    def begin(self) -> None:
+        self.appended, self.parts = [], []
+
+    def append_kv(self, blob: bytes) -> None:
+        kv = cachegen.decode(blob, framework="numpy")
+        self.parts.append(np.asarray(kv))
+        self.appended.append(("kv", kv.shape[2]))
+
+    def append_text(self, token_ids: np.ndarray) -> None:
+        time.sleep(len(token_ids) / self.prefill_tps)
+        self.parts.append(np.zeros((LAYERS, 2, len(token_ids), HEADS, DIM), np.float16))
+        self.appended.append(("text", len(token_ids)))
+
+    def measure_prefill(self) -> float:
+        return self.prefill_tps
+
+    def finish(self) -> np.ndarray:
+        return np.concatenate(self.parts, axis=2)
+
+
+def costs_for(engine: FakeEngine) -> CostModel:
+    return CostModel(decode_eps=5e7, prefill_tps=engine.prefill_tps)
+
+
+def store_context(store: Store, tokens: int, chunk_tokens: int = 64, seed: int = 0):
+    """Save a synthetic context of `tokens` tokens at levels 1, 3, 5; return (ids, kv, ctx)."""
+    rng = np.random.default_rng(seed)
+    kv = rng.standard_normal((LAYERS, 2, tokens, HEADS, DIM)).astype(np.float16)
+    ids = np.arange(tokens, dtype=np.uint32) + 1000 * seed
+    quality = {"kl": {"1": 0.05, "3": 0.01, "5": 0.002}}
+    ctx = save_context(
+        store, MODEL, ids, kv, levels=(1, 3, 5), chunk_tokens=chunk_tokens, quality=quality
+    )
+    return ids, kv, ctx
