@@ -1,0 +1,178 @@
+"""The loader against real stores: the cache it builds, the pipeline, the fallbacks to text."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import cachegen
+import cachegen.store
+import numpy as np
+import pytest
+from cachegen.store import FileStore, MemoryStore
+from cachegen.stream import TEXT, CostModel, Loader, ThrottledStore, load
+from streamkit import MODEL, FakeEngine, costs_for, store_context
+
+
+@pytest.fixture(params=["memory", "file"])
+def store(request: pytest.FixtureRequest, tmp_path):
+    s = MemoryStore() if request.param == "memory" else FileStore(tmp_path / "kv")
+    yield s
+    s.close()
+
+
+def run(store, ids, slo_s=10.0, engine=None, **options):
+    engine = engine or FakeEngine()
+    loader = Loader(store, engine, costs_for(engine), slo_s, **options)
+    return engine, loader.load(MODEL, ids, chunk_tokens=64)
+
+
+def test_loads_every_chunk_in_order_and_decodes_what_was_stored(store) -> None:
+    ids, kv, ctx = store_context(store, 300)
+    engine, result = run(store, ids, slo_s=1.0, prior_bps=1e12)
+    rep = result.report
+    assert [c.index for c in rep.chunks] == list(range(5))
+    assert [t for _, t in engine.appended] == [64, 64, 64, 64, 44]
+    assert result.cache.shape == kv.shape
+    for c, chunk in zip(rep.chunks, ctx.chunks, strict=True):
+        if c.choice != TEXT:
+            want = cachegen.decode(ctx.fetch(c.index, c.choice))
+            np.testing.assert_array_equal(result.cache[:, :, chunk.start : chunk.stop], want)
+            assert c.nbytes == chunk.levels[c.choice].size
+    assert rep.nbytes == sum(c.nbytes for c in rep.chunks)
+    assert rep.met_slo and json.loads(json.dumps(rep.to_json()))["met_slo"]
+
+
+def test_first_chunk_probes_with_the_smallest_level(store) -> None:
+    ids, _, _ = store_context(store, 256)
+    _, result = run(store, ids)
+    first = result.report.chunks[0]
+    assert first.choice == 1 and first.bandwidth_bps is None
+    assert all(c.bandwidth_bps for c in result.report.chunks[1:])
+
+
+def test_corrupted_and_missing_chunks_fall_back_to_text(store) -> None:
+    ids, _, ctx = store_context(store, 256)
+    for lv, ref in ctx.chunks[1].levels.items():
+        store.put(ref.key, b"garbage" * lv)  # wrong size and checksum
+    for ref in ctx.chunks[2].levels.values():
+        store.delete(ref.key)
+    slow = FakeEngine(prefill_tps=1e3)  # text costs 64 ms a chunk: KV is planned everywhere
+    engine, result = run(store, ids, slo_s=0.05, prior_bps=1e12, engine=slow)
+    rows = result.report.chunks
+    assert rows[1].choice == TEXT and "ObjectCorrupted" in rows[1].fallback
+    assert rows[2].choice == TEXT and "ObjectMissing" in rows[2].fallback
+    assert rows[0].choice != TEXT and rows[3].choice != TEXT
+    assert result.report.fallbacks == 2
+    assert [t for _, t in engine.appended] == [64] * 4
+    assert "text*" in result.report.table()
+
+
+def test_blob_that_does_not_decode_falls_back_to_text(store) -> None:
+    ids, _, ctx = store_context(store, 128)
+
+    class Picky(FakeEngine):
+        def append_kv(self, blob: bytes) -> None:
+            raise cachegen.FormatError("unsupported")
+
+    engine, result = run(store, ids, engine=Picky())
+    assert result.report.choices == [TEXT, TEXT]
+    assert "FormatError" in result.report.chunks[0].fallback
+    assert engine.appended == [("text", 64), ("text", 64)]
+
+
+def test_missing_context_loads_all_text(store) -> None:
+    ids = np.arange(200, dtype=np.uint32)
+    engine, result = run(store, ids)
+    assert result.report.choices == [TEXT] * 4
+    assert "ContextMissing" in result.report.context_error
+    assert result.cache.shape[2] == 200
+
+
+def test_stored_prefix_then_text_for_the_rest(store) -> None:
+    ids, _, _ = store_context(store, 192)
+    longer = np.concatenate([ids, np.arange(100, dtype=np.uint32) + 50_000])
+    slow = FakeEngine(prefill_tps=1e3)
+    _, result = run(store, longer, slo_s=0.12, prior_bps=1e12, engine=slow)
+    assert result.report.choices[3:] == [TEXT, TEXT]
+    assert all(c != TEXT for c in result.report.choices[:3])
+    assert result.cache.shape[2] == 292
+
+
+def test_fetch_overlaps_compute() -> None:
+    """With fetch and compute 20 ms a chunk each, the pipeline takes ~ n+1 steps, not 2n."""
+    inner = MemoryStore()
+    ids, _, ctx = store_context(inner, 640)
+    size = ctx.chunks[0].levels[1].size
+    link = ThrottledStore(inner, bps=size / 0.02)
+
+    class Slow(FakeEngine):
+        def append_kv(self, blob: bytes) -> None:
+            time.sleep(0.02)
+            super().append_kv(blob)
+
+    engine = Slow(prefill_tps=10.0)  # text is hopeless: every chunk comes as KV
+    loader = Loader(link, engine, costs_for(engine), slo_s=0.01)  # nothing fits: fastest
+    result = loader.load(MODEL, ids, chunk_tokens=64)
+    assert result.report.choices == [1] * 10
+    assert result.report.total_s < 0.33  # serial would be 0.4 s
+    assert not result.report.met_slo
+
+
+def test_parallel_range_requests_on_remote_stores() -> None:
+    inner = MemoryStore()
+    ids, _, ctx = store_context(inner, 128)
+    calls: list[tuple[int, int]] = []
+
+    class Counting(ThrottledStore):
+        def _get_range(self, key: str, start: int, end: int) -> bytes:
+            calls.append((start, end))
+            return super()._get_range(key, start, end)
+
+    link = Counting(inner, bps=1e12)
+    import cachegen.stream.loader as loader_mod
+
+    old, loader_mod.RANGE_BYTES = loader_mod.RANGE_BYTES, 1024
+    try:
+        _, result = run(link, ids, slo_s=0.05, ranges=4, engine=FakeEngine(prefill_tps=1e3))
+    finally:
+        loader_mod.RANGE_BYTES = old
+    assert len(calls) == 8  # 2 chunks x 4 ranges, joined and verified
+    assert result.report.fallbacks == 0
+
+
+def test_load_calibrates_once_and_caches(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("CACHEGEN_COSTS", str(tmp_path / "costs.json"))
+    store = MemoryStore()
+    ids, _, _ = store_context(store, 128)
+    measured = []
+
+    class Counting(FakeEngine):
+        def measure_prefill(self) -> float:
+            measured.append(1)
+            return super().measure_prefill()
+
+    for _ in range(2):
+        result = load(store, Counting(), MODEL, ids, slo_s=1.0, chunk_tokens=64)
+        assert len(result.report.chunks) == 2
+    assert measured == [1]
+    entry = json.loads((tmp_path / "costs.json").read_text())["fake"]
+    assert entry["prefill_tps"] > 0 and entry["decode_eps"] > 0
+    assert CostModel.calibrated("fake", lambda: 1.0).prefill_tps == entry["prefill_tps"]
+
+
+def test_s3_store_through_moto(s3_store) -> None:
+    ids, kv, _ = store_context(s3_store, 256)
+    _, result = run(s3_store, ids, slo_s=5.0)
+    assert result.cache.shape == kv.shape
+    assert result.report.fallbacks == 0 and result.report.nbytes > 0
+
+
+@pytest.fixture
+def s3_store(request: pytest.FixtureRequest):
+    from store_servers import S3_CREDENTIALS, MotoServer
+
+    server = MotoServer()
+    with cachegen.store.open(server.url(server.bucket()), **S3_CREDENTIALS) as s:
+        yield s
+    server.stop()
