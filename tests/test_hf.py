@@ -1,0 +1,133 @@
+"""cachegen.hf: DynamicCache <-> per-layer (K, V) lists, on tiny random models and on SmolLM2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from cachegen.hf import from_cache, to_cache  # noqa: E402
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _tiny(layer_types: list[str], window: int = 8) -> transformers.PreTrainedModel:
+    """A 4-layer random Qwen2 whose layers are full or sliding-window attention."""
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=len(layer_types),
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        use_sliding_window=True,
+        sliding_window=window,
+        layer_types=layer_types,
+        max_position_embeddings=128,
+    )
+    return transformers.Qwen2ForCausalLM(config).eval()
+
+
+def _continue(
+    model: transformers.PreTrainedModel, cache: object, ids: torch.Tensor
+) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(ids, cache=cache, use_cache=True).logits
+
+
+def _prefill(model: transformers.PreTrainedModel, ids: torch.Tensor) -> Any:
+    with torch.inference_mode():
+        return model(ids, use_cache=True).cache
+
+
+def _copy(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Fresh tensors, as a decoder would return."""
+    return [(k.clone(), v.clone()) for k, v in kv]
+
+
+def test_from_cache_layout_with_sliding_layers() -> None:
+    model = _tiny(["sliding_attention", "full_attention"] * 2, window=8)
+    ids = torch.randint(0, 64, (1, 20))
+    kv = from_cache(_prefill(model, ids))
+    # Sliding layers keep window - 1 tokens, full layers all 20: [batch, kv_heads, tokens, dim].
+    assert [tuple(k.shape) for k, _ in kv] == [(1, 2, 7, 8), (1, 2, 20, 8)] * 2
+    assert all(k.shape == v.shape for k, v in kv)
+
+
+@pytest.mark.parametrize("window", [8, 32])  # window exceeded / not reached by 20 tokens
+def test_round_trip_mixed_sliding_gives_identical_logits(window: int) -> None:
+    model = _tiny(["sliding_attention", "full_attention"] * 2, window=window)
+    ids = torch.randint(0, 64, (1, 26))
+    original = _prefill(model, ids[:, :20])
+    rebuilt = to_cache(_copy(from_cache(original)), model.config)
+    assert rebuilt.get_seq_length() == 20
+    assert torch.equal(
+        _continue(model, rebuilt, ids[:, 20:]), _continue(model, original, ids[:, 20:])
+    )
+
+
+def test_all_sliding_needs_seq_length() -> None:
+    model = _tiny(["sliding_attention"] * 2, window=8)
+    ids = torch.randint(0, 64, (1, 26))
+    original = _prefill(model, ids[:, :20])
+    kv = from_cache(original)
+    expected = _continue(model, original, ids[:, 20:])
+    rebuilt = to_cache(_copy(kv), model.config, seq_length=20)
+    assert torch.equal(_continue(model, rebuilt, ids[:, 20:]), expected)
+    # Without the true length the masks and positions would be those of a 7-token context.
+    assert not torch.equal(
+        _continue(model, to_cache(_copy(kv), model.config), ids[:, 20:]), expected
+    )
+
+
+def test_from_cache_rejects_non_cache() -> None:
+    with pytest.raises(TypeError, match="layers"):
+        from_cache([(torch.zeros(1, 1, 1, 1), torch.zeros(1, 1, 1, 1))])
+
+
+def test_from_cache_rejects_empty_layers() -> None:
+    model = _tiny(["full_attention"] * 2)
+    with pytest.raises(ValueError, match="layer 0"):
+        from_cache(transformers.DynamicCache(config=model.config))
+
+
+def test_to_cache_rejects_bad_input() -> None:
+    config = _tiny(["full_attention"] * 2).config
+    good = (torch.zeros(1, 2, 5, 8), torch.zeros(1, 2, 5, 8))
+    with pytest.raises(ValueError, match="2 cache layers, kv has 1"):
+        to_cache([good], config)
+    with pytest.raises(ValueError, match="disagree"):
+        to_cache([good, (torch.zeros(1, 2, 5, 8), torch.zeros(1, 2, 4, 8))], config)
+    with pytest.raises(ValueError, match="4-D"):
+        to_cache([good, (torch.zeros(2, 5, 8), torch.zeros(2, 5, 8))], config)
+    with pytest.raises(ValueError, match="pair"):
+        to_cache([good, torch.zeros(1, 2, 5, 8)], config)
+    with pytest.raises(ValueError, match="seq_length"):
+        to_cache([good, good], config, seq_length=4)
+
+
+def test_import_without_torch() -> None:
+    # torch and transformers are imported lazily: the module loads without them.
+    block = "import sys; sys.modules['torch'] = None; sys.modules['transformers'] = None"
+    subprocess.run([sys.executable, "-c", f"{block}; import cachegen.hf"], check=True)
+
+
+@pytest.mark.slow
+def test_smollm2_round_trip_identical_logits() -> None:
+    sys.path.insert(0, str(BENCH))
+    from kvquality import continue_logits, load_document, load_model
+
+    lm = load_model()
+    ids = lm.tokenizer(load_document("Apache-2.0").text, return_tensors="pt")["input_ids"][:, :96]
+    original = _prefill(lm.model, ids[:, :64])
+    kv = from_cache(original)
+    assert len(kv) == 30 and tuple(kv[0][0].shape) == (1, 3, 64, 64)
+    expected = _continue(lm.model, original, ids[:, 64:])[0]
+    assert torch.equal(continue_logits(lm, _copy(kv), ids[:, 64:]), expected)
