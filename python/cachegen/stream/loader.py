@@ -208,8 +208,9 @@ class _Run:
             # Nothing measured yet: the smallest blob is the cheapest way to measure.
             level = min(chunk.levels, key=lambda lv: chunk.levels[lv].size)
             return Decision(level, now, True, 0.0)
-        link = ConstantLink(bps)
-        return self.planner.choose(self._table(i), now, self.backlog.free_at(now), link)
+        safe = ConstantLink(self.estimator.planning_bps(len(self.chunks) - i) or bps)
+        cpu_free = self.backlog.free_at(now)
+        return self.planner.choose(self._table(i), now, cpu_free, ConstantLink(bps), safe)
 
     def _table(self, first: int) -> OptionTable:
         """Costs of every option for chunks `first` onwards, with the latest speeds."""

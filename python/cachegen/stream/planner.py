@@ -103,20 +103,32 @@ class Planner:
     slo_s: float
     margin: float = 0.05
 
-    def choose(self, table: OptionTable, now: float, cpu_free: float, link: Link) -> Decision:
+    def choose(
+        self,
+        table: OptionTable,
+        now: float,
+        cpu_free: float,
+        link: Link,
+        safe_link: Link | None = None,
+    ) -> Decision:
         """Pick the next chunk's option; `table` holds the chunks not yet fetched.
 
         `now` is the time the next fetch can start, `cpu_free` when the compute stage will have
-        finished the chunks already fetched (both seconds since the load started).
+        finished the chunks already fetched (both seconds since the load started). A plan must
+        fit the SLO on `safe_link` (a pessimistic bound; default `link`); when none does, the
+        plan fastest on `link` (the expected rate) is taken, since a bound biased low would
+        favour recomputing over fetching.
         """
         plans = candidate_plans(len(table), len(table.choices))
-        finish, loss = evaluate(plans, table, now, cpu_free, link)
+        finish, loss = evaluate(plans, table, now, cpu_free, safe_link or link)
         deadline = now + (self.slo_s - now) * (1 - self.margin)
         ok = finish <= deadline
         if ok.any():
             # Least loss; among equal losses, the earliest finish.
             best = np.lexsort((finish, np.where(ok, loss, np.inf)))[0]
         else:
+            if safe_link is not None:
+                finish, loss = evaluate(plans, table, now, cpu_free, link)
             best = np.lexsort((loss, finish))[0]
         choice = table.choices[int(plans[best, 0])]
         return Decision(choice, float(finish[best]), bool(ok.any()), float(loss[best]))

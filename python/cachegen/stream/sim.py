@@ -143,7 +143,8 @@ def ours(slo_s: float, margin: float = 0.05) -> Policy:
         bps = step.estimator.bps
         if bps is None:
             return _probe(step)
-        return planner.choose(step.table, step.now, step.cpu_free, ConstantLink(bps)).choice
+        safe = ConstantLink(step.estimator.planning_bps(len(step.table)) or bps)
+        return planner.choose(step.table, step.now, step.cpu_free, ConstantLink(bps), safe).choice
 
     return choose
 
