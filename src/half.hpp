@@ -5,6 +5,10 @@
 
 #include "common.hpp"
 
+#if defined(__CUDACC__)
+#include <cuda_fp16.h>
+#endif
+
 namespace cachegen {
 
 CG_HD uint32_t f32_bits(float f) {
@@ -41,6 +45,10 @@ CG_HD float f16_to_f32(uint16_t h) {
 // Round to nearest even, overflow to inf, like the IEEE conversion instructions.
 CG_HD uint16_t f32_to_f16(float f) {
   uint32_t x = f32_bits(f);
+#if defined(__CUDA_ARCH__)
+  // The GPU's cvt.rn.f16.f32 is that conversion; only NaN payloads differ, handled below.
+  if ((x & 0x7fffffffu) <= 0x7f800000u) return __half_as_ushort(__float2half_rn(f));
+#endif
   uint32_t sign = (x >> 16) & 0x8000u;
   uint32_t ax = x & 0x7fffffffu;
   if (ax >= 0x7f800000u) return (uint16_t)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0));

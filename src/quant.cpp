@@ -9,8 +9,6 @@
 namespace cachegen {
 namespace {
 
-float safe_inverse(float step) { return step > 0.0f ? 1.0f / step : 0.0f; }
-
 void check_finite(const float* row, uint32_t n) {
   uint32_t bad = 0;
   for (uint32_t i = 0; i < n; ++i) bad |= (f32_bits(row[i]) & 0x7f800000u) == 0x7f800000u;

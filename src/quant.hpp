@@ -47,6 +47,8 @@ CG_HD float add_rn(float a, float b) {
 #endif
 }
 
+CG_HD float safe_inverse(float step) { return step > 0.0f ? 1.0f / step : 0.0f; }
+
 CG_HD float dequantize(int s, float a, float b, float o) {
   return add_rn(mul_rn(mul_rn((float)s, a), b), o);
 }
