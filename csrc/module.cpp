@@ -7,6 +7,9 @@
 #include "../src/crc32c.hpp"
 #include "../src/format.hpp"
 #include "../src/parallel.hpp"
+#ifdef CACHEGEN_WITH_CUDA
+#include "cuda/cuda_codec.hpp"
+#endif
 
 namespace py = pybind11;
 using namespace cachegen;
@@ -96,14 +99,14 @@ EncodeRequest make_request(const std::vector<SpecTuple>& specs, int dtype, int l
   return req;
 }
 
-py::object encode_py(const std::vector<SpecTuple>& specs, int dtype, int layout, int level,
-                    uint32_t segment_symbols, uint32_t flags, int threads) {
-  const EncodeRequest req = make_request(specs, dtype, layout, level, segment_symbols, flags, threads);
-  // The blob is written straight into the bytes object that Python receives.
+// Runs encode_fn(alloc) without the GIL; the blob is written straight into the bytes object
+// that Python receives.
+template <typename F>
+py::object encode_to_bytes(F&& encode_fn) {
   py::object result;
   {
     py::gil_scoped_release nogil;
-    encode(req, [&](size_t n) {
+    encode_fn([&](size_t n) {
       py::gil_scoped_acquire gil;
       result = py::reinterpret_steal<py::object>(PyBytes_FromStringAndSize(nullptr, (Py_ssize_t)n));
       if (!result) throw py::error_already_set();
@@ -112,6 +115,34 @@ py::object encode_py(const std::vector<SpecTuple>& specs, int dtype, int layout,
   }
   return result;
 }
+
+py::object encode_py(const std::vector<SpecTuple>& specs, int dtype, int layout, int level,
+                    uint32_t segment_symbols, uint32_t flags, int threads) {
+  const EncodeRequest req = make_request(specs, dtype, layout, level, segment_symbols, flags, threads);
+  return encode_to_bytes([&](const BlobAllocator& alloc) { encode(req, alloc); });
+}
+
+#ifdef CACHEGEN_WITH_CUDA
+// GPU variants: views hold device pointers; work is queued on `stream` of `device`.
+py::object encode_cuda_py(const std::vector<SpecTuple>& specs, int dtype, int layout, int level,
+                          uint32_t segment_symbols, uint32_t flags, int device, uintptr_t stream,
+                          int threads) {
+  const EncodeRequest req = make_request(specs, dtype, layout, level, segment_symbols, flags, threads);
+  return encode_to_bytes([&](const BlobAllocator& alloc) { cuda::encode(req, device, stream, alloc); });
+}
+
+std::unique_ptr<cuda::DeviceBlob> to_device_py(const Blob& b, int device, uintptr_t stream) {
+  py::gil_scoped_release nogil;
+  return std::make_unique<cuda::DeviceBlob>(b.parsed, b.data(), (size_t)b.info.size, device, stream);
+}
+
+void decode_cuda_py(const cuda::DeviceBlob& d, const std::vector<ViewTuple>& outs, uintptr_t stream) {
+  std::vector<TensorView> views;
+  for (const auto& o : outs) views.push_back(to_view(o));
+  py::gil_scoped_release nogil;
+  d.decode_into(views, stream);
+}
+#endif
 
 template <typename T>
 py::bytes as_bytes(const std::vector<T>& v) {
@@ -164,6 +195,13 @@ py::dict build_info_py() {
   d["lanes"] = rans::kLanes;
   d["prob_bits"] = rans::kProbBits;
   d["default_threads"] = resolve_threads(0);
+#ifdef CACHEGEN_WITH_CUDA
+  d["cuda_compiled"] = true;
+  d["cuda_available"] = cuda::available();
+#else
+  d["cuda_compiled"] = false;
+  d["cuda_available"] = false;
+#endif
   return d;
 }
 
@@ -191,4 +229,13 @@ PYBIND11_MODULE(_core, m) {
         py::arg("threads") = 0);
   m.def("quantize", &quantize_py, py::arg("specs"), py::arg("threads") = 0);
   m.def("build_info", &build_info_py);
+#ifdef CACHEGEN_WITH_CUDA
+  py::class_<cuda::DeviceBlob>(m, "DeviceBlob")
+      .def("decode_into", &decode_cuda_py, py::arg("outs"), py::arg("stream"));
+  m.def("to_device", &to_device_py, py::arg("blob"), py::arg("device"), py::arg("stream"));
+  m.def("encode_cuda", &encode_cuda_py, py::arg("specs"), py::arg("dtype"), py::arg("layout"),
+        py::arg("level"), py::arg("segment_symbols"), py::arg("flags"), py::arg("device"),
+        py::arg("stream"), py::arg("threads") = 0);
+  m.def("cuda_device_name", &cuda::device_name, py::arg("device") = 0);
+#endif
 }

@@ -1,0 +1,135 @@
+// CUDA helpers shared by the kernels: error checks, stream-ordered buffers, warp work lists,
+// strided element access.
+#pragma once
+#include <cuda_runtime.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "cuda_codec.hpp"
+#include "half.hpp"
+
+namespace cachegen::cuda {
+
+inline void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) throw CudaError(std::string(what) + ": " + cudaGetErrorString(e));
+}
+#define CG_CUDA(call) ::cachegen::cuda::check((call), #call)
+
+// Makes `device` current and keeps freed stream-ordered memory pooled between calls.
+void use_device(int device);
+
+inline cudaStream_t as_stream(uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
+
+// Device memory allocated and freed in stream order.
+class DeviceBuffer {
+ public:
+  DeviceBuffer(size_t bytes, cudaStream_t stream) : stream_(stream) {
+    if (bytes) CG_CUDA(cudaMallocAsync(&ptr_, bytes, stream));
+  }
+  ~DeviceBuffer() {
+    if (ptr_) cudaFreeAsync(ptr_, stream_);
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  template <typename T = uint8_t>
+  T* get() const {
+    return static_cast<T*>(ptr_);
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  cudaStream_t stream_;
+};
+
+// Host bytes with 16-byte-aligned sections, uploaded in one copy.
+class Arena {
+ public:
+  template <typename T>
+  size_t add(const T* data, size_t count) {
+    const size_t at = (bytes_.size() + 15) & ~size_t{15};
+    bytes_.resize(at + count * sizeof(T));
+    if (count) std::memcpy(bytes_.data() + at, data, count * sizeof(T));
+    return at;
+  }
+  template <typename T>
+  size_t add(const std::vector<T>& v) {
+    return add(v.data(), v.size());
+  }
+  template <typename T>
+  void overwrite(size_t at, const std::vector<T>& v) {
+    std::memcpy(bytes_.data() + at, v.data(), v.size() * sizeof(T));
+  }
+  size_t size() const { return bytes_.size(); }
+  void upload(void* dst, cudaStream_t stream) const {
+    CG_CUDA(cudaMemcpyAsync(dst, bytes_.data(), bytes_.size(), cudaMemcpyHostToDevice, stream));
+  }
+
+ private:
+  std::vector<uint8_t> bytes_;
+};
+
+constexpr int kWarps = 8;  // warps per block: each codes one segment of the block's group
+
+// A block's share of the segments: up to kWarps consecutive segments of one group.
+struct Work {
+  uint32_t first_segment, count;
+};
+
+// One group's segments cut into blocks, appended to `out`.
+inline void add_work(uint32_t first, uint32_t count, std::vector<Work>& out) {
+  for (uint32_t s = 0; s < count; s += kWarps) out.push_back({first + s, std::min<uint32_t>(kWarps, count - s)});
+}
+
+// A strided (token, head, dim) tensor in device memory, channel = head * head_dim + dim.
+struct View {
+  void* data;
+  int64_t s_token, s_head, s_dim;
+  uint32_t head_dim, head_shift;  // head_shift = log2(head_dim) if a power of two, else 32
+
+  __device__ int64_t offset(uint32_t t, uint32_t c) const {
+    const uint32_t h = head_shift < 32 ? c >> head_shift : c / head_dim;
+    return t * s_token + (int64_t)h * s_head + (int64_t)(c - h * head_dim) * s_dim;
+  }
+};
+
+inline View to_view(const TensorView& v) {
+  uint32_t shift = 32;
+  for (uint32_t k = 0; k < 31; ++k)
+    if ((1u << k) == v.head_dim) shift = k;
+  return {v.data, v.s_token, v.s_head, v.s_dim, v.head_dim, shift};
+}
+
+template <DType D>
+__device__ float load_elem(const View& v, uint32_t t, uint32_t c) {
+  const int64_t i = v.offset(t, c);
+  if constexpr (D == DType::F32) return static_cast<const float*>(v.data)[i];
+  const uint16_t h = static_cast<const uint16_t*>(v.data)[i];
+  return D == DType::F16 ? f16_to_f32(h) : bf16_to_f32(h);
+}
+
+template <DType D>
+__device__ void store_elem(const View& v, uint32_t t, uint32_t c, float x) {
+  const int64_t i = v.offset(t, c);
+  if constexpr (D == DType::F32) {
+    static_cast<float*>(v.data)[i] = x;
+  } else {
+    static_cast<uint16_t*>(v.data)[i] = D == DType::F16 ? f32_to_f16(x) : f32_to_bf16(x);
+  }
+}
+
+// Calls f.template operator()<D>() with the dtype as a compile-time constant.
+template <typename F>
+void with_dtype(DType d, F&& f) {
+  switch (d) {
+    case DType::F16:
+      return f.template operator()<DType::F16>();
+    case DType::BF16:
+      return f.template operator()<DType::BF16>();
+    case DType::F32:
+      return f.template operator()<DType::F32>();
+  }
+}
+
+}  // namespace cachegen::cuda

@@ -1,0 +1,48 @@
+// GPU encode/decode of wire format v1 (kernels in decode.cu and encode.cu). A plain C++
+// interface: device tensors as TensorViews, streams as integers, so callers need no CUDA headers.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "codec.hpp"
+#include "format.hpp"
+
+namespace cachegen::cuda {
+
+// A CUDA runtime failure: no device, out of memory, a failed launch.
+struct CudaError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// Whether a CUDA device can be used; never throws, also on machines without a driver.
+bool available() noexcept;
+
+std::string device_name(int device);
+
+// A validated blob uploaded to a device with its decode plan, decodable any number of times.
+class DeviceBlob {
+ public:
+  DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size, int device,
+             uintptr_t stream);
+  ~DeviceBlob();
+  DeviceBlob(const DeviceBlob&) = delete;
+  DeviceBlob& operator=(const DeviceBlob&) = delete;
+
+  // Decode every group into its device view (2 per layer, one dtype) on `stream` and wait for
+  // it; throws FormatError if any segment is corrupt.
+  void decode_into(const std::vector<TensorView>& outs, uintptr_t stream) const;
+
+  struct State;
+
+ private:
+  std::unique_ptr<State> s_;
+};
+
+// encode() of views that live in device memory, computed on `stream`; the blob is written to
+// host memory from `alloc`, byte-identical to what the CPU encoder writes.
+void encode(const EncodeRequest& req, int device, uintptr_t stream, const BlobAllocator& alloc);
+
+}  // namespace cachegen::cuda

@@ -1,0 +1,217 @@
+// GPU decode: one warp per segment. Lane l serves symbols p = l (mod 32) of each step of 32, and
+// a ballot + prefix count finds each lane's refill word in the segment's shared word stream, in
+// the order rans.hpp defines; symbols are dequantized and stored in the output's dtype at once.
+#include <algorithm>
+
+#include "common.cuh"
+#include "quant.hpp"
+#include "tables.hpp"
+
+namespace cachegen::cuda {
+namespace {
+
+// A decode table on the device: the symbol of each slot, then one entry base per symbol.
+constexpr uint32_t kTableBytes = rans::kProbScale + 4 * kAlphabet;
+constexpr uint32_t kSharedTables = (48u << 10) / kTableBytes;  // fit the default 48 KB
+
+// One group's decode state on the device (side data expanded to fp32).
+struct GroupDev {
+  const uint8_t* tables;       // num_tables * kTableBytes
+  const uint8_t* table_of;     // per channel
+  const float *a, *b, *o;      // per token, per channel, per channel
+  uint32_t channels, num_tables;
+};
+
+struct SegmentDev {
+  uint64_t offset;  // of the segment in the blob
+  uint32_t words, group, token_begin, token_count;
+};
+
+template <DType D>
+__device__ void decode_segment(const uint8_t* blob, const SegmentDev& s, const GroupDev& g,
+                               const View& out, const uint8_t* tables, uint32_t* bad) {
+  const uint32_t lane = threadIdx.x % 32;
+  const uint8_t* seg = blob + s.offset;
+  const uint16_t* st = reinterpret_cast<const uint16_t*>(seg) + 2 * lane;  // 2-byte aligned only
+  uint32_t x = st[0] | (uint32_t)st[1] << 16;
+  const uint16_t* words = reinterpret_cast<const uint16_t*>(seg + rans::kStateBytes);
+  const uint32_t C = g.channels, n = s.token_count * C, below = (1u << lane) - 1;
+  uint32_t c = lane % C, t = s.token_begin + lane / C, wp = 0, overrun = 0;
+  for (uint32_t p0 = 0; p0 < n; p0 += 32) {
+    const bool active = p0 + lane < n;
+    uint32_t need = 0, e = 0;
+    if (active) {
+      const uint8_t* table = tables + __ldg(g.table_of + c) * kTableBytes;
+      const uint32_t slot = x & (rans::kProbScale - 1);
+      e = reinterpret_cast<const uint32_t*>(table + rans::kProbScale)[table[slot]] + slot;
+      x = rans::dec_advance(x, e);
+      need = rans::dec_needs_word(x);
+    }
+    const uint32_t mask = __ballot_sync(~0u, need);
+    const size_t i = rans::clamp_word(wp + __popc(mask & below), s.words, need, overrun);
+    x = rans::dec_renorm(x, need, need && s.words ? words[i] : 0);
+    wp += __popc(mask);
+    if (active) {
+      const int sym = (int)rans::dec_symbol_index(e) - kSymbolBias;
+      store_elem<D>(out, t, c, dequantize(sym, __ldg(g.a + t), __ldg(g.b + c), __ldg(g.o + c)));
+    }
+    c += 32 % C;
+    t += 32 / C;
+    if (c >= C) c -= C, ++t;
+  }
+  const bool clean = !overrun && wp == s.words && x == rans::kLowerBound;
+  if (!__all_sync(~0u, clean) && lane == 0) atomicAdd(bad, 1u);
+}
+
+// One block: up to kWarps segments of one group; its tables go to shared memory if kShared.
+template <DType D, bool kShared>
+__global__ void __launch_bounds__(kWarps * 32)
+    decode_kernel(const uint8_t* blob, const SegmentDev* segs, const Work* work,
+                  const GroupDev* groups, const View* outs, uint32_t* bad) {
+  extern __shared__ uint4 smem[];
+  const Work w = work[blockIdx.x];
+  const uint32_t gi = segs[w.first_segment].group;
+  const GroupDev g = groups[gi];
+  const uint8_t* tables = g.tables;
+  if constexpr (kShared) {
+    const uint4* src = reinterpret_cast<const uint4*>(g.tables);
+    for (uint32_t i = threadIdx.x; i < g.num_tables * kTableBytes / 16; i += blockDim.x)
+      smem[i] = src[i];
+    __syncthreads();
+    tables = reinterpret_cast<const uint8_t*>(smem);
+  }
+  const uint32_t warp = threadIdx.x / 32;
+  if (warp < w.count) decode_segment<D>(blob, segs[w.first_segment + warp], g, outs[gi], tables, bad);
+}
+
+// Host copy of a group's decode tables in the device layout.
+std::vector<uint8_t> device_tables(const TableSet& ts) {
+  std::vector<uint8_t> out(ts.tables.size() * kTableBytes);
+  for (size_t k = 0; k < ts.tables.size(); ++k) {
+    uint8_t* sym_of_slot = out.data() + k * kTableBytes;
+    uint32_t base[kAlphabet] = {};
+    uint32_t cum = 0;
+    for (int i = 0; i < kAlphabet; ++i) {
+      const uint32_t f = ts.tables[k].freq[i];
+      if (f) base[i] = rans::dec_entry_base(i, f, cum);
+      std::fill(sym_of_slot + cum, sym_of_slot + cum + f, (uint8_t)i);
+      cum += f;
+    }
+    std::memcpy(sym_of_slot + rans::kProbScale, base, sizeof(base));
+  }
+  return out;
+}
+
+}  // namespace
+
+struct DeviceBlob::State {
+  int device;
+  std::vector<GroupDesc> groups;
+  uint8_t* blob = nullptr;   // the blob's bytes
+  uint8_t* arena = nullptr;  // segments, work lists, group descriptors, side data
+  const SegmentDev* segs;
+  const GroupDev* group_devs;
+  const Work* work[2];  // blocks with tables in shared memory, blocks reading them from global
+  uint32_t blocks[2] = {0, 0};
+  uint32_t shared_bytes = 0;
+
+  ~State() {
+    cudaFree(blob);
+    cudaFree(arena);
+  }
+};
+
+DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size, int device,
+                       uintptr_t stream)
+    : s_(std::make_unique<State>()) {
+  use_device(device);
+  State& s = *s_;
+  s.device = device;
+  const cudaStream_t st = as_stream(stream);
+  CG_CUDA(cudaMalloc(&s.blob, size));
+  CG_CUDA(cudaMemcpyAsync(s.blob, data, size, cudaMemcpyHostToDevice, st));
+
+  Arena arena;
+  std::vector<SegmentDev> segs;
+  for (const Segment& g : blob.segments)
+    segs.push_back({g.offset, (uint32_t)((g.bytes - rans::kStateBytes) / 2), g.group, g.token_begin, g.token_count});
+  std::vector<Work> work[2];
+  std::vector<GroupDev> devs;
+  std::vector<size_t> at;  // per group: tables, map, a, b, o offsets
+  for (const Group& g : blob.groups) {
+    const GroupDesc& d = g.desc;
+    const DequantParams p = expand_params(g.quant, d.tokens, d.channels());
+    at.push_back(arena.add(device_tables(g.tables)));
+    at.push_back(arena.add(g.tables.channel_table));
+    at.push_back(arena.add(p.a));
+    at.push_back(arena.add(p.b));
+    at.push_back(arena.add(p.o));
+    const uint32_t nt = (uint32_t)g.tables.tables.size();
+    const bool shared = nt <= kSharedTables;
+    add_work(d.first_segment, d.num_segments, work[shared ? 0 : 1]);
+    if (shared) s.shared_bytes = std::max(s.shared_bytes, nt * kTableBytes);
+    devs.push_back({nullptr, nullptr, nullptr, nullptr, nullptr, d.channels(), nt});
+    s.groups.push_back(d);
+  }
+  const size_t segs_at = arena.add(segs), work_at[2] = {arena.add(work[0]), arena.add(work[1])};
+  const size_t devs_at = arena.add(devs);  // pointers filled in once the arena has an address
+  CG_CUDA(cudaMalloc(&s.arena, arena.size()));
+  for (size_t i = 0; i < devs.size(); ++i) {
+    GroupDev& g = devs[i];
+    g.tables = s.arena + at[5 * i];
+    g.table_of = s.arena + at[5 * i + 1];
+    g.a = reinterpret_cast<const float*>(s.arena + at[5 * i + 2]);
+    g.b = reinterpret_cast<const float*>(s.arena + at[5 * i + 3]);
+    g.o = reinterpret_cast<const float*>(s.arena + at[5 * i + 4]);
+  }
+  arena.overwrite(devs_at, devs);
+  arena.upload(s.arena, st);
+  CG_CUDA(cudaStreamSynchronize(st));  // the host arena is about to go
+  s.segs = reinterpret_cast<const SegmentDev*>(s.arena + segs_at);
+  s.group_devs = reinterpret_cast<const GroupDev*>(s.arena + devs_at);
+  for (int k = 0; k < 2; ++k) {
+    s.work[k] = reinterpret_cast<const Work*>(s.arena + work_at[k]);
+    s.blocks[k] = (uint32_t)work[k].size();
+  }
+}
+
+DeviceBlob::~DeviceBlob() = default;
+
+void DeviceBlob::decode_into(const std::vector<TensorView>& outs, uintptr_t stream) const {
+  const State& s = *s_;
+  use_device(s.device);
+  if (outs.size() != s.groups.size()) throw InputError("need one output per (layer, K/V)");
+  std::vector<View> views;
+  for (size_t g = 0; g < outs.size(); ++g) {
+    const GroupDesc& d = s.groups[g];
+    const TensorView& v = outs[g];
+    if (!v.data || v.tokens != d.tokens || v.heads != d.heads || v.head_dim != d.head_dim)
+      throw InputError("output " + std::to_string(g) + " has the wrong shape");
+    if (v.dtype != outs[0].dtype) throw InputError("all outputs must share one dtype");
+    views.push_back(to_view(v));
+  }
+  const cudaStream_t st = as_stream(stream);
+  Arena arena;
+  arena.add(views);
+  DeviceBuffer dev(arena.size() + 16, st);
+  arena.upload(dev.get(), st);
+  uint32_t* bad = reinterpret_cast<uint32_t*>(dev.get() + ((arena.size() + 3) & ~size_t{3}));
+  CG_CUDA(cudaMemsetAsync(bad, 0, 4, st));
+  const View* v = dev.get<const View>();
+  with_dtype(outs[0].dtype, [&]<DType D>() {
+    if (s.blocks[0])
+      decode_kernel<D, true><<<s.blocks[0], kWarps * 32, s.shared_bytes, st>>>(
+          s.blob, s.segs, s.work[0], s.group_devs, v, bad);
+    if (s.blocks[1])
+      decode_kernel<D, false><<<s.blocks[1], kWarps * 32, 0, st>>>(s.blob, s.segs, s.work[1],
+                                                                    s.group_devs, v, bad);
+  });
+  CG_CUDA(cudaGetLastError());
+  uint32_t corrupt = 0;
+  CG_CUDA(cudaMemcpyAsync(&corrupt, bad, 4, cudaMemcpyDeviceToHost, st));
+  CG_CUDA(cudaStreamSynchronize(st));
+  if (corrupt)
+    throw FormatError(std::to_string(corrupt) + " segment payload(s) corrupt (rANS stream did not close)");
+}
+
+}  // namespace cachegen::cuda
