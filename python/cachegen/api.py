@@ -18,6 +18,7 @@ from .tensors import (
     KVViews,
     allocate,
     check_writable,
+    current_stream,
     dtype_name,
     views,
 )
@@ -113,9 +114,10 @@ def encode(
     """Compress a KV cache into a self-describing blob.
 
     Args:
-        kv: a numpy array or torch CPU tensor `[layers, 2, tokens, kv_heads, head_dim]`, or a
-            sequence of per-layer `(K, V)` pairs `[1, kv_heads, tokens, head_dim]` (layers may
-            differ in tokens, heads and head dim). fp16, bf16 or fp32.
+        kv: a numpy array, torch tensor or CUDA array (CuPy) `[layers, 2, tokens, kv_heads,
+            head_dim]`, or a sequence of per-layer `(K, V)` pairs `[1, kv_heads, tokens,
+            head_dim]` (layers may differ in tokens, heads and head dim). fp16, bf16 or fp32.
+            CUDA input is encoded on its GPU, on the caller's current stream (same bytes).
         level: a level of the project ladder (`cachegen.LEVELS`; higher = larger, better);
             default `cachegen.DEFAULT_LEVEL`. Exclusive with `config`.
         config: an explicit `CodecConfig`, e.g. `CodecConfig.cachegen_reference(2)`.
@@ -124,15 +126,13 @@ def encode(
     config = _config(level, config)
     v = views(kv)
     flags = _FLAG_TORCH_SOURCE if v.framework == "torch" else 0
-    return _core.encode(
-        _specs(v, config),
-        DTYPE_CODES[v.dtype],
-        LAYOUTS[v.layout],
-        config.level,
-        config.segment_symbols,
-        flags,
-        _threads(threads),
-    )
+    args = (_specs(v, config), DTYPE_CODES[v.dtype], LAYOUTS[v.layout], config.level)
+    args += (config.segment_symbols, flags)
+    if v.device is None:
+        return _core.encode(*args, _threads(threads))
+    _require_cuda()
+    stream = current_stream(v.framework, v.device)
+    return _core.encode_cuda(*args, v.device, stream, _threads(threads))
 
 
 @dataclass(frozen=True)
@@ -214,6 +214,28 @@ def inspect(blob: bytes | bytearray | memoryview) -> BlobInfo:
     return _info(_parse(blob))
 
 
+def _require_cuda() -> None:
+    info = _core.build_info()
+    if not info["cuda_compiled"]:
+        raise RuntimeError("cachegen was built without CUDA (build with CACHEGEN_CUDA=ON)")
+    if not info["cuda_available"]:
+        raise RuntimeError("no usable CUDA device")
+
+
+def _device_index(device: Any) -> int | None:
+    """None for host memory, else the CUDA device index of "cuda", "cuda:N" or a torch device."""
+    if device is None:
+        return None
+    name = str(device)
+    if name == "cpu":
+        return None
+    if name == "cuda":
+        return 0
+    if name.startswith("cuda:") and name[5:].isdigit():
+        return int(name[5:])
+    raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+
+
 def _default_framework(info: BlobInfo) -> str:
     if info.from_torch:
         try:
@@ -231,6 +253,7 @@ def decode(
     out: Any = None,
     dtype: Any = None,
     framework: str | None = None,
+    device: Any = None,
     threads: int | None = None,
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
 ) -> Any:
@@ -241,7 +264,10 @@ def decode(
             supported dtype, any strides); returned.
         dtype: output dtype ("float16", "bfloat16", "float32" or a numpy/torch dtype); default
             the encoded dtype.
-        framework: "numpy" or "torch"; default torch if torch tensors were encoded, else numpy.
+        framework: "numpy", "torch" or "cupy"; default torch if torch tensors were encoded or
+            the output is on a GPU (CuPy if torch is missing), else numpy.
+        device: "cuda" or "cuda:N" decodes on that GPU straight into device memory, on the
+            caller's current stream; an `out=` on a GPU implies it. Default: host memory.
         threads: worker threads; default all cores.
         max_output_bytes: refuse blobs that would decode to more than this.
 
@@ -253,19 +279,40 @@ def decode(
     shapes = [(g.tokens, g.heads, g.head_dim) for pair in zip(info.keys, info.values) for g in pair]
     if out is None:
         name = info.dtype if dtype is None else dtype_name(dtype)
-        fw = framework or _default_framework(info)
-        if fw not in ("numpy", "torch"):
-            raise ValueError(f"framework must be 'numpy' or 'torch', got {fw!r}")
+        gpu = _device_index(device)
+        if gpu is not None:
+            _require_cuda()
+        fw = framework or (_default_framework(info) if gpu is None else _default_gpu_framework())
+        host_only, gpu_only = fw == "numpy", fw == "cupy"
+        if fw not in ("numpy", "torch", "cupy") or (host_only and gpu is not None) or (
+            gpu_only and gpu is None
+        ):
+            raise ValueError(f"framework {fw!r} does not fit device {device!r}")
         nbytes = info.elements * (4 if name == "float32" else 2)
         if nbytes > max_output_bytes:
             raise FormatError(f"blob decodes to {nbytes} bytes, over max_output_bytes")
-        out = allocate(info.layout, shapes, name, fw)
+        out = allocate(info.layout, shapes, name, fw, gpu)
     v = views(out)
     if v.layout != info.layout or [g.shape for g in v.groups] != shapes:
         raise ValueError("out= does not match the blob's layout and shapes")
     check_writable(out)
-    parsed.decode_into([g.as_tuple() for g in v.groups], _threads(threads))
+    outs = [g.as_tuple() for g in v.groups]
+    if v.device is None:
+        parsed.decode_into(outs, _threads(threads))
+    else:
+        _require_cuda()
+        stream = current_stream(v.framework, v.device)
+        _core.to_device(parsed, v.device, stream).decode_into(outs, stream)
     return out
+
+
+def _default_gpu_framework() -> str:
+    try:
+        import torch  # noqa: F401
+
+        return "torch"
+    except ImportError:
+        return "cupy"
 
 
 def entropy_stats(blob: bytes, threads: int | None = None) -> dict[str, float]:
@@ -274,7 +321,9 @@ def entropy_stats(blob: bytes, threads: int | None = None) -> dict[str, float]:
 
 
 def build_info() -> dict[str, Any]:
-    """What was built: backend, checksum implementation, format version, default threads."""
+    """What was built: backend, checksum implementation, format version, default threads,
+    whether CUDA kernels were compiled in (`cuda_compiled`) and a GPU is usable
+    (`cuda_available`)."""
     info = dict(_core.build_info())
     info["cpu_count"] = os.cpu_count()
     return info

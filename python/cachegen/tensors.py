@@ -1,4 +1,5 @@
-"""Tensor adapters: numpy arrays and torch tensors in, strided raw views out, without copies.
+"""Tensor adapters: numpy arrays, torch tensors (CPU or CUDA) and CUDA arrays such as CuPy's
+(`__cuda_array_interface__`) in, strided raw views out, without copies.
 
 A KV cache is either one array `[layers, 2, tokens, kv_heads, head_dim]` ("stacked") or a
 sequence of per-layer `(K, V)` pairs in the Hugging Face layout `[1, kv_heads, tokens, head_dim]`
@@ -48,9 +49,10 @@ class GroupView:
 @dataclass(frozen=True)
 class KVViews:
     layout: str
-    framework: str  # "numpy" or "torch"
+    framework: str  # "numpy", "torch" or "cupy"
     dtype: str
     groups: list[GroupView]  # 2 per layer, K then V
+    device: int | None = None  # CUDA device index, None for host memory
 
 
 def is_torch(x: Any) -> bool:
@@ -66,19 +68,52 @@ def dtype_name(x: Any) -> str:
     return name
 
 
-def _raw(x: Any) -> tuple[int, tuple[int, ...], tuple[int, ...], str]:
-    """(address, shape, element strides, dtype) of an array or CPU tensor."""
+_CAI_DTYPES = {"<f2": "float16", "<f4": "float32"}
+
+
+def device_of(x: Any) -> int | None:
+    """CUDA device index of a tensor or CUDA array, None if it lives in host memory."""
     if is_torch(x):
-        if x.device.type != "cpu":
-            raise ValueError(f"tensor is on {x.device}; this build handles CPU tensors only")
+        if x.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"tensor is on {x.device}; use CPU or CUDA tensors")
+        return x.device.index if x.device.type == "cuda" else None
+    if hasattr(x, "__cuda_array_interface__"):
+        return int(x.device.id) if hasattr(x, "device") else 0
+    return None
+
+
+def _cuda_array(x: Any) -> tuple[int, tuple[int, ...], tuple[int, ...], str]:
+    cai = x.__cuda_array_interface__
+    if cai["typestr"] not in _CAI_DTYPES:
+        raise TypeError(f"unsupported CUDA array dtype {cai['typestr']!r}; use float16 or float32")
+    name = _CAI_DTYPES[cai["typestr"]]
+    item = 4 if name == "float32" else 2
+    shape = tuple(cai["shape"])
+    strides = cai.get("strides")
+    if strides is None:  # C-contiguous
+        strides, acc = [], item
+        for n in reversed(shape):
+            strides.insert(0, acc)
+            acc *= n
+    if any(s % item for s in strides):
+        raise ValueError("array strides must be multiples of its item size")
+    return cai["data"][0], shape, tuple(s // item for s in strides), name
+
+
+def _raw(x: Any) -> tuple[int, tuple[int, ...], tuple[int, ...], str]:
+    """(address, shape, element strides, dtype) of an array or tensor, host or CUDA."""
+    if is_torch(x):
+        device_of(x)
         return x.data_ptr(), tuple(x.shape), tuple(x.stride()), dtype_name(x)
+    if hasattr(x, "__cuda_array_interface__"):
+        return _cuda_array(x)
     if isinstance(x, np.ndarray):
         name = dtype_name(x)
         item = x.dtype.itemsize
         if any(s % item for s in x.strides):
             raise ValueError("array strides must be multiples of its item size")
         return x.ctypes.data, x.shape, tuple(s // item for s in x.strides), name
-    raise TypeError(f"expected a numpy array or torch tensor, got {type(x).__name__}")
+    raise TypeError(f"expected a numpy array, torch tensor or CUDA array, got {type(x).__name__}")
 
 
 def _group(address: int, dtype: str, item: int, shape, strides, offset: int = 0) -> GroupView:
@@ -121,26 +156,63 @@ def _pair_views(kv: Sequence) -> tuple[str, list[GroupView]]:
     return dtypes.pop(), groups
 
 
+def _is_array(x: Any) -> bool:
+    return isinstance(x, np.ndarray) or is_torch(x) or hasattr(x, "__cuda_array_interface__")
+
+
+def _framework(x: Any) -> str:
+    if is_torch(x):
+        return "torch"
+    return "numpy" if isinstance(x, np.ndarray) else "cupy"
+
+
+def _device(arrays: list) -> int | None:
+    devices = {device_of(a) for a in arrays}
+    if len(devices) != 1:
+        raise ValueError(f"all KV tensors must be on one device, got {sorted(map(str, devices))}")
+    return devices.pop()
+
+
 def views(kv: Any) -> KVViews:
     """Zero-copy views of a KV cache in either layout."""
-    if isinstance(kv, np.ndarray) or is_torch(kv):
+    if _is_array(kv):
         dtype, groups = _stacked_views(kv)
-        return KVViews("stacked", "torch" if is_torch(kv) else "numpy", dtype, groups)
+        return KVViews("stacked", _framework(kv), dtype, groups, device_of(kv))
     if isinstance(kv, Sequence) and not isinstance(kv, str | bytes) and len(kv) > 0:
         dtype, groups = _pair_views(kv)
-        framework = "torch" if is_torch(kv[0][0]) else "numpy"
-        return KVViews("pairs", framework, dtype, groups)
+        device = _device([t for pair in kv for t in pair])
+        return KVViews("pairs", _framework(kv[0][0]), dtype, groups, device)
     raise TypeError(
         "kv must be an array/tensor [layers, 2, tokens, heads, head_dim] or a non-empty "
         "sequence of (K, V) pairs [1, heads, tokens, head_dim]"
     )
 
 
-def _empty(shape: tuple[int, ...], dtype: str, framework: str) -> Any:
+def current_stream(framework: str, device: int) -> int:
+    """The caller's current CUDA stream on `device`, as a raw handle."""
     if framework == "torch":
         import torch
 
-        return torch.empty(shape, dtype=getattr(torch, dtype))
+        return torch.cuda.current_stream(device).cuda_stream
+    import cupy
+
+    with cupy.cuda.Device(device):
+        return cupy.cuda.get_current_stream().ptr
+
+
+def _empty(shape: tuple[int, ...], dtype: str, framework: str, device: int | None) -> Any:
+    if framework == "torch":
+        import torch
+
+        where = "cpu" if device is None else f"cuda:{device}"
+        return torch.empty(shape, dtype=getattr(torch, dtype), device=where)
+    if framework == "cupy":
+        import cupy
+
+        if dtype == "bfloat16":
+            raise TypeError("CuPy has no bfloat16; pass framework='torch'")
+        with cupy.cuda.Device(device or 0):
+            return cupy.empty(shape, dtype=dtype)
     if dtype == "bfloat16":
         try:
             import ml_dtypes
@@ -150,18 +222,25 @@ def _empty(shape: tuple[int, ...], dtype: str, framework: str) -> Any:
     return np.empty(shape, dtype=dtype)
 
 
-def allocate(layout: str, shapes: list[tuple[int, int, int]], dtype: str, framework: str) -> Any:
-    """An uninitialized KV cache of the given per-group (tokens, heads, head_dim) shapes."""
+def allocate(
+    layout: str,
+    shapes: list[tuple[int, int, int]],
+    dtype: str,
+    framework: str,
+    device: int | None = None,
+) -> Any:
+    """An uninitialized KV cache of the given per-group (tokens, heads, head_dim) shapes, in
+    host memory or on CUDA `device`."""
     if layout == "stacked":
-        return _empty((len(shapes) // 2, 2, *shapes[0]), dtype, framework)
+        return _empty((len(shapes) // 2, 2, *shapes[0]), dtype, framework, device)
     return [
-        tuple(_empty((1, h, t, d), dtype, framework) for t, h, d in shapes[i : i + 2])
+        tuple(_empty((1, h, t, d), dtype, framework, device) for t, h, d in shapes[i : i + 2])
         for i in range(0, len(shapes), 2)
     ]
 
 
 def check_writable(kv: Any) -> None:
-    arrays = [kv] if isinstance(kv, np.ndarray) or is_torch(kv) else [a for p in kv for a in p]
+    arrays = [kv] if _is_array(kv) else [a for p in kv for a in p]
     for a in arrays:
         if isinstance(a, np.ndarray) and not a.flags.writeable:
             raise ValueError("out= array is read-only")
