@@ -1,0 +1,172 @@
+"""GPU codec: blobs encoded on the GPU equal the CPU encoder's bytes, GPU decodes equal CPU
+decodes bit for bit, over shapes, dtypes, layouts and levels; hostile blobs raise FormatError.
+The GPU tests skip cleanly without a CUDA build and device."""
+
+from __future__ import annotations
+
+import struct
+
+import cachegen
+import numpy as np
+import pytest
+from conftest import synthetic_kv
+from test_hostile import crc32c, reseal
+
+requires_cuda = pytest.mark.skipif(
+    not cachegen.build_info()["cuda_available"], reason="needs a CUDA build and a CUDA device"
+)
+
+CONFIGS = [cachegen.CodecConfig.from_level(n) for n in cachegen.LEVELS] + [
+    cachegen.CodecConfig.cachegen_reference(n) for n in (1, 2, 3)
+]
+SHAPES = [(1, 1, 1, 1), (2, 1, 1, 64), (3, 17, 1, 7), (2, 333, 3, 65), (2, 700, 8, 128)]
+
+
+def test_build_info_reports_cuda():
+    info = cachegen.build_info()
+    assert isinstance(info["cuda_compiled"], bool) and isinstance(info["cuda_available"], bool)
+    assert info["cuda_compiled"] or not info["cuda_available"]
+
+
+def test_parallel_crc_of_large_blob_matches_reference():
+    """Blobs over 2 MiB are checksummed in parallel chunks combined with crc_combine."""
+    kv = synthetic_kv(2, 5000, 4, 64)
+    blob = cachegen.encode(kv, level=max(cachegen.LEVELS))
+    assert len(blob) > 2 << 20
+    assert struct.unpack("<I", blob[-4:])[0] == crc32c(blob[:-4])
+
+
+def torch_or_skip():
+    return pytest.importorskip("torch")
+
+
+def to_cuda(kv):
+    torch = torch_or_skip()
+    if isinstance(kv, list):
+        return [tuple(to_cuda(t) for t in pair) for pair in kv]
+    return (kv if torch.is_tensor(kv) else torch.from_numpy(kv)).cuda()
+
+
+def torch_cpu(kv):
+    """The CPU reference input: torch tensors, so the blob's torch-source flag matches."""
+    torch = torch_or_skip()
+    if isinstance(kv, list):
+        return [tuple(torch_cpu(t) for t in pair) for pair in kv]
+    return kv if torch.is_tensor(kv) else torch.from_numpy(kv)
+
+
+def bits(x):
+    """Exact bit patterns of a decoded cache as a numpy integer array."""
+    torch = torch_or_skip()
+    if isinstance(x, list):
+        return [bits(t) for pair in x for t in pair]
+    if not torch.is_tensor(x):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    x = x.detach().contiguous().cpu()
+    return x.view(torch.int32 if x.element_size() == 4 else torch.int16).numpy()
+
+
+def assert_same_bits(a, b):
+    for x, y in zip(bits(a) if isinstance(a, list) else [bits(a)],
+                    bits(b) if isinstance(b, list) else [bits(b)], strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_gpu_bytes_and_decodes_equal_cpu(shape, dtype):
+    kv = synthetic_kv(*shape, dtype=dtype)
+    config = cachegen.CodecConfig(segment_symbols=1024)
+    blob = cachegen.encode(torch_cpu(kv), config=config)
+    assert cachegen.encode(to_cuda(kv), config=config) == blob
+    on_gpu = cachegen.decode(blob, device="cuda")
+    on_cpu = cachegen.decode(blob, framework="torch")
+    assert on_gpu.is_cuda and on_gpu.dtype == on_cpu.dtype
+    assert_same_bits(on_gpu, on_cpu)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.name)
+def test_levels_equal_cpu(config):
+    kv = synthetic_kv(4, 300, 4, 32)
+    blob = cachegen.encode(torch_cpu(kv), config=config)
+    assert cachegen.encode(to_cuda(kv), config=config) == blob
+    assert_same_bits(cachegen.decode(blob, device="cuda"), cachegen.decode(blob))
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_pairs_mixed_shapes_and_out_buffer():
+    torch = torch_or_skip()
+    kv = [synthetic_kv(1, 90, 4, 16, layout="pairs")[0],
+          synthetic_kv(1, 32, 2, 8, seed=1, layout="pairs")[0],
+          synthetic_kv(1, 90, 1, 24, seed=2, layout="pairs")[0]]
+    blob = cachegen.encode(torch_cpu(kv))
+    assert cachegen.encode(to_cuda(kv)) == blob
+    out = [tuple(torch.empty(t.shape, dtype=torch.float32, device="cuda") for t in p) for p in kv]
+    assert cachegen.decode(blob, out=out) is out
+    assert_same_bits(out, cachegen.decode(blob, dtype="float32", framework="torch"))
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_strided_device_input_and_side_stream():
+    torch = torch_or_skip()
+    kv = to_cuda(synthetic_kv(2, 500, 2, 64))
+    strided = torch.empty(*kv.shape[:-1], 2 * kv.shape[-1], dtype=kv.dtype, device="cuda")[..., ::2]
+    strided.copy_(kv)
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        blob = cachegen.encode(strided)
+        decoded = cachegen.decode(blob, device="cuda")
+    assert blob == cachegen.encode(kv.cpu())
+    assert_same_bits(decoded, cachegen.decode(blob))
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_cupy_arrays():
+    cupy = pytest.importorskip("cupy")
+    kv = synthetic_kv(2, 200, 2, 32)
+    blob = cachegen.encode(kv)
+    assert cachegen.encode(cupy.asarray(kv)) == blob
+    decoded = cachegen.decode(blob, device="cuda", framework="cupy")
+    assert isinstance(decoded, cupy.ndarray)
+    want = cachegen.decode(blob).view(np.int16)
+    np.testing.assert_array_equal(cupy.asnumpy(decoded).view(np.int16), want)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_nan_on_gpu_is_an_input_error():
+    kv = synthetic_kv(2, 64, 2, 16)
+    for layer, kind in ((0, 0), (1, 1)):  # a channel-quantized key, a token-quantized value
+        bad = kv.copy()
+        bad[layer, kind, 5, 1, 3] = np.nan
+        with pytest.raises(ValueError, match="NaN"):
+            cachegen.encode(to_cuda(bad))
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_hostile_payloads_raise_format_error_on_gpu():
+    kv = synthetic_kv(2, 400, 2, 32)
+    blob = cachegen.encode(kv, config=cachegen.CodecConfig(segment_symbols=2048))
+    payload_at = len(blob) - cachegen.inspect(blob).payload_bytes - 4
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        mutated = bytearray(blob)
+        for i in rng.integers(payload_at, len(blob) - 4, size=int(rng.integers(1, 8))):
+            mutated[i] ^= int(rng.integers(1, 256))
+        data = reseal(mutated)
+        try:
+            want = cachegen.decode(data)
+        except cachegen.FormatError:
+            with pytest.raises(cachegen.FormatError):
+                cachegen.decode(data, device="cuda")
+            continue
+        assert_same_bits(cachegen.decode(data, device="cuda"), want)
+    assert_same_bits(cachegen.decode(blob, device="cuda"), cachegen.decode(blob))  # still healthy
