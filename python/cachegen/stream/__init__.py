@@ -21,7 +21,7 @@ from .engine import Engine
 from .estimator import BandwidthEstimator
 from .hf_engine import HFEngine
 from .loader import Loader, LoadResult
-from .planner import TEXT, Choice, ConstantLink, Decision, OptionTable, Planner
+from .planner import TEXT, Choice, ConstantLink, Decision, OptionTable, Planner, Policy, Step
 from .report import ChunkReport, LoadReport
 from .throttle import ThrottledStore
 
@@ -40,6 +40,8 @@ __all__ = [
     "Loader",
     "OptionTable",
     "Planner",
+    "Policy",
+    "Step",
     "ThrottledStore",
     "load",
     "measure_decode_eps",

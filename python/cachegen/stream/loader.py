@@ -28,7 +28,17 @@ from cachegen.store.keys import ObjectRef, token_array
 from .costs import CostModel
 from .engine import Engine
 from .estimator import BandwidthEstimator
-from .planner import TEXT, Choice, ConstantLink, Decision, OptionTable, Planner, level_kl
+from .planner import (
+    TEXT,
+    Choice,
+    ConstantLink,
+    Decision,
+    OptionTable,
+    Planner,
+    Policy,
+    Step,
+    level_kl,
+)
 from .report import ChunkReport, LoadReport
 
 #: Range size for parallel range requests on remote stores.
@@ -86,6 +96,7 @@ class Loader:
         ranges: parallel range requests per blob (None: 4 on remote stores, 1 on local ones).
         prior_bps: bandwidth assumed before the first measurement (None: probe with the
             smallest level of the first chunk).
+        policy: choose with this instead of the planner (baselines, fixed levels).
     """
 
     store: Store
@@ -95,6 +106,7 @@ class Loader:
     ranges: int | None = None
     prior_bps: float | None = None
     margin: float = 0.05
+    policy: Policy | None = None
     clock: Callable[[], float] = time.perf_counter
 
     def load(
@@ -203,13 +215,19 @@ class _Run:
         chunk = self.chunks[i]
         if not chunk.levels:
             return Decision(TEXT, now, True, 0.0)
+        cpu_free = self.backlog.free_at(now)
+        policy = self.loader.policy
+        if policy is not None:
+            choice = policy(Step(i, now, cpu_free, self._table(i), self.estimator))
+            if choice != TEXT and int(choice) not in chunk.levels:
+                choice = TEXT  # the policy asked for a level this chunk lacks
+            return Decision(choice, now, True, 0.0)
         bps = self.estimator.bps
         if bps is None:
             # Nothing measured yet: the smallest blob is the cheapest way to measure.
             level = min(chunk.levels, key=lambda lv: chunk.levels[lv].size)
             return Decision(level, now, True, 0.0)
         safe = ConstantLink(self.estimator.planning_bps(len(self.chunks) - i) or bps)
-        cpu_free = self.backlog.free_at(now)
         return self.planner.choose(self._table(i), now, cpu_free, ConstantLink(bps), safe)
 
     def _table(self, first: int) -> OptionTable:

@@ -15,11 +15,13 @@ plan's first step is used: after that chunk, it plans again with what it measure
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+from .estimator import BandwidthEstimator
 
 TEXT = "text"
 Choice = int | str
@@ -89,6 +91,22 @@ class Decision:
     feasible: bool
     #: Predicted quality loss of the remaining plan (KL x tokens).
     loss: float
+
+
+@dataclass
+class Step:
+    """What a policy sees before choosing chunk `index` (times in seconds since the start)."""
+
+    index: int
+    now: float
+    cpu_free: float
+    #: Costs of the chunks from `index` on.
+    table: OptionTable
+    estimator: BandwidthEstimator
+
+
+#: Another way to choose, for baselines: the loader and the simulator both take one.
+Policy = Callable[[Step], Choice]
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,23 @@ as a real loader does. Policies:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from .estimator import BandwidthEstimator
-from .planner import TEXT, Choice, ConstantLink, OptionTable, Planner, candidate_plans, evaluate
+from .planner import (
+    TEXT,
+    Choice,
+    ConstantLink,
+    OptionTable,
+    Planner,
+    Policy,
+    Step,
+    candidate_plans,
+    evaluate,
+)
 
 
 @dataclass(frozen=True)
@@ -74,20 +84,6 @@ class SimResult:
     @property
     def mean_kl(self) -> float:
         return self.loss / self.tokens
-
-
-@dataclass
-class Step:
-    """What a policy sees before choosing chunk `index`."""
-
-    index: int
-    now: float
-    cpu_free: float
-    table: OptionTable
-    estimator: BandwidthEstimator
-
-
-Policy = Callable[[Step], Choice]
 
 
 def select(table: OptionTable, choices: Sequence[Choice]) -> OptionTable:
