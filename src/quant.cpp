@@ -67,6 +67,21 @@ void fit_channel_steps(const ChannelStats& s, uint32_t tokens, float q, GroupQua
   }
 }
 
+// LayerStep: offsets as per channel, one step from the pooled deviation statistics.
+void fit_layer_step(const ChannelStats& s, uint32_t tokens, float q, GroupQuant& g) {
+  const size_t C = s.sum.size();
+  double var = 0.0, range = 0.0;
+  g.channel_offset.resize(C);
+  for (size_t c = 0; c < C; ++c) {
+    g.channel_offset[c] = channel_fit(s.sum[c], s.sum_sq[c], s.lo[c], s.hi[c], tokens, q).offset;
+    const double o = f16_to_f32(g.channel_offset[c]), mean = s.sum[c] / tokens;
+    var += std::max(0.0, s.sum_sq[c] / tokens - 2 * o * mean + o * o);
+    range = std::max({range, s.hi[c] - o, o - s.lo[c]});
+  }
+  const float step = std::max(q * (float)std::sqrt(var / C), (float)range / kMaxSymbol);
+  g.channel_scale.assign(C, step_to_f16(step));
+}
+
 // restrict: int8 stores may alias anything, which would otherwise block vectorization.
 void quantize_row(const float* __restrict x, float inv_a, const float* __restrict inv_b,
                   const float* __restrict o, int max_symbol, uint32_t n, int8_t* __restrict out) {
@@ -121,7 +136,8 @@ GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v) {
     const RowStats rs = row_stats(row.data(), C);
     g.token_scale.push_back(token_step(kind, param, g.max_symbol, rs.sum_sq, rs.absmax, C));
   }
-  if (!per_token) fit_channel_steps(cs, T, param, g);
+  if (kind == Quantizer::LayerStep) fit_layer_step(cs, T, param, g);
+  else if (!per_token) fit_channel_steps(cs, T, param, g);
   return g;
 }
 

@@ -21,9 +21,12 @@ enum class Quantizer : uint8_t {
   ChannelStep = 2,
   // Per-token step = max(param * token rms, range / 127), no offset.
   TokenStep = 3,
+  // Per-channel mean offset and ONE step for the whole group = max(param * rms, range / 127):
+  // equal absolute error in every channel, which is what attention scores feel.
+  LayerStep = 4,
 };
 
-inline bool valid_quantizer(uint8_t q) { return q >= 1 && q <= 3; }
+inline bool valid_quantizer(uint8_t q) { return q >= 1 && q <= 4; }
 
 enum QuantFlags : uint8_t { kTokenScale = 1, kChannelScale = 2, kChannelOffset = 4 };
 

