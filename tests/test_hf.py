@@ -73,6 +73,30 @@ def test_round_trip_mixed_sliding_gives_identical_logits(window: int) -> None:
     )
 
 
+def test_generate_continues_from_rebuilt_cache() -> None:
+    model = _tiny(["sliding_attention", "full_attention"] * 2, window=8)
+    ids = torch.randint(0, 64, (1, 20))
+    expected = model.generate(ids, max_new_tokens=6, do_sample=False)
+    # As with any cache handed to generate(), it covers all but the last prompt token.
+    rebuilt = to_cache(_copy(from_cache(_prefill(model, ids[:, :19]))), model.config)
+    assert torch.equal(
+        model.generate(ids, cache=rebuilt, max_new_tokens=6, do_sample=False), expected
+    )
+
+
+def test_decoded_cache_feeds_the_model() -> None:
+    cachegen = pytest.importorskip("cachegen")
+    model = _tiny(["sliding_attention", "full_attention"] * 2, window=8)
+    ids = torch.randint(0, 64, (1, 26))
+    kv = from_cache(_prefill(model, ids[:, :20]))
+    decoded = cachegen.decode(cachegen.encode(kv, level=max(cachegen.LEVELS)))
+    assert [(k.shape, v.shape, k.dtype) for k, v in decoded] == [
+        (k.shape, v.shape, k.dtype) for k, v in kv
+    ]
+    logits = _continue(model, to_cache(decoded, model.config), ids[:, 20:])
+    assert logits.shape == (1, 6, 64) and torch.isfinite(logits).all()
+
+
 def test_all_sliding_needs_seq_length() -> None:
     model = _tiny(["sliding_attention"] * 2, window=8)
     ids = torch.randint(0, 64, (1, 26))

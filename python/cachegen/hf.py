@@ -89,6 +89,9 @@ def to_cache(
             the longest layer's token count, which is right whenever the model has at least one
             full-attention layer; pass it for models whose layers all slide.
 
+    ``generate()`` expects, as with any cache, input ids longer than the cached tokens: cache
+    all but a prompt's last token, or pass new tokens after the cached ones.
+
     Raises:
         ValueError: ``kv`` has the wrong number of layers, a pair's K and V disagree, or
             ``seq_length`` is shorter than a layer.
