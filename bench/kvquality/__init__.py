@@ -15,12 +15,11 @@ from .harness import (
     prepare,
     run_quality,
 )
-from .methods import BASELINES, DEFAULT_METHODS, METHODS, Method, make_methods
+from .methods import DEFAULT_METHODS, METHODS, Method, codec_method, make_methods
 from .metrics import TokenMetrics, compare
 from .model import LoadedModel, continue_logits, load_model, prefill
 
 __all__ = [
-    "BASELINES",
     "CONT_TOKENS",
     "DEFAULT_DOCS",
     "DEFAULT_METHODS",
@@ -32,6 +31,7 @@ __all__ = [
     "Method",
     "Result",
     "TokenMetrics",
+    "codec_method",
     "compare",
     "continue_logits",
     "evaluate",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -157,19 +158,28 @@ def _unpack(raw: torch.Tensor, n: int, bits: int) -> torch.Tensor:
     return both.to(torch.int16) - 8
 
 
-def cachegen_method(level: int | None = None) -> Method:
-    """cachegen's own quantiser at ``level`` (``None``: the library default)."""
+def codec_method(key: str, label: str, **options: Any) -> Method:
+    """``cachegen.encode(kv, **options)``: ``level=``, ``config=`` or nothing (the default).
+
+    A level-tuning search can pass each candidate ``config=`` here and hand the methods to
+    ``run_quality``.
+    """
     import cachegen
 
     def encode(kv: KV) -> bytes:
-        return cachegen.encode(kv) if level is None else cachegen.encode(kv, level=level)
+        return cachegen.encode(kv, **options)
 
     def decode(blob: bytes, like: KV) -> KV:
         return list(cachegen.decode(blob))
 
-    key = "cg" if level is None else f"cg{level}"
-    label = "cachegen default level" if level is None else f"cachegen level {level}"
     return Method(key, label, encode, decode)
+
+
+def cachegen_method(level: int | None = None) -> Method:
+    """cachegen's own quantiser at ``level`` (``None``: the library default)."""
+    if level is None:
+        return codec_method("cg", "cachegen default level")
+    return codec_method(f"cg{level}", f"cachegen level {level}", level=level)
 
 
 def reference_method(level: int) -> Method:
@@ -177,14 +187,7 @@ def reference_method(level: int) -> Method:
     import cachegen
 
     config = cachegen.CodecConfig.cachegen_reference(level)
-
-    def encode(kv: KV) -> bytes:
-        return cachegen.encode(kv, config=config)
-
-    def decode(blob: bytes, like: KV) -> KV:
-        return list(cachegen.decode(blob))
-
-    return Method(f"ref{level}", f"CacheGen reference level {level}", encode, decode)
+    return codec_method(f"ref{level}", f"CacheGen reference level {level}", config=config)
 
 
 # Factories, so that naming a method does not import what it needs (cachegen, zstandard).
@@ -202,7 +205,6 @@ METHODS: dict[str, Callable[[], Method]] = {
 
 # Everything in one report; "cg" (the default level) repeats one of cg1..cg5.
 DEFAULT_METHODS = tuple(k for k in METHODS if k != "cg")
-BASELINES = ("fp32", "fp16", "int8", "int4", "zstd3", "zstd19")
 
 
 def make_methods(keys: tuple[str, ...] | list[str]) -> list[Method]:

@@ -92,7 +92,8 @@ def markdown(results: Sequence[Result], info: dict[str, Any]) -> str:
         "",
         "bits/elt: every byte of the blob x 8 / KV elements. KL: mean KL(uncompressed || decoded)"
         " of next-token distributions, nats. top-1: agreement of the argmax with the"
-        " uncompressed run. PPL: perplexity of the continuation; dPPL relative to uncompressed.",
+        " uncompressed run. PPL: perplexity of the continuation; dPPL relative to uncompressed."
+        " encode/decode s: wall time (summed over documents in the pooled table).",
         "",
         "## All documents pooled",
         "",
