@@ -13,7 +13,7 @@ import math
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -131,6 +131,17 @@ class Loader:
         return LoadResult(self.engine.finish(), report)
 
 
+def probe_level(levels: Mapping[int, ObjectRef]) -> int:
+    """The first chunk's level, before anything is measured: the middle stored level.
+
+    The smallest would measure soonest, but the lowest levels cost the most quality (an
+    eighth of a short context at level 1 can dominate its KL); the middle one is a fair bet
+    at both ends of the bandwidth range.
+    """
+    by_size = sorted(levels, key=lambda lv: levels[lv].size)
+    return by_size[(len(by_size) - 1) // 2]
+
+
 def _chunks(ctx: Context | None, n: int, chunk_tokens: int) -> list[_Chunk]:
     """Stored chunks, then text-only chunks for the tokens past the stored prefix."""
     stored = [_Chunk(c.start, c.stop, dict(c.levels)) for c in (ctx.chunks if ctx else [])]
@@ -224,9 +235,7 @@ class _Run:
             return Decision(choice, now, True, 0.0)
         bps = self.estimator.bps
         if bps is None:
-            # Nothing measured yet: the smallest blob is the cheapest way to measure.
-            level = min(chunk.levels, key=lambda lv: chunk.levels[lv].size)
-            return Decision(level, now, True, 0.0)
+            return Decision(probe_level(chunk.levels), now, True, 0.0)
         safe = ConstantLink(self.estimator.planning_bps(len(self.chunks) - i) or bps)
         return self.planner.choose(self._table(i), now, cpu_free, ConstantLink(bps), safe)
 

@@ -125,10 +125,12 @@ def fixed(choice: Choice) -> Policy:
 
 
 def _probe(step: Step) -> Choice:
-    """Before any measurement: the option with the smallest transfer."""
+    """Before any measurement: the middle level by size, as the loader does."""
     sizes = step.table.nbytes[0]
-    kv = [c for c, choice in enumerate(step.table.choices) if choice != TEXT]
-    return step.table.choices[min(kv, key=lambda c: sizes[c])]
+    kv = sorted(
+        (c for c, ch in enumerate(step.table.choices) if ch != TEXT), key=lambda c: sizes[c]
+    )
+    return step.table.choices[kv[(len(kv) - 1) // 2]]
 
 
 def ours(slo_s: float, margin: float = 0.05) -> Policy:
