@@ -61,10 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     docs = load_documents(tuple(args.docs.split(",")))
     start = time.perf_counter()
     lm = load_model()
+    info = run_info(lm.name, args.prefix, args.cont)
     results = run_quality(
         methods, docs, prefix=args.prefix, cont=args.cont, lm=lm, progress=_progress
     )
-    paths = write_report(results, run_info(lm.name, args.prefix, args.cont), args.out)
+    paths = write_report(results, info, args.out)
     print("\n".join(table(pool(results))))
     elapsed = time.perf_counter() - start
     print(f"{elapsed:.0f} s; wrote {', '.join(map(str, paths))}", file=sys.stderr)

@@ -47,10 +47,13 @@ def git_commit() -> str:
 
 
 def run_info(model: str, prefix: int, cont: int) -> dict[str, Any]:
-    """Where and on what the numbers were taken."""
+    """Where and on what the numbers were taken; call it before the run, as the tree may move."""
+    import cachegen
+
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "commit": git_commit(),
+        "cachegen_build": cachegen.build_info(),
         "platform": platform.platform(),
         "cpu": cpu_model(),
         "cpus": os.cpu_count(),
