@@ -1,0 +1,120 @@
+"""pytest-benchmark microbenchmarks of the codec, with torchac on the same symbols.
+
+    pytest bench/bench_codec.py --benchmark-only                  # everything
+    pytest bench/bench_codec.py --benchmark-only -k smollm2       # only the real SmolLM2 KV
+
+Not part of the test run: they live in ``bench/`` (``testpaths`` is ``tests``), and every
+benchmark is marked ``slow`` (the real cache loads SmolLM2 on the first run; later runs read
+``bench/.cache/``). ``extra_info`` carries elements (or symbols) per second from the median.
+See ``throughput.py`` for the report script and what each case measures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import cachegen
+import kvdata
+import numpy as np
+import pytest
+import throughput
+import torchac_ref
+
+pytestmark = pytest.mark.slow
+
+CACHES: dict[str, Callable[[], np.ndarray]] = {
+    "smollm2-real": kvdata.real_kv,
+    "32x8x128-synthetic": kvdata.synthetic_kv,
+}
+ROUNDS = 5
+
+
+@pytest.fixture(scope="module", params=list(CACHES))
+def cache(request: pytest.FixtureRequest) -> tuple[str, np.ndarray, bytes]:
+    """(name, fp16 KV, its blob at the default level)."""
+    kv = CACHES[request.param]()
+    return request.param, kv, cachegen.encode(kv)
+
+
+@pytest.fixture(scope="module")
+def torchac_case(cache: tuple[str, np.ndarray, bytes]) -> torchac_ref.TorchacCase:
+    """torchac's subset of the cache's symbols (as in ``throughput.torchac_subset``)."""
+    _, kv, _ = cache
+    case, _ = throughput.torchac_subset(kv, cachegen.quantize(kv))
+    return case
+
+
+@pytest.fixture(scope="module")
+def builds() -> dict[str, Any]:
+    """torchac's extension as shipped and rebuilt with -O3."""
+    pytest.importorskip("torchac")
+    return torchac_ref.backends()
+
+
+def _measure(benchmark: Any, fn: Callable[[], Any], items: int, group: str) -> Any:
+    """Time ``fn`` (1 warm-up, ``ROUNDS`` rounds) and record items/s from the median."""
+    benchmark.group = group
+    result = benchmark.pedantic(fn, rounds=ROUNDS, warmup_rounds=1, iterations=1)
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        median = benchmark.stats.stats.median
+        benchmark.extra_info["items"] = items
+        benchmark.extra_info["items_per_s"] = items / median
+        benchmark.extra_info["gb_per_s_fp16"] = 2 * items / median / 1e9
+    return result
+
+
+@pytest.mark.parametrize("threads", throughput.THREADS)
+def test_encode(benchmark: Any, cache: tuple[str, np.ndarray, bytes], threads: int) -> None:
+    """fp16 array -> blob."""
+    name, kv, blob = cache
+    out = _measure(benchmark, lambda: cachegen.encode(kv, threads=threads), kv.size, name)
+    assert out == blob
+
+
+@pytest.mark.parametrize("threads", throughput.THREADS)
+def test_decode_out(benchmark: Any, cache: tuple[str, np.ndarray, bytes], threads: int) -> None:
+    """blob -> preallocated fp16 array (``out=``)."""
+    name, kv, blob = cache
+    out = np.empty_like(kv)
+    _measure(benchmark, lambda: cachegen.decode(blob, out=out, threads=threads), kv.size, name)
+    assert np.array_equal(out, cachegen.decode(blob))
+
+
+@pytest.mark.parametrize("threads", throughput.THREADS)
+def test_decode_fresh(benchmark: Any, cache: tuple[str, np.ndarray, bytes], threads: int) -> None:
+    """blob -> newly allocated fp16 array."""
+    name, kv, blob = cache
+    out = _measure(benchmark, lambda: cachegen.decode(blob, threads=threads), kv.size, name)
+    assert out.shape == kv.shape and out.dtype == kv.dtype
+
+
+@pytest.mark.parametrize("build", ["shipped", "O3"])
+def test_torchac_encode(
+    benchmark: Any,
+    cache: tuple[str, np.ndarray, bytes],
+    torchac_case: torchac_ref.TorchacCase,
+    builds: dict[str, Any],
+    build: str,
+) -> None:
+    """torchac encode of the subset (per-symbol rate in extra_info)."""
+    backend = builds[build]
+    fn = lambda: torchac_ref.encode(backend, torchac_case)  # noqa: E731
+    streams = _measure(benchmark, fn, torchac_case.count, cache[0])
+    assert torchac_ref.matches(torchac_case, torchac_ref.decode(backend, torchac_case, streams))
+
+
+@pytest.mark.parametrize("build", ["shipped", "O3"])
+def test_torchac_decode(
+    benchmark: Any,
+    cache: tuple[str, np.ndarray, bytes],
+    torchac_case: torchac_ref.TorchacCase,
+    builds: dict[str, Any],
+    build: str,
+) -> None:
+    """torchac decode of the subset; must return exactly the symbols."""
+    backend = builds[build]
+    streams = torchac_ref.encode(backend, torchac_case)
+    fn = lambda: torchac_ref.decode(backend, torchac_case, streams)  # noqa: E731
+    decoded = _measure(benchmark, fn, torchac_case.count, cache[0])
+    assert torchac_ref.matches(torchac_case, decoded)
