@@ -35,14 +35,21 @@ struct Blob {
   py::buffer_info info;
   ParsedBlob parsed;
 
-  explicit Blob(py::buffer b) : owner(b), info(b.request()) {
+  // verify = false leaves the checksum to whoever consumes the blob (a GPU decode checks it on
+  // the device); a host decode or entropy_stats then checks it first.
+  explicit Blob(py::buffer b, bool verify) : owner(b), info(b.request()) {
     if (info.ndim > 1 || info.itemsize != 1) throw InputError("blob must be a 1-D byte buffer");
     const auto* data = static_cast<const uint8_t*>(info.ptr);
     const size_t size = (size_t)info.size;
     py::gil_scoped_release nogil;
-    parsed = parse_blob(data, size);
+    parsed = parse_blob(data, size, verify);
   }
   const uint8_t* data() const { return static_cast<const uint8_t*>(info.ptr); }
+  void ensure_verified() {
+    if (parsed.checksum_verified) return;
+    verify_checksum(data(), (size_t)info.size);
+    parsed.checksum_verified = true;
+  }
 };
 
 py::dict group_dict(const Group& g) {
@@ -131,6 +138,12 @@ py::object encode_cuda_py(const std::vector<SpecTuple>& specs, int dtype, int la
   return encode_to_bytes([&](const BlobAllocator& alloc) { cuda::encode(req, device, stream, alloc); });
 }
 
+py::dict timings_py(const std::string& which) {
+  py::dict d;
+  for (const auto& [stage, ms] : cuda::last_timings(which)) d[py::str(stage)] = ms;
+  return d;
+}
+
 std::unique_ptr<cuda::DeviceBlob> to_device_py(const Blob& b, int device, uintptr_t stream) {
   py::gil_scoped_release nogil;
   return std::make_unique<cuda::DeviceBlob>(b.parsed, b.data(), (size_t)b.info.size, device, stream);
@@ -164,17 +177,19 @@ py::list quantize_py(const std::vector<SpecTuple>& specs, int threads) {
   return out;
 }
 
-void decode_py(const Blob& b, const std::vector<ViewTuple>& outs, int threads) {
+void decode_py(Blob& b, const std::vector<ViewTuple>& outs, int threads) {
   std::vector<TensorView> views;
   for (const auto& o : outs) views.push_back(to_view(o));
   py::gil_scoped_release nogil;
+  b.ensure_verified();
   decode_into(b.parsed, b.data(), views, threads);
 }
 
-py::dict stats_py(const Blob& b, int threads) {
+py::dict stats_py(Blob& b, int threads) {
   EntropyStats s;
   {
     py::gil_scoped_release nogil;
+    b.ensure_verified();
     s = entropy_stats(b.parsed, b.data(), threads);
   }
   py::dict d;
@@ -220,7 +235,7 @@ PYBIND11_MODULE(_core, m) {
     }
   });
   py::class_<Blob>(m, "Blob")
-      .def(py::init<py::buffer>(), py::arg("blob"))
+      .def(py::init<py::buffer, bool>(), py::arg("blob"), py::arg("verify") = true)
       .def("info", &blob_info)
       .def("decode_into", &decode_py, py::arg("outs"), py::arg("threads") = 0)
       .def("entropy_stats", &stats_py, py::arg("threads") = 0);
@@ -237,5 +252,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("level"), py::arg("segment_symbols"), py::arg("flags"), py::arg("device"),
         py::arg("stream"), py::arg("threads") = 0);
   m.def("cuda_device_name", &cuda::device_name, py::arg("device") = 0);
+  m.def("cuda_timings", &timings_py, py::arg("which"),
+        "Host wall-clock stages (ms) of the last GPU 'encode', 'decode' (blob to device) or "
+        "'decode_kernels' call.");
 #endif
 }

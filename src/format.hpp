@@ -65,6 +65,7 @@ struct ParsedBlob {
   std::vector<Segment> segments;
   size_t payload_bytes = 0;  // segment bytes, states included
   uint32_t checksum = 0;
+  bool checksum_verified = true;  // false if parsed with verify_checksum = false
 };
 
 // A group ready to be written: its fitted parameters and its coded segments, back to back.
@@ -79,8 +80,21 @@ using BlobAllocator = std::function<uint8_t*(size_t)>;
 // Serialize into memory obtained once from `alloc(total_bytes)`. Fills in segment numbering.
 void write_blob(BlobHeader h, std::vector<EncodedGroup>& groups, const BlobAllocator& alloc);
 
+// Everything before the payload (header, descriptors, side data, segment index, padding), for
+// writers that place the payload and the CRC themselves (the GPU encoder): groups' payload
+// vectors are ignored, `payload_bytes` is the sum of their segment_bytes. The blob is then
+// head + payload + CRC32C(head + payload), total_bytes = head.size() + payload_bytes + 4.
+std::vector<uint8_t> blob_head(BlobHeader h, std::vector<EncodedGroup>& groups,
+                               uint64_t payload_bytes);
+
 // Parse and validate; throws FormatError. The blob must outlive uses of Segment offsets.
-ParsedBlob parse_blob(const uint8_t* data, size_t size);
+// verify_checksum = false skips the CRC over the whole blob (a caller that checks it elsewhere,
+// e.g. on a GPU, sets checksum_verified itself); a structural error still reports a checksum
+// mismatch first if the CRC is wrong, as a verifying parse would.
+ParsedBlob parse_blob(const uint8_t* data, size_t size, bool verify_checksum = true);
+
+// Throws FormatError("checksum mismatch...") unless the blob's CRC32C trailer matches.
+void verify_checksum(const uint8_t* data, size_t size);
 
 // Segment boundaries implied by a group's token count and segment length.
 uint32_t segment_count(uint32_t tokens, uint32_t seg_tokens);

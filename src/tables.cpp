@@ -7,10 +7,6 @@
 namespace cachegen {
 namespace {
 
-constexpr int kLloydRounds = 3;
-constexpr double kBitsPerTableEntry = 6.0;  // rough varint cost, used only to choose a count
-constexpr double kMinGain = 0.002;          // stop adding tables below this relative gain
-
 std::pair<int, int> used_range(const Histogram& h) {
   int lo = 0, hi = -1;
   for (int i = 0; i < kAlphabet; ++i) {

@@ -14,6 +14,11 @@ constexpr int kAlphabet = 256;  // alphabet index = symbol + 128; index 0 is nev
 
 using Histogram = std::array<uint32_t, kAlphabet>;
 
+// fit_tables' constants (the GPU encoder's table fit, csrc/cuda/encode.cu, uses them too).
+constexpr int kLloydRounds = 3;
+constexpr double kBitsPerTableEntry = 6.0;  // rough varint cost, used only to choose a count
+constexpr double kMinGain = 0.002;          // stop adding tables below this relative gain
+
 struct Table {
   std::array<uint16_t, kAlphabet> freq{};  // sums to rans::kProbScale
 };

@@ -16,9 +16,20 @@ requires_cuda = pytest.mark.skipif(
     not cachegen.build_info()["cuda_available"], reason="needs a CUDA build and a CUDA device"
 )
 
-CONFIGS = [cachegen.CodecConfig.from_level(n) for n in cachegen.LEVELS] + [
-    cachegen.CodecConfig.cachegen_reference(n) for n in (1, 2, 3)
-]
+CONFIGS = (
+    [cachegen.CodecConfig.from_level(n) for n in cachegen.LEVELS]
+    + [cachegen.CodecConfig.cachegen_reference(n) for n in (1, 2, 3)]
+    # Every quantizer on keys and values, one table and many.
+    + [
+        cachegen.CodecConfig(key_quantizer=q, value_quantizer=q, key_param=0.5, value_param=0.7,
+                             max_tables=t, name=f"{q}-{t}")
+        for q in cachegen.config.QUANTIZERS
+        if q != "token-absmax"
+        for t in (1, 8)
+    ]
+    # Past the GPU table fit's limits (tables fitted on the host instead): same bytes.
+    + [cachegen.CodecConfig(max_tables=64, name="tables-64")]
+)
 SHAPES = [(1, 1, 1, 1), (2, 1, 1, 64), (3, 17, 1, 7), (2, 333, 3, 65), (2, 700, 8, 128)]
 
 
@@ -34,6 +45,22 @@ def test_parallel_crc_of_large_blob_matches_reference():
     blob = cachegen.encode(kv, level=max(cachegen.LEVELS))
     assert len(blob) > 2 << 20
     assert struct.unpack("<I", blob[-4:])[0] == crc32c(blob[:-4])
+
+
+def test_deferred_checksum_is_checked_before_a_host_decode():
+    """A blob parsed without its CRC (as a GPU decode does) is still checked on the host path,
+    and a structural error in a corrupted blob reports the checksum, as a verifying parse does."""
+    kv = synthetic_kv(2, 100, 2, 16)
+    blob = bytearray(cachegen.encode(kv))
+    blob[len(blob) // 2] ^= 0x5A
+    parsed = cachegen._core.Blob(bytes(blob), False)
+    out = np.empty_like(kv)
+    with pytest.raises(cachegen.FormatError, match="checksum"):
+        parsed.decode_into([g.as_tuple() for g in cachegen.tensors.views(out).groups])
+    header_hit = bytearray(cachegen.encode(kv))
+    header_hit[70] ^= 0xFF  # a group descriptor
+    with pytest.raises(cachegen.FormatError, match="checksum"):
+        cachegen._core.Blob(bytes(header_hit), False)
 
 
 def torch_or_skip():
@@ -148,6 +175,34 @@ def test_nan_on_gpu_is_an_input_error():
         bad[layer, kind, 5, 1, 3] = np.nan
         with pytest.raises(ValueError, match="NaN"):
             cachegen.encode(to_cuda(bad))
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_bad_checksum_raises_on_gpu():
+    """The GPU path checks the CRC on the device: a flipped payload byte is a FormatError."""
+    torch = torch_or_skip()
+    kv = synthetic_kv(2, 3000, 4, 64)  # > 2 MiB of payload: several CRC blocks
+    blob = bytearray(cachegen.encode(kv))
+    for at in (len(blob) - 5, len(blob) // 2, 200):
+        bad = bytearray(blob)
+        bad[at] ^= 1
+        with pytest.raises(cachegen.FormatError, match="checksum"):
+            cachegen.decode(bytes(bad), device="cuda")
+    out = torch.empty(kv.shape, dtype=torch.float16, device="cuda")
+    assert_same_bits(cachegen.decode(bytes(blob), out=out), cachegen.decode(bytes(blob)))
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_large_gpu_blob_crc_and_bytes():
+    """Several CRC blocks and transfer chunks: GPU bytes equal CPU bytes, CRC included."""
+    kv = synthetic_kv(2, 9000, 8, 128)
+    blob = cachegen.encode(torch_cpu(kv))
+    assert len(blob) > 8 << 20
+    assert cachegen.encode(to_cuda(kv)) == blob
+    assert cachegen.encode(to_cuda(kv), level=max(cachegen.LEVELS)) == cachegen.encode(
+        torch_cpu(kv), level=max(cachegen.LEVELS))
 
 
 @pytest.mark.gpu

@@ -62,6 +62,7 @@ class Arena {
     std::memcpy(bytes_.data() + at, v.data(), v.size() * sizeof(T));
   }
   size_t size() const { return bytes_.size(); }
+  const uint8_t* data() const { return bytes_.data(); }
   void upload(void* dst, cudaStream_t stream) const {
     CG_CUDA(cudaMemcpyAsync(dst, bytes_.data(), bytes_.size(), cudaMemcpyHostToDevice, stream));
   }
@@ -118,6 +119,50 @@ __device__ void store_elem(const View& v, uint32_t t, uint32_t c, float x) {
     static_cast<uint16_t*>(v.data)[i] = D == DType::F16 ? f32_to_f16(x) : f32_to_bf16(x);
   }
 }
+
+// Page-locked host memory, pooled between calls (allocating it costs far more than a copy).
+class Pinned {
+ public:
+  explicit Pinned(size_t bytes);
+  ~Pinned();
+  Pinned(Pinned&& o) noexcept : ptr_(o.ptr_), cap_(o.cap_) { o.ptr_ = nullptr; }
+  Pinned(const Pinned&) = delete;
+  Pinned& operator=(const Pinned&) = delete;
+  uint8_t* get() const { return ptr_; }
+
+ private:
+  uint8_t* ptr_ = nullptr;
+  size_t cap_ = 0;
+};
+
+// Device -> pageable host through pinned staging: chunked copies on `stream`, each chunk moved
+// on by one of `threads` host workers as soon as it lands. Returns when dst is complete.
+void download(uint8_t* dst, const uint8_t* src, size_t n, cudaStream_t stream, int threads);
+
+// Pageable host -> device through pinned staging, host workers filling chunks that are copied
+// as soon as they are filled. Queued on `stream`; the returned staging must stay alive until
+// the stream has passed the copies.
+Pinned upload(uint8_t* dst, const uint8_t* src, size_t n, cudaStream_t stream, int threads);
+
+// CRC32C of device bytes [data, data + n), computed on `stream` into *out (device memory);
+// `scratch` needs crc_scratch_bytes(n).
+size_t crc_scratch_bytes(size_t n);
+void crc32c_device(const uint8_t* data, size_t n, uint32_t* out, uint8_t* scratch,
+                   cudaStream_t stream);
+
+// Host wall-clock stage timings of the last GPU encode / decode (milliseconds), for benchmarks.
+class StageTimer {
+ public:
+  explicit StageTimer(const char* which);
+  void mark(const char* stage);  // time since the previous mark (or construction)
+  void note(const char* stage, double ms) { stages_.emplace_back(stage, ms); }  // no clock
+  ~StageTimer();
+
+ private:
+  const char* which_;
+  std::vector<std::pair<std::string, double>> stages_;
+  double last_;
+};
 
 // Calls f.template operator()<D>() with the dtype as a compile-time constant.
 template <typename F>

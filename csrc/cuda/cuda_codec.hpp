@@ -22,6 +22,9 @@ bool available() noexcept;
 
 std::string device_name(int device);
 
+// Stage timings (name, milliseconds) of the last GPU "encode" or "decode" call in this process.
+std::vector<std::pair<std::string, double>> last_timings(const std::string& which);
+
 // A validated blob uploaded to a device with its decode plan, decodable any number of times.
 class DeviceBlob {
  public:

@@ -2,8 +2,12 @@
 // a ballot + prefix count finds each lane's refill word in the segment's shared word stream, in
 // the order rans.hpp defines; symbols are dequantized and stored in the output's dtype at once.
 #include <algorithm>
+#include <exception>
+#include <optional>
+#include <thread>
 
 #include "common.cuh"
+#include "parallel.hpp"
 #include "quant.hpp"
 #include "tables.hpp"
 
@@ -106,6 +110,7 @@ std::vector<uint8_t> device_tables(const TableSet& ts) {
 
 struct DeviceBlob::State {
   int device;
+  cudaStream_t stream;  // blob memory is freed in order on it
   std::vector<GroupDesc> groups;
   uint8_t* blob = nullptr;   // the blob's bytes
   uint8_t* arena = nullptr;  // segments, work lists, group descriptors, side data
@@ -116,26 +121,41 @@ struct DeviceBlob::State {
   uint32_t shared_bytes = 0;
 
   ~State() {
-    cudaFree(blob);
-    cudaFree(arena);
+    if (blob) cudaFreeAsync(blob, stream);
+    if (arena) cudaFreeAsync(arena, stream);
   }
 };
 
 DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size, int device,
                        uintptr_t stream)
     : s_(std::make_unique<State>()) {
+  StageTimer timer("decode");
   use_device(device);
   State& s = *s_;
   s.device = device;
   const cudaStream_t st = as_stream(stream);
-  CG_CUDA(cudaMalloc(&s.blob, size));
-  CG_CUDA(cudaMemcpyAsync(s.blob, data, size, cudaMemcpyHostToDevice, st));
-
+  s.stream = st;
+  // The blob goes up through pinned staging while the host copies it in chunks; its checksum,
+  // unless the parse verified it, is computed on the device.
+  CG_CUDA(cudaMallocAsync(&s.blob, size, st));
+  // Workers stage and queue the blob while this thread builds the decode plan.
+  std::optional<Pinned> staged;
+  std::exception_ptr upload_error, plan_error;
+  std::thread uploader([&] {
+    try {
+      CG_CUDA(cudaSetDevice(device));
+      staged.emplace(upload(s.blob, data, size, st, std::max(1, resolve_threads(0) - 1)));
+    } catch (...) {
+      upload_error = std::current_exception();
+    }
+  });
   Arena arena;
+  size_t segs_at = 0, work_at[2] = {0, 0}, devs_at = 0;
+  std::vector<Work> work[2];
+  try {
   std::vector<SegmentDev> segs;
   for (const Segment& g : blob.segments)
     segs.push_back({g.offset, (uint32_t)((g.bytes - rans::kStateBytes) / 2), g.group, g.token_begin, g.token_count});
-  std::vector<Work> work[2];
   std::vector<GroupDev> devs;
   std::vector<size_t> at;  // per group: tables, map, a, b, o offsets
   for (const Group& g : blob.groups) {
@@ -153,9 +173,11 @@ DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size,
     devs.push_back({nullptr, nullptr, nullptr, nullptr, nullptr, d.channels(), nt});
     s.groups.push_back(d);
   }
-  const size_t segs_at = arena.add(segs), work_at[2] = {arena.add(work[0]), arena.add(work[1])};
-  const size_t devs_at = arena.add(devs);  // pointers filled in once the arena has an address
-  CG_CUDA(cudaMalloc(&s.arena, arena.size()));
+  segs_at = arena.add(segs);
+  work_at[0] = arena.add(work[0]);
+  work_at[1] = arena.add(work[1]);
+  devs_at = arena.add(devs);  // pointers filled in once the arena has an address
+  CG_CUDA(cudaMallocAsync(&s.arena, arena.size(), st));
   for (size_t i = 0; i < devs.size(); ++i) {
     GroupDev& g = devs[i];
     g.tables = s.arena + at[5 * i];
@@ -165,8 +187,30 @@ DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size,
     g.o = reinterpret_cast<const float*>(s.arena + at[5 * i + 4]);
   }
   arena.overwrite(devs_at, devs);
-  arena.upload(s.arena, st);
-  CG_CUDA(cudaStreamSynchronize(st));  // the host arena is about to go
+  } catch (...) {
+    plan_error = std::current_exception();
+  }
+  timer.mark("decode plan (host, overlapped with the blob upload)");
+  uploader.join();
+  if (upload_error) std::rethrow_exception(upload_error);
+  if (plan_error) std::rethrow_exception(plan_error);
+  timer.mark("blob to pinned staging, H2D queued (host, rest)");
+  const bool check = !blob.checksum_verified;
+  DeviceBuffer crc_buf(check ? crc_scratch_bytes(size - 4) + 16 : 0, st);
+  Pinned crc_host(4);
+  if (check) {
+    auto* crc_dev = crc_buf.get<uint32_t>();
+    crc32c_device(s.blob, size - 4, crc_dev, crc_buf.get() + 16, st);
+    CG_CUDA(cudaMemcpyAsync(crc_host.get(), crc_dev, 4, cudaMemcpyDeviceToHost, st));
+  }
+  const Pinned arena_staged = upload(s.arena, arena.data(), arena.size(), st, 1);
+  CG_CUDA(cudaStreamSynchronize(st));  // the staging buffers are about to go back to the pool
+  timer.mark("H2D + CRC (device)");
+  if (check) {
+    uint32_t crc;
+    std::memcpy(&crc, crc_host.get(), 4);
+    if (crc != blob.checksum) throw FormatError("checksum mismatch: blob is corrupted");
+  }
   s.segs = reinterpret_cast<const SegmentDev*>(s.arena + segs_at);
   s.group_devs = reinterpret_cast<const GroupDev*>(s.arena + devs_at);
   for (int k = 0; k < 2; ++k) {
@@ -178,6 +222,7 @@ DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size,
 DeviceBlob::~DeviceBlob() = default;
 
 void DeviceBlob::decode_into(const std::vector<TensorView>& outs, uintptr_t stream) const {
+  StageTimer timer("decode_kernels");
   const State& s = *s_;
   use_device(s.device);
   if (outs.size() != s.groups.size()) throw InputError("need one output per (layer, K/V)");
@@ -210,6 +255,7 @@ void DeviceBlob::decode_into(const std::vector<TensorView>& outs, uintptr_t stre
   uint32_t corrupt = 0;
   CG_CUDA(cudaMemcpyAsync(&corrupt, bad, 4, cudaMemcpyDeviceToHost, st));
   CG_CUDA(cudaStreamSynchronize(st));
+  timer.mark("decode kernels (device)");
   if (corrupt)
     throw FormatError(std::to_string(corrupt) + " segment payload(s) corrupt (rANS stream did not close)");
 }

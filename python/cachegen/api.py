@@ -203,10 +203,10 @@ def _info(parsed: Any) -> BlobInfo:
     )
 
 
-def _parse(blob: bytes | bytearray | memoryview) -> Any:
+def _parse(blob: bytes | bytearray | memoryview, verify: bool = True) -> Any:
     if not isinstance(blob, bytes | bytearray | memoryview):
         raise TypeError(f"blob must be bytes-like, got {type(blob).__name__}")
-    return _core.Blob(blob)
+    return _core.Blob(blob, verify)
 
 
 def inspect(blob: bytes | bytearray | memoryview) -> BlobInfo:
@@ -274,7 +274,8 @@ def decode(
     Raises:
         FormatError: the blob is malformed, truncated, corrupted or of an unsupported version.
     """
-    parsed = _parse(blob)
+    # A GPU decode checks the checksum on the device, after the upload, not on the host first.
+    parsed = _parse(blob, verify=_target_device(device, out) is None)
     info = _info(parsed)
     shapes = [(g.tokens, g.heads, g.head_dim) for pair in zip(info.keys, info.values) for g in pair]
     if out is None:
@@ -304,6 +305,14 @@ def decode(
         stream = current_stream(v.framework, v.device)
         _core.to_device(parsed, v.device, stream).decode_into(outs, stream)
     return out
+
+
+def _target_device(device: Any, out: Any) -> int | None:
+    """The CUDA device a decode will run on, None for the host (or if unclear: verify first)."""
+    try:
+        return _device_index(device) if out is None else views(out).device
+    except Exception:  # noqa: BLE001 - reported properly once the blob has been parsed
+        return None
 
 
 def _default_gpu_framework() -> str:
