@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import cachegen
 import numpy as np
 import torch
 
@@ -164,7 +165,6 @@ def codec_method(key: str, label: str, **options: Any) -> Method:
     A level-tuning search can pass each candidate ``config=`` here and hand the methods to
     ``run_quality``.
     """
-    import cachegen
 
     def encode(kv: KV) -> bytes:
         return cachegen.encode(kv, **options)
@@ -179,22 +179,21 @@ def cachegen_method(level: int | None = None) -> Method:
     """cachegen's own quantiser at ``level`` (``None``: the library default)."""
     if level is None:
         return codec_method("cg", "cachegen default level")
-    return codec_method(f"cg{level}", f"cachegen level {level}", level=level)
+    default = " (default)" if level == cachegen.DEFAULT_LEVEL else ""
+    return codec_method(f"cg{level}", f"cachegen level {level}{default}", level=level)
 
 
 def reference_method(level: int) -> Method:
     """cachegen's implementation of the CacheGen reference quantiser (levels 1..3)."""
-    import cachegen
-
     config = cachegen.CodecConfig.cachegen_reference(level)
     return codec_method(f"ref{level}", f"CacheGen reference level {level}", config=config)
 
 
-# Factories, so that naming a method does not import what it needs (cachegen, zstandard).
+# Factories, so that naming a method does not import what it needs (zstandard).
 METHODS: dict[str, Callable[[], Method]] = {
     "fp32": lambda: raw_method(32),
     "fp16": lambda: raw_method(16),
-    **{f"cg{lv}": (lambda lv=lv: cachegen_method(lv)) for lv in range(1, 6)},
+    **{f"cg{lv}": (lambda lv=lv: cachegen_method(lv)) for lv in range(1, 8)},
     **{f"ref{lv}": (lambda lv=lv: reference_method(lv)) for lv in range(1, 4)},
     "int8": lambda: int_method(8),
     "int4": lambda: int_method(4),
@@ -203,7 +202,7 @@ METHODS: dict[str, Callable[[], Method]] = {
     "cg": cachegen_method,
 }
 
-# Everything in one report; "cg" (the default level) repeats one of cg1..cg5.
+# Everything in one report; "cg" (the default level) repeats one of the levels.
 DEFAULT_METHODS = tuple(k for k in METHODS if k != "cg")
 
 
