@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +32,10 @@ def cases() -> dict[str, tuple[object, cachegen.CodecConfig]]:
         (deterministic_kv((1, 2, 40, 16), 2), deterministic_kv((1, 2, 40, 16), 3)),
         (deterministic_kv((1, 1, 17, 8), 4), deterministic_kv((1, 1, 17, 12), 5)),
     ]
-    small = cachegen.CodecConfig(segment_symbols=1024, max_tables=4)
+    small = cachegen.CodecConfig("channel", "token", 0.6, 0.6, max_tables=4, segment_symbols=1024)
     return {
-        "stacked_f16_steps": (stacked, cachegen.CodecConfig(key_param=0.5, value_param=0.7)),
-        "stacked_f16_ref2": (stacked, cachegen.CodecConfig.cachegen_reference(2)),
+        "stacked_f16_steps": (stacked, cachegen.CodecConfig("channel", "token", 0.5, 0.7, 8)),
+        "stacked_f16_ref2": (stacked, replace(cachegen.CodecConfig.cachegen_reference(2), max_tables=8)),
         "pairs_f32_segments": (pairs, small),
     }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import synthetic_kv
+from kvgen import synthetic_kv
 
 import cachegen
 
@@ -15,7 +15,7 @@ def test_inspect_reports_header_facts():
     info = cachegen.inspect(blob)
     assert (info.num_layers, info.layout, info.dtype, info.level) == (3, "stacked", "float16", 2)
     assert info.total_bytes == len(blob) and info.elements == kv.size
-    assert info.keys[0].quantizer == "channel" and info.values[0].quantizer == "token"
+    assert info.keys[0].quantizer == "token" and info.values[0].quantizer == "token"
     assert info.bits_per_element == pytest.approx(8 * len(blob) / kv.size)
 
 

@@ -9,7 +9,7 @@ import struct
 import cachegen
 import numpy as np
 import pytest
-from conftest import synthetic_kv
+from kvgen import synthetic_kv
 from test_hostile import crc32c, reseal
 
 requires_cuda = pytest.mark.skipif(

@@ -7,7 +7,7 @@ import struct
 
 import numpy as np
 import pytest
-from conftest import synthetic_kv
+from kvgen import synthetic_kv
 
 import cachegen
 from cachegen import FormatError

@@ -1,4 +1,4 @@
-"""Shared fixtures: synthetic KV caches with the statistics that matter (outlier key channels,
+"""Synthetic KV caches for the codec tests: with the statistics that matter (outlier key channels,
 per-token value scale), built deterministically."""
 
 from __future__ import annotations
@@ -30,7 +30,3 @@ def _cast(x: np.ndarray, dtype: str):
         return torch.from_numpy(np.ascontiguousarray(x)).to(torch.bfloat16)
     return np.ascontiguousarray(x.astype(dtype))
 
-
-@pytest.fixture
-def kv_small():
-    return synthetic_kv(3, 40, 2, 16)
