@@ -2,7 +2,7 @@
 namespace, joined to this one by a veth pair, with `tc` (netem delay + tbf rate) shaping what
 the server sends. Needs root, `ip` and `tc` (Debian: iproute2) and moto[server].
 
-    with NetLink() as link:          # 10.213.0.1 (server side) <-> 10.213.0.2 (this side)
+    with NetLink() as link:          # 10.213.N.1 (server side) <-> 10.213.N.2 (this side)
         link.shape(rate_bps=20e6 / 8, delay_s=0.002)
         store = cachegen.store.open(link.store_url(), **link.credentials)
 """
@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 
 import boto3
 
-#: A private /30 made here, used only between the two namespaces this module creates.
-SERVER_IP, CLIENT_IP, PREFIX = "10.213.0.1", "10.213.0.2", 30
+#: Private /30s made here (10.213.N.0/30, the first N no interface uses), carrying traffic only
+#: between the two namespaces this module creates.
+NET, PREFIX = "10.213", 30
 CREDENTIALS = {"access_key_id": "testing", "secret_access_key": "testing"}
 
 
@@ -40,7 +41,16 @@ class NetLink:
 
     port: int = 5000
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    subnet: int = field(default=-1, init=False)
     _server: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def server_ip(self) -> str:
+        return f"{NET}.{self.subnet}.1"
+
+    @property
+    def client_ip(self) -> str:
+        return f"{NET}.{self.subnet}.2"
 
     @property
     def ns(self) -> str:
@@ -56,7 +66,7 @@ class NetLink:
 
     @property
     def endpoint(self) -> str:
-        return f"http://{SERVER_IP}:{self.port}"
+        return f"http://{self.server_ip}:{self.port}"
 
     @property
     def credentials(self) -> dict[str, str]:
@@ -82,20 +92,29 @@ class NetLink:
     def _in_ns(self, *cmd: str) -> None:
         _run("ip", "netns", "exec", self.ns, *cmd)
 
+    def _free_subnet(self) -> int:
+        """The first 10.213.N.0/30 no interface here has an address in (another link's)."""
+        shown = subprocess.run(["ip", "-4", "addr", "show"], capture_output=True, text=True)
+        for n in range(256):
+            if f" {NET}.{n}." not in shown.stdout:
+                return n
+        raise LinkError(f"no free {NET}.N.0/30 subnet")
+
     def _create(self) -> None:
+        self.subnet = self._free_subnet()
         _run("ip", "netns", "add", self.ns)
         _run("ip", "link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)
         _run("ip", "link", "set", self.ns_if, "netns", self.ns)
-        _run("ip", "addr", "add", f"{CLIENT_IP}/{PREFIX}", "dev", self.host_if)
+        _run("ip", "addr", "add", f"{self.client_ip}/{PREFIX}", "dev", self.host_if)
         _run("ip", "link", "set", self.host_if, "up")
-        self._in_ns("ip", "addr", "add", f"{SERVER_IP}/{PREFIX}", "dev", self.ns_if)
+        self._in_ns("ip", "addr", "add", f"{self.server_ip}/{PREFIX}", "dev", self.ns_if)
         self._in_ns("ip", "link", "set", self.ns_if, "up")
         self._in_ns("ip", "link", "set", "lo", "up")
 
     def _start_server(self) -> None:
         self._server = subprocess.Popen(
             ["ip", "netns", "exec", self.ns, sys.executable, "-m", "moto.server"]
-            + ["-H", SERVER_IP, "-p", str(self.port)],
+            + ["-H", self.server_ip, "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )

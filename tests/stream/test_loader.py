@@ -45,7 +45,7 @@ def test_loads_every_chunk_in_order_and_decodes_what_was_stored(store) -> None:
 
 def test_first_chunk_probes_with_the_middle_level(store) -> None:
     ids, _, _ = store_context(store, 256)
-    _, result = run(store, ids)
+    _, result = run(store, ids, slo_s=0.05, engine=FakeEngine(prefill_tps=1e3))
     first = result.report.chunks[0]
     assert first.choice == 3 and first.bandwidth_bps is None
     assert all(c.bandwidth_bps for c in result.report.chunks[1:])
@@ -75,10 +75,16 @@ def test_blob_that_does_not_decode_falls_back_to_text(store) -> None:
         def append_kv(self, blob: bytes) -> None:
             raise cachegen.FormatError("unsupported")
 
-    engine, result = run(store, ids, engine=Picky())
+    engine, result = run(store, ids, slo_s=0.05, engine=Picky(prefill_tps=1e3))
     assert result.report.choices == [TEXT, TEXT]
     assert "FormatError" in result.report.chunks[0].fallback
     assert engine.appended == [("text", 64), ("text", 64)]
+
+
+def test_all_text_without_probing_when_it_fits(store) -> None:
+    ids, _, _ = store_context(store, 256)
+    _, result = run(store, ids, slo_s=1.0)  # 256 tokens at 20k tokens/s: 13 ms
+    assert result.report.choices == [TEXT] * 4 and result.report.nbytes == 0
 
 
 def test_missing_context_loads_all_text(store) -> None:
@@ -164,7 +170,7 @@ def test_load_calibrates_once_and_caches(tmp_path, monkeypatch) -> None:
 
 def test_s3_store_through_moto(s3_store) -> None:
     ids, kv, _ = store_context(s3_store, 256)
-    _, result = run(s3_store, ids, slo_s=5.0)
+    _, result = run(s3_store, ids, slo_s=0.1, engine=FakeEngine(prefill_tps=1e3))
     assert result.cache.shape == kv.shape
     assert result.report.fallbacks == 0 and result.report.nbytes > 0
 

@@ -235,7 +235,9 @@ class _Run:
             return Decision(choice, now, True, 0.0)
         bps = self.estimator.bps
         if bps is None:
-            return Decision(probe_level(chunk.levels), now, True, 0.0)
+            table = self._table(i)
+            text = self.planner.all_text(table, now, cpu_free)
+            return text or Decision(probe_level(chunk.levels), now, True, 0.0)
         safe = ConstantLink(self.estimator.planning_bps(len(self.chunks) - i) or bps)
         return self.planner.choose(self._table(i), now, cpu_free, ConstantLink(bps), safe)
 

@@ -139,8 +139,7 @@ class Planner:
         """
         plans = candidate_plans(len(table), len(table.choices))
         finish, loss = evaluate(plans, table, now, cpu_free, safe_link or link)
-        deadline = now + (self.slo_s - now) * (1 - self.margin)
-        ok = finish <= deadline
+        ok = finish <= self._deadline(now)
         if ok.any():
             # Least loss; among equal losses, the earliest finish.
             best = np.lexsort((finish, np.where(ok, loss, np.inf)))[0]
@@ -150,6 +149,20 @@ class Planner:
             best = np.lexsort((loss, finish))[0]
         choice = table.choices[int(plans[best, 0])]
         return Decision(choice, float(finish[best]), bool(ok.any()), float(loss[best]))
+
+    def all_text(self, table: OptionTable, now: float, cpu_free: float) -> Decision | None:
+        """The all-text plan if it meets the SLO: it is lossless, so it is the best plan
+        whatever the link does, and needs no bandwidth estimate. None otherwise."""
+        if TEXT not in table.choices:
+            return None
+        plan = np.full((1, len(table)), table.choices.index(TEXT))
+        finish, _ = evaluate(plan, table, now, cpu_free, ConstantLink(1.0))  # fetches nothing
+        if finish[0] > self._deadline(now):
+            return None
+        return Decision(TEXT, float(finish[0]), True, 0.0)
+
+    def _deadline(self, now: float) -> float:
+        return now + (self.slo_s - now) * (1 - self.margin)
 
 
 def evaluate(

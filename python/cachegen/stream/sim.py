@@ -140,7 +140,8 @@ def ours(slo_s: float, margin: float = 0.05) -> Policy:
     def choose(step: Step) -> Choice:
         bps = step.estimator.bps
         if bps is None:
-            return _probe(step)
+            text = planner.all_text(step.table, step.now, step.cpu_free)
+            return text.choice if text else _probe(step)
         safe = ConstantLink(step.estimator.planning_bps(len(step.table)) or bps)
         return planner.choose(step.table, step.now, step.cpu_free, ConstantLink(bps), safe).choice
 
