@@ -38,10 +38,13 @@ class HFEngine:
 
     @property
     def kv_elements_per_token(self) -> int:
+        heads, dim = self._kv_heads_dim()
+        return self.config.num_hidden_layers * 2 * heads * dim
+
+    def _kv_heads_dim(self) -> tuple[int, int]:
         c = self.config
         head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-        kv_heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-        return c.num_hidden_layers * 2 * kv_heads * head_dim
+        return getattr(c, "num_key_value_heads", None) or c.num_attention_heads, head_dim
 
     def begin(self) -> None:
         from transformers import DynamicCache
@@ -53,6 +56,11 @@ class HFEngine:
         cache = self._live()
         if len(pairs) != len(cache.layers):
             raise ValueError(f"blob has {len(pairs)} layers, the model {len(cache.layers)}")
+        heads, dim = self._kv_heads_dim()
+        # Checked before any layer is touched, so a misfit blob leaves the cache as it was.
+        for i, (k, v) in enumerate(pairs):
+            if k.shape[1] != heads or k.shape[3] != dim or v.shape[:3] != k.shape[:3]:
+                raise ValueError(f"layer {i}: K {tuple(k.shape)} does not fit the model")
         for i, (k, v) in enumerate(pairs):
             cache.update(k, v, i)
 

@@ -1,0 +1,76 @@
+"""The transformers adapter on the real model (SmolLM2): a streamed cache the model generates
+from, text chunks recomputed on top of loaded KV chunks."""
+
+from __future__ import annotations
+
+import cachegen
+import numpy as np
+import pytest
+from cachegen.store import MemoryStore, save_context
+from cachegen.stream import TEXT, CostModel, HFEngine, Loader
+from cachegen.stream.sim import fixed
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model():
+    pytest.importorskip("transformers")
+    from cachegen.demo import load_model
+
+    return load_model()
+
+
+def test_loaded_cache_matches_prefill(model) -> None:
+    import torch
+    from cachegen.hf import from_cache
+
+    lm, tok = model
+    text = open("/usr/share/common-licenses/GPL-3", encoding="utf-8").read()
+    ids = tok(text, return_tensors="pt")["input_ids"][0, :192]
+    with torch.inference_mode():
+        out = lm(ids[None], use_cache=True)
+    kv = [(k.clone(), v.clone()) for k, v in from_cache(out.cache)]
+    store = MemoryStore()
+    save_context(store, "smol", ids.numpy(), kv, levels=(5,), chunk_tokens=64)
+    engine = HFEngine(lm, name="smol")
+    costs = CostModel(1e8, 500.0)
+    probe = ids[None, :1] * 0 + int(ids[-1])
+
+    def next_logits(cache):
+        with torch.inference_mode():
+            return lm(probe, cache=cache, use_cache=True).logits[0, -1].double()
+
+    ref = next_logits(_copy(kv, lm))
+    # Alternate text and KV: text chunks are recomputed on top of decoded KV chunks.
+    plan = iter([TEXT, 5, TEXT])
+    loader = Loader(store, engine, costs, 10.0, policy=lambda step: next(plan))
+    result = loader.load("smol", ids.numpy(), chunk_tokens=64)
+    assert result.report.choices == [TEXT, 5, TEXT]
+    assert result.cache.get_seq_length() == 192
+    got = next_logits(result.cache)
+    kl = float((ref.softmax(-1) * (ref.log_softmax(-1) - got.log_softmax(-1))).sum())
+    assert kl < 0.05 and int(got.argmax()) == int(ref.argmax())
+
+    all_text = Loader(store, engine, costs, 10.0, policy=fixed(TEXT)).load(
+        "smol", ids.numpy(), chunk_tokens=64
+    )
+    np.testing.assert_allclose(next_logits(all_text.cache), ref, atol=1e-3)
+
+
+def _copy(kv, lm):
+    from cachegen.hf import to_cache
+
+    return to_cache([(k.clone(), v.clone()) for k, v in kv], lm.config)
+
+
+def test_bad_blob_leaves_the_cache_unchanged(model) -> None:
+    lm, _ = model
+    engine = HFEngine(lm, name="smol")
+    engine.begin()
+    wrong = np.zeros((2, 2, 8, 3, 64), np.float16)  # 2 layers, the model has 30
+    with pytest.raises(ValueError):
+        engine.append_kv(cachegen.encode(wrong, level=1))
+    with pytest.raises(cachegen.FormatError):
+        engine.append_kv(b"not a blob")
+    assert engine.finish().get_seq_length() == 0
