@@ -26,9 +26,27 @@ std::array<float, kAlphabet> neg_log2(const Histogram& h, int lo, int hi) {
   return cost;
 }
 
-double cross_bits(const Histogram& h, const std::array<float, kAlphabet>& cost, int lo, int hi) {
+// Channels' nonzero bins in ascending order. Sums over them skip only zero terms, which add
+// exactly 0, so every result is bit-identical to the dense loop (the GPU table fit relies on it).
+struct SparseHists {
+  std::vector<uint32_t> begin;  // channels + 1 offsets into bin/count
+  std::vector<uint16_t> bin;
+  std::vector<uint32_t> count;
+
+  explicit SparseHists(const std::vector<Histogram>& hists) {
+    begin.push_back(0);
+    for (const Histogram& h : hists) {
+      for (int i = 0; i < kAlphabet; ++i)
+        if (h[i]) bin.push_back((uint16_t)i), count.push_back(h[i]);
+      begin.push_back((uint32_t)bin.size());
+    }
+  }
+  size_t channels() const { return begin.size() - 1; }
+};
+
+double cross_bits(const SparseHists& sh, size_t c, const std::array<float, kAlphabet>& cost) {
   double bits = 0.0;
-  for (int i = lo; i <= hi; ++i) bits += h[i] * (double)cost[i];
+  for (uint32_t e = sh.begin[c]; e < sh.begin[c + 1]; ++e) bits += sh.count[e] * (double)cost[sh.bin[e]];
   return bits;
 }
 
@@ -37,11 +55,10 @@ struct Clustering {
   double bits = 0.0;
 };
 
-std::vector<Histogram> merge(const std::vector<Histogram>& hists, const std::vector<uint8_t>& assign,
-                             uint32_t k) {
+std::vector<Histogram> merge(const SparseHists& sh, const std::vector<uint8_t>& assign, uint32_t k) {
   std::vector<Histogram> merged(k, Histogram{});
-  for (size_t c = 0; c < hists.size(); ++c)
-    for (int i = 0; i < kAlphabet; ++i) merged[assign[c]][i] += hists[c][i];
+  for (size_t c = 0; c < sh.channels(); ++c)
+    for (uint32_t e = sh.begin[c]; e < sh.begin[c + 1]; ++e) merged[assign[c]][sh.bin[e]] += sh.count[e];
   return merged;
 }
 
@@ -65,17 +82,18 @@ std::vector<uint8_t> initial_assignment(const std::vector<Histogram>& hists, uin
   return assign;
 }
 
-Clustering cluster(const std::vector<Histogram>& hists, uint32_t k, int lo, int hi) {
+Clustering cluster(const std::vector<Histogram>& hists, const SparseHists& sh, uint32_t k, int lo,
+                   int hi) {
   Clustering cl{initial_assignment(hists, k), 0.0};
   for (int round = 0; round < kLloydRounds; ++round) {
-    std::vector<Histogram> merged = merge(hists, cl.assign, k);
+    std::vector<Histogram> merged = merge(sh, cl.assign, k);
     std::vector<std::array<float, kAlphabet>> costs;
     for (auto& m : merged) costs.push_back(neg_log2(m, lo, hi));
     cl.bits = 0.0;
     for (size_t c = 0; c < hists.size(); ++c) {
       double best = INFINITY;
       for (uint32_t j = 0; j < k; ++j) {
-        double b = cross_bits(hists[c], costs[j], lo, hi);
+        double b = cross_bits(sh, c, costs[j]);
         if (b < best) best = b, cl.assign[c] = (uint8_t)j;
       }
       cl.bits += best;
@@ -127,8 +145,9 @@ TableSet fit_tables(const std::vector<Histogram>& hists, uint32_t max_tables) {
   double best_bits = INFINITY;
   std::vector<uint8_t> best_assign(channels, 0);
   uint32_t best_k = 1;
+  const SparseHists sparse(hists);
   for (uint32_t k = 1; k <= limit; k *= 2) {
-    Clustering cl = cluster(hists, k, lo, hi);
+    Clustering cl = cluster(hists, sparse, k, lo, hi);
     const double bits = cl.bits + k * span * kBitsPerTableEntry + (k > 1 ? 8.0 * channels : 0.0);
     if (bits > best_bits * (1.0 - kMinGain)) break;  // doubling again would gain even less
     best_bits = bits;
@@ -137,7 +156,7 @@ TableSet fit_tables(const std::vector<Histogram>& hists, uint32_t max_tables) {
   }
   TableSet ts;
   ts.channel_table = best_assign;
-  drop_empty(ts, merge(hists, best_assign, best_k));
+  drop_empty(ts, merge(sparse, best_assign, best_k));
   return ts;
 }
 
