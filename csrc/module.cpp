@@ -66,8 +66,7 @@ py::dict group_dict(const Group& g) {
   return d;
 }
 
-py::dict blob_info(const Blob& b) {
-  const ParsedBlob& p = b.parsed;
+py::dict parsed_info(const ParsedBlob& p, size_t total_bytes) {
   py::dict d;
   d["version"] = kFormatVersion;
   d["num_layers"] = p.header.num_layers;
@@ -77,7 +76,7 @@ py::dict blob_info(const Blob& b) {
   d["codec"] = p.header.codec;
   d["segments"] = p.header.num_segments;
   d["payload_bytes"] = p.payload_bytes;
-  d["total_bytes"] = (size_t)b.info.size;
+  d["total_bytes"] = total_bytes;
   d["checksum"] = p.checksum;
   d["flags"] = p.header.flags;
   py::list groups;
@@ -85,6 +84,8 @@ py::dict blob_info(const Blob& b) {
   d["groups"] = groups;
   return d;
 }
+
+py::dict blob_info(const Blob& b) { return parsed_info(b.parsed, (size_t)b.info.size); }
 
 EncodeRequest make_request(const std::vector<SpecTuple>& specs, int dtype, int layout, int level,
                            uint32_t segment_symbols, uint32_t flags, int threads) {
@@ -131,11 +132,41 @@ py::object encode_py(const std::vector<SpecTuple>& specs, int dtype, int layout,
 
 #ifdef CACHEGEN_WITH_CUDA
 // GPU variants: views hold device pointers; work is queued on `stream` of `device`.
+// device_alloc: None for a host bytes blob, else a callable (n) -> address of n bytes of device
+// memory on `device` (the caller keeps the object that owns them), which receives the blob.
 py::object encode_cuda_py(const std::vector<SpecTuple>& specs, int dtype, int layout, int level,
                           uint32_t segment_symbols, uint32_t flags, int device, uintptr_t stream,
-                          int threads) {
+                          int threads, py::object device_alloc) {
   const EncodeRequest req = make_request(specs, dtype, layout, level, segment_symbols, flags, threads);
-  return encode_to_bytes([&](const BlobAllocator& alloc) { cuda::encode(req, device, stream, alloc); });
+  if (device_alloc.is_none())
+    return encode_to_bytes([&](const BlobAllocator& alloc) { cuda::encode(req, device, stream, alloc); });
+  py::gil_scoped_release nogil;
+  cuda::encode(req, device, stream, [&](size_t n) {
+    py::gil_scoped_acquire gil;
+    return reinterpret_cast<uint8_t*>(device_alloc(n).cast<uintptr_t>());
+  }, true);
+  return py::none();
+}
+
+// A blob in device memory, parsed from its head; decoded in place.
+struct DeviceParsed {
+  ParsedBlob parsed;
+  uintptr_t address;
+  size_t size;
+  int device;
+};
+
+DeviceParsed parse_device_py(uintptr_t address, size_t size, int device, uintptr_t stream) {
+  py::gil_scoped_release nogil;
+  DeviceParsed d{{}, address, size, device};
+  d.parsed = cuda::parse_device_blob(reinterpret_cast<const uint8_t*>(address), size, device, stream);
+  return d;
+}
+
+std::unique_ptr<cuda::DeviceBlob> resident_py(const DeviceParsed& d, uintptr_t stream) {
+  py::gil_scoped_release nogil;
+  return std::make_unique<cuda::DeviceBlob>(d.parsed, reinterpret_cast<const uint8_t*>(d.address),
+                                            d.size, d.device, stream, true);
 }
 
 py::dict timings_py(const std::string& which) {
@@ -250,7 +281,14 @@ PYBIND11_MODULE(_core, m) {
   m.def("to_device", &to_device_py, py::arg("blob"), py::arg("device"), py::arg("stream"));
   m.def("encode_cuda", &encode_cuda_py, py::arg("specs"), py::arg("dtype"), py::arg("layout"),
         py::arg("level"), py::arg("segment_symbols"), py::arg("flags"), py::arg("device"),
-        py::arg("stream"), py::arg("threads") = 0);
+        py::arg("stream"), py::arg("threads") = 0, py::arg("device_alloc") = py::none());
+  py::class_<DeviceParsed>(m, "DeviceParsed")
+      .def("info", [](const DeviceParsed& d) { return parsed_info(d.parsed, d.size); })
+      .def_readonly("device", &DeviceParsed::device)
+      .def("to_device", &resident_py, py::arg("stream"),
+           "The blob, in place, with its decode plan; its checksum is checked on the device.");
+  m.def("parse_device", &parse_device_py, py::arg("address"), py::arg("size"), py::arg("device"),
+        py::arg("stream"), "Parse a blob in device memory (head and trailer copied to the host).");
   m.def("cuda_device_name", &cuda::device_name, py::arg("device") = 0);
   m.def("cuda_timings", &timings_py, py::arg("which"),
         "Host wall-clock stages (ms) of the last GPU 'encode', 'decode' (blob to device) or "

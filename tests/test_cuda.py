@@ -225,3 +225,78 @@ def test_hostile_payloads_raise_format_error_on_gpu():
             continue
         assert_same_bits(cachegen.decode(data, device="cuda"), want)
     assert_same_bits(cachegen.decode(blob, device="cuda"), cachegen.decode(blob))  # still healthy
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("shape", SHAPES)
+def test_device_blob_equals_host_blob_and_decodes_in_place(shape):
+    """encode(..., device="cuda") keeps the blob on the GPU: the same bytes as the host blob
+    (payloads that start 8 but not 16 bytes aligned included); decode takes it as is."""
+    torch = torch_or_skip()
+    kv = synthetic_kv(*shape)
+    config = cachegen.CodecConfig(segment_symbols=1024)
+    blob = cachegen.encode(torch_cpu(kv), config=config)
+    gpu_kv = to_cuda(kv)
+    on_device = cachegen.encode(gpu_kv, config=config, device="cuda")
+    assert on_device.is_cuda and on_device.dtype == torch.uint8 and on_device.dim() == 1
+    assert bytes(on_device.cpu().numpy()) == blob
+    assert cachegen.inspect(on_device) == cachegen.inspect(blob)
+    decoded = cachegen.decode(on_device)
+    assert decoded.is_cuda
+    assert_same_bits(decoded, cachegen.decode(blob, framework="torch"))
+    out = torch.empty(kv.shape, dtype=torch.float32, device="cuda")
+    assert cachegen.decode(on_device, out=out) is out
+    assert_same_bits(out, cachegen.decode(blob, dtype="float32", framework="torch"))
+    assert_same_bits(cachegen.decode(on_device, device="cpu"), cachegen.decode(blob))
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_device_blob_default_level_large_and_side_stream():
+    torch = torch_or_skip()
+    kv = synthetic_kv(2, 9000, 8, 128)
+    blob = cachegen.encode(torch_cpu(kv))
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        on_device = cachegen.encode(to_cuda(kv), device="cuda:0")
+        decoded = cachegen.decode(on_device)
+    stream.synchronize()
+    assert bytes(on_device.cpu().numpy()) == blob
+    assert_same_bits(decoded, cachegen.decode(blob))
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_corrupt_device_blob_raises_format_error():
+    torch = torch_or_skip()
+    kv = synthetic_kv(2, 3000, 4, 64)
+    on_device = cachegen.encode(to_cuda(kv), device="cuda")
+    n = on_device.numel()
+    for at in (n - 5, n // 2, n - 1):
+        bad = on_device.clone()
+        bad[at] ^= 1
+        with pytest.raises(cachegen.FormatError):
+            cachegen.decode(bad)
+    with pytest.raises(cachegen.FormatError):
+        cachegen.decode(on_device[:100].clone())
+    with pytest.raises(TypeError):
+        cachegen.decode(torch.zeros(16, dtype=torch.int32, device="cuda"))
+    with pytest.raises(ValueError):
+        cachegen.encode(kv, device="cuda")  # host KV: device output needs it on the GPU
+    assert_same_bits(cachegen.decode(on_device), cachegen.decode(bytes(on_device.cpu().numpy())))
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_cupy_device_blob():
+    cupy = pytest.importorskip("cupy")
+    kv = synthetic_kv(2, 200, 2, 32)
+    blob = cachegen.encode(kv)
+    on_device = cachegen.encode(cupy.asarray(kv), device="cuda")
+    assert isinstance(on_device, cupy.ndarray) and on_device.dtype == np.uint8
+    assert cupy.asnumpy(on_device).tobytes() == blob
+    decoded = cachegen.decode(on_device)
+    assert isinstance(decoded, cupy.ndarray)
+    np.testing.assert_array_equal(cupy.asnumpy(decoded).view(np.int16),
+                                  cachegen.decode(blob).view(np.int16))

@@ -30,6 +30,10 @@ class DeviceBlob {
  public:
   DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size, int device,
              uintptr_t stream);
+  // A blob already in device memory (`data` on `device`, written in order on `stream`): decoded
+  // in place, without a copy; the caller keeps it alive while this object is used.
+  DeviceBlob(const ParsedBlob& blob, const uint8_t* device_data, size_t size, int device,
+             uintptr_t stream, bool resident);
   ~DeviceBlob();
   DeviceBlob(const DeviceBlob&) = delete;
   DeviceBlob& operator=(const DeviceBlob&) = delete;
@@ -44,8 +48,14 @@ class DeviceBlob {
   std::unique_ptr<State> s_;
 };
 
-// encode() of views that live in device memory, computed on `stream`; the blob is written to
-// host memory from `alloc`, byte-identical to what the CPU encoder writes.
-void encode(const EncodeRequest& req, int device, uintptr_t stream, const BlobAllocator& alloc);
+// parse_blob() of a blob in device memory without its checksum (DeviceBlob checks it on the
+// device): only its head and trailer are copied to the host.
+ParsedBlob parse_device_blob(const uint8_t* data, size_t size, int device, uintptr_t stream);
+
+// encode() of views that live in device memory, computed on `stream`; the blob, byte-identical
+// to what the CPU encoder writes, goes to host memory from `alloc`, or with device_out to device
+// memory from `alloc` (memory on `device`, usable on `stream`); returns when it is complete.
+void encode(const EncodeRequest& req, int device, uintptr_t stream, const BlobAllocator& alloc,
+            bool device_out = false);
 
 }  // namespace cachegen::cuda

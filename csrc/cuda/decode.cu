@@ -113,6 +113,7 @@ struct DeviceBlob::State {
   cudaStream_t stream;  // blob memory is freed in order on it
   std::vector<GroupDesc> groups;
   uint8_t* blob = nullptr;   // the blob's bytes
+  bool owned = true;         // false: the caller's device memory
   uint8_t* arena = nullptr;  // segments, work lists, group descriptors, side data
   const SegmentDev* segs;
   const GroupDev* group_devs;
@@ -121,13 +122,17 @@ struct DeviceBlob::State {
   uint32_t shared_bytes = 0;
 
   ~State() {
-    if (blob) cudaFreeAsync(blob, stream);
+    if (blob && owned) cudaFreeAsync(blob, stream);
     if (arena) cudaFreeAsync(arena, stream);
   }
 };
 
 DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size, int device,
                        uintptr_t stream)
+    : DeviceBlob(blob, data, size, device, stream, false) {}
+
+DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size, int device,
+                       uintptr_t stream, bool resident)
     : s_(std::make_unique<State>()) {
   StageTimer timer("decode");
   use_device(device);
@@ -137,11 +142,16 @@ DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size,
   s.stream = st;
   // The blob goes up through pinned staging while the host copies it in chunks; its checksum,
   // unless the parse verified it, is computed on the device.
-  CG_CUDA(cudaMallocAsync(&s.blob, size, st));
-  // Workers stage and queue the blob while this thread builds the decode plan.
   std::optional<Pinned> staged;
   std::exception_ptr upload_error, plan_error;
-  std::thread uploader([&] {
+  std::thread uploader;
+  if (resident) {
+    s.blob = const_cast<uint8_t*>(data);
+    s.owned = false;
+  } else {
+  CG_CUDA(cudaMallocAsync(&s.blob, size, st));
+  // Workers stage and queue the blob while this thread builds the decode plan.
+  uploader = std::thread([&] {
     try {
       CG_CUDA(cudaSetDevice(device));
       staged.emplace(upload(s.blob, data, size, st, std::max(1, resolve_threads(0) - 1)));
@@ -149,6 +159,7 @@ DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size,
       upload_error = std::current_exception();
     }
   });
+  }
   Arena arena;
   size_t segs_at = 0, work_at[2] = {0, 0}, devs_at = 0;
   std::vector<Work> work[2];
@@ -191,7 +202,7 @@ DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size,
     plan_error = std::current_exception();
   }
   timer.mark("decode plan (host, overlapped with the blob upload)");
-  uploader.join();
+  if (uploader.joinable()) uploader.join();
   if (upload_error) std::rethrow_exception(upload_error);
   if (plan_error) std::rethrow_exception(plan_error);
   timer.mark("blob to pinned staging, H2D queued (host, rest)");
@@ -220,6 +231,32 @@ DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size,
 }
 
 DeviceBlob::~DeviceBlob() = default;
+
+ParsedBlob parse_device_blob(const uint8_t* data, size_t size, int device, uintptr_t stream) {
+  use_device(device);
+  const cudaStream_t st = as_stream(stream);
+  // Only the head (header, descriptors, side data, index) and the CRC trailer are read by a
+  // parse that leaves the checksum to the device: copy those into an untouched host buffer of
+  // the blob's size (its other pages are never faulted in).
+  std::unique_ptr<uint8_t[]> shadow(new uint8_t[std::max<size_t>(size, 1)]);
+  size_t head = std::min<size_t>(size, kHeaderBytes);
+  if (head) CG_CUDA(cudaMemcpyAsync(shadow.get(), data, head, cudaMemcpyDeviceToHost, st));
+  CG_CUDA(cudaStreamSynchronize(st));
+  if (size >= kHeaderBytes + 4) {
+    uint64_t payload_off;
+    std::memcpy(&payload_off, shadow.get() + 48, 8);
+    const size_t rest = (size_t)std::min<uint64_t>(payload_off, size - 4);
+    if (rest > head)
+      CG_CUDA(cudaMemcpyAsync(shadow.get() + head, data + head, rest - head, cudaMemcpyDeviceToHost, st));
+    CG_CUDA(cudaMemcpyAsync(shadow.get() + size - 4, data + size - 4, 4, cudaMemcpyDeviceToHost, st));
+    CG_CUDA(cudaStreamSynchronize(st));
+  }
+  try {
+    return parse_blob(shadow.get(), size, false);
+  } catch (const FormatError&) {
+    throw FormatError("malformed blob (checksum not checked: blob in device memory)");
+  }
+}
 
 void DeviceBlob::decode_into(const std::vector<TensorView>& outs, uintptr_t stream) const {
   StageTimer timer("decode_kernels");

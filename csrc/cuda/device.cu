@@ -156,8 +156,10 @@ __global__ void __launch_bounds__(256) crc_chunks(const uint8_t* data, uint64_t 
   const uint8_t* p = data + begin;
   uint32_t c = ~0u;
   uint64_t i = 0;
-  const bool aligned = ((uintptr_t)p & 15) == 0;
-  if (aligned) {
+  // Bytes up to a 16-byte boundary one at a time (a payload placed after a blob's head is only
+  // 8-byte aligned), then 16 at a time.
+  for (; i < size && ((uintptr_t)(p + i) & 15) != 0; ++i) c = (c >> 8) ^ t[0][(c ^ p[i]) & 0xff];
+  {
     for (; i + 16 <= size; i += 16) {
       const uint4 v = *reinterpret_cast<const uint4*>(p + i);
       uint32_t lo = v.x ^ c, hi = v.y;

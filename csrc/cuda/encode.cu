@@ -12,6 +12,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <optional>
+
+#include <cuda_fp16.h>
 
 #include "common.cuh"
 #include "crc32c.hpp"
@@ -160,6 +163,79 @@ __global__ void token_stats(const GroupDev* groups, const uint32_t* ids, uint32_
   if (!live) return;
   if (!ok) atomicOr(bad, 1u);
   if (k == 0) g.token_scale[t] = token_step(g.kind, g.param, g.max_symbol, sum_sq, absmax, C);
+}
+
+// token_stats for rows that are contiguous, 16-byte aligned fp16/bf16 with C % 8 == 0 and no
+// channel offsets (the default "token" quantizer on a contiguous cache): one lane per token. A
+// warp stages 32 rows x 8 chunks of 16 bytes (8 channels each) through shared memory with
+// coalesced loads; each lane then runs its row's eight partial sums in the CPU's order (chunk j
+// adds channel 8j + k to partial k), so the sums are the same floats as token_stats'.
+constexpr uint32_t kRowWarps = 8;
+__device__ __forceinline__ float half_bits_to_f32(uint32_t h, bool bf16) {
+  return bf16 ? __uint_as_float(h << 16) : __half2float(__ushort_as_half((unsigned short)h));
+}
+
+template <DType D>
+__global__ void __launch_bounds__(kRowWarps * 32)
+    token_stats_rows(const GroupDev* groups, const uint32_t* ids, uint32_t* bad) {
+  __shared__ uint4 tile[kRowWarps][32][9];  // 9: row stride 144 bytes, no bank conflicts
+  const GroupDev& g = groups[ids[blockIdx.y]];
+  const uint32_t warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const uint32_t row0 = (blockIdx.x * kRowWarps + warp) * 32;
+  if (row0 >= g.tokens) return;  // the whole warp: only __syncwarp below
+  const uint32_t T = g.tokens, C = g.channels, chunks = C / 8;
+  const uint8_t* base = static_cast<const uint8_t*>(g.in.data);
+  const int64_t row_bytes = g.in.s_token * 2;
+  float sq[8], mx[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) sq[k] = 0.0f, mx[k] = 0.0f;
+  bool ok = true;
+  for (uint32_t j0 = 0; j0 < chunks; j0 += 8) {
+#pragma unroll
+    for (uint32_t i = 0; i < 8; ++i) {
+      const uint32_t r = i * 4 + lane / 8, j = j0 + lane % 8;
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (row0 + r < T && j < chunks)
+        v = __ldg(reinterpret_cast<const uint4*>(base + (row0 + r) * row_bytes) + j);
+      tile[warp][r][lane % 8] = v;
+    }
+    __syncwarp();
+    const uint32_t n = min(8u, chunks - j0);
+    for (uint32_t jj = 0; jj < n; ++jj) {
+      const uint4 v = tile[warp][lane][jj];
+      const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const uint32_t h = (w[k / 2] >> (16 * (k % 2))) & 0xffffu;
+        const float x = half_bits_to_f32(h, D == DType::BF16);
+        ok &= finite(x);
+        sq[k] = add_rn(sq[k], mul_rn(x, x));
+        const float ax = fabsf(x);
+        mx[k] = mx[k] < ax ? ax : mx[k];
+      }
+    }
+    __syncwarp();
+  }
+  const uint32_t t = row0 + lane;
+  if (t >= T) return;
+  if (!ok) atomicOr(bad, 1u);
+  double sum_sq = 0.0;
+  float absmax = 0.0f;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    sum_sq += (double)sq[k];
+    absmax = absmax < mx[k] ? mx[k] : absmax;
+  }
+  g.token_scale[t] = token_step(g.kind, g.param, g.max_symbol, sum_sq, absmax, C);
+}
+
+// Whether a group takes token_stats_rows.
+bool rows_fast_path(const TensorView& v, DType d, bool has_offset) {
+  const uint32_t C = v.heads * v.head_dim;
+  const bool contiguous = v.s_dim == 1 && (v.heads == 1 || v.s_head == (int64_t)v.head_dim);
+  const bool aligned = reinterpret_cast<uintptr_t>(v.data) % 16 == 0 &&
+                       (v.tokens == 1 || (v.s_token * 2) % 16 == 0) && v.s_token >= 0;
+  return d != DType::F32 && !has_offset && C % 8 == 0 && contiguous && aligned;
 }
 
 constexpr uint32_t kQuantTokens = 1024;  // tokens per quantize_hist tile (x 32 channels)
@@ -442,6 +518,13 @@ __global__ void compact(const SegmentDev* segs, const GroupDev* groups, const ui
   for (uint32_t i = threadIdx.x; i < nwords; i += blockDim.x) dst[rans::kStateBytes / 2 + i] = words[i];
 }
 
+// The blob's CRC from the head's (host) and the payload's (device), stored as the trailer.
+__global__ void finish_crc(const uint32_t* payload_crc, uint32_t head_crc, uint64_t payload_bytes,
+                           CrcPowers pw, uint8_t* trailer) {
+  const uint32_t crc = crc_combine(head_crc, *payload_crc, payload_bytes, pw);
+  for (int i = 0; i < 4; ++i) trailer[i] = (uint8_t)(crc >> (8 * i));
+}
+
 uint32_t blocks(size_t n, uint32_t per) { return (uint32_t)((n + per - 1) / per); }
 
 // Host-side plan of one group: its descriptor, quantizer layout and device buffer offsets.
@@ -480,7 +563,8 @@ TableSet tables_from_fit(const FitOut& f, const uint8_t* assign, uint32_t channe
 
 }  // namespace
 
-void encode(const EncodeRequest& req, int device, uintptr_t stream, const BlobAllocator& alloc) {
+void encode(const EncodeRequest& req, int device, uintptr_t stream, const BlobAllocator& alloc,
+            bool device_out) {
   check_request(req);
   use_device(device);
   const cudaStream_t st = as_stream(stream);
@@ -530,8 +614,8 @@ void encode(const EncodeRequest& req, int device, uintptr_t stream, const BlobAl
   uint8_t* res = res_buf.get();
   auto* sc = reinterpret_cast<uint16_t*>(res + res_scales);
   std::vector<GroupDev> devs;
-  std::vector<uint32_t> token_ids, channel_ids, layer_ids, fit_ids;
-  uint32_t max_t = 0, max_c = 0, max_tt = 0, max_cc = 0;
+  std::vector<uint32_t> token_ids, row_ids, channel_ids, layer_ids, fit_ids;
+  uint32_t max_t = 0, max_c = 0, max_tt = 0, max_rt = 0, max_cc = 0;
   for (size_t i = 0; i < ngroups; ++i) {
     const Plan& p = plans[i];
     const GroupSpec& s = req.groups[i];
@@ -544,7 +628,12 @@ void encode(const EncodeRequest& req, int device, uintptr_t stream, const BlobAl
                     s.quantizer == Quantizer::LayerStep ? terms_buf.get<ChanTerms>() + p.terms : nullptr,
                     symbols_buf.get<int8_t>() + p.symbols, hist_buf.get<uint32_t>() + p.hist,
                     p.gpu_fit ? res + res_fit + p.fit : nullptr, s.max_tables, nullptr, nullptr, 0});
-    if (fl & kTokenScale) token_ids.push_back((uint32_t)i), max_tt = std::max(max_tt, T);
+    if (fl & kTokenScale) {
+      if (rows_fast_path(s.view, dtype, fl & kChannelOffset))
+        row_ids.push_back((uint32_t)i), max_rt = std::max(max_rt, T);
+      else
+        token_ids.push_back((uint32_t)i), max_tt = std::max(max_tt, T);
+    }
     if (fl & kChannelOffset) channel_ids.push_back((uint32_t)i), max_cc = std::max(max_cc, C);
     if (s.quantizer == Quantizer::LayerStep) layer_ids.push_back((uint32_t)i);
     if (p.gpu_fit) fit_ids.push_back((uint32_t)i);
@@ -555,7 +644,7 @@ void encode(const EncodeRequest& req, int device, uintptr_t stream, const BlobAl
   // ---- stage 1 (device): statistics, parameters, symbols, histograms, table fits
   Arena meta1;
   const size_t devs_at = meta1.add(devs);
-  const size_t tok_at = meta1.add(token_ids), ch_at = meta1.add(channel_ids);
+  const size_t tok_at = meta1.add(token_ids), row_at = meta1.add(row_ids), ch_at = meta1.add(channel_ids);
   const size_t lay_at = meta1.add(layer_ids), fit_at = meta1.add(fit_ids);
   DeviceBuffer meta1_buf(meta1.size() + 16, st);
   meta1.upload(meta1_buf.get(), st);
@@ -573,6 +662,10 @@ void encode(const EncodeRequest& req, int device, uintptr_t stream, const BlobAl
     if (!layer_ids.empty()) layer_step<<<layer_ids.size(), 1024, 0, st>>>(d1, ids(lay_at));
     if (!token_ids.empty())
       token_stats<D><<<dim3(blocks(max_tt, 32), token_ids.size()), 256, 0, st>>>(d1, ids(tok_at), bad);
+    if constexpr (D != DType::F32)
+      if (!row_ids.empty())
+        token_stats_rows<D><<<dim3(blocks(max_rt, 32 * kRowWarps), row_ids.size()), 32 * kRowWarps, 0, st>>>(
+            d1, ids(row_at), bad);
     CG_CUDA(cudaEventRecord(ev[1], st));
     quantize_hist<D><<<dim3(blocks(max_t, kQuantTokens), blocks(max_c, 32), ngroups), 256, 0, st>>>(d1);
   });
@@ -685,38 +778,58 @@ void encode(const EncodeRequest& req, int device, uintptr_t stream, const BlobAl
   Pinned sizes_host(4 * nseg + 8);
   CG_CUDA(cudaMemcpyAsync(sizes_host.get(), sizes_dev, 4 * nseg, cudaMemcpyDeviceToHost, st));
   CG_CUDA(cudaMemcpyAsync(sizes_host.get() + 4 * nseg, offsets_dev + nseg, 8, cudaMemcpyDeviceToHost, st));
+  // The head meanwhile, on the host, with placeholder segment sizes: only the total and the
+  // segment index depend on them, and they are patched in below.
+  for (size_t i = 0; i < ngroups; ++i) groups[i].segment_bytes.assign(plans[i].desc.num_segments, 0);
+  std::vector<uint8_t> head = blob_head(blob_header(req), groups, 0);
+  uint64_t index_off;
+  std::memcpy(&index_off, head.data() + 40, 8);  // header: total at 8, index offset at 40
   CG_CUDA(cudaStreamSynchronize(st));
   uint64_t total;
   std::memcpy(&total, sizes_host.get() + 4 * nseg, 8);
-  timer.mark("rANS encode (device)");
+  const uint64_t blob_bytes = head.size() + total + 4;
+  std::memcpy(head.data() + 8, &blob_bytes, 8);
+  std::memcpy(head.data() + index_off, sizes_host.get(), 4 * (size_t)nseg);
+  timer.mark("rANS encode (device) + head (host)");
 
-  // ---- stage 4 (device): compaction and the payload's CRC
-  DeviceBuffer payload(total + 16, st), crc_buf(crc_scratch_bytes(total) + 16, st);
-  compact<<<nseg, 256, 0, st>>>(segs_dev, d2, buf.get(), sizes_dev, offsets_dev, payload.get());
+  // ---- stage 4 (device): compaction and the payload's CRC, into the caller's device memory or
+  // into a scratch payload that stage 5 copies to the caller's host memory.
+  std::optional<DeviceBuffer> scratch;
+  uint8_t* out = nullptr;
+  if (device_out) {
+    out = alloc(blob_bytes);
+  } else {
+    scratch.emplace(total + 16, st);
+  }
+  uint8_t* payload = device_out ? out + head.size() : scratch->get();
+  DeviceBuffer crc_buf(crc_scratch_bytes(total) + 16, st);
+  compact<<<nseg, 256, 0, st>>>(segs_dev, d2, buf.get(), sizes_dev, offsets_dev, payload);
   CG_CUDA(cudaGetLastError());
   auto* crc_dev = reinterpret_cast<uint32_t*>(crc_buf.get());
-  crc32c_device(payload.get(), total, crc_dev, crc_buf.get() + 16, st);
+  crc32c_device(payload, total, crc_dev, crc_buf.get() + 16, st);
+  const uint32_t head_crc = crc32c(head.data(), head.size());
+  static const CrcPowers pw = crc_powers();
+  if (device_out) {
+    // Head up through pinned staging, CRC combined on the device into the trailer.
+    Pinned head_stage(head.size());
+    std::memcpy(head_stage.get(), head.data(), head.size());
+    CG_CUDA(cudaMemcpyAsync(out, head_stage.get(), head.size(), cudaMemcpyHostToDevice, st));
+    finish_crc<<<1, 1, 0, st>>>(crc_dev, head_crc, total, pw, out + head.size() + total);
+    CG_CUDA(cudaGetLastError());
+    CG_CUDA(cudaStreamSynchronize(st));  // the staging goes back to the pool
+    timer.mark("compact + CRC + head upload (device)");
+    return;
+  }
   uint32_t* crc_host = reinterpret_cast<uint32_t*>(res_host.get());
   CG_CUDA(cudaMemcpyAsync(crc_host, crc_dev, 4, cudaMemcpyDeviceToHost, st));
-  // The head meanwhile, on the host.
-  size_t seg = 0;
-  const auto* sizes = reinterpret_cast<const uint32_t*>(sizes_host.get());
-  for (size_t i = 0; i < ngroups; ++i) {
-    const uint32_t n = plans[i].desc.num_segments;
-    groups[i].segment_bytes.assign(sizes + seg, sizes + seg + n);
-    seg += n;
-  }
-  const std::vector<uint8_t> head = blob_head(blob_header(req), groups, total);
-  const uint32_t head_crc = crc32c(head.data(), head.size());
   CG_CUDA(cudaStreamSynchronize(st));
-  static const CrcPowers pw = crc_powers();
   const uint32_t crc = crc_combine(head_crc, *crc_host, total, pw);
-  timer.mark("compact + CRC (device) + head (host)");
+  timer.mark("compact + CRC (device)");
 
-  // ---- stage 5: the blob in the caller's memory
-  uint8_t* out = alloc(head.size() + total + 4);
+  // ---- stage 5: the blob in the caller's host memory
+  out = alloc(blob_bytes);
   std::memcpy(out, head.data(), head.size());
-  download(out + head.size(), payload.get(), total, st, req.threads);
+  download(out + head.size(), payload, total, st, req.threads);
   std::memcpy(out + head.size() + total, &crc, 4);
   timer.mark("payload to host (D2H + copy)");
 }

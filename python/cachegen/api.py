@@ -16,10 +16,16 @@ from .tensors import (
     LAYOUT_NAMES,
     LAYOUTS,
     KVViews,
+    _empty,
     allocate,
     check_writable,
     current_stream,
+    device_address,
+    device_bytes,
+    device_of,
     dtype_name,
+    is_device_blob,
+    is_torch,
     views,
 )
 
@@ -110,7 +116,8 @@ def encode(
     *,
     config: CodecConfig | None = None,
     threads: int | None = None,
-) -> bytes:
+    device: Any = None,
+) -> Any:
     """Compress a KV cache into a self-describing blob.
 
     Args:
@@ -122,17 +129,37 @@ def encode(
             default `cachegen.DEFAULT_LEVEL`. Exclusive with `config`.
         config: an explicit `CodecConfig`, e.g. `CodecConfig.cachegen_reference(2)`.
         threads: worker threads; default all cores.
+        device: where the blob goes. Default (or "cpu"): a `bytes` object in host memory.
+            "cuda" / "cuda:N" (the KV's own GPU): the blob stays in device memory, as a 1-D
+            uint8 torch tensor for torch input or a CuPy array for CuPy input, written on the
+            caller's current stream and complete on return; the same bytes as the host blob.
+            `decode` accepts it as is (decoding in place on that GPU); `bytes(blob.cpu())`
+            (torch) or `cupy.asnumpy(blob).tobytes()` turn it into the host blob.
     """
     config = _config(level, config)
     v = views(kv)
+    target = _device_index(device)
     flags = _FLAG_TORCH_SOURCE if v.framework == "torch" else 0
     args = (_specs(v, config), DTYPE_CODES[v.dtype], LAYOUTS[v.layout], config.level)
     args += (config.segment_symbols, flags)
     if v.device is None:
+        if target is not None:
+            raise ValueError("device= output needs the KV cache on that GPU")
         return _core.encode(*args, _threads(threads))
     _require_cuda()
     stream = current_stream(v.framework, v.device)
-    return _core.encode_cuda(*args, v.device, stream, _threads(threads))
+    if target is None:
+        return _core.encode_cuda(*args, v.device, stream, _threads(threads))
+    if str(device) != "cuda" and target != v.device:
+        raise ValueError(f"device={device!r} but the KV cache is on cuda:{v.device}")
+    held: list[Any] = []
+
+    def alloc(n: int) -> int:
+        held.append(_empty((n,), "uint8", v.framework, v.device))
+        return device_address(held[0])
+
+    _core.encode_cuda(*args, v.device, stream, _threads(threads), alloc)
+    return held[0]
 
 
 @dataclass(frozen=True)
@@ -203,14 +230,32 @@ def _info(parsed: Any) -> BlobInfo:
     )
 
 
-def _parse(blob: bytes | bytearray | memoryview, verify: bool = True) -> Any:
+def _parse(blob: Any, verify: bool = True) -> Any:
+    if is_device_blob(blob):
+        return _parse_device(blob)
     if not isinstance(blob, bytes | bytearray | memoryview):
-        raise TypeError(f"blob must be bytes-like, got {type(blob).__name__}")
+        raise TypeError(f"blob must be bytes-like or a device blob, got {type(blob).__name__}")
     return _core.Blob(blob, verify)
 
 
-def inspect(blob: bytes | bytearray | memoryview) -> BlobInfo:
-    """Validate a blob's header, tables and checksum and return its facts (no payload decode)."""
+def _parse_device(blob: Any) -> Any:
+    """A blob in GPU memory (uint8, 1-D, contiguous), parsed from its head; CRC left to the GPU."""
+    _require_cuda()
+    address, size, framework, gpu = device_bytes(blob)
+    return _core.parse_device(address, size, gpu, current_stream(framework, gpu))
+
+
+def _host_bytes(blob: Any) -> bytes:
+    if is_torch(blob):
+        return blob.cpu().numpy().tobytes()
+    import cupy
+
+    return cupy.asnumpy(blob).tobytes()
+
+
+def inspect(blob: Any) -> BlobInfo:
+    """Validate a blob's header, tables and checksum and return its facts (no payload decode).
+    A device blob's checksum is not checked (that happens on the GPU when it is decoded)."""
     return _info(_parse(blob))
 
 
@@ -260,6 +305,9 @@ def decode(
     """Decompress a blob into a KV cache of the structure that was encoded.
 
     Args:
+        blob: bytes-like, or a device blob from `encode(..., device="cuda")` (a 1-D uint8 torch
+            CUDA tensor or CuPy array), which is decoded in place on its GPU (an `out=` or
+            `device=` on the host copies it to the host first).
         out: a preallocated cache of the blob's structure and shapes to decode into (any
             supported dtype, any strides); returned.
         dtype: output dtype ("float16", "bfloat16", "float32" or a numpy/torch dtype); default
@@ -274,6 +322,14 @@ def decode(
     Raises:
         FormatError: the blob is malformed, truncated, corrupted or of an unsupported version.
     """
+    if is_device_blob(blob):
+        if framework is None and out is None and str(device) != "cpu":
+            framework = "torch" if is_torch(blob) else "cupy"
+        to_host = str(device) == "cpu" if out is None else views(out).device is None
+        if to_host:
+            blob = _host_bytes(blob)
+        elif out is None and device is None:
+            device = f"cuda:{device_of(blob)}"
     # A GPU decode checks the checksum on the device, after the upload, not on the host first.
     parsed = _parse(blob, verify=_target_device(device, out) is None)
     info = _info(parsed)
@@ -303,7 +359,12 @@ def decode(
     else:
         _require_cuda()
         stream = current_stream(v.framework, v.device)
-        _core.to_device(parsed, v.device, stream).decode_into(outs, stream)
+        if isinstance(parsed, _core.DeviceParsed):
+            if parsed.device != v.device:
+                raise ValueError(f"blob on cuda:{parsed.device}, output on cuda:{v.device}")
+            parsed.to_device(stream).decode_into(outs, stream)
+        else:
+            _core.to_device(parsed, v.device, stream).decode_into(outs, stream)
     return out
 
 
@@ -326,6 +387,8 @@ def _default_gpu_framework() -> str:
 
 def entropy_stats(blob: bytes, threads: int | None = None) -> dict[str, float]:
     """Coder efficiency: payload bytes against the ideal code length under the stored tables."""
+    if is_device_blob(blob):
+        blob = _host_bytes(blob)
     return _parse(blob).entropy_stats(_threads(threads))
 
 

@@ -188,6 +188,32 @@ def views(kv: Any) -> KVViews:
     )
 
 
+def is_device_blob(x: Any) -> bool:
+    """Whether x is a blob in GPU memory: a torch CUDA tensor or a CUDA array (CuPy)."""
+    if is_torch(x):
+        return x.device.type == "cuda"
+    return hasattr(x, "__cuda_array_interface__")
+
+
+def device_address(x: Any) -> int:
+    return x.data_ptr() if is_torch(x) else int(x.__cuda_array_interface__["data"][0])
+
+
+def device_bytes(blob: Any) -> tuple[int, int, str, int]:
+    """(address, size, framework, device) of a device blob: 1-D, contiguous uint8."""
+    if is_torch(blob):
+        ok = str(blob.dtype) == "torch.uint8" and blob.dim() == 1 and blob.is_contiguous()
+        size = blob.numel()
+    else:
+        cai = blob.__cuda_array_interface__
+        strides = cai.get("strides")
+        ok = cai["typestr"] in ("|u1", "<u1") and len(cai["shape"]) == 1 and strides in (None, (1,))
+        size = int(cai["shape"][0]) if ok else 0
+    if not ok:
+        raise TypeError("a device blob must be a 1-D contiguous uint8 CUDA tensor or array")
+    return device_address(blob), size, _framework(blob), device_of(blob)
+
+
 def current_stream(framework: str, device: int) -> int:
     """The caller's current CUDA stream on `device`, as a raw handle."""
     if framework == "torch":
