@@ -33,7 +33,7 @@ def points(rows: list[dict], prefix: str) -> list[tuple[float, float]]:
 def reference_bits(ref: list[tuple[float, float]], kl: float) -> float | None:
     """Bits the reference needs for `kl`, interpolating log KL linearly between its levels;
     None if `kl` is outside the range its levels reach (no honest value without extrapolating)."""
-    for (b0, k0), (b1, k1) in zip(ref, ref[1:]):
+    for (b0, k0), (b1, k1) in zip(ref, ref[1:], strict=False):
         if min(k0, k1) <= kl <= max(k0, k1) and k0 != k1:
             f = (math.log(k0) - math.log(kl)) / (math.log(k0) - math.log(k1))
             return b0 + f * (b1 - b0)
@@ -74,9 +74,12 @@ def plot(per_doc: list[dict], out: Path) -> None:
 
     docs = sorted({r["doc"] for r in per_doc})
     fig, axes = plt.subplots(1, len(docs), figsize=(4.2 * len(docs), 4), sharey=True)
-    for ax, doc in zip(axes, docs):
+    for ax, doc in zip(axes, docs, strict=False):
         rows = [r for r in per_doc if r["doc"] == doc and r["kl_mean"] > 0]
-        for prefix, style, label in (("cg", "o-", "cachegen ladder"), ("ref", "s--", "CacheGen ref.")):
+        for prefix, style, label in (
+            ("cg", "o-", "cachegen ladder"),
+            ("ref", "s--", "CacheGen ref."),
+        ):
             pts = points(rows, prefix)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=label)
         for r in rows:

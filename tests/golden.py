@@ -1,5 +1,6 @@
-"""Golden blobs: deterministic inputs (integer hashing, no RNG or libm) and the blobs that freeze
-wire format v1. `python tests/golden.py` rewrites tests/data/ — only for a deliberate format change."""
+"""Golden blobs: deterministic inputs (integer hashing, no RNG or libm) and the blobs that
+freeze wire format v1. `python tests/golden.py` rewrites tests/data/, only for a deliberate
+format change."""
 
 from __future__ import annotations
 
@@ -35,7 +36,10 @@ def cases() -> dict[str, tuple[object, cachegen.CodecConfig]]:
     small = cachegen.CodecConfig("channel", "token", 0.6, 0.6, max_tables=4, segment_symbols=1024)
     return {
         "stacked_f16_steps": (stacked, cachegen.CodecConfig("channel", "token", 0.5, 0.7, 8)),
-        "stacked_f16_ref2": (stacked, replace(cachegen.CodecConfig.cachegen_reference(2), max_tables=8)),
+        "stacked_f16_ref2": (
+            stacked,
+            replace(cachegen.CodecConfig.cachegen_reference(2), max_tables=8),
+        ),
         "pairs_f32_segments": (pairs, small),
     }
 

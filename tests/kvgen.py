@@ -29,4 +29,3 @@ def _cast(x: np.ndarray, dtype: str):
         torch = pytest.importorskip("torch")
         return torch.from_numpy(np.ascontiguousarray(x)).to(torch.bfloat16)
     return np.ascontiguousarray(x.astype(dtype))
-

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from kvgen import synthetic_kv
 
 import cachegen
+from kvgen import synthetic_kv
 
 
 def test_inspect_reports_header_facts():
@@ -21,7 +21,9 @@ def test_inspect_reports_header_facts():
 
 def test_reference_config_is_recorded():
     info = cachegen.inspect(
-        cachegen.encode(synthetic_kv(32, 8, 1, 8), config=cachegen.CodecConfig.cachegen_reference(1))
+        cachegen.encode(
+            synthetic_kv(32, 8, 1, 8), config=cachegen.CodecConfig.cachegen_reference(1)
+        )
     )
     assert {g.quantizer for g in info.keys + info.values} == {"token-absmax"}
     # Level 1: keys 16/16/12 bins over thirds of depth (cut at 10/32, 20/32), values 16/12.

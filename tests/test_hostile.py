@@ -7,10 +7,10 @@ import struct
 
 import numpy as np
 import pytest
-from kvgen import synthetic_kv
 
 import cachegen
 from cachegen import FormatError
+from kvgen import synthetic_kv
 
 _crc_table = None
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from kvgen import synthetic_kv
 
 import cachegen
+from kvgen import synthetic_kv
 
 CONFIGS = [cachegen.CodecConfig.from_level(n) for n in cachegen.LEVELS] + [
     cachegen.CodecConfig.cachegen_reference(n) for n in (1, 2, 3)
@@ -81,12 +81,16 @@ def test_pairs_with_sliding_window_and_mixed_heads():
     """Layers differ in token count (sliding window), head count and head dim."""
     full = synthetic_kv(1, 90, 4, 16, layout="pairs")[0]
     window = synthetic_kv(1, 32, 2, 8, seed=1, layout="pairs")[0]
-    mla = (synthetic_kv(1, 90, 1, 24, seed=2, layout="pairs")[0][0],
-           synthetic_kv(1, 90, 1, 12, seed=3, layout="pairs")[0][1])
+    mla = (
+        synthetic_kv(1, 90, 1, 24, seed=2, layout="pairs")[0][0],
+        synthetic_kv(1, 90, 1, 12, seed=3, layout="pairs")[0][1],
+    )
     kv = [full, window, mla]
     decoded = cachegen.decode(cachegen.encode(kv))
     assert [tuple(t.shape for t in p) for p in decoded] == [tuple(t.shape for t in p) for p in kv]
-    assert_bit_exact(decoded, kv, cachegen.CodecConfig.from_level(cachegen.DEFAULT_LEVEL), "float16")
+    assert_bit_exact(
+        decoded, kv, cachegen.CodecConfig.from_level(cachegen.DEFAULT_LEVEL), "float16"
+    )
 
 
 def test_strided_input_equals_contiguous():
@@ -101,7 +105,9 @@ def test_decode_dtype_and_out_buffer():
     blob = cachegen.encode(kv)
     as32 = cachegen.decode(blob, dtype="float32")
     assert as32.dtype == np.float32
-    np.testing.assert_array_equal(cachegen.decode(blob).astype(np.float32), as32.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(
+        cachegen.decode(blob).astype(np.float32), as32.astype(np.float16).astype(np.float32)
+    )
     out = np.zeros(kv.shape, np.float32)
     assert cachegen.decode(blob, out=out) is out
     np.testing.assert_array_equal(out, as32)
@@ -113,7 +119,9 @@ def test_thread_count_does_not_change_bytes(threads):
     config = cachegen.CodecConfig(segment_symbols=2048)
     blob = cachegen.encode(kv, config=config, threads=threads)
     assert blob == cachegen.encode(kv, config=config, threads=1)
-    np.testing.assert_array_equal(cachegen.decode(blob, threads=threads), cachegen.decode(blob, threads=1))
+    np.testing.assert_array_equal(
+        cachegen.decode(blob, threads=threads), cachegen.decode(blob, threads=1)
+    )
 
 
 def test_zero_and_constant_input():

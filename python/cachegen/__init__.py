@@ -1,8 +1,8 @@
 """cachegen: compress LLM KV caches and move them fast.
 
-    blob = cachegen.encode(kv, level=3)
-    kv2 = cachegen.decode(blob)
-    info = cachegen.inspect(blob)
+blob = cachegen.encode(kv, level=3)
+kv2 = cachegen.decode(blob)
+info = cachegen.inspect(blob)
 """
 
 from .api import (

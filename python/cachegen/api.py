@@ -105,7 +105,8 @@ def _specs(v: KVViews, config: CodecConfig) -> list[tuple]:
     specs = []
     for layer in range(num_layers):
         params = config.layer_params(layer, num_layers)
-        for group, (quantizer, param) in zip(v.groups[2 * layer : 2 * layer + 2], params):
+        pair = v.groups[2 * layer : 2 * layer + 2]
+        for group, (quantizer, param) in zip(pair, params, strict=True):
             specs.append((group.as_tuple(), quantizer, param, config.max_tables))
     return specs
 
@@ -187,7 +188,7 @@ def quantize(
     v = views(kv)
     raw = _core.quantize(_specs(v, _config(level, config)), _threads(threads))
     out = []
-    for g, (sym, a, b, o) in zip(v.groups, raw):
+    for g, (sym, a, b, o) in zip(v.groups, raw, strict=False):
         out.append(
             QuantizedGroup(
                 np.frombuffer(sym, np.int8).reshape(g.tokens, g.heads * g.head_dim),
@@ -333,7 +334,8 @@ def decode(
     # A GPU decode checks the checksum on the device, after the upload, not on the host first.
     parsed = _parse(blob, verify=_target_device(device, out) is None)
     info = _info(parsed)
-    shapes = [(g.tokens, g.heads, g.head_dim) for pair in zip(info.keys, info.values) for g in pair]
+    pairs = zip(info.keys, info.values, strict=True)
+    shapes = [(g.tokens, g.heads, g.head_dim) for pair in pairs for g in pair]
     if out is None:
         name = info.dtype if dtype is None else dtype_name(dtype)
         gpu = _device_index(device)
@@ -341,8 +343,10 @@ def decode(
             _require_cuda()
         fw = framework or (_default_framework(info) if gpu is None else _default_gpu_framework())
         host_only, gpu_only = fw == "numpy", fw == "cupy"
-        if fw not in ("numpy", "torch", "cupy") or (host_only and gpu is not None) or (
-            gpu_only and gpu is None
+        if (
+            fw not in ("numpy", "torch", "cupy")
+            or (host_only and gpu is not None)
+            or (gpu_only and gpu is None)
         ):
             raise ValueError(f"framework {fw!r} does not fit device {device!r}")
         nbytes = info.elements * (4 if name == "float32" else 2)

@@ -116,11 +116,16 @@ class CodecConfig:
             name=f"cachegen-ref-{level}",
         )
 
-    def layer_params(self, layer: int, num_layers: int) -> tuple[tuple[int, float], tuple[int, float]]:
+    def layer_params(
+        self, layer: int, num_layers: int
+    ) -> tuple[tuple[int, float], tuple[int, float]]:
         """((quantizer id, param) for K, same for V) at one layer."""
         return (
             (QUANTIZERS[self.key_quantizer], resolve_schedule(self.key_param, layer, num_layers)),
-            (QUANTIZERS[self.value_quantizer], resolve_schedule(self.value_param, layer, num_layers)),
+            (
+                QUANTIZERS[self.value_quantizer],
+                resolve_schedule(self.value_param, layer, num_layers),
+            ),
         )
 
 
