@@ -5,6 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-16}
+# On the device tool's machine, bring the figures back whatever happens.
+if [ -n "${OUT:-}" ]; then
+  trap 'cp -f bench/results/gpu.json bench/results/gpu.md "$OUT"/ 2>/dev/null || true' EXIT
+fi
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader || true
 CACHEGEN_CUDA=ON $PY -m pip install --no-build-isolation --no-deps -q -e .
 $PY -c "import cachegen, json; print(json.dumps(cachegen.build_info()))"

@@ -53,6 +53,14 @@ class Arena {
     if (count) std::memcpy(bytes_.data() + at, data, count * sizeof(T));
     return at;
   }
+  // Room for count T's (uninitialized), returned for the caller to fill; `at` gets the offset.
+  template <typename T>
+  T* alloc(size_t count, size_t& at) {
+    at = (bytes_.size() + 15) & ~size_t{15};
+    bytes_.resize(at + count * sizeof(T));
+    return reinterpret_cast<T*>(bytes_.data() + at);
+  }
+  void reserve(size_t n) { bytes_.reserve(n); }
   template <typename T>
   size_t add(const std::vector<T>& v) {
     return add(v.data(), v.size());

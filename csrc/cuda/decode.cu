@@ -2,6 +2,7 @@
 // a ballot + prefix count finds each lane's refill word in the segment's shared word stream, in
 // the order rans.hpp defines; symbols are dequantized and stored in the output's dtype at once.
 #include <algorithm>
+#include <cstdint>
 #include <exception>
 #include <optional>
 #include <thread>
@@ -88,22 +89,62 @@ __global__ void __launch_bounds__(kWarps * 32)
   if (warp < w.count) decode_segment<D>(blob, segs[w.first_segment + warp], g, outs[gi], tables, bad);
 }
 
-// Host copy of a group's decode tables in the device layout.
-std::vector<uint8_t> device_tables(const TableSet& ts) {
-  std::vector<uint8_t> out(ts.tables.size() * kTableBytes);
-  for (size_t k = 0; k < ts.tables.size(); ++k) {
-    uint8_t* sym_of_slot = out.data() + k * kTableBytes;
-    uint32_t base[kAlphabet] = {};
-    uint32_t cum = 0;
-    for (int i = 0; i < kAlphabet; ++i) {
-      const uint32_t f = ts.tables[k].freq[i];
-      if (f) base[i] = rans::dec_entry_base(i, f, cum);
-      std::fill(sym_of_slot + cum, sym_of_slot + cum + f, (uint8_t)i);
-      cum += f;
-    }
-    std::memcpy(sym_of_slot + rans::kProbScale, base, sizeof(base));
+// Decode tables built on the device from the parsed 12-bit frequencies (512 bytes per table
+// uploaded instead of 5 KB): one block of 256 threads per table. Thread i scans to its symbol's
+// cumulative frequency, writes its entry base, then every slot finds its symbol by a binary
+// search over the cumulative frequencies (the last symbol whose cum <= slot always has freq > 0,
+// since parse_table checked that the frequencies sum to kProbScale).
+__global__ void __launch_bounds__(256) build_tables_kernel(const uint16_t* freqs, uint8_t* tables) {
+  __shared__ uint32_t cum[kAlphabet];
+  const uint32_t i = threadIdx.x;
+  const uint16_t* f = freqs + (size_t)blockIdx.x * kAlphabet;
+  uint8_t* table = tables + (size_t)blockIdx.x * kTableBytes;
+  const uint32_t fi = f[i];
+  cum[i] = fi;
+  __syncthreads();
+  for (uint32_t d = 1; d < kAlphabet; d *= 2) {  // inclusive Hillis-Steele scan
+    const uint32_t v = i >= d ? cum[i - d] : 0;
+    __syncthreads();
+    cum[i] += v;
+    __syncthreads();
   }
-  return out;
+  const uint32_t c = cum[i] - fi;  // exclusive
+  __syncthreads();
+  cum[i] = c;
+  __syncthreads();
+  reinterpret_cast<uint32_t*>(table + rans::kProbScale)[i] = fi ? rans::dec_entry_base(i, fi, c) : 0;
+  for (uint32_t w = i; w < rans::kProbScale / 4; w += blockDim.x) {
+    uint32_t word = 0;
+    for (uint32_t k = 0; k < 4; ++k) {
+      const uint32_t slot = 4 * w + k;
+      uint32_t lo = 0, hi = kAlphabet - 1;  // largest j with cum[j] <= slot
+      while (lo < hi) {
+        const uint32_t mid = (lo + hi + 1) / 2;
+        if (cum[mid] <= slot) lo = mid; else hi = mid - 1;
+      }
+      word |= lo << (8 * k);
+    }
+    reinterpret_cast<uint32_t*>(table)[w] = word;
+  }
+}
+
+// One group's side parameters to expand to fp32 on the device (null source: 1, 1, 0).
+struct ParamJob {
+  const uint16_t *a16, *b16, *o16;
+  float *a, *b, *o;
+  uint32_t tokens, channels;
+};
+
+__global__ void expand_params_kernel(const ParamJob* jobs) {
+  const ParamJob j = jobs[blockIdx.y];
+  const uint32_t n = max(j.tokens, j.channels);
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+    if (i < j.tokens) j.a[i] = j.a16 ? f16_to_f32(j.a16[i]) : 1.0f;
+    if (i < j.channels) {
+      j.b[i] = j.b16 ? f16_to_f32(j.b16[i]) : 1.0f;
+      j.o[i] = j.o16 ? f16_to_f32(j.o16[i]) : 0.0f;
+    }
+  }
 }
 
 }  // namespace
@@ -115,6 +156,7 @@ struct DeviceBlob::State {
   uint8_t* blob = nullptr;   // the blob's bytes
   bool owned = true;         // false: the caller's device memory
   uint8_t* arena = nullptr;  // segments, work lists, group descriptors, side data
+  uint8_t* tables_dev = nullptr;  // decode tables expanded on the device (in the arena)
   const SegmentDev* segs;
   const GroupDev* group_devs;
   const Work* work[2];  // blocks with tables in shared memory, blocks reading them from global
@@ -160,44 +202,100 @@ DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size,
     }
   });
   }
+  // The plan uploads only compact data (segments, work lists, 12-bit frequencies, fp16 side
+  // parameters, channel maps); decode tables and fp32 parameters are expanded on the device
+  // into `dev_at` onwards of the same allocation.
   Arena arena;
-  size_t segs_at = 0, work_at[2] = {0, 0}, devs_at = 0;
+  size_t segs_at = 0, work_at[2] = {0, 0}, devs_at = 0, freqs_at = 0, jobs_at = 0;
+  size_t dev_bytes = 0, tables_dev = 0;
+  uint32_t total_tables = 0;
   std::vector<Work> work[2];
+  std::vector<ParamJob> jobs;
   try {
-  std::vector<SegmentDev> segs;
-  for (const Segment& g : blob.segments)
-    segs.push_back({g.offset, (uint32_t)((g.bytes - rans::kStateBytes) / 2), g.group, g.token_begin, g.token_count});
+  const size_t ng = blob.groups.size();
+  size_t raw = blob.segments.size() * sizeof(SegmentDev) + ng * (sizeof(GroupDev) + sizeof(ParamJob) + 128);
+  for (const Group& g : blob.groups) {
+    total_tables += (uint32_t)g.tables.tables.size();
+    raw += g.tables.tables.size() * kAlphabet * 2 + g.tables.channel_table.size() +
+           2 * (g.quant.token_scale.size() + g.quant.channel_scale.size() + g.quant.channel_offset.size()) + 64;
+  }
+  raw += (blob.segments.size() / kWarps + 2 * ng) * sizeof(Work) + 64;
+  arena.reserve(raw);
+  {
+    SegmentDev* segs = arena.alloc<SegmentDev>(blob.segments.size(), segs_at);
+    for (size_t i = 0; i < blob.segments.size(); ++i) {
+      const Segment& g = blob.segments[i];
+      segs[i] = {g.offset, (uint32_t)((g.bytes - rans::kStateBytes) / 2), g.group, g.token_begin, g.token_count};
+    }
+  }
+  {
+    uint16_t* freqs = arena.alloc<uint16_t>((size_t)total_tables * kAlphabet, freqs_at);
+    for (const Group& g : blob.groups)
+      for (const Table& t : g.tables.tables) {
+        std::memcpy(freqs, t.freq.data(), kAlphabet * sizeof(uint16_t));
+        freqs += kAlphabet;
+      }
+  }
+  // Device-only region: tables first (16-byte aligned, kTableBytes is a multiple of 16).
+  tables_dev = 0;
+  dev_bytes = (size_t)total_tables * kTableBytes;
+  auto dev_floats = [&](size_t n) {
+    const size_t at = dev_bytes;
+    dev_bytes = (dev_bytes + n * sizeof(float) + 15) & ~size_t{15};
+    return at;
+  };
   std::vector<GroupDev> devs;
-  std::vector<size_t> at;  // per group: tables, map, a, b, o offsets
+  std::vector<size_t> at;  // per group: table index, map, a16, b16, o16, a, b, o offsets
+  uint32_t table_index = 0;
   for (const Group& g : blob.groups) {
     const GroupDesc& d = g.desc;
-    const DequantParams p = expand_params(g.quant, d.tokens, d.channels());
-    at.push_back(arena.add(device_tables(g.tables)));
+    const GroupQuant& q = g.quant;
+    const uint32_t T = d.tokens, C = d.channels();
+    if ((q.flags & kTokenScale) && q.token_scale.size() != T) throw FormatError("token scale count mismatch");
+    if ((q.flags & kChannelScale) && q.channel_scale.size() != C) throw FormatError("channel scale count mismatch");
+    if ((q.flags & kChannelOffset) && q.channel_offset.size() != C) throw FormatError("channel offset count mismatch");
+    at.push_back(table_index);
     at.push_back(arena.add(g.tables.channel_table));
-    at.push_back(arena.add(p.a));
-    at.push_back(arena.add(p.b));
-    at.push_back(arena.add(p.o));
+    at.push_back((q.flags & kTokenScale) ? arena.add(q.token_scale) : SIZE_MAX);
+    at.push_back((q.flags & kChannelScale) ? arena.add(q.channel_scale) : SIZE_MAX);
+    at.push_back((q.flags & kChannelOffset) ? arena.add(q.channel_offset) : SIZE_MAX);
+    at.push_back(dev_floats(T));
+    at.push_back(dev_floats(C));
+    at.push_back(dev_floats(C));
     const uint32_t nt = (uint32_t)g.tables.tables.size();
+    table_index += nt;
     const bool shared = nt <= kSharedTables;
     add_work(d.first_segment, d.num_segments, work[shared ? 0 : 1]);
     if (shared) s.shared_bytes = std::max(s.shared_bytes, nt * kTableBytes);
-    devs.push_back({nullptr, nullptr, nullptr, nullptr, nullptr, d.channels(), nt});
+    devs.push_back({nullptr, nullptr, nullptr, nullptr, nullptr, C, nt});
     s.groups.push_back(d);
   }
-  segs_at = arena.add(segs);
   work_at[0] = arena.add(work[0]);
   work_at[1] = arena.add(work[1]);
   devs_at = arena.add(devs);  // pointers filled in once the arena has an address
-  CG_CUDA(cudaMallocAsync(&s.arena, arena.size(), st));
-  for (size_t i = 0; i < devs.size(); ++i) {
+  jobs.resize(ng);
+  jobs_at = arena.add(jobs);
+  const size_t up = (arena.size() + 255) & ~size_t{255};
+  CG_CUDA(cudaMallocAsync(&s.arena, up + dev_bytes, st));
+  uint8_t* dev = s.arena + up;
+  auto dev16 = [&](size_t off) {
+    return off == SIZE_MAX ? nullptr : reinterpret_cast<const uint16_t*>(s.arena + off);
+  };
+  for (size_t i = 0; i < ng; ++i) {
+    const size_t* o = &at[8 * i];
     GroupDev& g = devs[i];
-    g.tables = s.arena + at[5 * i];
-    g.table_of = s.arena + at[5 * i + 1];
-    g.a = reinterpret_cast<const float*>(s.arena + at[5 * i + 2]);
-    g.b = reinterpret_cast<const float*>(s.arena + at[5 * i + 3]);
-    g.o = reinterpret_cast<const float*>(s.arena + at[5 * i + 4]);
+    g.tables = dev + tables_dev + o[0] * kTableBytes;
+    g.table_of = s.arena + o[1];
+    g.a = reinterpret_cast<const float*>(dev + o[5]);
+    g.b = reinterpret_cast<const float*>(dev + o[6]);
+    g.o = reinterpret_cast<const float*>(dev + o[7]);
+    jobs[i] = {dev16(o[2]), dev16(o[3]), dev16(o[4]), reinterpret_cast<float*>(dev + o[5]),
+               reinterpret_cast<float*>(dev + o[6]), reinterpret_cast<float*>(dev + o[7]),
+               blob.groups[i].desc.tokens, blob.groups[i].desc.channels()};
   }
   arena.overwrite(devs_at, devs);
+  arena.overwrite(jobs_at, jobs);
+  s.tables_dev = dev + tables_dev;
   } catch (...) {
     plan_error = std::current_exception();
   }
@@ -215,6 +313,13 @@ DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size,
     CG_CUDA(cudaMemcpyAsync(crc_host.get(), crc_dev, 4, cudaMemcpyDeviceToHost, st));
   }
   const Pinned arena_staged = upload(s.arena, arena.data(), arena.size(), st, 1);
+  if (total_tables)
+    build_tables_kernel<<<total_tables, 256, 0, st>>>(reinterpret_cast<const uint16_t*>(s.arena + freqs_at),
+                                                      s.tables_dev);
+  if (!jobs.empty())
+    expand_params_kernel<<<dim3(8, (uint32_t)jobs.size()), 256, 0, st>>>(
+        reinterpret_cast<const ParamJob*>(s.arena + jobs_at));
+  CG_CUDA(cudaGetLastError());
   CG_CUDA(cudaStreamSynchronize(st));  // the staging buffers are about to go back to the pool
   timer.mark("H2D + CRC (device)");
   if (check) {
@@ -238,6 +343,7 @@ ParsedBlob parse_device_blob(const uint8_t* data, size_t size, int device, uintp
   // Only the head (header, descriptors, side data, index) and the CRC trailer are read by a
   // parse that leaves the checksum to the device: copy those into an untouched host buffer of
   // the blob's size (its other pages are never faulted in).
+  // The head goes through pinned staging (a pageable D2H of a few MB is several times slower).
   std::unique_ptr<uint8_t[]> shadow(new uint8_t[std::max<size_t>(size, 1)]);
   size_t head = std::min<size_t>(size, kHeaderBytes);
   if (head) CG_CUDA(cudaMemcpyAsync(shadow.get(), data, head, cudaMemcpyDeviceToHost, st));
@@ -246,10 +352,14 @@ ParsedBlob parse_device_blob(const uint8_t* data, size_t size, int device, uintp
     uint64_t payload_off;
     std::memcpy(&payload_off, shadow.get() + 48, 8);
     const size_t rest = (size_t)std::min<uint64_t>(payload_off, size - 4);
+    Pinned stage(std::max(rest, head) - head + 4);
     if (rest > head)
-      CG_CUDA(cudaMemcpyAsync(shadow.get() + head, data + head, rest - head, cudaMemcpyDeviceToHost, st));
-    CG_CUDA(cudaMemcpyAsync(shadow.get() + size - 4, data + size - 4, 4, cudaMemcpyDeviceToHost, st));
+      CG_CUDA(cudaMemcpyAsync(stage.get(), data + head, rest - head, cudaMemcpyDeviceToHost, st));
+    uint8_t* tail = stage.get() + (std::max(rest, head) - head);
+    CG_CUDA(cudaMemcpyAsync(tail, data + size - 4, 4, cudaMemcpyDeviceToHost, st));
     CG_CUDA(cudaStreamSynchronize(st));
+    if (rest > head) std::memcpy(shadow.get() + head, stage.get(), rest - head);
+    std::memcpy(shadow.get() + size - 4, tail, 4);
   }
   try {
     return parse_blob(shadow.get(), size, false);
