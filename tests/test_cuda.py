@@ -300,3 +300,22 @@ def test_cupy_device_blob():
     assert isinstance(decoded, cupy.ndarray)
     np.testing.assert_array_equal(cupy.asnumpy(decoded).view(np.int16),
                                   cachegen.decode(blob).view(np.int16))
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_device_blob_checksum_checked_alongside_kernels():
+    """A device blob's CRC runs on a side stream with the decode kernels and is checked before
+    decode returns: a flipped payload byte is a checksum FormatError (the output buffer may have
+    been written). The host image of the head is reused between calls: decodes of blobs with a
+    smaller, then larger head than the last one stay exact."""
+    torch = torch_or_skip()
+    big = cachegen.encode(to_cuda(synthetic_kv(2, 3000, 4, 64)), device="cuda")
+    small = cachegen.encode(to_cuda(synthetic_kv(1, 100, 2, 32)), device="cuda")
+    bad = big.clone()
+    bad[big.numel() // 2] ^= 1
+    out = torch.empty((2, 2, 3000, 4, 64), dtype=torch.float16, device="cuda")
+    with pytest.raises(cachegen.FormatError, match="checksum"):
+        cachegen.decode(bad, out=out)
+    for blob in (small, big, small, big):
+        assert_same_bits(cachegen.decode(blob), cachegen.decode(bytes(blob.cpu().numpy())))

@@ -31,7 +31,9 @@ class DeviceBlob {
   DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size, int device,
              uintptr_t stream);
   // A blob already in device memory (`data` on `device`, written in order on `stream`): decoded
-  // in place, without a copy; the caller keeps it alive while this object is used.
+  // in place, without a copy; the caller keeps it alive while this object is used. Nothing is
+  // waited for here: the plan upload and the checksum are queued, and the first decode_into
+  // checks the checksum (a mismatch makes every decode_into throw FormatError).
   DeviceBlob(const ParsedBlob& blob, const uint8_t* device_data, size_t size, int device,
              uintptr_t stream, bool resident);
   ~DeviceBlob();
@@ -39,7 +41,9 @@ class DeviceBlob {
   DeviceBlob& operator=(const DeviceBlob&) = delete;
 
   // Decode every group into its device view (2 per layer, one dtype) on `stream` and wait for
-  // it; throws FormatError if any segment is corrupt.
+  // it; throws FormatError if any segment is corrupt, or (resident blob) if its checksum,
+  // computed on a side stream alongside the kernels, does not match. The views have been
+  // written either way: on FormatError their contents are unspecified.
   void decode_into(const std::vector<TensorView>& outs, uintptr_t stream) const;
 
   struct State;
@@ -49,7 +53,8 @@ class DeviceBlob {
 };
 
 // parse_blob() of a blob in device memory without its checksum (DeviceBlob checks it on the
-// device): only its head and trailer are copied to the host.
+// device): only its head and trailer are copied to the host, into a per-thread host image of
+// the blob's size (virtual memory; only the head's pages stay resident between calls).
 ParsedBlob parse_device_blob(const uint8_t* data, size_t size, int device, uintptr_t stream);
 
 // encode() of views that live in device memory, computed on `stream`; the blob, byte-identical

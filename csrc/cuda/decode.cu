@@ -4,8 +4,13 @@
 #include <algorithm>
 #include <cstdint>
 #include <exception>
+#include <mutex>
 #include <optional>
 #include <thread>
+#ifdef __linux__
+#include <sys/mman.h>
+#include <unistd.h>
+#endif
 
 #include "common.cuh"
 #include "parallel.hpp"
@@ -162,8 +167,46 @@ struct DeviceBlob::State {
   const Work* work[2];  // blocks with tables in shared memory, blocks reading them from global
   uint32_t blocks[2] = {0, 0};
   uint32_t shared_bytes = 0;
+  // A resident blob is not synchronized on at construction: its plan upload (staging kept here
+  // until `uploaded` has passed) and its checksum, computed on `crc_stream` alongside the decode
+  // kernels into `crc_host`, are finished by the first decode_into (or the destructor).
+  std::mutex pending_mutex;
+  std::optional<Pinned> arena_staged, crc_host;
+  cudaEvent_t uploaded = nullptr, crc_done = nullptr;
+  cudaStream_t crc_stream = nullptr;
+  bool crc_pending = false, crc_bad = false;
+  uint32_t checksum = 0;
+
+  // Waits for the deferred work; returns false if the checksum differs (then on every call).
+  bool finish_pending() {
+    std::lock_guard<std::mutex> lock(pending_mutex);
+    if (uploaded) {
+      CG_CUDA(cudaEventSynchronize(uploaded));
+      cudaEventDestroy(uploaded);
+      uploaded = nullptr;
+      arena_staged.reset();
+    }
+    if (crc_done) {
+      CG_CUDA(cudaEventSynchronize(crc_done));
+      cudaEventDestroy(crc_done);
+      crc_done = nullptr;
+      uint32_t crc;
+      std::memcpy(&crc, crc_host->get(), 4);
+      crc_host.reset();
+      if (crc_pending && crc != checksum) crc_bad = true;
+      crc_pending = false;
+    }
+    return !crc_bad;
+  }
 
   ~State() {
+    try {
+      finish_pending();
+    } catch (...) {  // a failed device: the staging buffers are leaked rather than reused
+      if (crc_host) (void)new Pinned(std::move(*crc_host));
+      if (arena_staged) (void)new Pinned(std::move(*arena_staged));
+    }
+    if (crc_stream) cudaStreamDestroy(crc_stream);
     if (blob && owned) cudaFreeAsync(blob, stream);
     if (arena) cudaFreeAsync(arena, stream);
   }
@@ -303,8 +346,43 @@ DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size,
   if (uploader.joinable()) uploader.join();
   if (upload_error) std::rethrow_exception(upload_error);
   if (plan_error) std::rethrow_exception(plan_error);
-  timer.mark("blob to pinned staging, H2D queued (host, rest)");
+  if (!resident) timer.mark("blob to pinned staging, H2D queued (host, rest)");
   const bool check = !blob.checksum_verified;
+  if (resident) {
+    // Nothing waits here: the checksum runs on a side stream (after the blob's producers on
+    // `st`), concurrently with the plan upload and the decode kernels, and decode_into checks
+    // it before it returns.
+    if (check) {
+      s.checksum = blob.checksum;
+      s.crc_pending = true;
+      s.crc_host.emplace(4);
+      CG_CUDA(cudaStreamCreateWithFlags(&s.crc_stream, cudaStreamNonBlocking));
+      cudaEvent_t ready;
+      CG_CUDA(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
+      CG_CUDA(cudaEventRecord(ready, st));
+      CG_CUDA(cudaStreamWaitEvent(s.crc_stream, ready, 0));
+      cudaEventDestroy(ready);
+      {
+        DeviceBuffer crc_buf(crc_scratch_bytes(size - 4) + 16, s.crc_stream);
+        auto* crc_dev = crc_buf.get<uint32_t>();
+        crc32c_device(s.blob, size - 4, crc_dev, crc_buf.get() + 16, s.crc_stream);
+        CG_CUDA(cudaMemcpyAsync(s.crc_host->get(), crc_dev, 4, cudaMemcpyDeviceToHost, s.crc_stream));
+      }
+      CG_CUDA(cudaEventCreateWithFlags(&s.crc_done, cudaEventDisableTiming));
+      CG_CUDA(cudaEventRecord(s.crc_done, s.crc_stream));
+    }
+    s.arena_staged.emplace(upload(s.arena, arena.data(), arena.size(), st, 1));
+    if (total_tables)
+      build_tables_kernel<<<total_tables, 256, 0, st>>>(reinterpret_cast<const uint16_t*>(s.arena + freqs_at),
+                                                        s.tables_dev);
+    if (!jobs.empty())
+      expand_params_kernel<<<dim3(8, (uint32_t)jobs.size()), 256, 0, st>>>(
+          reinterpret_cast<const ParamJob*>(s.arena + jobs_at));
+    CG_CUDA(cudaGetLastError());
+    CG_CUDA(cudaEventCreateWithFlags(&s.uploaded, cudaEventDisableTiming));
+    CG_CUDA(cudaEventRecord(s.uploaded, st));
+    timer.mark("plan upload + CRC queued (host, no wait)");
+  } else {
   DeviceBuffer crc_buf(check ? crc_scratch_bytes(size - 4) + 16 : 0, st);
   Pinned crc_host(4);
   if (check) {
@@ -327,6 +405,7 @@ DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size,
     std::memcpy(&crc, crc_host.get(), 4);
     if (crc != blob.checksum) throw FormatError("checksum mismatch: blob is corrupted");
   }
+  }
   s.segs = reinterpret_cast<const SegmentDev*>(s.arena + segs_at);
   s.group_devs = reinterpret_cast<const GroupDev*>(s.arena + devs_at);
   for (int k = 0; k < 2; ++k) {
@@ -337,32 +416,75 @@ DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size,
 
 DeviceBlob::~DeviceBlob() = default;
 
+namespace {
+// A host image of a device blob for the parse: only its head and its trailer are ever written
+// (the rest of the reservation is never touched). Kept per thread between calls, so the pages of
+// the head are faulted in once; a new trailer page is given back after each parse.
+struct Shadow {
+  std::unique_ptr<uint8_t[]> bytes;
+  size_t capacity = 0;
+  size_t head_guess = 0;  // the last blob's head size: copied up front with the header
+};
+thread_local Shadow t_shadow;
+constexpr size_t kMaxHeadGuess = size_t{64} << 20;
+}  // namespace
+
 ParsedBlob parse_device_blob(const uint8_t* data, size_t size, int device, uintptr_t stream) {
+  StageTimer timer("parse_device");
   use_device(device);
   const cudaStream_t st = as_stream(stream);
   // Only the head (header, descriptors, side data, index) and the CRC trailer are read by a
-  // parse that leaves the checksum to the device: copy those into an untouched host buffer of
-  // the blob's size (its other pages are never faulted in).
-  // The head goes through pinned staging (a pageable D2H of a few MB is several times slower).
-  std::unique_ptr<uint8_t[]> shadow(new uint8_t[std::max<size_t>(size, 1)]);
-  size_t head = std::min<size_t>(size, kHeaderBytes);
-  if (head) CG_CUDA(cudaMemcpyAsync(shadow.get(), data, head, cudaMemcpyDeviceToHost, st));
-  CG_CUDA(cudaStreamSynchronize(st));
-  if (size >= kHeaderBytes + 4) {
-    uint64_t payload_off;
-    std::memcpy(&payload_off, shadow.get() + 48, 8);
-    const size_t rest = (size_t)std::min<uint64_t>(payload_off, size - 4);
-    Pinned stage(std::max(rest, head) - head + 4);
-    if (rest > head)
-      CG_CUDA(cudaMemcpyAsync(stage.get(), data + head, rest - head, cudaMemcpyDeviceToHost, st));
-    uint8_t* tail = stage.get() + (std::max(rest, head) - head);
-    CG_CUDA(cudaMemcpyAsync(tail, data + size - 4, 4, cudaMemcpyDeviceToHost, st));
-    CG_CUDA(cudaStreamSynchronize(st));
-    if (rest > head) std::memcpy(shadow.get() + head, stage.get(), rest - head);
-    std::memcpy(shadow.get() + size - 4, tail, 4);
+  // parse that leaves the checksum to the device. One round trip when the head is no longer than
+  // the previous blob's (the header and that much are copied at once, with the trailer), two
+  // otherwise; all through pinned staging (a pageable D2H of a few MB is several times slower).
+  Shadow& sh = t_shadow;
+  if (sh.capacity < std::max<size_t>(size, 1)) {
+    sh.bytes.reset();
+    sh.bytes.reset(new uint8_t[std::max<size_t>(size, 1)]);
+    sh.capacity = std::max<size_t>(size, 1);
   }
+  uint8_t* shadow = sh.bytes.get();
+  const bool trailer = size >= kHeaderBytes + 4;
+  size_t first = std::min(size, std::max<size_t>(kHeaderBytes, sh.head_guess));
+  if (trailer) first = std::min(first, size - 4);
+  {
+    Pinned stage(first + 4);
+    if (first) CG_CUDA(cudaMemcpyAsync(stage.get(), data, first, cudaMemcpyDeviceToHost, st));
+    if (trailer) CG_CUDA(cudaMemcpyAsync(stage.get() + first, data + size - 4, 4, cudaMemcpyDeviceToHost, st));
+    CG_CUDA(cudaStreamSynchronize(st));
+    std::memcpy(shadow, stage.get(), first);
+    if (trailer) std::memcpy(shadow + size - 4, stage.get() + first, 4);
+  }
+  if (trailer) {
+    uint64_t payload_off;
+    std::memcpy(&payload_off, shadow + 48, 8);
+    const size_t rest = (size_t)std::min<uint64_t>(payload_off, size - 4);
+    if (rest > first) {
+      Pinned stage(rest - first);
+      CG_CUDA(cudaMemcpyAsync(stage.get(), data + first, rest - first, cudaMemcpyDeviceToHost, st));
+      CG_CUDA(cudaStreamSynchronize(st));
+      std::memcpy(shadow + first, stage.get(), rest - first);
+    }
+    sh.head_guess = std::min(rest, kMaxHeadGuess);
+  }
+  timer.mark("head + trailer to host (D2H, pinned)");
+  struct ReleaseTrailer {  // the trailer's page, unless the head shares it
+    uint8_t* p;
+    size_t size, head;
+    ~ReleaseTrailer() {
+#ifdef __linux__
+      const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+      const uintptr_t lo = ((uintptr_t)p + head + page - 1) & ~(page - 1);
+      const uintptr_t at = ((uintptr_t)p + size - 4) & ~(page - 1);
+      if (size >= 4 && at >= lo && at + page <= (uintptr_t)p + size)
+        madvise(reinterpret_cast<void*>(at), page, MADV_DONTNEED);
+#endif
+    }
+  } release{shadow, size, std::max(first, sh.head_guess)};
   try {
-    return parse_blob(shadow.get(), size, false);
+    ParsedBlob parsed = parse_blob(shadow, size, false);
+    timer.mark("parse + validate (host, no CRC)");
+    return parsed;
   } catch (const FormatError&) {
     throw FormatError("malformed blob (checksum not checked: blob in device memory)");
   }
@@ -370,7 +492,7 @@ ParsedBlob parse_device_blob(const uint8_t* data, size_t size, int device, uintp
 
 void DeviceBlob::decode_into(const std::vector<TensorView>& outs, uintptr_t stream) const {
   StageTimer timer("decode_kernels");
-  const State& s = *s_;
+  State& s = *s_;
   use_device(s.device);
   if (outs.size() != s.groups.size()) throw InputError("need one output per (layer, K/V)");
   std::vector<View> views;
@@ -399,10 +521,16 @@ void DeviceBlob::decode_into(const std::vector<TensorView>& outs, uintptr_t stre
                                                                     s.group_devs, v, bad);
   });
   CG_CUDA(cudaGetLastError());
-  uint32_t corrupt = 0;
-  CG_CUDA(cudaMemcpyAsync(&corrupt, bad, 4, cudaMemcpyDeviceToHost, st));
+  const Pinned corrupt_host(4);
+  CG_CUDA(cudaMemcpyAsync(corrupt_host.get(), bad, 4, cudaMemcpyDeviceToHost, st));
   CG_CUDA(cudaStreamSynchronize(st));
   timer.mark("decode kernels (device)");
+  // A resident blob's checksum (computed alongside the kernels): a mismatch is reported first,
+  // as the cause of any segment failure; the outputs have been written by then.
+  if (!s.finish_pending()) throw FormatError("checksum mismatch: blob is corrupted");
+  timer.mark("CRC wait + check (device, overlapped)");
+  uint32_t corrupt;
+  std::memcpy(&corrupt, corrupt_host.get(), 4);
   if (corrupt)
     throw FormatError(std::to_string(corrupt) + " segment payload(s) corrupt (rANS stream did not close)");
 }

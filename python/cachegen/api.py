@@ -322,6 +322,11 @@ def decode(
 
     Raises:
         FormatError: the blob is malformed, truncated, corrupted or of an unsupported version.
+            A malformed head is reported before anything is written. A GPU decode checks the
+            payload's checksum on the device alongside the decode kernels (a device blob) or
+            before them (a host blob), and reports a bad rANS stream after them: when it raises
+            for a corrupted payload, `out=` may already have been partly or fully overwritten
+            (its contents are then unspecified); decode into a scratch buffer if that matters.
     """
     if is_device_blob(blob):
         if framework is None and out is None and str(device) != "cpu":
@@ -331,8 +336,10 @@ def decode(
             blob = _host_bytes(blob)
         elif out is None and device is None:
             device = f"cuda:{device_of(blob)}"
-    # A GPU decode checks the checksum on the device, after the upload, not on the host first.
-    parsed = _parse(blob, verify=_target_device(device, out) is None)
+    # A GPU decode checks the checksum on the device, after the upload, not on the host first
+    # (a device blob is always parsed without it).
+    on_device = is_device_blob(blob)
+    parsed = _parse(blob, verify=on_device or _target_device(device, out) is None)
     info = _info(parsed)
     pairs = zip(info.keys, info.values, strict=True)
     shapes = [(g.tokens, g.heads, g.head_dim) for pair in pairs for g in pair]
