@@ -328,10 +328,11 @@ def decode(
             for a corrupted payload, `out=` may already have been partly or fully overwritten
             (its contents are then unspecified); decode into a scratch buffer if that matters.
     """
+    out_views = None if out is None else views(out)  # computed once: it walks every tensor
     if is_device_blob(blob):
         if framework is None and out is None and str(device) != "cpu":
             framework = "torch" if is_torch(blob) else "cupy"
-        to_host = str(device) == "cpu" if out is None else views(out).device is None
+        to_host = str(device) == "cpu" if out_views is None else out_views.device is None
         if to_host:
             blob = _host_bytes(blob)
         elif out is None and device is None:
@@ -339,7 +340,7 @@ def decode(
     # A GPU decode checks the checksum on the device, after the upload, not on the host first
     # (a device blob is always parsed without it).
     on_device = is_device_blob(blob)
-    parsed = _parse(blob, verify=on_device or _target_device(device, out) is None)
+    parsed = _parse(blob, verify=on_device or _target_device(device, out_views) is None)
     info = _info(parsed)
     pairs = zip(info.keys, info.values, strict=True)
     shapes = [(g.tokens, g.heads, g.head_dim) for pair in pairs for g in pair]
@@ -360,7 +361,7 @@ def decode(
         if nbytes > max_output_bytes:
             raise FormatError(f"blob decodes to {nbytes} bytes, over max_output_bytes")
         out = allocate(info.layout, shapes, name, fw, gpu)
-    v = views(out)
+    v = views(out) if out_views is None else out_views
     if v.layout != info.layout or [g.shape for g in v.groups] != shapes:
         raise ValueError("out= does not match the blob's layout and shapes")
     check_writable(out)
@@ -379,10 +380,10 @@ def decode(
     return out
 
 
-def _target_device(device: Any, out: Any) -> int | None:
+def _target_device(device: Any, out_views: KVViews | None) -> int | None:
     """The CUDA device a decode will run on, None for the host (or if unclear: verify first)."""
     try:
-        return _device_index(device) if out is None else views(out).device
+        return _device_index(device) if out_views is None else out_views.device
     except Exception:  # noqa: BLE001 - reported properly once the blob has been parsed
         return None
 
