@@ -194,7 +194,7 @@ METHODS: dict[str, Callable[[], Method]] = {
     "fp32": lambda: raw_method(32),
     "fp16": lambda: raw_method(16),
     **{f"cg{lv}": (lambda lv=lv: cachegen_method(lv)) for lv in range(1, 8)},
-    **{f"ref{lv}": (lambda lv=lv: reference_method(lv)) for lv in range(1, 4)},
+    **{f"ref{lv}": (lambda lv=lv: reference_method(lv)) for lv in range(1, 6)},
     "int8": lambda: int_method(8),
     "int4": lambda: int_method(4),
     "zstd3": lambda: zstd_method(3),
