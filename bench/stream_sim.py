@@ -22,8 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import cachegen
 import numpy as np
+
+import cachegen
 from cachegen.stream import TEXT, OptionTable, measure_decode_eps
 from cachegen.stream.sim import (
     SimResult,

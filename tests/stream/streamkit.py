@@ -6,8 +6,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import cachegen
 import numpy as np
+
+import cachegen
 from cachegen.store import Store, save_context
 from cachegen.stream import CostModel
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
-import cachegen
 import numpy as np
+from streamkit import store_context
+
+import cachegen
 from cachegen.cli import main
 from cachegen.store import FileStore
-from streamkit import store_context
 
 
 def test_inspect_blob(tmp_path, capsys) -> None:

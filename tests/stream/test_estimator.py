@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from cachegen.stream import BandwidthEstimator
 
 MB = 1_000_000

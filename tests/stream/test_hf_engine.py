@@ -3,9 +3,10 @@ from, text chunks recomputed on top of loaded KV chunks."""
 
 from __future__ import annotations
 
-import cachegen
 import numpy as np
 import pytest
+
+import cachegen
 from cachegen.store import MemoryStore, save_context
 from cachegen.stream import TEXT, CostModel, HFEngine, Loader
 from cachegen.stream.sim import fixed
@@ -23,6 +24,7 @@ def model():
 
 def test_loaded_cache_matches_prefill(model) -> None:
     import torch
+
     from cachegen.hf import from_cache
 
     lm, tok = model

@@ -8,10 +8,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import cachegen.store
 import pytest
-from cachegen.stream import Loader
 from streamkit import MODEL, FakeEngine, costs_for, store_context
+
+import cachegen.store
+from cachegen.stream import Loader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from netlink import LinkError, NetLink  # noqa: E402

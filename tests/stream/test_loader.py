@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import time
 
-import cachegen
-import cachegen.store
 import numpy as np
 import pytest
+from streamkit import MODEL, FakeEngine, costs_for, store_context
+
+import cachegen
+import cachegen.store
 from cachegen.store import FileStore, MemoryStore
 from cachegen.stream import TEXT, CostModel, Loader, ThrottledStore, load
-from streamkit import MODEL, FakeEngine, costs_for, store_context
 
 
 @pytest.fixture(params=["memory", "file"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from cachegen.stream import TEXT, ConstantLink, OptionTable, Planner
 from cachegen.stream.planner import candidate_plans, evaluate, level_kl
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from cachegen.stream import TEXT, OptionTable
 from cachegen.stream.sim import Trace, cachegen_rule, fixed, oracle, ours, select, simulate
 
