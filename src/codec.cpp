@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cmath>
 #include <cstring>
 #include <string>
 
@@ -234,18 +233,13 @@ EntropyStats entropy_stats(const ParsedBlob& blob, const uint8_t* data, int thre
   std::vector<double> bits(blob.segments.size(), 0.0);
   parallel_for(blob.segments.size(), threads, [&](size_t i) {
     const Segment& s = blob.segments[i];
-    const Group& g = blob.groups[s.group];
-    const uint32_t C = g.desc.channels();
-    std::vector<std::array<double, kAlphabet>> cost(g.tables.tables.size());
-    for (size_t t = 0; t < cost.size(); ++t)
-      for (int k = 0; k < kAlphabet; ++k) {
-        const double f = g.tables.tables[t].freq[k];
-        cost[t][k] = f > 0 ? -std::log2(f / rans::kProbScale) : 0.0;
-      }
+    const TableSet& ts = blob.groups[s.group].tables;
+    const uint32_t C = blob.groups[s.group].desc.channels();
     const int8_t* sym = segment_symbols(blob, data, call, s);
-    const size_t n = (size_t)s.token_count * C;
-    for (size_t p = 0; p < n; ++p)
-      bits[i] += cost[g.tables.channel_table[p % C]][sym[p] + kSymbolBias];
+    std::vector<Histogram> hists(C, Histogram{});
+    for (uint32_t t = 0; t < s.token_count; ++t, sym += C)
+      for (uint32_t c = 0; c < C; ++c) hists[c][sym[c] + kSymbolBias]++;
+    for (uint32_t c = 0; c < C; ++c) bits[i] += code_length_bits(hists[c], ts.tables[ts.channel_table[c]]);
   });
   EntropyStats st;
   for (size_t i = 0; i < bits.size(); ++i) {

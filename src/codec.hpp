@@ -54,7 +54,8 @@ struct EntropyStats {
   double ideal_bits = 0.0;   // sum of -log2 p(symbol) over all symbols
   uint64_t word_bytes = 0;   // rANS words, excluding the per-segment final states
   uint64_t state_bytes = 0;  // 128 bytes per segment
-  uint64_t side_bytes = 0;   // quantizer parameters + tables + map, all groups
+  uint64_t side_bytes = 0;   // everything before the payload: header, descriptors, side data
+                             // (scales, table map, tables) and the segment index
   uint64_t symbols = 0;
 };
 

@@ -27,6 +27,9 @@ enum class DType : uint8_t { F16 = 1, BF16 = 2, F32 = 3 };
 inline bool valid_dtype(uint8_t d) { return d >= 1 && d <= 3; }
 inline std::size_t dtype_size(DType d) { return d == DType::F32 ? 4 : 2; }
 
+constexpr int kSymbolBias = 128;  // symbol s is coded as alphabet index s + 128, s in [-127, 127]
+constexpr int kMaxSymbol = 127;
+
 // Hard limits checked on every parsed header, so no allocation is sized by an unchecked field.
 constexpr uint32_t kMaxLayers = 4096;
 constexpr uint32_t kMaxTokens = 1u << 24;

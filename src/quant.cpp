@@ -73,13 +73,12 @@ void fit_layer_step(const ChannelStats& s, uint32_t tokens, float q, GroupQuant&
   double var = 0.0, range = 0.0;
   g.channel_offset.resize(C);
   for (size_t c = 0; c < C; ++c) {
-    g.channel_offset[c] = channel_fit(s.sum[c], s.sum_sq[c], s.lo[c], s.hi[c], tokens, q).offset;
-    const double o = f16_to_f32(g.channel_offset[c]), mean = s.sum[c] / tokens;
-    var += std::max(0.0, s.sum_sq[c] / tokens - 2 * o * mean + o * o);
-    range = std::max({range, s.hi[c] - o, o - s.lo[c]});
+    const ChannelFit f = channel_fit(s.sum[c], s.sum_sq[c], s.lo[c], s.hi[c], tokens, q);
+    g.channel_offset[c] = f.offset;
+    var += f.var;
+    range = std::max(range, f.range);
   }
-  const float step = std::max(q * (float)std::sqrt(var / C), (float)range / kMaxSymbol);
-  g.channel_scale.assign(C, step_to_f16(step));
+  g.channel_scale.assign(C, spread_step(q, var / C, range));
 }
 
 // restrict: int8 stores may alias anything, which would otherwise block vectorization.

@@ -30,8 +30,6 @@ inline bool valid_quantizer(uint8_t q) { return q >= 1 && q <= 4; }
 
 enum QuantFlags : uint8_t { kTokenScale = 1, kChannelScale = 2, kChannelOffset = 4 };
 
-constexpr int kSymbolBias = 128;  // symbol s is coded as alphabet index s + 128, s in [-127, 127]
-constexpr int kMaxSymbol = 127;
 
 // Operations that the compiler must neither fuse nor reorder, so CPU and GPU agree bit for bit.
 CG_HD float mul_rn(float a, float b) {
@@ -47,6 +45,14 @@ CG_HD float add_rn(float a, float b) {
   return __fadd_rn(a, b);
 #else
   return a + b;
+#endif
+}
+
+CG_HD float div_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fdiv_rn(a, b);
+#else
+  return a / b;
 #endif
 }
 
@@ -68,18 +74,26 @@ CG_HD int quantize(float x, float inv_step, float o, int max_symbol) {
 // byte for byte. Stored steps are fp16; a step that would overflow is clamped.
 CG_HD uint16_t step_to_f16(float step) { return f32_to_f16(65504.0f < step ? 65504.0f : step); }
 
+// The step of every quantizer with a rate knob: param * rms, but never so small that the
+// largest |deviation| (`range`) needs more than kMaxSymbol steps.
+CG_HD uint16_t spread_step(float param, double mean_square, double range) {
+  const float by_rms = mul_rn(param, (float)sqrt(mean_square));
+  const float by_range = div_rn((float)range, (float)kMaxSymbol);
+  return step_to_f16(by_rms < by_range ? by_range : by_rms);
+}
+
 // Step of one token (TokenAbsmax, TokenStep) from its row's sum of squares and max |x|.
 CG_HD uint16_t token_step(Quantizer kind, float param, int max_symbol, double sum_sq,
                           float absmax, uint32_t channels) {
   if (kind == Quantizer::TokenAbsmax) return step_to_f16(absmax / max_symbol);
-  const float by_rms = mul_rn(param, (float)sqrt(sum_sq / channels));
-  const float by_range = absmax / kMaxSymbol;
-  return step_to_f16(by_rms < by_range ? by_range : by_rms);
+  return spread_step(param, sum_sq / channels, absmax);
 }
 
-// Offset (fp16 mean) and step of one channel (ChannelStep) from its sums over tokens.
+// One channel from its sums over tokens: offset (fp16 mean) and step (ChannelStep), plus the
+// variance and range about the offset, which LayerStep pools over channels.
 struct ChannelFit {
   uint16_t offset, step;
+  double var, range;
 };
 
 CG_HD ChannelFit channel_fit(double sum, double sum_sq, float lo, float hi, uint32_t tokens,
@@ -90,9 +104,8 @@ CG_HD ChannelFit channel_fit(double sum, double sum_sq, float lo, float hi, uint
   const double v = sum_sq / tokens - 2 * o * mean + o * o;
   const double var = v > 0.0 ? v : 0.0;
   const double up = hi - o, down = o - lo;
-  const float by_rms = mul_rn(param, (float)sqrt(var));
-  const float by_range = (float)(up < down ? down : up) / kMaxSymbol;
-  return {offset, step_to_f16(by_rms < by_range ? by_range : by_rms)};
+  const double range = up < down ? down : up;
+  return {offset, spread_step(param, var, range), var, range};
 }
 
 // Fitted parameters of one (layer, K/V) group, in the fp16 form they are stored in.

@@ -32,7 +32,7 @@ inline void decode_segment(const uint8_t* seg, size_t bytes, uint32_t tokens, ui
     std::memcpy(&w, words + 2 * rans::clamp_word(wp, nwords, need, overrun), 2);
     x = rans::dec_renorm(x, need, w);
     wp += need;
-    out[p] = (int8_t)((int)rans::dec_symbol_index(e) - 128);
+    out[p] = (int8_t)((int)rans::dec_symbol_index(e) - kSymbolBias);
     c = c + 1 == channels ? 0 : c + 1;
   }
   bool clean = !overrun && wp == nwords;

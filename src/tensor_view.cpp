@@ -61,15 +61,15 @@ void f32_to_bf16_n(const float* src, uint16_t* dst, uint32_t n) {
 
 void copy_in(const float* src, float* dst, uint32_t n) { std::memcpy(dst, src, n * 4); }
 
-// Apply `fn(src_run, dst_run, n)` to each contiguous run of a row: one run if dense, else per
-// head (contiguous dims) or per element.
-template <typename T, typename Fn>
-void for_runs(const TensorView& v, uint32_t token, float* row, Fn fn) {
+// Apply `fn(tensor_run, row_run, n)` to each contiguous run of a row: one run if dense, else
+// per head (contiguous dims) or per element. Row is `float` for loads, `const float` for stores.
+template <typename T, typename Row, typename Fn>
+void for_runs(const TensorView& v, uint32_t token, Row* row, Fn fn) {
   T* base = static_cast<T*>(v.data) + token * v.s_token;
   if (v.dense_rows()) return fn(base, row, v.channels());
   for (uint32_t h = 0; h < v.heads; ++h) {
     T* head = base + h * v.s_head;
-    float* r = row + h * v.head_dim;
+    Row* r = row + h * v.head_dim;
     if (v.s_dim == 1) {
       fn(head, r, v.head_dim);
     } else {
@@ -92,16 +92,16 @@ void load_row(const TensorView& v, uint32_t token, float* row) {
 }
 
 void store_row(const TensorView& v, uint32_t token, const float* row) {
-  float* r = const_cast<float*>(row);  // for_runs hands out a mutable row; stores only read it
   switch (v.dtype) {
     case DType::F16:
-      return for_runs<uint16_t>(v, token, r,
-                                [](uint16_t* d, float* s, uint32_t n) { f32_to_f16_n(s, d, n); });
+      return for_runs<uint16_t>(
+          v, token, row, [](uint16_t* d, const float* s, uint32_t n) { f32_to_f16_n(s, d, n); });
     case DType::BF16:
-      return for_runs<uint16_t>(v, token, r,
-                                [](uint16_t* d, float* s, uint32_t n) { f32_to_bf16_n(s, d, n); });
+      return for_runs<uint16_t>(
+          v, token, row, [](uint16_t* d, const float* s, uint32_t n) { f32_to_bf16_n(s, d, n); });
     case DType::F32:
-      return for_runs<float>(v, token, r, [](float* d, float* s, uint32_t n) { copy_in(s, d, n); });
+      return for_runs<float>(v, token, row,
+                             [](float* d, const float* s, uint32_t n) { copy_in(s, d, n); });
   }
 }
 

@@ -212,6 +212,19 @@ struct DeviceBlob::State {
   }
 };
 
+namespace {
+
+// Queue the CRC32C of the blob (trailer excluded) on `stream`; its value lands at `dst` (host).
+// The scratch is freed in stream order, so it may go out of scope before the stream runs.
+void queue_checksum(const uint8_t* blob, size_t size, uint8_t* dst, cudaStream_t stream) {
+  DeviceBuffer scratch(crc_scratch_bytes(size - 4) + 16, stream);
+  auto* crc_dev = scratch.get<uint32_t>();
+  crc32c_device(blob, size - 4, crc_dev, scratch.get() + 16, stream);
+  CG_CUDA(cudaMemcpyAsync(dst, crc_dev, 4, cudaMemcpyDeviceToHost, stream));
+}
+
+}  // namespace
+
 DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size, int device,
                        uintptr_t stream)
     : DeviceBlob(blob, data, size, device, stream, false) {}
@@ -348,6 +361,18 @@ DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size,
   if (plan_error) std::rethrow_exception(plan_error);
   if (!resident) timer.mark("blob to pinned staging, H2D queued (host, rest)");
   const bool check = !blob.checksum_verified;
+  // Upload the plan, then build the decode LUTs and the fp32 side data from it on the device.
+  auto upload_plan = [&] {
+    Pinned staged = upload(s.arena, arena.data(), arena.size(), st, 1);
+    if (total_tables)
+      build_tables_kernel<<<total_tables, 256, 0, st>>>(
+          reinterpret_cast<const uint16_t*>(s.arena + freqs_at), s.tables_dev);
+    if (!jobs.empty())
+      expand_params_kernel<<<dim3(8, (uint32_t)jobs.size()), 256, 0, st>>>(
+          reinterpret_cast<const ParamJob*>(s.arena + jobs_at));
+    CG_CUDA(cudaGetLastError());
+    return staged;
+  };
   if (resident) {
     // Nothing waits here: the checksum runs on a side stream (after the blob's producers on
     // `st`), concurrently with the plan upload and the decode kernels, and decode_into checks
@@ -362,49 +387,25 @@ DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size,
       CG_CUDA(cudaEventRecord(ready, st));
       CG_CUDA(cudaStreamWaitEvent(s.crc_stream, ready, 0));
       cudaEventDestroy(ready);
-      {
-        DeviceBuffer crc_buf(crc_scratch_bytes(size - 4) + 16, s.crc_stream);
-        auto* crc_dev = crc_buf.get<uint32_t>();
-        crc32c_device(s.blob, size - 4, crc_dev, crc_buf.get() + 16, s.crc_stream);
-        CG_CUDA(cudaMemcpyAsync(s.crc_host->get(), crc_dev, 4, cudaMemcpyDeviceToHost, s.crc_stream));
-      }
+      queue_checksum(s.blob, size, s.crc_host->get(), s.crc_stream);
       CG_CUDA(cudaEventCreateWithFlags(&s.crc_done, cudaEventDisableTiming));
       CG_CUDA(cudaEventRecord(s.crc_done, s.crc_stream));
     }
-    s.arena_staged.emplace(upload(s.arena, arena.data(), arena.size(), st, 1));
-    if (total_tables)
-      build_tables_kernel<<<total_tables, 256, 0, st>>>(reinterpret_cast<const uint16_t*>(s.arena + freqs_at),
-                                                        s.tables_dev);
-    if (!jobs.empty())
-      expand_params_kernel<<<dim3(8, (uint32_t)jobs.size()), 256, 0, st>>>(
-          reinterpret_cast<const ParamJob*>(s.arena + jobs_at));
-    CG_CUDA(cudaGetLastError());
+    s.arena_staged.emplace(upload_plan());
     CG_CUDA(cudaEventCreateWithFlags(&s.uploaded, cudaEventDisableTiming));
     CG_CUDA(cudaEventRecord(s.uploaded, st));
     timer.mark("plan upload + CRC queued (host, no wait)");
   } else {
-  DeviceBuffer crc_buf(check ? crc_scratch_bytes(size - 4) + 16 : 0, st);
-  Pinned crc_host(4);
-  if (check) {
-    auto* crc_dev = crc_buf.get<uint32_t>();
-    crc32c_device(s.blob, size - 4, crc_dev, crc_buf.get() + 16, st);
-    CG_CUDA(cudaMemcpyAsync(crc_host.get(), crc_dev, 4, cudaMemcpyDeviceToHost, st));
-  }
-  const Pinned arena_staged = upload(s.arena, arena.data(), arena.size(), st, 1);
-  if (total_tables)
-    build_tables_kernel<<<total_tables, 256, 0, st>>>(reinterpret_cast<const uint16_t*>(s.arena + freqs_at),
-                                                      s.tables_dev);
-  if (!jobs.empty())
-    expand_params_kernel<<<dim3(8, (uint32_t)jobs.size()), 256, 0, st>>>(
-        reinterpret_cast<const ParamJob*>(s.arena + jobs_at));
-  CG_CUDA(cudaGetLastError());
-  CG_CUDA(cudaStreamSynchronize(st));  // the staging buffers are about to go back to the pool
-  timer.mark("H2D + CRC (device)");
-  if (check) {
-    uint32_t crc;
-    std::memcpy(&crc, crc_host.get(), 4);
-    if (crc != blob.checksum) throw FormatError("checksum mismatch: blob is corrupted");
-  }
+    Pinned crc_host(4);
+    if (check) queue_checksum(s.blob, size, crc_host.get(), st);
+    const Pinned arena_staged = upload_plan();
+    CG_CUDA(cudaStreamSynchronize(st));  // the staging buffers are about to go back to the pool
+    timer.mark("H2D + CRC (device)");
+    if (check) {
+      uint32_t crc;
+      std::memcpy(&crc, crc_host.get(), 4);
+      if (crc != blob.checksum) throw FormatError("checksum mismatch: blob is corrupted");
+    }
   }
   s.segs = reinterpret_cast<const SegmentDev*>(s.arena + segs_at);
   s.group_devs = reinterpret_cast<const GroupDev*>(s.arena + devs_at);

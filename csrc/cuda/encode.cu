@@ -36,7 +36,7 @@ constexpr uint32_t kFitThreads = 512;
 
 // LayerStep: per-channel terms of the pooled variance and range (quant.cpp fit_layer_step).
 struct ChanTerms {
-  double var, up, down;
+  double var, range;
 };
 
 // Table fit result of one group (then `channels` bytes of channel -> cluster).
@@ -93,11 +93,7 @@ __global__ void channel_stats(const GroupDev* groups, const uint32_t* ids, uint3
   const ChannelFit f = channel_fit(sum, sum_sq, lo, hi, g.tokens, g.param);
   g.channel_offset[c] = f.offset;
   if (g.kind == Quantizer::ChannelStep) g.channel_scale[c] = f.step;
-  if (g.terms) {
-    const double o = f16_to_f32(f.offset), mean = sum / g.tokens;
-    const double v = sum_sq / g.tokens - 2 * o * mean + o * o;
-    g.terms[c] = {0.0 < v ? v : 0.0, hi - o, o - lo};
-  }
+  if (g.terms) g.terms[c] = {f.var, f.range};
 }
 
 // LayerStep: one step from the pooled terms, summed in channel order as the CPU does.
@@ -113,16 +109,11 @@ __global__ void __launch_bounds__(1024) layer_step(const GroupDev* groups, const
     if (threadIdx.x == 0)
       for (uint32_t i = 0; i < n; ++i) {
         var += tile[i].var;
-        range = range < tile[i].up ? tile[i].up : range;
-        range = range < tile[i].down ? tile[i].down : range;
+        range = range < tile[i].range ? tile[i].range : range;
       }
     __syncthreads();
   }
-  if (threadIdx.x == 0) {
-    const float by_rms = mul_rn(g.param, (float)sqrt(var / g.channels));
-    const float by_range = __fdiv_rn((float)range, (float)kMaxSymbol);
-    step = step_to_f16(by_rms < by_range ? by_range : by_rms);
-  }
+  if (threadIdx.x == 0) step = spread_step(g.param, var / g.channels, range);
   __syncthreads();
   for (uint32_t c = threadIdx.x; c < g.channels; c += blockDim.x) g.channel_scale[c] = step;
 }
