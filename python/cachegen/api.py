@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,6 @@ from .tensors import (
     LAYOUT_NAMES,
     LAYOUTS,
     KVViews,
-    _empty,
     allocate,
     check_writable,
     current_stream,
@@ -24,6 +24,7 @@ from .tensors import (
     device_bytes,
     device_of,
     dtype_name,
+    empty,
     is_device_blob,
     is_torch,
     views,
@@ -156,7 +157,7 @@ def encode(
     held: list[Any] = []
 
     def alloc(n: int) -> int:
-        held.append(_empty((n,), "uint8", v.framework, v.device))
+        held.append(empty((n,), "uint8", v.framework, v.device))
         return device_address(held[0])
 
     _core.encode_cuda(*args, v.device, stream, _threads(threads), alloc)
@@ -188,7 +189,7 @@ def quantize(
     v = views(kv)
     raw = _core.quantize(_specs(v, _config(level, config)), _threads(threads))
     out = []
-    for g, (sym, a, b, o) in zip(v.groups, raw, strict=False):
+    for g, (sym, a, b, o) in zip(v.groups, raw, strict=True):
         out.append(
             QuantizedGroup(
                 np.frombuffer(sym, np.int8).reshape(g.tokens, g.heads * g.head_dim),
@@ -260,11 +261,18 @@ def inspect(blob: Any) -> BlobInfo:
     return _info(_parse(blob))
 
 
-def _require_cuda() -> None:
+@functools.cache
+def _cuda_status() -> tuple[bool, bool]:
+    """(compiled, usable): asked of the driver once per process, not on every GPU call."""
     info = _core.build_info()
-    if not info["cuda_compiled"]:
+    return info["cuda_compiled"], info["cuda_available"]
+
+
+def _require_cuda() -> None:
+    compiled, available = _cuda_status()
+    if not compiled:
         raise RuntimeError("cachegen was built without CUDA (build with CACHEGEN_CUDA=ON)")
-    if not info["cuda_available"]:
+    if not available:
         raise RuntimeError("no usable CUDA device")
 
 

@@ -10,6 +10,7 @@ answer (teacher forced): mean KL of next-token distributions and top-1 agreement
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -137,15 +138,17 @@ class Demo:
     def save(self, store: FileStore, kv: list) -> dict[int, float]:
         """Store the context at every level; measure each level's KL on the whole context."""
         levels = list(cachegen.LEVELS)
+        save = functools.partial(
+            save_context,
+            store,
+            MODEL_ID,
+            self.ids.numpy(),
+            kv,
+            levels=levels,
+            chunk_tokens=self.opts.chunk_tokens,
+        )
         with self.progress("encoding and storing every level", total=None):
-            ctx = save_context(
-                store,
-                MODEL_ID,
-                self.ids.numpy(),
-                kv,
-                levels=levels,
-                chunk_tokens=self.opts.chunk_tokens,
-            )
+            ctx = save()
         kl: dict[int, float] = {}
         with self.progress("measuring each level's quality", total=len(levels)) as bar:
             for lv in levels:
@@ -155,15 +158,7 @@ class Demo:
                 kl[lv] = self.quality(self.engine.finish())[0]
                 bar.update(1)
         # Rewrite the manifest with the ladder's measured quality (chunks are reused).
-        save_context(
-            store,
-            MODEL_ID,
-            self.ids.numpy(),
-            kv,
-            levels=levels,
-            chunk_tokens=self.opts.chunk_tokens,
-            quality={"kl": {str(lv): v for lv, v in kl.items()}},
-        )
+        save(quality={"kl": {str(lv): v for lv, v in kl.items()}})
         return kl
 
     def strategies(self, chunks: int) -> dict[str, Any]:

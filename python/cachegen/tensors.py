@@ -226,7 +226,8 @@ def current_stream(framework: str, device: int) -> int:
         return cupy.cuda.get_current_stream().ptr
 
 
-def _empty(shape: tuple[int, ...], dtype: str, framework: str, device: int | None) -> Any:
+def empty(shape: tuple[int, ...], dtype: str, framework: str, device: int | None) -> Any:
+    """An uninitialized array of `framework` ("numpy", "torch", "cupy") on `device` (None: host)."""
     if framework == "torch":
         import torch
 
@@ -258,9 +259,9 @@ def allocate(
     """An uninitialized KV cache of the given per-group (tokens, heads, head_dim) shapes, in
     host memory or on CUDA `device`."""
     if layout == "stacked":
-        return _empty((len(shapes) // 2, 2, *shapes[0]), dtype, framework, device)
+        return empty((len(shapes) // 2, 2, *shapes[0]), dtype, framework, device)
     return [
-        tuple(_empty((1, h, t, d), dtype, framework, device) for t, h, d in shapes[i : i + 2])
+        tuple(empty((1, h, t, d), dtype, framework, device) for t, h, d in shapes[i : i + 2])
         for i in range(0, len(shapes), 2)
     ]
 

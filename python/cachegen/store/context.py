@@ -226,12 +226,7 @@ def save_context(
             f.result()
 
     manifest = {
-        "kind": "cachegen.context",
-        "schema": MANIFEST_SCHEMA,
-        "model_id": model_id,
-        "codec_version": version,
-        "chunk_tokens": chunk_tokens,
-        "num_tokens": len(tokens),
+        **_manifest_identity(model_id, version, chunk_tokens, len(tokens)),
         "levels": levels,
         "created": time.time(),
         "quality": quality,
@@ -239,6 +234,18 @@ def save_context(
     }
     store.put(manifest_key(hashes[-1]), seal(manifest))  # the commit point: last, one atomic put
     return Context(store, model_id, version, chunk_tokens, len(tokens), chunks, True, quality)
+
+
+def _manifest_identity(model_id: str, version: int, chunk_tokens: int, n: int) -> dict[str, Any]:
+    """The manifest fields that say which context it describes (written, then checked on open)."""
+    return {
+        "kind": "cachegen.context",
+        "schema": MANIFEST_SCHEMA,
+        "model_id": model_id,
+        "codec_version": version,
+        "chunk_tokens": chunk_tokens,
+        "num_tokens": n,
+    }
 
 
 def _chunk_objects(
@@ -252,11 +259,13 @@ def _chunk_objects(
 ) -> tuple[ChunkInfo, dict[str, bytes]]:
     """The chunk's entry (keeping levels an earlier writer stored) and the objects to put."""
     packed = zstandard.ZstdCompressor(level=3).compress(tokens.tobytes())
-    tok = ObjectRef(tokens_key(chunk_hash, checksum(packed)), len(packed), checksum(packed))
+    tok_sum = checksum(packed)
+    tok = ObjectRef(tokens_key(chunk_hash, tok_sum), len(packed), tok_sum)
     refs = dict(old.levels) if old is not None else {}
     objects = {tok.key: packed}
     for lv, blob in blobs.items():
-        ref = ObjectRef(level_key(chunk_hash, lv, checksum(blob)), len(blob), checksum(blob))
+        blob_sum = checksum(blob)  # hashes the whole blob: once
+        ref = ObjectRef(level_key(chunk_hash, lv, blob_sum), len(blob), blob_sum)
         refs[lv] = ref
         objects[ref.key] = blob
     return ChunkInfo(index, chunk_hash, start, stop, tok, dict(sorted(refs.items()))), objects
@@ -289,14 +298,7 @@ def open_context(
             ) from None
         return Context(store, model_id, version, chunk_tokens, len(tokens), chunks, False)
     body = unseal(key, raw)
-    expect = {
-        "kind": "cachegen.context",
-        "schema": MANIFEST_SCHEMA,
-        "model_id": model_id,
-        "codec_version": version,
-        "chunk_tokens": chunk_tokens,
-        "num_tokens": len(tokens),
-    }
+    expect = _manifest_identity(model_id, version, chunk_tokens, len(tokens))
     if any(body.get(k) != v for k, v in expect.items()):
         raise ObjectCorrupted(key, "manifest does not describe this context")
     chunks = [ChunkInfo.from_json(key, c) for c in body.get("chunks", [])]
