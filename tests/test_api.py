@@ -129,6 +129,12 @@ def test_torch_tensor_requiring_grad_and_numpy_bf16_error():
     except ImportError:
         with pytest.raises(TypeError, match="ml_dtypes"):
             cachegen.decode(bf, framework="numpy")
+    else:
+        as_numpy = cachegen.decode(bf, framework="numpy")
+        assert as_numpy.dtype.name == "bfloat16"
+        np.testing.assert_array_equal(
+            as_numpy.view(np.uint16), cachegen.decode(bf).view(torch.int16).numpy().view(np.uint16)
+        )
 
 
 def test_build_info():
