@@ -14,6 +14,7 @@ from .config import DEFAULT_LEVEL, QUANTIZER_NAMES, CodecConfig
 from .tensors import (
     DTYPE_CODES,
     DTYPE_NAMES,
+    DTYPE_SIZES,
     LAYOUT_NAMES,
     LAYOUTS,
     KVViews,
@@ -365,7 +366,7 @@ def decode(
             or (gpu_only and gpu is None)
         ):
             raise ValueError(f"framework {fw!r} does not fit device {device!r}")
-        nbytes = info.elements * (4 if name == "float32" else 2)
+        nbytes = info.elements * DTYPE_SIZES[name]
         if nbytes > max_output_bytes:
             raise FormatError(f"blob decodes to {nbytes} bytes, over max_output_bytes")
         out = allocate(info.layout, shapes, name, fw, gpu)

@@ -16,6 +16,7 @@ import numpy as np
 
 DTYPE_CODES: dict[str, int] = {"float16": 1, "bfloat16": 2, "float32": 3}
 DTYPE_NAMES = {v: k for k, v in DTYPE_CODES.items()}
+DTYPE_SIZES: dict[str, int] = {"float16": 2, "bfloat16": 2, "float32": 4}
 LAYOUTS: dict[str, int] = {"stacked": 0, "pairs": 1}
 LAYOUT_NAMES = {v: k for k, v in LAYOUTS.items()}
 
@@ -87,7 +88,7 @@ def _cuda_array(x: Any) -> tuple[int, tuple[int, ...], tuple[int, ...], str]:
     if cai["typestr"] not in _CAI_DTYPES:
         raise TypeError(f"unsupported CUDA array dtype {cai['typestr']!r}; use float16 or float32")
     name = _CAI_DTYPES[cai["typestr"]]
-    item = 4 if name == "float32" else 2
+    item = DTYPE_SIZES[name]
     shape = tuple(cai["shape"])
     strides = cai.get("strides")
     if strides is None:  # C-contiguous
@@ -116,20 +117,22 @@ def _raw(x: Any) -> tuple[int, tuple[int, ...], tuple[int, ...], str]:
     raise TypeError(f"expected a numpy array, torch tensor or CUDA array, got {type(x).__name__}")
 
 
-def _group(address: int, dtype: str, item: int, shape, strides, offset: int = 0) -> GroupView:
+def _group(address: int, dtype: str, shape, strides, offset: int = 0) -> GroupView:
+    """The view of (token, head, dim) `shape` at `offset` elements past `address`."""
     tokens, heads, dim = shape
     if min(shape) < 1:
         raise ValueError(f"every KV tensor needs >= 1 token, head and dim, got shape {shape}")
-    return GroupView(address + offset * item, dtype, tokens, heads, dim, tuple(strides))
+    return GroupView(
+        address + offset * DTYPE_SIZES[dtype], dtype, tokens, heads, dim, tuple(strides)
+    )
 
 
 def _stacked_views(x: Any) -> tuple[str, list[GroupView]]:
     address, shape, st, dtype = _raw(x)
     if len(shape) != 5 or shape[1] != 2:
         raise ValueError(f"stacked KV must be [layers, 2, tokens, heads, head_dim], got {shape}")
-    item = 4 if dtype == "float32" else 2
     groups = [
-        _group(address, dtype, item, shape[2:], st[2:], layer * st[0] + kv * st[1])
+        _group(address, dtype, shape[2:], st[2:], layer * st[0] + kv * st[1])
         for layer in range(shape[0])
         for kv in range(2)
     ]
@@ -140,8 +143,7 @@ def _hf_view(x: Any, what: str) -> GroupView:
     address, shape, st, dtype = _raw(x)
     if len(shape) != 4 or shape[0] != 1:
         raise ValueError(f"{what} must be [1, kv_heads, tokens, head_dim], got {tuple(shape)}")
-    item = 4 if dtype == "float32" else 2
-    return _group(address, dtype, item, (shape[2], shape[1], shape[3]), (st[2], st[1], st[3]))
+    return _group(address, dtype, (shape[2], shape[1], shape[3]), (st[2], st[1], st[3]))
 
 
 def _pair_views(kv: Sequence) -> tuple[str, list[GroupView]]:
