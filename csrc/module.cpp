@@ -16,7 +16,8 @@ using namespace cachegen;
 
 namespace {
 
-using ViewTuple = std::tuple<uintptr_t, int, uint32_t, uint32_t, uint32_t, int64_t, int64_t, int64_t>;
+using ViewTuple =
+    std::tuple<uintptr_t, int, uint32_t, uint32_t, uint32_t, int64_t, int64_t, int64_t>;
 using SpecTuple = std::tuple<ViewTuple, int, float, uint32_t>;
 
 DType to_dtype(int code) {
@@ -125,8 +126,9 @@ py::object encode_to_bytes(F&& encode_fn) {
 }
 
 py::object encode_py(const std::vector<SpecTuple>& specs, int dtype, int layout, int level,
-                    uint32_t segment_symbols, uint32_t flags, int threads) {
-  const EncodeRequest req = make_request(specs, dtype, layout, level, segment_symbols, flags, threads);
+                     uint32_t segment_symbols, uint32_t flags, int threads) {
+  const EncodeRequest req =
+      make_request(specs, dtype, layout, level, segment_symbols, flags, threads);
   return encode_to_bytes([&](const BlobAllocator& alloc) { encode(req, alloc); });
 }
 
@@ -137,14 +139,19 @@ py::object encode_py(const std::vector<SpecTuple>& specs, int dtype, int layout,
 py::object encode_cuda_py(const std::vector<SpecTuple>& specs, int dtype, int layout, int level,
                           uint32_t segment_symbols, uint32_t flags, int device, uintptr_t stream,
                           int threads, py::object device_alloc) {
-  const EncodeRequest req = make_request(specs, dtype, layout, level, segment_symbols, flags, threads);
+  const EncodeRequest req =
+      make_request(specs, dtype, layout, level, segment_symbols, flags, threads);
   if (device_alloc.is_none())
-    return encode_to_bytes([&](const BlobAllocator& alloc) { cuda::encode(req, device, stream, alloc); });
+    return encode_to_bytes(
+        [&](const BlobAllocator& alloc) { cuda::encode(req, device, stream, alloc); });
   py::gil_scoped_release nogil;
-  cuda::encode(req, device, stream, [&](size_t n) {
-    py::gil_scoped_acquire gil;
-    return reinterpret_cast<uint8_t*>(device_alloc(n).cast<uintptr_t>());
-  }, true);
+  cuda::encode(
+      req, device, stream,
+      [&](size_t n) {
+        py::gil_scoped_acquire gil;
+        return reinterpret_cast<uint8_t*>(device_alloc(n).cast<uintptr_t>());
+      },
+      true);
   return py::none();
 }
 
@@ -159,7 +166,8 @@ struct DeviceParsed {
 DeviceParsed parse_device_py(uintptr_t address, size_t size, int device, uintptr_t stream) {
   py::gil_scoped_release nogil;
   DeviceParsed d{{}, address, size, device};
-  d.parsed = cuda::parse_device_blob(reinterpret_cast<const uint8_t*>(address), size, device, stream);
+  d.parsed =
+      cuda::parse_device_blob(reinterpret_cast<const uint8_t*>(address), size, device, stream);
   return d;
 }
 
@@ -177,10 +185,12 @@ py::dict timings_py(const std::string& which) {
 
 std::unique_ptr<cuda::DeviceBlob> to_device_py(const Blob& b, int device, uintptr_t stream) {
   py::gil_scoped_release nogil;
-  return std::make_unique<cuda::DeviceBlob>(b.parsed, b.data(), (size_t)b.info.size, device, stream);
+  return std::make_unique<cuda::DeviceBlob>(b.parsed, b.data(), (size_t)b.info.size, device,
+                                            stream);
 }
 
-void decode_cuda_py(const cuda::DeviceBlob& d, const std::vector<ViewTuple>& outs, uintptr_t stream) {
+void decode_cuda_py(const cuda::DeviceBlob& d, const std::vector<ViewTuple>& outs,
+                    uintptr_t stream) {
   std::vector<TensorView> views;
   for (const auto& o : outs) views.push_back(to_view(o));
   py::gil_scoped_release nogil;
@@ -271,8 +281,7 @@ PYBIND11_MODULE(_core, m) {
       .def("decode_into", &decode_py, py::arg("outs"), py::arg("threads") = 0)
       .def("entropy_stats", &stats_py, py::arg("threads") = 0);
   m.def("encode", &encode_py, py::arg("specs"), py::arg("dtype"), py::arg("layout"),
-        py::arg("level"), py::arg("segment_symbols"), py::arg("flags") = 0,
-        py::arg("threads") = 0);
+        py::arg("level"), py::arg("segment_symbols"), py::arg("flags") = 0, py::arg("threads") = 0);
   m.def("quantize", &quantize_py, py::arg("specs"), py::arg("threads") = 0);
   m.def("build_info", &build_info_py);
 #ifdef CACHEGEN_WITH_CUDA

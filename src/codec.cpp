@@ -33,7 +33,8 @@ void check_spec(const GroupSpec& s, size_t index) {
   if (v.heads < 1 || v.heads > kMaxHeads) throw InputError(where + "head count out of range");
   if (v.head_dim < 1 || v.head_dim > kMaxHeadDim) throw InputError(where + "head dim out of range");
   if (v.channels() > kMaxChannels) throw InputError(where + "too many channels");
-  if (s.max_tables < 1 || s.max_tables > 255) throw InputError(where + "max_tables not in [1, 255]");
+  if (s.max_tables < 1 || s.max_tables > 255)
+    throw InputError(where + "max_tables not in [1, 255]");
 }
 
 uint32_t segment_tokens(uint32_t target_symbols, uint32_t channels) {
@@ -239,7 +240,8 @@ EntropyStats entropy_stats(const ParsedBlob& blob, const uint8_t* data, int thre
     std::vector<Histogram> hists(C, Histogram{});
     for (uint32_t t = 0; t < s.token_count; ++t, sym += C)
       for (uint32_t c = 0; c < C; ++c) hists[c][sym[c] + kSymbolBias]++;
-    for (uint32_t c = 0; c < C; ++c) bits[i] += code_length_bits(hists[c], ts.tables[ts.channel_table[c]]);
+    for (uint32_t c = 0; c < C; ++c)
+      bits[i] += code_length_bits(hists[c], ts.tables[ts.channel_table[c]]);
   });
   EntropyStats st;
   for (size_t i = 0; i < bits.size(); ++i) {

@@ -96,7 +96,6 @@ std::vector<uint8_t> side_bytes(const Group& g) {
   return out;
 }
 
-
 void write_desc(const Group& g, uint32_t side_len, uint64_t side_off, Writer& w) {
   const GroupDesc& d = g.desc;
   w.put(d.tokens);
@@ -186,8 +185,7 @@ uint32_t segment_count(uint32_t tokens, uint32_t seg_tokens) {
   return (uint32_t)(((uint64_t)tokens + seg_tokens - 1) / seg_tokens);
 }
 
-std::vector<uint8_t> blob_head(BlobHeader h, std::vector<EncodedGroup>& groups,
-                               uint64_t payload) {
+std::vector<uint8_t> blob_head(BlobHeader h, std::vector<EncodedGroup>& groups, uint64_t payload) {
   std::vector<std::vector<uint8_t>> sides;
   uint64_t side_total = 0;
   uint32_t segments = 0;
@@ -311,8 +309,8 @@ ParsedBlob parse_checked(const uint8_t* data, size_t size, bool verify) {
   const uint64_t ngroups = 2ull * h.num_layers;
   const uint64_t end = size - 4;
   if (side_off != kHeaderBytes + ngroups * kGroupDescBytes || side_off > index_off ||
-      index_off > end || index_off % 8 || payload_off != align8(index_off + 4ull * h.num_segments) ||
-      payload_off > end)
+      index_off > end || index_off % 8 ||
+      payload_off != align8(index_off + 4ull * h.num_segments) || payload_off > end)
     fail("section offsets inconsistent");
 
   Reader dr(data, kHeaderBytes, side_off);

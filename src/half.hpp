@@ -53,8 +53,8 @@ CG_HD uint16_t f32_to_f16(float f) {
   uint32_t ax = x & 0x7fffffffu;
   if (ax >= 0x7f800000u) return (uint16_t)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0));
   if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);  // rounds to >= 65520 -> inf
-  if (ax < 0x38800000u) {                                     // result is subnormal or zero
-    if (ax < 0x33000000u) return (uint16_t)sign;              // < 2^-25 rounds to 0
+  if (ax < 0x38800000u) {                                    // result is subnormal or zero
+    if (ax < 0x33000000u) return (uint16_t)sign;             // < 2^-25 rounds to 0
     uint32_t e = ax >> 23;
     uint32_t m = (ax & 0x7fffffu) | 0x800000u;
     uint32_t shift = 126 - e;  // 14..24 + ... aligns to 2^-24 units

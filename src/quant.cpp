@@ -84,7 +84,8 @@ void fit_layer_step(const ChannelStats& s, uint32_t tokens, float q, GroupQuant&
 // restrict: int8 stores may alias anything, which would otherwise block vectorization.
 void quantize_row(const float* __restrict x, float inv_a, const float* __restrict inv_b,
                   const float* __restrict o, int max_symbol, uint32_t n, int8_t* __restrict out) {
-  for (uint32_t c = 0; c < n; ++c) out[c] = (int8_t)quantize(x[c], mul_rn(inv_a, inv_b[c]), o[c], max_symbol);
+  for (uint32_t c = 0; c < n; ++c)
+    out[c] = (int8_t)quantize(x[c], mul_rn(inv_a, inv_b[c]), o[c], max_symbol);
 }
 
 uint8_t reference_max_symbol(float param) {
@@ -135,8 +136,10 @@ GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v) {
     const RowStats rs = row_stats(row.data(), C);
     g.token_scale.push_back(token_step(kind, param, g.max_symbol, rs.sum_sq, rs.absmax, C));
   }
-  if (kind == Quantizer::LayerStep) fit_layer_step(cs, T, param, g);
-  else if (!per_token) fit_channel_steps(cs, T, param, g);
+  if (kind == Quantizer::LayerStep)
+    fit_layer_step(cs, T, param, g);
+  else if (!per_token)
+    fit_channel_steps(cs, T, param, g);
   return g;
 }
 

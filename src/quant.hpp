@@ -30,7 +30,6 @@ inline bool valid_quantizer(uint8_t q) { return q >= 1 && q <= 4; }
 
 enum QuantFlags : uint8_t { kTokenScale = 1, kChannelScale = 2, kChannelOffset = 4 };
 
-
 // Operations that the compiler must neither fuse nor reorder, so CPU and GPU agree bit for bit.
 CG_HD float mul_rn(float a, float b) {
 #if defined(__CUDA_ARCH__)
@@ -83,8 +82,8 @@ CG_HD uint16_t spread_step(float param, double mean_square, double range) {
 }
 
 // Step of one token (TokenAbsmax, TokenStep) from its row's sum of squares and max |x|.
-CG_HD uint16_t token_step(Quantizer kind, float param, int max_symbol, double sum_sq,
-                          float absmax, uint32_t channels) {
+CG_HD uint16_t token_step(Quantizer kind, float param, int max_symbol, double sum_sq, float absmax,
+                          uint32_t channels) {
   if (kind == Quantizer::TokenAbsmax) return step_to_f16(absmax / max_symbol);
   return spread_step(param, sum_sq / channels, absmax);
 }
@@ -112,9 +111,9 @@ CG_HD ChannelFit channel_fit(double sum, double sum_sq, float lo, float hi, uint
 struct GroupQuant {
   uint8_t flags = 0;
   uint8_t max_symbol = kMaxSymbol;
-  std::vector<uint16_t> token_scale;    // tokens entries if kTokenScale
-  std::vector<uint16_t> channel_scale;  // channels entries if kChannelScale
-  std::vector<uint16_t> channel_offset; // channels entries if kChannelOffset
+  std::vector<uint16_t> token_scale;     // tokens entries if kTokenScale
+  std::vector<uint16_t> channel_scale;   // channels entries if kChannelScale
+  std::vector<uint16_t> channel_offset;  // channels entries if kChannelOffset
 };
 
 // Expanded fp32 parameters: a per token, b and o per channel, with 1/1/0 where absent.

@@ -46,7 +46,8 @@ struct SparseHists {
 
 double cross_bits(const SparseHists& sh, size_t c, const std::array<float, kAlphabet>& cost) {
   double bits = 0.0;
-  for (uint32_t e = sh.begin[c]; e < sh.begin[c + 1]; ++e) bits += sh.count[e] * (double)cost[sh.bin[e]];
+  for (uint32_t e = sh.begin[c]; e < sh.begin[c + 1]; ++e)
+    bits += sh.count[e] * (double)cost[sh.bin[e]];
   return bits;
 }
 
@@ -55,10 +56,12 @@ struct Clustering {
   double bits = 0.0;
 };
 
-std::vector<Histogram> merge(const SparseHists& sh, const std::vector<uint8_t>& assign, uint32_t k) {
+std::vector<Histogram> merge(const SparseHists& sh, const std::vector<uint8_t>& assign,
+                             uint32_t k) {
   std::vector<Histogram> merged(k, Histogram{});
   for (size_t c = 0; c < sh.channels(); ++c)
-    for (uint32_t e = sh.begin[c]; e < sh.begin[c + 1]; ++e) merged[assign[c]][sh.bin[e]] += sh.count[e];
+    for (uint32_t e = sh.begin[c]; e < sh.begin[c + 1]; ++e)
+      merged[assign[c]][sh.bin[e]] += sh.count[e];
   return merged;
 }
 

@@ -20,7 +20,7 @@ bool has_f16c() {
 
 // The F16C instructions round to nearest even, like f32_to_f16, so both paths agree bit for bit.
 __attribute__((target("avx,f16c"))) void f16_to_f32_f16c(const uint16_t* src, float* dst,
-                                                          uint32_t n) {
+                                                         uint32_t n) {
   uint32_t i = 0;
   for (; i + 8 <= n; i += 8)
     _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i*)(src + i))));
@@ -28,7 +28,7 @@ __attribute__((target("avx,f16c"))) void f16_to_f32_f16c(const uint16_t* src, fl
 }
 
 __attribute__((target("avx,f16c"))) void f32_to_f16_f16c(const float* src, uint16_t* dst,
-                                                          uint32_t n) {
+                                                         uint32_t n) {
   uint32_t i = 0;
   for (; i + 8 <= n; i += 8)
     _mm_storeu_si128((__m128i*)(dst + i),

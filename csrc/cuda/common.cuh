@@ -88,7 +88,8 @@ struct Work {
 
 // One group's segments cut into blocks, appended to `out`.
 inline void add_work(uint32_t first, uint32_t count, std::vector<Work>& out) {
-  for (uint32_t s = 0; s < count; s += kWarps) out.push_back({first + s, std::min<uint32_t>(kWarps, count - s)});
+  for (uint32_t s = 0; s < count; s += kWarps)
+    out.push_back({first + s, std::min<uint32_t>(kWarps, count - s)});
 }
 
 // A strided (token, head, dim) tensor in device memory, channel = head * head_dim + dim.

@@ -26,9 +26,9 @@ constexpr uint32_t kSharedTables = (48u << 10) / kTableBytes;  // fit the defaul
 
 // One group's decode state on the device (side data expanded to fp32).
 struct GroupDev {
-  const uint8_t* tables;       // num_tables * kTableBytes
-  const uint8_t* table_of;     // per channel
-  const float *a, *b, *o;      // per token, per channel, per channel
+  const uint8_t* tables;    // num_tables * kTableBytes
+  const uint8_t* table_of;  // per channel
+  const float *a, *b, *o;   // per token, per channel, per channel
   uint32_t channels, num_tables;
 };
 
@@ -91,7 +91,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     tables = reinterpret_cast<const uint8_t*>(smem);
   }
   const uint32_t warp = threadIdx.x / 32;
-  if (warp < w.count) decode_segment<D>(blob, segs[w.first_segment + warp], g, outs[gi], tables, bad);
+  if (warp < w.count)
+    decode_segment<D>(blob, segs[w.first_segment + warp], g, outs[gi], tables, bad);
 }
 
 // Decode tables built on the device from the parsed 12-bit frequencies (512 bytes per table
@@ -117,7 +118,8 @@ __global__ void __launch_bounds__(256) build_tables_kernel(const uint16_t* freqs
   __syncthreads();
   cum[i] = c;
   __syncthreads();
-  reinterpret_cast<uint32_t*>(table + rans::kProbScale)[i] = fi ? rans::dec_entry_base(i, fi, c) : 0;
+  reinterpret_cast<uint32_t*>(table + rans::kProbScale)[i] =
+      fi ? rans::dec_entry_base(i, fi, c) : 0;
   for (uint32_t w = i; w < rans::kProbScale / 4; w += blockDim.x) {
     uint32_t word = 0;
     for (uint32_t k = 0; k < 4; ++k) {
@@ -125,7 +127,10 @@ __global__ void __launch_bounds__(256) build_tables_kernel(const uint16_t* freqs
       uint32_t lo = 0, hi = kAlphabet - 1;  // largest j with cum[j] <= slot
       while (lo < hi) {
         const uint32_t mid = (lo + hi + 1) / 2;
-        if (cum[mid] <= slot) lo = mid; else hi = mid - 1;
+        if (cum[mid] <= slot)
+          lo = mid;
+        else
+          hi = mid - 1;
       }
       word |= lo << (8 * k);
     }
@@ -158,9 +163,9 @@ struct DeviceBlob::State {
   int device;
   cudaStream_t stream;  // blob memory is freed in order on it
   std::vector<GroupDesc> groups;
-  uint8_t* blob = nullptr;   // the blob's bytes
-  bool owned = true;         // false: the caller's device memory
-  uint8_t* arena = nullptr;  // segments, work lists, group descriptors, side data
+  uint8_t* blob = nullptr;        // the blob's bytes
+  bool owned = true;              // false: the caller's device memory
+  uint8_t* arena = nullptr;       // segments, work lists, group descriptors, side data
   uint8_t* tables_dev = nullptr;  // decode tables expanded on the device (in the arena)
   const SegmentDev* segs;
   const GroupDev* group_devs;
@@ -247,16 +252,16 @@ DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size,
     s.blob = const_cast<uint8_t*>(data);
     s.owned = false;
   } else {
-  CG_CUDA(cudaMallocAsync(&s.blob, size, st));
-  // Workers stage and queue the blob while this thread builds the decode plan.
-  uploader = std::thread([&] {
-    try {
-      CG_CUDA(cudaSetDevice(device));
-      staged.emplace(upload(s.blob, data, size, st, std::max(1, resolve_threads(0) - 1)));
-    } catch (...) {
-      upload_error = std::current_exception();
-    }
-  });
+    CG_CUDA(cudaMallocAsync(&s.blob, size, st));
+    // Workers stage and queue the blob while this thread builds the decode plan.
+    uploader = std::thread([&] {
+      try {
+        CG_CUDA(cudaSetDevice(device));
+        staged.emplace(upload(s.blob, data, size, st, std::max(1, resolve_threads(0) - 1)));
+      } catch (...) {
+        upload_error = std::current_exception();
+      }
+    });
   }
   // The plan uploads only compact data (segments, work lists, 12-bit frequencies, fp16 side
   // parameters, channel maps); decode tables and fp32 parameters are expanded on the device
@@ -268,90 +273,102 @@ DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size,
   std::vector<Work> work[2];
   std::vector<ParamJob> jobs;
   try {
-  const size_t ng = blob.groups.size();
-  size_t raw = blob.segments.size() * sizeof(SegmentDev) + ng * (sizeof(GroupDev) + sizeof(ParamJob) + 128);
-  for (const Group& g : blob.groups) {
-    total_tables += (uint32_t)g.tables.tables.size();
-    raw += g.tables.tables.size() * kAlphabet * 2 + g.tables.channel_table.size() +
-           2 * (g.quant.token_scale.size() + g.quant.channel_scale.size() + g.quant.channel_offset.size()) + 64;
-  }
-  raw += (blob.segments.size() / kWarps + 2 * ng) * sizeof(Work) + 64;
-  arena.reserve(raw);
-  {
-    SegmentDev* segs = arena.alloc<SegmentDev>(blob.segments.size(), segs_at);
-    for (size_t i = 0; i < blob.segments.size(); ++i) {
-      const Segment& g = blob.segments[i];
-      segs[i] = {g.offset, (uint32_t)((g.bytes - rans::kStateBytes) / 2), g.group, g.token_begin, g.token_count};
+    const size_t ng = blob.groups.size();
+    size_t raw = blob.segments.size() * sizeof(SegmentDev) +
+                 ng * (sizeof(GroupDev) + sizeof(ParamJob) + 128);
+    for (const Group& g : blob.groups) {
+      total_tables += (uint32_t)g.tables.tables.size();
+      raw += g.tables.tables.size() * kAlphabet * 2 + g.tables.channel_table.size() +
+             2 * (g.quant.token_scale.size() + g.quant.channel_scale.size() +
+                  g.quant.channel_offset.size()) +
+             64;
     }
-  }
-  {
-    uint16_t* freqs = arena.alloc<uint16_t>((size_t)total_tables * kAlphabet, freqs_at);
-    for (const Group& g : blob.groups)
-      for (const Table& t : g.tables.tables) {
-        std::memcpy(freqs, t.freq.data(), kAlphabet * sizeof(uint16_t));
-        freqs += kAlphabet;
+    raw += (blob.segments.size() / kWarps + 2 * ng) * sizeof(Work) + 64;
+    arena.reserve(raw);
+    {
+      SegmentDev* segs = arena.alloc<SegmentDev>(blob.segments.size(), segs_at);
+      for (size_t i = 0; i < blob.segments.size(); ++i) {
+        const Segment& g = blob.segments[i];
+        segs[i] = {g.offset, (uint32_t)((g.bytes - rans::kStateBytes) / 2), g.group, g.token_begin,
+                   g.token_count};
       }
-  }
-  // Device-only region: tables first (16-byte aligned, kTableBytes is a multiple of 16).
-  tables_dev = 0;
-  dev_bytes = (size_t)total_tables * kTableBytes;
-  auto dev_floats = [&](size_t n) {
-    const size_t at = dev_bytes;
-    dev_bytes = (dev_bytes + n * sizeof(float) + 15) & ~size_t{15};
-    return at;
-  };
-  std::vector<GroupDev> devs;
-  std::vector<size_t> at;  // per group: table index, map, a16, b16, o16, a, b, o offsets
-  uint32_t table_index = 0;
-  for (const Group& g : blob.groups) {
-    const GroupDesc& d = g.desc;
-    const GroupQuant& q = g.quant;
-    const uint32_t T = d.tokens, C = d.channels();
-    if ((q.flags & kTokenScale) && q.token_scale.size() != T) throw FormatError("token scale count mismatch");
-    if ((q.flags & kChannelScale) && q.channel_scale.size() != C) throw FormatError("channel scale count mismatch");
-    if ((q.flags & kChannelOffset) && q.channel_offset.size() != C) throw FormatError("channel offset count mismatch");
-    at.push_back(table_index);
-    at.push_back(arena.add(g.tables.channel_table));
-    at.push_back((q.flags & kTokenScale) ? arena.add(q.token_scale) : SIZE_MAX);
-    at.push_back((q.flags & kChannelScale) ? arena.add(q.channel_scale) : SIZE_MAX);
-    at.push_back((q.flags & kChannelOffset) ? arena.add(q.channel_offset) : SIZE_MAX);
-    at.push_back(dev_floats(T));
-    at.push_back(dev_floats(C));
-    at.push_back(dev_floats(C));
-    const uint32_t nt = (uint32_t)g.tables.tables.size();
-    table_index += nt;
-    const bool shared = nt <= kSharedTables;
-    add_work(d.first_segment, d.num_segments, work[shared ? 0 : 1]);
-    if (shared) s.shared_bytes = std::max(s.shared_bytes, nt * kTableBytes);
-    devs.push_back({nullptr, nullptr, nullptr, nullptr, nullptr, C, nt});
-    s.groups.push_back(d);
-  }
-  work_at[0] = arena.add(work[0]);
-  work_at[1] = arena.add(work[1]);
-  devs_at = arena.add(devs);  // pointers filled in once the arena has an address
-  jobs.resize(ng);
-  jobs_at = arena.add(jobs);
-  const size_t up = (arena.size() + 255) & ~size_t{255};
-  CG_CUDA(cudaMallocAsync(&s.arena, up + dev_bytes, st));
-  uint8_t* dev = s.arena + up;
-  auto dev16 = [&](size_t off) {
-    return off == SIZE_MAX ? nullptr : reinterpret_cast<const uint16_t*>(s.arena + off);
-  };
-  for (size_t i = 0; i < ng; ++i) {
-    const size_t* o = &at[8 * i];
-    GroupDev& g = devs[i];
-    g.tables = dev + tables_dev + o[0] * kTableBytes;
-    g.table_of = s.arena + o[1];
-    g.a = reinterpret_cast<const float*>(dev + o[5]);
-    g.b = reinterpret_cast<const float*>(dev + o[6]);
-    g.o = reinterpret_cast<const float*>(dev + o[7]);
-    jobs[i] = {dev16(o[2]), dev16(o[3]), dev16(o[4]), reinterpret_cast<float*>(dev + o[5]),
-               reinterpret_cast<float*>(dev + o[6]), reinterpret_cast<float*>(dev + o[7]),
-               blob.groups[i].desc.tokens, blob.groups[i].desc.channels()};
-  }
-  arena.overwrite(devs_at, devs);
-  arena.overwrite(jobs_at, jobs);
-  s.tables_dev = dev + tables_dev;
+    }
+    {
+      uint16_t* freqs = arena.alloc<uint16_t>((size_t)total_tables * kAlphabet, freqs_at);
+      for (const Group& g : blob.groups)
+        for (const Table& t : g.tables.tables) {
+          std::memcpy(freqs, t.freq.data(), kAlphabet * sizeof(uint16_t));
+          freqs += kAlphabet;
+        }
+    }
+    // Device-only region: tables first (16-byte aligned, kTableBytes is a multiple of 16).
+    tables_dev = 0;
+    dev_bytes = (size_t)total_tables * kTableBytes;
+    auto dev_floats = [&](size_t n) {
+      const size_t at = dev_bytes;
+      dev_bytes = (dev_bytes + n * sizeof(float) + 15) & ~size_t{15};
+      return at;
+    };
+    std::vector<GroupDev> devs;
+    std::vector<size_t> at;  // per group: table index, map, a16, b16, o16, a, b, o offsets
+    uint32_t table_index = 0;
+    for (const Group& g : blob.groups) {
+      const GroupDesc& d = g.desc;
+      const GroupQuant& q = g.quant;
+      const uint32_t T = d.tokens, C = d.channels();
+      if ((q.flags & kTokenScale) && q.token_scale.size() != T)
+        throw FormatError("token scale count mismatch");
+      if ((q.flags & kChannelScale) && q.channel_scale.size() != C)
+        throw FormatError("channel scale count mismatch");
+      if ((q.flags & kChannelOffset) && q.channel_offset.size() != C)
+        throw FormatError("channel offset count mismatch");
+      at.push_back(table_index);
+      at.push_back(arena.add(g.tables.channel_table));
+      at.push_back((q.flags & kTokenScale) ? arena.add(q.token_scale) : SIZE_MAX);
+      at.push_back((q.flags & kChannelScale) ? arena.add(q.channel_scale) : SIZE_MAX);
+      at.push_back((q.flags & kChannelOffset) ? arena.add(q.channel_offset) : SIZE_MAX);
+      at.push_back(dev_floats(T));
+      at.push_back(dev_floats(C));
+      at.push_back(dev_floats(C));
+      const uint32_t nt = (uint32_t)g.tables.tables.size();
+      table_index += nt;
+      const bool shared = nt <= kSharedTables;
+      add_work(d.first_segment, d.num_segments, work[shared ? 0 : 1]);
+      if (shared) s.shared_bytes = std::max(s.shared_bytes, nt * kTableBytes);
+      devs.push_back({nullptr, nullptr, nullptr, nullptr, nullptr, C, nt});
+      s.groups.push_back(d);
+    }
+    work_at[0] = arena.add(work[0]);
+    work_at[1] = arena.add(work[1]);
+    devs_at = arena.add(devs);  // pointers filled in once the arena has an address
+    jobs.resize(ng);
+    jobs_at = arena.add(jobs);
+    const size_t up = (arena.size() + 255) & ~size_t{255};
+    CG_CUDA(cudaMallocAsync(&s.arena, up + dev_bytes, st));
+    uint8_t* dev = s.arena + up;
+    auto dev16 = [&](size_t off) {
+      return off == SIZE_MAX ? nullptr : reinterpret_cast<const uint16_t*>(s.arena + off);
+    };
+    for (size_t i = 0; i < ng; ++i) {
+      const size_t* o = &at[8 * i];
+      GroupDev& g = devs[i];
+      g.tables = dev + tables_dev + o[0] * kTableBytes;
+      g.table_of = s.arena + o[1];
+      g.a = reinterpret_cast<const float*>(dev + o[5]);
+      g.b = reinterpret_cast<const float*>(dev + o[6]);
+      g.o = reinterpret_cast<const float*>(dev + o[7]);
+      jobs[i] = {dev16(o[2]),
+                 dev16(o[3]),
+                 dev16(o[4]),
+                 reinterpret_cast<float*>(dev + o[5]),
+                 reinterpret_cast<float*>(dev + o[6]),
+                 reinterpret_cast<float*>(dev + o[7]),
+                 blob.groups[i].desc.tokens,
+                 blob.groups[i].desc.channels()};
+    }
+    arena.overwrite(devs_at, devs);
+    arena.overwrite(jobs_at, jobs);
+    s.tables_dev = dev + tables_dev;
   } catch (...) {
     plan_error = std::current_exception();
   }
@@ -451,7 +468,8 @@ ParsedBlob parse_device_blob(const uint8_t* data, size_t size, int device, uintp
   {
     Pinned stage(first + 4);
     if (first) CG_CUDA(cudaMemcpyAsync(stage.get(), data, first, cudaMemcpyDeviceToHost, st));
-    if (trailer) CG_CUDA(cudaMemcpyAsync(stage.get() + first, data + size - 4, 4, cudaMemcpyDeviceToHost, st));
+    if (trailer)
+      CG_CUDA(cudaMemcpyAsync(stage.get() + first, data + size - 4, 4, cudaMemcpyDeviceToHost, st));
     CG_CUDA(cudaStreamSynchronize(st));
     std::memcpy(shadow, stage.get(), first);
     if (trailer) std::memcpy(shadow + size - 4, stage.get() + first, 4);
@@ -518,8 +536,8 @@ void DeviceBlob::decode_into(const std::vector<TensorView>& outs, uintptr_t stre
       decode_kernel<D, true><<<s.blocks[0], kWarps * 32, s.shared_bytes, st>>>(
           s.blob, s.segs, s.work[0], s.group_devs, v, bad);
     if (s.blocks[1])
-      decode_kernel<D, false><<<s.blocks[1], kWarps * 32, 0, st>>>(s.blob, s.segs, s.work[1],
-                                                                    s.group_devs, v, bad);
+      decode_kernel<D, false>
+          <<<s.blocks[1], kWarps * 32, 0, st>>>(s.blob, s.segs, s.work[1], s.group_devs, v, bad);
   });
   CG_CUDA(cudaGetLastError());
   const Pinned corrupt_host(4);
@@ -533,7 +551,8 @@ void DeviceBlob::decode_into(const std::vector<TensorView>& outs, uintptr_t stre
   uint32_t corrupt;
   std::memcpy(&corrupt, corrupt_host.get(), 4);
   if (corrupt)
-    throw FormatError(std::to_string(corrupt) + " segment payload(s) corrupt (rANS stream did not close)");
+    throw FormatError(std::to_string(corrupt) +
+                      " segment payload(s) corrupt (rANS stream did not close)");
 }
 
 }  // namespace cachegen::cuda

@@ -118,7 +118,8 @@ Pinned upload(uint8_t* dst, const uint8_t* src, size_t n, cudaStream_t st, int t
   parallel_for(chunks, threads, [&](size_t i) {
     const size_t off = i * kChunk, len = std::min(kChunk, n - off);
     std::memcpy(stage.get() + off, src + off, len);
-    const cudaError_t e = cudaMemcpyAsync(dst + off, stage.get() + off, len, cudaMemcpyHostToDevice, st);
+    const cudaError_t e =
+        cudaMemcpyAsync(dst + off, stage.get() + off, len, cudaMemcpyHostToDevice, st);
     if (e != cudaSuccess) err = e;
   });
   check((cudaError_t)err.load(), "cudaMemcpyAsync (upload)");
@@ -135,8 +136,8 @@ namespace {
 constexpr uint32_t kCrcChunk = 2048;
 constexpr uint32_t kCrcFan = 1024;
 
-__global__ void __launch_bounds__(256) crc_chunks(const uint8_t* data, uint64_t n, uint32_t* crc,
-                                                  uint64_t* len) {
+__global__ void __launch_bounds__(256)
+    crc_chunks(const uint8_t* data, uint64_t n, uint32_t* crc, uint64_t* len) {
   __shared__ uint32_t t[8][256];
   {
     const uint32_t i = threadIdx.x;
@@ -176,9 +177,9 @@ __global__ void __launch_bounds__(256) crc_chunks(const uint8_t* data, uint64_t 
 }
 
 // Block b combines entries [b * kCrcFan, ...) in order.
-__global__ void __launch_bounds__(kCrcFan) crc_tree(const uint32_t* crc, const uint64_t* len,
-                                                    uint64_t n, CrcPowers pw, uint32_t* out_crc,
-                                                    uint64_t* out_len) {
+__global__ void __launch_bounds__(kCrcFan)
+    crc_tree(const uint32_t* crc, const uint64_t* len, uint64_t n, CrcPowers pw, uint32_t* out_crc,
+             uint64_t* out_len) {
   __shared__ uint32_t c[kCrcFan];
   __shared__ uint64_t l[kCrcFan];
   const uint64_t i = (uint64_t)blockIdx.x * kCrcFan + threadIdx.x;

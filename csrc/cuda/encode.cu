@@ -9,12 +9,12 @@
 // Every step reproduces the CPU encoder's arithmetic, so the blob is byte-identical. The table
 // fit guards its one inexact step (log2): if a cost could round differently from the host's, or
 // a group is outside the GPU fit's limits, that group's tables are fitted on the host instead.
+#include <cuda_fp16.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <optional>
-
-#include <cuda_fp16.h>
 
 #include "common.cuh"
 #include "crc32c.hpp"
@@ -281,8 +281,8 @@ __device__ float guarded_cost(uint32_t count, double total, uint32_t* unsafe) {
   return f;
 }
 
-__global__ void __launch_bounds__(kFitThreads) fit_tables_kernel(const GroupDev* groups,
-                                                                 const uint32_t* ids) {
+__global__ void __launch_bounds__(kFitThreads)
+    fit_tables_kernel(const GroupDev* groups, const uint32_t* ids) {
   extern __shared__ uint4 smem[];
   __shared__ uint32_t all[kAlphabet];
   __shared__ double totals[kFitMaxK], s_bits;
@@ -477,8 +477,8 @@ __global__ void __launch_bounds__(kWarps * 32)
 }
 
 // Exclusive prefix sum of the segment sizes into offsets[0..n], offsets[n] = total. One block.
-__global__ void __launch_bounds__(1024) scan_sizes(const uint32_t* sizes, uint32_t n,
-                                                   uint64_t* offsets) {
+__global__ void __launch_bounds__(1024)
+    scan_sizes(const uint32_t* sizes, uint32_t n, uint64_t* offsets) {
   __shared__ uint64_t part[1024];
   const uint32_t per = (n + 1023) / 1024, b = threadIdx.x * per, e = min(b + per, n);
   uint64_t sum = 0;
@@ -506,7 +506,8 @@ __global__ void compact(const SegmentDev* segs, const GroupDev* groups, const ui
   const uint16_t* words = states + rans::kStateBytes / 2 + (n - nwords);
   uint16_t* dst = reinterpret_cast<uint16_t*>(payload + dst_offset[blockIdx.x]);
   for (uint32_t i = threadIdx.x; i < rans::kStateBytes / 2; i += blockDim.x) dst[i] = states[i];
-  for (uint32_t i = threadIdx.x; i < nwords; i += blockDim.x) dst[rans::kStateBytes / 2 + i] = words[i];
+  for (uint32_t i = threadIdx.x; i < nwords; i += blockDim.x)
+    dst[rans::kStateBytes / 2 + i] = words[i];
 }
 
 // The blob's CRC from the head's (host) and the payload's (device), stored as the trailer.
@@ -612,13 +613,14 @@ void encode(const EncodeRequest& req, int device, uintptr_t stream, const BlobAl
     const GroupSpec& s = req.groups[i];
     const uint8_t fl = p.quant.flags;
     const uint32_t T = p.desc.tokens, C = p.desc.channels();
-    devs.push_back({to_view(s.view), T, C, s.quantizer, s.param, p.quant.max_symbol,
-                    fl & kTokenScale ? sc + p.token_scale : nullptr,
-                    fl & kChannelScale ? sc + p.channel_scale : nullptr,
-                    fl & kChannelOffset ? sc + p.channel_offset : nullptr,
-                    s.quantizer == Quantizer::LayerStep ? terms_buf.get<ChanTerms>() + p.terms : nullptr,
-                    symbols_buf.get<int8_t>() + p.symbols, hist_buf.get<uint32_t>() + p.hist,
-                    p.gpu_fit ? res + res_fit + p.fit : nullptr, s.max_tables, nullptr, nullptr, 0});
+    devs.push_back(
+        {to_view(s.view), T, C, s.quantizer, s.param, p.quant.max_symbol,
+         fl & kTokenScale ? sc + p.token_scale : nullptr,
+         fl & kChannelScale ? sc + p.channel_scale : nullptr,
+         fl & kChannelOffset ? sc + p.channel_offset : nullptr,
+         s.quantizer == Quantizer::LayerStep ? terms_buf.get<ChanTerms>() + p.terms : nullptr,
+         symbols_buf.get<int8_t>() + p.symbols, hist_buf.get<uint32_t>() + p.hist,
+         p.gpu_fit ? res + res_fit + p.fit : nullptr, s.max_tables, nullptr, nullptr, 0});
     if (fl & kTokenScale) {
       if (rows_fast_path(s.view, dtype, fl & kChannelOffset))
         row_ids.push_back((uint32_t)i), max_rt = std::max(max_rt, T);
@@ -635,7 +637,8 @@ void encode(const EncodeRequest& req, int device, uintptr_t stream, const BlobAl
   // ---- stage 1 (device): statistics, parameters, symbols, histograms, table fits
   Arena meta1;
   const size_t devs_at = meta1.add(devs);
-  const size_t tok_at = meta1.add(token_ids), row_at = meta1.add(row_ids), ch_at = meta1.add(channel_ids);
+  const size_t tok_at = meta1.add(token_ids), row_at = meta1.add(row_ids),
+               ch_at = meta1.add(channel_ids);
   const size_t lay_at = meta1.add(layer_ids), fit_at = meta1.add(fit_ids);
   DeviceBuffer meta1_buf(meta1.size() + 16, st);
   meta1.upload(meta1_buf.get(), st);
@@ -649,16 +652,20 @@ void encode(const EncodeRequest& req, int device, uintptr_t stream, const BlobAl
   CG_CUDA(cudaEventRecord(ev[0], st));
   with_dtype(dtype, [&]<DType D>() {
     if (!channel_ids.empty())
-      channel_stats<D><<<dim3(blocks(max_cc, 128), channel_ids.size()), 128, 0, st>>>(d1, ids(ch_at), bad);
+      channel_stats<D>
+          <<<dim3(blocks(max_cc, 128), channel_ids.size()), 128, 0, st>>>(d1, ids(ch_at), bad);
     if (!layer_ids.empty()) layer_step<<<layer_ids.size(), 1024, 0, st>>>(d1, ids(lay_at));
     if (!token_ids.empty())
-      token_stats<D><<<dim3(blocks(max_tt, 32), token_ids.size()), 256, 0, st>>>(d1, ids(tok_at), bad);
+      token_stats<D>
+          <<<dim3(blocks(max_tt, 32), token_ids.size()), 256, 0, st>>>(d1, ids(tok_at), bad);
     if constexpr (D != DType::F32)
       if (!row_ids.empty())
-        token_stats_rows<D><<<dim3(blocks(max_rt, 32 * kRowWarps), row_ids.size()), 32 * kRowWarps, 0, st>>>(
-            d1, ids(row_at), bad);
+        token_stats_rows<D>
+            <<<dim3(blocks(max_rt, 32 * kRowWarps), row_ids.size()), 32 * kRowWarps, 0, st>>>(
+                d1, ids(row_at), bad);
     CG_CUDA(cudaEventRecord(ev[1], st));
-    quantize_hist<D><<<dim3(blocks(max_t, kQuantTokens), blocks(max_c, 32), ngroups), 256, 0, st>>>(d1);
+    quantize_hist<D>
+        <<<dim3(blocks(max_t, kQuantTokens), blocks(max_c, 32), ngroups), 256, 0, st>>>(d1);
   });
   CG_CUDA(cudaEventRecord(ev[2], st));
   if (!fit_ids.empty()) {
@@ -676,7 +683,8 @@ void encode(const EncodeRequest& req, int device, uintptr_t stream, const BlobAl
   std::memcpy(&nonfinite, res_host.get() + res_bad, 4);
   timer.mark("quantize + fit tables (device)");
   const char* kernel_names[3] = {"  of which statistics + parameters (kernels)",
-                                 "  of which quantize + histograms (kernel)", "  of which table fit (kernel)"};
+                                 "  of which quantize + histograms (kernel)",
+                                 "  of which table fit (kernel)"};
   for (int k = 0; k < 3; ++k) {
     float ms = 0.0f;
     cudaEventElapsedTime(&ms, ev[k], ev[k + 1]);
@@ -696,7 +704,8 @@ void encode(const EncodeRequest& req, int device, uintptr_t stream, const BlobAl
     g.quant = p.quant;
     const auto* hs = reinterpret_cast<const uint16_t*>(res_host.get() + res_scales);
     const uint32_t T = p.desc.tokens, C = p.desc.channels();
-    if (p.quant.flags & kTokenScale) g.quant.token_scale.assign(hs + p.token_scale, hs + p.token_scale + T);
+    if (p.quant.flags & kTokenScale)
+      g.quant.token_scale.assign(hs + p.token_scale, hs + p.token_scale + T);
     if (p.quant.flags & kChannelScale)
       g.quant.channel_scale.assign(hs + p.channel_scale, hs + p.channel_scale + C);
     if (p.quant.flags & kChannelOffset)
@@ -760,18 +769,22 @@ void encode(const EncodeRequest& req, int device, uintptr_t stream, const BlobAl
     if (!work[k].empty()) {
       const auto* w = reinterpret_cast<const Work*>(meta2_buf.get() + work_at[k]);
       if (k == 0)
-        encode_kernel<true><<<work[k].size(), kWarps * 32, shared_bytes, st>>>(segs_dev, w, d2, buf.get(), sizes_dev);
+        encode_kernel<true><<<work[k].size(), kWarps * 32, shared_bytes, st>>>(
+            segs_dev, w, d2, buf.get(), sizes_dev);
       else
-        encode_kernel<false><<<work[k].size(), kWarps * 32, 0, st>>>(segs_dev, w, d2, buf.get(), sizes_dev);
+        encode_kernel<false>
+            <<<work[k].size(), kWarps * 32, 0, st>>>(segs_dev, w, d2, buf.get(), sizes_dev);
     }
   scan_sizes<<<1, 1024, 0, st>>>(sizes_dev, nseg, offsets_dev);
   CG_CUDA(cudaGetLastError());
   Pinned sizes_host(4 * nseg + 8);
   CG_CUDA(cudaMemcpyAsync(sizes_host.get(), sizes_dev, 4 * nseg, cudaMemcpyDeviceToHost, st));
-  CG_CUDA(cudaMemcpyAsync(sizes_host.get() + 4 * nseg, offsets_dev + nseg, 8, cudaMemcpyDeviceToHost, st));
+  CG_CUDA(cudaMemcpyAsync(sizes_host.get() + 4 * nseg, offsets_dev + nseg, 8,
+                          cudaMemcpyDeviceToHost, st));
   // The head meanwhile, on the host, with placeholder segment sizes: only the total and the
   // segment index depend on them, and they are patched in below.
-  for (size_t i = 0; i < ngroups; ++i) groups[i].segment_bytes.assign(plans[i].desc.num_segments, 0);
+  for (size_t i = 0; i < ngroups; ++i)
+    groups[i].segment_bytes.assign(plans[i].desc.num_segments, 0);
   std::vector<uint8_t> head = blob_head(blob_header(req), groups, 0);
   uint64_t index_off;
   std::memcpy(&index_off, head.data() + 40, 8);  // header: total at 8, index offset at 40
