@@ -52,7 +52,9 @@ class HFEngine:
         self._cache = DynamicCache(config=self.config)
 
     def append_kv(self, blob: bytes) -> None:
-        pairs = self._pairs(cachegen.decode(blob, framework="torch"))
+        # The core writes the model's dtype on the model's device: no conversion pass after.
+        kv = cachegen.decode(blob, framework="torch", dtype=self._dtype, device=str(self._device))
+        pairs = self._pairs(kv)
         cache = self._live()
         if len(pairs) != len(cache.layers):
             raise ValueError(f"blob has {len(pairs)} layers, the model {len(cache.layers)}")
@@ -64,17 +66,18 @@ class HFEngine:
         for i, (k, v) in enumerate(pairs):
             cache.update(k, v, i)
 
-    def _pairs(self, kv: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Decoded KV as per-layer ``[1, heads, tokens, dim]`` tensors of the model's dtype."""
+    @staticmethod
+    def _pairs(kv: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Decoded KV as per-layer ``[1, heads, tokens, dim]`` tensors."""
         import torch
 
-        if isinstance(kv, torch.Tensor):  # stacked [layers, 2, tokens, heads, dim]
-            kv = [(layer[0], layer[1]) for layer in kv]
-            kv = [(k.permute(1, 0, 2)[None], v.permute(1, 0, 2)[None]) for k, v in kv]
-        return [(self._fit(k), self._fit(v)) for k, v in kv]
-
-    def _fit(self, t: torch.Tensor) -> torch.Tensor:
-        return t.to(self._device, self._dtype).contiguous()
+        if not isinstance(kv, torch.Tensor):  # already per-layer pairs in that layout
+            return list(kv)
+        # stacked [layers, 2, tokens, heads, dim]
+        return [
+            (k.permute(1, 0, 2)[None].contiguous(), v.permute(1, 0, 2)[None].contiguous())
+            for k, v in kv
+        ]
 
     def append_text(self, token_ids: np.ndarray) -> None:
         import torch
