@@ -14,10 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import cachegen
-import kvdata
 import numpy as np
 import pytest
+
+import cachegen
+import kvdata
 import throughput
 import torchac_ref
 

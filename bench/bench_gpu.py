@@ -17,8 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-import cachegen
 import torch
+
+import cachegen
 from cachegen import _core
 
 LAYERS, HEADS, DIM, TOKENS = 32, 8, 128, 8192

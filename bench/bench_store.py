@@ -26,9 +26,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
+
 import cachegen
 import cachegen.store
-import numpy as np
 from cachegen.store import Store, open_context, save_context
 
 MiB = 1 << 20

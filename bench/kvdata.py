@@ -59,6 +59,7 @@ def real_text_ids(tokenizer: object, tokens: int = TOKENS) -> np.ndarray:
 def _prefill_real(tokens: int) -> np.ndarray:
     """Load SmolLM2 (``kvquality.model``), prefill ``tokens`` real tokens, stack the KV."""
     import torch
+
     from kvquality.model import load_model, prefill
 
     lm = load_model()

@@ -27,9 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import cachegen
 import kvdata
-import numpy as np
 import torchac_ref
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -216,6 +217,7 @@ def bench_cache(
 def machine() -> dict[str, Any]:
     """Where the numbers were taken."""
     import torch
+
     from kvquality.report import cpu_model, git_commit
 
     return {

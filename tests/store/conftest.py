@@ -13,10 +13,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import cachegen.store
 import pytest
-from cachegen.store import Store
 from store_servers import S3_CREDENTIALS, MotoServer, free_port, wait_until
+
+import cachegen.store
+from cachegen.store import Store
 
 BACKENDS = ["memory", "file", "s3", "redis"]
 

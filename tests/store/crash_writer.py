@@ -7,8 +7,9 @@ import json
 import sys
 import time
 
-import cachegen.store
 import numpy as np
+
+import cachegen.store
 from cachegen.store import save_context
 
 

@@ -7,6 +7,7 @@ import os
 import threading
 
 import pytest
+
 from cachegen.store import InvalidKey, ObjectMissing, Store, StoreError
 
 

@@ -6,10 +6,11 @@ import json
 import subprocess
 import sys
 
-import cachegen
 import numpy as np
 import pytest
 import torch
+
+import cachegen
 from cachegen.store import (
     ContextMissing,
     ObjectCorrupted,

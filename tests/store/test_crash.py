@@ -12,9 +12,11 @@ import threading
 import time
 from pathlib import Path
 
-import cachegen.store
 import numpy as np
 import pytest
+from store_servers import S3_CREDENTIALS, MotoServer
+
+import cachegen.store
 from cachegen.store import (
     Context,
     ContextMissing,
@@ -23,7 +25,6 @@ from cachegen.store import (
     open_context,
     save_context,
 )
-from store_servers import S3_CREDENTIALS, MotoServer
 
 WRITER = Path(__file__).with_name("crash_writer.py")
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cachegen.store
 import pytest
+from store_servers import S3_CREDENTIALS, MotoServer, free_port
+
+import cachegen.store
 from cachegen.store import (
     CachedStore,
     FileStore,
@@ -13,7 +15,6 @@ from cachegen.store import (
     StoreError,
     StoreUnavailable,
 )
-from store_servers import S3_CREDENTIALS, MotoServer, free_port
 
 AWS_ENV = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"]
 
