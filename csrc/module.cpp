@@ -18,7 +18,9 @@ namespace {
 
 using ViewTuple =
     std::tuple<uintptr_t, int, uint32_t, uint32_t, uint32_t, int64_t, int64_t, int64_t>;
-using SpecTuple = std::tuple<ViewTuple, int, float, uint32_t>;
+// (view, quantizer, param, max_tables, token step weights, channel step weights); empty = none.
+using SpecTuple =
+    std::tuple<ViewTuple, int, float, uint32_t, std::vector<float>, std::vector<float>>;
 
 DType to_dtype(int code) {
   if (!valid_dtype((uint8_t)code)) throw InputError("unknown dtype code " + std::to_string(code));
@@ -91,9 +93,10 @@ py::dict blob_info(const Blob& b) { return parsed_info(b.parsed, (size_t)b.info.
 EncodeRequest make_request(const std::vector<SpecTuple>& specs, int dtype, int layout, int level,
                            uint32_t segment_symbols, uint32_t flags, int threads) {
   EncodeRequest req;
-  for (const auto& [view, quantizer, param, max_tables] : specs) {
+  for (const auto& [view, quantizer, param, max_tables, token_w, channel_w] : specs) {
     if (!valid_quantizer((uint8_t)quantizer)) throw InputError("unknown quantizer id");
-    req.groups.push_back({to_view(view), (Quantizer)quantizer, param, max_tables});
+    req.groups.push_back(
+        {to_view(view), (Quantizer)quantizer, param, max_tables, {token_w, channel_w}});
   }
   req.dtype = to_dtype(dtype);
   if (layout < 0 || layout > 1) throw InputError("unknown layout");

@@ -48,7 +48,7 @@ Group fit_group(const GroupSpec& s, uint32_t segment_symbols, int8_t* symbols) {
   const uint32_t T = v.tokens, C = v.channels();
   Group g;
   g.desc = plan_group(s, segment_symbols);
-  g.quant = fit_quantizer(s.quantizer, s.param, v);
+  g.quant = fit_quantizer(s.quantizer, s.param, v, s.weights);
   std::vector<Histogram>& hists = scratch().hists;
   hists.assign(C, Histogram{});
   quantize_group(g.quant, expand_params(g.quant, T, C), v, symbols, hists[0].data());

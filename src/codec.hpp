@@ -15,6 +15,7 @@ struct GroupSpec {
   Quantizer quantizer = Quantizer::ChannelStep;
   float param = 0.5f;
   uint32_t max_tables = 8;
+  StepWeights weights;  // TokenStep only
 };
 
 struct EncodeRequest {

@@ -96,6 +96,14 @@ uint8_t reference_max_symbol(float param) {
   return (uint8_t)std::min(bins / 2 - 1 + (bins % 2), kMaxSymbol);
 }
 
+void check_weights(const std::vector<float>& w, size_t n, const char* what) {
+  if (w.empty()) return;
+  if (w.size() != n) throw InputError(std::string(what) + " weights: wrong count");
+  for (float x : w)
+    if (!(x >= kMinWeight && x <= kMaxWeight))
+      throw InputError(std::string(what) + " weights must be in [2^-14, 2^14]");
+}
+
 }  // namespace
 
 DequantParams expand_params(const GroupQuant& q, uint32_t tokens, uint32_t channels) {
@@ -110,21 +118,31 @@ DequantParams expand_params(const GroupQuant& q, uint32_t tokens, uint32_t chann
   return p;
 }
 
-GroupQuant quantizer_layout(Quantizer kind, float param) {
+GroupQuant quantizer_layout(Quantizer kind, float param, const StepWeights& w, uint32_t tokens,
+                            uint32_t channels) {
   if (!std::isfinite(param) || param <= 0.0f) throw InputError("quantizer parameter must be > 0");
   if (!valid_quantizer((uint8_t)kind)) throw InputError("unknown quantizer id");
+  if (!w.empty() && kind != Quantizer::TokenStep)
+    throw InputError("step weights need the token-step quantizer");
+  check_weights(w.token, tokens, "token");
+  check_weights(w.channel, channels, "channel");
   GroupQuant g;
   if (kind == Quantizer::TokenAbsmax) g.max_symbol = reference_max_symbol(param);
   const bool per_token = kind == Quantizer::TokenAbsmax || kind == Quantizer::TokenStep;
   g.flags = per_token ? kTokenScale : (kChannelScale | kChannelOffset);
+  if (!w.channel.empty()) {  // stored as fp16 scales b; fits must use the stored values
+    g.flags |= kChannelScale;
+    for (float x : w.channel) g.channel_scale.push_back(f32_to_f16(x));
+  }
   return g;
 }
 
-GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v) {
+GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v, const StepWeights& w) {
   const uint32_t T = v.tokens, C = v.channels();
-  GroupQuant g = quantizer_layout(kind, param);
+  GroupQuant g = quantizer_layout(kind, param, w, T, C);
   const bool per_token = g.flags & kTokenScale;
-  std::vector<float> row(C);
+  std::vector<float> row(C), inv_b;
+  for (uint16_t b : g.channel_scale) inv_b.push_back(inverse_scale(b));
   ChannelStats cs(per_token ? 0 : C);
   for (uint32_t t = 0; t < T; ++t) {
     load_row(v, t, row.data());
@@ -133,8 +151,10 @@ GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v) {
       cs.add(row.data());
       continue;
     }
+    for (size_t c = 0; c < inv_b.size(); ++c) row[c] *= inv_b[c];
     const RowStats rs = row_stats(row.data(), C);
-    g.token_scale.push_back(token_step(kind, param, g.max_symbol, rs.sum_sq, rs.absmax, C));
+    const float q = weighted_param(param, w.token.empty() ? nullptr : w.token.data(), t);
+    g.token_scale.push_back(token_step(kind, q, g.max_symbol, rs.sum_sq, rs.absmax, C));
   }
   if (kind == Quantizer::LayerStep)
     fit_layer_step(cs, T, param, g);

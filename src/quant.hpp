@@ -81,6 +81,12 @@ CG_HD uint16_t spread_step(float param, double mean_square, double range) {
   return step_to_f16(by_rms < by_range ? by_range : by_rms);
 }
 
+// Step weights as the token and channel fits apply them (CPU and GPU alike).
+CG_HD float weighted_param(float param, const float* token_weight, uint32_t token) {
+  return token_weight ? mul_rn(param, token_weight[token]) : param;
+}
+CG_HD float inverse_scale(uint16_t b) { return div_rn(1.0f, f16_to_f32(b)); }
+
 // Step of one token (TokenAbsmax, TokenStep) from its row's sum of squares and max |x|.
 CG_HD uint16_t token_step(Quantizer kind, float param, int max_symbol, double sum_sq, float absmax,
                           uint32_t channels) {
@@ -123,11 +129,25 @@ struct DequantParams {
 
 DequantParams expand_params(const GroupQuant& q, uint32_t tokens, uint32_t channels);
 
-// A quantizer's flags and max symbol, before fitting; throws InputError on a bad parameter.
-GroupQuant quantizer_layout(Quantizer kind, float param);
+// Optional step weights of the TokenStep quantizer (empty = all 1). A token's step is scaled by
+// its token weight (finer where the model is more sensitive, e.g. recent tokens); channel
+// weights are stored as the per-channel scale b, so each channel's step is scaled by its own.
+constexpr float kMinWeight = 1.0f / 16384, kMaxWeight = 16384.0f;  // fp16 normals, exact
+struct StepWeights {
+  std::vector<float> token;    // tokens entries or empty
+  std::vector<float> channel;  // channels entries or empty
+  bool empty() const { return token.empty() && channel.empty(); }
+};
+
+// A quantizer's flags, max symbol and (from channel weights) channel scales, before fitting;
+// throws InputError on a bad parameter and on weights that are out of range, miscounted or
+// given to a quantizer other than TokenStep.
+GroupQuant quantizer_layout(Quantizer kind, float param, const StepWeights& w, uint32_t tokens,
+                            uint32_t channels);
 
 // Fit the quantizer to a tensor (one pass over it); throws InputError on nan/inf.
-GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v);
+GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v,
+                         const StepWeights& w = {});
 
 // Quantize into symbols ([tokens, channels] int8) and count them per channel into
 // hist[channel * 256 + symbol + 128], which must start zeroed.

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import struct
 
-import cachegen
 import numpy as np
 import pytest
+
+import cachegen
 from kvgen import synthetic_kv
 from test_hostile import crc32c, reseal
 
@@ -112,6 +113,24 @@ def test_gpu_bytes_and_decodes_equal_cpu(shape, dtype):
     on_cpu = cachegen.decode(blob, framework="torch")
     assert on_gpu.is_cuda and on_gpu.dtype == on_cpu.dtype
     assert_same_bits(on_gpu, on_cpu)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("with_profile", [False, True])
+def test_step_weights_equal_cpu(shape, dtype, with_profile):
+    """Sink and recency token weights (both statistics kernels) and profile channel scales."""
+    kv = synthetic_kv(*shape, dtype=dtype)
+    rng = np.random.default_rng(2)
+    rows = lambda: tuple(tuple(rng.uniform(0.3, 3.0, shape[2]).tolist()) for _ in range(shape[0]))  # noqa: E731
+    profile = cachegen.ModelProfile("test", rows(), rows()) if with_profile else None
+    for where in ({}, {"position": 7, "context_end": 7 + shape[1] + 20}):
+        options = {"level": 3, "profile": profile, **where}
+        blob = cachegen.encode(torch_cpu(kv), **options)
+        assert cachegen.encode(to_cuda(kv), **options) == blob
+        assert_same_bits(cachegen.decode(blob, device="cuda"), cachegen.decode(blob))
 
 
 @pytest.mark.gpu

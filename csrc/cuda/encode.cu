@@ -53,6 +53,7 @@ struct GroupDev {
   float param;
   int max_symbol;
   uint16_t *token_scale, *channel_scale, *channel_offset;  // null where the quantizer has none
+  const float* token_weight;                               // null: all 1
   ChanTerms* terms;                                        // LayerStep only
   int8_t* symbols;                                         // [tokens, channels]
   uint32_t* hist;                                          // [channels, 256]
@@ -128,12 +129,15 @@ __global__ void token_stats(const GroupDev* groups, const uint32_t* ids, uint32_
   const uint32_t C = g.channels, main = C - C % 8;
   const bool live = t < g.tokens;
   const uint16_t* offset = g.channel_offset;
+  // Channel scales here come from step weights (TokenStep): statistics are of x / b.
+  const uint16_t* scale = g.kind == Quantizer::TokenStep ? g.channel_scale : nullptr;
   float sq = 0.0f, mx = 0.0f;
   bool ok = true;
   auto add = [&](uint32_t c) {
     float x = load_elem<D>(g.in, t, c);
     ok &= finite(x);
     if (offset) x = add_rn(x, -f16_to_f32(offset[c]));
+    if (scale) x = mul_rn(x, inverse_scale(scale[c]));
     const float ax = fabsf(x);
     sq = add_rn(sq, mul_rn(x, x));
     mx = mx < ax ? ax : mx;
@@ -153,7 +157,10 @@ __global__ void token_stats(const GroupDev* groups, const uint32_t* ids, uint32_
   }
   if (!live) return;
   if (!ok) atomicOr(bad, 1u);
-  if (k == 0) g.token_scale[t] = token_step(g.kind, g.param, g.max_symbol, sum_sq, absmax, C);
+  if (k == 0) {
+    const float q = weighted_param(g.param, g.token_weight, t);
+    g.token_scale[t] = token_step(g.kind, q, g.max_symbol, sum_sq, absmax, C);
+  }
 }
 
 // token_stats for rows that are contiguous, 16-byte aligned fp16/bf16 with C % 8 == 0 and no
@@ -217,16 +224,17 @@ __global__ void __launch_bounds__(kRowWarps * 32)
     sum_sq += (double)sq[k];
     absmax = absmax < mx[k] ? mx[k] : absmax;
   }
-  g.token_scale[t] = token_step(g.kind, g.param, g.max_symbol, sum_sq, absmax, C);
+  const float q = weighted_param(g.param, g.token_weight, t);
+  g.token_scale[t] = token_step(g.kind, q, g.max_symbol, sum_sq, absmax, C);
 }
 
-// Whether a group takes token_stats_rows.
-bool rows_fast_path(const TensorView& v, DType d, bool has_offset) {
+// Whether a group takes token_stats_rows (`per_channel`: it has channel offsets or scales).
+bool rows_fast_path(const TensorView& v, DType d, bool per_channel) {
   const uint32_t C = v.heads * v.head_dim;
   const bool contiguous = v.s_dim == 1 && (v.heads == 1 || v.s_head == (int64_t)v.head_dim);
   const bool aligned = reinterpret_cast<uintptr_t>(v.data) % 16 == 0 &&
                        (v.tokens == 1 || (v.s_token * 2) % 16 == 0) && v.s_token >= 0;
-  return d != DType::F32 && !has_offset && C % 8 == 0 && contiguous && aligned;
+  return d != DType::F32 && !per_channel && C % 8 == 0 && contiguous && aligned;
 }
 
 constexpr uint32_t kQuantTokens = 1024;  // tokens per quantize_hist tile (x 32 channels)
@@ -532,7 +540,8 @@ void check_supported(Quantizer kind, uint8_t flags) {
   const bool ok = flags == kTokenScale ||
                   (flags == (kChannelScale | kChannelOffset) &&
                    (kind == Quantizer::ChannelStep || kind == Quantizer::LayerStep)) ||
-                  flags == (kTokenScale | kChannelOffset);
+                  flags == (kTokenScale | kChannelOffset) ||
+                  (flags == (kTokenScale | kChannelScale) && kind == Quantizer::TokenStep);
   if (!ok) throw InputError("this quantizer has no GPU encoder yet; encode on the CPU");
 }
 
@@ -571,7 +580,7 @@ void encode(const EncodeRequest& req, int device, uintptr_t stream, const BlobAl
     if (s.view.dtype != dtype) throw InputError("all KV tensors must share one dtype");
     Plan p;
     p.desc = plan_group(s, req.segment_symbols);
-    p.quant = quantizer_layout(s.quantizer, s.param);
+    p.quant = quantizer_layout(s.quantizer, s.param, s.weights, s.view.tokens, s.view.channels());
     check_supported(s.quantizer, p.quant.flags);
     const uint32_t T = p.desc.tokens, C = p.desc.channels();
     const uint8_t fl = p.quant.flags;
@@ -605,6 +614,22 @@ void encode(const EncodeRequest& req, int device, uintptr_t stream, const BlobAl
   DeviceBuffer terms_buf(sizeof(ChanTerms) * terms, st);
   uint8_t* res = res_buf.get();
   auto* sc = reinterpret_cast<uint16_t*>(res + res_scales);
+  // Step weights: token weights go to the device; channel scales, fixed by the weights, go
+  // where the scales are read back from (stream-ordered before the kernels that read them).
+  std::vector<float> weights_host;
+  std::vector<size_t> weights_at;
+  for (const GroupSpec& s : req.groups) {
+    weights_at.push_back(weights_host.size());
+    weights_host.insert(weights_host.end(), s.weights.token.begin(), s.weights.token.end());
+  }
+  DeviceBuffer weights_buf(4 * weights_host.size() + 16, st);
+  if (!weights_host.empty())
+    CG_CUDA(cudaMemcpyAsync(weights_buf.get(), weights_host.data(), 4 * weights_host.size(),
+                            cudaMemcpyHostToDevice, st));
+  for (const Plan& p : plans)
+    if (p.quant.flags & kTokenScale && p.quant.flags & kChannelScale)
+      CG_CUDA(cudaMemcpyAsync(sc + p.channel_scale, p.quant.channel_scale.data(),
+                              2 * p.quant.channel_scale.size(), cudaMemcpyHostToDevice, st));
   std::vector<GroupDev> devs;
   std::vector<uint32_t> token_ids, row_ids, channel_ids, layer_ids, fit_ids;
   uint32_t max_t = 0, max_c = 0, max_tt = 0, max_rt = 0, max_cc = 0;
@@ -618,11 +643,12 @@ void encode(const EncodeRequest& req, int device, uintptr_t stream, const BlobAl
          fl & kTokenScale ? sc + p.token_scale : nullptr,
          fl & kChannelScale ? sc + p.channel_scale : nullptr,
          fl & kChannelOffset ? sc + p.channel_offset : nullptr,
+         s.weights.token.empty() ? nullptr : weights_buf.get<float>() + weights_at[i],
          s.quantizer == Quantizer::LayerStep ? terms_buf.get<ChanTerms>() + p.terms : nullptr,
          symbols_buf.get<int8_t>() + p.symbols, hist_buf.get<uint32_t>() + p.hist,
          p.gpu_fit ? res + res_fit + p.fit : nullptr, s.max_tables, nullptr, nullptr, 0});
     if (fl & kTokenScale) {
-      if (rows_fast_path(s.view, dtype, fl & kChannelOffset))
+      if (rows_fast_path(s.view, dtype, fl & (kChannelOffset | kChannelScale)))
         row_ids.push_back((uint32_t)i), max_rt = std::max(max_rt, T);
       else
         token_ids.push_back((uint32_t)i), max_tt = std::max(max_tt, T);

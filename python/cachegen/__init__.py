@@ -19,7 +19,9 @@ from .api import (
     inspect,
     quantize,
 )
+from .calibrate import calibrate
 from .config import DEFAULT_LEVEL, LEVELS, QUANTIZERS, CodecConfig
+from .profile import ModelProfile
 
 __version__ = "0.1.0"
 
@@ -33,8 +35,10 @@ __all__ = [
     "CodecConfig",
     "FormatError",
     "GroupInfo",
+    "ModelProfile",
     "QuantizedGroup",
     "build_info",
+    "calibrate",
     "decode",
     "encode",
     "entropy_stats",

@@ -10,7 +10,8 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from .config import DEFAULT_LEVEL, QUANTIZER_NAMES, CodecConfig
+from .config import DEFAULT_LEVEL, QUANTIZER_NAMES, QUANTIZERS, CodecConfig
+from .profile import ModelProfile
 from .tensors import (
     DTYPE_CODES,
     DTYPE_NAMES,
@@ -30,6 +31,7 @@ from .tensors import (
     is_torch,
     views,
 )
+from .weights import token_weights
 
 FormatError = _core.FormatError
 FORMAT_VERSION: int = _core.build_info()["format_version"]
@@ -102,15 +104,44 @@ def _config(level: int | None, config: CodecConfig | None) -> CodecConfig:
     return config
 
 
-def _specs(v: KVViews, config: CodecConfig) -> list[tuple]:
+def _specs(
+    v: KVViews,
+    config: CodecConfig,
+    profile: ModelProfile | None = None,
+    position: int = 0,
+    context_end: int | None = None,
+) -> list[tuple]:
     num_layers = len(v.groups) // 2
+    if profile is not None:
+        profile.check(v.groups)
+    tokens = max(g.tokens for g in v.groups)
+    end = position + tokens if context_end is None else context_end
+    if position < 0 or end < position + tokens:
+        raise ValueError("need 0 <= position and context_end >= position + tokens")
     specs = []
     for layer in range(num_layers):
         params = config.layer_params(layer, num_layers)
         pair = v.groups[2 * layer : 2 * layer + 2]
-        for group, (quantizer, param) in zip(pair, params, strict=True):
-            specs.append((group.as_tuple(), quantizer, param, config.max_tables))
+        for side, (group, (quantizer, param)) in enumerate(zip(pair, params, strict=True)):
+            token_w = channel_w = None
+            if quantizer == QUANTIZERS["token"]:
+                # A layer holding fewer tokens (sliding window) holds the last ones.
+                first = position + tokens - group.tokens
+                token_w = token_weights(
+                    group.tokens, first, end, config.sink_tokens, config.recency
+                )
+                if profile is not None:
+                    param *= profile.layer_weight(layer, side)
+                    channel_w = profile.channel_weights(layer, side, group.head_dim)
+            specs.append(
+                (group.as_tuple(), quantizer, param, config.max_tables)
+                + (_floats(token_w), _floats(channel_w))
+            )
     return specs
+
+
+def _floats(w: np.ndarray | None) -> list[float]:
+    return [] if w is None else w.tolist()
 
 
 def encode(
@@ -118,6 +149,9 @@ def encode(
     level: int | None = None,
     *,
     config: CodecConfig | None = None,
+    profile: ModelProfile | None = None,
+    position: int = 0,
+    context_end: int | None = None,
     threads: int | None = None,
     device: Any = None,
 ) -> Any:
@@ -131,6 +165,12 @@ def encode(
         level: a level of the project ladder (`cachegen.LEVELS`; higher = larger, better);
             default `cachegen.DEFAULT_LEVEL`. Exclusive with `config`.
         config: an explicit `CodecConfig`, e.g. `CodecConfig.cachegen_reference(2)`.
+        profile: a `cachegen.ModelProfile` calibrated for this model (`cachegen.calibrate`):
+            finer steps in the layers and heads it found sensitive. Decoding does not need it.
+        position: the context position of the cache's first token (0: it starts the context,
+            so its first tokens are attention sinks; see `CodecConfig.sink_tokens`).
+        context_end: the context position one past its last token, for the recency law
+            (default: the cache ends the context).
         threads: worker threads; default all cores.
         device: where the blob goes. Default (or "cpu"): a `bytes` object in host memory.
             "cuda" / "cuda:N" (the KV's own GPU): the blob stays in device memory, as a 1-D
@@ -143,18 +183,19 @@ def encode(
     v = views(kv)
     target = _device_index(device)
     flags = _FLAG_TORCH_SOURCE if v.framework == "torch" else 0
-    args = (_specs(v, config), DTYPE_CODES[v.dtype], LAYOUTS[v.layout], config.level)
+    specs = _specs(v, config, profile, position, context_end)
+    args = (specs, DTYPE_CODES[v.dtype], LAYOUTS[v.layout], config.level)
     args += (config.segment_symbols, flags)
     if v.device is None:
         if target is not None:
             raise ValueError("device= output needs the KV cache on that GPU")
         return _core.encode(*args, _threads(threads))
     _require_cuda()
+    if target is not None and str(device) != "cuda" and target != v.device:
+        raise ValueError(f"device={device!r} but the KV cache is on cuda:{v.device}")
     stream = current_stream(v.framework, v.device)
     if target is None:
         return _core.encode_cuda(*args, v.device, stream, _threads(threads))
-    if str(device) != "cuda" and target != v.device:
-        raise ValueError(f"device={device!r} but the KV cache is on cuda:{v.device}")
     held: list[Any] = []
 
     def alloc(n: int) -> int:
@@ -184,11 +225,15 @@ def quantize(
     level: int | None = None,
     *,
     config: CodecConfig | None = None,
+    profile: ModelProfile | None = None,
+    position: int = 0,
+    context_end: int | None = None,
     threads: int | None = None,
 ) -> list[QuantizedGroup]:
     """Run only the quantizer of `encode` (same arguments): per (layer, K/V) group, K first."""
     v = views(kv)
-    raw = _core.quantize(_specs(v, _config(level, config)), _threads(threads))
+    specs = _specs(v, _config(level, config), profile, position, context_end)
+    raw = _core.quantize(specs, _threads(threads))
     out = []
     for g, (sym, a, b, o) in zip(v.groups, raw, strict=True):
         out.append(

@@ -18,20 +18,22 @@ QUANTIZER_NAMES = {v: k for k, v in QUANTIZERS.items()}
 # one schedule serves models of any depth. A plain number applies to every layer.
 Schedule = float | tuple[tuple[float, float], ...]
 
-DEFAULT_LEVEL = 4
+DEFAULT_LEVEL = 7
 
 # Project ladder: per-token steps for keys and values as a fraction of the token's rms, values
 # twice as coarse as keys (attention scores are more sensitive to key error than outputs are
-# to value error). Measured on SmolLM2 in bench/results/quality.md; what lost is in ladder.md.
+# to value error). Key steps fall by ~0.84x per level (~0.2 bits), so a quality target finds a
+# level close to it. Measured on SmolLM2 in bench/results/ladder.md; experiments (what won and
+# what lost) in bench/results/ladder_experiments.md.
+_KEY_STEPS = (1.0, 0.84, 0.7, 0.59, 0.5, 0.42, 0.35, 0.3, 0.25, 0.21, 0.15, 0.1)
 _LEVEL_STEPS: dict[int, tuple[float, float]] = {
-    1: (1.0, 2.0),
-    2: (0.7, 1.4),
-    3: (0.5, 1.0),
-    4: (0.35, 0.7),
-    5: (0.25, 0.5),
-    6: (0.15, 0.3),
-    7: (0.1, 0.2),
+    n: (k, 2 * k) for n, k in enumerate(_KEY_STEPS, start=1)
 }
+
+# Every level codes the first token (the attention sink) at 8-bit precision and refines the
+# last ~64 tokens by the square-root recency law (cachegen.weights; ladder_experiments.md).
+LEVEL_SINK_TOKENS = 1
+LEVEL_RECENCY = 0.5
 
 # CacheGen's artifact levels (bins), layer groups cut at 10/32 and 20/32 of depth for keys and
 # 2/32 for values, as LMCache's defaults for 32-layer models.
@@ -75,6 +77,11 @@ class CodecConfig:
         max_tables: at most this many probability tables per (layer, K/V); channels with similar
             statistics share one (16 measured 2% smaller than 8 on SmolLM2).
         segment_symbols: target symbols per independently decodable segment.
+        sink_tokens: the context's first tokens (attention sinks) are coded at 8-bit absmax
+            precision ("token" quantizers only; see `cachegen.weights`).
+        recency: exponent of the recency law: a token's step is scaled by
+            min(1, ((d + 16) / 80) ** recency), d = tokens after it in the context ("token"
+            quantizers only; 0 = off).
         level: recorded in the blob (0 for a custom config).
     """
 
@@ -84,6 +91,8 @@ class CodecConfig:
     value_param: Schedule = _LEVEL_STEPS[DEFAULT_LEVEL][1]
     max_tables: int = 16
     segment_symbols: int = 1 << 16
+    sink_tokens: int = 0
+    recency: float = 0.0
     level: int = 0
     name: str = field(default="custom", compare=False)
 
@@ -97,6 +106,11 @@ class CodecConfig:
             raise ValueError("segment_symbols must be >= 1024")
         if not 0 <= self.level <= 255:
             raise ValueError("level must be in [0, 255]")
+        if self.sink_tokens < 0 or not 0.0 <= self.recency <= 2.0:
+            raise ValueError("sink_tokens must be >= 0 and recency in [0, 2]")
+        weighted = self.sink_tokens > 0 or self.recency > 0
+        if weighted and "token" not in (self.key_quantizer, self.value_quantizer):
+            raise ValueError("sink_tokens/recency need a 'token' quantizer")
 
     @classmethod
     def from_level(cls, level: int) -> CodecConfig:
@@ -104,7 +118,14 @@ class CodecConfig:
         if level not in _LEVEL_STEPS:
             raise ValueError(f"level must be one of {sorted(_LEVEL_STEPS)}, got {level!r}")
         k, v = _LEVEL_STEPS[level]
-        return cls(key_param=k, value_param=v, level=level, name=f"level-{level}")
+        return cls(
+            key_param=k,
+            value_param=v,
+            sink_tokens=LEVEL_SINK_TOKENS,
+            recency=LEVEL_RECENCY,
+            level=level,
+            name=f"level-{level}",
+        )
 
     @classmethod
     def cachegen_reference(cls, level: int) -> CodecConfig:

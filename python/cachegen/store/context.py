@@ -177,11 +177,14 @@ def save_context(
     levels: Sequence[int] | None = None,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     quality: dict[str, Any] | None = None,
+    profile: cachegen.ModelProfile | None = None,
     threads: int | None = None,
 ) -> Context:
     """Store `kv` (the cache of `token_ids`) as chunks of `chunk_tokens`, each at every level.
 
     `levels` defaults to three rungs of the codec's ladder: lowest, default and highest.
+    Each chunk is coded knowing its place in the context (the first chunk holds the attention
+    sink, the last the most recent tokens) and with the model's `profile`, if given.
     Chunks already stored by a context with the same prefix are reused, not re-encoded.
     `quality` (any JSON-serializable dict, e.g. measured KL per level) goes into the manifest.
     """
@@ -212,8 +215,10 @@ def save_context(
             if old is not None and old.stop == stop and set(levels) <= set(old.levels):
                 chunks.append(old)  # stored by a context with this prefix: reuse
                 continue
+            part = _slice_tokens(kv, start, stop)
+            where = {"position": start, "context_end": len(tokens), "profile": profile}
             blobs = {
-                lv: cachegen.encode(_slice_tokens(kv, start, stop), level=lv, threads=threads)
+                lv: cachegen.encode(part, level=lv, threads=threads, **where)
                 for lv in levels
                 if old is None or lv not in old.levels
             }

@@ -1,0 +1,46 @@
+"""Calibrate the bundled SmolLM2 model profile on texts that the quality benchmark never scores.
+
+    python bench/calibrate_profile.py [--out python/cachegen/profiles/smollm2-135m-instruct.json]
+
+Calibration texts: GPL-2 and LGPL-2.1 from /usr/share/common-licenses and the source of Python's
+difflib (the benchmark scores GPL-3, Apache-2.0, MPL-2.0, GFDL-1.3 and argparse's source). Same
+prefix/continuation split as the quality benchmark. About 10 minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import cachegen
+from cachegen import profiles
+from kvquality import load_documents, load_model
+from kvquality.docs import CALIBRATION_DOCS
+
+PREFIX, CONTINUATION = 1536, 256
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=profiles.path(profiles.SMOLLM2))
+    args = ap.parse_args()
+    lm = load_model()
+    texts = []
+    for doc in load_documents(CALIBRATION_DOCS):
+        ids = lm.tokenizer(doc.text, return_tensors="pt")["input_ids"]
+        texts.append(ids[:, : PREFIX + CONTINUATION])
+    t0 = time.perf_counter()
+    profile = cachegen.calibrate(lm.model, texts, name=profiles.SMOLLM2, continuation=CONTINUATION)
+    profile = cachegen.ModelProfile(
+        profile.model,
+        profile.key_weights,
+        profile.value_weights,
+        f"{profile.calibration}; texts {', '.join(CALIBRATION_DOCS)} ({PREFIX} + {CONTINUATION})",
+    )
+    profile.save(args.out)
+    print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s, digest {profile.digest[:16]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Calibrate a `ModelProfile`: measure how much each (layer, K/V, head) costs in output quality.
+
+For each calibration text the model prefills a prefix, then continues over the rest with the
+prefix cache intact except one head of one layer's K or V replaced by its level-coded version;
+the mean KL divergence of the next-token distributions from the intact run is that head's
+sensitivity. High-rate theory makes the rate-optimal step proportional to sensitivity^-1/2
+(every head then adds the same distortion); `strength` below 1/2 hedges against measurement
+noise on a few texts. Costs 2 * layers * heads continuation passes per text (SmolLM2-135M with a
+1536-token prefix and a 256-token continuation: about 3.5 minutes per text on two cores).
+Needs torch and transformers (the `hf` extra).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .api import decode, encode
+from .config import CodecConfig
+from .hf import from_cache, to_cache
+from .profile import ModelProfile
+
+
+def calibrate(
+    model: Any,
+    texts: Sequence[Any],
+    *,
+    name: str,
+    config: CodecConfig | None = None,
+    continuation: int = 256,
+    strength: float = 0.35,
+    bound: float = 4.0,
+) -> ModelProfile:
+    """Measure a profile for `model` (a transformers causal LM) on token-id tensors `texts`.
+
+    Args:
+        texts: `[1, n]` int tensors; each text's last `continuation` tokens are scored, the rest
+            is the prefix. Never calibrate on text you evaluate on.
+        name: recorded as `ModelProfile.model`.
+        config: the coding whose errors are measured (default: level 5).
+        strength: exponent turning sensitivity into step weights (0.5 = high-rate optimum).
+        bound: weights are clipped to [1/bound, bound].
+    """
+    import torch
+
+    config = config or CodecConfig.from_level(5)
+    if not texts:
+        raise ValueError("calibrate needs at least one text")
+    total: list[np.ndarray] = []
+    for ids in texts:
+        if ids.shape[-1] <= continuation:
+            raise ValueError(f"a calibration text needs more than {continuation} tokens")
+        s = _sensitivity(model, ids, config, continuation, torch)
+        mean_log = np.concatenate([np.log(g) for g in s]).mean()
+        s = [g / np.exp(mean_log) for g in s]  # each text counts equally
+        total = s if not total else [a + b for a, b in zip(total, s, strict=True)]
+    weights = [np.clip((g / len(texts)) ** -strength, 1.0 / bound, bound) for g in total]
+    return ModelProfile(
+        model=name,
+        key_weights=_rows(weights[0::2]),
+        value_weights=_rows(weights[1::2]),
+        calibration=(
+            f"{len(texts)} texts, {config.name}, continuation {continuation}, "
+            f"strength {strength}, bound {bound}"
+        ),
+    )
+
+
+def _rows(w: list[np.ndarray]) -> tuple[tuple[float, ...], ...]:
+    return tuple(tuple(float(x) for x in layer) for layer in w)
+
+
+def _sensitivity(
+    model: Any, ids: Any, config: CodecConfig, cont: int, torch: Any
+) -> list[np.ndarray]:
+    """Per group (K0, V0, K1, ...): each head's mean KL of the continuation when it alone is
+    coded, floored at 1e-9."""
+    prefix, tail = ids[:, :-cont], ids[:, -cont:]
+    with torch.inference_mode():
+        kv = from_cache(model(prefix, use_cache=True).cache)
+
+    def log_probs(cache_kv: list) -> Any:
+        with torch.inference_mode():
+            logits = model(tail, cache=to_cache(cache_kv, model.config), use_cache=True).logits
+        return torch.log_softmax(logits[0].double(), dim=-1)
+
+    ref = log_probs(kv)
+    coded = decode(encode(kv, config=config), framework="torch")
+    out = []
+    for layer in range(len(kv)):
+        for side in range(2):
+            kl_by_head = np.full(kv[layer][side].shape[1], 1e-9)
+            for head in range(len(kl_by_head)):
+                mixed = [list(pair) for pair in kv]
+                t = kv[layer][side].clone()
+                t[:, head] = coded[layer][side][:, head].to(t.dtype)
+                mixed[layer][side] = t
+                lp = log_probs([tuple(p) for p in mixed])
+                kl = (ref.exp() * (ref - lp)).sum(-1).mean().item()
+                kl_by_head[head] = max(kl, 1e-9)
+            out.append(kl_by_head)
+    return out

@@ -1,0 +1,127 @@
+"""Step weights: attention-sink and recency token weights, model profiles as channel weights."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import cachegen
+from cachegen import _core, profiles
+from cachegen.weights import SINK_WEIGHT, token_weights
+from kvgen import synthetic_kv
+
+PLAIN = cachegen.CodecConfig(key_param=0.5, value_param=1.0)
+WEIGHTED = dataclasses.replace(PLAIN, sink_tokens=1, recency=0.5)
+
+
+def token_errors(kv: np.ndarray, config, **kwargs) -> np.ndarray:
+    """Max |error| per token over layers, K/V and channels, relative to the token's rms."""
+    out = cachegen.decode(cachegen.encode(kv, config=config, **kwargs)).astype(np.float32)
+    x = kv.astype(np.float32)
+    rms = np.sqrt((x**2).mean(axis=(3, 4), keepdims=True))
+    return (np.abs(out - x) / rms).max(axis=(0, 1, 3, 4))
+
+
+def test_no_weights_when_off():
+    assert token_weights(100, 0, 100, 0, 0.0) is None
+    assert token_weights(100, 5, 200, 1, 0.0) is None  # the sink lies before this cache
+
+
+def test_token_weight_law():
+    w = token_weights(300, 0, 300, 1, 0.5)
+    assert w[0] == np.float32(SINK_WEIGHT)
+    assert np.all(np.diff(w[1:]) <= 0)  # finer toward the end
+    assert np.all(w[1:-64] == 1.0) and w[-1] == pytest.approx((16 / 80) ** 0.5)
+    # A cache in the middle of its context: the context's end sets the distances.
+    mid = token_weights(300, 1000, 1500, 1, 0.5)
+    assert mid is None
+
+
+def test_sink_and_recent_tokens_get_finer_steps():
+    kv = synthetic_kv(2, 300, 2, 32)
+    plain, weighted = token_errors(kv, PLAIN), token_errors(kv, WEIGHTED)
+    assert weighted[0] < plain[0] / 10  # 8-bit absmax: error <= max|x| / 254
+    assert weighted[-1] < plain[-1] * 0.7
+    np.testing.assert_array_equal(weighted[1:200], plain[1:200])  # far tokens: same coding
+
+
+def test_position_and_context_end_move_the_weights():
+    kv = synthetic_kv(2, 300, 2, 32)
+    plain = token_errors(kv, PLAIN)
+    # Not the start of the context, and 1000 tokens still to come: coded like no weights.
+    np.testing.assert_array_equal(token_errors(kv, WEIGHTED, position=64, context_end=1364), plain)
+    with pytest.raises(ValueError, match="context_end"):
+        cachegen.encode(kv, config=WEIGHTED, context_end=100)
+
+
+def test_levels_use_sink_and_recency():
+    config = cachegen.CodecConfig.from_level(cachegen.DEFAULT_LEVEL)
+    assert config.sink_tokens == 1 and config.recency > 0
+
+
+def test_weights_need_a_token_quantizer():
+    with pytest.raises(ValueError, match="token"):
+        cachegen.CodecConfig(key_quantizer="channel", value_quantizer="layer", sink_tokens=1)
+
+
+def small_profile(layers: int, heads: int) -> cachegen.ModelProfile:
+    rng = np.random.default_rng(1)
+    rows = lambda: tuple(tuple(rng.uniform(0.3, 3.0, heads).tolist()) for _ in range(layers))  # noqa: E731
+    return cachegen.ModelProfile("test", rows(), rows())
+
+
+def test_profile_round_trips_and_decodes_without_it():
+    kv = synthetic_kv(3, 80, 4, 16)
+    prof = small_profile(3, 4)
+    blob = cachegen.encode(kv, level=3, profile=prof)
+    assert blob != cachegen.encode(kv, level=3)
+    q = cachegen.quantize(kv, level=3, profile=prof)
+    decoded = cachegen.decode(blob).astype(np.float32)
+    for i, g in enumerate(q):
+        want = g.dequantize().astype(np.float16).astype(np.float32)
+        np.testing.assert_array_equal(decoded[i // 2, i % 2].reshape(80, -1), want)
+        rel = np.asarray((prof.key_weights, prof.value_weights)[i % 2][i // 2])
+        heads_b = g.b.reshape(4, 16)
+        assert np.all(heads_b == heads_b[:, :1])  # one scale per head
+        np.testing.assert_allclose(heads_b[:, 0] / rel, (heads_b[:, 0] / rel)[0], rtol=2e-3)
+
+
+def test_profile_json_and_checks(tmp_path):
+    prof = small_profile(2, 3)
+    prof.save(tmp_path / "p.json")
+    again = cachegen.ModelProfile.load(tmp_path / "p.json")
+    assert again.digest == prof.digest and again.num_layers == 2
+    with pytest.raises(ValueError, match="layers"):
+        cachegen.encode(synthetic_kv(3, 10, 3, 8), profile=prof)
+    with pytest.raises(ValueError, match="heads"):
+        cachegen.encode(synthetic_kv(2, 10, 2, 8), profile=prof)
+    with pytest.raises(ValueError, match="profile"):
+        cachegen.ModelProfile.from_json('{"model": 1}')
+    with pytest.raises(ValueError, match="weights"):
+        cachegen.ModelProfile("x", ((0.0,),), ((1.0,),))
+
+
+def test_shipped_smollm2_profile():
+    prof = profiles.load(profiles.SMOLLM2)
+    assert prof.num_layers == 30 and {len(w) for w in prof.key_weights} == {3}
+    assert "GPL-2" in prof.calibration  # calibrated on text the benchmark never scores
+
+
+@pytest.mark.parametrize(
+    "token_w, channel_w, quantizer, match",
+    [
+        ([1.0] * 9, [], 3, "token weights"),
+        ([], [1.0] * 5, 3, "channel weights"),
+        ([0.0] * 10, [], 3, "token weights"),
+        ([float("nan")] * 10, [], 3, "token weights"),
+        ([1.0] * 10, [], 1, "token-step"),
+    ],
+)
+def test_core_rejects_bad_weights(token_w, channel_w, quantizer, match):
+    kv = synthetic_kv(1, 10, 2, 8)
+    key, value = cachegen.api._specs(cachegen.tensors.views(kv), PLAIN)
+    bad = (key[0], quantizer, 16.0 if quantizer == 1 else 0.5, 8, token_w, channel_w)
+    with pytest.raises(ValueError, match=match):
+        _core.quantize([bad, value], 1)
