@@ -36,7 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--docs",
         default=",".join(DEFAULT_DOCS),
-        help="comma-separated names in /usr/share/common-licenses, or file paths",
+        help="comma-separated names in /usr/share/common-licenses, python:MODULE, or paths",
     )
     p.add_argument("--methods", default=",".join(DEFAULT_METHODS), help="comma-separated keys")
     p.add_argument("--prefix", type=int, default=PREFIX_TOKENS, help="prefix tokens (cached)")

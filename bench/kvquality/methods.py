@@ -11,9 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import cachegen
 import numpy as np
 import torch
+
+import cachegen
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -183,6 +184,15 @@ def cachegen_method(level: int | None = None) -> Method:
     return codec_method(f"cg{level}", f"cachegen level {level}{default}", level=level)
 
 
+def profiled_method(level: int) -> Method:
+    """A ladder level with the shipped SmolLM2 profile (calibrated on GPL-2 and LGPL-2.1)."""
+    from cachegen import profiles
+
+    prof = profiles.load(profiles.SMOLLM2)
+    label = f"cachegen level {level} + SmolLM2 profile"
+    return codec_method(f"cgp{level}", label, level=level, profile=prof)
+
+
 def reference_method(level: int) -> Method:
     """cachegen's implementation of the CacheGen reference quantiser (levels 1..3)."""
     config = cachegen.CodecConfig.cachegen_reference(level)
@@ -193,7 +203,8 @@ def reference_method(level: int) -> Method:
 METHODS: dict[str, Callable[[], Method]] = {
     "fp32": lambda: raw_method(32),
     "fp16": lambda: raw_method(16),
-    **{f"cg{lv}": (lambda lv=lv: cachegen_method(lv)) for lv in range(1, 8)},
+    **{f"cg{lv}": (lambda lv=lv: cachegen_method(lv)) for lv in cachegen.LEVELS},
+    **{f"cgp{lv}": (lambda lv=lv: profiled_method(lv)) for lv in cachegen.LEVELS},
     **{f"ref{lv}": (lambda lv=lv: reference_method(lv)) for lv in range(1, 6)},
     "int8": lambda: int_method(8),
     "int4": lambda: int_method(4),

@@ -17,14 +17,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import cachegen
-from cachegen import smollm2
+from cachegen import profiles, smollm2
 from cachegen.hf import from_cache
 from cachegen.store import FileStore, save_context
 from cachegen.stream import TEXT, CostModel, HFEngine, Loader, LoadReport, ThrottledStore
 from cachegen.stream.sim import cachegen_rule, fixed
 
 MODEL_ID = smollm2.MODEL_ID
+# Rungs of the ladder stored for the demo (every one would double the encode work for little).
+DEMO_LEVELS = (2, 4, 7, 9, 12)
 QUESTION = "\n\nQuestion: In one sentence, what does this document say? Answer:"
 
 
@@ -136,8 +137,9 @@ class Demo:
 
     # -- store, then load with each strategy ---------------------------------------------
     def save(self, store: FileStore, kv: list) -> dict[int, float]:
-        """Store the context at every level; measure each level's KL on the whole context."""
-        levels = list(cachegen.LEVELS)
+        """Store the context at the demo's levels with the model's profile; measure each level's
+        KL on the whole context."""
+        levels = list(DEMO_LEVELS)
         save = functools.partial(
             save_context,
             store,
@@ -146,8 +148,9 @@ class Demo:
             kv,
             levels=levels,
             chunk_tokens=self.opts.chunk_tokens,
+            profile=profiles.load(profiles.SMOLLM2),
         )
-        with self.progress("encoding and storing every level", total=None):
+        with self.progress("encoding and storing each level", total=None):
             ctx = save()
         kl: dict[int, float] = {}
         with self.progress("measuring each level's quality", total=len(levels)) as bar:
@@ -164,7 +167,7 @@ class Demo:
     def strategies(self, chunks: int) -> dict[str, Any]:
         """Name -> policy (None: ours)."""
         plans: dict[str, Any] = {"text only": fixed(TEXT)}
-        plans |= {f"level {lv}": fixed(lv) for lv in cachegen.LEVELS}
+        plans |= {f"level {lv}": fixed(lv) for lv in DEMO_LEVELS}
         plans["CacheGen rule"] = cachegen_rule(self.opts.slo_s, chunks)
         plans["cachegen (ours)"] = None
         return plans
@@ -209,8 +212,8 @@ def _clone_cache(demo: Demo, cache: Any) -> Any:
 
 
 def _summary(rep: LoadReport) -> str:
-    """Chunk choices as a short string: 'T' for text, the level digit otherwise."""
-    return "".join("T" if c == TEXT else str(c) for c in rep.choices)
+    """Chunk choices as a short string: 'T' for text, the level as a hex digit otherwise."""
+    return "".join("T" if c == TEXT else format(c, "x") for c in rep.choices)
 
 
 def run_demo(opts: DemoOptions, progress: Any) -> dict[str, Any]:

@@ -59,13 +59,15 @@ def costs_for(engine: FakeEngine) -> CostModel:
     return CostModel(decode_eps=5e7, prefill_tps=engine.prefill_tps)
 
 
-def store_context(store: Store, tokens: int, chunk_tokens: int = 64, seed: int = 0):
-    """Save a synthetic context of `tokens` tokens at levels 1, 3, 5; return (ids, kv, ctx)."""
+def store_context(
+    store: Store, tokens: int, chunk_tokens: int = 64, seed: int = 0, levels=(1, 3, 5)
+):
+    """Save a synthetic context of `tokens` tokens at `levels`; return (ids, kv, ctx)."""
     rng = np.random.default_rng(seed)
     kv = rng.standard_normal((LAYERS, 2, tokens, HEADS, DIM)).astype(np.float16)
     ids = np.arange(tokens, dtype=np.uint32) + 1000 * seed
-    quality = {"kl": {"1": 0.05, "3": 0.01, "5": 0.002}}
+    quality = {"kl": {str(lv): kl for lv, kl in zip(levels, (0.05, 0.01, 0.002), strict=True)}}
     ctx = save_context(
-        store, MODEL, ids, kv, levels=(1, 3, 5), chunk_tokens=chunk_tokens, quality=quality
+        store, MODEL, ids, kv, levels=levels, chunk_tokens=chunk_tokens, quality=quality
     )
     return ids, kv, ctx
