@@ -3,6 +3,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstring>
+#include <string>
+
 #include "../src/codec.hpp"
 #include "../src/crc32c.hpp"
 #include "../src/format.hpp"
@@ -18,9 +21,17 @@ namespace {
 
 using ViewTuple =
     std::tuple<uintptr_t, int, uint32_t, uint32_t, uint32_t, int64_t, int64_t, int64_t>;
-// (view, quantizer, param, max_tables, token step weights, channel step weights); empty = none.
-using SpecTuple =
-    std::tuple<ViewTuple, int, float, uint32_t, std::vector<float>, std::vector<float>>;
+// (view, quantizer, param, max_tables, token step weights, channel step weights); the weights
+// are raw little-endian float32 bytes (a bytes object is one memcpy, a list one cast per
+// element), empty = none.
+using SpecTuple = std::tuple<ViewTuple, int, float, uint32_t, std::string, std::string>;
+
+std::vector<float> float32s(const std::string& raw) {
+  if (raw.size() % 4) throw InputError("step weights must be float32 bytes");
+  std::vector<float> out(raw.size() / 4);
+  std::memcpy(out.data(), raw.data(), raw.size());
+  return out;
+}
 
 DType to_dtype(int code) {
   if (!valid_dtype((uint8_t)code)) throw InputError("unknown dtype code " + std::to_string(code));
@@ -95,8 +106,11 @@ EncodeRequest make_request(const std::vector<SpecTuple>& specs, int dtype, int l
   EncodeRequest req;
   for (const auto& [view, quantizer, param, max_tables, token_w, channel_w] : specs) {
     if (!valid_quantizer((uint8_t)quantizer)) throw InputError("unknown quantizer id");
-    req.groups.push_back(
-        {to_view(view), (Quantizer)quantizer, param, max_tables, {token_w, channel_w}});
+    req.groups.push_back({to_view(view),
+                          (Quantizer)quantizer,
+                          param,
+                          max_tables,
+                          {float32s(token_w), float32s(channel_w)}});
   }
   req.dtype = to_dtype(dtype);
   if (layout < 0 || layout > 1) throw InputError("unknown layout");

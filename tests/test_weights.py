@@ -117,11 +117,15 @@ def test_shipped_smollm2_profile():
         ([0.0] * 10, [], 3, "token weights"),
         ([float("nan")] * 10, [], 3, "token weights"),
         ([1.0] * 10, [], 1, "token-step"),
+        (b"\0" * 7, [], 3, "float32 bytes"),
     ],
 )
 def test_core_rejects_bad_weights(token_w, channel_w, quantizer, match):
     kv = synthetic_kv(1, 10, 2, 8)
     key, value = cachegen.api._specs(cachegen.tensors.views(kv), PLAIN)
-    bad = (key[0], quantizer, 16.0 if quantizer == 1 else 0.5, 8, token_w, channel_w)
+    raw = [
+        w if isinstance(w, bytes) else np.asarray(w, "<f4").tobytes() for w in (token_w, channel_w)
+    ]
+    bad = (key[0], quantizer, 16.0 if quantizer == 1 else 0.5, 8, *raw)
     with pytest.raises(ValueError, match=match):
         _core.quantize([bad, value], 1)

@@ -140,8 +140,9 @@ def _specs(
     return specs
 
 
-def _floats(w: np.ndarray | None) -> list[float]:
-    return [] if w is None else w.tolist()
+def _floats(w: np.ndarray | None) -> bytes:
+    """Weights as the core takes them: float32 bytes, empty for none."""
+    return b"" if w is None else np.ascontiguousarray(w, dtype="<f4").tobytes()
 
 
 def encode(
