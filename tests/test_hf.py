@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -155,3 +156,29 @@ def test_smollm2_round_trip_identical_logits() -> None:
     assert len(kv) == 30 and tuple(kv[0][0].shape) == (1, 3, 64, 64)
     expected = _continue(lm.model, original, ids[:, 64:])[0]
     assert torch.equal(continue_logits(lm, _copy(kv), ids[:, 64:]), expected)
+
+
+def test_calibrate_profile_on_a_tiny_model() -> None:
+    """calibrate(): one KL measurement per (layer, K/V, head), turned into clipped step weights
+    that encode() accepts; strength 0 gives all-ones weights."""
+    import cachegen
+    from cachegen.calibrate import _sensitivity
+
+    model = _tiny(["full_attention"] * 4)
+    texts = [
+        torch.randint(0, 64, (1, 48), generator=torch.Generator().manual_seed(s)) for s in (1, 2)
+    ]
+    prof = cachegen.calibrate(model, texts, name="tiny", continuation=16, bound=2.0)
+    assert prof.num_layers == 4 and all(len(w) == 2 for w in prof.key_weights + prof.value_weights)
+    # The weights are the measured sensitivities, normalized per text, to the power -0.35.
+    config = cachegen.CodecConfig.from_level(5)
+    per_text = [np.concatenate(_sensitivity(model, t, config, 16, torch)) for t in texts]
+    mean = sum(s / np.exp(np.log(s).mean()) for s in per_text) / len(texts)
+    want = np.clip(mean**-0.35, 0.5, 2.0).reshape(4, 2, 2)  # layer, K/V, head
+    np.testing.assert_allclose(np.stack([prof.key_weights, prof.value_weights], 1), want)
+    assert len({round(w, 6) for w in want.ravel()}) > 1  # heads really differ
+    flat = cachegen.calibrate(model, texts[:1], name="tiny", continuation=16, strength=0.0)
+    assert set(flat.key_weights[0] + flat.value_weights[3]) == {1.0}
+    kv = from_cache(_prefill(model, texts[0]))
+    blob = cachegen.encode(kv, level=5, profile=prof)
+    assert blob != cachegen.encode(kv, level=5) and len(cachegen.decode(blob)) == 4

@@ -118,24 +118,26 @@ def _specs(
     end = position + tokens if context_end is None else context_end
     if position < 0 or end < position + tokens:
         raise ValueError("need 0 <= position and context_end >= position + tokens")
+    # Token weights depend only on a group's token count (a layer holding fewer tokens, a
+    # sliding window, holds the last ones): one float32 buffer per distinct count.
+    token_bytes = functools.cache(
+        lambda n: _floats(
+            token_weights(n, position + tokens - n, end, config.sink_tokens, config.recency)
+        )
+    )
     specs = []
     for layer in range(num_layers):
         params = config.layer_params(layer, num_layers)
         pair = v.groups[2 * layer : 2 * layer + 2]
         for side, (group, (quantizer, param)) in enumerate(zip(pair, params, strict=True)):
-            token_w = channel_w = None
+            token_w, channel_w = b"", None
             if quantizer == QUANTIZERS["token"]:
-                # A layer holding fewer tokens (sliding window) holds the last ones.
-                first = position + tokens - group.tokens
-                token_w = token_weights(
-                    group.tokens, first, end, config.sink_tokens, config.recency
-                )
+                token_w = token_bytes(group.tokens)
                 if profile is not None:
                     param *= profile.layer_weight(layer, side)
                     channel_w = profile.channel_weights(layer, side, group.head_dim)
             specs.append(
-                (group.as_tuple(), quantizer, param, config.max_tables)
-                + (_floats(token_w), _floats(channel_w))
+                (group.as_tuple(), quantizer, param, config.max_tables, token_w, _floats(channel_w))
             )
     return specs
 

@@ -87,6 +87,7 @@ def _sensitivity(
         return torch.log_softmax(logits[0].double(), dim=-1)
 
     ref = log_probs(kv)
+    ref_p = ref.exp()  # once: each of the 2 * layers * heads passes compares against it
     coded = decode(encode(kv, config=config), framework="torch")
     out = []
     for layer in range(len(kv)):
@@ -98,7 +99,7 @@ def _sensitivity(
                 t[:, head] = coded[layer][side][:, head].to(t.dtype)
                 mixed[layer][side] = t
                 lp = log_probs([tuple(p) for p in mixed])
-                kl = (ref.exp() * (ref - lp)).sum(-1).mean().item()
+                kl = (ref_p * (ref - lp)).sum(-1).mean().item()
                 kl_by_head[head] = max(kl, 1e-9)
             out.append(kl_by_head)
     return out
