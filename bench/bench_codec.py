@@ -90,32 +90,25 @@ def test_decode_fresh(benchmark: Any, cache: tuple[str, np.ndarray, bytes], thre
     assert out.shape == kv.shape and out.dtype == kv.dtype
 
 
+@pytest.mark.parametrize("op", ["encode", "decode"])
 @pytest.mark.parametrize("build", ["shipped", "O3"])
-def test_torchac_encode(
+def test_torchac(
     benchmark: Any,
     cache: tuple[str, np.ndarray, bytes],
     torchac_case: torchac_ref.TorchacCase,
     builds: dict[str, Any],
     build: str,
+    op: str,
 ) -> None:
-    """torchac encode of the subset (per-symbol rate in extra_info)."""
+    """torchac encode or decode of the subset (per-symbol rate in extra_info); the round trip
+    must return exactly the symbols."""
     backend = builds[build]
-    fn = lambda: torchac_ref.encode(backend, torchac_case)  # noqa: E731
-    streams = _measure(benchmark, fn, torchac_case.count, cache[0])
-    assert torchac_ref.matches(torchac_case, torchac_ref.decode(backend, torchac_case, streams))
-
-
-@pytest.mark.parametrize("build", ["shipped", "O3"])
-def test_torchac_decode(
-    benchmark: Any,
-    cache: tuple[str, np.ndarray, bytes],
-    torchac_case: torchac_ref.TorchacCase,
-    builds: dict[str, Any],
-    build: str,
-) -> None:
-    """torchac decode of the subset; must return exactly the symbols."""
-    backend = builds[build]
-    streams = torchac_ref.encode(backend, torchac_case)
-    fn = lambda: torchac_ref.decode(backend, torchac_case, streams)  # noqa: E731
-    decoded = _measure(benchmark, fn, torchac_case.count, cache[0])
+    if op == "encode":
+        fn = lambda: torchac_ref.encode(backend, torchac_case)  # noqa: E731
+        streams = _measure(benchmark, fn, torchac_case.count, cache[0])
+        decoded = torchac_ref.decode(backend, torchac_case, streams)
+    else:
+        streams = torchac_ref.encode(backend, torchac_case)
+        fn = lambda: torchac_ref.decode(backend, torchac_case, streams)  # noqa: E731
+        decoded = _measure(benchmark, fn, torchac_case.count, cache[0])
     assert torchac_ref.matches(torchac_case, decoded)

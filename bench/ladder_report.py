@@ -128,8 +128,8 @@ def main() -> None:
         "of per-chunk CDFs at 256-token chunks; the last column adds those 2.06 bits to the "
         "reference). The profile (per layer, K/V and head step weights, a 3 KB file once per "
         "model) was calibrated on GPL-2, LGPL-2.1 and difflib's source, which are never scored; "
-        "its per-channel scales inside each blob are counted in the bits. Reproduce: `python bench/quality.py && python "
-        "bench/ladder_report.py`.",
+        "its per-channel scales inside each blob are counted in the bits. Reproduce: "
+        "`python bench/quality.py && python bench/ladder_report.py`.",
     ]
     for prefix, title in LADDERS:
         head += ["", f"## {title}", "", *ratio_rows(data["per_doc"], prefix)]

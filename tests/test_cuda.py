@@ -172,6 +172,14 @@ def test_strided_device_input_and_side_stream():
     assert_same_bits(decoded, cachegen.decode(blob))
 
 
+def assert_cupy_decode_equals_host(decoded, blob):
+    import cupy
+
+    assert isinstance(decoded, cupy.ndarray)
+    np.testing.assert_array_equal(cupy.asnumpy(decoded).view(np.int16),
+                                  cachegen.decode(blob).view(np.int16))
+
+
 @pytest.mark.gpu
 @requires_cuda
 def test_cupy_arrays():
@@ -179,10 +187,7 @@ def test_cupy_arrays():
     kv = synthetic_kv(2, 200, 2, 32)
     blob = cachegen.encode(kv)
     assert cachegen.encode(cupy.asarray(kv)) == blob
-    decoded = cachegen.decode(blob, device="cuda", framework="cupy")
-    assert isinstance(decoded, cupy.ndarray)
-    want = cachegen.decode(blob).view(np.int16)
-    np.testing.assert_array_equal(cupy.asnumpy(decoded).view(np.int16), want)
+    assert_cupy_decode_equals_host(cachegen.decode(blob, device="cuda", framework="cupy"), blob)
 
 
 @pytest.mark.gpu
@@ -315,10 +320,7 @@ def test_cupy_device_blob():
     on_device = cachegen.encode(cupy.asarray(kv), device="cuda")
     assert isinstance(on_device, cupy.ndarray) and on_device.dtype == np.uint8
     assert cupy.asnumpy(on_device).tobytes() == blob
-    decoded = cachegen.decode(on_device)
-    assert isinstance(decoded, cupy.ndarray)
-    np.testing.assert_array_equal(cupy.asnumpy(decoded).view(np.int16),
-                                  cachegen.decode(blob).view(np.int16))
+    assert_cupy_decode_equals_host(cachegen.decode(on_device), blob)
 
 
 @pytest.mark.gpu
