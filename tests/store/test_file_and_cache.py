@@ -69,10 +69,12 @@ def test_damaged_local_copy_is_refetched(tmp_path: Path) -> None:
 def test_cache_state_survives_reopen(tmp_path: Path) -> None:
     remote = MemoryStore()
     cache = CachedStore(remote, tmp_path, max_bytes=1 << 20)
-    cache.put_many({"x": b"1" * 500, "y": b"2" * 500})
+    cache.put_many({"x": b"1" * 500, "y": b"2" * 500})  # concurrent: no write order
+    os.utime(tmp_path / "x", ns=(1, 1))  # x is the least recently used copy
     reopened = CachedStore(remote, tmp_path, max_bytes=600)  # smaller: evicts on open
     assert [p.name for p in tmp_path.iterdir()] == ["y"]
     assert reopened.get("x") == b"1" * 500
+    assert [p.name for p in tmp_path.iterdir()] == ["x"]  # the refetched copy evicts y
 
 
 def test_objects_larger_than_the_cache_bypass_it(tmp_path: Path) -> None:
