@@ -10,6 +10,7 @@ prefix/continuation split as the quality benchmark. About 10 minutes on two core
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -32,12 +33,8 @@ def main() -> None:
         texts.append(ids[:, : PREFIX + CONTINUATION])
     t0 = time.perf_counter()
     profile = cachegen.calibrate(lm.model, texts, name=profiles.SMOLLM2, continuation=CONTINUATION)
-    profile = cachegen.ModelProfile(
-        profile.model,
-        profile.key_weights,
-        profile.value_weights,
-        f"{profile.calibration}; texts {', '.join(CALIBRATION_DOCS)} ({PREFIX} + {CONTINUATION})",
-    )
+    texts_note = f"; texts {', '.join(CALIBRATION_DOCS)} ({PREFIX} + {CONTINUATION})"
+    profile = dataclasses.replace(profile, calibration=profile.calibration + texts_note)
     profile.save(args.out)
     print(f"wrote {args.out} in {time.perf_counter() - t0:.0f} s, digest {profile.digest[:16]}")
 

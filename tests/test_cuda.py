@@ -121,11 +121,16 @@ def test_gpu_bytes_and_decodes_equal_cpu(shape, dtype):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("with_profile", [False, True])
 def test_step_weights_equal_cpu(shape, dtype, with_profile):
-    """Sink and recency token weights (both statistics kernels) and profile channel scales."""
+    """Sink and recency token weights (both statistics kernels), profile channel scales and
+    token importance (its key features computed on the GPU)."""
     kv = synthetic_kv(*shape, dtype=dtype)
     rng = np.random.default_rng(2)
     rows = lambda: tuple(tuple(rng.uniform(0.3, 3.0, shape[2]).tolist()) for _ in range(shape[0]))  # noqa: E731
-    profile = cachegen.ModelProfile("test", rows(), rows()) if with_profile else None
+    pairs = shape[2] * (shape[3] // 2)
+    importance = tuple(tuple(rng.normal(size=pairs).tolist()) for _ in range(shape[0]))
+    profile = None
+    if with_profile:
+        profile = cachegen.ModelProfile("test", rows(), rows(), importance=importance)
     for where in ({}, {"position": 7, "context_end": 7 + shape[1] + 20}):
         options = {"level": 3, "profile": profile, **where}
         blob = cachegen.encode(torch_cpu(kv), **options)

@@ -166,7 +166,7 @@ def test_calibrate_profile_on_a_tiny_model() -> None:
 
     model = _tiny(["full_attention"] * 4)
     texts = [
-        torch.randint(0, 64, (1, 48), generator=torch.Generator().manual_seed(s)) for s in (1, 2)
+        torch.randint(0, 64, (1, 100), generator=torch.Generator().manual_seed(s)) for s in (1, 2)
     ]
     prof = cachegen.calibrate(model, texts, name="tiny", continuation=16, bound=2.0)
     assert prof.num_layers == 4 and all(len(w) == 2 for w in prof.key_weights + prof.value_weights)
@@ -182,3 +182,26 @@ def test_calibrate_profile_on_a_tiny_model() -> None:
     kv = from_cache(_prefill(model, texts[0]))
     blob = cachegen.encode(kv, level=5, profile=prof)
     assert blob != cachegen.encode(kv, level=5) and len(cachegen.decode(blob)) == 4
+
+
+def test_calibrate_fits_token_importance_to_attention() -> None:
+    """Per layer, the importance model is fitted to the attention mass each prefix token (less
+    the sink and the recency tail) draws from the continuation, against its key features."""
+    import cachegen
+    from cachegen.calibrate import _attention_mass
+    from cachegen.importance import fit
+
+    model = _tiny(["full_attention"] * 4)
+    text = torch.randint(0, 64, (1, 120), generator=torch.Generator().manual_seed(3))
+    prof = cachegen.calibrate(model, [text], name="tiny", continuation=16)
+    assert [len(row) for row in prof.importance] == [2 * 4] * 4  # kv heads * head_dim / 2
+    features, mass = _attention_mass(model, text, 16, torch)
+    assert model.config._attn_implementation != "eager"  # restored
+    for layer, (f, m) in enumerate(zip(features, mass, strict=True)):
+        assert f.shape == (120 - 16 - 1 - 64, 8) and m.shape == (len(f),)
+        assert np.all(m > 0) and np.all(m < 1)  # mean attention weights
+        np.testing.assert_allclose(prof.importance[layer], fit([f], [m]))
+    again = cachegen.ModelProfile.from_json(prof.to_json())
+    assert again.importance == tuple(
+        tuple(float(f"{x:.5g}") for x in row) for row in prof.importance
+    )

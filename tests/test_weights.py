@@ -1,4 +1,5 @@
-"""Step weights: attention-sink and recency token weights, model profiles as channel weights."""
+"""Step weights: attention-sink and recency token weights, model profiles as channel weights,
+token importance predicted from the keys."""
 
 from __future__ import annotations
 
@@ -9,6 +10,13 @@ import pytest
 
 import cachegen
 from cachegen import _core, profiles
+from cachegen.importance import (
+    IMPORTANCE_BOUND,
+    fit,
+    importance_weights,
+    layer_keys,
+    pair_magnitudes,
+)
 from cachegen.weights import SINK_WEIGHT, token_weights
 from kvgen import synthetic_kv
 
@@ -106,6 +114,7 @@ def test_profile_json_and_checks(tmp_path):
 def test_shipped_smollm2_profile():
     prof = profiles.load(profiles.SMOLLM2)
     assert prof.num_layers == 30 and {len(w) for w in prof.key_weights} == {3}
+    assert {len(row) for row in prof.importance} == {3 * 32}
     assert "GPL-2" in prof.calibration  # calibrated on text the benchmark never scores
 
 
@@ -122,10 +131,109 @@ def test_shipped_smollm2_profile():
 )
 def test_core_rejects_bad_weights(token_w, channel_w, quantizer, match):
     kv = synthetic_kv(1, 10, 2, 8)
-    key, value = cachegen.api._specs(cachegen.tensors.views(kv), PLAIN)
+    key, value = cachegen.api._specs(kv, cachegen.tensors.views(kv), PLAIN)
     raw = [
         w if isinstance(w, bytes) else np.asarray(w, "<f4").tobytes() for w in (token_w, channel_w)
     ]
     bad = (key[0], quantizer, 16.0 if quantizer == 1 else 0.5, 8, *raw)
     with pytest.raises(ValueError, match=match):
         _core.quantize([bad, value], 1)
+
+
+def test_importance_fit_recovers_a_planted_model():
+    rng = np.random.default_rng(0)
+    coef = rng.normal(size=6)
+    feats = [rng.gamma(2.0, 1.0, size=(400, 6)) for _ in range(2)]
+    mass = [np.exp(f @ coef + 3.0 + rng.normal(scale=0.01, size=400)) for f in feats]
+    np.testing.assert_allclose(fit(feats, mass), coef, atol=0.01)
+
+
+def test_importance_weights_follow_the_score():
+    w = importance_weights(np.linspace(-40, 40, 81))
+    assert np.all(np.diff(w) <= 0) and w[0] > 1 > w[-1]  # more attention, finer step
+    assert w.max() == IMPORTANCE_BOUND and w.min() == 1 / IMPORTANCE_BOUND
+    grid = np.log2(w) * 16
+    np.testing.assert_allclose(grid, np.round(grid), atol=1e-9)  # 1/16-doubling steps
+    mid = w[38:43]  # unclipped: mass^-strength
+    np.testing.assert_allclose(np.diff(np.log(mid)), -0.15, atol=np.log(2) / 16)
+
+
+def importance_profile(layers: int, heads: int, dim: int) -> cachegen.ModelProfile:
+    """Equal head weights; importance grows with the first RoPE pair of head 0."""
+    ones = tuple((1.0,) * heads for _ in range(layers))
+    row = tuple([2.0] + [0.0] * (heads * dim // 2 - 1))
+    return cachegen.ModelProfile("test", ones, ones, importance=(row,) * layers)
+
+
+def test_profile_importance_scales_token_steps():
+    kv = synthetic_kv(2, 60, 2, 16)
+    prof = importance_profile(2, 2, 16)
+    plain = cachegen.quantize(kv, config=PLAIN, profile=dataclasses.replace(prof, importance=()))
+    weighted = cachegen.quantize(kv, config=PLAIN, profile=prof)
+    for i, (p, w) in enumerate(zip(plain, weighted, strict=True)):
+        scores = pair_magnitudes(kv[i // 2, 0]) @ prof.importance[i // 2]
+        want = importance_weights(scores)
+        np.testing.assert_allclose(w.a / p.a, want, rtol=1e-3)  # K and V of a layer alike
+    blob = cachegen.encode(kv, config=PLAIN, profile=prof)
+    assert cachegen.decode(blob).shape == kv.shape  # decoding needs no profile
+
+
+def test_importance_is_the_same_for_every_input_layout():
+    stacked = synthetic_kv(2, 40, 2, 16, seed=4)
+    prof = importance_profile(2, 2, 16)
+    want = [g.a for g in cachegen.quantize(stacked, level=5, profile=prof)]
+    inputs = [synthetic_kv(2, 40, 2, 16, seed=4, layout="pairs")]
+    torch = pytest.importorskip("torch")
+    inputs += [torch.from_numpy(stacked), [tuple(map(torch.from_numpy, p)) for p in inputs[0]]]
+    for kv in inputs:
+        got = [g.a for g in cachegen.quantize(kv, level=5, profile=prof)]
+        np.testing.assert_array_equal(np.stack(got), np.stack(want))
+
+
+def test_profile_importance_checks():
+    ones = ((1.0, 1.0),)
+    with pytest.raises(ValueError, match="one coefficient row per layer"):
+        cachegen.ModelProfile("x", ones, ones, importance=((1.0,), (1.0,)))
+    with pytest.raises(ValueError, match="finite"):
+        cachegen.ModelProfile("x", ones, ones, importance=((float("nan"),),))
+    short = cachegen.ModelProfile("x", ones, ones, importance=((1.0,) * 7,))
+    with pytest.raises(ValueError, match="needs 8 coefficients"):
+        cachegen.encode(synthetic_kv(1, 10, 2, 8), profile=short)
+    prof = importance_profile(1, 2, 8)
+    assert cachegen.ModelProfile.from_json(prof.to_json()) == prof
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.parametrize("layout", ["stacked", "pairs"])
+def test_core_key_scores_equal_numpy(dtype, layout):
+    kv = synthetic_kv(2, 300, 3, 16, dtype=dtype, seed=5, layout=layout)
+    coeffs = np.random.default_rng(6).normal(size=24)
+    v = cachegen.tensors.views(kv)
+    for layer in range(2):
+        want = pair_magnitudes(layer_keys(kv, layout, layer)) @ coeffs
+        raw = _core.key_scores(v.groups[2 * layer].as_tuple(), coeffs.tobytes(), 2)
+        np.testing.assert_allclose(np.frombuffer(raw, "<f8"), want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "shape, coeffs, match",
+    [
+        ((10, 2, 7), np.ones(6), "even head_dim"),
+        ((10, 2, 8), np.ones(7), "heads \\* head_dim/2"),
+        ((10, 2, 8), b"\0" * 12, "float64 bytes"),
+    ],
+)
+def test_core_key_scores_reject_bad_input(shape, coeffs, match):
+    keys = np.ones((1, 2, *shape), np.float16)
+    group = cachegen.tensors.views(keys).groups[0].as_tuple()
+    raw = coeffs if isinstance(coeffs, bytes) else coeffs.tobytes()
+    with pytest.raises(ValueError, match=match):
+        _core.key_scores(group, raw)
+
+
+def test_core_key_scores_reject_non_finite_keys():
+    keys = np.ones((1, 2, 10, 2, 8), np.float16)
+    keys[0, 0, 3, 1, 2] = np.inf
+    group = cachegen.tensors.views(keys).groups[0].as_tuple()
+    with pytest.raises(ValueError, match="nan or inf"):
+        _core.key_scores(group, np.ones(8).tobytes())

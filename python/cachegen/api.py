@@ -11,6 +11,7 @@ import numpy as np
 
 from . import _core
 from .config import DEFAULT_LEVEL, QUANTIZER_NAMES, QUANTIZERS, CodecConfig
+from .importance import importance_weights, token_scores
 from .profile import ModelProfile
 from .tensors import (
     DTYPE_CODES,
@@ -31,7 +32,7 @@ from .tensors import (
     is_torch,
     views,
 )
-from .weights import token_weights
+from .weights import TOKEN_WEIGHT_BOUNDS, token_weights
 
 FormatError = _core.FormatError
 FORMAT_VERSION: int = _core.build_info()["format_version"]
@@ -105,11 +106,13 @@ def _config(level: int | None, config: CodecConfig | None) -> CodecConfig:
 
 
 def _specs(
+    kv: Any,
     v: KVViews,
     config: CodecConfig,
     profile: ModelProfile | None = None,
     position: int = 0,
     context_end: int | None = None,
+    threads: int = 1,
 ) -> list[tuple]:
     num_layers = len(v.groups) // 2
     if profile is not None:
@@ -118,28 +121,47 @@ def _specs(
     end = position + tokens if context_end is None else context_end
     if position < 0 or end < position + tokens:
         raise ValueError("need 0 <= position and context_end >= position + tokens")
-    # Token weights depend only on a group's token count (a layer holding fewer tokens, a
-    # sliding window, holds the last ones): one float32 buffer per distinct count.
-    token_bytes = functools.cache(
-        lambda n: _floats(
-            token_weights(n, position + tokens - n, end, config.sink_tokens, config.recency)
-        )
+    # Sink and recency weights depend only on a group's token count (a layer holding fewer
+    # tokens, a sliding window, holds the last ones): computed once per distinct count.
+    place = functools.cache(
+        lambda n: token_weights(n, position + tokens - n, end, config.sink_tokens, config.recency)
     )
     specs = []
     for layer in range(num_layers):
         params = config.layer_params(layer, num_layers)
         pair = v.groups[2 * layer : 2 * layer + 2]
+        token_w = b""
+        if QUANTIZERS["token"] in (q for q, _ in params):
+            token_w = _floats(_token_weights(kv, v, layer, place(pair[0].tokens), profile, threads))
         for side, (group, (quantizer, param)) in enumerate(zip(pair, params, strict=True)):
-            token_w, channel_w = b"", None
+            weights, channel_w = b"", None
             if quantizer == QUANTIZERS["token"]:
-                token_w = token_bytes(group.tokens)
+                weights = token_w
                 if profile is not None:
                     param *= profile.layer_weight(layer, side)
                     channel_w = profile.channel_weights(layer, side, group.head_dim)
             specs.append(
-                (group.as_tuple(), quantizer, param, config.max_tables, token_w, _floats(channel_w))
+                (group.as_tuple(), quantizer, param, config.max_tables, weights, _floats(channel_w))
             )
     return specs
+
+
+def _token_weights(
+    kv: Any,
+    v: KVViews,
+    layer: int,
+    place: np.ndarray | None,
+    profile: ModelProfile | None,
+    threads: int,
+) -> np.ndarray | None:
+    """A layer's token step weights: its place in the context times the importance the
+    profile predicts from its keys."""
+    if profile is None or not profile.importance:
+        return place
+    w = importance_weights(token_scores(kv, v, layer, profile.importance[layer], threads))
+    if place is not None:
+        w = np.clip(w * place, TOKEN_WEIGHT_BOUNDS[0], TOKEN_WEIGHT_BOUNDS[1])
+    return w
 
 
 def _floats(w: np.ndarray | None) -> bytes:
@@ -186,7 +208,7 @@ def encode(
     v = views(kv)
     target = _device_index(device)
     flags = _FLAG_TORCH_SOURCE if v.framework == "torch" else 0
-    specs = _specs(v, config, profile, position, context_end)
+    specs = _specs(kv, v, config, profile, position, context_end, _threads(threads))
     args = (specs, DTYPE_CODES[v.dtype], LAYOUTS[v.layout], config.level)
     args += (config.segment_symbols, flags)
     if v.device is None:
@@ -235,7 +257,8 @@ def quantize(
 ) -> list[QuantizedGroup]:
     """Run only the quantizer of `encode` (same arguments): per (layer, K/V) group, K first."""
     v = views(kv)
-    specs = _specs(v, _config(level, config), profile, position, context_end)
+    config = _config(level, config)
+    specs = _specs(kv, v, config, profile, position, context_end, _threads(threads))
     raw = _core.quantize(specs, _threads(threads))
     out = []
     for g, (sym, a, b, o) in zip(v.groups, raw, strict=True):

@@ -7,7 +7,10 @@ sensitivity. High-rate theory makes the rate-optimal step proportional to sensit
 (every head then adds the same distortion); `strength` below 1/2 hedges against measurement
 noise on a few texts. Costs 2 * layers * heads continuation passes per text (SmolLM2-135M with a
 1536-token prefix and a 256-token continuation: about 3.5 minutes per text on two cores).
-Needs torch and transformers (the `hf` extra).
+
+One more pass with attention weights fits the token-importance model (`cachegen.importance`):
+per layer, the log of the attention mass each prefix token receives from the continuation,
+against its keys' RoPE pair magnitudes. Needs torch and transformers (the `hf` extra).
 """
 
 from __future__ import annotations
@@ -20,7 +23,13 @@ import numpy as np
 from .api import decode, encode
 from .config import CodecConfig
 from .hf import from_cache, to_cache
+from .importance import fit, pair_magnitudes
 from .profile import ModelProfile
+from .weights import RECENCY_REFERENCE
+
+# Tokens left out of the importance fit: the sink, and the last ones, whose attention is
+# mostly recency (the recency law's business).
+_FIT_SKIP = (1, RECENCY_REFERENCE)
 
 
 def calibrate(
@@ -49,9 +58,16 @@ def calibrate(
     if not texts:
         raise ValueError("calibrate needs at least one text")
     total: list[np.ndarray] = []
+    features: list[list[np.ndarray]] = []
+    mass: list[list[np.ndarray]] = []
     for ids in texts:
-        if ids.shape[-1] <= continuation:
-            raise ValueError(f"a calibration text needs more than {continuation} tokens")
+        if ids.shape[-1] <= continuation + sum(_FIT_SKIP):
+            raise ValueError(
+                f"a calibration text needs more than {continuation + sum(_FIT_SKIP)} tokens"
+            )
+        f, m = _attention_mass(model, ids, continuation, torch)
+        features.append(f)
+        mass.append(m)
         s = _sensitivity(model, ids, config, continuation, torch)
         mean_log = np.concatenate([np.log(g) for g in s]).mean()
         s = [g / np.exp(mean_log) for g in s]  # each text counts equally
@@ -65,11 +81,36 @@ def calibrate(
             f"{len(texts)} texts, {config.name}, continuation {continuation}, "
             f"strength {strength}, bound {bound}"
         ),
+        importance=tuple(
+            tuple(fit([f[layer] for f in features], [m[layer] for m in mass]))
+            for layer in range(len(features[0]))
+        ),
     )
 
 
 def _rows(w: list[np.ndarray]) -> tuple[tuple[float, ...], ...]:
     return tuple(tuple(float(x) for x in layer) for layer in w)
+
+
+def _attention_mass(
+    model: Any, ids: Any, cont: int, torch: Any
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per layer: the prefix tokens' key features and the mean attention each receives from the
+    continuation (over query heads and positions), both without the `_FIT_SKIP` tokens."""
+    prefix, tail = ids[:, :-cont], ids[:, -cont:]
+    before = model.config._attn_implementation
+    model.set_attn_implementation("eager")  # the fused kernels return no attention weights
+    try:
+        with torch.inference_mode():
+            kv = from_cache(model(prefix, use_cache=True).cache)
+            out = model(tail, cache=to_cache(kv, model.config), output_attentions=True)
+    finally:
+        model.set_attn_implementation(before)
+    n = prefix.shape[-1]
+    keep = slice(_FIT_SKIP[0], n - _FIT_SKIP[1])
+    features = [pair_magnitudes(k[0].swapaxes(0, 1))[keep] for k, _ in kv]
+    mass = [a[0, :, :, :n].double().mean((0, 1)).numpy()[keep] for a in out.attentions]
+    return features, mass
 
 
 def _sensitivity(

@@ -1,4 +1,5 @@
-"""Model profiles: per (layer, K/V, head) step weights calibrated once per model."""
+"""Model profiles: per (layer, K/V, head) step weights and a per-layer token-importance model,
+calibrated once per model."""
 
 from __future__ import annotations
 
@@ -22,12 +23,16 @@ class ModelProfile:
         model: what the profile was calibrated for (a name; not checked against the model).
         key_weights / value_weights: `[layer][head]` step multipliers.
         calibration: how it was made (text, level, tokens), for the record.
+        importance: `[layer][heads * head_dim/2]` coefficients predicting a token's log
+            attention mass from its keys' RoPE pair magnitudes (`cachegen.importance`); empty
+            for none.
     """
 
     model: str
     key_weights: Weights
     value_weights: Weights
     calibration: str = ""
+    importance: Weights = ()
 
     def __post_init__(self) -> None:
         if len(self.key_weights) != len(self.value_weights) or not self.key_weights:
@@ -35,6 +40,10 @@ class ModelProfile:
         for w in (*self.key_weights, *self.value_weights):
             if not w or not all(2.0**-10 <= x <= 2.0**10 for x in w):
                 raise ValueError("profile weights must be in [2^-10, 2^10]")
+        if self.importance and len(self.importance) != self.num_layers:
+            raise ValueError("profile importance needs one coefficient row per layer")
+        if not all(np.isfinite(row).all() for row in self.importance):
+            raise ValueError("profile importance coefficients must be finite")
 
     @property
     def num_layers(self) -> int:
@@ -62,6 +71,13 @@ class ModelProfile:
             heads = len((self.key_weights, self.value_weights)[i % 2][i // 2])
             if g.heads != heads:
                 raise ValueError(f"profile {self.model!r}: layer {i // 2} has {heads} heads")
+        for layer, row in enumerate(self.importance):
+            k = groups[2 * layer]
+            if len(row) != k.heads * (k.head_dim // 2):
+                raise ValueError(
+                    f"profile {self.model!r}: layer {layer} importance needs "
+                    f"{k.heads * (k.head_dim // 2)} coefficients, has {len(row)}"
+                )
 
     def to_json(self) -> str:
         body = {
@@ -70,6 +86,8 @@ class ModelProfile:
             "key_weights": [[round(x, 4) for x in w] for w in self.key_weights],
             "value_weights": [[round(x, 4) for x in w] for w in self.value_weights],
         }
+        if self.importance:
+            body["importance"] = [[float(f"{x:.5g}") for x in row] for row in self.importance]
         return json.dumps(body, indent=1)
 
     @classmethod
@@ -81,6 +99,7 @@ class ModelProfile:
                 key_weights=tuple(tuple(float(x) for x in w) for w in d["key_weights"]),
                 value_weights=tuple(tuple(float(x) for x in w) for w in d["value_weights"]),
                 calibration=str(d.get("calibration", "")),
+                importance=tuple(tuple(float(x) for x in row) for row in d.get("importance", ())),
             )
         except (KeyError, TypeError, json.JSONDecodeError) as e:
             raise ValueError(f"not a cachegen model profile: {e!r}") from e

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
+#: Token weights the core accepts.
+TOKEN_WEIGHT_BOUNDS = (2.0**-14, 2.0**14)
 #: The finest weight (2^-14): the step then is the token's max |x| / 127, 8-bit absmax.
-SINK_WEIGHT = 2.0**-14
+SINK_WEIGHT = TOKEN_WEIGHT_BOUNDS[0]
 #: Recency weights reach 1 at this many tokens before the context's end ...
 RECENCY_REFERENCE = 64
 #: ... and are shaped by this offset, so the very last tokens are not infinitely fine.

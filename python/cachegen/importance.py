@@ -1,0 +1,84 @@
+"""Token importance predicted from the keys: tokens that later queries attend to get finer steps.
+
+Besides the sink, attention piles onto a few tokens of a context (delimiters, line starts, ...),
+and an error in their K or V reaches many outputs. Whether a token draws attention shows in its
+key; RoPE rotates each channel pair (i, i + head_dim/2) by an angle set by the position, so the
+pairs' magnitudes are position-free features of it. A calibrated `ModelProfile` holds, per
+layer, a linear model of the log attention mass a token receives from those magnitudes
+(`ModelProfile.importance`, fitted by `cachegen.calibrate`); encoding scales each token's step
+by its predicted mass to the power -`IMPORTANCE_STRENGTH`. Measured on SmolLM2 in
+bench/results/ladder_experiments.md (section 20).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import _core
+from .tensors import KVViews, is_torch
+
+#: Exponent from predicted attention mass to step weight (0.5 would be the high-rate optimum
+#: for a perfect predictor; the prediction is rough, a smaller exponent pays off better).
+IMPORTANCE_STRENGTH = 0.15
+#: Importance weights stay within [1/8, 8] of the layer's geometric mean.
+IMPORTANCE_BOUND = 8.0
+#: Weights are rounded to this many steps per doubling, so that the few-ulp differences
+#: between a CPU and a GPU reduction cannot change a blob.
+_GRID = 16
+
+
+def layer_keys(kv: Any, layout: str, layer: int) -> Any:
+    """Layer `layer`'s keys as `[tokens, heads, head_dim]`, a view in the input's framework."""
+    if layout == "stacked":
+        return kv[layer, 0]
+    return kv[layer][0][0].swapaxes(0, 1)
+
+
+def pair_magnitudes(keys: Any) -> Any:
+    """`[tokens, heads * head_dim/2]` |(k_i, k_{i+head_dim/2})| in the keys' framework, float32
+    then float64: one rounding per elementwise operation, as in the core's `key_scores`."""
+    half = keys.shape[-1] // 2
+    k = keys.float() if is_torch(keys) else keys.astype("float32")
+    square = k[..., :half] ** 2 + k[..., half : 2 * half] ** 2
+    mag = (square.sqrt() if is_torch(square) else np.sqrt(square)).reshape(len(square), -1)
+    return mag.double() if is_torch(mag) else mag.astype("float64")
+
+
+def token_scores(
+    kv: Any, v: KVViews, layer: int, coefficients: Sequence[float], threads: int
+) -> np.ndarray:
+    """A layer's per-token scores (predicted log attention mass + a constant), on the host."""
+    coeffs = np.asarray(coefficients, dtype="<f8")
+    if v.device is None:
+        raw = _core.key_scores(v.groups[2 * layer].as_tuple(), coeffs.tobytes(), threads)
+        return np.frombuffer(raw, dtype="<f8")
+    keys = layer_keys(kv, v.layout, layer)
+    if v.framework == "torch":
+        mag = pair_magnitudes(keys)
+        return (mag @ mag.new_tensor(coeffs)).cpu().numpy()
+    import cupy
+
+    return cupy.asnumpy(pair_magnitudes(cupy.asarray(keys)) @ cupy.asarray(coeffs))
+
+
+def importance_weights(scores: np.ndarray) -> np.ndarray:
+    """Per-token step weights from a layer's scores: (predicted mass)^-strength, bounded,
+    relative to the layer's geometric mean."""
+    log_w = -IMPORTANCE_STRENGTH * (scores - scores.mean()) / np.log(2.0)
+    bound = np.log2(IMPORTANCE_BOUND)
+    return 2.0 ** (np.round(np.clip(log_w, -bound, bound) * _GRID) / _GRID)
+
+
+def fit(features: Sequence[np.ndarray], mass: Sequence[np.ndarray], ridge: float = 1e-4) -> list:
+    """Least-squares coefficients of log attention `mass` on `features` over several texts'
+    tokens, with an intercept (dropped: only differences between tokens matter) and a ridge
+    penalty relative to the features' mean square."""
+    x = np.concatenate(features)
+    x = np.hstack([x, np.ones((len(x), 1))])
+    y = np.log(np.concatenate(mass) + 1e-9)
+    gram = x.T @ x
+    penalty = np.diag(np.r_[np.full(x.shape[1] - 1, ridge * np.diag(gram)[:-1].mean()), 0.0])
+    return [float(c) for c in np.linalg.solve(gram + penalty, x.T @ y)[:-1]]
