@@ -158,13 +158,22 @@ def test_smollm2_round_trip_identical_logits() -> None:
     assert torch.equal(continue_logits(lm, _copy(kv), ids[:, 64:]), expected)
 
 
+def _sharp(model: transformers.PreTrainedModel) -> transformers.PreTrainedModel:
+    """Larger query and key projections: peaked attention, so keys matter as in a trained LM."""
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(8)
+            layer.self_attn.k_proj.weight.mul_(8)
+    return model
+
+
 def test_calibrate_profile_on_a_tiny_model() -> None:
     """calibrate(): one KL measurement per (layer, K/V, head), turned into clipped step weights
     that encode() accepts; strength 0 gives all-ones weights."""
     import cachegen
     from cachegen.calibrate import _sensitivity
 
-    model = _tiny(["full_attention"] * 4)
+    model = _sharp(_tiny(["full_attention"] * 4))
     texts = [
         torch.randint(0, 64, (1, 100), generator=torch.Generator().manual_seed(s)) for s in (1, 2)
     ]
@@ -172,13 +181,20 @@ def test_calibrate_profile_on_a_tiny_model() -> None:
     assert prof.num_layers == 4 and all(len(w) == 2 for w in prof.key_weights + prof.value_weights)
     # The weights are the measured sensitivities, normalized per text, to the power -0.35.
     config = cachegen.CodecConfig.from_level(5)
-    per_text = [np.concatenate(_sensitivity(model, t, config, 16, torch)) for t in texts]
-    mean = sum(s / np.exp(np.log(s).mean()) for s in per_text) / len(texts)
+    measured = [_sensitivity(model, t, config, 16, 4, torch) for t in texts]
+    relative = lambda s: s / np.exp(np.log(s).mean())  # noqa: E731
+    mean = sum(relative(np.concatenate(heads)) for heads, _ in measured) / len(texts)
     want = np.clip(mean**-0.35, 0.5, 2.0).reshape(4, 2, 2)  # layer, K/V, head
     np.testing.assert_allclose(np.stack([prof.key_weights, prof.value_weights], 1), want)
     assert len({round(w, 6) for w in want.ravel()}) > 1  # heads really differ
+    bands = relative(np.clip((sum(relative(b) for _, b in measured) / 2) ** -0.35, 0.5, 2.0))
+    np.testing.assert_allclose(prof.key_bands, bands)
+    assert len(prof.key_bands) == 4 and len(set(prof.key_bands)) == 4
     flat = cachegen.calibrate(model, texts[:1], name="tiny", continuation=16, strength=0.0)
-    assert set(flat.key_weights[0] + flat.value_weights[3]) == {1.0}
+    assert set(flat.key_weights[0] + flat.value_weights[3] + flat.key_bands) == {1.0}
+    assert (
+        cachegen.calibrate(model, texts[:1], name="t", continuation=16, key_bands=0).key_bands == ()
+    )
     kv = from_cache(_prefill(model, texts[0]))
     blob = cachegen.encode(kv, level=5, profile=prof)
     assert blob != cachegen.encode(kv, level=5) and len(cachegen.decode(blob)) == 4

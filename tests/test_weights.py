@@ -237,3 +237,32 @@ def test_core_key_scores_reject_non_finite_keys():
     group = cachegen.tensors.views(keys).groups[0].as_tuple()
     with pytest.raises(ValueError, match="nan or inf"):
         _core.key_scores(group, np.ones(8).tobytes())
+
+
+def test_key_bands_scale_key_channels_by_rope_frequency():
+    prof = dataclasses.replace(small_profile(2, 2), key_bands=(2.0, 1.0, 1.0, 0.5))
+    np.testing.assert_array_equal(
+        prof.band_pattern(16), np.tile(np.repeat([2.0, 1.0, 1.0, 0.5], 2), 2)
+    )
+    kv = synthetic_kv(2, 50, 2, 16)
+    plain = cachegen.quantize(kv, level=5, profile=dataclasses.replace(prof, key_bands=()))
+    banded = cachegen.quantize(kv, level=5, profile=prof)
+    for i, (p, b) in enumerate(zip(plain, banded, strict=True)):
+        want = np.tile(prof.band_pattern(16), 2) if i % 2 == 0 else np.ones(32)  # keys only
+        np.testing.assert_allclose(b.b / p.b, want, rtol=2e-3)
+    assert cachegen.ModelProfile.from_json(prof.to_json()).key_bands == prof.key_bands
+
+
+def test_key_bands_checks():
+    prof = dataclasses.replace(small_profile(1, 2), key_bands=(1.0,) * 4)
+    with pytest.raises(ValueError, match="even head_dim >= 8"):
+        cachegen.encode(synthetic_kv(1, 10, 2, 6), profile=prof)
+    with pytest.raises(ValueError, match="weights"):
+        dataclasses.replace(prof, key_bands=(1.0, 0.0))
+
+
+def test_importance_needs_an_even_head_dim():
+    ones = ((1.0, 1.0),)
+    prof = cachegen.ModelProfile("x", ones, ones, importance=((1.0,) * 6,))
+    with pytest.raises(ValueError, match="even head_dim"):
+        cachegen.encode(synthetic_kv(1, 10, 2, 7), profile=prof)

@@ -5,8 +5,10 @@ prefix cache intact except one head of one layer's K or V replaced by its level-
 the mean KL divergence of the next-token distributions from the intact run is that head's
 sensitivity. High-rate theory makes the rate-optimal step proportional to sensitivity^-1/2
 (every head then adds the same distortion); `strength` below 1/2 hedges against measurement
-noise on a few texts. Costs 2 * layers * heads continuation passes per text (SmolLM2-135M with a
-1536-token prefix and a 256-token continuation: about 3.5 minutes per text on two cores).
+noise on a few texts. The key channels' RoPE frequency bands are measured the same way, each
+band of every layer's keys coded at once. Costs 2 * layers * heads + bands continuation passes
+per text (SmolLM2-135M with a 1536-token prefix and a 256-token continuation: about 3.5 minutes
+per text on two cores).
 
 One more pass with attention weights fits the token-importance model (`cachegen.importance`):
 per layer, the log of the attention mass each prefix token receives from the continuation,
@@ -41,6 +43,7 @@ def calibrate(
     continuation: int = 256,
     strength: float = 0.35,
     bound: float = 4.0,
+    key_bands: int = 4,
 ) -> ModelProfile:
     """Measure a profile for `model` (a transformers causal LM) on token-id tensors `texts`.
 
@@ -51,13 +54,16 @@ def calibrate(
         config: the coding whose errors are measured (default: level 5).
         strength: exponent turning sensitivity into step weights (0.5 = high-rate optimum).
         bound: weights are clipped to [1/bound, bound].
+        key_bands: RoPE frequency bands of the key channels, measured and weighted apiece
+            (0: none).
     """
     import torch
 
     config = config or CodecConfig.from_level(5)
     if not texts:
         raise ValueError("calibrate needs at least one text")
-    total: list[np.ndarray] = []
+    heads: list[list[np.ndarray]] = []
+    bands: list[np.ndarray] = []
     features: list[list[np.ndarray]] = []
     mass: list[list[np.ndarray]] = []
     for ids in texts:
@@ -68,24 +74,35 @@ def calibrate(
         f, m = _attention_mass(model, ids, continuation, torch)
         features.append(f)
         mass.append(m)
-        s = _sensitivity(model, ids, config, continuation, torch)
-        mean_log = np.concatenate([np.log(g) for g in s]).mean()
-        s = [g / np.exp(mean_log) for g in s]  # each text counts equally
-        total = s if not total else [a + b for a, b in zip(total, s, strict=True)]
-    weights = [np.clip((g / len(texts)) ** -strength, 1.0 / bound, bound) for g in total]
+        h, b = _sensitivity(model, ids, config, continuation, key_bands, torch)
+        heads.append(_relative(h))  # each text counts equally
+        bands.append(_relative([b])[0] if key_bands else b)
+    weights = [
+        np.clip(np.mean(g, axis=0) ** -strength, 1.0 / bound, bound)
+        for g in zip(*heads, strict=True)
+    ]
+    band_w = np.clip(np.mean(bands, axis=0) ** -strength, 1.0 / bound, bound)
+    band_w = band_w / np.exp(np.log(band_w).mean()) if key_bands else band_w  # keeps layer steps
     return ModelProfile(
         model=name,
         key_weights=_rows(weights[0::2]),
         value_weights=_rows(weights[1::2]),
         calibration=(
             f"{len(texts)} texts, {config.name}, continuation {continuation}, "
-            f"strength {strength}, bound {bound}"
+            f"strength {strength}, bound {bound}, {key_bands} key bands"
         ),
         importance=tuple(
             tuple(fit([f[layer] for f in features], [m[layer] for m in mass]))
             for layer in range(len(features[0]))
         ),
+        key_bands=tuple(float(x) for x in band_w),
     )
+
+
+def _relative(groups: list[np.ndarray]) -> list[np.ndarray]:
+    """Sensitivities divided by their geometric mean over all entries."""
+    mean_log = np.concatenate([np.log(g) for g in groups]).mean()
+    return [g / np.exp(mean_log) for g in groups]
 
 
 def _rows(w: list[np.ndarray]) -> tuple[tuple[float, ...], ...]:
@@ -114,10 +131,10 @@ def _attention_mass(
 
 
 def _sensitivity(
-    model: Any, ids: Any, config: CodecConfig, cont: int, torch: Any
-) -> list[np.ndarray]:
-    """Per group (K0, V0, K1, ...): each head's mean KL of the continuation when it alone is
-    coded, floored at 1e-9."""
+    model: Any, ids: Any, config: CodecConfig, cont: int, bands: int, torch: Any
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Mean KL of the continuation when one part of the cache alone is coded, floored at 1e-9:
+    per group (K0, V0, K1, ...) each head's, and each key band's over all layers and heads."""
     prefix, tail = ids[:, :-cont], ids[:, -cont:]
     with torch.inference_mode():
         kv = from_cache(model(prefix, use_cache=True).cache)
@@ -128,19 +145,31 @@ def _sensitivity(
         return torch.log_softmax(logits[0].double(), dim=-1)
 
     ref = log_probs(kv)
-    ref_p = ref.exp()  # once: each of the 2 * layers * heads passes compares against it
+    ref_p = ref.exp()  # once: each of the 2 * layers * heads + bands passes compares against it
     coded = decode(encode(kv, config=config), framework="torch")
-    out = []
-    for layer in range(len(kv)):
-        for side in range(2):
-            kl_by_head = np.full(kv[layer][side].shape[1], 1e-9)
-            for head in range(len(kl_by_head)):
-                mixed = [list(pair) for pair in kv]
-                t = kv[layer][side].clone()
-                t[:, head] = coded[layer][side][:, head].to(t.dtype)
-                mixed[layer][side] = t
-                lp = log_probs([tuple(p) for p in mixed])
-                kl = (ref_p * (ref - lp)).sum(-1).mean().item()
-                kl_by_head[head] = max(kl, 1e-9)
-            out.append(kl_by_head)
-    return out
+
+    def kl(mixed: list) -> float:
+        return max((ref_p * (ref - log_probs(mixed))).sum(-1).mean().item(), 1e-9)
+
+    def with_coded(layer: int, side: int, index: tuple) -> list:
+        mixed = [list(pair) for pair in kv]
+        t = mixed[layer][side].clone()
+        t[index] = coded[layer][side][index].to(t.dtype)
+        mixed[layer][side] = t
+        return mixed
+
+    per_head = [
+        np.array([kl(with_coded(layer, side, (slice(None), h))) for h in range(t.shape[1])])
+        for layer in range(len(kv))
+        for side, t in enumerate(kv[layer])
+    ]
+    per_band = []
+    for band in range(bands):
+        mixed = [list(pair) for pair in kv]
+        for layer in range(len(kv)):
+            head_dim = kv[layer][0].shape[-1]
+            pair = torch.arange(head_dim) % (head_dim // 2)
+            channels = pair * bands // (head_dim // 2) == band
+            mixed[layer][0] = with_coded(layer, 0, (..., channels))[layer][0]
+        per_band.append(kl(mixed))
+    return per_head, np.array(per_band)

@@ -1,5 +1,5 @@
-"""Model profiles: per (layer, K/V, head) step weights and a per-layer token-importance model,
-calibrated once per model."""
+"""Model profiles: per (layer, K/V, head) step weights, key weights per RoPE frequency band and a
+per-layer token-importance model, calibrated once per model."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ class ModelProfile:
         importance: `[layer][heads * head_dim/2]` coefficients predicting a token's log
             attention mass from its keys' RoPE pair magnitudes (`cachegen.importance`); empty
             for none.
+        key_bands: step multipliers of the key channels by RoPE frequency band, highest
+            frequency first (pair p of a head, channels p and p + head_dim/2, is in band
+            `p * len(key_bands) // (head_dim/2)`), geometric mean 1; empty for none. Low
+            frequencies carry what a query matches regardless of distance: finer steps there.
     """
 
     model: str
@@ -33,11 +37,16 @@ class ModelProfile:
     value_weights: Weights
     calibration: str = ""
     importance: Weights = ()
+    key_bands: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.key_weights) != len(self.value_weights) or not self.key_weights:
             raise ValueError("profile needs K and V weights for the same, non-zero layer count")
-        for w in (*self.key_weights, *self.value_weights):
+        for w in (
+            *self.key_weights,
+            *self.value_weights,
+            *((self.key_bands,) if self.key_bands else ()),
+        ):
             if not w or not all(2.0**-10 <= x <= 2.0**10 for x in w):
                 raise ValueError("profile weights must be in [2^-10, 2^10]")
         if self.importance and len(self.importance) != self.num_layers:
@@ -59,7 +68,16 @@ class ModelProfile:
     def channel_weights(self, layer: int, side: int, head_dim: int) -> np.ndarray:
         """Per-channel weights relative to the layer's (geometric mean 1 over heads)."""
         rel = self._heads(layer, side) / self.layer_weight(layer, side)
-        return np.repeat(rel, head_dim).astype(np.float32)
+        w = np.repeat(rel, head_dim)
+        if side == 0 and self.key_bands:
+            w *= np.tile(self.band_pattern(head_dim), len(rel))
+        return w.astype(np.float32)
+
+    def band_pattern(self, head_dim: int) -> np.ndarray:
+        """The key band weights spread over one head's channels."""
+        half = head_dim // 2
+        pair = np.arange(head_dim) % half
+        return np.asarray(self.key_bands, dtype=np.float64)[pair * len(self.key_bands) // half]
 
     def check(self, groups: Sequence[Any]) -> None:
         """Raise ValueError unless the KV groups (K0, V0, K1, ...) match this profile."""
@@ -71,8 +89,13 @@ class ModelProfile:
             heads = len((self.key_weights, self.value_weights)[i % 2][i // 2])
             if g.heads != heads:
                 raise ValueError(f"profile {self.model!r}: layer {i // 2} has {heads} heads")
+        need = 2 * len(self.key_bands)
+        if need and any(g.head_dim % 2 or g.head_dim < need for g in groups[::2]):
+            raise ValueError(f"profile {self.model!r}: key bands need an even head_dim >= {need}")
         for layer, row in enumerate(self.importance):
             k = groups[2 * layer]
+            if k.head_dim % 2:
+                raise ValueError(f"profile {self.model!r}: importance needs an even head_dim")
             if len(row) != k.heads * (k.head_dim // 2):
                 raise ValueError(
                     f"profile {self.model!r}: layer {layer} importance needs "
@@ -86,6 +109,8 @@ class ModelProfile:
             "key_weights": [[round(x, 4) for x in w] for w in self.key_weights],
             "value_weights": [[round(x, 4) for x in w] for w in self.value_weights],
         }
+        if self.key_bands:
+            body["key_bands"] = [round(x, 4) for x in self.key_bands]
         if self.importance:
             body["importance"] = [[float(f"{x:.5g}") for x in row] for row in self.importance]
         return json.dumps(body, indent=1)
@@ -100,6 +125,7 @@ class ModelProfile:
                 value_weights=tuple(tuple(float(x) for x in w) for w in d["value_weights"]),
                 calibration=str(d.get("calibration", "")),
                 importance=tuple(tuple(float(x) for x in row) for row in d.get("importance", ())),
+                key_bands=tuple(float(x) for x in d.get("key_bands", ())),
             )
         except (KeyError, TypeError, json.JSONDecodeError) as e:
             raise ValueError(f"not a cachegen model profile: {e!r}") from e
