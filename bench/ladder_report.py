@@ -126,9 +126,10 @@ def main() -> None:
         f"{run['date']}). Reference = CacheGen's quantizer and levels coded with cachegen's own "
         "coder and compact tables (stricter than CacheGen as shipped, which adds ~2 bits/element "
         "of per-chunk CDFs at 256-token chunks; the last column adds those 2.06 bits to the "
-        "reference). The profile (per layer, K/V and head step weights, a 3 KB file once per "
-        "model) was calibrated on GPL-2, LGPL-2.1 and difflib's source, which are never scored; "
-        "its per-channel scales inside each blob are counted in the bits. Reproduce: "
+        "reference). The profile (per layer, K/V and head step weights, key weights per RoPE "
+        "band and a token-importance model: a 41 KB file once per model) was calibrated on "
+        "GPL-2, LGPL-2.1 and difflib's source, which are never scored; its per-channel scales "
+        "inside each blob are counted in the bits. Reproduce: "
         "`python bench/quality.py && python bench/ladder_report.py`.",
     ]
     for prefix, title in LADDERS:
