@@ -18,16 +18,13 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from .tensors import KVViews, is_torch
+from .tensors import KVViews, array_group, is_torch, to_host
 
 #: Exponent from predicted attention mass to step weight (0.5 would be the high-rate optimum
 #: for a perfect predictor; the prediction is rough, a smaller exponent pays off better).
 IMPORTANCE_STRENGTH = 0.15
 #: Importance weights stay within [1/8, 8] of the layer's geometric mean.
 IMPORTANCE_BOUND = 8.0
-#: Weights are rounded to this many steps per doubling, so that the few-ulp differences
-#: between a CPU and a GPU reduction cannot change a blob.
-_GRID = 16
 
 
 def layer_keys(kv: Any, layout: str, layer: int) -> Any:
@@ -38,11 +35,12 @@ def layer_keys(kv: Any, layout: str, layer: int) -> Any:
 
 
 def pair_magnitudes(keys: Any) -> Any:
-    """`[tokens, heads * head_dim/2]` |(k_i, k_{i+head_dim/2})| in the keys' framework, float32
-    then float64: one rounding per elementwise operation, as in the core's `key_scores`."""
+    """`[tokens, heads * head_dim/2]` float64 |(k_i, k_{i+head_dim/2})| in the keys' framework
+    (numpy or torch), for fitting; encoding scores tokens with the core's `key_scores`."""
     half = keys.shape[-1] // 2
     k = keys.float() if is_torch(keys) else keys.astype("float32")
-    square = k[..., :half] ** 2 + k[..., half : 2 * half] ** 2
+    a, b = k[..., :half], k[..., half : 2 * half]
+    square = a * a + b * b
     mag = (square.sqrt() if is_torch(square) else np.sqrt(square)).reshape(len(square), -1)
     return mag.double() if is_torch(mag) else mag.astype("float64")
 
@@ -50,18 +48,17 @@ def pair_magnitudes(keys: Any) -> Any:
 def token_scores(
     kv: Any, v: KVViews, layer: int, coefficients: Sequence[float], threads: int
 ) -> np.ndarray:
-    """A layer's per-token scores (predicted log attention mass + a constant), on the host."""
-    coeffs = np.asarray(coefficients, dtype="<f8")
-    if v.device is None:
-        raw = _core.key_scores(v.groups[2 * layer].as_tuple(), coeffs.tobytes(), threads)
-        return np.frombuffer(raw, dtype="<f8")
-    keys = layer_keys(kv, v.layout, layer)
-    if v.framework == "torch":
-        mag = pair_magnitudes(keys)
-        return (mag @ mag.new_tensor(coeffs)).cpu().numpy()
-    import cupy
+    """A layer's per-token scores (predicted log attention mass + a constant), by the core.
 
-    return cupy.asnumpy(pair_magnitudes(cupy.asarray(keys)) @ cupy.asarray(coeffs))
+    CUDA input is scored on a host copy of its keys: framework kernels may round a square root
+    differently, and a weight that moved at all would change the blob.
+    """
+    group, host = v.groups[2 * layer], None
+    if v.device is not None:
+        host = to_host(layer_keys(kv, v.layout, layer))
+        group = array_group(host)
+    coeffs = np.asarray(coefficients, dtype="<f8").tobytes()
+    return np.frombuffer(_core.key_scores(group.as_tuple(), coeffs, threads), dtype="<f8")
 
 
 def importance_weights(scores: np.ndarray) -> np.ndarray:
@@ -69,7 +66,7 @@ def importance_weights(scores: np.ndarray) -> np.ndarray:
     relative to the layer's geometric mean."""
     log_w = -IMPORTANCE_STRENGTH * (scores - scores.mean()) / np.log(2.0)
     bound = np.log2(IMPORTANCE_BOUND)
-    return 2.0 ** (np.round(np.clip(log_w, -bound, bound) * _GRID) / _GRID)
+    return 2.0 ** np.clip(log_w, -bound, bound)
 
 
 def fit(features: Sequence[np.ndarray], mass: Sequence[np.ndarray], ridge: float = 1e-4) -> list:

@@ -127,6 +127,23 @@ def _group(address: int, dtype: str, shape, strides, offset: int = 0) -> GroupVi
     )
 
 
+def array_group(x: Any) -> GroupView:
+    """The view of one `[tokens, heads, head_dim]` array or tensor."""
+    address, shape, strides, dtype = _raw(x)
+    if len(shape) != 3:
+        raise ValueError(f"expected [tokens, heads, head_dim], got shape {tuple(shape)}")
+    return _group(address, dtype, shape, strides)
+
+
+def to_host(x: Any) -> Any:
+    """A host copy of a CUDA tensor or array (torch stays torch, anything else becomes numpy)."""
+    if is_torch(x):
+        return x.cpu()
+    import cupy
+
+    return cupy.asnumpy(x)
+
+
 def _stacked_views(x: Any) -> tuple[str, list[GroupView]]:
     address, shape, st, dtype = _raw(x)
     if len(shape) != 5 or shape[1] != 2:
