@@ -69,7 +69,9 @@ def importance_weights(scores: np.ndarray) -> np.ndarray:
     return 2.0 ** np.clip(log_w, -bound, bound)
 
 
-def fit(features: Sequence[np.ndarray], mass: Sequence[np.ndarray], ridge: float = 1e-4) -> list:
+def fit(
+    features: Sequence[np.ndarray], mass: Sequence[np.ndarray], ridge: float = 1e-4
+) -> list[float]:
     """Least-squares coefficients of log attention `mass` on `features` over several texts'
     tokens, with an intercept (dropped: only differences between tokens matter) and a ridge
     penalty relative to the features' mean square."""
