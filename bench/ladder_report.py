@@ -128,7 +128,8 @@ def main() -> None:
         "of per-chunk CDFs at 256-token chunks; the last column adds those 2.06 bits to the "
         "reference). The profile (per layer, K/V and head step weights, key weights per RoPE "
         "band and a token-importance model: a 41 KB file once per model) was calibrated on "
-        "GPL-2, LGPL-2.1 and difflib's source, which are never scored; its per-channel scales "
+        "GPL-1, GPL-2, LGPL-2.1 and the sources of difflib, typing and pathlib, which are never "
+        "scored; its per-channel scales "
         "inside each blob are counted in the bits. Reproduce: "
         "`python bench/quality.py && python bench/ladder_report.py`.",
     ]

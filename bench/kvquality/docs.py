@@ -13,7 +13,14 @@ LICENSES = Path("/usr/share/common-licenses")
 # for documentation rather than code, and program source (Python's own argparse module).
 DEFAULT_DOCS = ("GPL-3", "Apache-2.0", "MPL-2.0", "GFDL-1.3", "python:argparse")
 # Text that calibration (bench/calibrate_profile.py) uses and the benchmark never scores.
-CALIBRATION_DOCS = ("GPL-2", "LGPL-2.1", "python:difflib")
+CALIBRATION_DOCS = (
+    "GPL-2",
+    "LGPL-2.1",
+    "python:difflib",
+    "GPL-1",
+    "python:typing",
+    "python:pathlib",
+)
 
 
 @dataclass(frozen=True)
