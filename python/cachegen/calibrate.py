@@ -26,7 +26,7 @@ from .api import decode, encode
 from .config import CodecConfig
 from .hf import from_cache, to_cache
 from .importance import fit, pair_magnitudes
-from .profile import ModelProfile
+from .profile import ModelProfile, band_of_channels
 from .weights import RECENCY_REFERENCE
 
 # Tokens left out of the importance fit: the sink, and the last ones, whose attention is
@@ -167,9 +167,7 @@ def _sensitivity(
     for band in range(bands):
         mixed = [list(pair) for pair in kv]
         for layer in range(len(kv)):
-            head_dim = kv[layer][0].shape[-1]
-            pair = torch.arange(head_dim) % (head_dim // 2)
-            channels = pair * bands // (head_dim // 2) == band
+            channels = torch.from_numpy(band_of_channels(kv[layer][0].shape[-1], bands) == band)
             mixed[layer][0] = with_coded(layer, 0, (..., channels))[layer][0]
         per_band.append(kl(mixed))
     return per_head, np.array(per_band)

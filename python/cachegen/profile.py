@@ -15,6 +15,13 @@ import numpy as np
 Weights = tuple[tuple[float, ...], ...]  # [layer][head]
 
 
+def band_of_channels(head_dim: int, bands: int) -> np.ndarray:
+    """The RoPE frequency band (0 = highest frequency) of each channel of a head: channels i and
+    i + head_dim/2 form pair i, and pairs are cut into `bands` equal runs."""
+    half = head_dim // 2
+    return np.arange(head_dim) % half * bands // half
+
+
 @dataclass(frozen=True)
 class ModelProfile:
     """Step multipliers per (layer, K/V, head): > 1 where the model tolerates more error.
@@ -75,9 +82,8 @@ class ModelProfile:
 
     def band_pattern(self, head_dim: int) -> np.ndarray:
         """The key band weights spread over one head's channels."""
-        half = head_dim // 2
-        pair = np.arange(head_dim) % half
-        return np.asarray(self.key_bands, dtype=np.float64)[pair * len(self.key_bands) // half]
+        bands = np.asarray(self.key_bands, dtype=np.float64)
+        return bands[band_of_channels(head_dim, len(bands))]
 
     def check(self, groups: Sequence[Any]) -> None:
         """Raise ValueError unless the KV groups (K0, V0, K1, ...) match this profile."""
