@@ -236,18 +236,15 @@ py::list quantize_py(const std::vector<SpecTuple>& specs, int threads) {
   return out;
 }
 
-// Float64 bytes of per-token importance scores of one K group (see src/importance.hpp).
-py::bytes key_scores_py(const ViewTuple& keys, const std::string& coeffs, int threads) {
-  if (coeffs.size() % 8) throw InputError("importance coefficients must be float64 bytes");
-  std::vector<double> c(coeffs.size() / 8);
-  std::memcpy(c.data(), coeffs.data(), coeffs.size());
+// Float32 bytes of one K group's RoPE pair magnitudes (see src/importance.hpp).
+py::bytes key_magnitudes_py(const ViewTuple& keys, int threads) {
   const TensorView view = to_view(keys);
-  std::vector<double> scores;
+  std::vector<float> mag;
   {
     py::gil_scoped_release nogil;
-    scores = key_pair_scores(view, c, threads);
+    mag = key_pair_magnitudes(view, threads);
   }
-  return as_bytes(scores);
+  return as_bytes(mag);
 }
 
 void decode_py(Blob& b, const std::vector<ViewTuple>& outs, int threads) {
@@ -315,7 +312,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("encode", &encode_py, py::arg("specs"), py::arg("dtype"), py::arg("layout"),
         py::arg("level"), py::arg("segment_symbols"), py::arg("flags") = 0, py::arg("threads") = 0);
   m.def("quantize", &quantize_py, py::arg("specs"), py::arg("threads") = 0);
-  m.def("key_scores", &key_scores_py, py::arg("keys"), py::arg("coeffs"), py::arg("threads") = 0);
+  m.def("key_magnitudes", &key_magnitudes_py, py::arg("keys"), py::arg("threads") = 0);
   m.def("build_info", &build_info_py);
 #ifdef CACHEGEN_WITH_CUDA
   py::class_<cuda::DeviceBlob>(m, "DeviceBlob")

@@ -1,4 +1,4 @@
-// Token importance features: a linear score of each token's key RoPE pair magnitudes.
+// Token importance features: the RoPE pair magnitudes of each token's keys.
 #pragma once
 #include <vector>
 
@@ -6,13 +6,10 @@
 
 namespace cachegen {
 
-// Per token t: sum over heads h and pairs p < head_dim/2 of
-// coeffs[h * head_dim/2 + p] * |(k[t, h, p], k[t, h, p + head_dim/2])|. The magnitudes are
-// float32 with one rounding per operation (no contraction), as a GPU computes them elementwise;
-// the sum is double.
-// Throws InputError on an odd head_dim, a coefficient count other than heads * head_dim/2, or
-// a non-finite key.
-std::vector<double> key_pair_scores(const TensorView& keys, const std::vector<double>& coeffs,
-                                    int threads);
+// [tokens, heads * head_dim/2], row-major: |(k[t, h, p], k[t, h, p + head_dim/2])| at
+// (t, h * head_dim/2 + p). RoPE rotates each such pair by a position-dependent angle, so the
+// magnitudes describe a token's key whatever its position. Computed in float32 with one rounding
+// per operation (no contraction). Throws InputError on an odd head_dim or a non-finite key.
+std::vector<float> key_pair_magnitudes(const TensorView& keys, int threads);
 
 }  // namespace cachegen

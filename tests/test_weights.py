@@ -204,38 +204,25 @@ def test_profile_importance_checks():
 
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 @pytest.mark.parametrize("layout", ["stacked", "pairs"])
-def test_core_key_scores_equal_numpy(dtype, layout):
+def test_core_key_magnitudes_equal_numpy(dtype, layout):
     kv = synthetic_kv(2, 300, 3, 16, dtype=dtype, seed=5, layout=layout)
-    coeffs = np.random.default_rng(6).normal(size=24)
-    v = cachegen.tensors.views(kv)
     for layer in range(2):
-        want = pair_magnitudes(layer_keys(kv, layout, layer)) @ coeffs
-        raw = _core.key_scores(v.groups[2 * layer].as_tuple(), coeffs.tobytes(), 2)
-        np.testing.assert_allclose(np.frombuffer(raw, "<f8"), want, rtol=1e-12, atol=1e-12)
+        keys = layer_keys(kv, layout, layer)  # strided for "pairs"
+        k = keys.astype(np.float32)
+        want = np.sqrt(k[..., :8] * k[..., :8] + k[..., 8:] * k[..., 8:]).reshape(300, 24)
+        np.testing.assert_array_equal(pair_magnitudes(keys, threads=2), want)
 
 
-@pytest.mark.parametrize(
-    "shape, coeffs, match",
-    [
-        ((10, 2, 7), np.ones(6), "even head_dim"),
-        ((10, 2, 8), np.ones(7), "heads \\* head_dim/2"),
-        ((10, 2, 8), b"\0" * 12, "float64 bytes"),
-    ],
-)
-def test_core_key_scores_reject_bad_input(shape, coeffs, match):
-    keys = np.ones((1, 2, *shape), np.float16)
-    group = cachegen.tensors.views(keys).groups[0].as_tuple()
-    raw = coeffs if isinstance(coeffs, bytes) else coeffs.tobytes()
-    with pytest.raises(ValueError, match=match):
-        _core.key_scores(group, raw)
+def test_core_key_magnitudes_reject_odd_head_dim():
+    with pytest.raises(ValueError, match="even head_dim"):
+        pair_magnitudes(np.ones((10, 2, 7), np.float16))
 
 
-def test_core_key_scores_reject_non_finite_keys():
-    keys = np.ones((1, 2, 10, 2, 8), np.float16)
-    keys[0, 0, 3, 1, 2] = np.inf
-    group = cachegen.tensors.views(keys).groups[0].as_tuple()
+def test_core_key_magnitudes_reject_non_finite_keys():
+    keys = np.ones((10, 2, 8), np.float16)
+    keys[3, 1, 2] = np.inf
     with pytest.raises(ValueError, match="nan or inf"):
-        _core.key_scores(group, np.ones(8).tobytes())
+        pair_magnitudes(keys)
 
 
 def test_key_bands_scale_key_channels_by_rope_frequency():

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import _core
-from .tensors import KVViews, array_group, is_torch, to_host
+from .tensors import GroupView, KVViews, array_group, device_of, to_host
 
 #: Exponent from predicted attention mass to step weight (0.5 would be the high-rate optimum
 #: for a perfect predictor; the prediction is rough, a smaller exponent pays off better).
@@ -34,31 +34,29 @@ def layer_keys(kv: Any, layout: str, layer: int) -> Any:
     return kv[layer][0][0].swapaxes(0, 1)
 
 
-def pair_magnitudes(keys: Any) -> Any:
-    """`[tokens, heads * head_dim/2]` float64 |(k_i, k_{i+head_dim/2})| in the keys' framework
-    (numpy or torch), for fitting; encoding scores tokens with the core's `key_scores`."""
-    half = keys.shape[-1] // 2
-    k = keys.float() if is_torch(keys) else keys.astype("float32")
-    a, b = k[..., :half], k[..., half : 2 * half]
-    square = a * a + b * b
-    mag = (square.sqrt() if is_torch(square) else np.sqrt(square)).reshape(len(square), -1)
-    return mag.double() if is_torch(mag) else mag.astype("float64")
+def pair_magnitudes(keys: Any, threads: int = 1) -> np.ndarray:
+    """`[tokens, heads * head_dim/2]` float32 |(k_i, k_{i+head_dim/2})| of keys `[tokens, heads,
+    head_dim]` (numpy, torch or CUDA), computed by the core; CUDA keys on a host copy, so the
+    same keys give the same magnitudes wherever they live."""
+    if device_of(keys) is not None:
+        keys = to_host(keys)
+    return _magnitudes(array_group(keys), threads)
+
+
+def _magnitudes(group: GroupView, threads: int) -> np.ndarray:
+    raw = _core.key_magnitudes(group.as_tuple(), threads)
+    return np.frombuffer(raw, dtype=np.float32).reshape(group.tokens, -1)
 
 
 def token_scores(
     kv: Any, v: KVViews, layer: int, coefficients: Sequence[float], threads: int
 ) -> np.ndarray:
-    """A layer's per-token scores (predicted log attention mass + a constant), by the core.
-
-    CUDA input is scored on a host copy of its keys: framework kernels may round a square root
-    differently, and a weight that moved at all would change the blob.
-    """
-    group, host = v.groups[2 * layer], None
-    if v.device is not None:
-        host = to_host(layer_keys(kv, v.layout, layer))
-        group = array_group(host)
-    coeffs = np.asarray(coefficients, dtype="<f8").tobytes()
-    return np.frombuffer(_core.key_scores(group.as_tuple(), coeffs, threads), dtype="<f8")
+    """A layer's per-token scores (predicted log attention mass + a constant)."""
+    if v.device is None:
+        mag = _magnitudes(v.groups[2 * layer], threads)
+    else:
+        mag = pair_magnitudes(layer_keys(kv, v.layout, layer), threads)
+    return mag @ np.asarray(coefficients, dtype=np.float64)
 
 
 def importance_weights(scores: np.ndarray) -> np.ndarray:
