@@ -185,7 +185,8 @@ def cachegen_method(level: int | None = None) -> Method:
 
 
 def profiled_method(level: int) -> Method:
-    """A ladder level with the shipped SmolLM2 profile (calibrated on GPL-2 and LGPL-2.1)."""
+    """A ladder level with the shipped SmolLM2 profile (calibrated on `docs.CALIBRATION_DOCS`,
+    which the benchmark never scores)."""
     from cachegen import profiles
 
     prof = profiles.load(profiles.SMOLLM2)

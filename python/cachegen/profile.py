@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 Weights = tuple[tuple[float, ...], ...]  # [layer][head]
+Coefficients = tuple[tuple[float, ...], ...]  # [layer][heads * head_dim/2]
 
 
 def band_of_channels(head_dim: int, bands: int) -> np.ndarray:
@@ -43,7 +44,7 @@ class ModelProfile:
     key_weights: Weights
     value_weights: Weights
     calibration: str = ""
-    importance: Weights = ()
+    importance: Coefficients = ()
     key_bands: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
