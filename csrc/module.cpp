@@ -83,7 +83,7 @@ py::dict group_dict(const Group& g) {
 
 py::dict parsed_info(const ParsedBlob& p, size_t total_bytes) {
   py::dict d;
-  d["version"] = kFormatVersion;
+  d["version"] = p.header.version;
   d["num_layers"] = p.header.num_layers;
   d["dtype"] = (int)p.header.dtype;
   d["layout"] = (int)p.header.layout;

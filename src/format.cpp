@@ -6,6 +6,7 @@
 #include <string>
 
 #include "crc32c.hpp"
+#include "step_codes.hpp"
 
 namespace cachegen {
 namespace {
@@ -76,13 +77,18 @@ class Reader {
   size_t pos_, end_;
 };
 
+bool readable_version(uint16_t v) { return v == 1 || v == kFormatVersion; }
+
 uint64_t align8(uint64_t x) { return (x + 7) & ~uint64_t{7}; }
 
 [[noreturn]] void fail(const std::string& msg) { throw FormatError(msg); }
 
 void write_side(const Group& g, Writer& w, std::vector<uint8_t>& out) {
   const GroupQuant& q = g.quant;
-  if (q.flags & kTokenScale) w.bytes(q.token_scale.data(), q.token_scale.size() * 2);
+  if (q.flags & kTokenCodes)
+    write_step_codes(q.token_scale, out);
+  else if (q.flags & kTokenScale)
+    w.bytes(q.token_scale.data(), q.token_scale.size() * 2);
   if (q.flags & kChannelScale) w.bytes(q.channel_scale.data(), q.channel_scale.size() * 2);
   if (q.flags & kChannelOffset) w.bytes(q.channel_offset.data(), q.channel_offset.size() * 2);
   if (g.tables.tables.size() > 1) w.bytes(g.tables.channel_table.data(), g.desc.channels());
@@ -141,7 +147,7 @@ DescFields read_desc(Reader& r) {
   return f;
 }
 
-void check_desc(const DescFields& f, uint32_t expected_first) {
+void check_desc(const DescFields& f, uint32_t expected_first, uint16_t version) {
   const GroupDesc& d = f.desc;
   if (d.tokens < 1 || d.tokens > kMaxTokens) fail("group token count out of range");
   if (d.heads < 1 || d.heads > kMaxHeads) fail("group head count out of range");
@@ -151,7 +157,10 @@ void check_desc(const DescFields& f, uint32_t expected_first) {
     fail("segment length out of range");
   if (d.num_segments != segment_count(d.tokens, d.seg_tokens)) fail("segment count mismatch");
   if (d.first_segment != expected_first) fail("segment numbering mismatch");
-  if (f.flags & ~(kTokenScale | kChannelScale | kChannelOffset)) fail("unknown quantizer flags");
+  if (f.flags & ~(kTokenScale | kChannelScale | kChannelOffset | kTokenCodes))
+    fail("unknown quantizer flags");
+  if ((f.flags & kTokenCodes) && (version < 2 || !(f.flags & kTokenScale)))
+    fail("token step codes without token scales (or in a version 1 blob)");
   if (f.num_tables < 1) fail("group has no probability table");
   if (f.max_symbol < 1 || f.max_symbol > kMaxSymbol) fail("max symbol out of range");
   if (!std::isfinite(d.param)) fail("quantizer parameter is not finite");
@@ -164,7 +173,10 @@ Group parse_side(const DescFields& f, const uint8_t* data, size_t begin, size_t 
   Reader r(data, begin, end);
   g.quant.flags = f.flags;
   g.quant.max_symbol = f.max_symbol;
-  if (f.flags & kTokenScale) g.quant.token_scale = r.u16s(f.desc.tokens, "token scales");
+  if (f.flags & kTokenCodes)
+    g.quant.token_scale = read_step_codes(data, r.pos(), end, f.desc.tokens);
+  else if (f.flags & kTokenScale)
+    g.quant.token_scale = r.u16s(f.desc.tokens, "token scales");
   if (f.flags & kChannelScale) g.quant.channel_scale = r.u16s(C, "channel scales");
   if (f.flags & kChannelOffset) g.quant.channel_offset = r.u16s(C, "channel offsets");
   if (f.num_tables > 1) {
@@ -265,7 +277,7 @@ ParsedBlob parse_blob(const uint8_t* data, size_t size, bool verify) {
       std::memcpy(&version, data + 4, 2);
       std::memcpy(&header_bytes, data + 6, 2);
       std::memcpy(&total, data + 8, 8);
-      if (version == kFormatVersion && header_bytes == kHeaderBytes && total == size)
+      if (readable_version(version) && header_bytes == kHeaderBytes && total == size)
         verify_checksum(data, size);
     }
     throw;
@@ -278,11 +290,12 @@ ParsedBlob parse_checked(const uint8_t* data, size_t size, bool verify) {
   if (std::memcmp(data, kMagic, 4) != 0) fail("not a cachegen blob (bad magic)");
   Reader r(data, 4, size);
   const uint16_t version = r.get<uint16_t>("header");
-  if (version != kFormatVersion)
-    fail("unsupported format version " + std::to_string(version) + " (this build reads 1)");
+  if (!readable_version(version))
+    fail("unsupported format version " + std::to_string(version) + " (this build reads 1 and 2)");
   if (r.get<uint16_t>("header") != kHeaderBytes) fail("bad header size");
   if (r.get<uint64_t>("header") != size) fail("blob length does not match header (truncated?)");
   ParsedBlob b;
+  b.header.version = version;
   uint32_t stored_crc;
   std::memcpy(&stored_crc, data + size - 4, 4);
   if (verify && crc32c(data, size - 4) != stored_crc) fail("checksum mismatch: blob is corrupted");
@@ -318,7 +331,7 @@ ParsedBlob parse_checked(const uint8_t* data, size_t size, bool verify) {
   uint32_t seg_cursor = 0;
   for (uint64_t i = 0; i < ngroups; ++i) {
     DescFields f = read_desc(dr);
-    check_desc(f, seg_cursor);
+    check_desc(f, seg_cursor, version);
     if (f.side_off != side_cursor || f.side_len > index_off - side_cursor)
       fail("group side data out of bounds");
     b.groups.push_back(parse_side(f, data, f.side_off, f.side_off + f.side_len));

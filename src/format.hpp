@@ -1,4 +1,4 @@
-// Wire format v1 (docs/FORMAT.md): fixed header, one descriptor per (layer, K/V) group, side
+// Wire format v2 (docs/FORMAT.md): fixed header, one descriptor per (layer, K/V) group, side
 // data (quantizer parameters, channel->table map, tables), segment size index, segment
 // payloads, CRC32C trailer. Everything little-endian. parse_blob validates every field before
 // anything is allocated or read from it.
@@ -14,7 +14,7 @@
 namespace cachegen {
 
 constexpr uint8_t kMagic[4] = {'C', 'G', 'K', 'V'};
-constexpr uint16_t kFormatVersion = 1;
+constexpr uint16_t kFormatVersion = 2;  // 2: token step codes (kTokenCodes); 1 still reads
 constexpr uint32_t kHeaderBytes = 64;
 constexpr uint32_t kGroupDescBytes = 40;
 constexpr uint8_t kCodecRans32x32 = 1;
@@ -22,6 +22,7 @@ constexpr uint8_t kCodecRans32x32 = 1;
 enum class Layout : uint8_t { Stacked = 0, Pairs = 1 };
 
 struct BlobHeader {
+  uint16_t version = kFormatVersion;  // as read; written blobs are always the current version
   uint32_t num_layers = 0;
   DType dtype = DType::F16;
   Layout layout = Layout::Stacked;

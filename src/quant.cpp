@@ -130,6 +130,7 @@ GroupQuant quantizer_layout(Quantizer kind, float param, const StepWeights& w, u
   if (kind == Quantizer::TokenAbsmax) g.max_symbol = reference_max_symbol(param);
   const bool per_token = kind == Quantizer::TokenAbsmax || kind == Quantizer::TokenStep;
   g.flags = per_token ? kTokenScale : (kChannelScale | kChannelOffset);
+  if (kind == Quantizer::TokenStep) g.flags |= kTokenCodes;
   if (!w.channel.empty()) {  // stored as fp16 scales b; fits must use the stored values
     g.flags |= kChannelScale;
     for (float x : w.channel) g.channel_scale.push_back(f32_to_f16(x));

@@ -28,7 +28,13 @@ enum class Quantizer : uint8_t {
 
 inline bool valid_quantizer(uint8_t q) { return q >= 1 && q <= 4; }
 
-enum QuantFlags : uint8_t { kTokenScale = 1, kChannelScale = 2, kChannelOffset = 4 };
+// kTokenCodes (format v2): the token scales lie on the step-code grid below and travel as codes.
+enum QuantFlags : uint8_t {
+  kTokenScale = 1,
+  kChannelScale = 2,
+  kChannelOffset = 4,
+  kTokenCodes = 8,
+};
 
 // Operations that the compiler must neither fuse nor reorder, so CPU and GPU agree bit for bit.
 CG_HD float mul_rn(float a, float b) {
@@ -73,12 +79,68 @@ CG_HD int quantize(float x, float inv_step, float o, int max_symbol) {
 // byte for byte. Stored steps are fp16; a step that would overflow is clamped.
 CG_HD uint16_t step_to_f16(float step) { return f32_to_f16(65504.0f < step ? 65504.0f : step); }
 
-// The step of every quantizer with a rate knob: param * rms, but never so small that the
+// The step of every quantizer with a rate knob is param * rms, but never so small that the
 // largest |deviation| (`range`) needs more than kMaxSymbol steps.
+struct StepBounds {
+  float by_rms, by_range;
+  CG_HD float step() const { return by_rms < by_range ? by_range : by_rms; }
+};
+
+CG_HD StepBounds step_bounds(float param, double mean_square, double range) {
+  return {mul_rn(param, (float)sqrt(mean_square)), div_rn((float)range, (float)kMaxSymbol)};
+}
+
 CG_HD uint16_t spread_step(float param, double mean_square, double range) {
-  const float by_rms = mul_rn(param, (float)sqrt(mean_square));
-  const float by_range = div_rn((float)range, (float)kMaxSymbol);
-  return step_to_f16(by_rms < by_range ? by_range : by_rms);
+  return step_to_f16(step_bounds(param, mean_square, range).step());
+}
+
+// Token steps of the TokenStep quantizer lie on a grid of 1/8 octave: code k stands for
+// 2^(k/8) rounded to fp16, so a blob stores a small integer per token (Rice coded, ~3.6 bits)
+// instead of 16 bits. Rounding a step by up to 2^(1/16) costs ~0.25% in squared error; the
+// saved bits are ~0.06 per element (bench/results/ladder_experiments.md section 22).
+constexpr int kStepCodesPerOctave = 8;
+constexpr int kMinStepCode = -24 * kStepCodesPerOctave;  // 2^-24, fp16's smallest subnormal
+constexpr int kMaxStepCode = 127;                        // 2^15.875 < 65504, fp16's largest
+constexpr int kZeroStepCode = 0;  // an all-zero row: any step codes it exactly
+
+CG_HD float pow2i(int e) { return bits_f32((uint32_t)(e + 127) << 23); }  // e in [-126, 127]
+
+// 2^(j/8) for j in [0, 8) as a product of fixed factors: exact, unfused, the same bits on CPU
+// and GPU, and no table in device code.
+CG_HD float octave_fraction(int j) {
+  float f = 1.0f;
+  if (j & 1) f = mul_rn(f, 0x1.172b84p+0f);  // 2^(1/8)
+  if (j & 2) f = mul_rn(f, 0x1.306fe0p+0f);  // 2^(1/4)
+  if (j & 4) f = mul_rn(f, 0x1.6a09e6p+0f);  // 2^(1/2)
+  return f;
+}
+
+CG_HD uint16_t step_code_value(int k) {
+  const int j = ((k % kStepCodesPerOctave) + kStepCodesPerOctave) % kStepCodesPerOctave;
+  return f32_to_f16(mul_rn(octave_fraction(j), pow2i((k - j) / kStepCodesPerOctave)));
+}
+
+// The code whose step is nearest to s > 0 in the log domain, clamped to the grid.
+CG_HD int nearest_step_code(float s) {
+  const int e = (int)((f32_bits(s) >> 23) & 0xffu) - 127;
+  if (e < -24) return kMinStepCode;  // fp32 subnormals included
+  if (e >= 16) return kMaxStepCode;
+  const float m = mul_rn(s, pow2i(-e));  // in [1, 2), exact
+  int j = 0;
+  for (int i = 0; i < kStepCodesPerOctave; ++i)
+    j += m >= mul_rn(octave_fraction(i), 0x1.0b5586p+0f);  // 2^((i + 1/2) / 8)
+  const int k = e * kStepCodesPerOctave + j;
+  return k > kMaxStepCode ? kMaxStepCode : k;
+}
+
+// A TokenStep token's step: the grid point nearest to the bounds' step, one code coarser where
+// rounding fell below by_range (a step that small would clip the row's largest value).
+CG_HD uint16_t grid_step(StepBounds b) {
+  const float s = b.step();
+  if (!(s > 0.0f)) return step_code_value(kZeroStepCode);
+  int k = nearest_step_code(s);
+  if (k < kMaxStepCode && f16_to_f32(step_code_value(k)) < b.by_range) ++k;
+  return step_code_value(k);
 }
 
 // Step weights as the token and channel fits apply them (CPU and GPU alike).
@@ -91,7 +153,7 @@ CG_HD float inverse_scale(uint16_t b) { return div_rn(1.0f, f16_to_f32(b)); }
 CG_HD uint16_t token_step(Quantizer kind, float param, int max_symbol, double sum_sq, float absmax,
                           uint32_t channels) {
   if (kind == Quantizer::TokenAbsmax) return step_to_f16(absmax / max_symbol);
-  return spread_step(param, sum_sq / channels, absmax);
+  return grid_step(step_bounds(param, sum_sq / channels, absmax));
 }
 
 // One channel from its sums over tokens: offset (fp16 mean) and step (ChannelStep), plus the
@@ -117,8 +179,8 @@ CG_HD ChannelFit channel_fit(double sum, double sum_sq, float lo, float hi, uint
 struct GroupQuant {
   uint8_t flags = 0;
   uint8_t max_symbol = kMaxSymbol;
-  std::vector<uint16_t> token_scale;     // tokens entries if kTokenScale
-  std::vector<uint16_t> channel_scale;   // channels entries if kChannelScale
+  std::vector<uint16_t> token_scale;    // tokens entries if kTokenScale (grid steps if kTokenCodes)
+  std::vector<uint16_t> channel_scale;  // channels entries if kChannelScale
   std::vector<uint16_t> channel_offset;  // channels entries if kChannelOffset
 };
 

@@ -1,5 +1,6 @@
 """Golden blobs: deterministic inputs (integer hashing, no RNG or libm) and the blobs that
-freeze wire format v1. `python tests/golden.py` rewrites tests/data/, only for a deliberate
+freeze each wire format version (`<case>.v<version>.cgkv`). `python tests/golden.py` writes the
+current version's blobs into tests/data/ and keeps older versions', only for a deliberate
 format change."""
 
 from __future__ import annotations
@@ -52,14 +53,24 @@ def digest(kv: object) -> str:
     return h.hexdigest()
 
 
+def blob_name(case: str, version: int = cachegen.FORMAT_VERSION) -> str:
+    return f"{case}.v{version}"
+
+
 def main() -> None:
     DATA.mkdir(exist_ok=True)
-    manifest = {}
-    for name, (kv, config) in cases().items():
+    path = DATA / "golden.json"
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    for case, (kv, config) in cases().items():
         blob = cachegen.encode(kv, config=config)
+        name = blob_name(case)
         (DATA / f"{name}.cgkv").write_bytes(blob)
-        manifest[name] = {"decoded_sha256": digest(cachegen.decode(blob)), "bytes": len(blob)}
-    (DATA / "golden.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        manifest[name] = {
+            "decoded_sha256": digest(cachegen.decode(blob)),
+            "bytes": len(blob),
+            "version": cachegen.FORMAT_VERSION,
+        }
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -105,11 +105,38 @@ def test_resealed_field_extremes_are_rejected(blob):
                 cachegen.decode(reseal(b), framework="numpy", max_output_bytes=1 << 24)
 
 
-def test_unsupported_version_is_a_clear_error(blob):
+@pytest.mark.parametrize("version", [0, cachegen.FORMAT_VERSION + 1])
+def test_unsupported_version_is_a_clear_error(blob, version):
     b = bytearray(blob)
-    b[4:6] = struct.pack("<H", 2)
-    with pytest.raises(FormatError, match="unsupported format version 2"):
+    b[4:6] = struct.pack("<H", version)
+    with pytest.raises(FormatError, match=f"unsupported format version {version}"):
         cachegen.inspect(reseal(b))
+
+
+def test_step_codes_in_a_version_1_blob_are_rejected(blob):
+    b = bytearray(blob)
+    b[4:6] = struct.pack("<H", 1)
+    with pytest.raises(FormatError, match="version 1"):
+        cachegen.inspect(reseal(b))
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({2: 16}, "Rice parameter"),  # k beyond 15
+        ({0: 0xFF, 1: 0x7F}, "out of range"),  # center 32767: every code off the grid
+        ({2: 0, **{i: 0xFF for i in range(3, 120)}}, "token step codes"),  # endless unary run
+    ],
+)
+def test_corrupt_step_codes_are_rejected(blob, patch, message):
+    """The first group's token step codes (center i16, Rice k u8, bits), checksum valid; the
+    blob (token-step quantizers) carries them."""
+    side = struct.unpack_from("<Q", blob, 32)[0]
+    b = bytearray(blob)
+    for offset, value in patch.items():
+        b[side + offset] = value
+    with pytest.raises(FormatError, match=message):
+        cachegen.decode(reseal(b), framework="numpy")
 
 
 def test_huge_declared_output_is_refused_before_allocation():

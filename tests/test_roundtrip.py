@@ -150,3 +150,27 @@ def test_coded_payload_within_one_percent_of_entropy():
     stats = cachegen.entropy_stats(cachegen.encode(kv))
     coded_bits = 8 * (stats["word_bytes"] + stats["state_bytes"])
     assert coded_bits <= 1.01 * stats["ideal_bits"]
+
+
+def test_token_steps_lie_on_the_octave_grid():
+    """Token-step quantizers round each token's step to 2^(k/8) (the blob stores k): within
+    2^(1/16) of param * rms unless the row's range needs a coarser one, never clipping, and
+    carried bit-exactly for rows whose magnitudes span 10 decades, zeros included."""
+    rng = np.random.default_rng(7)
+    kv = rng.standard_normal((2, 2, 300, 2, 32)).astype(np.float32)
+    kv *= 10.0 ** rng.uniform(-6, 4, (1, 1, 300, 1, 1))
+    kv[:, :, 5] = 0.0
+    config = cachegen.CodecConfig("token", "token", 0.4, 0.4)
+    decoded = cachegen.decode(cachegen.encode(kv, config=config))
+    assert_bit_exact(decoded, kv, config, "float32")
+    half = 2.0 ** (1 / 16) * 1.001
+    for x, q in zip(groups_of(kv), cachegen.quantize(kv, config=config), strict=True):
+        rms = np.sqrt(np.mean(x**2, axis=1))
+        normal = (q.a >= 2.0**-14) & (rms > 0)  # fp16 subnormal grid points round coarser
+        codes = 8 * np.log2(q.a[normal])
+        np.testing.assert_allclose(codes, np.round(codes), atol=0.01)
+        assert np.all(np.abs(x - q.dequantize()) <= 0.5 * q.a[:, None] * 1.001)  # no clipping
+        ratio = q.a[normal] / (0.4 * rms[normal])
+        by_range = (q.a <= np.abs(x).max(axis=1) / 127 * half**2)[normal]
+        assert np.all(ratio > 1 / half) and np.all((ratio < half) | by_range)
+        np.testing.assert_array_equal(q.dequantize()[5], 0.0)

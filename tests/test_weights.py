@@ -172,7 +172,9 @@ def test_profile_importance_scales_token_steps():
     for i, (p, w) in enumerate(zip(plain, weighted, strict=True)):
         scores = pair_magnitudes(kv[i // 2, 0]) @ prof.importance[i // 2]
         want = importance_weights(scores)
-        np.testing.assert_allclose(w.a / p.a, want, rtol=1e-3)  # K and V of a layer alike
+        # K and V of a layer alike; each step rounded to the 1/8-octave grid
+        ratio = np.log2(w.a / p.a) - np.log2(want)
+        assert np.abs(ratio).max() <= 1 / 8 + 1e-3 and abs(ratio.mean()) < 0.03
     blob = cachegen.encode(kv, config=PLAIN, profile=prof)
     assert cachegen.decode(blob).shape == kv.shape  # decoding needs no profile
 

@@ -536,7 +536,8 @@ struct Plan {
   bool gpu_fit = false;
 };
 
-void check_supported(Quantizer kind, uint8_t flags) {
+void check_supported(Quantizer kind, uint8_t all_flags) {
+  const uint8_t flags = all_flags & ~kTokenCodes;  // how the steps travel, not how they are fit
   const bool ok = flags == kTokenScale ||
                   (flags == (kChannelScale | kChannelOffset) &&
                    (kind == Quantizer::ChannelStep || kind == Quantizer::LayerStep)) ||
