@@ -51,7 +51,7 @@ def calibrate(
         texts: `[1, n]` int tensors; each text's last `continuation` tokens are scored, the rest
             is the prefix. Never calibrate on text you evaluate on.
         name: recorded as `ModelProfile.model`.
-        config: the coding whose errors are measured (default: level 5).
+        config: the coding whose errors are measured (default: level 9).
         strength: exponent turning sensitivity into step weights (0.5 = high-rate optimum).
         bound: weights are clipped to [1/bound, bound].
         key_bands: RoPE frequency bands of the key channels, measured and weighted apiece
@@ -59,7 +59,7 @@ def calibrate(
     """
     import torch
 
-    config = config or CodecConfig.from_level(5)
+    config = config or CodecConfig.from_level(9)
     if not texts:
         raise ValueError("calibrate needs at least one text")
     heads: list[list[np.ndarray]] = []

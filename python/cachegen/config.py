@@ -18,14 +18,25 @@ QUANTIZER_NAMES = {v: k for k, v in QUANTIZERS.items()}
 # one schedule serves models of any depth. A plain number applies to every layer.
 Schedule = float | tuple[tuple[float, float], ...]
 
-DEFAULT_LEVEL = 7
+DEFAULT_LEVEL = 13
 
 # Project ladder: per-token steps for keys and values as a fraction of the token's rms, values
 # twice as coarse as keys (attention scores are more sensitive to key error than outputs are
-# to value error). Key steps fall by ~0.84x per level (~0.2 bits), so a quality target finds a
-# level close to it. Measured on SmolLM2 in bench/results/ladder.md; experiments (what won and
-# what lost) in bench/results/ladder_experiments.md.
-_KEY_STEPS = (1.0, 0.84, 0.7, 0.59, 0.5, 0.42, 0.35, 0.3, 0.25, 0.21, 0.15, 0.1)
+# to value error). Key steps fall by ~0.92x per level (~0.11 bits) through the working range,
+# so a quality target finds a level within a few percent of it: the odd levels are the first
+# ladder's twelve (0.84x apart), the even ones their geometric means. Measured on SmolLM2 in
+# bench/results/ladder.md; experiments (what won and what lost) in
+# bench/results/ladder_experiments.md.
+_COARSE_STEPS = (1.0, 0.84, 0.7, 0.59, 0.5, 0.42, 0.35, 0.3, 0.25, 0.21, 0.15, 0.1)
+
+
+def _with_midpoints(steps: Sequence[float]) -> tuple[float, ...]:
+    """`steps` with the geometric mean of each neighbouring pair between them."""
+    mids = [round((a * b) ** 0.5, 4) for a, b in zip(steps, steps[1:], strict=False)]
+    return tuple(x for pair in zip(steps, mids, strict=False) for x in pair) + (steps[-1],)
+
+
+_KEY_STEPS = _with_midpoints(_COARSE_STEPS)
 _LEVEL_STEPS: dict[int, tuple[float, float]] = {
     n: (k, 2 * k) for n, k in enumerate(_KEY_STEPS, start=1)
 }

@@ -25,7 +25,8 @@ from cachegen.stream.sim import cachegen_rule, fixed
 
 MODEL_ID = smollm2.MODEL_ID
 # Rungs of the ladder stored for the demo (every one would double the encode work for little).
-DEMO_LEVELS = (2, 4, 7, 9, 12)
+DEMO_LEVELS = (3, 7, 13, 17, 23)
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"  # levels as one character each
 QUESTION = "\n\nQuestion: In one sentence, what does this document say? Answer:"
 
 
@@ -212,8 +213,8 @@ def _clone_cache(demo: Demo, cache: Any) -> Any:
 
 
 def _summary(rep: LoadReport) -> str:
-    """Chunk choices as a short string: 'T' for text, the level as a hex digit otherwise."""
-    return "".join("T" if c == TEXT else format(c, "x") for c in rep.choices)
+    """Chunk choices as a short string: 'T' for text, the level as a base-36 digit otherwise."""
+    return "".join("T" if c == TEXT else _DIGITS[int(c)] for c in rep.choices)
 
 
 def run_demo(opts: DemoOptions, progress: Any) -> dict[str, Any]:

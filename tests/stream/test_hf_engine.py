@@ -34,7 +34,7 @@ def test_loaded_cache_matches_prefill(model) -> None:
         out = lm(ids[None], use_cache=True)
     kv = [(k.clone(), v.clone()) for k, v in from_cache(out.cache)]
     store = MemoryStore()
-    save_context(store, "smol", ids.numpy(), kv, levels=(5,), chunk_tokens=64)
+    save_context(store, "smol", ids.numpy(), kv, levels=(9,), chunk_tokens=64)
     engine = HFEngine(lm, name="smol")
     costs = CostModel(1e8, 500.0)
     probe = ids[None, :1] * 0 + int(ids[-1])
@@ -45,10 +45,10 @@ def test_loaded_cache_matches_prefill(model) -> None:
 
     ref = next_logits(_copy(kv, lm))
     # Alternate text and KV: text chunks are recomputed on top of decoded KV chunks.
-    plan = iter([TEXT, 5, TEXT])
+    plan = iter([TEXT, 9, TEXT])
     loader = Loader(store, engine, costs, 10.0, policy=lambda step: next(plan))
     result = loader.load("smol", ids.numpy(), chunk_tokens=64)
-    assert result.report.choices == [TEXT, 5, TEXT]
+    assert result.report.choices == [TEXT, 9, TEXT]
     assert result.cache.get_seq_length() == 192
     got = next_logits(result.cache)
     kl = float((ref.softmax(-1) * (ref.log_softmax(-1) - got.log_softmax(-1))).sum())

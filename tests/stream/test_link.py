@@ -17,8 +17,8 @@ from cachegen.stream import Loader
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from netlink import LinkError, NetLink  # noqa: E402
 
-CHUNK = 1024  # tokens: blobs of ~120 KB (level 1) to ~245 KB (level 9)
-LEVELS = (1, 5, 9)
+CHUNK = 1024  # tokens: blobs of ~120 KB (level 1) to ~245 KB (level 17)
+LEVELS = (1, 9, 17)
 CHUNKS = 8
 MBIT = 1e6 / 8  # bytes/s
 
