@@ -76,6 +76,63 @@ def ratio_rows(per_doc: list[dict], prefix: str) -> list[str]:
     return lines
 
 
+def level_rows(pooled: list[dict]) -> list[str]:
+    """The README's levels table: pooled bits, compression, KL and top-1 per level, with and
+    without the profile, then the baselines."""
+    import cachegen
+
+    by = {r["method"]: r for r in pooled}
+    lines = [
+        "| level | K / V step | bits/elt | vs fp16 | mean KL | top-1 | bits/elt + profile "
+        "| KL + profile | top-1 + profile |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for lv in cachegen.LEVELS:
+        plain, prof = by.get(f"cg{lv}"), by.get(f"cgp{lv}")
+        if not plain or not prof:
+            continue
+        c = cachegen.CodecConfig.from_level(lv)
+        name = f"**{lv} (default)**" if lv == cachegen.DEFAULT_LEVEL else str(lv)
+        cells = (
+            name,
+            f"{c.key_param:g} / {c.value_param:g}",
+            f"{plain['bits_per_element']:.2f}",
+            f"{16 / plain['bits_per_element']:.1f}x",
+            f"{plain['kl_mean']:.2e}",
+            f"{plain['top1_agreement']:.3f}",
+            f"{prof['bits_per_element']:.2f}",
+            f"{prof['kl_mean']:.2e}",
+            f"{prof['top1_agreement']:.3f}",
+        )
+        lines.append("| " + " | ".join(cells) + " |")
+    refs = [by[k] for k in sorted(by) if is_level(k, "ref")]
+    if refs:
+        join = " / ".join
+        lines.append(
+            "| CacheGen reference 1 / 2 / 3 (64 / 128 bins) | | "
+            + join(f"{r['bits_per_element']:.2f}" for r in refs)
+            + " | | "
+            + join(f"{r['kl_mean']:.2e}" for r in refs)
+            + " | "
+            + join(f"{r['top1_agreement']:.3f}" for r in refs)
+            + " | | | |"
+        )
+    for key, label in (
+        ("int8", "int8 per token"),
+        ("int4", "int4 per token"),
+        ("zstd3", "zstd-3 on fp16"),
+    ):
+        if key in by:
+            r = by[key]
+            kl = "lossless" if r["kl_mean"] == 0 else f"{r['kl_mean']:.2e}"
+            bits = r["bits_per_element"]
+            lines.append(
+                f"| {label} | | {bits:.2f} | {16 / bits:.1f}x | {kl} | "
+                f"{r['top1_agreement']:.3f} | | | |"
+            )
+    return lines
+
+
 def plot(per_doc: list[dict], out: Path) -> None:
     import matplotlib
     import matplotlib.ticker
@@ -135,6 +192,8 @@ def main() -> None:
     ]
     for prefix, title in LADDERS:
         head += ["", f"## {title}", "", *ratio_rows(data["per_doc"], prefix)]
+    head += ["", "## Levels, pooled over the documents (the README's table)", ""]
+    head += level_rows(data["pooled"])
     (args.results / "ladder.md").write_text("\n".join(head) + "\n")
 
 

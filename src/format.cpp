@@ -83,13 +83,18 @@ uint64_t align8(uint64_t x) { return (x + 7) & ~uint64_t{7}; }
 
 [[noreturn]] void fail(const std::string& msg) { throw FormatError(msg); }
 
+void write_scales(const std::vector<uint16_t>& scales, bool coded, Writer& w,
+                  std::vector<uint8_t>& out) {
+  if (coded)
+    write_step_codes(scales, out);
+  else
+    w.bytes(scales.data(), scales.size() * 2);
+}
+
 void write_side(const Group& g, Writer& w, std::vector<uint8_t>& out) {
   const GroupQuant& q = g.quant;
-  if (q.flags & kTokenCodes)
-    write_step_codes(q.token_scale, out);
-  else if (q.flags & kTokenScale)
-    w.bytes(q.token_scale.data(), q.token_scale.size() * 2);
-  if (q.flags & kChannelScale) w.bytes(q.channel_scale.data(), q.channel_scale.size() * 2);
+  if (q.flags & kTokenScale) write_scales(q.token_scale, q.flags & kTokenCodes, w, out);
+  if (q.flags & kChannelScale) write_scales(q.channel_scale, q.flags & kChannelCodes, w, out);
   if (q.flags & kChannelOffset) w.bytes(q.channel_offset.data(), q.channel_offset.size() * 2);
   if (g.tables.tables.size() > 1) w.bytes(g.tables.channel_table.data(), g.desc.channels());
   for (const Table& t : g.tables.tables) serialize_table(t, out);
@@ -157,10 +162,12 @@ void check_desc(const DescFields& f, uint32_t expected_first, uint16_t version) 
     fail("segment length out of range");
   if (d.num_segments != segment_count(d.tokens, d.seg_tokens)) fail("segment count mismatch");
   if (d.first_segment != expected_first) fail("segment numbering mismatch");
-  if (f.flags & ~(kTokenScale | kChannelScale | kChannelOffset | kTokenCodes))
+  if (f.flags & ~(kTokenScale | kChannelScale | kChannelOffset | kTokenCodes | kChannelCodes))
     fail("unknown quantizer flags");
-  if ((f.flags & kTokenCodes) && (version < 2 || !(f.flags & kTokenScale)))
-    fail("token step codes without token scales (or in a version 1 blob)");
+  const bool token_codes = f.flags & kTokenCodes, channel_codes = f.flags & kChannelCodes;
+  if ((token_codes || channel_codes) && version < 2) fail("scale codes in a version 1 blob");
+  if ((token_codes && !(f.flags & kTokenScale)) || (channel_codes && !(f.flags & kChannelScale)))
+    fail("scale codes without the scales they code");
   if (f.num_tables < 1) fail("group has no probability table");
   if (f.max_symbol < 1 || f.max_symbol > kMaxSymbol) fail("max symbol out of range");
   if (!std::isfinite(d.param)) fail("quantizer parameter is not finite");
@@ -173,11 +180,13 @@ Group parse_side(const DescFields& f, const uint8_t* data, size_t begin, size_t 
   Reader r(data, begin, end);
   g.quant.flags = f.flags;
   g.quant.max_symbol = f.max_symbol;
-  if (f.flags & kTokenCodes)
-    g.quant.token_scale = read_step_codes(data, r.pos(), end, f.desc.tokens);
-  else if (f.flags & kTokenScale)
-    g.quant.token_scale = r.u16s(f.desc.tokens, "token scales");
-  if (f.flags & kChannelScale) g.quant.channel_scale = r.u16s(C, "channel scales");
+  auto scales = [&](uint32_t n, bool coded, const char* what) {
+    return coded ? read_step_codes(data, r.pos(), end, n) : r.u16s(n, what);
+  };
+  if (f.flags & kTokenScale)
+    g.quant.token_scale = scales(f.desc.tokens, f.flags & kTokenCodes, "token scales");
+  if (f.flags & kChannelScale)
+    g.quant.channel_scale = scales(C, f.flags & kChannelCodes, "channel scales");
   if (f.flags & kChannelOffset) g.quant.channel_offset = r.u16s(C, "channel offsets");
   if (f.num_tables > 1) {
     g.tables.channel_table = r.u8s(C, "channel table map");

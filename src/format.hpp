@@ -14,7 +14,7 @@
 namespace cachegen {
 
 constexpr uint8_t kMagic[4] = {'C', 'G', 'K', 'V'};
-constexpr uint16_t kFormatVersion = 2;  // 2: token step codes (kTokenCodes); 1 still reads
+constexpr uint16_t kFormatVersion = 2;  // 2: scale codes (kTokenCodes, kChannelCodes); 1 reads
 constexpr uint32_t kHeaderBytes = 64;
 constexpr uint32_t kGroupDescBytes = 40;
 constexpr uint8_t kCodecRans32x32 = 1;

@@ -131,9 +131,9 @@ GroupQuant quantizer_layout(Quantizer kind, float param, const StepWeights& w, u
   const bool per_token = kind == Quantizer::TokenAbsmax || kind == Quantizer::TokenStep;
   g.flags = per_token ? kTokenScale : (kChannelScale | kChannelOffset);
   if (kind == Quantizer::TokenStep) g.flags |= kTokenCodes;
-  if (!w.channel.empty()) {  // stored as fp16 scales b; fits must use the stored values
-    g.flags |= kChannelScale;
-    for (float x : w.channel) g.channel_scale.push_back(f32_to_f16(x));
+  if (!w.channel.empty()) {  // stored as grid scales b; fits must use the stored values
+    g.flags |= kChannelScale | kChannelCodes;
+    for (float x : w.channel) g.channel_scale.push_back(step_code_value(nearest_step_code(x)));
   }
   return g;
 }

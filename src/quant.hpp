@@ -28,12 +28,14 @@ enum class Quantizer : uint8_t {
 
 inline bool valid_quantizer(uint8_t q) { return q >= 1 && q <= 4; }
 
-// kTokenCodes (format v2): the token scales lie on the step-code grid below and travel as codes.
+// kTokenCodes / kChannelCodes (format v2): the token / channel scales lie on the step-code grid
+// below and travel as codes.
 enum QuantFlags : uint8_t {
   kTokenScale = 1,
   kChannelScale = 2,
   kChannelOffset = 4,
   kTokenCodes = 8,
+  kChannelCodes = 16,
 };
 
 // Operations that the compiler must neither fuse nor reorder, so CPU and GPU agree bit for bit.

@@ -26,7 +26,7 @@ int code_of(uint16_t step) {
     else
       hi = mid;
   }
-  if (step_code_value(lo) != step) throw std::logic_error("token step off the step-code grid");
+  if (step_code_value(lo) != step) throw std::logic_error("scale off the step-code grid");
   return lo;
 }
 
@@ -57,7 +57,7 @@ class BitReader {
  public:
   BitReader(const uint8_t* data, size_t pos, size_t end) : d_(data), pos_(pos), end_(end) {}
   uint32_t bit() {
-    if (pos_ + n_ / 8 >= end_) throw FormatError("truncated token step codes");
+    if (pos_ + n_ / 8 >= end_) throw FormatError("truncated scale codes");
     const uint32_t b = (d_[pos_ + n_ / 8] >> (n_ % 8)) & 1;
     ++n_;
     return b;
@@ -100,19 +100,19 @@ void write_step_codes(const std::vector<uint16_t>& steps, std::vector<uint8_t>& 
 
 std::vector<uint16_t> read_step_codes(const uint8_t* data, size_t& pos, size_t end,
                                       uint32_t tokens) {
-  if (end - pos < 3) throw FormatError("truncated token step codes");
+  if (end - pos < 3) throw FormatError("truncated scale codes");
   const int center = (int16_t)(data[pos] | data[pos + 1] << 8);
   const int k = data[pos + 2];
-  if (k > kMaxRice) throw FormatError("token step codes: bad Rice parameter");
+  if (k > kMaxRice) throw FormatError("scale codes: bad Rice parameter");
   BitReader r(data, pos + 3, end);
   std::vector<uint16_t> steps(tokens);
   for (uint32_t t = 0; t < tokens; ++t) {
     uint32_t q = 0;
     while (r.bit())
-      if (++q > (kMaxZigzag >> k)) throw FormatError("token step codes: code out of range");
+      if (++q > (kMaxZigzag >> k)) throw FormatError("scale codes: code out of range");
     const int code = center + unzigzag((q << k) | r.bits(k));
     if (code < kMinStepCode || code > kMaxStepCode)
-      throw FormatError("token step codes: code out of range");
+      throw FormatError("scale codes: code out of range");
     steps[t] = step_code_value(code);
   }
   pos = r.end_pos();

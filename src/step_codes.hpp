@@ -1,6 +1,6 @@
-// Token step codes on the wire (format v2, kTokenCodes): a group's token steps, which lie on the
-// 1/8-octave grid of quant.hpp, as zigzag(code - center) Rice coded with one parameter per
-// group: ~3.6 bits per token on real KV instead of 16 for an fp16 step.
+// Scale codes on the wire (format v2, kTokenCodes / kChannelCodes): a group's token steps or
+// channel scales, which lie on the 1/8-octave grid of quant.hpp, as zigzag(code - center) Rice
+// coded with one parameter per group: ~3.6 bits per token step on real KV instead of 16.
 #pragma once
 #include <cstddef>
 #include <cstdint>

@@ -125,7 +125,7 @@ def test_step_codes_in_a_version_1_blob_are_rejected(blob):
     [
         ({2: 16}, "Rice parameter"),  # k beyond 15
         ({0: 0xFF, 1: 0x7F}, "out of range"),  # center 32767: every code off the grid
-        ({2: 0, **{i: 0xFF for i in range(3, 120)}}, "token step codes"),  # endless unary run
+        ({2: 0, **{i: 0xFF for i in range(3, 120)}}, "scale codes"),  # endless unary run
     ],
 )
 def test_corrupt_step_codes_are_rejected(blob, patch, message):

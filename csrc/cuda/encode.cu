@@ -537,7 +537,7 @@ struct Plan {
 };
 
 void check_supported(Quantizer kind, uint8_t all_flags) {
-  const uint8_t flags = all_flags & ~kTokenCodes;  // how the steps travel, not how they are fit
+  const uint8_t flags = all_flags & ~(kTokenCodes | kChannelCodes);  // how scales travel
   const bool ok = flags == kTokenScale ||
                   (flags == (kChannelScale | kChannelOffset) &&
                    (kind == Quantizer::ChannelStep || kind == Quantizer::LayerStep)) ||
