@@ -171,7 +171,7 @@ def test_calibrate_profile_on_a_tiny_model() -> None:
     """calibrate(): one KL measurement per (layer, K/V, head), turned into clipped step weights
     that encode() accepts; strength 0 gives all-ones weights."""
     import cachegen
-    from cachegen.calibrate import _sensitivity
+    from cachegen.calibrate import MEASURE_CONFIG, _sensitivity
 
     model = _sharp(_tiny(["full_attention"] * 4))
     texts = [
@@ -180,7 +180,7 @@ def test_calibrate_profile_on_a_tiny_model() -> None:
     prof = cachegen.calibrate(model, texts, name="tiny", continuation=16, bound=2.0)
     assert prof.num_layers == 4 and all(len(w) == 2 for w in prof.key_weights + prof.value_weights)
     # The weights are the measured sensitivities, normalized per text, to the power -0.35.
-    config = cachegen.CodecConfig.from_level(9)  # calibrate's default coding
+    config = MEASURE_CONFIG
     measured = [_sensitivity(model, t, config, 16, 4, torch) for t in texts]
     relative = lambda s: s / np.exp(np.log(s).mean())  # noqa: E731
     mean = sum(relative(np.concatenate(heads)) for heads, _ in measured) / len(texts)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .api import decode, encode
-from .config import CodecConfig
+from .config import LEVEL_RECENCY, LEVEL_SINK_TOKENS, CodecConfig
 from .hf import from_cache, to_cache
 from .importance import fit, pair_magnitudes
 from .profile import ModelProfile, band_of_channels
@@ -32,6 +32,17 @@ from .weights import RECENCY_REFERENCE
 # Tokens left out of the importance fit: the sink, and the last ones, whose attention is
 # mostly recency (the recency law's business).
 _FIT_SKIP = (1, RECENCY_REFERENCE)
+
+
+#: The coding whose errors calibration measures: key step 0.5, values 1.0, the levels' sink and
+#: recency (the shipped profiles were measured so; a mid-ladder point, independent of the ladder).
+MEASURE_CONFIG = CodecConfig(
+    key_param=0.5,
+    value_param=1.0,
+    sink_tokens=LEVEL_SINK_TOKENS,
+    recency=LEVEL_RECENCY,
+    name="calibration",
+)
 
 
 def calibrate(
@@ -51,7 +62,7 @@ def calibrate(
         texts: `[1, n]` int tensors; each text's last `continuation` tokens are scored, the rest
             is the prefix. Never calibrate on text you evaluate on.
         name: recorded as `ModelProfile.model`.
-        config: the coding whose errors are measured (default: level 9).
+        config: the coding whose errors are measured (default: `MEASURE_CONFIG`).
         strength: exponent turning sensitivity into step weights (0.5 = high-rate optimum).
         bound: weights are clipped to [1/bound, bound].
         key_bands: RoPE frequency bands of the key channels, measured and weighted apiece
@@ -59,7 +70,7 @@ def calibrate(
     """
     import torch
 
-    config = config or CodecConfig.from_level(9)
+    config = config or MEASURE_CONFIG
     if not texts:
         raise ValueError("calibrate needs at least one text")
     heads: list[list[np.ndarray]] = []
