@@ -23,21 +23,11 @@ DEFAULT_LEVEL = 13
 # Project ladder: per-token steps for keys and values as a fraction of the token's rms, values
 # three times as coarse as keys (attention scores are more sensitive to key error than outputs
 # are to value error; 3x beat 2x by 3-8% at equal KL, with and without a profile, on text never
-# scored: ladder_experiments.md section 24). Key steps fall by ~0.92x per level (~0.11 bits)
-# through the working range, so a quality target finds a level within a few percent of it: the
-# odd levels are the first ladder's twelve (0.84x apart), the even ones their geometric means.
+# scored: ladder_experiments.md section 24). Key steps fall geometrically from 1 to 0.1 in 26
+# steps of 0.915x (~0.11 bits), so a quality target finds a level within a few percent of it.
 # Measured on SmolLM2 in bench/results/ladder.md.
 _VALUE_RATIO = 3.0
-_COARSE_STEPS = (1.0, 0.84, 0.7, 0.59, 0.5, 0.42, 0.35, 0.3, 0.25, 0.21, 0.15, 0.1)
-
-
-def _with_midpoints(steps: Sequence[float]) -> tuple[float, ...]:
-    """`steps` with the geometric mean of each neighbouring pair between them."""
-    mids = [round((a * b) ** 0.5, 4) for a, b in zip(steps, steps[1:], strict=False)]
-    return tuple(x for pair in zip(steps, mids, strict=False) for x in pair) + (steps[-1],)
-
-
-_KEY_STEPS = _with_midpoints(_COARSE_STEPS)
+_KEY_STEPS = tuple(round(0.1 ** (i / 26), 4) for i in range(27))
 _LEVEL_STEPS: dict[int, tuple[float, float]] = {
     n: (k, round(_VALUE_RATIO * k, 4)) for n, k in enumerate(_KEY_STEPS, start=1)
 }
