@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .api import decode, encode
-from .config import LEVEL_RECENCY, LEVEL_SINK_TOKENS, CodecConfig
+from .config import LEVEL_SINK_TOKENS, CodecConfig
 from .hf import from_cache, to_cache
 from .importance import fit, pair_magnitudes
 from .profile import ModelProfile, band_of_channels
@@ -34,13 +34,14 @@ from .weights import RECENCY_REFERENCE
 _FIT_SKIP = (1, RECENCY_REFERENCE)
 
 
-#: The coding whose errors calibration measures: key step 0.5, values 1.0, the levels' sink and
-#: recency (the shipped profiles were measured so; a mid-ladder point, independent of the ladder).
+#: The coding whose errors calibration measures: key step 0.5, values 1.0, the levels' sink,
+#: recency exponent 0.5 (the shipped profiles were measured so; a mid-ladder point, kept
+#: independent of the ladder).
 MEASURE_CONFIG = CodecConfig(
     key_param=0.5,
     value_param=1.0,
     sink_tokens=LEVEL_SINK_TOKENS,
-    recency=LEVEL_RECENCY,
+    recency=0.5,
     name="calibration",
 )
 
