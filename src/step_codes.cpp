@@ -99,14 +99,17 @@ void write_step_codes(const std::vector<uint16_t>& steps, std::vector<uint8_t>& 
 }
 
 std::vector<uint16_t> read_step_codes(const uint8_t* data, size_t& pos, size_t end,
-                                      uint32_t tokens) {
+                                      uint32_t count) {
   if (end - pos < 3) throw FormatError("truncated scale codes");
   const int center = (int16_t)(data[pos] | data[pos + 1] << 8);
   const int k = data[pos + 2];
   if (k > kMaxRice) throw FormatError("scale codes: bad Rice parameter");
+  // Every code takes at least k + 1 bits: refuse before allocating for a count the data lacks.
+  if ((uint64_t)(end - pos - 3) * 8 < (uint64_t)count * (k + 1))
+    throw FormatError("truncated scale codes");
   BitReader r(data, pos + 3, end);
-  std::vector<uint16_t> steps(tokens);
-  for (uint32_t t = 0; t < tokens; ++t) {
+  std::vector<uint16_t> steps(count);
+  for (uint32_t t = 0; t < count; ++t) {
     uint32_t q = 0;
     while (r.bit())
       if (++q > (kMaxZigzag >> k)) throw FormatError("scale codes: code out of range");

@@ -124,6 +124,7 @@ def test_step_codes_in_a_version_1_blob_are_rejected(blob):
     ("patch", "message"),
     [
         ({2: 16}, "Rice parameter"),  # k beyond 15
+        ({2: 15}, "scale codes"),  # 16 bits a code: truncated, or off the grid
         ({0: 0xFF, 1: 0x7F}, "out of range"),  # center 32767: every code off the grid
         ({2: 0, **{i: 0xFF for i in range(3, 120)}}, "scale codes"),  # endless unary run
     ],

@@ -18,7 +18,7 @@ QUANTIZER_NAMES = {v: k for k, v in QUANTIZERS.items()}
 # one schedule serves models of any depth. A plain number applies to every layer.
 Schedule = float | tuple[tuple[float, float], ...]
 
-DEFAULT_LEVEL = 13
+DEFAULT_LEVEL = 15
 
 # Project ladder: per-token steps for keys and values as a fraction of the token's rms, values
 # three times as coarse as keys (attention scores are more sensitive to key error than outputs

@@ -25,7 +25,7 @@ from cachegen.stream.sim import cachegen_rule, fixed
 
 MODEL_ID = smollm2.MODEL_ID
 # Rungs of the ladder stored for the demo (every one would double the encode work for little).
-DEMO_LEVELS = (3, 7, 13, 17, 27)
+DEMO_LEVELS = (3, 7, 15, 19, 27)
 _DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"  # levels as one character each
 QUESTION = "\n\nQuestion: In one sentence, what does this document say? Answer:"
 
