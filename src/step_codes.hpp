@@ -13,7 +13,6 @@ void write_step_codes(const std::vector<uint16_t>& steps, std::vector<uint8_t>& 
 
 // Reads `count` codes at data[pos..end), advancing pos to the next byte; returns their fp16
 // values. Throws FormatError on a truncated stream or a code off the grid.
-std::vector<uint16_t> read_step_codes(const uint8_t* data, size_t& pos, size_t end,
-                                      uint32_t count);
+std::vector<uint16_t> read_step_codes(const uint8_t* data, size_t& pos, size_t end, uint32_t count);
 
 }  // namespace cachegen
