@@ -120,6 +120,15 @@ def test_step_codes_in_a_version_1_blob_are_rejected(blob):
         cachegen.inspect(reseal(b))
 
 
+@pytest.mark.parametrize("qflags", [8, 16, 1 | 16, 32])
+def test_scale_code_flags_need_their_scales(blob, qflags):
+    """Group 0's qflags (descriptor byte 13) claiming codes for scales it lacks, or unknown."""
+    b = bytearray(blob)
+    b[64 + 13] = qflags
+    with pytest.raises(FormatError, match="scale codes without|unknown quantizer flags"):
+        cachegen.inspect(reseal(b))
+
+
 @pytest.mark.parametrize(
     ("patch", "message"),
     [
