@@ -158,7 +158,7 @@ def plot(per_doc: list[dict], out: Path) -> None:
         ax.set_yscale("log")
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.set_xticks([1.5, 2, 3, 4, 6, 8, 16])
+        ax.set_xticks([1, 1.5, 2, 3, 4, 6, 8, 16])
         ax.set_title(doc)
         ax.set_xlabel("bits per element (all blob bytes)")
         ax.grid(True, which="both", alpha=0.3)
