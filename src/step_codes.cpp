@@ -1,6 +1,8 @@
 #include "step_codes.hpp"
 
 #include <algorithm>
+#include <array>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -16,7 +18,11 @@ constexpr uint32_t kMaxZigzag = 2 * (kMaxStepCode - kMinStepCode) + 1;
 uint32_t zigzag(int d) { return d >= 0 ? 2u * (uint32_t)d : 2u * (uint32_t)(-d) - 1u; }
 int unzigzag(uint32_t z) { return z & 1 ? -(int)((z + 1) / 2) : (int)(z / 2); }
 
+// The grid code of an fp16 grid value: the nearest code of the value itself, except in fp16's
+// subnormal range, where neighbouring codes can round to one value and a search finds the first.
 int code_of(uint16_t step) {
+  const int guess = nearest_step_code(f16_to_f32(step));
+  if (step_code_value(guess) == step) return guess;
   int lo = kMinStepCode, hi = kMaxStepCode;  // grid values never decrease with the code
   const float s = f16_to_f32(step);
   while (lo < hi) {
@@ -30,50 +36,85 @@ int code_of(uint16_t step) {
   return lo;
 }
 
+// step_code_value for every code, built once: the reader looks each code up.
+const std::array<uint16_t, kMaxStepCode - kMinStepCode + 1>& grid_values() {
+  static const auto table = [] {
+    std::array<uint16_t, kMaxStepCode - kMinStepCode + 1> t{};
+    for (int k = kMinStepCode; k <= kMaxStepCode; ++k) t[k - kMinStepCode] = step_code_value(k);
+    return t;
+  }();
+  return table;
+}
+
 uint64_t rice_bits(const std::vector<uint32_t>& z, int k) {
   uint64_t bits = 0;
   for (uint32_t v : z) bits += (v >> k) + 1 + k;
   return bits;
 }
 
+// Bits are packed from each byte's least significant bit on; writes go through a 64-bit
+// accumulator, reads through a 64-bit window (zeros past the end, caught by skip()).
 class BitWriter {
  public:
   explicit BitWriter(std::vector<uint8_t>& out) : out_(out) {}
-  void bit(uint32_t b) {
-    if (n_ % 8 == 0) out_.push_back(0);
-    out_.back() |= (uint8_t)((b & 1) << (n_ % 8));
-    ++n_;
+  void bits(uint64_t v, int count) {  // count <= 32
+    acc_ |= (v & ((uint64_t{1} << count) - 1)) << fill_;
+    for (fill_ += count; fill_ >= 8; fill_ -= 8, acc_ >>= 8) out_.push_back((uint8_t)acc_);
   }
-  void bits(uint32_t v, int count) {
-    for (int i = 0; i < count; ++i) bit(v >> i);
+  void finish() {
+    if (fill_) out_.push_back((uint8_t)acc_);
+  }
+  void ones(uint32_t n) {
+    for (; n >= 32; n -= 32) bits(0xffffffffu, 32);
+    bits(0xffffffffu, (int)n);
   }
 
  private:
   std::vector<uint8_t>& out_;
-  uint64_t n_ = 0;
+  uint64_t acc_ = 0;
+  int fill_ = 0;
 };
 
 class BitReader {
  public:
-  BitReader(const uint8_t* data, size_t pos, size_t end) : d_(data), pos_(pos), end_(end) {}
-  uint32_t bit() {
-    if (pos_ + n_ / 8 >= end_) throw FormatError("truncated scale codes");
-    const uint32_t b = (d_[pos_ + n_ / 8] >> (n_ % 8)) & 1;
-    ++n_;
-    return b;
+  static constexpr uint32_t kWindow = 56;  // valid bits in every peek()
+  BitReader(const uint8_t* data, size_t pos, size_t end)
+      : d_(data), end_(end), bit_(pos * 8), end_bit_(end * 8) {}
+  uint64_t peek() const {
+    const size_t byte = bit_ / 8;
+    uint64_t w = 0;
+    if (byte + 8 <= end_)
+      std::memcpy(&w, d_ + byte, 8);  // one load
+    else
+      std::memcpy(&w, d_ + byte, end_ - byte);
+    return w >> (bit_ % 8);
   }
-  uint32_t bits(int count) {
-    uint32_t v = 0;
-    for (int i = 0; i < count; ++i) v |= bit() << i;
-    return v;
+  void skip(uint32_t n) {
+    bit_ += n;
+    if (bit_ > end_bit_) throw FormatError("truncated scale codes");
   }
-  size_t end_pos() const { return pos_ + (n_ + 7) / 8; }
+  size_t end_pos() const { return (bit_ + 7) / 8; }
 
  private:
   const uint8_t* d_;
-  size_t pos_, end_;
-  uint64_t n_ = 0;
+  size_t end_, bit_, end_bit_;
 };
+
+// The length of the run of one-bits that starts the stream, at most kWindow per look.
+uint32_t read_unary(BitReader& r, uint32_t limit) {
+  for (uint32_t q = 0;;) {
+    const uint64_t w = r.peek();
+    const uint32_t run = ~w ? (uint32_t)__builtin_ctzll(~w) : 64;
+    if (run < BitReader::kWindow) {
+      r.skip(run + 1);
+      if ((q += run) > limit) break;
+      return q;
+    }
+    r.skip(BitReader::kWindow);
+    if ((q += BitReader::kWindow) > limit) break;
+  }
+  throw FormatError("scale codes: code out of range");
+}
 
 }  // namespace
 
@@ -86,16 +127,18 @@ void write_step_codes(const std::vector<uint16_t>& steps, std::vector<uint8_t>& 
   std::vector<uint32_t> z;
   for (int c : codes) z.push_back(zigzag(c - center));
   int k = 0;
+  uint64_t best = rice_bits(z, 0);
   for (int j = 1; j <= kMaxRice; ++j)
-    if (rice_bits(z, j) < rice_bits(z, k)) k = j;
+    if (const uint64_t bits = rice_bits(z, j); bits < best) best = bits, k = j;
   const uint8_t head[3] = {(uint8_t)center, (uint8_t)((uint16_t)center >> 8), (uint8_t)k};
   out.insert(out.end(), head, head + 3);
   BitWriter w(out);
   for (uint32_t v : z) {
-    for (uint32_t q = v >> k; q > 0; --q) w.bit(1);
-    w.bit(0);
+    w.ones(v >> k);
+    w.bits(0, 1);
     w.bits(v, k);
   }
+  w.finish();
 }
 
 std::vector<uint16_t> read_step_codes(const uint8_t* data, size_t& pos, size_t end,
@@ -108,15 +151,15 @@ std::vector<uint16_t> read_step_codes(const uint8_t* data, size_t& pos, size_t e
   if ((uint64_t)(end - pos - 3) * 8 < (uint64_t)count * (k + 1))
     throw FormatError("truncated scale codes");
   BitReader r(data, pos + 3, end);
+  const auto& grid = grid_values();
   std::vector<uint16_t> steps(count);
-  for (uint32_t t = 0; t < count; ++t) {
-    uint32_t q = 0;
-    while (r.bit())
-      if (++q > (kMaxZigzag >> k)) throw FormatError("scale codes: code out of range");
-    const int code = center + unzigzag((q << k) | r.bits(k));
+  for (uint16_t& step : steps) {
+    const uint32_t q = read_unary(r, kMaxZigzag >> k);
+    const int code = center + unzigzag((q << k) | (uint32_t)(r.peek() & ((1u << k) - 1)));
+    r.skip(k);
     if (code < kMinStepCode || code > kMaxStepCode)
       throw FormatError("scale codes: code out of range");
-    steps[t] = step_code_value(code);
+    step = grid[code - kMinStepCode];
   }
   pos = r.end_pos();
   return steps;
