@@ -123,7 +123,7 @@ def test_gpu_bytes_and_decodes_equal_cpu(shape, dtype):
 @pytest.mark.parametrize("with_profile", [False, True])
 def test_step_weights_equal_cpu(shape, dtype, with_profile):
     """Sink and recency token weights (both statistics kernels), profile channel scales and
-    token importance (its key features computed on the GPU)."""
+    token importance (its key features computed from a host copy of the device keys)."""
     kv = synthetic_kv(*shape, dtype=dtype)
     rng = np.random.default_rng(2)
     rows = lambda: tuple(tuple(rng.uniform(0.3, 3.0, shape[2]).tolist()) for _ in range(shape[0]))  # noqa: E731

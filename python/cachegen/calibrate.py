@@ -156,6 +156,9 @@ def _sensitivity(
             logits = model(tail, cache=to_cache(cache_kv, model.config), use_cache=True).logits
         return torch.log_softmax(logits[0].double(), dim=-1)
 
+    def band_mask(layer: int, band: int) -> Any:
+        return torch.from_numpy(band_of_channels(kv[layer][0].shape[-1], bands) == band)
+
     ref = log_probs(kv)
     ref_p = ref.exp()  # once: each of the 2 * layers * heads + bands passes compares against it
     coded = decode(encode(kv, config=config), framework="torch")
@@ -163,23 +166,23 @@ def _sensitivity(
     def kl(mixed: list) -> float:
         return max((ref_p * (ref - log_probs(mixed))).sum(-1).mean().item(), 1e-9)
 
-    def with_coded(layer: int, side: int, index: tuple) -> list:
+    def with_coded(parts: dict[tuple[int, int], Any]) -> list:
+        """The cache with, for each (layer, side) -> index in `parts`, that index of the tensor
+        taken from the coded cache."""
         mixed = [list(pair) for pair in kv]
-        t = mixed[layer][side].clone()
-        t[index] = coded[layer][side][index].to(t.dtype)
-        mixed[layer][side] = t
+        for (layer, side), index in parts.items():
+            t = mixed[layer][side].clone()
+            t[index] = coded[layer][side][index].to(t.dtype)
+            mixed[layer][side] = t
         return mixed
 
     per_head = [
-        np.array([kl(with_coded(layer, side, (slice(None), h))) for h in range(t.shape[1])])
+        np.array([kl(with_coded({(layer, side): (slice(None), h)})) for h in range(t.shape[1])])
         for layer in range(len(kv))
         for side, t in enumerate(kv[layer])
     ]
-    per_band = []
-    for band in range(bands):
-        mixed = [list(pair) for pair in kv]
-        for layer in range(len(kv)):
-            channels = torch.from_numpy(band_of_channels(kv[layer][0].shape[-1], bands) == band)
-            mixed[layer][0] = with_coded(layer, 0, (..., channels))[layer][0]
-        per_band.append(kl(mixed))
+    per_band = [
+        kl(with_coded({(layer, 0): (..., band_mask(layer, band)) for layer in range(len(kv))}))
+        for band in range(bands)
+    ]
     return per_head, np.array(per_band)
