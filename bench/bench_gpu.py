@@ -164,13 +164,22 @@ def main() -> None:
     threads = result["cpu_threads"]
     rows = [
         ("GPU encode (device tensor -> host bytes)", result["encode_gbps"], encode_s),
-        ("GPU encode (device tensor -> device blob)", result["encode_to_device_blob_gbps"],
-         encode_dev_s),
+        (
+            "GPU encode (device tensor -> device blob)",
+            result["encode_to_device_blob_gbps"],
+            encode_dev_s,
+        ),
         ("GPU decode (host blob -> device tensor)", result["decode_gbps"], decode_s),
-        ("GPU decode (device blob -> device tensor)", result["decode_from_device_blob_gbps"],
-         decode_dev_s),
-        ("GPU decode (device blob -> new device tensor, no out=)",
-         result["decode_from_device_blob_new_output_gbps"], alloc_dev_s),
+        (
+            "GPU decode (device blob -> device tensor)",
+            result["decode_from_device_blob_gbps"],
+            decode_dev_s,
+        ),
+        (
+            "GPU decode (device blob -> new device tensor, no out=)",
+            result["decode_from_device_blob_new_output_gbps"],
+            alloc_dev_s,
+        ),
         ("GPU decode (blob resident on device)", result["decode_resident_gbps"], kernel_s),
         (f"CPU encode ({threads} threads, one run)", result["cpu_encode_gbps"], cpu_encode),
         (f"CPU decode ({threads} threads, one run)", result["cpu_decode_gbps"], cpu_decode),

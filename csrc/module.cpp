@@ -22,10 +22,10 @@ namespace {
 
 using ViewTuple =
     std::tuple<uintptr_t, int, uint32_t, uint32_t, uint32_t, int64_t, int64_t, int64_t>;
-// (view, quantizer, param, max_tables, token step weights, channel step weights); the weights
-// are raw little-endian float32 bytes (a bytes object is one memcpy, a list one cast per
+// (view, quantizer, param, max_tables, token step weights, channel step weights, raw rows); the
+// weights are raw little-endian float32 bytes (a bytes object is one memcpy, a list one cast per
 // element), empty = none.
-using SpecTuple = std::tuple<ViewTuple, int, float, uint32_t, std::string, std::string>;
+using SpecTuple = std::tuple<ViewTuple, int, float, uint32_t, std::string, std::string, uint32_t>;
 
 std::vector<float> float32s(const std::string& raw) {
   if (raw.size() % 4) throw InputError("step weights must be float32 bytes");
@@ -78,6 +78,7 @@ py::dict group_dict(const Group& g) {
   d["param"] = g.desc.param;
   d["tables"] = g.tables.tables.size();
   d["max_symbol"] = g.quant.max_symbol;
+  d["raw_rows"] = g.quant.raw_rows;
   return d;
 }
 
@@ -105,13 +106,14 @@ py::dict blob_info(const Blob& b) { return parsed_info(b.parsed, (size_t)b.info.
 EncodeRequest make_request(const std::vector<SpecTuple>& specs, int dtype, int layout, int level,
                            uint32_t segment_symbols, uint32_t flags, int threads) {
   EncodeRequest req;
-  for (const auto& [view, quantizer, param, max_tables, token_w, channel_w] : specs) {
+  for (const auto& [view, quantizer, param, max_tables, token_w, channel_w, raw_rows] : specs) {
     if (!valid_quantizer((uint8_t)quantizer)) throw InputError("unknown quantizer id");
     req.groups.push_back({to_view(view),
                           (Quantizer)quantizer,
                           param,
                           max_tables,
-                          {float32s(token_w), float32s(channel_w)}});
+                          {float32s(token_w), float32s(channel_w)},
+                          raw_rows});
   }
   req.dtype = to_dtype(dtype);
   if (layout < 0 || layout > 1) throw InputError("unknown layout");
@@ -221,9 +223,11 @@ py::bytes as_bytes(const std::vector<T>& v) {
   return py::bytes(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(T));
 }
 
-// Per group: (symbols int8, a per token fp32, b per channel fp32, o per channel fp32) as bytes.
+// Per group: (symbols int8, a per token fp32, b per channel fp32, o per channel fp32, raw rows
+// fp32) as bytes.
 py::list quantize_py(const std::vector<SpecTuple>& specs, int threads) {
-  const EncodeRequest req = make_request(specs, 1, 1, 0, 1u << 16, 0, threads);
+  const int dtype = specs.empty() ? 1 : std::get<1>(std::get<0>(specs[0]));
+  const EncodeRequest req = make_request(specs, dtype, 1, 0, 1u << 16, 0, threads);
   std::vector<Quantized> q;
   {
     py::gil_scoped_release nogil;
@@ -232,7 +236,7 @@ py::list quantize_py(const std::vector<SpecTuple>& specs, int threads) {
   py::list out;
   for (const Quantized& g : q)
     out.append(py::make_tuple(as_bytes(g.symbols), as_bytes(g.params.a), as_bytes(g.params.b),
-                              as_bytes(g.params.o)));
+                              as_bytes(g.params.o), as_bytes(g.params.raw)));
   return out;
 }
 

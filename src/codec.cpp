@@ -48,7 +48,7 @@ Group fit_group(const GroupSpec& s, uint32_t segment_symbols, int8_t* symbols) {
   const uint32_t T = v.tokens, C = v.channels();
   Group g;
   g.desc = plan_group(s, segment_symbols);
-  g.quant = fit_quantizer(s.quantizer, s.param, v, s.weights);
+  g.quant = fit_quantizer(s.quantizer, s.param, v, s.weights, s.raw_rows);
   std::vector<Histogram>& hists = scratch().hists;
   hists.assign(C, Histogram{});
   quantize_group(g.quant, expand_params(g.quant, T, C), v, symbols, hists[0].data());
@@ -153,7 +153,12 @@ const int8_t* segment_symbols(const ParsedBlob& blob, const uint8_t* data, uint6
 void check_request(const EncodeRequest& req) {
   if (req.groups.empty() || req.groups.size() % 2) throw InputError("need K and V for each layer");
   if (req.groups.size() / 2 > kMaxLayers) throw InputError("too many layers");
-  for (size_t i = 0; i < req.groups.size(); ++i) check_spec(req.groups[i], i);
+  for (size_t i = 0; i < req.groups.size(); ++i) {
+    check_spec(req.groups[i], i);
+    // Raw rows travel in the blob's dtype: exact only if that is the tensor's own.
+    if (req.groups[i].raw_rows && req.groups[i].view.dtype != req.dtype)
+      throw InputError("raw rows need the KV tensors in the blob's dtype");
+  }
 }
 
 GroupDesc plan_group(const GroupSpec& s, uint32_t segment_symbols) {

@@ -15,7 +15,8 @@ struct GroupSpec {
   Quantizer quantizer = Quantizer::ChannelStep;
   float param = 0.5f;
   uint32_t max_tables = 8;
-  StepWeights weights;  // TokenStep only
+  StepWeights weights;    // TokenStep only
+  uint32_t raw_rows = 0;  // first tokens stored verbatim (attention sinks), per-token quantizers
 };
 
 struct EncodeRequest {

@@ -77,7 +77,7 @@ class Reader {
   size_t pos_, end_;
 };
 
-bool readable_version(uint16_t v) { return v == 1 || v == kFormatVersion; }
+bool readable_version(uint16_t v) { return v >= 1 && v <= kFormatVersion; }
 
 uint64_t align8(uint64_t x) { return (x + 7) & ~uint64_t{7}; }
 
@@ -91,19 +91,34 @@ void write_scales(const std::vector<uint16_t>& scales, bool coded, Writer& w,
     w.bytes(scales.data(), scales.size() * 2);
 }
 
-void write_side(const Group& g, Writer& w, std::vector<uint8_t>& out) {
+// Raw rows as a dense [rows, channels] view of `data` in `dtype`.
+TensorView raw_view(void* data, DType dtype, uint32_t rows, uint32_t channels) {
+  return {data, dtype, rows, 1, channels, (int64_t)channels, (int64_t)channels, 1};
+}
+
+// The raw rows in the blob's dtype: exact, the values having come from that dtype.
+void write_raw_rows(const GroupQuant& q, uint32_t channels, DType dtype, Writer& w) {
+  std::vector<uint8_t> bytes((size_t)q.raw_rows * channels * dtype_size(dtype));
+  const TensorView v = raw_view(bytes.data(), dtype, q.raw_rows, channels);
+  for (uint32_t t = 0; t < q.raw_rows; ++t) store_row(v, t, q.raw.data() + (size_t)t * channels);
+  w.put(q.raw_rows);
+  w.bytes(bytes.data(), bytes.size());
+}
+
+void write_side(const Group& g, DType dtype, Writer& w, std::vector<uint8_t>& out) {
   const GroupQuant& q = g.quant;
   if (q.flags & kTokenScale) write_scales(q.token_scale, q.flags & kTokenCodes, w, out);
   if (q.flags & kChannelScale) write_scales(q.channel_scale, q.flags & kChannelCodes, w, out);
   if (q.flags & kChannelOffset) w.bytes(q.channel_offset.data(), q.channel_offset.size() * 2);
+  if (q.flags & kRawRows) write_raw_rows(q, g.desc.channels(), dtype, w);
   if (g.tables.tables.size() > 1) w.bytes(g.tables.channel_table.data(), g.desc.channels());
   for (const Table& t : g.tables.tables) serialize_table(t, out);
 }
 
-std::vector<uint8_t> side_bytes(const Group& g) {
+std::vector<uint8_t> side_bytes(const Group& g, DType dtype) {
   std::vector<uint8_t> out;
   Writer w(out);
-  write_side(g, w, out);
+  write_side(g, dtype, w, out);
   return out;
 }
 
@@ -162,10 +177,14 @@ void check_desc(const DescFields& f, uint32_t expected_first, uint16_t version) 
     fail("segment length out of range");
   if (d.num_segments != segment_count(d.tokens, d.seg_tokens)) fail("segment count mismatch");
   if (d.first_segment != expected_first) fail("segment numbering mismatch");
-  if (f.flags & ~(kTokenScale | kChannelScale | kChannelOffset | kTokenCodes | kChannelCodes))
+  if (f.flags &
+      ~(kTokenScale | kChannelScale | kChannelOffset | kTokenCodes | kChannelCodes | kRawRows))
     fail("unknown quantizer flags");
   const bool token_codes = f.flags & kTokenCodes, channel_codes = f.flags & kChannelCodes;
   if ((token_codes || channel_codes) && version < 2) fail("scale codes in a version 1 blob");
+  if ((f.flags & kRawRows) && version < 3)
+    fail("raw rows in a version " + std::to_string(version) + " blob");
+  if ((f.flags & kRawRows) && !(f.flags & kTokenScale)) fail("raw rows without token scales");
   if ((token_codes && !(f.flags & kTokenScale)) || (channel_codes && !(f.flags & kChannelScale)))
     fail("scale codes without the scales they code");
   if (f.num_tables < 1) fail("group has no probability table");
@@ -173,7 +192,19 @@ void check_desc(const DescFields& f, uint32_t expected_first, uint16_t version) 
   if (!std::isfinite(d.param)) fail("quantizer parameter is not finite");
 }
 
-Group parse_side(const DescFields& f, const uint8_t* data, size_t begin, size_t end) {
+// Raw rows: a count in [1, tokens], then the rows in the blob's dtype (size checked against the
+// side data before anything is allocated), widened to fp32.
+void read_raw_rows(Reader& r, const GroupDesc& d, DType dtype, GroupQuant& q) {
+  q.raw_rows = r.get<uint32_t>("raw rows");
+  if (q.raw_rows < 1 || q.raw_rows > d.tokens) fail("raw row count out of range");
+  const uint32_t C = d.channels();
+  std::vector<uint8_t> bytes = r.u8s((size_t)q.raw_rows * C * dtype_size(dtype), "raw rows");
+  const TensorView v = raw_view(bytes.data(), dtype, q.raw_rows, C);
+  q.raw.resize((size_t)q.raw_rows * C);
+  for (uint32_t t = 0; t < q.raw_rows; ++t) load_row(v, t, q.raw.data() + (size_t)t * C);
+}
+
+Group parse_side(const DescFields& f, DType dtype, const uint8_t* data, size_t begin, size_t end) {
   Group g;
   g.desc = f.desc;
   const uint32_t C = f.desc.channels();
@@ -188,6 +219,7 @@ Group parse_side(const DescFields& f, const uint8_t* data, size_t begin, size_t 
   if (f.flags & kChannelScale)
     g.quant.channel_scale = scales(C, f.flags & kChannelCodes, "channel scales");
   if (f.flags & kChannelOffset) g.quant.channel_offset = r.u16s(C, "channel offsets");
+  if (f.flags & kRawRows) read_raw_rows(r, f.desc, dtype, g.quant);
   if (f.num_tables > 1) {
     g.tables.channel_table = r.u8s(C, "channel table map");
     for (uint8_t t : g.tables.channel_table)
@@ -211,7 +243,7 @@ std::vector<uint8_t> blob_head(BlobHeader h, std::vector<EncodedGroup>& groups, 
   uint64_t side_total = 0;
   uint32_t segments = 0;
   for (EncodedGroup& e : groups) {
-    sides.push_back(side_bytes(e.group));
+    sides.push_back(side_bytes(e.group, h.dtype));
     side_total += sides.back().size();
     e.group.desc.first_segment = segments;
     segments += (uint32_t)e.segment_bytes.size();
@@ -300,7 +332,8 @@ ParsedBlob parse_checked(const uint8_t* data, size_t size, bool verify) {
   Reader r(data, 4, size);
   const uint16_t version = r.get<uint16_t>("header");
   if (!readable_version(version))
-    fail("unsupported format version " + std::to_string(version) + " (this build reads 1 and 2)");
+    fail("unsupported format version " + std::to_string(version) + " (this build reads 1 to " +
+         std::to_string(kFormatVersion) + ")");
   if (r.get<uint16_t>("header") != kHeaderBytes) fail("bad header size");
   if (r.get<uint64_t>("header") != size) fail("blob length does not match header (truncated?)");
   ParsedBlob b;
@@ -343,7 +376,7 @@ ParsedBlob parse_checked(const uint8_t* data, size_t size, bool verify) {
     check_desc(f, seg_cursor, version);
     if (f.side_off != side_cursor || f.side_len > index_off - side_cursor)
       fail("group side data out of bounds");
-    b.groups.push_back(parse_side(f, data, f.side_off, f.side_off + f.side_len));
+    b.groups.push_back(parse_side(f, h.dtype, data, f.side_off, f.side_off + f.side_len));
     side_cursor += f.side_len;
     seg_cursor += f.desc.num_segments;
   }

@@ -1,4 +1,4 @@
-// Wire format v2 (docs/FORMAT.md): fixed header, one descriptor per (layer, K/V) group, side
+// Wire format v3 (docs/FORMAT.md): fixed header, one descriptor per (layer, K/V) group, side
 // data (quantizer parameters, channel->table map, tables), segment size index, segment
 // payloads, CRC32C trailer. Everything little-endian. parse_blob validates every field before
 // anything is allocated or read from it.
@@ -14,7 +14,8 @@
 namespace cachegen {
 
 constexpr uint8_t kMagic[4] = {'C', 'G', 'K', 'V'};
-constexpr uint16_t kFormatVersion = 2;  // 2: scale codes (kTokenCodes, kChannelCodes); 1 reads
+// 2: scale codes (kTokenCodes, kChannelCodes); 3: raw rows (kRawRows). Versions 1 and 2 read.
+constexpr uint16_t kFormatVersion = 3;
 constexpr uint32_t kHeaderBytes = 64;
 constexpr uint32_t kGroupDescBytes = 40;
 constexpr uint8_t kCodecRans32x32 = 1;

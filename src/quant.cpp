@@ -115,11 +115,13 @@ DequantParams expand_params(const GroupQuant& q, uint32_t tokens, uint32_t chann
     for (uint32_t c = 0; c < channels; ++c) p.b[c] = f16_to_f32(q.channel_scale[c]);
   if (q.flags & kChannelOffset)
     for (uint32_t c = 0; c < channels; ++c) p.o[c] = f16_to_f32(q.channel_offset[c]);
+  p.raw_rows = q.raw_rows;
+  p.raw = q.raw;
   return p;
 }
 
 GroupQuant quantizer_layout(Quantizer kind, float param, const StepWeights& w, uint32_t tokens,
-                            uint32_t channels) {
+                            uint32_t channels, uint32_t raw_rows) {
   if (!std::isfinite(param) || param <= 0.0f) throw InputError("quantizer parameter must be > 0");
   if (!valid_quantizer((uint8_t)kind)) throw InputError("unknown quantizer id");
   if (!w.empty() && kind != Quantizer::TokenStep)
@@ -131,6 +133,12 @@ GroupQuant quantizer_layout(Quantizer kind, float param, const StepWeights& w, u
   const bool per_token = kind == Quantizer::TokenAbsmax || kind == Quantizer::TokenStep;
   g.flags = per_token ? kTokenScale : (kChannelScale | kChannelOffset);
   if (kind == Quantizer::TokenStep) g.flags |= kTokenCodes;
+  if (raw_rows) {
+    if (!per_token) throw InputError("raw rows need a per-token quantizer");
+    if (raw_rows > tokens) throw InputError("more raw rows than tokens");
+    g.flags |= kRawRows;
+    g.raw_rows = raw_rows;
+  }
   if (!w.channel.empty()) {  // stored as grid scales b; fits must use the stored values
     g.flags |= kChannelScale | kChannelCodes;
     for (float x : w.channel) g.channel_scale.push_back(step_code_value(nearest_step_code(x)));
@@ -138,9 +146,12 @@ GroupQuant quantizer_layout(Quantizer kind, float param, const StepWeights& w, u
   return g;
 }
 
-GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v, const StepWeights& w) {
+GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v, const StepWeights& w,
+                         uint32_t raw_rows) {
   const uint32_t T = v.tokens, C = v.channels();
-  GroupQuant g = quantizer_layout(kind, param, w, T, C);
+  GroupQuant g = quantizer_layout(kind, param, w, T, C, raw_rows);
+  g.raw.resize((size_t)raw_rows * C);
+  for (uint32_t t = 0; t < raw_rows; ++t) load_row(v, t, g.raw.data() + (size_t)t * C);
   const bool per_token = g.flags & kTokenScale;
   std::vector<float> row(C), inv_b;
   for (uint16_t b : g.channel_scale) inv_b.push_back(inverse_scale(b));
@@ -173,13 +184,20 @@ void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorVie
   for (uint32_t t = 0; t < T; ++t) {
     load_row(v, t, row.data());
     int8_t* out = symbols + (size_t)t * C;
-    quantize_row(row.data(), safe_inverse(p.a[t]), inv_b.data(), p.o.data(), m, C, out);
+    if (t < q.raw_rows)
+      std::fill(out, out + C, int8_t{0});
+    else
+      quantize_row(row.data(), safe_inverse(p.a[t]), inv_b.data(), p.o.data(), m, C, out);
     for (uint32_t c = 0; c < C; ++c) hist[c * 256 + out[c] + 128]++;
   }
 }
 
 void dequantize_row(const int8_t* __restrict symbols, const DequantParams& p, uint32_t token,
                     uint32_t channels, float* __restrict row) {
+  if (token < p.raw_rows) {
+    std::copy_n(p.raw.data() + (size_t)token * channels, channels, row);
+    return;
+  }
   const float a = p.a[token];
   const float* __restrict b = p.b.data();
   const float* __restrict o = p.o.data();

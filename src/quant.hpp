@@ -29,13 +29,15 @@ enum class Quantizer : uint8_t {
 inline bool valid_quantizer(uint8_t q) { return q >= 1 && q <= 4; }
 
 // kTokenCodes / kChannelCodes (format v2): the token / channel scales lie on the step-code grid
-// below and travel as codes.
+// below and travel as codes. kRawRows (format v3): the group's first tokens (attention sinks)
+// travel verbatim in the blob's dtype; their symbols are zero.
 enum QuantFlags : uint8_t {
   kTokenScale = 1,
   kChannelScale = 2,
   kChannelOffset = 4,
   kTokenCodes = 8,
   kChannelCodes = 16,
+  kRawRows = 32,
 };
 
 // Operations that the compiler must neither fuse nor reorder, so CPU and GPU agree bit for bit.
@@ -184,11 +186,16 @@ struct GroupQuant {
   std::vector<uint16_t> token_scale;    // tokens entries if kTokenScale (grid steps if kTokenCodes)
   std::vector<uint16_t> channel_scale;  // channels entries if kChannelScale
   std::vector<uint16_t> channel_offset;  // channels entries if kChannelOffset
+  uint32_t raw_rows = 0;                 // kRawRows: this many first tokens are stored verbatim,
+  std::vector<float> raw;                // [raw_rows, channels], values of the blob's dtype
 };
 
-// Expanded fp32 parameters: a per token, b and o per channel, with 1/1/0 where absent.
+// Expanded fp32 parameters: a per token, b and o per channel, with 1/1/0 where absent, and the
+// verbatim rows that replace the first raw_rows tokens' reconstructions.
 struct DequantParams {
   std::vector<float> a, b, o;
+  uint32_t raw_rows = 0;
+  std::vector<float> raw;
 };
 
 DequantParams expand_params(const GroupQuant& q, uint32_t tokens, uint32_t channels);
@@ -203,22 +210,25 @@ struct StepWeights {
   bool empty() const { return token.empty() && channel.empty(); }
 };
 
-// A quantizer's flags, max symbol and (from channel weights) channel scales, before fitting;
-// throws InputError on a bad parameter and on weights that are out of range, miscounted or
-// given to a quantizer other than TokenStep.
+// A quantizer's flags, max symbol, raw row count and (from channel weights) channel scales,
+// before fitting; throws InputError on a bad parameter, on weights that are out of range,
+// miscounted or given to a quantizer other than TokenStep, and on raw rows that are more than
+// the tokens or given to a quantizer without per-token steps.
 GroupQuant quantizer_layout(Quantizer kind, float param, const StepWeights& w, uint32_t tokens,
-                            uint32_t channels);
+                            uint32_t channels, uint32_t raw_rows = 0);
 
-// Fit the quantizer to a tensor (one pass over it); throws InputError on nan/inf.
+// Fit the quantizer to a tensor (one pass over it); throws InputError on nan/inf. The first
+// `raw_rows` tokens are kept verbatim (per-token quantizers only).
 GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v,
-                         const StepWeights& w = {});
+                         const StepWeights& w = {}, uint32_t raw_rows = 0);
 
-// Quantize into symbols ([tokens, channels] int8) and count them per channel into
-// hist[channel * 256 + symbol + 128], which must start zeroed.
+// Quantize into symbols ([tokens, channels] int8; zero for raw rows) and count them per channel
+// into hist[channel * 256 + symbol + 128], which must start zeroed.
 void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorView& v,
                     int8_t* symbols, uint32_t* hist);
 
-// Reconstruct one token's row: row[c] = dequantize(symbols[c], a[token], b[c], o[c]).
+// Reconstruct one token's row: row[c] = dequantize(symbols[c], a[token], b[c], o[c]), or the
+// stored row for a raw row.
 void dequantize_row(const int8_t* symbols, const DequantParams& p, uint32_t token,
                     uint32_t channels, float* row);
 

@@ -35,7 +35,9 @@ def cases() -> dict[str, tuple[object, cachegen.CodecConfig]]:
         (deterministic_kv((1, 1, 17, 8), 4), deterministic_kv((1, 1, 17, 12), 5)),
     ]
     small = cachegen.CodecConfig("channel", "token", 0.6, 0.6, max_tables=4, segment_symbols=1024)
+    sink = cachegen.CodecConfig(key_param=0.4, value_param=1.2, sink_tokens=1, recency=0.75)
     return {
+        "stacked_f16_sink": (stacked, sink),
         "stacked_f16_steps": (stacked, cachegen.CodecConfig("channel", "token", 0.5, 0.7, 8)),
         "stacked_f16_ref2": (
             stacked,

@@ -23,8 +23,14 @@ CONFIGS = (
     + [cachegen.CodecConfig.cachegen_reference(n) for n in (1, 2, 3)]
     # Every quantizer on keys and values, one table and many.
     + [
-        cachegen.CodecConfig(key_quantizer=q, value_quantizer=q, key_param=0.5, value_param=0.7,
-                             max_tables=t, name=f"{q}-{t}")
+        cachegen.CodecConfig(
+            key_quantizer=q,
+            value_quantizer=q,
+            key_param=0.5,
+            value_param=0.7,
+            max_tables=t,
+            name=f"{q}-{t}",
+        )
         for q in cachegen.config.QUANTIZERS
         if q != "token-absmax"
         for t in (1, 8)
@@ -96,8 +102,11 @@ def bits(x):
 
 
 def assert_same_bits(a, b):
-    for x, y in zip(bits(a) if isinstance(a, list) else [bits(a)],
-                    bits(b) if isinstance(b, list) else [bits(b)], strict=True):
+    for x, y in zip(
+        bits(a) if isinstance(a, list) else [bits(a)],
+        bits(b) if isinstance(b, list) else [bits(b)],
+        strict=True,
+    ):
         np.testing.assert_array_equal(x, y)
 
 
@@ -155,9 +164,11 @@ def test_levels_equal_cpu(config):
 @requires_cuda
 def test_pairs_mixed_shapes_and_out_buffer():
     torch = torch_or_skip()
-    kv = [synthetic_kv(1, 90, 4, 16, layout="pairs")[0],
-          synthetic_kv(1, 32, 2, 8, seed=1, layout="pairs")[0],
-          synthetic_kv(1, 90, 1, 24, seed=2, layout="pairs")[0]]
+    kv = [
+        synthetic_kv(1, 90, 4, 16, layout="pairs")[0],
+        synthetic_kv(1, 32, 2, 8, seed=1, layout="pairs")[0],
+        synthetic_kv(1, 90, 1, 24, seed=2, layout="pairs")[0],
+    ]
     blob = cachegen.encode(torch_cpu(kv))
     assert cachegen.encode(to_cuda(kv)) == blob
     out = [tuple(torch.empty(t.shape, dtype=torch.float32, device="cuda") for t in p) for p in kv]
@@ -184,8 +195,9 @@ def assert_cupy_decode_equals_host(decoded, blob):
     import cupy
 
     assert isinstance(decoded, cupy.ndarray)
-    np.testing.assert_array_equal(cupy.asnumpy(decoded).view(np.int16),
-                                  cachegen.decode(blob).view(np.int16))
+    np.testing.assert_array_equal(
+        cupy.asnumpy(decoded).view(np.int16), cachegen.decode(blob).view(np.int16)
+    )
 
 
 @pytest.mark.gpu
@@ -234,7 +246,8 @@ def test_large_gpu_blob_crc_and_bytes():
     assert len(blob) > 8 << 20
     assert cachegen.encode(to_cuda(kv)) == blob
     assert cachegen.encode(to_cuda(kv), level=max(cachegen.LEVELS)) == cachegen.encode(
-        torch_cpu(kv), level=max(cachegen.LEVELS))
+        torch_cpu(kv), level=max(cachegen.LEVELS)
+    )
 
 
 @pytest.mark.gpu

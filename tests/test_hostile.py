@@ -36,10 +36,14 @@ def reseal(blob: bytearray) -> bytes:
     return bytes(blob)
 
 
+KV = synthetic_kv(2, 70, 2, 16, layout="pairs")
+
+
 @pytest.fixture(scope="module")
 def blob() -> bytes:
-    kv = synthetic_kv(2, 70, 2, 16, layout="pairs")
-    return cachegen.encode(kv, config=cachegen.CodecConfig(segment_symbols=1024, max_tables=4))
+    """Every section present: step codes, tables, several segments, a raw (sink) row."""
+    config = cachegen.CodecConfig(segment_symbols=1024, max_tables=4, sink_tokens=1)
+    return cachegen.encode(KV, config=config)
 
 
 def decode_or_format_error(data: bytes) -> None:
@@ -120,13 +124,39 @@ def test_step_codes_in_a_version_1_blob_are_rejected(blob):
         cachegen.inspect(reseal(b))
 
 
-@pytest.mark.parametrize("qflags", [8, 16, 1 | 16, 32])
+@pytest.mark.parametrize("qflags", [8, 16, 1 | 16, 32, 64])
 def test_scale_code_flags_need_their_scales(blob, qflags):
-    """Group 0's qflags (descriptor byte 13) claiming codes for scales it lacks, or unknown."""
+    """Group 0's qflags (descriptor byte 13) claiming codes or raw rows for scales it lacks,
+    or unknown."""
     b = bytearray(blob)
     b[64 + 13] = qflags
-    with pytest.raises(FormatError, match="scale codes without|unknown quantizer flags"):
+    match = "scale codes without|raw rows without|unknown quantizer flags"
+    with pytest.raises(FormatError, match=match):
         cachegen.inspect(reseal(b))
+
+
+def test_raw_rows_in_a_version_2_blob_are_rejected(blob):
+    b = bytearray(blob)
+    b[4:6] = struct.pack("<H", 2)
+    with pytest.raises(FormatError, match="raw rows in a version 2"):
+        cachegen.inspect(reseal(b))
+
+
+def raw_count_offset(blob: bytes) -> int:
+    """Where group 0's raw row count sits: just before its sink row's fp16 bytes."""
+    row = np.ascontiguousarray(KV[0][0][0, :, 0, :]).astype(np.float16).tobytes()
+    at = blob.find(struct.pack("<I", 1) + row)
+    assert at > 0
+    return at
+
+
+@pytest.mark.parametrize("count", [0, 2, 70, 71, 0xFFFFFFFF])
+def test_bad_raw_row_counts_are_rejected(blob, count):
+    """0 or more rows than tokens: out of range; 2 or 70: more bytes than the side data has."""
+    b = bytearray(blob)
+    struct.pack_into("<I", b, raw_count_offset(blob), count)
+    with pytest.raises(FormatError, match="raw row|truncated|trailing|table"):
+        cachegen.decode(reseal(b), framework="numpy")
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,5 @@
-"""Step weights: attention-sink and recency token weights, model profiles as channel weights,
-token importance predicted from the keys."""
+"""Step weights: attention sinks kept verbatim, recency token weights, model profiles as channel
+weights, token importance predicted from the keys."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from cachegen.importance import (
     pair_magnitudes,
     token_scores,
 )
-from cachegen.weights import SINK_WEIGHT, token_weights
+from cachegen.weights import sink_rows, token_weights
 from kvgen import synthetic_kv
 
 PLAIN = cachegen.CodecConfig(key_param=0.5, value_param=1.0)
@@ -34,26 +34,48 @@ def token_errors(kv: np.ndarray, config, **kwargs) -> np.ndarray:
 
 
 def test_no_weights_when_off():
-    assert token_weights(100, 0, 100, 0, 0.0) is None
-    assert token_weights(100, 5, 200, 1, 0.0) is None  # the sink lies before this cache
+    assert token_weights(100, 0, 100, 0.0) is None
+    assert token_weights(100, 5000, 5100, 0.5) is not None
+    assert sink_rows(100, 0, 0) == 0
+
+
+def test_sink_rows_are_the_context_start():
+    assert sink_rows(100, 0, 1) == 1
+    assert sink_rows(100, 2, 4) == 2  # positions 2 and 3 of the context
+    assert sink_rows(100, 5, 1) == 0  # the sink lies before this cache
+    assert sink_rows(3, 0, 8) == 3
 
 
 def test_token_weight_law():
-    w = token_weights(300, 0, 300, 1, 0.5)
-    assert w[0] == np.float32(SINK_WEIGHT)
-    assert np.all(np.diff(w[1:]) <= 0)  # finer toward the end
-    assert np.all(w[1:-64] == 1.0) and w[-1] == pytest.approx((16 / 80) ** 0.5)
+    w = token_weights(300, 0, 300, 0.5)
+    assert np.all(np.diff(w) <= 0)  # finer toward the end
+    assert np.all(w[:-64] == 1.0) and w[-1] == pytest.approx((16 / 80) ** 0.5)
     # A cache in the middle of its context: the context's end sets the distances.
-    mid = token_weights(300, 1000, 1500, 1, 0.5)
-    assert mid is None
+    assert token_weights(300, 1000, 1500, 0.5) is None
 
 
-def test_sink_and_recent_tokens_get_finer_steps():
+def test_sink_is_exact_and_recent_tokens_get_finer_steps():
     kv = synthetic_kv(2, 300, 2, 32)
     plain, weighted = token_errors(kv, PLAIN), token_errors(kv, WEIGHTED)
-    assert weighted[0] < plain[0] / 10  # 8-bit absmax: error <= max|x| / 254
+    assert weighted[0] == 0.0 and plain[0] > 0.0  # the sink is stored verbatim
     assert weighted[-1] < plain[-1] * 0.7
     np.testing.assert_array_equal(weighted[1:200], plain[1:200])  # far tokens: same coding
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_sink_rows_decode_bit_exact(dtype):
+    kv = synthetic_kv(2, 50, 2, 16).astype(dtype)
+    kv[:, :, 0] *= 300  # a sink's outliers: far beyond any 8-bit step of its row
+    blob = cachegen.encode(kv, config=WEIGHTED)
+    info = cachegen.inspect(blob)
+    assert all(g.raw_rows == 1 for g in info.keys + info.values)
+    out = cachegen.decode(blob)
+    np.testing.assert_array_equal(out[:, :, 0], kv[:, :, 0])
+    for g in cachegen.quantize(kv, config=WEIGHTED):
+        assert np.all(g.symbols[0] == 0)  # nothing coded for it
+    # A cache that starts later in its context has no sink.
+    later = cachegen.inspect(cachegen.encode(kv, config=WEIGHTED, position=1, context_end=60))
+    assert all(g.raw_rows == 0 for g in later.keys)
 
 
 def test_position_and_context_end_move_the_weights():
@@ -124,23 +146,25 @@ def test_shipped_smollm2_profile():
 
 
 @pytest.mark.parametrize(
-    "token_w, channel_w, quantizer, match",
+    "token_w, channel_w, quantizer, raw_rows, match",
     [
-        ([1.0] * 9, [], 3, "token weights"),
-        ([], [1.0] * 5, 3, "channel weights"),
-        ([0.0] * 10, [], 3, "token weights"),
-        ([float("nan")] * 10, [], 3, "token weights"),
-        ([1.0] * 10, [], 1, "token-step"),
-        (b"\0" * 7, [], 3, "float32 bytes"),
+        ([1.0] * 9, [], 3, 0, "token weights"),
+        ([], [1.0] * 5, 3, 0, "channel weights"),
+        ([0.0] * 10, [], 3, 0, "token weights"),
+        ([float("nan")] * 10, [], 3, 0, "token weights"),
+        ([1.0] * 10, [], 1, 0, "token-step"),
+        (b"\0" * 7, [], 3, 0, "float32 bytes"),
+        ([], [], 3, 11, "more raw rows than tokens"),
+        ([], [], 2, 1, "per-token quantizer"),
     ],
 )
-def test_core_rejects_bad_weights(token_w, channel_w, quantizer, match):
+def test_core_rejects_bad_weights(token_w, channel_w, quantizer, raw_rows, match):
     kv = synthetic_kv(1, 10, 2, 8)
     key, value = cachegen.api._specs(kv, cachegen.tensors.views(kv), PLAIN)
     raw = [
         w if isinstance(w, bytes) else np.asarray(w, "<f4").tobytes() for w in (token_w, channel_w)
     ]
-    bad = (key[0], quantizer, 16.0 if quantizer == 1 else 0.5, 8, *raw)
+    bad = (key[0], quantizer, 16.0 if quantizer == 1 else 0.5, 8, *raw, raw_rows)
     with pytest.raises(ValueError, match=match):
         _core.quantize([bad, value], 1)
 

@@ -30,6 +30,8 @@ struct GroupDev {
   const uint8_t* table_of;  // per channel
   const float *a, *b, *o;   // per token, per channel, per channel
   uint32_t channels, num_tables;
+  uint32_t raw_rows;  // the first tokens are these verbatim rows, [raw_rows, channels]
+  const float* raw;
 };
 
 struct SegmentDev {
@@ -63,7 +65,10 @@ __device__ void decode_segment(const uint8_t* blob, const SegmentDev& s, const G
     wp += __popc(mask);
     if (active) {
       const int sym = (int)rans::dec_symbol_index(e) - kSymbolBias;
-      store_elem<D>(out, t, c, dequantize(sym, __ldg(g.a + t), __ldg(g.b + c), __ldg(g.o + c)));
+      store_elem<D>(out, t, c,
+                    t < g.raw_rows
+                        ? __ldg(g.raw + (size_t)t * C + c)
+                        : dequantize(sym, __ldg(g.a + t), __ldg(g.b + c), __ldg(g.o + c)));
     }
     c += 32 % C;
     t += 32 / C;
@@ -281,7 +286,7 @@ DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size,
       raw += g.tables.tables.size() * kAlphabet * 2 + g.tables.channel_table.size() +
              2 * (g.quant.token_scale.size() + g.quant.channel_scale.size() +
                   g.quant.channel_offset.size()) +
-             64;
+             4 * g.quant.raw.size() + 80;
     }
     raw += (blob.segments.size() / kWarps + 2 * ng) * sizeof(Work) + 64;
     arena.reserve(raw);
@@ -310,7 +315,9 @@ DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size,
       return at;
     };
     std::vector<GroupDev> devs;
-    std::vector<size_t> at;  // per group: table index, map, a16, b16, o16, a, b, o offsets
+    // Per group: table index, map, a16, b16, o16, raw rows, a, b, o offsets.
+    constexpr size_t kOffsets = 9;
+    std::vector<size_t> at;
     uint32_t table_index = 0;
     for (const Group& g : blob.groups) {
       const GroupDesc& d = g.desc;
@@ -322,11 +329,14 @@ DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size,
         throw FormatError("channel scale count mismatch");
       if ((q.flags & kChannelOffset) && q.channel_offset.size() != C)
         throw FormatError("channel offset count mismatch");
+      if (q.raw.size() != (size_t)q.raw_rows * C || q.raw_rows > T)
+        throw FormatError("raw row count mismatch");
       at.push_back(table_index);
       at.push_back(arena.add(g.tables.channel_table));
       at.push_back((q.flags & kTokenScale) ? arena.add(q.token_scale) : SIZE_MAX);
       at.push_back((q.flags & kChannelScale) ? arena.add(q.channel_scale) : SIZE_MAX);
       at.push_back((q.flags & kChannelOffset) ? arena.add(q.channel_offset) : SIZE_MAX);
+      at.push_back(arena.add(q.raw));
       at.push_back(dev_floats(T));
       at.push_back(dev_floats(C));
       at.push_back(dev_floats(C));
@@ -335,7 +345,7 @@ DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size,
       const bool shared = nt <= kSharedTables;
       add_work(d.first_segment, d.num_segments, work[shared ? 0 : 1]);
       if (shared) s.shared_bytes = std::max(s.shared_bytes, nt * kTableBytes);
-      devs.push_back({nullptr, nullptr, nullptr, nullptr, nullptr, C, nt});
+      devs.push_back({nullptr, nullptr, nullptr, nullptr, nullptr, C, nt, q.raw_rows, nullptr});
       s.groups.push_back(d);
     }
     work_at[0] = arena.add(work[0]);
@@ -350,19 +360,20 @@ DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size,
       return off == SIZE_MAX ? nullptr : reinterpret_cast<const uint16_t*>(s.arena + off);
     };
     for (size_t i = 0; i < ng; ++i) {
-      const size_t* o = &at[8 * i];
+      const size_t* o = &at[kOffsets * i];
       GroupDev& g = devs[i];
       g.tables = dev + tables_dev + o[0] * kTableBytes;
       g.table_of = s.arena + o[1];
-      g.a = reinterpret_cast<const float*>(dev + o[5]);
-      g.b = reinterpret_cast<const float*>(dev + o[6]);
-      g.o = reinterpret_cast<const float*>(dev + o[7]);
+      g.raw = reinterpret_cast<const float*>(s.arena + o[5]);
+      g.a = reinterpret_cast<const float*>(dev + o[6]);
+      g.b = reinterpret_cast<const float*>(dev + o[7]);
+      g.o = reinterpret_cast<const float*>(dev + o[8]);
       jobs[i] = {dev16(o[2]),
                  dev16(o[3]),
                  dev16(o[4]),
-                 reinterpret_cast<float*>(dev + o[5]),
                  reinterpret_cast<float*>(dev + o[6]),
                  reinterpret_cast<float*>(dev + o[7]),
+                 reinterpret_cast<float*>(dev + o[8]),
                  blob.groups[i].desc.tokens,
                  blob.groups[i].desc.channels()};
     }

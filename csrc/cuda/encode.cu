@@ -62,6 +62,8 @@ struct GroupDev {
   const EncTable* tables;
   const uint8_t* table_of;
   uint32_t num_tables;
+  uint32_t raw_rows;  // first tokens kept verbatim: symbols zero, values copied to `raw`
+  float* raw;         // [raw_rows, channels]
 };
 
 __device__ bool finite(float x) { return (f32_bits(x) & 0x7f800000u) != 0x7f800000u; }
@@ -256,7 +258,9 @@ __global__ void __launch_bounds__(256) quantize_hist(const GroupDev* groups) {
     const uint32_t t_end = min(t0 + kQuantTokens, g.tokens);
     for (uint32_t t = t0 + threadIdx.x / 32; t < t_end; t += blockDim.x / 32) {
       const float inv_a = safe_inverse(g.token_scale ? f16_to_f32(g.token_scale[t]) : 1.0f);
-      const int s = quantize(load_elem<D>(g.in, t, c), mul_rn(inv_a, inv_b), o, g.max_symbol);
+      const float x = load_elem<D>(g.in, t, c);
+      if (t < g.raw_rows) g.raw[(size_t)t * g.channels + c] = x;
+      const int s = t < g.raw_rows ? 0 : quantize(x, mul_rn(inv_a, inv_b), o, g.max_symbol);
       g.symbols[(size_t)t * g.channels + c] = (int8_t)s;
       atomicAdd(&hist[lane][s + kSymbolBias], 1u);
     }
@@ -532,7 +536,7 @@ struct Plan {
   GroupDesc desc;
   GroupQuant quant;
   size_t token_scale = 0, channel_scale = 0, channel_offset = 0;  // element offsets in scales
-  size_t symbols = 0, hist = 0, terms = 0, fit = 0;
+  size_t symbols = 0, hist = 0, terms = 0, fit = 0, raw = 0;      // raw: byte offset in results
   bool gpu_fit = false;
 };
 
@@ -575,13 +579,14 @@ void encode(const EncodeRequest& req, int device, uintptr_t stream, const BlobAl
 
   // ---- plan
   std::vector<Plan> plans;
-  size_t scales = 0, syms = 0, hists = 0, terms = 0, fits = 0;
+  size_t scales = 0, syms = 0, hists = 0, terms = 0, fits = 0, raws = 0;
   uint32_t max_fit_c = 0;
   for (const GroupSpec& s : req.groups) {
     if (s.view.dtype != dtype) throw InputError("all KV tensors must share one dtype");
     Plan p;
     p.desc = plan_group(s, req.segment_symbols);
-    p.quant = quantizer_layout(s.quantizer, s.param, s.weights, s.view.tokens, s.view.channels());
+    p.quant = quantizer_layout(s.quantizer, s.param, s.weights, s.view.tokens, s.view.channels(),
+                               s.raw_rows);
     check_supported(s.quantizer, p.quant.flags);
     const uint32_t T = p.desc.tokens, C = p.desc.channels();
     const uint8_t fl = p.quant.flags;
@@ -605,12 +610,14 @@ void encode(const EncodeRequest& req, int device, uintptr_t stream, const BlobAl
       fits += align16(sizeof(FitOut) + C);
       max_fit_c = std::max(max_fit_c, C);
     }
+    p.raw = raws;
+    raws += align16(4ull * p.quant.raw_rows * C);
     plans.push_back(p);
   }
   const size_t ngroups = plans.size();
-  // Results read back after stage 1: error flag, scales, table fits.
+  // Results read back after stage 1: error flag, scales, table fits, raw rows.
   const size_t res_bad = 0, res_scales = 16, res_fit = align16(res_scales + 2 * scales);
-  const size_t res_bytes = res_fit + fits;
+  const size_t res_raw = res_fit + fits, res_bytes = res_raw + raws;
   DeviceBuffer res_buf(res_bytes, st), symbols_buf(syms, st), hist_buf(4 * hists, st);
   DeviceBuffer terms_buf(sizeof(ChanTerms) * terms, st);
   uint8_t* res = res_buf.get();
@@ -640,14 +647,26 @@ void encode(const EncodeRequest& req, int device, uintptr_t stream, const BlobAl
     const uint8_t fl = p.quant.flags;
     const uint32_t T = p.desc.tokens, C = p.desc.channels();
     devs.push_back(
-        {to_view(s.view), T, C, s.quantizer, s.param, p.quant.max_symbol,
+        {to_view(s.view),
+         T,
+         C,
+         s.quantizer,
+         s.param,
+         p.quant.max_symbol,
          fl & kTokenScale ? sc + p.token_scale : nullptr,
          fl & kChannelScale ? sc + p.channel_scale : nullptr,
          fl & kChannelOffset ? sc + p.channel_offset : nullptr,
          s.weights.token.empty() ? nullptr : weights_buf.get<float>() + weights_at[i],
          s.quantizer == Quantizer::LayerStep ? terms_buf.get<ChanTerms>() + p.terms : nullptr,
-         symbols_buf.get<int8_t>() + p.symbols, hist_buf.get<uint32_t>() + p.hist,
-         p.gpu_fit ? res + res_fit + p.fit : nullptr, s.max_tables, nullptr, nullptr, 0});
+         symbols_buf.get<int8_t>() + p.symbols,
+         hist_buf.get<uint32_t>() + p.hist,
+         p.gpu_fit ? res + res_fit + p.fit : nullptr,
+         s.max_tables,
+         nullptr,
+         nullptr,
+         0,
+         p.quant.raw_rows,
+         reinterpret_cast<float*>(res + res_raw + p.raw)});
     if (fl & kTokenScale) {
       if (rows_fast_path(s.view, dtype, fl & (kChannelOffset | kChannelScale)))
         row_ids.push_back((uint32_t)i), max_rt = std::max(max_rt, T);
@@ -737,6 +756,8 @@ void encode(const EncodeRequest& req, int device, uintptr_t stream, const BlobAl
       g.quant.channel_scale.assign(hs + p.channel_scale, hs + p.channel_scale + C);
     if (p.quant.flags & kChannelOffset)
       g.quant.channel_offset.assign(hs + p.channel_offset, hs + p.channel_offset + C);
+    const auto* raw = reinterpret_cast<const float*>(res_host.get() + res_raw + p.raw);
+    g.quant.raw.assign(raw, raw + (size_t)p.quant.raw_rows * C);
     const auto* f = reinterpret_cast<const FitOut*>(res_host.get() + res_fit + p.fit);
     if (p.gpu_fit && !f->unsafe) {
       g.tables = tables_from_fit(*f, reinterpret_cast<const uint8_t*>(f + 1), C);

@@ -32,7 +32,7 @@ from .tensors import (
     is_torch,
     views,
 )
-from .weights import TOKEN_WEIGHT_BOUNDS, token_weights
+from .weights import TOKEN_WEIGHT_BOUNDS, sink_rows, token_weights
 
 FormatError = _core.FormatError
 FORMAT_VERSION: int = _core.build_info()["format_version"]
@@ -54,6 +54,7 @@ class GroupInfo:
     param: float
     tables: int
     segments: int
+    raw_rows: int = 0  # first tokens (attention sinks) stored verbatim
 
     @property
     def elements(self) -> int:
@@ -121,11 +122,10 @@ def _specs(
     end = position + tokens if context_end is None else context_end
     if position < 0 or end < position + tokens:
         raise ValueError("need 0 <= position and context_end >= position + tokens")
-    # Sink and recency weights depend only on a group's token count (a layer holding fewer
+    # Sinks and recency weights depend only on a group's token count (a layer holding fewer
     # tokens, a sliding window, holds the last ones): computed once per distinct count.
-    place = functools.cache(
-        lambda n: token_weights(n, position + tokens - n, end, config.sink_tokens, config.recency)
-    )
+    place = functools.cache(lambda n: token_weights(n, position + tokens - n, end, config.recency))
+    sinks = functools.cache(lambda n: sink_rows(n, position + tokens - n, config.sink_tokens))
     specs = []
     for layer in range(num_layers):
         params = config.layer_params(layer, num_layers)
@@ -134,15 +134,14 @@ def _specs(
         if QUANTIZERS["token"] in (q for q, _ in params):
             token_w = _floats(_token_weights(kv, v, layer, place(pair[0].tokens), profile, threads))
         for side, (group, (quantizer, param)) in enumerate(zip(pair, params, strict=True)):
-            weights, channel_w = b"", None
+            weights, channel_w, raw_rows = b"", None, 0
             if quantizer == QUANTIZERS["token"]:
-                weights = token_w
+                weights, raw_rows = token_w, sinks(group.tokens)
                 if profile is not None:
                     param *= profile.layer_weight(layer, side)
                     channel_w = profile.channel_weights(layer, side, group.head_dim)
-            specs.append(
-                (group.as_tuple(), quantizer, param, config.max_tables, weights, _floats(channel_w))
-            )
+            spec = (group.as_tuple(), quantizer, param, config.max_tables, weights)
+            specs.append((*spec, _floats(channel_w), raw_rows))
     return specs
 
 
@@ -233,16 +232,20 @@ def encode(
 
 @dataclass(frozen=True)
 class QuantizedGroup:
-    """The quantization stage of one layer's K or V: x' = symbols * a[:, None] * b + o."""
+    """The quantization stage of one layer's K or V: x' = symbols * a[:, None] * b + o, but for
+    the first `len(raw)` tokens (attention sinks), which are kept verbatim."""
 
     symbols: np.ndarray  # int8 [tokens, channels]
     a: np.ndarray  # fp32 [tokens]
     b: np.ndarray  # fp32 [channels]
     o: np.ndarray  # fp32 [channels]
+    raw: np.ndarray  # fp32 [raw rows, channels]
 
     def dequantize(self) -> np.ndarray:
         """fp32 reconstruction, with the decoder's operation order."""
-        return self.symbols.astype(np.float32) * self.a[:, None] * self.b + self.o
+        x = self.symbols.astype(np.float32) * self.a[:, None] * self.b + self.o
+        x[: len(self.raw)] = self.raw
+        return x
 
 
 def quantize(
@@ -261,13 +264,15 @@ def quantize(
     specs = _specs(kv, v, config, profile, position, context_end, _threads(threads))
     raw = _core.quantize(specs, _threads(threads))
     out = []
-    for g, (sym, a, b, o) in zip(v.groups, raw, strict=True):
+    for g, (sym, a, b, o, rows) in zip(v.groups, raw, strict=True):
+        channels = g.heads * g.head_dim
         out.append(
             QuantizedGroup(
-                np.frombuffer(sym, np.int8).reshape(g.tokens, g.heads * g.head_dim),
+                np.frombuffer(sym, np.int8).reshape(g.tokens, channels),
                 np.frombuffer(a, np.float32),
                 np.frombuffer(b, np.float32),
                 np.frombuffer(o, np.float32),
+                np.frombuffer(rows, np.float32).reshape(-1, channels),
             )
         )
     return out
@@ -282,6 +287,7 @@ def _group_info(d: dict) -> GroupInfo:
         d["param"],
         d["tables"],
         d["segments"],
+        d["raw_rows"],
     )
 
 
