@@ -5,6 +5,7 @@
 #include <cstring>
 #include <string>
 
+#include "bits.hpp"
 #include "crc32c.hpp"
 #include "step_codes.hpp"
 
@@ -91,6 +92,31 @@ void write_scales(const std::vector<uint16_t>& scales, bool coded, Writer& w,
     w.bytes(scales.data(), scales.size() * 2);
 }
 
+// Bits per channel of the channel -> table map (format v3; a byte each before).
+int map_bits(size_t num_tables) {
+  int b = 1;
+  while ((size_t{1} << b) < num_tables) ++b;
+  return b;
+}
+
+void write_table_map(const TableSet& ts, std::vector<uint8_t>& out) {
+  BitWriter w(out);
+  const int b = map_bits(ts.tables.size());
+  for (uint8_t t : ts.channel_table) w.bits(t, b);
+  w.finish();
+}
+
+std::vector<uint8_t> read_table_map(Reader& r, uint32_t channels, int num_tables, bool packed) {
+  if (!packed) return r.u8s(channels, "channel table map");
+  const int b = map_bits((size_t)num_tables);
+  const size_t bytes = ((size_t)channels * b + 7) / 8;
+  BitReader br(r.data(), r.pos(), std::min(r.end(), r.pos() + bytes), "channel table map");
+  std::vector<uint8_t> map(channels);
+  for (uint8_t& t : map) t = (uint8_t)br.take(b);
+  r.pos() += bytes;
+  return map;
+}
+
 // Raw rows as a dense [rows, channels] view of `data` in `dtype`.
 TensorView raw_view(void* data, DType dtype, uint32_t rows, uint32_t channels) {
   return {data, dtype, rows, 1, channels, (int64_t)channels, (int64_t)channels, 1};
@@ -111,7 +137,7 @@ void write_side(const Group& g, DType dtype, Writer& w, std::vector<uint8_t>& ou
   if (q.flags & kChannelScale) write_scales(q.channel_scale, q.flags & kChannelCodes, w, out);
   if (q.flags & kChannelOffset) w.bytes(q.channel_offset.data(), q.channel_offset.size() * 2);
   if (q.flags & kRawRows) write_raw_rows(q, g.desc.channels(), dtype, w);
-  if (g.tables.tables.size() > 1) w.bytes(g.tables.channel_table.data(), g.desc.channels());
+  if (g.tables.tables.size() > 1) write_table_map(g.tables, out);
   for (const Table& t : g.tables.tables) serialize_table(t, out);
 }
 
@@ -204,7 +230,8 @@ void read_raw_rows(Reader& r, const GroupDesc& d, DType dtype, GroupQuant& q) {
   for (uint32_t t = 0; t < q.raw_rows; ++t) load_row(v, t, q.raw.data() + (size_t)t * C);
 }
 
-Group parse_side(const DescFields& f, DType dtype, const uint8_t* data, size_t begin, size_t end) {
+Group parse_side(const DescFields& f, uint16_t version, DType dtype, const uint8_t* data,
+                 size_t begin, size_t end) {
   Group g;
   g.desc = f.desc;
   const uint32_t C = f.desc.channels();
@@ -221,13 +248,14 @@ Group parse_side(const DescFields& f, DType dtype, const uint8_t* data, size_t b
   if (f.flags & kChannelOffset) g.quant.channel_offset = r.u16s(C, "channel offsets");
   if (f.flags & kRawRows) read_raw_rows(r, f.desc, dtype, g.quant);
   if (f.num_tables > 1) {
-    g.tables.channel_table = r.u8s(C, "channel table map");
+    g.tables.channel_table = read_table_map(r, C, f.num_tables, version >= 3);
     for (uint8_t t : g.tables.channel_table)
       if (t >= f.num_tables) fail("channel refers to a missing table");
   } else {
     g.tables.channel_table.assign(C, 0);
   }
-  for (int t = 0; t < f.num_tables; ++t) g.tables.tables.push_back(parse_table(data, r.pos(), end));
+  for (int t = 0; t < f.num_tables; ++t)
+    g.tables.tables.push_back(parse_table(data, r.pos(), end, version >= 3));
   if (r.pos() != end) fail("group side data has trailing bytes");
   return g;
 }
@@ -376,7 +404,7 @@ ParsedBlob parse_checked(const uint8_t* data, size_t size, bool verify) {
     check_desc(f, seg_cursor, version);
     if (f.side_off != side_cursor || f.side_len > index_off - side_cursor)
       fail("group side data out of bounds");
-    b.groups.push_back(parse_side(f, h.dtype, data, f.side_off, f.side_off + f.side_len));
+    b.groups.push_back(parse_side(f, version, h.dtype, data, f.side_off, f.side_off + f.side_len));
     side_cursor += f.side_len;
     seg_cursor += f.desc.num_segments;
   }

@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "bits.hpp"
 #include "quant.hpp"
 
 namespace cachegen {
@@ -52,70 +53,6 @@ uint64_t rice_bits(const std::vector<uint32_t>& z, int k) {
   return bits;
 }
 
-// Bits are packed from each byte's least significant bit on; writes go through a 64-bit
-// accumulator, reads through a 64-bit window (zeros past the end, caught by skip()).
-class BitWriter {
- public:
-  explicit BitWriter(std::vector<uint8_t>& out) : out_(out) {}
-  void bits(uint64_t v, int count) {  // count <= 32
-    acc_ |= (v & ((uint64_t{1} << count) - 1)) << fill_;
-    for (fill_ += count; fill_ >= 8; fill_ -= 8, acc_ >>= 8) out_.push_back((uint8_t)acc_);
-  }
-  void finish() {
-    if (fill_) out_.push_back((uint8_t)acc_);
-  }
-  void ones(uint32_t n) {
-    for (; n >= 32; n -= 32) bits(0xffffffffu, 32);
-    bits(0xffffffffu, (int)n);
-  }
-
- private:
-  std::vector<uint8_t>& out_;
-  uint64_t acc_ = 0;
-  int fill_ = 0;
-};
-
-class BitReader {
- public:
-  static constexpr uint32_t kWindow = 56;  // valid bits in every peek()
-  BitReader(const uint8_t* data, size_t pos, size_t end)
-      : d_(data), end_(end), bit_(pos * 8), end_bit_(end * 8) {}
-  uint64_t peek() const {
-    const size_t byte = bit_ / 8;
-    uint64_t w = 0;
-    if (byte + 8 <= end_)
-      std::memcpy(&w, d_ + byte, 8);  // one load
-    else
-      std::memcpy(&w, d_ + byte, end_ - byte);
-    return w >> (bit_ % 8);
-  }
-  void skip(uint32_t n) {
-    bit_ += n;
-    if (bit_ > end_bit_) throw FormatError("truncated scale codes");
-  }
-  size_t end_pos() const { return (bit_ + 7) / 8; }
-
- private:
-  const uint8_t* d_;
-  size_t end_, bit_, end_bit_;
-};
-
-// The length of the run of one-bits that starts the stream, at most kWindow per look.
-uint32_t read_unary(BitReader& r, uint32_t limit) {
-  for (uint32_t q = 0;;) {
-    const uint64_t w = r.peek();
-    const uint32_t run = ~w ? (uint32_t)__builtin_ctzll(~w) : 64;
-    if (run < BitReader::kWindow) {
-      r.skip(run + 1);
-      if ((q += run) > limit) break;
-      return q;
-    }
-    r.skip(BitReader::kWindow);
-    if ((q += BitReader::kWindow) > limit) break;
-  }
-  throw FormatError("scale codes: code out of range");
-}
-
 }  // namespace
 
 void write_step_codes(const std::vector<uint16_t>& steps, std::vector<uint8_t>& out) {
@@ -150,13 +87,12 @@ std::vector<uint16_t> read_step_codes(const uint8_t* data, size_t& pos, size_t e
   // Every code takes at least k + 1 bits: refuse before allocating for a count the data lacks.
   if ((uint64_t)(end - pos - 3) * 8 < (uint64_t)count * (k + 1))
     throw FormatError("truncated scale codes");
-  BitReader r(data, pos + 3, end);
+  BitReader r(data, pos + 3, end, "scale codes");
   const auto& grid = grid_values();
   std::vector<uint16_t> steps(count);
   for (uint16_t& step : steps) {
-    const uint32_t q = read_unary(r, kMaxZigzag >> k);
-    const int code = center + unzigzag((q << k) | (uint32_t)(r.peek() & ((1u << k) - 1)));
-    r.skip(k);
+    const uint32_t q = r.unary(kMaxZigzag >> k);
+    const int code = center + unzigzag((q << k) | r.take(k));
     if (code < kMinStepCode || code > kMaxStepCode)
       throw FormatError("scale codes: code out of range");
     step = grid[code - kMinStepCode];

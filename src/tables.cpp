@@ -4,6 +4,8 @@
 #include <cmath>
 #include <numeric>
 
+#include "bits.hpp"
+
 namespace cachegen {
 namespace {
 
@@ -116,14 +118,6 @@ void drop_empty(TableSet& ts, const std::vector<Histogram>& merged) {
   for (auto& t : ts.channel_table) t = (uint8_t)remap[t];
 }
 
-void put_varint(uint32_t v, std::vector<uint8_t>& out) {
-  while (v >= 0x80) {
-    out.push_back((uint8_t)(v | 0x80));
-    v >>= 7;
-  }
-  out.push_back((uint8_t)v);
-}
-
 uint32_t get_varint(const uint8_t* data, size_t& pos, size_t end) {
   uint32_t v = 0;
   for (int shift = 0; shift < 21; shift += 7) {
@@ -133,6 +127,30 @@ uint32_t get_varint(const uint8_t* data, size_t& pos, size_t end) {
     if (!(b & 0x80)) return v;
   }
   throw FormatError("malformed varint in probability table");
+}
+
+// Frequencies (format v3) as Exp-Golomb codes whose order follows the previous frequency: a
+// table's frequencies rise and fall smoothly, so the order tracks their magnitude.
+int bit_length(uint32_t v) { return v ? 32 - __builtin_clz(v) : 0; }
+int golomb_order(uint32_t prev) { return std::max(bit_length(prev) - 2, 0); }
+
+void put_golomb(uint32_t v, int k, BitWriter& w) {
+  const uint32_t u = (v >> k) + 1;
+  const int m = bit_length(u) - 1;
+  w.ones((uint32_t)m);
+  w.bits(0, 1);
+  w.bits(u, m);  // below the implicit top bit
+  w.bits(v, k);
+}
+
+uint32_t get_golomb(int k, BitReader& r) {
+  const uint32_t m = r.unary(13);  // u <= 4097 < 2^13
+  const uint32_t u = (1u << m) | r.take((int)m);
+  return ((u - 1) << k) | r.take(k);
+}
+
+void check_range(int lo, int n) {
+  if (lo < 1 || lo + n > kAlphabet) throw FormatError("probability table symbol range invalid");
 }
 
 }  // namespace
@@ -203,22 +221,28 @@ void serialize_table(const Table& t, std::vector<uint8_t>& out) {
   }
   out.push_back((uint8_t)lo);
   out.push_back((uint8_t)(hi - lo));
-  for (int i = lo; i <= hi; ++i) put_varint(t.freq[i], out);
+  BitWriter w(out);
+  for (int i = lo, prev = 0; i <= hi; prev = t.freq[i++])
+    put_golomb(t.freq[i], golomb_order(prev), w);
+  w.finish();
 }
 
-Table parse_table(const uint8_t* data, size_t& pos, size_t end) {
+Table parse_table(const uint8_t* data, size_t& pos, size_t end, bool golomb) {
   if (end - pos < 2) throw FormatError("truncated probability table");
   const int lo = data[pos], n = data[pos + 1] + 1;
   pos += 2;
-  if (lo < 1 || lo + n > kAlphabet) throw FormatError("probability table symbol range invalid");
+  check_range(lo, n);
   Table t;
   uint32_t sum = 0;
+  BitReader r(data, pos, end, "probability table");
   for (int i = lo; i < lo + n; ++i) {
-    uint32_t f = get_varint(data, pos, end);
+    const uint32_t f = golomb ? get_golomb(golomb_order(i > lo ? t.freq[i - 1] : 0), r)
+                              : get_varint(data, pos, end);
     if (f > rans::kProbScale) throw FormatError("probability table frequency out of range");
     t.freq[i] = (uint16_t)f;
     sum += f;
   }
+  if (golomb) pos = r.end_pos();
   if (sum != rans::kProbScale) throw FormatError("probability table does not sum to 4096");
   return t;
 }

@@ -1,5 +1,6 @@
 // Static probability tables: fitted per (layer, K/V) group, shared by clusters of channels whose
-// symbol statistics are alike, quantized to 12-bit frequencies and stored as varints.
+// symbol statistics are alike, quantized to 12-bit frequencies and stored as Exp-Golomb codes
+// (format v3; varints before).
 #pragma once
 #include <array>
 #include <cstddef>
@@ -38,7 +39,8 @@ Table normalize(const Histogram& counts);
 void serialize_table(const Table& t, std::vector<uint8_t>& out);
 
 // Parses one table at data[pos..end), advancing pos; throws FormatError on anything invalid.
-Table parse_table(const uint8_t* data, size_t& pos, size_t end);
+// `golomb`: the format v3 code, else v1/v2 varints.
+Table parse_table(const uint8_t* data, size_t& pos, size_t end, bool golomb);
 
 std::array<rans::EncSym, kAlphabet> encoder_symbols(const Table& t);
 

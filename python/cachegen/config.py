@@ -32,9 +32,11 @@ _LEVEL_STEPS: dict[int, tuple[float, float]] = {
     n: (k, round(_VALUE_RATIO * k, 4)) for n, k in enumerate(_KEY_STEPS, start=1)
 }
 
-# Every level codes the first token (the attention sink) at 8-bit precision and refines the
-# last ~64 tokens by the recency law with exponent 0.75 (cachegen.weights; ladder_experiments.md
-# sections 12 and 24: 0.75 beat 0.5 by 1-2% at the finer levels, even at the coarse ones).
+# Every level stores the first token (the attention sink) verbatim (format v3; coded at 8 bits it
+# alone cost ~1.8e-4 KL, a floor at the fine levels, and its wide symbols ~0.02 bits/element:
+# ladder_experiments.md section 25) and refines the last ~64 tokens by the recency law with
+# exponent 0.75 (cachegen.weights; sections 12 and 24: 0.75 beat 0.5 by 1-2% at the finer
+# levels, even at the coarse ones).
 LEVEL_SINK_TOKENS = 1
 LEVEL_RECENCY = 0.75
 
@@ -80,8 +82,8 @@ class CodecConfig:
         max_tables: at most this many probability tables per (layer, K/V); channels with similar
             statistics share one (16 measured 2% smaller than 8 on SmolLM2).
         segment_symbols: target symbols per independently decodable segment.
-        sink_tokens: the context's first tokens (attention sinks) are coded at 8-bit absmax
-            precision ("token" quantizers only; see `cachegen.weights`).
+        sink_tokens: the context's first tokens (attention sinks) are stored verbatim, in the
+            cache's dtype ("token" quantizers only; see `cachegen.weights`).
         recency: exponent of the recency law: a token's step is scaled by
             min(1, ((d + 16) / 80) ** recency), d = tokens after it in the context ("token"
             quantizers only; 0 = off).

@@ -1,0 +1,86 @@
+// Bit streams of the side data (scale codes, probability tables, table maps): bits are packed
+// from each byte's least significant bit on; writes go through a 64-bit accumulator, reads
+// through a 64-bit window (zeros past the end, caught by skip()).
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "common.hpp"
+
+namespace cachegen {
+
+class BitWriter {
+ public:
+  explicit BitWriter(std::vector<uint8_t>& out) : out_(out) {}
+  void bits(uint64_t v, int count) {  // count <= 32
+    acc_ |= (v & ((uint64_t{1} << count) - 1)) << fill_;
+    for (fill_ += count; fill_ >= 8; fill_ -= 8, acc_ >>= 8) out_.push_back((uint8_t)acc_);
+  }
+  void ones(uint32_t n) {
+    for (; n >= 32; n -= 32) bits(0xffffffffu, 32);
+    bits(0xffffffffu, (int)n);
+  }
+  void finish() {  // pad to a byte
+    if (fill_) out_.push_back((uint8_t)acc_);
+    acc_ = 0;
+    fill_ = 0;
+  }
+
+ private:
+  std::vector<uint8_t>& out_;
+  uint64_t acc_ = 0;
+  int fill_ = 0;
+};
+
+class BitReader {
+ public:
+  static constexpr uint32_t kWindow = 56;  // valid bits in every peek()
+  // `what` names the stream in errors ("truncated <what>").
+  BitReader(const uint8_t* data, size_t pos, size_t end, const char* what)
+      : d_(data), end_(end), bit_(pos * 8), end_bit_(end * 8), what_(what) {}
+  uint64_t peek() const {
+    const size_t byte = bit_ / 8;
+    uint64_t w = 0;
+    if (byte + 8 <= end_)
+      std::memcpy(&w, d_ + byte, 8);  // one load
+    else if (byte < end_)
+      std::memcpy(&w, d_ + byte, end_ - byte);
+    return w >> (bit_ % 8);
+  }
+  void skip(uint32_t n) {
+    bit_ += n;
+    if (bit_ > end_bit_) throw FormatError(std::string("truncated ") + what_);
+  }
+  uint32_t take(int n) {  // n <= 32
+    const uint32_t v = n ? (uint32_t)(peek() & ((uint64_t{1} << n) - 1)) : 0;
+    skip((uint32_t)n);
+    return v;
+  }
+  // The length of the run of one-bits that starts the stream, and its terminating zero; a run
+  // longer than `limit` is corrupt.
+  uint32_t unary(uint32_t limit) {
+    for (uint32_t q = 0;;) {
+      const uint64_t w = peek();
+      const uint32_t run = ~w ? (uint32_t)__builtin_ctzll(~w) : 64;
+      if (run < kWindow) {
+        skip(run + 1);
+        if ((q += run) > limit) break;
+        return q;
+      }
+      skip(kWindow);
+      if ((q += kWindow) > limit) break;
+    }
+    throw FormatError(std::string(what_) + ": code out of range");
+  }
+  size_t end_pos() const { return (bit_ + 7) / 8; }
+
+ private:
+  const uint8_t* d_;
+  size_t end_, bit_, end_bit_;
+  const char* what_;
+};
+
+}  // namespace cachegen
