@@ -30,7 +30,8 @@ import numpy as np
 
 import cachegen
 import cachegen.store
-from cachegen.store import Store, open_context, save_context
+from cachegen.context import open_context, save_context
+from cachegen.store import Store
 
 MiB = 1 << 20
 RESULTS = Path(__file__).with_name("results")

@@ -26,8 +26,7 @@ import numpy as np
 
 import cachegen
 import cachegen.store
-from cachegen.store import save_context
-from cachegen.store.context import Context
+from cachegen.context import Context, save_context
 from cachegen.stream import TEXT, CostModel, Loader, OptionTable
 from cachegen.stream.planner import level_kl
 from cachegen.stream.sim import Trace, fixed, ours, simulate

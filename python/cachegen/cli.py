@@ -115,7 +115,7 @@ def _inspect_blob(path: Path) -> dict[str, Any]:
 
 def _inspect_store(url: str) -> dict[str, Any]:
     import cachegen.store
-    from cachegen.store.keys import unseal
+    from cachegen.context.keys import unseal
 
     contexts = []
     with cachegen.store.open(url) as store:

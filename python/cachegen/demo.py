@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from cachegen import profiles, smollm2
+from cachegen.context import save_context
 from cachegen.hf import from_cache
-from cachegen.store import FileStore, save_context
-from cachegen.stream import TEXT, CostModel, HFEngine, Loader, LoadReport, ThrottledStore
+from cachegen.store import FileStore, ThrottledStore
+from cachegen.stream import TEXT, CostModel, HFEngine, Loader, LoadReport
 from cachegen.stream.sim import cachegen_rule, fixed
 
 MODEL_ID = smollm2.MODEL_ID

@@ -10,7 +10,7 @@ import time
 import numpy as np
 
 import cachegen.store
-from cachegen.store import save_context
+from cachegen.context import save_context
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -11,16 +12,15 @@ import pytest
 import torch
 
 import cachegen
+from cachegen.context import open_context, save_context
+from cachegen.context.keys import chunk_hashes, token_array
 from cachegen.store import (
     ContextMissing,
     ObjectCorrupted,
     ObjectMissing,
     Store,
     StoreError,
-    open_context,
-    save_context,
 )
-from cachegen.store.keys import chunk_hashes, token_array
 
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 CHUNK = 128
@@ -194,14 +194,18 @@ def test_keys_are_stable_across_processes() -> None:
     ids = tokens(300)
     here = chunk_hashes(MODEL, 1, token_array(ids), CHUNK)
     code = (
-        "import numpy as np; from cachegen.store.keys import chunk_hashes, token_array;"
+        "import numpy as np; from cachegen.context.keys import chunk_hashes, token_array;"
         f"ids = token_array(np.array({ids.tolist()}));"
         f"print(','.join(chunk_hashes({MODEL!r}, 1, ids, {CHUNK})))"
     )
     for seed in ("1", "2"):
         out = subprocess.run(
             [sys.executable, "-c", code],
-            env={"PYTHONHASHSEED": seed, "PATH": ""},
+            env={
+                "PYTHONHASHSEED": seed,
+                "PATH": "",
+                "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+            },
             capture_output=True,
             text=True,
             check=True,

@@ -17,14 +17,8 @@ import pytest
 from store_servers import S3_CREDENTIALS, MotoServer
 
 import cachegen.store
-from cachegen.store import (
-    Context,
-    ContextMissing,
-    Store,
-    StoreUnavailable,
-    open_context,
-    save_context,
-)
+from cachegen.context import Context, open_context, save_context
+from cachegen.store import ContextMissing, Store, StoreUnavailable
 
 WRITER = Path(__file__).with_name("crash_writer.py")
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 import cachegen
-from cachegen.store import Store, save_context
+from cachegen.context import save_context
+from cachegen.store import Store
 from cachegen.stream import CostModel
 
 LAYERS, HEADS, DIM = 4, 2, 32

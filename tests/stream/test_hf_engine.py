@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import cachegen
-from cachegen.store import MemoryStore, save_context
+from cachegen.context import save_context
+from cachegen.store import MemoryStore
 from cachegen.stream import TEXT, CostModel, HFEngine, Loader
 from cachegen.stream.sim import fixed
 

@@ -11,8 +11,8 @@ from streamkit import MODEL, FakeEngine, costs_for, store_context
 
 import cachegen
 import cachegen.store
-from cachegen.store import FileStore, MemoryStore
-from cachegen.stream import TEXT, CostModel, Loader, ThrottledStore, load
+from cachegen.store import FileStore, MemoryStore, ThrottledStore
+from cachegen.stream import TEXT, CostModel, Loader, load
 
 
 @pytest.fixture(params=["memory", "file"])

@@ -1,9 +1,9 @@
-"""Storage for compressed KV caches: `open(url)` gives a `Store`; `save_context` and
-`open_context` keep whole contexts as chunked, multi-level, checksummed objects in one.
+"""Object transport: `open(url)` gives a `Store`, a flat key -> bytes store (local files,
+memory, S3, Redis), optionally behind a local LRU copy. What goes into it, and how whole
+contexts are laid out as chunked, multi-level objects, is `cachegen.context`'s business.
 
     store = cachegen.store.open("s3://bucket/kv?endpoint=http://127.0.0.1:9000")
-    save_context(store, "my-model", token_ids, kv, levels=(1, 2, 3))
-    ctx = open_context(store, "my-model", token_ids)
+    store.put("a/b", b"bytes"); store.get("a/b")
 """
 
 from __future__ import annotations
@@ -11,15 +11,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import platformdirs
+from cachegen.paths import user_cache_dir
 
 from .base import Store
 from .cache import CachedStore
-from .context import ChunkInfo, Context, ObjectRef, open_context, save_context
 from .errors import (
     ContextMissing,
     InvalidKey,
@@ -31,25 +29,22 @@ from .errors import (
 )
 from .file import FileStore
 from .memory import MemoryStore
+from .throttle import ThrottledStore
 
 __all__ = [
     "CachedStore",
-    "ChunkInfo",
-    "Context",
     "ContextMissing",
     "FileStore",
     "InvalidKey",
     "MemoryStore",
     "ObjectCorrupted",
     "ObjectMissing",
-    "ObjectRef",
     "Store",
     "StoreConfigError",
     "StoreError",
     "StoreUnavailable",
+    "ThrottledStore",
     "open",
-    "open_context",
-    "save_context",
 ]
 
 _SECRETS = {"access_key_id", "secret_access_key", "session_token"}
@@ -74,7 +69,7 @@ def open(
         return store
     if cache_dir is None:
         tag = hashlib.blake2b(store.url.encode(), digest_size=8).hexdigest()
-        cache_dir = Path(platformdirs.user_cache_dir("cachegen")) / "lru" / tag
+        cache_dir = user_cache_dir() / "lru" / tag
     return CachedStore(store, cache_dir, cache_bytes)
 
 

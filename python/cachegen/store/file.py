@@ -8,7 +8,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import platformdirs
+from cachegen.paths import user_cache_dir
 
 from .base import Buffer, Store
 from .errors import ObjectMissing, StoreUnavailable
@@ -18,7 +18,7 @@ TMP_PREFIX = ".tmp-"
 
 def default_root() -> Path:
     """The default store directory, under the user's cache directory."""
-    return Path(platformdirs.user_cache_dir("cachegen")) / "store"
+    return user_cache_dir() / "store"
 
 
 def _fsync_dir(path: Path) -> None:

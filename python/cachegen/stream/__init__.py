@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from cachegen.context import DEFAULT_CHUNK_TOKENS
 from cachegen.store import Store
-from cachegen.store.context import DEFAULT_CHUNK_TOKENS
 
 from .costs import CostModel, measure_decode_eps
 from .engine import Engine
@@ -23,7 +23,6 @@ from .hf_engine import HFEngine
 from .loader import Loader, LoadResult
 from .planner import TEXT, Choice, ConstantLink, Decision, OptionTable, Planner, Policy, Step
 from .report import ChunkReport, LoadReport
-from .throttle import ThrottledStore
 
 __all__ = [
     "TEXT",
@@ -42,7 +41,6 @@ __all__ = [
     "Planner",
     "Policy",
     "Step",
-    "ThrottledStore",
     "load",
     "measure_decode_eps",
 ]

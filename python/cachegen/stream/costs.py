@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 import cachegen
+from cachegen.paths import user_cache_dir
 
 #: Weight of a new timing in the running speeds: recent loads matter most, one outlier little.
 _EWMA = 0.3
@@ -28,9 +29,7 @@ def default_cache_file() -> Path:
     override = os.environ.get("CACHEGEN_COSTS")
     if override:
         return Path(override)
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("cachegen")) / "costs.json"
+    return user_cache_dir() / "costs.json"
 
 
 @dataclass

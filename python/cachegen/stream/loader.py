@@ -21,9 +21,9 @@ from typing import Any
 import numpy as np
 
 import cachegen
-from cachegen.store import FileStore, MemoryStore, Store, StoreError, open_context
-from cachegen.store.context import DEFAULT_CHUNK_TOKENS, Context
-from cachegen.store.keys import ObjectRef, token_array
+from cachegen.context import DEFAULT_CHUNK_TOKENS, Context, ObjectRef, open_context
+from cachegen.context.keys import token_array
+from cachegen.store import FileStore, MemoryStore, Store, StoreError
 
 from .costs import CostModel
 from .engine import Engine

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Iterable
 
-from cachegen.store.base import Buffer, Store
+from .base import Buffer, Store
 
 
 class ThrottledStore(Store):

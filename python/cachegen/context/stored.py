@@ -20,9 +20,9 @@ import numpy as np
 import zstandard
 
 import cachegen
+from cachegen.store.base import Store
+from cachegen.store.errors import ContextMissing, ObjectCorrupted, ObjectMissing
 
-from .base import Store
-from .errors import ContextMissing, ObjectCorrupted, ObjectMissing
 from .keys import (
     MANIFEST_SCHEMA,
     ObjectRef,

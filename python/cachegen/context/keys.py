@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ObjectCorrupted
+from cachegen.store.errors import ObjectCorrupted
 
 _PERSON = b"cachegen-chunk"  # domain separation from every other use of blake2b
 MANIFEST_SCHEMA = 1

@@ -1,0 +1,20 @@
+"""Stored contexts: a token sequence's KV cache kept in a `cachegen.store.Store` as chunks,
+each encoded at several levels, found again by any context that shares the prefix.
+
+    from cachegen.context import open_context, save_context
+    save_context(store, "my-model", token_ids, kv, levels=(1, 15, 27))
+    ctx = open_context(store, "my-model", token_ids)
+    blob = ctx.fetch(0, level=15)
+"""
+
+from .keys import ObjectRef
+from .stored import DEFAULT_CHUNK_TOKENS, ChunkInfo, Context, open_context, save_context
+
+__all__ = [
+    "DEFAULT_CHUNK_TOKENS",
+    "ChunkInfo",
+    "Context",
+    "ObjectRef",
+    "open_context",
+    "save_context",
+]
