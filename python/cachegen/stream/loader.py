@@ -123,6 +123,7 @@ class Loader:
             run.execute(lambda: self.clock() - t0)
             report.total_s = self.clock() - t0
         finally:
+            report.hedged_reads = bounded.hedges
             bounded.close()
             if shared:
                 save_estimate(self.store)
