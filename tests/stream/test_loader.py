@@ -188,3 +188,41 @@ def s3_store(request: pytest.FixtureRequest):
     with cachegen.store.open(server.url(server.bucket()), **S3_CREDENTIALS) as s:
         yield s
     server.stop()
+
+
+def test_handoff_queue_holds_fetches_back(monkeypatch) -> None:
+    """With room for one blob, the fetch of chunk i+2 waits until chunk i is being decoded."""
+    import cachegen.stream.loader as loader_mod
+
+    monkeypatch.setattr(loader_mod, "QUEUE_BYTES", 1)
+    store = MemoryStore()
+    ids, kv, _ = store_context(store, 384)
+
+    class Slow(FakeEngine):
+        def append_kv(self, blob: bytes) -> None:
+            time.sleep(0.02)
+            super().append_kv(blob)
+
+    engine = Slow(prefill_tps=10.0)
+    result = Loader(store, engine, costs_for(engine), 1.0, prior_bps=1e12).load(
+        MODEL, ids, chunk_tokens=64
+    )
+    rows = result.report.chunks
+    assert TEXT not in result.report.choices and result.cache.shape == kv.shape
+    for i in range(len(rows) - 2):
+        decoding_from = rows[i].compute_end - rows[i].compute_s
+        assert rows[i + 2].fetch_start >= decoding_from
+
+
+def test_engine_failure_of_any_kind_falls_back_to_text(store) -> None:
+    ids, _, _ = store_context(store, 192)
+
+    class Flaky(FakeEngine):
+        def append_kv(self, blob: bytes) -> None:
+            if len(self.appended) == 1:
+                raise OSError("device lost")  # not a format error: still the chunk's fallback
+            super().append_kv(blob)
+
+    engine, result = run(store, ids, slo_s=0.05, prior_bps=1e12, engine=Flaky(prefill_tps=1e3))
+    assert result.report.choices[1] == TEXT and result.report.fallback_causes == {"decode": 1}
+    assert [k for k, _ in engine.appended] == ["kv", "text", "kv"]
