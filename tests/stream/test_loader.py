@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from streamkit import MODEL, FakeEngine, costs_for, store_context
+from streamkit import MODEL, FakeEngine, TickClock, costs_for, store_context
 
 import cachegen
 import cachegen.store
@@ -31,7 +31,7 @@ def run(store, ids, slo_s=10.0, engine=None, **options):
 
 def test_loads_every_chunk_in_order_and_decodes_what_was_stored(store) -> None:
     ids, kv, ctx = store_context(store, 300)
-    engine, result = run(store, ids, slo_s=1.0, prior_bps=1e12)
+    engine, result = run(store, ids, slo_s=1.0, prior_bps=1e12, clock=TickClock())
     rep = result.report
     assert [c.index for c in rep.chunks] == list(range(5))
     assert [t for _, t in engine.appended] == [64, 64, 64, 64, 44]
@@ -128,7 +128,7 @@ def test_fetch_overlaps_compute() -> None:
     # Chunk i+1's blob arrives before chunk i is decoded: the stages overlap (one clock).
     overlapped = sum(rows[i + 1].fetch_end < rows[i].compute_end for i in range(len(rows) - 1))
     assert overlapped >= len(rows) // 2
-    assert not result.report.met_slo and result.report.slo_miss.startswith("infeasible")
+    assert not result.report.planned_feasible
 
 
 def test_parallel_range_requests_on_remote_stores() -> None:
@@ -191,7 +191,8 @@ def s3_store(request: pytest.FixtureRequest):
 
 
 def test_handoff_queue_holds_fetches_back(monkeypatch) -> None:
-    """With room for one blob, the fetch of chunk i+2 waits until chunk i is being decoded."""
+    """With room for one blob, chunk i+2 is fetched only once chunk i left the queue, that is
+    once chunk i-1 is done (instant fetches would otherwise run far ahead of 20 ms decodes)."""
     import cachegen.stream.loader as loader_mod
 
     monkeypatch.setattr(loader_mod, "QUEUE_BYTES", 1)
@@ -209,9 +210,8 @@ def test_handoff_queue_holds_fetches_back(monkeypatch) -> None:
     )
     rows = result.report.chunks
     assert TEXT not in result.report.choices and result.cache.shape == kv.shape
-    for i in range(len(rows) - 2):
-        decoding_from = rows[i].compute_end - rows[i].compute_s
-        assert rows[i + 2].fetch_start >= decoding_from
+    for i in range(1, len(rows) - 2):
+        assert rows[i + 2].fetch_start >= rows[i - 1].compute_end
 
 
 def test_engine_failure_of_any_kind_falls_back_to_text(store) -> None:
