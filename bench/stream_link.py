@@ -263,6 +263,16 @@ def markdown(data: dict[str, Any]) -> str:
         "per row in the JSON). TTFT here is the load's time (the first token's own step is "
         "not part of it).",
         "",
+        "Stalls of 20-40 s in earlier runs of this benchmark (issue 20) came from the harness: "
+        "`bench/netlink.py` started moto with its stderr on a pipe it never read. werkzeug logs "
+        "a line per request there; after ~800 requests (64 KiB) every server thread blocked in "
+        "its logging write, so connections were accepted and never answered, and each read "
+        "waited out the store's 5 s timeout four times (retries). Draining the pipe unblocked "
+        "the server at once; the log goes to a file now. The loader no longer waits such a "
+        "stall out: every read has a deadline from the load's budget and is hedged on a fresh "
+        "client when late (`tests/stream/test_stall.py` reproduces the stall with a server that "
+        "accepts and never answers). `hedged reads` / `fallbacks` count what that did here.",
+        "",
         "| Mbit/s (tbf) | goodput | strategy | loads | MB | p50 ms | p99 ms | simulated ms | "
         "p50 error | max / sim | met SLO % | hedged reads | fallbacks |",
         "|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
