@@ -250,6 +250,7 @@ class _Run:
         try:
             with ThreadPoolExecutor(self.ranges, thread_name_prefix="cachegen-range") as pool:
                 for i in range(len(self.chunks)):
+                    self._wait_to_decide(i)
                     if self.done.is_set():
                         break
                     item = self._fetch(i, pool)
@@ -260,6 +261,22 @@ class _Run:
             self._put(None)
         except BaseException as e:  # noqa: BLE001 - handed to the calling thread to raise
             self._put(e)
+
+    def _wait_to_decide(self, i: int) -> None:
+        """Plan chunk i no earlier than its fetch must start: once the compute stage's queued
+        work would end within twice the chunk's longest fetch. A later decision sees fresher
+        speeds (a text chunk timed, a decode measured), so a stale calibration is corrected
+        before it has planned the whole load, and the link is still never the bottleneck."""
+        sizes, bps = self.chunks[i].sizes, self.estimator.bps
+        if sizes and bps is None:
+            return  # the probe: nothing to wait for
+        lead = 2 * max(sizes.values()) / bps if sizes and bps else 0.0
+        while not self.done.is_set():
+            now = self.now()
+            slack = self.backlog.free_at(now) - now - lead
+            if slack <= 0:
+                return
+            self.done.wait(min(slack, 0.02))
 
     def _put(self, item: _Item | BaseException | None) -> None:
         """Queue `item`, waiting while the queue is full, unless the compute side stopped."""
