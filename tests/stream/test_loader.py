@@ -238,3 +238,12 @@ def test_stale_recompute_calibration_is_corrected_within_the_load(store) -> None
     assert rep.choices[0] == TEXT  # all text looked feasible and is lossless
     assert rep.choices.count(TEXT) <= 3  # then the measured speed moves the rest to KV
     assert stale.prefill_tps < 2000.0
+
+
+def test_open_budget_is_a_share_unless_recompute_misses_anyway() -> None:
+    """A quarter of the SLO for the manifest when recomputing everything fits; when it would
+    miss the SLO by more than the SLO, waiting for the store the whole SLO is the better bet."""
+    quick, slow = FakeEngine(prefill_tps=5000.0), FakeEngine(prefill_tps=50.0)
+    assert Loader(MemoryStore(), quick, costs_for(quick), 1.0)._open_budget(256) == 0.25
+    assert Loader(MemoryStore(), slow, costs_for(slow), 1.0)._open_budget(256) == 1.0
+    assert Loader(MemoryStore(), slow, costs_for(slow), 1.0)._open_budget(75) == 0.5

@@ -44,7 +44,7 @@ from .report import ChunkReport, LoadReport
 #: Range size for parallel range requests on remote stores.
 RANGE_BYTES = 256 * 1024
 #: Share of the SLO the context's manifest and records may take before the load gives up on
-#: the stored context; never less than `OPEN_FLOOR_S`.
+#: the stored context; never less than `OPEN_FLOOR_S` (see `Loader._open_budget`).
 OPEN_SHARE = 0.25
 OPEN_FLOOR_S = 0.2
 #: The least time a chunk's read gets, even when the SLO is already spent.
@@ -116,7 +116,7 @@ class Loader:
         estimator.begin_load()
         bounded = BoundedStore(self.store, estimator)
         try:
-            bounded.set_budget(max(OPEN_SHARE * self.slo_s, OPEN_FLOOR_S))
+            bounded.set_budget(self._open_budget(len(tokens)))
             ctx = self._open(bounded, model_id, tokens, chunk_tokens, report)
             report.open_s = self.clock() - t0
             self.engine.begin()
@@ -129,6 +129,14 @@ class Loader:
             if shared:
                 save_estimate(self.store)
         return LoadResult(self.engine.finish(), report)
+
+    def _open_budget(self, tokens: int) -> float:
+        """Seconds the context's manifest and records may take: a share of the SLO, or, when
+        recomputing everything would miss the SLO anyway, as long as waiting costs less than
+        that miss (at most the SLO): then the store is the better bet."""
+        text_s = self.costs.recompute_time(tokens, 0)
+        share = max(OPEN_SHARE * self.slo_s, OPEN_FLOOR_S)
+        return max(share, min(self.slo_s, text_s - self.slo_s))
 
     @staticmethod
     def _open(
