@@ -35,6 +35,7 @@ void check_spec(const GroupSpec& s, size_t index) {
   if (v.channels() > kMaxChannels) throw InputError(where + "too many channels");
   if (s.max_tables < 1 || s.max_tables > 255)
     throw InputError(where + "max_tables not in [1, 255]");
+  check_paging(v, "group " + std::to_string(index));
 }
 
 uint32_t segment_tokens(uint32_t target_symbols, uint32_t channels) {
@@ -131,6 +132,7 @@ void check_outputs(const ParsedBlob& blob, const std::vector<TensorView>& outs) 
     const TensorView& v = outs[g];
     if (!v.data || v.tokens != d.tokens || v.heads != d.heads || v.head_dim != d.head_dim)
       throw InputError("output " + std::to_string(g) + " has the wrong shape");
+    check_paging(v, "output " + std::to_string(g));
   }
 }
 

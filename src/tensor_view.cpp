@@ -65,7 +65,7 @@ void copy_in(const float* src, float* dst, uint32_t n) { std::memcpy(dst, src, n
 // per head (contiguous dims) or per element. Row is `float` for loads, `const float` for stores.
 template <typename T, typename Row, typename Fn>
 void for_runs(const TensorView& v, uint32_t token, Row* row, Fn fn) {
-  T* base = static_cast<T*>(v.data) + token * v.s_token;
+  T* base = static_cast<T*>(v.data) + v.token_offset(token);
   if (v.dense_rows()) return fn(base, row, v.channels());
   for (uint32_t h = 0; h < v.heads; ++h) {
     T* head = base + h * v.s_head;
@@ -79,6 +79,15 @@ void for_runs(const TensorView& v, uint32_t token, Row* row, Fn fn) {
 }
 
 }  // namespace
+
+void check_paging(const TensorView& v, const std::string& what) {
+  if (!v.block_table) return;
+  if (v.block_size < 1) throw InputError(what + ": block size must be >= 1");
+  for (uint32_t i = 0; i < v.table_entries(); ++i)
+    if (v.block_table[i] < 0 || (uint32_t)v.block_table[i] >= v.num_blocks)
+      throw InputError(what + ": block id " + std::to_string(v.block_table[i]) +
+                       " out of range [0, " + std::to_string(v.num_blocks) + ")");
+}
 
 void load_row(const TensorView& v, uint32_t token, float* row) {
   switch (v.dtype) {
