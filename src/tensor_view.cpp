@@ -114,6 +114,29 @@ void store_row(const TensorView& v, uint32_t token, const float* row) {
   }
 }
 
+// A row's raw bits, element type T (the dtype's width), through for_runs.
+template <typename T>
+void load_bits_as(const TensorView& v, uint32_t token, uint8_t* bits) {
+  for_runs<T>(v, token, reinterpret_cast<T*>(bits),
+              [](T* t, T* r, uint32_t n) { std::memcpy(r, t, n * sizeof(T)); });
+}
+
+template <typename T>
+void store_bits_as(const TensorView& v, uint32_t token, const uint8_t* bits) {
+  for_runs<T>(v, token, reinterpret_cast<const T*>(bits),
+              [](T* t, const T* r, uint32_t n) { std::memcpy(t, r, n * sizeof(T)); });
+}
+
+void load_bits(const TensorView& v, uint32_t token, uint8_t* bits) {
+  if (v.dtype == DType::F32) return load_bits_as<uint32_t>(v, token, bits);
+  load_bits_as<uint16_t>(v, token, bits);
+}
+
+void store_bits(const TensorView& v, uint32_t token, const uint8_t* bits) {
+  if (v.dtype == DType::F32) return store_bits_as<uint32_t>(v, token, bits);
+  store_bits_as<uint16_t>(v, token, bits);
+}
+
 const char* convert_backend() {
 #ifdef CG_X86
   if (has_f16c()) return "f16c";

@@ -47,6 +47,10 @@ void check_paging(const TensorView& v, const std::string& what);
 void load_row(const TensorView& v, uint32_t token, float* row);
 void store_row(const TensorView& v, uint32_t token, const float* row);
 
+// A row's raw bits in the view's own dtype: channels() elements of dtype_size bytes.
+void load_bits(const TensorView& v, uint32_t token, uint8_t* bits);
+void store_bits(const TensorView& v, uint32_t token, const uint8_t* bits);
+
 // "f16c" or "scalar": how fp16 rows are converted on this CPU.
 const char* convert_backend();
 
