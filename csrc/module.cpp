@@ -66,7 +66,10 @@ struct Blob {
   // verify = false leaves the checksum to whoever consumes the blob (a GPU decode checks it on
   // the device); a host decode or entropy_stats then checks it first.
   explicit Blob(py::buffer b, bool verify) : owner(b), info(b.request()) {
-    if (info.ndim > 1 || info.itemsize != 1) throw InputError("blob must be a 1-D byte buffer");
+    // A strided view (mv[::-1], mv[::2]) is not the bytes it points at: refused, not read.
+    const bool contiguous = info.ndim == 0 || info.size <= 1 || info.strides[0] == 1;
+    if (info.ndim > 1 || info.itemsize != 1 || !contiguous)
+      throw InputError("blob must be a C-contiguous 1-D byte buffer");
     const auto* data = static_cast<const uint8_t*>(info.ptr);
     const size_t size = (size_t)info.size;
     py::gil_scoped_release nogil;
@@ -297,6 +300,7 @@ py::dict build_info_py() {
   d["lanes"] = rans::kLanes;
   d["prob_bits"] = rans::kProbBits;
   d["default_threads"] = resolve_threads(0);
+  d["max_threads"] = kMaxThreads;
 #ifdef CACHEGEN_WITH_CUDA
   d["cuda_compiled"] = true;
   d["cuda_available"] = cuda::available();

@@ -12,6 +12,7 @@ import numpy as np
 from . import _core
 from .config import DEFAULT_LEVEL, QUANTIZER_NAMES, QUANTIZERS, CodecConfig
 from .importance import importance_weights, token_scores
+from .outputs import check_outputs
 from .profile import ModelProfile
 from .tensors import (
     DTYPE_CODES,
@@ -88,11 +89,15 @@ class BlobInfo:
         return 8 * self.total_bytes / self.elements
 
 
+#: The most worker threads a call may ask for (the core's own bound).
+MAX_THREADS: int = _core.build_info()["max_threads"]
+
+
 def _threads(threads: int | None) -> int:
     if threads is None:
         return 0
-    if not isinstance(threads, int) or threads < 0:
-        raise ValueError(f"threads must be a non-negative int, got {threads!r}")
+    if not isinstance(threads, int) or not 0 <= threads <= MAX_THREADS:
+        raise ValueError(f"threads must be an int in [0, {MAX_THREADS}], got {threads!r}")
     return threads
 
 
@@ -466,6 +471,7 @@ def decode(
     if v.layout != info.layout or [g.shape for g in v.groups] != shapes:
         raise ValueError("out= does not match the blob's layout and shapes")
     check_writable(out)
+    check_outputs(out, v, blob)
     decode_views(parsed, v, threads)
     return out
 
