@@ -24,10 +24,13 @@ from cachegen.store.base import Store
 from cachegen.store.errors import ContextMissing, ObjectCorrupted, ObjectMissing
 
 from .keys import (
+    LEGACY_CODEC_VERSION,
     MANIFEST_SCHEMA,
     ObjectRef,
+    Salt,
     checksum,
     chunk_hashes,
+    legacy_chunk_hashes,
     level_key,
     manifest_key,
     record_key,
@@ -52,6 +55,10 @@ class ChunkInfo:
     stop: int
     tokens: ObjectRef
     levels: dict[int, ObjectRef]
+
+    @property
+    def span(self) -> tuple[int, int]:
+        return self.start, self.stop
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -158,12 +165,17 @@ def _slice_tokens(kv: Any, start: int, stop: int) -> Any:
     return kv[:, :, start:stop]
 
 
-def _read_record(key: str, raw: bytes | None) -> ChunkInfo | None:
-    """A chunk record's entry, or None when it is missing or damaged (a miss, not an error)."""
+def _read_record(key: str, raw: bytes | None) -> tuple[ChunkInfo, int] | None:
+    """A chunk record's entry and the codec version it was written with, or None when it is
+    missing or damaged (a miss, not an error)."""
     if raw is None:
         return None
     try:
-        return ChunkInfo.from_json(key, unseal(key, raw)["chunk"])
+        body = unseal(key, raw)
+        version = body.get("codec_version", LEGACY_CODEC_VERSION)
+        if not isinstance(version, int):
+            return None
+        return ChunkInfo.from_json(key, body["chunk"]), version
     except (ObjectCorrupted, KeyError):
         return None
 
@@ -179,6 +191,7 @@ def save_context(
     quality: dict[str, Any] | None = None,
     profile: cachegen.ModelProfile | None = None,
     threads: int | None = None,
+    salt: Salt = None,
 ) -> Context:
     """Store `kv` (the cache of `token_ids`) as chunks of `chunk_tokens`, each at every level.
 
@@ -187,6 +200,8 @@ def save_context(
     sink, the last the most recent tokens) and with the model's `profile`, if given.
     Chunks already stored by a context with the same prefix are reused, not re-encoded.
     `quality` (any JSON-serializable dict, e.g. measured KL per level) goes into the manifest.
+    `salt` (bytes or str, e.g. vLLM's per-request ``cache_salt``) keys the chunks to a tenant:
+    only `open_context` with the same salt finds them, and only chunks of that salt are reused.
     """
     tokens = token_array(token_ids)
     if _kv_tokens(kv) != len(tokens):
@@ -199,9 +214,9 @@ def save_context(
     except (TypeError, ValueError) as e:
         raise ValueError(f"quality must be JSON-serializable: {e}") from e
     version = cachegen.FORMAT_VERSION
-    hashes = chunk_hashes(model_id, version, tokens, chunk_tokens)
+    hashes = chunk_hashes(model_id, tokens, chunk_tokens, salt)
     keys = [record_key(h) for h in hashes]
-    stored = [
+    records = [
         _read_record(k, r) for k, r in zip(keys, store.get_many(keys, missing_ok=True), strict=True)
     ]
 
@@ -211,7 +226,7 @@ def save_context(
     with ThreadPoolExecutor(1, thread_name_prefix="cachegen-save") as uploader:
         for i, h in enumerate(hashes):
             start, stop = i * chunk_tokens, min((i + 1) * chunk_tokens, len(tokens))
-            old = stored[i]
+            old = records[i][0] if records[i] else None
             if old is not None and old.stop == stop and set(levels) <= set(old.levels):
                 chunks.append(old)  # stored by a context with this prefix: reuse
                 continue
@@ -226,12 +241,13 @@ def save_context(
             chunks.append(chunk)
             while len(pending) >= _UPLOADS_IN_FLIGHT:
                 pending.popleft().result()
-            pending.append(uploader.submit(_write_chunk, store, chunk, objects))
+            pending.append(uploader.submit(_write_chunk, store, chunk, objects, version))
         for f in pending:
             f.result()
 
     manifest = {
-        **_manifest_identity(model_id, version, chunk_tokens, len(tokens)),
+        **_manifest_identity(model_id, chunk_tokens, len(tokens)),
+        "codec_version": version,
         "levels": levels,
         "created": time.time(),
         "quality": quality,
@@ -241,13 +257,15 @@ def save_context(
     return Context(store, model_id, version, chunk_tokens, len(tokens), chunks, True, quality)
 
 
-def _manifest_identity(model_id: str, version: int, chunk_tokens: int, n: int) -> dict[str, Any]:
-    """The manifest fields that say which context it describes (written, then checked on open)."""
+def _manifest_identity(model_id: str, chunk_tokens: int, n: int) -> dict[str, Any]:
+    """The manifest fields that say which context it describes (written, then checked on open).
+
+    The codec version is recorded beside them but not checked: blobs of any version decode.
+    """
     return {
         "kind": "cachegen.context",
         "schema": MANIFEST_SCHEMA,
         "model_id": model_id,
-        "codec_version": version,
         "chunk_tokens": chunk_tokens,
         "num_tokens": n,
     }
@@ -276,55 +294,85 @@ def _chunk_objects(
     return ChunkInfo(index, chunk_hash, start, stop, tok, dict(sorted(refs.items()))), objects
 
 
-def _write_chunk(store: Store, chunk: ChunkInfo, objects: dict[str, bytes]) -> None:
+def _write_chunk(store: Store, chunk: ChunkInfo, objects: dict[str, bytes], version: int) -> None:
     store.put_many(objects)
-    store.put(record_key(chunk.hash), seal({"kind": "cachegen.chunk", "chunk": chunk.to_json()}))
+    record = {"kind": "cachegen.chunk", "codec_version": version, "chunk": chunk.to_json()}
+    store.put(record_key(chunk.hash), seal(record))
 
 
 def open_context(
-    store: Store, model_id: str, token_ids: Any, *, chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+    store: Store,
+    model_id: str,
+    token_ids: Any,
+    *,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    salt: Salt = None,
 ) -> Context:
     """The stored context for `token_ids`, or its longest stored prefix (``complete=False``).
 
+    `salt` must be the one the context was saved with. Without a salt, a context stored by the
+    previous release (whose chunk keys hashed the codec version) is found when no chunk under
+    the current keys is.
     Raises `ContextMissing` when not even the first chunk is stored and `ObjectCorrupted` when
     this context's manifest is damaged; both are `StoreError`s a loader can treat as a miss.
     """
     tokens = token_array(token_ids)
-    version = cachegen.FORMAT_VERSION
-    hashes = chunk_hashes(model_id, version, tokens, chunk_tokens)
+    chains = [chunk_hashes(model_id, tokens, chunk_tokens, salt)]
+    if not salt:
+        chains.append(legacy_chunk_hashes(model_id, tokens, chunk_tokens))
+    for hashes in chains:
+        try:
+            return _open_chain(store, model_id, tokens, chunk_tokens, hashes)
+        except ContextMissing as e:
+            missing = e
+    raise missing
+
+
+def _open_chain(
+    store: Store, model_id: str, tokens: np.ndarray, chunk_tokens: int, hashes: list[str]
+) -> Context:
+    """The context whose chunks have `hashes`, or its longest stored prefix."""
+    n = len(tokens)
     key = manifest_key(hashes[-1])
     try:
         raw = store.get(key)
     except ObjectMissing:
-        chunks = _stored_prefix(store, hashes, chunk_tokens, len(tokens))
+        chunks, version = _stored_prefix(store, hashes, chunk_tokens, n)
         if not chunks:
             raise ContextMissing(
                 key, f"no stored chunk starts this context of {model_id!r}"
             ) from None
-        return Context(store, model_id, version, chunk_tokens, len(tokens), chunks, False)
+        return Context(store, model_id, version, chunk_tokens, n, chunks, False)
     body = unseal(key, raw)
-    expect = _manifest_identity(model_id, version, chunk_tokens, len(tokens))
+    expect = _manifest_identity(model_id, chunk_tokens, n)
     if any(body.get(k) != v for k, v in expect.items()):
         raise ObjectCorrupted(key, "manifest does not describe this context")
     chunks = [ChunkInfo.from_json(key, c) for c in body.get("chunks", [])]
     if [c.hash for c in chunks] != hashes:
         raise ObjectCorrupted(key, "manifest chunk hashes do not match the token ids")
-    return Context(
-        store, model_id, version, chunk_tokens, len(tokens), chunks, True, body.get("quality")
-    )
+    version = body.get("codec_version")
+    if not isinstance(version, int):
+        raise ObjectCorrupted(key, f"bad codec version {version!r}")
+    return Context(store, model_id, version, chunk_tokens, n, chunks, True, body.get("quality"))
 
 
-def _stored_prefix(store: Store, hashes: list[str], chunk_tokens: int, n: int) -> list[ChunkInfo]:
-    """Chunks with intact records from the first one on, probed `concurrency` at a time."""
+def _stored_prefix(
+    store: Store, hashes: list[str], chunk_tokens: int, n: int
+) -> tuple[list[ChunkInfo], int]:
+    """Chunks with intact records from the first one on, probed `concurrency` at a time, and
+    the codec version the first one was written with."""
     found: list[ChunkInfo] = []
+    version = LEGACY_CODEC_VERSION
     step = max(store.concurrency, 1)
     for first in range(0, len(hashes), step):
         keys = [record_key(h) for h in hashes[first : first + step]]
         raws = store.get_many(keys, missing_ok=True)
         for i, (k, raw) in enumerate(zip(keys, raws, strict=True), first):
-            chunk = _read_record(k, raw)
+            record = _read_record(k, raw)
             span = (i * chunk_tokens, min((i + 1) * chunk_tokens, n))
-            if chunk is None or chunk.hash != hashes[i] or (chunk.start, chunk.stop) != span:
-                return found
-            found.append(chunk)
-    return found
+            if record is None or record[0].hash != hashes[i] or record[0].span != span:
+                return found, version
+            if i == 0:
+                version = record[1]
+            found.append(record[0])
+    return found, version
