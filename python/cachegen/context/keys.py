@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from cachegen.store.errors import ObjectCorrupted
+
+from .auth import Authenticator
 
 # blake2b personalizations: domain separation from every other use of blake2b.
 _CHAIN_PERSON = b"cachegen-chain2"
@@ -123,32 +125,54 @@ def tokens_key(chunk_hash: str, digest: str) -> str:
 
 @dataclass(frozen=True)
 class ObjectRef:
-    """Where an object is and what it must hash to."""
+    """Where an object is and what its stored bytes must hash to."""
 
     key: str
     size: int
     blake2b: str
+    #: Checks the object's MAC when the context is authenticated.
+    auth: Authenticator | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def frame(cls, key: str, payload: bytes, auth: Authenticator | None) -> tuple[ObjectRef, bytes]:
+        """The reference to `payload` stored under `key` and the bytes to store (MAC'd with
+        `auth`, if given)."""
+        stored = auth.sign(key, payload) if auth else payload
+        return cls(key, len(stored), checksum(stored), auth), stored
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "size": self.size, "blake2b": self.blake2b}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any], auth: Authenticator | None) -> ObjectRef:
+        return cls(str(d["key"]), int(d["size"]), str(d["blake2b"]), auth)
 
     def verify(self, data: bytes) -> bytes:
-        """Return `data` if it is this object's bytes, else raise `ObjectCorrupted`."""
+        """The payload of this object's stored bytes `data`; `ObjectCorrupted` if they are not
+        its bytes, `ObjectUnauthenticated` if its MAC does not verify."""
         if len(data) != self.size:
             raise ObjectCorrupted(self.key, f"{len(data)} bytes, expected {self.size}")
         if checksum(data) != self.blake2b:
             raise ObjectCorrupted(self.key, "checksum mismatch")
-        return data
+        return self.auth.verify(self.key, data) if self.auth else data
 
 
 def _canonical(body: dict[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
-def seal(body: dict[str, Any]) -> bytes:
-    """JSON with a checksum over the body's canonical form (JSON, never pickle)."""
-    return json.dumps({"blake2b": checksum(_canonical(body)), "body": body}, indent=1).encode()
+def seal(key: str, body: dict[str, Any], auth: Authenticator | None = None) -> bytes:
+    """JSON with a checksum over the body's canonical form (JSON, never pickle), MAC'd with
+    `auth` for the store key `key`, if given."""
+    raw = json.dumps({"blake2b": checksum(_canonical(body)), "body": body}, indent=1).encode()
+    return auth.sign(key, raw) if auth else raw
 
 
-def unseal(key: str, raw: bytes) -> dict[str, Any]:
-    """The body of a sealed JSON object; `ObjectCorrupted` if it does not parse or verify."""
+def unseal(key: str, raw: bytes, auth: Authenticator | None = None) -> dict[str, Any]:
+    """The body of a sealed JSON object; `ObjectCorrupted` if it does not parse or verify,
+    `ObjectUnauthenticated` if `auth` is given and its MAC does not verify."""
+    if auth is not None:
+        raw = auth.verify(key, raw)
     try:
         outer = json.loads(raw)
         body, digest = outer["body"], outer["blake2b"]
