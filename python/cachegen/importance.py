@@ -82,8 +82,11 @@ def fit(
 ) -> list[float]:
     """Least-squares coefficients of log attention `mass` on `features` over several texts'
     tokens, with an intercept (dropped: only differences between tokens matter) and a ridge
-    penalty relative to the features' mean square."""
+    penalty relative to the features' mean square. No tokens (a sliding window shorter than
+    the tokens left out of the fit) give all-zero coefficients: every token equally important."""
     x = np.concatenate(features)
+    if len(x) == 0:
+        return [0.0] * x.shape[1]
     x = np.hstack([x, np.ones((len(x), 1))])
     y = np.log(np.concatenate(mass) + 1e-9)
     gram = x.T @ x
