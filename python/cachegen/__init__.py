@@ -19,6 +19,7 @@ from .api import (
     inspect,
     quantize,
 )
+from . import paged
 from .calibrate import calibrate
 from .config import DEFAULT_LEVEL, LEVELS, LOSSLESS, QUANTIZERS, CodecConfig
 from .profile import ModelProfile
@@ -44,5 +45,6 @@ __all__ = [
     "encode",
     "entropy_stats",
     "inspect",
+    "paged",
     "quantize",
 ]
