@@ -5,6 +5,7 @@ kv2 = cachegen.decode(blob)
 info = cachegen.inspect(blob)
 """
 
+from . import paged
 from .api import (
     DEFAULT_MAX_OUTPUT_BYTES,
     FORMAT_VERSION,
@@ -19,7 +20,6 @@ from .api import (
     inspect,
     quantize,
 )
-from . import paged
 from .calibrate import calibrate
 from .config import DEFAULT_LEVEL, LEVELS, LOSSLESS, QUANTIZERS, CodecConfig
 from .profile import ModelProfile
