@@ -6,7 +6,9 @@ the lossless level's size on real KV against zstd-3 of the same bytes.
 Real SmolLM2 KV (30 layers x 3 KV heads x 64, `kvdata.real_kv`), the default level's blob of the
 first 2048 / 4096 tokens decoded with 2 threads into (a) a contiguous `[layers, 2, tokens, heads,
 head_dim]` array and (b) each vLLM layout's per-layer caches at a shuffled block table (twice
-the blocks needed, so the used ones are scattered); medians of interleaved rounds, one process.
+the blocks needed, so the used ones are scattered); medians of interleaved rounds, one process,
+the order of the pair alternating between rounds (the machine is shared: the per-round ratio,
+whose two runs share the load of the moment, is reported too).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import kvdata
 from cachegen import paged
 from kvquality.report import cpu_model, git_commit
 
-ROUNDS = 11
+ROUNDS = 21
 THREADS = 2
 TOKENS = (2048, 4096)
 # (layout, block size): the CPU backend takes multiples of 32 (128 by default), FlashAttention 16.
@@ -44,7 +46,8 @@ class SpeedRow:
     block_size: int
     contiguous_melts: float  # M elements/s, median
     paged_melts: float
-    ratio: float  # paged / contiguous
+    ratio: float  # paged / contiguous, of the medians
+    round_ratio: float  # median over rounds of that round's paged / contiguous
 
 
 @dataclass
@@ -77,25 +80,31 @@ def speed(kv: np.ndarray) -> list[SpeedRow]:
         blob = cachegen.encode(part, level=cachegen.DEFAULT_LEVEL, threads=THREADS)
         for layout, block in CASES:
             caches, ids = layer_caches(layout, block, tokens, heads, dim, layers)
-            paged.decode_paged(blob, caches, layout, ids)  # the caches' pages touched once
-            work.append((tokens, layout, block, blob, np.empty_like(part), caches, ids))
+            out = np.empty_like(part)
+            paged.decode_paged(blob, caches, layout, ids)  # every page touched once
+            cachegen.decode(blob, out=out)
+            work.append((tokens, layout, block, blob, out, caches, ids))
     times: dict[tuple[int, str], list[float]] = {}
-    for _ in range(ROUNDS):
+    for r in range(ROUNDS):
         for i, (_, layout, _, blob, out, caches, ids) in enumerate(work):
-            t0 = time.perf_counter()
-            cachegen.decode(blob, out=out, threads=THREADS)
-            t1 = time.perf_counter()
-            paged.decode_paged(blob, caches, layout, ids, threads=THREADS)
-            t2 = time.perf_counter()
-            times.setdefault((i, "contiguous"), []).append(t1 - t0)
-            times.setdefault((i, "paged"), []).append(t2 - t1)
+            for name in ("paged", "contiguous") if r % 2 else ("contiguous", "paged"):
+                t0 = time.perf_counter()
+                if name == "paged":
+                    paged.decode_paged(blob, caches, layout, ids, threads=THREADS)
+                else:
+                    cachegen.decode(blob, out=out, threads=THREADS)
+                times.setdefault((i, name), []).append(time.perf_counter() - t0)
     rows = []
     for i, (tokens, layout, block, _, out, _, _) in enumerate(work):
         rate = {
             k: out.size / statistics.median(times[(i, k)]) / 1e6 for k in ("contiguous", "paged")
         }
+        pairs = zip(times[(i, "contiguous")], times[(i, "paged")], strict=True)
+        per_round = statistics.median(c / p for c, p in pairs)
         ratio = rate["paged"] / rate["contiguous"]
-        rows.append(SpeedRow(tokens, layout, block, rate["contiguous"], rate["paged"], ratio))
+        rows.append(
+            SpeedRow(tokens, layout, block, rate["contiguous"], rate["paged"], ratio, per_round)
+        )
     return rows
 
 
@@ -128,13 +137,14 @@ def markdown(info: dict, speed_rows: list[SpeedRow], size_rows: list[SizeRow]) -
         "",
         "## Decode into paged blocks vs into a contiguous array (target: paged >= 0.95x)",
         "",
-        "| tokens | layout | block | contiguous M elt/s | paged M elt/s | paged / contiguous |",
-        "|--:|---|--:|--:|--:|--:|",
+        "| tokens | layout | block | contiguous M elt/s | paged M elt/s | paged / contiguous | "
+        "per-round median |",
+        "|--:|---|--:|--:|--:|--:|--:|",
     ]
     for r in speed_rows:
         lines.append(
             f"| {r.tokens} | {r.layout} | {r.block_size} | {r.contiguous_melts:.1f} | "
-            f"{r.paged_melts:.1f} | {r.ratio:.3f}x |"
+            f"{r.paged_melts:.1f} | {r.ratio:.3f}x | {r.round_ratio:.3f}x |"
         )
     lines += [
         "",
