@@ -5,6 +5,7 @@ kv2 = cachegen.decode(blob)
 info = cachegen.inspect(blob)
 """
 
+from . import paged
 from .api import (
     DEFAULT_MAX_OUTPUT_BYTES,
     FORMAT_VERSION,
@@ -44,5 +45,6 @@ __all__ = [
     "encode",
     "entropy_stats",
     "inspect",
+    "paged",
     "quantize",
 ]

@@ -267,4 +267,6 @@ def decode_paged(
         raise ValueError("the caches' heads and head dims do not match the blob's")
     if paged.views.dtype != info.dtype:
         raise ValueError(f"blob dtype {info.dtype}, cache dtype {paged.views.dtype}")
+    if any(isinstance(c, np.ndarray) and not c.flags.writeable for c in layer_caches):
+        raise ValueError("a layer cache is read-only")
     api.decode_views(parsed, paged.views, threads)
