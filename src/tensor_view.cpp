@@ -65,7 +65,7 @@ void copy_in(const float* src, float* dst, uint32_t n) { std::memcpy(dst, src, n
 // per head (contiguous dims) or per element. Row is `float` for loads, `const float` for stores.
 template <typename T, typename Row, typename Fn>
 void for_runs(const TensorView& v, uint32_t token, Row* row, Fn fn) {
-  T* base = static_cast<T*>(v.data) + token * v.s_token;
+  T* base = static_cast<T*>(v.data) + v.token_offset(token);
   if (v.dense_rows()) return fn(base, row, v.channels());
   for (uint32_t h = 0; h < v.heads; ++h) {
     T* head = base + h * v.s_head;
@@ -79,6 +79,15 @@ void for_runs(const TensorView& v, uint32_t token, Row* row, Fn fn) {
 }
 
 }  // namespace
+
+void check_paging(const TensorView& v, const std::string& what) {
+  if (!v.block_table) return;
+  if (v.block_size < 1) throw InputError(what + ": block size must be >= 1");
+  for (uint32_t i = 0; i < v.table_entries(); ++i)
+    if (v.block_table[i] < 0 || (uint32_t)v.block_table[i] >= v.num_blocks)
+      throw InputError(what + ": block id " + std::to_string(v.block_table[i]) +
+                       " out of range [0, " + std::to_string(v.num_blocks) + ")");
+}
 
 void load_row(const TensorView& v, uint32_t token, float* row) {
   switch (v.dtype) {
@@ -103,6 +112,29 @@ void store_row(const TensorView& v, uint32_t token, const float* row) {
       return for_runs<float>(v, token, row,
                              [](float* d, const float* s, uint32_t n) { copy_in(s, d, n); });
   }
+}
+
+// A row's raw bits, element type T (the dtype's width), through for_runs.
+template <typename T>
+void load_bits_as(const TensorView& v, uint32_t token, uint8_t* bits) {
+  for_runs<T>(v, token, reinterpret_cast<T*>(bits),
+              [](T* t, T* r, uint32_t n) { std::memcpy(r, t, n * sizeof(T)); });
+}
+
+template <typename T>
+void store_bits_as(const TensorView& v, uint32_t token, const uint8_t* bits) {
+  for_runs<T>(v, token, reinterpret_cast<const T*>(bits),
+              [](T* t, const T* r, uint32_t n) { std::memcpy(t, r, n * sizeof(T)); });
+}
+
+void load_bits(const TensorView& v, uint32_t token, uint8_t* bits) {
+  if (v.dtype == DType::F32) return load_bits_as<uint32_t>(v, token, bits);
+  load_bits_as<uint16_t>(v, token, bits);
+}
+
+void store_bits(const TensorView& v, uint32_t token, const uint8_t* bits) {
+  if (v.dtype == DType::F32) return store_bits_as<uint32_t>(v, token, bits);
+  store_bits_as<uint16_t>(v, token, bits);
 }
 
 const char* convert_backend() {

@@ -20,7 +20,7 @@ from .api import (
     quantize,
 )
 from .calibrate import calibrate
-from .config import DEFAULT_LEVEL, LEVELS, QUANTIZERS, CodecConfig
+from .config import DEFAULT_LEVEL, LEVELS, LOSSLESS, QUANTIZERS, CodecConfig
 from .profile import ModelProfile
 
 __version__ = "0.1.0"
@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_MAX_OUTPUT_BYTES",
     "FORMAT_VERSION",
     "LEVELS",
+    "LOSSLESS",
     "QUANTIZERS",
     "BlobInfo",
     "CodecConfig",

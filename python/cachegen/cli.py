@@ -1,9 +1,10 @@
 """The `cachegen` command: `demo`, `inspect` and `bench`.
 
-cachegen demo [--bandwidth 100] [--slo 1.0] [--json]
+cachegen demo [--bandwidth 100] [--slo 1.0] [--json] [--plot ttft.png]
 cachegen inspect blob.cg                 # a blob's header, groups and size
-cachegen inspect file:///path/to/store   # the contexts stored there
+cachegen inspect file:///path/to/store   # the contexts stored there, one line each
 cachegen bench stream-sim [args...]      # a benchmark from bench/ (source checkout)
+cachegen --version
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from cachegen import __version__
+
     p = argparse.ArgumentParser(prog="cachegen", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=f"cachegen {__version__}")
     sub = p.add_subparsers(required=True, metavar="command")
 
     d = sub.add_parser("demo", help="store a document's KV, stream it back within an SLO")
@@ -47,7 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--json", action="store_true", help="print the results as JSON")
     d.set_defaults(run=_demo)
 
-    i = sub.add_parser("inspect", help="a blob file, or the contexts in a store URL")
+    i = sub.add_parser(
+        "inspect",
+        help="a blob file, or the contexts in a store URL (one line each; exit 1 if any is "
+        "damaged)",
+    )
     i.add_argument("target", help="a blob file, or a store URL (file:///..., s3://...)")
     i.add_argument("--json", action="store_true")
     i.set_defaults(run=_inspect)
@@ -87,7 +95,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     target = args.target
-    info = _inspect_store(target) if "://" in target else _inspect_blob(Path(target))
+    if "://" in target:
+        return _inspect_store(target, args.json)
+    info = _inspect_blob(Path(target))
     if args.json:
         print(json.dumps(info, indent=1))
     else:
@@ -113,31 +123,71 @@ def _inspect_blob(path: Path) -> dict[str, Any]:
     }
 
 
-def _inspect_store(url: str) -> dict[str, Any]:
-    import cachegen.store
-    from cachegen.context.keys import unseal
+#: `cachegen inspect STORE` prints lines no longer than this.
+LINE_WIDTH = 120
 
-    contexts = []
+
+def _inspect_store(url: str, as_json: bool) -> int:
+    """Every context in the store: one line each (or JSON); a context whose manifest cannot
+    be read is reported on its line. Exit status 1 when any could not."""
+    import cachegen.store
+    from cachegen.context import ContextSummary, list_contexts
+    from cachegen.context.listing import shared_chunks
+
     with cachegen.store.open(url) as store:
-        for key in store.list("contexts/"):
-            body = unseal(key, store.get(key))
-            chunks = body.get("chunks", [])
-            sizes = {
-                lv: sum(c["levels"][lv]["size"] for c in chunks if lv in c["levels"])
-                for lv in (str(x) for x in body.get("levels", []))
-            }
-            contexts.append(
-                {
-                    "key": key,
-                    "model_id": body.get("model_id"),
-                    "tokens": body.get("num_tokens"),
-                    "chunk_tokens": body.get("chunk_tokens"),
-                    "chunks": len(chunks),
-                    "bytes_per_level": sizes,
-                    "quality": body.get("quality"),
-                }
-            )
-    return {"store": url, "contexts": contexts}
+        listed = list(list_contexts(store))
+    shared = shared_chunks([s for _, s in listed if isinstance(s, ContextSummary)])
+    if as_json:
+        contexts = [_context_json(key, s, shared) for key, s in listed]
+        print(json.dumps({"store": url, "contexts": contexts}, indent=1))
+    else:
+        for key, s in listed:
+            print(_context_line(key, s, shared))
+    return int(any(not isinstance(s, ContextSummary) for _, s in listed))
+
+
+def _context_json(key: str, s: Any, shared: dict[str, int]) -> dict[str, Any]:
+    if isinstance(s, Exception):
+        return {"key": key, "error": str(s)}
+    return {
+        "key": key,
+        "model_id": s.model_id,
+        "tokens": s.num_tokens,
+        "chunk_tokens": s.chunk_tokens,
+        "chunks": len(s.chunks),
+        "shared_chunks": shared[key],
+        "levels": s.levels,
+        "bytes_per_level": {str(lv): n for lv, n in s.bytes_per_level().items()},
+        "quality": s.quality,
+    }
+
+
+def _context_line(key: str, s: Any, shared: dict[str, int]) -> str:
+    """`hash-prefix  model  tokens  chunks  shared  L<level> <bytes> ...`, clipped to
+    `LINE_WIDTH`; or the reason the manifest could not be read."""
+    name = Path(key).stem[:12]
+    if isinstance(s, Exception):
+        reason = str(s).replace(repr(key), "manifest")
+        return _clip(f"{name:<12}  ERROR {type(s).__name__}: {reason}", LINE_WIDTH)
+    sizes = " ".join(f"L{lv}:{_size(n)}" for lv, n in s.bytes_per_level().items())
+    line = (
+        f"{name:<12}  {_clip(s.model_id, 28):<28} {s.num_tokens:>7} tok {len(s.chunks):>4} "
+        f"chunks {shared[key]:>4} shared  {sizes}"
+    )
+    return _clip(line, LINE_WIDTH)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "~"
+
+
+def _size(n: float) -> str:
+    """Bytes in at most 3 significant digits: 950B, 1.2K, 35.1M, 4.07G."""
+    for unit in ("B", "K", "M", "G"):
+        if n < 999.5:
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.3g}{unit}"
+        n /= 1000
+    return f"{n:.0f}T"
 
 
 def _bench(args: argparse.Namespace) -> int:

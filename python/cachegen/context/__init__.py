@@ -8,13 +8,16 @@ each encoded at several levels, found again by any context that shares the prefi
 """
 
 from .keys import ObjectRef
+from .listing import ContextSummary, list_contexts
 from .stored import DEFAULT_CHUNK_TOKENS, ChunkInfo, Context, open_context, save_context
 
 __all__ = [
     "DEFAULT_CHUNK_TOKENS",
     "ChunkInfo",
     "Context",
+    "ContextSummary",
     "ObjectRef",
+    "list_contexts",
     "open_context",
     "save_context",
 ]

@@ -1,0 +1,86 @@
+"""The contexts a store holds, each manifest read on its own: a damaged or vanished one is
+reported in its place and never stops the listing."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cachegen.store.base import Store
+from cachegen.store.errors import ObjectCorrupted, ObjectMissing, StoreError
+
+from .keys import unseal
+from .stored import ChunkInfo
+
+_MANIFESTS = "contexts/"
+#: Manifests fetched per store round trip.
+_BATCH = 64
+
+
+@dataclass(frozen=True)
+class ContextSummary:
+    """What a context's manifest says about it."""
+
+    key: str
+    model_id: str
+    num_tokens: int
+    chunk_tokens: int
+    levels: list[int]
+    chunks: list[ChunkInfo]
+    quality: dict[str, Any] | None
+
+    def bytes_per_level(self) -> dict[int, int]:
+        """Stored bytes of each level over all chunks."""
+        return {
+            lv: sum(c.levels[lv].size for c in self.chunks if lv in c.levels) for lv in self.levels
+        }
+
+
+def list_contexts(store: Store) -> Iterator[tuple[str, ContextSummary | StoreError]]:
+    """(manifest key, its summary, or the `StoreError` reading it raised) for every context."""
+    keys = store.list(_MANIFESTS)
+    for first in range(0, len(keys), _BATCH):
+        batch = keys[first : first + _BATCH]
+        for key, raw in zip(batch, store.get_many(batch, missing_ok=True), strict=True):
+            try:
+                if raw is None:
+                    raise ObjectMissing(key, "deleted while listing")
+                yield key, _summary(key, raw)
+            except StoreError as e:
+                yield key, e
+
+
+def shared_chunks(summaries: Sequence[ContextSummary]) -> dict[str, int]:
+    """Per context key: how many of its chunks another listed context also holds."""
+    holders = Counter(h for s in summaries for h in {c.hash for c in s.chunks})
+    return {s.key: sum(holders[c.hash] > 1 for c in s.chunks) for s in summaries}
+
+
+def _summary(key: str, raw: bytes) -> ContextSummary:
+    body = unseal(key, raw)
+    chunks = body.get("chunks")
+    levels = body.get("levels")
+    if not isinstance(chunks, list) or not isinstance(levels, list):
+        raise ObjectCorrupted(key, "manifest lacks its chunk or level list")
+    quality = body.get("quality")
+    return ContextSummary(
+        key=key,
+        model_id=_field(key, body, "model_id", str),
+        num_tokens=_field(key, body, "num_tokens", int),
+        chunk_tokens=_field(key, body, "chunk_tokens", int),
+        levels=[_checked(key, "levels", lv, int) for lv in levels],
+        chunks=[ChunkInfo.from_json(key, c) for c in chunks],
+        quality=quality if isinstance(quality, dict) else None,
+    )
+
+
+def _field(key: str, body: dict[str, Any], name: str, kind: type) -> Any:
+    return _checked(key, name, body.get(name), kind)
+
+
+def _checked(key: str, name: str, value: Any, kind: type) -> Any:
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ObjectCorrupted(key, f"manifest field {name!r} is not a {kind.__name__}")
+    return value
