@@ -20,6 +20,7 @@ class Bits:
         self.value, self.count = 0, 0
 
     def put(self, v: int, n: int) -> None:
+        v, n = int(v), int(n)
         self.value |= (v & ((1 << n) - 1)) << self.count
         self.count += n
 
