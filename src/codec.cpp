@@ -129,6 +129,27 @@ class LutCache {
   std::vector<const uint32_t*> by_channel_;
 };
 
+// A group's fp32 parameters, expanded per thread on first use like LutCache: decode memory is the
+// output plus a group's parameters per thread, not every group's parameters at once.
+class ParamCache {
+ public:
+  const DequantParams& get(const ParsedBlob& blob, uint64_t call, uint32_t group) {
+    if (call != call_ || group != group_) {
+      const GroupDesc& d = blob.groups[group].desc;
+      params_ = {};  // the previous group's memory goes before the next one's is taken
+      params_ = expand_params(blob.groups[group].quant, d.tokens, d.channels());
+      call_ = call;
+      group_ = group;
+    }
+    return params_;
+  }
+
+ private:
+  uint64_t call_ = 0;
+  uint32_t group_ = 0;
+  DequantParams params_;
+};
+
 void check_outputs(const ParsedBlob& blob, const std::vector<TensorView>& outs) {
   if (outs.size() != blob.groups.size()) throw InputError("need one output per (layer, K/V)");
   for (size_t g = 0; g < outs.size(); ++g) {
@@ -231,12 +252,8 @@ void decode_into(const ParsedBlob& blob, const uint8_t* data, const std::vector<
                  int threads) {
   check_outputs(blob, outs);
   const uint64_t call = ++g_calls;
-  std::vector<DequantParams> params(blob.groups.size());
-  for (size_t g = 0; g < params.size(); ++g) {
-    const GroupDesc& d = blob.groups[g].desc;
-    params[g] = expand_params(blob.groups[g].quant, d.tokens, d.channels());
-  }
   parallel_for(blob.segments.size(), threads, [&](size_t i) {
+    thread_local ParamCache params;
     const Segment& s = blob.segments[i];
     const GroupDesc& d = blob.groups[s.group].desc;
     const uint32_t C = d.channels(), W = d.symbols_per_token();
@@ -249,14 +266,14 @@ void decode_into(const ParsedBlob& blob, const uint8_t* data, const std::vector<
       }
       return;
     }
+    const DequantParams& p = params.get(blob, call, s.group);
     // Rows go out a tile at a time (a token-adjacent output is written per channel).
     constexpr uint32_t kTile = 64;
     std::vector<float> tile((size_t)kTile * C);
     for (uint32_t k0 = 0; k0 < s.token_count; k0 += kTile) {
       const uint32_t n = std::min(kTile, s.token_count - k0), t0 = s.token_begin + k0;
       for (uint32_t k = 0; k < n; ++k)
-        dequantize_row(sym + (size_t)(k0 + k) * C, params[s.group], t0 + k, C,
-                       tile.data() + (size_t)k * C);
+        dequantize_row(sym + (size_t)(k0 + k) * C, p, t0 + k, C, tile.data() + (size_t)k * C);
       store_rows(outs[s.group], t0, n, tile.data());
     }
   });
@@ -270,11 +287,13 @@ EntropyStats entropy_stats(const ParsedBlob& blob, const uint8_t* data, int thre
     const TableSet& ts = blob.groups[s.group].tables;
     const uint32_t W = blob.groups[s.group].desc.symbols_per_token();
     const int8_t* sym = segment_symbols(blob, data, call, s);
-    std::vector<Histogram> hists(W, Histogram{});
+    // Counted per table, not per channel: the code length is linear in the counts, and a
+    // histogram per channel would cost 1 KiB per channel that a tiny blob can claim by the
+    // hundred thousand.
+    std::vector<Histogram> hists(ts.tables.size(), Histogram{});
     for (uint32_t t = 0; t < s.token_count; ++t, sym += W)
-      for (uint32_t c = 0; c < W; ++c) hists[c][sym[c] + kSymbolBias]++;
-    for (uint32_t c = 0; c < W; ++c)
-      bits[i] += code_length_bits(hists[c], ts.tables[ts.channel_table[c]]);
+      for (uint32_t c = 0; c < W; ++c) hists[ts.channel_table[c]][sym[c] + kSymbolBias]++;
+    for (size_t t = 0; t < hists.size(); ++t) bits[i] += code_length_bits(hists[t], ts.tables[t]);
   });
   EntropyStats st;
   for (size_t i = 0; i < bits.size(); ++i) {

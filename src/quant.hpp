@@ -173,7 +173,10 @@ struct ChannelFit {
 CG_HD ChannelFit channel_fit(double sum, double sum_sq, float lo, float hi, uint32_t tokens,
                              float param) {
   const double mean = sum / tokens;
-  const uint16_t offset = f32_to_f16((float)mean);
+  // Clamped like steps: a mean beyond fp16's range would store an infinite offset.
+  const uint16_t offset = f32_to_f16((float)(mean < -65504.0  ? -65504.0
+                                             : mean > 65504.0 ? 65504.0
+                                                              : mean));
   const double o = f16_to_f32(offset);
   const double v = sum_sq / tokens - 2 * o * mean + o * o;
   const double var = v > 0.0 ? v : 0.0;

@@ -6,6 +6,7 @@
 #include "half.hpp"
 
 #if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
 #include <immintrin.h>
 #define CG_X86 1
 #endif
@@ -15,7 +16,11 @@ namespace {
 
 #ifdef CG_X86
 bool has_f16c() {
-  static const bool yes = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+  // F16C from CPUID (leaf 1, ECX): clang's __builtin_cpu_supports does not know "f16c".
+  static const bool yes = [] {
+    unsigned a, b, c, d;
+    return __builtin_cpu_supports("avx") && __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+  }();
   return yes;
 }
 

@@ -39,9 +39,11 @@ FormatError = _core.FormatError
 FORMAT_VERSION: int = _core.build_info()["format_version"]
 _FLAG_TORCH_SOURCE = 1
 
-# decode() refuses blobs that would expand past this many output bytes unless told otherwise:
-# a tiny hostile blob may legitimately describe a huge all-zero cache.
-DEFAULT_MAX_OUTPUT_BYTES = 1 << 36
+#: decode() refuses blobs that would expand past this many output bytes (8 GiB) unless told
+#: otherwise with `max_output_bytes=`: a tiny hostile blob may legitimately describe a huge
+#: all-zero cache. 8 GiB holds a 16k-token chunk of a 70B model's fp16 KV (80 layers, 8 KV
+#: heads of 128) with room to spare; whole long contexts pass a larger cap explicitly.
+DEFAULT_MAX_OUTPUT_BYTES = 8 << 30
 
 
 @dataclass(frozen=True)
@@ -424,7 +426,10 @@ def decode(
         device: "cuda" or "cuda:N" decodes on that GPU straight into device memory, on the
             caller's current stream; an `out=` on a GPU implies it. Default: host memory.
         threads: worker threads; default all cores.
-        max_output_bytes: refuse blobs that would decode to more than this.
+        max_output_bytes: refuse blobs that would decode to more than this many bytes
+            (default `DEFAULT_MAX_OUTPUT_BYTES`, 8 GiB) before allocating the output. Decoding
+            needs the output plus memory proportional to the blob (parsing refuses blobs that
+            claim more metadata than their size pays for).
 
     Raises:
         FormatError: the blob is malformed, truncated, corrupted or of an unsupported version.
