@@ -8,6 +8,7 @@ exists, so a writer killed part-way leaves whole chunks and no context, never ha
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import deque
@@ -40,6 +41,7 @@ from .keys import (
     tokens_key,
     unseal,
 )
+from .layers import assemble, chunk_layer_tokens, layer_counts, slice_chunk
 
 DEFAULT_CHUNK_TOKENS = 256
 #: Chunks encoded ahead of their upload; bounds memory while encode and upload overlap.
@@ -56,13 +58,16 @@ class ChunkInfo:
     stop: int
     tokens: ObjectRef
     levels: dict[int, ObjectRef]
+    #: Tokens of each layer in this chunk, when layers differ (sliding windows; see
+    #: `cachegen.context.layers`): the blobs hold only the layers with tokens here.
+    layer_tokens: tuple[int, ...] | None = None
 
     @property
     def span(self) -> tuple[int, int]:
         return self.start, self.stop
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d = {
             "index": self.index,
             "hash": self.hash,
             "start": self.start,
@@ -70,20 +75,26 @@ class ChunkInfo:
             "tokens": self.tokens.to_json(),
             "levels": {str(lv): ref.to_json() for lv, ref in self.levels.items()},
         }
+        return d | ({"layer_tokens": list(self.layer_tokens)} if self.layer_tokens else {})
 
     @classmethod
     def from_json(cls, key: str, d: dict[str, Any], auth: Authenticator | None) -> ChunkInfo:
         try:
-            return cls(
+            chunk = cls(
                 index=int(d["index"]),
                 hash=str(d["hash"]),
                 start=int(d["start"]),
                 stop=int(d["stop"]),
                 tokens=ObjectRef.from_json(d["tokens"], auth),
                 levels={int(lv): ObjectRef.from_json(ref, auth) for lv, ref in d["levels"].items()},
+                layer_tokens=_layer_tokens(d.get("layer_tokens")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ObjectCorrupted(key, f"bad chunk entry ({e!r})") from e
+        span = chunk.stop - chunk.start
+        if chunk.layer_tokens and not all(0 <= n <= span for n in chunk.layer_tokens):
+            raise ObjectCorrupted(key, f"layer token counts {chunk.layer_tokens} exceed {span}")
+        return chunk
 
 
 @dataclass
@@ -131,8 +142,23 @@ class Context:
         return ref.verify(await self.store.aget(ref.key))
 
     def load(self, index: int, level: int) -> Any:
-        """Chunk `index` at `level`, decoded into the layout it was saved in."""
+        """Chunk `index` at `level`, decoded into the layout it was saved in (only the layers
+        with tokens in the chunk where layers differ: see `ChunkInfo.layer_tokens`)."""
         return cachegen.decode(self.fetch(index, level))
+
+    def load_prefix(self, level: int) -> Any:
+        """The whole stored prefix at `level`, every layer's chunks joined along tokens: what
+        was saved, sliding-window layers as short as they were. `ObjectMissing` (a miss) when
+        a layer's stored tokens do not form one run up to the prefix's end: a sliding-window
+        layer of a longer stored context does not hold the tokens a shorter prefix needs."""
+        if not self.chunks:
+            raise ContextMissing("the context", "no chunk is stored")
+        decoded = [self.load(i, level) for i in range(len(self.chunks))]
+        spans = [c.stop - c.start for c in self.chunks]
+        try:
+            return assemble(decoded, [c.layer_tokens for c in self.chunks], spans)
+        except LookupError as e:  # chunks of contexts of other lengths: not this one's KV
+            raise ObjectMissing("the context's layers", str(e)) from e
 
     def fetch_tokens(self, index: int) -> np.ndarray:
         """The token ids of chunk `index` (uint32), for recomputing it from text."""
@@ -152,23 +178,12 @@ def _ladder() -> list[int]:
     return sorted({min(cachegen.LEVELS), cachegen.DEFAULT_LEVEL, max(cachegen.LEVELS)})
 
 
-def _kv_tokens(kv: Any) -> int:
-    """Token count of a KV cache in either layout (tokens on axis 2 in both)."""
-    if isinstance(kv, list | tuple):
-        counts = {t.shape[2] for pair in kv for t in pair}
-    else:
-        if len(kv.shape) != 5:
-            raise ValueError(f"kv must be [layers, 2, tokens, heads, dim], got shape {kv.shape}")
-        counts = {kv.shape[2]}
-    if len(counts) != 1:
-        raise ValueError(f"every layer must hold every token to be chunked; got counts {counts}")
-    return counts.pop()
-
-
-def _slice_tokens(kv: Any, start: int, stop: int) -> Any:
-    if isinstance(kv, list | tuple):
-        return [(k[:, :, start:stop], v[:, :, start:stop]) for k, v in kv]
-    return kv[:, :, start:stop]
+def _layer_tokens(raw: object) -> tuple[int, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw or not all(type(n) is int for n in raw):
+        raise ValueError(f"layer_tokens must be a list of integers, got {raw!r}")
+    return tuple(raw)
 
 
 @dataclass(frozen=True)
@@ -197,8 +212,9 @@ def _check_save_args(
     tokens: np.ndarray, kv: Any, levels: Sequence[int] | None, quality: dict[str, Any] | None
 ) -> list[int]:
     """The levels to store; `ValueError` for arguments that cannot be saved."""
-    if _kv_tokens(kv) != len(tokens):
-        raise ValueError(f"kv holds {_kv_tokens(kv)} tokens but token_ids has {len(tokens)}")
+    held = max(layer_counts(kv))
+    if held != len(tokens):
+        raise ValueError(f"kv holds {held} tokens but token_ids has {len(tokens)}")
     levels = _ladder() if levels is None else sorted(set(levels))
     if not levels or not set(levels) <= set(cachegen.LEVELS):
         raise ValueError(f"levels must be some of {cachegen.LEVELS}, got {levels}")
@@ -237,6 +253,7 @@ def save_context(
     """
     tokens = token_array(token_ids)
     levels = _check_save_args(tokens, kv, levels, quality)
+    counts = layer_counts(kv)
     auth = Authenticator.of(auth_key)
     version = cachegen.FORMAT_VERSION
     hashes = chunk_hashes(model_id, tokens, chunk_tokens, salt)
@@ -251,12 +268,15 @@ def save_context(
         for i, (h, record) in enumerate(zip(hashes, records, strict=True)):
             start, stop = i * chunk_tokens, min((i + 1) * chunk_tokens, len(tokens))
             old = record.chunk if record else None
-            if record and old.stop == stop and set(levels) <= set(old.levels):
+            inside = chunk_layer_tokens(counts, start, stop)
+            if old is not None and (old.stop, old.layer_tokens) != (stop, inside):
+                old = None  # stored with other layer spans (another context length): replace
+            if record and old is not None and set(levels) <= set(old.levels):
                 # Stored by a context with this prefix: reuse it, and rewrite its record so
                 # that its age tells a concurrent `collect_garbage` that it is in use.
                 chunk, objects, chunk_version = old, {}, record.codec_version
             else:
-                part = _slice_tokens(kv, start, stop)
+                part = slice_chunk(kv, start, stop)
                 where = {"position": start, "context_end": len(tokens), "profile": profile}
                 blobs = {
                     lv: cachegen.encode(part, level=lv, threads=threads, **where)
@@ -265,6 +285,7 @@ def save_context(
                 }
                 span = (i, h, start, stop)
                 chunk, objects = _chunk_objects(span, tokens[start:stop], blobs, old, auth)
+                chunk = dataclasses.replace(chunk, layer_tokens=inside)
                 chunk_version = version
             chunks.append(chunk)
             while len(pending) >= _UPLOADS_IN_FLIGHT:
