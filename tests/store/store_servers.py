@@ -101,53 +101,15 @@ def make_pki(directory: Path, san: str = "DNS:localhost") -> Pki:
     def openssl(*args: str) -> None:
         subprocess.run([exe, *args], check=True, capture_output=True, cwd=directory)
 
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-subj",
-        "/CN=cachegen test CA",
-    )
-    openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "key.pem",
-        "-out",
-        "req.csr",
-        "-subj",
-        "/CN=cachegen test server",
-    )
+    openssl(*"req -x509 -newkey rsa:2048 -nodes -days 1 -keyout ca.key -out ca.pem".split(),
+            "-subj", "/CN=cachegen test CA")  # fmt: skip
+    openssl(*"req -newkey rsa:2048 -nodes -keyout key.pem -out req.csr".split(),
+            "-subj", "/CN=cachegen test server")  # fmt: skip
     (directory / "ext.cnf").write_text(
         f"basicConstraints=CA:FALSE\nsubjectAltName={san}\nextendedKeyUsage=serverAuth\n"
     )
-    openssl(
-        "x509",
-        "-req",
-        "-in",
-        "req.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "cert.pem",
-    )
+    openssl(*"x509 -req -in req.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1".split(),
+            *"-extfile ext.cnf -out cert.pem".split())  # fmt: skip
     return Pki(directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
 
 

@@ -253,7 +253,6 @@ def save_context(
     """
     tokens = token_array(token_ids)
     levels = _check_save_args(tokens, kv, levels, quality)
-    counts = layer_counts(kv)
     auth = Authenticator.of(auth_key)
     version = cachegen.FORMAT_VERSION
     hashes = chunk_hashes(model_id, tokens, chunk_tokens, salt)
@@ -261,32 +260,14 @@ def save_context(
     raws = store.get_many(keys, missing_ok=True)
     records = [_read_record(k, r, auth) for k, r in zip(keys, raws, strict=True)]
 
+    chunker = _Chunker(kv, tokens, layer_counts(kv), levels, profile, threads, auth)
     chunks: list[ChunkInfo] = []
     pending: deque[Future[None]] = deque()
     # Encode chunk i+1 while chunk i uploads; the codec and the store clients release the GIL.
     with ThreadPoolExecutor(1, thread_name_prefix="cachegen-save") as uploader:
         for i, (h, record) in enumerate(zip(hashes, records, strict=True)):
-            start, stop = i * chunk_tokens, min((i + 1) * chunk_tokens, len(tokens))
-            old = record.chunk if record else None
-            inside = chunk_layer_tokens(counts, start, stop)
-            if old is not None and (old.stop, old.layer_tokens) != (stop, inside):
-                old = None  # stored with other layer spans (another context length): replace
-            if record and old is not None and set(levels) <= set(old.levels):
-                # Stored by a context with this prefix: reuse it, and rewrite its record so
-                # that its age tells a concurrent `collect_garbage` that it is in use.
-                chunk, objects, chunk_version = old, {}, record.codec_version
-            else:
-                part = slice_chunk(kv, start, stop)
-                where = {"position": start, "context_end": len(tokens), "profile": profile}
-                blobs = {
-                    lv: cachegen.encode(part, level=lv, threads=threads, **where)
-                    for lv in levels
-                    if old is None or lv not in old.levels
-                }
-                span = (i, h, start, stop)
-                chunk, objects = _chunk_objects(span, tokens[start:stop], blobs, old, auth)
-                chunk = dataclasses.replace(chunk, layer_tokens=inside)
-                chunk_version = version
+            span = (i * chunk_tokens, min((i + 1) * chunk_tokens, len(tokens)))
+            chunk, objects, chunk_version = chunker.chunk(i, h, span, record)
             chunks.append(chunk)
             while len(pending) >= _UPLOADS_IN_FLIGHT:
                 pending.popleft().result()
@@ -307,6 +288,45 @@ def save_context(
     key = manifest_key(hashes[-1])
     store.put(key, seal(key, manifest, auth))  # the commit point: last, one atomic put
     return Context(store, model_id, version, chunk_tokens, len(tokens), chunks, True, quality)
+
+
+@dataclass(frozen=True)
+class _Chunker:
+    """Makes each chunk of one `save_context` call: reused as stored, or encoded."""
+
+    kv: Any
+    tokens: np.ndarray
+    counts: list[int]
+    levels: list[int]
+    profile: cachegen.ModelProfile | None
+    threads: int | None
+    auth: Authenticator | None
+
+    def chunk(
+        self, index: int, chunk_hash: str, span: tuple[int, int], record: _Record | None
+    ) -> tuple[ChunkInfo, dict[str, bytes], int]:
+        """Chunk `index` covering tokens `span`, the objects to put and its codec version."""
+        start, stop = span
+        inside = chunk_layer_tokens(self.counts, start, stop)
+        old = record.chunk if record else None
+        if old is not None and (old.stop, old.layer_tokens) != (stop, inside):
+            old = None  # stored with other layer spans (another context length): replace
+        if record and old is not None and set(self.levels) <= set(old.levels):
+            # Stored by a context with this prefix: reuse it. Its record is rewritten all the
+            # same, so that its age tells a concurrent `collect_garbage` it is in use.
+            return old, {}, record.codec_version
+        part = slice_chunk(self.kv, start, stop)
+        where = {"position": start, "context_end": len(self.tokens), "profile": self.profile}
+        blobs = {
+            lv: cachegen.encode(part, level=lv, threads=self.threads, **where)
+            for lv in self.levels
+            if old is None or lv not in old.levels
+        }
+        ids = self.tokens[start:stop]
+        chunk, objects = _chunk_objects(
+            (index, chunk_hash, start, stop), ids, blobs, old, self.auth
+        )
+        return dataclasses.replace(chunk, layer_tokens=inside), objects, cachegen.FORMAT_VERSION
 
 
 def _manifest_identity(model_id: str, chunk_tokens: int, n: int) -> dict[str, Any]:
