@@ -5,9 +5,11 @@ their own server)."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -179,3 +181,34 @@ class SilentServer:
             self._thread.join()
         for s in [*self._held, self._sock]:
             s.close()
+
+
+class AuthMotoServer:
+    """moto's S3 server in a subprocess that checks signatures against its IAM users, with one
+    user made at start: `key_id`/`secret` are valid, anything else is refused."""
+
+    def __init__(self) -> None:
+        import boto3
+
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        env = os.environ | {"INITIAL_NO_AUTH_ACTION_COUNT": "2"}  # the user and its key
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        iam = boto3.client(
+            "iam",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            **{f"aws_{k}": v for k, v in S3_CREDENTIALS.items()},
+        )
+        wait_until(lambda: iam.create_user(UserName="cachegen"), f"moto on {self.endpoint}")
+        key = iam.create_access_key(UserName="cachegen")["AccessKey"]
+        self.key_id, self.secret = key["AccessKeyId"], key["SecretAccessKey"]
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(10)
