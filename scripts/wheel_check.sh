@@ -41,9 +41,9 @@ venv=$(mktemp -d)
 trap 'rm -rf "$venv"' EXIT
 python3 -m venv "$venv"
 # Only the venv's own bin on PATH, and CC/CXX pointing nowhere: installing must need no compiler.
-nocc=(env -i HOME="$HOME" PATH="$venv/bin" CC=/nonexistent CXX=/nonexistent)
+nocc=(env PATH="$venv/bin" CC=/nonexistent CXX=/nonexistent)
 for tool in gcc g++ cc c++ clang; do
-  if "${nocc[@]}" sh -c "command -v $tool" >/dev/null 2>&1; then
+  if "${nocc[@]}" /bin/sh -c "command -v $tool" >/dev/null 2>&1; then
     echo "wheel_check: $tool is still on the stripped PATH" >&2
     exit 1
   fi
