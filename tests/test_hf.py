@@ -347,3 +347,17 @@ def test_run_digest_follows_weights_texts_and_settings() -> None:
     with torch.no_grad():
         model.model.layers[1].mlp.down_proj.weight[0, 0] += 1e-3
     assert base != run_digest(model, texts, {"continuation": 16})
+
+
+@pytest.mark.parametrize("layer_types", [SLIDING, ["sliding_attention"] * 4])
+def test_sensitivity_reference_matches_one_uncached_pass(layer_types: list[str]) -> None:
+    """The continuation every sensitivity pass is compared with runs on the rebuilt prefix
+    cache at the true positions, also when every layer slides (no layer tells the length)."""
+    from cachegen.calibrate import MEASURE_CONFIG, _Coded
+
+    model = _tiny(layer_types, window=96, positions=256)
+    text = _texts(200, (9,))[0]
+    ref = _Coded.of(model, text, MEASURE_CONFIG, 16, torch).ref
+    with torch.inference_mode():
+        whole = torch.log_softmax(model(text).logits[0, 184:].double(), dim=-1)
+    torch.testing.assert_close(ref, whole, atol=1e-5, rtol=1e-5)

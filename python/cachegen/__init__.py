@@ -24,7 +24,7 @@ from .calibrate import calibrate
 from .config import DEFAULT_LEVEL, LEVELS, LOSSLESS, QUANTIZERS, CodecConfig
 from .profile import ModelProfile
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one version source: pyproject.toml reads it at build time
 
 __all__ = [
     "DEFAULT_LEVEL",

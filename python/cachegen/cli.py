@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--slo", type=float, default=1.0, help="load TTFT target, s (default 1)")
     d.add_argument("--store", type=Path, help="file store folder (default: a temp folder)")
     d.add_argument("--json", action="store_true", help="print the results as JSON")
+    d.add_argument("--plot", type=Path, metavar="FILE", help="also draw TTFT and KL per strategy")
     d.set_defaults(run=_demo)
 
     i = sub.add_parser(
@@ -102,9 +103,25 @@ def _demo(args: argparse.Namespace) -> int:
         slo_s=args.slo,
         store=args.store,
     )
+    if args.plot:
+        _plotting()  # fails before the minutes of the demo, not after
     result = run_demo(opts, _progress)
     print(json.dumps(result, indent=1) if args.json else format_table(result))
+    if args.plot:
+        _plotting().plot_demo(result, args.plot)
+        print(f"plot: {args.plot}", file=sys.stderr)
     return 0
+
+
+def _plotting() -> Any:
+    """`cachegen.plotting`, once matplotlib is known to be there; else exit with the reason."""
+    from cachegen import plotting
+
+    try:
+        plotting.pyplot()
+    except plotting.MissingPlotting as e:
+        raise SystemExit(f"cachegen: {e}") from None
+    return plotting
 
 
 def _inspect(args: argparse.Namespace) -> int:
