@@ -1,0 +1,87 @@
+"""The `cachegen.stream.Engine` adapter over vLLM's paged KV cache, for one request's load.
+
+vLLM takes stored KV only as a prefix of the prompt and recomputes the rest itself, so this
+engine never recomputes text: the load stops at the first chunk that is not loaded, and the
+tokens before it are what vLLM skips.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .blocks import decode_blocks
+
+if TYPE_CHECKING:
+    import torch
+
+
+class PrefixStopped(Exception):
+    """The loader asked this engine to recompute text: the loaded prefix ends here."""
+
+
+class VllmEngine:
+    """Decodes chunk blobs straight into a request's blocks, in token order."""
+
+    recompute = "prefix"
+
+    def __init__(
+        self,
+        key: str,
+        caches: Sequence[torch.Tensor],
+        layout: str,
+        block_size: int,
+        kv_elements_per_token: int,
+        prefill_tps: float,
+    ) -> None:
+        self._key, self._caches, self._layout = key, caches, layout
+        self._block_size = block_size
+        self._elements = kv_elements_per_token
+        self._prefill_tps = prefill_tps
+        self._block_ids: list[int] = []
+        self._loaded = 0
+        self._stopped = False
+
+    @property
+    def key(self) -> str:
+        return self._key
+
+    @property
+    def kv_elements_per_token(self) -> int:
+        return self._elements
+
+    def bind(self, block_ids: Sequence[int]) -> None:
+        """The blocks of the request's tokens to load, in order."""
+        self._block_ids = list(block_ids)
+
+    def begin(self) -> None:
+        self._loaded, self._stopped = 0, False
+
+    def append_kv(self, blob: bytes) -> None:
+        if self._stopped:
+            return  # past the end of the prefix: vLLM recomputes these tokens
+        first = self._loaded // self._block_size
+        tokens = _blob_tokens(blob)
+        if tokens % self._block_size or first + tokens // self._block_size > len(self._block_ids):
+            raise ValueError(f"a chunk of {tokens} tokens does not fit the request's blocks")
+        ids = self._block_ids[first : first + tokens // self._block_size]
+        self._loaded += decode_blocks(blob, self._caches, self._layout, ids)
+
+    def append_text(self, token_ids: np.ndarray) -> None:
+        self._stopped = True
+
+    def measure_prefill(self) -> float:
+        return self._prefill_tps
+
+    def finish(self) -> int:
+        """Tokens loaded: the prefix vLLM may skip."""
+        return self._loaded
+
+
+def _blob_tokens(blob: bytes) -> int:
+    import cachegen
+
+    info = cachegen.inspect(blob)
+    return info.keys[0].tokens
