@@ -33,6 +33,8 @@ def kv_geometry(cache: torch.Tensor, layout: str) -> tuple[int, int, int, int]:
 
 def _canonical(cache: torch.Tensor, layout: str) -> torch.Tensor:
     """`cache` as a ``[2, blocks, block_size, heads, dim]`` view."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown KV layout {layout!r}; known: {LAYOUTS}")
     if layout == "vllm-cpu":
         if cache.dim() != 4 or cache.shape[3] % 2:
             raise ValueError(
@@ -44,9 +46,7 @@ def _canonical(cache: torch.Tensor, layout: str) -> torch.Tensor:
         raise ValueError(f"{layout} cache must be 5-D with K/V first, got {tuple(cache.shape)}")
     if layout == "flash-nhd":
         return cache
-    if layout == "flash-hnd":
-        return cache.permute(0, 1, 3, 2, 4)
-    raise ValueError(f"unknown KV layout {layout!r}; known: {LAYOUTS}")
+    return cache.permute(0, 1, 3, 2, 4)  # flash-hnd
 
 
 def _index(cache: torch.Tensor, block_ids: Sequence[int]) -> torch.Tensor:

@@ -74,12 +74,12 @@ class ConnectorConfig:
         """Parse and check ``kv_connector_extra_config``; `ConfigError` on any bad key."""
         extra = dict(extra or {})
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(extra) - names)
-        if unknown:
-            raise ConfigError(f"unknown CacheGenConnector keys {unknown}; known: {sorted(names)}")
         secret = [k for k in extra if _SECRET_WORDS.search(k)]
         if secret:
             raise ConfigError(f"keys {secret} look like credentials: use environment variables")
+        unknown = sorted(set(extra) - names)
+        if unknown:
+            raise ConfigError(f"unknown CacheGenConnector keys {unknown}; known: {sorted(names)}")
         if "store" not in extra or not isinstance(extra["store"], str) or not extra["store"]:
             raise ConfigError("kv_connector_extra_config needs 'store': a store URL")
         if not extra["store"].startswith("env:"):
