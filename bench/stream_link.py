@@ -26,9 +26,8 @@ import numpy as np
 
 import cachegen
 import cachegen.store
-from cachegen.context import Context, save_context
-from cachegen.stream import TEXT, CostModel, Loader, OptionTable
-from cachegen.stream.planner import level_kl
+from cachegen.context import save_context
+from cachegen.stream import CostModel, Loader, context_table
 from cachegen.stream.sim import Trace, fixed, ours, simulate
 from netlink import NetLink
 
@@ -42,6 +41,7 @@ class DecodeEngine:
 
     key = "bench-decode"
     kv_elements_per_token = LAYERS * 2 * HEADS * DIM
+    recompute = "chunk"
 
     def __init__(self, prefill_tps: float) -> None:
         self.prefill_tps = prefill_tps
@@ -55,8 +55,8 @@ class DecodeEngine:
     def append_text(self, token_ids: np.ndarray) -> None:
         time.sleep(len(token_ids) / self.prefill_tps)
 
-    def measure_prefill(self) -> float:
-        return self.prefill_tps
+    def measure_prefill(self, positions: list[int]) -> list[float]:
+        return [self.prefill_tps for _ in positions]
 
     def finish(self) -> list[Any]:
         return self.parts
@@ -69,25 +69,6 @@ def quality() -> dict[str, Any] | None:
         return None
     pooled = {r["method"]: r["kl_mean"] for r in json.loads(path.read_text())["pooled"]}
     return {"kl": {str(lv): pooled[f"cg{lv}"] for lv in cachegen.LEVELS if f"cg{lv}" in pooled}}
-
-
-def table(ctx: Context, costs: CostModel, kl: dict[int, float]) -> OptionTable:
-    """The simulator's view of the stored context: real sizes, the loader's cost model."""
-    choices = (*cachegen.LEVELS, TEXT)
-    n = len(ctx.chunks)
-    nbytes, requests = np.zeros((n, len(choices))), np.zeros((n, len(choices)))
-    compute, loss = np.zeros((n, len(choices))), np.zeros((n, len(choices)))
-    for r, chunk in enumerate(ctx.chunks):
-        tok = chunk.stop - chunk.start
-        for c, choice in enumerate(choices):
-            if choice == TEXT:
-                compute[r, c] = costs.recompute_time(tok)
-                continue
-            nbytes[r, c] = chunk.levels[choice].size
-            requests[r, c] = 1
-            compute[r, c] = costs.decode_time(tok * DecodeEngine.kv_elements_per_token)
-            loss[r, c] = kl[choice] * tok
-    return OptionTable(choices, nbytes, requests, compute, loss, np.full(n, CHUNK))
 
 
 def _median_get(store: Any, key: str, end: int) -> float:
@@ -118,7 +99,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # A short request timeout: moto now and then leaves a kept-alive request unanswered.
         store = cachegen.store.open(link.store_url(), timeout=5.0, **link.credentials)
         ctx = save_context(store, "bench", ids, kv, levels=cachegen.LEVELS, quality=quality())
-        kl = level_kl(ctx.quality, ctx.levels)
         engine = DecodeEngine(args.prefill_tps)
         blob = ctx.fetch(0, 3)
         t0 = time.perf_counter()
@@ -140,7 +120,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ttft = statistics.median(r.total_s for r in measured)
                 sim_policy = policy or ours(args.slo)
                 costs = CostModel(decode_eps, args.prefill_tps)
-                predicted = simulate(table(ctx, costs, kl), trace, sim_policy, args.slo)
+                predicted = simulate(
+                    context_table(ctx, costs, engine.kv_elements_per_token),
+                    trace,
+                    sim_policy,
+                    args.slo,
+                )
                 rows.append(
                     {
                         "mbit": mbit,

@@ -58,6 +58,10 @@ class Store(ABC):
     url: str
     #: Requests the batched and async forms run at once.
     concurrency: int = 8
+    #: Whether a large read goes faster as parallel range requests (a network store, where
+    #: each request has its own round trip and connection); False where reads are memory
+    #: copies or local file reads, which splitting only slows.
+    cheap_ranges: bool = True
     _pool: ThreadPoolExecutor | None = None
 
     # -- the core each backend implements (keys are already validated) --------------------
@@ -173,6 +177,12 @@ class Store(ABC):
         return await asyncio.to_thread(self.get_many, keys, missing_ok=missing_ok)
 
     # -- lifetime --------------------------------------------------------------------------
+    def fresh(self) -> Store:
+        """The same objects over new connections, for a request that must not wait behind a
+        stalled one (a hedged read). Stores without pooled connections return themselves;
+        the caller closes a store this returns when it is not `self`."""
+        return self
+
     def close(self) -> None:
         """Release threads and connections; the store is unusable afterwards."""
         if self._pool is not None:

@@ -53,6 +53,8 @@ def write_atomic(path: Path, data: Buffer) -> None:
 class FileStore(Store):
     """Objects stored as files; the key's '/' separated segments become directories."""
 
+    cheap_ranges = False
+
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
         self.root = Path(root) if root is not None else default_root()
         self.url = self.root.as_uri() if self.root.is_absolute() else str(self.root)

@@ -12,6 +12,8 @@ from .errors import ObjectMissing
 class MemoryStore(Store):
     """Objects in a dict; each `open("memory://")` is a new, empty store."""
 
+    cheap_ranges = False
+
     def __init__(self) -> None:
         self.url = "memory://"
         self._objects: dict[str, bytes] = {}

@@ -88,6 +88,7 @@ class S3Store(Store):
             or os.environ.get("AWS_DEFAULT_REGION")
             or "us-east-1"
         )
+        self._options = opts
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.url = f"s3://{bucket}/{self.prefix}" + (f"?endpoint={endpoint}" if endpoint else "")
@@ -193,6 +194,10 @@ class S3Store(Store):
                 if meta["path"].startswith(prefix)
             ]
 
+    def fresh(self) -> S3Store:
+        """A new client: its connection pool shares nothing with this one's."""
+        return S3Store(self.bucket, self.prefix, self._options)
+
     def close(self) -> None:
-        self._parts.shutdown()
+        self._parts.shutdown(wait=False)
         super().close()
