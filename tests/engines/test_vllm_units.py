@@ -11,15 +11,15 @@ import pytest
 import torch
 
 import cachegen
-from cachegen.context import save_context
-from cachegen.store import MemoryStore, StoreUnavailable
-from cachegen.stream import CostModel, Loader
+from cachegen.context import Context, open_context, save_context
+from cachegen.store import ContextMissing, MemoryStore, StoreUnavailable
+from cachegen.stream import BandwidthEstimator, CostModel, Loader
 from cachegen.vllm import blocks
 from cachegen.vllm.config import ConfigError, ConnectorConfig
 from cachegen.vllm.deadline import DeadlineStore, call_with_deadline
 from cachegen.vllm.engine import VllmEngine
 from cachegen.vllm.identity import Identity, model_name
-from cachegen.vllm.planning import Speeds, best_prefix, loadable_tokens
+from cachegen.vllm.planning import loadable_tokens, tokens_to_load
 from cachegen.vllm.saver import SaveJob, Saver
 
 
@@ -101,8 +101,6 @@ def test_ranks_never_load_each_others_chunks() -> None:
     rank0 = _identity(kv_heads=1, tp_size=2).model_id
     rank1 = _identity(kv_heads=1, tp_rank=1, tp_size=2).model_id
     save_context(store, rank0, ids, kv, levels=[15], chunk_tokens=256)
-    from cachegen.context import open_context
-    from cachegen.store import ContextMissing
 
     assert open_context(store, rank0, ids, chunk_tokens=256).prefix_tokens == 512
     with pytest.raises(ContextMissing):
@@ -116,20 +114,42 @@ def test_loadable_tokens_leaves_one_token_to_compute() -> None:
     assert loadable_tokens(255, 256) == 0
 
 
-def test_best_prefix_takes_everything_until_measured() -> None:
-    assert best_prefix([100] * 5, 256, 1000, Speeds(None, 1e9, 1e3)) == 5
-    assert best_prefix([100] * 5, 256, 1000, Speeds(1e6, 1e9, None)) == 5
+@pytest.fixture
+def stored_prefix() -> Context:
+    """A 2,048-token context of a 30-layer, 3-head model stored at levels 9 and 15."""
+    store = MemoryStore()
+    kv = np.random.default_rng(0).standard_normal((30, 2, 2048, 3, 64)).astype(np.float16)
+    save_context(store, "m", np.arange(2048), kv, levels=[9, 15], chunk_tokens=256)
+    return open_context(store, "m", np.arange(2048), chunk_tokens=256)
 
 
-def test_best_prefix_follows_link_and_engine_speeds() -> None:
-    sizes = [1_000_000] * 8  # 1 MB per 256-token chunk
-    fast_link = Speeds(bandwidth_bps=1e9, decode_eps=1e12, prefill_tps=1000.0)
-    slow_link = Speeds(bandwidth_bps=1e5, decode_eps=1e12, prefill_tps=1000.0)
-    assert best_prefix(sizes, 256, 1000, fast_link) == 8  # 1 ms a chunk vs 256 ms recompute
-    assert best_prefix(sizes, 256, 1000, slow_link) == 0  # 10 s a chunk: recompute all
-    # Only the first, small chunks are worth loading.
-    mixed = [1000, 1000, 10_000_000, 1000]
-    assert best_prefix(mixed, 256, 1000, Speeds(1e6, 1e12, 1000.0)) == 2
+def _estimator(bps: float) -> BandwidthEstimator:
+    est = BandwidthEstimator()
+    for _ in range(4):
+        est.add(int(bps), 1.0)
+    return est
+
+
+def test_tokens_to_load_follows_link_and_engine(stored_prefix: Context) -> None:
+    per_token = 30 * 2 * 3 * 64
+    costs = CostModel(decode_eps=5e8, prefill_tps=1000.0)
+    args = (stored_prefix, costs)
+    fast = tokens_to_load(*args, _estimator(125e6), 1.0, per_token, 2100, None)
+    slow = tokens_to_load(*args, _estimator(1e4), 1.0, per_token, 2100, None)
+    relaxed = tokens_to_load(*args, _estimator(125e6), 10.0, per_token, 2100, None)
+    # 1 Gbit/s: only loading meets the 1 s SLO, and only as much as it needs (each chunk is lossy)
+    assert 0 < fast <= 2048 and fast % 256 == 0
+    assert slow == 0  # 80 kbit/s: recomputing all 2,100 tokens beats waiting
+    assert relaxed == 0  # recomputing (exact) fits a 10 s SLO: nothing lossy is loaded
+
+
+def test_tokens_to_load_takes_all_while_unmeasured_or_fixed(stored_prefix: Context) -> None:
+    per_token = 30 * 2 * 3 * 64
+    slow = _estimator(1e4)
+    assert tokens_to_load(stored_prefix, None, slow, 1.0, per_token, 2100, None) == 2048
+    costs = CostModel(5e8, 1000.0)
+    assert tokens_to_load(stored_prefix, costs, slow, 1.0, per_token, 2100, 9) == 2048
+    assert tokens_to_load(stored_prefix, costs, slow, 1.0, per_token, 2100, 27) == 0
 
 
 # -- paged layouts against a numpy reference -------------------------------------------------

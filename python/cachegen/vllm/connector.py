@@ -2,7 +2,7 @@
 
 Scheduler side: for each new request, look up how much of its prompt is stored (whole chunks,
 under this instance's identity and the request's ``cache_salt``), choose the cut point from
-the measured link and engine speeds (`planning.best_prefix`), and tell vLLM that many tokens
+the measured link and engine speeds (`cachegen.stream.plan_prefix`), and tell vLLM that many tokens
 come from outside. It also follows each prompt's prefill to hand the worker the blocks to save.
 
 Worker side: before the forward pass, load each request's chunks through the streaming
@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -31,17 +32,19 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
 )
 from vllm.platforms import current_platform
 
+import cachegen
 import cachegen.store
 from cachegen.context import open_context, save_context
 from cachegen.store import StoreError
-from cachegen.stream import BandwidthEstimator, CostModel, Loader, measure_decode_eps
+from cachegen.stream import CostModel, Loader, estimator_for, fixed, measure_decode_eps
+from cachegen.stream.costs import default_cache_file, read_json
 
 from .blocks import gather
 from .config import ConfigError, ConnectorConfig
 from .deadline import DeadlineStore, call_with_deadline
 from .engine import VllmEngine
 from .identity import Identity, model_name
-from .planning import Speeds, best_prefix, loadable_tokens
+from .planning import loadable_tokens, tokens_to_load
 from .saver import SaveJob, Saver
 
 if TYPE_CHECKING:
@@ -60,16 +63,20 @@ log = logging.getLogger("cachegen.vllm")
 _SHUTDOWN_SAVE_S = 30.0
 #: Prefill steps shorter than this are not timed: fixed per-step costs would dominate.
 _MIN_TIMED_PREFILL = 256
+#: Recompute speed a fixed-level load is reported with before vLLM's own was measured.
+_UNMEASURED_TPS = 1000.0
 
 
 @dataclass
 class LoadSpec:
-    """Load the first `num_tokens` of `token_ids` into `block_ids` (scheduler -> worker)."""
+    """Load the stored KV of `token_ids` into `block_ids` (scheduler -> worker)."""
 
     request_id: str
     token_ids: list[int]
     block_ids: list[int]
     salt: str | None
+    #: Load every chunk at this level (None: the controller chooses per chunk).
+    level: int | None
 
 
 @dataclass
@@ -86,17 +93,21 @@ class SaveSpec:
 class CacheGenMetadata(KVConnectorMetadata):
     loads: list[LoadSpec] = field(default_factory=list)
     saves: list[SaveSpec] = field(default_factory=list)
-    #: Tokens the forward pass computes this step (for timing vLLM's prefill speed).
-    scheduled_tokens: int = 0
+    #: The step's longest prefill: (tokens computed, tokens of context before them), to time
+    #: vLLM's own recompute speed.
+    prefill: tuple[int, int] = (0, 0)
 
 
 @dataclass
 class CacheGenWorkerMetadata(KVConnectorWorkerMetadata):
     """Per-request load outcomes and measured speeds (worker -> scheduler)."""
 
+    pid: int = 0
     loads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Transfers (bytes, seconds), for the scheduler's bandwidth estimate.
     samples: list[tuple[int, float]] = field(default_factory=list)
-    prefill_tps: float | None = None
+    #: The worker's corrected `CostModel` fields, when they changed.
+    costs: dict[str, float] | None = None
 
     def aggregate(self, other: KVConnectorWorkerMetadata) -> KVConnectorWorkerMetadata:
         assert isinstance(other, CacheGenWorkerMetadata)
@@ -106,7 +117,7 @@ class CacheGenWorkerMetadata(KVConnectorWorkerMetadata):
             if rid not in loads or stats["loaded_tokens"] < loads[rid]["loaded_tokens"]:
                 loads[rid] = stats
         return CacheGenWorkerMetadata(
-            loads, self.samples + other.samples, self.prefill_tps or other.prefill_tps
+            self.pid, loads, self.samples + other.samples, self.costs or other.costs
         )
 
 
@@ -133,6 +144,26 @@ def _layer_index(name: str) -> int:
     return int(found[-1])
 
 
+def _request_level(request: Request, default: int | None, levels: tuple[int, ...]) -> int | None:
+    """The request's own ``kv_transfer_params={"cachegen": {"load_level": n}}``, else `default`."""
+    params = (request.kv_transfer_params or {}).get("cachegen") or {}
+    level = params.get("load_level", default)
+    if level is not None and level not in levels:
+        log.warning("cachegen: request %s asks for unsaved level %s", request.request_id, level)
+        return default
+    return level
+
+
+def _cached_costs(key: str) -> CostModel | None:
+    entry = read_json(default_cache_file()).get(key)
+    try:
+        return CostModel(
+            float(entry["decode_eps"]), float(entry["prefill_tps"]), float(entry["prefill_ctx_s"])
+        )
+    except (TypeError, KeyError, ValueError):
+        return None
+
+
 class CacheGenConnector(KVConnectorBase_V1):
     """Saves prompts' KV caches to a cachegen store and loads stored prefixes (see module doc)."""
 
@@ -152,45 +183,36 @@ class CacheGenConnector(KVConnectorBase_V1):
             )
         self._save_enabled = self.cfg.save and tc.is_kv_producer
         self._load_enabled = self.cfg.load and tc.is_kv_consumer
-        raw = cachegen.store.open(self.cfg.store_url())
-        self._store = DeadlineStore(raw, self.cfg.timeout_s)
+        self._store = cachegen.store.open(self.cfg.store_url())
         rank = 0
         if role == KVConnectorRole.WORKER:
             from vllm.distributed import get_tensor_model_parallel_rank
 
             rank = get_tensor_model_parallel_rank()
         self.identity = _identity(vllm_config, self.cfg, rank)
-        self._profile = _profile(self.cfg.profile)
-        self._estimator = BandwidthEstimator()
+        self._engine_key = f"vllm:{self.identity.model_id}:{current_platform.device_name}"
         self._costs = self._initial_costs()
         # scheduler side
-        self._lookups: dict[str, tuple[int, int]] = {}
+        self._lookups: dict[str, tuple[int, int, int | None]] = {}
         self._salts: dict[str, str | None] = {}
-        self._pending_loads: dict[str, int] = {}
+        self._pending_loads: dict[str, tuple[int, int | None]] = {}
         self._tracks: dict[str, _Track] = {}
         self._load_stats: dict[str, dict[str, Any]] = {}
         # worker side
         self._caches: list[torch.Tensor] = []
         self._layout = ""
         self._errors: set[int] = set()
-        self._worker_meta = CacheGenWorkerMetadata()
+        self._worker_meta = CacheGenWorkerMetadata(os.getpid())
         self._step_start = 0.0
         self._step_load_s = 0.0
         self._saver = Saver(self._save_job) if role == KVConnectorRole.WORKER else None
-        log.info("cachegen: connector %s for %s", role.name, self.identity.model_id)
-
-    @property
-    def _engine_key(self) -> str:
-        return f"vllm:{self.identity.model_id}:{current_platform.device_name}"
+        self._profile = _profile(self.cfg.profile) if self._saver else None
+        log.info("cachegen: %s connector for %s", role.name.lower(), self.identity.model_id)
 
     def _initial_costs(self) -> CostModel | None:
-        """Speeds cached by an earlier instance, or from the config; None if never measured."""
-        key = self._engine_key
-        try:
-            cached = CostModel.calibrated(key, lambda: float("nan"))
-        except OSError:
-            cached = None
-        if cached is not None and cached.prefill_tps == cached.prefill_tps:  # not NaN
+        """Speeds an earlier instance measured, or from the config; None if never measured."""
+        cached = _cached_costs(self._engine_key)
+        if cached is not None:
             return cached
         if self.cfg.prefill_tps is not None:
             return CostModel(measure_decode_eps(), self.cfg.prefill_tps)
@@ -206,14 +228,14 @@ class CacheGenConnector(KVConnectorBase_V1):
         self._salts[rid] = request.cache_salt
         if not self._load_enabled:
             return 0, False
-        if rid not in self._lookups:
-            self._lookups[rid] = (num_computed_tokens, self._lookup(request, num_computed_tokens))
-        computed, take = self._lookups[rid]
-        if computed != num_computed_tokens:
-            return 0, False
-        return take, False
+        if rid not in self._lookups:  # vLLM may ask again: one store lookup per request
+            level = _request_level(request, self.cfg.load_level, self.cfg.levels)
+            take = self._lookup(request, num_computed_tokens, level)
+            self._lookups[rid] = (num_computed_tokens, take, level)
+        computed, take, _ = self._lookups[rid]
+        return (take, False) if computed == num_computed_tokens else (0, False)
 
-    def _lookup(self, request: Request, num_computed_tokens: int) -> int:
+    def _lookup(self, request: Request, num_computed_tokens: int, level: int | None) -> int:
         """Tokens past `num_computed_tokens` to load for `request` (0: none)."""
         prompt = list(request.prompt_token_ids or [])
         limit = loadable_tokens(len(prompt), self.cfg.chunk_tokens)
@@ -221,10 +243,11 @@ class CacheGenConnector(KVConnectorBase_V1):
         if limit == 0 or num_computed_tokens:
             return 0
         model_id = _salted(self.identity.model_id, request.cache_salt)
+        store = DeadlineStore(self._store, self.cfg.timeout_s)
         try:
             ctx = call_with_deadline(
                 lambda: open_context(
-                    self._store, model_id, prompt[:limit], chunk_tokens=self.cfg.chunk_tokens
+                    store, model_id, prompt[:limit], chunk_tokens=self.cfg.chunk_tokens
                 ),
                 self.cfg.timeout_s,
                 "store lookup",
@@ -232,49 +255,42 @@ class CacheGenConnector(KVConnectorBase_V1):
         except StoreError as e:
             log.info("cachegen: request %s: no stored prefix (%s)", request.request_id, e)
             return 0
-        sizes = [self._chunk_bytes(c.levels) for c in ctx.chunks]
-        chunks = best_prefix(
-            sizes, self.cfg.chunk_tokens, self.identity.kv_elements_per_token, self._speeds()
-        )
-        return chunks * self.cfg.chunk_tokens
-
-    def _chunk_bytes(self, levels: dict[int, Any]) -> int:
-        level = self.cfg.load_level
-        if level is None or level not in levels:
-            level = max(levels)
-        return levels[level].size
-
-    def _speeds(self) -> Speeds:
-        costs = self._costs
-        return Speeds(
-            self._estimator.bps,
-            costs.decode_eps if costs else None,
-            costs.prefill_tps if costs else None,
+        return tokens_to_load(
+            ctx,
+            self._costs,
+            estimator_for(self._store),
+            self.cfg.slo_s,
+            self.identity.kv_elements_per_token,
+            len(prompt),
+            level,
         )
 
     def update_state_after_alloc(
         self, request: Request, blocks: KVCacheBlocks, num_external_tokens: int
     ) -> None:
         if num_external_tokens > 0:
-            self._pending_loads[request.request_id] = num_external_tokens
+            level = self._lookups.get(request.request_id, (0, 0, None))[2]
+            self._pending_loads[request.request_id] = (num_external_tokens, level)
 
     def build_connector_meta(self, scheduler_output: SchedulerOutput) -> KVConnectorMetadata:
-        meta = CacheGenMetadata(scheduled_tokens=scheduler_output.total_num_scheduled_tokens)
+        meta = CacheGenMetadata()
         scheduled = scheduler_output.num_scheduled_tokens
         for req in scheduler_output.scheduled_new_reqs:
             rid, prompt = req.req_id, list(req.prompt_token_ids or [])
             blocks, salt = list(req.block_ids[0]), self._salts.get(rid)
-            n_load = self._pending_loads.pop(rid, 0)
+            n_load, level = self._pending_loads.pop(rid, (0, None))
             if n_load:
-                meta.loads.append(
-                    LoadSpec(rid, prompt[:n_load], blocks[: n_load // self._block_size], salt)
-                )
+                ids = blocks[: n_load // self._block_size]
+                meta.loads.append(LoadSpec(rid, prompt[:n_load], ids, salt, level))
             n_save = len(prompt) // self.cfg.chunk_tokens * self.cfg.chunk_tokens
             if self._save_enabled and n_save > n_load:
                 self._tracks[rid] = _Track(prompt[:n_save], blocks, salt)
-            self._maybe_save(meta, rid, req.num_computed_tokens + scheduled.get(rid, 0))
+            start = req.num_computed_tokens
+            self._note_prefill(meta, scheduled.get(rid, 0), start)
+            self._maybe_save(meta, rid, start + scheduled.get(rid, 0))
         cached = scheduler_output.scheduled_cached_reqs
         for i, rid in enumerate(cached.req_ids):
+            self._note_prefill(meta, scheduled.get(rid, 0), cached.num_computed_tokens[i])
             track = self._tracks.get(rid)
             if track is None:
                 continue
@@ -286,6 +302,11 @@ class CacheGenConnector(KVConnectorBase_V1):
                     track.block_ids.extend(new_blocks[0])
             self._maybe_save(meta, rid, cached.num_computed_tokens[i] + scheduled.get(rid, 0))
         return meta
+
+    @staticmethod
+    def _note_prefill(meta: CacheGenMetadata, tokens: int, position: int) -> None:
+        if tokens > meta.prefill[0]:
+            meta.prefill = (tokens, position)
 
     def _maybe_save(self, meta: CacheGenMetadata, rid: str, computed_after_step: int) -> None:
         track = self._tracks.get(rid)
@@ -300,13 +321,12 @@ class CacheGenConnector(KVConnectorBase_V1):
         if not isinstance(meta, CacheGenWorkerMetadata):
             return
         self._load_stats.update(meta.loads)
-        if meta.samples and self._saver is None:  # the worker has its own estimator
+        if meta.pid != os.getpid():  # in-process workers share the estimator already
+            estimator = estimator_for(self._store)
             for nbytes, seconds in meta.samples:
-                self._estimator.add(nbytes, seconds)
-        if meta.prefill_tps is not None and self._costs is not None:
-            self._costs.prefill_tps = meta.prefill_tps
-        elif meta.prefill_tps is not None:
-            self._costs = CostModel(measure_decode_eps(), meta.prefill_tps)
+                estimator.add(nbytes, seconds)
+        if meta.costs is not None:
+            self._costs = CostModel(**meta.costs)
 
     def request_finished(
         self, request: Request, block_ids: list[int]
@@ -335,9 +355,13 @@ class CacheGenConnector(KVConnectorBase_V1):
         self._step_load_s = time.perf_counter() - self._step_start
 
     def _load(self, spec: LoadSpec) -> None:
+        """Load one request's prefix; blocks past what loaded go back to vLLM as errors."""
         t0 = time.perf_counter()
-        costs = self._costs or CostModel(measure_decode_eps(), float("inf"))
-        self._costs = costs
+        level = spec.level
+        if level is None and self._costs is None:
+            # Nothing to plan with before vLLM's prefill was first timed: the middle level.
+            level = self.cfg.levels[(len(self.cfg.levels) - 1) // 2]
+        costs = self._costs or CostModel(measure_decode_eps(), _UNMEASURED_TPS)
         engine = VllmEngine(
             self._engine_key,
             self._caches,
@@ -347,39 +371,31 @@ class CacheGenConnector(KVConnectorBase_V1):
             costs.prefill_tps,
         )
         engine.bind(spec.block_ids)
-        policy = None
-        if self.cfg.load_level is not None:
-            level = self.cfg.load_level
-            policy = lambda step: level  # noqa: E731 - a fixed level for every chunk
-        loader = Loader(
-            self._store,
-            engine,
-            costs,
-            self.cfg.slo_s,
-            prior_bps=self._estimator.bps,
-            policy=policy,
-        )
+        policy = fixed(level) if level is not None else None
+        loader = Loader(self._store, engine, costs, self.cfg.slo_s, policy=policy)
         model_id = _salted(self.identity.model_id, spec.salt)
         try:
-            result = loader.load(model_id, spec.token_ids, chunk_tokens=self.cfg.chunk_tokens)
+            result = loader.load(
+                model_id,
+                spec.token_ids,
+                chunk_tokens=self.cfg.chunk_tokens,
+                prefix_tokens=len(spec.token_ids),
+            )
             loaded, report = result.cache, result.report
-        except Exception as e:  # noqa: BLE001 - any failure: vLLM recomputes the tokens
+        except Exception as e:  # noqa: BLE001 - whatever happened, vLLM recomputes the tokens
             log.warning("cachegen: load of request %s failed: %s", spec.request_id, e)
             loaded, report = engine.finish(), None
-        first_bad = loaded // self._block_size
-        self._errors.update(spec.block_ids[first_bad:])
+        self._errors.update(spec.block_ids[loaded // self._block_size :])
         rows = report.chunks if report else []
-        for row in rows:
-            if row.nbytes:
-                self._estimator.add(row.nbytes, row.fetch_end - row.fetch_start)
-                self._worker_meta.samples.append((row.nbytes, row.fetch_end - row.fetch_start))
+        samples = [(r.nbytes, r.fetch_end - r.fetch_start) for r in rows if r.nbytes]
+        self._worker_meta.samples.extend(samples)
         self._worker_meta.loads[spec.request_id] = {
             "requested_tokens": len(spec.token_ids),
             "loaded_tokens": loaded,
-            "chunks": [str(r.choice) for r in rows],
+            "levels": [str(r.choice) for r in rows[: loaded // self.cfg.chunk_tokens]],
             "bytes": sum(r.nbytes for r in rows),
-            "fallbacks": [r.fallback for r in rows if r.fallback],
-            "context_error": report.context_error if report else "load failed",
+            "prefix_end": report.prefix_end if report else "error",
+            "causes": report.fallback_causes if report else {},
             "load_s": time.perf_counter() - t0,
         }
 
@@ -405,17 +421,17 @@ class CacheGenConnector(KVConnectorBase_V1):
             self._saver.submit(SaveJob(spec.request_id, spec.token_ids, kv, spec.salt))
 
     def _time_prefill(self, meta: CacheGenMetadata) -> None:
-        """vLLM's own prefill speed, from this step's forward pass (loads excluded)."""
-        tokens = meta.scheduled_tokens
+        """Correct the recompute speed with this step's forward pass (its loads excluded)."""
+        tokens, position = meta.prefill
         if tokens < _MIN_TIMED_PREFILL or not self._step_start:
             return
         seconds = time.perf_counter() - self._step_start - self._step_load_s
         if self._costs is None:
             self._costs = CostModel(measure_decode_eps(), tokens / seconds)
         else:
-            self._costs.observe_recompute(tokens, seconds)
+            self._costs.observe_recompute(tokens, position, seconds)
         self._costs.save(self._engine_key)
-        self._worker_meta.prefill_tps = self._costs.prefill_tps
+        self._worker_meta.costs = asdict(self._costs)
 
     def _save_job(self, job: SaveJob) -> None:
         t0 = time.perf_counter()
@@ -442,9 +458,9 @@ class CacheGenConnector(KVConnectorBase_V1):
 
     def build_connector_worker_meta(self) -> KVConnectorWorkerMetadata | None:
         meta = self._worker_meta
-        if not meta.loads and not meta.samples and meta.prefill_tps is None:
+        if not meta.loads and not meta.samples and meta.costs is None:
             return None
-        self._worker_meta = CacheGenWorkerMetadata()
+        self._worker_meta = CacheGenWorkerMetadata(os.getpid())
         return meta
 
     def shutdown(self) -> None:

@@ -1,8 +1,8 @@
 """The `cachegen.stream.Engine` adapter over vLLM's paged KV cache, for one request's load.
 
-vLLM takes stored KV only as a prefix of the prompt and recomputes the rest itself, so this
-engine never recomputes text: the load stops at the first chunk that is not loaded, and the
-tokens before it are what vLLM skips.
+vLLM takes stored KV only as a prefix of the prompt and recomputes the rest itself: this is a
+"prefix" engine, so the loader stops at the first chunk it does not load and never asks it to
+recompute text. Each chunk decodes straight into the request's next blocks.
 """
 
 from __future__ import annotations
@@ -12,18 +12,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+import cachegen
+
 from .blocks import decode_blocks
 
 if TYPE_CHECKING:
     import torch
 
 
-class PrefixStopped(Exception):
-    """The loader asked this engine to recompute text: the loaded prefix ends here."""
-
-
 class VllmEngine:
-    """Decodes chunk blobs straight into a request's blocks, in token order."""
+    """Decodes chunk blobs into a request's blocks, in token order."""
 
     recompute = "prefix"
 
@@ -42,7 +40,6 @@ class VllmEngine:
         self._prefill_tps = prefill_tps
         self._block_ids: list[int] = []
         self._loaded = 0
-        self._stopped = False
 
     @property
     def key(self) -> str:
@@ -57,31 +54,23 @@ class VllmEngine:
         self._block_ids = list(block_ids)
 
     def begin(self) -> None:
-        self._loaded, self._stopped = 0, False
+        self._loaded = 0
 
     def append_kv(self, blob: bytes) -> None:
-        if self._stopped:
-            return  # past the end of the prefix: vLLM recomputes these tokens
         first = self._loaded // self._block_size
-        tokens = _blob_tokens(blob)
+        tokens = cachegen.inspect(blob).keys[0].tokens
         if tokens % self._block_size or first + tokens // self._block_size > len(self._block_ids):
             raise ValueError(f"a chunk of {tokens} tokens does not fit the request's blocks")
         ids = self._block_ids[first : first + tokens // self._block_size]
         self._loaded += decode_blocks(blob, self._caches, self._layout, ids)
 
     def append_text(self, token_ids: np.ndarray) -> None:
-        self._stopped = True
+        raise RuntimeError("vLLM recomputes what is not loaded: a prefix engine takes no text")
 
-    def measure_prefill(self) -> float:
+    def measure_prefill(self, positions: Sequence[int]) -> float:
+        """vLLM's prefill speed as the connector measured it on its own forward passes."""
         return self._prefill_tps
 
     def finish(self) -> int:
-        """Tokens loaded: the prefix vLLM may skip."""
+        """Tokens loaded: the prefix vLLM skips."""
         return self._loaded
-
-
-def _blob_tokens(blob: bytes) -> int:
-    import cachegen
-
-    info = cachegen.inspect(blob)
-    return info.keys[0].tokens

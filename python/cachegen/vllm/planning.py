@@ -1,24 +1,15 @@
 """The scheduler-side decision: how many stored prompt tokens a request takes from the store.
 
 vLLM takes external KV only as a prefix, so the choice is a cut point on chunk boundaries: the
-first k stored chunks are loaded, vLLM recomputes the rest. Loading pays transfer (at the
-bandwidth measured on earlier loads from this store) plus decode; recomputing pays the engine's
-measured prefill speed. The cut is where the predicted time to the first token is least.
+first k stored chunks are loaded, vLLM recomputes the rest. The controller's `plan_prefix`
+chooses it from the bandwidth measured on earlier loads from this store and the engine's
+measured decode and recompute speeds, within the SLO.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True)
-class Speeds:
-    """What the decision needs to know about the link and the engine (None: not measured)."""
-
-    bandwidth_bps: float | None
-    decode_eps: float | None
-    prefill_tps: float | None
+from cachegen.context import Context
+from cachegen.stream import BandwidthEstimator, CostModel, plan_prefix
 
 
 def loadable_tokens(prompt_tokens: int, chunk_tokens: int) -> int:
@@ -26,25 +17,34 @@ def loadable_tokens(prompt_tokens: int, chunk_tokens: int) -> int:
     return max(prompt_tokens - 1, 0) // chunk_tokens * chunk_tokens
 
 
-def best_prefix(
-    chunk_bytes: Sequence[int], chunk_tokens: int, elements_per_token: int, speeds: Speeds
+def tokens_to_load(
+    ctx: Context,
+    costs: CostModel | None,
+    estimator: BandwidthEstimator,
+    slo_s: float,
+    kv_elements_per_token: int,
+    prompt_tokens: int,
+    fixed_level: int | None,
 ) -> int:
-    """Chunks to load, of the stored ones whose blob sizes are `chunk_bytes` (in order).
+    """Stored tokens of `ctx` (a prefix of the prompt) to load.
 
-    Until both the link and the engine have been measured, every stored chunk is taken: a
-    first load is also how the bandwidth gets measured.
+    Every stored chunk is taken when the level is fixed (the user chose exactness or a size
+    over speed) or while the engine's speeds are unmeasured (a first load is also how they
+    get measured); otherwise the controller's plan decides.
     """
-    if speeds.bandwidth_bps is None or speeds.prefill_tps is None or speeds.decode_eps is None:
-        return len(chunk_bytes)
-    decode_s = chunk_tokens * elements_per_token / speeds.decode_eps
-    recompute_s = chunk_tokens / speeds.prefill_tps
-    # Time to first token with the first k chunks loaded: loads of chunks < k, recompute of
-    # the others (the same for every k past the stored chunks, so only these are compared).
-    best_k, best_t = 0, recompute_s * len(chunk_bytes)
-    loaded = 0.0
-    for k, nbytes in enumerate(chunk_bytes, 1):
-        loaded += nbytes / speeds.bandwidth_bps + decode_s
-        t = loaded + recompute_s * (len(chunk_bytes) - k)
-        if t < best_t:
-            best_k, best_t = k, t
-    return best_k
+    if fixed_level is not None:
+        return _chunks_with(ctx, fixed_level)
+    if costs is None:
+        return ctx.prefix_tokens
+    plan = plan_prefix(ctx, costs, estimator, slo_s, kv_elements_per_token, prompt_tokens)
+    return plan.tokens
+
+
+def _chunks_with(ctx: Context, level: int) -> int:
+    """Tokens of the leading chunks stored at `level`."""
+    tokens = 0
+    for chunk in ctx.chunks:
+        if level not in chunk.levels:
+            break
+        tokens = chunk.stop
+    return tokens
