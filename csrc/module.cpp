@@ -20,8 +20,10 @@ using namespace cachegen;
 
 namespace {
 
-using ViewTuple =
-    std::tuple<uintptr_t, int, uint32_t, uint32_t, uint32_t, int64_t, int64_t, int64_t>;
+// (address, dtype, tokens, heads, head_dim, s_token, s_head, s_dim, block table address (0:
+// plain), block size, blocks, s_block); a block table is int32 in host memory.
+using ViewTuple = std::tuple<uintptr_t, int, uint32_t, uint32_t, uint32_t, int64_t, int64_t,
+                             int64_t, uintptr_t, uint32_t, uint32_t, int64_t>;
 // (view, quantizer, param, max_tables, token step weights, channel step weights, raw rows); the
 // weights are raw little-endian float32 bytes (a bytes object is one memcpy, a list one cast per
 // element), empty = none.
@@ -40,8 +42,19 @@ DType to_dtype(int code) {
 }
 
 TensorView to_view(const ViewTuple& t) {
-  auto [ptr, dtype, tokens, heads, dim, st, sh, sd] = t;
-  return TensorView{reinterpret_cast<void*>(ptr), to_dtype(dtype), tokens, heads, dim, st, sh, sd};
+  auto [ptr, dtype, tokens, heads, dim, st, sh, sd, table, block_size, blocks, sb] = t;
+  return TensorView{reinterpret_cast<void*>(ptr),
+                    to_dtype(dtype),
+                    tokens,
+                    heads,
+                    dim,
+                    st,
+                    sh,
+                    sd,
+                    reinterpret_cast<const int32_t*>(table),
+                    block_size,
+                    blocks,
+                    sb};
 }
 
 // A parsed blob that keeps the Python buffer it points into alive.

@@ -199,7 +199,7 @@ void check_desc(const DescFields& f, uint32_t expected_first, uint16_t version) 
   if (d.heads < 1 || d.heads > kMaxHeads) fail("group head count out of range");
   if (d.head_dim < 1 || d.head_dim > kMaxHeadDim) fail("group head dim out of range");
   if (d.channels() > kMaxChannels) fail("group channel count out of range");
-  if (d.seg_tokens < 1 || (uint64_t)d.seg_tokens * d.channels() > kMaxSegmentSymbols)
+  if (d.seg_tokens < 1 || (uint64_t)d.seg_tokens * d.symbols_per_token() > kMaxSegmentSymbols)
     fail("segment length out of range");
   if (d.num_segments != segment_count(d.tokens, d.seg_tokens)) fail("segment count mismatch");
   if (d.first_segment != expected_first) fail("segment numbering mismatch");
@@ -216,6 +216,9 @@ void check_desc(const DescFields& f, uint32_t expected_first, uint16_t version) 
   if (f.num_tables < 1) fail("group has no probability table");
   if (f.max_symbol < 1 || f.max_symbol > kMaxSymbol) fail("max symbol out of range");
   if (!std::isfinite(d.param)) fail("quantizer parameter is not finite");
+  if (d.quantizer == Quantizer::Lossless && version < 4)
+    fail("lossless group in a version " + std::to_string(version) + " blob");
+  if (d.quantizer == Quantizer::Lossless && f.flags) fail("lossless group with quantizer flags");
 }
 
 // Raw rows: a count in [1, tokens], then the rows in the blob's dtype (size checked against the
@@ -234,7 +237,8 @@ Group parse_side(const DescFields& f, uint16_t version, DType dtype, const uint8
                  size_t begin, size_t end) {
   Group g;
   g.desc = f.desc;
-  const uint32_t C = f.desc.channels();
+  const uint32_t C = f.desc.channels(), W = f.desc.symbols_per_token();
+  const bool lossless = f.desc.quantizer == Quantizer::Lossless;
   Reader r(data, begin, end);
   g.quant.flags = f.flags;
   g.quant.max_symbol = f.max_symbol;
@@ -248,14 +252,14 @@ Group parse_side(const DescFields& f, uint16_t version, DType dtype, const uint8
   if (f.flags & kChannelOffset) g.quant.channel_offset = r.u16s(C, "channel offsets");
   if (f.flags & kRawRows) read_raw_rows(r, f.desc, dtype, g.quant);
   if (f.num_tables > 1) {
-    g.tables.channel_table = read_table_map(r, C, f.num_tables, version >= 3);
+    g.tables.channel_table = read_table_map(r, W, f.num_tables, version >= 3);
     for (uint8_t t : g.tables.channel_table)
       if (t >= f.num_tables) fail("channel refers to a missing table");
   } else {
-    g.tables.channel_table.assign(C, 0);
+    g.tables.channel_table.assign(W, 0);
   }
   for (int t = 0; t < f.num_tables; ++t)
-    g.tables.tables.push_back(parse_table(data, r.pos(), end, version >= 3));
+    g.tables.tables.push_back(parse_table(data, r.pos(), end, version >= 3, lossless));
   if (r.pos() != end) fail("group side data has trailing bytes");
   return g;
 }
@@ -401,6 +405,7 @@ ParsedBlob parse_checked(const uint8_t* data, size_t size, bool verify) {
   uint32_t seg_cursor = 0;
   for (uint64_t i = 0; i < ngroups; ++i) {
     DescFields f = read_desc(dr);
+    if (f.desc.quantizer == Quantizer::Lossless) f.desc.planes = (uint32_t)dtype_size(h.dtype);
     check_desc(f, seg_cursor, version);
     if (f.side_off != side_cursor || f.side_len > index_off - side_cursor)
       fail("group side data out of bounds");

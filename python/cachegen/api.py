@@ -203,8 +203,23 @@ def encode(
             `decode` accepts it as is (decoding in place on that GPU); `bytes(blob.cpu())`
             (torch) or `cupy.asnumpy(blob).tobytes()` turn it into the host blob.
     """
-    config = _config(level, config)
-    v = views(kv)
+    return encode_views(
+        kv, views(kv), _config(level, config), profile, position, context_end, threads, device
+    )
+
+
+def encode_views(
+    kv: Any,
+    v: KVViews,
+    config: CodecConfig,
+    profile: ModelProfile | None = None,
+    position: int = 0,
+    context_end: int | None = None,
+    threads: int | None = None,
+    device: Any = None,
+) -> Any:
+    """`encode` of the groups `v` describes (plain or paged views); `kv` is what they view
+    (read only for a profile's importance on a GPU: see `importance.layer_keys`)."""
     target = _device_index(device)
     flags = _FLAG_TORCH_SOURCE if v.framework == "torch" else 0
     specs = _specs(kv, v, config, profile, position, context_end, _threads(threads))
@@ -451,19 +466,25 @@ def decode(
     if v.layout != info.layout or [g.shape for g in v.groups] != shapes:
         raise ValueError("out= does not match the blob's layout and shapes")
     check_writable(out)
+    decode_views(parsed, v, threads)
+    return out
+
+
+def decode_views(parsed: Any, v: KVViews, threads: int | None = None) -> None:
+    """Decode a parsed blob (`parse`) into the groups `v` describes (plain or paged views, of
+    the blob's shapes), on the host or on their GPU."""
     outs = [g.as_tuple() for g in v.groups]
     if v.device is None:
         parsed.decode_into(outs, _threads(threads))
+        return
+    _require_cuda()
+    stream = current_stream(v.framework, v.device)
+    if isinstance(parsed, _core.DeviceParsed):
+        if parsed.device != v.device:
+            raise ValueError(f"blob on cuda:{parsed.device}, output on cuda:{v.device}")
+        parsed.to_device(stream).decode_into(outs, stream)
     else:
-        _require_cuda()
-        stream = current_stream(v.framework, v.device)
-        if isinstance(parsed, _core.DeviceParsed):
-            if parsed.device != v.device:
-                raise ValueError(f"blob on cuda:{parsed.device}, output on cuda:{v.device}")
-            parsed.to_device(stream).decode_into(outs, stream)
-        else:
-            _core.to_device(parsed, v.device, stream).decode_into(outs, stream)
-    return out
+        _core.to_device(parsed, v.device, stream).decode_into(outs, stream)
 
 
 def _target_device(device: Any, out_views: KVViews | None) -> int | None:

@@ -192,8 +192,8 @@ def save_context(
     if _kv_tokens(kv) != len(tokens):
         raise ValueError(f"kv holds {_kv_tokens(kv)} tokens but token_ids has {len(tokens)}")
     levels = _ladder() if levels is None else sorted(set(levels))
-    if not levels or not set(levels) <= set(cachegen.LEVELS):
-        raise ValueError(f"levels must be some of {cachegen.LEVELS}, got {levels}")
+    if not levels or not set(levels) <= {*cachegen.LEVELS, cachegen.LOSSLESS}:
+        raise ValueError(f"levels must be some of {cachegen.LEVELS} or LOSSLESS, got {levels}")
     try:
         json.dumps(quality)
     except (TypeError, ValueError) as e:
