@@ -12,9 +12,9 @@ import torch
 
 import cachegen
 from cachegen.context import Context, open_context, save_context
+from cachegen.paged import PagedKV
 from cachegen.store import ContextMissing, MemoryStore, StoreUnavailable
-from cachegen.stream import BandwidthEstimator, CostModel, Loader
-from cachegen.vllm import blocks
+from cachegen.stream import BandwidthEstimator, CostModel, Loader, fixed
 from cachegen.vllm.config import ConfigError, ConnectorConfig
 from cachegen.vllm.deadline import DeadlineStore, call_with_deadline
 from cachegen.vllm.engine import VllmEngine
@@ -152,122 +152,110 @@ def test_tokens_to_load_takes_all_while_unmeasured_or_fixed(stored_prefix: Conte
     assert tokens_to_load(stored_prefix, costs, slow, 1.0, per_token, 2100, 27) == 0
 
 
-# -- paged layouts against a numpy reference -------------------------------------------------
-def _numpy_blocks(layout: str, cache: np.ndarray, block_ids: list[int]) -> np.ndarray:
-    """Reference: KV [2, tokens, heads, dim] of `block_ids`, read element by element."""
-    if layout == "vllm-cpu":
-        nb, heads, bs, two_dim = cache.shape
-        dim = two_dim // 2
-        page = cache.reshape(nb, heads, 2 * bs, dim)  # K rows, then V rows per (block, head)
-        out = np.empty((2, len(block_ids) * bs, heads, dim), cache.dtype)
-        for i, b in enumerate(block_ids):
-            for h in range(heads):
-                for t in range(bs):
-                    out[0, i * bs + t, h] = page[b, h, t]
-                    out[1, i * bs + t, h] = page[b, h, bs + t]
-        return out
-    if layout == "flash-nhd":
-        _, nb, bs, heads, dim = cache.shape
-        return cache[:, block_ids].reshape(2, -1, heads, dim)
-    _, nb, heads, bs, dim = cache.shape  # flash-hnd
-    return cache[:, block_ids].transpose(0, 1, 3, 2, 4).reshape(2, -1, heads, dim)
+# -- the loader's engine over vLLM's CPU blocks ----------------------------------------------
+LAYERS, HEADS, DIM, BLOCK, NBLOCKS = 2, 3, 8, 16, 9
 
 
-_SHAPES = {
-    "vllm-cpu": (9, 3, 16, 2 * 8),
-    "flash-nhd": (2, 9, 16, 3, 8),
-    "flash-hnd": (2, 9, 3, 16, 8),
-}
+def _cpu_caches() -> list[torch.Tensor]:
+    """Per-layer caches as vLLM's CPU backend registers them: [blocks, heads, block, 2*dim]."""
+    return [torch.zeros((NBLOCKS, HEADS, BLOCK, 2 * DIM), dtype=torch.float16) for _ in range(2)]
 
 
-@pytest.mark.parametrize("layout", blocks.LAYOUTS)
-def test_gather_matches_numpy_reference(layout: str) -> None:
-    rng = np.random.default_rng(1)
-    caches = [rng.standard_normal(_SHAPES[layout]).astype(np.float32) for _ in range(2)]
-    ids = [7, 2, 5]
-    got = blocks.gather([torch.from_numpy(c) for c in caches], layout, ids).numpy()
-    ref = np.stack([_numpy_blocks(layout, c, ids) for c in caches])
-    np.testing.assert_array_equal(got, ref)
-    assert blocks.kv_geometry(torch.from_numpy(caches[0]), layout) == (9, 16, 3, 8)
+def _read_cpu_blocks(cache: torch.Tensor, block_ids: list[int]) -> np.ndarray:
+    """Reference reader of the CPU page: per (block, head), K as [dim, block] then V as
+    [block, dim] (vLLM's cpu_attn_reshape_and_cache), into [2, tokens, heads, dim]."""
+    flat = cache.numpy().reshape(NBLOCKS, HEADS, 2 * BLOCK * DIM)
+    out = np.empty((2, len(block_ids) * BLOCK, HEADS, DIM), np.float16)
+    for i, b in enumerate(block_ids):
+        for h in range(HEADS):
+            page = flat[b, h]
+            out[0, i * BLOCK : (i + 1) * BLOCK, h] = page[: BLOCK * DIM].reshape(DIM, BLOCK).T
+            out[1, i * BLOCK : (i + 1) * BLOCK, h] = page[BLOCK * DIM :].reshape(BLOCK, DIM)
+    return out
 
 
-@pytest.mark.parametrize("layout", blocks.LAYOUTS)
-def test_decode_blocks_writes_only_its_blocks(layout: str) -> None:
-    rng = np.random.default_rng(2)
-    caches = [
-        torch.from_numpy(rng.standard_normal(_SHAPES[layout]).astype(np.float16)) for _ in range(2)
-    ]
-    before = [c.clone() for c in caches]
-    kv = rng.standard_normal((2, 2, 32, 3, 8)).astype(np.float16)
-    blob = cachegen.encode(kv, level=27)
-    assert blocks.decode_blocks(blob, caches, layout, [4, 1]) == 32
-    expect = cachegen.decode(blob)
-    for layer, cache in enumerate(caches):
-        np.testing.assert_array_equal(_numpy_blocks(layout, cache.numpy(), [4, 1]), expect[layer])
-        untouched = [b for b in range(9) if b not in (4, 1)]
-        assert torch.equal(
-            blocks.gather([cache], layout, untouched),
-            blocks.gather([before[layer]], layout, untouched),
-        )
-
-
-def test_decode_blocks_refuses_misfits_before_writing() -> None:
-    caches = [torch.zeros(_SHAPES["vllm-cpu"], dtype=torch.float16) for _ in range(2)]
-    blob = cachegen.encode(np.ones((2, 2, 32, 3, 8), np.float16), level=15)
-    with pytest.raises(ValueError, match="these blocks take"):
-        blocks.decode_blocks(blob, caches, "vllm-cpu", [1, 2, 3])  # 48 slots for 32 tokens
-    with pytest.raises(ValueError, match="block ids"):
-        blocks.decode_blocks(blob, caches, "vllm-cpu", [1, 9])
-    with pytest.raises(cachegen.FormatError):
-        blocks.decode_blocks(blob[:-10], caches, "vllm-cpu", [1, 2])
-    assert all(not c.any() for c in caches)
-    with pytest.raises(ValueError, match="unknown KV layout"):
-        blocks.gather(caches, "paged-xyz", [0])
-
-
-# -- the loader's engine over blocks ---------------------------------------------------------
 def _engine(caches: list[torch.Tensor]) -> VllmEngine:
-    return VllmEngine("test", caches, "vllm-cpu", 16, 2 * 2 * 3 * 8, 1e4)
+    return VllmEngine("test", caches, "vllm-cpu", BLOCK, LAYERS * 2 * HEADS * DIM, 1e4)
 
 
-def test_engine_loads_a_stored_prefix_into_blocks() -> None:
-    rng = np.random.default_rng(3)
-    kv = rng.standard_normal((2, 2, 96, 3, 8)).astype(np.float16)
-    ids = np.arange(96)
+def _kv(tokens: int, seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((LAYERS, 2, tokens, HEADS, DIM)).astype(np.float16)
+
+
+def test_engine_decodes_a_stored_prefix_into_blocks_exactly() -> None:
+    kv, ids = _kv(96), np.arange(96)
     store = MemoryStore()
-    save_context(store, "m", ids, kv, levels=[15, 27], chunk_tokens=32)
-    caches = [torch.zeros(_SHAPES["vllm-cpu"], dtype=torch.float16) for _ in range(2)]
+    save_context(store, "m", ids, kv, levels=[15, cachegen.LOSSLESS], chunk_tokens=32)
+    caches = _cpu_caches()
     engine = _engine(caches)
-    engine.bind([8, 0, 3, 5, 6, 7])
-    loader = Loader(store, engine, CostModel(1e9, 1e4), 1.0, policy=lambda step: 27)
+    blocks = [8, 0, 3, 5, 6, 7]
+    engine.bind(blocks)
+    loader = Loader(store, engine, CostModel(1e9, 1e4), 1.0, policy=fixed(cachegen.LOSSLESS))
     result = loader.load("m", ids, chunk_tokens=32)
-    assert result.cache == 96 and result.report.choices == [27, 27, 27]
-    got = blocks.gather(caches, "vllm-cpu", [8, 0, 3, 5, 6, 7]).numpy()
-    ref = np.concatenate(
-        [
-            cachegen.decode(
-                cachegen.encode(kv[:, :, i : i + 32], level=27, position=i, context_end=96)
-            )
-            for i in (0, 32, 64)
-        ],
-        axis=2,
-    )
-    np.testing.assert_array_equal(got, ref)
+    assert result.cache == 96 and result.report.loaded_tokens == 96
+    for layer, cache in enumerate(caches):
+        np.testing.assert_array_equal(_read_cpu_blocks(cache, blocks), kv[layer])
+    assert not caches[0][[1, 2, 4]].any()  # blocks outside the request untouched
 
 
 def test_engine_prefix_ends_at_the_first_missing_chunk() -> None:
-    kv = np.ones((2, 2, 96, 3, 8), np.float16)
     store = MemoryStore()
-    ctx = save_context(store, "m", np.arange(96), kv, levels=[15], chunk_tokens=32)
+    ctx = save_context(store, "m", np.arange(96), _kv(96), levels=[15], chunk_tokens=32)
     store.delete(ctx.chunks[1].levels[15].key)  # the middle chunk's blob is gone
-    caches = [torch.zeros(_SHAPES["vllm-cpu"], dtype=torch.float16) for _ in range(2)]
+    caches = _cpu_caches()
     engine = _engine(caches)
     engine.bind(range(6))
-    result = Loader(store, engine, CostModel(1e9, 1e4), 1.0, policy=lambda s: 15).load(
-        "m", np.arange(96), chunk_tokens=32
+    result = Loader(store, engine, CostModel(1e9, 1e4), 1.0, policy=fixed(15)).load(
+        "m", np.arange(96), chunk_tokens=32, prefix_tokens=96
     )
-    assert result.cache == 32  # chunk 2 arrived but lies past the gap: not taken
-    assert not caches[0][2:].any()
+    assert result.cache == 32 and result.report.prefix_end == "missing"
+    assert not caches[0][2:].any()  # chunk 2 is not written past the gap
+
+
+def test_engine_refuses_a_chunk_past_its_blocks() -> None:
+    engine = _engine(_cpu_caches())
+    engine.bind([0])
+    engine.begin()
+    with pytest.raises(ValueError, match="does not fit"):
+        engine.append_kv(cachegen.encode(_kv(32), level=15))
+    with pytest.raises(RuntimeError, match="prefix engine"):
+        engine.append_text(np.arange(4))
+
+
+def test_save_from_paged_blocks_stores_the_same_chunks_as_contiguous() -> None:
+    """What the connector saves (chunks encoded in place from a copy of the blocks) is what
+    `save_context` stores from the gathered cache: same keys, same bytes."""
+    kv, ids = _kv(64, seed=4), np.arange(64)
+    caches = _cpu_caches()
+    blocks = [5, 2, 7, 0]
+    engine = _engine(caches)
+    engine.bind(blocks)
+    engine.begin()
+    for start in (0, 32):
+        engine.append_kv(cachegen.encode(kv[:, :, start : start + 32], level=cachegen.LOSSLESS))
+    paged, flat = MemoryStore(), MemoryStore()
+    save_context(
+        paged,
+        "m",
+        ids,
+        PagedKV(caches, "vllm-cpu", blocks, 64),
+        levels=[9],
+        chunk_tokens=32,
+        salt="tenant",
+    )
+    flat_kv = torch.from_numpy(kv)  # a torch source, as the paged one is
+    save_context(flat, "m", ids, flat_kv, levels=[9], chunk_tokens=32, salt="tenant")
+    assert paged.list() == flat.list()
+    assert all(paged.get(k) == flat.get(k) for k in flat.list() if k.endswith(".cg"))
+
+
+def test_cache_salt_separates_tenants() -> None:
+    store = MemoryStore()
+    save_context(store, "m", np.arange(64), _kv(64), levels=[9], chunk_tokens=32, salt="a")
+    assert open_context(store, "m", np.arange(64), chunk_tokens=32, salt="a").prefix_tokens == 64
+    with pytest.raises(ContextMissing):
+        open_context(store, "m", np.arange(64), chunk_tokens=32, salt="b")
 
 
 # -- deadline store and saver ----------------------------------------------------------------

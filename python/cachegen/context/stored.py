@@ -20,6 +20,7 @@ import numpy as np
 import zstandard
 
 import cachegen
+from cachegen.paged import PagedKV
 from cachegen.store.base import Store
 from cachegen.store.errors import ContextMissing, ObjectCorrupted, ObjectMissing
 
@@ -153,7 +154,9 @@ def _ladder() -> list[int]:
 
 
 def _kv_tokens(kv: Any) -> int:
-    """Token count of a KV cache in either layout (tokens on axis 2 in both)."""
+    """Token count of a KV cache in either layout (tokens on axis 2 in both), or paged."""
+    if isinstance(kv, PagedKV):
+        return kv.num_tokens
     if isinstance(kv, list | tuple):
         counts = {t.shape[2] for pair in kv for t in pair}
     else:
@@ -166,9 +169,15 @@ def _kv_tokens(kv: Any) -> int:
 
 
 def _slice_tokens(kv: Any, start: int, stop: int) -> Any:
+    if isinstance(kv, PagedKV):
+        return kv.tokens(start, stop)
     if isinstance(kv, list | tuple):
         return [(k[:, :, start:stop], v[:, :, start:stop]) for k, v in kv]
     return kv[:, :, start:stop]
+
+
+def _encode(kv: Any, **options: Any) -> bytes:
+    return kv.encode(**options) if isinstance(kv, PagedKV) else cachegen.encode(kv, **options)
 
 
 @dataclass(frozen=True)
@@ -225,6 +234,9 @@ def save_context(
 ) -> Context:
     """Store `kv` (the cache of `token_ids`) as chunks of `chunk_tokens`, each at every level.
 
+    `kv` is a stacked cache, per-layer pairs, or a `cachegen.paged.PagedKV` (an engine's KV
+    blocks, encoded chunk by chunk in place; `chunk_tokens` a multiple of its block size).
+
     `levels` defaults to three rungs of the codec's ladder: lowest, default and highest.
     Each chunk is coded knowing its place in the context (the first chunk holds the attention
     sink, the last the most recent tokens) and with the model's `profile`, if given.
@@ -259,7 +271,7 @@ def save_context(
                 part = _slice_tokens(kv, start, stop)
                 where = {"position": start, "context_end": len(tokens), "profile": profile}
                 blobs = {
-                    lv: cachegen.encode(part, level=lv, threads=threads, **where)
+                    lv: _encode(part, level=lv, threads=threads, **where)
                     for lv in levels
                     if old is None or lv not in old.levels
                 }

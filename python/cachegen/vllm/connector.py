@@ -15,7 +15,6 @@ chunks are copied out of the blocks and saved by a background thread (`saver.Sav
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -35,11 +34,11 @@ from vllm.platforms import current_platform
 import cachegen
 import cachegen.store
 from cachegen.context import open_context, save_context
+from cachegen.paged import PagedKV
 from cachegen.store import StoreError
 from cachegen.stream import CostModel, Loader, estimator_for, fixed, measure_decode_eps
 from cachegen.stream.costs import default_cache_file, read_json
 
-from .blocks import gather
 from .config import ConfigError, ConnectorConfig
 from .deadline import DeadlineStore, call_with_deadline
 from .engine import VllmEngine
@@ -128,13 +127,6 @@ class _Track:
     token_ids: list[int]
     block_ids: list[int]
     salt: str | None
-
-
-def _salted(model_id: str, salt: str | None) -> str:
-    """The chunk-key namespace of a request: its identity, narrowed by its cache salt."""
-    if not salt:
-        return model_id
-    return f"{model_id}#salt={hashlib.blake2b(salt.encode(), digest_size=16).hexdigest()}"
 
 
 def _layer_index(name: str) -> int:
@@ -242,12 +234,15 @@ class CacheGenConnector(KVConnectorBase_V1):
         # Local prefix-cache hits that end mid-chunk would need half a chunk: not loaded.
         if limit == 0 or num_computed_tokens:
             return 0
-        model_id = _salted(self.identity.model_id, request.cache_salt)
         store = DeadlineStore(self._store, self.cfg.timeout_s)
         try:
             ctx = call_with_deadline(
                 lambda: open_context(
-                    store, model_id, prompt[:limit], chunk_tokens=self.cfg.chunk_tokens
+                    store,
+                    self.identity.model_id,
+                    prompt[:limit],
+                    chunk_tokens=self.cfg.chunk_tokens,
+                    salt=request.cache_salt,
                 ),
                 self.cfg.timeout_s,
                 "store lookup",
@@ -373,13 +368,13 @@ class CacheGenConnector(KVConnectorBase_V1):
         engine.bind(spec.block_ids)
         policy = fixed(level) if level is not None else None
         loader = Loader(self._store, engine, costs, self.cfg.slo_s, policy=policy)
-        model_id = _salted(self.identity.model_id, spec.salt)
         try:
             result = loader.load(
-                model_id,
+                self.identity.model_id,
                 spec.token_ids,
                 chunk_tokens=self.cfg.chunk_tokens,
                 prefix_tokens=len(spec.token_ids),
+                salt=spec.salt,
             )
             loaded, report = result.cache, result.report
         except Exception as e:  # noqa: BLE001 - whatever happened, vLLM recomputes the tokens
@@ -417,8 +412,19 @@ class CacheGenConnector(KVConnectorBase_V1):
         self._time_prefill(meta)
         assert self._saver is not None
         for spec in meta.saves:
-            kv = gather(self._caches, self._layout, spec.block_ids)  # the one copy on this path
-            self._saver.submit(SaveJob(spec.request_id, spec.token_ids, kv, spec.salt))
+            self._saver.submit(
+                SaveJob(spec.request_id, spec.token_ids, self._copy(spec), spec.salt)
+            )
+
+    def _copy(self, spec: SaveSpec) -> PagedKV:
+        """The prompt's blocks, copied whole (the one copy on the forward path: vLLM may reuse
+        the blocks once the request ends); the saver encodes each chunk from them in place."""
+        ids = torch.as_tensor(spec.block_ids, device=self._caches[0].device)
+        copies = [cache.index_select(0, ids) for cache in self._caches]
+        # A contiguous copy of the logical [blocks, heads, block_size, 2 * head_size] shape
+        # keeps a CPU page whole, and on a GPU puts heads outside tokens (HND).
+        layout = self._layout if self._layout == "vllm-cpu" else "flash-hnd"
+        return PagedKV(copies, layout, list(range(len(spec.block_ids))), len(spec.token_ids))
 
     def _time_prefill(self, meta: CacheGenMetadata) -> None:
         """Correct the recompute speed with this step's forward pass (its loads excluded)."""
@@ -437,13 +443,14 @@ class CacheGenConnector(KVConnectorBase_V1):
         t0 = time.perf_counter()
         save_context(
             self._store,
-            _salted(self.identity.model_id, job.salt),
+            self.identity.model_id,
             job.token_ids,
             job.kv,
             levels=self.cfg.levels,
             chunk_tokens=self.cfg.chunk_tokens,
             profile=self._profile,
             threads=self.cfg.threads,
+            salt=job.salt,
         )
         log.info(
             "cachegen: saved %d tokens of request %s in %.2f s",

@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 import cachegen
-
-from .blocks import decode_blocks
+from cachegen.paged import decode_paged
 
 if TYPE_CHECKING:
     import torch
@@ -62,7 +61,8 @@ class VllmEngine:
         if tokens % self._block_size or first + tokens // self._block_size > len(self._block_ids):
             raise ValueError(f"a chunk of {tokens} tokens does not fit the request's blocks")
         ids = self._block_ids[first : first + tokens // self._block_size]
-        self._loaded += decode_blocks(blob, self._caches, self._layout, ids)
+        decode_paged(blob, self._caches, self._layout, ids)  # checks everything before writing
+        self._loaded += tokens
 
     def append_text(self, token_ids: np.ndarray) -> None:
         raise RuntimeError("vLLM recomputes what is not loaded: a prefix engine takes no text")

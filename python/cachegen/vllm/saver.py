@@ -22,7 +22,7 @@ QUEUE_DEPTH = 4
 
 @dataclass
 class SaveJob:
-    """One prompt's whole chunks: token ids and their KV ``[layers, 2, tokens, heads, dim]``."""
+    """One prompt's whole chunks: token ids and their KV (a `cachegen.paged.PagedKV`)."""
 
     request_id: str
     token_ids: list[int]
