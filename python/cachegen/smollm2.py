@@ -48,7 +48,7 @@ def write_checkpoint(folder: str, dtype: str = "bfloat16") -> str:
     config = LlamaConfig(
         **{k: v for k, v in model.config.to_dict().items() if k != "quantization_config"}
     )
-    config.torch_dtype = dtype
+    config.dtype = dtype
     plain = LlamaForCausalLM(config)
     plain.load_state_dict(model.state_dict())
     plain.to(getattr(torch, dtype)).save_pretrained(folder)

@@ -2,10 +2,11 @@
 
     python vllm_driver.py plan.json out.json
 
-The plan lists runs; each run builds a fresh `vllm.LLM` (with or without the connector), sends
-its requests one at a time (greedy), and between requests may damage a stored object. The result
-per request: generated token ids, `num_cached_tokens`, the connector's stats and the seconds to
-the first token (a generation of one token, timed separately).
+The plan lists runs; each run builds a fresh `vllm.LLM` (with or without the connector) and
+goes through its steps in order: a request (greedy; `max_tokens` 1 times the first token), a
+stored object to damage, or a wait until the background saves have written a number of chunk
+records. The result per request: generated token ids, `num_cached_tokens`, the connector's stats
+(`kv_transfer_params["cachegen"]`) and the seconds the generate call took.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def _llm(run: dict[str, Any]) -> Any:
         )
     return LLM(
         model=run["model"],
+        served_model_name=run.get("served_model_name"),
         skip_tokenizer_init=True,
         enable_prefix_caching=False,
         dtype="bfloat16",
@@ -46,14 +48,28 @@ def _llm(run: dict[str, Any]) -> Any:
     )
 
 
-def _corrupt(folder: str, pattern: str, index: int) -> str:
-    """Flip a byte in the middle of the `index`-th (sorted) stored object matching `pattern`."""
-    paths = sorted(Path(folder).rglob(pattern))
-    path = paths[index]
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-    return str(path)
+def _corrupt(folder: str, start: int, level: int) -> str:
+    """Flip a byte in the middle of the blob at `level` of the stored chunk starting at token
+    `start` (found through the chunk records of a file store)."""
+    for record in Path(folder).rglob("record.json"):
+        chunk = json.loads(record.read_text())["body"]["chunk"]
+        if chunk["start"] == start:
+            path = Path(folder) / chunk["levels"][str(level)]["key"]
+            data = bytearray(path.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            path.write_bytes(bytes(data))
+            return str(path)
+    raise SystemExit(f"no stored chunk starts at token {start}")
+
+
+def _wait_records(folder: str, count: int, timeout_s: float) -> int:
+    """Wait until the store holds `count` chunk records (the saves run in the background)."""
+    deadline = time.monotonic() + timeout_s
+    while (found := len(list(Path(folder).rglob("record.json")))) < count:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {found} of {count} chunk records saved in {timeout_s} s")
+        time.sleep(0.2)
+    return found
 
 
 def _request(llm: Any, req: dict[str, Any]) -> dict[str, Any]:
