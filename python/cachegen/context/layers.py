@@ -13,9 +13,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from cachegen.paged import PagedKV
+
 
 def layer_counts(kv: Any) -> list[int]:
-    """Tokens per layer of a KV cache in either layout (tokens on axis 2 in both)."""
+    """Tokens per layer of a KV cache in either layout (tokens on axis 2 in both), or of an
+    engine's paged cache (every layer holds every token)."""
+    if isinstance(kv, PagedKV):
+        return [kv.num_tokens] * len(kv.layer_caches)
     if isinstance(kv, list | tuple):
         counts = []
         for i, pair in enumerate(kv):
@@ -44,6 +49,8 @@ def chunk_layer_tokens(counts: Sequence[int], start: int, stop: int) -> tuple[in
 def slice_chunk(kv: Any, start: int, stop: int) -> Any:
     """Chunk ``[start, stop)`` of `kv`: every layer's part of it, layers without one left out
     (their counts per `chunk_layer_tokens` are 0)."""
+    if isinstance(kv, PagedKV):
+        return kv.tokens(start, stop)
     if not isinstance(kv, list | tuple):
         return kv[:, :, start:stop]
     total = max(k.shape[2] for k, _ in kv)

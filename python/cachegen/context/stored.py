@@ -21,6 +21,7 @@ import numpy as np
 import zstandard
 
 import cachegen
+from cachegen.paged import PagedKV
 from cachegen.store.base import Store
 from cachegen.store.errors import ContextMissing, ObjectCorrupted, ObjectMissing
 
@@ -186,6 +187,10 @@ def _layer_tokens(raw: object) -> tuple[int, ...] | None:
     return tuple(raw)
 
 
+def _encode(kv: Any, **options: Any) -> bytes:
+    return kv.encode(**options) if isinstance(kv, PagedKV) else cachegen.encode(kv, **options)
+
+
 @dataclass(frozen=True)
 class _Record:
     """A chunk record as read back: the chunk and the codec version that wrote it."""
@@ -240,6 +245,9 @@ def save_context(
     auth_key: AuthKey = None,
 ) -> Context:
     """Store `kv` (the cache of `token_ids`) as chunks of `chunk_tokens`, each at every level.
+
+    `kv` is a stacked cache, per-layer pairs, or a `cachegen.paged.PagedKV` (an engine's KV
+    blocks, encoded chunk by chunk in place; `chunk_tokens` a multiple of its block size).
 
     `levels` defaults to three rungs of the codec's ladder: lowest, default and highest.
     Each chunk is coded knowing its place in the context (the first chunk holds the attention
@@ -318,7 +326,7 @@ class _Chunker:
         part = slice_chunk(self.kv, start, stop)
         where = {"position": start, "context_end": len(self.tokens), "profile": self.profile}
         blobs = {
-            lv: cachegen.encode(part, level=lv, threads=self.threads, **where)
+            lv: _encode(part, level=lv, threads=self.threads, **where)
             for lv in self.levels
             if old is None or lv not in old.levels
         }
