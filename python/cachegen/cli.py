@@ -3,6 +3,7 @@
 cachegen demo [--bandwidth 100] [--slo 1.0] [--json] [--plot ttft.png]
 cachegen inspect blob.cg                 # a blob's header, groups and size
 cachegen inspect file:///path/to/store   # the contexts stored there, one line each
+cachegen gc STORE_URL [--grace 3600] [--dry-run] [--json]   # remove unreachable objects
 cachegen bench stream-sim [args...]      # a benchmark from bench/ (source checkout)
 cachegen --version
 """
@@ -66,6 +67,19 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("target", help="a blob file, or a store URL (file:///..., s3://...)")
     i.add_argument("--json", action="store_true")
     i.set_defaults(run=_inspect)
+
+    g = sub.add_parser("gc", help="remove the objects no stored context reaches")
+    g.add_argument("store", help="a store URL (file:///..., s3://..., redis://...)")
+    g.add_argument(
+        "--grace",
+        type=float,
+        default=3600.0,
+        help="seconds: younger objects are kept, as a writer may still commit them "
+        "(default 3600; must exceed the longest save)",
+    )
+    g.add_argument("--dry-run", action="store_true", help="report, delete nothing")
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(run=_gc)
 
     b = sub.add_parser("bench", help=f"run a benchmark: {', '.join(BENCHMARKS)}")
     b.add_argument("name", choices=sorted(BENCHMARKS))
@@ -215,6 +229,29 @@ def _size(n: float) -> str:
             return f"{n:.0f}{unit}" if unit == "B" else f"{n:.3g}{unit}"
         n /= 1000
     return f"{n:.0f}T"
+
+
+def _gc(args: argparse.Namespace) -> int:
+    import cachegen.store
+    from cachegen.context import collect_garbage
+
+    try:
+        with cachegen.store.open(args.store) as store:
+            report = collect_garbage(store, grace_s=args.grace, dry_run=args.dry_run)
+            shown = store.url  # without the URL's secrets
+    except (cachegen.store.StoreError, ValueError) as e:
+        print(f"cachegen gc: {e}", file=sys.stderr)
+        return 2
+    facts = {"store": shown, **asdict(report)}
+    if args.json:
+        print(json.dumps(facts, indent=1))
+        return 0
+    verb = "would delete" if args.dry_run else "deleted"
+    print(
+        f"{shown}: {report.objects} objects, {report.live} live, {report.young} younger than "
+        f"{args.grace:g} s; {verb} {len(report.deleted)} ({report.bytes_freed} bytes)"
+    )
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@ synthetic contexts."""
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -25,6 +26,7 @@ class FakeEngine:
     """
 
     prefill_tps: float = 20_000.0
+    recompute: str = "chunk"
     appended: list[tuple[str, int]] = field(default_factory=list)
     parts: list[np.ndarray] = field(default_factory=list)
 
@@ -41,19 +43,38 @@ class FakeEngine:
 
     def append_kv(self, blob: bytes) -> None:
         kv = cachegen.decode(blob, framework="numpy")
+        if kv.shape[0] != LAYERS or kv.shape[3:] != (HEADS, DIM):
+            raise ValueError(f"blob of shape {kv.shape} does not fit the model")
         self.parts.append(np.asarray(kv))
         self.appended.append(("kv", kv.shape[2]))
 
     def append_text(self, token_ids: np.ndarray) -> None:
+        assert self.recompute == "chunk", "a prefix engine recomputes the rest itself"
         time.sleep(len(token_ids) / self.prefill_tps)
         self.parts.append(np.zeros((LAYERS, 2, len(token_ids), HEADS, DIM), np.float16))
         self.appended.append(("text", len(token_ids)))
 
-    def measure_prefill(self) -> float:
-        return self.prefill_tps
+    def measure_prefill(self, positions) -> list[float]:
+        return [self.prefill_tps for _ in positions]
 
     def finish(self) -> np.ndarray:
-        return np.concatenate(self.parts, axis=2)
+        empty = np.zeros((LAYERS, 2, 0, HEADS, DIM), np.float16)
+        return np.concatenate([empty, *self.parts], axis=2)
+
+
+@dataclass
+class TickClock:
+    """A clock that advances `step` seconds per reading: a load's report times, and so its
+    SLO verdict, without the test machine's speed in them."""
+
+    step: float = 1e-4
+    now: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self) -> float:
+        with self._lock:
+            self.now += self.step
+            return self.now
 
 
 def costs_for(engine: FakeEngine) -> CostModel:

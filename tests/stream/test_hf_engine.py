@@ -77,3 +77,15 @@ def test_bad_blob_leaves_the_cache_unchanged(model) -> None:
     with pytest.raises(cachegen.FormatError):
         engine.append_kv(b"not a blob")
     assert engine.finish().get_seq_length() == 0
+
+
+def test_prefill_calibrated_at_positions(model) -> None:
+    lm, _ = model
+    engine = HFEngine(lm, name="smol")
+    assert engine.recompute == "chunk"
+    speeds = engine.measure_prefill([512, 0])  # any order; each at its own position
+    assert len(speeds) == 2 and all(s > 0 for s in speeds)
+    costs = CostModel.fit(1e8, [512, 0], speeds)
+    assert costs.recompute_time(256, 512) >= costs.recompute_time(256, 0)
+    with pytest.raises(RuntimeError):
+        engine.finish()  # the calibration cache is not left behind

@@ -8,9 +8,10 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TypeVar
 
-from .errors import InvalidKey, ObjectMissing
+from .errors import InvalidKey, ObjectMissing, StoreError
 
 Buffer = bytes | bytearray | memoryview
 T = TypeVar("T")
@@ -46,6 +47,17 @@ def _check_range(start: int, end: int) -> None:
         raise ValueError(f"byte range [{start}, {end}) must satisfy 0 <= start < end")
 
 
+@dataclass(frozen=True)
+class ObjectInfo:
+    """A listed object: its key, size in bytes and age."""
+
+    key: str
+    size: int
+    #: Seconds since the object was written. Never more than the true age: where a backend
+    #: knows only the last access (Redis), it reports the time since then.
+    age_s: float
+
+
 class Store(ABC):
     """A flat key -> bytes object store.
 
@@ -58,6 +70,10 @@ class Store(ABC):
     url: str
     #: Requests the batched and async forms run at once.
     concurrency: int = 8
+    #: Whether a large read goes faster as parallel range requests (a network store, where
+    #: each request has its own round trip and connection); False where reads are memory
+    #: copies or local file reads, which splitting only slows.
+    cheap_ranges: bool = True
     _pool: ThreadPoolExecutor | None = None
 
     # -- the core each backend implements (keys are already validated) --------------------
@@ -109,6 +125,13 @@ class Store(ABC):
     def list(self, prefix: str = "") -> list[str]:
         """Return the sorted keys that start with `prefix` (a plain string prefix)."""
         return sorted(self._list(check_prefix(prefix)))
+
+    def scan(self, prefix: str = "") -> list[ObjectInfo]:
+        """`list` with each object's size and age, sorted by key (for garbage collection)."""
+        return sorted(self._scan(check_prefix(prefix)), key=lambda info: info.key)
+
+    def _scan(self, prefix: str) -> Iterable[ObjectInfo]:
+        raise StoreError(f"{type(self).__name__} does not report object ages")
 
     # -- batched ---------------------------------------------------------------------------
     def put_many(self, items: Mapping[str, Buffer] | Iterable[tuple[str, Buffer]]) -> None:
@@ -173,6 +196,12 @@ class Store(ABC):
         return await asyncio.to_thread(self.get_many, keys, missing_ok=missing_ok)
 
     # -- lifetime --------------------------------------------------------------------------
+    def fresh(self) -> Store:
+        """The same objects over new connections, for a request that must not wait behind a
+        stalled one (a hedged read). Stores without pooled connections return themselves;
+        the caller closes a store this returns when it is not `self`."""
+        return self
+
     def close(self) -> None:
         """Release threads and connections; the store is unusable afterwards."""
         if self._pool is not None:

@@ -6,7 +6,10 @@
     print(result.report.table())                 # per chunk: level or text, bytes, times
 
 Per chunk the controller picks a stored level or "text" (the engine recomputes the chunk),
-from bandwidth it measures on the transfers themselves and compute speeds it calibrates once.
+from bandwidth it measures on the transfers themselves (kept per store across loads) and
+compute speeds it calibrates once and corrects on every load. An engine that takes loaded KV
+only as a prefix (`Engine.recompute == "prefix"`, as vLLM) gets the longest prefix worth
+loading; `plan_prefix` decides it before any transfer, for a scheduler.
 """
 
 from __future__ import annotations
@@ -16,23 +19,34 @@ from typing import Any
 from cachegen.context import DEFAULT_CHUNK_TOKENS
 from cachegen.store import Store
 
+from .controller import CacheGenRule, Controller, Fixed, fixed, probe_choice
 from .costs import CostModel, measure_decode_eps
-from .engine import Engine
-from .estimator import BandwidthEstimator
+from .deadline import BoundedStore, DeadlineExceeded
+from .engine import Engine, Recompute
+from .estimator import BandwidthEstimator, estimator_for, save_estimate
 from .hf_engine import HFEngine
 from .loader import Loader, LoadResult
+from .options import ChunkOptions, context_chunks, context_table, option_table
 from .planner import TEXT, Choice, ConstantLink, Decision, OptionTable, Planner, Policy, Step
-from .report import ChunkReport, LoadReport
+from .prefix import PrefixPlan, plan_prefix
+from .report import CAUSES, ChunkReport, LoadReport
 
 __all__ = [
+    "CAUSES",
     "TEXT",
     "BandwidthEstimator",
+    "BoundedStore",
+    "CacheGenRule",
     "Choice",
+    "ChunkOptions",
     "ChunkReport",
     "ConstantLink",
+    "Controller",
     "CostModel",
+    "DeadlineExceeded",
     "Decision",
     "Engine",
+    "Fixed",
     "HFEngine",
     "LoadReport",
     "LoadResult",
@@ -40,9 +54,19 @@ __all__ = [
     "OptionTable",
     "Planner",
     "Policy",
+    "PrefixPlan",
+    "Recompute",
     "Step",
+    "context_chunks",
+    "context_table",
+    "estimator_for",
+    "fixed",
     "load",
     "measure_decode_eps",
+    "option_table",
+    "plan_prefix",
+    "probe_choice",
+    "save_estimate",
 ]
 
 

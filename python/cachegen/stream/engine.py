@@ -7,9 +7,16 @@ Hugging Face `transformers`.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Sequence
+from typing import Any, Literal, Protocol
 
 import numpy as np
+
+#: "chunk": the engine recomputes any chunk from text on top of what is loaded (the loader
+#: turns a chunk it cannot load into text). "prefix": the engine takes loaded KV only as a
+#: prefix and recomputes the rest itself after the load (vLLM): the first chunk not loaded
+#: ends the load.
+Recompute = Literal["chunk", "prefix"]
 
 
 class Engine(Protocol):
@@ -19,6 +26,9 @@ class Engine(Protocol):
     def key(self) -> str:
         """Names the engine, model, device and thread count, for cached cost calibrations."""
         ...
+
+    #: How the engine recomputes what is not loaded (see `Recompute`).
+    recompute: Recompute
 
     @property
     def kv_elements_per_token(self) -> int:
@@ -33,16 +43,19 @@ class Engine(Protocol):
         """Decode a chunk's blob and append it to the cache.
 
         Must leave the cache unchanged when it raises (`cachegen.FormatError` for a bad blob,
-        `ValueError` for one that does not fit the model): the loader then recomputes the chunk.
+        `ValueError` for one that does not fit the model, a device error such as running out
+        of memory): the loader then recomputes the chunk, or ends the prefix there.
         """
         ...
 
     def append_text(self, token_ids: np.ndarray) -> None:
-        """Recompute the KV of `token_ids` on top of the cache and append it."""
+        """Recompute the KV of `token_ids` on top of the cache and append it (never called
+        on a "prefix" engine)."""
         ...
 
-    def measure_prefill(self) -> float:
-        """Measure the engine's recompute speed, in tokens/s (a calibration run)."""
+    def measure_prefill(self, positions: Sequence[int]) -> Sequence[float]:
+        """Calibration: tokens/s recomputing `cachegen.stream.costs.CALIBRATION_TOKENS` tokens
+        after each of `positions` tokens of context."""
         ...
 
     def finish(self) -> Any:

@@ -12,13 +12,25 @@ chunks later.
 Planning uses a lower bound, not the mean: `planning_bps(n)` is a rate the next `n` transfers
 should beat about nine times in ten, from the spread of the recent samples, so a noisy link
 gets a safety margin that shrinks as more transfers average the noise out.
+
+One estimator per store lives for the whole process (`estimator_for`) and is saved next to the
+cost calibration, so a load starts from what the previous one measured, even in a new process,
+instead of probing. Each load still leaves out its own first sample (`begin_load`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from cachegen.store import Store
+
+from .costs import default_cache_file, read_json, write_json
 
 #: One-sided normal quantile of the planning bound (0.9).
 _Z = 1.28
@@ -41,6 +53,10 @@ class BandwidthEstimator:
     drop_ratio: float = 0.5
     _rates: deque[float] = field(default_factory=deque, init=False, repr=False)
     _first: float | None = field(default=None, init=False, repr=False)
+
+    def begin_load(self) -> None:
+        """A new load starts: its first transfer may pay for a connection again."""
+        self._first = None
 
     def add(self, nbytes: int, seconds: float) -> None:
         """Record one transfer of `nbytes` that took `seconds`."""
@@ -77,3 +93,70 @@ class BandwidthEstimator:
         if bps is None:
             return None
         return bps / (1 + _Z * self.spread / math.sqrt(max(transfers, 1)))
+
+    def samples(self) -> list[float]:
+        """The recent rates (bytes/s), oldest first; the first sample if it is alone."""
+        if self._rates:
+            return list(self._rates)
+        return [self._first] if self._first is not None else []
+
+    def restore(self, rates: list[float]) -> None:
+        """Start from `rates` (from `samples`) as if measured by earlier loads."""
+        self._rates = deque(float(r) for r in rates[-self.window :] if r > 0)
+
+
+#: Stores whose estimates the file keeps (the most recently saved): temporary stores come and go.
+_KEEP_STORES = 64
+_ESTIMATORS: dict[str, BandwidthEstimator] = {}
+_LOCK = threading.Lock()
+
+
+def bandwidth_file() -> Path:
+    """``bandwidth.json`` beside the cost calibration file."""
+    return default_cache_file().with_name("bandwidth.json")
+
+
+def _store_key(store: Store) -> str:
+    # A digest, not the URL: URLs may carry credentials, and the file needs no more.
+    return hashlib.sha256(store.url.encode()).hexdigest()[:24]
+
+
+def estimator_for(store: Store) -> BandwidthEstimator:
+    """The process-wide estimator of `store`'s link, started from the saved one if any."""
+    key = _store_key(store)
+    with _LOCK:
+        est = _ESTIMATORS.get(key)
+        if est is None:
+            est = _ESTIMATORS[key] = BandwidthEstimator()
+            entry = read_json(bandwidth_file()).get(key)
+            if isinstance(entry, dict) and isinstance(entry.get("rates"), list):
+                try:
+                    est.restore([float(r) for r in entry["rates"]])
+                except (TypeError, ValueError):
+                    pass  # a damaged entry: measure afresh
+        return est
+
+
+def save_estimate(store: Store) -> None:
+    """Persist `store`'s estimator for the next process."""
+    key = _store_key(store)
+    with _LOCK:
+        est = _ESTIMATORS.get(key)
+        if est is None or not est.samples():
+            return
+        path = bandwidth_file()
+        table = read_json(path)
+        table[key] = {"rates": est.samples(), "saved": time.time()}
+        newest = sorted(table, key=lambda k: _saved(table[k]), reverse=True)[:_KEEP_STORES]
+        write_json(path, {k: table[k] for k in newest})
+
+
+def _saved(entry: object) -> float:
+    saved = entry.get("saved") if isinstance(entry, dict) else None
+    return float(saved) if isinstance(saved, int | float) else 0.0
+
+
+def forget_estimates() -> None:
+    """Drop the process's estimators (tests; the saved file stays)."""
+    with _LOCK:
+        _ESTIMATORS.clear()

@@ -4,22 +4,26 @@ model generates from (`model(ids, cache=cache)` or `generate`)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 import cachegen
 
+from .costs import CALIBRATION_TOKENS
+from .engine import Recompute
+
 if TYPE_CHECKING:
     import torch
     from transformers import DynamicCache
 
-#: Tokens of the calibration prefill: one chunk, the size the loader recomputes at a time.
-_CALIBRATION_TOKENS = 256
-
 
 class HFEngine:
     """Fills a `DynamicCache` for `model` (a causal LM in eval mode) from blobs and text."""
+
+    #: Any chunk can be recomputed on top of the cache built so far.
+    recompute: Recompute = "chunk"
 
     def __init__(self, model: Any, *, name: str | None = None) -> None:
         import torch
@@ -87,17 +91,24 @@ class HFEngine:
             # Only the cache is wanted: skip the vocabulary projection for all but one token.
             self.model(ids, cache=self._live(), use_cache=True, logits_to_keep=1)
 
-    def measure_prefill(self) -> float:
+    def measure_prefill(self, positions: Sequence[int]) -> list[float]:
+        # One growing cache: each timed chunk lands at its position, untimed filler between.
         rng = np.random.default_rng(0)
         vocab = self.config.vocab_size
         self.begin()
         self.append_text(rng.integers(0, vocab, 16))  # warm up kernels and allocator
-        ids = rng.integers(0, vocab, _CALIBRATION_TOKENS)
-        t0 = time.perf_counter()
-        self.append_text(ids)
-        seconds = time.perf_counter() - t0
+        self.begin()
+        speeds, filled = [], 0
+        for position in sorted(positions):
+            if position > filled:
+                self.append_text(rng.integers(0, vocab, position - filled))
+            t0 = time.perf_counter()
+            self.append_text(rng.integers(0, vocab, CALIBRATION_TOKENS))
+            speeds.append(CALIBRATION_TOKENS / (time.perf_counter() - t0))
+            filled = position + CALIBRATION_TOKENS
         self._cache = None
-        return _CALIBRATION_TOKENS / seconds
+        order = sorted(range(len(positions)), key=lambda i: positions[i])
+        return [speeds[order.index(i)] for i in range(len(positions))]
 
     def finish(self) -> DynamicCache:
         cache = self._live()

@@ -1,48 +1,56 @@
 """The loader: a stored context into an engine's cache, chunk by chunk, within a TTFT SLO.
 
 Two threads make the pipeline the planner models. A fetch thread plans each chunk (with the
-bandwidth measured so far and the compute backlog it knows of), fetches its blob, and queues it;
-the calling thread decodes or recomputes the queued chunks in order. So the fetch of chunk i+1
-overlaps the decode of chunk i, and every chunk is planned with the previous one's measurement.
-A missing or corrupted object, or a blob that will not decode, turns its chunk into text.
+bandwidth measured so far and the compute backlog it knows of), fetches its blob, and hands it
+over through a queue bounded in bytes (a slow engine holds the fetches back instead of piling
+blobs up in memory; the bound is far above what a load in its SLO holds, so the planner's
+model of a fetch stage running ahead stays true); the calling thread decodes or recomputes the
+chunks in order. So the fetch of chunk i+1 overlaps the decode of chunk i, and every chunk is
+planned with the previous one's measurement.
+
+Every read has a deadline taken from the load's budget (`cachegen.stream.deadline`): opening
+the context gets a share of it, each chunk what is left. A chunk that cannot be loaded (missing,
+corrupted, late, or refused by the engine's decoder or device) is recomputed from text by a
+"chunk" engine; for a "prefix" engine it ends the loaded prefix, and the engine recomputes the
+rest itself. No store or decode failure escapes the load.
 """
 
 from __future__ import annotations
 
 import math
-import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-import cachegen
 from cachegen.context import DEFAULT_CHUNK_TOKENS, Context, ObjectRef, open_context
 from cachegen.context.keys import token_array
-from cachegen.store import FileStore, MemoryStore, Store, StoreError
+from cachegen.store import Store, StoreError
 
+from .controller import Controller
 from .costs import CostModel
+from .deadline import HEDGE_FACTOR, HEDGE_SLACK_S, BoundedStore, cause_of
 from .engine import Engine
-from .estimator import BandwidthEstimator
-from .planner import (
-    TEXT,
-    Choice,
-    ConstantLink,
-    Decision,
-    OptionTable,
-    Planner,
-    Policy,
-    Step,
-    level_kl,
-)
+from .estimator import BandwidthEstimator, estimator_for, save_estimate
+from .options import ChunkOptions, context_chunks, option_table
+from .planner import TEXT, Choice, Decision, OptionTable, Policy, Step, level_kl
 from .report import ChunkReport, LoadReport
 
 #: Range size for parallel range requests on remote stores.
 RANGE_BYTES = 256 * 1024
+#: Share of the SLO the context's manifest and records may take before the load gives up on
+#: the stored context; never less than `OPEN_FLOOR_S`.
+OPEN_SHARE = 0.25
+OPEN_FLOOR_S = 0.2
+#: The least time a chunk's read gets, even when the SLO is already spent.
+CHUNK_FLOOR_S = 0.25
+#: Bytes of fetched blobs waiting for the compute thread at most (one blob always fits).
+QUEUE_BYTES = 256 << 20
 
 
 @dataclass
@@ -53,12 +61,92 @@ class LoadResult:
     report: LoadReport
 
 
-@dataclass(frozen=True)
-class _Chunk:
-    start: int
-    stop: int
-    #: Stored objects by level; empty for a chunk that was never stored (text only).
-    levels: dict[int, ObjectRef]
+@dataclass
+class Loader:
+    """Loads stored contexts into one engine.
+
+    Attributes:
+        store: where the contexts are.
+        engine: the engine to fill; its `recompute` says what a chunk not loaded becomes.
+        costs: its compute costs (see `CostModel.calibrated`); corrected by every load.
+        slo_s: the TTFT target for loading a context.
+        ranges: parallel range requests per blob (None: 4 where the store says ranged reads
+            are cheap, else 1).
+        prior_bps: the link's bandwidth, if known: the load starts from it instead of the
+            store's shared estimate.
+        policy: choose with this instead of the `Controller` (baselines, fixed levels).
+        estimator: the bandwidth estimate to use and refine (None: the process-wide one of
+            `store`, saved for the next process; see `estimator_for`).
+        clock: seconds, for the report's times (the deadlines use `time.monotonic`).
+    """
+
+    store: Store
+    engine: Engine
+    costs: CostModel
+    slo_s: float
+    ranges: int | None = None
+    prior_bps: float | None = None
+    margin: float = 0.05
+    policy: Policy | None = None
+    estimator: BandwidthEstimator | None = None
+    clock: Callable[[], float] = time.perf_counter
+
+    def load(
+        self,
+        model_id: str,
+        token_ids: Any,
+        *,
+        chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+        prefix_tokens: int | None = None,
+        salt: str | bytes | None = None,
+    ) -> LoadResult:
+        """Fill the engine's cache with the context of `token_ids`, stored or not.
+
+        `prefix_tokens` caps what a "prefix" engine may load (the tokens its scheduler agreed
+        to take, e.g. `plan_prefix(...).tokens`); the engine recomputes the rest. `salt` is the
+        tenant salt the context was saved with (`cachegen.context.save_context`).
+        """
+        tokens = token_array(token_ids)
+        t0 = self.clock()
+        report = LoadReport(slo_s=self.slo_s, total_tokens=len(tokens))
+        shared = self.estimator is None and self.prior_bps is None
+        estimator = self.estimator or (
+            BandwidthEstimator(prior_bps=self.prior_bps)
+            if self.prior_bps is not None
+            else estimator_for(self.store)
+        )
+        estimator.begin_load()
+        bounded = BoundedStore(self.store, estimator)
+        try:
+            bounded.set_budget(max(OPEN_SHARE * self.slo_s, OPEN_FLOOR_S))
+            ctx = self._open(bounded, model_id, tokens, chunk_tokens, salt, report)
+            report.open_s = self.clock() - t0
+            self.engine.begin()
+            run = _Run(self, bounded, estimator, tokens, ctx, chunk_tokens, prefix_tokens, report)
+            run.execute(lambda: self.clock() - t0)
+            report.total_s = self.clock() - t0
+        finally:
+            report.hedged_reads = bounded.hedges
+            bounded.close()
+            if shared:
+                save_estimate(self.store)
+        return LoadResult(self.engine.finish(), report)
+
+    @staticmethod
+    def _open(
+        store: Store,
+        model_id: str,
+        tokens: np.ndarray,
+        chunk_tokens: int,
+        salt: str | bytes | None,
+        report: LoadReport,
+    ) -> Context | None:
+        try:
+            return open_context(store, model_id, tokens, chunk_tokens=chunk_tokens, salt=salt)
+        except StoreError as e:
+            report.context_error = f"{type(e).__name__}: {e}"
+            report.context_cause = cause_of(e)
+            return None
 
 
 @dataclass
@@ -67,7 +155,41 @@ class _Item:
 
     row: ChunkReport
     blob: bytes | None
-    predicted_s: float
+
+
+class _Handoff:
+    """A FIFO of chunks bounded by the bytes of their blobs."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: deque[_Item | BaseException | None] = deque()
+        self._bytes = 0
+        self._cond = threading.Condition()
+
+    @staticmethod
+    def _size(item: _Item | BaseException | None) -> int:
+        return len(item.blob) if isinstance(item, _Item) and item.blob is not None else 0
+
+    def put(self, item: _Item | BaseException | None, stop: threading.Event) -> None:
+        """Append `item` once it fits (or the queue is empty); drop it if `stop` is set."""
+        size = self._size(item)
+        with self._cond:
+            while self._items and self._bytes + size > self.max_bytes:
+                if stop.is_set():
+                    return
+                self._cond.wait(0.05)
+            self._items.append(item)
+            self._bytes += size
+            self._cond.notify_all()
+
+    def get(self) -> _Item | BaseException | None:
+        with self._cond:
+            while not self._items:
+                self._cond.wait()
+            item = self._items.popleft()
+            self._bytes -= self._size(item)
+            self._cond.notify_all()
+            return item
 
 
 @dataclass
@@ -84,196 +206,181 @@ class _Backlog:
             return max(now, self.last_done) + sum(self.queued_s.values())
 
 
-@dataclass
-class Loader:
-    """Loads stored contexts into one engine.
-
-    Attributes:
-        store: where the contexts are.
-        engine: the engine to fill.
-        costs: its compute costs (see `CostModel.calibrated`).
-        slo_s: the TTFT target for loading a context.
-        ranges: parallel range requests per blob (None: 4 on remote stores, 1 on local ones).
-        prior_bps: bandwidth assumed before the first measurement (None: probe with the
-            smallest level of the first chunk).
-        policy: choose with this instead of the planner (baselines, fixed levels).
-    """
-
-    store: Store
-    engine: Engine
-    costs: CostModel
-    slo_s: float
-    ranges: int | None = None
-    prior_bps: float | None = None
-    margin: float = 0.05
-    policy: Policy | None = None
-    clock: Callable[[], float] = time.perf_counter
-
-    def load(
-        self, model_id: str, token_ids: Any, *, chunk_tokens: int = DEFAULT_CHUNK_TOKENS
-    ) -> LoadResult:
-        """Fill the engine's cache with the context of `token_ids`, stored or not."""
-        tokens = token_array(token_ids)
-        t0 = self.clock()
-        report = LoadReport(slo_s=self.slo_s)
-        try:
-            ctx: Context | None = open_context(
-                self.store, model_id, tokens, chunk_tokens=chunk_tokens
-            )
-        except StoreError as e:
-            ctx, report.context_error = None, f"{type(e).__name__}: {e}"
-        chunks = _chunks(ctx, len(tokens), chunk_tokens)
-        kl = level_kl(ctx.quality if ctx else None, ctx.levels if ctx else [])
-        self.engine.begin()
-        run = _Run(self, tokens, chunks, kl, report, lambda: self.clock() - t0)
-        run.execute()
-        report.total_s = self.clock() - t0
-        return LoadResult(self.engine.finish(), report)
-
-
-def probe_level(levels: Mapping[int, ObjectRef]) -> int:
-    """The first chunk's level, before anything is measured: the middle stored level.
-
-    The smallest would measure soonest, but the lowest levels cost the most quality (an
-    eighth of a short context at level 1 can dominate its KL); the middle one is a fair bet
-    at both ends of the bandwidth range.
-    """
-    by_size = sorted(levels, key=lambda lv: levels[lv].size)
-    return by_size[(len(by_size) - 1) // 2]
-
-
-def _chunks(ctx: Context | None, n: int, chunk_tokens: int) -> list[_Chunk]:
-    """Stored chunks, then text-only chunks for the tokens past the stored prefix."""
-    stored = [_Chunk(c.start, c.stop, dict(c.levels)) for c in (ctx.chunks if ctx else [])]
-    first = stored[-1].stop if stored else 0
-    rest = [_Chunk(s, min(s + chunk_tokens, n), {}) for s in range(first, n, chunk_tokens)]
-    return stored + rest
-
-
 class _Run:
     """One load in progress: the fetch thread's loop and the compute thread's loop."""
 
     def __init__(
         self,
         loader: Loader,
+        store: BoundedStore,
+        estimator: BandwidthEstimator,
         tokens: np.ndarray,
-        chunks: list[_Chunk],
-        kl: dict[int, float],
+        ctx: Context | None,
+        chunk_tokens: int,
+        prefix_tokens: int | None,
         report: LoadReport,
-        now: Callable[[], float],
     ) -> None:
-        self.loader, self.tokens, self.chunks, self.kl = loader, tokens, chunks, kl
-        self.report, self.now = report, now
-        self.choices: tuple[Choice, ...] = (*sorted(kl), TEXT)
-        self.estimator = BandwidthEstimator(prior_bps=loader.prior_bps)
-        self.planner = Planner(loader.slo_s, loader.margin)
+        self.loader, self.store, self.estimator = loader, store, estimator
+        self.tokens, self.report = tokens, report
+        self.prefix = loader.engine.recompute == "prefix"
+        limit = len(tokens) if prefix_tokens is None or not self.prefix else prefix_tokens
+        self.chunks = [
+            c if c.stop <= limit else ChunkOptions(c.start, c.stop)
+            for c in context_chunks(ctx, len(tokens), chunk_tokens)
+        ]
+        stored = ctx.chunks if ctx else []
+        self.refs: list[dict[int, ObjectRef]] = [dict(c.levels) for c in stored]
+        levels = ctx.levels if ctx else []
+        self.kl = level_kl(ctx.quality if ctx else None, levels)
+        self.choices: tuple[Choice, ...] = (*levels, TEXT)
+        self.policy = loader.policy or Controller(loader.slo_s, loader.margin, self.prefix)
         self.backlog = _Backlog()
-        self.items: queue.Queue[_Item | BaseException | None] = queue.Queue()
-        # Local stores read at memory speed: splitting a read only adds overhead there.
-        local = isinstance(loader.store, MemoryStore | FileStore)
-        self.ranges = loader.ranges or (1 if local else 4)
+        self.items = _Handoff(QUEUE_BYTES)
+        self.planned = False
+        self.done = threading.Event()  # the compute side stopped: the fetch side stops too
+        self.ranges = loader.ranges or (4 if store.cheap_ranges else 1)
+        self.now: Callable[[], float] = time.perf_counter
 
-    def execute(self) -> None:
+    def execute(self, now: Callable[[], float]) -> None:
+        self.now = now
         fetcher = threading.Thread(target=self._fetch_all, name="cachegen-fetch", daemon=True)
         fetcher.start()
         try:
             self._compute_all()
         finally:
+            self.done.set()
             fetcher.join()
+        self._finish_report()
 
     # -- fetch thread --------------------------------------------------------------------
     def _fetch_all(self) -> None:
         try:
             with ThreadPoolExecutor(self.ranges, thread_name_prefix="cachegen-range") as pool:
                 for i in range(len(self.chunks)):
-                    self.items.put(self._fetch(i, pool))
-            self.items.put(None)
+                    if self.done.is_set():
+                        break
+                    item = self._fetch(i, pool)
+                    if self.prefix and item.row.choice == TEXT:
+                        self._end_prefix(item.row)
+                        break
+                    self._put(item)
+            self._put(None)
         except BaseException as e:  # noqa: BLE001 - handed to the calling thread to raise
-            self.items.put(e)
+            self._put(e)
+
+    def _put(self, item: _Item | BaseException | None) -> None:
+        """Queue `item`, waiting while the queue is full, unless the compute side stopped."""
+        self.items.put(item, self.done)
 
     def _fetch(self, i: int, pool: ThreadPoolExecutor) -> _Item:
         chunk = self.chunks[i]
         start = self.now()
         decision = self._decide(i, start)
+        bps = self.estimator.bps
         row = ChunkReport(
             index=i,
-            tokens=chunk.stop - chunk.start,
+            tokens=chunk.tokens,
             choice=decision.choice,
             planned=decision.choice,
             nbytes=0,
             fetch_start=start,
             fetch_end=start,
-            bandwidth_bps=self.estimator.bps,
+            bandwidth_bps=bps,
             predicted_finish=decision.finish,
         )
+        if bps is not None and not self.planned:  # the first plan made with a bandwidth
+            self.planned = True
+            self.report.planned_feasible = decision.feasible
         blob = None
         if decision.choice != TEXT:
-            ref = chunk.levels[int(decision.choice)]
+            ref = self.refs[i][int(decision.choice)]
+            row.predicted_fetch_s = ref.size / bps if bps else 0.0
+            began = time.monotonic()
             try:
-                blob = self._get(ref, pool)
-            except StoreError as e:
-                row.choice, row.fallback = TEXT, f"{type(e).__name__}: {e}"
+                blob, seconds = self._get(ref, pool, start, row.predicted_fetch_s)
+            except Exception as e:  # noqa: BLE001 - every read failure is a fallback
+                row.choice, row.fallback, row.cause = TEXT, f"{type(e).__name__}: {e}", cause_of(e)
+                if row.cause == "timeout":
+                    # Less than the blob arrived in that time: a bound on the rate, low enough
+                    # for the estimator's drop rule, so the next chunks plan for a slow link.
+                    self.estimator.add(ref.size, time.monotonic() - began)
             row.fetch_end = self.now()
             if blob is not None:
                 row.nbytes = len(blob)
-                self.estimator.add(len(blob), row.fetch_end - start)
-        predicted = self._compute_time(chunk, row.choice)
+                self.estimator.add(len(blob), seconds)
+        row.predicted_compute_s = self._compute_time(chunk, row.choice)
         with self.backlog.lock:
-            self.backlog.queued_s[i] = predicted
-        return _Item(row, blob, predicted)
+            self.backlog.queued_s[i] = row.predicted_compute_s
+        return _Item(row, blob)
 
     def _decide(self, i: int, now: float) -> Decision:
-        chunk = self.chunks[i]
-        if not chunk.levels:
+        if not self.chunks[i].sizes:
             return Decision(TEXT, now, True, 0.0)
-        cpu_free = self.backlog.free_at(now)
-        policy = self.loader.policy
-        if policy is not None:
-            choice = policy(Step(i, now, cpu_free, self._table(i), self.estimator))
-            if choice != TEXT and int(choice) not in chunk.levels:
-                choice = TEXT  # the policy asked for a level this chunk lacks
-            return Decision(choice, now, True, 0.0)
-        bps = self.estimator.bps
-        if bps is None:
-            table = self._table(i)
-            text = self.planner.all_text(table, now, cpu_free)
-            return text or Decision(probe_level(chunk.levels), now, True, 0.0)
-        safe = ConstantLink(self.estimator.planning_bps(len(self.chunks) - i) or bps)
-        return self.planner.choose(self._table(i), now, cpu_free, ConstantLink(bps), safe)
+        step = Step(i, now, self.backlog.free_at(now), self._table(i), self.estimator)
+        if isinstance(self.policy, Controller):
+            return self.policy.decide(step)
+        choice = self.policy(step)
+        if choice != TEXT and choice not in self.chunks[i].sizes:
+            choice = TEXT  # the policy asked for a level this chunk lacks
+        return Decision(choice, now, True, 0.0)
 
     def _table(self, first: int) -> OptionTable:
         """Costs of every option for chunks `first` onwards, with the latest speeds."""
-        rest = self.chunks[first:]
-        shape = (len(rest), len(self.choices))
-        nbytes, requests = np.zeros(shape), np.zeros(shape)
-        compute, loss = np.zeros(shape), np.zeros(shape)
-        for r, chunk in enumerate(rest):
-            for c, choice in enumerate(self.choices):
-                compute[r, c] = self._compute_time(chunk, choice)
-                if choice == TEXT:
-                    continue
-                ref = chunk.levels.get(int(choice))
-                nbytes[r, c] = ref.size if ref else math.inf
-                requests[r, c] = 1
-                loss[r, c] = self.kl[int(choice)] * (chunk.stop - chunk.start) if ref else math.inf
-        tokens = np.array([c.stop - c.start for c in rest])
-        return OptionTable(self.choices, nbytes, requests, compute, loss, tokens)
+        return option_table(
+            self.chunks[first:],
+            self.choices,
+            self.kl,
+            self.loader.costs,
+            self.loader.engine.kv_elements_per_token,
+        )
 
-    def _compute_time(self, chunk: _Chunk, choice: Choice) -> float:
-        costs, tokens = self.loader.costs, chunk.stop - chunk.start
+    def _compute_time(self, chunk: ChunkOptions, choice: Choice) -> float:
+        costs = self.loader.costs
         if choice == TEXT:
-            return costs.recompute_time(tokens)
-        return costs.decode_time(tokens * self.loader.engine.kv_elements_per_token)
+            return costs.recompute_time(chunk.tokens, chunk.start)
+        return costs.decode_time(chunk.tokens * self.loader.engine.kv_elements_per_token)
 
-    def _get(self, ref: ObjectRef, pool: ThreadPoolExecutor) -> bytes:
-        """The verified object, in `ranges` parallel range requests when it is large enough."""
-        store = self.loader.store
+    def _deadline(self, start: float, expect_s: float) -> float:
+        """When a chunk read begun at `start` (load time) must have ended, in monotonic
+        seconds: what is left of the SLO, but never less than a few predicted transfers."""
+        left = self.loader.slo_s - start
+        floor = max(CHUNK_FLOOR_S, HEDGE_FACTOR * expect_s + 2 * HEDGE_SLACK_S)
+        return time.monotonic() + max(left, floor)
+
+    def _get(
+        self, ref: ObjectRef, pool: ThreadPoolExecutor, start: float, expect_s: float
+    ) -> tuple[bytes, float]:
+        """The verified object and the seconds its reads took, in `ranges` parallel range
+        requests when it is large enough; all by the chunk's deadline."""
+        deadline = self._deadline(start, expect_s)
         if self.ranges <= 1 or ref.size <= RANGE_BYTES:
-            return ref.verify(store.get(ref.key))
+            data, seconds = self.store.read(lambda s: s.get(ref.key), ref.size, deadline)
+            return ref.verify(data), seconds
         step = math.ceil(ref.size / self.ranges)
-        starts = range(0, ref.size, step)
-        parts = pool.map(lambda s: store.get_range(ref.key, s, min(s + step, ref.size)), starts)
-        return ref.verify(b"".join(parts))
+
+        def part(lo: int) -> tuple[bytes, float]:
+            hi = min(lo + step, ref.size)
+            return self.store.read(lambda s: s.get_range(ref.key, lo, hi), hi - lo, deadline)
+
+        futures = [pool.submit(part, lo) for lo in range(0, ref.size, step)]
+        try:
+            parts = [f.result() for f in futures]
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+        # The parts ran side by side: the slowest answering request is the transfer's time.
+        return ref.verify(b"".join(p for p, _ in parts)), max(s for _, s in parts)
+
+    def _end_prefix(self, row: ChunkReport) -> None:
+        """A "prefix" engine's load ends before chunk `row`: planned text or a failure."""
+        if row.cause:
+            self.report.chunks.append(row)
+            self.report.prefix_end = row.cause
+        elif self.chunks[row.index].sizes:
+            self.report.prefix_end = "planned"
+        else:
+            self.report.prefix_end = self.report.context_cause or "not stored"
 
     # -- compute thread (the caller's) ---------------------------------------------------
     def _compute_all(self) -> None:
@@ -283,9 +390,11 @@ class _Run:
                 return
             if isinstance(item, BaseException):
                 raise item
-            self._compute(item)
+            if not self._compute(item):
+                return
 
-    def _compute(self, item: _Item) -> None:
+    def _compute(self, item: _Item) -> bool:
+        """Put one chunk into the engine; False when it ends a "prefix" engine's load."""
         row, chunk = item.row, self.chunks[item.row.index]
         engine, costs = self.loader.engine, self.loader.costs
         t0 = self.now()
@@ -294,15 +403,35 @@ class _Run:
                 engine.append_kv(item.blob)
                 row.compute_s = self.now() - t0
                 costs.observe_decode(row.tokens * engine.kv_elements_per_token, row.compute_s)
-            except (cachegen.FormatError, ValueError) as e:
-                row.choice, row.fallback = TEXT, f"{type(e).__name__}: {e}"
+            except Exception as e:  # noqa: BLE001 - decoder or device: the chunk is not loaded
+                row.choice, row.fallback, row.cause = TEXT, f"{type(e).__name__}: {e}", "decode"
+        if row.choice == TEXT and self.prefix:
+            self._record(row)
+            self.report.prefix_end = row.cause
+            return False
         if row.choice == TEXT:
             t1 = self.now()
             engine.append_text(self.tokens[chunk.start : chunk.stop])
-            costs.observe_recompute(row.tokens, self.now() - t1)
+            costs.observe_recompute(row.tokens, chunk.start, self.now() - t1)
             row.compute_s = self.now() - t0
+        self._record(row)
+        return True
+
+    def _record(self, row: ChunkReport) -> None:
         row.compute_end = self.now()
         with self.backlog.lock:
             self.backlog.queued_s.pop(row.index, None)
             self.backlog.last_done = row.compute_end
         self.report.chunks.append(row)
+
+    def _finish_report(self) -> None:
+        rep = self.report
+        rep.chunks.sort(key=lambda c: c.index)
+        rep.loaded_tokens = sum(c.tokens for c in rep.chunks if c.choice != TEXT)
+        if not self.prefix:
+            return
+        if not rep.prefix_end:
+            complete = rep.loaded_tokens == len(self.tokens)
+            rep.prefix_end = "complete" if complete else rep.context_cause or "not stored"
+        rest = len(self.tokens) - rep.loaded_tokens
+        rep.recompute_after_s = self.loader.costs.recompute_time(rest, rep.loaded_tokens)

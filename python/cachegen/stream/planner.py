@@ -10,6 +10,10 @@ two options, spread evenly (a text chunk recomputes while the next blob download
 beat either option alone). Among plans predicted to finish within the SLO it takes the one with
 the least quality loss (KL x tokens); when none fits, the one that finishes first. Only the
 plan's first step is used: after that chunk, it plans again with what it measured meanwhile.
+
+For an engine that takes loaded KV only as a prefix (`prefix=True`), the plans are "chunks
+0..k-1 at stored levels (one, or a mix of two), then text for the rest": the text suffix is what
+the engine recomputes after the load, costed at its position in the context.
 """
 
 from __future__ import annotations
@@ -120,6 +124,8 @@ class Planner:
 
     slo_s: float
     margin: float = 0.05
+    #: Plans for an engine that takes loaded KV only as a prefix.
+    prefix: bool = False
 
     def choose(
         self,
@@ -137,18 +143,32 @@ class Planner:
         plan fastest on `link` (the expected rate) is taken, since a bound biased low would
         favour recomputing over fetching.
         """
-        plans = candidate_plans(len(table), len(table.choices))
+        return self.plan(table, now, cpu_free, link, safe_link)[1]
+
+    def plan(
+        self,
+        table: OptionTable,
+        now: float,
+        cpu_free: float,
+        link: Link,
+        safe_link: Link | None = None,
+    ) -> tuple[tuple[Choice, ...], Decision]:
+        """The whole best plan for `table`'s chunks (see `choose`) and its decision."""
+        plans = self.candidates(table)
         finish, loss = evaluate(plans, table, now, cpu_free, safe_link or link)
-        ok = finish <= self._deadline(now)
-        if ok.any():
-            # Least loss; among equal losses, the earliest finish.
-            best = np.lexsort((finish, np.where(ok, loss, np.inf)))[0]
-        else:
-            if safe_link is not None:
-                finish, loss = evaluate(plans, table, now, cpu_free, link)
-            best = np.lexsort((loss, finish))[0]
-        choice = table.choices[int(plans[best, 0])]
-        return Decision(choice, float(finish[best]), bool(ok.any()), float(loss[best]))
+        best, feasible = best_plan(finish, loss, self._deadline(now))
+        if not feasible and safe_link is not None:
+            finish, loss = evaluate(plans, table, now, cpu_free, link)
+            best, _ = best_plan(finish, loss, -np.inf)
+        choices = tuple(table.choices[int(c)] for c in plans[best])
+        first = choices[0] if choices else TEXT
+        return choices, Decision(first, float(finish[best]), feasible, float(loss[best]))
+
+    def candidates(self, table: OptionTable) -> np.ndarray:
+        """The plans scored for `table`: any two-option mix, or prefix plans."""
+        if self.prefix and TEXT in table.choices:
+            return prefix_plans(len(table), len(table.choices), table.choices.index(TEXT))
+        return candidate_plans(len(table), len(table.choices))
 
     def all_text(self, table: OptionTable, now: float, cpu_free: float) -> Decision | None:
         """The all-text plan if it meets the SLO: it is lossless, so it is the best plan
@@ -163,6 +183,15 @@ class Planner:
 
     def _deadline(self, now: float) -> float:
         return now + (self.slo_s - now) * (1 - self.margin)
+
+
+def best_plan(finish: np.ndarray, loss: np.ndarray, deadline: float) -> tuple[int, bool]:
+    """Index of the best plan and whether it meets `deadline`: the least loss among plans
+    that meet it (the earliest finish among equal losses), else the earliest finish."""
+    ok = finish <= deadline
+    if ok.any():
+        return int(np.lexsort((finish, np.where(ok, loss, np.inf)))[0]), True
+    return int(np.lexsort((loss, finish))[0]), False
 
 
 def evaluate(
@@ -199,6 +228,19 @@ def candidate_plans(chunks: int, options: int) -> np.ndarray:
                 if a != b:
                     plans.append(np.where(is_a, a, b))
     return np.unique(np.stack(plans), axis=0)
+
+
+@functools.lru_cache(maxsize=64)
+def prefix_plans(chunks: int, options: int, text: int) -> np.ndarray:
+    """Plans ``[plans, chunks]`` for a prefix-only engine: for every k, chunks 0..k-1 at stored
+    options (each alone or a two-option mix, as `candidate_plans`), then option `text`."""
+    stored = np.array([o for o in range(options) if o != text], dtype=np.intp)
+    plans = [np.full((1, chunks), text, dtype=np.intp)]
+    for k in range(1, chunks + 1) if len(stored) else ():
+        head = stored[candidate_plans(k, len(stored))]
+        tail = np.full((len(head), chunks - k), text, dtype=np.intp)
+        plans.append(np.concatenate([head, tail], axis=1))
+    return np.unique(np.concatenate(plans), axis=0)
 
 
 def level_kl(quality: Mapping[str, object] | None, levels: Sequence[int]) -> dict[int, float]:

@@ -8,8 +8,11 @@ as a real loader does. Policies:
 - `fixed(choice)`: every chunk the same option (text only, int8, one level);
 - `cachegen_rule(slo)`: CacheGen's streamer: the SLO split evenly over chunks, per chunk the
   best level whose transfer fits its share at the last measured throughput, else text;
-- `ours(slo)`: the `Planner`, re-planning after every chunk;
+- `ours(slo)`: the loader's own `Controller`, re-planning after every chunk;
 - `oracle(...)`: the best plan in hindsight (the trace known in advance), as a bound.
+
+The policies are the objects the loader runs (`cachegen.stream.controller`): the simulator
+replaces only the clock and the store.
 """
 
 from __future__ import annotations
@@ -19,18 +22,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .controller import CacheGenRule, Controller, fixed
 from .estimator import BandwidthEstimator
-from .planner import (
-    TEXT,
-    Choice,
-    ConstantLink,
-    OptionTable,
-    Planner,
-    Policy,
-    Step,
-    candidate_plans,
-    evaluate,
-)
+from .planner import TEXT, Choice, OptionTable, Planner, Policy, Step, best_plan, evaluate
+
+__all__ = [
+    "SimResult",
+    "Trace",
+    "cachegen_rule",
+    "fixed",
+    "oracle",
+    "ours",
+    "select",
+    "simulate",
+]
 
 
 @dataclass(frozen=True)
@@ -99,14 +104,30 @@ def select(table: OptionTable, choices: Sequence[Choice]) -> OptionTable:
     )
 
 
-def simulate(table: OptionTable, trace: Trace, policy: Policy, slo_s: float) -> SimResult:
-    """Run one load of `table`'s chunks over `trace`, choosing with `policy`."""
-    estimator = BandwidthEstimator()
+def simulate(
+    table: OptionTable,
+    trace: Trace,
+    policy: Policy,
+    slo_s: float,
+    *,
+    prefix: bool = False,
+    estimator: BandwidthEstimator | None = None,
+) -> SimResult:
+    """Run one load of `table`'s chunks over `trace`, choosing with `policy`.
+
+    `prefix`: the engine takes a prefix only, so the first text chunk makes the rest text.
+    `estimator`: the bandwidth known at the start (default: nothing known yet).
+    """
+    estimator = estimator or BandwidthEstimator()
+    estimator.begin_load()
     now, cpu, nbytes, loss = 0.0, 0.0, 0.0, 0.0
     choices: list[Choice] = []
     for i in range(len(table)):
         # The simulator knows the compute schedule exactly; the loader predicts it.
-        choice = policy(Step(i, now, max(now, cpu), table.rest(i), estimator))
+        if prefix and TEXT in choices:
+            choice: Choice = TEXT
+        else:
+            choice = policy(Step(i, now, max(now, cpu), table.rest(i), estimator))
         c = table.choices.index(choice)
         size = float(table.nbytes[i, c])
         end = float(trace.finish(np.array(now), np.array(size), table.requests[i, c]))
@@ -119,65 +140,24 @@ def simulate(table: OptionTable, trace: Trace, policy: Policy, slo_s: float) -> 
     return SimResult(cpu, nbytes, loss, tokens, tuple(choices), cpu <= slo_s)
 
 
-def fixed(choice: Choice) -> Policy:
-    """Every chunk `choice`."""
-    return lambda step: choice
-
-
-def _probe(step: Step) -> Choice:
-    """Before any measurement: the middle level by size, as the loader does."""
-    sizes = step.table.nbytes[0]
-    kv = sorted(
-        (c for c, ch in enumerate(step.table.choices) if ch != TEXT), key=lambda c: sizes[c]
-    )
-    return step.table.choices[kv[(len(kv) - 1) // 2]]
-
-
-def ours(slo_s: float, margin: float = 0.05) -> Policy:
-    """The controller: `Planner` over the measured bandwidth."""
-    planner = Planner(slo_s, margin)
-
-    def choose(step: Step) -> Choice:
-        bps = step.estimator.bps
-        if bps is None:
-            text = planner.all_text(step.table, step.now, step.cpu_free)
-            return text.choice if text else _probe(step)
-        safe = ConstantLink(step.estimator.planning_bps(len(step.table)) or bps)
-        return planner.choose(step.table, step.now, step.cpu_free, ConstantLink(bps), safe).choice
-
-    return choose
+def ours(slo_s: float, margin: float = 0.05, prefix: bool = False) -> Controller:
+    """The controller the loader runs, as a policy."""
+    return Controller(slo_s, margin, prefix)
 
 
 def cachegen_rule(slo_s: float, chunks: int) -> Policy:
-    """CacheGen's streamer: each chunk gets ``slo_s / chunks`` seconds; the best level whose
-    transfer fits it at the last throughput, else text. Levels rank by loss."""
-
-    def choose(step: Step) -> Choice:
-        bps = step.estimator.bps
-        if bps is None:
-            return _probe(step)
-        share = slo_s / chunks
-        t = step.table
-        levels = [c for c, choice in enumerate(t.choices) if choice != TEXT]
-        fitting = [c for c in levels if t.nbytes[0, c] / bps <= share]
-        if not fitting:
-            return TEXT
-        return t.choices[min(fitting, key=lambda c: t.loss[0, c])]
-
-    return choose
+    """CacheGen's streamer (see `CacheGenRule`)."""
+    return CacheGenRule(slo_s, chunks)
 
 
-def oracle(table: OptionTable, trace: Trace, slo_s: float) -> SimResult:
-    """The best plan knowing the trace: least loss within the SLO, else the fastest."""
-    plans = candidate_plans(len(table), len(table.choices))
+def oracle(table: OptionTable, trace: Trace, slo_s: float, prefix: bool = False) -> SimResult:
+    """The best plan knowing the trace: least loss within the SLO, else the fastest (the
+    planner's candidates and ranking, with the true link instead of an estimate)."""
+    plans = Planner(slo_s, margin=0.0, prefix=prefix).candidates(table)
     finish, loss = evaluate(plans, table, 0.0, 0.0, trace)
-    ok = finish <= slo_s
-    if ok.any():
-        best = int(np.lexsort((finish, np.where(ok, loss, np.inf)))[0])
-    else:
-        best = int(np.lexsort((loss, finish))[0])
+    best, met = best_plan(finish, loss, slo_s)
     rows = np.arange(len(table))
     nbytes = float(table.nbytes[rows, plans[best]].sum())
     choices = tuple(table.choices[int(c)] for c in plans[best])
     ttft, tokens = float(finish[best]), int(table.tokens.sum())
-    return SimResult(ttft, nbytes, float(loss[best]), tokens, choices, bool(ok[best]))
+    return SimResult(ttft, nbytes, float(loss[best]), tokens, choices, met)

@@ -1,0 +1,99 @@
+"""The controller: the one decision path of every load, real or simulated.
+
+Before each chunk the loader (`cachegen.stream.loader`) and the trace simulator
+(`cachegen.stream.sim`) hand a policy the same `Step`: the costs of the chunks left, the time,
+when compute frees up, and the bandwidth measured so far. `Controller` is the policy that
+plans against the SLO; the baselines (`fixed`, `cachegen_rule`) are policies too, so what the
+simulator sweeps is the code that runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .planner import TEXT, Choice, ConstantLink, Decision, OptionTable, Planner, Policy, Step
+
+
+def probe_choice(table: OptionTable) -> Choice:
+    """The first chunk's option before anything is measured: the middle stored level by size.
+
+    The smallest would measure soonest, but the lowest levels cost the most quality (an eighth
+    of a short context at level 1 can dominate its KL); the middle one is a fair bet at both
+    ends of the bandwidth range. Text when the chunk has no stored level.
+    """
+    sizes = table.nbytes[0]
+    stored = [c for c, ch in enumerate(table.choices) if ch != TEXT and np.isfinite(sizes[c])]
+    if not stored:
+        return TEXT
+    by_size = sorted(stored, key=lambda c: sizes[c])
+    return table.choices[by_size[(len(by_size) - 1) // 2]]
+
+
+@dataclass(frozen=True)
+class Controller:
+    """Plans each chunk against a TTFT SLO with the bandwidth measured so far.
+
+    Attributes:
+        slo_s: the TTFT target of the load.
+        margin: fraction of the remaining budget held back against estimation error.
+        prefix: the engine takes loaded KV only as a prefix (see `Planner.prefix`).
+    """
+
+    slo_s: float
+    margin: float = 0.05
+    prefix: bool = False
+
+    @property
+    def planner(self) -> Planner:
+        return Planner(self.slo_s, self.margin, self.prefix)
+
+    def decide(self, step: Step) -> Decision:
+        """The option for chunk `step.index` and the predicted end of the load."""
+        table, est = step.table, step.estimator
+        bps = est.bps
+        if bps is None:
+            text = self.planner.all_text(table, step.now, step.cpu_free)
+            return text or Decision(probe_choice(table), step.now, True, 0.0)
+        safe = ConstantLink(est.planning_bps(len(table)) or bps)
+        return self.planner.choose(table, step.now, step.cpu_free, ConstantLink(bps), safe)
+
+    def __call__(self, step: Step) -> Choice:
+        return self.decide(step).choice
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """Every chunk `choice` (a baseline)."""
+
+    choice: Choice
+
+    def __call__(self, step: Step) -> Choice:
+        return self.choice
+
+
+@dataclass(frozen=True)
+class CacheGenRule:
+    """CacheGen's streamer (a baseline): each chunk gets ``slo_s / chunks`` seconds; the best
+    level whose transfer fits it at the last throughput, else text. Levels rank by loss."""
+
+    slo_s: float
+    chunks: int
+
+    def __call__(self, step: Step) -> Choice:
+        bps = step.estimator.bps
+        if bps is None:
+            return probe_choice(step.table)
+        share = self.slo_s / self.chunks
+        t = step.table
+        levels = [c for c, choice in enumerate(t.choices) if choice != TEXT]
+        fitting = [c for c in levels if t.nbytes[0, c] / bps <= share]
+        if not fitting:
+            return TEXT
+        return t.choices[min(fitting, key=lambda c: t.loss[0, c])]
+
+
+def fixed(choice: Choice) -> Policy:
+    """The baseline that loads every chunk as `choice`."""
+    return Fixed(choice)
