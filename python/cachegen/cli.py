@@ -18,7 +18,13 @@ import sys
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cachegen.context import ContextSummary
+    from cachegen.store import StoreError
+
+    Listed = ContextSummary | StoreError
 
 #: `cachegen bench NAME` runs bench/<script>.
 BENCHMARKS = {
@@ -165,8 +171,12 @@ def _inspect_store(url: str, as_json: bool) -> int:
     from cachegen.context import ContextSummary, list_contexts
     from cachegen.context.listing import shared_chunks
 
-    with cachegen.store.open(url) as store:
-        listed = list(list_contexts(store))
+    try:
+        with cachegen.store.open(url) as store:
+            listed = list(list_contexts(store))
+    except cachegen.store.StoreError as e:
+        print(f"cachegen inspect: {e}", file=sys.stderr)
+        return 2
     shared = shared_chunks([s for _, s in listed if isinstance(s, ContextSummary)])
     if as_json:
         contexts = [_context_json(key, s, shared) for key, s in listed]
@@ -177,7 +187,7 @@ def _inspect_store(url: str, as_json: bool) -> int:
     return int(any(not isinstance(s, ContextSummary) for _, s in listed))
 
 
-def _context_json(key: str, s: Any, shared: dict[str, int]) -> dict[str, Any]:
+def _context_json(key: str, s: Listed, shared: dict[str, int]) -> dict[str, Any]:
     if isinstance(s, Exception):
         return {"key": key, "error": str(s)}
     return {
@@ -193,7 +203,7 @@ def _context_json(key: str, s: Any, shared: dict[str, int]) -> dict[str, Any]:
     }
 
 
-def _context_line(key: str, s: Any, shared: dict[str, int]) -> str:
+def _context_line(key: str, s: Listed, shared: dict[str, int]) -> str:
     """`hash-prefix  model  tokens  chunks  shared  L<level> <bytes> ...`, clipped to
     `LINE_WIDTH`; or the reason the manifest could not be read."""
     name = Path(key).stem[:12]

@@ -44,18 +44,39 @@ def list_contexts(
 ) -> Iterator[tuple[str, ContextSummary | StoreError]]:
     """(manifest key, its summary, or the `StoreError` reading it raised) for every context.
     With `auth_key`, manifests are read as `open_context(auth_key=...)` reads them (an
-    unauthenticated one is an error line); without, authenticated manifests are error lines."""
+    unauthenticated one is an error line); without, authenticated manifests are error lines.
+    Only listing the keys may raise (`StoreError`): the store cannot be read at all."""
     auth = Authenticator.of(auth_key)
     keys = store.list(_MANIFESTS)
     for first in range(0, len(keys), _BATCH):
         batch = keys[first : first + _BATCH]
-        for key, raw in zip(batch, store.get_many(batch, missing_ok=True), strict=True):
+        for key, raw in zip(batch, _read(store, batch), strict=True):
             try:
-                if raw is None:
-                    raise ObjectMissing(key, "deleted while listing")
+                if isinstance(raw, StoreError):
+                    raise raw
                 yield key, _summary(key, auth.verify(key, raw) if auth else raw, auth)
             except StoreError as e:
                 yield key, e
+
+
+def _read(store: Store, keys: list[str]) -> list[bytes | StoreError]:
+    """The objects under `keys`, in one batch; when the batch fails, key by key, each failure
+    in its key's place."""
+    try:
+        raws = store.get_many(keys, missing_ok=True)
+    except StoreError:
+        return [_read_one(store, key) for key in keys]
+    return [
+        ObjectMissing(k, "deleted while listing") if r is None else r
+        for k, r in zip(keys, raws, strict=True)
+    ]
+
+
+def _read_one(store: Store, key: str) -> bytes | StoreError:
+    try:
+        return store.get(key)
+    except StoreError as e:
+        return e
 
 
 def shared_chunks(summaries: Sequence[ContextSummary]) -> dict[str, int]:
