@@ -6,16 +6,16 @@ it (a writer may be about to commit a manifest that lists that chunk). Everythin
 ``chunks/`` older than the grace period is dead, as is a manifest that does not parse. Only the
 context layout (``chunks/``, ``contexts/``) is touched: other data in the store stays.
 
-Deleting is safe against concurrent writers that each finish within the grace period:
-- A writer reuses a chunk only through its record, and rewrites that record (making it young).
-  A dead record is deleted first, and a tombstone beside it records when. The chunk's blobs go
-  only once the tombstone (or, while a record exists, the record) is older than the grace
-  period: any writer that read the record before it went has committed its manifest by then,
-  and the collector's mark sees it.
-- Writers put blobs under fresh keys (a nonce in each key), so a key the collector saw as dead
-  is never one a writer is putting.
-Blobs of a chunk whose record went therefore leave one run of the collector after the grace
-period, not in the run that deleted the record (with ``grace_s=0``, in the same run).
+Deleting is safe against concurrent writers that each finish within the grace period. A writer
+reuses a chunk only through its record, and rewrites that record (making it young). A dead
+record is deleted first, and a tombstone beside it records when; the chunk's blobs go only once
+the tombstone (or, while a record exists, the record) is older than the grace period: any
+writer that read the record before it went has committed its manifest by then, and the
+collector's mark sees it. So blobs of a chunk whose record went leave one run of the collector
+after the grace period, not in the run that deleted the record (with ``grace_s=0``, in the same
+run). One narrow race remains, because blob keys are content addresses: a writer that encodes
+such a chunk anew (its record long gone) may re-put a blob in the instant the collector deletes
+that same key; its context then misses that chunk (`ObjectMissing`), never loads wrong KV.
 MACs are not checked (no key is needed): a forged manifest can only keep objects alive.
 """
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,16 +118,14 @@ def tombstone_key(chunk_hash: str) -> str:
     return f"{chunk_dir(chunk_hash)}/tombstone"
 
 
-# Blob keys carry their checksum and a per-write nonce. Two writers never overwrite each
-# other's bytes, so every record and manifest points at exactly the bytes it was written with;
-# and a writer never rewrites a key that existed before it started, so a garbage collector
-# that saw the key as old and unreferenced cannot delete what the writer just put.
+# Blob keys carry their checksum, so two writers whose encodings differ never overwrite each
+# other's bytes: every record and manifest points at exactly the bytes it was written with.
 def level_key(chunk_hash: str, level: int, digest: str) -> str:
-    return f"{chunk_dir(chunk_hash)}/L{level}-{digest}-{secrets.token_hex(4)}.cg"
+    return f"{chunk_dir(chunk_hash)}/L{level}-{digest}.cg"
 
 
 def tokens_key(chunk_hash: str, digest: str) -> str:
-    return f"{chunk_dir(chunk_hash)}/tokens-{digest}-{secrets.token_hex(4)}.zst"
+    return f"{chunk_dir(chunk_hash)}/tokens-{digest}.zst"
 
 
 @dataclass(frozen=True)
