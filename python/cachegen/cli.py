@@ -248,8 +248,9 @@ def _gc(args: argparse.Namespace) -> int:
         return 0
     verb = "would delete" if args.dry_run else "deleted"
     print(
-        f"{shown}: {report.objects} objects, {report.live} live, {report.young} younger than "
-        f"{args.grace:g} s; {verb} {len(report.deleted)} ({report.bytes_freed} bytes)"
+        f"{shown}: {report.objects} objects, {report.live} live, {report.waiting} waiting for "
+        f"the {args.grace:g} s grace period; {verb} {len(report.deleted)} "
+        f"({report.bytes_freed} bytes)"
     )
     return 0
 

@@ -358,13 +358,16 @@ def _chunk_objects(
     old: ChunkInfo | None,
     auth: Authenticator | None,
 ) -> tuple[ChunkInfo, dict[str, bytes]]:
-    """The chunk's entry (keeping levels an earlier writer stored) and the objects to put;
-    `span` is (index, hash, start, stop)."""
+    """The chunk's entry (keeping the token ids and levels an earlier writer stored) and the
+    objects to put; `span` is (index, hash, start, stop)."""
     index, chunk_hash, start, stop = span
-    packed = zstandard.ZstdCompressor(level=3).compress(tokens.tobytes())
-    tok, stored = ObjectRef.frame(tokens_key(chunk_hash, checksum(packed)), packed, auth)
-    objects = {tok.key: stored}
-    refs = dict(old.levels) if old is not None else {}
+    objects: dict[str, bytes] = {}
+    if old is not None:
+        tok, refs = old.tokens, dict(old.levels)
+    else:
+        packed = zstandard.ZstdCompressor(level=3).compress(tokens.tobytes())
+        tok, stored = ObjectRef.frame(tokens_key(chunk_hash, checksum(packed)), packed, auth)
+        objects[tok.key], refs = stored, {}
     for lv, blob in blobs.items():
         ref, stored = ObjectRef.frame(level_key(chunk_hash, lv, checksum(blob)), blob, auth)
         refs[lv] = ref
