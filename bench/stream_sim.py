@@ -274,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.perf_counter() - t0:.0f} s; wrote {args.out}/stream.json, stream.md",
         file=sys.stderr,
     )
-    return 0
+    from plots import plot_sweep_results
+
+    return plot_sweep_results(data, args.out)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,10 @@ using namespace cachegen;
 
 namespace {
 
-using ViewTuple =
-    std::tuple<uintptr_t, int, uint32_t, uint32_t, uint32_t, int64_t, int64_t, int64_t>;
+// (address, dtype, tokens, heads, head_dim, s_token, s_head, s_dim, block table address (0:
+// plain), block size, blocks, s_block); a block table is int32 in host memory.
+using ViewTuple = std::tuple<uintptr_t, int, uint32_t, uint32_t, uint32_t, int64_t, int64_t,
+                             int64_t, uintptr_t, uint32_t, uint32_t, int64_t>;
 // (view, quantizer, param, max_tables, token step weights, channel step weights, raw rows); the
 // weights are raw little-endian float32 bytes (a bytes object is one memcpy, a list one cast per
 // element), empty = none.
@@ -40,8 +42,19 @@ DType to_dtype(int code) {
 }
 
 TensorView to_view(const ViewTuple& t) {
-  auto [ptr, dtype, tokens, heads, dim, st, sh, sd] = t;
-  return TensorView{reinterpret_cast<void*>(ptr), to_dtype(dtype), tokens, heads, dim, st, sh, sd};
+  auto [ptr, dtype, tokens, heads, dim, st, sh, sd, table, block_size, blocks, sb] = t;
+  return TensorView{reinterpret_cast<void*>(ptr),
+                    to_dtype(dtype),
+                    tokens,
+                    heads,
+                    dim,
+                    st,
+                    sh,
+                    sd,
+                    reinterpret_cast<const int32_t*>(table),
+                    block_size,
+                    blocks,
+                    sb};
 }
 
 // A parsed blob that keeps the Python buffer it points into alive.
@@ -53,7 +66,10 @@ struct Blob {
   // verify = false leaves the checksum to whoever consumes the blob (a GPU decode checks it on
   // the device); a host decode or entropy_stats then checks it first.
   explicit Blob(py::buffer b, bool verify) : owner(b), info(b.request()) {
-    if (info.ndim > 1 || info.itemsize != 1) throw InputError("blob must be a 1-D byte buffer");
+    // A strided view (mv[::-1], mv[::2]) is not the bytes it points at: refused, not read.
+    const bool contiguous = info.ndim == 0 || info.size <= 1 || info.strides[0] == 1;
+    if (info.ndim > 1 || info.itemsize != 1 || !contiguous)
+      throw InputError("blob must be a C-contiguous 1-D byte buffer");
     const auto* data = static_cast<const uint8_t*>(info.ptr);
     const size_t size = (size_t)info.size;
     py::gil_scoped_release nogil;
@@ -284,6 +300,7 @@ py::dict build_info_py() {
   d["lanes"] = rans::kLanes;
   d["prob_bits"] = rans::kProbBits;
   d["default_threads"] = resolve_threads(0);
+  d["max_threads"] = kMaxThreads;
 #ifdef CACHEGEN_WITH_CUDA
   d["cuda_compiled"] = true;
   d["cuda_available"] = cuda::available();

@@ -35,6 +35,7 @@ void check_spec(const GroupSpec& s, size_t index) {
   if (v.channels() > kMaxChannels) throw InputError(where + "too many channels");
   if (s.max_tables < 1 || s.max_tables > 255)
     throw InputError(where + "max_tables not in [1, 255]");
+  check_paging(v, "group " + std::to_string(index));
 }
 
 uint32_t segment_tokens(uint32_t target_symbols, uint32_t channels) {
@@ -42,7 +43,7 @@ uint32_t segment_tokens(uint32_t target_symbols, uint32_t channels) {
   return std::clamp<uint32_t>(target_symbols / channels, 1, std::max(cap, 1u));
 }
 
-// Quantize a group into `symbols` and fit its tables.
+// Quantize a group (or split it into byte planes) into `symbols` and fit its tables.
 Group fit_group(const GroupSpec& s, uint32_t segment_symbols, int8_t* symbols) {
   const TensorView& v = s.view;
   const uint32_t T = v.tokens, C = v.channels();
@@ -50,8 +51,11 @@ Group fit_group(const GroupSpec& s, uint32_t segment_symbols, int8_t* symbols) {
   g.desc = plan_group(s, segment_symbols);
   g.quant = fit_quantizer(s.quantizer, s.param, v, s.weights, s.raw_rows);
   std::vector<Histogram>& hists = scratch().hists;
-  hists.assign(C, Histogram{});
-  quantize_group(g.quant, expand_params(g.quant, T, C), v, symbols, hists[0].data());
+  hists.assign(g.desc.symbols_per_token(), Histogram{});
+  if (s.quantizer == Quantizer::Lossless)
+    split_planes(v, symbols, hists[0].data());
+  else
+    quantize_group(g.quant, expand_params(g.quant, T, C), v, symbols, hists[0].data());
   g.tables = fit_tables(hists, s.max_tables);
   return g;
 }
@@ -79,11 +83,13 @@ void encode_segment(const int8_t* sym, size_t n, uint32_t channels, const uint8_
 
 EncodedGroup encode_group(const GroupSpec& s, uint32_t segment_symbols) {
   Scratch& sc = scratch();
-  const size_t n = (size_t)s.view.tokens * s.view.channels();
+  const GroupDesc plan = plan_group(s, segment_symbols);
+  const size_t n = (size_t)plan.tokens * plan.symbols_per_token();
   sc.symbols.resize(n);
   EncodedGroup e{fit_group(s, segment_symbols, sc.symbols.data()), {}, {}};
   const GroupDesc& d = e.group.desc;
-  sc.words.resize((size_t)d.seg_tokens * d.channels() + 1);
+  const uint32_t W = d.symbols_per_token();
+  sc.words.resize((size_t)d.seg_tokens * W + 1);
   // At most 12 bits per symbol plus states: reserving avoids regrowth copies.
   e.payload.reserve(n * 3 / 2 + (size_t)d.num_segments * rans::kStateBytes);
   std::vector<EncTable> enc;
@@ -91,9 +97,8 @@ EncodedGroup encode_group(const GroupSpec& s, uint32_t segment_symbols) {
   for (uint32_t t0 = 0; t0 < d.tokens; t0 += d.seg_tokens) {
     const size_t before = e.payload.size();
     const uint32_t tokens = std::min(d.seg_tokens, d.tokens - t0);
-    encode_segment(sc.symbols.data() + (size_t)t0 * d.channels(), (size_t)tokens * d.channels(),
-                   d.channels(), e.group.tables.channel_table.data(), enc, sc.words.data(),
-                   e.payload);
+    encode_segment(sc.symbols.data() + (size_t)t0 * W, (size_t)tokens * W, W,
+                   e.group.tables.channel_table.data(), enc, sc.words.data(), e.payload);
     e.segment_bytes.push_back((uint32_t)(e.payload.size() - before));
   }
   return e;
@@ -124,6 +129,27 @@ class LutCache {
   std::vector<const uint32_t*> by_channel_;
 };
 
+// A group's fp32 parameters, expanded per thread on first use like LutCache: decode memory is the
+// output plus a group's parameters per thread, not every group's parameters at once.
+class ParamCache {
+ public:
+  const DequantParams& get(const ParsedBlob& blob, uint64_t call, uint32_t group) {
+    if (call != call_ || group != group_) {
+      const GroupDesc& d = blob.groups[group].desc;
+      params_ = {};  // the previous group's memory goes before the next one's is taken
+      params_ = expand_params(blob.groups[group].quant, d.tokens, d.channels());
+      call_ = call;
+      group_ = group;
+    }
+    return params_;
+  }
+
+ private:
+  uint64_t call_ = 0;
+  uint32_t group_ = 0;
+  DequantParams params_;
+};
+
 void check_outputs(const ParsedBlob& blob, const std::vector<TensorView>& outs) {
   if (outs.size() != blob.groups.size()) throw InputError("need one output per (layer, K/V)");
   for (size_t g = 0; g < outs.size(); ++g) {
@@ -131,6 +157,9 @@ void check_outputs(const ParsedBlob& blob, const std::vector<TensorView>& outs) 
     const TensorView& v = outs[g];
     if (!v.data || v.tokens != d.tokens || v.heads != d.heads || v.head_dim != d.head_dim)
       throw InputError("output " + std::to_string(g) + " has the wrong shape");
+    if (d.quantizer == Quantizer::Lossless && v.dtype != blob.header.dtype)
+      throw InputError("a lossless blob decodes only into its own dtype");
+    check_paging(v, "output " + std::to_string(g));
   }
 }
 
@@ -141,9 +170,9 @@ const int8_t* segment_symbols(const ParsedBlob& blob, const uint8_t* data, uint6
                               const Segment& s) {
   thread_local LutCache luts;
   thread_local std::vector<int8_t> scratch;
-  const uint32_t C = blob.groups[s.group].desc.channels();
-  scratch.resize((size_t)s.token_count * C);
-  decode_segment(data + s.offset, s.bytes, s.token_count, C, luts.get(blob, call, s.group),
+  const uint32_t W = blob.groups[s.group].desc.symbols_per_token();
+  scratch.resize((size_t)s.token_count * W);
+  decode_segment(data + s.offset, s.bytes, s.token_count, W, luts.get(blob, call, s.group),
                  scratch.data());
   return scratch.data();
 }
@@ -155,9 +184,11 @@ void check_request(const EncodeRequest& req) {
   if (req.groups.size() / 2 > kMaxLayers) throw InputError("too many layers");
   for (size_t i = 0; i < req.groups.size(); ++i) {
     check_spec(req.groups[i], i);
-    // Raw rows travel in the blob's dtype: exact only if that is the tensor's own.
-    if (req.groups[i].raw_rows && req.groups[i].view.dtype != req.dtype)
-      throw InputError("raw rows need the KV tensors in the blob's dtype");
+    // Raw rows and lossless groups travel in the blob's dtype: exact only if that is the
+    // tensor's own.
+    const bool lossless = req.groups[i].quantizer == Quantizer::Lossless;
+    if ((req.groups[i].raw_rows || lossless) && req.groups[i].view.dtype != req.dtype)
+      throw InputError("raw rows and lossless groups need the KV tensors in the blob's dtype");
   }
 }
 
@@ -167,7 +198,8 @@ GroupDesc plan_group(const GroupSpec& s, uint32_t segment_symbols) {
   d.tokens = v.tokens;
   d.heads = (uint16_t)v.heads;
   d.head_dim = (uint16_t)v.head_dim;
-  d.seg_tokens = segment_tokens(segment_symbols, v.channels());
+  d.planes = s.quantizer == Quantizer::Lossless ? (uint32_t)dtype_size(v.dtype) : 1;
+  d.seg_tokens = segment_tokens(segment_symbols, d.symbols_per_token());
   d.num_segments = segment_count(v.tokens, d.seg_tokens);
   d.quantizer = s.quantizer;
   d.param = s.param;
@@ -186,6 +218,9 @@ BlobHeader blob_header(const EncodeRequest& req) {
 
 std::vector<Quantized> quantize(const EncodeRequest& req) {
   check_request(req);
+  for (const GroupSpec& s : req.groups)
+    if (s.quantizer == Quantizer::Lossless)
+      throw InputError("the lossless quantizer has no quantization stage");
   std::vector<Quantized> out(req.groups.size());
   parallel_for(out.size(), req.threads, [&](size_t i) {
     const TensorView& v = req.groups[i].view;
@@ -217,19 +252,30 @@ void decode_into(const ParsedBlob& blob, const uint8_t* data, const std::vector<
                  int threads) {
   check_outputs(blob, outs);
   const uint64_t call = ++g_calls;
-  std::vector<DequantParams> params(blob.groups.size());
-  for (size_t g = 0; g < params.size(); ++g) {
-    const GroupDesc& d = blob.groups[g].desc;
-    params[g] = expand_params(blob.groups[g].quant, d.tokens, d.channels());
-  }
   parallel_for(blob.segments.size(), threads, [&](size_t i) {
+    thread_local ParamCache params;
     const Segment& s = blob.segments[i];
-    const uint32_t C = blob.groups[s.group].desc.channels();
+    const GroupDesc& d = blob.groups[s.group].desc;
+    const uint32_t C = d.channels(), W = d.symbols_per_token();
     const int8_t* sym = segment_symbols(blob, data, call, s);
-    std::vector<float> row(C);
-    for (uint32_t k = 0; k < s.token_count; ++k) {
-      dequantize_row(sym + (size_t)k * C, params[s.group], s.token_begin + k, C, row.data());
-      store_row(outs[s.group], s.token_begin + k, row.data());
+    if (d.quantizer == Quantizer::Lossless) {
+      std::vector<uint8_t> bits(W);
+      for (uint32_t k = 0; k < s.token_count; ++k, sym += W) {
+        join_planes(sym, C, d.planes, bits.data());
+        store_bits(outs[s.group], s.token_begin + k, bits.data());
+      }
+      return;
+    }
+    const DequantParams& p = params.get(blob, call, s.group);
+    // Rows go out a tile at a time (a token-adjacent output is written per channel); a tile
+    // holds at most 64 rows and 64 KiB, so wide groups do not grow decode memory.
+    const uint32_t rows = std::clamp<uint32_t>((1u << 14) / C, 1, 64);
+    std::vector<float> tile((size_t)rows * C);
+    for (uint32_t k0 = 0; k0 < s.token_count; k0 += rows) {
+      const uint32_t n = std::min(rows, s.token_count - k0), t0 = s.token_begin + k0;
+      for (uint32_t k = 0; k < n; ++k)
+        dequantize_row(sym + (size_t)(k0 + k) * C, p, t0 + k, C, tile.data() + (size_t)k * C);
+      store_rows(outs[s.group], t0, n, tile.data());
     }
   });
 }
@@ -240,13 +286,15 @@ EntropyStats entropy_stats(const ParsedBlob& blob, const uint8_t* data, int thre
   parallel_for(blob.segments.size(), threads, [&](size_t i) {
     const Segment& s = blob.segments[i];
     const TableSet& ts = blob.groups[s.group].tables;
-    const uint32_t C = blob.groups[s.group].desc.channels();
+    const uint32_t W = blob.groups[s.group].desc.symbols_per_token();
     const int8_t* sym = segment_symbols(blob, data, call, s);
-    std::vector<Histogram> hists(C, Histogram{});
-    for (uint32_t t = 0; t < s.token_count; ++t, sym += C)
-      for (uint32_t c = 0; c < C; ++c) hists[c][sym[c] + kSymbolBias]++;
-    for (uint32_t c = 0; c < C; ++c)
-      bits[i] += code_length_bits(hists[c], ts.tables[ts.channel_table[c]]);
+    // Counted per table, not per channel: the code length is linear in the counts, and a
+    // histogram per channel would cost 1 KiB per channel that a tiny blob can claim by the
+    // hundred thousand.
+    std::vector<Histogram> hists(ts.tables.size(), Histogram{});
+    for (uint32_t t = 0; t < s.token_count; ++t, sym += W)
+      for (uint32_t c = 0; c < W; ++c) hists[ts.channel_table[c]][sym[c] + kSymbolBias]++;
+    for (size_t t = 0; t < hists.size(); ++t) bits[i] += code_length_bits(hists[t], ts.tables[t]);
   });
   EntropyStats st;
   for (size_t i = 0; i < bits.size(); ++i) {
@@ -254,7 +302,7 @@ EntropyStats entropy_stats(const ParsedBlob& blob, const uint8_t* data, int thre
     st.ideal_bits += bits[i];
     st.state_bytes += rans::kStateBytes;
     st.word_bytes += s.bytes - rans::kStateBytes;
-    st.symbols += (uint64_t)s.token_count * blob.groups[s.group].desc.channels();
+    st.symbols += (uint64_t)s.token_count * blob.groups[s.group].desc.symbols_per_token();
   }
   st.side_bytes = blob.segments.empty() ? 0 : blob.segments[0].offset;
   return st;

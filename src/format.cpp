@@ -84,6 +84,25 @@ uint64_t align8(uint64_t x) { return (x + 7) & ~uint64_t{7}; }
 
 [[noreturn]] void fail(const std::string& msg) { throw FormatError(msg); }
 
+// What parsing may allocate: kMetaPerBlobByte bytes per blob byte plus a fixed allowance. Fields
+// whose metadata the blob does not pay for in bytes (a channel map entry per channel even with a
+// single table, a 512-byte table from a few bytes of code) are refused before allocation, so a
+// small blob cannot claim gigabytes of channels. Real blobs stay far below (their payload pays).
+constexpr uint64_t kMetaPerBlobByte = 16;
+constexpr uint64_t kMetaAllowance = uint64_t{4} << 20;
+
+class MetaBudget {
+ public:
+  explicit MetaBudget(size_t blob_bytes) : left_(kMetaPerBlobByte * blob_bytes + kMetaAllowance) {}
+  void charge(uint64_t bytes) {
+    if (bytes > left_) fail("blob describes more metadata than its size accounts for");
+    left_ -= bytes;
+  }
+
+ private:
+  uint64_t left_;
+};
+
 void write_scales(const std::vector<uint16_t>& scales, bool coded, Writer& w,
                   std::vector<uint8_t>& out) {
   if (coded)
@@ -110,6 +129,7 @@ std::vector<uint8_t> read_table_map(Reader& r, uint32_t channels, int num_tables
   if (!packed) return r.u8s(channels, "channel table map");
   const int b = map_bits((size_t)num_tables);
   const size_t bytes = ((size_t)channels * b + 7) / 8;
+  if (bytes > r.end() - r.pos()) fail("truncated channel table map");
   BitReader br(r.data(), r.pos(), std::min(r.end(), r.pos() + bytes), "channel table map");
   std::vector<uint8_t> map(channels);
   for (uint8_t& t : map) t = (uint8_t)br.take(b);
@@ -199,7 +219,7 @@ void check_desc(const DescFields& f, uint32_t expected_first, uint16_t version) 
   if (d.heads < 1 || d.heads > kMaxHeads) fail("group head count out of range");
   if (d.head_dim < 1 || d.head_dim > kMaxHeadDim) fail("group head dim out of range");
   if (d.channels() > kMaxChannels) fail("group channel count out of range");
-  if (d.seg_tokens < 1 || (uint64_t)d.seg_tokens * d.channels() > kMaxSegmentSymbols)
+  if (d.seg_tokens < 1 || (uint64_t)d.seg_tokens * d.symbols_per_token() > kMaxSegmentSymbols)
     fail("segment length out of range");
   if (d.num_segments != segment_count(d.tokens, d.seg_tokens)) fail("segment count mismatch");
   if (d.first_segment != expected_first) fail("segment numbering mismatch");
@@ -216,6 +236,26 @@ void check_desc(const DescFields& f, uint32_t expected_first, uint16_t version) 
   if (f.num_tables < 1) fail("group has no probability table");
   if (f.max_symbol < 1 || f.max_symbol > kMaxSymbol) fail("max symbol out of range");
   if (!std::isfinite(d.param)) fail("quantizer parameter is not finite");
+  if (d.quantizer == Quantizer::Lossless && version < 4)
+    fail("lossless group in a version " + std::to_string(version) + " blob");
+  if (d.quantizer == Quantizer::Lossless && f.flags) fail("lossless group with quantizer flags");
+}
+
+// What parse_side keeps for a group beyond its Group struct, raw rows aside (those are paid for
+// byte by byte).
+uint64_t group_meta_bytes(const DescFields& f) {
+  const uint64_t C = f.desc.channels(), T = f.desc.tokens;
+  uint64_t n = f.desc.symbols_per_token() + (uint64_t)f.num_tables * sizeof(Table);
+  if (f.flags & kTokenScale) n += 2 * T;
+  if (f.flags & kChannelScale) n += 2 * C;
+  if (f.flags & kChannelOffset) n += 2 * C;
+  return n;
+}
+
+// An Inf or NaN scale, offset or verbatim value would spread into every value it touches.
+void check_finite_f16(const std::vector<uint16_t>& v, const char* what) {
+  for (uint16_t x : v)
+    if ((x & 0x7c00u) == 0x7c00u) fail(std::string(what) + " are not finite");
 }
 
 // Raw rows: a count in [1, tokens], then the rows in the blob's dtype (size checked against the
@@ -228,13 +268,16 @@ void read_raw_rows(Reader& r, const GroupDesc& d, DType dtype, GroupQuant& q) {
   const TensorView v = raw_view(bytes.data(), dtype, q.raw_rows, C);
   q.raw.resize((size_t)q.raw_rows * C);
   for (uint32_t t = 0; t < q.raw_rows; ++t) load_row(v, t, q.raw.data() + (size_t)t * C);
+  for (float x : q.raw)
+    if (!std::isfinite(x)) fail("raw rows are not finite");
 }
 
 Group parse_side(const DescFields& f, uint16_t version, DType dtype, const uint8_t* data,
                  size_t begin, size_t end) {
   Group g;
   g.desc = f.desc;
-  const uint32_t C = f.desc.channels();
+  const uint32_t C = f.desc.channels(), W = f.desc.symbols_per_token();
+  const bool lossless = f.desc.quantizer == Quantizer::Lossless;
   Reader r(data, begin, end);
   g.quant.flags = f.flags;
   g.quant.max_symbol = f.max_symbol;
@@ -246,16 +289,19 @@ Group parse_side(const DescFields& f, uint16_t version, DType dtype, const uint8
   if (f.flags & kChannelScale)
     g.quant.channel_scale = scales(C, f.flags & kChannelCodes, "channel scales");
   if (f.flags & kChannelOffset) g.quant.channel_offset = r.u16s(C, "channel offsets");
+  check_finite_f16(g.quant.token_scale, "token scales");
+  check_finite_f16(g.quant.channel_scale, "channel scales");
+  check_finite_f16(g.quant.channel_offset, "channel offsets");
   if (f.flags & kRawRows) read_raw_rows(r, f.desc, dtype, g.quant);
   if (f.num_tables > 1) {
-    g.tables.channel_table = read_table_map(r, C, f.num_tables, version >= 3);
+    g.tables.channel_table = read_table_map(r, W, f.num_tables, version >= 3);
     for (uint8_t t : g.tables.channel_table)
       if (t >= f.num_tables) fail("channel refers to a missing table");
   } else {
-    g.tables.channel_table.assign(C, 0);
+    g.tables.channel_table.assign(W, 0);
   }
   for (int t = 0; t < f.num_tables; ++t)
-    g.tables.tables.push_back(parse_table(data, r.pos(), end, version >= 3));
+    g.tables.tables.push_back(parse_table(data, r.pos(), end, version >= 3, lossless));
   if (r.pos() != end) fail("group side data has trailing bytes");
   return g;
 }
@@ -396,14 +442,20 @@ ParsedBlob parse_checked(const uint8_t* data, size_t size, bool verify) {
       payload_off != align8(index_off + 4ull * h.num_segments) || payload_off > end)
     fail("section offsets inconsistent");
 
+  MetaBudget budget(size);
+  budget.charge(ngroups * sizeof(Group) + (uint64_t)h.num_segments * sizeof(Segment));
+  b.groups.reserve(ngroups);
+  b.segments.reserve(h.num_segments);
   Reader dr(data, kHeaderBytes, side_off);
   uint64_t side_cursor = side_off;
   uint32_t seg_cursor = 0;
   for (uint64_t i = 0; i < ngroups; ++i) {
     DescFields f = read_desc(dr);
+    if (f.desc.quantizer == Quantizer::Lossless) f.desc.planes = (uint32_t)dtype_size(h.dtype);
     check_desc(f, seg_cursor, version);
     if (f.side_off != side_cursor || f.side_len > index_off - side_cursor)
       fail("group side data out of bounds");
+    budget.charge(group_meta_bytes(f));
     b.groups.push_back(parse_side(f, version, h.dtype, data, f.side_off, f.side_off + f.side_len));
     side_cursor += f.side_len;
     seg_cursor += f.desc.num_segments;

@@ -14,8 +14,9 @@
 namespace cachegen {
 
 constexpr uint8_t kMagic[4] = {'C', 'G', 'K', 'V'};
-// 2: scale codes (kTokenCodes, kChannelCodes); 3: raw rows (kRawRows). Versions 1 and 2 read.
-constexpr uint16_t kFormatVersion = 3;
+// 2: scale codes (kTokenCodes, kChannelCodes); 3: raw rows (kRawRows); 4: lossless groups
+// (Quantizer::Lossless, tables over the full byte alphabet). Versions 1 to 3 read.
+constexpr uint16_t kFormatVersion = 4;
 constexpr uint32_t kHeaderBytes = 64;
 constexpr uint32_t kGroupDescBytes = 40;
 constexpr uint8_t kCodecRans32x32 = 1;
@@ -44,8 +45,10 @@ struct GroupDesc {
   Quantizer quantizer = Quantizer::ChannelStep;
   float param = 0.0f;
   uint32_t first_segment = 0, num_segments = 0;
+  uint32_t planes = 1;  // symbols per value: 1, or the dtype's bytes for Lossless (not stored)
 
   uint32_t channels() const { return (uint32_t)heads * head_dim; }
+  uint32_t symbols_per_token() const { return channels() * planes; }
 };
 
 // Everything the decoder needs about one group.

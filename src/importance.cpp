@@ -8,6 +8,7 @@ namespace cachegen {
 
 std::vector<float> key_pair_magnitudes(const TensorView& keys, int threads) {
   if (keys.head_dim % 2) throw InputError("key pair magnitudes need an even head_dim");
+  check_paging(keys, "keys");
   const uint32_t half = keys.head_dim / 2, width = keys.heads * half;
   constexpr uint32_t kTokensPerTask = 256;
   std::vector<float> mag((size_t)keys.tokens * width);

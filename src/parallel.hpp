@@ -6,13 +6,20 @@
 #include <cstddef>
 #include <exception>
 #include <mutex>
+#include <stdexcept>
+#include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
 namespace cachegen {
 
+// Most worker threads one call may ask for: beyond this, a thread count is a mistake, not a
+// machine (Python's threads= check says so first; the core clamps as a last line).
+constexpr int kMaxThreads = 1024;
+
 inline int resolve_threads(int threads) {
-  if (threads > 0) return threads;
+  if (threads > 0) return std::min(threads, kMaxThreads);
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
@@ -38,7 +45,16 @@ void parallel_for(size_t n, int threads, F&& fn) {
     }
   };
   std::vector<std::thread> pool;
-  for (size_t w = 1; w < workers; ++w) pool.emplace_back(work);
+  pool.reserve(workers - 1);
+  try {
+    for (size_t w = 1; w < workers; ++w) pool.emplace_back(work);
+  } catch (const std::system_error& e) {
+    // Out of threads (resource limits): stop the ones running and report, rather than let a
+    // joinable std::thread's destructor terminate the process.
+    next = n;
+    for (auto& t : pool) t.join();
+    throw std::runtime_error(std::string("could not start a worker thread: ") + e.what());
+  }
   work();
   for (auto& t : pool) t.join();
   if (error) std::rethrow_exception(error);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 
 #include "half.hpp"
@@ -129,6 +130,10 @@ GroupQuant quantizer_layout(Quantizer kind, float param, const StepWeights& w, u
   check_weights(w.token, tokens, "token");
   check_weights(w.channel, channels, "channel");
   GroupQuant g;
+  if (kind == Quantizer::Lossless) {
+    if (raw_rows) throw InputError("raw rows need a per-token quantizer");
+    return g;  // no parameters: the symbols are the values' bytes
+  }
   if (kind == Quantizer::TokenAbsmax) g.max_symbol = reference_max_symbol(param);
   const bool per_token = kind == Quantizer::TokenAbsmax || kind == Quantizer::TokenStep;
   g.flags = per_token ? kTokenScale : (kChannelScale | kChannelOffset);
@@ -150,6 +155,7 @@ GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v, const
                          uint32_t raw_rows) {
   const uint32_t T = v.tokens, C = v.channels();
   GroupQuant g = quantizer_layout(kind, param, w, T, C, raw_rows);
+  if (kind == Quantizer::Lossless) return g;
   g.raw.resize((size_t)raw_rows * C);
   for (uint32_t t = 0; t < raw_rows; ++t) load_row(v, t, g.raw.data() + (size_t)t * C);
   const bool per_token = g.flags & kTokenScale;
@@ -190,6 +196,39 @@ void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorVie
       quantize_row(row.data(), safe_inverse(p.a[t]), inv_b.data(), p.o.data(), m, C, out);
     for (uint32_t c = 0; c < C; ++c) hist[c * 256 + out[c] + 128]++;
   }
+}
+
+void split_planes(const TensorView& v, int8_t* symbols, uint32_t* hist) {
+  const uint32_t C = v.channels(), P = (uint32_t)dtype_size(v.dtype), W = C * P;
+  // The dtype's exponent field, all ones for nan/inf.
+  const uint32_t exp = v.dtype == DType::F32    ? 0x7f800000u
+                       : v.dtype == DType::BF16 ? 0x7f80u
+                                                : 0x7c00u;
+  std::vector<uint8_t> bits(W);
+  for (uint32_t t = 0; t < v.tokens; ++t) {
+    load_bits(v, t, bits.data());
+    uint32_t bad = 0;
+    for (uint32_t c = 0; c < C; ++c) {
+      uint32_t x = 0;
+      std::memcpy(&x, bits.data() + (size_t)c * P, P);
+      bad |= (x & exp) == exp;
+    }
+    if (bad) throw InputError("KV tensor contains NaN or Inf");
+    int8_t* out = symbols + (size_t)t * W;
+    for (uint32_t p = 0; p < P; ++p)
+      for (uint32_t c = 0; c < C; ++c) {
+        const int8_t s = (int8_t)bits[(size_t)c * P + p];
+        out[p * C + c] = s;
+        hist[(p * C + c) * 256 + s + 128]++;
+      }
+  }
+}
+
+void join_planes(const int8_t* __restrict symbols, uint32_t channels, uint32_t planes,
+                 uint8_t* __restrict bits) {
+  for (uint32_t p = 0; p < planes; ++p)
+    for (uint32_t c = 0; c < channels; ++c)
+      bits[(size_t)c * planes + p] = (uint8_t)symbols[p * channels + c];
 }
 
 void dequantize_row(const int8_t* __restrict symbols, const DequantParams& p, uint32_t token,

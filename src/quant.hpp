@@ -24,9 +24,12 @@ enum class Quantizer : uint8_t {
   // Per-channel mean offset and ONE step for the whole group = max(param * rms, range / 127):
   // equal absolute error in every channel, which is what attention scores feel.
   LayerStep = 4,
+  // Lossless (format v4): no quantization; the symbols are the bytes of each value in the
+  // blob's dtype, one plane per byte (see split_planes), entropy coded like any symbols.
+  Lossless = 5,
 };
 
-inline bool valid_quantizer(uint8_t q) { return q >= 1 && q <= 4; }
+inline bool valid_quantizer(uint8_t q) { return q >= 1 && q <= 5; }
 
 // kTokenCodes / kChannelCodes (format v2): the token / channel scales lie on the step-code grid
 // below and travel as codes. kRawRows (format v3): the group's first tokens (attention sinks)
@@ -170,7 +173,10 @@ struct ChannelFit {
 CG_HD ChannelFit channel_fit(double sum, double sum_sq, float lo, float hi, uint32_t tokens,
                              float param) {
   const double mean = sum / tokens;
-  const uint16_t offset = f32_to_f16((float)mean);
+  // Clamped like steps: a mean beyond fp16's range would store an infinite offset.
+  const uint16_t offset = f32_to_f16((float)(mean < -65504.0  ? -65504.0
+                                             : mean > 65504.0 ? 65504.0
+                                                              : mean));
   const double o = f16_to_f32(offset);
   const double v = sum_sq / tokens - 2 * o * mean + o * o;
   const double var = v > 0.0 ? v : 0.0;
@@ -226,6 +232,15 @@ GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v,
 // into hist[channel * 256 + symbol + 128], which must start zeroed.
 void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorView& v,
                     int8_t* symbols, uint32_t* hist);
+
+// Lossless symbols of a tensor in its own dtype of P bytes: token t's row of C * P symbols is
+// P planes of C, plane p holding byte p (little-endian) of each channel's value, so each plane
+// column gets its own table (the high byte's sign and exponent compress, the low byte hardly).
+// Counts them into hist as quantize_group does; throws InputError on nan/inf.
+void split_planes(const TensorView& v, int8_t* symbols, uint32_t* hist);
+
+// One token's values (C elements of P bytes, the dtype's bits) from its C * P plane symbols.
+void join_planes(const int8_t* symbols, uint32_t channels, uint32_t planes, uint8_t* bits);
 
 // Reconstruct one token's row: row[c] = dequantize(symbols[c], a[token], b[c], o[c]), or the
 // stored row for a raw row.

@@ -149,8 +149,9 @@ uint32_t get_golomb(int k, BitReader& r) {
   return ((u - 1) << k) | r.take(k);
 }
 
-void check_range(int lo, int n) {
-  if (lo < 1 || lo + n > kAlphabet) throw FormatError("probability table symbol range invalid");
+void check_range(int lo, int n, bool full_alphabet) {
+  if (lo < (full_alphabet ? 0 : 1) || lo + n > kAlphabet)
+    throw FormatError("probability table symbol range invalid");
 }
 
 }  // namespace
@@ -227,11 +228,11 @@ void serialize_table(const Table& t, std::vector<uint8_t>& out) {
   w.finish();
 }
 
-Table parse_table(const uint8_t* data, size_t& pos, size_t end, bool golomb) {
+Table parse_table(const uint8_t* data, size_t& pos, size_t end, bool golomb, bool full_alphabet) {
   if (end - pos < 2) throw FormatError("truncated probability table");
   const int lo = data[pos], n = data[pos + 1] + 1;
   pos += 2;
-  check_range(lo, n);
+  check_range(lo, n, full_alphabet);
   Table t;
   uint32_t sum = 0;
   BitReader r(data, pos, end, "probability table");

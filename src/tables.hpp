@@ -11,7 +11,7 @@
 
 namespace cachegen {
 
-constexpr int kAlphabet = 256;  // alphabet index = symbol + 128; index 0 is never used
+constexpr int kAlphabet = 256;  // alphabet index = symbol + 128; index 0 only in lossless groups
 
 using Histogram = std::array<uint32_t, kAlphabet>;
 
@@ -39,8 +39,10 @@ Table normalize(const Histogram& counts);
 void serialize_table(const Table& t, std::vector<uint8_t>& out);
 
 // Parses one table at data[pos..end), advancing pos; throws FormatError on anything invalid.
-// `golomb`: the format v3 code, else v1/v2 varints.
-Table parse_table(const uint8_t* data, size_t& pos, size_t end, bool golomb);
+// `golomb`: the format v3 code, else v1/v2 varints. `full_alphabet`: index 0 (symbol -128) may
+// occur (lossless groups, format v4); quantized symbols never use it.
+Table parse_table(const uint8_t* data, size_t& pos, size_t end, bool golomb,
+                  bool full_alphabet = false);
 
 std::array<rans::EncSym, kAlphabet> encoder_symbols(const Table& t);
 

@@ -1,10 +1,12 @@
 #include "tensor_view.hpp"
 
+#include <algorithm>
 #include <cstring>
 
 #include "half.hpp"
 
 #if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
 #include <immintrin.h>
 #define CG_X86 1
 #endif
@@ -14,7 +16,11 @@ namespace {
 
 #ifdef CG_X86
 bool has_f16c() {
-  static const bool yes = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx");
+  // F16C from CPUID (leaf 1, ECX): clang's __builtin_cpu_supports does not know "f16c".
+  static const bool yes = [] {
+    unsigned a, b, c, d;
+    return __builtin_cpu_supports("avx") && __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+  }();
   return yes;
 }
 
@@ -65,7 +71,7 @@ void copy_in(const float* src, float* dst, uint32_t n) { std::memcpy(dst, src, n
 // per head (contiguous dims) or per element. Row is `float` for loads, `const float` for stores.
 template <typename T, typename Row, typename Fn>
 void for_runs(const TensorView& v, uint32_t token, Row* row, Fn fn) {
-  T* base = static_cast<T*>(v.data) + token * v.s_token;
+  T* base = static_cast<T*>(v.data) + v.token_offset(token);
   if (v.dense_rows()) return fn(base, row, v.channels());
   for (uint32_t h = 0; h < v.heads; ++h) {
     T* head = base + h * v.s_head;
@@ -80,6 +86,15 @@ void for_runs(const TensorView& v, uint32_t token, Row* row, Fn fn) {
 
 }  // namespace
 
+void check_paging(const TensorView& v, const std::string& what) {
+  if (!v.block_table) return;
+  if (v.block_size < 1) throw InputError(what + ": block size must be >= 1");
+  for (uint32_t i = 0; i < v.table_entries(); ++i)
+    if (v.block_table[i] < 0 || (uint32_t)v.block_table[i] >= v.num_blocks)
+      throw InputError(what + ": block id " + std::to_string(v.block_table[i]) +
+                       " out of range [0, " + std::to_string(v.num_blocks) + ")");
+}
+
 void load_row(const TensorView& v, uint32_t token, float* row) {
   switch (v.dtype) {
     case DType::F16:
@@ -91,18 +106,80 @@ void load_row(const TensorView& v, uint32_t token, float* row) {
   }
 }
 
-void store_row(const TensorView& v, uint32_t token, const float* row) {
-  switch (v.dtype) {
+// Calls f(T{}, store) with the dtype's element type T and its store(T* dst, const float* src,
+// n) converter.
+template <typename F>
+void with_store(DType dtype, F&& f) {
+  switch (dtype) {
     case DType::F16:
-      return for_runs<uint16_t>(
-          v, token, row, [](uint16_t* d, const float* s, uint32_t n) { f32_to_f16_n(s, d, n); });
+      return f(uint16_t{}, [](uint16_t* d, const float* s, uint32_t n) { f32_to_f16_n(s, d, n); });
     case DType::BF16:
-      return for_runs<uint16_t>(
-          v, token, row, [](uint16_t* d, const float* s, uint32_t n) { f32_to_bf16_n(s, d, n); });
+      return f(uint16_t{}, [](uint16_t* d, const float* s, uint32_t n) { f32_to_bf16_n(s, d, n); });
     case DType::F32:
-      return for_runs<float>(v, token, row,
-                             [](float* d, const float* s, uint32_t n) { copy_in(s, d, n); });
+      return f(float{}, [](float* d, const float* s, uint32_t n) { copy_in(s, d, n); });
   }
+}
+
+void store_row(const TensorView& v, uint32_t token, const float* row) {
+  with_store(v.dtype, [&](auto t, auto store) { for_runs<decltype(t)>(v, token, row, store); });
+}
+
+namespace {
+
+// Token-adjacent views (s_token == 1): per channel, each run of tokens that are adjacent in
+// memory (within one block, at most kColumn) is gathered from the rows and stored at once.
+constexpr uint32_t kColumn = 128;
+
+template <typename T, typename Store>
+void store_columns(const TensorView& v, uint32_t token, uint32_t n, const float* rows,
+                   Store store) {
+  const uint32_t C = v.channels(), end = token + n;
+  float col[kColumn];
+  for (uint32_t a = token; a < end;) {
+    uint32_t b = std::min(end, a + kColumn);
+    if (v.block_table) b = std::min(b, (a / v.block_size + 1) * v.block_size);
+    T* base = static_cast<T*>(v.data) + v.token_offset(a);
+    const float* r = rows + (size_t)(a - token) * C;
+    for (uint32_t h = 0; h < v.heads; ++h)
+      for (uint32_t d = 0; d < v.head_dim; ++d) {
+        const uint32_t c = h * v.head_dim + d;
+        for (uint32_t k = 0; k < b - a; ++k) col[k] = r[(size_t)k * C + c];
+        store(base + h * v.s_head + d * v.s_dim, col, b - a);
+      }
+    a = b;
+  }
+}
+
+}  // namespace
+
+void store_rows(const TensorView& v, uint32_t token, uint32_t n, const float* rows) {
+  if (v.s_token == 1 && v.channels() > 1)
+    return with_store(
+        v.dtype, [&](auto t, auto store) { store_columns<decltype(t)>(v, token, n, rows, store); });
+  for (uint32_t k = 0; k < n; ++k) store_row(v, token + k, rows + (size_t)k * v.channels());
+}
+
+// A row's raw bits, element type T (the dtype's width), through for_runs.
+template <typename T>
+void load_bits_as(const TensorView& v, uint32_t token, uint8_t* bits) {
+  for_runs<T>(v, token, reinterpret_cast<T*>(bits),
+              [](T* t, T* r, uint32_t n) { std::memcpy(r, t, n * sizeof(T)); });
+}
+
+template <typename T>
+void store_bits_as(const TensorView& v, uint32_t token, const uint8_t* bits) {
+  for_runs<T>(v, token, reinterpret_cast<const T*>(bits),
+              [](T* t, const T* r, uint32_t n) { std::memcpy(t, r, n * sizeof(T)); });
+}
+
+void load_bits(const TensorView& v, uint32_t token, uint8_t* bits) {
+  if (v.dtype == DType::F32) return load_bits_as<uint32_t>(v, token, bits);
+  load_bits_as<uint16_t>(v, token, bits);
+}
+
+void store_bits(const TensorView& v, uint32_t token, const uint8_t* bits) {
+  if (v.dtype == DType::F32) return store_bits_as<uint32_t>(v, token, bits);
+  store_bits_as<uint16_t>(v, token, bits);
 }
 
 const char* convert_backend() {

@@ -44,6 +44,8 @@ def cases() -> dict[str, tuple[object, cachegen.CodecConfig]]:
             replace(cachegen.CodecConfig.cachegen_reference(2), max_tables=8),
         ),
         "pairs_f32_segments": (pairs, small),
+        "stacked_f16_lossless": (stacked, cachegen.CodecConfig.lossless()),
+        "pairs_f32_lossless": (pairs, replace(cachegen.CodecConfig.lossless(), max_tables=4)),
     }
 
 

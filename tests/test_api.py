@@ -139,5 +139,5 @@ def test_torch_tensor_requiring_grad_and_numpy_bf16_error():
 
 def test_build_info():
     info = cachegen.build_info()
-    assert info["format_version"] == cachegen.FORMAT_VERSION == 3
+    assert info["format_version"] == cachegen.FORMAT_VERSION == 4
     assert info["crc32c"] in ("sse4.2", "table") and info["convert"] in ("f16c", "scalar")

@@ -18,7 +18,16 @@ from cachegen.hf import from_cache, to_cache  # noqa: E402
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-def _tiny(layer_types: list[str], window: int = 8) -> transformers.PreTrainedModel:
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """calibrate() keeps its measurements under the user cache dir: a temporary one here."""
+    monkeypatch.setenv("CACHEGEN_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def _tiny(
+    layer_types: list[str], window: int = 8, positions: int = 128
+) -> transformers.PreTrainedModel:
     """A 4-layer random Qwen2 whose layers are full or sliding-window attention."""
     torch.manual_seed(0)
     config = transformers.Qwen2Config(
@@ -31,7 +40,7 @@ def _tiny(layer_types: list[str], window: int = 8) -> transformers.PreTrainedMod
         use_sliding_window=True,
         sliding_window=window,
         layer_types=layer_types,
-        max_position_embeddings=128,
+        max_position_embeddings=positions,
     )
     return transformers.Qwen2ForCausalLM(config).eval()
 
@@ -171,7 +180,7 @@ def test_calibrate_profile_on_a_tiny_model() -> None:
     """calibrate(): one KL measurement per (layer, K/V, head), turned into clipped step weights
     that encode() accepts; strength 0 gives all-ones weights."""
     import cachegen
-    from cachegen.calibrate import MEASURE_CONFIG, _sensitivity
+    from cachegen.calibrate import MEASURE_CONFIG, _group_shapes, _sensitivity
 
     model = _sharp(_tiny(["full_attention"] * 4))
     texts = [
@@ -181,7 +190,10 @@ def test_calibrate_profile_on_a_tiny_model() -> None:
     assert prof.num_layers == 4 and all(len(w) == 2 for w in prof.key_weights + prof.value_weights)
     # The weights are the measured sensitivities, normalized per text, to the power -0.35.
     config = MEASURE_CONFIG
-    measured = [_sensitivity(model, t, config, 16, 4, torch) for t in texts]
+    shapes = _group_shapes(model, texts[0], torch)
+    assert shapes == [(2, 8)] * 8  # (kv heads, head_dim) of K0, V0, K1, ...
+    run = lambda name, measure: measure()  # noqa: E731
+    measured = [_sensitivity(model, t, config, 16, 4, shapes, run, torch) for t in texts]
     relative = lambda s: s / np.exp(np.log(s).mean())  # noqa: E731
     mean = sum(relative(np.concatenate(heads)) for heads, _ in measured) / len(texts)
     want = np.clip(mean**-0.35, 0.5, 2.0).reshape(4, 2, 2)  # layer, K/V, head
@@ -221,3 +233,156 @@ def test_calibrate_fits_token_importance_to_attention() -> None:
     assert again.importance == tuple(
         tuple(float(f"{x:.5g}") for x in row) for row in prof.importance
     )
+
+
+def _texts(n: int, seeds: tuple[int, ...]) -> list[torch.Tensor]:
+    return [torch.randint(0, 64, (1, n), generator=torch.Generator().manual_seed(s)) for s in seeds]
+
+
+SLIDING = ["sliding_attention", "full_attention"] * 2
+
+
+def test_attention_mass_on_sliding_layers_is_aligned_by_position() -> None:
+    """A sliding layer keeps its last window - 1 prefix tokens: its features and mass cover
+    those (the sink long gone), each token's mass averaged over the continuation queries that
+    see it, as one uncached pass over the whole text shows at the same absolute positions."""
+    from cachegen.calibrate import _attention_mass
+
+    model = _tiny(SLIDING, window=96, positions=256)
+    text, n, cont = _texts(200, (4,))[0], 184, 16
+    features, mass = _attention_mass(model, text, cont, torch)
+    model.set_attn_implementation("eager")
+    with torch.inference_mode():
+        whole = model(text, output_attentions=True).attentions
+    for layer, (f, m) in enumerate(zip(features, mass, strict=True)):
+        first = n - 95 if layer % 2 == 0 else 1  # sliding: positions 89..183; full: 1..183
+        positions = np.arange(first, n - 64)
+        assert f.shape == (len(positions), 8) and m.shape == (len(positions),)
+        att = whole[layer][0, :, n:, positions].double()  # [heads, queries, kept positions]
+        seen = (att[0] > 0).sum(0).numpy()
+        if layer % 2 == 0:
+            assert seen.min() < cont  # the window hides the oldest kept tokens from late queries
+        want = att.sum((0, 1)).numpy() / (att.shape[0] * seen)
+        np.testing.assert_allclose(m, want, rtol=1e-4)
+
+
+def test_calibrate_sliding_window_model_longer_prefix() -> None:
+    """A prefix longer than the window: calibration finishes and its profile codes the model's
+    cache (layers of different token counts), whole and as a chunk that starts later."""
+    import cachegen
+
+    model = _sharp(_tiny(SLIDING, window=96, positions=256))
+    texts = _texts(200, (5, 6))
+    prof = cachegen.calibrate(model, texts, name="sliding", continuation=16, progress=False)
+    assert prof.num_layers == 4 and len(prof.importance) == 4
+    assert all(any(c != 0 for c in row) for row in prof.importance)
+    kv = from_cache(_prefill(model, texts[0][:, :184]))
+    assert [k.shape[2] for k, _ in kv] == [95, 184] * 2
+    blob = cachegen.encode(kv, level=20, profile=prof)
+    assert blob != cachegen.encode(kv, level=20)
+    decoded = cachegen.decode(blob)
+    assert [k.shape for k, _ in decoded] == [k.shape for k, _ in kv]
+    logits = _continue(model, to_cache(decoded, model.config), texts[0][:, 184:])
+    want = _continue(model, to_cache(_copy(kv), model.config), texts[0][:, 184:])
+    assert torch.allclose(logits, want, atol=0.05 * want.abs().max().item())
+    # Context positions 80..183: 104 tokens in full layers, the 95 kept in sliding ones.
+    chunk = [(k[:, :, -104:], v[:, :, -104:]) for k, v in kv]
+    part = cachegen.decode(cachegen.encode(chunk, level=20, profile=prof, position=80))
+    for (k, v), (k2, v2) in zip(chunk, part, strict=True):
+        assert k2.shape == k.shape and v2.shape == v.shape
+        assert (k2 - k).abs().max() < 0.2 * k.abs().max() and (v2 - v).abs().max() < v.abs().max()
+
+
+def test_calibrate_resumes_after_a_failure(
+    _cache_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Measurements are kept as they are made: a run that fails after some passes is resumed by
+    the next, which runs only the missing passes and gives the profile of an uninterrupted run;
+    a bar of passes goes to stderr."""
+    import cachegen
+
+    model = _tiny(SLIDING, window=96, positions=256)
+    texts = _texts(200, (7, 8))
+    calls = {"n": 0, "fail_at": 0}
+
+    def count(*_: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == calls["fail_at"]:
+            raise RuntimeError("interrupted")
+
+    model.register_forward_hook(count)
+    options = {"name": "tiny", "continuation": 16, "key_bands": 2}
+    want = cachegen.calibrate(model, texts, **options, resume=False, progress=False)
+    full, calls["n"] = calls["n"], 0
+    assert not _cache_dir.exists() and capsys.readouterr().err == ""
+    # Per text: the attention pass, 4 layers x K/V x 2 heads, 2 key bands.
+    passes = 2 * (1 + 4 * 2 * 2 + 2)
+    assert full == 1 + 2 * (4 + passes // 2 - 1)  # shape probe; per text 2 prefills, reference
+
+    # Forwards: 1 shape probe, 2-3 the attention pass (stored), 4 prefill, 5 reference, 6-9
+    # four sensitivity passes (stored), 10 fails.
+    calls["fail_at"] = 10
+    with pytest.raises(RuntimeError, match="interrupted"):
+        cachegen.calibrate(model, texts, **options)
+    assert len(list((_cache_dir / "calibrate").iterdir())) == 1
+    calls.update(n=0, fail_at=0)
+    capsys.readouterr()
+    again = cachegen.calibrate(model, texts, **options)
+    # The attention pass's 2 forwards and the 4 stored passes are not run again.
+    assert calls["n"] == full - 6
+    assert again == want
+    assert f"{passes}/{passes}" in capsys.readouterr().err
+    assert list((_cache_dir / "calibrate").iterdir()) == []  # removed once done
+
+
+def test_run_digest_follows_weights_texts_and_settings() -> None:
+    from cachegen.measurements import run_digest
+
+    model = _tiny(["full_attention"] * 2)
+    texts = _texts(40, (1,))
+    base = run_digest(model, texts, {"continuation": 16})
+    assert base == run_digest(model, [t.clone() for t in texts], {"continuation": 16})
+    assert base != run_digest(model, _texts(40, (2,)), {"continuation": 16})
+    assert base != run_digest(model, texts, {"continuation": 8})
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[0, 0] += 1e-3
+    assert base != run_digest(model, texts, {"continuation": 16})
+
+
+@pytest.mark.parametrize("layer_types", [SLIDING, ["sliding_attention"] * 4])
+def test_sensitivity_reference_matches_one_uncached_pass(layer_types: list[str]) -> None:
+    """The continuation every sensitivity pass is compared with runs on the rebuilt prefix
+    cache at the true positions, also when every layer slides (no layer tells the length)."""
+    from cachegen.calibrate import MEASURE_CONFIG, _Coded
+
+    model = _tiny(layer_types, window=96, positions=256)
+    text = _texts(200, (9,))[0]
+    ref = _Coded.of(model, text, MEASURE_CONFIG, 16, torch).ref
+    with torch.inference_mode():
+        whole = torch.log_softmax(model(text).logits[0, 184:].double(), dim=-1)
+    torch.testing.assert_close(ref, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_calibrate_measures_again_what_a_damaged_checkpoint_lost(_cache_dir: Path) -> None:
+    """Damaged saved measurements (a truncated file) are measured again, not trusted."""
+    import cachegen
+
+    model = _tiny(["full_attention"] * 2, positions=256)
+    texts = _texts(120, (3,))
+    options = {"name": "tiny", "continuation": 16, "key_bands": 2, "progress": False}
+    calls = {"n": 0}
+
+    def count(*_: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 12:  # after the attention pass and a few sensitivity passes
+            raise RuntimeError("interrupted")
+
+    hook = model.register_forward_hook(count)
+    with pytest.raises(RuntimeError):
+        cachegen.calibrate(model, texts, **options)
+    hook.remove()
+    (folder,) = (_cache_dir / "calibrate").iterdir()
+    for path in folder.iterdir():
+        path.write_bytes(path.read_bytes()[:10])
+    again = cachegen.calibrate(model, texts, **options)
+    assert again == cachegen.calibrate(model, texts, **options, resume=False)

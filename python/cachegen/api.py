@@ -12,6 +12,7 @@ import numpy as np
 from . import _core
 from .config import DEFAULT_LEVEL, QUANTIZER_NAMES, QUANTIZERS, CodecConfig
 from .importance import importance_weights, token_scores
+from .outputs import check_outputs
 from .profile import ModelProfile
 from .tensors import (
     DTYPE_CODES,
@@ -38,9 +39,11 @@ FormatError = _core.FormatError
 FORMAT_VERSION: int = _core.build_info()["format_version"]
 _FLAG_TORCH_SOURCE = 1
 
-# decode() refuses blobs that would expand past this many output bytes unless told otherwise:
-# a tiny hostile blob may legitimately describe a huge all-zero cache.
-DEFAULT_MAX_OUTPUT_BYTES = 1 << 36
+#: decode() refuses blobs that would expand past this many output bytes (8 GiB) unless told
+#: otherwise with `max_output_bytes=`: a tiny hostile blob may legitimately describe a huge
+#: all-zero cache. 8 GiB holds a 16k-token chunk of a 70B model's fp16 KV (80 layers, 8 KV
+#: heads of 128) with room to spare; whole long contexts pass a larger cap explicitly.
+DEFAULT_MAX_OUTPUT_BYTES = 8 << 30
 
 
 @dataclass(frozen=True)
@@ -88,11 +91,15 @@ class BlobInfo:
         return 8 * self.total_bytes / self.elements
 
 
+#: The most worker threads a call may ask for (the core's own bound).
+MAX_THREADS: int = _core.build_info()["max_threads"]
+
+
 def _threads(threads: int | None) -> int:
     if threads is None:
         return 0
-    if not isinstance(threads, int) or threads < 0:
-        raise ValueError(f"threads must be a non-negative int, got {threads!r}")
+    if not isinstance(threads, int) or not 0 <= threads <= MAX_THREADS:
+        raise ValueError(f"threads must be an int in [0, {MAX_THREADS}], got {threads!r}")
     return threads
 
 
@@ -203,8 +210,23 @@ def encode(
             `decode` accepts it as is (decoding in place on that GPU); `bytes(blob.cpu())`
             (torch) or `cupy.asnumpy(blob).tobytes()` turn it into the host blob.
     """
-    config = _config(level, config)
-    v = views(kv)
+    return encode_views(
+        kv, views(kv), _config(level, config), profile, position, context_end, threads, device
+    )
+
+
+def encode_views(
+    kv: Any,
+    v: KVViews,
+    config: CodecConfig,
+    profile: ModelProfile | None = None,
+    position: int = 0,
+    context_end: int | None = None,
+    threads: int | None = None,
+    device: Any = None,
+) -> Any:
+    """`encode` of the groups `v` describes (plain or paged views); `kv` is what they view
+    (read only for a profile's importance on a GPU: see `importance.layer_keys`)."""
     target = _device_index(device)
     flags = _FLAG_TORCH_SOURCE if v.framework == "torch" else 0
     specs = _specs(kv, v, config, profile, position, context_end, _threads(threads))
@@ -404,7 +426,10 @@ def decode(
         device: "cuda" or "cuda:N" decodes on that GPU straight into device memory, on the
             caller's current stream; an `out=` on a GPU implies it. Default: host memory.
         threads: worker threads; default all cores.
-        max_output_bytes: refuse blobs that would decode to more than this.
+        max_output_bytes: refuse blobs that would decode to more than this many bytes
+            (default `DEFAULT_MAX_OUTPUT_BYTES`, 8 GiB) before allocating the output. Decoding
+            needs the output plus memory proportional to the blob (parsing refuses blobs that
+            claim more metadata than their size pays for).
 
     Raises:
         FormatError: the blob is malformed, truncated, corrupted or of an unsupported version.
@@ -451,19 +476,26 @@ def decode(
     if v.layout != info.layout or [g.shape for g in v.groups] != shapes:
         raise ValueError("out= does not match the blob's layout and shapes")
     check_writable(out)
+    check_outputs(out, v, blob)
+    decode_views(parsed, v, threads)
+    return out
+
+
+def decode_views(parsed: Any, v: KVViews, threads: int | None = None) -> None:
+    """Decode a parsed blob (`parse`) into the groups `v` describes (plain or paged views, of
+    the blob's shapes), on the host or on their GPU."""
     outs = [g.as_tuple() for g in v.groups]
     if v.device is None:
         parsed.decode_into(outs, _threads(threads))
+        return
+    _require_cuda()
+    stream = current_stream(v.framework, v.device)
+    if isinstance(parsed, _core.DeviceParsed):
+        if parsed.device != v.device:
+            raise ValueError(f"blob on cuda:{parsed.device}, output on cuda:{v.device}")
+        parsed.to_device(stream).decode_into(outs, stream)
     else:
-        _require_cuda()
-        stream = current_stream(v.framework, v.device)
-        if isinstance(parsed, _core.DeviceParsed):
-            if parsed.device != v.device:
-                raise ValueError(f"blob on cuda:{parsed.device}, output on cuda:{v.device}")
-            parsed.to_device(stream).decode_into(outs, stream)
-        else:
-            _core.to_device(parsed, v.device, stream).decode_into(outs, stream)
-    return out
+        _core.to_device(parsed, v.device, stream).decode_into(outs, stream)
 
 
 def _target_device(device: Any, out_views: KVViews | None) -> int | None:

@@ -8,29 +8,37 @@ sensitivity. High-rate theory makes the rate-optimal step proportional to sensit
 noise on a few texts. The key channels' RoPE frequency bands are measured the same way, each
 band of every layer's keys coded at once. Costs 2 * layers * heads + bands continuation passes
 per text (SmolLM2-135M with a 1536-token prefix and a 256-token continuation: about 3.5 minutes
-per text on two cores).
+per text on two cores), with a progress bar, each result kept on disk as it comes
+(`cachegen.measurements`) so that a rerun after a failure resumes.
 
 One more pass with attention weights fits the token-importance model (`cachegen.importance`):
 per layer, the log of the attention mass each prefix token receives from the continuation,
-against its keys' RoPE pair magnitudes. Needs torch and transformers (the `hf` extra).
+against its keys' RoPE pair magnitudes.
+
+Sliding-window layers keep only their last tokens: every per-layer measurement uses the prefix
+tokens the layer keeps, by absolute position, and the continuation queries that see them.
+Needs torch and transformers (the `hf` extra).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .api import decode, encode
+from .api import FORMAT_VERSION, decode, encode
 from .config import LEVEL_SINK_TOKENS, CodecConfig
 from .hf import from_cache, to_cache
 from .importance import fit, pair_magnitudes
+from .measurements import Measurements, run_digest
 from .profile import ModelProfile, band_of_channels
 from .weights import RECENCY_REFERENCE
 
-# Tokens left out of the importance fit: the sink, and the last ones, whose attention is
-# mostly recency (the recency law's business).
+# Tokens left out of the importance fit: the sink (context position 0), and the prefix's last
+# ones, whose attention is mostly recency (the recency law's business).
 _FIT_SKIP = (1, RECENCY_REFERENCE)
 
 
@@ -56,6 +64,8 @@ def calibrate(
     strength: float = 0.35,
     bound: float = 4.0,
     key_bands: int = 4,
+    progress: bool = True,
+    resume: bool = True,
 ) -> ModelProfile:
     """Measure a profile for `model` (a transformers causal LM) on token-id tensors `texts`.
 
@@ -68,27 +78,115 @@ def calibrate(
         bound: weights are clipped to [1/bound, bound].
         key_bands: RoPE frequency bands of the key channels, measured and weighted apiece
             (0: none).
+        progress: show a bar of passes done / total on stderr.
+        resume: keep each measurement under `cachegen.paths.user_cache_dir()` as it is made,
+            keyed by a digest of the model (config and weights), the texts and the settings, so
+            that a rerun after a failure measures only what is missing; removed once done.
+            `strength` and `bound` only shape the result: they are not part of the key.
     """
     import torch
 
     config = config or MEASURE_CONFIG
+    _check_texts(texts, continuation)
+    shapes = _group_shapes(model, texts[0], torch)
+    settings = {
+        "config": repr(config),
+        "continuation": continuation,
+        "key_bands": key_bands,
+        "format": FORMAT_VERSION,
+    }
+    digest = run_digest(model, texts, settings) if resume else None
+    total = len(texts) * (1 + sum(heads for heads, _ in shapes) + key_bands)
+    log = Measurements.for_run(digest, total, progress)
+    try:
+        runs = [
+            _measure_text(model, ids, f"text{i}", config, continuation, key_bands, shapes, log)
+            for i, ids in enumerate(texts)
+        ]
+    except BaseException:
+        log.close(finished=False)  # keeps what was measured for the rerun
+        raise
+    log.close(finished=True)
+    return _profile(runs, name, config, continuation, strength, bound, key_bands)
+
+
+@dataclass
+class _TextRun:
+    """What one calibration text measured."""
+
+    #: Per layer: the fitted tokens' key features and attention mass.
+    features: list[np.ndarray]
+    mass: list[np.ndarray]
+    #: Per group (K0, V0, K1, ...): each head's KL; and each key band's.
+    heads: list[np.ndarray]
+    bands: np.ndarray
+
+
+def _check_texts(texts: Sequence[Any], continuation: int) -> None:
     if not texts:
         raise ValueError("calibrate needs at least one text")
-    heads: list[list[np.ndarray]] = []
-    bands: list[np.ndarray] = []
-    features: list[list[np.ndarray]] = []
-    mass: list[list[np.ndarray]] = []
-    for ids in texts:
-        if ids.shape[-1] <= continuation + sum(_FIT_SKIP):
-            raise ValueError(
-                f"a calibration text needs more than {continuation + sum(_FIT_SKIP)} tokens"
-            )
-        f, m = _attention_mass(model, ids, continuation, torch)
-        features.append(f)
-        mass.append(m)
-        h, b = _sensitivity(model, ids, config, continuation, key_bands, torch)
-        heads.append(_relative(h))  # each text counts equally
-        bands.append(_relative([b])[0] if key_bands else b)
+    need = continuation + sum(_FIT_SKIP)
+    if any(ids.shape[-1] <= need for ids in texts):
+        raise ValueError(f"a calibration text needs more than {need} tokens")
+
+
+def _group_shapes(model: Any, ids: Any, torch: Any) -> list[tuple[int, int]]:
+    """(heads, head_dim) of each cache group K0, V0, K1, ..., from a one-token prefill."""
+    with torch.inference_mode():
+        kv = from_cache(model(ids[:, :1], use_cache=True).cache)
+    return [(t.shape[1], t.shape[3]) for pair in kv for t in pair]
+
+
+def _measure_text(
+    model: Any,
+    ids: Any,
+    label: str,
+    config: CodecConfig,
+    cont: int,
+    bands: int,
+    shapes: list[tuple[int, int]],
+    log: Measurements,
+) -> _TextRun:
+    """The attention pass and the sensitivity passes of one text, each loaded when `log` has
+    it."""
+    import torch
+
+    layers = len(shapes) // 2
+
+    def attention() -> dict[str, np.ndarray]:
+        features, mass = _attention_mass(model, ids, cont, torch)
+        return {
+            f"{kind}{i}": a
+            for kind, arrays in (("f", features), ("m", mass))
+            for i, a in enumerate(arrays)
+        }
+
+    found = log.arrays(f"{label}-attention", attention)
+
+    def measure(name: str, run: Callable[[], float]) -> float:
+        return log.value(f"{label}:{name}", run)
+
+    heads, per_band = _sensitivity(model, ids, config, cont, bands, shapes, measure, torch)
+    return _TextRun(
+        features=[found[f"f{i}"] for i in range(layers)],
+        mass=[found[f"m{i}"] for i in range(layers)],
+        heads=heads,
+        bands=per_band,
+    )
+
+
+def _profile(
+    runs: list[_TextRun],
+    name: str,
+    config: CodecConfig,
+    continuation: int,
+    strength: float,
+    bound: float,
+    key_bands: int,
+) -> ModelProfile:
+    """The profile from every text's measurements; each text counts equally."""
+    heads = [_relative(r.heads) for r in runs]
+    bands = [_relative([r.bands])[0] if key_bands else r.bands for r in runs]
     weights = [
         np.clip(np.mean(g, axis=0) ** -strength, 1.0 / bound, bound)
         for g in zip(*heads, strict=True)
@@ -100,12 +198,12 @@ def calibrate(
         key_weights=_rows(weights[0::2]),
         value_weights=_rows(weights[1::2]),
         calibration=(
-            f"{len(texts)} texts, {config.name}, continuation {continuation}, "
+            f"{len(runs)} texts, {config.name}, continuation {continuation}, "
             f"strength {strength}, bound {bound}, {key_bands} key bands"
         ),
         importance=tuple(
-            tuple(fit([f[layer] for f in features], [m[layer] for m in mass]))
-            for layer in range(len(features[0]))
+            tuple(fit([r.features[layer] for r in runs], [r.mass[layer] for r in runs]))
+            for layer in range(len(runs[0].features))
         ),
         key_bands=tuple(float(x) for x in band_w),
     )
@@ -124,65 +222,126 @@ def _rows(w: list[np.ndarray]) -> tuple[tuple[float, ...], ...]:
 def _attention_mass(
     model: Any, ids: Any, cont: int, torch: Any
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per layer: the prefix tokens' key features and the mean attention each receives from the
-    continuation (over query heads and positions), both without the `_FIT_SKIP` tokens."""
+    """Per layer: the key features of the prefix tokens the layer keeps and the mean attention
+    each receives from the continuation queries that see it (over query heads), both without
+    the `_FIT_SKIP` tokens."""
     prefix, tail = ids[:, :-cont], ids[:, -cont:]
+    n = prefix.shape[-1]
     before = model.config._attn_implementation
     model.set_attn_implementation("eager")  # the fused kernels return no attention weights
     try:
         with torch.inference_mode():
             kv = from_cache(model(prefix, use_cache=True).cache)
-            out = model(tail, cache=to_cache(kv, model.config), output_attentions=True)
+            cache = to_cache(kv, model.config, seq_length=n)
+            windows = [_window(layer) for layer in cache.layers]
+            out = model(tail, cache=cache, output_attentions=True)
     finally:
         model.set_attn_implementation(before)
-    n = prefix.shape[-1]
-    keep = slice(_FIT_SKIP[0], n - _FIT_SKIP[1])
-    features = [pair_magnitudes(k[0].swapaxes(0, 1))[keep] for k, _ in kv]
-    mass = [a[0, :, :, :n].double().mean((0, 1)).numpy()[keep] for a in out.attentions]
+    features, mass = [], []
+    for (k, _), a, window in zip(kv, out.attentions, windows, strict=True):
+        kept = k.shape[2]  # the layer's last `kept` prefix tokens lead its attention's keys
+        rows = _fit_rows(n, kept)
+        drawn = a[0, :, :, :kept].double().sum((0, 1)).numpy()
+        features.append(pair_magnitudes(k[0].swapaxes(0, 1))[rows])
+        mass.append((drawn / (a.shape[1] * _queries_seeing(n, kept, cont, window)))[rows])
     return features, mass
 
 
-def _sensitivity(
-    model: Any, ids: Any, config: CodecConfig, cont: int, bands: int, torch: Any
-) -> tuple[list[np.ndarray], np.ndarray]:
-    """Mean KL of the continuation when one part of the cache alone is coded, floored at 1e-9:
-    per group (K0, V0, K1, ...) each head's, and each key band's over all layers and heads."""
-    prefix, tail = ids[:, :-cont], ids[:, -cont:]
-    with torch.inference_mode():
-        kv = from_cache(model(prefix, use_cache=True).cache)
+def _window(layer: Any) -> int | None:
+    """A cache layer's sliding window, None for full attention."""
+    return int(layer.sliding_window) if getattr(layer, "is_sliding", False) else None
 
-    def log_probs(cache_kv: list) -> Any:
+
+def _fit_rows(n: int, kept: int) -> slice:
+    """Which of a layer's `kept` last prefix tokens (of `n`) the fit uses: not the sink where
+    the layer still holds it, not the prefix's last `_FIT_SKIP[1]`."""
+    first = n - kept  # context position of the layer's first kept token
+    start = max(_FIT_SKIP[0] - first, 0)
+    return slice(start, max(kept - _FIT_SKIP[1], start))
+
+
+def _queries_seeing(n: int, kept: int, cont: int, window: int | None) -> np.ndarray:
+    """How many continuation queries (positions n ... n + cont - 1) attend to each of the
+    `kept` last prefix tokens: all of them, or in a sliding window those less than `window`
+    positions after the token."""
+    if window is None:
+        return np.full(kept, cont)
+    positions = np.arange(n - kept, n)
+    return np.clip(positions - n + window, 1, cont)
+
+
+@dataclass
+class _Coded:
+    """A text's prefix cache, its coded version and the continuation's reference log-probs."""
+
+    model: Any
+    tail: Any
+    prefix_tokens: int
+    kv: list
+    coded: list
+    ref: Any = None
+    ref_p: Any = None
+
+    @classmethod
+    def of(cls, model: Any, ids: Any, config: CodecConfig, cont: int, torch: Any) -> _Coded:
+        prefix, tail = ids[:, :-cont], ids[:, -cont:]
         with torch.inference_mode():
-            logits = model(tail, cache=to_cache(cache_kv, model.config), use_cache=True).logits
+            kv = from_cache(model(prefix, use_cache=True).cache)
+        coded = decode(encode(kv, config=config), framework="torch")
+        self = cls(model, tail, prefix.shape[-1], kv, coded)
+        self.ref = self.log_probs(kv)
+        self.ref_p = self.ref.exp()  # once: every pass compares against it
+        return self
+
+    def log_probs(self, cache_kv: list) -> Any:
+        import torch
+
+        cache = to_cache(cache_kv, self.model.config, seq_length=self.prefix_tokens)
+        with torch.inference_mode():
+            logits = self.model(self.tail, cache=cache, use_cache=True).logits
         return torch.log_softmax(logits[0].double(), dim=-1)
 
-    def band_mask(layer: int, band: int) -> Any:
-        return torch.from_numpy(band_of_channels(kv[layer][0].shape[-1], bands) == band)
-
-    ref = log_probs(kv)
-    ref_p = ref.exp()  # once: each of the 2 * layers * heads + bands passes compares against it
-    coded = decode(encode(kv, config=config), framework="torch")
-
-    def kl(mixed: list) -> float:
-        return max((ref_p * (ref - log_probs(mixed))).sum(-1).mean().item(), 1e-9)
-
-    def with_coded(parts: dict[tuple[int, int], Any]) -> list:
-        """The cache with, for each (layer, side) -> index in `parts`, that index of the tensor
-        taken from the coded cache."""
-        mixed = [list(pair) for pair in kv]
+    def kl(self, parts: dict[tuple[int, int], Any]) -> float:
+        """Mean KL of the continuation, floored at 1e-9, when for each (layer, side) -> index
+        in `parts` that index of the cache is taken from the coded cache."""
+        mixed = [list(pair) for pair in self.kv]
         for (layer, side), index in parts.items():
             t = mixed[layer][side].clone()
-            t[index] = coded[layer][side][index].to(t.dtype)
+            t[index] = self.coded[layer][side][index].to(t.dtype)
             mixed[layer][side] = t
-        return mixed
+        log_p = self.log_probs(mixed)
+        return max((self.ref_p * (self.ref - log_p)).sum(-1).mean().item(), 1e-9)
+
+
+def _sensitivity(
+    model: Any,
+    ids: Any,
+    config: CodecConfig,
+    cont: int,
+    bands: int,
+    shapes: list[tuple[int, int]],
+    measure: Callable[[str, Callable[[], float]], float],
+    torch: Any,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Mean KL of the continuation when one part of the cache alone is coded: per group (K0,
+    V0, K1, ...) each head's, and each key band's over all layers and heads. `measure(name,
+    run)` returns a stored result or runs the pass; the prefill and the reference run only
+    when some pass does."""
+    coded = functools.cache(functools.partial(_Coded.of, model, ids, config, cont, torch))
+
+    def kl(name: str, parts: dict[tuple[int, int], Any]) -> float:
+        return measure(name, lambda: coded().kl(parts))
+
+    def band_mask(head_dim: int, band: int) -> Any:
+        return torch.from_numpy(band_of_channels(head_dim, bands) == band)
 
     per_head = [
-        np.array([kl(with_coded({(layer, side): (slice(None), h)})) for h in range(t.shape[1])])
-        for layer in range(len(kv))
-        for side, t in enumerate(kv[layer])
+        np.array([kl(f"g{g}h{h}", {(g // 2, g % 2): (slice(None), h)}) for h in range(heads)])
+        for g, (heads, _) in enumerate(shapes)
     ]
+    keys = list(enumerate(shapes[0::2]))
     per_band = [
-        kl(with_coded({(layer, 0): (..., band_mask(layer, band)) for layer in range(len(kv))}))
+        kl(f"band{band}", {(layer, 0): (..., band_mask(dim, band)) for layer, (_, dim) in keys})
         for band in range(bands)
     ]
     return per_head, np.array(per_band)

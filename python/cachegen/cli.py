@@ -1,9 +1,11 @@
 """The `cachegen` command: `demo`, `inspect` and `bench`.
 
-cachegen demo [--bandwidth 100] [--slo 1.0] [--json]
+cachegen demo [--bandwidth 100] [--slo 1.0] [--json] [--plot ttft.png]
 cachegen inspect blob.cg                 # a blob's header, groups and size
-cachegen inspect file:///path/to/store   # the contexts stored there
+cachegen inspect file:///path/to/store   # the contexts stored there, one line each
+cachegen gc STORE_URL [--grace 3600] [--dry-run] [--json]   # remove unreachable objects
 cachegen bench stream-sim [args...]      # a benchmark from bench/ (source checkout)
+cachegen --version
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ import sys
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cachegen.context import ContextSummary
+    from cachegen.store import StoreError
+
+    Listed = ContextSummary | StoreError
 
 #: `cachegen bench NAME` runs bench/<script>.
 BENCHMARKS = {
@@ -33,7 +41,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from cachegen import __version__
+
     p = argparse.ArgumentParser(prog="cachegen", description=__doc__.split("\n")[0])
+    p.add_argument("--version", action="version", version=f"cachegen {__version__}")
     sub = p.add_subparsers(required=True, metavar="command")
 
     d = sub.add_parser("demo", help="store a document's KV, stream it back within an SLO")
@@ -45,12 +56,30 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--slo", type=float, default=1.0, help="load TTFT target, s (default 1)")
     d.add_argument("--store", type=Path, help="file store folder (default: a temp folder)")
     d.add_argument("--json", action="store_true", help="print the results as JSON")
+    d.add_argument("--plot", type=Path, metavar="FILE", help="also draw TTFT and KL per strategy")
     d.set_defaults(run=_demo)
 
-    i = sub.add_parser("inspect", help="a blob file, or the contexts in a store URL")
+    i = sub.add_parser(
+        "inspect",
+        help="a blob file, or the contexts in a store URL (one line each; exit 1 if any is "
+        "damaged)",
+    )
     i.add_argument("target", help="a blob file, or a store URL (file:///..., s3://...)")
     i.add_argument("--json", action="store_true")
     i.set_defaults(run=_inspect)
+
+    g = sub.add_parser("gc", help="remove the objects no stored context reaches")
+    g.add_argument("store", help="a store URL (file:///..., s3://..., redis://...)")
+    g.add_argument(
+        "--grace",
+        type=float,
+        default=3600.0,
+        help="seconds: younger objects are kept, as a writer may still commit them "
+        "(default 3600; must exceed the longest save)",
+    )
+    g.add_argument("--dry-run", action="store_true", help="report, delete nothing")
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(run=_gc)
 
     b = sub.add_parser("bench", help=f"run a benchmark: {', '.join(BENCHMARKS)}")
     b.add_argument("name", choices=sorted(BENCHMARKS))
@@ -80,14 +109,32 @@ def _demo(args: argparse.Namespace) -> int:
         slo_s=args.slo,
         store=args.store,
     )
+    if args.plot:
+        _plotting()  # fails before the minutes of the demo, not after
     result = run_demo(opts, _progress)
     print(json.dumps(result, indent=1) if args.json else format_table(result))
+    if args.plot:
+        _plotting().plot_demo(result, args.plot)
+        print(f"plot: {args.plot}", file=sys.stderr)
     return 0
+
+
+def _plotting() -> Any:
+    """`cachegen.plotting`, once matplotlib is known to be there; else exit with the reason."""
+    from cachegen import plotting
+
+    try:
+        plotting.pyplot()
+    except plotting.MissingPlotting as e:
+        raise SystemExit(f"cachegen: {e}") from None
+    return plotting
 
 
 def _inspect(args: argparse.Namespace) -> int:
     target = args.target
-    info = _inspect_store(target) if "://" in target else _inspect_blob(Path(target))
+    if "://" in target:
+        return _inspect_store(target, args.json)
+    info = _inspect_blob(Path(target))
     if args.json:
         print(json.dumps(info, indent=1))
     else:
@@ -113,31 +160,99 @@ def _inspect_blob(path: Path) -> dict[str, Any]:
     }
 
 
-def _inspect_store(url: str) -> dict[str, Any]:
-    import cachegen.store
-    from cachegen.context.keys import unseal
+#: `cachegen inspect STORE` prints lines no longer than this.
+LINE_WIDTH = 120
 
-    contexts = []
-    with cachegen.store.open(url) as store:
-        for key in store.list("contexts/"):
-            body = unseal(key, store.get(key))
-            chunks = body.get("chunks", [])
-            sizes = {
-                lv: sum(c["levels"][lv]["size"] for c in chunks if lv in c["levels"])
-                for lv in (str(x) for x in body.get("levels", []))
-            }
-            contexts.append(
-                {
-                    "key": key,
-                    "model_id": body.get("model_id"),
-                    "tokens": body.get("num_tokens"),
-                    "chunk_tokens": body.get("chunk_tokens"),
-                    "chunks": len(chunks),
-                    "bytes_per_level": sizes,
-                    "quality": body.get("quality"),
-                }
-            )
-    return {"store": url, "contexts": contexts}
+
+def _inspect_store(url: str, as_json: bool) -> int:
+    """Every context in the store: one line each (or JSON); a context whose manifest cannot
+    be read is reported on its line. Exit status 1 when any could not."""
+    import cachegen.store
+    from cachegen.context import ContextSummary, list_contexts
+    from cachegen.context.listing import shared_chunks
+
+    try:
+        with cachegen.store.open(url) as store:
+            listed = list(list_contexts(store))
+    except cachegen.store.StoreError as e:
+        print(f"cachegen inspect: {e}", file=sys.stderr)
+        return 2
+    shared = shared_chunks([s for _, s in listed if isinstance(s, ContextSummary)])
+    if as_json:
+        contexts = [_context_json(key, s, shared) for key, s in listed]
+        print(json.dumps({"store": url, "contexts": contexts}, indent=1))
+    else:
+        for key, s in listed:
+            print(_context_line(key, s, shared))
+    return int(any(not isinstance(s, ContextSummary) for _, s in listed))
+
+
+def _context_json(key: str, s: Listed, shared: dict[str, int]) -> dict[str, Any]:
+    if isinstance(s, Exception):
+        return {"key": key, "error": str(s)}
+    return {
+        "key": key,
+        "model_id": s.model_id,
+        "tokens": s.num_tokens,
+        "chunk_tokens": s.chunk_tokens,
+        "chunks": len(s.chunks),
+        "shared_chunks": shared[key],
+        "levels": s.levels,
+        "bytes_per_level": {str(lv): n for lv, n in s.bytes_per_level().items()},
+        "quality": s.quality,
+    }
+
+
+def _context_line(key: str, s: Listed, shared: dict[str, int]) -> str:
+    """`hash-prefix  model  tokens  chunks  shared  L<level> <bytes> ...`, clipped to
+    `LINE_WIDTH`; or the reason the manifest could not be read."""
+    name = Path(key).stem[:12]
+    if isinstance(s, Exception):
+        reason = str(s).replace(repr(key), "manifest")
+        return _clip(f"{name:<12}  ERROR {type(s).__name__}: {reason}", LINE_WIDTH)
+    sizes = " ".join(f"L{lv}:{_size(n)}" for lv, n in s.bytes_per_level().items())
+    line = (
+        f"{name:<12}  {_clip(s.model_id, 28):<28} {s.num_tokens:>7} tok {len(s.chunks):>4} "
+        f"chunks {shared[key]:>4} shared  {sizes}"
+    )
+    return _clip(line, LINE_WIDTH)
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "~"
+
+
+def _size(n: float) -> str:
+    """Bytes in at most 3 significant digits: 950B, 1.2K, 35.1M, 4.07G."""
+    for unit in ("B", "K", "M", "G"):
+        if n < 999.5:
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.3g}{unit}"
+        n /= 1000
+    return f"{n:.0f}T"
+
+
+def _gc(args: argparse.Namespace) -> int:
+    import cachegen.store
+    from cachegen.context import collect_garbage
+
+    try:
+        with cachegen.store.open(args.store) as store:
+            report = collect_garbage(store, grace_s=args.grace, dry_run=args.dry_run)
+            shown = store.url  # without the URL's secrets
+    except (cachegen.store.StoreError, ValueError) as e:
+        print(f"cachegen gc: {e}", file=sys.stderr)
+        return 2
+    facts = {"store": shown, **asdict(report)}
+    if args.json:
+        print(json.dumps(facts, indent=1))
+        return 0
+    verb = "would delete" if args.dry_run else "deleted"
+    print(
+        f"{shown}: {report.objects} objects, {report.live} live, {report.waiting} waiting for "
+        f"the {args.grace:g} s grace period; {verb} {len(report.deleted)} "
+        f"({report.bytes_freed} bytes)"
+    )
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -11,6 +11,7 @@ QUANTIZERS: dict[str, int] = {
     "channel": 2,  # per-channel mean offset, step = param * channel rms
     "token": 3,  # per-token step = param * token rms
     "layer": 4,  # per-channel mean offset, one step = param * rms over the whole layer
+    "lossless": 5,  # no quantization: each value's bytes, entropy coded (param unused)
 }
 QUANTIZER_NAMES = {v: k for k, v in QUANTIZERS.items()}
 
@@ -19,6 +20,10 @@ QUANTIZER_NAMES = {v: k for k, v in QUANTIZERS.items()}
 Schedule = float | tuple[tuple[float, float], ...]
 
 DEFAULT_LEVEL = 15
+
+#: The lossless level: the cache's own fp16/bf16/fp32 bits, entropy coded (format v4). Above the
+#: ladder, so "higher = larger, better" still orders every level; not in `LEVELS`.
+LOSSLESS = 100
 
 # Project ladder: per-token steps for keys and values as a fraction of the token's rms, values
 # three times as coarse as keys (attention scores are more sensitive to key error than outputs
@@ -119,9 +124,15 @@ class CodecConfig:
 
     @classmethod
     def from_level(cls, level: int) -> CodecConfig:
-        """The project's ladder: level 1 (smallest) .. `max(LEVELS)` (highest quality)."""
+        """The project's ladder: level 1 (smallest) .. `max(LEVELS)` (highest quality), or
+        `LOSSLESS` (bit-exact)."""
+        if level == LOSSLESS:
+            return cls.lossless()
         if level not in _LEVEL_STEPS:
-            raise ValueError(f"level must be one of {sorted(_LEVEL_STEPS)}, got {level!r}")
+            raise ValueError(
+                f"level must be one of {sorted(_LEVEL_STEPS)} or LOSSLESS ({LOSSLESS}), "
+                f"got {level!r}"
+            )
         k, v = _LEVEL_STEPS[level]
         return cls(
             key_param=k,
@@ -130,6 +141,20 @@ class CodecConfig:
             recency=LEVEL_RECENCY,
             level=level,
             name=f"level-{level}",
+        )
+
+    @classmethod
+    def lossless(cls) -> CodecConfig:
+        """Bit-exact: every value's bytes, one byte plane each with its own probability
+        tables per channel cluster; the blob's dtype is the cache's, and it decodes only into
+        that dtype. NaN/Inf are refused, as at every level."""
+        return cls(
+            key_quantizer="lossless",
+            value_quantizer="lossless",
+            key_param=1.0,
+            value_param=1.0,
+            level=LOSSLESS,
+            name="lossless",
         )
 
     @classmethod

@@ -13,7 +13,7 @@ bench/results/ladder_experiments.md (section 20).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -27,8 +27,18 @@ IMPORTANCE_STRENGTH = 0.15
 IMPORTANCE_BOUND = 8.0
 
 
+@runtime_checkable
+class KeySource(Protocol):
+    """A cache that is neither stacked nor pairs (e.g. paged blocks) gives its keys itself."""
+
+    def layer_keys(self, layer: int) -> Any: ...
+
+
 def layer_keys(kv: Any, layout: str, layer: int) -> Any:
-    """Layer `layer`'s keys as `[tokens, heads, head_dim]`, a view in the input's framework."""
+    """Layer `layer`'s keys as `[tokens, heads, head_dim]`, a view in the input's framework (a
+    copy for a `KeySource`)."""
+    if isinstance(kv, KeySource):
+        return kv.layer_keys(layer)
     if layout == "stacked":
         return kv[layer, 0]
     return kv[layer][0][0].swapaxes(0, 1)
@@ -72,8 +82,11 @@ def fit(
 ) -> list[float]:
     """Least-squares coefficients of log attention `mass` on `features` over several texts'
     tokens, with an intercept (dropped: only differences between tokens matter) and a ridge
-    penalty relative to the features' mean square."""
+    penalty relative to the features' mean square. No tokens (a sliding window shorter than
+    the tokens left out of the fit) give all-zero coefficients: every token equally important."""
     x = np.concatenate(features)
+    if len(x) == 0:
+        return [0.0] * x.shape[1]
     x = np.hstack([x, np.ones((len(x), 1))])
     y = np.log(np.concatenate(mass) + 1e-9)
     gram = x.T @ x

@@ -22,8 +22,22 @@ LAYOUT_NAMES = {v: k for k, v in LAYOUTS.items()}
 
 
 @dataclass(frozen=True)
+class Paging:
+    """Where a paged view's tokens live (a serving engine's KV blocks): token t starts at
+    `table[t // block_size] * s_block + (t % block_size) * s_token` elements past the view's
+    address. `table` is the address of int32 block ids in host memory, which the caller keeps
+    alive; valid ids are [0, num_blocks)."""
+
+    table: int
+    block_size: int
+    num_blocks: int
+    s_block: int
+
+
+@dataclass(frozen=True)
 class GroupView:
-    """One layer's K or V: address and element strides of (token, head, dim)."""
+    """One layer's K or V: address and element strides of (token, head, dim), and for a paged
+    view its block table."""
 
     address: int
     dtype: str
@@ -31,8 +45,10 @@ class GroupView:
     heads: int
     head_dim: int
     strides: tuple[int, int, int]
+    paging: Paging | None = None
 
     def as_tuple(self) -> tuple:
+        p = self.paging or Paging(0, 0, 0, 0)
         return (
             self.address,
             DTYPE_CODES[self.dtype],
@@ -40,6 +56,10 @@ class GroupView:
             self.heads,
             self.head_dim,
             *self.strides,
+            p.table,
+            p.block_size,
+            p.num_blocks,
+            p.s_block,
         )
 
     @property

@@ -1,13 +1,21 @@
-"""Helpers for the store tests: free ports, waiting, and moto's S3 server (imported by
-conftest.py and by tests that start their own server)."""
+"""Helpers for the store tests: free ports, waiting, moto's S3 server over HTTP and HTTPS,
+self-signed certificates and a stalled server (imported by conftest.py and by tests that start
+their own server)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import socket
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -74,3 +82,133 @@ class MotoServer:
 
     def url(self, bucket: str, prefix: str = "kv") -> str:
         return f"s3://{bucket}/{prefix}?endpoint={self.endpoint}&region=us-east-1"
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A throwaway CA (the certificate the tests trust explicitly) and a server certificate."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_pki(directory: Path, san: str = "DNS:localhost") -> Pki:
+    """A fresh CA and a server certificate for `san` signed by it, made with Debian's openssl
+    (rustls refuses a CA certificate used as the server's own, so the two are separate)."""
+    exe = shutil.which("openssl")
+    if exe is None:
+        pytest.fail("the TLS tests need openssl on PATH (apt-get install openssl)")
+
+    def openssl(*args: str) -> None:
+        subprocess.run([exe, *args], check=True, capture_output=True, cwd=directory)
+
+    openssl(*"req -x509 -newkey rsa:2048 -nodes -days 1 -keyout ca.key -out ca.pem".split(),
+            "-subj", "/CN=cachegen test CA")  # fmt: skip
+    openssl(*"req -newkey rsa:2048 -nodes -keyout key.pem -out req.csr".split(),
+            "-subj", "/CN=cachegen test server")  # fmt: skip
+    (directory / "ext.cnf").write_text(
+        f"basicConstraints=CA:FALSE\nsubjectAltName={san}\nextendedKeyUsage=serverAuth\n"
+    )
+    openssl(*"x509 -req -in req.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1".split(),
+            *"-extfile ext.cnf -out cert.pem".split())  # fmt: skip
+    return Pki(directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
+
+
+class TlsMotoServer:
+    """moto's S3 app behind werkzeug's HTTPS server, with a certificate the tests make."""
+
+    def __init__(self, pki: Pki) -> None:
+        import boto3
+        from moto.server import DomainDispatcherApplication, create_backend_app
+        from werkzeug.serving import make_server
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self.port = free_port()
+        self.endpoint = f"https://localhost:{self.port}"
+        app = DomainDispatcherApplication(create_backend_app)
+        self._server = make_server(
+            "127.0.0.1", self.port, app, threaded=True, ssl_context=(str(pki.cert), str(pki.key))
+        )
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            verify=str(pki.ca),
+            **{f"aws_{k}": v for k, v in S3_CREDENTIALS.items()},
+        )
+        wait_until(self.client.list_buckets, f"moto S3 server on {self.endpoint}")
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._thread.join()
+
+
+class SilentServer:
+    """A TCP port that never answers: it accepts connections and stays silent, or with
+    `stall_connect` its backlog is full, so that a new connection never completes."""
+
+    def __init__(self, stall_connect: bool = False) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(0)
+        self.port = self._sock.getsockname()[1]
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        if stall_connect:
+            for _ in range(3):  # fill the backlog; the kernel then drops new SYNs
+                c = socket.socket()
+                c.setblocking(False)
+                c.connect_ex(("127.0.0.1", self.port))
+                self._held.append(c)
+        else:
+            self._thread.start()
+
+    def _accept(self) -> None:
+        self._sock.settimeout(0.1)
+        while not self._stop.is_set():
+            try:
+                self._held.append(self._sock.accept()[0])
+            except TimeoutError:
+                continue
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        for s in [*self._held, self._sock]:
+            s.close()
+
+
+class AuthMotoServer:
+    """moto's S3 server in a subprocess that checks signatures against its IAM users, with one
+    user made at start: `key_id`/`secret` are valid, anything else is refused."""
+
+    def __init__(self) -> None:
+        import boto3
+
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        env = os.environ | {"INITIAL_NO_AUTH_ACTION_COUNT": "2"}  # the user and its key
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        iam = boto3.client(
+            "iam",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            **{f"aws_{k}": v for k, v in S3_CREDENTIALS.items()},
+        )
+        wait_until(lambda: iam.create_user(UserName="cachegen"), f"moto on {self.endpoint}")
+        key = iam.create_access_key(UserName="cachegen")["AccessKey"]
+        self.key_id, self.secret = key["AccessKeyId"], key["SecretAccessKey"]
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(10)

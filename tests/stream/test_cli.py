@@ -30,4 +30,5 @@ def test_inspect_store(tmp_path, capsys) -> None:
     assert set(ctx["bytes_per_level"]) == {"1", "3", "5"}
     assert ctx["quality"]["kl"]["1"] == 0.05
     assert main(["inspect", store.url]) == 0
-    assert "contexts:" in capsys.readouterr().out
+    (line,) = capsys.readouterr().out.splitlines()
+    assert " 128 tok    2 chunks    0 shared  L1:" in line

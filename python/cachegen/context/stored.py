@@ -8,26 +8,32 @@ exists, so a writer killed part-way leaves whole chunks and no context, never ha
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import zstandard
 
 import cachegen
+from cachegen.paged import PagedKV
 from cachegen.store.base import Store
 from cachegen.store.errors import ContextMissing, ObjectCorrupted, ObjectMissing
 
+from .auth import Authenticator, AuthKey
 from .keys import (
+    LEGACY_CODEC_VERSION,
     MANIFEST_SCHEMA,
     ObjectRef,
+    Salt,
     checksum,
     chunk_hashes,
+    legacy_chunk_hashes,
     level_key,
     manifest_key,
     record_key,
@@ -36,6 +42,7 @@ from .keys import (
     tokens_key,
     unseal,
 )
+from .layers import assemble, chunk_layer_tokens, layer_counts, slice_chunk
 
 DEFAULT_CHUNK_TOKENS = 256
 #: Chunks encoded ahead of their upload; bounds memory while encode and upload overlap.
@@ -52,25 +59,43 @@ class ChunkInfo:
     stop: int
     tokens: ObjectRef
     levels: dict[int, ObjectRef]
+    #: Tokens of each layer in this chunk, when layers differ (sliding windows; see
+    #: `cachegen.context.layers`): the blobs hold only the layers with tokens here.
+    layer_tokens: tuple[int, ...] | None = None
+
+    @property
+    def span(self) -> tuple[int, int]:
+        return self.start, self.stop
 
     def to_json(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["levels"] = {str(lv): asdict(ref) for lv, ref in self.levels.items()}
-        return d
+        d = {
+            "index": self.index,
+            "hash": self.hash,
+            "start": self.start,
+            "stop": self.stop,
+            "tokens": self.tokens.to_json(),
+            "levels": {str(lv): ref.to_json() for lv, ref in self.levels.items()},
+        }
+        return d | ({"layer_tokens": list(self.layer_tokens)} if self.layer_tokens else {})
 
     @classmethod
-    def from_json(cls, key: str, d: dict[str, Any]) -> ChunkInfo:
+    def from_json(cls, key: str, d: dict[str, Any], auth: Authenticator | None) -> ChunkInfo:
         try:
-            return cls(
+            chunk = cls(
                 index=int(d["index"]),
                 hash=str(d["hash"]),
                 start=int(d["start"]),
                 stop=int(d["stop"]),
-                tokens=ObjectRef(**d["tokens"]),
-                levels={int(lv): ObjectRef(**ref) for lv, ref in d["levels"].items()},
+                tokens=ObjectRef.from_json(d["tokens"], auth),
+                levels={int(lv): ObjectRef.from_json(ref, auth) for lv, ref in d["levels"].items()},
+                layer_tokens=_layer_tokens(d.get("layer_tokens")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ObjectCorrupted(key, f"bad chunk entry ({e!r})") from e
+        span = chunk.stop - chunk.start
+        if chunk.layer_tokens and not all(0 <= n <= span for n in chunk.layer_tokens):
+            raise ObjectCorrupted(key, f"layer token counts {chunk.layer_tokens} exceed {span}")
+        return chunk
 
 
 @dataclass
@@ -118,8 +143,23 @@ class Context:
         return ref.verify(await self.store.aget(ref.key))
 
     def load(self, index: int, level: int) -> Any:
-        """Chunk `index` at `level`, decoded into the layout it was saved in."""
+        """Chunk `index` at `level`, decoded into the layout it was saved in (only the layers
+        with tokens in the chunk where layers differ: see `ChunkInfo.layer_tokens`)."""
         return cachegen.decode(self.fetch(index, level))
+
+    def load_prefix(self, level: int) -> Any:
+        """The whole stored prefix at `level`, every layer's chunks joined along tokens: what
+        was saved, sliding-window layers as short as they were. `ObjectMissing` (a miss) when
+        a layer's stored tokens do not form one run up to the prefix's end: a sliding-window
+        layer of a longer stored context does not hold the tokens a shorter prefix needs."""
+        if not self.chunks:
+            raise ContextMissing("the context", "no chunk is stored")
+        decoded = [self.load(i, level) for i in range(len(self.chunks))]
+        spans = [c.stop - c.start for c in self.chunks]
+        try:
+            return assemble(decoded, [c.layer_tokens for c in self.chunks], spans)
+        except LookupError as e:  # chunks of contexts of other lengths: not this one's KV
+            raise ObjectMissing("the context's layers", str(e)) from e
 
     def fetch_tokens(self, index: int) -> np.ndarray:
         """The token ids of chunk `index` (uint32), for recomputing it from text."""
@@ -139,33 +179,55 @@ def _ladder() -> list[int]:
     return sorted({min(cachegen.LEVELS), cachegen.DEFAULT_LEVEL, max(cachegen.LEVELS)})
 
 
-def _kv_tokens(kv: Any) -> int:
-    """Token count of a KV cache in either layout (tokens on axis 2 in both)."""
-    if isinstance(kv, list | tuple):
-        counts = {t.shape[2] for pair in kv for t in pair}
-    else:
-        if len(kv.shape) != 5:
-            raise ValueError(f"kv must be [layers, 2, tokens, heads, dim], got shape {kv.shape}")
-        counts = {kv.shape[2]}
-    if len(counts) != 1:
-        raise ValueError(f"every layer must hold every token to be chunked; got counts {counts}")
-    return counts.pop()
+def _layer_tokens(raw: object) -> tuple[int, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw or not all(type(n) is int for n in raw):
+        raise ValueError(f"layer_tokens must be a list of integers, got {raw!r}")
+    return tuple(raw)
 
 
-def _slice_tokens(kv: Any, start: int, stop: int) -> Any:
-    if isinstance(kv, list | tuple):
-        return [(k[:, :, start:stop], v[:, :, start:stop]) for k, v in kv]
-    return kv[:, :, start:stop]
+def _encode(kv: Any, **options: Any) -> bytes:
+    return kv.encode(**options) if isinstance(kv, PagedKV) else cachegen.encode(kv, **options)
 
 
-def _read_record(key: str, raw: bytes | None) -> ChunkInfo | None:
-    """A chunk record's entry, or None when it is missing or damaged (a miss, not an error)."""
+@dataclass(frozen=True)
+class _Record:
+    """A chunk record as read back: the chunk and the codec version that wrote it."""
+
+    chunk: ChunkInfo
+    codec_version: int
+
+
+def _read_record(key: str, raw: bytes | None, auth: Authenticator | None) -> _Record | None:
+    """A chunk record, or None when it is missing, damaged or unauthenticated (a miss)."""
     if raw is None:
         return None
     try:
-        return ChunkInfo.from_json(key, unseal(key, raw)["chunk"])
+        body = unseal(key, raw, auth)
+        version = body.get("codec_version", LEGACY_CODEC_VERSION)
+        if not isinstance(version, int):
+            return None
+        return _Record(ChunkInfo.from_json(key, body["chunk"], auth), version)
     except (ObjectCorrupted, KeyError):
         return None
+
+
+def _check_save_args(
+    tokens: np.ndarray, kv: Any, levels: Sequence[int] | None, quality: dict[str, Any] | None
+) -> list[int]:
+    """The levels to store; `ValueError` for arguments that cannot be saved."""
+    held = max(layer_counts(kv))
+    if held != len(tokens):
+        raise ValueError(f"kv holds {held} tokens but token_ids has {len(tokens)}")
+    levels = _ladder() if levels is None else sorted(set(levels))
+    if not levels or not set(levels) <= {*cachegen.LEVELS, cachegen.LOSSLESS}:
+        raise ValueError(f"levels must be some of {cachegen.LEVELS} or LOSSLESS, got {levels}")
+    try:
+        json.dumps(quality)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"quality must be JSON-serializable: {e}") from e
+    return levels
 
 
 def save_context(
@@ -179,152 +241,232 @@ def save_context(
     quality: dict[str, Any] | None = None,
     profile: cachegen.ModelProfile | None = None,
     threads: int | None = None,
+    salt: Salt = None,
+    auth_key: AuthKey = None,
 ) -> Context:
     """Store `kv` (the cache of `token_ids`) as chunks of `chunk_tokens`, each at every level.
+
+    `kv` is a stacked cache, per-layer pairs, or a `cachegen.paged.PagedKV` (an engine's KV
+    blocks, encoded chunk by chunk in place; `chunk_tokens` a multiple of its block size).
 
     `levels` defaults to three rungs of the codec's ladder: lowest, default and highest.
     Each chunk is coded knowing its place in the context (the first chunk holds the attention
     sink, the last the most recent tokens) and with the model's `profile`, if given.
     Chunks already stored by a context with the same prefix are reused, not re-encoded.
     `quality` (any JSON-serializable dict, e.g. measured KL per level) goes into the manifest.
+    `salt` (bytes or str, e.g. vLLM's per-request ``cache_salt``) keys the chunks to a tenant:
+    only `open_context` with the same salt finds them, and only chunks of that salt are reused.
+    `auth_key` (at least 16 bytes, or a str) MACs every object written, so that only readers
+    with the key use them, and only chunks MAC'd with it are reused.
     """
     tokens = token_array(token_ids)
-    if _kv_tokens(kv) != len(tokens):
-        raise ValueError(f"kv holds {_kv_tokens(kv)} tokens but token_ids has {len(tokens)}")
-    levels = _ladder() if levels is None else sorted(set(levels))
-    if not levels or not set(levels) <= set(cachegen.LEVELS):
-        raise ValueError(f"levels must be some of {cachegen.LEVELS}, got {levels}")
-    try:
-        json.dumps(quality)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"quality must be JSON-serializable: {e}") from e
+    levels = _check_save_args(tokens, kv, levels, quality)
+    auth = Authenticator.of(auth_key)
     version = cachegen.FORMAT_VERSION
-    hashes = chunk_hashes(model_id, version, tokens, chunk_tokens)
+    hashes = chunk_hashes(model_id, tokens, chunk_tokens, salt)
     keys = [record_key(h) for h in hashes]
-    stored = [
-        _read_record(k, r) for k, r in zip(keys, store.get_many(keys, missing_ok=True), strict=True)
-    ]
+    raws = store.get_many(keys, missing_ok=True)
+    records = [_read_record(k, r, auth) for k, r in zip(keys, raws, strict=True)]
 
+    chunker = _Chunker(kv, tokens, layer_counts(kv), levels, profile, threads, auth)
     chunks: list[ChunkInfo] = []
     pending: deque[Future[None]] = deque()
     # Encode chunk i+1 while chunk i uploads; the codec and the store clients release the GIL.
     with ThreadPoolExecutor(1, thread_name_prefix="cachegen-save") as uploader:
-        for i, h in enumerate(hashes):
-            start, stop = i * chunk_tokens, min((i + 1) * chunk_tokens, len(tokens))
-            old = stored[i]
-            if old is not None and old.stop == stop and set(levels) <= set(old.levels):
-                chunks.append(old)  # stored by a context with this prefix: reuse
-                continue
-            part = _slice_tokens(kv, start, stop)
-            where = {"position": start, "context_end": len(tokens), "profile": profile}
-            blobs = {
-                lv: cachegen.encode(part, level=lv, threads=threads, **where)
-                for lv in levels
-                if old is None or lv not in old.levels
-            }
-            chunk, objects = _chunk_objects(i, h, start, stop, tokens[start:stop], blobs, old)
+        for i, (h, record) in enumerate(zip(hashes, records, strict=True)):
+            span = (i * chunk_tokens, min((i + 1) * chunk_tokens, len(tokens)))
+            chunk, objects, chunk_version = chunker.chunk(i, h, span, record)
             chunks.append(chunk)
             while len(pending) >= _UPLOADS_IN_FLIGHT:
                 pending.popleft().result()
-            pending.append(uploader.submit(_write_chunk, store, chunk, objects))
+            pending.append(
+                uploader.submit(_write_chunk, store, chunk, objects, chunk_version, auth)
+            )
         for f in pending:
             f.result()
 
     manifest = {
-        **_manifest_identity(model_id, version, chunk_tokens, len(tokens)),
+        **_manifest_identity(model_id, chunk_tokens, len(tokens)),
+        "codec_version": version,
         "levels": levels,
         "created": time.time(),
         "quality": quality,
         "chunks": [c.to_json() for c in chunks],
     }
-    store.put(manifest_key(hashes[-1]), seal(manifest))  # the commit point: last, one atomic put
+    key = manifest_key(hashes[-1])
+    store.put(key, seal(key, manifest, auth))  # the commit point: last, one atomic put
     return Context(store, model_id, version, chunk_tokens, len(tokens), chunks, True, quality)
 
 
-def _manifest_identity(model_id: str, version: int, chunk_tokens: int, n: int) -> dict[str, Any]:
-    """The manifest fields that say which context it describes (written, then checked on open)."""
+@dataclass(frozen=True)
+class _Chunker:
+    """Makes each chunk of one `save_context` call: reused as stored, or encoded."""
+
+    kv: Any
+    tokens: np.ndarray
+    counts: list[int]
+    levels: list[int]
+    profile: cachegen.ModelProfile | None
+    threads: int | None
+    auth: Authenticator | None
+
+    def chunk(
+        self, index: int, chunk_hash: str, span: tuple[int, int], record: _Record | None
+    ) -> tuple[ChunkInfo, dict[str, bytes], int]:
+        """Chunk `index` covering tokens `span`, the objects to put and its codec version."""
+        start, stop = span
+        inside = chunk_layer_tokens(self.counts, start, stop)
+        old = record.chunk if record else None
+        if old is not None and (old.stop, old.layer_tokens) != (stop, inside):
+            old = None  # stored with other layer spans (another context length): replace
+        if record and old is not None and set(self.levels) <= set(old.levels):
+            # Stored by a context with this prefix: reuse it. Its record is rewritten all the
+            # same, so that its age tells a concurrent `collect_garbage` it is in use.
+            return old, {}, record.codec_version
+        part = slice_chunk(self.kv, start, stop)
+        where = {"position": start, "context_end": len(self.tokens), "profile": self.profile}
+        blobs = {
+            lv: _encode(part, level=lv, threads=self.threads, **where)
+            for lv in self.levels
+            if old is None or lv not in old.levels
+        }
+        ids = self.tokens[start:stop]
+        chunk, objects = _chunk_objects(
+            (index, chunk_hash, start, stop), ids, blobs, old, self.auth
+        )
+        return dataclasses.replace(chunk, layer_tokens=inside), objects, cachegen.FORMAT_VERSION
+
+
+def _manifest_identity(model_id: str, chunk_tokens: int, n: int) -> dict[str, Any]:
+    """The manifest fields that say which context it describes (written, then checked on open).
+
+    The codec version is recorded beside them but not checked: blobs of any version decode.
+    """
     return {
         "kind": "cachegen.context",
         "schema": MANIFEST_SCHEMA,
         "model_id": model_id,
-        "codec_version": version,
         "chunk_tokens": chunk_tokens,
         "num_tokens": n,
     }
 
 
 def _chunk_objects(
-    index: int,
-    chunk_hash: str,
-    start: int,
-    stop: int,
+    span: tuple[int, str, int, int],
     tokens: np.ndarray,
     blobs: dict[int, bytes],
     old: ChunkInfo | None,
+    auth: Authenticator | None,
 ) -> tuple[ChunkInfo, dict[str, bytes]]:
-    """The chunk's entry (keeping levels an earlier writer stored) and the objects to put."""
-    packed = zstandard.ZstdCompressor(level=3).compress(tokens.tobytes())
-    tok_sum = checksum(packed)
-    tok = ObjectRef(tokens_key(chunk_hash, tok_sum), len(packed), tok_sum)
-    refs = dict(old.levels) if old is not None else {}
-    objects = {tok.key: packed}
+    """The chunk's entry (keeping the token ids and levels an earlier writer stored) and the
+    objects to put; `span` is (index, hash, start, stop)."""
+    index, chunk_hash, start, stop = span
+    objects: dict[str, bytes] = {}
+    if old is not None:
+        tok, refs = old.tokens, dict(old.levels)
+    else:
+        packed = zstandard.ZstdCompressor(level=3).compress(tokens.tobytes())
+        tok, stored = ObjectRef.frame(tokens_key(chunk_hash, checksum(packed)), packed, auth)
+        objects[tok.key], refs = stored, {}
     for lv, blob in blobs.items():
-        blob_sum = checksum(blob)  # hashes the whole blob: once
-        ref = ObjectRef(level_key(chunk_hash, lv, blob_sum), len(blob), blob_sum)
+        ref, stored = ObjectRef.frame(level_key(chunk_hash, lv, checksum(blob)), blob, auth)
         refs[lv] = ref
-        objects[ref.key] = blob
+        objects[ref.key] = stored
     return ChunkInfo(index, chunk_hash, start, stop, tok, dict(sorted(refs.items()))), objects
 
 
-def _write_chunk(store: Store, chunk: ChunkInfo, objects: dict[str, bytes]) -> None:
+def _write_chunk(
+    store: Store,
+    chunk: ChunkInfo,
+    objects: dict[str, bytes],
+    version: int,
+    auth: Authenticator | None,
+) -> None:
     store.put_many(objects)
-    store.put(record_key(chunk.hash), seal({"kind": "cachegen.chunk", "chunk": chunk.to_json()}))
+    key = record_key(chunk.hash)
+    record = {"kind": "cachegen.chunk", "codec_version": version, "chunk": chunk.to_json()}
+    store.put(key, seal(key, record, auth))
 
 
 def open_context(
-    store: Store, model_id: str, token_ids: Any, *, chunk_tokens: int = DEFAULT_CHUNK_TOKENS
+    store: Store,
+    model_id: str,
+    token_ids: Any,
+    *,
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+    salt: Salt = None,
+    auth_key: AuthKey = None,
 ) -> Context:
     """The stored context for `token_ids`, or its longest stored prefix (``complete=False``).
 
-    Raises `ContextMissing` when not even the first chunk is stored and `ObjectCorrupted` when
-    this context's manifest is damaged; both are `StoreError`s a loader can treat as a miss.
+    `salt` must be the one the context was saved with. With `auth_key`, only objects MAC'd
+    with that key are used (`Context.fetch` verifies each blob): anything else is a miss.
+    Without a salt or key, a context stored by the previous release (whose chunk keys hashed
+    the codec version) is found when no chunk under the current keys is.
+    Raises `ContextMissing` when not even the first chunk is stored and `ObjectCorrupted`
+    (`ObjectUnauthenticated` for a bad MAC) when this context's manifest is damaged; all are
+    `StoreError`s a loader can treat as a miss.
     """
     tokens = token_array(token_ids)
-    version = cachegen.FORMAT_VERSION
-    hashes = chunk_hashes(model_id, version, tokens, chunk_tokens)
+    auth = Authenticator.of(auth_key)
+    chains = [chunk_hashes(model_id, tokens, chunk_tokens, salt)]
+    if not salt and auth is None:
+        chains.append(legacy_chunk_hashes(model_id, tokens, chunk_tokens))
+    for hashes in chains:
+        try:
+            return _open_chain(store, model_id, tokens, chunk_tokens, hashes, auth)
+        except ContextMissing as e:
+            missing = e
+    raise missing
+
+
+def _open_chain(
+    store: Store,
+    model_id: str,
+    tokens: np.ndarray,
+    chunk_tokens: int,
+    hashes: list[str],
+    auth: Authenticator | None,
+) -> Context:
+    """The context whose chunks have `hashes`, or its longest stored prefix."""
+    n = len(tokens)
     key = manifest_key(hashes[-1])
     try:
         raw = store.get(key)
     except ObjectMissing:
-        chunks = _stored_prefix(store, hashes, chunk_tokens, len(tokens))
-        if not chunks:
+        records = _stored_prefix(store, hashes, chunk_tokens, n, auth)
+        if not records:
             raise ContextMissing(
                 key, f"no stored chunk starts this context of {model_id!r}"
             ) from None
-        return Context(store, model_id, version, chunk_tokens, len(tokens), chunks, False)
-    body = unseal(key, raw)
-    expect = _manifest_identity(model_id, version, chunk_tokens, len(tokens))
+        chunks = [r.chunk for r in records]
+        return Context(store, model_id, records[0].codec_version, chunk_tokens, n, chunks, False)
+    body = unseal(key, raw, auth)
+    expect = _manifest_identity(model_id, chunk_tokens, n)
     if any(body.get(k) != v for k, v in expect.items()):
         raise ObjectCorrupted(key, "manifest does not describe this context")
-    chunks = [ChunkInfo.from_json(key, c) for c in body.get("chunks", [])]
+    chunks = [ChunkInfo.from_json(key, c, auth) for c in body.get("chunks", [])]
     if [c.hash for c in chunks] != hashes:
         raise ObjectCorrupted(key, "manifest chunk hashes do not match the token ids")
-    return Context(
-        store, model_id, version, chunk_tokens, len(tokens), chunks, True, body.get("quality")
-    )
+    version = body.get("codec_version")
+    if not isinstance(version, int):
+        raise ObjectCorrupted(key, f"bad codec version {version!r}")
+    return Context(store, model_id, version, chunk_tokens, n, chunks, True, body.get("quality"))
 
 
-def _stored_prefix(store: Store, hashes: list[str], chunk_tokens: int, n: int) -> list[ChunkInfo]:
+def _stored_prefix(
+    store: Store, hashes: list[str], chunk_tokens: int, n: int, auth: Authenticator | None
+) -> list[_Record]:
     """Chunks with intact records from the first one on, probed `concurrency` at a time."""
-    found: list[ChunkInfo] = []
+    found: list[_Record] = []
     step = max(store.concurrency, 1)
     for first in range(0, len(hashes), step):
         keys = [record_key(h) for h in hashes[first : first + step]]
         raws = store.get_many(keys, missing_ok=True)
         for i, (k, raw) in enumerate(zip(keys, raws, strict=True), first):
-            chunk = _read_record(k, raw)
+            record = _read_record(k, raw, auth)
             span = (i * chunk_tokens, min((i + 1) * chunk_tokens, n))
-            if chunk is None or chunk.hash != hashes[i] or (chunk.start, chunk.stop) != span:
+            if record is None or record.chunk.hash != hashes[i] or record.chunk.span != span:
                 return found
-            found.append(chunk)
+            found.append(record)
     return found

@@ -10,25 +10,28 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import os
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from cachegen.paths import user_cache_dir
 
-from .base import Store
+from .base import ObjectInfo, Store
 from .cache import CachedStore
 from .errors import (
     ContextMissing,
     InvalidKey,
     ObjectCorrupted,
     ObjectMissing,
+    ObjectUnauthenticated,
     StoreConfigError,
     StoreError,
     StoreUnavailable,
 )
 from .file import FileStore
 from .memory import MemoryStore
+from .redact import redact_url
 from .throttle import ThrottledStore
 
 __all__ = [
@@ -37,8 +40,10 @@ __all__ = [
     "FileStore",
     "InvalidKey",
     "MemoryStore",
+    "ObjectInfo",
     "ObjectCorrupted",
     "ObjectMissing",
+    "ObjectUnauthenticated",
     "Store",
     "StoreConfigError",
     "StoreError",
@@ -60,9 +65,11 @@ def open(
     """Open the store that `url` names; with no URL, the default file store.
 
     URLs: ``file:///abs/path``, ``memory://``, ``s3://bucket/prefix?endpoint=...&region=...``
-    (options: see `cachegen.store.s3.S3Options`), ``redis://host:port/db`` (options: prefix,
-    concurrency). With `cache_bytes`, reads are served from a local LRU file copy of at most
-    that many bytes, kept in `cache_dir` (default: under the user cache directory).
+    (options: see `cachegen.store.s3.S3Options`), ``redis://host:port/db`` or ``rediss://``
+    (options: see `cachegen.store.redis.RedisStore`). Error messages and the store's `url`
+    never show a password or key from the URL or the options. With `cache_bytes`, reads are
+    served from a local LRU file copy of at most that many bytes, kept in `cache_dir` (default:
+    under the user cache directory).
     """
     store = _open_backend(url or "", options)
     if cache_bytes is None:
@@ -74,12 +81,17 @@ def open(
 
 
 def _open_backend(url: str, options: dict[str, Any]) -> Store:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise StoreConfigError(f"malformed store URL {redact_url(url)!r}") from None
     scheme = parts.scheme.lower()
     if scheme in ("", "file"):
         _no_options(url, options, parts.query)
         if parts.netloc or (url and parts.path and not parts.path.startswith("/")):
-            raise StoreConfigError(f"file store URLs need an absolute path (file:///path): {url!r}")
+            raise StoreConfigError(
+                f"file store URLs need an absolute path (file:///path): {redact_url(url)!r}"
+            )
         return FileStore(parts.path or None)
     if scheme == "memory":
         _no_options(url, options, parts.query)
@@ -89,19 +101,22 @@ def _open_backend(url: str, options: dict[str, Any]) -> Store:
     if scheme in ("redis", "rediss", "unix"):
         from .redis import RedisStore
 
-        unknown = set(options) - {"prefix", "concurrency"}
+        known = set(inspect.signature(RedisStore).parameters) - {"url"}
+        unknown = set(options) - known
         if unknown:
-            raise StoreConfigError(f"unknown Redis store options {sorted(unknown)}")
+            raise StoreConfigError(
+                f"unknown Redis store options {sorted(unknown)}; known: {sorted(known)}"
+            )
         return RedisStore(url, **options)
     raise StoreConfigError(
-        f"unsupported store URL {url!r}: use file:///path, memory://, s3://bucket/prefix "
-        "or redis://host:port/db"
+        f"unsupported store URL {redact_url(url)!r}: use file:///path, memory://, "
+        "s3://bucket/prefix or redis://host:port/db"
     )
 
 
 def _no_options(url: str, options: dict[str, Any], query: str) -> None:
     if options or query:
-        raise StoreConfigError(f"{url or 'the default store'} takes no options")
+        raise StoreConfigError(f"{redact_url(url) or 'the default store'} takes no options")
 
 
 def _open_s3(url: str, bucket: str, path: str, query: str, options: dict[str, Any]) -> Store:
@@ -109,13 +124,15 @@ def _open_s3(url: str, bucket: str, path: str, query: str, options: dict[str, An
 
     fields = {f.name: f for f in dataclasses.fields(S3Options)}
     params = dict(parse_qsl(query, keep_blank_values=True))
-    if _SECRETS & set(params):
+    if _SECRETS & set(params) or "@" in bucket:
         raise StoreConfigError("put S3 credentials in options or environment, not in the URL")
     unknown = (set(params) | set(options)) - set(fields)
     if unknown:
         raise StoreConfigError(f"unknown S3 options {sorted(unknown)}; known: {sorted(fields)}")
     if not bucket:
-        raise StoreConfigError(f"S3 URL needs a bucket: s3://bucket/prefix, got {url!r}")
+        raise StoreConfigError(
+            f"S3 URL needs a bucket: s3://bucket/prefix, got {redact_url(url)!r}"
+        )
     merged = {k: _parse(v, fields[k].default) for k, v in params.items()} | options
     return S3Store(bucket, path, S3Options(**merged))
 

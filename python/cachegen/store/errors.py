@@ -39,5 +39,9 @@ class ObjectCorrupted(StoreError):
         self.key = key
 
 
+class ObjectUnauthenticated(ObjectCorrupted):
+    """An object lacks a MAC that verifies under the reader's key: not to be trusted."""
+
+
 class ContextMissing(ObjectMissing):
     """No stored chunk matches the start of the requested context."""

@@ -11,15 +11,17 @@ import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import timedelta
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import obstore
 from obstore.exceptions import BaseError, PermissionDeniedError, UnauthenticatedError
 from obstore.store import S3Store as _ObS3Store
 
-from .base import Buffer, Store
+from .base import Buffer, ObjectInfo, Store
 from .errors import ObjectMissing, StoreConfigError, StoreUnavailable
+from .redact import Redactor, redact_url
 
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 MiB = 1 << 20
@@ -27,13 +29,14 @@ MiB = 1 << 20
 
 @dataclass(frozen=True)
 class S3Options:
-    """Connection settings; each may also come from the URL query string, except secrets."""
+    """Connection settings; each may also come from the URL query string, except secrets
+    (which reprs never show)."""
 
     endpoint: str | None = None
     region: str | None = None
-    access_key_id: str | None = None
-    secret_access_key: str | None = None
-    session_token: str | None = None
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
     #: Unsigned requests, for public buckets.
     anonymous: bool = False
     #: Requests in flight for one multipart put or one ranged get, and for batched calls.
@@ -42,7 +45,12 @@ class S3Options:
     part_size: int = 8 * MiB
     #: Seconds one HTTP request may take before it is retried.
     timeout: float = 60.0
+    #: Seconds to establish a connection.
+    connect_timeout: float = 10.0
     max_retries: int = 3
+    #: PEM file of CA certificates to trust for an https endpoint, besides the system's
+    #: (certificates are always verified).
+    ca_file: str | None = None
 
     def credentials(self) -> dict[str, str]:
         """Keys from the options, else from the AWS environment variables; raise if none."""
@@ -60,6 +68,16 @@ class S3Options:
             )
         creds = {"access_key_id": key, "secret_access_key": secret}
         return creds | ({"session_token": token} if token else {})
+
+
+def _read_ca(path: str) -> bytes:
+    try:
+        pem = Path(path).read_bytes()
+    except OSError as e:
+        raise StoreConfigError(f"cannot read the S3 CA file {path!r}: {e.strerror}") from e
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        raise StoreConfigError(f"the S3 CA file {path!r} holds no PEM certificate")
+    return pem
 
 
 def _first_line(e: BaseException) -> str:
@@ -81,7 +99,11 @@ class S3Store(Store):
             or os.environ.get("AWS_ENDPOINT_URL")
         )
         if endpoint is not None and not re.match(r"https?://[^/]+", endpoint):
-            raise StoreConfigError(f"S3 endpoint must be an http(s):// URL, got {endpoint!r}")
+            raise StoreConfigError(
+                f"S3 endpoint must be an http(s):// URL, got {redact_url(endpoint)!r}"
+            )
+        if min(opts.timeout, opts.connect_timeout) <= 0:
+            raise StoreConfigError("S3 timeouts must be positive")
         region = (
             opts.region
             or os.environ.get("AWS_REGION")
@@ -91,21 +113,27 @@ class S3Store(Store):
         self._options = opts
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self.url = f"s3://{bucket}/{self.prefix}" + (f"?endpoint={endpoint}" if endpoint else "")
+        shown = redact_url(endpoint) if endpoint else None
+        self.url = f"s3://{bucket}/{self.prefix}" + (f"?endpoint={shown}" if shown else "")
         self.concurrency = opts.concurrency
         self.part_size = opts.part_size
-        self._endpoint = endpoint or "AWS"
-        config = opts.credentials() | {"region": region}
+        self._endpoint = shown or "AWS"
+        creds = opts.credentials()
+        self._redact = Redactor.of(*(v for v in creds.values() if isinstance(v, str)))
+        config = creds | {"region": region}
         if endpoint:
             config["endpoint"] = endpoint
+        client: dict[str, object] = {
+            "allow_http": bool(endpoint and endpoint.startswith("http://")),
+            "timeout": timedelta(seconds=opts.timeout),
+            "connect_timeout": timedelta(seconds=opts.connect_timeout),
+        }
+        if opts.ca_file is not None:
+            client["root_certificate"] = _read_ca(opts.ca_file)
         self._s3 = _ObS3Store(
             bucket,
             prefix=self.prefix or None,
-            client_options={
-                "allow_http": bool(endpoint and endpoint.startswith("http://")),
-                "timeout": timedelta(seconds=opts.timeout),
-                "connect_timeout": timedelta(seconds=min(opts.timeout, 10.0)),
-            },
+            client_options=client,
             retry_config={
                 "max_retries": opts.max_retries,
                 "retry_timeout": timedelta(seconds=opts.timeout * (opts.max_retries + 1)),
@@ -129,11 +157,11 @@ class S3Store(Store):
                 raise StoreConfigError(f"S3 bucket {self.bucket!r} does not exist") from e
             raise ObjectMissing(key) from e
         except (PermissionDeniedError, UnauthenticatedError) as e:
-            raise StoreConfigError(f"S3 {op} {key!r} refused: {_first_line(e)}") from e
+            msg = f"S3 {op} {key!r} refused: {_first_line(e)}"
+            raise StoreConfigError(self._redact(msg)) from self._redact.cause(e)
         except (BaseError, OSError) as e:
-            raise StoreUnavailable(
-                f"S3 {op} {key!r} at {self._endpoint} failed: {_first_line(e)}"
-            ) from e
+            msg = f"S3 {op} {key!r} at {self._endpoint} failed: {_first_line(e)}"
+            raise StoreUnavailable(self._redact(msg)) from self._redact.cause(e)
 
     def _put(self, key: str, data: Buffer) -> None:
         # S3 makes an object visible only when its single put or its multipart upload completes.
@@ -197,6 +225,21 @@ class S3Store(Store):
     def fresh(self) -> S3Store:
         """A new client: its connection pool shares nothing with this one's."""
         return S3Store(self.bucket, self.prefix, self._options)
+
+    def _scan(self, prefix: str) -> list[ObjectInfo]:
+        directory = prefix.rpartition("/")[0]
+        now = datetime.now(timezone.utc)
+        with self._errors("list", prefix):
+            return [
+                ObjectInfo(
+                    meta["path"],
+                    meta["size"],
+                    max((now - meta["last_modified"]).total_seconds(), 0.0),
+                )
+                for batch in obstore.list(self._s3, prefix=directory or None)
+                for meta in batch
+                if meta["path"].startswith(prefix)
+            ]
 
     def close(self) -> None:
         self._parts.shutdown(wait=False)

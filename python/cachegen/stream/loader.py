@@ -98,11 +98,13 @@ class Loader:
         *,
         chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
         prefix_tokens: int | None = None,
+        salt: str | bytes | None = None,
     ) -> LoadResult:
         """Fill the engine's cache with the context of `token_ids`, stored or not.
 
         `prefix_tokens` caps what a "prefix" engine may load (the tokens its scheduler agreed
-        to take, e.g. `plan_prefix(...).tokens`); the engine recomputes the rest.
+        to take, e.g. `plan_prefix(...).tokens`); the engine recomputes the rest. `salt` is the
+        tenant salt the context was saved with (`cachegen.context.save_context`).
         """
         tokens = token_array(token_ids)
         t0 = self.clock()
@@ -117,7 +119,7 @@ class Loader:
         bounded = BoundedStore(self.store, estimator)
         try:
             bounded.set_budget(self._open_budget(len(tokens)))
-            ctx = self._open(bounded, model_id, tokens, chunk_tokens, report)
+            ctx = self._open(bounded, model_id, tokens, chunk_tokens, salt, report)
             report.open_s = self.clock() - t0
             self.engine.begin()
             run = _Run(self, bounded, estimator, tokens, ctx, chunk_tokens, prefix_tokens, report)
@@ -140,10 +142,15 @@ class Loader:
 
     @staticmethod
     def _open(
-        store: Store, model_id: str, tokens: np.ndarray, chunk_tokens: int, report: LoadReport
+        store: Store,
+        model_id: str,
+        tokens: np.ndarray,
+        chunk_tokens: int,
+        salt: str | bytes | None,
+        report: LoadReport,
     ) -> Context | None:
         try:
-            return open_context(store, model_id, tokens, chunk_tokens=chunk_tokens)
+            return open_context(store, model_id, tokens, chunk_tokens=chunk_tokens, salt=salt)
         except StoreError as e:
             report.context_error = f"{type(e).__name__}: {e}"
             report.context_cause = cause_of(e)

@@ -1,0 +1,205 @@
+// Unit tests of the core pieces that Python cannot reach one at a time: bit streams, scale codes,
+// probability tables, one rANS segment, the checksum and the half-precision conversions.
+// Built and run by CTest (CMake option CACHEGEN_TESTS), also under ASan + UBSan.
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bits.hpp"
+#include "crc32c.hpp"
+#include "half.hpp"
+#include "quant.hpp"
+#include "rans.hpp"
+#include "segment.hpp"
+#include "step_codes.hpp"
+#include "tables.hpp"
+
+using namespace cachegen;
+
+namespace {
+
+int g_failures = 0;
+
+#define CHECK(cond)                                                          \
+  do {                                                                       \
+    if (!(cond)) {                                                           \
+      std::fprintf(stderr, "%s:%d: CHECK(%s)\n", __FILE__, __LINE__, #cond); \
+      ++g_failures;                                                          \
+    }                                                                        \
+  } while (0)
+
+template <typename E>
+bool throws(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const E&) {
+    return true;
+  }
+  return false;
+}
+
+void bit_streams_round_trip() {
+  std::mt19937 rng(1);
+  std::vector<std::pair<uint32_t, int>> fields;
+  std::vector<uint8_t> out;
+  BitWriter w(out);
+  for (int i = 0; i < 2000; ++i) {
+    const int n = (int)(rng() % 33);
+    const uint32_t v = n == 32 ? rng() : rng() & ((1u << n) - 1);
+    fields.push_back({v, n});
+    w.bits(v, n);
+  }
+  w.ones(70);
+  w.bits(0, 1);
+  w.finish();
+  BitReader r(out.data(), 0, out.size(), "test bits");
+  for (const auto& [v, n] : fields) CHECK(r.take(n) == v);
+  CHECK(r.unary(100) == 70);
+  CHECK(throws<FormatError>(
+      [&] { BitReader(out.data(), 0, out.size(), "t").skip(8 * out.size() + 1); }));
+  // A run of ones longer than the limit is corrupt, not an endless read.
+  std::vector<uint8_t> ones(16, 0xff);
+  CHECK(throws<FormatError>([&] { BitReader(ones.data(), 0, ones.size(), "t").unary(50); }));
+}
+
+void step_codes_round_trip() {
+  std::mt19937 rng(2);
+  std::vector<uint16_t> steps;
+  for (int i = 0; i < 500; ++i) steps.push_back(step_code_value((int)(rng() % 80) - 60));
+  std::vector<uint8_t> out;
+  write_step_codes(steps, out);
+  size_t pos = 0;
+  CHECK(read_step_codes(out.data(), pos, out.size(), (uint32_t)steps.size()) == steps);
+  CHECK(pos == out.size());
+  for (size_t cut = 0; cut + 1 < out.size(); cut += 7) {
+    size_t p = 0;
+    CHECK(
+        throws<FormatError>([&] { read_step_codes(out.data(), p, cut, (uint32_t)steps.size()); }));
+  }
+}
+
+void grid_codes_are_nearest_in_log_domain() {
+  // fp16 normals only: among subnormals neighbouring codes share a value.
+  for (int k = -14 * kStepCodesPerOctave; k < kMaxStepCode; ++k) {
+    const float s = f16_to_f32(step_code_value(k));
+    CHECK(nearest_step_code(s) == k);
+  }
+}
+
+Histogram skewed_counts(uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::geometric_distribution<int> g(0.35);
+  Histogram h{};
+  for (int i = 0; i < 20000; ++i) {
+    const int s = std::min(g(rng), kMaxSymbol) * (rng() % 2 ? 1 : -1);
+    h[s + kSymbolBias]++;
+  }
+  return h;
+}
+
+void tables_normalize_and_parse() {
+  const Histogram h = skewed_counts(3);
+  const Table t = normalize(h);
+  uint32_t sum = 0;
+  for (int i = 0; i < kAlphabet; ++i) {
+    sum += t.freq[i];
+    CHECK((h[i] > 0) == (t.freq[i] > 0));  // present symbols keep a slot, absent ones get none
+  }
+  CHECK(sum == rans::kProbScale);
+  std::vector<uint8_t> out;
+  serialize_table(t, out);
+  size_t pos = 0;
+  CHECK(parse_table(out.data(), pos, out.size(), true).freq == t.freq);
+  CHECK(pos == out.size());
+  size_t p = 0;
+  CHECK(throws<FormatError>([&] { parse_table(out.data(), p, out.size() / 2, true); }));
+}
+
+// Encodes one segment as the format specifies (rans.hpp: symbol p on lane p % kLanes, coded
+// backwards, words reversed), independently of the codec's own encoder.
+std::vector<uint8_t> encode_segment(const std::vector<int8_t>& sym, const Table& t) {
+  const auto enc = encoder_symbols(t);
+  uint32_t state[rans::kLanes];
+  std::fill(state, state + rans::kLanes, rans::kLowerBound);
+  std::vector<uint16_t> words;
+  for (size_t p = sym.size(); p-- > 0;) {
+    uint16_t w;
+    if (rans::enc_put(state[p % rans::kLanes], enc[sym[p] + kSymbolBias], &w)) words.push_back(w);
+  }
+  std::vector<uint8_t> out(rans::kStateBytes + 2 * words.size());
+  std::memcpy(out.data(), state, rans::kStateBytes);
+  for (size_t i = 0; i < words.size(); ++i)
+    std::memcpy(out.data() + rans::kStateBytes + 2 * i, &words[words.size() - 1 - i], 2);
+  return out;
+}
+
+void rans_segment_round_trip() {
+  const Histogram h = skewed_counts(4);
+  const Table t = normalize(h);
+  std::vector<uint32_t> lut(rans::kProbScale);
+  fill_decoder_lut(t, lut.data());
+  std::mt19937 rng(5);
+  std::discrete_distribution<int> pick(h.begin(), h.end());
+  const uint32_t tokens = 97, channels = 13;  // not a multiple of the lane count
+  std::vector<int8_t> sym(tokens * channels);
+  for (auto& s : sym) s = (int8_t)(pick(rng) - kSymbolBias);
+  const std::vector<uint8_t> seg = encode_segment(sym, t);
+  std::vector<const uint32_t*> by_channel(channels, lut.data());
+  std::vector<int8_t> got(sym.size());
+  decode_segment(seg.data(), seg.size(), tokens, channels, by_channel.data(), got.data());
+  CHECK(got == sym);
+  // A flipped word or a missing tail is reported, never read past.
+  std::vector<uint8_t> bad = seg;
+  bad[rans::kStateBytes + 3] ^= 0x40;
+  CHECK(throws<FormatError>([&] {
+    decode_segment(bad.data(), bad.size(), tokens, channels, by_channel.data(), got.data());
+  }));
+  CHECK(throws<FormatError>([&] {
+    decode_segment(seg.data(), seg.size() - 2, tokens, channels, by_channel.data(), got.data());
+  }));
+}
+
+void crc32c_known_values() {
+  const char* check = "123456789";
+  CHECK(crc32c(reinterpret_cast<const uint8_t*>(check), 9) == 0xe3069283u);
+  std::vector<uint8_t> data(1 << 20);
+  std::mt19937 rng(6);
+  for (auto& b : data) b = (uint8_t)rng();
+  const uint32_t whole = crc32c(data.data(), data.size());
+  const size_t cut = 123457;
+  const uint32_t a = crc32c(data.data(), cut), b = crc32c(data.data() + cut, data.size() - cut);
+  CHECK(crc_combine(a, b, data.size() - cut, crc_powers()) == whole);
+  CHECK(crc32c(data.data() + cut, data.size() - cut, a) == whole);  // streaming form
+}
+
+void half_conversions_round_trip() {
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const bool nan16 = (h & 0x7c00u) == 0x7c00u && (h & 0x3ffu);
+    if (!nan16) CHECK(f32_to_f16(f16_to_f32((uint16_t)h)) == h);
+    const bool nan_bf = (h & 0x7f80u) == 0x7f80u && (h & 0x7fu);
+    if (!nan_bf) CHECK(f32_to_bf16(bf16_to_f32((uint16_t)h)) == h);
+  }
+  CHECK(f32_to_f16(1.0f + 1.0f / 2048) == 0x3c00u);  // a tie rounds to even
+  CHECK(f32_to_f16(70000.0f) == 0x7c00u);            // overflow is infinity
+}
+
+}  // namespace
+
+int main() {
+  bit_streams_round_trip();
+  step_codes_round_trip();
+  grid_codes_are_nearest_in_log_domain();
+  tables_normalize_and_parse();
+  rans_segment_round_trip();
+  crc32c_known_values();
+  half_conversions_round_trip();
+  if (g_failures) {
+    std::fprintf(stderr, "%d check(s) failed\n", g_failures);
+    return 1;
+  }
+  std::puts("core tests: all checks passed");
+  return 0;
+}

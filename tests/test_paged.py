@@ -1,0 +1,228 @@
+"""Paged KV caches: encode_paged / decode_paged against a plain numpy gather / scatter of each
+engine layout, over dtypes and random block tables; bad block ids, shapes and dtypes raise typed
+errors before anything is written."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import cachegen
+from cachegen import _core, paged
+from cachegen.importance import token_scores
+from cachegen.tensors import GroupView, Paging
+from kvgen import synthetic_kv
+
+LAYERS, HEADS, DIM, BLOCK, BLOCKS = 3, 2, 16, 16, 12
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def empty_cache(layout: str, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """A layer cache of logical shape [blocks, heads, block, 2 * dim] in the layout's physical
+    order, filled with noise (what other requests left there)."""
+    g = torch.Generator().manual_seed(seed)
+    if layout == "flash-nhd":
+        x = torch.randn(BLOCKS, BLOCK, HEADS, 2 * DIM, generator=g).permute(0, 2, 1, 3)
+    else:
+        x = torch.randn(BLOCKS, HEADS, BLOCK, 2 * DIM, generator=g)
+    return x.to(dtype)
+
+
+def split(layout: str, cache: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Reference K and V of every slot, [blocks, heads, block, dim] views of the cache (fp32
+    numpy views keep the cache's memory: writes through them reach it)."""
+    if layout == "vllm-cpu":  # each (block, head) page: K as [dim, block], then V [block, dim]
+        page = cache.reshape(BLOCKS, HEADS, 2 * BLOCK * DIM)
+        k = page[:, :, : BLOCK * DIM].reshape(BLOCKS, HEADS, DIM, BLOCK).transpose(2, 3)
+        v = page[:, :, BLOCK * DIM :].reshape(BLOCKS, HEADS, BLOCK, DIM)
+        return k, v
+    return cache[..., :DIM], cache[..., DIM:]
+
+
+def gather(layout: str, caches: list[torch.Tensor], ids: list[int], tokens: int) -> torch.Tensor:
+    """Tokens [0, tokens) of blocks `ids` as a stacked [layers, 2, tokens, heads, dim] cache."""
+    out = []
+    for cache in caches:
+        kv = [x[ids].transpose(1, 2).reshape(-1, HEADS, DIM)[:tokens] for x in split(layout, cache)]
+        out.append(torch.stack(kv))
+    return torch.stack(out)
+
+
+def scatter(layout: str, caches: list[torch.Tensor], ids: list[int], kv: torch.Tensor) -> None:
+    for cache, layer in zip(caches, kv, strict=True):
+        for x, src in zip(split(layout, cache), layer, strict=True):
+            for t in range(src.shape[0]):
+                x[ids[t // BLOCK], :, t % BLOCK] = src[t]
+
+
+def filled(layout: str, dtype: torch.dtype, ids: list[int], tokens: int) -> list[torch.Tensor]:
+    caches = [empty_cache(layout, dtype, seed=i) for i in range(LAYERS)]
+    kv = torch.from_numpy(synthetic_kv(LAYERS, tokens, HEADS, DIM, "float32", seed=7)).to(dtype)
+    scatter(layout, caches, ids, kv)
+    return caches
+
+
+def random_table(seed: int, tokens: int) -> list[int]:
+    """Distinct, shuffled, non-contiguous block ids for `tokens` tokens."""
+    rng = np.random.default_rng(seed)
+    return [int(b) for b in rng.permutation(BLOCKS)[: -(-tokens // BLOCK)]]
+
+
+CASES = [(lay, dt) for lay in paged.LAYOUTS for dt in DTYPES]
+
+
+@pytest.mark.parametrize(("layout", "dtype"), CASES)
+@pytest.mark.parametrize("tokens", [1, BLOCK, 5 * BLOCK + 7])
+def test_encode_paged_equals_encode_of_gathered(layout, dtype, tokens):
+    ids = random_table(tokens, tokens)
+    caches = filled(layout, dtype, ids, tokens)
+    contiguous = gather(layout, caches, ids, tokens)
+    for level in (1, cachegen.DEFAULT_LEVEL):
+        blob = paged.encode_paged(caches, layout, ids, tokens, level=level, position=3)
+        assert blob == cachegen.encode(contiguous, level=level, position=3)
+
+
+@pytest.mark.parametrize(("layout", "dtype"), CASES)
+def test_decode_paged_writes_exactly_the_slots(layout, dtype):
+    tokens = 6 * BLOCK + 5
+    ids = random_table(1, tokens)
+    blob = paged.encode_paged(filled(layout, dtype, ids, tokens), layout, ids, tokens)
+    target_ids = random_table(2, tokens)  # decode into other blocks than were encoded
+    caches = [empty_cache(layout, dtype, seed=10 + i) for i in range(LAYERS)]
+    before = [c.clone() for c in caches]
+    paged.decode_paged(blob, caches, layout, target_ids)
+    assert torch.equal(gather(layout, caches, target_ids, tokens), cachegen.decode(blob))
+    # Everything but the written slots is unchanged: write the old values back, compare.
+    scatter(layout, caches, target_ids, gather(layout, before, target_ids, tokens))
+    for c, b in zip(caches, before, strict=True):
+        assert torch.equal(c, b)
+
+
+def test_numpy_caches_and_numpy_ids():
+    tokens = 2 * BLOCK + 3
+    ids = np.array(random_table(3, tokens), dtype=np.int64)
+    caches = [c.numpy() for c in filled("flash-hnd", torch.float16, list(ids), tokens)]
+    blob = paged.encode_paged(caches, "flash-hnd", ids, tokens, level=5)
+    contiguous = gather("flash-hnd", [torch.from_numpy(c) for c in caches], list(ids), tokens)
+    assert blob == cachegen.encode(contiguous.numpy(), level=5)
+    out = [np.zeros_like(c) for c in caches]
+    paged.decode_paged(blob, out, "flash-hnd", ids)
+    got = gather("flash-hnd", [torch.from_numpy(c) for c in out], list(ids), tokens)
+    assert np.array_equal(got.numpy(), cachegen.decode(blob))
+
+
+def setup_blob(layout="flash-hnd", dtype=torch.float16):
+    tokens = 3 * BLOCK + 1
+    ids = random_table(4, tokens)
+    caches = filled(layout, dtype, ids, tokens)
+    return paged.encode_paged(caches, layout, ids, tokens), ids, caches
+
+
+BAD_IDS = [
+    ([0, 1, 2, -1], "range"),
+    ([0, 1, 2, BLOCKS], "range"),
+    ([0, 1, 2, 1], "distinct"),
+    ([0, 1, 2], "need 4 block ids"),
+    ([0, 1, 2, 3, 4], "need 4 block ids"),
+    ([[0, 1, 2, 3]], "1-D"),
+    ([0.0, 1.0, 2.0, 3.0], "integers"),
+]
+
+
+@pytest.mark.parametrize(("ids", "match"), BAD_IDS)
+def test_bad_block_ids_raise_before_writing(ids, match):
+    blob, _, caches = setup_blob()
+    before = [c.clone() for c in caches]
+    with pytest.raises(ValueError, match=match):
+        paged.decode_paged(blob, caches, "flash-hnd", ids)
+    with pytest.raises(ValueError, match=match):
+        paged.encode_paged(caches, "flash-hnd", ids, 3 * BLOCK + 1)
+    assert all(torch.equal(c, b) for c, b in zip(caches, before, strict=True))
+
+
+def test_core_checks_block_ids_itself():
+    """A paged view handed to the core directly: an id outside [0, num_blocks) is an error
+    before anything is written, not an out-of-bounds write."""
+    blob, _, caches = setup_blob()
+    cache = caches[0]
+    for bad in (-1, BLOCKS, 1 << 30):
+        table = np.array([0, 1, 2, bad], dtype=np.int32)
+        paging = Paging(table.ctypes.data, BLOCK, BLOCKS, cache.stride(0))
+        strides = (cache.stride(2), cache.stride(1), 1)
+        views = [
+            GroupView(cache.data_ptr(), "float16", 3 * BLOCK + 1, HEADS, DIM, strides, paging)
+        ] * (2 * LAYERS)
+        before = cache.clone()
+        with pytest.raises(ValueError, match="block id"):
+            _core.Blob(blob).decode_into([v.as_tuple() for v in views])
+        with pytest.raises(ValueError, match="block id"):
+            _core.key_magnitudes(views[0].as_tuple())
+        assert torch.equal(cache, before)
+
+
+def test_wrong_caches_raise_before_writing():
+    blob, ids, caches = setup_blob()
+    other = [empty_cache("flash-hnd", torch.float16, 0)[:, :1] for _ in range(LAYERS)]
+    wrong = {
+        "heads": other,
+        "dtype": [c.float() for c in caches],
+        "layers": caches[:-1],
+        "flash-hnd order": [empty_cache("flash-nhd", torch.float16, 0) for _ in range(LAYERS)],
+        "2 \\* head_size": [c[..., :-1] for c in caches],
+    }
+    for match, bad in wrong.items():
+        before = [c.clone() for c in bad]
+        with pytest.raises(ValueError, match=match):
+            paged.decode_paged(blob, bad, "flash-hnd", ids)
+        assert all(torch.equal(c, b) for c, b in zip(bad, before, strict=True))
+    with pytest.raises(ValueError, match="unknown paged layout"):
+        paged.decode_paged(blob, caches, "flash", ids)
+    with pytest.raises(ValueError, match="contiguous"):
+        paged.encode_paged([c.transpose(2, 3) for c in caches], "vllm-cpu", ids, 3 * BLOCK + 1)
+
+
+def test_corrupt_blob_is_a_format_error_before_writing():
+    blob, ids, caches = setup_blob()
+    before = [c.clone() for c in caches]
+    for bad in (blob[:-9], blob[:100] + bytes([blob[100] ^ 1]) + blob[101:]):
+        with pytest.raises(cachegen.FormatError):
+            paged.decode_paged(bad, caches, "flash-hnd", ids)
+    assert all(torch.equal(c, b) for c, b in zip(caches, before, strict=True))
+
+
+def test_read_only_caches_are_refused():
+    blob, ids, caches = setup_blob()
+    arrays = [c.numpy() for c in caches]
+    arrays[1].flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        paged.decode_paged(blob, arrays, "flash-hnd", ids)
+
+
+def test_importance_reads_gathered_keys_on_the_gpu_path():
+    """A profile's token importance from paged keys: the host path (core, paged view) and the
+    GPU path (gathered keys) give the same scores."""
+    tokens = 2 * BLOCK + 9
+    ids = random_table(6, tokens)
+    cache = paged.paged_views(
+        filled("vllm-cpu", torch.float16, ids, tokens), "vllm-cpu", ids, tokens
+    )
+    coefficients = np.linspace(-1, 1, HEADS * DIM // 2)
+    gpu_views = dataclasses.replace(cache.views, device=0)
+    for layer in range(LAYERS):
+        host = token_scores(cache, cache.views, layer, coefficients, 1)
+        assert np.array_equal(token_scores(cache, gpu_views, layer, coefficients, 1), host)
+
+
+def test_layer_keys_gathers_the_keys():
+    """The keys a profile's importance reads on a GPU cache (gathered with torch)."""
+    tokens = 2 * BLOCK + 9
+    ids = random_table(5, tokens)
+    for layout in paged.LAYOUTS:
+        caches = filled(layout, torch.bfloat16, ids, tokens)
+        cache = paged.paged_views(caches, layout, ids, tokens)
+        for layer in range(LAYERS):
+            expected = gather(layout, caches, ids, tokens)[layer, 0]
+            assert torch.equal(cache.layer_keys(layer), expected)

@@ -1,0 +1,122 @@
+"""The ladder's quantizer checked against an independent numpy statement of what a level means.
+
+The round-trip tests compare `decode(encode(x))` with `cachegen.quantize`, the same C++ fit as
+`encode`: a wrong step size would pass them. These tests derive each token's step from the
+specification alone (key step 0.1^((level-1)/26) of the token's rms, values 3x coarser, the
+recency law, the first token verbatim, steps on the 1/8-octave grid and never so fine that
+|x| / step exceeds 127), find the step the decoder actually used from the decoded values, and
+check that it lies within the grid's rounding of the specified one and that every element's
+error is at most half of it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import cachegen
+from kvgen import synthetic_kv
+
+GRID = 8  # steps per octave
+MAX_SYMBOL = 127
+
+
+def spec_steps(level: int) -> tuple[float, float]:
+    """(key, value) step as a fraction of a token's rms, from the ladder's definition."""
+    key = round(0.1 ** ((level - 1) / 26), 4)
+    return key, round(3 * key, 4)
+
+
+def recency(positions: np.ndarray, context_end: int) -> np.ndarray:
+    """Step weight of tokens at `positions`: ((d + 16) / 80)^0.75 within [1/64, 1], d the
+    tokens after it in the context."""
+    after = context_end - 1 - positions
+    return np.clip(((after + 16) / 80) ** 0.75, 1 / 64, 1)
+
+
+def grid(code: np.ndarray) -> np.ndarray:
+    """The step of a grid code, as stored (fp16)."""
+    return np.exp2(code / GRID).astype(np.float16).astype(np.float64)
+
+
+def decoded_step(row: np.ndarray, around: float) -> float | None:
+    """The grid step nearest to `around` (within two codes) of which every decoded value is an
+    integer multiple; None if there is none. Nearest first: a row of few or zero symbols is a
+    multiple of several steps."""
+    centre = int(np.round(GRID * np.log2(around)))
+    for step in grid(centre + np.array([0, -1, 1, -2, 2])):
+        k = row / step
+        if np.all(np.abs(k - np.round(k)) <= 1e-3 * np.maximum(1, np.abs(k))):
+            return float(step)
+    return None
+
+
+def check_group(x: np.ndarray, y: np.ndarray, fraction: float, weights: np.ndarray, sink: bool):
+    """x: input rows [tokens, channels] (fp32 of the stored dtype); y: decoded rows."""
+    first = 1 if sink else 0
+    if sink:
+        np.testing.assert_array_equal(y[0], x[0])
+    for t in range(first, len(x)):
+        rms = float(np.sqrt(np.mean(np.square(x[t], dtype=np.float64))))
+        absmax = float(np.max(np.abs(x[t])))
+        if absmax == 0:
+            np.testing.assert_array_equal(y[t], 0)
+            continue
+        wanted = max(fraction * weights[t] * rms, absmax / MAX_SYMBOL)
+        step = decoded_step(y[t].astype(np.float64), wanted)
+        assert step is not None, f"token {t}: decoded values are not multiples of a grid step"
+        # Nearest grid point (within 2^(1/16)), one code coarser where that would clip.
+        assert wanted * 2 ** (-1 / 16) * 0.999 <= step <= wanted * 2 ** (1 / 8) * 1.001, (
+            f"token {t}: step {step} for specified {wanted}"
+        )
+        assert absmax / step <= MAX_SYMBOL + 0.5
+        # Half a step of rounding, plus the output dtype's own rounding of the result.
+        err = np.abs(x[t].astype(np.float64) - y[t])
+        assert np.all(err <= step / 2 * 1.001 + np.abs(y[t]) * 2.0**-8), f"token {t}"
+
+
+def layer_rows(kv: np.ndarray) -> list[np.ndarray]:
+    """[tokens, channels] fp32 rows per (layer, K/V), K first."""
+    return [
+        kv[i, j].reshape(kv.shape[2], -1).astype(np.float32) for i in range(len(kv)) for j in (0, 1)
+    ]
+
+
+def check_level(kv: np.ndarray, level: int, position: int = 0, context_end: int | None = None):
+    tokens = kv.shape[2]
+    end = position + tokens if context_end is None else context_end
+    out = cachegen.decode(
+        cachegen.encode(kv, level=level, position=position, context_end=context_end)
+    )
+    fractions = spec_steps(level)
+    weights = recency(np.arange(position, position + tokens), end)
+    for g, (x, y) in enumerate(zip(layer_rows(kv), layer_rows(out), strict=True)):
+        check_group(x, y, fractions[g % 2], weights, sink=position == 0)
+
+
+@pytest.mark.parametrize("level", [1, 8, cachegen.DEFAULT_LEVEL, 21, max(cachegen.LEVELS)])
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_level_steps_follow_the_specification(level: int, dtype: str) -> None:
+    check_level(synthetic_kv(3, 150, 2, 32, dtype=dtype, seed=level), level)
+
+
+def test_a_chunk_inside_a_context_has_no_sink_and_its_own_recency() -> None:
+    kv = synthetic_kv(2, 96, 3, 16, seed=7)
+    check_level(kv, cachegen.DEFAULT_LEVEL, position=512, context_end=2048)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    level=st.sampled_from(cachegen.LEVELS),
+    tokens=st.integers(1, 90),
+    heads=st.integers(1, 3),
+    dim=st.sampled_from([1, 7, 16, 64]),
+    position=st.sampled_from([0, 3, 300]),
+    seed=st.integers(0, 2**16),
+)
+def test_any_shape_and_place(level, tokens, heads, dim, position, seed) -> None:
+    kv = synthetic_kv(2, tokens, heads, dim, seed=seed)
+    kv[0, 1, tokens // 2] = 0  # an all-zero row codes exactly
+    check_level(kv, level, position=position, context_end=position + tokens + seed % 200)
