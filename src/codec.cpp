@@ -250,7 +250,7 @@ void decode_into(const ParsedBlob& blob, const uint8_t* data, const std::vector<
       return;
     }
     // Rows go out a tile at a time (a token-adjacent output is written per channel).
-    constexpr uint32_t kTile = 128;
+    constexpr uint32_t kTile = 64;
     std::vector<float> tile((size_t)kTile * C);
     for (uint32_t k0 = 0; k0 < s.token_count; k0 += kTile) {
       const uint32_t n = std::min(kTile, s.token_count - k0), t0 = s.token_begin + k0;
