@@ -204,8 +204,7 @@ def markdown(info: dict, speed_rows: list[SpeedRow], size_rows: list[SizeRow]) -
         "that of the fastest run of each (the least disturbed) are given too. The control row "
         "decodes into FlashAttention's NHD rows (`[tokens, "
         "heads, 2 * head_dim]`, K then V) of one plain array per layer, without a block table: "
-        "the gap that remains there comes from the engine's row layout (K and V interleaved, "
-        "rows split per head), not from the paging.",
+        "where it scatters as much as the paged rows, the scatter is the machine's load.",
         "",
         "## The lossless level (`cachegen.LOSSLESS`) on the same KV (4096 tokens)",
         "",
