@@ -155,7 +155,6 @@ def test_import_without_torch() -> None:
 
 @pytest.mark.slow
 def test_smollm2_round_trip_identical_logits() -> None:
-    sys.path.insert(0, str(BENCH))
     from kvquality import continue_logits, load_document, load_model
 
     lm = load_model()

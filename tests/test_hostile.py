@@ -7,34 +7,11 @@ import struct
 
 import numpy as np
 import pytest
+from blobcraft import decode_or_format_error, reseal
+from kvgen import synthetic_kv
 
 import cachegen
 from cachegen import FormatError
-from kvgen import synthetic_kv
-
-_crc_table = None
-
-
-def crc32c(data: bytes) -> int:
-    global _crc_table
-    if _crc_table is None:
-        _crc_table = []
-        for i in range(256):
-            c = i
-            for _ in range(8):
-                c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
-            _crc_table.append(c)
-    crc = 0xFFFFFFFF
-    for b in data:
-        crc = (crc >> 8) ^ _crc_table[(crc ^ b) & 0xFF]
-    return crc ^ 0xFFFFFFFF
-
-
-def reseal(blob: bytearray) -> bytes:
-    """Fix the trailing checksum so that the mutation reaches the deeper validation."""
-    blob[-4:] = struct.pack("<I", crc32c(bytes(blob[:-4])))
-    return bytes(blob)
-
 
 KV = synthetic_kv(2, 70, 2, 16, layout="pairs")
 
@@ -44,13 +21,6 @@ def blob() -> bytes:
     """Every section present: step codes, tables, several segments, a raw (sink) row."""
     config = cachegen.CodecConfig(segment_symbols=1024, max_tables=4, sink_tokens=1)
     return cachegen.encode(KV, config=config)
-
-
-def decode_or_format_error(data: bytes) -> None:
-    try:
-        cachegen.decode(data, framework="numpy", max_output_bytes=1 << 24)
-    except FormatError:
-        pass
 
 
 def test_valid_blob_is_accepted(blob):

@@ -16,9 +16,8 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 import blobcraft as bc
+import pytest
 
 C = 16
 FIXED = 24 << 20

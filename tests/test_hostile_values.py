@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import struct
 
+import blobcraft as bc
 import numpy as np
 import pytest
+from kvgen import synthetic_kv
 
-import blobcraft as bc
 import cachegen
 from cachegen import FormatError
-from kvgen import synthetic_kv
 
 F16_INF, F16_NAN = b"\x00\x7c", b"\x00\x7e"
 

@@ -9,11 +9,11 @@ import struct
 import numpy as np
 import pytest
 import torch
+from blobcraft import decode_or_format_error, reseal
+from kvgen import synthetic_kv
 
 import cachegen
 from cachegen import FormatError, paged
-from kvgen import synthetic_kv
-from test_hostile import decode_or_format_error, reseal
 
 LOSSLESS = cachegen.CodecConfig.lossless()
 

@@ -9,12 +9,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from kvgen import synthetic_kv
 
 import cachegen
 from cachegen import _core, paged
 from cachegen.importance import token_scores
 from cachegen.tensors import GroupView, Paging
-from kvgen import synthetic_kv
 
 LAYERS, HEADS, DIM, BLOCK, BLOCKS = 3, 2, 16, 16, 12
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)

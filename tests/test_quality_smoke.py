@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
 torch = pytest.importorskip("torch")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from kvquality import compare, load_documents, make_methods, run_quality  # noqa: E402
 from kvquality.metrics import log_probs  # noqa: E402
 

@@ -1,16 +1,10 @@
-"""Make the store tests' server helpers importable here (`store_servers`); every test starts
-with no bandwidth known and its own calibration cache."""
+"""Every streaming test starts with no bandwidth known and its own calibration cache."""
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import pytest
 
 from cachegen.stream.estimator import forget_estimates
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "store"))
 
 
 @pytest.fixture(autouse=True)

@@ -5,18 +5,14 @@ controller's decisions and predictions; load times are measured in bench/stream_
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from streamkit import MODEL, FakeEngine, costs_for, store_context
 
 import cachegen.store
 from cachegen.stream import Loader
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from netlink import LinkError, NetLink  # noqa: E402
+from netlink import LinkError, NetLink
 
 CHUNK = 1024  # tokens: blobs of ~120 KB (level 1) to ~245 KB (level 17)
 LEVELS = (1, 9, 17)

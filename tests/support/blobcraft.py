@@ -183,3 +183,19 @@ def crc32c(data: bytes) -> int:
     for b in data:
         crc = (crc >> 8) ^ table[(crc ^ b) & 0xFF]
     return crc ^ 0xFFFFFFFF
+
+
+def reseal(blob: bytearray) -> bytes:
+    """Fix the trailing checksum so that a mutation reaches the deeper validation."""
+    blob[-4:] = struct.pack("<I", crc32c(bytes(blob[:-4])))
+    return bytes(blob)
+
+
+def decode_or_format_error(data: bytes) -> None:
+    """Decode `data` (a hostile blob): a FormatError is the only acceptable failure."""
+    import cachegen
+
+    try:
+        cachegen.decode(data, framework="numpy", max_output_bytes=1 << 24)
+    except cachegen.FormatError:
+        pass

@@ -14,7 +14,7 @@ import numpy as np
 
 import cachegen
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 
 
 def deterministic_kv(shape: tuple[int, ...], seed: int) -> np.ndarray:
