@@ -28,7 +28,8 @@ def check_outputs(out: Any, v: KVViews, blob: Any) -> None:
         if not _self_disjoint(g):
             raise ValueError(f"out= group {i} maps several elements to one address")
     # Byte ranges first (plain arithmetic); only views whose ranges meet get the exact test.
-    ranges = sorted((_extent(g), i) for i, g in enumerate(v.groups))
+    extents = [_extent(g) for g in v.groups]
+    ranges = sorted((e, i) for i, e in enumerate(extents))
     for k, ((_, high), i) in enumerate(ranges):
         for (low_j, _), j in ranges[k + 1 :]:
             if low_j >= high:
@@ -36,11 +37,10 @@ def check_outputs(out: Any, v: KVViews, blob: Any) -> None:
             if _shares(_probe(v.groups[i]), _probe(v.groups[j])):
                 raise ValueError(f"out= groups {min(i, j)} and {max(i, j)} share elements")
     address, size = _blob_range(blob)
-    for i, g in enumerate(v.groups):
-        low, high = _extent(g)
+    for i, (low, high) in enumerate(extents):
         if size and low < address + size and address < high:
             blob_probe = _span(address, size, 1, (size,), (1,), 0)
-            if _shares(_probe(g), blob_probe):
+            if _shares(_probe(v.groups[i]), blob_probe):
                 raise ValueError(f"out= group {i} overlaps the blob being decoded")
 
 
@@ -54,9 +54,14 @@ def _check_no_grad(out: Any) -> None:
 def _extent(g: GroupView) -> tuple[int, int]:
     """[low, high) byte addresses the view touches."""
     item = DTYPE_SIZES[g.dtype]
-    reach = [(n - 1) * s * item for n, s in zip(g.shape, g.strides, strict=True)]
-    low = g.address + sum(r for r in reach if r < 0)
-    return low, g.address + sum(r for r in reach if r > 0) + item
+    low = high = g.address
+    for n, s in zip(g.shape, g.strides, strict=True):
+        reach = (n - 1) * s * item
+        if reach < 0:
+            low += reach
+        else:
+            high += reach
+    return low, high + item
 
 
 def _probe(g: GroupView) -> Any:
@@ -76,10 +81,11 @@ def _self_disjoint(g: GroupView) -> bool:
     """Whether no two (token, head, dim) of one view share an element: with strides sorted,
     each must step past everything the smaller ones reach (every real layout does)."""
     span = 1
-    for stride, n in sorted((abs(s), n) for n, s in zip(g.shape, g.strides, strict=True) if n > 1):
-        if stride < span:
-            return False
-        span += stride * (n - 1)
+    for stride, n in sorted([(abs(s), n) for n, s in zip(g.shape, g.strides, strict=True)]):
+        if n > 1:
+            if stride < span:
+                return False
+            span += stride * (n - 1)
     return True
 
 
