@@ -13,9 +13,11 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import IO
 
 import boto3
 
@@ -43,6 +45,7 @@ class NetLink:
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     subnet: int = field(default=-1, init=False)
     _server: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _log: IO[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
     def server_ip(self) -> str:
@@ -112,21 +115,22 @@ class NetLink:
         self._in_ns("ip", "link", "set", "lo", "up")
 
     def _start_server(self) -> None:
+        # The server logs a line per request to stderr: into a file, never an unread pipe.
+        # A pipe fills after ~800 requests (64 KiB), and then every request thread of the
+        # server blocks in its logging call: connections are accepted and never answered.
+        self._log = tempfile.TemporaryFile()
         self._server = subprocess.Popen(
             ["ip", "netns", "exec", self.ns, sys.executable, "-m", "moto.server"]
             + ["-H", self.server_ip, "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=self._log,
         )
         client = self.client()
         deadline = time.monotonic() + 30
         while True:
             if self._server.poll() is not None:
-                err = (
-                    self._server.stderr.read().decode(errors="replace")
-                    if self._server.stderr
-                    else ""
-                )
+                self._log.seek(0)
+                err = self._log.read().decode(errors="replace")
                 raise LinkError(f"moto server exited ({self._server.returncode}): {err[-1500:]}")
             try:
                 client.list_buckets()
@@ -177,5 +181,7 @@ class NetLink:
                 self._server.wait(10)
             except subprocess.TimeoutExpired:
                 self._server.kill()
+        if self._log is not None:
+            self._log.close()
         subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)
         subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)

@@ -25,7 +25,14 @@ from typing import Any
 import numpy as np
 
 import cachegen
-from cachegen.stream import TEXT, OptionTable, measure_decode_eps
+from cachegen.stream import (
+    TEXT,
+    ChunkOptions,
+    CostModel,
+    OptionTable,
+    measure_decode_eps,
+    option_table,
+)
 from cachegen.stream.sim import (
     SimResult,
     Trace,
@@ -93,23 +100,22 @@ def context_table(
     tokens: int, lad: Ladder, decode_eps: float, int8_eps: float, prefill_tps: float
 ) -> OptionTable:
     """Every option's cost for a context of `tokens` tokens in chunks of 256."""
-    sizes = [CHUNK] * (tokens // CHUNK) + ([tokens % CHUNK] if tokens % CHUNK else [])
     choices = (*cachegen.LEVELS, "int8", TEXT)
-    n, k = len(sizes), len(choices)
-    nbytes, requests = np.zeros((n, k)), np.zeros((n, k))
-    compute, loss = np.zeros((n, k)), np.zeros((n, k))
-    for r, tok in enumerate(sizes):
-        elements = tok * ELEMENTS_PER_TOKEN
-        for c, choice in enumerate(choices):
-            if choice == TEXT:
-                compute[r, c] = tok / prefill_tps
-                continue
-            key = "int8" if choice == "int8" else f"cg{choice}"
-            nbytes[r, c] = elements * lad.bits[key] / 8
-            requests[r, c] = 1
-            compute[r, c] = elements / (int8_eps if choice == "int8" else decode_eps)
-            loss[r, c] = lad.kl[key] * tok
-    return OptionTable(choices, nbytes, requests, compute, loss, np.array(sizes))
+    key = {c: "int8" if c == "int8" else f"cg{c}" for c in choices if c != TEXT}
+    chunks = [
+        ChunkOptions(
+            start,
+            min(start + CHUNK, tokens),
+            {
+                c: (min(start + CHUNK, tokens) - start) * ELEMENTS_PER_TOKEN * lad.bits[k] / 8
+                for c, k in key.items()
+            },
+        )
+        for start in range(0, tokens, CHUNK)
+    ]
+    costs = CostModel(decode_eps, prefill_tps)  # recompute at a flat rate per token
+    kl = {c: lad.kl[k] for c, k in key.items()}
+    return option_table(chunks, choices, kl, costs, ELEMENTS_PER_TOKEN, {"int8": int8_eps})
 
 
 def traces(quick: bool) -> list[Trace]:
@@ -268,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.perf_counter() - t0:.0f} s; wrote {args.out}/stream.json, stream.md",
         file=sys.stderr,
     )
-    return 0
+    from plots import plot_sweep_results
+
+    return plot_sweep_results(data, args.out)
 
 
 if __name__ == "__main__":

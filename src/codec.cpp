@@ -267,10 +267,15 @@ void decode_into(const ParsedBlob& blob, const uint8_t* data, const std::vector<
       return;
     }
     const DequantParams& p = params.get(blob, call, s.group);
-    std::vector<float> row(C);
-    for (uint32_t k = 0; k < s.token_count; ++k) {
-      dequantize_row(sym + (size_t)k * C, p, s.token_begin + k, C, row.data());
-      store_row(outs[s.group], s.token_begin + k, row.data());
+    // Rows go out a tile at a time (a token-adjacent output is written per channel); a tile
+    // holds at most 64 rows and 64 KiB, so wide groups do not grow decode memory.
+    const uint32_t rows = std::clamp<uint32_t>((1u << 14) / C, 1, 64);
+    std::vector<float> tile((size_t)rows * C);
+    for (uint32_t k0 = 0; k0 < s.token_count; k0 += rows) {
+      const uint32_t n = std::min(rows, s.token_count - k0), t0 = s.token_begin + k0;
+      for (uint32_t k = 0; k < n; ++k)
+        dequantize_row(sym + (size_t)(k0 + k) * C, p, t0 + k, C, tile.data() + (size_t)k * C);
+      store_rows(outs[s.group], t0, n, tile.data());
     }
   });
 }

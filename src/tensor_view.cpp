@@ -1,5 +1,6 @@
 #include "tensor_view.hpp"
 
+#include <algorithm>
 #include <cstring>
 
 #include "half.hpp"
@@ -105,18 +106,57 @@ void load_row(const TensorView& v, uint32_t token, float* row) {
   }
 }
 
-void store_row(const TensorView& v, uint32_t token, const float* row) {
-  switch (v.dtype) {
+// Calls f(T{}, store) with the dtype's element type T and its store(T* dst, const float* src,
+// n) converter.
+template <typename F>
+void with_store(DType dtype, F&& f) {
+  switch (dtype) {
     case DType::F16:
-      return for_runs<uint16_t>(
-          v, token, row, [](uint16_t* d, const float* s, uint32_t n) { f32_to_f16_n(s, d, n); });
+      return f(uint16_t{}, [](uint16_t* d, const float* s, uint32_t n) { f32_to_f16_n(s, d, n); });
     case DType::BF16:
-      return for_runs<uint16_t>(
-          v, token, row, [](uint16_t* d, const float* s, uint32_t n) { f32_to_bf16_n(s, d, n); });
+      return f(uint16_t{}, [](uint16_t* d, const float* s, uint32_t n) { f32_to_bf16_n(s, d, n); });
     case DType::F32:
-      return for_runs<float>(v, token, row,
-                             [](float* d, const float* s, uint32_t n) { copy_in(s, d, n); });
+      return f(float{}, [](float* d, const float* s, uint32_t n) { copy_in(s, d, n); });
   }
+}
+
+void store_row(const TensorView& v, uint32_t token, const float* row) {
+  with_store(v.dtype, [&](auto t, auto store) { for_runs<decltype(t)>(v, token, row, store); });
+}
+
+namespace {
+
+// Token-adjacent views (s_token == 1): per channel, each run of tokens that are adjacent in
+// memory (within one block, at most kColumn) is gathered from the rows and stored at once.
+constexpr uint32_t kColumn = 128;
+
+template <typename T, typename Store>
+void store_columns(const TensorView& v, uint32_t token, uint32_t n, const float* rows,
+                   Store store) {
+  const uint32_t C = v.channels(), end = token + n;
+  float col[kColumn];
+  for (uint32_t a = token; a < end;) {
+    uint32_t b = std::min(end, a + kColumn);
+    if (v.block_table) b = std::min(b, (a / v.block_size + 1) * v.block_size);
+    T* base = static_cast<T*>(v.data) + v.token_offset(a);
+    const float* r = rows + (size_t)(a - token) * C;
+    for (uint32_t h = 0; h < v.heads; ++h)
+      for (uint32_t d = 0; d < v.head_dim; ++d) {
+        const uint32_t c = h * v.head_dim + d;
+        for (uint32_t k = 0; k < b - a; ++k) col[k] = r[(size_t)k * C + c];
+        store(base + h * v.s_head + d * v.s_dim, col, b - a);
+      }
+    a = b;
+  }
+}
+
+}  // namespace
+
+void store_rows(const TensorView& v, uint32_t token, uint32_t n, const float* rows) {
+  if (v.s_token == 1 && v.channels() > 1)
+    return with_store(
+        v.dtype, [&](auto t, auto store) { store_columns<decltype(t)>(v, token, n, rows, store); });
+  for (uint32_t k = 0; k < n; ++k) store_row(v, token + k, rows + (size_t)k * v.channels());
 }
 
 // A row's raw bits, element type T (the dtype's width), through for_runs.

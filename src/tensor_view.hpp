@@ -46,6 +46,9 @@ void check_paging(const TensorView& v, const std::string& what);
 
 void load_row(const TensorView& v, uint32_t token, float* row);
 void store_row(const TensorView& v, uint32_t token, const float* row);
+// n consecutive tokens' rows ([n, channels] fp32); views whose tokens are adjacent in memory
+// (the vLLM CPU backend's keys) are written a channel at a time.
+void store_rows(const TensorView& v, uint32_t token, uint32_t n, const float* rows);
 
 // A row's raw bits in the view's own dtype: channels() elements of dtype_size bytes.
 void load_bits(const TensorView& v, uint32_t token, uint8_t* bits);

@@ -15,7 +15,7 @@ import cachegen
 from cachegen.cli import LINE_WIDTH, main
 from cachegen.context import list_contexts, save_context
 from cachegen.context.keys import manifest_key
-from cachegen.store import FileStore, ObjectCorrupted
+from cachegen.store import FileStore, ObjectCorrupted, StoreUnavailable
 
 PYTHON = Path(__file__).resolve().parents[1] / "python"
 
@@ -105,7 +105,7 @@ def test_manifest_with_wrong_field_types_is_an_error(tmp_path: Path) -> None:
     store, (key,) = _store_of(tmp_path, 1)
     body = unseal(key, store.get(key))
     for field, bad in [("num_tokens", "48"), ("model_id", None), ("levels", [1, "x"])]:
-        store.put(key, seal(body | {field: bad}))
+        store.put(key, seal(key, body | {field: bad}))
         (result,) = (s for _, s in list_contexts(store))
         assert isinstance(result, ObjectCorrupted) and repr(field) in str(result)
 
@@ -120,3 +120,29 @@ def test_version() -> None:
         env=env,
     ).stdout
     assert out.strip() == f"cachegen {cachegen.__version__}"
+
+
+class _FlakyStore(FileStore):
+    """A file store whose reads of one key fail as an unreachable backend's would."""
+
+    bad = ""
+
+    def _get(self, key: str) -> bytes:
+        if key == self.bad:
+            raise StoreUnavailable(f"reading {key}: connection reset")
+        return super()._get(key)
+
+
+def test_a_failing_read_is_reported_on_its_line(tmp_path: Path) -> None:
+    _, made = _store_of(tmp_path, 3)
+    store = _FlakyStore(tmp_path / "kv")
+    store.bad = made[1]
+    listed = dict(list_contexts(store))
+    assert isinstance(listed[made[1]], StoreUnavailable)
+    assert [listed[k].num_tokens for k in (made[0], made[2])] == [48, 48]
+
+
+def test_unreachable_store_is_one_error_line(capsys) -> None:
+    assert main(["inspect", "nosuch://bucket"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cachegen inspect: ") and err.count("\n") == 1

@@ -361,3 +361,54 @@ def test_device_blob_checksum_checked_alongside_kernels():
         cachegen.decode(bad, out=out)
     for blob in (small, big, small, big):
         assert_same_bits(cachegen.decode(blob), cachegen.decode(bytes(blob.cpu().numpy())))
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("layout", sorted(cachegen.paged.LAYOUTS))
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_paged_gpu_equals_cpu(layout, dtype):
+    """Paged encode and decode on the GPU (block table uploaded with the views): the CPU's
+    bytes, and the whole caches after a decode equal the CPU's bit for bit (only the slots of
+    the block table written); lossless decodes on the GPU too, its encode is refused there."""
+    import test_paged as tp
+
+    torch = torch_or_skip()
+    dt = getattr(torch, dtype)
+    tokens = 5 * tp.BLOCK + 7
+    ids = tp.random_table(11, tokens)
+    host = tp.filled(layout, dt, ids, tokens)
+    gpu = [c.cuda() for c in host]
+    assert [c.stride() for c in gpu] == [c.stride() for c in host]
+    paged = cachegen.paged
+    for level in (1, cachegen.DEFAULT_LEVEL):
+        blob = paged.encode_paged(host, layout, ids, tokens, level=level)
+        assert paged.encode_paged(gpu, layout, ids, tokens, level=level) == blob
+    targets = tp.random_table(12, tokens)
+    for level in (cachegen.DEFAULT_LEVEL, cachegen.LOSSLESS):
+        blob = paged.encode_paged(host, layout, ids, tokens, level=level)
+        on_cpu = [tp.empty_cache(layout, dt, seed=20 + i) for i in range(tp.LAYERS)]
+        on_gpu = [c.cuda() for c in on_cpu]
+        paged.decode_paged(blob, on_cpu, layout, targets)
+        paged.decode_paged(blob, on_gpu, layout, targets)
+        torch.cuda.synchronize()
+        for a, b in zip(on_gpu, on_cpu, strict=True):
+            assert_same_bits(a, b)
+    with pytest.raises(ValueError, match="no GPU encoder"):
+        paged.encode_paged(gpu, layout, ids, tokens, level=cachegen.LOSSLESS)
+    before = [c.clone() for c in gpu]
+    with pytest.raises(ValueError, match="out of range"):
+        paged.decode_paged(blob, gpu, layout, [*targets[:-1], tp.BLOCKS])
+    for a, b in zip(gpu, before, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_lossless_decodes_on_gpu(dtype):
+    kv = torch_cpu(synthetic_kv(3, 333, 3, 64, dtype=dtype))
+    blob = cachegen.encode(kv, level=cachegen.LOSSLESS)
+    assert_same_bits(cachegen.decode(blob, device="cuda"), kv)
+    with pytest.raises(ValueError, match="own dtype"):
+        cachegen.decode(blob, device="cuda", dtype="float32" if dtype != "float32" else "float16")

@@ -347,3 +347,42 @@ def test_run_digest_follows_weights_texts_and_settings() -> None:
     with torch.no_grad():
         model.model.layers[1].mlp.down_proj.weight[0, 0] += 1e-3
     assert base != run_digest(model, texts, {"continuation": 16})
+
+
+@pytest.mark.parametrize("layer_types", [SLIDING, ["sliding_attention"] * 4])
+def test_sensitivity_reference_matches_one_uncached_pass(layer_types: list[str]) -> None:
+    """The continuation every sensitivity pass is compared with runs on the rebuilt prefix
+    cache at the true positions, also when every layer slides (no layer tells the length)."""
+    from cachegen.calibrate import MEASURE_CONFIG, _Coded
+
+    model = _tiny(layer_types, window=96, positions=256)
+    text = _texts(200, (9,))[0]
+    ref = _Coded.of(model, text, MEASURE_CONFIG, 16, torch).ref
+    with torch.inference_mode():
+        whole = torch.log_softmax(model(text).logits[0, 184:].double(), dim=-1)
+    torch.testing.assert_close(ref, whole, atol=1e-5, rtol=1e-5)
+
+
+def test_calibrate_measures_again_what_a_damaged_checkpoint_lost(_cache_dir: Path) -> None:
+    """Damaged saved measurements (a truncated file) are measured again, not trusted."""
+    import cachegen
+
+    model = _tiny(["full_attention"] * 2, positions=256)
+    texts = _texts(120, (3,))
+    options = {"name": "tiny", "continuation": 16, "key_bands": 2, "progress": False}
+    calls = {"n": 0}
+
+    def count(*_: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 12:  # after the attention pass and a few sensitivity passes
+            raise RuntimeError("interrupted")
+
+    hook = model.register_forward_hook(count)
+    with pytest.raises(RuntimeError):
+        cachegen.calibrate(model, texts, **options)
+    hook.remove()
+    (folder,) = (_cache_dir / "calibrate").iterdir()
+    for path in folder.iterdir():
+        path.write_bytes(path.read_bytes()[:10])
+    again = cachegen.calibrate(model, texts, **options)
+    assert again == cachegen.calibrate(model, texts, **options, resume=False)

@@ -4,12 +4,15 @@ errors before anything is written."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 
 import cachegen
 from cachegen import _core, paged
+from cachegen.importance import token_scores
 from cachegen.tensors import GroupView, Paging
 from kvgen import synthetic_kv
 
@@ -188,6 +191,29 @@ def test_corrupt_blob_is_a_format_error_before_writing():
         with pytest.raises(cachegen.FormatError):
             paged.decode_paged(bad, caches, "flash-hnd", ids)
     assert all(torch.equal(c, b) for c, b in zip(caches, before, strict=True))
+
+
+def test_read_only_caches_are_refused():
+    blob, ids, caches = setup_blob()
+    arrays = [c.numpy() for c in caches]
+    arrays[1].flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        paged.decode_paged(blob, arrays, "flash-hnd", ids)
+
+
+def test_importance_reads_gathered_keys_on_the_gpu_path():
+    """A profile's token importance from paged keys: the host path (core, paged view) and the
+    GPU path (gathered keys) give the same scores."""
+    tokens = 2 * BLOCK + 9
+    ids = random_table(6, tokens)
+    cache = paged.paged_views(
+        filled("vllm-cpu", torch.float16, ids, tokens), "vllm-cpu", ids, tokens
+    )
+    coefficients = np.linspace(-1, 1, HEADS * DIM // 2)
+    gpu_views = dataclasses.replace(cache.views, device=0)
+    for layer in range(LAYERS):
+        host = token_scores(cache, cache.views, layer, coefficients, 1)
+        assert np.array_equal(token_scores(cache, gpu_views, layer, coefficients, 1), host)
 
 
 def test_layer_keys_gathers_the_keys():

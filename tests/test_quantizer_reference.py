@@ -42,10 +42,11 @@ def grid(code: np.ndarray) -> np.ndarray:
 
 
 def decoded_step(row: np.ndarray, around: float) -> float | None:
-    """The grid step, within two codes of `around`, of which every decoded value is an integer
-    multiple; None if there is none."""
+    """The grid step nearest to `around` (within two codes) of which every decoded value is an
+    integer multiple; None if there is none. Nearest first: a row of few or zero symbols is a
+    multiple of several steps."""
     centre = int(np.round(GRID * np.log2(around)))
-    for step in grid(np.arange(centre - 2, centre + 3)):
+    for step in grid(centre + np.array([0, -1, 1, -2, 2])):
         k = row / step
         if np.all(np.abs(k - np.round(k)) <= 1e-3 * np.maximum(1, np.abs(k))):
             return float(step)

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -92,24 +93,57 @@ inline void add_work(uint32_t first, uint32_t count, std::vector<Work>& out) {
     out.push_back({first + s, std::min<uint32_t>(kWarps, count - s)});
 }
 
-// A strided (token, head, dim) tensor in device memory, channel = head * head_dim + dim.
+// A strided (token, head, dim) tensor in device memory, channel = head * head_dim + dim; paged
+// (a serving engine's KV blocks) if it has a block table, addressed as TensorView's are.
 struct View {
   void* data;
   int64_t s_token, s_head, s_dim;
   uint32_t head_dim, head_shift;  // head_shift = log2(head_dim) if a power of two, else 32
+  const int32_t* block_table;     // device memory; null: a plain view
+  uint32_t block_size;
+  int64_t s_block;
 
+  __device__ int64_t token(uint32_t t) const {
+    return token_offset(block_table, block_size, s_block, s_token, t);
+  }
   __device__ int64_t offset(uint32_t t, uint32_t c) const {
     const uint32_t h = head_shift < 32 ? c >> head_shift : c / head_dim;
-    return t * s_token + (int64_t)h * s_head + (int64_t)(c - h * head_dim) * s_dim;
+    return token(t) + (int64_t)h * s_head + (int64_t)(c - h * head_dim) * s_dim;
   }
 };
 
-inline View to_view(const TensorView& v) {
+// `table`: v's block table in device memory (null for a plain view).
+inline View to_view(const TensorView& v, const int32_t* table) {
   uint32_t shift = 32;
   for (uint32_t k = 0; k < 31; ++k)
     if ((1u << k) == v.head_dim) shift = k;
-  return {v.data, v.s_token, v.s_head, v.s_dim, v.head_dim, shift};
+  return {v.data, v.s_token, v.s_head, v.s_dim, v.head_dim, shift, table, v.block_size, v.s_block};
 }
+
+// Device views of host TensorViews: the paged ones' block tables (validated by check_paging)
+// go up in one copy, freed in stream order after the kernels queued before destruction.
+class DeviceViews {
+ public:
+  DeviceViews(const std::vector<const TensorView*>& views, cudaStream_t stream) {
+    Arena arena;
+    std::vector<size_t> at;
+    for (const TensorView* v : views) {
+      check_paging(*v, "view");
+      at.push_back(arena.add(v->block_table, v->table_entries()));
+    }
+    tables_.emplace(arena.size() + 16, stream);
+    arena.upload(tables_->get(), stream);
+    for (size_t i = 0; i < views.size(); ++i) {
+      const int32_t* table = tables_->get<int32_t>() + at[i] / sizeof(int32_t);
+      views_.push_back(to_view(*views[i], views[i]->block_table ? table : nullptr));
+    }
+  }
+  const std::vector<View>& views() const { return views_; }
+
+ private:
+  std::optional<DeviceBuffer> tables_;
+  std::vector<View> views_;
+};
 
 template <DType D>
 __device__ float load_elem(const View& v, uint32_t t, uint32_t c) {

@@ -32,7 +32,16 @@ struct GroupDev {
   uint32_t channels, num_tables;
   uint32_t raw_rows;  // the first tokens are these verbatim rows, [raw_rows, channels]
   const float* raw;
+  uint32_t planes;  // Lossless: `channels` symbols per token are planes of channels / planes
 };
+
+// A lossless symbol (plane p of channel c) is byte p of that element's bits: stored as is, the
+// output having the blob's dtype.
+__device__ void store_plane(const View& out, uint32_t t, uint32_t column, uint32_t channels,
+                            uint32_t planes, int sym) {
+  const uint32_t p = column / channels, c = column - p * channels;
+  static_cast<uint8_t*>(out.data)[out.offset(t, c) * planes + p] = (uint8_t)sym;
+}
 
 struct SegmentDev {
   uint64_t offset;  // of the segment in the blob
@@ -63,7 +72,9 @@ __device__ void decode_segment(const uint8_t* blob, const SegmentDev& s, const G
     const size_t i = rans::clamp_word(wp + __popc(mask & below), s.words, need, overrun);
     x = rans::dec_renorm(x, need, need && s.words ? words[i] : 0);
     wp += __popc(mask);
-    if (active) {
+    if (active && g.planes > 1) {
+      store_plane(out, t, c, C / g.planes, g.planes, (int)rans::dec_symbol_index(e) - kSymbolBias);
+    } else if (active) {
       const int sym = (int)rans::dec_symbol_index(e) - kSymbolBias;
       store_elem<D>(out, t, c,
                     t < g.raw_rows
@@ -168,6 +179,7 @@ struct DeviceBlob::State {
   int device;
   cudaStream_t stream;  // blob memory is freed in order on it
   std::vector<GroupDesc> groups;
+  DType dtype;                    // the blob's: lossless groups decode only into it
   uint8_t* blob = nullptr;        // the blob's bytes
   bool owned = true;              // false: the caller's device memory
   uint8_t* arena = nullptr;       // segments, work lists, group descriptors, side data
@@ -246,6 +258,7 @@ DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size,
   use_device(device);
   State& s = *s_;
   s.device = device;
+  s.dtype = blob.header.dtype;
   const cudaStream_t st = as_stream(stream);
   s.stream = st;
   // The blob goes up through pinned staging while the host copies it in chunks; its checksum,
@@ -345,7 +358,8 @@ DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size,
       const bool shared = nt <= kSharedTables;
       add_work(d.first_segment, d.num_segments, work[shared ? 0 : 1]);
       if (shared) s.shared_bytes = std::max(s.shared_bytes, nt * kTableBytes);
-      devs.push_back({nullptr, nullptr, nullptr, nullptr, nullptr, C, nt, q.raw_rows, nullptr});
+      devs.push_back({nullptr, nullptr, nullptr, nullptr, nullptr, d.symbols_per_token(), nt,
+                      q.raw_rows, nullptr, d.planes});
       s.groups.push_back(d);
     }
     work_at[0] = arena.add(work[0]);
@@ -525,18 +539,21 @@ void DeviceBlob::decode_into(const std::vector<TensorView>& outs, uintptr_t stre
   State& s = *s_;
   use_device(s.device);
   if (outs.size() != s.groups.size()) throw InputError("need one output per (layer, K/V)");
-  std::vector<View> views;
+  std::vector<const TensorView*> checked;
   for (size_t g = 0; g < outs.size(); ++g) {
     const GroupDesc& d = s.groups[g];
     const TensorView& v = outs[g];
     if (!v.data || v.tokens != d.tokens || v.heads != d.heads || v.head_dim != d.head_dim)
       throw InputError("output " + std::to_string(g) + " has the wrong shape");
     if (v.dtype != outs[0].dtype) throw InputError("all outputs must share one dtype");
-    views.push_back(to_view(v));
+    if (d.quantizer == Quantizer::Lossless && v.dtype != s.dtype)
+      throw InputError("a lossless blob decodes only into its own dtype");
+    checked.push_back(&v);
   }
   const cudaStream_t st = as_stream(stream);
+  const DeviceViews views(checked, st);
   Arena arena;
-  arena.add(views);
+  arena.add(views.views());
   DeviceBuffer dev(arena.size() + 16, st);
   arena.upload(dev.get(), st);
   uint32_t* bad = reinterpret_cast<uint32_t*>(dev.get() + ((arena.size() + 3) & ~size_t{3}));

@@ -185,7 +185,6 @@ __global__ void __launch_bounds__(kRowWarps * 32)
   if (row0 >= g.tokens) return;  // the whole warp: only __syncwarp below
   const uint32_t T = g.tokens, C = g.channels, chunks = C / 8;
   const uint8_t* base = static_cast<const uint8_t*>(g.in.data);
-  const int64_t row_bytes = g.in.s_token * 2;
   float sq[8], mx[8];
 #pragma unroll
   for (int k = 0; k < 8; ++k) sq[k] = 0.0f, mx[k] = 0.0f;
@@ -196,7 +195,7 @@ __global__ void __launch_bounds__(kRowWarps * 32)
       const uint32_t r = i * 4 + lane / 8, j = j0 + lane % 8;
       uint4 v = make_uint4(0, 0, 0, 0);
       if (row0 + r < T && j < chunks)
-        v = __ldg(reinterpret_cast<const uint4*>(base + (row0 + r) * row_bytes) + j);
+        v = __ldg(reinterpret_cast<const uint4*>(base + g.in.token(row0 + r) * 2) + j);
       tile[warp][r][lane % 8] = v;
     }
     __syncwarp();
@@ -235,7 +234,8 @@ bool rows_fast_path(const TensorView& v, DType d, bool per_channel) {
   const uint32_t C = v.heads * v.head_dim;
   const bool contiguous = v.s_dim == 1 && (v.heads == 1 || v.s_head == (int64_t)v.head_dim);
   const bool aligned = reinterpret_cast<uintptr_t>(v.data) % 16 == 0 &&
-                       (v.tokens == 1 || (v.s_token * 2) % 16 == 0) && v.s_token >= 0;
+                       (v.tokens == 1 || (v.s_token * 2) % 16 == 0) && v.s_token >= 0 &&
+                       (!v.block_table || (v.s_block * 2) % 16 == 0);
   return d != DType::F32 && !per_channel && C % 8 == 0 && contiguous && aligned;
 }
 
@@ -541,6 +541,8 @@ struct Plan {
 };
 
 void check_supported(Quantizer kind, uint8_t all_flags) {
+  if (kind == Quantizer::Lossless)
+    throw InputError("the lossless level has no GPU encoder: encode a host copy of the cache");
   const uint8_t flags = all_flags & ~(kTokenCodes | kChannelCodes);  // how scales travel
   const bool ok = flags == kTokenScale ||
                   (flags == (kChannelScale | kChannelOffset) &&
@@ -638,6 +640,9 @@ void encode(const EncodeRequest& req, int device, uintptr_t stream, const BlobAl
     if (p.quant.flags & kTokenScale && p.quant.flags & kChannelScale)
       CG_CUDA(cudaMemcpyAsync(sc + p.channel_scale, p.quant.channel_scale.data(),
                               2 * p.quant.channel_scale.size(), cudaMemcpyHostToDevice, st));
+  std::vector<const TensorView*> inputs;
+  for (const GroupSpec& s : req.groups) inputs.push_back(&s.view);
+  const DeviceViews in(inputs, st);
   std::vector<GroupDev> devs;
   std::vector<uint32_t> token_ids, row_ids, channel_ids, layer_ids, fit_ids;
   uint32_t max_t = 0, max_c = 0, max_tt = 0, max_rt = 0, max_cc = 0;
@@ -647,7 +652,7 @@ void encode(const EncodeRequest& req, int device, uintptr_t stream, const BlobAl
     const uint8_t fl = p.quant.flags;
     const uint32_t T = p.desc.tokens, C = p.desc.channels();
     devs.push_back(
-        {to_view(s.view),
+        {in.views()[i],
          T,
          C,
          s.quantizer,

@@ -5,6 +5,7 @@ kv2 = cachegen.decode(blob)
 info = cachegen.inspect(blob)
 """
 
+from . import paged
 from .api import (
     DEFAULT_MAX_OUTPUT_BYTES,
     FORMAT_VERSION,
@@ -23,7 +24,7 @@ from .calibrate import calibrate
 from .config import DEFAULT_LEVEL, LEVELS, LOSSLESS, QUANTIZERS, CodecConfig
 from .profile import ModelProfile
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one version source: pyproject.toml reads it at build time
 
 __all__ = [
     "DEFAULT_LEVEL",
@@ -44,5 +45,6 @@ __all__ = [
     "encode",
     "entropy_stats",
     "inspect",
+    "paged",
     "quantize",
 ]

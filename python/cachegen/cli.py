@@ -3,6 +3,7 @@
 cachegen demo [--bandwidth 100] [--slo 1.0] [--json] [--plot ttft.png]
 cachegen inspect blob.cg                 # a blob's header, groups and size
 cachegen inspect file:///path/to/store   # the contexts stored there, one line each
+cachegen gc STORE_URL [--grace 3600] [--dry-run] [--json]   # remove unreachable objects
 cachegen bench stream-sim [args...]      # a benchmark from bench/ (source checkout)
 cachegen --version
 """
@@ -17,7 +18,13 @@ import sys
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cachegen.context import ContextSummary
+    from cachegen.store import StoreError
+
+    Listed = ContextSummary | StoreError
 
 #: `cachegen bench NAME` runs bench/<script>.
 BENCHMARKS = {
@@ -49,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--slo", type=float, default=1.0, help="load TTFT target, s (default 1)")
     d.add_argument("--store", type=Path, help="file store folder (default: a temp folder)")
     d.add_argument("--json", action="store_true", help="print the results as JSON")
+    d.add_argument("--plot", type=Path, metavar="FILE", help="also draw TTFT and KL per strategy")
     d.set_defaults(run=_demo)
 
     i = sub.add_parser(
@@ -59,6 +67,19 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("target", help="a blob file, or a store URL (file:///..., s3://...)")
     i.add_argument("--json", action="store_true")
     i.set_defaults(run=_inspect)
+
+    g = sub.add_parser("gc", help="remove the objects no stored context reaches")
+    g.add_argument("store", help="a store URL (file:///..., s3://..., redis://...)")
+    g.add_argument(
+        "--grace",
+        type=float,
+        default=3600.0,
+        help="seconds: younger objects are kept, as a writer may still commit them "
+        "(default 3600; must exceed the longest save)",
+    )
+    g.add_argument("--dry-run", action="store_true", help="report, delete nothing")
+    g.add_argument("--json", action="store_true")
+    g.set_defaults(run=_gc)
 
     b = sub.add_parser("bench", help=f"run a benchmark: {', '.join(BENCHMARKS)}")
     b.add_argument("name", choices=sorted(BENCHMARKS))
@@ -88,9 +109,25 @@ def _demo(args: argparse.Namespace) -> int:
         slo_s=args.slo,
         store=args.store,
     )
+    if args.plot:
+        _plotting()  # fails before the minutes of the demo, not after
     result = run_demo(opts, _progress)
     print(json.dumps(result, indent=1) if args.json else format_table(result))
+    if args.plot:
+        _plotting().plot_demo(result, args.plot)
+        print(f"plot: {args.plot}", file=sys.stderr)
     return 0
+
+
+def _plotting() -> Any:
+    """`cachegen.plotting`, once matplotlib is known to be there; else exit with the reason."""
+    from cachegen import plotting
+
+    try:
+        plotting.pyplot()
+    except plotting.MissingPlotting as e:
+        raise SystemExit(f"cachegen: {e}") from None
+    return plotting
 
 
 def _inspect(args: argparse.Namespace) -> int:
@@ -134,8 +171,12 @@ def _inspect_store(url: str, as_json: bool) -> int:
     from cachegen.context import ContextSummary, list_contexts
     from cachegen.context.listing import shared_chunks
 
-    with cachegen.store.open(url) as store:
-        listed = list(list_contexts(store))
+    try:
+        with cachegen.store.open(url) as store:
+            listed = list(list_contexts(store))
+    except cachegen.store.StoreError as e:
+        print(f"cachegen inspect: {e}", file=sys.stderr)
+        return 2
     shared = shared_chunks([s for _, s in listed if isinstance(s, ContextSummary)])
     if as_json:
         contexts = [_context_json(key, s, shared) for key, s in listed]
@@ -146,7 +187,7 @@ def _inspect_store(url: str, as_json: bool) -> int:
     return int(any(not isinstance(s, ContextSummary) for _, s in listed))
 
 
-def _context_json(key: str, s: Any, shared: dict[str, int]) -> dict[str, Any]:
+def _context_json(key: str, s: Listed, shared: dict[str, int]) -> dict[str, Any]:
     if isinstance(s, Exception):
         return {"key": key, "error": str(s)}
     return {
@@ -162,7 +203,7 @@ def _context_json(key: str, s: Any, shared: dict[str, int]) -> dict[str, Any]:
     }
 
 
-def _context_line(key: str, s: Any, shared: dict[str, int]) -> str:
+def _context_line(key: str, s: Listed, shared: dict[str, int]) -> str:
     """`hash-prefix  model  tokens  chunks  shared  L<level> <bytes> ...`, clipped to
     `LINE_WIDTH`; or the reason the manifest could not be read."""
     name = Path(key).stem[:12]
@@ -188,6 +229,30 @@ def _size(n: float) -> str:
             return f"{n:.0f}{unit}" if unit == "B" else f"{n:.3g}{unit}"
         n /= 1000
     return f"{n:.0f}T"
+
+
+def _gc(args: argparse.Namespace) -> int:
+    import cachegen.store
+    from cachegen.context import collect_garbage
+
+    try:
+        with cachegen.store.open(args.store) as store:
+            report = collect_garbage(store, grace_s=args.grace, dry_run=args.dry_run)
+            shown = store.url  # without the URL's secrets
+    except (cachegen.store.StoreError, ValueError) as e:
+        print(f"cachegen gc: {e}", file=sys.stderr)
+        return 2
+    facts = {"store": shown, **asdict(report)}
+    if args.json:
+        print(json.dumps(facts, indent=1))
+        return 0
+    verb = "would delete" if args.dry_run else "deleted"
+    print(
+        f"{shown}: {report.objects} objects, {report.live} live, {report.waiting} waiting for "
+        f"the {args.grace:g} s grace period; {verb} {len(report.deleted)} "
+        f"({report.bytes_freed} bytes)"
+    )
+    return 0
 
 
 def _bench(args: argparse.Namespace) -> int:

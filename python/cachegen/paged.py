@@ -267,4 +267,39 @@ def decode_paged(
         raise ValueError("the caches' heads and head dims do not match the blob's")
     if paged.views.dtype != info.dtype:
         raise ValueError(f"blob dtype {info.dtype}, cache dtype {paged.views.dtype}")
+    if any(isinstance(c, np.ndarray) and not c.flags.writeable for c in layer_caches):
+        raise ValueError("a layer cache is read-only")
     api.decode_views(parsed, paged.views, threads)
+
+
+@dataclass(frozen=True)
+class PagedKV:
+    """Tokens [0, num_tokens) of a paged KV cache, as `cachegen.context.save_context` takes them
+    in place of a contiguous cache: each chunk is encoded straight from its blocks
+    (`encode_paged`), so the context is never gathered. Chunks must start on block boundaries."""
+
+    layer_caches: Sequence[Any]
+    layout: str
+    block_ids: Sequence[int]
+    num_tokens: int
+
+    def block_size(self) -> int:
+        return (
+            paged_views(self.layer_caches, self.layout, self.block_ids, self.num_tokens)
+            .geometry[0]
+            .block_size
+        )
+
+    def tokens(self, start: int, stop: int) -> PagedKV:
+        """Tokens [start, stop) (`start` a multiple of the block size) as their own `PagedKV`."""
+        size = self.block_size()
+        if start % size or not 0 <= start < stop <= self.num_tokens:
+            raise ValueError(f"tokens [{start}, {stop}) do not start on a block of {size}")
+        ids = self.block_ids[start // size : -(-stop // size)]
+        return PagedKV(self.layer_caches, self.layout, ids, stop - start)
+
+    def encode(self, **options: Any) -> bytes:
+        """`encode_paged` of these tokens; `options` as for `cachegen.encode`."""
+        return encode_paged(
+            self.layer_caches, self.layout, self.block_ids, self.num_tokens, **options
+        )

@@ -33,3 +33,24 @@ def load() -> tuple[Any, Any]:
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE).eval()
     return model, tokenizer
+
+
+def write_checkpoint(folder: str, dtype: str = "bfloat16") -> str:
+    """Write SmolLM2 as a plain Hugging Face checkpoint (safetensors + config + tokenizer).
+
+    Serving engines such as vLLM cannot read the GGUF file, and ``transformers`` refuses to save
+    a GGUF-loaded model, so the weights are copied into a fresh ``LlamaForCausalLM`` first.
+    """
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    model, tokenizer = load()
+    config = LlamaConfig(
+        **{k: v for k, v in model.config.to_dict().items() if k != "quantization_config"}
+    )
+    config.dtype = dtype
+    plain = LlamaForCausalLM(config)
+    plain.load_state_dict(model.state_dict())
+    plain.to(getattr(torch, dtype)).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

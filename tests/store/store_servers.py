@@ -5,9 +5,11 @@ their own server)."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -101,53 +103,15 @@ def make_pki(directory: Path, san: str = "DNS:localhost") -> Pki:
     def openssl(*args: str) -> None:
         subprocess.run([exe, *args], check=True, capture_output=True, cwd=directory)
 
-    openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-subj",
-        "/CN=cachegen test CA",
-    )
-    openssl(
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-keyout",
-        "key.pem",
-        "-out",
-        "req.csr",
-        "-subj",
-        "/CN=cachegen test server",
-    )
+    openssl(*"req -x509 -newkey rsa:2048 -nodes -days 1 -keyout ca.key -out ca.pem".split(),
+            "-subj", "/CN=cachegen test CA")  # fmt: skip
+    openssl(*"req -newkey rsa:2048 -nodes -keyout key.pem -out req.csr".split(),
+            "-subj", "/CN=cachegen test server")  # fmt: skip
     (directory / "ext.cnf").write_text(
         f"basicConstraints=CA:FALSE\nsubjectAltName={san}\nextendedKeyUsage=serverAuth\n"
     )
-    openssl(
-        "x509",
-        "-req",
-        "-in",
-        "req.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "1",
-        "-extfile",
-        "ext.cnf",
-        "-out",
-        "cert.pem",
-    )
+    openssl(*"x509 -req -in req.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1".split(),
+            *"-extfile ext.cnf -out cert.pem".split())  # fmt: skip
     return Pki(directory / "ca.pem", directory / "cert.pem", directory / "key.pem")
 
 
@@ -217,3 +181,34 @@ class SilentServer:
             self._thread.join()
         for s in [*self._held, self._sock]:
             s.close()
+
+
+class AuthMotoServer:
+    """moto's S3 server in a subprocess that checks signatures against its IAM users, with one
+    user made at start: `key_id`/`secret` are valid, anything else is refused."""
+
+    def __init__(self) -> None:
+        import boto3
+
+        self.port = free_port()
+        self.endpoint = f"http://127.0.0.1:{self.port}"
+        env = os.environ | {"INITIAL_NO_AUTH_ACTION_COUNT": "2"}  # the user and its key
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        iam = boto3.client(
+            "iam",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            **{f"aws_{k}": v for k, v in S3_CREDENTIALS.items()},
+        )
+        wait_until(lambda: iam.create_user(UserName="cachegen"), f"moto on {self.endpoint}")
+        key = iam.create_access_key(UserName="cachegen")["AccessKey"]
+        self.key_id, self.secret = key["AccessKeyId"], key["SecretAccessKey"]
+
+    def stop(self) -> None:
+        self._proc.terminate()
+        self._proc.wait(10)

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from store_servers import (
     S3_CREDENTIALS,
+    AuthMotoServer,
     Pki,
     SilentServer,
     TlsMotoServer,
@@ -212,6 +213,27 @@ def test_s3_error_paths_hide_keys(https_s3: TlsMotoServer, pki: Pki) -> None:
     finally:
         silent.stop()
         stalled.stop()
+
+
+def test_s3_auth_failures_hide_keys() -> None:
+    """A server that checks signatures: an unknown key id, and a known one with a wrong
+    secret (S3 echoes the key id in that error)."""
+    server = AuthMotoServer()
+    try:
+        for key_id, secret in ((KEY_ID, SECRET), (server.key_id, SECRET)):
+            store = cachegen.store.open(
+                "s3://bucket/kv",
+                endpoint=server.endpoint,
+                access_key_id=key_id,
+                secret_access_key=secret,
+                max_retries=0,
+            )
+            error = bounded(lambda s=store: s.get("k"))
+            assert isinstance(error, StoreConfigError), shown(error)
+            assert_hidden(error, key_id, secret)
+            store.close()
+    finally:
+        server.stop()
 
 
 # -- timeouts --------------------------------------------------------------------------------

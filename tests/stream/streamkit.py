@@ -3,6 +3,7 @@ synthetic contexts."""
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -59,6 +60,21 @@ class FakeEngine:
     def finish(self) -> np.ndarray:
         empty = np.zeros((LAYERS, 2, 0, HEADS, DIM), np.float16)
         return np.concatenate([empty, *self.parts], axis=2)
+
+
+@dataclass
+class TickClock:
+    """A clock that advances `step` seconds per reading: a load's report times, and so its
+    SLO verdict, without the test machine's speed in them."""
+
+    step: float = 1e-4
+    now: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __call__(self) -> float:
+        with self._lock:
+            self.now += self.step
+            return self.now
 
 
 def costs_for(engine: FakeEngine) -> CostModel:

@@ -59,3 +59,13 @@ def test_calibration_cached_and_old_entries_measured_again(tmp_path) -> None:
     again = CostModel.calibrated("e", measure, cache_file=path)
     assert len(calls) == 1 and again == costs
     assert CostModel.calibrated("f", lambda _: 900.0, cache_file=path).prefill_ctx_s == 0.0
+
+
+def test_compute_spread_widens_the_planning_margin() -> None:
+    steady, noisy = CostModel(1e8, 1000.0), CostModel(1e8, 1000.0)
+    for ratio in (1.0, 1.0, 1.0, 1.0):
+        steady.observe_decode(1_000_000, ratio * steady.decode_time(1_000_000))
+    for ratio in (0.5, 3.0, 1.0, 4.0):
+        noisy.observe_decode(1_000_000, ratio * noisy.decode_time(1_000_000))
+    assert steady.planning(8) == pytest.approx(1.0)
+    assert noisy.planning(8) > 1.3 and noisy.planning(32) < noisy.planning(8)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from streamkit import MODEL, FakeEngine, costs_for, store_context
+from streamkit import MODEL, FakeEngine, TickClock, costs_for, store_context
 
 from cachegen.context import open_context
 from cachegen.store import MemoryStore
@@ -74,7 +74,7 @@ def test_planner_leaves_the_rest_to_the_engine_when_text_is_cheap() -> None:
     store = MemoryStore()
     ids, _, _ = store_context(store, 256)
     engine = prefix_engine(prefill_tps=1e6)  # recompute is nearly free: load nothing
-    rep = run(store, ids, engine, slo_s=1.0).report
+    rep = run(store, ids, engine, slo_s=1.0, clock=TickClock()).report
     assert rep.loaded_tokens == 0 and rep.prefix_end == "planned"
     assert engine.appended == [] and rep.chunks == [] and rep.met_slo
 

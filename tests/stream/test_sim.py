@@ -46,17 +46,19 @@ def test_fixed_plans_add_up() -> None:
     assert text.ttft == pytest.approx(0.8) and text.nbytes == 0 and not text.met
 
 
-@pytest.mark.parametrize("slo", [0.3, 0.5, 1.0, 2.0])
+@pytest.mark.parametrize("slo", [0.1, 0.3, 0.5, 1.0, 2.0])
 def test_steady_link_ours_meets_slo_with_rule_quality_and_oracle_speed(slo: float) -> None:
     t = select(context(), (1, 3, 5, TEXT))
     trace = Trace.constant(20 * MB)
     best = oracle(t, trace, slo)
     mine = simulate(t, trace, ours(slo), slo)
     rule = simulate(t, trace, cachegen_rule(slo, len(t)), slo)
-    if best.met:
+    if best.met:  # ours meets it too, at no worse quality than the rule where that meets it
         assert mine.met
-        assert mine.mean_kl <= rule.mean_kl or not rule.met
-    assert mine.ttft <= 1.15 * best.ttft or mine.met
+        if rule.met:
+            assert mine.mean_kl <= rule.mean_kl
+    else:  # nothing meets it: ours is about as fast as the fastest plan
+        assert mine.ttft <= 1.15 * best.ttft
 
 
 def test_drop_changes_the_next_choice() -> None:

@@ -62,3 +62,11 @@ class Authenticator:
         if not hmac.compare_digest(self._tag(object_key, payload), stored[-_TAG:]):
             raise ObjectUnauthenticated(object_key, "MAC does not verify under this key")
         return bytes(payload)
+
+
+def unframed(stored: bytes) -> bytes:
+    """The payload of an object whether or not it carries a MAC trailer, NOT verified: for
+    tools that only need an object's references (garbage collection), never for KV."""
+    if len(stored) >= TRAILER and stored[-TRAILER:-_TAG] == _MAGIC:
+        return stored[:-TRAILER]
+    return stored

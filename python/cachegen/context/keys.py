@@ -113,6 +113,11 @@ def manifest_key(context_hash: str) -> str:
     return f"contexts/{context_hash[:2]}/{context_hash}.json"
 
 
+def tombstone_key(chunk_hash: str) -> str:
+    """Where garbage collection marks that it deleted the chunk's record (see context.gc)."""
+    return f"{chunk_dir(chunk_hash)}/tombstone"
+
+
 # Blob keys carry their checksum, so two writers whose encodings differ never overwrite each
 # other's bytes: every record and manifest points at exactly the bytes it was written with.
 def level_key(chunk_hash: str, level: int, digest: str) -> str:

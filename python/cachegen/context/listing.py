@@ -11,6 +11,7 @@ from typing import Any
 from cachegen.store.base import Store
 from cachegen.store.errors import ObjectCorrupted, ObjectMissing, StoreError
 
+from .auth import Authenticator, AuthKey
 from .keys import unseal
 from .stored import ChunkInfo
 
@@ -38,18 +39,44 @@ class ContextSummary:
         }
 
 
-def list_contexts(store: Store) -> Iterator[tuple[str, ContextSummary | StoreError]]:
-    """(manifest key, its summary, or the `StoreError` reading it raised) for every context."""
+def list_contexts(
+    store: Store, auth_key: AuthKey = None
+) -> Iterator[tuple[str, ContextSummary | StoreError]]:
+    """(manifest key, its summary, or the `StoreError` reading it raised) for every context.
+    With `auth_key`, manifests are read as `open_context(auth_key=...)` reads them (an
+    unauthenticated one is an error line); without, authenticated manifests are error lines.
+    Only listing the keys may raise (`StoreError`): the store cannot be read at all."""
+    auth = Authenticator.of(auth_key)
     keys = store.list(_MANIFESTS)
     for first in range(0, len(keys), _BATCH):
         batch = keys[first : first + _BATCH]
-        for key, raw in zip(batch, store.get_many(batch, missing_ok=True), strict=True):
+        for key, raw in zip(batch, _read(store, batch), strict=True):
             try:
-                if raw is None:
-                    raise ObjectMissing(key, "deleted while listing")
-                yield key, _summary(key, raw)
+                if isinstance(raw, StoreError):
+                    raise raw
+                yield key, _summary(key, auth.verify(key, raw) if auth else raw, auth)
             except StoreError as e:
                 yield key, e
+
+
+def _read(store: Store, keys: list[str]) -> list[bytes | StoreError]:
+    """The objects under `keys`, in one batch; when the batch fails, key by key, each failure
+    in its key's place."""
+    try:
+        raws = store.get_many(keys, missing_ok=True)
+    except StoreError:
+        return [_read_one(store, key) for key in keys]
+    return [
+        ObjectMissing(k, "deleted while listing") if r is None else r
+        for k, r in zip(keys, raws, strict=True)
+    ]
+
+
+def _read_one(store: Store, key: str) -> bytes | StoreError:
+    try:
+        return store.get(key)
+    except StoreError as e:
+        return e
 
 
 def shared_chunks(summaries: Sequence[ContextSummary]) -> dict[str, int]:
@@ -58,7 +85,7 @@ def shared_chunks(summaries: Sequence[ContextSummary]) -> dict[str, int]:
     return {s.key: sum(holders[c.hash] > 1 for c in s.chunks) for s in summaries}
 
 
-def _summary(key: str, raw: bytes) -> ContextSummary:
+def _summary(key: str, raw: bytes, auth: Authenticator | None) -> ContextSummary:
     body = unseal(key, raw)
     chunks = body.get("chunks")
     levels = body.get("levels")
@@ -71,7 +98,7 @@ def _summary(key: str, raw: bytes) -> ContextSummary:
         num_tokens=_field(key, body, "num_tokens", int),
         chunk_tokens=_field(key, body, "chunk_tokens", int),
         levels=[_checked(key, "levels", lv, int) for lv in levels],
-        chunks=[ChunkInfo.from_json(key, c) for c in chunks],
+        chunks=[ChunkInfo.from_json(key, c, auth) for c in chunks],
         quality=quality if isinstance(quality, dict) else None,
     )
 

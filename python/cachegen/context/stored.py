@@ -8,6 +8,7 @@ exists, so a writer killed part-way leaves whole chunks and no context, never ha
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import deque
@@ -20,6 +21,7 @@ import numpy as np
 import zstandard
 
 import cachegen
+from cachegen.paged import PagedKV
 from cachegen.store.base import Store
 from cachegen.store.errors import ContextMissing, ObjectCorrupted, ObjectMissing
 
@@ -40,6 +42,7 @@ from .keys import (
     tokens_key,
     unseal,
 )
+from .layers import assemble, chunk_layer_tokens, layer_counts, slice_chunk
 
 DEFAULT_CHUNK_TOKENS = 256
 #: Chunks encoded ahead of their upload; bounds memory while encode and upload overlap.
@@ -56,13 +59,16 @@ class ChunkInfo:
     stop: int
     tokens: ObjectRef
     levels: dict[int, ObjectRef]
+    #: Tokens of each layer in this chunk, when layers differ (sliding windows; see
+    #: `cachegen.context.layers`): the blobs hold only the layers with tokens here.
+    layer_tokens: tuple[int, ...] | None = None
 
     @property
     def span(self) -> tuple[int, int]:
         return self.start, self.stop
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        d = {
             "index": self.index,
             "hash": self.hash,
             "start": self.start,
@@ -70,20 +76,26 @@ class ChunkInfo:
             "tokens": self.tokens.to_json(),
             "levels": {str(lv): ref.to_json() for lv, ref in self.levels.items()},
         }
+        return d | ({"layer_tokens": list(self.layer_tokens)} if self.layer_tokens else {})
 
     @classmethod
     def from_json(cls, key: str, d: dict[str, Any], auth: Authenticator | None) -> ChunkInfo:
         try:
-            return cls(
+            chunk = cls(
                 index=int(d["index"]),
                 hash=str(d["hash"]),
                 start=int(d["start"]),
                 stop=int(d["stop"]),
                 tokens=ObjectRef.from_json(d["tokens"], auth),
                 levels={int(lv): ObjectRef.from_json(ref, auth) for lv, ref in d["levels"].items()},
+                layer_tokens=_layer_tokens(d.get("layer_tokens")),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ObjectCorrupted(key, f"bad chunk entry ({e!r})") from e
+        span = chunk.stop - chunk.start
+        if chunk.layer_tokens and not all(0 <= n <= span for n in chunk.layer_tokens):
+            raise ObjectCorrupted(key, f"layer token counts {chunk.layer_tokens} exceed {span}")
+        return chunk
 
 
 @dataclass
@@ -131,8 +143,23 @@ class Context:
         return ref.verify(await self.store.aget(ref.key))
 
     def load(self, index: int, level: int) -> Any:
-        """Chunk `index` at `level`, decoded into the layout it was saved in."""
+        """Chunk `index` at `level`, decoded into the layout it was saved in (only the layers
+        with tokens in the chunk where layers differ: see `ChunkInfo.layer_tokens`)."""
         return cachegen.decode(self.fetch(index, level))
+
+    def load_prefix(self, level: int) -> Any:
+        """The whole stored prefix at `level`, every layer's chunks joined along tokens: what
+        was saved, sliding-window layers as short as they were. `ObjectMissing` (a miss) when
+        a layer's stored tokens do not form one run up to the prefix's end: a sliding-window
+        layer of a longer stored context does not hold the tokens a shorter prefix needs."""
+        if not self.chunks:
+            raise ContextMissing("the context", "no chunk is stored")
+        decoded = [self.load(i, level) for i in range(len(self.chunks))]
+        spans = [c.stop - c.start for c in self.chunks]
+        try:
+            return assemble(decoded, [c.layer_tokens for c in self.chunks], spans)
+        except LookupError as e:  # chunks of contexts of other lengths: not this one's KV
+            raise ObjectMissing("the context's layers", str(e)) from e
 
     def fetch_tokens(self, index: int) -> np.ndarray:
         """The token ids of chunk `index` (uint32), for recomputing it from text."""
@@ -152,23 +179,16 @@ def _ladder() -> list[int]:
     return sorted({min(cachegen.LEVELS), cachegen.DEFAULT_LEVEL, max(cachegen.LEVELS)})
 
 
-def _kv_tokens(kv: Any) -> int:
-    """Token count of a KV cache in either layout (tokens on axis 2 in both)."""
-    if isinstance(kv, list | tuple):
-        counts = {t.shape[2] for pair in kv for t in pair}
-    else:
-        if len(kv.shape) != 5:
-            raise ValueError(f"kv must be [layers, 2, tokens, heads, dim], got shape {kv.shape}")
-        counts = {kv.shape[2]}
-    if len(counts) != 1:
-        raise ValueError(f"every layer must hold every token to be chunked; got counts {counts}")
-    return counts.pop()
+def _layer_tokens(raw: object) -> tuple[int, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw or not all(type(n) is int for n in raw):
+        raise ValueError(f"layer_tokens must be a list of integers, got {raw!r}")
+    return tuple(raw)
 
 
-def _slice_tokens(kv: Any, start: int, stop: int) -> Any:
-    if isinstance(kv, list | tuple):
-        return [(k[:, :, start:stop], v[:, :, start:stop]) for k, v in kv]
-    return kv[:, :, start:stop]
+def _encode(kv: Any, **options: Any) -> bytes:
+    return kv.encode(**options) if isinstance(kv, PagedKV) else cachegen.encode(kv, **options)
 
 
 @dataclass(frozen=True)
@@ -197,8 +217,9 @@ def _check_save_args(
     tokens: np.ndarray, kv: Any, levels: Sequence[int] | None, quality: dict[str, Any] | None
 ) -> list[int]:
     """The levels to store; `ValueError` for arguments that cannot be saved."""
-    if _kv_tokens(kv) != len(tokens):
-        raise ValueError(f"kv holds {_kv_tokens(kv)} tokens but token_ids has {len(tokens)}")
+    held = max(layer_counts(kv))
+    if held != len(tokens):
+        raise ValueError(f"kv holds {held} tokens but token_ids has {len(tokens)}")
     levels = _ladder() if levels is None else sorted(set(levels))
     if not levels or not set(levels) <= {*cachegen.LEVELS, cachegen.LOSSLESS}:
         raise ValueError(f"levels must be some of {cachegen.LEVELS} or LOSSLESS, got {levels}")
@@ -225,6 +246,9 @@ def save_context(
 ) -> Context:
     """Store `kv` (the cache of `token_ids`) as chunks of `chunk_tokens`, each at every level.
 
+    `kv` is a stacked cache, per-layer pairs, or a `cachegen.paged.PagedKV` (an engine's KV
+    blocks, encoded chunk by chunk in place; `chunk_tokens` a multiple of its block size).
+
     `levels` defaults to three rungs of the codec's ladder: lowest, default and highest.
     Each chunk is coded knowing its place in the context (the first chunk holds the attention
     sink, the last the most recent tokens) and with the model's `profile`, if given.
@@ -244,28 +268,14 @@ def save_context(
     raws = store.get_many(keys, missing_ok=True)
     records = [_read_record(k, r, auth) for k, r in zip(keys, raws, strict=True)]
 
+    chunker = _Chunker(kv, tokens, layer_counts(kv), levels, profile, threads, auth)
     chunks: list[ChunkInfo] = []
     pending: deque[Future[None]] = deque()
     # Encode chunk i+1 while chunk i uploads; the codec and the store clients release the GIL.
     with ThreadPoolExecutor(1, thread_name_prefix="cachegen-save") as uploader:
         for i, (h, record) in enumerate(zip(hashes, records, strict=True)):
-            start, stop = i * chunk_tokens, min((i + 1) * chunk_tokens, len(tokens))
-            old = record.chunk if record else None
-            if record and old.stop == stop and set(levels) <= set(old.levels):
-                # Stored by a context with this prefix: reuse it, and rewrite its record so
-                # that its age tells a concurrent `collect_garbage` that it is in use.
-                chunk, objects, chunk_version = old, {}, record.codec_version
-            else:
-                part = _slice_tokens(kv, start, stop)
-                where = {"position": start, "context_end": len(tokens), "profile": profile}
-                blobs = {
-                    lv: cachegen.encode(part, level=lv, threads=threads, **where)
-                    for lv in levels
-                    if old is None or lv not in old.levels
-                }
-                span = (i, h, start, stop)
-                chunk, objects = _chunk_objects(span, tokens[start:stop], blobs, old, auth)
-                chunk_version = version
+            span = (i * chunk_tokens, min((i + 1) * chunk_tokens, len(tokens)))
+            chunk, objects, chunk_version = chunker.chunk(i, h, span, record)
             chunks.append(chunk)
             while len(pending) >= _UPLOADS_IN_FLIGHT:
                 pending.popleft().result()
@@ -286,6 +296,45 @@ def save_context(
     key = manifest_key(hashes[-1])
     store.put(key, seal(key, manifest, auth))  # the commit point: last, one atomic put
     return Context(store, model_id, version, chunk_tokens, len(tokens), chunks, True, quality)
+
+
+@dataclass(frozen=True)
+class _Chunker:
+    """Makes each chunk of one `save_context` call: reused as stored, or encoded."""
+
+    kv: Any
+    tokens: np.ndarray
+    counts: list[int]
+    levels: list[int]
+    profile: cachegen.ModelProfile | None
+    threads: int | None
+    auth: Authenticator | None
+
+    def chunk(
+        self, index: int, chunk_hash: str, span: tuple[int, int], record: _Record | None
+    ) -> tuple[ChunkInfo, dict[str, bytes], int]:
+        """Chunk `index` covering tokens `span`, the objects to put and its codec version."""
+        start, stop = span
+        inside = chunk_layer_tokens(self.counts, start, stop)
+        old = record.chunk if record else None
+        if old is not None and (old.stop, old.layer_tokens) != (stop, inside):
+            old = None  # stored with other layer spans (another context length): replace
+        if record and old is not None and set(self.levels) <= set(old.levels):
+            # Stored by a context with this prefix: reuse it. Its record is rewritten all the
+            # same, so that its age tells a concurrent `collect_garbage` it is in use.
+            return old, {}, record.codec_version
+        part = slice_chunk(self.kv, start, stop)
+        where = {"position": start, "context_end": len(self.tokens), "profile": self.profile}
+        blobs = {
+            lv: _encode(part, level=lv, threads=self.threads, **where)
+            for lv in self.levels
+            if old is None or lv not in old.levels
+        }
+        ids = self.tokens[start:stop]
+        chunk, objects = _chunk_objects(
+            (index, chunk_hash, start, stop), ids, blobs, old, self.auth
+        )
+        return dataclasses.replace(chunk, layer_tokens=inside), objects, cachegen.FORMAT_VERSION
 
 
 def _manifest_identity(model_id: str, chunk_tokens: int, n: int) -> dict[str, Any]:
@@ -309,13 +358,16 @@ def _chunk_objects(
     old: ChunkInfo | None,
     auth: Authenticator | None,
 ) -> tuple[ChunkInfo, dict[str, bytes]]:
-    """The chunk's entry (keeping levels an earlier writer stored) and the objects to put;
-    `span` is (index, hash, start, stop)."""
+    """The chunk's entry (keeping the token ids and levels an earlier writer stored) and the
+    objects to put; `span` is (index, hash, start, stop)."""
     index, chunk_hash, start, stop = span
-    packed = zstandard.ZstdCompressor(level=3).compress(tokens.tobytes())
-    tok, stored = ObjectRef.frame(tokens_key(chunk_hash, checksum(packed)), packed, auth)
-    objects = {tok.key: stored}
-    refs = dict(old.levels) if old is not None else {}
+    objects: dict[str, bytes] = {}
+    if old is not None:
+        tok, refs = old.tokens, dict(old.levels)
+    else:
+        packed = zstandard.ZstdCompressor(level=3).compress(tokens.tobytes())
+        tok, stored = ObjectRef.frame(tokens_key(chunk_hash, checksum(packed)), packed, auth)
+        objects[tok.key], refs = stored, {}
     for lv, blob in blobs.items():
         ref, stored = ObjectRef.frame(level_key(chunk_hash, lv, checksum(blob)), blob, auth)
         refs[lv] = ref

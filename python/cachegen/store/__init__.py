@@ -17,7 +17,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from cachegen.paths import user_cache_dir
 
-from .base import Store
+from .base import ObjectInfo, Store
 from .cache import CachedStore
 from .errors import (
     ContextMissing,
@@ -40,6 +40,7 @@ __all__ = [
     "FileStore",
     "InvalidKey",
     "MemoryStore",
+    "ObjectInfo",
     "ObjectCorrupted",
     "ObjectMissing",
     "ObjectUnauthenticated",

@@ -8,9 +8,10 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TypeVar
 
-from .errors import InvalidKey, ObjectMissing
+from .errors import InvalidKey, ObjectMissing, StoreError
 
 Buffer = bytes | bytearray | memoryview
 T = TypeVar("T")
@@ -44,6 +45,17 @@ def check_prefix(prefix: str) -> str:
 def _check_range(start: int, end: int) -> None:
     if not 0 <= start < end:
         raise ValueError(f"byte range [{start}, {end}) must satisfy 0 <= start < end")
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """A listed object: its key, size in bytes and age."""
+
+    key: str
+    size: int
+    #: Seconds since the object was written. Never more than the true age: where a backend
+    #: knows only the last access (Redis), it reports the time since then.
+    age_s: float
 
 
 class Store(ABC):
@@ -113,6 +125,13 @@ class Store(ABC):
     def list(self, prefix: str = "") -> list[str]:
         """Return the sorted keys that start with `prefix` (a plain string prefix)."""
         return sorted(self._list(check_prefix(prefix)))
+
+    def scan(self, prefix: str = "") -> list[ObjectInfo]:
+        """`list` with each object's size and age, sorted by key (for garbage collection)."""
+        return sorted(self._scan(check_prefix(prefix)), key=lambda info: info.key)
+
+    def _scan(self, prefix: str) -> Iterable[ObjectInfo]:
+        raise StoreError(f"{type(self).__name__} does not report object ages")
 
     # -- batched ---------------------------------------------------------------------------
     def put_many(self, items: Mapping[str, Buffer] | Iterable[tuple[str, Buffer]]) -> None:

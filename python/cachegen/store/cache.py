@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .base import Buffer, Store
+from .base import Buffer, ObjectInfo, Store
 from .errors import StoreUnavailable
 from .file import write_atomic
 
@@ -58,7 +58,7 @@ class CachedStore(Store):
         except OSError as e:
             raise StoreUnavailable(f"cannot open the cache directory {self.dir}: {e}") from e
         with self._locked():
-            self._write_count(self._evict(self._scan(), self.max_bytes))
+            self._write_count(self._evict(self._copies(), self.max_bytes))
 
     # -- the shared byte count -------------------------------------------------------------
     @contextmanager
@@ -70,7 +70,7 @@ class CachedStore(Store):
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
-    def _scan(self) -> list[tuple[int, Path, int]]:
+    def _copies(self) -> list[tuple[int, Path, int]]:
         """Every copy in the directory as (mtime, path, size), least recently used first."""
         found = []
         for dirpath, dirnames, filenames in os.walk(self.dir):
@@ -91,7 +91,7 @@ class CachedStore(Store):
         try:
             return int((self.dir / _COUNT).read_text())
         except (OSError, ValueError):
-            used = sum(size for _, _, size in self._scan())
+            used = sum(size for _, _, size in self._copies())
             self._write_count(used)
             return used
 
@@ -150,7 +150,7 @@ class CachedStore(Store):
                 return
             used += size
             if used > self.max_bytes:
-                used = self._evict(self._scan(), int(self.max_bytes * _LOW_WATER))
+                used = self._evict(self._copies(), int(self.max_bytes * _LOW_WATER))
             self._write_count(used)
 
     def _drop(self, key: str) -> None:
@@ -185,6 +185,9 @@ class CachedStore(Store):
 
     def _list(self, prefix: str) -> Iterable[str]:
         return self.remote.list(prefix)
+
+    def _scan(self, prefix: str) -> Iterable[ObjectInfo]:
+        return self.remote.scan(prefix)
 
     def close(self) -> None:
         self.remote.close()

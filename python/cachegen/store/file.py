@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from cachegen.paths import user_cache_dir
 
-from .base import Buffer, Store
+from .base import Buffer, ObjectInfo, Store
 from .errors import ObjectMissing, StoreUnavailable
 
 TMP_PREFIX = ".tmp-"
@@ -99,6 +100,15 @@ class FileStore(Store):
         except OSError as e:
             if e.errno not in (errno.ENOTDIR, errno.EISDIR):
                 raise StoreUnavailable(f"cannot delete {key!r} under {self.root}: {e}") from e
+
+    def _scan(self, prefix: str) -> Iterator[ObjectInfo]:
+        now = time.time()
+        for key in self._list(prefix):
+            try:
+                st = self._path(key).stat()
+            except FileNotFoundError:
+                continue  # deleted since it was listed
+            yield ObjectInfo(key, st.st_size, max(now - st.st_mtime, 0.0))
 
     def _list(self, prefix: str) -> Iterator[str]:
         # Walk only the deepest directory the prefix names, not the whole tree.

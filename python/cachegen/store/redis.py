@@ -9,7 +9,7 @@ from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 import redis as _redis
 
-from .base import Buffer, Store, check_prefix
+from .base import Buffer, ObjectInfo, Store, check_prefix
 from .errors import ObjectMissing, StoreConfigError, StoreUnavailable
 from .redact import Redactor, redact_url
 
@@ -125,6 +125,23 @@ class RedisStore(Store):
                 k.decode()[n:]
                 for k in self._r.scan_iter(match=f"{self.prefix}{prefix}*", count=1000)
             ]
+
+    def _scan(self, prefix: str) -> list[ObjectInfo]:
+        # Redis keeps no write time; OBJECT IDLETIME (since the last access) is never more
+        # than the time since the last write. A key gone since the SCAN reports nothing.
+        keys = self._list(prefix)
+        with self._errors("scan", prefix):
+            pipe = self._r.pipeline(transaction=False)
+            for key in keys:
+                pipe.strlen(self.prefix + key)
+                pipe.object("idletime", self.prefix + key)
+            replies = pipe.execute(raise_on_error=False)
+        # An error instead of an idle time (an LFU eviction policy) reads as age 0: kept.
+        return [
+            ObjectInfo(key, size, float(idle) if isinstance(idle, int) else 0.0)
+            for key, size, idle in zip(keys, replies[::2], replies[1::2], strict=True)
+            if idle is not None and isinstance(size, int)
+        ]
 
     def close(self) -> None:
         self._r.close()

@@ -12,14 +12,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import obstore
 from obstore.exceptions import BaseError, PermissionDeniedError, UnauthenticatedError
 from obstore.store import S3Store as _ObS3Store
 
-from .base import Buffer, Store
+from .base import Buffer, ObjectInfo, Store
 from .errors import ObjectMissing, StoreConfigError, StoreUnavailable
 from .redact import Redactor, redact_url
 
@@ -225,6 +225,21 @@ class S3Store(Store):
     def fresh(self) -> S3Store:
         """A new client: its connection pool shares nothing with this one's."""
         return S3Store(self.bucket, self.prefix, self._options)
+
+    def _scan(self, prefix: str) -> list[ObjectInfo]:
+        directory = prefix.rpartition("/")[0]
+        now = datetime.now(timezone.utc)
+        with self._errors("list", prefix):
+            return [
+                ObjectInfo(
+                    meta["path"],
+                    meta["size"],
+                    max((now - meta["last_modified"]).total_seconds(), 0.0),
+                )
+                for batch in obstore.list(self._s3, prefix=directory or None)
+                for meta in batch
+                if meta["path"].startswith(prefix)
+            ]
 
     def close(self) -> None:
         self._parts.shutdown(wait=False)

@@ -10,7 +10,7 @@ import threading
 import time
 from collections.abc import Iterable
 
-from .base import Buffer, Store
+from .base import Buffer, ObjectInfo, Store
 
 
 class ThrottledStore(Store):
@@ -59,6 +59,9 @@ class ThrottledStore(Store):
 
     def _list(self, prefix: str) -> Iterable[str]:
         return self.inner.list(prefix)
+
+    def _scan(self, prefix: str) -> Iterable[ObjectInfo]:
+        return self.inner.scan(prefix)
 
     def close(self) -> None:
         self.inner.close()

@@ -11,6 +11,7 @@ the speeds from its own timings (a calibration from a quieter machine does not s
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -25,6 +26,10 @@ from cachegen.paths import user_cache_dir
 #: Weight of a new timing in the running speeds: a machine busier than at calibration shows
 #: within two chunks, one outlier moves the model only half-way.
 _EWMA = 0.5
+#: Weight of a new timing in the compute spread: a few loads' worth of chunks.
+_SPREAD_EWMA = 0.1
+#: One-sided normal quantile of the planning margin (0.9), as for the link.
+_Z = 1.28
 #: Tokens the engine recomputes per calibration timing (one default chunk).
 CALIBRATION_TOKENS = 256
 #: Context lengths the engine's prefill is timed at, to fit the cost of attending to them.
@@ -55,11 +60,14 @@ class CostModel:
         decode_eps: KV elements decoded (and handed to the engine) per second.
         prefill_tps: tokens per second the engine recomputes at the start of a context.
         prefill_ctx_s: seconds per recomputed token per token of context before it.
+        compute_cv: spread of measured compute times around the predictions (coefficient
+            of variation): planning adds a margin for it, as for the link's (see `planning`).
     """
 
     decode_eps: float
     prefill_tps: float
     prefill_ctx_s: float = 0.0
+    compute_cv: float = 0.0
 
     def decode_time(self, elements: int) -> float:
         """Seconds to decode a blob of `elements` KV elements."""
@@ -69,9 +77,22 @@ class CostModel:
         """Seconds for the engine to prefill `tokens` tokens after `position` tokens."""
         return tokens * (1 / self.prefill_tps + self.prefill_ctx_s * (position + tokens / 2))
 
+    def planning(self, chunks: int) -> float:
+        """Factor on predicted compute times that `chunks` chunks together should beat ~90% of
+        the time (their noise partly averages out, as in `BandwidthEstimator.planning_bps`)."""
+        return 1 + _Z * self.compute_cv / math.sqrt(max(chunks, 1))
+
     def observe_decode(self, elements: int, seconds: float) -> None:
         """Correct the decode speed with one measured decode."""
+        self._observe_spread(seconds / self.decode_time(elements))
         self.decode_eps = _blend(self.decode_eps, elements / max(seconds, 1e-6))
+
+    def _observe_spread(self, ratio: float) -> None:
+        """Fold in one measured/predicted ratio: a miss by 2x counts alike either way."""
+        ratio = max(ratio, 1e-9)
+        miss = max(ratio, 1 / ratio) - 1
+        var = (1 - _SPREAD_EWMA) * self.compute_cv**2 + _SPREAD_EWMA * miss**2
+        self.compute_cv = math.sqrt(var)
 
     def observe_recompute(self, tokens: int, position: int, seconds: float) -> None:
         """Correct the recompute costs with one measured prefill: both terms scale by the
@@ -79,6 +100,7 @@ class CostModel:
         predicted = self.recompute_time(tokens, position)
         if predicted <= 0:
             return
+        self._observe_spread(max(seconds, 1e-6) / predicted)
         scale = _blend(1.0, max(seconds, 1e-6) / predicted)
         self.prefill_tps /= scale
         self.prefill_ctx_s *= scale
@@ -126,6 +148,7 @@ class CostModel:
                     float(entry["decode_eps"]),
                     float(entry["prefill_tps"]),
                     float(entry["prefill_ctx_s"]),
+                    float(entry.get("compute_cv", 0.0)),
                 )
             except (KeyError, TypeError, ValueError):
                 pass  # damaged or from an older model: measured again

@@ -105,6 +105,8 @@ class BandwidthEstimator:
         self._rates = deque(float(r) for r in rates[-self.window :] if r > 0)
 
 
+#: Stores whose estimates the file keeps (the most recently saved): temporary stores come and go.
+_KEEP_STORES = 64
 _ESTIMATORS: dict[str, BandwidthEstimator] = {}
 _LOCK = threading.Lock()
 
@@ -145,7 +147,13 @@ def save_estimate(store: Store) -> None:
         path = bandwidth_file()
         table = read_json(path)
         table[key] = {"rates": est.samples(), "saved": time.time()}
-        write_json(path, table)
+        newest = sorted(table, key=lambda k: _saved(table[k]), reverse=True)[:_KEEP_STORES]
+        write_json(path, {k: table[k] for k in newest})
+
+
+def _saved(entry: object) -> float:
+    saved = entry.get("saved") if isinstance(entry, dict) else None
+    return float(saved) if isinstance(saved, int | float) else 0.0
 
 
 def forget_estimates() -> None:

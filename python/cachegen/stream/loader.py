@@ -2,10 +2,11 @@
 
 Two threads make the pipeline the planner models. A fetch thread plans each chunk (with the
 bandwidth measured so far and the compute backlog it knows of), fetches its blob, and hands it
-over through a short queue (a slow engine holds the fetches back instead of piling blobs up in
-memory); the calling thread decodes or recomputes the chunks in order. So the fetch of chunk
-i+1 overlaps the decode of chunk i, and every chunk is planned with the previous one's
-measurement.
+over through a queue bounded in bytes (a slow engine holds the fetches back instead of piling
+blobs up in memory; the bound is far above what a load in its SLO holds, so the planner's
+model of a fetch stage running ahead stays true); the calling thread decodes or recomputes the
+chunks in order. So the fetch of chunk i+1 overlaps the decode of chunk i, and every chunk is
+planned with the previous one's measurement.
 
 Every read has a deadline taken from the load's budget (`cachegen.stream.deadline`): opening
 the context gets a share of it, each chunk what is left. A chunk that cannot be loaded (missing,
@@ -17,9 +18,9 @@ rest itself. No store or decode failure escapes the load.
 from __future__ import annotations
 
 import math
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,11 +46,11 @@ RANGE_BYTES = 256 * 1024
 #: Share of the SLO the context's manifest and records may take before the load gives up on
 #: the stored context; never less than `OPEN_FLOOR_S`.
 OPEN_SHARE = 0.25
-OPEN_FLOOR_S = 0.05
+OPEN_FLOOR_S = 0.2
 #: The least time a chunk's read gets, even when the SLO is already spent.
 CHUNK_FLOOR_S = 0.25
-#: Fetched chunks waiting for the compute thread at most.
-QUEUE_CHUNKS = 2
+#: Bytes of fetched blobs waiting for the compute thread at most (one blob always fits).
+QUEUE_BYTES = 256 << 20
 
 
 @dataclass
@@ -97,11 +98,13 @@ class Loader:
         *,
         chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
         prefix_tokens: int | None = None,
+        salt: str | bytes | None = None,
     ) -> LoadResult:
         """Fill the engine's cache with the context of `token_ids`, stored or not.
 
         `prefix_tokens` caps what a "prefix" engine may load (the tokens its scheduler agreed
-        to take, e.g. `plan_prefix(...).tokens`); the engine recomputes the rest.
+        to take, e.g. `plan_prefix(...).tokens`); the engine recomputes the rest. `salt` is the
+        tenant salt the context was saved with (`cachegen.context.save_context`).
         """
         tokens = token_array(token_ids)
         t0 = self.clock()
@@ -116,13 +119,14 @@ class Loader:
         bounded = BoundedStore(self.store, estimator)
         try:
             bounded.set_budget(max(OPEN_SHARE * self.slo_s, OPEN_FLOOR_S))
-            ctx = self._open(bounded, model_id, tokens, chunk_tokens, report)
+            ctx = self._open(bounded, model_id, tokens, chunk_tokens, salt, report)
             report.open_s = self.clock() - t0
             self.engine.begin()
             run = _Run(self, bounded, estimator, tokens, ctx, chunk_tokens, prefix_tokens, report)
             run.execute(lambda: self.clock() - t0)
             report.total_s = self.clock() - t0
         finally:
+            report.hedged_reads = bounded.hedges
             bounded.close()
             if shared:
                 save_estimate(self.store)
@@ -130,10 +134,15 @@ class Loader:
 
     @staticmethod
     def _open(
-        store: Store, model_id: str, tokens: np.ndarray, chunk_tokens: int, report: LoadReport
+        store: Store,
+        model_id: str,
+        tokens: np.ndarray,
+        chunk_tokens: int,
+        salt: str | bytes | None,
+        report: LoadReport,
     ) -> Context | None:
         try:
-            return open_context(store, model_id, tokens, chunk_tokens=chunk_tokens)
+            return open_context(store, model_id, tokens, chunk_tokens=chunk_tokens, salt=salt)
         except StoreError as e:
             report.context_error = f"{type(e).__name__}: {e}"
             report.context_cause = cause_of(e)
@@ -146,6 +155,41 @@ class _Item:
 
     row: ChunkReport
     blob: bytes | None
+
+
+class _Handoff:
+    """A FIFO of chunks bounded by the bytes of their blobs."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: deque[_Item | BaseException | None] = deque()
+        self._bytes = 0
+        self._cond = threading.Condition()
+
+    @staticmethod
+    def _size(item: _Item | BaseException | None) -> int:
+        return len(item.blob) if isinstance(item, _Item) and item.blob is not None else 0
+
+    def put(self, item: _Item | BaseException | None, stop: threading.Event) -> None:
+        """Append `item` once it fits (or the queue is empty); drop it if `stop` is set."""
+        size = self._size(item)
+        with self._cond:
+            while self._items and self._bytes + size > self.max_bytes:
+                if stop.is_set():
+                    return
+                self._cond.wait(0.05)
+            self._items.append(item)
+            self._bytes += size
+            self._cond.notify_all()
+
+    def get(self) -> _Item | BaseException | None:
+        with self._cond:
+            while not self._items:
+                self._cond.wait()
+            item = self._items.popleft()
+            self._bytes -= self._size(item)
+            self._cond.notify_all()
+            return item
 
 
 @dataclass
@@ -191,7 +235,7 @@ class _Run:
         self.choices: tuple[Choice, ...] = (*levels, TEXT)
         self.policy = loader.policy or Controller(loader.slo_s, loader.margin, self.prefix)
         self.backlog = _Backlog()
-        self.items: queue.Queue[_Item | BaseException | None] = queue.Queue(QUEUE_CHUNKS)
+        self.items = _Handoff(QUEUE_BYTES)
         self.planned = False
         self.done = threading.Event()  # the compute side stopped: the fetch side stops too
         self.ranges = loader.ranges or (4 if store.cheap_ranges else 1)
@@ -226,12 +270,7 @@ class _Run:
 
     def _put(self, item: _Item | BaseException | None) -> None:
         """Queue `item`, waiting while the queue is full, unless the compute side stopped."""
-        while not self.done.is_set():
-            try:
-                self.items.put(item, timeout=0.05)
-                return
-            except queue.Full:
-                continue
+        self.items.put(item, self.done)
 
     def _fetch(self, i: int, pool: ThreadPoolExecutor) -> _Item:
         chunk = self.chunks[i]
@@ -256,10 +295,15 @@ class _Run:
         if decision.choice != TEXT:
             ref = self.refs[i][int(decision.choice)]
             row.predicted_fetch_s = ref.size / bps if bps else 0.0
+            began = time.monotonic()
             try:
                 blob, seconds = self._get(ref, pool, start, row.predicted_fetch_s)
             except Exception as e:  # noqa: BLE001 - every read failure is a fallback
                 row.choice, row.fallback, row.cause = TEXT, f"{type(e).__name__}: {e}", cause_of(e)
+                if row.cause == "timeout":
+                    # Less than the blob arrived in that time: a bound on the rate, low enough
+                    # for the estimator's drop rule, so the next chunks plan for a slow link.
+                    self.estimator.add(ref.size, time.monotonic() - began)
             row.fetch_end = self.now()
             if blob is not None:
                 row.nbytes = len(blob)

@@ -53,23 +53,25 @@ def option_table(
 ) -> OptionTable:
     """Costs of `choices` for `chunks`: bytes and requests of the stored object (infinite
     bytes and loss where the chunk lacks it), decode or position-aware recompute time, and
-    loss (`loss_per_token` x tokens, 0 for text). `decode_eps` overrides the cost model's
-    decode speed for some options (e.g. a plain int8 baseline)."""
+    loss (`loss_per_token` x tokens, 0 for text). Compute times carry the cost model's
+    planning margin for its measured spread. `decode_eps` overrides the cost model's decode
+    speed for some options (e.g. a plain int8 baseline)."""
     shape = (len(chunks), len(choices))
     nbytes, requests = np.zeros(shape), np.zeros(shape)
     compute, loss = np.zeros(shape), np.zeros(shape)
     speeds = decode_eps or {}
+    margin = costs.planning(len(chunks))
     for r, chunk in enumerate(chunks):
         elements = chunk.tokens * elements_per_token
         for c, choice in enumerate(choices):
             if choice == TEXT:
-                compute[r, c] = costs.recompute_time(chunk.tokens, chunk.start)
+                compute[r, c] = costs.recompute_time(chunk.tokens, chunk.start) * margin
                 continue
             size = chunk.sizes.get(choice)
             nbytes[r, c] = size if size is not None else math.inf
             requests[r, c] = 1
             eps = speeds.get(choice, costs.decode_eps)
-            compute[r, c] = elements / eps
+            compute[r, c] = elements / eps * margin
             loss[r, c] = loss_per_token[choice] * chunk.tokens if size is not None else math.inf
     tokens = np.array([c.tokens for c in chunks], dtype=np.int64)
     return OptionTable(tuple(choices), nbytes, requests, compute, loss, tokens)

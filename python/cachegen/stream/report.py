@@ -70,6 +70,8 @@ class LoadReport:
     #: "prefix" engines: predicted seconds the engine takes after the load to recompute the
     #: tokens past the prefix (part of the time to first token).
     recompute_after_s: float = 0.0
+    #: Reads that ran late and were sent again on fresh connections.
+    hedged_reads: int = 0
     #: Whether the first plan made with a bandwidth estimate met the SLO.
     planned_feasible: bool = True
 
@@ -139,6 +141,7 @@ class LoadReport:
             "fallback_causes": self.fallback_causes,
             "context_error": self.context_error,
             "open_s": self.open_s,
+            "hedged_reads": self.hedged_reads,
             "total_tokens": self.total_tokens,
             "loaded_tokens": self.loaded_tokens,
             "prefix_end": self.prefix_end,

@@ -1,0 +1,141 @@
+"""Session fixtures of the vLLM tests: the vLLM environment, SmolLM2 as a plain checkpoint,
+real prompts, and a way to run the driver in the vLLM environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import cachegen
+
+ROOT = Path(__file__).resolve().parents[2]
+DRIVER = Path(__file__).with_name("vllm_driver.py")
+#: A 2,000-token shared prefix (GPL-3) and two questions after it.
+PREFIX_TOKENS = 2000
+DOCUMENT = Path("/usr/share/common-licenses/GPL-3")
+
+
+@dataclass(frozen=True)
+class VllmSetup:
+    python: Path
+    env: dict[str, str]
+
+    def run(self, plan: dict[str, Any], workdir: Path, timeout_s: float) -> dict[str, Any]:
+        """Run the driver on `plan` in the vLLM environment; its results (fails loudly)."""
+        plan_file, out_file = workdir / "plan.json", workdir / "out.json"
+        plan_file.write_text(json.dumps(plan))
+        log = workdir / "vllm.log"
+        with log.open("w") as f:
+            proc = subprocess.run(
+                [str(self.python), str(DRIVER), str(plan_file), str(out_file)],
+                env=self.env,
+                stdout=f,
+                stderr=subprocess.STDOUT,
+                timeout=timeout_s,
+                cwd=workdir,
+            )
+        if proc.returncode != 0:
+            tail = log.read_text()[-6000:]
+            pytest.fail(f"the vLLM driver failed ({proc.returncode}):\n{tail}")
+        return json.loads(out_file.read_text())
+
+
+@pytest.fixture(scope="session")
+def vllm_setup(tmp_path_factory: pytest.TempPathFactory) -> VllmSetup:
+    """The vLLM environment (built when absent: minutes, once) running this checkout's cachegen."""
+    built = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "engine_env.sh"), "vllm"],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if built.returncode != 0:
+        pytest.fail(f"could not set up the vLLM environment:\n{built.stderr[-4000:]}")
+    venv = Path(built.stdout.strip().splitlines()[-1])
+    # The package under test, importable there without installing it (same CPython).
+    link = tmp_path_factory.mktemp("pythonpath")
+    (link / "cachegen").symlink_to(Path(cachegen.__file__).parent)
+    cache = tmp_path_factory.mktemp("cachegen-cache")
+    env = dict(os.environ)
+    env.update(
+        PYTHONPATH=str(link),
+        LD_PRELOAD=str(venv / "lib" / "libiomp5.so"),
+        VLLM_CPU_KVCACHE_SPACE="1",
+        CACHEGEN_CACHE_DIR=str(cache),
+        CACHEGEN_COSTS=str(cache / "costs.json"),
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+    )
+    return VllmSetup(venv / "bin" / "python", env)
+
+
+@pytest.fixture(scope="session")
+def smollm2_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct written as a plain bf16 Hugging Face checkpoint."""
+    from cachegen import smollm2
+
+    folder = tmp_path_factory.mktemp("smollm2")
+    smollm2.write_checkpoint(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def other_checkpoint(smollm2_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second model: the same weights and served name, another config (its norm epsilon)."""
+    folder = tmp_path_factory.mktemp("smollm2-other")
+    for f in smollm2_checkpoint.iterdir():
+        (folder / f.name).symlink_to(f)
+    config = json.loads((smollm2_checkpoint / "config.json").read_text())
+    config["rms_norm_eps"] = 2e-5
+    (folder / "config.json").unlink()
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def prompts(smollm2_checkpoint: Path) -> dict[str, list[int]]:
+    """Two prompts sharing a 2,000-token prefix of real text, tokenized by SmolLM2's tokenizer."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(smollm2_checkpoint))
+    prefix = tok(DOCUMENT.read_text())["input_ids"][:PREFIX_TOKENS]
+    ask = "\n\nQuestion: {}\nAnswer:"
+    qa = tok(ask.format("What does this license say about distributing copies?"))["input_ids"]
+    qb = tok(ask.format("Summarize the conditions for conveying modified versions."))["input_ids"]
+    return {"A": prefix + qa, "B": prefix + qb}
+
+
+@pytest.fixture(scope="session")
+def silent_server() -> Iterator[int]:
+    """A TCP port that accepts connections and never answers (a hung store)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    listener.close()

@@ -1,0 +1,178 @@
+"""The connector in a real vLLM (CPU) serving the real SmolLM2, end to end.
+
+One driver process runs every scenario, each with a fresh engine (a new `vllm.LLM`):
+- base: no connector; request B (the reference output).
+- save: the connector stores request A's prompt (2,000 shared tokens + a question).
+- load: a fresh engine loads B's shared prefix from the store: lossless (exact), at two
+  lossy levels (greedy agreement), then again after one stored chunk was damaged.
+- silent: the store accepts connections and never answers.
+- other: a second model (same served name and weights, another config) on the same store.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import cachegen
+
+CHUNK = 256
+#: Levels with pooled KL <= 0.01 on SmolLM2 with its profile (bench/results/quality.json).
+LOSSY = (10, 15)
+#: Greedy agreement over 32 tokens that a lossy prefix must reach (KL <= 0.01: top-1 ~0.95).
+AGREEMENT_FLOOR = 0.5
+GENERATE = 32
+
+
+def _connector(store: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "store": store,
+        "levels": [*LOSSY, cachegen.LOSSLESS],
+        "chunk_tokens": CHUNK,
+        "profile": "smollm2-135m-instruct",
+        "timeout_s": 2.0,
+        **extra,
+    }
+
+
+def _ask(name: str, prompt: list[int], level: int | None = None) -> dict[str, Any]:
+    step: dict[str, Any] = {"name": name, "prompt": prompt, "max_tokens": GENERATE}
+    if level is not None:
+        step["params"] = {"load_level": level}
+    return step
+
+
+@pytest.fixture(scope="module")
+def e2e(
+    vllm_setup: Any,
+    smollm2_checkpoint: Path,
+    other_checkpoint: Path,
+    prompts: dict[str, list[int]],
+    silent_server: int,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, dict[str, Any]]:
+    work = tmp_path_factory.mktemp("vllm-e2e")
+    folder = work / "store"
+    store = f"file://{folder}"
+    silent = f"s3://bucket/kv?endpoint=http://127.0.0.1:{silent_server}&timeout=2&max_retries=0"
+    a, b = prompts["A"], prompts["B"]
+    model = {"model": str(smollm2_checkpoint), "served_model_name": "smollm2"}
+    saved_chunks = len(a) // CHUNK
+    plan = {
+        "runs": [
+            {"name": "base", **model, "connector": None, "steps": [_ask("B", b)]},
+            {
+                "name": "save",
+                **model,
+                "connector": _connector(store),
+                "steps": [
+                    _ask("A", a),
+                    {
+                        "wait_records": {
+                            "folder": str(folder),
+                            "count": saved_chunks,
+                            "timeout_s": 300,
+                        }
+                    },
+                ],
+            },
+            {
+                "name": "load",
+                **model,
+                "connector": _connector(store),
+                "steps": [
+                    _ask("lossless", b, cachegen.LOSSLESS),
+                    *[_ask(f"L{lv}", b, lv) for lv in LOSSY],
+                    {
+                        "corrupt": {
+                            "folder": str(folder),
+                            "start": 2 * CHUNK,
+                            "level": cachegen.LOSSLESS,
+                        }
+                    },
+                    _ask("damaged", b, cachegen.LOSSLESS),
+                ],
+            },
+            {
+                "name": "silent",
+                **model,
+                "connector": _connector(silent, save=False),
+                "steps": [_ask("B", b)],
+            },
+            {
+                "name": "other",
+                "model": str(other_checkpoint),
+                "served_model_name": "smollm2",
+                "connector": _connector(store, save=False),
+                "steps": [_ask("B", b)],
+            },
+        ]
+    }
+    out = vllm_setup.run(plan, work, timeout_s=900)
+    runs = {r["name"]: {q["name"]: q for q in r["requests"]} for r in out["runs"]}
+    for r in out["runs"]:
+        print(f"vLLM run {r['name']}: engine start {r['start_s']:.1f} s")
+        for q in r["requests"]:
+            if "tokens" in q:
+                print(
+                    f"  {q['name']}: {q['seconds']:.2f} s, cached {q['num_cached_tokens']},"
+                    f" connector {q['cachegen']}"
+                )
+    return runs
+
+
+def _loadable(prompt: list[int]) -> int:
+    return (len(prompt) - 1) // CHUNK * CHUNK
+
+
+def test_second_engine_loads_every_whole_chunk_losslessly(
+    e2e: dict[str, dict[str, Any]], prompts: dict[str, list[int]]
+) -> None:
+    got, base = e2e["load"]["lossless"], e2e["base"]["B"]
+    expect = _loadable(prompts["B"])  # the shared prefix's whole chunks (1,792 tokens)
+    assert expect == 7 * CHUNK
+    assert got["num_cached_tokens"] == expect
+    stats = got["cachegen"]
+    assert stats["loaded_tokens"] == expect and stats["prefix_end"] == "complete"
+    assert stats["levels"] == [str(cachegen.LOSSLESS)] * 7
+    assert len(base["tokens"]) == GENERATE
+    assert got["tokens"] == base["tokens"]  # bit-exact KV: the same greedy answer
+
+
+@pytest.mark.parametrize("level", LOSSY)
+def test_lossy_levels_agree_with_recompute(e2e: dict[str, dict[str, Any]], level: int) -> None:
+    got, base = e2e["load"][f"L{level}"], e2e["base"]["B"]
+    assert got["cachegen"]["loaded_tokens"] == 7 * CHUNK
+    assert got["cachegen"]["levels"] == [str(level)] * 7
+    same = sum(x == y for x, y in zip(got["tokens"], base["tokens"], strict=True))
+    print(f"level {level}: greedy agreement {same}/{GENERATE} with recompute")
+    assert same / GENERATE >= AGREEMENT_FLOOR
+
+
+def test_damaged_chunk_shortens_the_prefix_and_changes_nothing(
+    e2e: dict[str, dict[str, Any]],
+) -> None:
+    got, base = e2e["load"]["damaged"], e2e["base"]["B"]
+    assert got["cachegen"]["loaded_tokens"] == 2 * CHUNK  # chunks 0 and 1; chunk 2 is damaged
+    assert got["cachegen"]["prefix_end"] == "corrupt"
+    assert got["num_cached_tokens"] == 2 * CHUNK
+    assert got["tokens"] == base["tokens"]
+
+
+def test_silent_store_costs_a_timeout_not_the_request(
+    e2e: dict[str, dict[str, Any]],
+) -> None:
+    got, base = e2e["silent"]["B"], e2e["base"]["B"]
+    print(f"silent store: {got['seconds']:.2f} s vs {base['seconds']:.2f} s without connector")
+    assert got["num_cached_tokens"] == 0 and got["cachegen"] is None
+    assert got["tokens"] == base["tokens"]
+
+
+def test_two_models_never_load_each_others_chunks(e2e: dict[str, dict[str, Any]]) -> None:
+    # The store holds model 1's chunks of this very prompt; model 2 finds none of them.
+    assert e2e["load"]["lossless"]["num_cached_tokens"] == 7 * CHUNK
+    got = e2e["other"]["B"]
+    assert got["num_cached_tokens"] == 0 and got["cachegen"] is None
+    assert len(got["tokens"]) == GENERATE

@@ -1,0 +1,120 @@
+"""Runs vLLM (CPU) scenarios for the connector tests and benchmark, in the vLLM environment.
+
+    python vllm_driver.py plan.json out.json
+
+The plan lists runs; each run builds a fresh `vllm.LLM` (with or without the connector) and
+goes through its steps in order: a request (greedy; `max_tokens` 1 times the first token), a
+stored object to damage, or a wait until the background saves have written a number of chunk
+records. The result per request: generated token ids, `num_cached_tokens`, the connector's stats
+(`kv_transfer_params["cachegen"]`) and the seconds the generate call took.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _llm(run: dict[str, Any]) -> Any:
+    from vllm import LLM
+    from vllm.config import KVTransferConfig
+
+    kwargs: dict[str, Any] = {}
+    if run.get("connector") is not None:
+        kwargs["kv_transfer_config"] = KVTransferConfig(
+            kv_connector="CacheGenConnector",
+            kv_connector_module_path="cachegen.vllm",
+            kv_role="kv_both",
+            kv_load_failure_policy="recompute",
+            kv_connector_extra_config=run["connector"],
+        )
+    return LLM(
+        model=run["model"],
+        served_model_name=run.get("served_model_name"),
+        skip_tokenizer_init=True,
+        enable_prefix_caching=False,
+        dtype="bfloat16",
+        max_model_len=8192,
+        max_num_batched_tokens=8192,
+        seed=0,
+        # torch.compile's first warm-up takes minutes on two cores; eager runs start in seconds.
+        enforce_eager=True,
+        **kwargs,
+    )
+
+
+def _corrupt(folder: str, start: int, level: int) -> str:
+    """Flip a byte in the middle of the blob at `level` of the stored chunk starting at token
+    `start` (found through the chunk records of a file store)."""
+    for record in Path(folder).rglob("record.json"):
+        chunk = json.loads(record.read_text())["body"]["chunk"]
+        if chunk["start"] == start:
+            path = Path(folder) / chunk["levels"][str(level)]["key"]
+            data = bytearray(path.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            path.write_bytes(bytes(data))
+            return str(path)
+    raise SystemExit(f"no stored chunk starts at token {start}")
+
+
+def _wait_records(folder: str, count: int, timeout_s: float) -> int:
+    """Wait until the store holds `count` chunk records (the saves run in the background)."""
+    deadline = time.monotonic() + timeout_s
+    while (found := len(list(Path(folder).rglob("record.json")))) < count:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {found} of {count} chunk records saved in {timeout_s} s")
+        time.sleep(0.2)
+    return found
+
+
+def _request(llm: Any, req: dict[str, Any]) -> dict[str, Any]:
+    from vllm import SamplingParams
+
+    extra = {"kv_transfer_params": {"cachegen": req["params"]}} if req.get("params") else None
+    params = SamplingParams(
+        temperature=0.0, max_tokens=req.get("max_tokens", 32), detokenize=False, extra_args=extra
+    )
+    prompt = {"prompt_token_ids": req["prompt"]}
+    t0 = time.perf_counter()
+    out = llm.generate([prompt], params, use_tqdm=False)[0]
+    seconds = time.perf_counter() - t0
+    return {
+        "name": req["name"],
+        "tokens": list(out.outputs[0].token_ids),
+        "num_cached_tokens": out.num_cached_tokens,
+        "cachegen": (out.kv_transfer_params or {}).get("cachegen"),
+        "seconds": seconds,
+    }
+
+
+def main() -> None:
+    plan = json.loads(Path(sys.argv[1]).read_text())
+    results = []
+    for run in plan["runs"]:
+        t0 = time.perf_counter()
+        llm = _llm(run)
+        started = time.perf_counter() - t0
+        rows = []
+        for req in run["requests"]:
+            if "corrupt" in req:
+                c = req["corrupt"]
+                rows.append(
+                    {"name": "corrupt", "path": _corrupt(c["folder"], c["pattern"], c["index"])}
+                )
+                continue
+            rows.append(_request(llm, req))
+        llm.llm_engine.engine_core.shutdown()
+        del llm
+        gc.collect()
+        results.append({"name": run["name"], "start_s": started, "requests": rows})
+        Path(sys.argv[2]).write_text(json.dumps({"runs": results}, indent=1))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    main()
