@@ -13,9 +13,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 build=build/asan
-cmake -S . -B "$build" -G Ninja -DSKBUILD=ON -DCACHEGEN_SANITIZE=ON -DCACHEGEN_CUDA=OFF \
+python3 -c "import pybind11" 2>/dev/null || python3 -m pip install -q --disable-pip-version-check pybind11
+generator=()
+command -v ninja >/dev/null && generator=(-G Ninja)
+cmake -S . -B "$build" "${generator[@]}" -DSKBUILD=ON -DCACHEGEN_SANITIZE=ON -DCACHEGEN_CUDA=OFF \
   -DCMAKE_BUILD_TYPE=RelWithDebInfo -Dpybind11_DIR="$(python3 -m pybind11 --cmakedir)" >/dev/null
-cmake --build "$build" >/dev/null
+cmake --build "$build" --parallel "$(nproc)" >/dev/null
 rm -rf "$build/python"
 mkdir -p "$build/python"
 cp -r python/cachegen "$build/python/"
