@@ -15,12 +15,14 @@ stored sizes, the same cost model and the link's rate plus its measured per-requ
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import signal
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,19 +124,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             # One engine, one cost model: every load corrects it (as `cachegen.stream.load`
             # does through its cache), so a machine busier than at calibration is learnt.
             costs = CostModel(decode_eps, args.prefill_tps)
-            reports = interleaved(args, store, engine, costs, strategies, ids)
-            for name, policy in strategies.items():
-                table = context_table(ctx, costs, ELEMENTS_PER_TOKEN)
-                # Loads on one store share its bandwidth estimate: the simulated one starts
-                # from the link's goodput too.
-                warm = BandwidthEstimator()
-                warm.restore([goodput] * warm.window)
-                predicted = simulate(table, trace, policy, args.slo, estimator=warm)
-                rows.append(
-                    summary(mbit, name, reports[name], predicted, overhead, goodput)
-                    | {"decode_elements_per_s": costs.decode_eps}
-                )
-                loads += [{"mbit": mbit, "strategy": name} | brief(r) for r in reports[name]]
+            sim = Simulator(ctx, trace, goodput, args.slo)
+            results = interleaved(args, store, engine, costs, strategies, ids, sim)
+            for name, pairs in results.items():
+                rows.append(summary(mbit, name, pairs, overhead, goodput))
+                loads += [
+                    {"mbit": mbit, "strategy": name, "simulated_s": p.ttft} | brief(r)
+                    for r, p in pairs
+                ]
                 print(_line(rows[-1]), file=sys.stderr, flush=True)
         store.close()
     return {"run": run_info(args, decode_eps), "rows": rows, "loads": loads}
@@ -152,6 +149,24 @@ def measure_decode(ctx: Any, engine: DecodeEngine) -> float:
     return CHUNK * engine.kv_elements_per_token / best
 
 
+@dataclass(frozen=True)
+class Simulator:
+    """Predicts one load: the same policy object over a constant link of the measured goodput
+    plus request overhead, with the cost model as it stood when the load began, starting from
+    the link's bandwidth (loads on one store share their estimate)."""
+
+    ctx: Any
+    trace: Trace
+    goodput: float
+    slo_s: float
+
+    def predict(self, policy: Policy, costs: CostModel) -> SimResult:
+        table = context_table(self.ctx, costs, ELEMENTS_PER_TOKEN)
+        warm = BandwidthEstimator()
+        warm.restore([self.goodput] * warm.window)
+        return simulate(table, self.trace, policy, self.slo_s, estimator=warm)
+
+
 def interleaved(
     args: argparse.Namespace,
     store: Any,
@@ -159,46 +174,47 @@ def interleaved(
     costs: CostModel,
     strategies: dict[str, Policy],
     ids: np.ndarray,
-) -> dict[str, list[LoadReport]]:
+    sim: Simulator,
+) -> dict[str, list[tuple[LoadReport, SimResult]]]:
     """`args.repeats` loads per strategy on one store, in a shuffled order per round, so
-    every strategy meets the same server and link states."""
+    every strategy meets the same server and link states; each with its simulation."""
     order = np.random.default_rng(1)
-    reports: dict[str, list[LoadReport]] = {name: [] for name in strategies}
+    results: dict[str, list[tuple[LoadReport, SimResult]]] = {name: [] for name in strategies}
     for _ in range(args.repeats):
         for name in order.permutation(list(strategies)):
             policy = strategies[name]
+            predicted = sim.predict(policy, dataclasses.replace(costs))
             loader = Loader(store, engine, costs, args.slo, ranges=1, policy=policy)
-            reports[name].append(loader.load("bench", ids).report)
-    return reports
+            results[name].append((loader.load("bench", ids).report, predicted))
+    return results
 
 
 def summary(
     mbit: float,
     name: str,
-    reports: list[LoadReport],
-    predicted: SimResult,
+    pairs: list[tuple[LoadReport, SimResult]],
     overhead: float,
     goodput: float,
 ) -> dict[str, Any]:
-    ttft = [r.ttft_s for r in reports]
-    p50 = float(np.percentile(ttft, 50))
+    ttft = [r.ttft_s for r, _ in pairs]
+    sim = [p.ttft for _, p in pairs]
+    p50, sim50 = float(np.percentile(ttft, 50)), float(np.percentile(sim, 50))
     return {
         "mbit": mbit,
         "strategy": name,
-        "loads": len(reports),
+        "loads": len(pairs),
         "request_overhead_ms": overhead * 1e3,
         "goodput_mbit": goodput / MBIT,
         "p50_s": p50,
         "p99_s": float(np.percentile(ttft, 99)),
         "max_s": max(ttft),
-        "predicted_s": predicted.ttft,
-        "p50_error_pct": 100 * (p50 / predicted.ttft - 1),
-        "max_over_sim": max(ttft) / predicted.ttft,
-        "met_pct": 100 * float(np.mean([r.met_slo for r in reports])),
-        "hedged_reads": sum(r.hedged_reads for r in reports),
-        "fallbacks": sum(r.fallbacks for r in reports),
-        "predicted_plan": [str(c) for c in predicted.choices],
-        "mb": statistics.median(r.nbytes for r in reports) / 1e6,
+        "predicted_s": sim50,
+        "p50_error_pct": 100 * (p50 / sim50 - 1),
+        "max_over_sim": max(t / s for t, s in zip(ttft, sim, strict=True)),
+        "met_pct": 100 * float(np.mean([r.met_slo for r, _ in pairs])),
+        "hedged_reads": sum(r.hedged_reads for r, _ in pairs),
+        "fallbacks": sum(r.fallbacks for r, _ in pairs),
+        "mb": statistics.median(r.nbytes for r, _ in pairs) / 1e6,
     }
 
 
@@ -229,6 +245,8 @@ def run_info(args: argparse.Namespace, decode_eps: float) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "slo_s": args.slo,
         "repeats": args.repeats,
+        "load_average_1min": os.getloadavg()[0],
+        "nice": os.nice(0),
         "prefill_tps": args.prefill_tps,
         "decode_elements_per_s": decode_eps,
         "context": f"{TOKENS} tokens, {LAYERS}x{HEADS}x{DIM} fp16 synthetic, chunks {CHUNK}",
@@ -249,18 +267,21 @@ def markdown(data: dict[str, Any]) -> str:
     lines = [
         "# Streaming over a real throttled link: measured vs simulated",
         "",
-        f"Machine: {run['machine']} ({run['platform']}); {run['date']}, commit `{run['commit']}`.",
+        f"Machine: {run['machine']} ({run['platform']}); {run['date']}, commit `{run['commit']}`; "
+        f"shared, load average {run['load_average_1min']:.1f} at the end, run at nice "
+        f"{run['nice']}.",
         f"Context: {run['context']}; SLO {run['slo_s']} s; decode "
         f"{run['decode_elements_per_s'] / 1e6:.0f} M elements/s; recompute emulated at "
         f"{run['prefill_tps']:g} tokens/s. Link: moto S3 in a netns, veth + tc tbf. "
         f"{run['repeats']} loads per strategy and rate, interleaved in a shuffled order on one "
         "store.",
         "",
-        "Simulated: the same policy object over a constant link of the goodput one chunk-sized "
-        "GET measured (at most the shaped rate) plus the measured per-request overhead, "
-        "starting from that bandwidth (loads on one store share their estimate), with the cost "
-        "model as the loads left it (they correct its decode speed; `decode_elements_per_s` "
-        "per row in the JSON). TTFT here is the load's time (the first token's own step is "
+        "Simulated, per load: the same policy object over a constant link of the goodput one "
+        "chunk-sized GET measured (at most the shaped rate) plus the measured per-request "
+        "overhead, starting from that bandwidth (loads on one store share their estimate), "
+        "with the cost model as it stood when the load began (every load corrects it). "
+        "`simulated` is the p50 of those predictions, `max / sim` the largest ratio of a load "
+        "to its own prediction. TTFT here is the load's time (the first token's own step is "
         "not part of it).",
         "",
         "Stalls of 20-40 s in earlier runs of this benchmark (issue 20) came from the harness: "
@@ -273,7 +294,7 @@ def markdown(data: dict[str, Any]) -> str:
         "client when late (`tests/stream/test_stall.py` reproduces the stall with a server that "
         "accepts and never answers). `hedged reads` / `fallbacks` count what that did here.",
         "",
-        "| Mbit/s (tbf) | goodput | strategy | loads | MB | p50 ms | p99 ms | simulated ms | "
+        "| Mbit/s (tbf) | goodput | strategy | loads | MB | p50 ms | p99 ms | simulated p50 ms | "
         "p50 error | max / sim | met SLO % | hedged reads | fallbacks |",
         "|--:|--:|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
         *(_line(r) for r in data["rows"]),

@@ -32,7 +32,7 @@ using SpecTuple = std::tuple<ViewTuple, int, float, uint32_t, std::string, std::
 std::vector<float> float32s(const std::string& raw) {
   if (raw.size() % 4) throw InputError("step weights must be float32 bytes");
   std::vector<float> out(raw.size() / 4);
-  if (!raw.empty()) std::memcpy(out.data(), raw.data(), raw.size());  // data() may be null
+  if (!out.empty()) std::memcpy(out.data(), raw.data(), raw.size());  // never memcpy(nullptr, ...)
   return out;
 }
 

@@ -1,7 +1,7 @@
-// Wire format v3 (docs/FORMAT.md): fixed header, one descriptor per (layer, K/V) group, side
-// data (quantizer parameters, channel->table map, tables), segment size index, segment
-// payloads, CRC32C trailer. Everything little-endian. parse_blob validates every field before
-// anything is allocated or read from it.
+// The wire format (docs/FORMAT.md; v4, v1-v3 still parse): fixed header, one descriptor per (layer,
+// K/V) group, side data (quantizer parameters, channel->table map, tables), segment size index,
+// segment payloads, CRC32C trailer. Everything little-endian. parse_blob validates every field
+// before anything is allocated or read from it.
 #pragma once
 #include <cstddef>
 #include <cstdint>

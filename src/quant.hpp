@@ -103,8 +103,8 @@ CG_HD uint16_t spread_step(float param, double mean_square, double range) {
 
 // Token steps of the TokenStep quantizer lie on a grid of 1/8 octave: code k stands for
 // 2^(k/8) rounded to fp16, so a blob stores a small integer per token (Rice coded, ~3.6 bits)
-// instead of 16 bits. Rounding a step by up to 2^(1/16) costs ~0.25% in squared error; the
-// saved bits are ~0.06 per element (bench/results/ladder_experiments.md section 22).
+// instead of 16 bits. Rounding a step by up to 2^(1/16) costs ~0.25% in squared error, far less
+// than the ~0.06 bits per element the codes save.
 constexpr int kStepCodesPerOctave = 8;
 constexpr int kMinStepCode = -24 * kStepCodesPerOctave;  // 2^-24, fp16's smallest subnormal
 constexpr int kMaxStepCode = 127;                        // 2^15.875 < 65504, fp16's largest

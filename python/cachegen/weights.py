@@ -2,7 +2,7 @@
 
 A token's step is multiplied by its token weight and a channel's by its channel weight (stored in
 the blob as the per-channel scale, so decoding needs nothing else). Two token effects hold for
-decoder LLMs in general (measured on SmolLM2 in bench/results/ladder_experiments.md):
+decoder LLMs in general:
 
 * attention sinks: the first tokens of a context draw attention from every later query, so an
   error there reaches every output: they are stored verbatim (`sink_rows`), not quantized;

@@ -56,7 +56,7 @@ def test_load_at_link_rate(link: NetLink, stored, mbit: int) -> None:
     top_s = sum(c.levels[top].size for c in ctx.chunks) / (mbit * MBIT)
     slo_s = 0.65 if mbit == 20 else 0.8
     rep = load(store, ids, slo_s=slo_s)
-    assert rep.fallbacks == 0 and len(rep.chunks) == CHUNKS
+    assert rep.context_error == "" and rep.fallbacks == 0 and len(rep.chunks) == CHUNKS
     # The estimate tracks the link: never above it, near it where the server can keep up.
     last = rep.chunks[-1].bandwidth_bps
     assert last < 1.15 * mbit * MBIT

@@ -225,3 +225,25 @@ def test_engine_failure_of_any_kind_falls_back_to_text(store) -> None:
     engine, result = run(store, ids, slo_s=0.05, prior_bps=1e12, engine=Flaky(prefill_tps=1e3))
     assert result.report.choices[1] == TEXT and result.report.fallback_causes == {"decode": 1}
     assert [k for k, _ in engine.appended] == ["kv", "text", "kv"]
+
+
+def test_stale_recompute_calibration_is_corrected_within_the_load(store) -> None:
+    """The calibration says text is 10x faster than it is: all text looks feasible, and the
+    first text chunk shows otherwise before the rest is planned."""
+    ids, _, _ = store_context(store, 512)
+    engine = FakeEngine(prefill_tps=500.0)  # 128 ms a chunk of text
+    stale = CostModel(decode_eps=5e7, prefill_tps=5000.0)  # believes 13 ms
+    loader = Loader(store, engine, stale, slo_s=0.4, prior_bps=1e12)
+    rep = loader.load(MODEL, ids, chunk_tokens=64).report
+    assert rep.choices[0] == TEXT  # all text looked feasible and is lossless
+    assert rep.choices.count(TEXT) <= 3  # then the measured speed moves the rest to KV
+    assert stale.prefill_tps < 2000.0
+
+
+def test_open_budget_is_a_share_unless_recompute_misses_anyway() -> None:
+    """A quarter of the SLO for the manifest when recomputing everything fits; when it would
+    miss the SLO by more than the SLO, waiting for the store the whole SLO is the better bet."""
+    quick, slow = FakeEngine(prefill_tps=5000.0), FakeEngine(prefill_tps=50.0)
+    assert Loader(MemoryStore(), quick, costs_for(quick), 1.0)._open_budget(256) == 0.25
+    assert Loader(MemoryStore(), slow, costs_for(slow), 1.0)._open_budget(256) == 1.0
+    assert Loader(MemoryStore(), slow, costs_for(slow), 1.0)._open_budget(75) == 0.5

@@ -47,7 +47,7 @@ def test_unanswered_requests_are_hedged(stalling, nth: tuple[int, ...]) -> None:
     proxy.silence_next(*nth)
     engine = FakeEngine(prefill_tps=50.0)  # a chunk of text takes 1.28 s: KV everywhere
     rep = load(store, ids, engine)
-    assert rep.total_s < BOUND_S and rep.hedged_reads == len(nth)
+    assert rep.total_s < BOUND_S and rep.hedged_reads >= len(nth)
     assert rep.context_error == "" and rep.fallbacks == 0  # the hedges got every answer
     assert TEXT not in rep.choices and engine.finish().shape == kv.shape
 

@@ -44,7 +44,7 @@ from .report import ChunkReport, LoadReport
 #: Range size for parallel range requests on remote stores.
 RANGE_BYTES = 256 * 1024
 #: Share of the SLO the context's manifest and records may take before the load gives up on
-#: the stored context; never less than `OPEN_FLOOR_S`.
+#: the stored context; never less than `OPEN_FLOOR_S` (see `Loader._open_budget`).
 OPEN_SHARE = 0.25
 OPEN_FLOOR_S = 0.2
 #: The least time a chunk's read gets, even when the SLO is already spent.
@@ -118,7 +118,7 @@ class Loader:
         estimator.begin_load()
         bounded = BoundedStore(self.store, estimator)
         try:
-            bounded.set_budget(max(OPEN_SHARE * self.slo_s, OPEN_FLOOR_S))
+            bounded.set_budget(self._open_budget(len(tokens)))
             ctx = self._open(bounded, model_id, tokens, chunk_tokens, salt, report)
             report.open_s = self.clock() - t0
             self.engine.begin()
@@ -131,6 +131,14 @@ class Loader:
             if shared:
                 save_estimate(self.store)
         return LoadResult(self.engine.finish(), report)
+
+    def _open_budget(self, tokens: int) -> float:
+        """Seconds the context's manifest and records may take: a share of the SLO, or, when
+        recomputing everything would miss the SLO anyway, as long as waiting costs less than
+        that miss (at most the SLO): then the store is the better bet."""
+        text_s = self.costs.recompute_time(tokens, 0)
+        share = max(OPEN_SHARE * self.slo_s, OPEN_FLOOR_S)
+        return max(share, min(self.slo_s, text_s - self.slo_s))
 
     @staticmethod
     def _open(
@@ -257,6 +265,7 @@ class _Run:
         try:
             with ThreadPoolExecutor(self.ranges, thread_name_prefix="cachegen-range") as pool:
                 for i in range(len(self.chunks)):
+                    self._wait_to_decide(i)
                     if self.done.is_set():
                         break
                     item = self._fetch(i, pool)
@@ -267,6 +276,22 @@ class _Run:
             self._put(None)
         except BaseException as e:  # noqa: BLE001 - handed to the calling thread to raise
             self._put(e)
+
+    def _wait_to_decide(self, i: int) -> None:
+        """Plan chunk i no earlier than its fetch must start: once the compute stage's queued
+        work would end within twice the chunk's longest fetch. A later decision sees fresher
+        speeds (a text chunk timed, a decode measured), so a stale calibration is corrected
+        before it has planned the whole load, and the link is still never the bottleneck."""
+        sizes, bps = self.chunks[i].sizes, self.estimator.bps
+        if sizes and bps is None:
+            return  # the probe: nothing to wait for
+        lead = 2 * max(sizes.values()) / bps if sizes and bps else 0.0
+        while not self.done.is_set():
+            now = self.now()
+            slack = self.backlog.free_at(now) - now - lead
+            if slack <= 0:
+                return
+            self.done.wait(min(slack, 0.02))
 
     def _put(self, item: _Item | BaseException | None) -> None:
         """Queue `item`, waiting while the queue is full, unless the compute side stopped."""
