@@ -1,11 +1,12 @@
 // Fuzz target: step codes (Rice-coded scale grids). Bytes 0-1: the count of codes (up to
 // 65535); the rest is the stream. Accepted steps must lie on the grid, re-encode, and read back
 // the same.
+#include "step_codes.hpp"
+
 #include <cstdlib>
 #include <vector>
 
 #include "common.hpp"
-#include "step_codes.hpp"
 
 using namespace cachegen;
 

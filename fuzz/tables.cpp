@@ -1,10 +1,11 @@
 // Fuzz target: probability tables. Byte 0 picks the code (bit 0: v3 Exp-Golomb, else v1/v2
 // varints; bit 1: the full alphabet of lossless groups); the rest is parsed as tables back to
 // back. Every table accepted must sum to 4096 and build encoder and decoder tables that agree.
+#include "tables.hpp"
+
 #include <cstdlib>
 
 #include "common.hpp"
-#include "tables.hpp"
 
 using namespace cachegen;
 

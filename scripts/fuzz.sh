@@ -19,9 +19,11 @@ if ! command -v clang++ >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang >/dev/null
 fi
 build=build/fuzz
-cmake -S . -B "$build" -G Ninja -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+generator=()
+command -v ninja >/dev/null && generator=(-G Ninja)
+cmake -S . -B "$build" "${generator[@]}" -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCACHEGEN_FUZZ=ON -DCACHEGEN_SANITIZE=ON -DCACHEGEN_CUDA=OFF >/dev/null
-cmake --build "$build" >/dev/null
+cmake --build "$build" --parallel "$(nproc)" >/dev/null
 
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 limits=(-rss_limit_mb=2048 -malloc_limit_mb=256 -max_len=16384 -timeout=20)

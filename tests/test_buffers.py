@@ -127,3 +127,14 @@ def test_failed_thread_start_is_an_exception():
     assert run.returncode == 0, run.stderr
     assert "raised: could not start a worker thread" in run.stdout
     assert "alive" in run.stdout
+
+
+def test_inference_tensor_output_is_accepted(blob):
+    """An inference tensor (what engines allocate under torch.inference_mode) is plain writable
+    memory: decode writes it from outside inference mode too."""
+    torch = pytest.importorskip("torch")
+    with torch.inference_mode():
+        out = torch.empty(KV.shape, dtype=torch.float16)
+    assert out.is_inference()
+    cachegen.decode(blob, out=out)
+    np.testing.assert_array_equal(out.numpy(), cachegen.decode(blob))

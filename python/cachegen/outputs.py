@@ -24,16 +24,23 @@ def check_outputs(out: Any, v: KVViews, blob: Any) -> None:
     """Raise ValueError unless decode can write every output without touching another or
     the blob."""
     _check_no_grad(out)
-    probes = [_probe(g.address, DTYPE_SIZES[g.dtype], g.shape, g.strides) for g in v.groups]
     for i, g in enumerate(v.groups):
         if not _self_disjoint(g):
             raise ValueError(f"out= group {i} maps several elements to one address")
-    _check_pairwise(probes, "out= groups {} and {} share elements")
+    # Byte ranges first (plain arithmetic); only views whose ranges meet get the exact test.
+    extents = [_extent(g) for g in v.groups]
+    ranges = sorted((e, i) for i, e in enumerate(extents))
+    for k, ((_, high), i) in enumerate(ranges):
+        for (low_j, _), j in ranges[k + 1 :]:
+            if low_j >= high:
+                break
+            if _shares(_probe(v.groups[i]), _probe(v.groups[j])):
+                raise ValueError(f"out= groups {min(i, j)} and {max(i, j)} share elements")
     address, size = _blob_range(blob)
-    if size:
-        blob_probe = _probe(address, 1, (size,), (1,))
-        for i, p in enumerate(probes):
-            if _shares(p, blob_probe):
+    for i, (low, high) in enumerate(extents):
+        if size and low < address + size and address < high:
+            blob_probe = _span(address, size, 1, (size,), (1,), 0)
+            if _shares(_probe(v.groups[i]), blob_probe):
                 raise ValueError(f"out= group {i} overlaps the blob being decoded")
 
 
@@ -44,41 +51,42 @@ def _check_no_grad(out: Any) -> None:
             raise ValueError("out= tensor requires grad; pass a tensor without autograd history")
 
 
-def _probe(address: int, itemsize: int, shape: tuple[int, ...], strides: tuple[int, ...]) -> Any:
-    """An ndarray with exactly the view's addresses, over memory it never reads."""
-    byte_strides = tuple(s * itemsize for s in strides)
-    low = sum(min(0, (n - 1) * s) for n, s in zip(shape, byte_strides, strict=True))
-    high = sum(max(0, (n - 1) * s) for n, s in zip(shape, byte_strides, strict=True)) + itemsize
-    span = (ctypes.c_char * (high - low)).from_address(address + low)
-    return np.ndarray(shape, f"V{itemsize}", span, -low, byte_strides)
+def _extent(g: GroupView) -> tuple[int, int]:
+    """[low, high) byte addresses the view touches."""
+    item = DTYPE_SIZES[g.dtype]
+    low = high = g.address
+    for n, s in zip(g.shape, g.strides, strict=True):
+        reach = (n - 1) * s * item
+        if reach < 0:
+            low += reach
+        else:
+            high += reach
+    return low, high + item
+
+
+def _probe(g: GroupView) -> Any:
+    low, high = _extent(g)
+    item = DTYPE_SIZES[g.dtype]
+    strides = tuple(s * item for s in g.strides)
+    return _span(low, high - low, item, g.shape, strides, g.address - low)
+
+
+def _span(low: int, size: int, item: int, shape: tuple, byte_strides: tuple, offset: int) -> Any:
+    """An ndarray with exactly a view's addresses, over memory it never reads."""
+    memory = (ctypes.c_char * size).from_address(low)
+    return np.ndarray(shape, f"V{item}", memory, offset, byte_strides)
 
 
 def _self_disjoint(g: GroupView) -> bool:
     """Whether no two (token, head, dim) of one view share an element: with strides sorted,
     each must step past everything the smaller ones reach (every real layout does)."""
     span = 1
-    for stride, n in sorted((abs(s), n) for n, s in zip(g.shape, g.strides, strict=True) if n > 1):
-        if stride < span:
-            return False
-        span += stride * (n - 1)
+    for stride, n in sorted([(abs(s), n) for n, s in zip(g.shape, g.strides, strict=True)]):
+        if n > 1:
+            if stride < span:
+                return False
+            span += stride * (n - 1)
     return True
-
-
-def _check_pairwise(probes: list[Any], message: str) -> None:
-    """Exact test of every pair whose address ranges meet (sorted sweep: disjoint ranges, the
-    common case, cost one comparison each)."""
-    bounds = sorted((_bounds(p), i) for i, p in enumerate(probes))
-    for k, ((_, high), i) in enumerate(bounds):
-        for (low_j, _), j in bounds[k + 1 :]:
-            if low_j >= high:
-                break
-            if _shares(probes[i], probes[j]):
-                raise ValueError(message.format(min(i, j), max(i, j)))
-
-
-def _bounds(p: Any) -> tuple[int, int]:
-    low, high = np.lib.array_utils.byte_bounds(p)
-    return low, high
 
 
 def _shares(a: Any, b: Any) -> bool:
