@@ -10,9 +10,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+TESTS = Path(__file__).resolve().parent.parent / "tests"
+sys.path[:0] = [str(TESTS), str(TESTS / "support")]  # the hostile-memory test and its blobs
 
 import blobcraft as bc  # noqa: E402
+
 import test_hostile_memory as hm  # noqa: E402
 
 

@@ -16,11 +16,12 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "support"))  # the spec-written blobs
 
 import blobcraft as bc  # noqa: E402
-import cachegen  # noqa: E402
 from kvgen import synthetic_kv  # noqa: E402
+
+import cachegen  # noqa: E402
 
 MAX_SEED_BYTES = 16384
 
