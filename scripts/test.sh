@@ -26,4 +26,8 @@ cmake -S . -B build/ctest -DCACHEGEN_TESTS=ON -DCACHEGEN_SANITIZE=ON -DCACHEGEN_
   -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build/ctest -j2 >/dev/null
 ctest --test-dir build/ctest --output-on-failure
+# The parsers under libFuzzer (ASan + UBSan): the regressions replayed, then 15 s per target.
+bash scripts/fuzz.sh 15
+# The Python codec tests against an ASan + UBSan build of the core.
+bash scripts/asan_pytest.sh -q
 python3 -m pytest -q -p no:cacheprovider tests
