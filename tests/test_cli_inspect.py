@@ -4,6 +4,7 @@ reported on their line; `cachegen --version`."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,8 +17,6 @@ from cachegen.cli import LINE_WIDTH, main
 from cachegen.context import list_contexts, save_context
 from cachegen.context.keys import manifest_key
 from cachegen.store import FileStore, ObjectCorrupted, StoreUnavailable
-
-PYTHON = Path(__file__).resolve().parents[1] / "python"
 
 
 def _kv(tokens: int, seed: int) -> np.ndarray:
@@ -111,13 +110,14 @@ def test_manifest_with_wrong_field_types_is_an_error(tmp_path: Path) -> None:
 
 
 def test_version() -> None:
-    env = {"PYTHONPATH": str(PYTHON)}
+    # The package under test, wherever it is imported from (installed, or a source tree on
+    # PYTHONPATH with its built core).
     out = subprocess.run(
         [sys.executable, "-m", "cachegen.cli", "--version"],
         check=True,
         capture_output=True,
         text=True,
-        env=env,
+        env=os.environ | {"PYTHONPATH": str(Path(cachegen.__file__).parents[1])},
     ).stdout
     assert out.strip() == f"cachegen {cachegen.__version__}"
 
