@@ -41,6 +41,10 @@ CHUNK = 256
 #: Levels with pooled KL <= 0.01 on SmolLM2 with its profile (quality.json: 10 -> 9.3e-3).
 LEVELS = (10, 12, 15)
 PROFILE = "smollm2-135m-instruct"
+QUESTIONS = [
+    "what does this license say about distributing copies?",
+    "what are the conditions for conveying modified versions?",
+]
 
 
 def machine() -> str:
@@ -52,17 +56,15 @@ def machine() -> str:
 
 
 def prompts(model_dir: Path) -> dict[str, list[int]]:
-    from transformers import AutoTokenizer
+    from cachegen import smollm2
 
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    doc = tok(DOCUMENT.read_text())["input_ids"]
-    qa = tok("\n\nQuestion: What does this license say about distributing copies?\nAnswer:")
-    qb = tok("\n\nQuestion: Summarize the conditions for conveying modified versions.\nAnswer:")
+    text = DOCUMENT.read_text()
     out = {}
     for n in PREFIXES:
-        out[f"A{n}"] = doc[:n] + qa["input_ids"]
-        out[f"B{n}"] = doc[:n] + qb["input_ids"]
-    out["warm"] = doc[-300:]
+        out[f"A{n}"], out[f"B{n}"] = smollm2.shared_prefix_prompts(
+            str(model_dir), text, n, QUESTIONS
+        )
+    out["warm"] = smollm2.shared_prefix_prompts(str(model_dir), text[-2000:], 300, QUESTIONS)[0]
     return out
 
 
@@ -106,14 +108,20 @@ def requests(p: dict[str, list[int]], repeats: int) -> list[dict[str, Any]]:
     return steps
 
 
-def summarize(out: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def summarize(out: dict[str, Any], stats_file: Path | None) -> dict[str, dict[str, Any]]:
+    """Per prompt: TTFTs, tokens vLLM took from outside, and the connector's load stats."""
+    loads = {}
+    if stats_file is not None and stats_file.exists():
+        for line in stats_file.read_text().splitlines():
+            entry = json.loads(line)
+            loads[entry["request_id"]] = entry
     rows: dict[str, dict[str, Any]] = {}
     for q in out["runs"][0]["requests"]:
         if q["name"].startswith("B"):
-            row = rows.setdefault(q["name"], {"ttft_s": [], "cached": [], "stats": []})
+            row = rows.setdefault(q["name"], {"ttft_s": [], "cached": [], "loads": []})
             row["ttft_s"].append(q["seconds"])
             row["cached"].append(q["num_cached_tokens"])
-            row["stats"].append(q["cachegen"])
+            row["loads"].append(loads.get(q["request_id"]))
     for row in rows.values():
         row["median_s"] = statistics.median(row["ttft_s"])
     return rows
@@ -151,40 +159,30 @@ def main() -> None:
             "slo_s": 0.1,
             "timeout_s": 5.0,
         }
-        saves = [{"name": f"A{n}", "prompt": p[f"A{n}"], "max_tokens": 1} for n in PREFIXES]
+        saves: list[dict[str, Any]] = [
+            {"name": f"A{n}", "prompt": p[f"A{n}"], "max_tokens": 1} for n in PREFIXES
+        ]
+        # The prompts share their first 2,048 tokens: 16 distinct chunks in all.
+        saves.append({"wait_records": {"store": store, "count": 16, "timeout_s": 600}})
         drive(
             venv,
             env,
             {"runs": [{"name": "save", **model, "connector": conn, "steps": saves}]},
             work,
         )
-        base = summarize(
-            drive(
-                venv,
-                env,
-                {
-                    "runs": [
-                        {
-                            "name": "base",
-                            **model,
-                            "connector": None,
-                            "steps": requests(p, args.repeats),
-                        }
-                    ]
-                },
-                work,
-            )
-        )
+        base_run = {"name": "base", **model, "connector": None, "steps": requests(p, args.repeats)}
+        base = summarize(drive(venv, env, {"runs": [base_run]}, work), None)
         cells = []
         for mbit in RATES_MBIT:
             link.shape(mbit * MBIT)
+            stats = work / f"loads-{mbit}.jsonl"
             load = {
                 "name": f"{mbit}",
                 **model,
-                "connector": conn | {"save": False},
+                "connector": conn | {"save": False, "stats_file": str(stats)},
                 "steps": requests(p, args.repeats),
             }
-            got = summarize(drive(venv, env, {"runs": [load]}, work))
+            got = summarize(drive(venv, env, {"runs": [load]}, work), stats)
             for n in PREFIXES:
                 row, ref = got[f"B{n}"], base[f"B{n}"]
                 cells.append(
@@ -197,7 +195,7 @@ def main() -> None:
                         "runs_connector_s": row["ttft_s"],
                         "runs_recompute_s": ref["ttft_s"],
                         "cached_tokens": row["cached"],
-                        "connector": row["stats"],
+                        "loads": row["loads"],
                     }
                 )
     report = {
@@ -229,10 +227,11 @@ def markdown(r: dict[str, Any]) -> str:
         "|--:|--:|--:|--:|--:|--:|---|",
     ]
     for c in r["cells"]:
-        stats = c["connector"][-1] or {}
+        stats = c["loads"][-1] or {}
         lines.append(
             f"| {c['prefix_tokens']} | {c['link_mbit']} Mbit/s | {c['ttft_recompute_s']:.3f} | "
-            f"{c['ttft_connector_s']:.3f} | {c['speedup']:.2f}x | {c['cached_tokens'][-1]} | "
+            f"{c['ttft_connector_s']:.3f} | {c['speedup']:.2f}x | "
+            f"{stats.get('loaded_tokens', 0)} | "
             f"{','.join(stats.get('levels', []))} |"
         )
     return "\n".join(lines) + "\n"

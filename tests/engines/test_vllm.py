@@ -37,8 +37,10 @@ def _connector(store: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def _ask(name: str, prompt: list[int], level: int | None = None) -> dict[str, Any]:
-    step: dict[str, Any] = {"name": name, "prompt": prompt, "max_tokens": GENERATE}
+def _ask(
+    name: str, prompt: list[int], level: int | None = None, tokens: int = GENERATE
+) -> dict[str, Any]:
+    step: dict[str, Any] = {"name": name, "prompt": prompt, "max_tokens": tokens}
     if level is not None:
         step["params"] = {"load_level": level}
     return step
@@ -62,7 +64,12 @@ def e2e(
     saved_chunks = len(a) // CHUNK
     plan = {
         "runs": [
-            {"name": "base", **model, "connector": None, "steps": [_ask("B", b)]},
+            {
+                "name": "base",
+                **model,
+                "connector": None,
+                "steps": [_ask("B", b), _ask("B1", b, tokens=1)],
+            },
             {
                 "name": "save",
                 **model,
@@ -99,14 +106,14 @@ def e2e(
                 "name": "silent",
                 **model,
                 "connector": _connector(silent, save=False),
-                "steps": [_ask("B", b)],
+                "steps": [_ask("B1", b, tokens=1)],
             },
             {
                 "name": "other",
                 "model": str(other_checkpoint),
                 "served_model_name": "smollm2",
                 "connector": _connector(store, save=False),
-                "steps": [_ask("B", b)],
+                "steps": [_ask("B", b, tokens=1)],
             },
         ]
     }
@@ -155,24 +162,30 @@ def test_damaged_chunk_shortens_the_prefix_and_changes_nothing(
     e2e: dict[str, dict[str, Any]],
 ) -> None:
     got, base = e2e["load"]["damaged"], e2e["base"]["B"]
-    assert got["cachegen"]["loaded_tokens"] == 2 * CHUNK  # chunks 0 and 1; chunk 2 is damaged
+    # Chunks 0 and 1 load; chunk 2's blob fails its checksum and ends the prefix there: vLLM
+    # recomputes its blocks and all after (its num_cached_tokens still counts the planned hit).
+    assert got["cachegen"]["loaded_tokens"] == 2 * CHUNK
     assert got["cachegen"]["prefix_end"] == "corrupt"
-    assert got["num_cached_tokens"] == 2 * CHUNK
+    assert got["cachegen"]["levels"] == [str(cachegen.LOSSLESS)] * 2
     assert got["tokens"] == base["tokens"]
 
 
 def test_silent_store_costs_a_timeout_not_the_request(
     e2e: dict[str, dict[str, Any]],
 ) -> None:
-    got, base = e2e["silent"]["B"], e2e["base"]["B"]
-    print(f"silent store: {got['seconds']:.2f} s vs {base['seconds']:.2f} s without connector")
+    got, base = e2e["silent"]["B1"], e2e["base"]["B1"]
+    print(
+        f"silent store: first token after {got['seconds']:.2f} s, "
+        f"{base['seconds']:.2f} s without the connector (lookup timeout 2 s)"
+    )
     assert got["num_cached_tokens"] == 0 and got["cachegen"] is None
     assert got["tokens"] == base["tokens"]
 
 
 def test_two_models_never_load_each_others_chunks(e2e: dict[str, dict[str, Any]]) -> None:
-    # The store holds model 1's chunks of this very prompt; model 2 finds none of them.
+    # The store holds model 1's chunks of this very prompt; model 2 (same served name and
+    # weights, another config digest) finds none of them.
     assert e2e["load"]["lossless"]["num_cached_tokens"] == 7 * CHUNK
     got = e2e["other"]["B"]
     assert got["num_cached_tokens"] == 0 and got["cachegen"] is None
-    assert len(got["tokens"]) == GENERATE
+    assert len(got["tokens"]) == 1

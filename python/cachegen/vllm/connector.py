@@ -15,6 +15,7 @@ chunks are copied out of the blocks and saved by a background thread (`saver.Sav
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -341,13 +342,18 @@ class CacheGenConnector(KVConnectorBase_V1):
         self._layout = _layout_of(self._caches[0])
         log.info("cachegen: %d layers of KV, layout %s", len(names), self._layout)
 
+    def bind_connector_metadata(self, connector_metadata: KVConnectorMetadata) -> None:
+        # Bound before every forward pass (loads, if any, come next): the step's clock starts.
+        super().bind_connector_metadata(connector_metadata)
+        self._step_start, self._step_load_s = time.perf_counter(), 0.0
+
     def start_load_kv(self, forward_context: ForwardContext, **kwargs: Any) -> None:
         meta = self._get_connector_metadata()
         assert isinstance(meta, CacheGenMetadata)
-        self._step_start = time.perf_counter()
+        t0 = time.perf_counter()
         for spec in meta.loads:
             self._load(spec)
-        self._step_load_s = time.perf_counter() - self._step_start
+        self._step_load_s += time.perf_counter() - t0
 
     def _load(self, spec: LoadSpec) -> None:
         """Load one request's prefix; blocks past what loaded go back to vLLM as errors."""
@@ -384,7 +390,7 @@ class CacheGenConnector(KVConnectorBase_V1):
         rows = report.chunks if report else []
         samples = [(r.nbytes, r.fetch_end - r.fetch_start) for r in rows if r.nbytes]
         self._worker_meta.samples.extend(samples)
-        self._worker_meta.loads[spec.request_id] = {
+        stats = {
             "requested_tokens": len(spec.token_ids),
             "loaded_tokens": loaded,
             "levels": [str(r.choice) for r in rows[: loaded // self.cfg.chunk_tokens]],
@@ -393,6 +399,10 @@ class CacheGenConnector(KVConnectorBase_V1):
             "causes": report.fallback_causes if report else {},
             "load_s": time.perf_counter() - t0,
         }
+        self._worker_meta.loads[spec.request_id] = stats
+        if self.cfg.stats_file:
+            with open(self.cfg.stats_file, "a") as f:
+                f.write(json.dumps({"request_id": spec.request_id, **stats}) + "\n")
 
     def wait_for_layer_load(self, layer_name: str) -> None:
         return  # loads complete in start_load_kv, before the forward pass
