@@ -78,7 +78,7 @@ def e2e(
                     _ask("A", a),
                     {
                         "wait_records": {
-                            "folder": str(folder),
+                            "store": store,
                             "count": saved_chunks,
                             "timeout_s": 300,
                         }

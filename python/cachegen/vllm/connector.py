@@ -232,7 +232,7 @@ class CacheGenConnector(KVConnectorBase_V1):
         """Tokens past `num_computed_tokens` to load for `request` (0: none)."""
         prompt = list(request.prompt_token_ids or [])
         limit = loadable_tokens(len(prompt), self.cfg.chunk_tokens)
-        # Local prefix-cache hits that end mid-chunk would need half a chunk: not loaded.
+        # Stored prefixes load from token 0: a request with local prefix-cache hits loads none.
         if limit == 0 or num_computed_tokens:
             return 0
         store = DeadlineStore(self._store, self.cfg.timeout_s)
