@@ -502,11 +502,11 @@ def _identity(vllm_config: VllmConfig, cfg: ConnectorConfig, tp_rank: int) -> Id
 
 
 def _layout_of(cache: torch.Tensor) -> str:
+    """The paged layout of a registered cache (logical ``[blocks, heads, block, 2 * dim]``):
+    the CPU backend's pages, or FlashAttention's, whose stride order says NHD or HND."""
     if current_platform.is_cpu():
         return "vllm-cpu"
-    from vllm.v1.attention.backends.utils import get_kv_cache_layout
-
-    return "flash-hnd" if get_kv_cache_layout() == "HND" else "flash-nhd"
+    return "flash-nhd" if cache.stride(2) > cache.stride(1) else "flash-hnd"
 
 
 def _profile(spec: str | None) -> cachegen.ModelProfile | None:
