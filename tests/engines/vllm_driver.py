@@ -37,7 +37,7 @@ def _llm(run: dict[str, Any]) -> Any:
         model=run["model"],
         served_model_name=run.get("served_model_name"),
         skip_tokenizer_init=True,
-        enable_prefix_caching=False,
+        enable_prefix_caching=run.get("prefix_caching", False),
         dtype="bfloat16",
         max_model_len=8192,
         max_num_batched_tokens=8192,
