@@ -175,6 +175,8 @@ def main() -> None:
         cells = []
         for mbit in RATES_MBIT:
             link.shape(mbit * MBIT)
+            # Each rate starts from an unknown link, not the previous rate's estimate.
+            (work / "bandwidth.json").unlink(missing_ok=True)
             stats = work / f"loads-{mbit}.jsonl"
             load = {
                 "name": f"{mbit}",
