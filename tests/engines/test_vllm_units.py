@@ -313,3 +313,15 @@ def test_cachegen_never_imports_vllm_itself() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def test_saver_waits_for_an_idle_engine() -> None:
+    busy = threading.Event()
+    busy.set()
+    saved = threading.Event()
+    saver = Saver(lambda job: saved.set(), idle=lambda: not busy.is_set())
+    saver.submit(SaveJob("r", [1], None, None))
+    assert not saved.wait(0.3)  # the engine is busy: the job waits
+    busy.clear()
+    assert saved.wait(5.0)
+    saver.close(1.0)

@@ -63,6 +63,8 @@ log = logging.getLogger("cachegen.vllm")
 _SHUTDOWN_SAVE_S = 30.0
 #: Prefill steps shorter than this are not timed: fixed per-step costs would dominate.
 _MIN_TIMED_PREFILL = 256
+#: Quiet time after a forward pass that counts as an idle engine, for the saver.
+_IDLE_GAP_S = 0.05
 #: Recompute speed a fixed-level load is reported with before vLLM's own was measured.
 _UNMEASURED_TPS = 1000.0
 
@@ -198,7 +200,10 @@ class CacheGenConnector(KVConnectorBase_V1):
         self._worker_meta = CacheGenWorkerMetadata(os.getpid())
         self._step_start = 0.0
         self._step_load_s = 0.0
-        self._saver = Saver(self._save_job) if role == KVConnectorRole.WORKER else None
+        self._in_step = False
+        self._last_step_end = 0.0
+        worker = role == KVConnectorRole.WORKER
+        self._saver = Saver(self._save_job, self._engine_idle) if worker else None
         self._profile = _profile(self.cfg.profile) if self._saver else None
         log.info("cachegen: %s connector for %s", role.name.lower(), self.identity.model_id)
 
@@ -346,6 +351,11 @@ class CacheGenConnector(KVConnectorBase_V1):
         # Bound before every forward pass (loads, if any, come next): the step's clock starts.
         super().bind_connector_metadata(connector_metadata)
         self._step_start, self._step_load_s = time.perf_counter(), 0.0
+        self._in_step = True
+
+    def _engine_idle(self) -> bool:
+        """No forward pass runs or has just ended (steps of a busy engine follow back to back)."""
+        return not self._in_step and time.perf_counter() - self._last_step_end > _IDLE_GAP_S
 
     def start_load_kv(self, forward_context: ForwardContext, **kwargs: Any) -> None:
         meta = self._get_connector_metadata()
@@ -425,6 +435,7 @@ class CacheGenConnector(KVConnectorBase_V1):
             self._saver.submit(
                 SaveJob(spec.request_id, spec.token_ids, self._copy(spec), spec.salt)
             )
+        self._in_step, self._last_step_end = False, time.perf_counter()
 
     def _copy(self, spec: SaveSpec) -> PagedKV:
         """The prompt's blocks, copied whole (the one copy on the forward path: vLLM may reuse
