@@ -25,8 +25,9 @@ import cachegen
 CHUNK = 256
 #: Levels with pooled KL <= 0.01 on SmolLM2 with its profile (bench/results/quality.json).
 LOSSY = (10, 15)
-#: Greedy agreement over 32 tokens that a lossy prefix must reach (KL <= 0.01: top-1 ~0.95).
-AGREEMENT_FLOOR = 0.5
+#: Greedy agreement over 32 tokens a loaded prefix must reach: the first differing token shifts
+#: all after it (measured 17-32 of 32 at KL <= 0.01 and lossless).
+AGREEMENT_FLOOR = 0.25
 GENERATE = 32
 
 
