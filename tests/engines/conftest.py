@@ -19,9 +19,14 @@ import cachegen
 
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = Path(__file__).with_name("vllm_driver.py")
-#: A 2,000-token shared prefix (GPL-3) and two questions after it.
-PREFIX_TOKENS = 2000
+#: The shared prefix (GPL-3 in a chat turn): 7 whole chunks of 256 tokens, and 14 whole blocks
+#: of vLLM's CPU block size (128), so vLLM's own prefix cache splits the prefill where a load does.
+PREFIX_TOKENS = 1900
 DOCUMENT = Path("/usr/share/common-licenses/GPL-3")
+QUESTIONS = [
+    "what does this license say about distributing copies?",
+    "what are the conditions for conveying modified versions?",
+]
 
 
 @dataclass(frozen=True)
@@ -103,15 +108,13 @@ def other_checkpoint(smollm2_checkpoint: Path, tmp_path_factory: pytest.TempPath
 
 @pytest.fixture(scope="session")
 def prompts(smollm2_checkpoint: Path) -> dict[str, list[int]]:
-    """Two prompts sharing a 2,000-token prefix of real text, tokenized by SmolLM2's tokenizer."""
-    from transformers import AutoTokenizer
+    """Two chat prompts sharing a 1,900-token prefix of real text (SmolLM2's own tokenizer)."""
+    from cachegen import smollm2
 
-    tok = AutoTokenizer.from_pretrained(str(smollm2_checkpoint))
-    prefix = tok(DOCUMENT.read_text())["input_ids"][:PREFIX_TOKENS]
-    ask = "\n\nQuestion: {}\nAnswer:"
-    qa = tok(ask.format("What does this license say about distributing copies?"))["input_ids"]
-    qb = tok(ask.format("Summarize the conditions for conveying modified versions."))["input_ids"]
-    return {"A": prefix + qa, "B": prefix + qb}
+    a, b = smollm2.shared_prefix_prompts(
+        str(smollm2_checkpoint), DOCUMENT.read_text(), PREFIX_TOKENS, QUESTIONS
+    )
+    return {"A": a, "B": b}
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,8 @@ blocks, the deadline store and the background saver."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -301,4 +303,25 @@ def test_saver_runs_jobs_in_order_and_drops_when_full() -> None:
     assert saver.flush(10.0)
     kept = [j.request_id for j, ok in zip(jobs, accepted, strict=True) if ok]
     assert done == [r for r in kept if r != "bad"]
+    saver.close(1.0)
+
+
+def test_cachegen_never_imports_vllm_itself() -> None:
+    code = (
+        "import sys, cachegen, cachegen.vllm, cachegen.vllm.config, cachegen.vllm.engine; "
+        "assert 'vllm' not in sys.modules, 'vllm imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_saver_waits_for_an_idle_engine() -> None:
+    busy = threading.Event()
+    busy.set()
+    saved = threading.Event()
+    saver = Saver(lambda job: saved.set(), idle=lambda: not busy.is_set())
+    saver.submit(SaveJob("r", [1], None, None))
+    assert not saved.wait(0.3)  # the engine is busy: the job waits
+    busy.clear()
+    assert saved.wait(5.0)
     saver.close(1.0)

@@ -37,7 +37,7 @@ def _llm(run: dict[str, Any]) -> Any:
         model=run["model"],
         served_model_name=run.get("served_model_name"),
         skip_tokenizer_init=True,
-        enable_prefix_caching=False,
+        enable_prefix_caching=run.get("prefix_caching", False),
         dtype="bfloat16",
         max_model_len=8192,
         max_num_batched_tokens=8192,
@@ -62,22 +62,32 @@ def _corrupt(folder: str, start: int, level: int) -> str:
     raise SystemExit(f"no stored chunk starts at token {start}")
 
 
-def _wait_records(folder: str, count: int, timeout_s: float) -> int:
-    """Wait until the store holds `count` chunk records (the saves run in the background)."""
+def _wait_records(store: str, count: int, timeout_s: float) -> int:
+    """Wait until `store` (a URL) holds `count` chunk records: the saves run in the background."""
+    import cachegen.store
+
+    objects = cachegen.store.open(store)
     deadline = time.monotonic() + timeout_s
-    while (found := len(list(Path(folder).rglob("record.json")))) < count:
+    while True:
+        found = sum(key.endswith("/record.json") for key in objects.list("chunks/"))
+        if found >= count:
+            return found
         if time.monotonic() > deadline:
             raise SystemExit(f"only {found} of {count} chunk records saved in {timeout_s} s")
         time.sleep(0.2)
-    return found
 
 
 def _request(llm: Any, req: dict[str, Any]) -> dict[str, Any]:
     from vllm import SamplingParams
 
     extra = {"kv_transfer_params": {"cachegen": req["params"]}} if req.get("params") else None
+    # ignore_eos: a greedy continuation of fixed length, comparable token for token.
     params = SamplingParams(
-        temperature=0.0, max_tokens=req.get("max_tokens", 32), detokenize=False, extra_args=extra
+        temperature=0.0,
+        max_tokens=req.get("max_tokens", 32),
+        ignore_eos=True,
+        detokenize=False,
+        extra_args=extra,
     )
     prompt = {"prompt_token_ids": req["prompt"]}
     t0 = time.perf_counter()
@@ -85,6 +95,7 @@ def _request(llm: Any, req: dict[str, Any]) -> dict[str, Any]:
     seconds = time.perf_counter() - t0
     return {
         "name": req["name"],
+        "request_id": out.request_id,
         "tokens": list(out.outputs[0].token_ids),
         "num_cached_tokens": out.num_cached_tokens,
         "cachegen": (out.kv_transfer_params or {}).get("cachegen"),
@@ -99,15 +110,14 @@ def main() -> None:
         t0 = time.perf_counter()
         llm = _llm(run)
         started = time.perf_counter() - t0
-        rows = []
-        for req in run["requests"]:
-            if "corrupt" in req:
-                c = req["corrupt"]
-                rows.append(
-                    {"name": "corrupt", "path": _corrupt(c["folder"], c["pattern"], c["index"])}
-                )
-                continue
-            rows.append(_request(llm, req))
+        rows: list[dict[str, Any]] = []
+        for step in run["steps"]:
+            if "corrupt" in step:
+                rows.append({"name": "corrupt", "path": _corrupt(**step["corrupt"])})
+            elif "wait_records" in step:
+                rows.append({"name": "saved", "records": _wait_records(**step["wait_records"])})
+            else:
+                rows.append(_request(llm, step))
         llm.llm_engine.engine_core.shutdown()
         del llm
         gc.collect()

@@ -53,7 +53,11 @@ class ConnectorConfig:
             makes every level smaller at equal quality.
         prefill_tps: recompute speed assumed before the connector has measured vLLM's own
             (tokens/s); None: a cached calibration, else a conservative guess.
-        threads: codec threads (None: the codec's default).
+        threads: codec threads for saving (the background encoder shares the CPU with the
+            engine's forward passes).
+        stats_file: append one JSON line per load (request id, tokens loaded, levels, bytes,
+            why the prefix ended, seconds) to this file; the same figures come back in the
+            request's ``kv_transfer_params["cachegen"]`` when it outlives its first step.
     """
 
     store: str
@@ -67,7 +71,8 @@ class ConnectorConfig:
     load: bool = True
     profile: str | None = None
     prefill_tps: float | None = None
-    threads: int | None = None
+    threads: int | None = 1
+    stats_file: str | None = None
 
     @classmethod
     def from_extra(cls, extra: Mapping[str, Any] | None) -> ConnectorConfig:

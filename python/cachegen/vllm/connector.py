@@ -15,6 +15,7 @@ chunks are copied out of the blocks and saved by a background thread (`saver.Sav
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -62,6 +63,8 @@ log = logging.getLogger("cachegen.vllm")
 _SHUTDOWN_SAVE_S = 30.0
 #: Prefill steps shorter than this are not timed: fixed per-step costs would dominate.
 _MIN_TIMED_PREFILL = 256
+#: Quiet time after a forward pass that counts as an idle engine, for the saver.
+_IDLE_GAP_S = 0.05
 #: Recompute speed a fixed-level load is reported with before vLLM's own was measured.
 _UNMEASURED_TPS = 1000.0
 
@@ -197,7 +200,10 @@ class CacheGenConnector(KVConnectorBase_V1):
         self._worker_meta = CacheGenWorkerMetadata(os.getpid())
         self._step_start = 0.0
         self._step_load_s = 0.0
-        self._saver = Saver(self._save_job) if role == KVConnectorRole.WORKER else None
+        self._in_step = False
+        self._last_step_end = 0.0
+        worker = role == KVConnectorRole.WORKER
+        self._saver = Saver(self._save_job, self._engine_idle) if worker else None
         self._profile = _profile(self.cfg.profile) if self._saver else None
         log.info("cachegen: %s connector for %s", role.name.lower(), self.identity.model_id)
 
@@ -231,7 +237,7 @@ class CacheGenConnector(KVConnectorBase_V1):
         """Tokens past `num_computed_tokens` to load for `request` (0: none)."""
         prompt = list(request.prompt_token_ids or [])
         limit = loadable_tokens(len(prompt), self.cfg.chunk_tokens)
-        # Local prefix-cache hits that end mid-chunk would need half a chunk: not loaded.
+        # Stored prefixes load from token 0: a request with local prefix-cache hits loads none.
         if limit == 0 or num_computed_tokens:
             return 0
         store = DeadlineStore(self._store, self.cfg.timeout_s)
@@ -341,13 +347,23 @@ class CacheGenConnector(KVConnectorBase_V1):
         self._layout = _layout_of(self._caches[0])
         log.info("cachegen: %d layers of KV, layout %s", len(names), self._layout)
 
+    def bind_connector_metadata(self, connector_metadata: KVConnectorMetadata) -> None:
+        # Bound before every forward pass (loads, if any, come next): the step's clock starts.
+        super().bind_connector_metadata(connector_metadata)
+        self._step_start, self._step_load_s = time.perf_counter(), 0.0
+        self._in_step = True
+
+    def _engine_idle(self) -> bool:
+        """No forward pass runs or has just ended (steps of a busy engine follow back to back)."""
+        return not self._in_step and time.perf_counter() - self._last_step_end > _IDLE_GAP_S
+
     def start_load_kv(self, forward_context: ForwardContext, **kwargs: Any) -> None:
         meta = self._get_connector_metadata()
         assert isinstance(meta, CacheGenMetadata)
-        self._step_start = time.perf_counter()
+        t0 = time.perf_counter()
         for spec in meta.loads:
             self._load(spec)
-        self._step_load_s = time.perf_counter() - self._step_start
+        self._step_load_s += time.perf_counter() - t0
 
     def _load(self, spec: LoadSpec) -> None:
         """Load one request's prefix; blocks past what loaded go back to vLLM as errors."""
@@ -384,7 +400,7 @@ class CacheGenConnector(KVConnectorBase_V1):
         rows = report.chunks if report else []
         samples = [(r.nbytes, r.fetch_end - r.fetch_start) for r in rows if r.nbytes]
         self._worker_meta.samples.extend(samples)
-        self._worker_meta.loads[spec.request_id] = {
+        stats = {
             "requested_tokens": len(spec.token_ids),
             "loaded_tokens": loaded,
             "levels": [str(r.choice) for r in rows[: loaded // self.cfg.chunk_tokens]],
@@ -393,6 +409,10 @@ class CacheGenConnector(KVConnectorBase_V1):
             "causes": report.fallback_causes if report else {},
             "load_s": time.perf_counter() - t0,
         }
+        self._worker_meta.loads[spec.request_id] = stats
+        if self.cfg.stats_file:
+            with open(self.cfg.stats_file, "a") as f:
+                f.write(json.dumps({"request_id": spec.request_id, **stats}) + "\n")
 
     def wait_for_layer_load(self, layer_name: str) -> None:
         return  # loads complete in start_load_kv, before the forward pass
@@ -415,6 +435,7 @@ class CacheGenConnector(KVConnectorBase_V1):
             self._saver.submit(
                 SaveJob(spec.request_id, spec.token_ids, self._copy(spec), spec.salt)
             )
+        self._in_step, self._last_step_end = False, time.perf_counter()
 
     def _copy(self, spec: SaveSpec) -> PagedKV:
         """The prompt's blocks, copied whole (the one copy on the forward path: vLLM may reuse
@@ -492,11 +513,11 @@ def _identity(vllm_config: VllmConfig, cfg: ConnectorConfig, tp_rank: int) -> Id
 
 
 def _layout_of(cache: torch.Tensor) -> str:
+    """The paged layout of a registered cache (logical ``[blocks, heads, block, 2 * dim]``):
+    the CPU backend's pages, or FlashAttention's, whose stride order says NHD or HND."""
     if current_platform.is_cpu():
         return "vllm-cpu"
-    from vllm.v1.attention.backends.utils import get_kv_cache_layout
-
-    return "flash-hnd" if get_kv_cache_layout() == "HND" else "flash-nhd"
+    return "flash-nhd" if cache.stride(2) > cache.stride(1) else "flash-hnd"
 
 
 def _profile(spec: str | None) -> cachegen.ModelProfile | None:

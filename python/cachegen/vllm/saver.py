@@ -1,8 +1,11 @@
 """Saving off the forward path: a background thread encodes and uploads prompts' whole chunks.
 
 The forward path only copies a finished prompt's KV out of vLLM's blocks (the blocks may be
-reused once the request ends) and queues it. When the queue is full, because the store is slow
-or gone, a save is dropped: a missed save is a future cache miss, never a stalled engine.
+reused once the request ends) and queues it. The saver starts a job when the engine is idle
+between forward passes (or once a job has waited `MAX_DEFER_S`): on a CPU engine whose OpenMP
+threads own every core, encoding during a forward pass would slow that pass many times over.
+When the queue is full, because the store is slow or gone, a save is dropped: a missed save is
+a future cache miss, never a stalled engine.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +22,9 @@ log = logging.getLogger(__name__)
 
 #: Prompts waiting to be saved; each holds a copy of its KV, so this bounds memory.
 QUEUE_DEPTH = 4
+#: Longest a job waits for an idle engine before it is saved anyway.
+MAX_DEFER_S = 10.0
+_POLL_S = 0.02
 
 
 @dataclass
@@ -31,10 +38,13 @@ class SaveJob:
 
 
 class Saver:
-    """Runs `save(job)` for queued jobs in one daemon thread, in order."""
+    """Runs `save(job)` for queued jobs in one daemon thread, in order, each once `idle()`."""
 
-    def __init__(self, save: Callable[[SaveJob], None]) -> None:
+    def __init__(
+        self, save: Callable[[SaveJob], None], idle: Callable[[], bool] = lambda: True
+    ) -> None:
         self._save = save
+        self._idle = idle
         self._jobs: queue.Queue[SaveJob | None] = queue.Queue(QUEUE_DEPTH)
         self.saved = 0
         self.dropped = 0
@@ -54,6 +64,9 @@ class Saver:
 
     def _run(self) -> None:
         while (job := self._jobs.get()) is not None:
+            deadline = time.monotonic() + MAX_DEFER_S
+            while not self._idle() and time.monotonic() < deadline:
+                time.sleep(_POLL_S)
             try:
                 self._save(job)
                 self.saved += 1
