@@ -33,6 +33,7 @@ from vllm.platforms import current_platform
 
 import cachegen
 import cachegen.store
+from cachegen import profiles
 from cachegen.context import open_context, save_context
 from cachegen.paged import PagedKV
 from cachegen.store import StoreError
@@ -198,7 +199,7 @@ class CacheGenConnector(KVConnectorBase_V1):
         self._step_start = 0.0
         self._step_load_s = 0.0
         self._saver = Saver(self._save_job) if role == KVConnectorRole.WORKER else None
-        self._profile = _profile(self.cfg.profile) if self._saver else None
+        self._profile = profiles.resolve(self.cfg.profile) if self._saver else None
         log.info("cachegen: %s connector for %s", role.name.lower(), self.identity.model_id)
 
     def _initial_costs(self) -> CostModel | None:
@@ -497,14 +498,3 @@ def _layout_of(cache: torch.Tensor) -> str:
     from vllm.v1.attention.backends.utils import get_kv_cache_layout
 
     return "flash-hnd" if get_kv_cache_layout() == "HND" else "flash-nhd"
-
-
-def _profile(spec: str | None) -> cachegen.ModelProfile | None:
-    """A profile by path (``*.json``) or by the name of a shipped one."""
-    if spec is None:
-        return None
-    if spec.endswith(".json"):
-        return cachegen.ModelProfile.load(spec)
-    from cachegen import profiles
-
-    return profiles.load(spec)
