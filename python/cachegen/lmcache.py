@@ -10,8 +10,14 @@ Importing this module registers the serde type "cachegen" with LMCache's serde f
 Options: `level` (a ladder level or "lossless"), `profile` (a shipped profile name or a
 `.json` path; K/V models only), `head_dim` (splits the `[2, L, T, hidden]` rows into heads:
 the model's head size; default: one head per row), `mla_split` (latent channels before the RoPE
-part, default 512), `threads`, `max_workers` (LMCache's serde threads). Chunks are coded
-position-unaware (`cachegen.chunks`).
+part, default 512), `slot_ratio` (see below), `threads`, `max_workers` (LMCache's serde
+threads). Chunks are coded position-unaware (`cachegen.chunks`).
+
+Sizes: by default a blob is as long as it is (LMCache narrows the stored object to the bytes
+`serialize` returns) within a buffer sized by a worst-case bound. LMCache 0.5.6's fs and valkey
+L2 adapters, however, treat an object shorter than that buffer as a miss on load; for them set
+`slot_ratio`: every chunk takes a fixed slot of that fraction of its raw bytes (the blob, then
+zeros), and a chunk whose blob does not fit fails to store (LMCache recomputes it).
 
 Memory objects: K/V groups `[2, layers, tokens, hidden]`; latent (MLA) groups
 `[layers, tokens, width]` or `[1, layers, tokens, width]`; fp16, bf16 or fp32. An object may
@@ -41,7 +47,7 @@ from .latent import MLA_SPLIT, latent_pairs
 #: The serde type name LMCache configs use.
 SERDE_NAME = "cachegen"
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_OPTIONS = {"level", "profile", "head_dim", "mla_split", "threads", "max_workers"}
+_OPTIONS = {"level", "profile", "head_dim", "mla_split", "slot_ratio", "threads", "max_workers"}
 
 
 @dataclass(frozen=True)
@@ -107,8 +113,12 @@ def _bytes_of(obj: MemoryObj) -> torch.Tensor:
 class CachegenSerializer(Serializer):
     """KV memory object -> cachegen blob in LMCache's temp byte buffer."""
 
-    def __init__(self, codec: ChunkCodec, layout: ChunkLayout) -> None:
-        self.codec, self.layout = codec, layout
+    def __init__(
+        self, codec: ChunkCodec, layout: ChunkLayout, slot_ratio: float | None = None
+    ) -> None:
+        if slot_ratio is not None and not 0 < slot_ratio <= 2:
+            raise ValueError(f"slot_ratio must be in (0, 2], got {slot_ratio!r}")
+        self.codec, self.layout, self.slot_ratio = codec, layout, slot_ratio
 
     def encode(self, obj: MemoryObj) -> bytes:
         """The blob of a KV memory object."""
@@ -125,11 +135,16 @@ class CachegenSerializer(Serializer):
         if len(blob) > out.numel():
             raise ValueError(f"blob of {len(blob)} bytes exceeds the {out.numel()}-byte buffer")
         out[: len(blob)].copy_(torch.frombuffer(bytearray(blob), dtype=torch.uint8))
-        return len(blob)
+        if self.slot_ratio is None:
+            return len(blob)
+        out[len(blob) :].zero_()  # a fixed slot: the reader finds the blob's end in its header
+        return out.numel()
 
     def estimate_serialized_size(self, layout_desc: MemoryLayoutDesc) -> int:
         pairs = zip(layout_desc.shapes, layout_desc.dtypes, strict=True)
         raw = sum(s.numel() * d.itemsize for s, d in pairs)
+        if self.slot_ratio is not None:
+            return -(-int(raw * self.slot_ratio) // 4096) * 4096
         layers = sum(s[-3] for s in layout_desc.shapes)
         return max_blob_bytes(raw, 2 * layers)
 
@@ -167,9 +182,9 @@ def create_serde(options: dict[str, object]) -> SerdeProcessor:
     )
     layout = ChunkLayout(options.get("head_dim"), int(options.get("mla_split", MLA_SPLIT)))  # type: ignore[arg-type]
     workers = int(options.get("max_workers", 1))  # type: ignore[arg-type]
-    return AsyncSerdeProcessor(
-        CachegenSerializer(codec, layout), CachegenDeserializer(codec, layout), max_workers=workers
-    )
+    slot = options.get("slot_ratio")
+    serializer = CachegenSerializer(codec, layout, None if slot is None else float(slot))  # type: ignore[arg-type]
+    return AsyncSerdeProcessor(serializer, CachegenDeserializer(codec, layout), max_workers=workers)
 
 
 def register(name: str = SERDE_NAME) -> None:

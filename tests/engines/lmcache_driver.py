@@ -9,6 +9,7 @@ PLAN: {"kv": "file.npy" ([2, L, T, hidden] fp32 real KV), "head_dim": int, "leve
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from typing import Any
@@ -132,6 +133,51 @@ def _serialized(ser: Any, kv: torch.Tensor) -> TensorMemoryObj:
     return dst
 
 
+def poll(check: Any) -> Any:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        result = check()
+        if result is not None:
+            return result
+        time.sleep(0.005)
+    raise TimeoutError("L2 task did not finish")
+
+
+def through_fs_adapter(folder: str, options: dict[str, Any], t: torch.Tensor) -> dict[str, Any]:
+    """Store and load `t` through LMCache's serde L2 wrapper over its fs adapter (L1 temp
+    buffers from its L1 manager): the path LMCache's storage manager builds for an adapter
+    config with a "serde" entry."""
+    from lmcache.v1.distributed.config import L1ManagerConfig, L1MemoryManagerConfig
+    from lmcache.v1.distributed.l1_manager import L1Manager
+    from lmcache.v1.distributed.l2_adapters import create_l2_adapter
+    from lmcache.v1.distributed.l2_adapters.fs_l2_adapter import FSL2AdapterConfig
+    from lmcache.v1.distributed.l2_adapters.serde_wrapper import SerdeL2AdapterWrapper
+
+    memory = L1MemoryManagerConfig(size_in_bytes=64 << 20, use_lazy=False, shm_name="")
+    l1 = L1Manager(L1ManagerConfig(memory))
+    inner = create_l2_adapter(FSL2AdapterConfig(base_path=folder), l1.get_l1_memory_desc())
+    serde = create_serde_processor(SerdeConfig("cachegen", options))
+    wrapper = SerdeL2AdapterWrapper(inner, serde, l1)
+    task = wrapper.submit_store_task([key(7)], [memobj(t)])
+    stored = poll(lambda: wrapper.pop_completed_store_tasks().get(task))
+    out = memobj(torch.zeros_like(t))
+    task = wrapper.submit_load_task([key(7)], [out])
+    loaded = poll(lambda: wrapper.query_load_result(task))
+    got = out.get_tensor(0)
+    wrapper.close()
+    files = [os.path.join(folder, f) for f in os.listdir(folder)]
+    return {
+        "stored": stored >= 0,
+        "loaded": loaded.test(0),
+        "exact": bool(torch.equal(got.view(torch.uint8), t.view(torch.uint8))),
+        "rel_rms": float(
+            (got.float() - t.float()).pow(2).mean().sqrt() / t.float().pow(2).mean().sqrt()
+        ),
+        "file_bytes": [os.path.getsize(f) for f in files if f.endswith(".data")],
+        "raw": t.numel() * t.element_size(),
+    }
+
+
 def main() -> None:
     plan = json.loads(open(sys.argv[1]).read())
     kv = np.load(plan["kv"])
@@ -144,6 +190,13 @@ def main() -> None:
                 results[f"{dname}/{lname}/{level}"] = roundtrip(serde, t.to(dtype))
                 serde.close()
     results["errors"] = sync_errors(plan, torch.from_numpy(kv).to(torch.bfloat16))
+    for level, slot in plan["fs_slots"].items():
+        options = {"level": level, "head_dim": plan["head_dim"], "slot_ratio": slot}
+        folder = os.path.join(plan["work"], f"fs-{level}")
+        os.makedirs(folder)
+        results[f"fs/{level}"] = through_fs_adapter(
+            folder, options, torch.from_numpy(kv).to(torch.bfloat16)
+        )
     with open(sys.argv[2], "w") as f:
         json.dump(results, f)
 

@@ -15,12 +15,20 @@ import cachegen
 LEVELS = [1, 15, max(cachegen.LEVELS), cachegen.LOSSLESS]
 #: Relative RMS error a lossy level may reach on this chunk (level 1, the coarsest: ~0.46).
 LOSSY_BOUND = {1: 0.6, 15: 0.2, max(cachegen.LEVELS): 0.07}
+#: Fixed slots (fractions of the raw chunk) for LMCache's fs adapter, per level.
+FS_SLOTS = {"15": 0.25, str(cachegen.LOSSLESS): 0.9}
 
 
 @pytest.fixture(scope="module")
 def results(lmcache_setup: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     work = tmp_path_factory.mktemp("lmcache")
-    plan = {"kv": str(write_chunk(work / "kv.npy")), "head_dim": HEAD_DIM, "levels": LEVELS}
+    plan = {
+        "kv": str(write_chunk(work / "kv.npy")),
+        "head_dim": HEAD_DIM,
+        "levels": LEVELS,
+        "fs_slots": FS_SLOTS,
+        "work": str(work),
+    }
     return lmcache_setup.run(plan, work, timeout_s=600)
 
 
@@ -61,3 +69,16 @@ def test_bad_input_fails_clearly(results: dict[str, Any]) -> None:
     assert e["small_buffer"].startswith("ValueError: blob of")
     assert e["not_a_blob"].startswith("FormatError: buffer does not start with a cachegen blob")
     assert e["wrong_dst"].startswith("ValueError: out= does not match")
+
+
+def test_through_lmcache_fs_adapter_in_fixed_slots(results: dict[str, Any]) -> None:
+    """LMCache's serde L2 wrapper over its fs adapter stores one file per chunk of the slot's
+    size and loads it back."""
+    for level, slot in FS_SLOTS.items():
+        r = results[f"fs/{level}"]
+        assert r["stored"] and r["loaded"], level
+        assert len(r["file_bytes"]) == 1 and r["file_bytes"][0] <= slot * r["raw"] + 4096, r
+        if int(level) == cachegen.LOSSLESS:
+            assert r["exact"]
+        else:
+            assert r["rel_rms"] < LOSSY_BOUND[int(level)]
