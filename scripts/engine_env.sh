@@ -10,7 +10,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 req="$here/envs/$name.txt"
 post="$here/envs/$name.post.sh"
 [ -f "$req" ] || { echo "no requirements for engine $name ($req)" >&2; exit 2; }
-key=$(cat "$req" "$post" 2>/dev/null | sha256sum | cut -c1-16)
+key=$( { cat "$req"; [ ! -f "$post" ] || cat "$post"; } | sha256sum | cut -c1-16)
 root="${CACHEGEN_ENVS:-${XDG_CACHE_HOME:-$HOME/.cache}/cachegen/envs}"
 env="$root/$name-$key"
 if [ ! -f "$env/.complete" ]; then

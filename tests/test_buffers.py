@@ -10,9 +10,9 @@ import textwrap
 
 import numpy as np
 import pytest
+from kvgen import synthetic_kv
 
 import cachegen
-from kvgen import synthetic_kv
 
 KV = synthetic_kv(2, 24, 2, 16)
 

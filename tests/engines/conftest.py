@@ -30,18 +30,22 @@ QUESTIONS = [
 
 
 @dataclass(frozen=True)
-class VllmSetup:
+class EngineSetup:
+    """An engine's environment running this checkout's cachegen, and its test driver."""
+
+    name: str
     python: Path
     env: dict[str, str]
 
     def run(self, plan: dict[str, Any], workdir: Path, timeout_s: float) -> dict[str, Any]:
-        """Run the driver on `plan` in the vLLM environment; its results (fails loudly)."""
+        """Run the engine's driver on `plan` in its environment; its results (fails loudly)."""
         plan_file, out_file = workdir / "plan.json", workdir / "out.json"
         plan_file.write_text(json.dumps(plan))
-        log = workdir / "vllm.log"
+        log = workdir / f"{self.name}.log"
+        driver = Path(__file__).with_name(f"{self.name}_driver.py")
         with log.open("w") as f:
             proc = subprocess.run(
-                [str(self.python), str(DRIVER), str(plan_file), str(out_file)],
+                [str(self.python), str(driver), str(plan_file), str(out_file)],
                 env=self.env,
                 stdout=f,
                 stderr=subprocess.STDOUT,
@@ -50,21 +54,21 @@ class VllmSetup:
             )
         if proc.returncode != 0:
             tail = log.read_text()[-6000:]
-            pytest.fail(f"the vLLM driver failed ({proc.returncode}):\n{tail}")
+            pytest.fail(f"the {self.name} driver failed ({proc.returncode}):\n{tail}")
         return json.loads(out_file.read_text())
 
 
-@pytest.fixture(scope="session")
-def vllm_setup(tmp_path_factory: pytest.TempPathFactory) -> VllmSetup:
-    """The vLLM environment (built when absent: minutes, once) running this checkout's cachegen."""
+def engine_setup(name: str, tmp_path_factory: pytest.TempPathFactory) -> EngineSetup:
+    """Engine `name`'s environment (scripts/envs/NAME.txt; built when absent: minutes, once)
+    running this checkout's cachegen. An environment that cannot be built fails the test."""
     built = subprocess.run(
-        ["bash", str(ROOT / "scripts" / "engine_env.sh"), "vllm"],
+        ["bash", str(ROOT / "scripts" / "engine_env.sh"), name],
         capture_output=True,
         text=True,
         timeout=1800,
     )
     if built.returncode != 0:
-        pytest.fail(f"could not set up the vLLM environment:\n{built.stderr[-4000:]}")
+        pytest.fail(f"could not set up the {name} environment:\n{built.stderr[-4000:]}")
     venv = Path(built.stdout.strip().splitlines()[-1])
     # The package under test, importable there without installing it (same CPython).
     link = tmp_path_factory.mktemp("pythonpath")
@@ -73,14 +77,23 @@ def vllm_setup(tmp_path_factory: pytest.TempPathFactory) -> VllmSetup:
     env = dict(os.environ)
     env.update(
         PYTHONPATH=str(link),
-        LD_PRELOAD=str(venv / "lib" / "libiomp5.so"),
-        VLLM_CPU_KVCACHE_SPACE="1",
         CACHEGEN_CACHE_DIR=str(cache),
         CACHEGEN_COSTS=str(cache / "costs.json"),
         AWS_ACCESS_KEY_ID="testing",
         AWS_SECRET_ACCESS_KEY="testing",
     )
-    return VllmSetup(venv / "bin" / "python", env)
+    return EngineSetup(name, venv / "bin" / "python", env)
+
+
+@pytest.fixture(scope="session")
+def vllm_setup(tmp_path_factory: pytest.TempPathFactory) -> EngineSetup:
+    """The vLLM environment running this checkout's cachegen."""
+    setup = engine_setup("vllm", tmp_path_factory)
+    setup.env.update(
+        LD_PRELOAD=str(setup.python.parents[1] / "lib" / "libiomp5.so"),
+        VLLM_CPU_KVCACHE_SPACE="1",
+    )
+    return setup
 
 
 @pytest.fixture(scope="session")
@@ -142,3 +155,15 @@ def silent_server() -> Iterator[int]:
     for conn in held:
         conn.close()
     listener.close()
+
+
+@pytest.fixture(scope="session")
+def lmcache_setup(tmp_path_factory: pytest.TempPathFactory) -> EngineSetup:
+    """The LMCache environment running this checkout's cachegen."""
+    return engine_setup("lmcache", tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def sglang_setup(tmp_path_factory: pytest.TempPathFactory) -> EngineSetup:
+    """The SGLang environment running this checkout's cachegen."""
+    return engine_setup("sglang", tmp_path_factory)

@@ -6,15 +6,13 @@ run without them is red rather than silently thinner.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from store_servers import S3_CREDENTIALS, MotoServer, free_port, wait_until
+from store_servers import S3_CREDENTIALS, MotoServer, RedisServer
 
 import cachegen.store
 from cachegen.store import Store
@@ -31,32 +29,9 @@ def s3_server() -> Iterator[MotoServer]:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.fail("the Redis tests need redis-server on PATH (apt-get install redis-server)")
-    import redis
-
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        + ["--dir", str(workdir), "--databases", "16"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    client = redis.Redis(port=port)
-
-    def up() -> bool:
-        if proc.poll() is not None:
-            out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-            pytest.fail(f"redis-server exited with {proc.returncode}: {out[-2000:]}")
-        return bool(client.ping())
-
-    wait_until(up, f"redis-server on port {port}")
-    client.close()
-    yield f"redis://127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(10)
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    yield server.url
+    server.stop()
 
 
 @pytest.fixture

@@ -84,6 +84,39 @@ class MotoServer:
         return f"s3://{bucket}/{prefix}?endpoint={self.endpoint}&region=us-east-1"
 
 
+class RedisServer:
+    """Debian's redis-server on a loopback port, in-memory only (fails the test if absent)."""
+
+    def __init__(self, workdir: Path) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            pytest.fail("the Redis tests need redis-server on PATH (apt-get install redis-server)")
+        import redis
+
+        port = free_port()
+        self.proc = subprocess.Popen(
+            [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+            + ["--dir", str(workdir), "--databases", "16"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        client = redis.Redis(port=port)
+
+        def up() -> bool:
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
+                pytest.fail(f"redis-server exited with {self.proc.returncode}: {out[-2000:]}")
+            return bool(client.ping())
+
+        wait_until(up, f"redis-server on port {port}")
+        client.close()
+        self.url = f"redis://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
 @dataclass(frozen=True)
 class Pki:
     """A throwaway CA (the certificate the tests trust explicitly) and a server certificate."""

@@ -19,3 +19,10 @@ def path(name: str) -> Path:
 def load(name: str) -> ModelProfile:
     """A shipped profile by name (`SMOLLM2`); FileNotFoundError for an unknown one."""
     return ModelProfile.load(path(name))
+
+
+def resolve(spec: str | None) -> ModelProfile | None:
+    """A profile named in an engine config: a path (``*.json``), a shipped name, or None."""
+    if spec is None:
+        return None
+    return ModelProfile.load(spec) if spec.endswith(".json") else load(spec)

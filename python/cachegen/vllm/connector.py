@@ -34,6 +34,7 @@ from vllm.platforms import current_platform
 
 import cachegen
 import cachegen.store
+from cachegen import profiles
 from cachegen.context import open_context, save_context
 from cachegen.paged import PagedKV
 from cachegen.store import StoreError
@@ -204,7 +205,7 @@ class CacheGenConnector(KVConnectorBase_V1):
         self._last_step_end = 0.0
         worker = role == KVConnectorRole.WORKER
         self._saver = Saver(self._save_job, self._engine_idle) if worker else None
-        self._profile = _profile(self.cfg.profile) if self._saver else None
+        self._profile = profiles.resolve(self.cfg.profile) if self._saver else None
         log.info("cachegen: %s connector for %s", role.name.lower(), self.identity.model_id)
 
     def _initial_costs(self) -> CostModel | None:
@@ -518,14 +519,3 @@ def _layout_of(cache: torch.Tensor) -> str:
     if current_platform.is_cpu():
         return "vllm-cpu"
     return "flash-nhd" if cache.stride(2) > cache.stride(1) else "flash-hnd"
-
-
-def _profile(spec: str | None) -> cachegen.ModelProfile | None:
-    """A profile by path (``*.json``) or by the name of a shipped one."""
-    if spec is None:
-        return None
-    if spec.endswith(".json"):
-        return cachegen.ModelProfile.load(spec)
-    from cachegen import profiles
-
-    return profiles.load(spec)
