@@ -18,7 +18,6 @@ import pytest
 import cachegen
 
 ROOT = Path(__file__).resolve().parents[2]
-DRIVER = Path(__file__).with_name("vllm_driver.py")
 #: The shared prefix (GPL-3 in a chat turn): 7 whole chunks of 256 tokens, and 14 whole blocks
 #: of vLLM's CPU block size (128), so vLLM's own prefix cache splits the prefill where a load does.
 PREFIX_TOKENS = 1900
