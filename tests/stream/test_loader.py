@@ -12,7 +12,7 @@ from streamkit import MODEL, FakeEngine, TickClock, costs_for, store_context
 import cachegen
 import cachegen.store
 from cachegen.store import FileStore, MemoryStore, ThrottledStore
-from cachegen.stream import TEXT, CostModel, Loader, load
+from cachegen.stream import TEXT, CostModel, Loader, fixed, load
 from cachegen.stream.costs import CALIBRATION_POSITIONS
 
 
@@ -247,3 +247,21 @@ def test_open_budget_is_a_share_unless_recompute_misses_anyway() -> None:
     assert Loader(MemoryStore(), quick, costs_for(quick), 1.0)._open_budget(256) == 0.25
     assert Loader(MemoryStore(), slow, costs_for(slow), 1.0)._open_budget(256) == 1.0
     assert Loader(MemoryStore(), slow, costs_for(slow), 1.0)._open_budget(75) == 0.5
+
+
+def test_authenticated_contexts_load_only_with_their_key(store) -> None:
+    """With the key, every chunk loads; without it, or with another, the context is a miss
+    (recomputed from text), and a blob forged without the key is never decoded."""
+    key = b"k" * 32
+    ids, kv, ctx = store_context(store, 192, auth_key=key)
+    engine = FakeEngine()
+    loader = Loader(store, engine, costs_for(engine), 10.0, policy=fixed(5), clock=TickClock())
+    ok = loader.load(MODEL, ids, chunk_tokens=64, auth_key=key).report
+    assert ok.context_error == "" and ok.choices == [5, 5, 5] and not ok.fallbacks
+    for other in (None, b"x" * 32):
+        miss = loader.load(MODEL, ids, chunk_tokens=64, auth_key=other).report
+        assert miss.context_error and miss.choices == [TEXT] * 3
+    ref = ctx.chunks[1].levels[5]
+    store.put(ref.key, cachegen.encode(kv[:, :, 64:128], level=5))  # valid blob, no MAC
+    forged = loader.load(MODEL, ids, chunk_tokens=64, auth_key=key).report
+    assert forged.choices[1] == TEXT and forged.chunks[1].fallback

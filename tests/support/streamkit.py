@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -82,14 +83,20 @@ def costs_for(engine: FakeEngine) -> CostModel:
 
 
 def store_context(
-    store: Store, tokens: int, chunk_tokens: int = 64, seed: int = 0, levels=(1, 3, 5)
+    store: Store,
+    tokens: int,
+    chunk_tokens: int = 64,
+    seed: int = 0,
+    levels=(1, 3, 5),
+    **saved: Any,
 ):
-    """Save a synthetic context of `tokens` tokens at `levels`; return (ids, kv, ctx)."""
+    """Save a synthetic context of `tokens` tokens at `levels` (`saved`: more `save_context`
+    options, e.g. salt= or auth_key=); return (ids, kv, ctx)."""
     rng = np.random.default_rng(seed)
     kv = rng.standard_normal((LAYERS, 2, tokens, HEADS, DIM)).astype(np.float16)
     ids = np.arange(tokens, dtype=np.uint32) + 1000 * seed
     quality = {"kl": {str(lv): kl for lv, kl in zip(levels, (0.05, 0.01, 0.002), strict=True)}}
     ctx = save_context(
-        store, MODEL, ids, kv, levels=levels, chunk_tokens=chunk_tokens, quality=quality
+        store, MODEL, ids, kv, levels=levels, chunk_tokens=chunk_tokens, quality=quality, **saved
     )
     return ids, kv, ctx

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from cachegen.context import DEFAULT_CHUNK_TOKENS
+from cachegen.context.auth import AuthKey
 from cachegen.store import Store
 
 from .controller import CacheGenRule, Controller, Fixed, fixed, probe_choice
@@ -79,17 +80,20 @@ def load(
     slo_s: float,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     costs: CostModel | None = None,
+    salt: str | bytes | None = None,
+    auth_key: AuthKey = None,
     **options: Any,
 ) -> LoadResult:
     """Load the context of `token_ids` into `engine` within `slo_s` seconds if possible.
 
     Without `costs`, the engine's speeds come from the calibration cache (measured on first
-    use) and go back into it refined by this load. `options` go to `Loader`.
+    use) and go back into it refined by this load. `salt` and `auth_key` as for
+    `Loader.load`; `options` go to `Loader`.
     """
     cached = costs is None
     costs = costs or CostModel.calibrated(engine.key, engine.measure_prefill)
     result = Loader(store, engine, costs, slo_s, **options).load(
-        model_id, token_ids, chunk_tokens=chunk_tokens
+        model_id, token_ids, chunk_tokens=chunk_tokens, salt=salt, auth_key=auth_key
     )
     if cached:
         costs.save(engine.key)

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from cachegen.context import DEFAULT_CHUNK_TOKENS, Context, ObjectRef, open_context
+from cachegen.context.auth import AuthKey
 from cachegen.context.keys import token_array
 from cachegen.store import Store, StoreError
 
@@ -99,12 +100,15 @@ class Loader:
         chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
         prefix_tokens: int | None = None,
         salt: str | bytes | None = None,
+        auth_key: AuthKey = None,
     ) -> LoadResult:
         """Fill the engine's cache with the context of `token_ids`, stored or not.
 
         `prefix_tokens` caps what a "prefix" engine may load (the tokens its scheduler agreed
-        to take, e.g. `plan_prefix(...).tokens`); the engine recomputes the rest. `salt` is the
-        tenant salt the context was saved with (`cachegen.context.save_context`).
+        to take, e.g. `plan_prefix(...).tokens`); the engine recomputes the rest. `salt` and
+        `auth_key` are the tenant salt and MAC key the context was saved with
+        (`cachegen.context.save_context`): with a key, an object whose MAC does not verify is
+        a miss, recomputed like any other.
         """
         tokens = token_array(token_ids)
         t0 = self.clock()
@@ -119,7 +123,8 @@ class Loader:
         bounded = BoundedStore(self.store, estimator)
         try:
             bounded.set_budget(self._open_budget(len(tokens)))
-            ctx = self._open(bounded, model_id, tokens, chunk_tokens, salt, report)
+            where = {"chunk_tokens": chunk_tokens, "salt": salt, "auth_key": auth_key}
+            ctx = self._open(bounded, model_id, tokens, where, report)
             report.open_s = self.clock() - t0
             self.engine.begin()
             run = _Run(self, bounded, estimator, tokens, ctx, chunk_tokens, prefix_tokens, report)
@@ -145,12 +150,11 @@ class Loader:
         store: Store,
         model_id: str,
         tokens: np.ndarray,
-        chunk_tokens: int,
-        salt: str | bytes | None,
+        where: dict[str, Any],
         report: LoadReport,
     ) -> Context | None:
         try:
-            return open_context(store, model_id, tokens, chunk_tokens=chunk_tokens, salt=salt)
+            return open_context(store, model_id, tokens, **where)
         except StoreError as e:
             report.context_error = f"{type(e).__name__}: {e}"
             report.context_cause = cause_of(e)
