@@ -9,7 +9,7 @@ moto's S3 server runs behind a tc-shaped veth link (`netlink.NetLink`). Request 
 the prompt's whole chunks at levels whose pooled KL on SmolLM2 is at most 0.01 (with its
 profile, `bench/results/quality.json`). Then, per link rate, a fresh engine with the connector
 serves request B (the same prefix, another question): the controller chooses the cut point and
-the levels (SLO 3 s). The baseline is a fresh engine without the connector.
+the levels (SLO 1 s). The baseline is a fresh engine without the connector.
 TTFT is the time of a one-token generate call, after one warm-up request per engine; medians
 of `--repeats` requests.
 """
@@ -42,7 +42,7 @@ CHUNK = 256
 LEVELS = (10, 12, 15)
 PROFILE = "smollm2-135m-instruct"
 #: The controller's TTFT target for loading: levels and cut point that meet it, best quality.
-SLO_S = 3.0
+SLO_S = 1.0
 QUESTIONS = [
     "what does this license say about distributing copies?",
     "what are the conditions for conveying modified versions?",
