@@ -187,7 +187,9 @@ def report(level: int, lm: dict[str, Any], sg: dict[str, Any], pos: list[dict[st
         lines.append(f"| {path} | {a:.3f} | {b:.3f} | {b / a:.2f}x |")
     lines += [
         "",
-        "Target >= 0.8x of direct on every path.",
+        "Target >= 0.8x of direct on every path. Each baseline runs in the engine's own process "
+        "on the same chunks; the two processes' baselines differ (LMCache's environment runs "
+        "torch 2.14 and its own thread setup), so compare within a row, not across engines.",
         "",
         "## Position-unaware chunks (the plug-ins) vs position-aware (`save_context`)",
         "",
