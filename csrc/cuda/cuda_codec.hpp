@@ -1,5 +1,6 @@
-// GPU encode/decode of the wire format (docs/FORMAT.md; kernels in decode.cu and encode.cu). A plain C++
-// interface: device tensors as TensorViews, streams as integers, so callers need no CUDA headers.
+// GPU encode/decode of the wire format (docs/FORMAT.md; kernels in decode.cu and encode.cu). A
+// plain C++ interface: device tensors as TensorViews, streams as integers, so callers need no CUDA
+// headers.
 #pragma once
 #include <cstdint>
 #include <memory>
