@@ -8,7 +8,6 @@ the same chunks through `cachegen.encode`/`decode` directly. Writes JSON.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 from typing import Any
@@ -20,6 +19,7 @@ from lmcache.v1.distributed.serde.base import SerdeConfig
 from lmcache.v1.distributed.serde.factory import create_serde_processor
 from lmcache.v1.memory_management import MemoryObjMetadata, TensorMemoryObj
 from lmcache.v1.storage_backend.naive_serde.naive_serde import NaiveSerializer
+from timing import timed
 
 import cachegen
 import cachegen.lmcache
@@ -41,17 +41,6 @@ def wait(query: Any, task: int) -> None:
         time.sleep(0.0002)
     if not ok:
         raise RuntimeError("serde task failed")
-
-
-def timed(fns: list[Any], repeats: int) -> list[float]:
-    """Median seconds of each of `fns`, run in interleaved rounds (drift hits all alike)."""
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, t in zip(fns, times, strict=True):
-            t0 = time.perf_counter()
-            fn()
-            t.append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
 
 
 def main() -> None:

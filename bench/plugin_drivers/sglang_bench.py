@@ -8,29 +8,16 @@ HiCache backend (created by SGLang's factory, memory store) and the same pages t
 from __future__ import annotations
 
 import json
-import statistics
 import sys
-import time
 from types import SimpleNamespace
-from typing import Any
 
 import numpy as np
 import torch
 from sglang.srt.mem_cache.hicache_storage import HiCacheStorageConfig
 from sglang.srt.mem_cache.storage.backend_factory import StorageBackendFactory
+from timing import timed
 
 import cachegen
-
-
-def timed(fns: list[Any], repeats: int) -> list[float]:
-    """Median seconds of each of `fns`, run in interleaved rounds (drift hits all alike)."""
-    times: list[list[float]] = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, t in zip(fns, times, strict=True):
-            t0 = time.perf_counter()
-            fn()
-            t.append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
 
 
 def main() -> None:
