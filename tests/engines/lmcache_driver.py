@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from driver_errors import error_messages
 from lmcache.v1.distributed.api import ObjectKey
 from lmcache.v1.distributed.serde.base import SerdeConfig
 from lmcache.v1.distributed.serde.factory import create_serde_processor, get_registered_serde_types
@@ -117,14 +118,7 @@ def sync_errors(options: dict[str, Any], kv: torch.Tensor) -> dict[str, str]:
         "not_a_blob": lambda: de.deserialize(buffer(4096), memobj(kv.clone()), key(0)),
         "wrong_dst": lambda: de.deserialize(_serialized(ser, kv), memobj(kv[:, :, :-1]), key(0)),
     }
-    out = {}
-    for name, call in cases.items():
-        try:
-            call()
-            out[name] = "no error"
-        except Exception as e:  # the test checks the type and message
-            out[name] = f"{type(e).__name__}: {e}"
-    return out
+    return error_messages(cases)
 
 
 def _serialized(ser: Any, kv: torch.Tensor) -> TensorMemoryObj:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from driver_errors import error_messages
 from sglang.srt.mem_cache.hicache_storage import HiCacheStorageConfig
 from sglang.srt.mem_cache.storage.backend_factory import StorageBackendFactory
 
@@ -108,14 +109,7 @@ def errors(backend: Any, page: torch.Tensor) -> dict[str, str]:
         "bad_dtype": lambda: backend.set("bad", page.to(torch.float32)),
         "bad_size": lambda: backend.set("bad", page[:-1]),
     }
-    out = {}
-    for name, call in cases.items():
-        try:
-            call()
-            out[name] = "no error"
-        except Exception as e:  # the test checks the type and message
-            out[name] = f"{type(e).__name__}: {e}"
-    return out
+    return error_messages(cases)
 
 
 def main() -> None:
