@@ -53,11 +53,6 @@ double cross_bits(const SparseHists& sh, size_t c, const std::array<float, kAlph
   return bits;
 }
 
-struct Clustering {
-  std::vector<uint8_t> assign;
-  double bits = 0.0;
-};
-
 std::vector<Histogram> merge(const SparseHists& sh, const std::vector<uint8_t>& assign,
                              uint32_t k) {
   std::vector<Histogram> merged(k, Histogram{});
@@ -87,9 +82,9 @@ std::vector<uint8_t> initial_assignment(const std::vector<Histogram>& hists, uin
   return assign;
 }
 
-Clustering cluster(const std::vector<Histogram>& hists, const SparseHists& sh, uint32_t k, int lo,
-                   int hi) {
-  Clustering cl{initial_assignment(hists, k), 0.0};
+Clusters cluster(const std::vector<Histogram>& hists, const SparseHists& sh, uint32_t k, int lo,
+                 int hi) {
+  Clusters cl{{}, initial_assignment(hists, k), 0.0};
   for (int round = 0; round < kLloydRounds; ++round) {
     std::vector<Histogram> merged = merge(sh, cl.assign, k);
     std::vector<std::array<float, kAlphabet>> costs;
@@ -104,18 +99,34 @@ Clustering cluster(const std::vector<Histogram>& hists, const SparseHists& sh, u
       cl.bits += best;
     }
   }
+  cl.merged = merge(sh, cl.assign, k);
   return cl;
 }
 
-// Compact table indices so that every table is used.
-void drop_empty(TableSet& ts, const std::vector<Histogram>& merged) {
-  std::vector<int> remap(merged.size(), -1);
-  for (size_t j = 0; j < merged.size(); ++j) {
-    if (used_range(merged[j]).second < 0) continue;
+// The estimated coded size of a group under a clustering: its symbols, plus the tables and the
+// table map.
+double estimated_bits(const Clusters& cl) {
+  Histogram all{};
+  for (const Histogram& m : cl.merged)
+    for (int i = 0; i < kAlphabet; ++i) all[i] += m[i];
+  const auto [lo, hi] = used_range(all);
+  const double span = hi - lo + 1;
+  const uint32_t k = (uint32_t)cl.merged.size(), columns = (uint32_t)cl.assign.size();
+  return cl.bits + k * span * kBitsPerTableEntry + (k > 1 ? 8.0 * columns : 0.0);
+}
+
+// The tables of a clustering: one per nonempty cluster, indices compacted so that every table is
+// used.
+TableSet tables_of(const Clusters& cl) {
+  TableSet ts;
+  std::vector<int> remap(cl.merged.size(), -1);
+  for (size_t j = 0; j < cl.merged.size(); ++j) {
+    if (used_range(cl.merged[j]).second < 0) continue;
     remap[j] = (int)ts.tables.size();
-    ts.tables.push_back(normalize(merged[j]));
+    ts.tables.push_back(normalize(cl.merged[j]));
   }
-  for (auto& t : ts.channel_table) t = (uint8_t)remap[t];
+  for (uint8_t t : cl.assign) ts.channel_table.push_back((uint8_t)remap[t]);
+  return ts;
 }
 
 uint32_t get_varint(const uint8_t* data, size_t& pos, size_t end) {
@@ -160,26 +171,28 @@ TableSet fit_tables(const std::vector<Histogram>& hists, uint32_t max_tables) {
   Histogram all{};
   for (auto& h : hists)
     for (int i = 0; i < kAlphabet; ++i) all[i] += h[i];
-  auto [lo, hi] = used_range(all);
-  const double span = hi - lo + 1;
-  const uint32_t channels = (uint32_t)hists.size();
-  uint32_t limit = std::min<uint32_t>({max_tables, channels, 255});
-  double best_bits = INFINITY;
-  std::vector<uint8_t> best_assign(channels, 0);
-  uint32_t best_k = 1;
+  const std::pair<int, int> range = used_range(all);
   const SparseHists sparse(hists);
-  for (uint32_t k = 1; k <= limit; k *= 2) {
-    Clustering cl = cluster(hists, sparse, k, lo, hi);
-    const double bits = cl.bits + k * span * kBitsPerTableEntry + (k > 1 ? 8.0 * channels : 0.0);
+  return choose_tables(table_limit(max_tables, (uint32_t)hists.size()), [&](uint32_t k) {
+    return cluster(hists, sparse, k, range.first, range.second);
+  });
+}
+
+uint32_t table_limit(uint32_t max_tables, uint32_t columns) {
+  return std::min<uint32_t>({max_tables, columns, 255});
+}
+
+TableSet choose_tables(uint32_t limit, const std::function<Clusters(uint32_t k)>& fit) {
+  Clusters best;
+  double best_bits = INFINITY;
+  for (uint32_t k = 1; k <= std::max(limit, 1u); k *= 2) {
+    Clusters cl = fit(k);
+    const double bits = estimated_bits(cl);
     if (bits > best_bits * (1.0 - kMinGain)) break;  // doubling again would gain even less
     best_bits = bits;
-    best_assign = cl.assign;
-    best_k = k;
+    best = std::move(cl);
   }
-  TableSet ts;
-  ts.channel_table = best_assign;
-  drop_empty(ts, merge(sparse, best_assign, best_k));
-  return ts;
+  return tables_of(best);
 }
 
 Table normalize(const Histogram& counts) {

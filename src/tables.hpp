@@ -5,6 +5,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "rans.hpp"
@@ -15,7 +16,8 @@ constexpr int kAlphabet = 256;  // alphabet index = symbol + 128; index 0 only i
 
 using Histogram = std::array<uint32_t, kAlphabet>;
 
-// fit_tables' constants (the GPU encoder's table fit, csrc/cuda/encode.cu, uses them too).
+// Lloyd rounds per table count (the GPU encoder's table fit, csrc/cuda/table_fit.cu, runs them
+// too).
 constexpr int kLloydRounds = 3;
 constexpr double kBitsPerTableEntry = 6.0;  // rough varint cost, used only to choose a count
 constexpr double kMinGain = 0.002;          // stop adding tables below this relative gain
@@ -32,6 +34,21 @@ struct TableSet {
 // Cluster channels into at most max_tables tables, choosing the count that minimizes the
 // estimated coded size including the tables themselves.
 TableSet fit_tables(const std::vector<Histogram>& hists, uint32_t max_tables);
+
+// The table counts fit_tables tries: 1, 2, 4, ... up to this.
+uint32_t table_limit(uint32_t max_tables, uint32_t columns);
+
+// One table count's clustering of a group's columns.
+struct Clusters {
+  std::vector<Histogram> merged;  // one per cluster: the sum of its columns' histograms
+  std::vector<uint8_t> assign;    // each column's cluster
+  double bits = 0.0;              // estimated coded size of the symbols (Lloyd's last round)
+};
+
+// The count search of fit_tables, shared with the GPU encoder (which clusters on the device):
+// `fit(k)` for k = 1, 2, 4, ... up to `limit`, stopping at the first doubling that shrinks the
+// estimated size (symbols, tables and table map) by less than kMinGain; the best count's tables.
+TableSet choose_tables(uint32_t limit, const std::function<Clusters(uint32_t k)>& fit);
 
 // Scale counts to frequencies summing to 4096, every present symbol at least 1.
 Table normalize(const Histogram& counts);
