@@ -111,23 +111,9 @@ void write_scales(const std::vector<uint16_t>& scales, bool coded, Writer& w,
     w.bytes(scales.data(), scales.size() * 2);
 }
 
-// Bits per channel of the channel -> table map (format v3; a byte each before).
-int map_bits(size_t num_tables) {
-  int b = 1;
-  while ((size_t{1} << b) < num_tables) ++b;
-  return b;
-}
-
-void write_table_map(const TableSet& ts, std::vector<uint8_t>& out) {
-  BitWriter w(out);
-  const int b = map_bits(ts.tables.size());
-  for (uint8_t t : ts.channel_table) w.bits(t, b);
-  w.finish();
-}
-
 std::vector<uint8_t> read_table_map(Reader& r, uint32_t channels, int num_tables, bool packed) {
   if (!packed) return r.u8s(channels, "channel table map");
-  const int b = map_bits((size_t)num_tables);
+  const int b = table_map_bits((size_t)num_tables);
   const size_t bytes = ((size_t)channels * b + 7) / 8;
   if (bytes > r.end() - r.pos()) fail("truncated channel table map");
   BitReader br(r.data(), r.pos(), std::min(r.end(), r.pos() + bytes), "channel table map");
@@ -157,8 +143,7 @@ void write_side(const Group& g, DType dtype, Writer& w, std::vector<uint8_t>& ou
   if (q.flags & kChannelScale) write_scales(q.channel_scale, q.flags & kChannelCodes, w, out);
   if (q.flags & kChannelOffset) w.bytes(q.channel_offset.data(), q.channel_offset.size() * 2);
   if (q.flags & kRawRows) write_raw_rows(q, g.desc.channels(), dtype, w);
-  if (g.tables.tables.size() > 1) write_table_map(g.tables, out);
-  for (const Table& t : g.tables.tables) serialize_table(t, out);
+  serialize_tables(g.tables, out);
 }
 
 std::vector<uint8_t> side_bytes(const Group& g, DType dtype) {

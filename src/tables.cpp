@@ -84,35 +84,21 @@ std::vector<uint8_t> initial_assignment(const std::vector<Histogram>& hists, uin
 
 Clusters cluster(const std::vector<Histogram>& hists, const SparseHists& sh, uint32_t k, int lo,
                  int hi) {
-  Clusters cl{{}, initial_assignment(hists, k), 0.0};
+  Clusters cl{{}, initial_assignment(hists, k)};
   for (int round = 0; round < kLloydRounds; ++round) {
     std::vector<Histogram> merged = merge(sh, cl.assign, k);
     std::vector<std::array<float, kAlphabet>> costs;
     for (auto& m : merged) costs.push_back(neg_log2(m, lo, hi));
-    cl.bits = 0.0;
     for (size_t c = 0; c < hists.size(); ++c) {
       double best = INFINITY;
       for (uint32_t j = 0; j < k; ++j) {
         double b = cross_bits(sh, c, costs[j]);
         if (b < best) best = b, cl.assign[c] = (uint8_t)j;
       }
-      cl.bits += best;
     }
   }
   cl.merged = merge(sh, cl.assign, k);
   return cl;
-}
-
-// The estimated coded size of a group under a clustering: its symbols, plus the tables and the
-// table map.
-double estimated_bits(const Clusters& cl) {
-  Histogram all{};
-  for (const Histogram& m : cl.merged)
-    for (int i = 0; i < kAlphabet; ++i) all[i] += m[i];
-  const auto [lo, hi] = used_range(all);
-  const double span = hi - lo + 1;
-  const uint32_t k = (uint32_t)cl.merged.size(), columns = (uint32_t)cl.assign.size();
-  return cl.bits + k * span * kBitsPerTableEntry + (k > 1 ? 8.0 * columns : 0.0);
 }
 
 // The tables of a clustering: one per nonempty cluster, indices compacted so that every table is
@@ -127,6 +113,18 @@ TableSet tables_of(const Clusters& cl) {
   }
   for (uint8_t t : cl.assign) ts.channel_table.push_back((uint8_t)remap[t]);
   return ts;
+}
+
+// A group's size as written with the tables `ts` of clustering `cl`: the symbols at their ideal
+// code length under the tables, and the table side data byte for byte.
+double written_bits(const Clusters& cl, const TableSet& ts) {
+  std::vector<uint8_t> side;
+  serialize_tables(ts, side);
+  double bits = 8.0 * side.size();
+  size_t t = 0;
+  for (const Histogram& m : cl.merged)
+    if (used_range(m).second >= 0) bits += code_length_bits(m, ts.tables[t++]);
+  return bits;
 }
 
 uint32_t get_varint(const uint8_t* data, size_t& pos, size_t end) {
@@ -183,16 +181,33 @@ uint32_t table_limit(uint32_t max_tables, uint32_t columns) {
 }
 
 TableSet choose_tables(uint32_t limit, const std::function<Clusters(uint32_t k)>& fit) {
-  Clusters best;
+  TableSet best;
   double best_bits = INFINITY;
   for (uint32_t k = 1; k <= std::max(limit, 1u); k *= 2) {
-    Clusters cl = fit(k);
-    const double bits = estimated_bits(cl);
+    const Clusters cl = fit(k);
+    TableSet ts = tables_of(cl);
+    const double bits = written_bits(cl, ts);
     if (bits > best_bits * (1.0 - kMinGain)) break;  // doubling again would gain even less
     best_bits = bits;
-    best = std::move(cl);
+    best = std::move(ts);
   }
-  return tables_of(best);
+  return best;
+}
+
+int table_map_bits(size_t num_tables) {
+  int b = 1;
+  while ((size_t{1} << b) < num_tables) ++b;
+  return b;
+}
+
+void serialize_tables(const TableSet& ts, std::vector<uint8_t>& out) {
+  if (ts.tables.size() > 1) {
+    BitWriter w(out);
+    const int b = table_map_bits(ts.tables.size());
+    for (uint8_t t : ts.channel_table) w.bits(t, b);
+    w.finish();
+  }
+  for (const Table& t : ts.tables) serialize_table(t, out);
 }
 
 Table normalize(const Histogram& counts) {

@@ -12,13 +12,13 @@ namespace {
 
 constexpr uint32_t kFitThreads = 512;
 
-// A group's fit output: per table count tried (k = 2^i), Lloyd's size estimate, whether a cost
-// so far was unsafe, and the k merged clusters (rows k - 1 ..); then kFitCounts x channels
-// bytes of each count's channel -> cluster assignment.
+// A group's fit output: per table count tried (k = 2^i), whether a cost so far was unsafe, and
+// the k merged clusters (rows k - 1 ..); then kFitCounts x channels bytes of each count's
+// channel -> cluster assignment.
 struct FitOut {
-  double bits[kFitCounts];
   uint32_t tried;
   uint32_t unsafe[kFitCounts];
+  uint32_t pad[2];
   uint32_t merged[kFitClusters][kAlphabet];
 };
 static_assert(sizeof(FitOut) % 16 == 0, "assignments follow 16-byte aligned");
@@ -48,7 +48,7 @@ __global__ void __launch_bounds__(kFitThreads)
   FitOut* out = reinterpret_cast<FitOut*>(g.fit);
   uint8_t* assigns = g.fit + sizeof(FitOut);
   uint8_t* base = reinterpret_cast<uint8_t*>(smem);
-  double* dbuf = reinterpret_cast<double*>(base);  // spread, then each channel's best bits
+  double* spread = reinterpret_cast<double*>(base);
   uint16_t* rank = reinterpret_cast<uint16_t*>(base + align16(8ull * C));
   uint8_t* assign = base + align16(8ull * C) + align16(2ull * C);
   uint32_t* merged = reinterpret_cast<uint32_t*>(assign + align16(C));
@@ -84,14 +84,14 @@ __global__ void __launch_bounds__(kFitThreads)
       n += h;
       s += h * (uint32_t)abs(i - 128);
     }
-    dbuf[c] = n > 0 ? s / n : 0.0;
+    spread[c] = n > 0 ? s / n : 0.0;
   }
   __syncthreads();
   for (uint32_t c = tid; c < C; c += nt) {
-    const double d = dbuf[c];
+    const double d = spread[c];
     uint32_t r = 0;
     for (uint32_t c2 = 0; c2 < C; ++c2) {
-      const double d2 = dbuf[c2];
+      const double d2 = spread[c2];
       r += d2 < d || (d2 == d && c2 < c);
     }
     rank[c] = (uint16_t)r;
@@ -144,16 +144,10 @@ __global__ void __launch_bounds__(kFitThreads)
         for (uint32_t j = 0; j < kFitMaxK; ++j)
           if (j < k && b[j] < best) best = b[j], pick = j;
         assign[c] = (uint8_t)pick;
-        dbuf[c] = best;
       }
       __syncthreads();
     }
-    if (tid == 0) {
-      double bits = 0.0;
-      for (uint32_t c = 0; c < C; ++c) bits += dbuf[c];
-      out->bits[tried] = bits;
-      out->unsafe[tried] = s_unsafe;
-    }
+    if (tid == 0) out->unsafe[tried] = s_unsafe;
     merge(assign, k);
     for (uint32_t i = tid; i < k * kAlphabet; i += nt) (&out->merged[k - 1][0])[i] = merged[i];
     for (uint32_t c = tid; c < C; c += nt) assigns[(size_t)tried * C + c] = assign[c];
@@ -207,7 +201,6 @@ std::optional<TableSet> tables_from_fit(const uint8_t* fit, uint32_t channels, u
       std::copy(f.merged[k - 1 + j], f.merged[k - 1 + j] + kAlphabet, cl.merged.back().begin());
     }
     cl.assign.assign(assigns + (size_t)i * channels, assigns + (size_t)(i + 1) * channels);
-    cl.bits = f.bits[i];
     return cl;
   });
   if (missing || f.unsafe[last]) return std::nullopt;
