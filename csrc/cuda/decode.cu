@@ -230,8 +230,11 @@ void add_segments(const ParsedBlob& blob, DecodePlan& p) {
   SegmentDev* segs = p.arena.alloc<SegmentDev>(blob.segments.size(), p.segs_at);
   for (size_t i = 0; i < blob.segments.size(); ++i) {
     const Segment& g = blob.segments[i];
-    segs[i] = {g.offset, (uint32_t)((g.bytes - rans::kStateBytes) / 2), g.group, g.token_begin,
-               g.token_count};
+    segs[i] = {.offset = g.offset,
+               .words = (uint32_t)((g.bytes - rans::kStateBytes) / 2),
+               .group = g.group,
+               .token_begin = g.token_begin,
+               .token_count = g.token_count};
   }
 }
 

@@ -272,7 +272,13 @@ class CodingStage {
   }
 
   CodedSegments coded(uint64_t payload_bytes) const {
-    return {segments(), segs_, devs_, regions_->get(), sizes(), offsets(), payload_bytes};
+    return {.count = segments(),
+            .segs = segs_,
+            .devs = devs_,
+            .regions = regions_->get(),
+            .sizes = sizes(),
+            .offsets = offsets(),
+            .payload_bytes = payload_bytes};
   }
 
  private:

@@ -90,7 +90,8 @@ SegmentPlan plan_segments(const EncodePlan& plan, const std::vector<GroupDev>& d
     add_work((uint32_t)sp.segs.size(), d.num_segments, sp.work[shared ? 0 : 1]);
     for (uint32_t t0 = 0; t0 < d.tokens; t0 += d.seg_tokens) {
       const uint32_t tokens = std::min(d.seg_tokens, d.tokens - t0);
-      sp.segs.push_back({gi, t0, tokens, sp.region_bytes});
+      sp.segs.push_back(
+          {.group = gi, .token_begin = t0, .token_count = tokens, .region = sp.region_bytes});
       sp.region_bytes += align16(rans::kStateBytes + 2ull * tokens * d.channels());
     }
   }
