@@ -291,6 +291,7 @@ Group parse_side(const DescFields& f, uint16_t version, DType dtype, const uint8
   return g;
 }
 
+// The header's fields at their places (header_layout.hpp).
 void write_header(const BlobHeader& h, uint64_t total, uint64_t side_off, uint64_t index_off,
                   uint64_t payload_off, uint8_t* out) {
   std::memcpy(out + field::Magic::at, kMagic, sizeof(kMagic));
