@@ -25,6 +25,7 @@ import numpy as np
 import cachegen
 from cachegen.outputs import check_outputs
 from cachegen.tensors import views
+from lib.runinfo import RunInfo
 
 
 def load_base(path: Path) -> ModuleType:
@@ -103,6 +104,7 @@ def main() -> None:
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     base = load_base(args.base)
+    print(RunInfo.capture().line())
     print(f"rounds {args.rounds}, threads {args.threads}, {args.clock} clock")
     print("| workload | op | base (no checks) | checked | checked / base, medians (mins) |")
     print("|---|---|---|---|---|")

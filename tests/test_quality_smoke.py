@@ -1,4 +1,4 @@
-"""The quality harness (bench/kvquality): baselines and metrics, then a smoke run on SmolLM2."""
+"""The quality harness (bench/lib/kvquality): baselines and metrics, then a smoke run on SmolLM2."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from kvquality import compare, load_documents, make_methods, run_quality  # noqa: E402
-from kvquality.metrics import log_probs  # noqa: E402
+from lib.kvquality import compare, load_documents, make_methods, run_quality  # noqa: E402
+from lib.kvquality.metrics import log_probs  # noqa: E402
 
 # Odd sizes: int4 packs two codes a byte and must pad; 3 heads x 7 dims per token row.
 SHAPES = [(1, 3, 5, 7), (1, 3, 9, 7)]

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 #: `cachegen bench NAME` runs bench/<script>.
 BENCHMARKS = {
-    "quality": "quality.py",
+    "quality": "codec_quality.py",
     "stream-sim": "stream_sim.py",
     "stream-link": "stream_link.py",
 }

@@ -12,7 +12,7 @@ from streamkit import MODEL, FakeEngine, costs_for, store_context
 
 import cachegen.store
 from cachegen.stream import Loader
-from netlink import LinkError, NetLink
+from lib.netlink import LinkError, NetLink
 
 CHUNK = 1024  # tokens: blobs of ~120 KB (level 1) to ~245 KB (level 17)
 LEVELS = (1, 9, 17)

@@ -1,12 +1,12 @@
 """pytest-benchmark microbenchmarks of the codec, with torchac on the same symbols.
 
-    pytest bench/bench_codec.py --benchmark-only                  # everything
-    pytest bench/bench_codec.py --benchmark-only -k smollm2       # only the real SmolLM2 KV
+    pytest bench/codec_micro.py --benchmark-only                  # everything
+    pytest bench/codec_micro.py --benchmark-only -k smollm2       # only the real SmolLM2 KV
 
 Not part of the test run: they live in ``bench/`` (``testpaths`` is ``tests``), and every
 benchmark is marked ``slow`` (the real cache loads SmolLM2 on the first run; later runs read
 ``bench/.cache/``). ``extra_info`` carries elements (or symbols) per second from the median.
-See ``throughput.py`` for the report script and what each case measures.
+See ``codec_speed.py`` for the report script and what each case measures.
 """
 
 from __future__ import annotations
@@ -18,9 +18,7 @@ import numpy as np
 import pytest
 
 import cachegen
-import kvdata
-import throughput
-import torchac_ref
+from lib import kvdata, torchac_ref
 
 pytestmark = pytest.mark.slow
 
@@ -40,9 +38,9 @@ def cache(request: pytest.FixtureRequest) -> tuple[str, np.ndarray, bytes]:
 
 @pytest.fixture(scope="module")
 def torchac_case(cache: tuple[str, np.ndarray, bytes]) -> torchac_ref.TorchacCase:
-    """torchac's subset of the cache's symbols (as in ``throughput.torchac_subset``)."""
+    """torchac's subset of the cache's symbols, as ``codec_speed.py`` times it."""
     _, kv, _ = cache
-    case, _ = throughput.torchac_subset(kv, cachegen.quantize(kv))
+    case, _ = torchac_ref.subset(kv, cachegen.quantize(kv))
     return case
 
 
@@ -65,7 +63,7 @@ def _measure(benchmark: Any, fn: Callable[[], Any], items: int, group: str) -> A
     return result
 
 
-@pytest.mark.parametrize("threads", throughput.THREADS)
+@pytest.mark.parametrize("threads", kvdata.THREADS)
 def test_encode(benchmark: Any, cache: tuple[str, np.ndarray, bytes], threads: int) -> None:
     """fp16 array -> blob."""
     name, kv, blob = cache
@@ -73,7 +71,7 @@ def test_encode(benchmark: Any, cache: tuple[str, np.ndarray, bytes], threads: i
     assert out == blob
 
 
-@pytest.mark.parametrize("threads", throughput.THREADS)
+@pytest.mark.parametrize("threads", kvdata.THREADS)
 def test_decode_out(benchmark: Any, cache: tuple[str, np.ndarray, bytes], threads: int) -> None:
     """blob -> preallocated fp16 array (``out=``)."""
     name, kv, blob = cache
@@ -82,7 +80,7 @@ def test_decode_out(benchmark: Any, cache: tuple[str, np.ndarray, bytes], thread
     assert np.array_equal(out, cachegen.decode(blob))
 
 
-@pytest.mark.parametrize("threads", throughput.THREADS)
+@pytest.mark.parametrize("threads", kvdata.THREADS)
 def test_decode_fresh(benchmark: Any, cache: tuple[str, np.ndarray, bytes], threads: int) -> None:
     """blob -> newly allocated fp16 array."""
     name, kv, blob = cache
