@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import zstandard
 
 import cachegen
 from cachegen.paged import PagedKV
@@ -164,6 +163,8 @@ class Context:
     def fetch_tokens(self, index: int) -> np.ndarray:
         """The token ids of chunk `index` (uint32), for recomputing it from text."""
         chunk = self.chunks[index]
+        import zstandard  # the `store` extra; listing and loading KV work without it
+
         raw = chunk.tokens.verify(self.store.get(chunk.tokens.key))
         try:
             data = zstandard.ZstdDecompressor().decompress(raw)
@@ -365,6 +366,8 @@ def _chunk_objects(
     if old is not None:
         tok, refs = old.tokens, dict(old.levels)
     else:
+        import zstandard
+
         packed = zstandard.ZstdCompressor(level=3).compress(tokens.tobytes())
         tok, stored = ObjectRef.frame(tokens_key(chunk_hash, checksum(packed)), packed, auth)
         objects[tok.key], refs = stored, {}
