@@ -21,7 +21,8 @@ from lib.kvquality.docs import CALIBRATION_DOCS
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = (0.002, 0.01, 0.05)
 # CacheGen as shipped stores a 33-entry 16-bit CDF per (layer, K/V, channel) in every 256-token
-# chunk: 33 * 16 / 256 = 2.06 bits per element on top of its symbols (DESIGN.md).
+# chunk: 33 * 16 / 256 = 2.06 bits per element on top of its symbols (CacheGen's paper and
+# LMCache's CacheGen code).
 SHIPPED_CDF_BITS = 33 * 16 / 256
 LADDERS = (
     ("cgp", "levels + SmolLM2 profile (`encode(kv, level=n, profile=...)`)"),
