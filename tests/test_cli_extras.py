@@ -1,4 +1,5 @@
-"""A command whose optional extra is missing ends in one line naming the extra to install, and
+"""A command whose optional extra is missing ends in one line naming the extra to install, saving
+a context without zstandard says which extra brings it, and
 what the core install covers (stored-context listing, the default store) needs no extra."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import pytest
 
 from cachegen.cli import main
 from cachegen.context import save_context
-from cachegen.store import FileStore
+from cachegen.store import FileStore, MemoryStore
 
 
 def _hide(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
@@ -40,6 +41,15 @@ def test_inspect_lists_a_store_without_zstandard(
     _hide(monkeypatch, "zstandard")
     assert main(["inspect", (tmp_path / "kv").as_uri()]) == 0
     assert "tiny-model" in capsys.readouterr().out
+
+
+def test_saving_a_context_without_zstandard_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _hide(monkeypatch, "zstandard")
+    kv = np.zeros((1, 2, 16, 1, 8), np.float16)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'cachegen\[store\]'"):
+        save_context(MemoryStore(), "m", np.arange(16), kv, levels=(15,))
 
 
 def test_an_unrelated_missing_module_still_raises(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -163,8 +163,7 @@ class Context:
     def fetch_tokens(self, index: int) -> np.ndarray:
         """The token ids of chunk `index` (uint32), for recomputing it from text."""
         chunk = self.chunks[index]
-        import zstandard  # the `store` extra; listing and loading KV work without it
-
+        zstandard = _zstandard()
         raw = chunk.tokens.verify(self.store.get(chunk.tokens.key))
         try:
             data = zstandard.ZstdDecompressor().decompress(raw)
@@ -366,9 +365,7 @@ def _chunk_objects(
     if old is not None:
         tok, refs = old.tokens, dict(old.levels)
     else:
-        import zstandard
-
-        packed = zstandard.ZstdCompressor(level=3).compress(tokens.tobytes())
+        packed = _zstandard().ZstdCompressor(level=3).compress(tokens.tobytes())
         tok, stored = ObjectRef.frame(tokens_key(chunk_hash, checksum(packed)), packed, auth)
         objects[tok.key], refs = stored, {}
     for lv, blob in blobs.items():
@@ -473,3 +470,15 @@ def _stored_prefix(
                 return found
             found.append(record)
     return found
+
+
+def _zstandard() -> Any:
+    """zstandard (the `store` extra) packs token ids; listing contexts and loading KV need none."""
+    try:
+        import zstandard
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(
+            "token ids of stored contexts need zstandard: pip install 'cachegen[store]'",
+            name="zstandard",
+        ) from e
+    return zstandard
