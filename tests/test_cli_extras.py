@@ -1,6 +1,6 @@
-"""A command whose optional extra is missing ends in one line naming the extra to install, saving
-a context without zstandard says which extra brings it, and
-what the core install covers (stored-context listing, the default store) needs no extra."""
+"""A command whose optional extra is missing ends in one line naming the extra to install; saving
+a context without zstandard says which extra brings it; what the core install covers
+(stored-context listing, the default store) needs no extra."""
 
 from __future__ import annotations
 
