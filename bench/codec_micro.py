@@ -5,7 +5,8 @@
 
 Not part of the test run: they live in ``bench/`` (``testpaths`` is ``tests``), and every
 benchmark is marked ``slow`` (the real cache loads SmolLM2 on the first run; later runs read
-``bench/.cache/``). ``extra_info`` carries elements (or symbols) per second from the median.
+``bench/.cache/``). ``extra_info`` carries elements (or symbols) per second from the median
+and the run record (``lib/runinfo.py``).
 See ``codec_speed.py`` for the report script and what each case measures.
 """
 
@@ -19,6 +20,7 @@ import pytest
 
 import cachegen
 from lib import kvdata, torchac_ref
+from lib.runinfo import RunInfo
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +29,8 @@ CACHES: dict[str, Callable[[], np.ndarray]] = {
     "32x8x128-synthetic": kvdata.synthetic_kv,
 }
 ROUNDS = 5
+#: Where the numbers were taken, in every benchmark's extra_info (as the report scripts write it).
+RUN = RunInfo.capture().as_dict()
 
 
 @pytest.fixture(scope="module", params=list(CACHES))
@@ -60,6 +64,7 @@ def _measure(benchmark: Any, fn: Callable[[], Any], items: int, group: str) -> A
         benchmark.extra_info["items"] = items
         benchmark.extra_info["items_per_s"] = items / median
         benchmark.extra_info["gb_per_s_fp16"] = 2 * items / median / 1e9
+        benchmark.extra_info["run"] = RUN
     return result
 
 
