@@ -157,9 +157,9 @@ def test_core_checks_block_ids_itself():
         ] * (2 * LAYERS)
         before = cache.clone()
         with pytest.raises(ValueError, match="block id"):
-            _core.Blob(blob).decode_into([v.as_tuple() for v in views])
+            _core.Blob(blob).decode_into([v.native() for v in views])
         with pytest.raises(ValueError, match="block id"):
-            _core.key_magnitudes(views[0].as_tuple())
+            _core.key_magnitudes(views[0].native())
         assert torch.equal(cache, before)
 
 
