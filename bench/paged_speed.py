@@ -29,7 +29,7 @@ import zstandard
 
 import cachegen
 import kvdata
-from cachegen import api, dispatch, paged
+from cachegen import dispatch, paged
 from cachegen.tensors import GroupView, KVViews
 from kvquality.report import cpu_model, git_commit
 
@@ -107,7 +107,7 @@ def runners(blob: bytes, out: np.ndarray, target: tuple) -> dict[str, Callable[[
         layout, caches, ids = target
         runs["paged"] = lambda: paged.decode_paged(blob, caches, layout, ids, threads=THREADS)
     else:
-        runs["paged"] = lambda: api.decode_views(dispatch.parse(blob), target[1], THREADS)
+        runs["paged"] = lambda: dispatch.decode_into(dispatch.parse(blob), target[1], THREADS)
     return runs
 
 

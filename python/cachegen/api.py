@@ -20,7 +20,6 @@ from .plan import plan_encode
 from .profile import ModelProfile
 from .tensors import (
     DTYPE_SIZES,
-    KVViews,
     ViewSource,
     allocate,
     check_writable,
@@ -39,9 +38,7 @@ __all__ = [
     "QuantizedGroup",
     "build_info",
     "decode",
-    "decode_views",
     "encode",
-    "encode_views",
     "entropy_stats",
     "inspect",
     "quantize",
@@ -105,23 +102,8 @@ def encode(
             `decode` accepts it as is (decoding in place on that GPU); `bytes(blob.cpu())`
             (torch) or `cupy.asnumpy(blob).tobytes()` turn it into the host blob.
     """
-    return encode_views(
-        kv, views(kv), _config(level, config), profile, position, context_end, threads, device
-    )
-
-
-def encode_views(
-    kv: Any,
-    v: KVViews,
-    config: CodecConfig,
-    profile: ModelProfile | None = None,
-    position: int = 0,
-    context_end: int | None = None,
-    threads: int | None = None,
-    device: Any = None,
-) -> Any:
-    """`encode` of the groups `v` describes (plain or paged views); `kv` is what they view
-    (read only for a profile's importance on a GPU: see `importance.layer_keys`)."""
+    v = views(kv)
+    config = _config(level, config)
     target = devices.encode_target(device, v)
     n = dispatch.threads_arg(threads)
     plan = plan_encode(kv, v, config, profile, position, context_end, n)
@@ -241,14 +223,8 @@ def decode(
     check_writable(out)
     if out_views is not None:  # the caller's memory (what decode allocates is fresh)
         check_outputs(out, v, blob)
-    decode_views(parsed, v, threads)
-    return out
-
-
-def decode_views(parsed: Any, v: KVViews, threads: int | None = None) -> None:
-    """Decode a parsed blob (`dispatch.parse`) into the groups `v` describes (plain or paged
-    views, of the blob's shapes), on the host or on their GPU."""
     dispatch.decode_into(parsed, v, dispatch.threads_arg(threads))
+    return out
 
 
 def entropy_stats(blob: bytes, threads: int | None = None) -> dict[str, float]:

@@ -286,7 +286,7 @@ def decode_paged(
         raise ValueError(f"blob dtype {info.dtype}, cache dtype {paged.views.dtype}")
     if any(isinstance(c, np.ndarray) and not c.flags.writeable for c in layer_caches):
         raise ValueError("a layer cache is read-only")
-    api.decode_views(parsed, paged.views, threads)
+    dispatch.decode_into(parsed, paged.views, dispatch.threads_arg(threads))
 
 
 @dataclass(frozen=True)
