@@ -2,10 +2,11 @@
 
 The core's quantizers (src/quant.hpp) take, per group, a quantizer and its parameter, optional
 token and channel step weights and a count of verbatim first rows. For the "token" quantizer,
-token t of channel c gets the step
+token t of channel c gets about the step
 
     param * layer_weight * token_weight[t] * channel_weight[c] * rms(token t)
 
+(the core then floors it at the token's range / 127 and rounds it to its 1/8-octave grid),
 except the first `raw_rows` tokens (attention sinks), which are stored verbatim. `plan_encode`
 composes those factors from their sources:
 
@@ -45,7 +46,7 @@ class GroupPlan:
 
     view: GroupView
     quantizer: int  # a `config.QUANTIZERS` id
-    param: float  # step fraction (or bins for "token-absmax"), the profile's layer weight in
+    param: float  # step fraction (bins for "token-absmax"), times the profile's layer weight
     max_tables: int
     token_weights: np.ndarray | None = None  # float32 [tokens]; None = all 1
     channel_weights: np.ndarray | None = None  # float32 [heads * head_dim]; None = all 1
