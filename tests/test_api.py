@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from kvgen import synthetic_kv
 
 import cachegen
-from kvgen import synthetic_kv
 
 
 def test_inspect_reports_header_facts():

@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from kvgen import synthetic_kv
 
 import cachegen
 from cachegen import _core, profiles
@@ -20,7 +21,6 @@ from cachegen.importance import (
 )
 from cachegen.plan import plan_encode
 from cachegen.weights import sink_rows, token_weights
-from kvgen import synthetic_kv
 
 PLAIN = cachegen.CodecConfig(key_param=0.5, value_param=1.0)
 WEIGHTED = dataclasses.replace(PLAIN, sink_tokens=1, recency=0.5)
