@@ -9,6 +9,7 @@ import torch
 from kvgen import synthetic_kv
 
 import cachegen
+from cachegen import _core
 from cachegen.config import QUANTIZERS
 from cachegen.importance import importance_weights, token_scores
 from cachegen.plan import plan_encode
@@ -128,3 +129,30 @@ def test_quantize_runs_the_plan_that_encode_stores():
         want = out[i // 2, i % 2].reshape(TOKENS, -1).astype(np.float32)
         np.testing.assert_array_equal(q.dequantize().astype(np.float16), want)
         assert len(q.raw) == 1
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("dtype", 9, "unknown dtype code"),
+        ("layout", 2, "unknown layout"),
+        ("level", 256, "level out of range"),
+        ("segment_symbols", 1023, "segment_symbols"),
+        ("flags", 2, "unknown flags"),
+    ],
+)
+def test_the_core_request_refuses_bad_header_fields(field, value, match):
+    plan = plan_of(synthetic_kv(1, 8, HEADS, DIM))
+    fields = {"dtype": 1, "layout": 0, "level": 10, "segment_symbols": 1 << 16, "flags": 0}
+    groups = [g.native() for g in plan.groups]
+    with pytest.raises(ValueError, match=match):
+        _core.EncodeRequest(groups, **(fields | {field: value}))
+
+
+def test_the_core_view_and_spec_refuse_bad_codes():
+    view = plan_of(synthetic_kv(1, 8, HEADS, DIM)).groups[0].view
+    with pytest.raises(ValueError, match="unknown dtype code"):
+        _core.TensorView(view.address, 7, 8, HEADS, DIM, view.strides)
+    for quantizer in (0, 6, 257):
+        with pytest.raises(ValueError, match="unknown quantizer id"):
+            _core.GroupSpec(view.native(), quantizer, 0.5, 8)
