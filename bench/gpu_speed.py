@@ -109,7 +109,7 @@ def main() -> None:
     parse_s, _ = median_seconds(lambda: _core.Blob(cpu_blob, False), runs)
     stream = torch.cuda.current_stream().cuda_stream
     resident = _core.to_device(_core.Blob(cpu_blob), 0, stream)
-    outs = [g.as_tuple() for g in cachegen.tensors.views(out).groups]
+    outs = [g.native() for g in cachegen.tensors.views(out).groups]
     kernel_s, _ = median_seconds(lambda: resident.decode_into(outs, stream), runs)
     decode_stages = {"parse + validate (host, no CRC)": parse_s * 1e3, **decode_stages}
 

@@ -25,7 +25,7 @@ import torch
 import zstandard
 
 import cachegen
-from cachegen import api, paged
+from cachegen import dispatch, paged
 from cachegen.tensors import GroupView, KVViews
 from lib import kvdata
 from lib.runinfo import RunInfo, describe
@@ -104,7 +104,7 @@ def runners(blob: bytes, out: np.ndarray, target: tuple) -> dict[str, Callable[[
         layout, caches, ids = target
         runs["paged"] = lambda: paged.decode_paged(blob, caches, layout, ids, threads=THREADS)
     else:
-        runs["paged"] = lambda: api.decode_views(api._parse(blob), target[1], THREADS)
+        runs["paged"] = lambda: dispatch.decode_into(dispatch.parse(blob), target[1], THREADS)
     return runs
 
 

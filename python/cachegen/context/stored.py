@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 
 import cachegen
-from cachegen.paged import PagedKV
 from cachegen.store.base import Store
 from cachegen.store.errors import ContextMissing, ObjectCorrupted, ObjectMissing
 
@@ -187,10 +186,6 @@ def _layer_tokens(raw: object) -> tuple[int, ...] | None:
     return tuple(raw)
 
 
-def _encode(kv: Any, **options: Any) -> bytes:
-    return kv.encode(**options) if isinstance(kv, PagedKV) else cachegen.encode(kv, **options)
-
-
 @dataclass(frozen=True)
 class _Record:
     """A chunk record as read back: the chunk and the codec version that wrote it."""
@@ -326,7 +321,7 @@ class _Chunker:
         part = slice_chunk(self.kv, start, stop)
         where = {"position": start, "context_end": len(self.tokens), "profile": self.profile}
         blobs = {
-            lv: _encode(part, level=lv, threads=self.threads, **where)
+            lv: cachegen.encode(part, level=lv, threads=self.threads, **where)
             for lv in self.levels
             if old is None or lv not in old.levels
         }
