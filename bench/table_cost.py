@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -23,8 +22,9 @@ from types import ModuleType
 import numpy as np
 
 import cachegen
-from hardening_speed import load_base
-from kvdata import REAL_SOURCE, real_kv
+from lib.basebuild import load_base
+from lib.kvdata import REAL_SOURCE, real_kv
+from lib.runinfo import RunInfo
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -110,11 +110,11 @@ def ratio_summary(rows: list[Row], chunk_tokens: int) -> str:
     )
 
 
-def report(rows: list[Row], machine: str, rounds: int) -> str:
+def report(rows: list[Row], run: RunInfo, rounds: int) -> str:
     lines = [
         "# Table-count cost model: blob size on real KV",
         "",
-        f"{REAL_SOURCE}. Machine: {machine}. Base: the encoder charging 6 bits per table entry "
+        f"{REAL_SOURCE}. {run.line()} Base: the encoder charging 6 bits per table entry "
         "and 8 bits per table-map column; new: the size as written (symbols at their ideal code "
         "length under the normalized tables, tables and bit-packed map byte for byte). Bits per "
         "element count everything in the blobs. Encode times: process CPU time, one thread, "
@@ -138,9 +138,9 @@ def main() -> None:
     p.add_argument("--levels", type=int, nargs="*", default=list(cachegen.LEVELS))
     p.add_argument("--chunks", type=int, nargs="*", default=[256, 1024])
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--machine", default=platform.processor() or platform.machine())
     p.add_argument("--out", type=Path, default=RESULTS / "table_cost")
     args = p.parse_args()
+    run = RunInfo.capture()
     base = load_base(args.base)
     kv = real_kv()
     rows = []
@@ -148,10 +148,11 @@ def main() -> None:
         for level in args.levels:
             rows.append(measure(base, kv, level, chunk_tokens, args.rounds))
             print(table(rows[-1:])[-1], flush=True)
-    meta = {"source": REAL_SOURCE, "machine": args.machine, "rounds": args.rounds}
+    run = run.finish()
+    meta = {"source": REAL_SOURCE, "run": run.as_dict(), "rounds": args.rounds}
     rows_json = {**meta, "rows": [asdict(r) for r in rows]}
     args.out.with_suffix(".json").write_text(json.dumps(rows_json, indent=2) + "\n")
-    args.out.with_suffix(".md").write_text(report(rows, args.machine, args.rounds))
+    args.out.with_suffix(".md").write_text(report(rows, run, args.rounds))
     print("\n".join(table(rows)))
 
 
