@@ -109,24 +109,24 @@ EncodedGroup encode_group(const GroupSpec& s, uint32_t segment_symbols) {
 // calls so its memory is reused; `call` tells calls apart.
 class LutCache {
  public:
-  const uint32_t* const* get(const ParsedBlob& blob, uint64_t call, uint32_t group) {
-    if (call == call_ && group == group_) return by_channel_.data();
+  const DecodeTables& get(const ParsedBlob& blob, uint64_t call, uint32_t group) {
+    if (call == call_ && group == group_) return tables_;
     const TableSet& ts = blob.groups[group].tables;
     luts_.resize(ts.tables.size() * rans::kProbScale);
     for (size_t t = 0; t < ts.tables.size(); ++t)
       fill_decoder_lut(ts.tables[t], luts_.data() + t * rans::kProbScale);
-    by_channel_.clear();
-    for (uint8_t t : ts.channel_table) by_channel_.push_back(luts_.data() + t * rans::kProbScale);
+    fill_channel_offsets(ts.channel_table, offsets_);
+    tables_ = {luts_.data(), offsets_.data(), (uint32_t)ts.channel_table.size()};
     call_ = call;
     group_ = group;
-    return by_channel_.data();
+    return tables_;
   }
 
  private:
   uint64_t call_ = 0;
   uint32_t group_ = 0;
-  std::vector<uint32_t> luts_;
-  std::vector<const uint32_t*> by_channel_;
+  std::vector<uint32_t> luts_, offsets_;
+  DecodeTables tables_;
 };
 
 // A group's fp32 parameters, expanded per thread on first use like LutCache: decode memory is the
@@ -166,15 +166,61 @@ void check_outputs(const ParsedBlob& blob, const std::vector<TensorView>& outs) 
 // Decode a segment's symbols into a per-thread scratch buffer.
 std::atomic<uint64_t> g_calls{0};
 
-const int8_t* segment_symbols(const ParsedBlob& blob, const uint8_t* data, uint64_t call,
-                              const Segment& s) {
+LutCache& lut_cache() {
   thread_local LutCache luts;
+  return luts;
+}
+
+const int8_t* segment_symbols(const ParsedBlob& blob, const uint8_t* data, uint64_t call,
+                              CpuPath path, const Segment& s) {
   thread_local std::vector<int8_t> scratch;
-  const uint32_t W = blob.groups[s.group].desc.symbols_per_token();
-  scratch.resize((size_t)s.token_count * W);
-  decode_segment(data + s.offset, s.bytes, s.token_count, W, luts.get(blob, call, s.group),
-                 scratch.data());
+  const DecodeTables& t = lut_cache().get(blob, call, s.group);
+  scratch.resize((size_t)s.token_count * t.channels);
+  decode_segment(path, data + s.offset, s.bytes, s.token_count, t, scratch.data());
   return scratch.data();
+}
+
+void dequantize_store(CpuPath path, const int8_t* sym, float a, const DequantParams& p, uint32_t n,
+                      DType dtype, void* dst) {
+  switch (path) {
+    case CpuPath::Avx512:
+      return dequantize_row_avx512(sym, a, p.b.data(), p.o.data(), n, dtype, dst);
+    case CpuPath::Avx2:
+      return dequantize_row_avx2(sym, a, p.b.data(), p.o.data(), n, dtype, dst);
+    case CpuPath::Scalar:
+      return dequantize_store_row(sym, a, p.b.data(), p.o.data(), n, dtype, dst);
+  }
+}
+
+// Symbols per tile of the fused decode: the tile's symbols stay in L1 while its rows are
+// reconstructed and written out.
+constexpr uint32_t kTileSymbols = 1u << 13;
+
+// A quantized segment decoded a tile of rows at a time, each tile's rows reconstructed and
+// converted straight into a dense-row output. Rows of a corrupt segment may be written before
+// the stream's end reports it.
+void decode_fused(const ParsedBlob& blob, const uint8_t* data, uint64_t call, CpuPath path,
+                  const Segment& s, const DequantParams& p, const TensorView& v) {
+  thread_local std::vector<int8_t> tile;
+  const DecodeTables& t = lut_cache().get(blob, call, s.group);
+  const uint32_t C = t.channels, rows = std::clamp<uint32_t>(kTileSymbols / C, 1, s.token_count);
+  tile.resize((size_t)rows * C);
+  const size_t elem = dtype_size(v.dtype);
+  RansCursor r(data + s.offset, s.bytes);
+  for (uint32_t k0 = 0; k0 < s.token_count; k0 += rows) {
+    const uint32_t n = std::min(rows, s.token_count - k0);
+    decode_symbols(path, r, t, (size_t)n * C, tile.data());
+    for (uint32_t k = 0; k < n; ++k) {
+      const uint32_t token = s.token_begin + k0 + k;
+      if (token < p.raw_rows) {
+        store_row(v, token, p.raw.data() + (size_t)token * C);
+        continue;
+      }
+      uint8_t* dst = static_cast<uint8_t*>(v.data) + v.token_offset(token) * (int64_t)elem;
+      dequantize_store(path, tile.data() + (size_t)k * C, p.a[token], p, C, v.dtype, dst);
+    }
+  }
+  r.finish();
 }
 
 }  // namespace
@@ -252,12 +298,20 @@ void decode_into(const ParsedBlob& blob, const uint8_t* data, const std::vector<
                  int threads) {
   check_outputs(blob, outs);
   const uint64_t call = ++g_calls;
+  const CpuPath path = cpu_path();
   parallel_for(blob.segments.size(), threads, [&](size_t i) {
     thread_local ParamCache params;
     const Segment& s = blob.segments[i];
     const GroupDesc& d = blob.groups[s.group].desc;
     const uint32_t C = d.channels(), W = d.symbols_per_token();
-    const int8_t* sym = segment_symbols(blob, data, call, s);
+    // The vector paths fuse decode, dequantization and conversion where rows are dense; the
+    // scalar path keeps the separate passes it has always had.
+    const bool fused =
+        path != CpuPath::Scalar && d.quantizer != Quantizer::Lossless && outs[s.group].dense_rows();
+    if (fused)
+      return decode_fused(blob, data, call, path, s, params.get(blob, call, s.group),
+                          outs[s.group]);
+    const int8_t* sym = segment_symbols(blob, data, call, path, s);
     if (d.quantizer == Quantizer::Lossless) {
       std::vector<uint8_t> bits(W);
       for (uint32_t k = 0; k < s.token_count; ++k, sym += W) {
@@ -282,12 +336,13 @@ void decode_into(const ParsedBlob& blob, const uint8_t* data, const std::vector<
 
 EntropyStats entropy_stats(const ParsedBlob& blob, const uint8_t* data, int threads) {
   const uint64_t call = ++g_calls;
+  const CpuPath path = cpu_path();
   std::vector<double> bits(blob.segments.size(), 0.0);
   parallel_for(blob.segments.size(), threads, [&](size_t i) {
     const Segment& s = blob.segments[i];
     const TableSet& ts = blob.groups[s.group].tables;
     const uint32_t W = blob.groups[s.group].desc.symbols_per_token();
-    const int8_t* sym = segment_symbols(blob, data, call, s);
+    const int8_t* sym = segment_symbols(blob, data, call, path, s);
     // Counted per table, not per channel: the code length is linear in the counts, and a
     // histogram per channel would cost 1 KiB per channel that a tiny blob can claim by the
     // hundred thousand.

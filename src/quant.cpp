@@ -243,4 +243,15 @@ void dequantize_row(const int8_t* __restrict symbols, const DequantParams& p, ui
   for (uint32_t c = 0; c < channels; ++c) row[c] = dequantize(symbols[c], a, b[c], o[c]);
 }
 
+void dequantize_store_row(const int8_t* __restrict symbols, float a, const float* __restrict b,
+                          const float* __restrict o, uint32_t n, DType dtype, void* dst) {
+  for (uint32_t c = 0; c < n; ++c) {
+    const float x = dequantize(symbols[c], a, b[c], o[c]);
+    if (dtype == DType::F32)
+      static_cast<float*>(dst)[c] = x;
+    else
+      static_cast<uint16_t*>(dst)[c] = dtype == DType::F16 ? f32_to_f16(x) : f32_to_bf16(x);
+  }
+}
+
 }  // namespace cachegen

@@ -14,7 +14,7 @@ MANIFEST = json.loads((DATA / "golden.json").read_text())
 
 
 @pytest.mark.parametrize("name", sorted(MANIFEST))
-def test_golden_blob_decodes(name):
+def test_golden_blob_decodes(name, cpu_path):
     blob = (DATA / f"{name}.cgkv").read_bytes()
     assert cachegen.inspect(blob).version == MANIFEST[name]["version"]
     assert digest(cachegen.decode(blob, framework="numpy")) == MANIFEST[name]["decoded_sha256"]
