@@ -7,11 +7,10 @@
 
 #include "parallel.hpp"
 #include "segment.hpp"
+#include "segment_encode.hpp"
 
 namespace cachegen {
 namespace {
-
-using EncTable = std::array<rans::EncSym, kAlphabet>;
 
 // Per-thread buffers reused across groups and calls: big fresh allocations cost page faults.
 struct Scratch {
@@ -60,28 +59,21 @@ Group fit_group(const GroupSpec& s, uint32_t segment_symbols, int8_t* symbols) {
   return g;
 }
 
-// Append one segment (symbols[0, n) coded backwards) to `out`: states, then words. `words` is
-// scratch with room for one word per symbol, so a flush is a store plus a counter bump rather
-// than a mispredicted branch.
-void encode_segment(const int8_t* sym, size_t n, uint32_t channels, const uint8_t* table_of,
-                    const std::vector<EncTable>& enc, uint16_t* words, std::vector<uint8_t>& out) {
+// Append one segment (symbols[0, n) coded backwards) to `out`: states, then words. `words_end`
+// is the end of scratch with room for one word per symbol plus kWordSlack, so a flush is a store
+// plus a counter bump rather than a mispredicted branch.
+void encode_segment(CpuPath path, const int8_t* sym, size_t n, const EncodeTables& t,
+                    uint16_t* words_end, std::vector<uint8_t>& out) {
   uint32_t state[rans::kLanes];
   std::fill(state, state + rans::kLanes, rans::kLowerBound);
-  size_t nw = 0;
-  uint32_t c = (uint32_t)((n - 1) % channels);
-  for (size_t p = n; p-- > 0;) {
-    const rans::EncSym es = enc[table_of[c]][sym[p] + kSymbolBias];
-    nw += rans::enc_put(state[p % rans::kLanes], es, words + nw);
-    c = c ? c - 1 : channels - 1;
-  }
-  const size_t at = out.size();
+  const uint16_t* top = encode_symbols(path, sym, n, t, state, words_end);
+  const size_t at = out.size(), nw = (size_t)(words_end - top);
   out.resize(at + rans::kStateBytes + nw * 2);
   std::memcpy(out.data() + at, state, rans::kStateBytes);
-  uint8_t* w = out.data() + at + rans::kStateBytes;
-  for (size_t i = 0; i < nw; ++i) std::memcpy(w + 2 * i, &words[nw - 1 - i], 2);
+  std::memcpy(out.data() + at + rans::kStateBytes, top, nw * 2);
 }
 
-EncodedGroup encode_group(const GroupSpec& s, uint32_t segment_symbols) {
+EncodedGroup encode_group(const GroupSpec& s, uint32_t segment_symbols, CpuPath path) {
   Scratch& sc = scratch();
   const GroupDesc plan = plan_group(s, segment_symbols);
   const size_t n = (size_t)plan.tokens * plan.symbols_per_token();
@@ -89,16 +81,15 @@ EncodedGroup encode_group(const GroupSpec& s, uint32_t segment_symbols) {
   EncodedGroup e{fit_group(s, segment_symbols, sc.symbols.data()), {}, {}};
   const GroupDesc& d = e.group.desc;
   const uint32_t W = d.symbols_per_token();
-  sc.words.resize((size_t)d.seg_tokens * W + 1);
+  sc.words.resize((size_t)d.seg_tokens * W + kWordSlack);
   // At most 12 bits per symbol plus states: reserving avoids regrowth copies.
   e.payload.reserve(n * 3 / 2 + (size_t)d.num_segments * rans::kStateBytes);
-  std::vector<EncTable> enc;
-  for (const Table& t : e.group.tables.tables) enc.push_back(encoder_symbols(t));
+  const EncoderTables tables(e.group.tables);
   for (uint32_t t0 = 0; t0 < d.tokens; t0 += d.seg_tokens) {
     const size_t before = e.payload.size();
     const uint32_t tokens = std::min(d.seg_tokens, d.tokens - t0);
-    encode_segment(sc.symbols.data() + (size_t)t0 * W, (size_t)tokens * W, W,
-                   e.group.tables.channel_table.data(), enc, sc.words.data(), e.payload);
+    encode_segment(path, sc.symbols.data() + (size_t)t0 * W, (size_t)tokens * W, tables.view(),
+                   sc.words.data() + sc.words.size(), e.payload);
     e.segment_bytes.push_back((uint32_t)(e.payload.size() - before));
   }
   return e;
@@ -279,9 +270,11 @@ std::vector<Quantized> quantize(const EncodeRequest& req) {
 
 void encode(const EncodeRequest& req, const BlobAllocator& alloc) {
   check_request(req);
+  const CpuPath path = cpu_path();
   std::vector<EncodedGroup> groups(req.groups.size());
-  parallel_for(groups.size(), req.threads,
-               [&](size_t g) { groups[g] = encode_group(req.groups[g], req.segment_symbols); });
+  parallel_for(groups.size(), req.threads, [&](size_t g) {
+    groups[g] = encode_group(req.groups[g], req.segment_symbols, path);
+  });
   write_blob(blob_header(req), groups, alloc);
 }
 

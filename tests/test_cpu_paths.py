@@ -1,5 +1,6 @@
-"""CPU decode paths: CACHEGEN_CPU_PATH forces each one the CPU has, build_info reports the one in
-effect, and every path decodes every output kind to the same bits as the scalar path."""
+"""CPU code paths: CACHEGEN_CPU_PATH forces each one the CPU has, build_info reports the one in
+effect, and every path decodes every output kind to the scalar path's bits and encodes to its
+bytes."""
 
 from __future__ import annotations
 
@@ -80,3 +81,13 @@ def test_strided_output_matches_dense(monkeypatch, cpu_path):
     cachegen.decode(blob, out=backing[..., ::2])
     np.testing.assert_array_equal(backing[..., ::2], dense)
     assert not backing[..., 1::2].any()
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.name)
+@pytest.mark.parametrize("shape", [(2, 300, 3, 64), (1, 77, 1, 5), (1, 40, 2, 8)])
+def test_every_path_encodes_the_scalar_bytes(monkeypatch, cpu_path, config, shape):
+    kv = synthetic_kv(*shape)
+    monkeypatch.setenv("CACHEGEN_CPU_PATH", "scalar")
+    want = cachegen.encode(kv, config=config)
+    monkeypatch.setenv("CACHEGEN_CPU_PATH", cpu_path)
+    assert cachegen.encode(kv, config=config) == want

@@ -26,6 +26,6 @@ def test_every_version_has_golden_blobs():
 
 
 @pytest.mark.parametrize("case", sorted(cases()))
-def test_encoder_reproduces_golden_bytes(case):
+def test_encoder_reproduces_golden_bytes(case, cpu_path):
     kv, config = cases()[case]
     assert cachegen.encode(kv, config=config) == (DATA / f"{blob_name(case)}.cgkv").read_bytes()

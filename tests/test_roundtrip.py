@@ -114,7 +114,7 @@ def test_decode_dtype_and_out_buffer(cpu_path):
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_thread_count_does_not_change_bytes(threads):
+def test_thread_count_does_not_change_bytes(threads, cpu_path):
     kv = synthetic_kv(3, 200, 2, 32)
     config = cachegen.CodecConfig(segment_symbols=2048)
     blob = cachegen.encode(kv, config=config, threads=threads)

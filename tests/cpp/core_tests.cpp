@@ -18,6 +18,7 @@
 #include "quant.hpp"
 #include "rans.hpp"
 #include "segment.hpp"
+#include "segment_encode.hpp"
 #include "step_codes.hpp"
 #include "tables.hpp"
 
@@ -266,6 +267,29 @@ void vector_paths_match_scalar() {
   }
 }
 
+// Every path's encoder against the reference encoder above: the same states and words, for
+// segments whose length is and is not a whole number of steps.
+void vector_encoders_match_reference() {
+  const uint32_t shapes[][3] = {{64, 192, 3}, {40, 1, 1}, {33, 7, 2}, {5, 1024, 8}, {1, 5, 1}};
+  for (const auto& [tokens, channels, tables] : shapes) {
+    const TestSegment s = make_segment(tokens, channels, tables, 7 * tokens + channels);
+    TableSet ts{s.tables, s.channel_table};
+    const EncoderTables enc(ts);
+    for (CpuPath path : available_cpu_paths()) {
+      std::vector<uint16_t> words(s.symbols.size() + kWordSlack);
+      uint32_t state[rans::kLanes];
+      std::fill(state, state + rans::kLanes, rans::kLowerBound);
+      uint16_t* end = words.data() + words.size();
+      const uint16_t* top =
+          encode_symbols(path, s.symbols.data(), s.symbols.size(), enc.view(), state, end);
+      std::vector<uint8_t> got(rans::kStateBytes + 2 * (size_t)(end - top));
+      std::memcpy(got.data(), state, rans::kStateBytes);
+      std::memcpy(got.data() + rans::kStateBytes, top, got.size() - rans::kStateBytes);
+      CHECK(got == s.bytes);
+    }
+  }
+}
+
 // The fused dequantize-and-convert rows of each path against dequantize() and the scalar
 // conversions, for every dtype, with values that round to subnormals, ties and infinities.
 void dequantize_rows_match_scalar() {
@@ -337,6 +361,7 @@ int main() {
   tables_normalize_and_parse();
   rans_segment_round_trip();
   vector_paths_match_scalar();
+  vector_encoders_match_reference();
   dequantize_rows_match_scalar();
   std::printf("cpu paths checked:");
   for (CpuPath p : available_cpu_paths()) std::printf(" %s", cpu_path_name(p));

@@ -1,9 +1,12 @@
-// AVX2 kernels: rANS decode 8 lanes per register (4 registers per step of kLanes symbols), and
-// fused dequantization + fp16/bf16/fp32 conversion of a row. Bit-exact with the scalar code.
+// AVX2 kernels: rANS decode and encode 8 lanes per register (4 registers per step of kLanes
+// symbols; words move between the stream and the lanes that need them through permutation
+// tables), and fused dequantization + fp16/bf16/fp32 conversion of a row. Bit-exact with the
+// scalar code.
 #include <algorithm>
 
 #include "quant.hpp"
 #include "segment.hpp"
+#include "segment_encode.hpp"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -30,6 +33,20 @@ constexpr ExpandTable make_expand_table() {
   return t;
 }
 alignas(32) constexpr ExpandTable kExpand = make_expand_table();
+
+// For each 8-bit mask of lanes that flush: the flushing lanes, ascending, moved to the top
+// lanes (8 - count .. 7), the encoder's words in stream order just below its top.
+constexpr ExpandTable make_compress_high_table() {
+  ExpandTable t{};
+  for (uint32_t m = 0; m < 256; ++m) {
+    uint32_t lanes[8] = {}, k = 0;
+    for (uint32_t i = 0; i < 8; ++i)
+      if ((m >> i) & 1) lanes[k++] = i;
+    for (uint32_t j = 0; j < k; ++j) t[m][8 - k + j] = lanes[j];
+  }
+  return t;
+}
+alignas(32) constexpr ExpandTable kCompressHigh = make_compress_high_table();
 
 // One decode step of 8 lanes: x advanced and renormalized with words taken from words[wp...].
 CG_AVX2 inline __m256i step8(__m256i x, const uint32_t* off, const uint32_t* lut,
@@ -134,6 +151,78 @@ CG_AVX2 void dequantize_row_avx2_impl(const int8_t* sym, float a, const float* b
                        (uint8_t*)dst + (size_t)i * dtype_size(dtype));
 }
 
+// x / freq's floor for 4 lanes (x < 2^32, q < 2^20) from x * (1 / freq) in double precision.
+CG_AVX2 inline __m128i quotient4(__m128i x, __m128i idx, const double* inv_freq) {
+  const __m256d xd =
+      _mm256_add_pd(_mm256_cvtepi32_pd(_mm_xor_si128(x, _mm_set1_epi32((int)0x80000000u))),
+                    _mm256_set1_pd(2147483648.0));
+  return _mm256_cvttpd_epi32(_mm256_mul_pd(xd, _mm256_i32gather_pd(inv_freq, idx, 8)));
+}
+
+// One encode step of 8 lanes (symbols s[0..8), channel offsets off[0..8)): flushed words go
+// below top in ascending lane order, then x = (q << 12) + r + cum with q = x / freq: the double
+// product is within 2^-20 of x / freq, so its floor is q or q - 1, which the remainder test
+// corrects.
+CG_AVX2 inline __m256i enc8(__m256i x, const int8_t* s, const uint32_t* off, const EncodeTables& t,
+                            uint16_t*& top) {
+  const __m256i idx =
+      _mm256_add_epi32(_mm256_loadu_si256((const __m256i*)off),
+                       _mm256_add_epi32(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)s)),
+                                        _mm256_set1_epi32(kSymbolBias)));
+  const __m256i fc = _mm256_i32gather_epi32((const int*)t.freq_cum, idx, 4);
+  const __m256i freq = _mm256_and_si256(fc, _mm256_set1_epi32(0x1fff));
+  const __m256i cum = _mm256_srli_epi32(fc, 13);
+  // Flush where x >= freq << 20, compared unsigned (never for freq 4096: the bound is 2^32).
+  const __m256i sign = _mm256_set1_epi32((int)0x80000000u);
+  const __m256i bound = _mm256_sub_epi32(_mm256_slli_epi32(freq, 20), _mm256_set1_epi32(1));
+  const __m256i flush =
+      _mm256_cmpgt_epi32(_mm256_xor_si256(x, sign), _mm256_xor_si256(bound, sign));
+  const int m = _mm256_movemask_ps(_mm256_castsi256_ps(flush));
+  const __m256i w =
+      _mm256_permutevar8x32_epi32(x, _mm256_load_si256((const __m256i*)kCompressHigh[m].data()));
+  // Low halves of the 8 lanes into the low 128 bits.
+  const __m256i low = _mm256_shuffle_epi8(
+      w, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4, 5, 8,
+                          9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1));
+  _mm_storeu_si128((__m128i*)(top - 8),
+                   _mm256_castsi256_si128(_mm256_permute4x64_epi64(low, 0x08)));
+  top -= _mm_popcnt_u32((unsigned)m);
+  x = _mm256_blendv_epi8(x, _mm256_srli_epi32(x, 16), flush);
+  __m256i q = _mm256_setr_m128i(
+      quotient4(_mm256_castsi256_si128(x), _mm256_castsi256_si128(idx), t.inv_freq),
+      quotient4(_mm256_extracti128_si256(x, 1), _mm256_extracti128_si256(idx, 1), t.inv_freq));
+  __m256i r = _mm256_sub_epi32(x, _mm256_mullo_epi32(q, freq));
+  const __m256i fix = _mm256_cmpgt_epi32(r, _mm256_sub_epi32(freq, _mm256_set1_epi32(1)));
+  q = _mm256_sub_epi32(q, fix);
+  r = _mm256_sub_epi32(r, _mm256_and_si256(freq, fix));
+  return _mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(q, rans::kProbBits), r), cum);
+}
+
+// Whole steps [0, steps) backwards, after the scalar code has done the partial last one.
+CG_AVX2 uint16_t* encode_steps(const int8_t* sym, size_t steps, const EncodeTables& t,
+                               uint32_t* state, uint16_t* top) {
+  __m256i x0 = _mm256_loadu_si256((const __m256i*)(state + 0));
+  __m256i x1 = _mm256_loadu_si256((const __m256i*)(state + 8));
+  __m256i x2 = _mm256_loadu_si256((const __m256i*)(state + 16));
+  __m256i x3 = _mm256_loadu_si256((const __m256i*)(state + 24));
+  const uint32_t C = t.channels;
+  uint32_t c = (uint32_t)((steps * rans::kLanes) % C);
+  for (size_t k = steps; k-- > 0;) {
+    for (c += C - rans::kLanes % C; c >= C;) c -= C;  // channel of the step's first symbol
+    const int8_t* s = sym + k * rans::kLanes;
+    const uint32_t* off = t.chan_off + c;
+    x3 = enc8(x3, s + 24, off + 24, t, top);
+    x2 = enc8(x2, s + 16, off + 16, t, top);
+    x1 = enc8(x1, s + 8, off + 8, t, top);
+    x0 = enc8(x0, s, off, t, top);
+  }
+  _mm256_storeu_si256((__m256i*)(state + 0), x0);
+  _mm256_storeu_si256((__m256i*)(state + 8), x1);
+  _mm256_storeu_si256((__m256i*)(state + 16), x2);
+  _mm256_storeu_si256((__m256i*)(state + 24), x3);
+  return top;
+}
+
 }  // namespace
 
 void decode_avx2(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
@@ -148,6 +237,13 @@ void dequantize_row_avx2(const int8_t* sym, float a, const float* b, const float
   dequantize_row_avx2_impl(sym, a, b, o, n, dtype, dst);
 }
 
+uint16_t* encode_avx2(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
+                      uint16_t* top) {
+  const size_t steps = n / rans::kLanes;
+  top = encode_scalar(sym, steps * rans::kLanes, n, t, state, top);
+  return encode_steps(sym, steps, t, state, top);
+}
+
 }  // namespace cachegen
 
 #else
@@ -159,6 +255,10 @@ void decode_avx2(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
 void dequantize_row_avx2(const int8_t* sym, float a, const float* b, const float* o, uint32_t n,
                          DType dtype, void* dst) {
   dequantize_store_row(sym, a, b, o, n, dtype, dst);
+}
+uint16_t* encode_avx2(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
+                      uint16_t* top) {
+  return encode_scalar(sym, 0, n, t, state, top);
 }
 }  // namespace cachegen
 #endif

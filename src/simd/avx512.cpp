@@ -1,10 +1,11 @@
-// AVX-512 kernels: rANS decode 16 lanes per register (2 registers per step of kLanes symbols;
-// the words go to the needing lanes with one expand), and fused dequantization + conversion of
-// a row. Bit-exact with the scalar code.
+// AVX-512 kernels: rANS decode and encode 16 lanes per register (2 registers per step of kLanes
+// symbols; words move between the stream and the lanes that need them with expand / compress),
+// and fused dequantization + conversion of a row. Bit-exact with the scalar code.
 #include <algorithm>
 
 #include "quant.hpp"
 #include "segment.hpp"
+#include "segment_encode.hpp"
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -99,6 +100,59 @@ CG_AVX512 void dequantize_row_avx512_impl(const int8_t* sym, float a, const floa
                        (uint8_t*)dst + (size_t)i * dtype_size(dtype));
 }
 
+// One encode step of 16 lanes (symbols s[0..16), channel offsets off[0..16)): flushed words go
+// below top in ascending lane order, then x = (q << 12) + r + cum with q = x / freq computed in
+// double precision: the product x * (1 / freq) is within 2^-20 of x / freq, so its floor is q or
+// q - 1, which the remainder test corrects.
+CG_AVX512 inline __m512i enc16(__m512i x, const int8_t* s, const uint32_t* off,
+                               const EncodeTables& t, uint16_t*& top) {
+  const __m512i idx =
+      _mm512_add_epi32(_mm512_loadu_si512(off),
+                       _mm512_add_epi32(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)s)),
+                                        _mm512_set1_epi32(kSymbolBias)));
+  const __m512i fc = _mm512_i32gather_epi32(idx, t.freq_cum, 4);
+  const __m512i freq = _mm512_and_si512(fc, _mm512_set1_epi32(0x1fff));
+  const __m512i cum = _mm512_srli_epi32(fc, 13);
+  // Flush where x >= freq << 20 (never for freq 4096, whose bound is 2^32).
+  const __mmask16 flush = _mm512_cmpgt_epu32_mask(
+      x, _mm512_sub_epi32(_mm512_slli_epi32(freq, 20), _mm512_set1_epi32(1)));
+  const int cnt = _mm_popcnt_u32(flush);
+  const __mmask16 high = (__mmask16)(0xffffu << (16 - cnt));
+  const __m512i w = _mm512_maskz_expand_epi32(high, _mm512_maskz_compress_epi32(flush, x));
+  _mm256_storeu_si256((__m256i*)(top - 16), _mm512_cvtepi32_epi16(w));
+  top -= cnt;
+  x = _mm512_mask_srli_epi32(x, flush, x, 16);
+  const __m256i idx_lo = _mm512_castsi512_si256(idx), idx_hi = _mm512_extracti64x4_epi64(idx, 1);
+  const __m512d q_lo = _mm512_mul_pd(_mm512_cvtepu32_pd(_mm512_castsi512_si256(x)),
+                                     _mm512_i32gather_pd(idx_lo, t.inv_freq, 8));
+  const __m512d q_hi = _mm512_mul_pd(_mm512_cvtepu32_pd(_mm512_extracti64x4_epi64(x, 1)),
+                                     _mm512_i32gather_pd(idx_hi, t.inv_freq, 8));
+  __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvttpd_epu32(q_lo)),
+                                 _mm512_cvttpd_epu32(q_hi), 1);
+  __m512i r = _mm512_sub_epi32(x, _mm512_mullo_epi32(q, freq));
+  const __mmask16 fix = _mm512_cmpge_epu32_mask(r, freq);
+  q = _mm512_mask_add_epi32(q, fix, q, _mm512_set1_epi32(1));
+  r = _mm512_mask_sub_epi32(r, fix, r, freq);
+  return _mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(q, rans::kProbBits), r), cum);
+}
+
+// Whole steps [0, steps) backwards, after the scalar code has done the partial last one.
+CG_AVX512 uint16_t* encode_steps(const int8_t* sym, size_t steps, const EncodeTables& t,
+                                 uint32_t* state, uint16_t* top) {
+  __m512i x0 = _mm512_loadu_si512(state), x1 = _mm512_loadu_si512(state + 16);
+  const uint32_t C = t.channels;
+  uint32_t c = (uint32_t)((steps * rans::kLanes) % C);
+  for (size_t k = steps; k-- > 0;) {
+    for (c += C - rans::kLanes % C; c >= C;) c -= C;  // channel of the step's first symbol
+    const int8_t* s = sym + k * rans::kLanes;
+    x1 = enc16(x1, s + 16, t.chan_off + c + 16, t, top);
+    x0 = enc16(x0, s, t.chan_off + c, t, top);
+  }
+  _mm512_storeu_si512(state, x0);
+  _mm512_storeu_si512(state + 16, x1);
+  return top;
+}
+
 }  // namespace
 
 void decode_avx512(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
@@ -113,6 +167,13 @@ void dequantize_row_avx512(const int8_t* sym, float a, const float* b, const flo
   dequantize_row_avx512_impl(sym, a, b, o, n, dtype, dst);
 }
 
+uint16_t* encode_avx512(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
+                        uint16_t* top) {
+  const size_t steps = n / rans::kLanes;
+  top = encode_scalar(sym, steps * rans::kLanes, n, t, state, top);
+  return encode_steps(sym, steps, t, state, top);
+}
+
 }  // namespace cachegen
 
 #else
@@ -124,6 +185,10 @@ void decode_avx512(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) 
 void dequantize_row_avx512(const int8_t* sym, float a, const float* b, const float* o, uint32_t n,
                            DType dtype, void* dst) {
   dequantize_store_row(sym, a, b, o, n, dtype, dst);
+}
+uint16_t* encode_avx512(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
+                        uint16_t* top) {
+  return encode_scalar(sym, 0, n, t, state, top);
 }
 }  // namespace cachegen
 #endif
