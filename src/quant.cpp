@@ -7,37 +7,47 @@
 
 #include "half.hpp"
 
+// Per-element loops also built for AVX2 and picked at load time: each lane computes what the
+// baseline build computes (no fused operations, same partial sums), so the bits do not change.
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+#define CG_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CG_VECTOR_CLONES
+#endif
+
 namespace cachegen {
 namespace {
 
-void check_finite(const float* row, uint32_t n) {
+CG_VECTOR_CLONES void check_finite(const float* row, uint32_t n) {
   uint32_t bad = 0;
   for (uint32_t i = 0; i < n; ++i) bad |= (f32_bits(row[i]) & 0x7f800000u) == 0x7f800000u;
   if (bad) throw InputError("KV tensor contains NaN or Inf");
 }
 
-// Per-token statistics of one row; eight partial sums keep the loop vectorizable.
+// Per-token statistics of one row; eight partial sums keep the loop vectorizable, and the
+// maximum |x| is taken on the bits (finite floats >= 0 order as their integer patterns).
 struct RowStats {
   double sum_sq = 0.0;
   float absmax = 0.0f;
 };
 
-RowStats row_stats(const float* row, uint32_t n) {
-  float sq[8] = {}, mx[8] = {};
+CG_VECTOR_CLONES RowStats row_stats(const float* row, uint32_t n) {
+  float sq[8] = {};
+  uint32_t mx[8] = {};
   uint32_t i = 0;
   for (; i + 8 <= n; i += 8)
     for (int k = 0; k < 8; ++k) {
       sq[k] += row[i + k] * row[i + k];
-      mx[k] = std::max(mx[k], std::fabs(row[i + k]));
+      mx[k] = std::max(mx[k], f32_bits(row[i + k]) & 0x7fffffffu);
     }
   for (; i < n; ++i) {
     sq[0] += row[i] * row[i];
-    mx[0] = std::max(mx[0], std::fabs(row[i]));
+    mx[0] = std::max(mx[0], f32_bits(row[i]) & 0x7fffffffu);
   }
   RowStats s;
   for (int k = 0; k < 8; ++k) {
     s.sum_sq += sq[k];
-    s.absmax = std::max(s.absmax, mx[k]);
+    s.absmax = std::max(s.absmax, bits_f32(mx[k]));
   }
   return s;
 }
@@ -83,8 +93,9 @@ void fit_layer_step(const ChannelStats& s, uint32_t tokens, float q, GroupQuant&
 }
 
 // restrict: int8 stores may alias anything, which would otherwise block vectorization.
-void quantize_row(const float* __restrict x, float inv_a, const float* __restrict inv_b,
-                  const float* __restrict o, int max_symbol, uint32_t n, int8_t* __restrict out) {
+CG_VECTOR_CLONES void quantize_row(const float* __restrict x, float inv_a,
+                                   const float* __restrict inv_b, const float* __restrict o,
+                                   int max_symbol, uint32_t n, int8_t* __restrict out) {
   for (uint32_t c = 0; c < n; ++c)
     out[c] = (int8_t)quantize(x[c], mul_rn(inv_a, inv_b[c]), o[c], max_symbol);
 }
@@ -187,6 +198,10 @@ void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorVie
   std::vector<float> inv_b(C), row(C);
   for (uint32_t c = 0; c < C; ++c) inv_b[c] = safe_inverse(p.b[c]);
   const int m = q.max_symbol;
+  // Counted bin-major (count[symbol][channel]): a row's symbols cluster in a few bins, so its
+  // increments touch a few KB instead of one line in each channel's 1 KB histogram.
+  thread_local std::vector<uint32_t> count;
+  count.assign((size_t)256 * C, 0);
   for (uint32_t t = 0; t < T; ++t) {
     load_row(v, t, row.data());
     int8_t* out = symbols + (size_t)t * C;
@@ -194,8 +209,10 @@ void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorVie
       std::fill(out, out + C, int8_t{0});
     else
       quantize_row(row.data(), safe_inverse(p.a[t]), inv_b.data(), p.o.data(), m, C, out);
-    for (uint32_t c = 0; c < C; ++c) hist[c * 256 + out[c] + 128]++;
+    for (uint32_t c = 0; c < C; ++c) count[(size_t)(out[c] + 128) * C + c]++;
   }
+  for (uint32_t i = 0; i < 256; ++i)
+    for (uint32_t c = 0; c < C; ++c) hist[c * 256 + i] += count[(size_t)i * C + c];
 }
 
 void split_planes(const TensorView& v, int8_t* symbols, uint32_t* hist) {
