@@ -81,21 +81,26 @@ CG_AVX2 inline void store_symbols(__m256i s0, __m256i s1, __m256i s2, __m256i s3
 // Up to `steps` whole steps (the cursor at lane 0); returns how many ran. Every step reads at
 // most kLanes words, so it runs only while that many remain: the scalar loop does the rest.
 CG_AVX2 size_t decode_steps(RansCursor& r, const DecodeTables& t, size_t steps, int8_t* out) {
+  // Locals, not fields: the symbol stores could alias the cursor and the tables.
+  const uint32_t *lut = t.lut, *chan_off = t.chan_off;
+  const uint8_t* words = r.words;
+  const size_t nwords = r.nwords;
+  const uint32_t C = t.channels;
   __m256i x0 = _mm256_loadu_si256((const __m256i*)(r.state + 0));
   __m256i x1 = _mm256_loadu_si256((const __m256i*)(r.state + 8));
   __m256i x2 = _mm256_loadu_si256((const __m256i*)(r.state + 16));
   __m256i x3 = _mm256_loadu_si256((const __m256i*)(r.state + 24));
   size_t wp = r.wp, done = 0;
   uint32_t c = r.channel;
-  for (; done < steps && wp + rans::kLanes <= r.nwords; ++done, out += rans::kLanes) {
-    const uint32_t* off = t.chan_off + c;
+  for (; done < steps && wp + rans::kLanes <= nwords; ++done, out += rans::kLanes) {
+    const uint32_t* off = chan_off + c;
     __m256i s0, s1, s2, s3;
-    x0 = step8(x0, off, t.lut, r.words, wp, s0);
-    x1 = step8(x1, off + 8, t.lut, r.words, wp, s1);
-    x2 = step8(x2, off + 16, t.lut, r.words, wp, s2);
-    x3 = step8(x3, off + 24, t.lut, r.words, wp, s3);
+    x0 = step8(x0, off, lut, words, wp, s0);
+    x1 = step8(x1, off + 8, lut, words, wp, s1);
+    x2 = step8(x2, off + 16, lut, words, wp, s2);
+    x3 = step8(x3, off + 24, lut, words, wp, s3);
     store_symbols(s0, s1, s2, s3, out);
-    for (c += rans::kLanes; c >= t.channels;) c -= t.channels;
+    for (c += rans::kLanes; c >= C;) c -= C;
   }
   _mm256_storeu_si256((__m256i*)(r.state + 0), x0);
   _mm256_storeu_si256((__m256i*)(r.state + 8), x1);

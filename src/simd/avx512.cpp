@@ -43,14 +43,19 @@ CG_AVX512 inline __m512i step16(__m512i x, const uint32_t* off, const uint32_t* 
 // Up to `steps` whole steps (the cursor at lane 0); returns how many ran. Every step reads at
 // most kLanes words, so it runs only while that many remain: the scalar loop does the rest.
 CG_AVX512 size_t decode_steps(RansCursor& r, const DecodeTables& t, size_t steps, int8_t* out) {
+  // Locals, not fields: the symbol stores could alias the cursor and the tables.
+  const uint32_t *lut = t.lut, *off = t.chan_off;
+  const uint8_t* words = r.words;
+  const size_t nwords = r.nwords;
+  const uint32_t C = t.channels;
   __m512i x0 = _mm512_loadu_si512(r.state);
   __m512i x1 = _mm512_loadu_si512(r.state + 16);
   size_t wp = r.wp, done = 0;
   uint32_t c = r.channel;
-  for (; done < steps && wp + rans::kLanes <= r.nwords; ++done, out += rans::kLanes) {
-    x0 = step16(x0, t.chan_off + c, t.lut, r.words, wp, out);
-    x1 = step16(x1, t.chan_off + c + 16, t.lut, r.words, wp, out + 16);
-    for (c += rans::kLanes; c >= t.channels;) c -= t.channels;
+  for (; done < steps && wp + rans::kLanes <= nwords; ++done, out += rans::kLanes) {
+    x0 = step16(x0, off + c, lut, words, wp, out);
+    x1 = step16(x1, off + c + 16, lut, words, wp, out + 16);
+    for (c += rans::kLanes; c >= C;) c -= C;
   }
   _mm512_storeu_si512(r.state, x0);
   _mm512_storeu_si512(r.state + 16, x1);
