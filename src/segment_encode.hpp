@@ -16,13 +16,12 @@ namespace cachegen {
 // Free words a word buffer keeps below its lowest word for the vector kernels' stores.
 constexpr size_t kWordSlack = 32;
 
-// A group's encoder parameters, indexed by kAlphabet * table + alphabet index: EncSym (scalar),
-// freq | cum << 13 and 1 / freq (vector kernels). chan_off[i] = kAlphabet * (table of channel
+// A group's encoder parameters, indexed by kAlphabet * table + alphabet index: EncSym (scalar)
+// and freq | cum << 13 (vector kernels). chan_off[i] = kAlphabet * (table of channel
 // i % channels) for i < channels + kLanes, as in DecodeTables.
 struct EncodeTables {
   const rans::EncSym* sym;
   const uint32_t* freq_cum;
-  const double* inv_freq;
   const uint32_t* chan_off;
   uint32_t channels;
 };
@@ -35,21 +34,18 @@ class EncoderTables {
       for (const rans::EncSym& e : encoder_symbols(t)) {
         sym_.push_back(e);
         freq_cum_.push_back(e.freq | e.cum << 13);
-        inv_.push_back(e.freq ? 1.0 / e.freq : 0.0);
       }
     const size_t C = ts.channel_table.size();
     for (size_t i = 0; i < C + rans::kLanes; ++i)
       off_.push_back(ts.channel_table[i % C] * kAlphabet);
   }
   EncodeTables view() const {
-    return {sym_.data(), freq_cum_.data(), inv_.data(), off_.data(),
-            (uint32_t)(off_.size() - rans::kLanes)};
+    return {sym_.data(), freq_cum_.data(), off_.data(), (uint32_t)(off_.size() - rans::kLanes)};
   }
 
  private:
   std::vector<rans::EncSym> sym_;
   std::vector<uint32_t> freq_cum_;
-  std::vector<double> inv_;
   std::vector<uint32_t> off_;
 };
 

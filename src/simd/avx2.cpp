@@ -156,25 +156,36 @@ CG_AVX2 void dequantize_row_avx2_impl(const int8_t* sym, float a, const float* b
                        (uint8_t*)dst + (size_t)i * dtype_size(dtype));
 }
 
-// x / freq's floor for 4 lanes (x < 2^32, q < 2^20) from x * (1 / freq) in double precision.
-CG_AVX2 inline __m128i quotient4(__m128i x, __m128i idx, const double* inv_freq) {
-  const __m256d xd =
-      _mm256_add_pd(_mm256_cvtepi32_pd(_mm_xor_si128(x, _mm_set1_epi32((int)0x80000000u))),
-                    _mm256_set1_pd(2147483648.0));
-  return _mm256_cvttpd_epi32(_mm256_mul_pd(xd, _mm256_i32gather_pd(inv_freq, idx, 8)));
+// q = x / freq and r = x % freq for 8 lanes with x < freq << 20 (so q < 2^20): x (converted
+// exactly in two halves) times a reciprocal refined once (about 22 correct bits) lies within 0.3
+// of x / freq, so its truncation is q - 1, q or q + 1, and the remainder corrects it exactly.
+CG_AVX2 inline __m256i divide8(__m256i x, __m256i freq, __m256i& r) {
+  const __m256 f = _mm256_cvtepi32_ps(freq);
+  __m256 inv = _mm256_rcp_ps(f);
+  inv = _mm256_mul_ps(inv, _mm256_sub_ps(_mm256_set1_ps(2.0f), _mm256_mul_ps(f, inv)));
+  const __m256 xf = _mm256_add_ps(
+      _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(x, 16)), _mm256_set1_ps(65536.0f)),
+      _mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32(0xffff))));
+  __m256i q = _mm256_cvttps_epi32(_mm256_mul_ps(xf, inv));
+  r = _mm256_sub_epi32(x, _mm256_mullo_epi32(q, freq));  // in [-freq, 2 freq)
+  const __m256i low = _mm256_cmpgt_epi32(_mm256_setzero_si256(), r);
+  q = _mm256_add_epi32(q, low);
+  r = _mm256_add_epi32(r, _mm256_and_si256(freq, low));
+  const __m256i high = _mm256_cmpgt_epi32(r, _mm256_sub_epi32(freq, _mm256_set1_epi32(1)));
+  q = _mm256_sub_epi32(q, high);
+  r = _mm256_sub_epi32(r, _mm256_and_si256(freq, high));
+  return q;
 }
 
 // One encode step of 8 lanes (symbols s[0..8), channel offsets off[0..8)): flushed words go
-// below top in ascending lane order, then x = (q << 12) + r + cum with q = x / freq: the double
-// product is within 2^-20 of x / freq, so its floor is q or q - 1, which the remainder test
-// corrects.
-CG_AVX2 inline __m256i enc8(__m256i x, const int8_t* s, const uint32_t* off, const EncodeTables& t,
-                            uint16_t*& top) {
+// below top in ascending lane order, then x = (q << 12) + r + cum.
+CG_AVX2 inline __m256i enc8(__m256i x, const int8_t* s, const uint32_t* off,
+                            const uint32_t* freq_cum, uint16_t*& top) {
   const __m256i idx =
       _mm256_add_epi32(_mm256_loadu_si256((const __m256i*)off),
                        _mm256_add_epi32(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)s)),
                                         _mm256_set1_epi32(kSymbolBias)));
-  const __m256i fc = _mm256_i32gather_epi32((const int*)t.freq_cum, idx, 4);
+  const __m256i fc = _mm256_i32gather_epi32((const int*)freq_cum, idx, 4);
   const __m256i freq = _mm256_and_si256(fc, _mm256_set1_epi32(0x1fff));
   const __m256i cum = _mm256_srli_epi32(fc, 13);
   // Flush where x >= freq << 20, compared unsigned (never for freq 4096: the bound is 2^32).
@@ -193,13 +204,8 @@ CG_AVX2 inline __m256i enc8(__m256i x, const int8_t* s, const uint32_t* off, con
                    _mm256_castsi256_si128(_mm256_permute4x64_epi64(low, 0x08)));
   top -= _mm_popcnt_u32((unsigned)m);
   x = _mm256_blendv_epi8(x, _mm256_srli_epi32(x, 16), flush);
-  __m256i q = _mm256_setr_m128i(
-      quotient4(_mm256_castsi256_si128(x), _mm256_castsi256_si128(idx), t.inv_freq),
-      quotient4(_mm256_extracti128_si256(x, 1), _mm256_extracti128_si256(idx, 1), t.inv_freq));
-  __m256i r = _mm256_sub_epi32(x, _mm256_mullo_epi32(q, freq));
-  const __m256i fix = _mm256_cmpgt_epi32(r, _mm256_sub_epi32(freq, _mm256_set1_epi32(1)));
-  q = _mm256_sub_epi32(q, fix);
-  r = _mm256_sub_epi32(r, _mm256_and_si256(freq, fix));
+  __m256i r;
+  const __m256i q = divide8(x, freq, r);
   return _mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(q, rans::kProbBits), r), cum);
 }
 
@@ -216,10 +222,10 @@ CG_AVX2 uint16_t* encode_steps(const int8_t* sym, size_t steps, const EncodeTabl
     for (c += C - rans::kLanes % C; c >= C;) c -= C;  // channel of the step's first symbol
     const int8_t* s = sym + k * rans::kLanes;
     const uint32_t* off = t.chan_off + c;
-    x3 = enc8(x3, s + 24, off + 24, t, top);
-    x2 = enc8(x2, s + 16, off + 16, t, top);
-    x1 = enc8(x1, s + 8, off + 8, t, top);
-    x0 = enc8(x0, s, off, t, top);
+    x3 = enc8(x3, s + 24, off + 24, t.freq_cum, top);
+    x2 = enc8(x2, s + 16, off + 16, t.freq_cum, top);
+    x1 = enc8(x1, s + 8, off + 8, t.freq_cum, top);
+    x0 = enc8(x0, s, off, t.freq_cum, top);
   }
   _mm256_storeu_si256((__m256i*)(state + 0), x0);
   _mm256_storeu_si256((__m256i*)(state + 8), x1);

@@ -105,17 +105,33 @@ CG_AVX512 void dequantize_row_avx512_impl(const int8_t* sym, float a, const floa
                        (uint8_t*)dst + (size_t)i * dtype_size(dtype));
 }
 
+// q = x / freq and r = x % freq for 16 lanes with x < freq << 20 (so q < 2^20): x times a
+// reciprocal refined once (about 22 correct bits) lies within 0.3 of x / freq, so its truncation
+// is q - 1, q or q + 1, and the remainder's sign and size correct it exactly.
+CG_AVX512 inline __m512i divide16(__m512i x, __m512i freq, __m512i& r) {
+  const __m512 f = _mm512_cvtepu32_ps(freq);
+  __m512 inv = _mm512_rcp14_ps(f);
+  inv = _mm512_mul_ps(inv, _mm512_sub_ps(_mm512_set1_ps(2.0f), _mm512_mul_ps(f, inv)));
+  __m512i q = _mm512_cvttps_epu32(_mm512_mul_ps(_mm512_cvtepu32_ps(x), inv));
+  r = _mm512_sub_epi32(x, _mm512_mullo_epi32(q, freq));  // in [-freq, 2 freq)
+  const __mmask16 low = _mm512_cmplt_epi32_mask(r, _mm512_setzero_si512());
+  const __mmask16 high = _mm512_cmpge_epi32_mask(r, freq);
+  q = _mm512_mask_sub_epi32(q, low, q, _mm512_set1_epi32(1));
+  r = _mm512_mask_add_epi32(r, low, r, freq);
+  q = _mm512_mask_add_epi32(q, high, q, _mm512_set1_epi32(1));
+  r = _mm512_mask_sub_epi32(r, high, r, freq);
+  return q;
+}
+
 // One encode step of 16 lanes (symbols s[0..16), channel offsets off[0..16)): flushed words go
-// below top in ascending lane order, then x = (q << 12) + r + cum with q = x / freq computed in
-// double precision: the product x * (1 / freq) is within 2^-20 of x / freq, so its floor is q or
-// q - 1, which the remainder test corrects.
+// below top in ascending lane order, then x = (q << 12) + r + cum.
 CG_AVX512 inline __m512i enc16(__m512i x, const int8_t* s, const uint32_t* off,
-                               const EncodeTables& t, uint16_t*& top) {
+                               const uint32_t* freq_cum, uint16_t*& top) {
   const __m512i idx =
       _mm512_add_epi32(_mm512_loadu_si512(off),
                        _mm512_add_epi32(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)s)),
                                         _mm512_set1_epi32(kSymbolBias)));
-  const __m512i fc = _mm512_i32gather_epi32(idx, t.freq_cum, 4);
+  const __m512i fc = _mm512_i32gather_epi32(idx, freq_cum, 4);
   const __m512i freq = _mm512_and_si512(fc, _mm512_set1_epi32(0x1fff));
   const __m512i cum = _mm512_srli_epi32(fc, 13);
   // Flush where x >= freq << 20 (never for freq 4096, whose bound is 2^32).
@@ -127,17 +143,8 @@ CG_AVX512 inline __m512i enc16(__m512i x, const int8_t* s, const uint32_t* off,
   _mm256_storeu_si256((__m256i*)(top - 16), _mm512_cvtepi32_epi16(w));
   top -= cnt;
   x = _mm512_mask_srli_epi32(x, flush, x, 16);
-  const __m256i idx_lo = _mm512_castsi512_si256(idx), idx_hi = _mm512_extracti64x4_epi64(idx, 1);
-  const __m512d q_lo = _mm512_mul_pd(_mm512_cvtepu32_pd(_mm512_castsi512_si256(x)),
-                                     _mm512_i32gather_pd(idx_lo, t.inv_freq, 8));
-  const __m512d q_hi = _mm512_mul_pd(_mm512_cvtepu32_pd(_mm512_extracti64x4_epi64(x, 1)),
-                                     _mm512_i32gather_pd(idx_hi, t.inv_freq, 8));
-  __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvttpd_epu32(q_lo)),
-                                 _mm512_cvttpd_epu32(q_hi), 1);
-  __m512i r = _mm512_sub_epi32(x, _mm512_mullo_epi32(q, freq));
-  const __mmask16 fix = _mm512_cmpge_epu32_mask(r, freq);
-  q = _mm512_mask_add_epi32(q, fix, q, _mm512_set1_epi32(1));
-  r = _mm512_mask_sub_epi32(r, fix, r, freq);
+  __m512i r;
+  const __m512i q = divide16(x, freq, r);
   return _mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(q, rans::kProbBits), r), cum);
 }
 
@@ -150,8 +157,8 @@ CG_AVX512 uint16_t* encode_steps(const int8_t* sym, size_t steps, const EncodeTa
   for (size_t k = steps; k-- > 0;) {
     for (c += C - rans::kLanes % C; c >= C;) c -= C;  // channel of the step's first symbol
     const int8_t* s = sym + k * rans::kLanes;
-    x1 = enc16(x1, s + 16, t.chan_off + c + 16, t, top);
-    x0 = enc16(x0, s, t.chan_off + c, t, top);
+    x1 = enc16(x1, s + 16, t.chan_off + c + 16, t.freq_cum, top);
+    x0 = enc16(x0, s, t.chan_off + c, t.freq_cum, top);
   }
   _mm512_storeu_si512(state, x0);
   _mm512_storeu_si512(state + 16, x1);
