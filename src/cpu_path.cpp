@@ -20,7 +20,7 @@ const char* cpu_path_name(CpuPath p) {
 }
 
 bool cpu_supports(CpuPath p) {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#ifdef CG_X86_SIMD
   switch (p) {
     case CpuPath::Avx512: {
       static const bool yes =

@@ -4,6 +4,13 @@
 #include <cstdint>
 #include <vector>
 
+// The x86 vector kernels build with GCC or Clang on x86-64; elsewhere (or with
+// -DCACHEGEN_SCALAR_ONLY) only the scalar path exists.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(CACHEGEN_SCALAR_ONLY)
+#define CG_X86_SIMD 1
+#endif
+
 namespace cachegen {
 
 enum class CpuPath : uint8_t { Scalar, Avx2, Avx512 };

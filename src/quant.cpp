@@ -5,11 +5,12 @@
 #include <cstring>
 #include <string>
 
+#include "cpu_path.hpp"
 #include "half.hpp"
 
 // Per-element loops also built for AVX2 and picked at load time: each lane computes what the
 // baseline build computes (no fused operations, same partial sums), so the bits do not change.
-#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+#if defined(CG_X86_SIMD) && defined(__linux__)
 #define CG_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define CG_VECTOR_CLONES

@@ -8,7 +8,7 @@
 #include "segment.hpp"
 #include "segment_encode.hpp"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#ifdef CG_X86_SIMD
 #include <immintrin.h>
 
 #include <array>

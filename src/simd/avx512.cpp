@@ -7,7 +7,7 @@
 #include "segment.hpp"
 #include "segment_encode.hpp"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#ifdef CG_X86_SIMD
 #include <immintrin.h>
 
 // GCC 12 warns inside its own AVX-512 headers (their _mm512_undefined_* values), not here.
