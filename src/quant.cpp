@@ -8,8 +8,12 @@
 #include "cpu_path.hpp"
 #include "half.hpp"
 
+#ifdef CG_X86_SIMD
+#include <immintrin.h>
+#endif
+
 // Per-element loops also built for AVX2 and picked at load time: each lane computes what the
-// baseline build computes (no fused operations, same partial sums), so the bits do not change.
+// baseline build computes (no fused operations), so the bits do not change.
 #if defined(CG_X86_SIMD) && defined(__linux__)
 #define CG_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
 #else
@@ -25,22 +29,15 @@ CG_VECTOR_CLONES void check_finite(const float* row, uint32_t n) {
   if (bad) throw InputError("KV tensor contains NaN or Inf");
 }
 
-// Per-token statistics of one row; eight partial sums keep the loop vectorizable, and the
-// maximum |x| is taken on the bits (finite floats >= 0 order as their integer patterns).
+// Per-token statistics of one row from eight partial sums (lane k takes elements i + k), the
+// maximum |x| taken on the bits (finite floats >= 0 order as their integer patterns).
 struct RowStats {
   double sum_sq = 0.0;
   float absmax = 0.0f;
 };
 
-CG_VECTOR_CLONES RowStats row_stats(const float* row, uint32_t n) {
-  float sq[8] = {};
-  uint32_t mx[8] = {};
-  uint32_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int k = 0; k < 8; ++k) {
-      sq[k] += row[i + k] * row[i + k];
-      mx[k] = std::max(mx[k], f32_bits(row[i + k]) & 0x7fffffffu);
-    }
+// The partial sums' tail (elements row[i..n) into lane 0) and their reduction.
+RowStats finish_row_stats(float* sq, uint32_t* mx, const float* row, uint32_t i, uint32_t n) {
   for (; i < n; ++i) {
     sq[0] += row[i] * row[i];
     mx[0] = std::max(mx[0], f32_bits(row[i]) & 0x7fffffffu);
@@ -51,6 +48,41 @@ CG_VECTOR_CLONES RowStats row_stats(const float* row, uint32_t n) {
     s.absmax = std::max(s.absmax, bits_f32(mx[k]));
   }
   return s;
+}
+
+#ifdef CG_X86_SIMD
+// The same eight lanes in one AVX2 register each.
+__attribute__((target("avx2"))) RowStats row_stats_avx2(const float* row, uint32_t n) {
+  __m256 sq = _mm256_setzero_ps();
+  __m256i mx = _mm256_setzero_si256();
+  const __m256i abs = _mm256_set1_epi32(0x7fffffff);
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 x = _mm256_loadu_ps(row + i);
+    sq = _mm256_add_ps(sq, _mm256_mul_ps(x, x));
+    mx = _mm256_max_epu32(mx, _mm256_and_si256(_mm256_castps_si256(x), abs));
+  }
+  float s[8];
+  uint32_t m[8];
+  _mm256_storeu_ps(s, sq);
+  _mm256_storeu_si256((__m256i*)m, mx);
+  return finish_row_stats(s, m, row, i, n);
+}
+#endif
+
+RowStats row_stats(const float* row, uint32_t n) {
+#ifdef CG_X86_SIMD
+  if (cpu_supports(CpuPath::Avx2)) return row_stats_avx2(row, n);
+#endif
+  float sq[8] = {};
+  uint32_t mx[8] = {};
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) {
+      sq[k] += row[i + k] * row[i + k];
+      mx[k] = std::max(mx[k], f32_bits(row[i + k]) & 0x7fffffffu);
+    }
+  return finish_row_stats(sq, mx, row, i, n);
 }
 
 // Per-channel running statistics over tokens.
