@@ -244,8 +244,11 @@ void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorVie
       quantize_row(row.data(), safe_inverse(p.a[t]), inv_b.data(), p.o.data(), m, C, out);
     for (uint32_t c = 0; c < C; ++c) count[(size_t)(out[c] + 128) * C + c]++;
   }
-  for (uint32_t i = 0; i < 256; ++i)
-    for (uint32_t c = 0; c < C; ++c) hist[c * 256 + i] += count[(size_t)i * C + c];
+  for (uint32_t i = 0; i < 256; ++i) {
+    const uint32_t* bin = count.data() + (size_t)i * C;
+    if (std::all_of(bin, bin + C, [](uint32_t n) { return n == 0; })) continue;  // most are
+    for (uint32_t c = 0; c < C; ++c) hist[c * 256 + i] += bin[c];
+  }
 }
 
 void split_planes(const TensorView& v, int8_t* symbols, uint32_t* hist) {
