@@ -154,7 +154,6 @@ void check_outputs(const ParsedBlob& blob, const std::vector<TensorView>& outs) 
   }
 }
 
-// Decode a segment's symbols into a per-thread scratch buffer.
 std::atomic<uint64_t> g_calls{0};
 
 LutCache& lut_cache() {
@@ -162,6 +161,7 @@ LutCache& lut_cache() {
   return luts;
 }
 
+// Decode a segment's symbols into a per-thread scratch buffer.
 const int8_t* segment_symbols(const ParsedBlob& blob, const uint8_t* data, uint64_t call,
                               CpuPath path, const Segment& s) {
   thread_local std::vector<int8_t> scratch;
