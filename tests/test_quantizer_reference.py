@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kvgen import synthetic_kv
 
 import cachegen
-from kvgen import synthetic_kv
 
 GRID = 8  # steps per octave
 MAX_SYMBOL = 127

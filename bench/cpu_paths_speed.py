@@ -1,8 +1,8 @@
 """CPU code paths (scalar, AVX2, AVX-512) on real SmolLM2 KV, with the machine's copy rate as the
 roofline, all in one run.
 
-    python bench/cpu_simd.py                  # writes bench/results/cpu_simd.{json,md}
-    python bench/cpu_simd.py --rounds 5 --out /tmp/simd
+    python bench/cpu_paths_speed.py           # writes bench/results/cpu_paths.{json,md}
+    python bench/cpu_paths_speed.py --rounds 5 --out /tmp/paths
 
 Each available path (forced with ``CACHEGEN_CPU_PATH``) encodes the fp16 cache at the default level
 and decodes the blob into a preallocated fp16 ``out=`` array, at 2 threads; the roofline is one
@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 
 import cachegen
-import kvdata
-from throughput import RESULTS, Case, machine, run_rounds
+from lib import kvdata, runinfo
+from lib.rounds import Case, run_rounds
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 THREADS = 2
 # The issue's targets: decode >= 3x and encode >= 2x the scalar path; decode time <= 3.3x the
@@ -99,11 +101,12 @@ def summary(rows: list[dict], paths: list[str]) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure everything; return the report."""
+    info = runinfo.RunInfo.capture()
     load_start = os.getloadavg()
     kv = kvdata.real_kv()
     paths = list(cachegen.build_info()["cpu_paths"])
     os.environ.pop("CACHEGEN_CPU_PATH", None)
-    report: dict[str, Any] = {"machine": machine(), "loadavg_start": load_start}
+    report: dict[str, Any] = {"build_info": cachegen.build_info(), "loadavg_start": load_start}
     report["check"] = check_paths(kv, paths)
     blob = cachegen.encode(kv)
     found = cases(kv, blob, paths)
@@ -123,20 +126,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rows": rows,
         "summary": summary(rows, paths),
         "loadavg_end": os.getloadavg(),
+        "run": info.finish().as_dict(),
     }
     return report
 
 
 def markdown(report: dict[str, Any]) -> str:
     """The report as a markdown page."""
-    m, c, s = report["machine"], report["cache"], report["summary"]
+    c, s = report["cache"], report["summary"]
     load = "/".join(f"{x:.2f}" for x in report["loadavg_start"])
     load_end = "/".join(f"{x:.2f}" for x in report["loadavg_end"])
     lines = [
-        "# CPU code paths (bench/cpu_simd.py)",
+        "# CPU code paths (bench/cpu_paths_speed.py)",
         "",
-        f"Machine: {m['host']}, {m['cpu']}, {m['cores']} cores; commit {m['commit']}, {m['date']}.",
-        f"build_info: `{json.dumps(m['build_info'], sort_keys=True)}`.",
+        runinfo.describe(report["run"]),
+        f"build_info: `{json.dumps(report['build_info'], sort_keys=True)}`.",
         f"Load average (1/5/15 min) at start {load}, at end {load_end} (shared machine).",
         "",
         f"Cache: SmolLM2-135M real KV {c['shape']} fp16 ({c['fp16_bytes'] / 1e6:.0f} MB), default "
@@ -183,13 +187,13 @@ def main(argv: list[str] | None = None) -> None:
     """Run, print the markdown, write JSON + markdown."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rounds", type=int, default=9, help="interleaved timed rounds")
-    p.add_argument("--out", type=Path, default=RESULTS, help="folder for cpu_simd.json/.md")
+    p.add_argument("--out", type=Path, default=RESULTS, help="folder for cpu_paths.json/.md")
     args = p.parse_args(argv)
     report = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "cpu_simd.json").write_text(json.dumps(report, indent=1) + "\n")
+    (args.out / "cpu_paths.json").write_text(json.dumps(report, indent=1) + "\n")
     text = markdown(report)
-    (args.out / "cpu_simd.md").write_text(text)
+    (args.out / "cpu_paths.md").write_text(text)
     print(text)
 
 
