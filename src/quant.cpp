@@ -23,10 +23,16 @@
 namespace cachegen {
 namespace {
 
-CG_VECTOR_CLONES void check_finite(const float* row, uint32_t n) {
+// Cloned functions do not throw: an exception unwinding through the clone's dispatch aborts in
+// sanitized builds.
+CG_VECTOR_CLONES bool all_finite(const float* row, uint32_t n) {
   uint32_t bad = 0;
   for (uint32_t i = 0; i < n; ++i) bad |= (f32_bits(row[i]) & 0x7f800000u) == 0x7f800000u;
-  if (bad) throw InputError("KV tensor contains NaN or Inf");
+  return !bad;
+}
+
+void check_finite(const float* row, uint32_t n) {
+  if (!all_finite(row, n)) throw InputError("KV tensor contains NaN or Inf");
 }
 
 // Per-token statistics of one row from eight partial sums (lane k takes elements i + k), the
