@@ -214,6 +214,41 @@ void decode_fused(const ParsedBlob& blob, const uint8_t* data, uint64_t call, Cp
   r.finish();
 }
 
+// One segment decoded into its group's output.
+void decode_segment_into(const ParsedBlob& blob, const uint8_t* data,
+                         const std::vector<TensorView>& outs, uint64_t call, CpuPath path,
+                         const Segment& s) {
+  thread_local ParamCache params;
+  const GroupDesc& d = blob.groups[s.group].desc;
+  const uint32_t C = d.channels(), W = d.symbols_per_token();
+  // The vector paths fuse decode, dequantization and conversion where rows are dense; the
+  // scalar path keeps the separate passes it has always had.
+  const bool fused =
+      path != CpuPath::Scalar && d.quantizer != Quantizer::Lossless && outs[s.group].dense_rows();
+  if (fused)
+    return decode_fused(blob, data, call, path, s, params.get(blob, call, s.group), outs[s.group]);
+  const int8_t* sym = segment_symbols(blob, data, call, path, s);
+  if (d.quantizer == Quantizer::Lossless) {
+    std::vector<uint8_t> bits(W);
+    for (uint32_t k = 0; k < s.token_count; ++k, sym += W) {
+      join_planes(sym, C, d.planes, bits.data());
+      store_bits(outs[s.group], s.token_begin + k, bits.data());
+    }
+    return;
+  }
+  const DequantParams& p = params.get(blob, call, s.group);
+  // Rows go out a tile at a time (a token-adjacent output is written per channel); a tile
+  // holds at most 64 rows and 64 KiB, so wide groups do not grow decode memory.
+  const uint32_t rows = std::clamp<uint32_t>((1u << 14) / C, 1, 64);
+  std::vector<float> tile((size_t)rows * C);
+  for (uint32_t k0 = 0; k0 < s.token_count; k0 += rows) {
+    const uint32_t n = std::min(rows, s.token_count - k0), t0 = s.token_begin + k0;
+    for (uint32_t k = 0; k < n; ++k)
+      dequantize_row(sym + (size_t)(k0 + k) * C, p, t0 + k, C, tile.data() + (size_t)k * C);
+    store_rows(outs[s.group], t0, n, tile.data());
+  }
+}
+
 }  // namespace
 
 void check_request(const EncodeRequest& req) {
@@ -292,38 +327,13 @@ void decode_into(const ParsedBlob& blob, const uint8_t* data, const std::vector<
   check_outputs(blob, outs);
   const uint64_t call = ++g_calls;
   const CpuPath path = cpu_path();
-  parallel_for(blob.segments.size(), threads, [&](size_t i) {
-    thread_local ParamCache params;
-    const Segment& s = blob.segments[i];
-    const GroupDesc& d = blob.groups[s.group].desc;
-    const uint32_t C = d.channels(), W = d.symbols_per_token();
-    // The vector paths fuse decode, dequantization and conversion where rows are dense; the
-    // scalar path keeps the separate passes it has always had.
-    const bool fused =
-        path != CpuPath::Scalar && d.quantizer != Quantizer::Lossless && outs[s.group].dense_rows();
-    if (fused)
-      return decode_fused(blob, data, call, path, s, params.get(blob, call, s.group),
-                          outs[s.group]);
-    const int8_t* sym = segment_symbols(blob, data, call, path, s);
-    if (d.quantizer == Quantizer::Lossless) {
-      std::vector<uint8_t> bits(W);
-      for (uint32_t k = 0; k < s.token_count; ++k, sym += W) {
-        join_planes(sym, C, d.planes, bits.data());
-        store_bits(outs[s.group], s.token_begin + k, bits.data());
-      }
-      return;
-    }
-    const DequantParams& p = params.get(blob, call, s.group);
-    // Rows go out a tile at a time (a token-adjacent output is written per channel); a tile
-    // holds at most 64 rows and 64 KiB, so wide groups do not grow decode memory.
-    const uint32_t rows = std::clamp<uint32_t>((1u << 14) / C, 1, 64);
-    std::vector<float> tile((size_t)rows * C);
-    for (uint32_t k0 = 0; k0 < s.token_count; k0 += rows) {
-      const uint32_t n = std::min(rows, s.token_count - k0), t0 = s.token_begin + k0;
-      for (uint32_t k = 0; k < n; ++k)
-        dequantize_row(sym + (size_t)(k0 + k) * C, p, t0 + k, C, tile.data() + (size_t)k * C);
-      store_rows(outs[s.group], t0, n, tile.data());
-    }
+  // Segments go out in runs of adjacent ones, so a thread mostly stays in one group and builds
+  // its decoder tables and parameters once, not once per segment it happens to get.
+  const size_t n = blob.segments.size();
+  const size_t run = std::max<size_t>(1, n / ((size_t)resolve_threads(threads) * 8));
+  parallel_for((n + run - 1) / run, threads, [&](size_t r) {
+    for (size_t i = r * run; i < std::min(n, (r + 1) * run); ++i)
+      decode_segment_into(blob, data, outs, call, path, blob.segments[i]);
   });
 }
 
