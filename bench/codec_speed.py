@@ -30,13 +30,17 @@ from lib.rounds import Case, run_rounds
 RESULTS = Path(__file__).resolve().parent / "results"
 THREADS = kvdata.THREADS
 TARGETS = {"encode": 150e6, "decode": 300e6}  # elements/s, 2 threads, this 2-core machine
+COPY_OP = "numpy.copyto fp16"  # the roofline: one copy of the output's size, one thread
 
 
 def codec_cases(name: str, kv: np.ndarray, blob: bytes) -> list[Case]:
     """Encode, decode into ``out=`` and decode into a fresh array, at each thread count; also
     ``quantize`` alone and allocating + first-touching an array of the cache's size."""
-    out = np.empty_like(kv)
-    cases = [Case(name, "alloc+touch fp16 array", 1, kv.size, lambda: np.empty_like(kv).fill(0))]
+    out, dst = np.empty_like(kv), np.empty_like(kv)
+    cases = [
+        Case(name, "alloc+touch fp16 array", 1, kv.size, lambda: np.empty_like(kv).fill(0)),
+        Case(name, COPY_OP, 1, kv.size, lambda: np.copyto(dst, kv)),
+    ]
     for t in THREADS:
         cases += [
             Case(name, "encode", t, kv.size, lambda t=t: cachegen.encode(kv, threads=t)),
@@ -341,9 +345,32 @@ def _target_table(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _roofline_table(report: dict[str, Any]) -> list[str]:
+    """Decode time (2 threads, ``out=``) over the time of one copy of its output (one thread)."""
+    t = {(r["cache"], r["op"], r["threads"]): r["median_s"] for r in report["rows"]}
+    lines = [
+        "## Roofline (decode time / numpy.copyto time of the output, same run)",
+        "",
+        _cells("cache", "copy ms", "decode out= ms (2 threads)", "decode / copy"),
+        _cells("---", "---:", "---:", "---:"),
+    ]
+    for c in report["caches"]:
+        copy, dec = t[(c["cache"], COPY_OP, 1)], t[(c["cache"], "decode out=", max(THREADS))]
+        lines.append(
+            _cells(c["cache"], f"{1e3 * copy:.1f}", f"{1e3 * dec:.1f}", f"{dec / copy:.2f}")
+        )
+    return lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The report as a markdown page."""
-    parts = [_header(report), _cache_table(report), _speed_table(report), _target_table(report)]
+    parts = [
+        _header(report),
+        _cache_table(report),
+        _speed_table(report),
+        _target_table(report),
+        _roofline_table(report),
+    ]
     return "\n\n".join("\n".join(p) for p in [*parts, NOTES]) + "\n"
 
 

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "../src/codec.hpp"
+#include "../src/cpu_path.hpp"
 #include "../src/crc32c.hpp"
 #include "../src/format.hpp"
 #include "../src/importance.hpp"
@@ -288,6 +289,10 @@ py::dict build_info_py() {
   d["backend"] = "cpu";
   d["crc32c"] = crc32c_backend();
   d["convert"] = convert_backend();
+  d["cpu_decode"] = cpu_path_name(cpu_path());
+  py::list paths;
+  for (CpuPath p : available_cpu_paths()) paths.append(cpu_path_name(p));
+  d["cpu_paths"] = paths;
   d["format_version"] = kFormatVersion;
   d["lanes"] = rans::kLanes;
   d["prob_bits"] = rans::kProbBits;

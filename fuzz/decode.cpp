@@ -1,10 +1,12 @@
 // Fuzz target: the whole host decode of a (resealed) blob: parse, then decode into dense fp32
 // outputs of the blob's shapes (up to 16 MiB of output), then the entropy statistics. Lossless
-// groups decode into their own dtype.
+// groups decode into their own dtype. Every CPU path this machine has decodes the blob: all must
+// fail alike or write the same bytes.
 #include <cmath>
 #include <cstdlib>
 
 #include "codec.hpp"
+#include "cpu_path.hpp"
 #include "reseal.hpp"
 
 using namespace cachegen;
@@ -41,12 +43,25 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     v.s_dim = 1;
     outs.push_back(v);
   }
-  try {
-    decode_into(p, b.data(), outs, 1);
-    entropy_stats(p, b.data(), 1);
-  } catch (const FormatError&) {
-    return 0;
+  std::vector<std::vector<uint8_t>> first;
+  bool scalar_failed = false;
+  for (CpuPath path : available_cpu_paths()) {
+    setenv("CACHEGEN_CPU_PATH", cpu_path_name(path), 1);
+    bool failed = false;
+    try {
+      decode_into(p, b.data(), outs, 1);
+      entropy_stats(p, b.data(), 1);
+    } catch (const FormatError&) {
+      failed = true;
+    }
+    if (path == CpuPath::Scalar) {
+      scalar_failed = failed;
+      first = memory;
+    } else if (failed != scalar_failed || (!failed && memory != first)) {
+      std::abort();  // a vector path disagrees with the scalar one
+    }
   }
+  if (scalar_failed) return 0;
   // Finite scales and raw rows (checked by the parser) bound every reconstruction:
   // |s * a * b + o| <= 127 * 65504^2 + 65504, far inside fp32.
   for (size_t g = 0; g < outs.size(); ++g) {

@@ -7,11 +7,10 @@
 
 #include "parallel.hpp"
 #include "segment.hpp"
+#include "segment_encode.hpp"
 
 namespace cachegen {
 namespace {
-
-using EncTable = std::array<rans::EncSym, kAlphabet>;
 
 // Per-thread buffers reused across groups and calls: big fresh allocations cost page faults.
 struct Scratch {
@@ -60,28 +59,21 @@ Group fit_group(const GroupSpec& s, uint32_t segment_symbols, int8_t* symbols) {
   return g;
 }
 
-// Append one segment (symbols[0, n) coded backwards) to `out`: states, then words. `words` is
-// scratch with room for one word per symbol, so a flush is a store plus a counter bump rather
-// than a mispredicted branch.
-void encode_segment(const int8_t* sym, size_t n, uint32_t channels, const uint8_t* table_of,
-                    const std::vector<EncTable>& enc, uint16_t* words, std::vector<uint8_t>& out) {
+// Append one segment (symbols[0, n) coded backwards) to `out`: states, then words. `words_end`
+// is the end of scratch with room for one word per symbol plus kWordSlack, so a flush is a store
+// plus a counter bump rather than a mispredicted branch.
+void encode_segment(CpuPath path, const int8_t* sym, size_t n, const EncodeTables& t,
+                    uint16_t* words_end, std::vector<uint8_t>& out) {
   uint32_t state[rans::kLanes];
   std::fill(state, state + rans::kLanes, rans::kLowerBound);
-  size_t nw = 0;
-  uint32_t c = (uint32_t)((n - 1) % channels);
-  for (size_t p = n; p-- > 0;) {
-    const rans::EncSym es = enc[table_of[c]][sym[p] + kSymbolBias];
-    nw += rans::enc_put(state[p % rans::kLanes], es, words + nw);
-    c = c ? c - 1 : channels - 1;
-  }
-  const size_t at = out.size();
+  const uint16_t* top = encode_symbols(path, sym, n, t, state, words_end);
+  const size_t at = out.size(), nw = (size_t)(words_end - top);
   out.resize(at + rans::kStateBytes + nw * 2);
   std::memcpy(out.data() + at, state, rans::kStateBytes);
-  uint8_t* w = out.data() + at + rans::kStateBytes;
-  for (size_t i = 0; i < nw; ++i) std::memcpy(w + 2 * i, &words[nw - 1 - i], 2);
+  std::memcpy(out.data() + at + rans::kStateBytes, top, nw * 2);
 }
 
-EncodedGroup encode_group(const GroupSpec& s, uint32_t segment_symbols) {
+EncodedGroup encode_group(const GroupSpec& s, uint32_t segment_symbols, CpuPath path) {
   Scratch& sc = scratch();
   const GroupDesc plan = plan_group(s, segment_symbols);
   const size_t n = (size_t)plan.tokens * plan.symbols_per_token();
@@ -89,16 +81,15 @@ EncodedGroup encode_group(const GroupSpec& s, uint32_t segment_symbols) {
   EncodedGroup e{fit_group(s, segment_symbols, sc.symbols.data()), {}, {}};
   const GroupDesc& d = e.group.desc;
   const uint32_t W = d.symbols_per_token();
-  sc.words.resize((size_t)d.seg_tokens * W + 1);
+  sc.words.resize((size_t)d.seg_tokens * W + kWordSlack);
   // At most 12 bits per symbol plus states: reserving avoids regrowth copies.
   e.payload.reserve(n * 3 / 2 + (size_t)d.num_segments * rans::kStateBytes);
-  std::vector<EncTable> enc;
-  for (const Table& t : e.group.tables.tables) enc.push_back(encoder_symbols(t));
+  const EncoderTables tables(e.group.tables);
   for (uint32_t t0 = 0; t0 < d.tokens; t0 += d.seg_tokens) {
     const size_t before = e.payload.size();
     const uint32_t tokens = std::min(d.seg_tokens, d.tokens - t0);
-    encode_segment(sc.symbols.data() + (size_t)t0 * W, (size_t)tokens * W, W,
-                   e.group.tables.channel_table.data(), enc, sc.words.data(), e.payload);
+    encode_segment(path, sc.symbols.data() + (size_t)t0 * W, (size_t)tokens * W, tables.view(),
+                   sc.words.data() + sc.words.size(), e.payload);
     e.segment_bytes.push_back((uint32_t)(e.payload.size() - before));
   }
   return e;
@@ -109,24 +100,24 @@ EncodedGroup encode_group(const GroupSpec& s, uint32_t segment_symbols) {
 // calls so its memory is reused; `call` tells calls apart.
 class LutCache {
  public:
-  const uint32_t* const* get(const ParsedBlob& blob, uint64_t call, uint32_t group) {
-    if (call == call_ && group == group_) return by_channel_.data();
+  const DecodeTables& get(const ParsedBlob& blob, uint64_t call, uint32_t group) {
+    if (call == call_ && group == group_) return tables_;
     const TableSet& ts = blob.groups[group].tables;
     luts_.resize(ts.tables.size() * rans::kProbScale);
     for (size_t t = 0; t < ts.tables.size(); ++t)
       fill_decoder_lut(ts.tables[t], luts_.data() + t * rans::kProbScale);
-    by_channel_.clear();
-    for (uint8_t t : ts.channel_table) by_channel_.push_back(luts_.data() + t * rans::kProbScale);
+    fill_channel_offsets(ts.channel_table, offsets_);
+    tables_ = {luts_.data(), offsets_.data(), (uint32_t)ts.channel_table.size()};
     call_ = call;
     group_ = group;
-    return by_channel_.data();
+    return tables_;
   }
 
  private:
   uint64_t call_ = 0;
   uint32_t group_ = 0;
-  std::vector<uint32_t> luts_;
-  std::vector<const uint32_t*> by_channel_;
+  std::vector<uint32_t> luts_, offsets_;
+  DecodeTables tables_;
 };
 
 // A group's fp32 parameters, expanded per thread on first use like LutCache: decode memory is the
@@ -163,18 +154,99 @@ void check_outputs(const ParsedBlob& blob, const std::vector<TensorView>& outs) 
   }
 }
 
-// Decode a segment's symbols into a per-thread scratch buffer.
 std::atomic<uint64_t> g_calls{0};
 
-const int8_t* segment_symbols(const ParsedBlob& blob, const uint8_t* data, uint64_t call,
-                              const Segment& s) {
+LutCache& lut_cache() {
   thread_local LutCache luts;
+  return luts;
+}
+
+// Decode a segment's symbols into a per-thread scratch buffer.
+const int8_t* segment_symbols(const ParsedBlob& blob, const uint8_t* data, uint64_t call,
+                              CpuPath path, const Segment& s) {
   thread_local std::vector<int8_t> scratch;
-  const uint32_t W = blob.groups[s.group].desc.symbols_per_token();
-  scratch.resize((size_t)s.token_count * W);
-  decode_segment(data + s.offset, s.bytes, s.token_count, W, luts.get(blob, call, s.group),
-                 scratch.data());
+  const DecodeTables& t = lut_cache().get(blob, call, s.group);
+  scratch.resize((size_t)s.token_count * t.channels);
+  decode_segment(path, data + s.offset, s.bytes, s.token_count, t, scratch.data());
   return scratch.data();
+}
+
+void dequantize_store(CpuPath path, const int8_t* sym, float a, const DequantParams& p, uint32_t n,
+                      DType dtype, void* dst) {
+  switch (path) {
+    case CpuPath::Avx512:
+      return dequantize_row_avx512(sym, a, p.b.data(), p.o.data(), n, dtype, dst);
+    case CpuPath::Avx2:
+      return dequantize_row_avx2(sym, a, p.b.data(), p.o.data(), n, dtype, dst);
+    case CpuPath::Scalar:
+      return dequantize_store_row(sym, a, p.b.data(), p.o.data(), n, dtype, dst);
+  }
+}
+
+// Symbols per tile of the fused decode: the tile's symbols stay in L1 while its rows are
+// reconstructed and written out.
+constexpr uint32_t kTileSymbols = 1u << 13;
+
+// A quantized segment decoded a tile of rows at a time, each tile's rows reconstructed and
+// converted straight into a dense-row output. Rows of a corrupt segment may be written before
+// the stream's end reports it.
+void decode_fused(const ParsedBlob& blob, const uint8_t* data, uint64_t call, CpuPath path,
+                  const Segment& s, const DequantParams& p, const TensorView& v) {
+  thread_local std::vector<int8_t> tile;
+  const DecodeTables& t = lut_cache().get(blob, call, s.group);
+  const uint32_t C = t.channels, rows = std::clamp<uint32_t>(kTileSymbols / C, 1, s.token_count);
+  tile.resize((size_t)rows * C);
+  const size_t elem = dtype_size(v.dtype);
+  RansCursor r(data + s.offset, s.bytes);
+  for (uint32_t k0 = 0; k0 < s.token_count; k0 += rows) {
+    const uint32_t n = std::min(rows, s.token_count - k0);
+    decode_symbols(path, r, t, (size_t)n * C, tile.data());
+    for (uint32_t k = 0; k < n; ++k) {
+      const uint32_t token = s.token_begin + k0 + k;
+      if (token < p.raw_rows) {
+        store_row(v, token, p.raw.data() + (size_t)token * C);
+        continue;
+      }
+      uint8_t* dst = static_cast<uint8_t*>(v.data) + v.token_offset(token) * (int64_t)elem;
+      dequantize_store(path, tile.data() + (size_t)k * C, p.a[token], p, C, v.dtype, dst);
+    }
+  }
+  r.finish();
+}
+
+// One segment decoded into its group's output.
+void decode_segment_into(const ParsedBlob& blob, const uint8_t* data,
+                         const std::vector<TensorView>& outs, uint64_t call, CpuPath path,
+                         const Segment& s) {
+  thread_local ParamCache params;
+  const GroupDesc& d = blob.groups[s.group].desc;
+  const uint32_t C = d.channels(), W = d.symbols_per_token();
+  // The vector paths fuse decode, dequantization and conversion where rows are dense; the
+  // scalar path keeps the separate passes it has always had.
+  const bool fused =
+      path != CpuPath::Scalar && d.quantizer != Quantizer::Lossless && outs[s.group].dense_rows();
+  if (fused)
+    return decode_fused(blob, data, call, path, s, params.get(blob, call, s.group), outs[s.group]);
+  const int8_t* sym = segment_symbols(blob, data, call, path, s);
+  if (d.quantizer == Quantizer::Lossless) {
+    std::vector<uint8_t> bits(W);
+    for (uint32_t k = 0; k < s.token_count; ++k, sym += W) {
+      join_planes(sym, C, d.planes, bits.data());
+      store_bits(outs[s.group], s.token_begin + k, bits.data());
+    }
+    return;
+  }
+  const DequantParams& p = params.get(blob, call, s.group);
+  // Rows go out a tile at a time (a token-adjacent output is written per channel); a tile
+  // holds at most 64 rows and 64 KiB, so wide groups do not grow decode memory.
+  const uint32_t rows = std::clamp<uint32_t>((1u << 14) / C, 1, 64);
+  std::vector<float> tile((size_t)rows * C);
+  for (uint32_t k0 = 0; k0 < s.token_count; k0 += rows) {
+    const uint32_t n = std::min(rows, s.token_count - k0), t0 = s.token_begin + k0;
+    for (uint32_t k = 0; k < n; ++k)
+      dequantize_row(sym + (size_t)(k0 + k) * C, p, t0 + k, C, tile.data() + (size_t)k * C);
+    store_rows(outs[s.group], t0, n, tile.data());
+  }
 }
 
 }  // namespace
@@ -233,9 +305,11 @@ std::vector<Quantized> quantize(const EncodeRequest& req) {
 
 void encode(const EncodeRequest& req, const BlobAllocator& alloc) {
   check_request(req);
+  const CpuPath path = cpu_path();
   std::vector<EncodedGroup> groups(req.groups.size());
-  parallel_for(groups.size(), req.threads,
-               [&](size_t g) { groups[g] = encode_group(req.groups[g], req.segment_symbols); });
+  parallel_for(groups.size(), req.threads, [&](size_t g) {
+    groups[g] = encode_group(req.groups[g], req.segment_symbols, path);
+  });
   write_blob(blob_header(req), groups, alloc);
 }
 
@@ -252,42 +326,26 @@ void decode_into(const ParsedBlob& blob, const uint8_t* data, const std::vector<
                  int threads) {
   check_outputs(blob, outs);
   const uint64_t call = ++g_calls;
-  parallel_for(blob.segments.size(), threads, [&](size_t i) {
-    thread_local ParamCache params;
-    const Segment& s = blob.segments[i];
-    const GroupDesc& d = blob.groups[s.group].desc;
-    const uint32_t C = d.channels(), W = d.symbols_per_token();
-    const int8_t* sym = segment_symbols(blob, data, call, s);
-    if (d.quantizer == Quantizer::Lossless) {
-      std::vector<uint8_t> bits(W);
-      for (uint32_t k = 0; k < s.token_count; ++k, sym += W) {
-        join_planes(sym, C, d.planes, bits.data());
-        store_bits(outs[s.group], s.token_begin + k, bits.data());
-      }
-      return;
-    }
-    const DequantParams& p = params.get(blob, call, s.group);
-    // Rows go out a tile at a time (a token-adjacent output is written per channel); a tile
-    // holds at most 64 rows and 64 KiB, so wide groups do not grow decode memory.
-    const uint32_t rows = std::clamp<uint32_t>((1u << 14) / C, 1, 64);
-    std::vector<float> tile((size_t)rows * C);
-    for (uint32_t k0 = 0; k0 < s.token_count; k0 += rows) {
-      const uint32_t n = std::min(rows, s.token_count - k0), t0 = s.token_begin + k0;
-      for (uint32_t k = 0; k < n; ++k)
-        dequantize_row(sym + (size_t)(k0 + k) * C, p, t0 + k, C, tile.data() + (size_t)k * C);
-      store_rows(outs[s.group], t0, n, tile.data());
-    }
+  const CpuPath path = cpu_path();
+  // Segments go out in runs of adjacent ones, so a thread mostly stays in one group and builds
+  // its decoder tables and parameters once, not once per segment it happens to get.
+  const size_t n = blob.segments.size();
+  const size_t run = std::max<size_t>(1, n / ((size_t)resolve_threads(threads) * 8));
+  parallel_for((n + run - 1) / run, threads, [&](size_t r) {
+    for (size_t i = r * run; i < std::min(n, (r + 1) * run); ++i)
+      decode_segment_into(blob, data, outs, call, path, blob.segments[i]);
   });
 }
 
 EntropyStats entropy_stats(const ParsedBlob& blob, const uint8_t* data, int threads) {
   const uint64_t call = ++g_calls;
+  const CpuPath path = cpu_path();
   std::vector<double> bits(blob.segments.size(), 0.0);
   parallel_for(blob.segments.size(), threads, [&](size_t i) {
     const Segment& s = blob.segments[i];
     const TableSet& ts = blob.groups[s.group].tables;
     const uint32_t W = blob.groups[s.group].desc.symbols_per_token();
-    const int8_t* sym = segment_symbols(blob, data, call, s);
+    const int8_t* sym = segment_symbols(blob, data, call, path, s);
     // Counted per table, not per channel: the code length is linear in the counts, and a
     // histogram per channel would cost 1 KiB per channel that a tiny blob can claim by the
     // hundred thousand.

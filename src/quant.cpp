@@ -5,41 +5,90 @@
 #include <cstring>
 #include <string>
 
+#include "cpu_path.hpp"
 #include "half.hpp"
+
+#ifdef CG_X86_SIMD
+#include <immintrin.h>
+#endif
+
+// Per-element loops also built for AVX2 and picked at load time: each lane computes what the
+// baseline build computes (no fused operations), so the bits do not change.
+#if defined(CG_X86_SIMD) && defined(__linux__)
+#define CG_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define CG_VECTOR_CLONES
+#endif
 
 namespace cachegen {
 namespace {
 
-void check_finite(const float* row, uint32_t n) {
+// Cloned functions do not throw: an exception unwinding through the clone's dispatch aborts in
+// sanitized builds.
+CG_VECTOR_CLONES bool all_finite(const float* row, uint32_t n) {
   uint32_t bad = 0;
   for (uint32_t i = 0; i < n; ++i) bad |= (f32_bits(row[i]) & 0x7f800000u) == 0x7f800000u;
-  if (bad) throw InputError("KV tensor contains NaN or Inf");
+  return !bad;
 }
 
-// Per-token statistics of one row; eight partial sums keep the loop vectorizable.
+void check_finite(const float* row, uint32_t n) {
+  if (!all_finite(row, n)) throw InputError("KV tensor contains NaN or Inf");
+}
+
+// Per-token statistics of one row from eight partial sums (lane k takes elements i + k), the
+// maximum |x| taken on the bits (finite floats >= 0 order as their integer patterns).
 struct RowStats {
   double sum_sq = 0.0;
   float absmax = 0.0f;
 };
 
-RowStats row_stats(const float* row, uint32_t n) {
-  float sq[8] = {}, mx[8] = {};
-  uint32_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int k = 0; k < 8; ++k) {
-      sq[k] += row[i + k] * row[i + k];
-      mx[k] = std::max(mx[k], std::fabs(row[i + k]));
-    }
+// The partial sums' tail (elements row[i..n) into lane 0) and their reduction.
+RowStats finish_row_stats(float* sq, uint32_t* mx, const float* row, uint32_t i, uint32_t n) {
   for (; i < n; ++i) {
     sq[0] += row[i] * row[i];
-    mx[0] = std::max(mx[0], std::fabs(row[i]));
+    mx[0] = std::max(mx[0], f32_bits(row[i]) & 0x7fffffffu);
   }
   RowStats s;
   for (int k = 0; k < 8; ++k) {
     s.sum_sq += sq[k];
-    s.absmax = std::max(s.absmax, mx[k]);
+    s.absmax = std::max(s.absmax, bits_f32(mx[k]));
   }
   return s;
+}
+
+#ifdef CG_X86_SIMD
+// The same eight lanes in one AVX2 register each.
+__attribute__((target("avx2"))) RowStats row_stats_avx2(const float* row, uint32_t n) {
+  __m256 sq = _mm256_setzero_ps();
+  __m256i mx = _mm256_setzero_si256();
+  const __m256i abs = _mm256_set1_epi32(0x7fffffff);
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256 x = _mm256_loadu_ps(row + i);
+    sq = _mm256_add_ps(sq, _mm256_mul_ps(x, x));
+    mx = _mm256_max_epu32(mx, _mm256_and_si256(_mm256_castps_si256(x), abs));
+  }
+  float s[8];
+  uint32_t m[8];
+  _mm256_storeu_ps(s, sq);
+  _mm256_storeu_si256((__m256i*)m, mx);
+  return finish_row_stats(s, m, row, i, n);
+}
+#endif
+
+RowStats row_stats(const float* row, uint32_t n) {
+#ifdef CG_X86_SIMD
+  if (cpu_supports(CpuPath::Avx2)) return row_stats_avx2(row, n);
+#endif
+  float sq[8] = {};
+  uint32_t mx[8] = {};
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) {
+      sq[k] += row[i + k] * row[i + k];
+      mx[k] = std::max(mx[k], f32_bits(row[i + k]) & 0x7fffffffu);
+    }
+  return finish_row_stats(sq, mx, row, i, n);
 }
 
 // Per-channel running statistics over tokens.
@@ -83,8 +132,9 @@ void fit_layer_step(const ChannelStats& s, uint32_t tokens, float q, GroupQuant&
 }
 
 // restrict: int8 stores may alias anything, which would otherwise block vectorization.
-void quantize_row(const float* __restrict x, float inv_a, const float* __restrict inv_b,
-                  const float* __restrict o, int max_symbol, uint32_t n, int8_t* __restrict out) {
+CG_VECTOR_CLONES void quantize_row(const float* __restrict x, float inv_a,
+                                   const float* __restrict inv_b, const float* __restrict o,
+                                   int max_symbol, uint32_t n, int8_t* __restrict out) {
   for (uint32_t c = 0; c < n; ++c)
     out[c] = (int8_t)quantize(x[c], mul_rn(inv_a, inv_b[c]), o[c], max_symbol);
 }
@@ -187,6 +237,10 @@ void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorVie
   std::vector<float> inv_b(C), row(C);
   for (uint32_t c = 0; c < C; ++c) inv_b[c] = safe_inverse(p.b[c]);
   const int m = q.max_symbol;
+  // Counted bin-major (count[symbol][channel]): a row's symbols cluster in a few bins, so its
+  // increments touch a few KB instead of one line in each channel's 1 KB histogram.
+  thread_local std::vector<uint32_t> count;
+  count.assign((size_t)256 * C, 0);
   for (uint32_t t = 0; t < T; ++t) {
     load_row(v, t, row.data());
     int8_t* out = symbols + (size_t)t * C;
@@ -194,7 +248,12 @@ void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorVie
       std::fill(out, out + C, int8_t{0});
     else
       quantize_row(row.data(), safe_inverse(p.a[t]), inv_b.data(), p.o.data(), m, C, out);
-    for (uint32_t c = 0; c < C; ++c) hist[c * 256 + out[c] + 128]++;
+    for (uint32_t c = 0; c < C; ++c) count[(size_t)(out[c] + 128) * C + c]++;
+  }
+  for (uint32_t i = 0; i < 256; ++i) {
+    const uint32_t* bin = count.data() + (size_t)i * C;
+    if (std::all_of(bin, bin + C, [](uint32_t n) { return n == 0; })) continue;  // most are
+    for (uint32_t c = 0; c < C; ++c) hist[c * 256 + i] += bin[c];
   }
 }
 
@@ -241,6 +300,17 @@ void dequantize_row(const int8_t* __restrict symbols, const DequantParams& p, ui
   const float* __restrict b = p.b.data();
   const float* __restrict o = p.o.data();
   for (uint32_t c = 0; c < channels; ++c) row[c] = dequantize(symbols[c], a, b[c], o[c]);
+}
+
+void dequantize_store_row(const int8_t* __restrict symbols, float a, const float* __restrict b,
+                          const float* __restrict o, uint32_t n, DType dtype, void* dst) {
+  for (uint32_t c = 0; c < n; ++c) {
+    const float x = dequantize(symbols[c], a, b[c], o[c]);
+    if (dtype == DType::F32)
+      static_cast<float*>(dst)[c] = x;
+    else
+      static_cast<uint16_t*>(dst)[c] = dtype == DType::F16 ? f32_to_f16(x) : f32_to_bf16(x);
+  }
 }
 
 }  // namespace cachegen

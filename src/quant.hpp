@@ -247,4 +247,14 @@ void join_planes(const int8_t* symbols, uint32_t channels, uint32_t planes, uint
 void dequantize_row(const int8_t* symbols, const DequantParams& p, uint32_t token,
                     uint32_t channels, float* row);
 
+// n reconstructions dequantize(symbols[c], a, b[c], o[c]) converted to `dtype` and stored at
+// dst (n adjacent elements): the bits dequantize_row and the view's conversion give. The vector
+// versions (src/simd/) fuse the two in registers; they need a CPU with AVX2 / AVX-512.
+void dequantize_store_row(const int8_t* symbols, float a, const float* b, const float* o,
+                          uint32_t n, DType dtype, void* dst);
+void dequantize_row_avx2(const int8_t* symbols, float a, const float* b, const float* o, uint32_t n,
+                         DType dtype, void* dst);
+void dequantize_row_avx512(const int8_t* symbols, float a, const float* b, const float* o,
+                           uint32_t n, DType dtype, void* dst);
+
 }  // namespace cachegen

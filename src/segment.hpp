@@ -1,43 +1,102 @@
 // Decoding one segment's symbols on the CPU: lanes served in ascending order within each step,
-// exactly as a GPU warp serves them (see rans.hpp).
+// exactly as a GPU warp serves them (see rans.hpp). A cursor carries the stream's position, so a
+// segment decodes a tile of rows at a time; the vector kernels (src/simd/) run the same steps
+// and fall back to decode_scalar wherever fewer than a full step's words remain.
 #pragma once
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <vector>
 
+#include "cpu_path.hpp"
 #include "rans.hpp"
 
 namespace cachegen {
 
-// Decodes tokens*channels symbols into out ([tokens, channels]); throws FormatError if the
-// stream does not close exactly (all words used, every state back at its initial value).
-inline void decode_segment(const uint8_t* seg, size_t bytes, uint32_t tokens, uint32_t channels,
-                           const uint32_t* const* lut_of_channel, int8_t* out) {
-  static const uint8_t kZeroWord[2] = {0, 0};
+// A group's decoder tables: `lut` holds kProbScale packed entries per table, and
+// chan_off[i] = kProbScale * (table of channel i % channels) for i < channels + kLanes, so a
+// run of up to kLanes channels starting anywhere reads its offsets in one contiguous load.
+struct DecodeTables {
+  const uint32_t* lut = nullptr;
+  const uint32_t* chan_off = nullptr;
+  uint32_t channels = 0;
+};
+
+// Fills `off` (channels + kLanes entries) from a channel -> table map.
+inline void fill_channel_offsets(const std::vector<uint8_t>& channel_table,
+                                 std::vector<uint32_t>& off) {
+  const size_t C = channel_table.size();
+  off.resize(C + rans::kLanes);
+  for (size_t i = 0; i < off.size(); ++i) off[i] = channel_table[i % C] * rans::kProbScale;
+}
+
+// Where a segment's decode stands: lane states, the next word, the next symbol's lane and
+// channel. A word a lane needs past the end is clamped (rans::clamp_word) and flags `overrun`.
+struct RansCursor {
   uint32_t state[rans::kLanes];
-  std::memcpy(state, seg, rans::kStateBytes);
-  const size_t nwords = (bytes - rans::kStateBytes) / 2;
-  // The overrun of a corrupt stream is detected and reported after the loop.
-  const uint8_t* words = nwords ? seg + rans::kStateBytes : kZeroWord;
-  const size_t n = (size_t)tokens * channels;
-  size_t wp = 0;
-  uint32_t overrun = 0, c = 0;
-  for (size_t p = 0; p < n; ++p) {
-    uint32_t& x = state[p % rans::kLanes];
-    const uint32_t e = lut_of_channel[c][x & (rans::kProbScale - 1)];
+  const uint8_t* words;
+  size_t nwords, wp = 0;
+  uint32_t overrun = 0, lane = 0, channel = 0;
+
+  RansCursor(const uint8_t* seg, size_t bytes) : nwords((bytes - rans::kStateBytes) / 2) {
+    static const uint8_t kZeroWord[2] = {0, 0};
+    std::memcpy(state, seg, rans::kStateBytes);
+    words = nwords ? seg + rans::kStateBytes : kZeroWord;  // a readable word even when empty
+  }
+
+  // Throws FormatError unless the stream closed exactly: all words used, every state back at
+  // its initial value.
+  void finish() const {
+    bool clean = !overrun && wp == nwords;
+    for (uint32_t l = 0; l < rans::kLanes; ++l) clean &= state[l] == rans::kLowerBound;
+    if (!clean) throw FormatError("segment payload is corrupt (rANS stream did not close)");
+  }
+};
+
+// Decodes the cursor's next n symbols into out, one symbol at a time.
+inline void decode_scalar(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
+  uint32_t lane = r.lane, c = r.channel;
+  for (size_t i = 0; i < n; ++i) {
+    uint32_t& x = r.state[lane];
+    const uint32_t e = t.lut[t.chan_off[c] + (x & (rans::kProbScale - 1))];
     x = rans::dec_advance(x, e);
     const uint32_t need = rans::dec_needs_word(x);
     uint16_t w;
-    std::memcpy(&w, words + 2 * rans::clamp_word(wp, nwords, need, overrun), 2);
+    std::memcpy(&w, r.words + 2 * rans::clamp_word(r.wp, r.nwords, need, r.overrun), 2);
     x = rans::dec_renorm(x, need, w);
-    wp += need;
-    out[p] = (int8_t)((int)rans::dec_symbol_index(e) - kSymbolBias);
-    c = c + 1 == channels ? 0 : c + 1;
+    r.wp += need;
+    out[i] = (int8_t)((int)rans::dec_symbol_index(e) - kSymbolBias);
+    lane = (lane + 1) % rans::kLanes;
+    c = c + 1 == t.channels ? 0 : c + 1;
   }
-  bool clean = !overrun && wp == nwords;
-  for (uint32_t l = 0; l < rans::kLanes; ++l) clean &= state[l] == rans::kLowerBound;
-  if (!clean) throw FormatError("segment payload is corrupt (rANS stream did not close)");
+  r.lane = lane;
+  r.channel = c;
+}
+
+// Vector kernels (src/simd/decode_*.cpp): the same result as decode_scalar, bit for bit.
+void decode_avx2(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out);
+void decode_avx512(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out);
+
+inline void decode_symbols(CpuPath path, RansCursor& r, const DecodeTables& t, size_t n,
+                           int8_t* out) {
+  switch (path) {
+    case CpuPath::Avx512:
+      return decode_avx512(r, t, n, out);
+    case CpuPath::Avx2:
+      return decode_avx2(r, t, n, out);
+    case CpuPath::Scalar:
+      return decode_scalar(r, t, n, out);
+  }
+}
+
+// Decodes a whole segment (tokens * channels symbols) into out ([tokens, channels]); throws
+// FormatError if the stream does not close exactly.
+inline void decode_segment(CpuPath path, const uint8_t* seg, size_t bytes, uint32_t tokens,
+                           const DecodeTables& t, int8_t* out) {
+  RansCursor r(seg, bytes);
+  decode_symbols(path, r, t, (size_t)tokens * t.channels, out);
+  r.finish();
 }
 
 }  // namespace cachegen

@@ -14,7 +14,7 @@ MANIFEST = json.loads((DATA / "golden.json").read_text())
 
 
 @pytest.mark.parametrize("name", sorted(MANIFEST))
-def test_golden_blob_decodes(name):
+def test_golden_blob_decodes(name, cpu_path):
     blob = (DATA / f"{name}.cgkv").read_bytes()
     assert cachegen.inspect(blob).version == MANIFEST[name]["version"]
     assert digest(cachegen.decode(blob, framework="numpy")) == MANIFEST[name]["decoded_sha256"]
@@ -26,6 +26,6 @@ def test_every_version_has_golden_blobs():
 
 
 @pytest.mark.parametrize("case", sorted(cases()))
-def test_encoder_reproduces_golden_bytes(case):
+def test_encoder_reproduces_golden_bytes(case, cpu_path):
     kv, config = cases()[case]
     assert cachegen.encode(kv, config=config) == (DATA / f"{blob_name(case)}.cgkv").read_bytes()

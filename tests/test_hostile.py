@@ -53,7 +53,7 @@ def test_random_bytes_are_rejected():
             cachegen.decode(data)
 
 
-def test_resealed_mutations_never_crash(blob):
+def test_resealed_mutations_never_crash(blob, cpu_path):
     """Byte mutations with a valid checksum: decode may succeed or raise FormatError only."""
     rng = np.random.default_rng(3)
     header_and_side = cachegen.inspect(blob).total_bytes - cachegen.inspect(blob).payload_bytes

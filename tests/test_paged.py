@@ -86,7 +86,7 @@ def test_encode_paged_equals_encode_of_gathered(layout, dtype, tokens):
 
 
 @pytest.mark.parametrize(("layout", "dtype"), CASES)
-def test_decode_paged_writes_exactly_the_slots(layout, dtype):
+def test_decode_paged_writes_exactly_the_slots(layout, dtype, cpu_path):
     tokens = 6 * BLOCK + 5
     ids = random_table(1, tokens)
     blob = paged.encode_paged(filled(layout, dtype, ids, tokens), layout, ids, tokens)

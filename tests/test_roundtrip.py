@@ -51,7 +51,7 @@ def assert_bit_exact(decoded, kv, config, dtype):
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.name)
-def test_levels_bit_exact(config):
+def test_levels_bit_exact(config, cpu_path):
     kv = synthetic_kv(4, 70, 2, 32)
     decoded = cachegen.decode(cachegen.encode(kv, config=config))
     assert decoded.shape == kv.shape and decoded.dtype == kv.dtype
@@ -69,7 +69,7 @@ def test_levels_bit_exact(config):
     ],
 )
 @pytest.mark.parametrize("dtype", ["float16", "float32", "bfloat16"])
-def test_shapes_and_dtypes(shape, dtype):
+def test_shapes_and_dtypes(shape, dtype, cpu_path):
     kv = synthetic_kv(*shape, dtype=dtype)
     config = cachegen.CodecConfig(segment_symbols=1024)
     decoded = cachegen.decode(cachegen.encode(kv, config=config))
@@ -77,7 +77,7 @@ def test_shapes_and_dtypes(shape, dtype):
     assert_bit_exact(decoded, kv, config, dtype)
 
 
-def test_pairs_with_sliding_window_and_mixed_heads():
+def test_pairs_with_sliding_window_and_mixed_heads(cpu_path):
     """Layers differ in token count (sliding window), head count and head dim."""
     full = synthetic_kv(1, 90, 4, 16, layout="pairs")[0]
     window = synthetic_kv(1, 32, 2, 8, seed=1, layout="pairs")[0]
@@ -100,7 +100,7 @@ def test_strided_input_equals_contiguous():
     assert cachegen.encode(strided) == cachegen.encode(kv)
 
 
-def test_decode_dtype_and_out_buffer():
+def test_decode_dtype_and_out_buffer(cpu_path):
     kv = synthetic_kv(2, 30, 2, 16)
     blob = cachegen.encode(kv)
     as32 = cachegen.decode(blob, dtype="float32")
@@ -114,7 +114,7 @@ def test_decode_dtype_and_out_buffer():
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_thread_count_does_not_change_bytes(threads):
+def test_thread_count_does_not_change_bytes(threads, cpu_path):
     kv = synthetic_kv(3, 200, 2, 32)
     config = cachegen.CodecConfig(segment_symbols=2048)
     blob = cachegen.encode(kv, config=config, threads=threads)

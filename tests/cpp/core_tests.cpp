@@ -1,7 +1,9 @@
 // Unit tests of the core pieces that Python cannot reach one at a time: bit streams, scale codes,
-// probability tables and the table-count search, one rANS segment, the checksum and the
-// half-precision conversions. Built and run by CTest (CMake option CACHEGEN_TESTS), also under
-// ASan + UBSan.
+// probability tables and the table-count search, one rANS segment (every CPU path against the
+// scalar one), the fused dequantize-and-convert rows, the checksum and the half-precision
+// conversions. Built and run by CTest (CMake option CACHEGEN_TESTS), also under ASan + UBSan.
+#include <array>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -10,11 +12,13 @@
 #include <vector>
 
 #include "bits.hpp"
+#include "cpu_path.hpp"
 #include "crc32c.hpp"
 #include "half.hpp"
 #include "quant.hpp"
 #include "rans.hpp"
 #include "segment.hpp"
+#include "segment_encode.hpp"
 #include "step_codes.hpp"
 #include "tables.hpp"
 
@@ -191,15 +195,20 @@ void table_map_is_packed() {
 }
 
 // Encodes one segment as the format specifies (rans.hpp: symbol p on lane p % kLanes, coded
-// backwards, words reversed), independently of the codec's own encoder.
-std::vector<uint8_t> encode_segment(const std::vector<int8_t>& sym, const Table& t) {
-  const auto enc = encoder_symbols(t);
+// backwards, words reversed), independently of the codec's own encoder; symbol p uses the table
+// of its channel p % channels.
+std::vector<uint8_t> encode_segment(const std::vector<int8_t>& sym,
+                                    const std::vector<Table>& tables,
+                                    const std::vector<uint8_t>& channel_table) {
+  std::vector<std::array<rans::EncSym, kAlphabet>> enc;
+  for (const Table& t : tables) enc.push_back(encoder_symbols(t));
   uint32_t state[rans::kLanes];
   std::fill(state, state + rans::kLanes, rans::kLowerBound);
   std::vector<uint16_t> words;
   for (size_t p = sym.size(); p-- > 0;) {
     uint16_t w;
-    if (rans::enc_put(state[p % rans::kLanes], enc[sym[p] + kSymbolBias], &w)) words.push_back(w);
+    const auto& e = enc[channel_table[p % channel_table.size()]];
+    if (rans::enc_put(state[p % rans::kLanes], e[sym[p] + kSymbolBias], &w)) words.push_back(w);
   }
   std::vector<uint8_t> out(rans::kStateBytes + 2 * words.size());
   std::memcpy(out.data(), state, rans::kStateBytes);
@@ -208,30 +217,187 @@ std::vector<uint8_t> encode_segment(const std::vector<int8_t>& sym, const Table&
   return out;
 }
 
+// A segment's symbols drawn from its channels' tables, with the decoder tables to read it.
+struct TestSegment {
+  uint32_t tokens, channels;
+  std::vector<Table> tables;
+  std::vector<uint8_t> channel_table;
+  std::vector<int8_t> symbols;
+  std::vector<uint8_t> bytes;
+  std::vector<uint32_t> lut, offsets;
+  DecodeTables dec() const { return {lut.data(), offsets.data(), channels}; }
+};
+
+TestSegment make_segment(uint32_t tokens, uint32_t channels, uint32_t num_tables, uint32_t seed) {
+  TestSegment s{tokens, channels, {}, {}, {}, {}, {}, {}};
+  std::mt19937 rng(seed);
+  std::vector<std::discrete_distribution<int>> pick;
+  for (uint32_t k = 0; k < num_tables; ++k) {
+    const Histogram h = skewed_counts(seed * 31 + k);
+    s.tables.push_back(normalize(h));
+    pick.emplace_back(h.begin(), h.end());
+  }
+  for (uint32_t c = 0; c < channels; ++c) s.channel_table.push_back((uint8_t)(rng() % num_tables));
+  s.symbols.resize((size_t)tokens * channels);
+  for (size_t p = 0; p < s.symbols.size(); ++p)
+    s.symbols[p] = (int8_t)(pick[s.channel_table[p % channels]](rng) - kSymbolBias);
+  s.bytes = encode_segment(s.symbols, s.tables, s.channel_table);
+  s.lut.resize(num_tables * rans::kProbScale);
+  for (uint32_t k = 0; k < num_tables; ++k)
+    fill_decoder_lut(s.tables[k], s.lut.data() + k * rans::kProbScale);
+  fill_channel_offsets(s.channel_table, s.offsets);
+  return s;
+}
+
 void rans_segment_round_trip() {
-  const Histogram h = skewed_counts(4);
-  const Table t = normalize(h);
-  std::vector<uint32_t> lut(rans::kProbScale);
-  fill_decoder_lut(t, lut.data());
-  std::mt19937 rng(5);
-  std::discrete_distribution<int> pick(h.begin(), h.end());
-  const uint32_t tokens = 97, channels = 13;  // not a multiple of the lane count
-  std::vector<int8_t> sym(tokens * channels);
-  for (auto& s : sym) s = (int8_t)(pick(rng) - kSymbolBias);
-  const std::vector<uint8_t> seg = encode_segment(sym, t);
-  std::vector<const uint32_t*> by_channel(channels, lut.data());
-  std::vector<int8_t> got(sym.size());
-  decode_segment(seg.data(), seg.size(), tokens, channels, by_channel.data(), got.data());
-  CHECK(got == sym);
-  // A flipped word or a missing tail is reported, never read past.
-  std::vector<uint8_t> bad = seg;
-  bad[rans::kStateBytes + 3] ^= 0x40;
-  CHECK(throws<FormatError>([&] {
-    decode_segment(bad.data(), bad.size(), tokens, channels, by_channel.data(), got.data());
-  }));
-  CHECK(throws<FormatError>([&] {
-    decode_segment(seg.data(), seg.size() - 2, tokens, channels, by_channel.data(), got.data());
-  }));
+  const TestSegment s = make_segment(97, 13, 1, 4);  // not a multiple of the lane count
+  for (CpuPath path : available_cpu_paths()) {
+    std::vector<int8_t> got(s.symbols.size());
+    decode_segment(path, s.bytes.data(), s.bytes.size(), s.tokens, s.dec(), got.data());
+    CHECK(got == s.symbols);
+    // A flipped word or a missing tail is reported, never read past.
+    std::vector<uint8_t> bad = s.bytes;
+    bad[rans::kStateBytes + 3] ^= 0x40;
+    CHECK(throws<FormatError>(
+        [&] { decode_segment(path, bad.data(), bad.size(), s.tokens, s.dec(), got.data()); }));
+    const std::vector<uint8_t> cut(s.bytes.begin(), s.bytes.end() - 2);
+    CHECK(throws<FormatError>(
+        [&] { decode_segment(path, cut.data(), cut.size(), s.tokens, s.dec(), got.data()); }));
+  }
+}
+
+// Everything a decode leaves behind: symbols, states, words used, overrun, whether it closed.
+struct DecodeResult {
+  std::vector<int8_t> symbols;
+  std::vector<uint32_t> state;
+  size_t wp;
+  uint32_t overrun;
+  bool clean;
+  bool operator==(const DecodeResult& o) const {
+    return symbols == o.symbols && state == o.state && wp == o.wp && overrun == o.overrun &&
+           clean == o.clean;
+  }
+};
+
+// Decodes `bytes` (exactly that long, so a sanitizer sees any read past it) in chunks of the
+// given sizes (the rest in one), as the fused decode does a tile at a time.
+DecodeResult decode_chunks(CpuPath path, const std::vector<uint8_t>& bytes, const TestSegment& s,
+                           const std::vector<size_t>& chunks) {
+  const std::vector<uint8_t> seg(bytes);
+  DecodeResult d{std::vector<int8_t>(s.symbols.size()), {}, 0, 0, true};
+  RansCursor r(seg.data(), seg.size());
+  size_t at = 0;
+  for (size_t n : chunks) {
+    n = std::min(n, d.symbols.size() - at);
+    decode_symbols(path, r, s.dec(), n, d.symbols.data() + at);
+    at += n;
+  }
+  decode_symbols(path, r, s.dec(), d.symbols.size() - at, d.symbols.data() + at);
+  d.state.assign(r.state, r.state + rans::kLanes);
+  d.wp = r.wp;
+  d.overrun = r.overrun;
+  d.clean = !throws<FormatError>([&] { r.finish(); });
+  return d;
+}
+
+// The vector paths against the scalar one on random streams, whole and in odd chunks, intact,
+// corrupted, truncated and padded: the same symbols, states, words and verdict, bit for bit.
+void vector_paths_match_scalar() {
+  std::mt19937 rng(11);
+  const uint32_t shapes[][3] = {{64, 192, 3}, {40, 1, 1}, {33, 7, 2}, {5, 1024, 8},
+                                {300, 32, 4}, {1, 5, 1},  {17, 48, 2}};
+  for (const auto& [tokens, channels, tables] : shapes) {
+    const TestSegment s = make_segment(tokens, channels, tables, tokens + channels);
+    std::vector<std::vector<uint8_t>> streams = {s.bytes};
+    for (int k = 0; k < 6; ++k) {  // flipped bytes anywhere, states included
+      std::vector<uint8_t> bad = s.bytes;
+      for (int f = 0; f <= k; ++f) bad[rng() % bad.size()] ^= (uint8_t)(1 + rng() % 255);
+      streams.push_back(bad);
+    }
+    for (size_t cut :
+         {size_t{2}, size_t{7}, s.bytes.size() / 2, s.bytes.size() - rans::kStateBytes}) {
+      if (cut <= s.bytes.size() - rans::kStateBytes)
+        streams.emplace_back(s.bytes.begin(), s.bytes.end() - cut);
+    }
+    std::vector<uint8_t> padded = s.bytes;
+    padded.insert(padded.end(), 66, 0x5a);
+    streams.push_back(padded);
+    std::vector<uint8_t> noise(s.bytes.size());
+    for (auto& b : noise) b = (uint8_t)rng();
+    streams.push_back(noise);
+    const std::vector<size_t> chunks = {1, 31, 64, 3, (size_t)channels * 2 + 5, 100};
+    for (const auto& bytes : streams) {
+      const DecodeResult want = decode_chunks(CpuPath::Scalar, bytes, s, {});
+      CHECK(want.clean == (bytes == s.bytes));
+      if (bytes == s.bytes) CHECK(want.symbols == s.symbols);
+      for (CpuPath path : available_cpu_paths()) {
+        CHECK(decode_chunks(path, bytes, s, {}) == want);
+        CHECK(decode_chunks(path, bytes, s, chunks) == want);
+      }
+    }
+  }
+}
+
+// Every path's encoder against the reference encoder above: the same states and words, for
+// segments whose length is and is not a whole number of steps.
+void vector_encoders_match_reference() {
+  const uint32_t shapes[][3] = {{64, 192, 3}, {40, 1, 1}, {33, 7, 2}, {5, 1024, 8}, {1, 5, 1}};
+  for (const auto& [tokens, channels, tables] : shapes) {
+    const TestSegment s = make_segment(tokens, channels, tables, 7 * tokens + channels);
+    TableSet ts{s.tables, s.channel_table};
+    const EncoderTables enc(ts);
+    for (CpuPath path : available_cpu_paths()) {
+      std::vector<uint16_t> words(s.symbols.size() + kWordSlack);
+      uint32_t state[rans::kLanes];
+      std::fill(state, state + rans::kLanes, rans::kLowerBound);
+      uint16_t* end = words.data() + words.size();
+      const uint16_t* top =
+          encode_symbols(path, s.symbols.data(), s.symbols.size(), enc.view(), state, end);
+      std::vector<uint8_t> got(rans::kStateBytes);
+      std::memcpy(got.data(), state, rans::kStateBytes);
+      got.insert(got.end(), reinterpret_cast<const uint8_t*>(top),
+                 reinterpret_cast<const uint8_t*>(end));
+      CHECK(got == s.bytes);
+    }
+  }
+}
+
+// The fused dequantize-and-convert rows of each path against dequantize() and the scalar
+// conversions, for every dtype, with values that round to subnormals, ties and infinities.
+void dequantize_rows_match_scalar() {
+  std::mt19937 rng(12);
+  for (uint32_t n : {1u, 7u, 8u, 16u, 37u, 192u}) {
+    std::vector<int8_t> sym(n);
+    std::vector<float> b(n), o(n);
+    for (uint32_t c = 0; c < n; ++c) {
+      sym[c] = (int8_t)((int)(rng() % 255) - 127);
+      b[c] = std::ldexp(1.0f + (float)(rng() % 1024) / 1024, (int)(rng() % 40) - 30);
+      o[c] = (rng() % 3) ? std::ldexp((float)(rng() % 2048) - 1024, (int)(rng() % 20) - 24) : 0.f;
+    }
+    for (float a : {1.0f, 3.1e-5f, 517.f, 1e-9f}) {
+      for (DType dt : {DType::F16, DType::BF16, DType::F32}) {
+        const size_t bytes = n * dtype_size(dt);
+        std::vector<uint8_t> want(bytes), got(bytes);
+        dequantize_store_row(sym.data(), a, b.data(), o.data(), n, dt, want.data());
+        for (uint32_t c = 0; c < n; ++c) {
+          const float x = dequantize(sym[c], a, b[c], o[c]);
+          uint32_t bits = dt == DType::F32   ? f32_bits(x)
+                          : dt == DType::F16 ? f32_to_f16(x)
+                                             : f32_to_bf16(x);
+          CHECK(std::memcmp(want.data() + c * dtype_size(dt), &bits, dtype_size(dt)) == 0);
+        }
+        for (CpuPath path : available_cpu_paths()) {
+          if (path == CpuPath::Avx2)
+            dequantize_row_avx2(sym.data(), a, b.data(), o.data(), n, dt, got.data());
+          else if (path == CpuPath::Avx512)
+            dequantize_row_avx512(sym.data(), a, b.data(), o.data(), n, dt, got.data());
+          else
+            continue;
+          CHECK(got == want);
+        }
+      }
+    }
+  }
 }
 
 void crc32c_known_values() {
@@ -268,6 +434,12 @@ int main() {
   table_count_follows_written_size();
   table_map_is_packed();
   rans_segment_round_trip();
+  vector_paths_match_scalar();
+  vector_encoders_match_reference();
+  dequantize_rows_match_scalar();
+  std::printf("cpu paths checked:");
+  for (CpuPath p : available_cpu_paths()) std::printf(" %s", cpu_path_name(p));
+  std::printf("\n");
   crc32c_known_values();
   half_conversions_round_trip();
   if (g_failures) {

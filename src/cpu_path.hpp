@@ -1,0 +1,26 @@
+// Which CPU code path decodes: the widest vector path this CPU runs, or the one the environment
+// variable CACHEGEN_CPU_PATH names (scalar, avx2, avx512), so tests and benchmarks run each.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+// The x86 vector kernels build with GCC or Clang on x86-64; elsewhere (or with
+// -DCACHEGEN_SCALAR_ONLY) only the scalar path exists.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && \
+    !defined(CACHEGEN_SCALAR_ONLY)
+#define CG_X86_SIMD 1
+#endif
+
+namespace cachegen {
+
+enum class CpuPath : uint8_t { Scalar, Avx2, Avx512 };
+
+const char* cpu_path_name(CpuPath p);
+bool cpu_supports(CpuPath p);
+std::vector<CpuPath> available_cpu_paths();  // scalar first
+
+// The path in effect, CACHEGEN_CPU_PATH read on each call; throws InputError on an unknown name
+// or a path this CPU (or this build) lacks.
+CpuPath cpu_path();
+
+}  // namespace cachegen

@@ -1,0 +1,275 @@
+// AVX2 kernels: rANS decode and encode 8 lanes per register (4 registers per step of kLanes
+// symbols; words move between the stream and the lanes that need them through permutation
+// tables), and fused dequantization + fp16/bf16/fp32 conversion of a row. Bit-exact with the
+// scalar code.
+#include <algorithm>
+
+#include "quant.hpp"
+#include "segment.hpp"
+#include "segment_encode.hpp"
+
+#ifdef CG_X86_SIMD
+#include <immintrin.h>
+
+#include <array>
+
+#define CG_AVX2 __attribute__((target("avx2,f16c,popcnt")))
+
+namespace cachegen {
+namespace {
+
+// For each 8-bit mask of lanes that need a word: lane i takes word (number of set bits below i),
+// so the words, read in order, go to the needing lanes in ascending lane order.
+using ExpandTable = std::array<std::array<uint32_t, 8>, 256>;
+constexpr ExpandTable make_expand_table() {
+  ExpandTable t{};
+  for (uint32_t m = 0; m < 256; ++m) {
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < 8; ++i) {
+      t[m][i] = (m >> i) & 1 ? k : 0;
+      k += (m >> i) & 1;
+    }
+  }
+  return t;
+}
+alignas(32) constexpr ExpandTable kExpand = make_expand_table();
+
+// For each 8-bit mask of lanes that flush: the flushing lanes, ascending, moved to the top
+// lanes (8 - count .. 7), the encoder's words in stream order just below its top.
+constexpr ExpandTable make_compress_high_table() {
+  ExpandTable t{};
+  for (uint32_t m = 0; m < 256; ++m) {
+    uint32_t lanes[8] = {}, k = 0;
+    for (uint32_t i = 0; i < 8; ++i)
+      if ((m >> i) & 1) lanes[k++] = i;
+    for (uint32_t j = 0; j < k; ++j) t[m][8 - k + j] = lanes[j];
+  }
+  return t;
+}
+alignas(32) constexpr ExpandTable kCompressHigh = make_compress_high_table();
+
+// One decode step of 8 lanes: x advanced and renormalized with words taken from words[wp...].
+CG_AVX2 inline __m256i step8(__m256i x, const uint32_t* off, const uint32_t* lut,
+                             const uint8_t* words, size_t& wp, __m256i& sym) {
+  const __m256i m12 = _mm256_set1_epi32(0xfff);
+  const __m256i slot = _mm256_and_si256(x, m12);
+  const __m256i idx = _mm256_add_epi32(_mm256_loadu_si256((const __m256i*)off), slot);
+  const __m256i e = _mm256_i32gather_epi32((const int*)lut, idx, 4);
+  const __m256i freq =
+      _mm256_add_epi32(_mm256_and_si256(_mm256_srli_epi32(e, 12), m12), _mm256_set1_epi32(1));
+  x = _mm256_add_epi32(_mm256_mullo_epi32(freq, _mm256_srli_epi32(x, rans::kProbBits)),
+                       _mm256_and_si256(e, m12));
+  const __m256i need = _mm256_cmpeq_epi32(_mm256_srli_epi32(x, 16), _mm256_setzero_si256());
+  const int m = _mm256_movemask_ps(_mm256_castsi256_ps(need));
+  __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(words + 2 * wp)));
+  w = _mm256_permutevar8x32_epi32(w, _mm256_load_si256((const __m256i*)kExpand[m].data()));
+  x = _mm256_blendv_epi8(x, _mm256_or_si256(_mm256_slli_epi32(x, 16), w), need);
+  wp += (size_t)_mm_popcnt_u32((unsigned)m);
+  sym = _mm256_srli_epi32(e, 24);
+  return x;
+}
+
+// Four registers of symbol indices (lanes 0-31) as 32 int8 symbols in lane order.
+CG_AVX2 inline void store_symbols(__m256i s0, __m256i s1, __m256i s2, __m256i s3, int8_t* out) {
+  const __m256i bytes =
+      _mm256_packus_epi16(_mm256_packus_epi32(s0, s1), _mm256_packus_epi32(s2, s3));
+  const __m256i order =
+      _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  _mm256_storeu_si256((__m256i*)out, _mm256_xor_si256(order, _mm256_set1_epi8((char)0x80)));
+}
+
+// Up to `steps` whole steps (the cursor at lane 0); returns how many ran. Every step reads at
+// most kLanes words, so it runs only while that many remain: the scalar loop does the rest.
+CG_AVX2 size_t decode_steps(RansCursor& r, const DecodeTables& t, size_t steps, int8_t* out) {
+  // Locals, not fields: the symbol stores could alias the cursor and the tables.
+  const uint32_t *lut = t.lut, *chan_off = t.chan_off;
+  const uint8_t* words = r.words;
+  const size_t nwords = r.nwords;
+  const uint32_t C = t.channels;
+  __m256i x0 = _mm256_loadu_si256((const __m256i*)(r.state + 0));
+  __m256i x1 = _mm256_loadu_si256((const __m256i*)(r.state + 8));
+  __m256i x2 = _mm256_loadu_si256((const __m256i*)(r.state + 16));
+  __m256i x3 = _mm256_loadu_si256((const __m256i*)(r.state + 24));
+  size_t wp = r.wp, done = 0;
+  uint32_t c = r.channel;
+  for (; done < steps && wp + rans::kLanes <= nwords; ++done, out += rans::kLanes) {
+    const uint32_t* off = chan_off + c;
+    __m256i s0, s1, s2, s3;
+    x0 = step8(x0, off, lut, words, wp, s0);
+    x1 = step8(x1, off + 8, lut, words, wp, s1);
+    x2 = step8(x2, off + 16, lut, words, wp, s2);
+    x3 = step8(x3, off + 24, lut, words, wp, s3);
+    store_symbols(s0, s1, s2, s3, out);
+    for (c += rans::kLanes; c >= C;) c -= C;
+  }
+  _mm256_storeu_si256((__m256i*)(r.state + 0), x0);
+  _mm256_storeu_si256((__m256i*)(r.state + 8), x1);
+  _mm256_storeu_si256((__m256i*)(r.state + 16), x2);
+  _mm256_storeu_si256((__m256i*)(r.state + 24), x3);
+  r.wp = wp;
+  r.channel = c;
+  return done;
+}
+
+// 8 reconstructions x' = s * a * b + o, rounded as dequantize() rounds them.
+CG_AVX2 inline __m256 dequant8(const int8_t* s, __m256 a, const float* b, const float* o) {
+  const __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)s)));
+  return _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(v, a), _mm256_loadu_ps(b)), _mm256_loadu_ps(o));
+}
+
+// f32_to_bf16 on 8 lanes: round to nearest even, NaN made quiet.
+CG_AVX2 inline __m128i to_bf16(__m256 f) {
+  const __m256i x = _mm256_castps_si256(f);
+  const __m256i one = _mm256_set1_epi32(1);
+  const __m256i rounded =
+      _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(x, _mm256_set1_epi32(0x7fff)),
+                                         _mm256_and_si256(_mm256_srli_epi32(x, 16), one)),
+                        16);
+  const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(x, 16), _mm256_set1_epi32(0x40));
+  const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(x, _mm256_set1_epi32(0x7fffffff)),
+                                         _mm256_set1_epi32(0x7f800000));
+  const __m256i h =
+      _mm256_blendv_epi8(rounded, _mm256_and_si256(quiet, _mm256_set1_epi32(0xffff)), nan);
+  return _mm_packus_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+}
+
+CG_AVX2 void dequantize_row_avx2_impl(const int8_t* sym, float a, const float* b, const float* o,
+                                      uint32_t n, DType dtype, void* dst) {
+  const __m256 va = _mm256_set1_ps(a);
+  uint32_t i = 0;
+  switch (dtype) {
+    case DType::F16:
+      for (uint16_t* d = (uint16_t*)dst; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i*)(d + i), _mm256_cvtps_ph(dequant8(sym + i, va, b + i, o + i),
+                                                            _MM_FROUND_TO_NEAREST_INT));
+      break;
+    case DType::BF16:
+      for (uint16_t* d = (uint16_t*)dst; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i*)(d + i), to_bf16(dequant8(sym + i, va, b + i, o + i)));
+      break;
+    case DType::F32:
+      for (float* d = (float*)dst; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(d + i, dequant8(sym + i, va, b + i, o + i));
+      break;
+  }
+  dequantize_store_row(sym + i, a, b + i, o + i, n - i, dtype,
+                       (uint8_t*)dst + (size_t)i * dtype_size(dtype));
+}
+
+// q = x / freq and r = x % freq for 8 lanes with x < freq << 20 (so q < 2^20): x (converted
+// exactly in two halves) times a reciprocal refined once (about 22 correct bits) lies within 0.3
+// of x / freq, so its truncation is q - 1, q or q + 1, and the remainder corrects it exactly.
+CG_AVX2 inline __m256i divide8(__m256i x, __m256i freq, __m256i& r) {
+  const __m256 f = _mm256_cvtepi32_ps(freq);
+  __m256 inv = _mm256_rcp_ps(f);
+  inv = _mm256_mul_ps(inv, _mm256_sub_ps(_mm256_set1_ps(2.0f), _mm256_mul_ps(f, inv)));
+  const __m256 xf = _mm256_add_ps(
+      _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(x, 16)), _mm256_set1_ps(65536.0f)),
+      _mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32(0xffff))));
+  __m256i q = _mm256_cvttps_epi32(_mm256_mul_ps(xf, inv));
+  r = _mm256_sub_epi32(x, _mm256_mullo_epi32(q, freq));  // in [-freq, 2 freq)
+  const __m256i low = _mm256_cmpgt_epi32(_mm256_setzero_si256(), r);
+  q = _mm256_add_epi32(q, low);
+  r = _mm256_add_epi32(r, _mm256_and_si256(freq, low));
+  const __m256i high = _mm256_cmpgt_epi32(r, _mm256_sub_epi32(freq, _mm256_set1_epi32(1)));
+  q = _mm256_sub_epi32(q, high);
+  r = _mm256_sub_epi32(r, _mm256_and_si256(freq, high));
+  return q;
+}
+
+// One encode step of 8 lanes (symbols s[0..8), channel offsets off[0..8)): flushed words go
+// below top in ascending lane order, then x = (q << 12) + r + cum.
+CG_AVX2 inline __m256i enc8(__m256i x, const int8_t* s, const uint32_t* off,
+                            const uint32_t* freq_cum, uint16_t*& top) {
+  const __m256i idx =
+      _mm256_add_epi32(_mm256_loadu_si256((const __m256i*)off),
+                       _mm256_add_epi32(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)s)),
+                                        _mm256_set1_epi32(kSymbolBias)));
+  const __m256i fc = _mm256_i32gather_epi32((const int*)freq_cum, idx, 4);
+  const __m256i freq = _mm256_and_si256(fc, _mm256_set1_epi32(0x1fff));
+  const __m256i cum = _mm256_srli_epi32(fc, 13);
+  // Flush where x >= freq << 20, compared unsigned (never for freq 4096: the bound is 2^32).
+  const __m256i sign = _mm256_set1_epi32((int)0x80000000u);
+  const __m256i bound = _mm256_sub_epi32(_mm256_slli_epi32(freq, 20), _mm256_set1_epi32(1));
+  const __m256i flush =
+      _mm256_cmpgt_epi32(_mm256_xor_si256(x, sign), _mm256_xor_si256(bound, sign));
+  const int m = _mm256_movemask_ps(_mm256_castsi256_ps(flush));
+  const __m256i w =
+      _mm256_permutevar8x32_epi32(x, _mm256_load_si256((const __m256i*)kCompressHigh[m].data()));
+  // Low halves of the 8 lanes into the low 128 bits.
+  const __m256i low = _mm256_shuffle_epi8(
+      w, _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4, 5, 8,
+                          9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1));
+  _mm_storeu_si128((__m128i*)(top - 8),
+                   _mm256_castsi256_si128(_mm256_permute4x64_epi64(low, 0x08)));
+  top -= _mm_popcnt_u32((unsigned)m);
+  x = _mm256_blendv_epi8(x, _mm256_srli_epi32(x, 16), flush);
+  __m256i r;
+  const __m256i q = divide8(x, freq, r);
+  return _mm256_add_epi32(_mm256_add_epi32(_mm256_slli_epi32(q, rans::kProbBits), r), cum);
+}
+
+// Whole steps [0, steps) backwards, after the scalar code has done the partial last one.
+CG_AVX2 uint16_t* encode_steps(const int8_t* sym, size_t steps, const EncodeTables& t,
+                               uint32_t* state, uint16_t* top) {
+  __m256i x0 = _mm256_loadu_si256((const __m256i*)(state + 0));
+  __m256i x1 = _mm256_loadu_si256((const __m256i*)(state + 8));
+  __m256i x2 = _mm256_loadu_si256((const __m256i*)(state + 16));
+  __m256i x3 = _mm256_loadu_si256((const __m256i*)(state + 24));
+  const uint32_t C = t.channels;
+  uint32_t c = (uint32_t)((steps * rans::kLanes) % C);
+  for (size_t k = steps; k-- > 0;) {
+    for (c += C - rans::kLanes % C; c >= C;) c -= C;  // channel of the step's first symbol
+    const int8_t* s = sym + k * rans::kLanes;
+    const uint32_t* off = t.chan_off + c;
+    x3 = enc8(x3, s + 24, off + 24, t.freq_cum, top);
+    x2 = enc8(x2, s + 16, off + 16, t.freq_cum, top);
+    x1 = enc8(x1, s + 8, off + 8, t.freq_cum, top);
+    x0 = enc8(x0, s, off, t.freq_cum, top);
+  }
+  _mm256_storeu_si256((__m256i*)(state + 0), x0);
+  _mm256_storeu_si256((__m256i*)(state + 8), x1);
+  _mm256_storeu_si256((__m256i*)(state + 16), x2);
+  _mm256_storeu_si256((__m256i*)(state + 24), x3);
+  return top;
+}
+
+}  // namespace
+
+void decode_avx2(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
+  const size_t head = std::min(n, (size_t)((rans::kLanes - r.lane) % rans::kLanes));
+  decode_scalar(r, t, head, out);
+  const size_t done = decode_steps(r, t, (n - head) / rans::kLanes, out + head) * rans::kLanes;
+  decode_scalar(r, t, n - head - done, out + head + done);
+}
+
+void dequantize_row_avx2(const int8_t* sym, float a, const float* b, const float* o, uint32_t n,
+                         DType dtype, void* dst) {
+  dequantize_row_avx2_impl(sym, a, b, o, n, dtype, dst);
+}
+
+uint16_t* encode_avx2(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
+                      uint16_t* top) {
+  const size_t steps = n / rans::kLanes;
+  top = encode_scalar(sym, steps * rans::kLanes, n, t, state, top);
+  return encode_steps(sym, steps, t, state, top);
+}
+
+}  // namespace cachegen
+
+#else
+
+namespace cachegen {
+void decode_avx2(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
+  decode_scalar(r, t, n, out);
+}
+void dequantize_row_avx2(const int8_t* sym, float a, const float* b, const float* o, uint32_t n,
+                         DType dtype, void* dst) {
+  dequantize_store_row(sym, a, b, o, n, dtype, dst);
+}
+uint16_t* encode_avx2(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
+                      uint16_t* top) {
+  return encode_scalar(sym, 0, n, t, state, top);
+}
+}  // namespace cachegen
+#endif

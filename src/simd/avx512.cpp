@@ -1,0 +1,206 @@
+// AVX-512 kernels: rANS decode and encode 16 lanes per register (2 registers per step of kLanes
+// symbols; words move between the stream and the lanes that need them with expand / compress),
+// and fused dequantization + conversion of a row. Bit-exact with the scalar code.
+#include <algorithm>
+
+#include "quant.hpp"
+#include "segment.hpp"
+#include "segment_encode.hpp"
+
+#ifdef CG_X86_SIMD
+#include <immintrin.h>
+
+// GCC 12 warns inside its own AVX-512 headers (their _mm512_undefined_* values), not here.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+#define CG_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,f16c,popcnt")))
+
+namespace cachegen {
+namespace {
+
+// One decode step of 16 lanes: x advanced and renormalized with words taken from words[wp...].
+CG_AVX512 inline __m512i step16(__m512i x, const uint32_t* off, const uint32_t* lut,
+                                const uint8_t* words, size_t& wp, int8_t* out) {
+  const __m512i m12 = _mm512_set1_epi32(0xfff);
+  const __m512i idx = _mm512_add_epi32(_mm512_loadu_si512(off), _mm512_and_si512(x, m12));
+  const __m512i e = _mm512_i32gather_epi32(idx, lut, 4);
+  const __m512i freq =
+      _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(e, 12), m12), _mm512_set1_epi32(1));
+  x = _mm512_add_epi32(_mm512_mullo_epi32(freq, _mm512_srli_epi32(x, rans::kProbBits)),
+                       _mm512_and_si512(e, m12));
+  const __mmask16 need = _mm512_cmplt_epu32_mask(x, _mm512_set1_epi32((int)rans::kLowerBound));
+  const __m512i w = _mm512_maskz_expand_epi32(
+      need, _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(words + 2 * wp))));
+  x = _mm512_mask_or_epi32(x, need, _mm512_slli_epi32(x, 16), w);
+  wp += (size_t)_mm_popcnt_u32(need);
+  const __m128i sym = _mm512_cvtepi32_epi8(_mm512_srli_epi32(e, 24));
+  _mm_storeu_si128((__m128i*)out, _mm_xor_si128(sym, _mm_set1_epi8((char)0x80)));
+  return x;
+}
+
+// Up to `steps` whole steps (the cursor at lane 0); returns how many ran. Every step reads at
+// most kLanes words, so it runs only while that many remain: the scalar loop does the rest.
+CG_AVX512 size_t decode_steps(RansCursor& r, const DecodeTables& t, size_t steps, int8_t* out) {
+  // Locals, not fields: the symbol stores could alias the cursor and the tables.
+  const uint32_t *lut = t.lut, *off = t.chan_off;
+  const uint8_t* words = r.words;
+  const size_t nwords = r.nwords;
+  const uint32_t C = t.channels;
+  __m512i x0 = _mm512_loadu_si512(r.state);
+  __m512i x1 = _mm512_loadu_si512(r.state + 16);
+  size_t wp = r.wp, done = 0;
+  uint32_t c = r.channel;
+  for (; done < steps && wp + rans::kLanes <= nwords; ++done, out += rans::kLanes) {
+    x0 = step16(x0, off + c, lut, words, wp, out);
+    x1 = step16(x1, off + c + 16, lut, words, wp, out + 16);
+    for (c += rans::kLanes; c >= C;) c -= C;
+  }
+  _mm512_storeu_si512(r.state, x0);
+  _mm512_storeu_si512(r.state + 16, x1);
+  r.wp = wp;
+  r.channel = c;
+  return done;
+}
+
+// 16 reconstructions x' = s * a * b + o, rounded as dequantize() rounds them.
+CG_AVX512 inline __m512 dequant16(const int8_t* s, __m512 a, const float* b, const float* o) {
+  const __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)s)));
+  return _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(v, a), _mm512_loadu_ps(b)), _mm512_loadu_ps(o));
+}
+
+// f32_to_bf16 on 16 lanes: round to nearest even, NaN made quiet.
+CG_AVX512 inline __m256i to_bf16(__m512 f) {
+  const __m512i x = _mm512_castps_si512(f);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
+  __m512i h =
+      _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(0x7fff)), lsb), 16);
+  const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(x, _mm512_set1_epi32(0x7fffffff)),
+                                                _mm512_set1_epi32(0x7f800000));
+  h = _mm512_mask_or_epi32(h, nan, _mm512_srli_epi32(x, 16), _mm512_set1_epi32(0x40));
+  return _mm512_cvtepi32_epi16(h);
+}
+
+CG_AVX512 void dequantize_row_avx512_impl(const int8_t* sym, float a, const float* b,
+                                          const float* o, uint32_t n, DType dtype, void* dst) {
+  const __m512 va = _mm512_set1_ps(a);
+  uint32_t i = 0;
+  switch (dtype) {
+    case DType::F16:
+      for (uint16_t* d = (uint16_t*)dst; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i*)(d + i), _mm512_cvtps_ph(dequant16(sym + i, va, b + i, o + i),
+                                                               _MM_FROUND_TO_NEAREST_INT));
+      break;
+    case DType::BF16:
+      for (uint16_t* d = (uint16_t*)dst; i + 16 <= n; i += 16)
+        _mm256_storeu_si256((__m256i*)(d + i), to_bf16(dequant16(sym + i, va, b + i, o + i)));
+      break;
+    case DType::F32:
+      for (float* d = (float*)dst; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(d + i, dequant16(sym + i, va, b + i, o + i));
+      break;
+  }
+  dequantize_store_row(sym + i, a, b + i, o + i, n - i, dtype,
+                       (uint8_t*)dst + (size_t)i * dtype_size(dtype));
+}
+
+// q = x / freq and r = x % freq for 16 lanes with x < freq << 20 (so q < 2^20): x times a
+// reciprocal refined once (about 22 correct bits) lies within 0.3 of x / freq, so its truncation
+// is q - 1, q or q + 1, and the remainder's sign and size correct it exactly.
+CG_AVX512 inline __m512i divide16(__m512i x, __m512i freq, __m512i& r) {
+  const __m512 f = _mm512_cvtepu32_ps(freq);
+  __m512 inv = _mm512_rcp14_ps(f);
+  inv = _mm512_mul_ps(inv, _mm512_sub_ps(_mm512_set1_ps(2.0f), _mm512_mul_ps(f, inv)));
+  __m512i q = _mm512_cvttps_epu32(_mm512_mul_ps(_mm512_cvtepu32_ps(x), inv));
+  r = _mm512_sub_epi32(x, _mm512_mullo_epi32(q, freq));  // in [-freq, 2 freq)
+  const __mmask16 low = _mm512_cmplt_epi32_mask(r, _mm512_setzero_si512());
+  const __mmask16 high = _mm512_cmpge_epi32_mask(r, freq);
+  q = _mm512_mask_sub_epi32(q, low, q, _mm512_set1_epi32(1));
+  r = _mm512_mask_add_epi32(r, low, r, freq);
+  q = _mm512_mask_add_epi32(q, high, q, _mm512_set1_epi32(1));
+  r = _mm512_mask_sub_epi32(r, high, r, freq);
+  return q;
+}
+
+// One encode step of 16 lanes (symbols s[0..16), channel offsets off[0..16)): flushed words go
+// below top in ascending lane order, then x = (q << 12) + r + cum.
+CG_AVX512 inline __m512i enc16(__m512i x, const int8_t* s, const uint32_t* off,
+                               const uint32_t* freq_cum, uint16_t*& top) {
+  const __m512i idx =
+      _mm512_add_epi32(_mm512_loadu_si512(off),
+                       _mm512_add_epi32(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)s)),
+                                        _mm512_set1_epi32(kSymbolBias)));
+  const __m512i fc = _mm512_i32gather_epi32(idx, freq_cum, 4);
+  const __m512i freq = _mm512_and_si512(fc, _mm512_set1_epi32(0x1fff));
+  const __m512i cum = _mm512_srli_epi32(fc, 13);
+  // Flush where x >= freq << 20 (never for freq 4096, whose bound is 2^32).
+  const __mmask16 flush = _mm512_cmpgt_epu32_mask(
+      x, _mm512_sub_epi32(_mm512_slli_epi32(freq, 20), _mm512_set1_epi32(1)));
+  const int cnt = _mm_popcnt_u32(flush);
+  const __mmask16 high = (__mmask16)(0xffffu << (16 - cnt));
+  const __m512i w = _mm512_maskz_expand_epi32(high, _mm512_maskz_compress_epi32(flush, x));
+  _mm256_storeu_si256((__m256i*)(top - 16), _mm512_cvtepi32_epi16(w));
+  top -= cnt;
+  x = _mm512_mask_srli_epi32(x, flush, x, 16);
+  __m512i r;
+  const __m512i q = divide16(x, freq, r);
+  return _mm512_add_epi32(_mm512_add_epi32(_mm512_slli_epi32(q, rans::kProbBits), r), cum);
+}
+
+// Whole steps [0, steps) backwards, after the scalar code has done the partial last one.
+CG_AVX512 uint16_t* encode_steps(const int8_t* sym, size_t steps, const EncodeTables& t,
+                                 uint32_t* state, uint16_t* top) {
+  __m512i x0 = _mm512_loadu_si512(state), x1 = _mm512_loadu_si512(state + 16);
+  const uint32_t C = t.channels;
+  uint32_t c = (uint32_t)((steps * rans::kLanes) % C);
+  for (size_t k = steps; k-- > 0;) {
+    for (c += C - rans::kLanes % C; c >= C;) c -= C;  // channel of the step's first symbol
+    const int8_t* s = sym + k * rans::kLanes;
+    x1 = enc16(x1, s + 16, t.chan_off + c + 16, t.freq_cum, top);
+    x0 = enc16(x0, s, t.chan_off + c, t.freq_cum, top);
+  }
+  _mm512_storeu_si512(state, x0);
+  _mm512_storeu_si512(state + 16, x1);
+  return top;
+}
+
+}  // namespace
+
+void decode_avx512(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
+  const size_t head = std::min(n, (size_t)((rans::kLanes - r.lane) % rans::kLanes));
+  decode_scalar(r, t, head, out);
+  const size_t done = decode_steps(r, t, (n - head) / rans::kLanes, out + head) * rans::kLanes;
+  decode_scalar(r, t, n - head - done, out + head + done);
+}
+
+void dequantize_row_avx512(const int8_t* sym, float a, const float* b, const float* o, uint32_t n,
+                           DType dtype, void* dst) {
+  dequantize_row_avx512_impl(sym, a, b, o, n, dtype, dst);
+}
+
+uint16_t* encode_avx512(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
+                        uint16_t* top) {
+  const size_t steps = n / rans::kLanes;
+  top = encode_scalar(sym, steps * rans::kLanes, n, t, state, top);
+  return encode_steps(sym, steps, t, state, top);
+}
+
+}  // namespace cachegen
+
+#else
+
+namespace cachegen {
+void decode_avx512(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
+  decode_scalar(r, t, n, out);
+}
+void dequantize_row_avx512(const int8_t* sym, float a, const float* b, const float* o, uint32_t n,
+                           DType dtype, void* dst) {
+  dequantize_store_row(sym, a, b, o, n, dtype, dst);
+}
+uint16_t* encode_avx512(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
+                        uint16_t* top) {
+  return encode_scalar(sym, 0, n, t, state, top);
+}
+}  // namespace cachegen
+#endif

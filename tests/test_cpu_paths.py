@@ -1,0 +1,93 @@
+"""CPU code paths: CACHEGEN_CPU_PATH forces each one the CPU has, build_info reports the one in
+effect, and every path decodes every output kind to the scalar path's bits and encodes to its
+bytes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from kvgen import synthetic_kv
+
+import cachegen
+
+
+def test_build_info_reports_the_widest_path_by_default(monkeypatch):
+    monkeypatch.delenv("CACHEGEN_CPU_PATH", raising=False)
+    info = cachegen.build_info()
+    assert info["cpu_paths"][0] == "scalar"
+    assert info["cpu_decode"] == info["cpu_paths"][-1]
+
+
+def test_environment_forces_each_path(cpu_path):
+    assert cachegen.build_info()["cpu_decode"] == cpu_path
+
+
+@pytest.mark.parametrize(("value", "match"), [("sse9", "unknown path"), ("AVX2", "unknown path")])
+def test_unknown_path_is_a_clear_error(monkeypatch, value, match):
+    blob = cachegen.encode(synthetic_kv(1, 8, 1, 8))
+    monkeypatch.setenv("CACHEGEN_CPU_PATH", value)
+    with pytest.raises(ValueError, match=match):
+        cachegen.decode(blob)
+
+
+def test_missing_path_is_a_clear_error(monkeypatch):
+    missing = [p for p in ("avx2", "avx512") if p not in cachegen.build_info()["cpu_paths"]]
+    if not missing:
+        pytest.skip("this CPU has every path")
+    blob = cachegen.encode(synthetic_kv(1, 8, 1, 8))
+    monkeypatch.setenv("CACHEGEN_CPU_PATH", missing[0])
+    with pytest.raises(ValueError, match="lacks it"):
+        cachegen.decode(blob)
+
+
+def decode_with(monkeypatch, path: str, blob: bytes, **kwargs):
+    monkeypatch.setenv("CACHEGEN_CPU_PATH", path)
+    return cachegen.decode(blob, **kwargs)
+
+
+# Per-token steps with sink rows (the levels), per-channel and per-layer steps, the CacheGen
+# reference; small segments so that tiles and segments end mid-step.
+CONFIGS = [
+    cachegen.CodecConfig.from_level(1),
+    cachegen.CodecConfig.from_level(cachegen.DEFAULT_LEVEL),
+    cachegen.CodecConfig(key_quantizer="channel", value_quantizer="layer", segment_symbols=4000),
+    cachegen.CodecConfig.cachegen_reference(2),
+]
+
+
+def bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.int16 if t.element_size() == 2 else torch.int32)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.name)
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize("shape", [(2, 300, 3, 64), (1, 77, 1, 5), (1, 40, 2, 8)])
+def test_every_path_decodes_the_scalar_bits(monkeypatch, cpu_path, config, dtype, shape):
+    kv = synthetic_kv(*shape)
+    blob = cachegen.encode(kv, config=config)
+    want = decode_with(monkeypatch, "scalar", blob, framework="torch", dtype=dtype)
+    got = decode_with(monkeypatch, cpu_path, blob, framework="torch", dtype=dtype)
+    assert torch.equal(bits(got), bits(want))
+
+
+def test_strided_output_matches_dense(monkeypatch, cpu_path):
+    """A token-strided output (not dense rows) takes the unfused path and gets the same bits."""
+    kv = synthetic_kv(2, 120, 2, 16)
+    blob = cachegen.encode(kv)
+    dense = decode_with(monkeypatch, cpu_path, blob)
+    backing = np.zeros(kv.shape[:-1] + (kv.shape[-1] * 2,), kv.dtype)
+    monkeypatch.setenv("CACHEGEN_CPU_PATH", cpu_path)
+    cachegen.decode(blob, out=backing[..., ::2])
+    np.testing.assert_array_equal(backing[..., ::2], dense)
+    assert not backing[..., 1::2].any()
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.name)
+@pytest.mark.parametrize("shape", [(2, 300, 3, 64), (1, 77, 1, 5), (1, 40, 2, 8)])
+def test_every_path_encodes_the_scalar_bytes(monkeypatch, cpu_path, config, shape):
+    kv = synthetic_kv(*shape)
+    monkeypatch.setenv("CACHEGEN_CPU_PATH", "scalar")
+    want = cachegen.encode(kv, config=config)
+    monkeypatch.setenv("CACHEGEN_CPU_PATH", cpu_path)
+    assert cachegen.encode(kv, config=config) == want
