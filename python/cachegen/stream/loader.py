@@ -33,7 +33,7 @@ from cachegen.context.auth import AuthKey
 from cachegen.context.keys import token_array
 from cachegen.store import Store, StoreError
 
-from .controller import Controller
+from .controller import Controller, fetch_lead
 from .costs import CostModel
 from .deadline import HEDGE_FACTOR, HEDGE_SLACK_S, BoundedStore, cause_of
 from .engine import Engine
@@ -282,14 +282,10 @@ class _Run:
             self._put(e)
 
     def _wait_to_decide(self, i: int) -> None:
-        """Plan chunk i no earlier than its fetch must start: once the compute stage's queued
-        work would end within twice the chunk's longest fetch. A later decision sees fresher
-        speeds (a text chunk timed, a decode measured), so a stale calibration is corrected
-        before it has planned the whole load, and the link is still never the bottleneck."""
-        sizes, bps = self.chunks[i].sizes, self.estimator.bps
-        if sizes and bps is None:
-            return  # the probe: nothing to wait for
-        lead = 2 * max(sizes.values()) / bps if sizes and bps else 0.0
+        """Plan chunk i no earlier than its fetch must start (`fetch_lead`): a later decision
+        sees fresher speeds (a text chunk timed, a decode measured), so a stale calibration is
+        corrected before it has planned the whole load, and the link is never the bottleneck."""
+        lead = fetch_lead(self._table(i), self.estimator)
         while not self.done.is_set():
             now = self.now()
             slack = self.backlog.free_at(now) - now - lead
