@@ -384,8 +384,9 @@ class _Run:
         step = math.ceil(ref.size / self.ranges)
 
         def part(lo: int) -> tuple[bytes, float]:
+            # The parts share the link: each answers about when the whole blob has arrived.
             hi = min(lo + step, ref.size)
-            return self.store.read(lambda s: s.get_range(ref.key, lo, hi), hi - lo, deadline)
+            return self.store.read(lambda s: s.get_range(ref.key, lo, hi), ref.size, deadline)
 
         futures = [pool.submit(part, lo) for lo in range(0, ref.size, step)]
         try:
