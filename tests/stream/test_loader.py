@@ -284,3 +284,23 @@ def test_parts_of_one_blob_share_the_link_and_are_not_hedged(monkeypatch) -> Non
     rep = result.report
     assert rep.choices == [top] * 4 and rep.fallbacks == 0
     assert rep.hedged_reads == 0
+
+
+def test_backlog_counts_the_chunk_in_progress_from_its_start() -> None:
+    """The fetch thread's view of the compute stage: a chunk being computed ends its predicted
+    time after it started, not after now (a long text chunk would otherwise hold the next
+    fetches back and make every plan start from a later compute stage)."""
+    from cachegen.stream.loader import _Backlog
+
+    b = _Backlog()
+    b.add(0, 0.5)
+    b.add(1, 0.1)
+    assert b.free_at(0.0) == pytest.approx(0.6)
+    b.start(0, 0.0)
+    assert b.free_at(0.4) == pytest.approx(0.6)  # 0.1 s left of chunk 0, then chunk 1
+    assert b.free_at(0.7) == pytest.approx(0.8)  # overrunning: it ends now at the earliest
+    b.done(0)
+    b.start(1, 0.7)
+    assert b.free_at(0.75) == pytest.approx(0.8)
+    b.done(1)
+    assert b.free_at(0.9) == pytest.approx(0.9)
