@@ -69,3 +69,15 @@ def test_compute_spread_widens_the_planning_margin() -> None:
         noisy.observe_decode(1_000_000, ratio * noisy.decode_time(1_000_000))
     assert steady.planning(8) == pytest.approx(1.0)
     assert noisy.planning(8) > 1.3 and noisy.planning(32) < noisy.planning(8)
+
+
+def test_a_busier_machine_moves_the_speed_not_the_margin() -> None:
+    """A calibration from a machine 30x quieter: the recompute speed follows the first timing,
+    and the spread counts it as at most a 3x miss, so the planning margin stays bounded
+    instead of tripling every compute time of the next plans."""
+    costs = CostModel(1e8, 400.0, 5e-7, compute_cv=0.3)
+    before = costs.recompute_time(256, 512)
+    costs.observe_recompute(256, 512, 30 * before)
+    assert costs.recompute_time(256, 512) > 10 * before
+    assert costs.planning(8) < 1 + 1.28 * 2.0 / 8**0.5
+    assert costs.planning(8) > 1 + 1.28 * 0.3 / 8**0.5  # still wider than before the miss

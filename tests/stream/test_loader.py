@@ -265,3 +265,42 @@ def test_authenticated_contexts_load_only_with_their_key(store) -> None:
     store.put(ref.key, cachegen.encode(kv[:, :, 64:128], level=5))  # valid blob, no MAC
     forged = loader.load(MODEL, ids, chunk_tokens=64, auth_key=key).report
     assert forged.choices[1] == TEXT and forged.chunks[1].fallback
+
+
+def test_parts_of_one_blob_share_the_link_and_are_not_hedged(monkeypatch) -> None:
+    """A blob's range requests run side by side on one link, so each answers about when the
+    whole blob has arrived: a healthy transfer is not taken for a stalled one (a hedge would
+    send its bytes twice over the same slow link)."""
+    import cachegen.stream.loader as loader_mod
+
+    inner = MemoryStore()
+    ids, _, ctx = store_context(inner, 256)
+    top = max(ctx.levels)
+    blob = ctx.chunks[0].levels[top].size
+    monkeypatch.setattr(loader_mod, "RANGE_BYTES", blob // 8)
+    bps = blob / 0.2  # each blob 0.2 s on the link: its last part answers after ~4x its share
+    link = ThrottledStore(inner, bps=bps, latency_s=0.02)
+    _, result = run(link, ids, ranges=4, policy=fixed(top), prior_bps=bps)
+    rep = result.report
+    assert rep.choices == [top] * 4 and rep.fallbacks == 0
+    assert rep.hedged_reads == 0
+
+
+def test_backlog_counts_the_chunk_in_progress_from_its_start() -> None:
+    """The fetch thread's view of the compute stage: a chunk being computed ends its predicted
+    time after it started, not after now (a long text chunk would otherwise hold the next
+    fetches back and make every plan start from a later compute stage)."""
+    from cachegen.stream.loader import _Backlog
+
+    b = _Backlog()
+    b.add(0, 0.5)
+    b.add(1, 0.1)
+    assert b.free_at(0.0) == pytest.approx(0.6)
+    b.start(0, 0.0)
+    assert b.free_at(0.4) == pytest.approx(0.6)  # 0.1 s left of chunk 0, then chunk 1
+    assert b.free_at(0.7) == pytest.approx(0.8)  # overrunning: it ends now at the earliest
+    b.done(0)
+    b.start(1, 0.7)
+    assert b.free_at(0.75) == pytest.approx(0.8)
+    b.done(1)
+    assert b.free_at(0.9) == pytest.approx(0.9)

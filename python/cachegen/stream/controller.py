@@ -9,10 +9,12 @@ simulator sweeps is the code that runs.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
+from .estimator import BandwidthEstimator
 from .planner import TEXT, Choice, ConstantLink, Decision, OptionTable, Planner, Policy, Step
 
 
@@ -29,6 +31,23 @@ def probe_choice(table: OptionTable) -> Choice:
         return TEXT
     by_size = sorted(stored, key=lambda c: sizes[c])
     return table.choices[by_size[(len(by_size) - 1) // 2]]
+
+
+def fetch_lead(table: OptionTable, estimator: BandwidthEstimator) -> float:
+    """How long before the compute stage runs dry the next chunk must be decided and fetched.
+
+    A load decides each chunk as late as this (`cachegen.stream.loader`, and the simulator
+    alike): a later decision sees fresher speeds. Waiting is free only while the compute stage
+    never has to wait for the link, as the planner assumes of a fetch stage running ahead: so
+    the lead is the link time, at the planning rate, of every chunk left at its largest stored
+    option, plus the next chunk's once more against estimation error. Infinite while the
+    bandwidth is unknown (the probe goes at once).
+    """
+    bps = estimator.planning_bps(len(table))
+    if bps is None or len(table) == 0:
+        return math.inf
+    largest = np.where(np.isfinite(table.nbytes), table.nbytes, 0.0).max(axis=1)
+    return float((largest.sum() + largest[0]) / bps)
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,10 @@ _EWMA = 0.5
 _SPREAD_EWMA = 0.1
 #: One-sided normal quantile of the planning margin (0.9), as for the link.
 _Z = 1.28
+#: The largest miss (measured/predicted - 1, either way) one timing adds to the spread: a
+#: bigger one is a level shift (a busier machine) that the speeds follow at once, not noise
+#: for every later plan to pay for.
+_MAX_MISS = 2.0
 #: Tokens the engine recomputes per calibration timing (one default chunk).
 CALIBRATION_TOKENS = 256
 #: Context lengths the engine's prefill is timed at, to fit the cost of attending to them.
@@ -90,7 +94,7 @@ class CostModel:
     def _observe_spread(self, ratio: float) -> None:
         """Fold in one measured/predicted ratio: a miss by 2x counts alike either way."""
         ratio = max(ratio, 1e-9)
-        miss = max(ratio, 1 / ratio) - 1
+        miss = min(max(ratio, 1 / ratio) - 1, _MAX_MISS)
         var = (1 - _SPREAD_EWMA) * self.compute_cv**2 + _SPREAD_EWMA * miss**2
         self.compute_cv = math.sqrt(var)
 

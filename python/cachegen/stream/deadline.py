@@ -92,8 +92,11 @@ class BoundedStore(Store):
     def read(self, fn: Callable[[Store], T], nbytes: int, deadline: float) -> tuple[T, float]:
         """`fn(store)` by `deadline` (`time.monotonic` seconds), hedged once if late.
 
-        Returns the result and the seconds the answering request took (from its own start, so
-        a stall does not read as a slow link). Raises `DeadlineExceeded` at the deadline.
+        `nbytes` is what the link must carry before the answer: the read's own bytes plus
+        those of reads running beside it on the same link (the parts of one blob), since they
+        share its bandwidth. Returns the result and the seconds the answering request took
+        (from its own start, so a stall does not read as a slow link). Raises
+        `DeadlineExceeded` at the deadline.
         """
         start = time.monotonic()
         if start >= deadline:

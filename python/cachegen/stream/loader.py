@@ -33,7 +33,7 @@ from cachegen.context.auth import AuthKey
 from cachegen.context.keys import token_array
 from cachegen.store import Store, StoreError
 
-from .controller import Controller
+from .controller import Controller, fetch_lead
 from .costs import CostModel
 from .deadline import HEDGE_FACTOR, HEDGE_SLACK_S, BoundedStore, cause_of
 from .engine import Engine
@@ -206,16 +206,36 @@ class _Handoff:
 
 @dataclass
 class _Backlog:
-    """What the fetch thread knows of the compute thread: queued work and last completion."""
+    """What the fetch thread knows of the compute thread: the predicted seconds of each chunk
+    queued or in progress, and when the one in progress started (load time)."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     queued_s: dict[int, float] = field(default_factory=dict)
-    last_done: float = 0.0
+    running: int | None = None
+    running_since: float = 0.0
+
+    def add(self, index: int, seconds: float) -> None:
+        with self.lock:
+            self.queued_s[index] = seconds
+
+    def start(self, index: int, now: float) -> None:
+        with self.lock:
+            self.running, self.running_since = index, now
+
+    def done(self, index: int) -> None:
+        with self.lock:
+            self.queued_s.pop(index, None)
+            self.running = None
 
     def free_at(self, now: float) -> float:
-        """Predicted time the compute thread has finished everything queued."""
+        """Predicted time the compute thread has finished everything queued: the chunk in
+        progress ends its predicted time after it started (now, if it overruns), the rest
+        follow it one after another."""
         with self.lock:
-            return max(now, self.last_done) + sum(self.queued_s.values())
+            rest = sum(s for i, s in self.queued_s.items() if i != self.running)
+            if self.running not in self.queued_s:
+                return now + rest
+            return max(now, self.running_since + self.queued_s[self.running]) + rest
 
 
 class _Run:
@@ -282,14 +302,10 @@ class _Run:
             self._put(e)
 
     def _wait_to_decide(self, i: int) -> None:
-        """Plan chunk i no earlier than its fetch must start: once the compute stage's queued
-        work would end within twice the chunk's longest fetch. A later decision sees fresher
-        speeds (a text chunk timed, a decode measured), so a stale calibration is corrected
-        before it has planned the whole load, and the link is still never the bottleneck."""
-        sizes, bps = self.chunks[i].sizes, self.estimator.bps
-        if sizes and bps is None:
-            return  # the probe: nothing to wait for
-        lead = 2 * max(sizes.values()) / bps if sizes and bps else 0.0
+        """Plan chunk i no earlier than its fetch must start (`fetch_lead`): a later decision
+        sees fresher speeds (a text chunk timed, a decode measured), so a stale calibration is
+        corrected before it has planned the whole load, and the link is never the bottleneck."""
+        lead = fetch_lead(self._table(i), self.estimator)
         while not self.done.is_set():
             now = self.now()
             slack = self.backlog.free_at(now) - now - lead
@@ -338,8 +354,7 @@ class _Run:
                 row.nbytes = len(blob)
                 self.estimator.add(len(blob), seconds)
         row.predicted_compute_s = self._compute_time(chunk, row.choice)
-        with self.backlog.lock:
-            self.backlog.queued_s[i] = row.predicted_compute_s
+        self.backlog.add(i, row.predicted_compute_s)
         return _Item(row, blob)
 
     def _decide(self, i: int, now: float) -> Decision:
@@ -388,8 +403,9 @@ class _Run:
         step = math.ceil(ref.size / self.ranges)
 
         def part(lo: int) -> tuple[bytes, float]:
+            # The parts share the link: each answers about when the whole blob has arrived.
             hi = min(lo + step, ref.size)
-            return self.store.read(lambda s: s.get_range(ref.key, lo, hi), hi - lo, deadline)
+            return self.store.read(lambda s: s.get_range(ref.key, lo, hi), ref.size, deadline)
 
         futures = [pool.submit(part, lo) for lo in range(0, ref.size, step)]
         try:
@@ -427,6 +443,7 @@ class _Run:
         row, chunk = item.row, self.chunks[item.row.index]
         engine, costs = self.loader.engine, self.loader.costs
         t0 = self.now()
+        self.backlog.start(row.index, t0)
         if item.blob is not None:
             try:
                 engine.append_kv(item.blob)
@@ -448,9 +465,7 @@ class _Run:
 
     def _record(self, row: ChunkReport) -> None:
         row.compute_end = self.now()
-        with self.backlog.lock:
-            self.backlog.queued_s.pop(row.index, None)
-            self.backlog.last_done = row.compute_end
+        self.backlog.done(row.index)
         self.report.chunks.append(row)
 
     def _finish_report(self) -> None:

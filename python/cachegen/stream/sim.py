@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .controller import CacheGenRule, Controller, fixed
+from .controller import CacheGenRule, Controller, fetch_lead, fixed
 from .estimator import BandwidthEstimator
 from .planner import TEXT, Choice, OptionTable, Planner, Policy, Step, best_plan, evaluate
 
@@ -127,6 +127,8 @@ def simulate(
         if prefix and TEXT in choices:
             choice: Choice = TEXT
         else:
+            # The loader decides no earlier than the fetch must start, as here.
+            now = max(now, cpu - fetch_lead(table.rest(i), estimator))
             choice = policy(Step(i, now, max(now, cpu), table.rest(i), estimator))
         c = table.choices.index(choice)
         size = float(table.nbytes[i, c])
