@@ -42,9 +42,11 @@ def with_probe(
     most the chunk's recompute time (the loader's deadline for a probe), which the chunk saves
     when it arrives in time. A plan that meets the SLO by recomputing is lossless: no probe.
     """
-    sizes = table.nbytes[0] if len(table) else np.zeros(0)
+    if decision.feasible or not len(table) or any(c != TEXT for c in plan):
+        return plan, decision
+    sizes = table.nbytes[0]
     stored = [c for c, ch in enumerate(table.choices) if ch != TEXT and np.isfinite(sizes[c])]
-    if decision.feasible or not stored or any(c != TEXT for c in plan):
+    if not stored:
         return plan, decision
     level = table.choices[min(stored, key=lambda c: sizes[c])]
     probe = Decision(level, decision.finish, False, decision.loss, probe=True)
