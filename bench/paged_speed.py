@@ -176,13 +176,19 @@ def sizes(kv: np.ndarray) -> list[SizeRow]:
     return rows
 
 
+def _load(avg: list[float]) -> str:
+    return "/".join(f"{x:.1f}" for x in avg)
+
+
 def markdown(info: dict, speed_rows: list[SpeedRow], size_rows: list[SizeRow]) -> str:
     lines = [
         "# Paged KV decode and the lossless level (issue 12)",
         "",
         f"{info['cpu']} ({info['cpus']} cores), commit {info['commit'][:12]}, {info['date']}. "
         f"Real SmolLM2 KV (30 layers x 3 KV heads x 64, fp16), level {cachegen.DEFAULT_LEVEL}, "
-        f"{THREADS} threads, median of {ROUNDS} interleaved rounds in one process. "
+        f"{THREADS} threads, median of {ROUNDS} interleaved rounds in one process; load "
+        f"average (1, 5, 15 min) {_load(info['load_average_start'])} at the start, "
+        f"{_load(info['load_average_end'])} at the end. "
         "Reproduce: `python bench/paged_speed.py`.",
         "",
         "## Decode into paged blocks vs into a contiguous array (target: paged >= 0.95x)",
@@ -232,9 +238,11 @@ def main() -> None:
         "platform": platform.platform(),
         "cachegen_build": cachegen.build_info(),
         "kv": kvdata.REAL_SOURCE,
+        "load_average_start": os.getloadavg(),
     }
     kv = kvdata.real_kv()
     speed_rows = speed(kv)
+    info["load_average_end"] = os.getloadavg()
     size_rows = sizes(kv)
     RESULTS.mkdir(exist_ok=True)
     report = {
