@@ -42,6 +42,27 @@ __attribute__((target("avx,f16c"))) void f32_to_f16_f16c(const float* src, uint1
                      _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
   for (; i < n; ++i) dst[i] = f32_to_f16(src[i]);
 }
+
+// dst[j * dst_stride + k] = src[k * src_stride + j] for an 8x8 block of 16-bit elements.
+void transpose8x8(const uint16_t* src, uint32_t src_stride, uint16_t* dst, int64_t dst_stride) {
+  __m128i r[8], t[8], u[8];
+  for (int i = 0; i < 8; ++i)
+    r[i] = _mm_loadu_si128((const __m128i*)(src + (size_t)i * src_stride));
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm_unpacklo_epi16(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm_unpackhi_epi16(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j) {
+      u[4 * i + 2 * j] = _mm_unpacklo_epi32(t[4 * i + j], t[4 * i + j + 2]);
+      u[4 * i + 2 * j + 1] = _mm_unpackhi_epi32(t[4 * i + j], t[4 * i + j + 2]);
+    }
+  for (int i = 0; i < 4; ++i) {
+    _mm_storeu_si128((__m128i*)(dst + (2 * i) * dst_stride), _mm_unpacklo_epi64(u[i], u[i + 4]));
+    _mm_storeu_si128((__m128i*)(dst + (2 * i + 1) * dst_stride),
+                     _mm_unpackhi_epi64(u[i], u[i + 4]));
+  }
+}
 #endif
 
 void f16_to_f32_n(const uint16_t* src, float* dst, uint32_t n) {
@@ -127,26 +148,46 @@ void store_row(const TensorView& v, uint32_t token, const float* row) {
 
 namespace {
 
-// Token-adjacent views (s_token == 1): per channel, each run of tokens that are adjacent in
-// memory (within one block, at most kColumn) is gathered from the rows and stored at once.
-constexpr uint32_t kColumn = 128;
+// Scatters a converted tile's rows ([m, C], row stride C) into a token-adjacent view (s_token ==
+// 1, e.g. the vLLM CPU backend's transposed key pages), whose m tokens from `base` are adjacent:
+// channel c's tokens go to base + h*s_head + d*s_dim. Eight channels of 16-bit elements move
+// eight tokens at a time through an SSE2 transpose; the rest one element at a time.
+template <typename T>
+void transpose_rows(const T* tile, uint32_t C, uint32_t m, const TensorView& v, T* base) {
+  for (uint32_t h = 0; h < v.heads; ++h)
+    for (uint32_t d = 0; d < v.head_dim;) {
+      const uint32_t c = h * v.head_dim + d;
+      T* dst = base + h * v.s_head + d * v.s_dim;
+#ifdef CG_X86
+      if constexpr (sizeof(T) == 2) {
+        if (d + 8 <= v.head_dim) {
+          uint32_t k = 0;
+          for (; k + 8 <= m; k += 8) transpose8x8(tile + (size_t)k * C + c, C, dst + k, v.s_dim);
+          for (uint32_t j = 0; j < 8; ++j)
+            for (uint32_t t = k; t < m; ++t) dst[j * v.s_dim + t] = tile[(size_t)t * C + c + j];
+          d += 8;
+          continue;
+        }
+      }
+#endif
+      for (uint32_t k = 0; k < m; ++k) dst[k] = tile[(size_t)k * C + c];
+      ++d;
+    }
+}
 
+// Token-adjacent views: the tile is converted in one pass, then transposed into each block's
+// token run.
 template <typename T, typename Store>
 void store_columns(const TensorView& v, uint32_t token, uint32_t n, const float* rows,
                    Store store) {
+  thread_local std::vector<T> dense;
   const uint32_t C = v.channels(), end = token + n;
-  float col[kColumn];
+  dense.resize((size_t)n * C);
+  store(dense.data(), rows, n * C);
   for (uint32_t a = token; a < end;) {
-    uint32_t b = std::min(end, a + kColumn);
-    if (v.block_table) b = std::min(b, (a / v.block_size + 1) * v.block_size);
+    const uint32_t b = v.block_table ? std::min(end, (a / v.block_size + 1) * v.block_size) : end;
     T* base = static_cast<T*>(v.data) + v.token_offset(a);
-    const float* r = rows + (size_t)(a - token) * C;
-    for (uint32_t h = 0; h < v.heads; ++h)
-      for (uint32_t d = 0; d < v.head_dim; ++d) {
-        const uint32_t c = h * v.head_dim + d;
-        for (uint32_t k = 0; k < b - a; ++k) col[k] = r[(size_t)k * C + c];
-        store(base + h * v.s_head + d * v.s_dim, col, b - a);
-      }
+    transpose_rows(dense.data() + (size_t)(a - token) * C, C, b - a, v, base);
     a = b;
   }
 }

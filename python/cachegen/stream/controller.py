@@ -50,6 +50,28 @@ def fetch_lead(table: OptionTable, estimator: BandwidthEstimator) -> float:
     return float((largest.sum() + largest[0]) / bps)
 
 
+def with_probe(
+    table: OptionTable, plan: tuple[Choice, ...], decision: Decision
+) -> tuple[tuple[Choice, ...], Decision]:
+    """`plan`, or its first chunk fetched at the smallest stored level as a probe.
+
+    A plan made from earlier loads' estimate that fetches nothing and misses the SLO anyway
+    would, if the estimate is too low (one stalled transfer sets it), keep every later load
+    from fetching and so from measuring the link again. The probe measures it once for at
+    most the chunk's recompute time (the loader's deadline for a probe), which the chunk saves
+    when it arrives in time. A plan that meets the SLO by recomputing is lossless: no probe.
+    """
+    if decision.feasible or not len(table) or any(c != TEXT for c in plan):
+        return plan, decision
+    sizes = table.nbytes[0]
+    stored = [c for c, ch in enumerate(table.choices) if ch != TEXT and np.isfinite(sizes[c])]
+    if not stored:
+        return plan, decision
+    level = table.choices[min(stored, key=lambda c: sizes[c])]
+    probe = Decision(level, decision.finish, False, decision.loss, probe=True)
+    return (level, *plan[1:]), probe
+
+
 @dataclass(frozen=True)
 class Controller:
     """Plans each chunk against a TTFT SLO with the bandwidth measured so far.
@@ -76,7 +98,10 @@ class Controller:
             text = self.planner.all_text(table, step.now, step.cpu_free)
             return text or Decision(probe_choice(table), step.now, True, 0.0)
         safe = ConstantLink(est.planning_bps(len(table)) or bps)
-        return self.planner.choose(table, step.now, step.cpu_free, ConstantLink(bps), safe)
+        plan, decision = self.planner.plan(table, step.now, step.cpu_free, ConstantLink(bps), safe)
+        if est.load_samples == 0:  # planned from earlier loads alone
+            plan, decision = with_probe(table, plan, decision)
+        return decision
 
     def __call__(self, step: Step) -> Choice:
         return self.decide(step).choice

@@ -133,6 +133,7 @@ class Loader:
         finally:
             report.hedged_reads = bounded.hedges
             bounded.close()
+            estimator.end_load()
             if shared:
                 save_estimate(self.store)
         return LoadResult(self.engine.finish(), report)
@@ -332,6 +333,7 @@ class _Run:
             fetch_end=start,
             bandwidth_bps=bps,
             predicted_finish=decision.finish,
+            probe=decision.probe,
         )
         if bps is not None and not self.planned:  # the first plan made with a bandwidth
             self.planned = True
@@ -341,8 +343,12 @@ class _Run:
             ref = self.refs[i][int(decision.choice)]
             row.predicted_fetch_s = ref.size / bps if bps else 0.0
             began = time.monotonic()
+            deadline = self._deadline(start, row.predicted_fetch_s)
+            if decision.probe:  # it may cost at most what recomputing the chunk would
+                text_s = self._compute_time(chunk, TEXT)
+                deadline = min(deadline, began + max(text_s, CHUNK_FLOOR_S))
             try:
-                blob, seconds = self._get(ref, pool, start, row.predicted_fetch_s)
+                blob, seconds = self._get(ref, pool, deadline)
             except Exception as e:  # noqa: BLE001 - every read failure is a fallback
                 row.choice, row.fallback, row.cause = TEXT, f"{type(e).__name__}: {e}", cause_of(e)
                 if row.cause == "timeout":
@@ -352,7 +358,7 @@ class _Run:
             row.fetch_end = self.now()
             if blob is not None:
                 row.nbytes = len(blob)
-                self.estimator.add(len(blob), seconds)
+                self.estimator.add(len(blob), seconds, probe=decision.probe)
         row.predicted_compute_s = self._compute_time(chunk, row.choice)
         self.backlog.add(i, row.predicted_compute_s)
         return _Item(row, blob)
@@ -392,11 +398,10 @@ class _Run:
         return time.monotonic() + max(left, floor)
 
     def _get(
-        self, ref: ObjectRef, pool: ThreadPoolExecutor, start: float, expect_s: float
+        self, ref: ObjectRef, pool: ThreadPoolExecutor, deadline: float
     ) -> tuple[bytes, float]:
         """The verified object and the seconds its reads took, in `ranges` parallel range
-        requests when it is large enough; all by the chunk's deadline."""
-        deadline = self._deadline(start, expect_s)
+        requests when it is large enough; all by `deadline` (`time.monotonic` seconds)."""
         if self.ranges <= 1 or ref.size <= RANGE_BYTES:
             data, seconds = self.store.read(lambda s: s.get(ref.key), ref.size, deadline)
             return ref.verify(data), seconds

@@ -95,6 +95,9 @@ class Decision:
     feasible: bool
     #: Predicted quality loss of the remaining plan (KL x tokens).
     loss: float
+    #: The chunk is fetched to measure the link, against a plan that fetched nothing (see
+    #: `cachegen.stream.controller.with_probe`): its read may take at most its recompute time.
+    probe: bool = False
 
 
 @dataclass

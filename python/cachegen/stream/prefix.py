@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from cachegen.context import Context
 
-from .controller import probe_choice
+from .controller import probe_choice, with_probe
 from .costs import CostModel
 from .estimator import BandwidthEstimator
 from .options import context_table
@@ -25,12 +25,14 @@ class PrefixPlan:
         predicted_s: predicted time to first token: the load, then the engine's recompute of
             the rest (inf when the bandwidth is unknown).
         feasible: whether that meets the SLO.
+        probe: the first chunk is loaded only to measure the link (see `with_probe`).
     """
 
     tokens: int
     levels: tuple[int, ...]
     predicted_s: float
     feasible: bool
+    probe: bool = False
 
 
 def plan_prefix(
@@ -47,7 +49,9 @@ def plan_prefix(
 
     Plans as the loader's `Controller` does for a "prefix" engine at the start of a load:
     among "chunks 0..k-1 at stored levels, then recompute the rest", the least quality loss
-    that fits the SLO on the estimator's pessimistic bound, else the fastest plan. With no
+    that fits the SLO on the estimator's pessimistic bound, else the fastest plan; when that
+    loads nothing, the first chunk as a probe (`with_probe`: the load is how the estimate
+    gets measured again, and it may take that chunk at most its recompute time). With no
     bandwidth measured yet (`estimator_for` keeps one per store across loads and processes),
     all-recompute when that fits, else the whole stored prefix at the middle level.
     """
@@ -63,11 +67,11 @@ def plan_prefix(
         n = len(ctx.chunks) if stored else 0
         return PrefixPlan(stored, (int(level),) * n, math.inf, False)
     safe = ConstantLink(estimator.planning_bps(len(table)) or bps)
-    plan, decision = planner.plan(table, 0.0, 0.0, ConstantLink(bps), safe)
+    plan, decision = with_probe(table, *planner.plan(table, 0.0, 0.0, ConstantLink(bps), safe))
     levels = []
     for choice in plan:
         if choice == TEXT:
             break
         levels.append(int(choice))
     tokens = int(table.tokens[: len(levels)].sum())
-    return PrefixPlan(tokens, tuple(levels), decision.finish, decision.feasible)
+    return PrefixPlan(tokens, tuple(levels), decision.finish, decision.feasible, decision.probe)

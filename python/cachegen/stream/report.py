@@ -40,6 +40,8 @@ class ChunkReport:
     fallback: str = ""
     #: The fallback's class: one of `CAUSES`, else "".
     cause: str = ""
+    #: Fetched to measure the link against a plan that fetched nothing (`with_probe`).
+    probe: bool = False
 
 
 @dataclass

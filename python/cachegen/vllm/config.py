@@ -56,8 +56,9 @@ class ConnectorConfig:
         threads: codec threads for saving (the background encoder shares the CPU with the
             engine's forward passes).
         stats_file: append one JSON line per load (request id, tokens loaded, levels, bytes,
-            why the prefix ended, seconds) to this file; the same figures come back in the
-            request's ``kv_transfer_params["cachegen"]`` when it outlives its first step.
+            why the prefix ended, whether it was a probe, seconds) to this file; the same
+            figures come back in the request's ``kv_transfer_params["cachegen"]`` when it outlives
+            its first step.
     """
 
     store: str

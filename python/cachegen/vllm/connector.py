@@ -107,8 +107,8 @@ class CacheGenWorkerMetadata(KVConnectorWorkerMetadata):
 
     pid: int = 0
     loads: dict[str, dict[str, Any]] = field(default_factory=dict)
-    #: Transfers (bytes, seconds), for the scheduler's bandwidth estimate.
-    samples: list[tuple[int, float]] = field(default_factory=list)
+    #: Transfers (bytes, seconds, whether a probe), for the scheduler's bandwidth estimate.
+    samples: list[tuple[int, float, bool]] = field(default_factory=list)
     #: The worker's corrected `CostModel` fields, when they changed.
     costs: dict[str, float] | None = None
 
@@ -325,8 +325,8 @@ class CacheGenConnector(KVConnectorBase_V1):
         self._load_stats.update(meta.loads)
         if meta.pid != os.getpid():  # in-process workers share the estimator already
             estimator = estimator_for(self._store)
-            for nbytes, seconds in meta.samples:
-                estimator.add(nbytes, seconds)
+            for nbytes, seconds, probe in meta.samples:
+                estimator.add(nbytes, seconds, probe=probe)
         if meta.costs is not None:
             self._costs = CostModel(**meta.costs)
 
@@ -399,7 +399,7 @@ class CacheGenConnector(KVConnectorBase_V1):
             loaded, report = engine.finish(), None
         self._errors.update(spec.block_ids[loaded // self._block_size :])
         rows = report.chunks if report else []
-        samples = [(r.nbytes, r.fetch_end - r.fetch_start) for r in rows if r.nbytes]
+        samples = [(r.nbytes, r.fetch_end - r.fetch_start, r.probe) for r in rows if r.nbytes]
         self._worker_meta.samples.extend(samples)
         stats = {
             "requested_tokens": len(spec.token_ids),
@@ -408,6 +408,7 @@ class CacheGenConnector(KVConnectorBase_V1):
             "bytes": sum(r.nbytes for r in rows),
             "prefix_end": report.prefix_end if report else "error",
             "causes": report.fallback_causes if report else {},
+            "probe": any(r.probe for r in rows),
             "load_s": time.perf_counter() - t0,
         }
         self._worker_meta.loads[spec.request_id] = stats
