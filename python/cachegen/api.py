@@ -11,7 +11,8 @@ import numpy as np
 
 from . import _core
 from .config import DEFAULT_LEVEL, QUANTIZER_NAMES, QUANTIZERS, CodecConfig
-from .importance import importance_weights, token_scores
+from .importance import importance_weights, layer_magnitudes, token_scores
+from .kvstats import key_channel_weights
 from .outputs import check_outputs
 from .profile import ModelProfile
 from .tensors import (
@@ -147,6 +148,8 @@ def _specs(
                 if profile is not None:
                     param *= profile.layer_weight(layer, side)
                     channel_w = profile.channel_weights(layer, side, group.head_dim)
+                elif side == 0 and config.key_spread > 0:
+                    channel_w = _key_spread(kv, v, layer, raw_rows, config.key_spread, threads)
             spec = (group.as_tuple(), quantizer, param, config.max_tables, weights)
             specs.append((*spec, _floats(channel_w), raw_rows))
     return specs
@@ -168,6 +171,17 @@ def _token_weights(
     if place is not None:
         w = np.clip(w * place, TOKEN_WEIGHT_BOUNDS[0], TOKEN_WEIGHT_BOUNDS[1])
     return w
+
+
+def _key_spread(
+    kv: Any, v: KVViews, layer: int, skip: int, strength: float, threads: int
+) -> np.ndarray | None:
+    """Model-free key channel weights (`cachegen.kvstats`); None for an odd head_dim."""
+    head_dim = v.groups[2 * layer].head_dim
+    if head_dim % 2:
+        return None
+    mag = layer_magnitudes(kv, v, layer, threads)
+    return key_channel_weights(mag, head_dim, skip, strength)
 
 
 def _floats(w: np.ndarray | None) -> bytes:

@@ -42,6 +42,10 @@ _LEVEL_STEPS: dict[int, tuple[float, float]] = {
 # every channel. The last ~64 tokens are refined by the recency law (`cachegen.weights`).
 LEVEL_SINK_TOKENS = 1
 LEVEL_RECENCY = 0.75
+# Without a profile, every level scales each key channel pair's step by its rms to this power
+# (`cachegen.kvstats`): the same level then means about the same quality on models with and
+# without outlier channels.
+LEVEL_KEY_SPREAD = 0.5
 
 # CacheGen's artifact levels (bins), layer groups cut at 10/32 and 20/32 of depth for keys and
 # 2/32 for values, as LMCache's defaults for 32-layer models.
@@ -90,6 +94,8 @@ class CodecConfig:
         recency: exponent of the recency law: a token's step is scaled by
             min(1, ((d + 16) / 80) ** recency), d = tokens after it in the context ("token"
             quantizers only; 0 = off).
+        key_spread: without a profile, each key channel pair's step is scaled by its rms over
+            the cache to this power (`cachegen.kvstats`; 0 = off, "token" keys only).
         level: recorded in the blob (0 for a custom config).
     """
 
@@ -101,6 +107,7 @@ class CodecConfig:
     segment_symbols: int = 1 << 16
     sink_tokens: int = 0
     recency: float = 0.0
+    key_spread: float = 0.0
     level: int = 0
     name: str = field(default="custom", compare=False)
 
@@ -116,9 +123,11 @@ class CodecConfig:
             raise ValueError("level must be in [0, 255]")
         if self.sink_tokens < 0 or not 0.0 <= self.recency <= 2.0:
             raise ValueError("sink_tokens must be >= 0 and recency in [0, 2]")
-        weighted = self.sink_tokens > 0 or self.recency > 0
+        if not 0.0 <= self.key_spread <= 1.0:
+            raise ValueError("key_spread must be in [0, 1]")
+        weighted = self.sink_tokens > 0 or self.recency > 0 or self.key_spread > 0
         if weighted and "token" not in (self.key_quantizer, self.value_quantizer):
-            raise ValueError("sink_tokens/recency need a 'token' quantizer")
+            raise ValueError("sink_tokens/recency/key_spread need a 'token' quantizer")
 
     @classmethod
     def from_level(cls, level: int) -> CodecConfig:
@@ -137,6 +146,7 @@ class CodecConfig:
             value_param=v,
             sink_tokens=LEVEL_SINK_TOKENS,
             recency=LEVEL_RECENCY,
+            key_spread=LEVEL_KEY_SPREAD,
             level=level,
             name=f"level-{level}",
         )
