@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 # Quantizer ids as stored in the wire format (src/quant.hpp).
 QUANTIZERS: dict[str, int] = {
@@ -20,6 +22,15 @@ QUANTIZER_NAMES = {v: k for k, v in QUANTIZERS.items()}
 Schedule = float | tuple[tuple[float, float], ...]
 
 DEFAULT_LEVEL = 15
+
+#: What the level numbers mean. Stored contexts record it beside the settings of each level
+#: they hold, and reuse only chunks coded under the same ladder, so a changed ladder never
+#: silently changes what a stored level delivers. 1: levels 1-27 of per-token steps; 2: levels
+#: without a profile also scale key channels by the cache's statistics, and finer levels
+#: follow 27.
+LADDER_VERSION = 2
+#: The ladder of stored contexts that record none.
+LEGACY_LADDER_VERSION = 1
 
 #: The lossless level: the cache's own fp16/bf16/fp32 bits, entropy coded (format v4). Above the
 #: ladder, so "higher = larger, better" still orders every level; not in `LEVELS`.
@@ -179,6 +190,10 @@ class CodecConfig:
             value_param=_schedule(_V_CUTS, v),
             name=f"cachegen-ref-{level}",
         )
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as plain JSON values (what a stored context records per level)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
 
     def layer_params(
         self, layer: int, num_layers: int
