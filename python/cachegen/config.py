@@ -38,12 +38,14 @@ LOSSLESS = 100
 
 # Project ladder: per-token steps for keys and values as a fraction of the token's rms, values
 # three times as coarse as keys (attention scores are more sensitive to key error than outputs
-# are to value error). Key steps fall geometrically from 1 to 0.1 in 26 steps of 0.915x (~0.11
-# bits), so a quality target finds a level within a few percent of it. The ratios and exponents
+# are to value error). Key steps fall geometrically by 0.915x (~0.11 bits) a level, from 1 at
+# level 1 through 0.1 at level 27 to 0.0316 at level 40, the near-lossless end (mean KL about
+# 1e-4); finer steps would mostly meet the bound |x| / step <= 127. The ratios and exponents
 # here were chosen on text never scored; bench/results/ladder_experiments.md has the record,
-# bench/results/ladder.md the measured quality.
+# bench/results/ladder.md and ladder_models.md the measured quality.
 _VALUE_RATIO = 3.0
-_KEY_STEPS = tuple(round(0.1 ** (i / 26), 4) for i in range(27))
+_FINEST_LEVEL = 40
+_KEY_STEPS = tuple(round(0.1 ** (i / 26), 4) for i in range(_FINEST_LEVEL))
 _LEVEL_STEPS: dict[int, tuple[float, float]] = {
     n: (k, round(_VALUE_RATIO * k, 4)) for n, k in enumerate(_KEY_STEPS, start=1)
 }
