@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Weights stay within [1/bound, bound] of the layer's geometric mean.
+#: Weights stay within [1/bound, bound], relative to the layer's geometric mean before clipping.
 SPREAD_BOUND = 16.0
 
 
 def key_channel_weights(
     magnitudes: np.ndarray, head_dim: int, skip: int, strength: float
 ) -> np.ndarray:
-    """Per-channel key step weights `[heads * head_dim]` (geometric mean 1) from a layer's pair
-    magnitudes `[tokens, heads * head_dim/2]` (`importance.pair_magnitudes`).
+    """Per-channel key step weights `[heads * head_dim]` (geometric mean 1, then clipped to
+    `SPREAD_BOUND`) from a layer's pair magnitudes `[tokens, heads * head_dim/2]`
+    (`importance.pair_magnitudes`).
 
     Args:
         skip: leading tokens left out of the statistics (attention sinks stored verbatim, whose
