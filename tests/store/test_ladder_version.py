@@ -53,6 +53,7 @@ def test_manifest_records_the_ladder_and_each_levels_settings(store: Store) -> N
     levels = body["ladder"]["levels"]
     assert set(levels) == {"3", "15"}
     assert cachegen.CodecConfig(**levels["15"]) == cachegen.CodecConfig.from_level(15)
+    assert body["ladder"]["expected_kl"] == {"3": cachegen.expected_kl(3), "15": 0.00809}
 
 
 def test_chunks_of_another_ladder_are_recoded_not_reused(

@@ -306,9 +306,11 @@ def save_context(
 
 
 def _ladder_record(levels: list[int]) -> dict[str, Any]:
-    """What each stored level means: the ladder's version and every level's settings."""
+    """What each stored level means: the ladder's version, every level's settings and the KL
+    measured for it without a profile (`cachegen.targets`)."""
     configs = {str(lv): cachegen.CodecConfig.from_level(lv).to_json() for lv in levels}
-    return {"version": LADDER_VERSION, "levels": configs}
+    kl = {str(lv): cachegen.expected_kl(lv) for lv in levels}
+    return {"version": LADDER_VERSION, "levels": configs, "expected_kl": kl}
 
 
 @dataclass(frozen=True)
