@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
+
+from lib.runinfo import RunInfo, describe
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OURS = "cachegen (ours)"
@@ -57,8 +57,8 @@ def markdown(data: dict[str, Any]) -> str:
     lines = [
         "# The demo's controller against its SLO",
         "",
-        f"{data['run']}. `python bench/demo_slo.py`: `cachegen demo --bandwidth B --slo S "
-        "--json` per cell, sequentially; load time = the load's part of the TTFT (what the "
+        f"{describe(data['run'])} `python bench/demo_slo.py`: `cachegen demo --bandwidth B "
+        "--slo S --json` per cell, sequentially; load time = the load's part of the TTFT (what the "
         "SLO applies to). ok: ours meets the SLO wherever some fixed level does.",
         "",
         "| Mbit/s | SLO s | ours load s | ours plan | ours KL | fixed levels meeting | "
@@ -86,23 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=600, help="seconds per demo run")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    info = RunInfo.capture()
     rows = []
     with tempfile.TemporaryDirectory(prefix="cachegen-demo-slo-") as store:
         for mbit in args.rates:
             for slo in args.slos:
                 rows.append(cell_row(mbit, slo, run_cell(mbit, slo, Path(store), args.timeout)))
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    import platform
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from kvquality.report import cpu_model, git_commit
-
-    run = (
-        f"Machine: {platform.node()}: {cpu_model()}, {os.cpu_count()} CPUs, load average "
-        f"{os.getloadavg()[0]:.1f} at the end; {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}"
-        f", commit `{git_commit()}`"
-    )
-    data = {"run": run, "rows": rows}
+    data = {"run": info.finish().as_dict(), "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "demo_slo.json").write_text(json.dumps(data, indent=1) + "\n")
     (args.out / "demo_slo.md").write_text(markdown(data))

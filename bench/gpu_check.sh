@@ -14,5 +14,5 @@ CACHEGEN_CUDA=ON $PY -m pip install --no-build-isolation --no-deps -q -e .
 $PY -c "import cachegen, json; print(json.dumps(cachegen.build_info()))"
 status=0
 $PY -m pytest tests/test_cuda.py -q -rs || status=1
-$PY bench/bench_gpu.py || status=1
+$PY bench/gpu_speed.py || status=1
 exit $status

@@ -12,9 +12,7 @@ neighbours.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,18 +23,8 @@ import numpy as np
 import cachegen
 from cachegen.outputs import check_outputs
 from cachegen.tensors import views
-
-
-def load_base(path: Path) -> ModuleType:
-    """The package at `path`/cachegen under the name cachegen_base (its own _core)."""
-    spec = importlib.util.spec_from_file_location(
-        "cachegen_base", path / "cachegen" / "__init__.py", submodule_search_locations=[]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["cachegen_base"] = module
-    spec.submodule_search_locations.append(str(path / "cachegen"))
-    spec.loader.exec_module(module)
-    return module
+from lib.basebuild import load_base, summary
+from lib.runinfo import RunInfo
 
 
 def workloads() -> dict[str, object]:
@@ -56,12 +44,6 @@ def seconds(fn: Callable[[], object]) -> float:
     t0 = CLOCK()
     fn()
     return CLOCK() - t0
-
-
-def summary(xs: list[float]) -> str:
-    q = statistics.quantiles(xs, n=4)
-    iqr = f"IQR {q[0] * 1e3:.2f}-{q[2] * 1e3:.2f}, min {min(xs) * 1e3:.2f}"
-    return f"{statistics.median(xs) * 1e3:.2f} ms ({iqr})"
 
 
 def compare(name: str, kv: object, base: ModuleType, rounds: int, threads: int) -> list[str]:
@@ -103,6 +85,7 @@ def main() -> None:
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     base = load_base(args.base)
+    print(RunInfo.capture().line())
     print(f"rounds {args.rounds}, threads {args.threads}, {args.clock} clock")
     print("| workload | op | base (no checks) | checked | checked / base, medians (mins) |")
     print("|---|---|---|---|---|")

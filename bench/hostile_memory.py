@@ -1,34 +1,32 @@
 """Peak RSS growth of inspect / decode / entropy_stats for every crafted blob of
 tests/test_hostile_memory.py (a fresh process per call), as a markdown table.
 
-    PYTHONPATH=python python bench/hostile_memory.py
+    PYTHONPATH=python:tests/support python bench/hostile_memory.py
 """
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 
-TESTS = Path(__file__).resolve().parent.parent / "tests"
-sys.path[:0] = [str(TESTS), str(TESTS / "support")]  # the hostile-memory test and its blobs
+import blobcraft as bc
+import memory_probe as probe
 
-import blobcraft as bc  # noqa: E402
-
-import test_hostile_memory as hm  # noqa: E402
+from lib.runinfo import RunInfo
 
 
 def main() -> None:
+    print(RunInfo.capture().line(), "\n")
     print("| blob | bytes | call | result | output bytes | growth MiB | bound MiB | ratio |")
     print("|---|---|---|---|---|---|---|---|")
     root = Path(tempfile.mkdtemp())
-    for i, (name, (groups, _, _)) in enumerate(hm.BLOBS.items()):
+    for i, (name, (groups, _, _)) in enumerate(probe.BLOBS.items()):
         path = root / f"{i}.cgkv"
         path.write_bytes(bc.blob(groups()))
         size = path.stat().st_size
         for op in ("inspect", "decode") + (("stats",) if "255 tables" in name else ()):
-            m = hm.measure(path, op)
-            bound = hm.C * (size + m["out_bytes"]) + hm.FIXED
+            m = probe.measure(path, op)
+            bound = probe.C * (size + m["out_bytes"]) + probe.FIXED
             ratio = m["growth"] / (size + m["out_bytes"])
             print(
                 f"| {name} | {size} | {op} | {m['result'][:45]} | {m['out_bytes']} "

@@ -8,8 +8,8 @@ decoded cache (no profile) and the CacheGen reference's. Writes ladder_models.js
 ladder_models.md: KL per level and model pooled over the documents, its spread across models,
 whether it falls monotonically with the level, and per model the bits the ladder needs at each
 KL target against the reference's bits there. Each (model, document, coding) result is kept in
-a JSON-lines file under the KV cache folder (``kvquality.model.KV_CACHE``), keyed by the coding's
-full settings, so an interrupted run resumes and a rerun recomputes nothing.
+a JSON-lines file under the KV cache folder (``lib.kvquality.model.KV_CACHE``), keyed by the
+coding's full settings, so an interrupted run resumes and a rerun recomputes nothing.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import cachegen
-from kvquality import Result, evaluate, load_document, load_model, pool, prepare
-from kvquality.methods import codec_method
-from kvquality.model import KV_CACHE
-from kvquality.report import run_info
 from ladder_report import TARGETS, reference_bits
+from lib.kvquality import Result, evaluate, load_document, load_model, pool, prepare
+from lib.kvquality.methods import codec_method
+from lib.kvquality.model import KV_CACHE
+from lib.kvquality.report import run_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STORE = KV_CACHE / "ladder_models.jsonl"

@@ -16,12 +16,13 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from kvquality.docs import CALIBRATION_DOCS
+from lib.kvquality.docs import CALIBRATION_DOCS
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = (0.002, 0.01, 0.05)
 # CacheGen as shipped stores a 33-entry 16-bit CDF per (layer, K/V, channel) in every 256-token
-# chunk: 33 * 16 / 256 = 2.06 bits per element on top of its symbols (DESIGN.md).
+# chunk: 33 * 16 / 256 = 2.06 bits per element on top of its symbols (CacheGen's paper and
+# LMCache's CacheGen code).
 SHIPPED_CDF_BITS = 33 * 16 / 256
 LADDERS = (
     ("cgp", "levels + SmolLM2 profile (`encode(kv, level=n, profile=...)`)"),
@@ -190,7 +191,7 @@ def main() -> None:
         "band and a token-importance model: a 41 KB file once per model) was calibrated on "
         f"{', '.join(CALIBRATION_DOCS)}, which are never scored; its per-channel scales "
         "inside each blob are counted in the bits. Reproduce: "
-        "`python bench/quality.py && python bench/ladder_report.py`.",
+        "`python bench/codec_quality.py && python bench/ladder_report.py`.",
     ]
     for prefix, title in LADDERS:
         head += ["", f"## {title}", "", *ratio_rows(data["per_doc"], prefix)]

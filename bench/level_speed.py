@@ -8,7 +8,6 @@ Real SmolLM2 KV (30 x 3 x 64 x 4096, `kvdata.real_kv`), 2 threads, medians of in
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from pathlib import Path
@@ -16,15 +15,16 @@ from pathlib import Path
 import numpy as np
 
 import cachegen
-import kvdata
 from cachegen import profiles
-from kvquality.report import cpu_model, git_commit
+from lib import kvdata
+from lib.runinfo import RunInfo
 
 ROUNDS = 9
 OUT = Path(__file__).resolve().parent / "results" / "level_speed.md"
 
 
 def main() -> None:
+    info = RunInfo.capture()
     kv = kvdata.real_kv()
     default = cachegen.CodecConfig.from_level(cachegen.DEFAULT_LEVEL)
     variants = {
@@ -53,8 +53,8 @@ def main() -> None:
     lines = [
         "# Speed of the step-weighted levels (issue 3: decode within 20% of the core figures)",
         "",
-        f"{cpu_model()} ({os.cpu_count()} cores), commit {git_commit()[:12]}, "
-        f"real SmolLM2 KV {kv.shape}, 2 threads, median of {ROUNDS} interleaved rounds. "
+        f"{info.finish().line()} Real SmolLM2 KV {kv.shape}, 2 threads, median of {ROUNDS} "
+        "interleaved rounds. "
         "Reproduce: `python bench/level_speed.py`.",
         "",
         "| variant | bits/element | encode M elt/s | decode (out=) M elt/s | decode vs previous |",

@@ -3,7 +3,7 @@ the lossless level's size on real KV against zstd-3 of the same bytes.
 
     python bench/paged_speed.py      # writes bench/results/paged.md and paged.json
 
-Real SmolLM2 KV (30 layers x 3 KV heads x 64, `kvdata.real_kv`), the default level's blob of the
+Real SmolLM2 KV (30 layers x 3 KV heads x 64, `lib.kvdata.real_kv`), the default level's blob of the
 first 2048 / 4096 tokens decoded with 2 threads into (a) a contiguous `[layers, 2, tokens, heads,
 head_dim]` array and (b) each vLLM layout's per-layer caches at a shuffled block table (twice
 the blocks needed, so the used ones are scattered); medians of interleaved rounds, one process,
@@ -13,10 +13,7 @@ whose two runs share the load of the moment, is reported too).
 
 from __future__ import annotations
 
-import datetime
 import json
-import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -28,10 +25,10 @@ import torch
 import zstandard
 
 import cachegen
-import kvdata
-from cachegen import api, paged
+from cachegen import dispatch, paged
 from cachegen.tensors import GroupView, KVViews
-from kvquality.report import cpu_model, git_commit
+from lib import kvdata
+from lib.runinfo import RunInfo, describe
 
 ROUNDS = 21
 THREADS = 2
@@ -107,7 +104,7 @@ def runners(blob: bytes, out: np.ndarray, target: tuple) -> dict[str, Callable[[
         layout, caches, ids = target
         runs["paged"] = lambda: paged.decode_paged(blob, caches, layout, ids, threads=THREADS)
     else:
-        runs["paged"] = lambda: api.decode_views(api._parse(blob), target[1], THREADS)
+        runs["paged"] = lambda: dispatch.decode_into(dispatch.parse(blob), target[1], THREADS)
     return runs
 
 
@@ -180,8 +177,8 @@ def markdown(info: dict, speed_rows: list[SpeedRow], size_rows: list[SizeRow]) -
     lines = [
         "# Paged KV decode and the lossless level (issue 12)",
         "",
-        f"{info['cpu']} ({info['cpus']} cores), commit {info['commit'][:12]}, {info['date']}. "
-        f"Real SmolLM2 KV (30 layers x 3 KV heads x 64, fp16), level {cachegen.DEFAULT_LEVEL}, "
+        f"{describe(info)} Real SmolLM2 KV (30 layers x 3 KV heads x 64, fp16), "
+        f"level {cachegen.DEFAULT_LEVEL}, "
         f"{THREADS} threads, median of {ROUNDS} interleaved rounds in one process. "
         "Reproduce: `python bench/paged_speed.py`.",
         "",
@@ -224,18 +221,14 @@ def markdown(info: dict, speed_rows: list[SpeedRow], size_rows: list[SizeRow]) -
 
 
 def main() -> None:
-    info = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "cpu": cpu_model(),
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-        "cachegen_build": cachegen.build_info(),
-        "kv": kvdata.REAL_SOURCE,
-    }
+    run = RunInfo.capture()
     kv = kvdata.real_kv()
     speed_rows = speed(kv)
     size_rows = sizes(kv)
+    info = run.finish().as_dict() | {
+        "cachegen_build": cachegen.build_info(),
+        "kv": kvdata.REAL_SOURCE,
+    }
     RESULTS.mkdir(exist_ok=True)
     report = {
         "info": info,

@@ -42,7 +42,8 @@ from cachegen.stream import (
     fixed,
 )
 from cachegen.stream.sim import SimResult, Trace, simulate
-from netlink import NetLink
+from lib.netlink import NetLink
+from lib.runinfo import RunInfo, describe
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LAYERS, HEADS, DIM, TOKENS, CHUNK = 30, 3, 64, 2048, 256
@@ -104,6 +105,7 @@ def link_model(store: Any, key: str, size: int, rate: float) -> tuple[float, flo
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    info = RunInfo.capture()
     rng = np.random.default_rng(0)
     kv = rng.standard_normal((LAYERS, 2, TOKENS, HEADS, DIM)).astype(np.float16)
     ids = np.arange(TOKENS, dtype=np.uint32)
@@ -134,7 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ]
                 print(_line(rows[-1]), file=sys.stderr, flush=True)
         store.close()
-    return {"run": run_info(args, decode_eps), "rows": rows, "loads": loads}
+    return {"run": run_info(info.finish(), args, decode_eps), "rows": rows, "loads": loads}
 
 
 def measure_decode(ctx: Any, engine: DecodeEngine) -> float:
@@ -232,20 +234,12 @@ def brief(r: LoadReport) -> dict[str, Any]:
     }
 
 
-def run_info(args: argparse.Namespace, decode_eps: float) -> dict[str, Any]:
+def run_info(info: RunInfo, args: argparse.Namespace, decode_eps: float) -> dict[str, Any]:
     import os
-    import platform
 
-    from kvquality.report import cpu_model, git_commit
-
-    return {
-        "machine": f"{platform.node()}: {cpu_model()}, {os.cpu_count()} CPUs",
-        "platform": platform.platform(),
-        "commit": git_commit(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    return info.as_dict() | {
         "slo_s": args.slo,
         "repeats": args.repeats,
-        "load_average_1min": os.getloadavg()[0],
         "nice": os.nice(0),
         "prefill_tps": args.prefill_tps,
         "decode_elements_per_s": decode_eps,
@@ -267,9 +261,7 @@ def markdown(data: dict[str, Any]) -> str:
     lines = [
         "# Streaming over a real throttled link: measured vs simulated",
         "",
-        f"Machine: {run['machine']} ({run['platform']}); {run['date']}, commit `{run['commit']}`; "
-        f"shared, load average {run['load_average_1min']:.1f} at the end, run at nice "
-        f"{run['nice']}.",
+        f"{describe(run)} Shared, run at nice {run['nice']}.",
         f"Context: {run['context']}; SLO {run['slo_s']} s; decode "
         f"{run['decode_elements_per_s'] / 1e6:.0f} M elements/s; recompute emulated at "
         f"{run['prefill_tps']:g} tokens/s. Link: moto S3 in a netns, veth + tc tbf. "
@@ -285,9 +277,9 @@ def markdown(data: dict[str, Any]) -> str:
         "not part of it).",
         "",
         "Stalls of 20-40 s in earlier runs of this benchmark (issue 20) came from the harness: "
-        "`bench/netlink.py` started moto with its stderr on a pipe it never read. werkzeug logs "
-        "a line per request there; after ~800 requests (64 KiB) every server thread blocked in "
-        "its logging write, so connections were accepted and never answered, and each read "
+        "`bench/lib/netlink.py` started moto with its stderr on a pipe it never read. werkzeug "
+        "logs a line per request there; after ~800 requests (64 KiB) every server thread blocked "
+        "in its logging write, so connections were accepted and never answered, and each read "
         "waited out the store's 5 s timeout four times (retries). Draining the pipe unblocked "
         "the server at once; the log goes to a file now. The loader no longer waits such a "
         "stall out: every read has a deadline from the load's budget and is hedged on a fresh "
@@ -321,5 +313,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.exit(main())

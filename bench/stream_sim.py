@@ -7,7 +7,7 @@ Contexts of SmolLM2-135M-Instruct (30 layers x 3 KV heads x 64) of several lengt
 256 tokens, over bandwidth traces from 0.1 to 10 Gbit/s (steady, noisy, 10x drop), for several
 TTFT SLOs and two engines (recompute speeds). Strategies, all in the same run: text only;
 int8 without entropy coding; each fixed level; CacheGen's rule; ours; the oracle (best plan in
-hindsight). Per-level size and KL come from bench/results/quality.json (bench/quality.py),
+hindsight). Per-level size and KL come from bench/results/quality.json (bench/codec_quality.py),
 else are measured here on a short run of the real model; decode speed is measured here.
 """
 
@@ -43,6 +43,8 @@ from cachegen.stream.sim import (
     select,
     simulate,
 )
+from lib.plots import plot_sweep_results
+from lib.runinfo import RunInfo, describe
 
 RESULTS = Path(__file__).resolve().parent / "results"
 #: SmolLM2-135M: 30 layers x (K, V) x 3 KV heads x head_dim 64.
@@ -72,7 +74,7 @@ def ladder(quick: bool) -> Ladder:
                 {k: pooled[k]["kl_mean"] for k in keys},
                 str(path.relative_to(RESULTS.parent.parent)),
             )
-    from kvquality import load_documents, make_methods, pool, run_quality
+    from lib.kvquality import load_documents, make_methods, pool, run_quality
 
     print("quality.json absent: measuring the ladder on GPL-3 (512+64 tokens)", file=sys.stderr)
     rows = pool(run_quality(make_methods(keys), load_documents(("GPL-3",)), prefix=512, cont=64))
@@ -149,6 +151,7 @@ def strategies(table: OptionTable, slo: float) -> dict[str, tuple[OptionTable, A
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    info = RunInfo.capture()
     lad = ladder(args.quick)
     decode_eps, int8_eps = measure_decode_eps(), measure_int8_eps()
     engines = {"cpu": args.cpu_prefill_tps, "gpu": args.gpu_prefill_tps}
@@ -169,7 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     runs.append(row)
         print(f"{engine}: {len(runs)} runs", file=sys.stderr)
     return {
-        "run": _machine()
+        "run": info.finish().as_dict()
         | {
             "decode_elements_per_s": decode_eps,
             "int8_dequant_elements_per_s": int8_eps,
@@ -211,28 +214,13 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _machine() -> dict[str, Any]:
-    import datetime
-    import os
-    import platform
-
-    from kvquality.report import cpu_model, git_commit
-
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "machine": f"{platform.node()}: {cpu_model()}, {os.cpu_count()} CPUs",
-        "platform": platform.platform(),
-    }
-
-
 def markdown(data: dict[str, Any]) -> str:
     run = data["run"]
     lad = run["ladder"]
     lines = [
         "# Streaming controller: trace-driven sweep",
         "",
-        f"Machine: {run['machine']} ({run['platform']}); {run['date']}, commit `{run['commit']}`.",
+        describe(run),
         f"SmolLM2-135M KV ({run['elements_per_token']} elements/token), chunks of "
         f"{run['chunk_tokens']} tokens; ladder from {lad['source']}.",
         f"Decode {run['decode_elements_per_s'] / 1e6:.0f} M elements/s (measured), int8 "
@@ -274,11 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{time.perf_counter() - t0:.0f} s; wrote {args.out}/stream.json, stream.md",
         file=sys.stderr,
     )
-    from plots import plot_sweep_results
-
     return plot_sweep_results(data, args.out)
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.exit(main())

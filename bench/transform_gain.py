@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 import cachegen
-from kvquality import load_document
-from kvquality.model import KV_CACHE
+from lib.kvquality import load_document
+from lib.kvquality.model import KV_CACHE
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PREFIX = 1536
@@ -52,7 +52,7 @@ def tokenizer(model: str):
 
 
 def cached_kv(model: str, doc: str, tok) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The prefix cache `kvquality.model.prefill` stored (run bench/ladder_models.py first)."""
+    """The prefix cache `lib.kvquality.model.prefill` stored (run bench/ladder_models.py first)."""
     import hashlib
 
     ids = tok(load_document(doc).text, return_tensors="pt")["input_ids"][:, :PREFIX]

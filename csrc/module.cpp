@@ -1,9 +1,13 @@
-// pybind11 bindings: raw buffers and pointers in, bytes out, GIL released around the work.
-// Tensors arrive as (address, dtype, tokens, heads, head_dim, strides) tuples made by Python.
+// pybind11 bindings: typed requests and raw buffers in, bytes out, GIL released around the work.
+// Tensors arrive as TensorView objects (built by Python's tensors.GroupView.native()), encode
+// requests as EncodeRequest objects of GroupSpec (built by cachegen.plan); _core.pyi types them.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include "../src/codec.hpp"
@@ -20,41 +24,67 @@ using namespace cachegen;
 
 namespace {
 
-// (address, dtype, tokens, heads, head_dim, s_token, s_head, s_dim, block table address (0:
-// plain), block size, blocks, s_block); a block table is int32 in host memory.
-using ViewTuple = std::tuple<uintptr_t, int, uint32_t, uint32_t, uint32_t, int64_t, int64_t,
-                             int64_t, uintptr_t, uint32_t, uint32_t, int64_t>;
-// (view, quantizer, param, max_tables, token step weights, channel step weights, raw rows); the
-// weights are raw little-endian float32 bytes (a bytes object is one memcpy, a list one cast per
-// element), empty = none.
-using SpecTuple = std::tuple<ViewTuple, int, float, uint32_t, std::string, std::string, uint32_t>;
+// Step weights arrive as float32 arrays (one memcpy; other dtypes are cast the way numpy does).
+using Floats = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
-std::vector<float> float32s(const std::string& raw) {
-  if (raw.size() % 4) throw InputError("step weights must be float32 bytes");
-  std::vector<float> out(raw.size() / 4);
-  if (!out.empty()) std::memcpy(out.data(), raw.data(), raw.size());  // never memcpy(nullptr, ...)
-  return out;
+std::vector<float> float32s(const std::optional<Floats>& w) {
+  if (!w) return {};
+  if (w->ndim() != 1) throw InputError("step weights must be a 1-D float32 array");
+  return std::vector<float>(w->data(), w->data() + w->size());
 }
 
 DType to_dtype(int code) {
-  if (!valid_dtype((uint8_t)code)) throw InputError("unknown dtype code " + std::to_string(code));
+  if (code < 0 || code > 255 || !valid_dtype((uint8_t)code))
+    throw InputError("unknown dtype code " + std::to_string(code));
   return (DType)code;
 }
 
-TensorView to_view(const ViewTuple& t) {
-  auto [ptr, dtype, tokens, heads, dim, st, sh, sd, table, block_size, blocks, sb] = t;
-  return TensorView{reinterpret_cast<void*>(ptr),
+TensorView make_view(uintptr_t address, int dtype, uint32_t tokens, uint32_t heads,
+                     uint32_t head_dim, const std::array<int64_t, 3>& strides,
+                     uintptr_t block_table, uint32_t block_size, uint32_t num_blocks,
+                     int64_t s_block) {
+  return TensorView{reinterpret_cast<void*>(address),
                     to_dtype(dtype),
                     tokens,
                     heads,
-                    dim,
-                    st,
-                    sh,
-                    sd,
-                    reinterpret_cast<const int32_t*>(table),
+                    head_dim,
+                    strides[0],
+                    strides[1],
+                    strides[2],
+                    reinterpret_cast<const int32_t*>(block_table),
                     block_size,
-                    blocks,
-                    sb};
+                    num_blocks,
+                    s_block};
+}
+
+GroupSpec make_spec(const TensorView& view, int quantizer, float param, uint32_t max_tables,
+                    const std::optional<Floats>& token_weights,
+                    const std::optional<Floats>& channel_weights, uint32_t raw_rows) {
+  if (quantizer < 0 || quantizer > 255 || !valid_quantizer((uint8_t)quantizer))
+    throw InputError("unknown quantizer id");
+  return {view,
+          (Quantizer)quantizer,
+          param,
+          max_tables,
+          {float32s(token_weights), float32s(channel_weights)},
+          raw_rows};
+}
+
+EncodeRequest make_request(std::vector<GroupSpec> groups, int dtype, int layout, int level,
+                           uint32_t segment_symbols, uint32_t flags, int threads) {
+  EncodeRequest req;
+  req.groups = std::move(groups);
+  req.dtype = to_dtype(dtype);
+  if (layout < 0 || layout > 1) throw InputError("unknown layout");
+  req.layout = (Layout)layout;
+  if (level < 0 || level > 255) throw InputError("level out of range");
+  req.level = (uint8_t)level;
+  if (segment_symbols < 1024) throw InputError("segment_symbols must be >= 1024");
+  req.segment_symbols = segment_symbols;
+  if (flags & ~kKnownFlags) throw InputError("unknown flags");
+  req.flags = flags;
+  req.threads = threads;
+  return req;
 }
 
 // A parsed blob that keeps the Python buffer it points into alive.
@@ -119,31 +149,6 @@ py::dict parsed_info(const ParsedBlob& p, size_t total_bytes) {
 
 py::dict blob_info(const Blob& b) { return parsed_info(b.parsed, (size_t)b.info.size); }
 
-EncodeRequest make_request(const std::vector<SpecTuple>& specs, int dtype, int layout, int level,
-                           uint32_t segment_symbols, uint32_t flags, int threads) {
-  EncodeRequest req;
-  for (const auto& [view, quantizer, param, max_tables, token_w, channel_w, raw_rows] : specs) {
-    if (!valid_quantizer((uint8_t)quantizer)) throw InputError("unknown quantizer id");
-    req.groups.push_back({to_view(view),
-                          (Quantizer)quantizer,
-                          param,
-                          max_tables,
-                          {float32s(token_w), float32s(channel_w)},
-                          raw_rows});
-  }
-  req.dtype = to_dtype(dtype);
-  if (layout < 0 || layout > 1) throw InputError("unknown layout");
-  req.layout = (Layout)layout;
-  if (level < 0 || level > 255) throw InputError("level out of range");
-  req.level = (uint8_t)level;
-  if (segment_symbols < 1024) throw InputError("segment_symbols must be >= 1024");
-  req.segment_symbols = segment_symbols;
-  if (flags & ~kKnownFlags) throw InputError("unknown flags");
-  req.flags = flags;
-  req.threads = threads;
-  return req;
-}
-
 // Runs encode_fn(alloc) without the GIL; the blob is written straight into the bytes object
 // that Python receives.
 template <typename F>
@@ -161,10 +166,7 @@ py::object encode_to_bytes(F&& encode_fn) {
   return result;
 }
 
-py::object encode_py(const std::vector<SpecTuple>& specs, int dtype, int layout, int level,
-                     uint32_t segment_symbols, uint32_t flags, int threads) {
-  const EncodeRequest req =
-      make_request(specs, dtype, layout, level, segment_symbols, flags, threads);
+py::object encode_py(const EncodeRequest& req) {
   return encode_to_bytes([&](const BlobAllocator& alloc) { encode(req, alloc); });
 }
 
@@ -172,11 +174,8 @@ py::object encode_py(const std::vector<SpecTuple>& specs, int dtype, int layout,
 // GPU variants: views hold device pointers; work is queued on `stream` of `device`.
 // device_alloc: None for a host bytes blob, else a callable (n) -> address of n bytes of device
 // memory on `device` (the caller keeps the object that owns them), which receives the blob.
-py::object encode_cuda_py(const std::vector<SpecTuple>& specs, int dtype, int layout, int level,
-                          uint32_t segment_symbols, uint32_t flags, int device, uintptr_t stream,
-                          int threads, py::object device_alloc) {
-  const EncodeRequest req =
-      make_request(specs, dtype, layout, level, segment_symbols, flags, threads);
+py::object encode_cuda_py(const EncodeRequest& req, int device, uintptr_t stream,
+                          py::object device_alloc) {
   if (device_alloc.is_none())
     return encode_to_bytes(
         [&](const BlobAllocator& alloc) { cuda::encode(req, device, stream, alloc); });
@@ -225,12 +224,10 @@ std::unique_ptr<cuda::DeviceBlob> to_device_py(const Blob& b, int device, uintpt
                                             stream);
 }
 
-void decode_cuda_py(const cuda::DeviceBlob& d, const std::vector<ViewTuple>& outs,
+void decode_cuda_py(const cuda::DeviceBlob& d, const std::vector<TensorView>& outs,
                     uintptr_t stream) {
-  std::vector<TensorView> views;
-  for (const auto& o : outs) views.push_back(to_view(o));
   py::gil_scoped_release nogil;
-  d.decode_into(views, stream);
+  d.decode_into(outs, stream);
 }
 #endif
 
@@ -241,9 +238,7 @@ py::bytes as_bytes(const std::vector<T>& v) {
 
 // Per group: (symbols int8, a per token fp32, b per channel fp32, o per channel fp32, raw rows
 // fp32) as bytes.
-py::list quantize_py(const std::vector<SpecTuple>& specs, int threads) {
-  const int dtype = specs.empty() ? 1 : std::get<1>(std::get<0>(specs[0]));
-  const EncodeRequest req = make_request(specs, dtype, 1, 0, 1u << 16, 0, threads);
+py::list quantize_py(const EncodeRequest& req) {
   std::vector<Quantized> q;
   {
     py::gil_scoped_release nogil;
@@ -257,22 +252,19 @@ py::list quantize_py(const std::vector<SpecTuple>& specs, int threads) {
 }
 
 // Float32 bytes of one K group's RoPE pair magnitudes (see src/importance.hpp).
-py::bytes key_magnitudes_py(const ViewTuple& keys, int threads) {
-  const TensorView view = to_view(keys);
+py::bytes key_magnitudes_py(const TensorView& keys, int threads) {
   std::vector<float> mag;
   {
     py::gil_scoped_release nogil;
-    mag = key_pair_magnitudes(view, threads);
+    mag = key_pair_magnitudes(keys, threads);
   }
   return as_bytes(mag);
 }
 
-void decode_py(Blob& b, const std::vector<ViewTuple>& outs, int threads) {
-  std::vector<TensorView> views;
-  for (const auto& o : outs) views.push_back(to_view(o));
+void decode_py(Blob& b, const std::vector<TensorView>& outs, int threads) {
   py::gil_scoped_release nogil;
   b.ensure_verified();
-  decode_into(b.parsed, b.data(), views, threads);
+  decode_into(b.parsed, b.data(), outs, threads);
 }
 
 py::dict stats_py(Blob& b, int threads) {
@@ -325,23 +317,67 @@ PYBIND11_MODULE(_core, m) {
       py::set_error(PyExc_ValueError, e.what());
     }
   });
+  py::class_<TensorView>(m, "TensorView",
+                         "One K or V tensor in memory: element (token, head, dim) at address + "
+                         "token offset + head*s_head + dim*s_dim (strides in elements); a paged "
+                         "view finds token t in block block_table[t // block_size].")
+      .def(py::init(&make_view), py::arg("address"), py::arg("dtype"), py::arg("tokens"),
+           py::arg("heads"), py::arg("head_dim"), py::arg("strides"), py::arg("block_table") = 0,
+           py::arg("block_size") = 0, py::arg("num_blocks") = 0, py::arg("s_block") = 0)
+      .def_property_readonly(
+          "address", [](const TensorView& v) { return reinterpret_cast<uintptr_t>(v.data); })
+      .def_property_readonly("dtype", [](const TensorView& v) { return (int)v.dtype; })
+      .def_readonly("tokens", &TensorView::tokens)
+      .def_readonly("heads", &TensorView::heads)
+      .def_readonly("head_dim", &TensorView::head_dim)
+      .def_property_readonly("strides",
+                             [](const TensorView& v) {
+                               return std::array<int64_t, 3>{v.s_token, v.s_head, v.s_dim};
+                             })
+      .def_property_readonly(
+          "block_table",
+          [](const TensorView& v) { return reinterpret_cast<uintptr_t>(v.block_table); })
+      .def_readonly("block_size", &TensorView::block_size)
+      .def_readonly("num_blocks", &TensorView::num_blocks)
+      .def_readonly("s_block", &TensorView::s_block);
+  py::class_<GroupSpec>(m, "GroupSpec", "How to code one (layer, K/V) group.")
+      .def(py::init(&make_spec), py::arg("view"), py::arg("quantizer"), py::arg("param"),
+           py::arg("max_tables"), py::arg("token_weights") = py::none(),
+           py::arg("channel_weights") = py::none(), py::arg("raw_rows") = 0)
+      .def_readonly("view", &GroupSpec::view)
+      .def_property_readonly("quantizer", [](const GroupSpec& s) { return (int)s.quantizer; })
+      .def_readonly("param", &GroupSpec::param)
+      .def_readonly("max_tables", &GroupSpec::max_tables)
+      .def_property_readonly("token_weights", [](const GroupSpec& s) { return s.weights.token; })
+      .def_property_readonly("channel_weights",
+                             [](const GroupSpec& s) { return s.weights.channel; })
+      .def_readonly("raw_rows", &GroupSpec::raw_rows);
+  py::class_<EncodeRequest>(m, "EncodeRequest", "Groups (K then V per layer) and blob header.")
+      .def(py::init(&make_request), py::arg("groups"), py::arg("dtype"), py::arg("layout"),
+           py::arg("level"), py::arg("segment_symbols"), py::arg("flags") = 0,
+           py::arg("threads") = 0)
+      .def_readonly("groups", &EncodeRequest::groups)
+      .def_property_readonly("dtype", [](const EncodeRequest& r) { return (int)r.dtype; })
+      .def_property_readonly("layout", [](const EncodeRequest& r) { return (int)r.layout; })
+      .def_readonly("level", &EncodeRequest::level)
+      .def_readonly("segment_symbols", &EncodeRequest::segment_symbols)
+      .def_readonly("flags", &EncodeRequest::flags)
+      .def_readonly("threads", &EncodeRequest::threads);
   py::class_<Blob>(m, "Blob")
       .def(py::init<py::buffer, bool>(), py::arg("blob"), py::arg("verify") = true)
       .def("info", &blob_info)
       .def("decode_into", &decode_py, py::arg("outs"), py::arg("threads") = 0)
       .def("entropy_stats", &stats_py, py::arg("threads") = 0);
-  m.def("encode", &encode_py, py::arg("specs"), py::arg("dtype"), py::arg("layout"),
-        py::arg("level"), py::arg("segment_symbols"), py::arg("flags") = 0, py::arg("threads") = 0);
-  m.def("quantize", &quantize_py, py::arg("specs"), py::arg("threads") = 0);
+  m.def("encode", &encode_py, py::arg("request"));
+  m.def("quantize", &quantize_py, py::arg("request"));
   m.def("key_magnitudes", &key_magnitudes_py, py::arg("keys"), py::arg("threads") = 0);
   m.def("build_info", &build_info_py);
 #ifdef CACHEGEN_WITH_CUDA
   py::class_<cuda::DeviceBlob>(m, "DeviceBlob")
       .def("decode_into", &decode_cuda_py, py::arg("outs"), py::arg("stream"));
   m.def("to_device", &to_device_py, py::arg("blob"), py::arg("device"), py::arg("stream"));
-  m.def("encode_cuda", &encode_cuda_py, py::arg("specs"), py::arg("dtype"), py::arg("layout"),
-        py::arg("level"), py::arg("segment_symbols"), py::arg("flags"), py::arg("device"),
-        py::arg("stream"), py::arg("threads") = 0, py::arg("device_alloc") = py::none());
+  m.def("encode_cuda", &encode_cuda_py, py::arg("request"), py::arg("device"), py::arg("stream"),
+        py::arg("device_alloc") = py::none());
   py::class_<DeviceParsed>(m, "DeviceParsed")
       .def("info", [](const DeviceParsed& d) { return parsed_info(d.parsed, d.size); })
       .def_readonly("device", &DeviceParsed::device)

@@ -14,8 +14,7 @@ namespace cachegen::fuzz {
 inline std::vector<uint8_t> resealed(const uint8_t* data, size_t size) {
   std::vector<uint8_t> b(data, data + size);
   if (size < kHeaderBytes + 4 || std::memcmp(data, kMagic, 4) != 0) return b;
-  const uint64_t total = size;
-  std::memcpy(b.data() + 8, &total, 8);
+  put<field::TotalBytes>(b.data(), size);
   const uint32_t crc = crc32c(b.data(), size - 4);
   std::memcpy(b.data() + size - 4, &crc, 4);
   return b;

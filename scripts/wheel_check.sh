@@ -31,7 +31,8 @@ wheel=$(ls "$dist"/cachegen-*.whl)
 python3 - "$wheel" <<'EOF'
 import sys, zipfile
 names = zipfile.ZipFile(sys.argv[1]).namelist()
-missing = [n for n in ("cachegen/py.typed", "cachegen/profiles/smollm2-135m-instruct.json")
+missing = [n for n in ("cachegen/py.typed", "cachegen/_core.pyi",
+                        "cachegen/profiles/smollm2-135m-instruct.json")
            if n not in names]
 if missing or not any(n.startswith("cachegen/_core") for n in names):
     sys.exit(f"wheel lacks {missing or 'the core module'}")

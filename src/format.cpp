@@ -16,7 +16,7 @@ namespace {
 class Writer {
  public:
   explicit Writer(std::vector<uint8_t>& out) : vec_(&out) {}
-  explicit Writer(uint8_t* out) : ptr_(out) {}
+  explicit Writer(uint8_t* out, size_t pos = 0) : ptr_(out), pos_(pos) {}
   template <typename T>
   void put(T v) {
     bytes(&v, sizeof(T));  // little-endian hosts only (checked in CMake)
@@ -111,23 +111,9 @@ void write_scales(const std::vector<uint16_t>& scales, bool coded, Writer& w,
     w.bytes(scales.data(), scales.size() * 2);
 }
 
-// Bits per channel of the channel -> table map (format v3; a byte each before).
-int map_bits(size_t num_tables) {
-  int b = 1;
-  while ((size_t{1} << b) < num_tables) ++b;
-  return b;
-}
-
-void write_table_map(const TableSet& ts, std::vector<uint8_t>& out) {
-  BitWriter w(out);
-  const int b = map_bits(ts.tables.size());
-  for (uint8_t t : ts.channel_table) w.bits(t, b);
-  w.finish();
-}
-
 std::vector<uint8_t> read_table_map(Reader& r, uint32_t channels, int num_tables, bool packed) {
   if (!packed) return r.u8s(channels, "channel table map");
-  const int b = map_bits((size_t)num_tables);
+  const int b = table_map_bits((size_t)num_tables);
   const size_t bytes = ((size_t)channels * b + 7) / 8;
   if (bytes > r.end() - r.pos()) fail("truncated channel table map");
   BitReader br(r.data(), r.pos(), std::min(r.end(), r.pos() + bytes), "channel table map");
@@ -157,8 +143,7 @@ void write_side(const Group& g, DType dtype, Writer& w, std::vector<uint8_t>& ou
   if (q.flags & kChannelScale) write_scales(q.channel_scale, q.flags & kChannelCodes, w, out);
   if (q.flags & kChannelOffset) w.bytes(q.channel_offset.data(), q.channel_offset.size() * 2);
   if (q.flags & kRawRows) write_raw_rows(q, g.desc.channels(), dtype, w);
-  if (g.tables.tables.size() > 1) write_table_map(g.tables, out);
-  for (const Table& t : g.tables.tables) serialize_table(t, out);
+  serialize_tables(g.tables, out);
 }
 
 std::vector<uint8_t> side_bytes(const Group& g, DType dtype) {
@@ -306,6 +291,26 @@ Group parse_side(const DescFields& f, uint16_t version, DType dtype, const uint8
   return g;
 }
 
+// The header's fields at their places (header_layout.hpp).
+void write_header(const BlobHeader& h, uint64_t total, uint64_t side_off, uint64_t index_off,
+                  uint64_t payload_off, uint8_t* out) {
+  std::memcpy(out + field::Magic::at, kMagic, sizeof(kMagic));
+  put<field::Version>(out, kFormatVersion);
+  put<field::HeaderBytes>(out, kHeaderBytes);
+  put<field::TotalBytes>(out, total);
+  put<field::NumLayers>(out, h.num_layers);
+  put<field::DType>(out, (uint8_t)h.dtype);
+  put<field::Layout>(out, (uint8_t)h.layout);
+  put<field::Level>(out, h.level);
+  put<field::Codec>(out, h.codec);
+  put<field::NumSegments>(out, h.num_segments);
+  put<field::Flags>(out, h.flags);
+  put<field::SideOffset>(out, side_off);
+  put<field::IndexOffset>(out, index_off);
+  put<field::PayloadOffset>(out, payload_off);
+  put<field::Reserved>(out, 0);
+}
+
 }  // namespace
 
 uint32_t segment_count(uint32_t tokens, uint32_t seg_tokens) {
@@ -329,22 +334,8 @@ std::vector<uint8_t> blob_head(BlobHeader h, std::vector<EncodedGroup>& groups, 
   const uint64_t total = payload_off + payload + 4;
 
   std::vector<uint8_t> out(payload_off);
-  Writer w(out.data());
-  w.bytes(kMagic, 4);
-  w.put(kFormatVersion);
-  w.put((uint16_t)kHeaderBytes);
-  w.put(total);
-  w.put(h.num_layers);
-  w.put((uint8_t)h.dtype);
-  w.put((uint8_t)h.layout);
-  w.put(h.level);
-  w.put(h.codec);
-  w.put(h.num_segments);
-  w.put(h.flags);
-  w.put(side_off);
-  w.put(index_off);
-  w.put(payload_off);
-  w.put(uint64_t{0});
+  write_header(h, total, side_off, index_off, payload_off, out.data());
+  Writer w(out.data(), kHeaderBytes);
   uint64_t off = side_off;
   for (size_t i = 0; i < groups.size(); ++i) {
     write_desc(groups[i].group, (uint32_t)sides[i].size(), off, w);
@@ -387,12 +378,8 @@ ParsedBlob parse_blob(const uint8_t* data, size_t size, bool verify) {
   } catch (const FormatError&) {
     // What a verifying parse reports first: a bad checksum, once the length has been checked.
     if (size >= kHeaderBytes + 4 && std::memcmp(data, kMagic, 4) == 0) {
-      uint16_t version, header_bytes;
-      uint64_t total;
-      std::memcpy(&version, data + 4, 2);
-      std::memcpy(&header_bytes, data + 6, 2);
-      std::memcpy(&total, data + 8, 8);
-      if (readable_version(version) && header_bytes == kHeaderBytes && total == size)
+      if (readable_version(get<field::Version>(data)) &&
+          get<field::HeaderBytes>(data) == kHeaderBytes && get<field::TotalBytes>(data) == size)
         verify_checksum(data, size);
     }
     throw;
@@ -403,13 +390,12 @@ namespace {
 ParsedBlob parse_checked(const uint8_t* data, size_t size, bool verify) {
   if (size < kHeaderBytes + 4) fail("blob too short to be a cachegen blob");
   if (std::memcmp(data, kMagic, 4) != 0) fail("not a cachegen blob (bad magic)");
-  Reader r(data, 4, size);
-  const uint16_t version = r.get<uint16_t>("header");
+  const uint16_t version = get<field::Version>(data);
   if (!readable_version(version))
     fail("unsupported format version " + std::to_string(version) + " (this build reads 1 to " +
          std::to_string(kFormatVersion) + ")");
-  if (r.get<uint16_t>("header") != kHeaderBytes) fail("bad header size");
-  if (r.get<uint64_t>("header") != size) fail("blob length does not match header (truncated?)");
+  if (get<field::HeaderBytes>(data) != kHeaderBytes) fail("bad header size");
+  if (get<field::TotalBytes>(data) != size) fail("blob length does not match header (truncated?)");
   ParsedBlob b;
   b.header.version = version;
   uint32_t stored_crc;
@@ -419,16 +405,16 @@ ParsedBlob parse_checked(const uint8_t* data, size_t size, bool verify) {
   b.checksum_verified = verify;
 
   BlobHeader& h = b.header;
-  h.num_layers = r.get<uint32_t>("header");
-  const uint8_t dtype = r.get<uint8_t>("header"), layout = r.get<uint8_t>("header");
-  h.level = r.get<uint8_t>("header");
-  h.codec = r.get<uint8_t>("header");
-  h.num_segments = r.get<uint32_t>("header");
-  h.flags = r.get<uint32_t>("header");
+  h.num_layers = get<field::NumLayers>(data);
+  const uint8_t dtype = get<field::DType>(data), layout = get<field::Layout>(data);
+  h.level = get<field::Level>(data);
+  h.codec = get<field::Codec>(data);
+  h.num_segments = get<field::NumSegments>(data);
+  h.flags = get<field::Flags>(data);
   if (h.flags & ~kKnownFlags) fail("unknown header flags");
-  const uint64_t side_off = r.get<uint64_t>("header");
-  const uint64_t index_off = r.get<uint64_t>("header");
-  const uint64_t payload_off = r.get<uint64_t>("header");
+  const uint64_t side_off = get<field::SideOffset>(data);
+  const uint64_t index_off = get<field::IndexOffset>(data);
+  const uint64_t payload_off = get<field::PayloadOffset>(data);
   if (h.num_layers < 1 || h.num_layers > kMaxLayers) fail("layer count out of range");
   if (!valid_dtype(dtype)) fail("unknown dtype code " + std::to_string(dtype));
   if (layout > 1) fail("unknown layout code " + std::to_string(layout));

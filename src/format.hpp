@@ -8,17 +8,15 @@
 #include <functional>
 #include <vector>
 
+#include "header_layout.hpp"
 #include "quant.hpp"
 #include "tables.hpp"
 
 namespace cachegen {
 
-constexpr uint8_t kMagic[4] = {'C', 'G', 'K', 'V'};
 // 2: scale codes (kTokenCodes, kChannelCodes); 3: raw rows (kRawRows); 4: lossless groups
 // (Quantizer::Lossless, tables over the full byte alphabet). Versions 1 to 3 read.
 constexpr uint16_t kFormatVersion = 4;
-constexpr uint32_t kHeaderBytes = 64;
-constexpr uint32_t kGroupDescBytes = 40;
 constexpr uint8_t kCodecRans32x32 = 1;
 
 enum class Layout : uint8_t { Stacked = 0, Pairs = 1 };

@@ -53,11 +53,6 @@ double cross_bits(const SparseHists& sh, size_t c, const std::array<float, kAlph
   return bits;
 }
 
-struct Clustering {
-  std::vector<uint8_t> assign;
-  double bits = 0.0;
-};
-
 std::vector<Histogram> merge(const SparseHists& sh, const std::vector<uint8_t>& assign,
                              uint32_t k) {
   std::vector<Histogram> merged(k, Histogram{});
@@ -87,35 +82,49 @@ std::vector<uint8_t> initial_assignment(const std::vector<Histogram>& hists, uin
   return assign;
 }
 
-Clustering cluster(const std::vector<Histogram>& hists, const SparseHists& sh, uint32_t k, int lo,
-                   int hi) {
-  Clustering cl{initial_assignment(hists, k), 0.0};
+Clusters cluster(const std::vector<Histogram>& hists, const SparseHists& sh, uint32_t k, int lo,
+                 int hi) {
+  Clusters cl{{}, initial_assignment(hists, k)};
   for (int round = 0; round < kLloydRounds; ++round) {
     std::vector<Histogram> merged = merge(sh, cl.assign, k);
     std::vector<std::array<float, kAlphabet>> costs;
     for (auto& m : merged) costs.push_back(neg_log2(m, lo, hi));
-    cl.bits = 0.0;
     for (size_t c = 0; c < hists.size(); ++c) {
       double best = INFINITY;
       for (uint32_t j = 0; j < k; ++j) {
         double b = cross_bits(sh, c, costs[j]);
         if (b < best) best = b, cl.assign[c] = (uint8_t)j;
       }
-      cl.bits += best;
     }
   }
+  cl.merged = merge(sh, cl.assign, k);
   return cl;
 }
 
-// Compact table indices so that every table is used.
-void drop_empty(TableSet& ts, const std::vector<Histogram>& merged) {
-  std::vector<int> remap(merged.size(), -1);
-  for (size_t j = 0; j < merged.size(); ++j) {
-    if (used_range(merged[j]).second < 0) continue;
+// The tables of a clustering: one per nonempty cluster, indices compacted so that every table is
+// used.
+TableSet tables_of(const Clusters& cl) {
+  TableSet ts;
+  std::vector<int> remap(cl.merged.size(), -1);
+  for (size_t j = 0; j < cl.merged.size(); ++j) {
+    if (used_range(cl.merged[j]).second < 0) continue;
     remap[j] = (int)ts.tables.size();
-    ts.tables.push_back(normalize(merged[j]));
+    ts.tables.push_back(normalize(cl.merged[j]));
   }
-  for (auto& t : ts.channel_table) t = (uint8_t)remap[t];
+  for (uint8_t t : cl.assign) ts.channel_table.push_back((uint8_t)remap[t]);
+  return ts;
+}
+
+// A group's size as written with the tables `ts` of clustering `cl`: the symbols at their ideal
+// code length under the tables, and the table side data byte for byte.
+double written_bits(const Clusters& cl, const TableSet& ts) {
+  std::vector<uint8_t> side;
+  serialize_tables(ts, side);
+  double bits = 8.0 * side.size();
+  size_t t = 0;
+  for (const Histogram& m : cl.merged)
+    if (used_range(m).second >= 0) bits += code_length_bits(m, ts.tables[t++]);
+  return bits;
 }
 
 uint32_t get_varint(const uint8_t* data, size_t& pos, size_t end) {
@@ -160,26 +169,45 @@ TableSet fit_tables(const std::vector<Histogram>& hists, uint32_t max_tables) {
   Histogram all{};
   for (auto& h : hists)
     for (int i = 0; i < kAlphabet; ++i) all[i] += h[i];
-  auto [lo, hi] = used_range(all);
-  const double span = hi - lo + 1;
-  const uint32_t channels = (uint32_t)hists.size();
-  uint32_t limit = std::min<uint32_t>({max_tables, channels, 255});
-  double best_bits = INFINITY;
-  std::vector<uint8_t> best_assign(channels, 0);
-  uint32_t best_k = 1;
+  const std::pair<int, int> range = used_range(all);
   const SparseHists sparse(hists);
-  for (uint32_t k = 1; k <= limit; k *= 2) {
-    Clustering cl = cluster(hists, sparse, k, lo, hi);
-    const double bits = cl.bits + k * span * kBitsPerTableEntry + (k > 1 ? 8.0 * channels : 0.0);
+  return choose_tables(table_limit(max_tables, (uint32_t)hists.size()), [&](uint32_t k) {
+    return cluster(hists, sparse, k, range.first, range.second);
+  });
+}
+
+uint32_t table_limit(uint32_t max_tables, uint32_t columns) {
+  return std::min<uint32_t>({max_tables, columns, 255});
+}
+
+TableSet choose_tables(uint32_t limit, const std::function<Clusters(uint32_t k)>& fit) {
+  TableSet best;
+  double best_bits = INFINITY;
+  for (uint32_t k = 1; k <= std::max(limit, 1u); k *= 2) {
+    const Clusters cl = fit(k);
+    TableSet ts = tables_of(cl);
+    const double bits = written_bits(cl, ts);
     if (bits > best_bits * (1.0 - kMinGain)) break;  // doubling again would gain even less
     best_bits = bits;
-    best_assign = cl.assign;
-    best_k = k;
+    best = std::move(ts);
   }
-  TableSet ts;
-  ts.channel_table = best_assign;
-  drop_empty(ts, merge(sparse, best_assign, best_k));
-  return ts;
+  return best;
+}
+
+int table_map_bits(size_t num_tables) {
+  int b = 1;
+  while ((size_t{1} << b) < num_tables) ++b;
+  return b;
+}
+
+void serialize_tables(const TableSet& ts, std::vector<uint8_t>& out) {
+  if (ts.tables.size() > 1) {
+    BitWriter w(out);
+    const int b = table_map_bits(ts.tables.size());
+    for (uint8_t t : ts.channel_table) w.bits(t, b);
+    w.finish();
+  }
+  for (const Table& t : ts.tables) serialize_table(t, out);
 }
 
 Table normalize(const Histogram& counts) {

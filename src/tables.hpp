@@ -5,6 +5,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "rans.hpp"
@@ -15,10 +16,10 @@ constexpr int kAlphabet = 256;  // alphabet index = symbol + 128; index 0 only i
 
 using Histogram = std::array<uint32_t, kAlphabet>;
 
-// fit_tables' constants (the GPU encoder's table fit, csrc/cuda/encode.cu, uses them too).
+// Lloyd rounds per table count (the GPU encoder's table fit, csrc/cuda/table_fit.cu, runs them
+// too).
 constexpr int kLloydRounds = 3;
-constexpr double kBitsPerTableEntry = 6.0;  // rough varint cost, used only to choose a count
-constexpr double kMinGain = 0.002;          // stop adding tables below this relative gain
+constexpr double kMinGain = 0.002;  // stop adding tables below this relative gain
 
 struct Table {
   std::array<uint16_t, kAlphabet> freq{};  // sums to rans::kProbScale
@@ -32,6 +33,29 @@ struct TableSet {
 // Cluster channels into at most max_tables tables, choosing the count that minimizes the
 // estimated coded size including the tables themselves.
 TableSet fit_tables(const std::vector<Histogram>& hists, uint32_t max_tables);
+
+// The table counts fit_tables tries: 1, 2, 4, ... up to this.
+uint32_t table_limit(uint32_t max_tables, uint32_t columns);
+
+// One table count's clustering of a group's columns.
+struct Clusters {
+  std::vector<Histogram> merged;  // one per cluster: the sum of its columns' histograms
+  std::vector<uint8_t> assign;    // each column's cluster
+};
+
+// The count search of fit_tables, shared with the GPU encoder (which clusters on the device):
+// `fit(k)` for k = 1, 2, 4, ... up to `limit`, stopping at the first doubling that shrinks the
+// group's size by less than kMinGain; the best count's tables. The size is the group's as
+// written: its symbols at their ideal code length under the normalized tables, plus the bytes
+// serialize_tables writes for the tables and the column map.
+TableSet choose_tables(uint32_t limit, const std::function<Clusters(uint32_t k)>& fit);
+
+// Bits per column of the column -> table map (format v3 on; a byte each before).
+int table_map_bits(size_t num_tables);
+
+// A group's table side data as the format stores it: the column map, bit-packed, if there is
+// more than one table, then each table.
+void serialize_tables(const TableSet& ts, std::vector<uint8_t>& out);
 
 // Scale counts to frequencies summing to 4096, every present symbol at least 1.
 Table normalize(const Histogram& counts);

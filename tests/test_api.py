@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from kvgen import synthetic_kv
 
 import cachegen
-from kvgen import synthetic_kv
 
 
 def test_inspect_reports_header_facts():
@@ -135,6 +135,17 @@ def test_torch_tensor_requiring_grad_and_numpy_bf16_error():
         np.testing.assert_array_equal(
             as_numpy.view(np.uint16), cachegen.decode(bf).view(torch.int16).numpy().view(np.uint16)
         )
+
+
+@pytest.mark.skipif(cachegen.build_info()["cuda_available"], reason="the path without a GPU")
+def test_a_gpu_decode_without_a_gpu_names_the_cause() -> None:
+    """build_info's CUDA facts agree with what a device request meets: without kernels the error
+    says how to build them, with kernels but no device it says so."""
+    info = cachegen.build_info()
+    cause = "no usable CUDA device" if info["cuda_compiled"] else "CACHEGEN_CUDA=ON"
+    blob = cachegen.encode(np.zeros((1, 2, 4, 1, 8), np.float16))
+    with pytest.raises(RuntimeError, match=cause):
+        cachegen.decode(blob, device="cuda")
 
 
 def test_build_info():

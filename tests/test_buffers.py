@@ -102,7 +102,7 @@ def test_thread_counts_are_bounded(blob, threads):
 
 def test_failed_thread_start_is_an_exception():
     """Address space capped just above what the process uses: worker stacks cannot be mapped.
-    The decode raises RuntimeError and the process lives on (it used to abort)."""
+    The decode raises RuntimeError and the process lives on instead of aborting."""
     script = textwrap.dedent(
         """
         import resource

@@ -30,7 +30,7 @@ def test_deferred_checksum_is_checked_before_a_host_decode():
     parsed = cachegen._core.Blob(bytes(blob), False)
     out = np.empty_like(kv)
     with pytest.raises(cachegen.FormatError, match="checksum"):
-        parsed.decode_into([g.as_tuple() for g in cachegen.tensors.views(out).groups])
+        parsed.decode_into([g.native() for g in cachegen.tensors.views(out).groups])
     header_hit = bytearray(cachegen.encode(kv))
     header_hit[70] ^= 0xFF  # a group descriptor
     with pytest.raises(cachegen.FormatError, match="checksum"):

@@ -9,6 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 from blobcraft import reseal
+from exact import assert_same_bits
 from kvgen import synthetic_kv
 
 import cachegen
@@ -40,12 +41,6 @@ CONFIGS = (
 SHAPES = [(1, 1, 1, 1), (2, 1, 1, 64), (3, 17, 1, 7), (2, 333, 3, 65), (2, 700, 8, 128)]
 
 
-def test_build_info_reports_cuda():
-    info = cachegen.build_info()
-    assert isinstance(info["cuda_compiled"], bool) and isinstance(info["cuda_available"], bool)
-    assert info["cuda_compiled"] or not info["cuda_available"]
-
-
 def torch_or_skip():
     return pytest.importorskip("torch")
 
@@ -63,26 +58,6 @@ def torch_cpu(kv):
     if isinstance(kv, list):
         return [tuple(torch_cpu(t) for t in pair) for pair in kv]
     return kv if torch.is_tensor(kv) else torch.from_numpy(kv)
-
-
-def bits(x):
-    """Exact bit patterns of a decoded cache as a numpy integer array."""
-    torch = torch_or_skip()
-    if isinstance(x, list):
-        return [bits(t) for pair in x for t in pair]
-    if not torch.is_tensor(x):
-        x = torch.from_numpy(np.ascontiguousarray(x))
-    x = x.detach().contiguous().cpu()
-    return x.view(torch.int32 if x.element_size() == 4 else torch.int16).numpy()
-
-
-def assert_same_bits(a, b):
-    for x, y in zip(
-        bits(a) if isinstance(a, list) else [bits(a)],
-        bits(b) if isinstance(b, list) else [bits(b)],
-        strict=True,
-    ):
-        np.testing.assert_array_equal(x, y)
 
 
 @pytest.mark.gpu

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from golden import DATA, blob_name, cases, digest
 
 import cachegen
-from golden import DATA, blob_name, cases, digest
 
 MANIFEST = json.loads((DATA / "golden.json").read_text())
 

@@ -155,7 +155,7 @@ def test_import_without_torch() -> None:
 
 @pytest.mark.slow
 def test_smollm2_round_trip_identical_logits() -> None:
-    from kvquality import continue_logits, load_document, load_model
+    from lib.kvquality import continue_logits, load_document, load_model
 
     lm = load_model()
     ids = lm.tokenizer(load_document("Apache-2.0").text, return_tensors="pt")["input_ids"][:, :96]

@@ -10,19 +10,13 @@ import numpy as np
 import pytest
 import torch
 from blobcraft import decode_or_format_error, reseal
+from exact import bits
 from kvgen import synthetic_kv
 
 import cachegen
 from cachegen import FormatError, paged
 
 LOSSLESS = cachegen.CodecConfig.lossless()
-
-
-def bits(x) -> np.ndarray:
-    """The raw bits of a numpy array or torch tensor, for exact comparison."""
-    if isinstance(x, torch.Tensor):
-        x = x.contiguous().view(torch.int16 if x.element_size() == 2 else torch.int32).numpy()
-    return np.ascontiguousarray(x).view(np.uint8)
 
 
 def special_values(dtype: torch.dtype) -> torch.Tensor:

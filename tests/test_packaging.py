@@ -3,6 +3,7 @@ README; one version source; py.typed. The built wheel itself: scripts/wheel_chec
 
 from __future__ import annotations
 
+import ast
 import re
 from importlib.metadata import version
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from packaging.requirements import Requirement
 
 import cachegen
+from cachegen import _core
 
 tomllib = pytest.importorskip("tomllib", reason="reads pyproject.toml with Python 3.11+")
 
@@ -66,3 +68,25 @@ def test_typed_package() -> None:
     package = Path(cachegen.__file__).parent
     assert (package / "py.typed").is_file()
     assert PYPROJECT["tool"]["scikit-build"]["wheel"]["packages"] == ["python/cachegen"]
+
+
+def _stub_names(body: list[ast.stmt]) -> set[str]:
+    """Names a stub's classes, functions and properties declare."""
+    return {n.name for n in body if isinstance(n, ast.ClassDef | ast.FunctionDef)}
+
+
+def test_native_stub_matches_the_module() -> None:
+    """_core.pyi declares every class, function, method and property the native module has,
+    and nothing else (the CUDA-only names too, which a CPU build lacks)."""
+    package = Path(cachegen.__file__).parent
+    stub = ast.parse((package / "_core.pyi").read_text())
+    public = {n for n in dir(_core) if not n.startswith("_")}
+    declared = _stub_names(stub.body)
+    cuda_only = {"DeviceBlob", "DeviceParsed", "to_device", "encode_cuda", "parse_device"}
+    cuda_only |= {"cuda_device_name", "cuda_timings"}
+    assert public <= declared
+    assert declared - public == (set() if _core.build_info()["cuda_compiled"] else cuda_only)
+    for cls in (n for n in stub.body if isinstance(n, ast.ClassDef) and n.name in public):
+        members = {m for m in vars(getattr(_core, cls.name)) if not m.startswith("_")}
+        stubbed = _stub_names(cls.body) - {"__init__"}
+        assert members == stubbed, cls.name

@@ -157,9 +157,9 @@ def test_core_checks_block_ids_itself():
         ] * (2 * LAYERS)
         before = cache.clone()
         with pytest.raises(ValueError, match="block id"):
-            _core.Blob(blob).decode_into([v.as_tuple() for v in views])
+            _core.Blob(blob).decode_into([v.native() for v in views])
         with pytest.raises(ValueError, match="block id"):
-            _core.key_magnitudes(views[0].as_tuple())
+            _core.key_magnitudes(views[0].native())
         assert torch.equal(cache, before)
 
 
@@ -203,17 +203,40 @@ def test_read_only_caches_are_refused():
 
 def test_importance_reads_gathered_keys_on_the_gpu_path():
     """A profile's token importance from paged keys: the host path (core, paged view) and the
-    GPU path (gathered keys) give the same scores."""
+    GPU path (keys gathered from a `PagedCache` or a `PagedKV`) give the same scores."""
     tokens = 2 * BLOCK + 9
     ids = random_table(6, tokens)
-    cache = paged.paged_views(
-        filled("vllm-cpu", torch.float16, ids, tokens), "vllm-cpu", ids, tokens
-    )
+    caches = filled("vllm-cpu", torch.float16, ids, tokens)
+    cache = paged.paged_views(caches, "vllm-cpu", ids, tokens)
     coefficients = np.linspace(-1, 1, HEADS * DIM // 2)
     gpu_views = dataclasses.replace(cache.views, device=0)
     for layer in range(LAYERS):
         host = token_scores(cache, cache.views, layer, coefficients, 1)
-        assert np.array_equal(token_scores(cache, gpu_views, layer, coefficients, 1), host)
+        for source in (cache, paged.PagedKV(caches, "vllm-cpu", ids, tokens)):
+            assert np.array_equal(token_scores(source, gpu_views, layer, coefficients, 1), host)
+
+
+def test_encode_reads_a_paged_kv_in_place():
+    """`cachegen.encode` and `quantize` take a `PagedKV` as they take the gathered cache (a
+    profile's importance read from the paged keys); decode points to `decode_paged`."""
+    tokens = 3 * BLOCK + 5
+    ids = random_table(7, tokens)
+    caches = filled("flash-nhd", torch.float16, ids, tokens)
+    kv = paged.PagedKV(caches, "flash-nhd", ids, tokens)
+    contiguous = gather("flash-nhd", caches, ids, tokens)
+    ones = ((1.0,) * HEADS,) * LAYERS
+    row = tuple(np.linspace(-1, 1, HEADS * DIM // 2))
+    profile = cachegen.ModelProfile("t", ones, ((2.0, 0.5),) * LAYERS, importance=(row,) * LAYERS)
+    for options in ({"level": 5}, {"profile": profile, "position": 2, "context_end": 90}):
+        assert cachegen.encode(kv, **options) == cachegen.encode(contiguous, **options)
+        paged_q, gathered_q = (
+            cachegen.quantize(kv, **options),
+            cachegen.quantize(contiguous, **options),
+        )
+        for a, b in zip(paged_q, gathered_q, strict=True):
+            assert np.array_equal(a.symbols, b.symbols) and np.array_equal(a.a, b.a)
+    with pytest.raises(TypeError, match="decode_paged"):
+        cachegen.decode(cachegen.encode(kv), out=kv)
 
 
 def test_layer_keys_gathers_the_keys():

@@ -22,7 +22,7 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 
 def test_sweep_medians_by_bandwidth() -> None:
-    from plots import bandwidth_gbit, medians
+    from lib.plots import bandwidth_gbit, medians
 
     assert [bandwidth_gbit(t) for t in ("steady 0.3G", "noisy 10G #2", "drop 1G->0.1G")] == [
         0.3,
@@ -38,7 +38,7 @@ def test_sweep_medians_by_bandwidth() -> None:
 
 def test_stream_plot_from_the_sweep_results(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from plots import plot_sweep_results
+    from lib.plots import plot_sweep_results
 
     data = json.loads((BENCH / "results" / "stream.json").read_text())
     assert plot_sweep_results(data, tmp_path) == 0

@@ -4,9 +4,9 @@ The round-trip tests compare `decode(encode(x))` with `cachegen.quantize`, the s
 `encode`: a wrong step size would pass them. These tests derive each token's step from the
 specification alone (key step 0.1^((level-1)/26) of the token's rms, values 3x coarser, the
 recency law, the first token verbatim, key channels scaled by the square root of their RoPE
-pair's rms, steps on the 1/8-octave grid and never so fine that |x| / step exceeds 127), find the step the decoder actually used from the decoded values, and
-check that it lies within the grid's rounding of the specified one and that every element's
-error is at most half of it.
+pair's rms, steps on the 1/8-octave grid and never so fine that |x| / step exceeds 127), find
+the step the decoder actually used from the decoded values, and check that it lies within the
+grid's rounding of the specified one and that every element's error is at most half of it.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from kvgen import synthetic_kv
 
 import cachegen
-from kvgen import synthetic_kv
 
 GRID = 8  # steps per octave
 MAX_SYMBOL = 127

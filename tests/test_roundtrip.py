@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from kvgen import synthetic_kv
 
 import cachegen
-from kvgen import synthetic_kv
 
 CONFIGS = [cachegen.CodecConfig.from_level(n) for n in cachegen.LEVELS] + [
     cachegen.CodecConfig.cachegen_reference(n) for n in (1, 2, 3)

@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from kvgen import synthetic_kv
 
 import cachegen
 from cachegen import _core, profiles
@@ -18,8 +19,8 @@ from cachegen.importance import (
     pair_magnitudes,
     token_scores,
 )
+from cachegen.plan import plan_encode
 from cachegen.weights import sink_rows, token_weights
-from kvgen import synthetic_kv
 
 PLAIN = cachegen.CodecConfig(key_param=0.5, value_param=1.0)
 WEIGHTED = dataclasses.replace(PLAIN, sink_tokens=1, recency=0.5)
@@ -148,25 +149,24 @@ def test_shipped_smollm2_profile():
 @pytest.mark.parametrize(
     "token_w, channel_w, quantizer, raw_rows, match",
     [
-        ([1.0] * 9, [], 3, 0, "token weights"),
-        ([], [1.0] * 5, 3, 0, "channel weights"),
-        ([0.0] * 10, [], 3, 0, "token weights"),
-        ([float("nan")] * 10, [], 3, 0, "token weights"),
-        ([1.0] * 10, [], 1, 0, "token-step"),
-        (b"\0" * 7, [], 3, 0, "float32 bytes"),
-        ([], [], 3, 11, "more raw rows than tokens"),
-        ([], [], 2, 1, "per-token quantizer"),
+        ([1.0] * 9, None, 3, 0, "token weights"),
+        (None, [1.0] * 5, 3, 0, "channel weights"),
+        ([0.0] * 10, None, 3, 0, "token weights"),
+        ([float("nan")] * 10, None, 3, 0, "token weights"),
+        ([1.0] * 10, None, 1, 0, "token-step"),
+        ([[1.0] * 10], None, 3, 0, "1-D float32"),
+        (None, None, 3, 11, "more raw rows than tokens"),
+        (None, None, 2, 1, "per-token quantizer"),
     ],
 )
 def test_core_rejects_bad_weights(token_w, channel_w, quantizer, raw_rows, match):
     kv = synthetic_kv(1, 10, 2, 8)
-    key, value = cachegen.api._specs(kv, cachegen.tensors.views(kv), PLAIN)
-    raw = [
-        w if isinstance(w, bytes) else np.asarray(w, "<f4").tobytes() for w in (token_w, channel_w)
-    ]
-    bad = (key[0], quantizer, 16.0 if quantizer == 1 else 0.5, 8, *raw, raw_rows)
+    plan = plan_encode(kv, cachegen.tensors.views(kv), PLAIN)
+    key, value = (g.native() for g in plan.groups)
+    param = 16.0 if quantizer == 1 else 0.5
     with pytest.raises(ValueError, match=match):
-        _core.quantize([bad, value], 1)
+        bad = _core.GroupSpec(key.view, quantizer, param, 8, token_w, channel_w, raw_rows)
+        _core.quantize(_core.EncodeRequest([bad, value], 1, 0, 0, 1 << 16, threads=1))
 
 
 def test_importance_fit_recovers_a_planted_model():

@@ -207,6 +207,34 @@ class StageTimer {
   double last_;
 };
 
+// Device times between marks recorded on a stream, reported once the stream has passed them.
+class EventClock {
+ public:
+  void mark(cudaStream_t st) {
+    cudaEvent_t e;
+    CG_CUDA(cudaEventCreate(&e));
+    events_.push_back(e);
+    CG_CUDA(cudaEventRecord(e, st));
+  }
+  // The time between mark i and mark i + 1 as stage names[i].
+  void report(StageTimer& timer, const std::vector<const char*>& names) const {
+    for (size_t i = 0; i + 1 < events_.size() && i < names.size(); ++i) {
+      float ms = 0.0f;
+      cudaEventElapsedTime(&ms, events_[i], events_[i + 1]);
+      timer.note(names[i], ms);
+    }
+  }
+  EventClock() = default;
+  EventClock(const EventClock&) = delete;
+  EventClock& operator=(const EventClock&) = delete;
+  ~EventClock() {
+    for (cudaEvent_t e : events_) cudaEventDestroy(e);
+  }
+
+ private:
+  std::vector<cudaEvent_t> events_;
+};
+
 // Calls f.template operator()<D>() with the dtype as a compile-time constant.
 template <typename F>
 void with_dtype(DType d, F&& f) {

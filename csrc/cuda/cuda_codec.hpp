@@ -1,6 +1,7 @@
-// GPU encode/decode of the wire format (docs/FORMAT.md; kernels in decode.cu and encode.cu). A
-// plain C++ interface: device tensors as TensorViews, streams as integers, so callers need no CUDA
-// headers.
+// GPU encode/decode of the wire format, version 4 (docs/FORMAT.md): the encoder's stages in
+// encode_stages.cuh (run by encode.cu), the decoder in decode.cu, the device-blob parse in
+// device_parse.cu. A plain C++ interface: device tensors as TensorViews, streams as integers, so
+// callers need no CUDA headers.
 #pragma once
 #include <cstdint>
 #include <memory>

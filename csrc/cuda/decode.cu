@@ -7,10 +7,6 @@
 #include <mutex>
 #include <optional>
 #include <thread>
-#ifdef __linux__
-#include <sys/mman.h>
-#include <unistd.h>
-#endif
 
 #include "common.cuh"
 #include "parallel.hpp"
@@ -173,6 +169,191 @@ __global__ void expand_params_kernel(const ParamJob* jobs) {
   }
 }
 
+// The side data a group's decode needs must match its descriptor (parse_blob guarantees it; a
+// plan is never built from anything else).
+void check_side(const Group& g) {
+  const GroupDesc& d = g.desc;
+  const GroupQuant& q = g.quant;
+  const uint32_t T = d.tokens, C = d.channels();
+  if ((q.flags & kTokenScale) && q.token_scale.size() != T)
+    throw FormatError("token scale count mismatch");
+  if ((q.flags & kChannelScale) && q.channel_scale.size() != C)
+    throw FormatError("channel scale count mismatch");
+  if ((q.flags & kChannelOffset) && q.channel_offset.size() != C)
+    throw FormatError("channel offset count mismatch");
+  if (q.raw.size() != (size_t)q.raw_rows * C || q.raw_rows > T)
+    throw FormatError("raw row count mismatch");
+}
+
+// Where one group's data lies: uploaded (offsets in the plan arena, SIZE_MAX where absent) or
+// expanded on the device (offsets in the device-only region after the arena).
+struct GroupAt {
+  size_t first_table;  // index among all tables
+  size_t map, a16, b16, o16, raw;
+  size_t a, b, o;
+};
+
+// The decode plan: compact data uploaded in one arena (segments, work lists, 12-bit frequencies,
+// fp16 side parameters, channel maps, group records, expansion jobs); the decode tables and the
+// fp32 side parameters are expanded on the device into `dev_bytes` after it.
+struct DecodePlan {
+  Arena arena;
+  size_t segs_at = 0, work_at[2] = {0, 0}, devs_at = 0, freqs_at = 0, jobs_at = 0;
+  size_t dev_bytes = 0;  // decode tables first (kTableBytes is a multiple of 16), then fp32 data
+  uint32_t total_tables = 0;
+  uint32_t blocks[2] = {0, 0};
+  uint32_t shared_bytes = 0;
+  std::vector<GroupAt> at;
+  std::vector<GroupDev> devs;
+  std::vector<ParamJob> jobs;
+
+  size_t device_floats(size_t n) {
+    const size_t at = dev_bytes;
+    dev_bytes = (dev_bytes + n * sizeof(float) + 15) & ~size_t{15};
+    return at;
+  }
+};
+
+size_t plan_bytes(const ParsedBlob& blob) {
+  const size_t ng = blob.groups.size();
+  size_t n =
+      blob.segments.size() * sizeof(SegmentDev) + ng * (sizeof(GroupDev) + sizeof(ParamJob) + 128);
+  for (const Group& g : blob.groups)
+    n += g.tables.tables.size() * kAlphabet * 2 + g.tables.channel_table.size() +
+         2 * (g.quant.token_scale.size() + g.quant.channel_scale.size() +
+              g.quant.channel_offset.size()) +
+         4 * g.quant.raw.size() + 80;
+  return n + (blob.segments.size() / kWarps + 2 * ng) * sizeof(Work) + 64;
+}
+
+void add_segments(const ParsedBlob& blob, DecodePlan& p) {
+  SegmentDev* segs = p.arena.alloc<SegmentDev>(blob.segments.size(), p.segs_at);
+  for (size_t i = 0; i < blob.segments.size(); ++i) {
+    const Segment& g = blob.segments[i];
+    segs[i] = {.offset = g.offset,
+               .words = (uint32_t)((g.bytes - rans::kStateBytes) / 2),
+               .group = g.group,
+               .token_begin = g.token_begin,
+               .token_count = g.token_count};
+  }
+}
+
+void add_frequencies(const ParsedBlob& blob, DecodePlan& p) {
+  for (const Group& g : blob.groups) p.total_tables += (uint32_t)g.tables.tables.size();
+  uint16_t* freqs = p.arena.alloc<uint16_t>((size_t)p.total_tables * kAlphabet, p.freqs_at);
+  for (const Group& g : blob.groups)
+    for (const Table& t : g.tables.tables) {
+      std::memcpy(freqs, t.freq.data(), kAlphabet * sizeof(uint16_t));
+      freqs += kAlphabet;
+    }
+  p.dev_bytes = (size_t)p.total_tables * kTableBytes;
+}
+
+// A group's side data into the plan, its blocks into the work lists.
+void add_group(const Group& g, size_t first_table, DecodePlan& p, std::vector<Work> (&work)[2]) {
+  check_side(g);
+  const GroupDesc& d = g.desc;
+  const GroupQuant& q = g.quant;
+  auto add_if = [&](uint8_t flag, const std::vector<uint16_t>& v) {
+    return (q.flags & flag) ? p.arena.add(v) : SIZE_MAX;
+  };
+  GroupAt at;
+  at.first_table = first_table;
+  at.map = p.arena.add(g.tables.channel_table);
+  at.a16 = add_if(kTokenScale, q.token_scale);
+  at.b16 = add_if(kChannelScale, q.channel_scale);
+  at.o16 = add_if(kChannelOffset, q.channel_offset);
+  at.raw = p.arena.add(q.raw);
+  at.a = p.device_floats(d.tokens);
+  at.b = p.device_floats(d.channels());
+  at.o = p.device_floats(d.channels());
+  p.at.push_back(at);
+  const uint32_t nt = (uint32_t)g.tables.tables.size();
+  const bool shared = nt <= kSharedTables;
+  add_work(d.first_segment, d.num_segments, work[shared ? 0 : 1]);
+  if (shared) p.shared_bytes = std::max(p.shared_bytes, nt * kTableBytes);
+  GroupDev dev{};
+  dev.channels = d.symbols_per_token();
+  dev.num_tables = nt;
+  dev.raw_rows = q.raw_rows;
+  dev.planes = d.planes;
+  p.devs.push_back(dev);
+}
+
+// Everything but the device addresses, which place_plan fills in.
+DecodePlan build_plan(const ParsedBlob& blob) {
+  DecodePlan p;
+  p.arena.reserve(plan_bytes(blob));
+  add_segments(blob, p);
+  add_frequencies(blob, p);
+  std::vector<Work> work[2];
+  size_t first_table = 0;
+  for (const Group& g : blob.groups) {
+    add_group(g, first_table, p, work);
+    first_table += g.tables.tables.size();
+  }
+  for (int k = 0; k < 2; ++k) {
+    p.work_at[k] = p.arena.add(work[k]);
+    p.blocks[k] = (uint32_t)work[k].size();
+  }
+  p.devs_at = p.arena.add(p.devs);  // pointers filled in once the arena has an address
+  p.jobs.resize(blob.groups.size());
+  p.jobs_at = p.arena.add(p.jobs);
+  return p;
+}
+
+// The device addresses of the plan at `arena` (its upload, then the device-only region at
+// `dev`), written into the group records and expansion jobs before the upload.
+void place_plan(const ParsedBlob& blob, uint8_t* arena, uint8_t* dev, DecodePlan& p) {
+  auto dev16 = [&](size_t off) {
+    return off == SIZE_MAX ? nullptr : reinterpret_cast<const uint16_t*>(arena + off);
+  };
+  for (size_t i = 0; i < p.devs.size(); ++i) {
+    const GroupAt& at = p.at[i];
+    GroupDev& g = p.devs[i];
+    g.tables = dev + at.first_table * kTableBytes;
+    g.table_of = arena + at.map;
+    g.raw = reinterpret_cast<const float*>(arena + at.raw);
+    g.a = reinterpret_cast<const float*>(dev + at.a);
+    g.b = reinterpret_cast<const float*>(dev + at.b);
+    g.o = reinterpret_cast<const float*>(dev + at.o);
+    ParamJob& j = p.jobs[i];
+    j.a16 = dev16(at.a16);
+    j.b16 = dev16(at.b16);
+    j.o16 = dev16(at.o16);
+    j.a = reinterpret_cast<float*>(dev + at.a);
+    j.b = reinterpret_cast<float*>(dev + at.b);
+    j.o = reinterpret_cast<float*>(dev + at.o);
+    j.tokens = blob.groups[i].desc.tokens;
+    j.channels = blob.groups[i].desc.channels();
+  }
+  p.arena.overwrite(p.devs_at, p.devs);
+  p.arena.overwrite(p.jobs_at, p.jobs);
+}
+
+// Queue the CRC32C of the blob (trailer excluded) on `stream`; its value lands at `dst` (host).
+// The scratch is freed in stream order, so it may go out of scope before the stream runs.
+void queue_checksum(const uint8_t* blob, size_t size, uint8_t* dst, cudaStream_t stream) {
+  DeviceBuffer scratch(crc_scratch_bytes(size - 4) + 16, stream);
+  auto* crc_dev = scratch.get<uint32_t>();
+  crc32c_device(blob, size - 4, crc_dev, scratch.get() + 16, stream);
+  CG_CUDA(cudaMemcpyAsync(dst, crc_dev, 4, cudaMemcpyDeviceToHost, stream));
+}
+
+// The plan uploaded to `arena` on `st`, then the decode tables and fp32 side data built from it
+// on the device. The returned staging must live until the stream has passed the copy.
+Pinned upload_plan(const DecodePlan& p, uint8_t* arena, uint8_t* tables, cudaStream_t st) {
+  Pinned staged = upload(arena, p.arena.data(), p.arena.size(), st, 1);
+  if (p.total_tables)
+    build_tables_kernel<<<p.total_tables, 256, 0, st>>>(
+        reinterpret_cast<const uint16_t*>(arena + p.freqs_at), tables);
+  if (!p.jobs.empty())
+    expand_params_kernel<<<dim3(8, (uint32_t)p.jobs.size()), 256, 0, st>>>(
+        reinterpret_cast<const ParamJob*>(arena + p.jobs_at));
+  CG_CUDA(cudaGetLastError());
+  return staged;
+}
+
 }  // namespace
 
 struct DeviceBlob::State {
@@ -183,6 +364,7 @@ struct DeviceBlob::State {
   uint8_t* blob = nullptr;        // the blob's bytes
   bool owned = true;              // false: the caller's device memory
   uint8_t* arena = nullptr;       // segments, work lists, group descriptors, side data
+  size_t upload_bytes = 0;        // of the arena: the plan's upload, then the device-only region
   uint8_t* tables_dev = nullptr;  // decode tables expanded on the device (in the arena)
   const SegmentDev* segs;
   const GroupDev* group_devs;
@@ -221,6 +403,59 @@ struct DeviceBlob::State {
     return !crc_bad;
   }
 
+  void allocate(const DecodePlan& p) {
+    upload_bytes = (p.arena.size() + 255) & ~size_t{255};
+    CG_CUDA(cudaMallocAsync(&arena, upload_bytes + p.dev_bytes, stream));
+    tables_dev = arena + upload_bytes;
+  }
+
+  // The plan's device addresses for decode_into.
+  void bind(const DecodePlan& p) {
+    segs = reinterpret_cast<const SegmentDev*>(arena + p.segs_at);
+    group_devs = reinterpret_cast<const GroupDev*>(arena + p.devs_at);
+    for (int k = 0; k < 2; ++k) {
+      work[k] = reinterpret_cast<const Work*>(arena + p.work_at[k]);
+      blocks[k] = p.blocks[k];
+    }
+    shared_bytes = p.shared_bytes;
+  }
+
+  // A resident blob: nothing waits here. The checksum runs on a side stream (after the blob's
+  // producers on `stream`), concurrently with the plan upload and the decode kernels, and
+  // decode_into checks it before it returns.
+  void queue_resident_checksum(uint32_t expected, size_t size) {
+    checksum = expected;
+    crc_pending = true;
+    crc_host.emplace(4);
+    CG_CUDA(cudaStreamCreateWithFlags(&crc_stream, cudaStreamNonBlocking));
+    cudaEvent_t ready;
+    CG_CUDA(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
+    CG_CUDA(cudaEventRecord(ready, stream));
+    CG_CUDA(cudaStreamWaitEvent(crc_stream, ready, 0));
+    cudaEventDestroy(ready);
+    queue_checksum(blob, size, crc_host->get(), crc_stream);
+    CG_CUDA(cudaEventCreateWithFlags(&crc_done, cudaEventDisableTiming));
+    CG_CUDA(cudaEventRecord(crc_done, crc_stream));
+  }
+
+  void queue_resident_plan(const DecodePlan& p) {
+    arena_staged.emplace(upload_plan(p, arena, tables_dev, stream));
+    CG_CUDA(cudaEventCreateWithFlags(&uploaded, cudaEventDisableTiming));
+    CG_CUDA(cudaEventRecord(uploaded, stream));
+  }
+
+  // A host blob: the plan uploaded and the checksum checked before the constructor returns.
+  void upload_and_check(const DecodePlan& p, bool check, uint32_t expected, size_t size) {
+    const Pinned crc(4);
+    if (check) queue_checksum(blob, size, crc.get(), stream);
+    const Pinned staged = upload_plan(p, arena, tables_dev, stream);
+    CG_CUDA(cudaStreamSynchronize(stream));  // the staging buffers are about to go back to the pool
+    if (!check) return;
+    uint32_t got;
+    std::memcpy(&got, crc.get(), 4);
+    if (got != expected) throw FormatError("checksum mismatch: blob is corrupted");
+  }
+
   ~State() {
     try {
       finish_pending();
@@ -236,14 +471,32 @@ struct DeviceBlob::State {
 
 namespace {
 
-// Queue the CRC32C of the blob (trailer excluded) on `stream`; its value lands at `dst` (host).
-// The scratch is freed in stream order, so it may go out of scope before the stream runs.
-void queue_checksum(const uint8_t* blob, size_t size, uint8_t* dst, cudaStream_t stream) {
-  DeviceBuffer scratch(crc_scratch_bytes(size - 4) + 16, stream);
-  auto* crc_dev = scratch.get<uint32_t>();
-  crc32c_device(blob, size - 4, crc_dev, scratch.get() + 16, stream);
-  CG_CUDA(cudaMemcpyAsync(dst, crc_dev, 4, cudaMemcpyDeviceToHost, stream));
-}
+// A host blob's upload to the device: pinned staging filled by host workers on their own thread
+// while the caller builds the plan; finish() waits for it.
+class BlobUpload {
+ public:
+  BlobUpload(uint8_t* dst, const uint8_t* src, size_t size, int device, cudaStream_t st)
+      : thread_([=, this] {
+          try {
+            CG_CUDA(cudaSetDevice(device));
+            staged_.emplace(upload(dst, src, size, st, std::max(1, resolve_threads(0) - 1)));
+          } catch (...) {
+            error_ = std::current_exception();
+          }
+        }) {}
+  ~BlobUpload() {
+    if (thread_.joinable()) thread_.join();
+  }
+  void finish() {
+    thread_.join();
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  std::optional<Pinned> staged_;  // until the stream has passed the copies (the State's stream)
+  std::exception_ptr error_;
+  std::thread thread_;
+};
 
 }  // namespace
 
@@ -259,280 +512,44 @@ DeviceBlob::DeviceBlob(const ParsedBlob& blob, const uint8_t* data, size_t size,
   State& s = *s_;
   s.device = device;
   s.dtype = blob.header.dtype;
-  const cudaStream_t st = as_stream(stream);
-  s.stream = st;
-  // The blob goes up through pinned staging while the host copies it in chunks; its checksum,
-  // unless the parse verified it, is computed on the device.
-  std::optional<Pinned> staged;
-  std::exception_ptr upload_error, plan_error;
-  std::thread uploader;
+  s.stream = as_stream(stream);
+  for (const Group& g : blob.groups) s.groups.push_back(g.desc);
+  // A host blob goes up through pinned staging while this thread builds the decode plan.
+  std::optional<BlobUpload> blob_upload;
   if (resident) {
     s.blob = const_cast<uint8_t*>(data);
     s.owned = false;
   } else {
-    CG_CUDA(cudaMallocAsync(&s.blob, size, st));
-    // Workers stage and queue the blob while this thread builds the decode plan.
-    uploader = std::thread([&] {
-      try {
-        CG_CUDA(cudaSetDevice(device));
-        staged.emplace(upload(s.blob, data, size, st, std::max(1, resolve_threads(0) - 1)));
-      } catch (...) {
-        upload_error = std::current_exception();
-      }
-    });
+    CG_CUDA(cudaMallocAsync(&s.blob, size, s.stream));
+    blob_upload.emplace(s.blob, data, size, device, s.stream);
   }
-  // The plan uploads only compact data (segments, work lists, 12-bit frequencies, fp16 side
-  // parameters, channel maps); decode tables and fp32 parameters are expanded on the device
-  // into `dev_at` onwards of the same allocation.
-  Arena arena;
-  size_t segs_at = 0, work_at[2] = {0, 0}, devs_at = 0, freqs_at = 0, jobs_at = 0;
-  size_t dev_bytes = 0, tables_dev = 0;
-  uint32_t total_tables = 0;
-  std::vector<Work> work[2];
-  std::vector<ParamJob> jobs;
+  std::optional<DecodePlan> plan;
+  std::exception_ptr plan_error;
   try {
-    const size_t ng = blob.groups.size();
-    size_t raw = blob.segments.size() * sizeof(SegmentDev) +
-                 ng * (sizeof(GroupDev) + sizeof(ParamJob) + 128);
-    for (const Group& g : blob.groups) {
-      total_tables += (uint32_t)g.tables.tables.size();
-      raw += g.tables.tables.size() * kAlphabet * 2 + g.tables.channel_table.size() +
-             2 * (g.quant.token_scale.size() + g.quant.channel_scale.size() +
-                  g.quant.channel_offset.size()) +
-             4 * g.quant.raw.size() + 80;
-    }
-    raw += (blob.segments.size() / kWarps + 2 * ng) * sizeof(Work) + 64;
-    arena.reserve(raw);
-    {
-      SegmentDev* segs = arena.alloc<SegmentDev>(blob.segments.size(), segs_at);
-      for (size_t i = 0; i < blob.segments.size(); ++i) {
-        const Segment& g = blob.segments[i];
-        segs[i] = {g.offset, (uint32_t)((g.bytes - rans::kStateBytes) / 2), g.group, g.token_begin,
-                   g.token_count};
-      }
-    }
-    {
-      uint16_t* freqs = arena.alloc<uint16_t>((size_t)total_tables * kAlphabet, freqs_at);
-      for (const Group& g : blob.groups)
-        for (const Table& t : g.tables.tables) {
-          std::memcpy(freqs, t.freq.data(), kAlphabet * sizeof(uint16_t));
-          freqs += kAlphabet;
-        }
-    }
-    // Device-only region: tables first (16-byte aligned, kTableBytes is a multiple of 16).
-    tables_dev = 0;
-    dev_bytes = (size_t)total_tables * kTableBytes;
-    auto dev_floats = [&](size_t n) {
-      const size_t at = dev_bytes;
-      dev_bytes = (dev_bytes + n * sizeof(float) + 15) & ~size_t{15};
-      return at;
-    };
-    std::vector<GroupDev> devs;
-    // Per group: table index, map, a16, b16, o16, raw rows, a, b, o offsets.
-    constexpr size_t kOffsets = 9;
-    std::vector<size_t> at;
-    uint32_t table_index = 0;
-    for (const Group& g : blob.groups) {
-      const GroupDesc& d = g.desc;
-      const GroupQuant& q = g.quant;
-      const uint32_t T = d.tokens, C = d.channels();
-      if ((q.flags & kTokenScale) && q.token_scale.size() != T)
-        throw FormatError("token scale count mismatch");
-      if ((q.flags & kChannelScale) && q.channel_scale.size() != C)
-        throw FormatError("channel scale count mismatch");
-      if ((q.flags & kChannelOffset) && q.channel_offset.size() != C)
-        throw FormatError("channel offset count mismatch");
-      if (q.raw.size() != (size_t)q.raw_rows * C || q.raw_rows > T)
-        throw FormatError("raw row count mismatch");
-      at.push_back(table_index);
-      at.push_back(arena.add(g.tables.channel_table));
-      at.push_back((q.flags & kTokenScale) ? arena.add(q.token_scale) : SIZE_MAX);
-      at.push_back((q.flags & kChannelScale) ? arena.add(q.channel_scale) : SIZE_MAX);
-      at.push_back((q.flags & kChannelOffset) ? arena.add(q.channel_offset) : SIZE_MAX);
-      at.push_back(arena.add(q.raw));
-      at.push_back(dev_floats(T));
-      at.push_back(dev_floats(C));
-      at.push_back(dev_floats(C));
-      const uint32_t nt = (uint32_t)g.tables.tables.size();
-      table_index += nt;
-      const bool shared = nt <= kSharedTables;
-      add_work(d.first_segment, d.num_segments, work[shared ? 0 : 1]);
-      if (shared) s.shared_bytes = std::max(s.shared_bytes, nt * kTableBytes);
-      devs.push_back({nullptr, nullptr, nullptr, nullptr, nullptr, d.symbols_per_token(), nt,
-                      q.raw_rows, nullptr, d.planes});
-      s.groups.push_back(d);
-    }
-    work_at[0] = arena.add(work[0]);
-    work_at[1] = arena.add(work[1]);
-    devs_at = arena.add(devs);  // pointers filled in once the arena has an address
-    jobs.resize(ng);
-    jobs_at = arena.add(jobs);
-    const size_t up = (arena.size() + 255) & ~size_t{255};
-    CG_CUDA(cudaMallocAsync(&s.arena, up + dev_bytes, st));
-    uint8_t* dev = s.arena + up;
-    auto dev16 = [&](size_t off) {
-      return off == SIZE_MAX ? nullptr : reinterpret_cast<const uint16_t*>(s.arena + off);
-    };
-    for (size_t i = 0; i < ng; ++i) {
-      const size_t* o = &at[kOffsets * i];
-      GroupDev& g = devs[i];
-      g.tables = dev + tables_dev + o[0] * kTableBytes;
-      g.table_of = s.arena + o[1];
-      g.raw = reinterpret_cast<const float*>(s.arena + o[5]);
-      g.a = reinterpret_cast<const float*>(dev + o[6]);
-      g.b = reinterpret_cast<const float*>(dev + o[7]);
-      g.o = reinterpret_cast<const float*>(dev + o[8]);
-      jobs[i] = {dev16(o[2]),
-                 dev16(o[3]),
-                 dev16(o[4]),
-                 reinterpret_cast<float*>(dev + o[6]),
-                 reinterpret_cast<float*>(dev + o[7]),
-                 reinterpret_cast<float*>(dev + o[8]),
-                 blob.groups[i].desc.tokens,
-                 blob.groups[i].desc.channels()};
-    }
-    arena.overwrite(devs_at, devs);
-    arena.overwrite(jobs_at, jobs);
-    s.tables_dev = dev + tables_dev;
+    plan.emplace(build_plan(blob));
+    s.allocate(*plan);
+    place_plan(blob, s.arena, s.arena + s.upload_bytes, *plan);
   } catch (...) {
     plan_error = std::current_exception();
   }
   timer.mark("decode plan (host, overlapped with the blob upload)");
-  if (uploader.joinable()) uploader.join();
-  if (upload_error) std::rethrow_exception(upload_error);
+  if (blob_upload) blob_upload->finish();
   if (plan_error) std::rethrow_exception(plan_error);
   if (!resident) timer.mark("blob to pinned staging, H2D queued (host, rest)");
+  // The checksum, unless the parse verified it, is computed on the device.
   const bool check = !blob.checksum_verified;
-  // Upload the plan, then build the decode LUTs and the fp32 side data from it on the device.
-  auto upload_plan = [&] {
-    Pinned staged = upload(s.arena, arena.data(), arena.size(), st, 1);
-    if (total_tables)
-      build_tables_kernel<<<total_tables, 256, 0, st>>>(
-          reinterpret_cast<const uint16_t*>(s.arena + freqs_at), s.tables_dev);
-    if (!jobs.empty())
-      expand_params_kernel<<<dim3(8, (uint32_t)jobs.size()), 256, 0, st>>>(
-          reinterpret_cast<const ParamJob*>(s.arena + jobs_at));
-    CG_CUDA(cudaGetLastError());
-    return staged;
-  };
   if (resident) {
-    // Nothing waits here: the checksum runs on a side stream (after the blob's producers on
-    // `st`), concurrently with the plan upload and the decode kernels, and decode_into checks
-    // it before it returns.
-    if (check) {
-      s.checksum = blob.checksum;
-      s.crc_pending = true;
-      s.crc_host.emplace(4);
-      CG_CUDA(cudaStreamCreateWithFlags(&s.crc_stream, cudaStreamNonBlocking));
-      cudaEvent_t ready;
-      CG_CUDA(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
-      CG_CUDA(cudaEventRecord(ready, st));
-      CG_CUDA(cudaStreamWaitEvent(s.crc_stream, ready, 0));
-      cudaEventDestroy(ready);
-      queue_checksum(s.blob, size, s.crc_host->get(), s.crc_stream);
-      CG_CUDA(cudaEventCreateWithFlags(&s.crc_done, cudaEventDisableTiming));
-      CG_CUDA(cudaEventRecord(s.crc_done, s.crc_stream));
-    }
-    s.arena_staged.emplace(upload_plan());
-    CG_CUDA(cudaEventCreateWithFlags(&s.uploaded, cudaEventDisableTiming));
-    CG_CUDA(cudaEventRecord(s.uploaded, st));
+    if (check) s.queue_resident_checksum(blob.checksum, size);
+    s.queue_resident_plan(*plan);
     timer.mark("plan upload + CRC queued (host, no wait)");
   } else {
-    Pinned crc_host(4);
-    if (check) queue_checksum(s.blob, size, crc_host.get(), st);
-    const Pinned arena_staged = upload_plan();
-    CG_CUDA(cudaStreamSynchronize(st));  // the staging buffers are about to go back to the pool
+    s.upload_and_check(*plan, check, blob.checksum, size);
     timer.mark("H2D + CRC (device)");
-    if (check) {
-      uint32_t crc;
-      std::memcpy(&crc, crc_host.get(), 4);
-      if (crc != blob.checksum) throw FormatError("checksum mismatch: blob is corrupted");
-    }
   }
-  s.segs = reinterpret_cast<const SegmentDev*>(s.arena + segs_at);
-  s.group_devs = reinterpret_cast<const GroupDev*>(s.arena + devs_at);
-  for (int k = 0; k < 2; ++k) {
-    s.work[k] = reinterpret_cast<const Work*>(s.arena + work_at[k]);
-    s.blocks[k] = (uint32_t)work[k].size();
-  }
+  s.bind(*plan);
 }
 
 DeviceBlob::~DeviceBlob() = default;
-
-namespace {
-// A host image of a device blob for the parse: only its head and its trailer are ever written
-// (the rest of the reservation is never touched). Kept per thread between calls, so the pages of
-// the head are faulted in once; a new trailer page is given back after each parse.
-struct Shadow {
-  std::unique_ptr<uint8_t[]> bytes;
-  size_t capacity = 0;
-  size_t head_guess = 0;  // the last blob's head size: copied up front with the header
-};
-thread_local Shadow t_shadow;
-constexpr size_t kMaxHeadGuess = size_t{64} << 20;
-}  // namespace
-
-ParsedBlob parse_device_blob(const uint8_t* data, size_t size, int device, uintptr_t stream) {
-  StageTimer timer("parse_device");
-  use_device(device);
-  const cudaStream_t st = as_stream(stream);
-  // Only the head (header, descriptors, side data, index) and the CRC trailer are read by a
-  // parse that leaves the checksum to the device. One round trip when the head is no longer than
-  // the previous blob's (the header and that much are copied at once, with the trailer), two
-  // otherwise; all through pinned staging (a pageable D2H of a few MB is several times slower).
-  Shadow& sh = t_shadow;
-  if (sh.capacity < std::max<size_t>(size, 1)) {
-    sh.bytes.reset();
-    sh.bytes.reset(new uint8_t[std::max<size_t>(size, 1)]);
-    sh.capacity = std::max<size_t>(size, 1);
-  }
-  uint8_t* shadow = sh.bytes.get();
-  const bool trailer = size >= kHeaderBytes + 4;
-  size_t first = std::min(size, std::max<size_t>(kHeaderBytes, sh.head_guess));
-  if (trailer) first = std::min(first, size - 4);
-  {
-    Pinned stage(first + 4);
-    if (first) CG_CUDA(cudaMemcpyAsync(stage.get(), data, first, cudaMemcpyDeviceToHost, st));
-    if (trailer)
-      CG_CUDA(cudaMemcpyAsync(stage.get() + first, data + size - 4, 4, cudaMemcpyDeviceToHost, st));
-    CG_CUDA(cudaStreamSynchronize(st));
-    std::memcpy(shadow, stage.get(), first);
-    if (trailer) std::memcpy(shadow + size - 4, stage.get() + first, 4);
-  }
-  if (trailer) {
-    uint64_t payload_off;
-    std::memcpy(&payload_off, shadow + 48, 8);
-    const size_t rest = (size_t)std::min<uint64_t>(payload_off, size - 4);
-    if (rest > first) {
-      Pinned stage(rest - first);
-      CG_CUDA(cudaMemcpyAsync(stage.get(), data + first, rest - first, cudaMemcpyDeviceToHost, st));
-      CG_CUDA(cudaStreamSynchronize(st));
-      std::memcpy(shadow + first, stage.get(), rest - first);
-    }
-    sh.head_guess = std::min(rest, kMaxHeadGuess);
-  }
-  timer.mark("head + trailer to host (D2H, pinned)");
-  struct ReleaseTrailer {  // the trailer's page, unless the head shares it
-    uint8_t* p;
-    size_t size, head;
-    ~ReleaseTrailer() {
-#ifdef __linux__
-      const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-      const uintptr_t lo = ((uintptr_t)p + head + page - 1) & ~(page - 1);
-      const uintptr_t at = ((uintptr_t)p + size - 4) & ~(page - 1);
-      if (size >= 4 && at >= lo && at + page <= (uintptr_t)p + size)
-        madvise(reinterpret_cast<void*>(at), page, MADV_DONTNEED);
-#endif
-    }
-  } release{shadow, size, std::max(first, sh.head_guess)};
-  try {
-    ParsedBlob parsed = parse_blob(shadow, size, false);
-    timer.mark("parse + validate (host, no CRC)");
-    return parsed;
-  } catch (const FormatError&) {
-    throw FormatError("malformed blob (checksum not checked: blob in device memory)");
-  }
-}
 
 void DeviceBlob::decode_into(const std::vector<TensorView>& outs, uintptr_t stream) const {
   StageTimer timer("decode_kernels");

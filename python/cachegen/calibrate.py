@@ -43,8 +43,9 @@ _FIT_SKIP = (1, RECENCY_REFERENCE)
 
 
 #: The coding whose errors calibration measures: key step 0.5, values 1.0, the levels' sink,
-#: recency exponent 0.5 (the shipped profiles were measured so, with the sink then at 8 bits; a
-#: mid-ladder point, kept independent of the ladder).
+#: recency exponent 0.5: a mid-ladder point, kept independent of the ladder so that retuning the
+#: ladder leaves calibrated profiles valid (how the shipped ones were measured:
+#: bench/results/ladder_experiments.md).
 MEASURE_CONFIG = CodecConfig(
     key_param=0.5,
     value_param=1.0,

@@ -28,16 +28,29 @@ if TYPE_CHECKING:
 
 #: `cachegen bench NAME` runs bench/<script>.
 BENCHMARKS = {
-    "quality": "quality.py",
+    "quality": "codec_quality.py",
     "stream-sim": "stream_sim.py",
     "stream-link": "stream_link.py",
 }
 
 
+#: The extras each command uses beyond the core install (numpy), named when one is missing.
+NEEDS = {"demo": "hf,store", "inspect": "store", "gc": "store", "bench": "hf,store,bench"}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `cachegen` console script."""
+    from .extras import missing_extra
+
     args = _parser().parse_args(argv)
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except ModuleNotFoundError as e:
+        line = missing_extra(e, NEEDS[args.command])
+        if line is None:
+            raise
+        print(f"cachegen {args.command}: {line}", file=sys.stderr)
+        return 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="cachegen", description=__doc__.split("\n")[0])
     p.add_argument("--version", action="version", version=f"cachegen {__version__}")
-    sub = p.add_subparsers(required=True, metavar="command")
+    sub = p.add_subparsers(required=True, metavar="command", dest="command")
 
     d = sub.add_parser("demo", help="store a document's KV, stream it back within an SLO")
     d.add_argument("--doc", type=Path, default=Path("/usr/share/common-licenses/GPL-3"))

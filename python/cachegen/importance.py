@@ -53,7 +53,7 @@ def pair_magnitudes(keys: Any, threads: int = 1) -> np.ndarray:
 
 
 def _magnitudes(group: GroupView, threads: int) -> np.ndarray:
-    raw = _core.key_magnitudes(group.as_tuple(), threads)
+    raw = _core.key_magnitudes(group.native(), threads)
     return np.frombuffer(raw, dtype=np.float32).reshape(group.tokens, -1)
 
 

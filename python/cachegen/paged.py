@@ -30,10 +30,21 @@ from typing import Any
 
 import numpy as np
 
-from . import api
+from . import api, dispatch
 from .config import CodecConfig
+from .devices import host_bytes
+from .info import blob_info
 from .profile import ModelProfile
-from .tensors import DTYPE_SIZES, GroupView, KVViews, Paging, _raw, device_of, is_torch
+from .tensors import (
+    DTYPE_SIZES,
+    GroupView,
+    KVViews,
+    Paging,
+    _raw,
+    device_of,
+    is_device_blob,
+    is_torch,
+)
 
 
 @dataclass(frozen=True)
@@ -196,7 +207,7 @@ def paged_views(
     framework = "torch" if is_torch(layer_caches[0]) else "numpy"
     if device_of(layer_caches[0]) is not None and framework != "torch":
         framework = "cupy"
-    v = KVViews("stacked" if same else "pairs", framework, dtype, groups, devices.pop())
+    v = KVViews("stacked" if same else "pairs", framework, dtype, groups, devices.pop(), table)
     return PagedCache(layer_caches, geometry, table, v)
 
 
@@ -227,9 +238,15 @@ def encode_paged(
     Returns the blob (host bytes), the same bytes as `encode` of the gathered
     `[layers, 2, num_tokens, heads, head_dim]` cache.
     """
-    paged = paged_views(layer_caches, layout, block_ids, num_tokens)
-    config = api._config(level, config)
-    return api.encode_views(paged, paged.views, config, profile, position, context_end, threads)
+    return api.encode(
+        PagedKV(layer_caches, layout, block_ids, num_tokens),
+        level,
+        config=config,
+        profile=profile,
+        position=position,
+        context_end=context_end,
+        threads=threads,
+    )
 
 
 def decode_paged(
@@ -250,10 +267,10 @@ def decode_paged(
             not (count, range, duplicates); nothing is written.
     """
     gpu = any(device_of(c) is not None for c in layer_caches)
-    if api.is_device_blob(blob) and not gpu:
-        blob = api._host_bytes(blob)
-    parsed = api._parse(blob, verify=not gpu)  # a GPU decode checks the CRC on the device
-    info = api._info(parsed)
+    if is_device_blob(blob) and not gpu:
+        blob = host_bytes(blob)
+    parsed = dispatch.parse(blob, verify=not gpu)  # a GPU decode checks the CRC on the device
+    info = blob_info(parsed)
     pairs = list(zip(info.keys, info.values, strict=True))
     tokens = {g.tokens for pair in pairs for g in pair}
     if len(tokens) != 1:
@@ -269,14 +286,15 @@ def decode_paged(
         raise ValueError(f"blob dtype {info.dtype}, cache dtype {paged.views.dtype}")
     if any(isinstance(c, np.ndarray) and not c.flags.writeable for c in layer_caches):
         raise ValueError("a layer cache is read-only")
-    api.decode_views(parsed, paged.views, threads)
+    dispatch.decode_into(parsed, paged.views, dispatch.threads_arg(threads))
 
 
 @dataclass(frozen=True)
 class PagedKV:
-    """Tokens [0, num_tokens) of a paged KV cache, as `cachegen.context.save_context` takes them
-    in place of a contiguous cache: each chunk is encoded straight from its blocks
-    (`encode_paged`), so the context is never gathered. Chunks must start on block boundaries."""
+    """Tokens [0, num_tokens) of a paged KV cache, which `cachegen.encode` (and
+    `cachegen.context.save_context`, chunk by chunk) takes in place of a contiguous cache: it
+    is encoded straight from its blocks, never gathered. Chunks must start on block
+    boundaries."""
 
     layer_caches: Sequence[Any]
     layout: str
@@ -284,11 +302,7 @@ class PagedKV:
     num_tokens: int
 
     def block_size(self) -> int:
-        return (
-            paged_views(self.layer_caches, self.layout, self.block_ids, self.num_tokens)
-            .geometry[0]
-            .block_size
-        )
+        return self._cache().geometry[0].block_size
 
     def tokens(self, start: int, stop: int) -> PagedKV:
         """Tokens [start, stop) (`start` a multiple of the block size) as their own `PagedKV`."""
@@ -298,8 +312,14 @@ class PagedKV:
         ids = self.block_ids[start // size : -(-stop // size)]
         return PagedKV(self.layer_caches, self.layout, ids, stop - start)
 
-    def encode(self, **options: Any) -> bytes:
-        """`encode_paged` of these tokens; `options` as for `cachegen.encode`."""
-        return encode_paged(
-            self.layer_caches, self.layout, self.block_ids, self.num_tokens, **options
-        )
+    def _cache(self) -> PagedCache:
+        return paged_views(self.layer_caches, self.layout, self.block_ids, self.num_tokens)
+
+    def kv_views(self) -> KVViews:
+        """The blocks' views (a `cachegen.tensors.ViewSource`), keeping the block table alive."""
+        return self._cache().views
+
+    def layer_keys(self, layer: int) -> Any:
+        """Layer `layer`'s keys `[tokens, heads, head_dim]`, gathered (a copy; torch only): a
+        profile's importance reads them on a GPU (an `importance.KeySource`)."""
+        return self._cache().layer_keys(layer)

@@ -1,4 +1,4 @@
-"""Plots of load results: `cachegen demo --plot FILE` (and the helpers bench/plots.py shares).
+"""Plots of load results: `cachegen demo --plot FILE` (and the helpers bench/lib/plots.py shares).
 
 matplotlib is optional (the `bench` extra); `pyplot()` says so in one line when it is missing.
 """

@@ -9,10 +9,12 @@ sequence of per-layer `(K, V)` pairs in the Hugging Face layout `[1, kv_heads, t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from . import _core
 
 DTYPE_CODES: dict[str, int] = {"float16": 1, "bfloat16": 2, "float32": 3}
 DTYPE_NAMES = {v: k for k, v in DTYPE_CODES.items()}
@@ -47,15 +49,16 @@ class GroupView:
     strides: tuple[int, int, int]
     paging: Paging | None = None
 
-    def as_tuple(self) -> tuple:
+    def native(self) -> _core.TensorView:
+        """The view as the core takes it."""
         p = self.paging or Paging(0, 0, 0, 0)
-        return (
+        return _core.TensorView(
             self.address,
             DTYPE_CODES[self.dtype],
             self.tokens,
             self.heads,
             self.head_dim,
-            *self.strides,
+            self.strides,
             p.table,
             p.block_size,
             p.num_blocks,
@@ -74,6 +77,17 @@ class KVViews:
     dtype: str
     groups: list[GroupView]  # 2 per layer, K then V
     device: int | None = None  # CUDA device index, None for host memory
+    #: What the views point into beyond the tensors the caller holds (a paged view's block
+    #: table), kept alive with them.
+    owner: Any = field(default=None, compare=False, repr=False)
+
+
+@runtime_checkable
+class ViewSource(Protocol):
+    """A KV cache that is neither an array nor pairs (e.g. an engine's paged blocks) gives its
+    views itself."""
+
+    def kv_views(self) -> KVViews: ...
 
 
 def is_torch(x: Any) -> bool:
@@ -213,7 +227,9 @@ def _device(arrays: list) -> int | None:
 
 
 def views(kv: Any) -> KVViews:
-    """Zero-copy views of a KV cache in either layout."""
+    """Zero-copy views of a KV cache in either layout, or of a `ViewSource`."""
+    if isinstance(kv, ViewSource):
+        return kv.kv_views()
     if _is_array(kv):
         dtype, groups = _stacked_views(kv)
         return KVViews("stacked", _framework(kv), dtype, groups, device_of(kv))

@@ -1,6 +1,7 @@
 // Unit tests of the core pieces that Python cannot reach one at a time: bit streams, scale codes,
-// probability tables, one rANS segment, the checksum and the half-precision conversions.
-// Built and run by CTest (CMake option CACHEGEN_TESTS), also under ASan + UBSan.
+// probability tables and the table-count search, one rANS segment, the checksum and the
+// half-precision conversions. Built and run by CTest (CMake option CACHEGEN_TESTS), also under
+// ASan + UBSan.
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -118,6 +119,77 @@ void tables_normalize_and_parse() {
   CHECK(throws<FormatError>([&] { parse_table(out.data(), p, out.size() / 2, true); }));
 }
 
+// `columns` columns of `n` symbols each: the first half narrow (three symbols), the rest wide.
+std::vector<Histogram> two_kinds(uint32_t columns, uint32_t n) {
+  std::vector<Histogram> h(columns);
+  for (uint32_t c = 0; c < columns; ++c)
+    for (uint32_t t = 0; t < n; ++t) {
+      const int s = c < columns / 2 ? (int)((t + c) % 3) - 1 : (int)((t * 7 + c) % 41) - 20;
+      h[c][s + kSymbolBias]++;
+    }
+  return h;
+}
+
+Clusters clusters_of(const std::vector<Histogram>& hists, std::vector<uint8_t> assign) {
+  Clusters cl{{}, std::move(assign)};
+  for (size_t c = 0; c < hists.size(); ++c) {
+    if (cl.assign[c] >= cl.merged.size()) cl.merged.resize(cl.assign[c] + 1);
+    for (int i = 0; i < kAlphabet; ++i) cl.merged[cl.assign[c]][i] += hists[c][i];
+  }
+  return cl;
+}
+
+// A group's size as docs/FORMAT.md lays it out: each table as serialized, the column map at
+// ceil(log2 tables) bits a column padded to a byte, and the symbols at their ideal code length.
+double written_bits_reference(const Clusters& cl) {
+  std::vector<uint8_t> tables;
+  double bits = 0.0;
+  for (const Histogram& m : cl.merged) {
+    const Table t = normalize(m);
+    serialize_table(t, tables);
+    bits += code_length_bits(m, t);
+  }
+  int map_bits = 0;
+  while ((1u << map_bits) < cl.merged.size()) ++map_bits;
+  const size_t map_bytes = cl.merged.size() > 1 ? (cl.assign.size() * map_bits + 7) / 8 : 0;
+  return bits + 8.0 * (tables.size() + map_bytes);
+}
+
+// The table count is chosen by the size the format writes: over a sweep of token counts the
+// choice between one table and two follows the reference size, and the sweep crosses the
+// break-even point.
+void table_count_follows_written_size() {
+  const uint32_t columns = 256;
+  int one_table = 0, two_tables = 0;
+  for (uint32_t n = 1; n <= 256; n *= 2) {
+    const std::vector<Histogram> hists = two_kinds(columns, n);
+    const Clusters one = clusters_of(hists, std::vector<uint8_t>(columns, 0));
+    std::vector<uint8_t> halves(columns, 0);
+    std::fill(halves.begin() + columns / 2, halves.end(), 1);
+    const Clusters two = clusters_of(hists, halves);
+    const bool split = written_bits_reference(two) < written_bits_reference(one) * (1.0 - kMinGain);
+    const TableSet ts = choose_tables(2, [&](uint32_t k) { return k == 1 ? one : two; });
+    CHECK(ts.tables.size() == (split ? 2u : 1u));
+    CHECK(ts.channel_table == (split ? halves : std::vector<uint8_t>(columns, 0)));
+    ++(split ? two_tables : one_table);
+  }
+  CHECK(one_table > 0 && two_tables > 0);
+}
+
+// The column map is bit-packed ahead of the tables, least significant bit first.
+void table_map_is_packed() {
+  const std::vector<Histogram> hists = two_kinds(6, 16);
+  TableSet ts;
+  for (int i = 0; i < 3; ++i) ts.tables.push_back(normalize(hists[i + 3]));
+  ts.channel_table = {0, 1, 2, 1, 0, 2};  // 2 bits each
+  std::vector<uint8_t> out, tables;
+  serialize_tables(ts, out);
+  for (const Table& t : ts.tables) serialize_table(t, tables);
+  CHECK(out.size() == 2 + tables.size());
+  CHECK(out[0] == (1 << 2 | 2 << 4 | 1 << 6) && out[1] == 2 << 2);
+  CHECK(std::equal(tables.begin(), tables.end(), out.begin() + 2));
+}
+
 // Encodes one segment as the format specifies (rans.hpp: symbol p on lane p % kLanes, coded
 // backwards, words reversed), independently of the codec's own encoder.
 std::vector<uint8_t> encode_segment(const std::vector<int8_t>& sym, const Table& t) {
@@ -193,6 +265,8 @@ int main() {
   step_codes_round_trip();
   grid_codes_are_nearest_in_log_domain();
   tables_normalize_and_parse();
+  table_count_follows_written_size();
+  table_map_is_packed();
   rans_segment_round_trip();
   crc32c_known_values();
   half_conversions_round_trip();

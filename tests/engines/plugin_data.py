@@ -1,15 +1,12 @@
 """The KV chunk the plug-in drivers get: one 256-token chunk of synthetic KV with real-LLM
-statistics (tests/kvgen.py), in LMCache's `[2, layers, tokens, hidden]` layout, as .npy."""
+statistics (tests/support/kvgen.py), in LMCache's `[2, layers, tokens, hidden]` layout, as .npy."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kvgen import synthetic_kv  # noqa: E402
+from kvgen import synthetic_kv
 
 HEAD_DIM = 64
 TOKENS = 256

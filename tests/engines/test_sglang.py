@@ -5,16 +5,12 @@ redis-server (bit-exact at LOSSLESS). One driver process runs every case."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from plugin_data import HEAD_DIM, write_chunk
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "store"))
-from store_servers import MotoServer, RedisServer  # noqa: E402
+from store_servers import MotoServer, RedisServer
 
 LEVELS = [15, "lossless"]
 PAGE = 64

@@ -33,13 +33,13 @@ def make(n: int) -> tuple[np.ndarray, np.ndarray]:
 def count_encodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Records the level of every chunk encode that `save_context` makes."""
     calls: list[int] = []
-    real = stored._encode
+    real = cachegen.encode
 
-    def spy(kv, **options):
+    def spy(kv, *args, **options):
         calls.append(options["level"])
-        return real(kv, **options)
+        return real(kv, *args, **options)
 
-    monkeypatch.setattr(stored, "_encode", spy)
+    monkeypatch.setattr(cachegen, "encode", spy)
     return calls
 
 

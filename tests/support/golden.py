@@ -1,7 +1,8 @@
 """Golden blobs: deterministic inputs (integer hashing, no RNG or libm) and the blobs that
-freeze each wire format version (`<case>.v<version>.cgkv`). `python tests/golden.py` writes the
-current version's blobs into tests/data/ and keeps older versions', only for a deliberate
-format change."""
+freeze each wire format version (`<case>.v<version>.cgkv`) and each revision of the encoder's
+choices within a version (`<case>.v<version>e<revision>.cgkv` from revision 2 on).
+`python tests/support/golden.py` writes the current version's and revision's blobs into
+tests/data/ and keeps the older ones, only for a deliberate format or encoder change."""
 
 from __future__ import annotations
 
@@ -15,6 +16,10 @@ import numpy as np
 import cachegen
 
 DATA = Path(__file__).parents[1] / "data"
+# The encoder's choices within the current format version: 2 chooses the table count by the
+# size the tables and the table map take as written (1 charged a rough 6 bits per table entry
+# and 8 bits per column of the map).
+ENCODER_REVISION = 2
 
 
 def deterministic_kv(shape: tuple[int, ...], seed: int) -> np.ndarray:
@@ -57,8 +62,10 @@ def digest(kv: object) -> str:
     return h.hexdigest()
 
 
-def blob_name(case: str, version: int = cachegen.FORMAT_VERSION) -> str:
-    return f"{case}.v{version}"
+def blob_name(
+    case: str, version: int = cachegen.FORMAT_VERSION, revision: int = ENCODER_REVISION
+) -> str:
+    return f"{case}.v{version}" + (f"e{revision}" if revision > 1 else "")
 
 
 def main() -> None:

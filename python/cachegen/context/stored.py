@@ -18,11 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import zstandard
 
 import cachegen
 from cachegen.config import LADDER_VERSION, LEGACY_LADDER_VERSION
-from cachegen.paged import PagedKV
 from cachegen.store.base import Store
 from cachegen.store.errors import ContextMissing, ObjectCorrupted, ObjectMissing
 
@@ -167,6 +165,7 @@ class Context:
     def fetch_tokens(self, index: int) -> np.ndarray:
         """The token ids of chunk `index` (uint32), for recomputing it from text."""
         chunk = self.chunks[index]
+        zstandard = _zstandard()
         raw = chunk.tokens.verify(self.store.get(chunk.tokens.key))
         try:
             data = zstandard.ZstdDecompressor().decompress(raw)
@@ -188,10 +187,6 @@ def _layer_tokens(raw: object) -> tuple[int, ...] | None:
     if not isinstance(raw, list) or not raw or not all(type(n) is int for n in raw):
         raise ValueError(f"layer_tokens must be a list of integers, got {raw!r}")
     return tuple(raw)
-
-
-def _encode(kv: Any, **options: Any) -> bytes:
-    return kv.encode(**options) if isinstance(kv, PagedKV) else cachegen.encode(kv, **options)
 
 
 @dataclass(frozen=True)
@@ -343,7 +338,7 @@ class _Chunker:
         part = slice_chunk(self.kv, start, stop)
         where = {"position": start, "context_end": len(self.tokens), "profile": self.profile}
         blobs = {
-            lv: _encode(part, level=lv, threads=self.threads, **where)
+            lv: cachegen.encode(part, level=lv, threads=self.threads, **where)
             for lv in self.levels
             if old is None or lv not in old.levels
         }
@@ -382,7 +377,7 @@ def _chunk_objects(
     if old is not None:
         tok, refs = old.tokens, dict(old.levels)
     else:
-        packed = zstandard.ZstdCompressor(level=3).compress(tokens.tobytes())
+        packed = _zstandard().ZstdCompressor(level=3).compress(tokens.tobytes())
         tok, stored = ObjectRef.frame(tokens_key(chunk_hash, checksum(packed)), packed, auth)
         objects[tok.key], refs = stored, {}
     for lv, blob in blobs.items():
@@ -517,3 +512,15 @@ def _stored_prefix(
                 return found  # a prefix's levels mean one thing throughout
             found.append(record)
     return found
+
+
+def _zstandard() -> Any:
+    """zstandard (the `store` extra) packs token ids; listing contexts and loading KV need none."""
+    try:
+        import zstandard
+    except ModuleNotFoundError as e:
+        raise ModuleNotFoundError(
+            "token ids of stored contexts need zstandard: pip install 'cachegen[store]'",
+            name="zstandard",
+        ) from e
+    return zstandard

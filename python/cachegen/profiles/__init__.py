@@ -1,4 +1,4 @@
-"""Model profiles shipped with cachegen (made by bench/calibrate_profile.py)."""
+"""Model profiles shipped with cachegen (made by bench/smollm2_profile.py)."""
 
 from __future__ import annotations
 

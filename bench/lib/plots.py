@@ -1,16 +1,13 @@
 """Plot the streaming sweep: TTFT and quality per strategy against bandwidth (docs/ttft.png).
 
-    python bench/plots.py [--results bench/results/stream.json] [--out docs/ttft.png]
-
-Reads bench/stream_sim.py's JSON (no re-run; stream_sim calls `plot_stream` at its end). One
-context length and SLO; one row per engine (recompute speed). Each point is the median over the
-traces of that mean bandwidth (steady, noisy, 10x drop).
+Draws from bench/stream_sim.py's JSON (stream_sim plots at its end; bench/stream_plot.py redraws
+from a results file without re-running). One context length and SLO; one row per engine
+(recompute speed). Each point is the median over the traces of that mean bandwidth (steady,
+noisy, 10x drop).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 import sys
 from collections import defaultdict
@@ -21,7 +18,7 @@ import numpy as np
 
 from cachegen.plotting import MissingPlotting, pyplot, styles
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
 STREAM_JSON = RESULTS / "stream.json"
 TTFT_PNG = ROOT / "docs" / "ttft.png"
@@ -138,19 +135,3 @@ def plot_sweep_results(data: dict[str, Any], results: Path) -> int:
         return 1
     print(f"wrote {png}", file=sys.stderr)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--results", type=Path, default=STREAM_JSON)
-    p.add_argument("--out", type=Path, default=TTFT_PNG)
-    p.add_argument("--tokens", type=int, default=8192, help="context length drawn")
-    p.add_argument("--slo", type=float, default=1.0, help="TTFT SLO drawn, s")
-    args = p.parse_args(argv)
-    data = json.loads(args.results.read_text())
-    print(plot_stream(data, args.out, tokens=args.tokens, slo=args.slo))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,12 +1,13 @@
 """pytest-benchmark microbenchmarks of the codec, with torchac on the same symbols.
 
-    pytest bench/bench_codec.py --benchmark-only                  # everything
-    pytest bench/bench_codec.py --benchmark-only -k smollm2       # only the real SmolLM2 KV
+    pytest bench/codec_micro.py --benchmark-only                  # everything
+    pytest bench/codec_micro.py --benchmark-only -k smollm2       # only the real SmolLM2 KV
 
 Not part of the test run: they live in ``bench/`` (``testpaths`` is ``tests``), and every
 benchmark is marked ``slow`` (the real cache loads SmolLM2 on the first run; later runs read
-``bench/.cache/``). ``extra_info`` carries elements (or symbols) per second from the median.
-See ``throughput.py`` for the report script and what each case measures.
+``bench/.cache/``). ``extra_info`` carries elements (or symbols) per second from the median
+and the run record (``lib/runinfo.py``).
+See ``codec_speed.py`` for the report script and what each case measures.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ import numpy as np
 import pytest
 
 import cachegen
-import kvdata
-import throughput
-import torchac_ref
+from lib import kvdata, torchac_ref
+from lib.runinfo import RunInfo
 
 pytestmark = pytest.mark.slow
 
@@ -29,6 +29,8 @@ CACHES: dict[str, Callable[[], np.ndarray]] = {
     "32x8x128-synthetic": kvdata.synthetic_kv,
 }
 ROUNDS = 5
+#: Where the numbers were taken, in every benchmark's extra_info (as the report scripts write it).
+RUN = RunInfo.capture().as_dict()
 
 
 @pytest.fixture(scope="module", params=list(CACHES))
@@ -40,9 +42,9 @@ def cache(request: pytest.FixtureRequest) -> tuple[str, np.ndarray, bytes]:
 
 @pytest.fixture(scope="module")
 def torchac_case(cache: tuple[str, np.ndarray, bytes]) -> torchac_ref.TorchacCase:
-    """torchac's subset of the cache's symbols (as in ``throughput.torchac_subset``)."""
+    """torchac's subset of the cache's symbols, as ``codec_speed.py`` times it."""
     _, kv, _ = cache
-    case, _ = throughput.torchac_subset(kv, cachegen.quantize(kv))
+    case, _ = torchac_ref.subset(kv, cachegen.quantize(kv))
     return case
 
 
@@ -62,10 +64,11 @@ def _measure(benchmark: Any, fn: Callable[[], Any], items: int, group: str) -> A
         benchmark.extra_info["items"] = items
         benchmark.extra_info["items_per_s"] = items / median
         benchmark.extra_info["gb_per_s_fp16"] = 2 * items / median / 1e9
+        benchmark.extra_info["run"] = RUN
     return result
 
 
-@pytest.mark.parametrize("threads", throughput.THREADS)
+@pytest.mark.parametrize("threads", kvdata.THREADS)
 def test_encode(benchmark: Any, cache: tuple[str, np.ndarray, bytes], threads: int) -> None:
     """fp16 array -> blob."""
     name, kv, blob = cache
@@ -73,7 +76,7 @@ def test_encode(benchmark: Any, cache: tuple[str, np.ndarray, bytes], threads: i
     assert out == blob
 
 
-@pytest.mark.parametrize("threads", throughput.THREADS)
+@pytest.mark.parametrize("threads", kvdata.THREADS)
 def test_decode_out(benchmark: Any, cache: tuple[str, np.ndarray, bytes], threads: int) -> None:
     """blob -> preallocated fp16 array (``out=``)."""
     name, kv, blob = cache
@@ -82,7 +85,7 @@ def test_decode_out(benchmark: Any, cache: tuple[str, np.ndarray, bytes], thread
     assert np.array_equal(out, cachegen.decode(blob))
 
 
-@pytest.mark.parametrize("threads", throughput.THREADS)
+@pytest.mark.parametrize("threads", kvdata.THREADS)
 def test_decode_fresh(benchmark: Any, cache: tuple[str, np.ndarray, bytes], threads: int) -> None:
     """blob -> newly allocated fp16 array."""
     name, kv, blob = cache

@@ -1,4 +1,4 @@
-"""Shared helpers of the KV-cache quality benchmark (``bench/quality.py``) and its tests.
+"""Shared helpers of the KV-cache quality benchmark (``bench/codec_quality.py``) and its tests.
 
 Real model (SmolLM2-135M-Instruct), real documents, methods under test and the metrics: bits per
 element, KL(uncompressed || decoded) of next-token distributions, top-1 agreement, perplexity.

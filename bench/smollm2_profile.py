@@ -1,6 +1,6 @@
 """Calibrate the bundled SmolLM2 model profile on texts that the quality benchmark never scores.
 
-    python bench/calibrate_profile.py [--out python/cachegen/profiles/smollm2-135m-instruct.json]
+    python bench/smollm2_profile.py [--out python/cachegen/profiles/smollm2-135m-instruct.json]
 
 Calibration texts: GPL-1, GPL-2 and LGPL-2.1 from /usr/share/common-licenses and the sources of
 Python's difflib, typing and pathlib (the benchmark scores GPL-3, Apache-2.0, MPL-2.0, GFDL-1.3
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import cachegen
 from cachegen import profiles
-from kvquality import load_documents, load_model
-from kvquality.docs import CALIBRATION_DOCS
+from lib.kvquality import load_documents, load_model
+from lib.kvquality.docs import CALIBRATION_DOCS
 
 PREFIX, CONTINUATION = 1536, 256
 

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-CACHE = Path(__file__).resolve().parent / ".cache"
+CACHE = Path(__file__).resolve().parents[1] / ".cache"
 TOKENS = 4096
+THREADS = (1, 2)  # codec threads the speed benchmarks time
 # Concatenated in this order (about 20K tokens; the first TOKENS are used).
 REAL_DOCS = ("GPL-3", "Apache-2.0", "MPL-2.0", "GFDL-1.3", "LGPL-2.1")
 SYNTHETIC_SHAPE = (32, 8, 128)  # layers, kv heads, head dim
@@ -47,7 +48,7 @@ def _save(path: Path, arr: np.ndarray) -> None:
 
 def real_text_ids(tokenizer: object, tokens: int = TOKENS) -> np.ndarray:
     """The first ``tokens`` token ids of the ``REAL_DOCS`` texts joined by blank lines."""
-    from kvquality.docs import load_document
+    from .kvquality.docs import load_document
 
     text = "\n\n".join(load_document(name).text for name in REAL_DOCS)
     ids = tokenizer(text, return_tensors="np")["input_ids"][0]  # type: ignore[operator]
@@ -57,10 +58,10 @@ def real_text_ids(tokenizer: object, tokens: int = TOKENS) -> np.ndarray:
 
 
 def _prefill_real(tokens: int) -> np.ndarray:
-    """Load SmolLM2 (``kvquality.model``), prefill ``tokens`` real tokens, stack the KV."""
+    """Load SmolLM2 (``lib.kvquality.model``), prefill ``tokens`` real tokens, stack the KV."""
     import torch
 
-    from kvquality.model import load_model, prefill
+    from .kvquality.model import load_model, prefill
 
     lm = load_model()
     ids = torch.from_numpy(real_text_ids(lm.tokenizer, tokens)).long()[None]

@@ -1,6 +1,6 @@
 """Store throughput and open_context latency, per backend, on loopback servers.
 
-    python bench/bench_store.py            # writes bench/results/store.json and store.md
+    python bench/store_speed.py            # writes bench/results/store.json and store.md
 
 Backends: memory, file (a temp dir), s3 (moto's ThreadedMotoServer on 127.0.0.1) and redis
 (redis-server on 127.0.0.1). Each case moves fresh random bytes; MB/s are 10**6 bytes/s.
@@ -14,7 +14,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import shutil
 import socket
 import statistics
@@ -32,6 +31,7 @@ import cachegen
 import cachegen.store
 from cachegen.context import open_context, save_context
 from cachegen.store import Store
+from lib.runinfo import RunInfo, describe
 
 MiB = 1 << 20
 RESULTS = Path(__file__).with_name("results")
@@ -138,23 +138,12 @@ def open_latency(store: Store, repeats: int) -> dict[str, float]:
     }
 
 
-def machine() -> str:
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in open("/proc/cpuinfo")
-            if ln.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return f"{platform.node()}: {cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="memory,file,s3,redis")
     parser.add_argument("--repeats", type=int, default=20, help="open_context timings")
     args = parser.parse_args()
+    info = RunInfo.capture()
     rows, latency = [], {}
     with servers() as urls:
         for backend in args.backends.split(","):
@@ -184,7 +173,7 @@ def main() -> None:
                 latency[backend] = open_latency(store, args.repeats)
                 print(f"{backend:6} open_context {latency[backend]}", flush=True)
     report = {
-        "machine": machine(),
+        "run": info.finish().as_dict(),
         "cachegen": cachegen.__version__,
         "throughput": rows,
         "open_context": latency,
@@ -196,9 +185,9 @@ def main() -> None:
 
 def markdown(report: dict) -> str:
     lines = [
-        "# Store throughput (bench/bench_store.py)",
+        "# Store throughput (bench/store_speed.py)",
         "",
-        f"Machine: {report['machine']}. Servers on loopback: moto (S3), redis-server.",
+        f"{describe(report['run'])} Servers on loopback: moto (S3), redis-server.",
         "",
         "| backend | case | concurrency | put MB/s | get MB/s |",
         "| --- | --- | ---: | ---: | ---: |",

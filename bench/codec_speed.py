@@ -1,7 +1,7 @@
 """Codec throughput: cachegen encode/decode against torchac on the same symbols, same run.
 
-    python bench/throughput.py                 # writes bench/results/throughput.{json,md}
-    python bench/throughput.py --rounds 3 --big-rounds 2 --out /tmp/tp
+    python bench/codec_speed.py                 # writes bench/results/throughput.{json,md}
+    python bench/codec_speed.py --rounds 3 --big-rounds 2 --out /tmp/tp
 
 Caches (see ``kvdata``): real SmolLM2 KV (30 x 3 x 64, 4096 tokens of real text) and a synthetic
 32 x 8 x 128 x 4096 cache, both fp16 ``[layers, 2, tokens, heads, head_dim]`` numpy arrays.
@@ -16,66 +16,20 @@ that load from other jobs on this shared machine spreads over them evenly. torch
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
-import platform
-import statistics
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import cachegen
-import kvdata
-import torchac_ref
+from lib import kvdata, runinfo, torchac_ref
+from lib.rounds import Case, run_rounds
 
 RESULTS = Path(__file__).resolve().parent / "results"
-THREADS = (1, 2)
-TORCHAC_LAYERS = 2  # layers coded by torchac, spread over the depth
-TORCHAC_SYMBOLS = 3_200_000  # about this many symbols per cache (tokens cut to fit)
+THREADS = kvdata.THREADS
 TARGETS = {"encode": 150e6, "decode": 300e6}  # elements/s, 2 threads, this 2-core machine
-
-
-@dataclass
-class Case:
-    """One timed operation; ``times`` gets one entry per round."""
-
-    cache: str
-    op: str
-    threads: int
-    items: int  # elements (ours) or symbols (torchac) per call
-    fn: Callable[[], Any]
-    times: list[float] = field(default_factory=list)
-    cpu_times: list[float] = field(default_factory=list)  # process CPU time, all threads
-
-    def run(self) -> Any:
-        t0, c0 = time.perf_counter(), time.process_time()
-        result = self.fn()
-        self.times.append(time.perf_counter() - t0)
-        self.cpu_times.append(time.process_time() - c0)
-        return result
-
-    def row(self) -> dict[str, Any]:
-        median = statistics.median(self.times)
-        return {
-            "cache": self.cache,
-            "op": self.op,
-            "threads": self.threads,
-            "items": self.items,
-            "rounds": len(self.times),
-            "median_s": median,
-            "min_s": min(self.times),
-            "times_s": self.times,
-            "cpu_s_median": statistics.median(self.cpu_times),
-            "cpu_times_s": self.cpu_times,
-            "items_per_cpu_s": self.items / statistics.median(self.cpu_times),
-            "items_per_s": self.items / median,
-            "gb_per_s_fp16": 2 * self.items / median / 1e9,
-        }
 
 
 def codec_cases(name: str, kv: np.ndarray, blob: bytes) -> list[Case]:
@@ -97,21 +51,6 @@ def codec_cases(name: str, kv: np.ndarray, blob: bytes) -> list[Case]:
             Case(name, "quantize only", t, kv.size, lambda t=t: cachegen.quantize(kv, threads=t)),
         ]
     return cases
-
-
-def torchac_layers(num_layers: int, n: int = TORCHAC_LAYERS) -> list[int]:
-    """``n`` layer indices spread evenly from the first to the last layer."""
-    return sorted({int(round(x)) for x in np.linspace(0, num_layers - 1, n)})
-
-
-def torchac_subset(kv: np.ndarray, groups: list[Any]) -> tuple[torchac_ref.TorchacCase, dict]:
-    """The symbols torchac codes: K and V of a few layers, tokens cut to ~TORCHAC_SYMBOLS."""
-    layers = torchac_layers(kv.shape[0])
-    chosen = [groups[2 * layer + kv_index].symbols for layer in layers for kv_index in (0, 1)]
-    per_token = sum(g.shape[1] for g in chosen)
-    tokens = min(kv.shape[2], max(1, TORCHAC_SYMBOLS // per_token))
-    case = torchac_ref.prepare(chosen, tokens)
-    return case, {"layers": layers, "tokens": tokens, "symbols": case.count}
 
 
 def torchac_cases(name: str, case: torchac_ref.TorchacCase, builds: dict) -> list[Case]:
@@ -136,21 +75,6 @@ def torchac_cases(name: str, case: torchac_ref.TorchacCase, builds: dict) -> lis
             ),
         ]
     return cases
-
-
-def run_rounds(cases: list[Case], rounds: int, deadline: float) -> None:
-    """One untimed warm-up call of each case, then ``rounds`` interleaved timed rounds; once two
-    are done, no round starts that would end past ``deadline`` (a ``perf_counter`` time)."""
-    for c in cases:
-        c.fn()
-    last = 0.0
-    for i in range(rounds):
-        start = time.perf_counter()
-        if i >= 2 and start + last > deadline:
-            break
-        for c in cases:
-            c.run()
-        last = time.perf_counter() - start
 
 
 def check_ours(kv: np.ndarray, blob: bytes, groups: list[Any]) -> dict[str, bool]:
@@ -206,7 +130,7 @@ def bench_cache(
     groups = cachegen.quantize(kv)
     info = describe(name, kv, blob, source)
     info["check"] = check_ours(kv, blob, groups)
-    case, subset = torchac_subset(kv, groups)
+    case, subset = torchac_ref.subset(kv, groups)
     info["torchac_subset"] = subset | check_torchac(case, builds)
     del groups
     cases = codec_cases(name, kv, blob) + torchac_cases(name, case, builds)
@@ -214,20 +138,11 @@ def bench_cache(
     return {"cache": info, "rows": [c.row() for c in cases]}
 
 
-def machine() -> dict[str, Any]:
-    """Where the numbers were taken."""
+def versions() -> dict[str, Any]:
+    """What the numbers depend on besides the machine (``RunInfo``)."""
     import torch
 
-    from kvquality.report import cpu_model, git_commit
-
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(),
-        "host": platform.node(),
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
         "numpy": np.__version__,
         "torch": torch.__version__,
         "build_info": cachegen.build_info(),
@@ -309,9 +224,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure everything; return the report."""
-    load_start = os.getloadavg()
+    info = runinfo.RunInfo.capture()
     t0 = time.perf_counter()
-    report: dict[str, Any] = {"machine": machine(), "loadavg_start": load_start}
+    report: dict[str, Any] = {"versions": versions()}
     builds = torchac_ref.backends()
     caches, rows = [], []
     plan = [
@@ -329,7 +244,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "ratios": ratios(rows),
         "targets": target_checks(rows),
     }
-    report["loadavg_end"] = os.getloadavg()
+    report["run"] = info.finish().as_dict()
     report["wall_s"] = time.perf_counter() - t0
     return report
 
@@ -352,21 +267,15 @@ def _ratio(report: dict[str, Any], r: dict, build: str) -> str:
     return ""
 
 
-def _load(avg: tuple[float, float, float] | list[float]) -> str:
-    return "/".join(f"{x:.2f}" for x in avg)
-
-
 def _header(report: dict[str, Any]) -> list[str]:
-    m = report["machine"]
+    v = report["versions"]
     return [
-        "# Codec throughput (bench/throughput.py)",
+        "# Codec throughput (bench/codec_speed.py)",
         "",
-        f"Machine: {m['host']}, {m['cpu']}, {m['cores']} cores; Python {m['python']}, numpy "
-        f"{m['numpy']}, torch {m['torch']}. Commit {m['commit']}, {m['date']}.",
-        f"build_info: `{json.dumps(m['build_info'], sort_keys=True)}`.",
-        f"Load average (1/5/15 min) at start {_load(report['loadavg_start'])}, at end "
-        f"{_load(report['loadavg_end'])}: the machine was shared with other jobs. Wall time "
-        f"{report['wall_s']:.0f} s.",
+        f"{runinfo.describe(report['run'])} Python {report['run']['python']}, numpy {v['numpy']}, "
+        f"torch {v['torch']}.",
+        f"build_info: `{json.dumps(v['build_info'], sort_keys=True)}`.",
+        f"The machine was shared with other jobs. Wall time {report['wall_s']:.0f} s.",
     ]
 
 

@@ -8,7 +8,7 @@
   `position=` the chunk's start, `context_end=` the context's end): bits and KL per level on
   the quality harness's documents, and the unaware bits interpolated at the aware KL.
 
-    python bench/plugins.py      # writes bench/results/plugins.md and plugins.json
+    python bench/plugin_cost.py  # writes bench/results/plugins.md and plugins.json
 
 The engine halves run in their own environments (scripts/engine_env.sh lmcache|sglang).
 """
@@ -28,12 +28,12 @@ import numpy as np
 import torch
 
 import cachegen
-import kvdata
 from cachegen.chunks import chunk_config
-from kvquality import harness
-from kvquality.docs import load_documents
-from kvquality.methods import KV, Method
-from kvquality.report import cpu_model, git_commit
+from lib import kvdata
+from lib.kvquality import harness
+from lib.kvquality.docs import load_documents
+from lib.kvquality.methods import KV, Method
+from lib.runinfo import RunInfo, describe
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -69,7 +69,7 @@ def lmcache_chunks(folder: Path) -> Path:
 
 
 def run_engine(name: str, plan: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """Run bench/plugin_drivers/NAME_bench.py in engine NAME's environment."""
+    """Run bench/lib/plugin_drivers/NAME_bench.py in engine NAME's environment."""
     venv = subprocess.run(
         ["bash", str(ROOT / "scripts" / "engine_env.sh"), name],
         capture_output=True,
@@ -82,7 +82,7 @@ def run_engine(name: str, plan: dict[str, Any], folder: Path) -> dict[str, Any]:
         (link / "cachegen").symlink_to(Path(cachegen.__file__).parent)
     plan_file, out = folder / f"{name}_plan.json", folder / f"{name}_out.json"
     plan_file.write_text(json.dumps(plan))
-    driver = HERE / "plugin_drivers" / f"{name}_bench.py"
+    driver = HERE / "lib" / "plugin_drivers" / f"{name}_bench.py"
     env = dict(os.environ, PYTHONPATH=str(link))
     subprocess.run(
         [f"{venv}/bin/python", str(driver), str(plan_file), str(out)],
@@ -152,16 +152,22 @@ def unaware_bits_at(kl: float, rows: list[dict[str, Any]]) -> float | None:
     return None
 
 
-def report(level: int, lm: dict[str, Any], sg: dict[str, Any], pos: list[dict[str, Any]]) -> str:
+def report(
+    run: dict[str, Any],
+    level: int,
+    lm: dict[str, Any],
+    sg: dict[str, Any],
+    pos: list[dict[str, Any]],
+) -> str:
     naive, serde = sum(lm["naive_bytes"]), sum(lm["serde_bytes"])
     aware = next(r for r in pos if r["method"] == f"aware{level}")
     at_kl = unaware_bits_at(aware["kl"], pos)
     lines = [
         "# Engine plug-ins: LMCache serde and SGLang HiCache backend (issue 13)",
         "",
-        f"{cpu_model()} ({os.cpu_count()} cores), commit {git_commit()[:12]}, one run. Real "
+        f"{describe(run)} One run. Real "
         f"SmolLM2 KV (4096 tokens, {lm['chunks']} chunks of {CHUNK} tokens, 30 layers x 3 KV "
-        "heads x 64, bf16 in the engines). Reproduce: `python bench/plugins.py`.",
+        "heads x 64, bf16 in the engines). Reproduce: `python bench/plugin_cost.py`.",
         "",
         f"## Bytes at level {level} (lowest level with pooled KL <= {KL_TARGET} in quality.json)",
         "",
@@ -193,7 +199,7 @@ def report(level: int, lm: dict[str, Any], sg: dict[str, Any], pos: list[dict[st
         "",
         "## Position-unaware chunks (the plug-ins) vs position-aware (`save_context`)",
         "",
-        f"Quality harness (bench/kvquality), documents {', '.join(DOCS)}, prefix "
+        f"Quality harness (bench/lib/kvquality), documents {', '.join(DOCS)}, prefix "
         f"{harness.PREFIX_TOKENS} tokens in {CHUNK}-token chunks, KL over the next "
         f"{harness.CONT_TOKENS}.",
         "",
@@ -209,6 +215,7 @@ def report(level: int, lm: dict[str, Any], sg: dict[str, Any], pos: list[dict[st
 
 
 def main() -> None:
+    info = RunInfo.capture()
     level = kl_level()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -221,10 +228,13 @@ def main() -> None:
         lm = run_engine("lmcache", plan, folder)
         sg = run_engine("sglang", plan, folder)
     pos = position_cost(level)
+    run = info.finish().as_dict()
     RESULTS.joinpath("plugins.json").write_text(
-        json.dumps({"level": level, "lmcache": lm, "sglang": sg, "position": pos}, indent=1)
+        json.dumps(
+            {"run": run, "level": level, "lmcache": lm, "sglang": sg, "position": pos}, indent=1
+        )
     )
-    text = report(level, lm, sg, pos)
+    text = report(run, level, lm, sg, pos)
     RESULTS.joinpath("plugins.md").write_text(text)
     print(text)
 

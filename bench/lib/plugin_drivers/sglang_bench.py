@@ -1,4 +1,4 @@
-"""Runs in the SGLang environment for bench/plugins.py: 256-token pages through the cachegen
+"""Runs in the SGLang environment for bench/plugin_cost.py: 256-token pages through the cachegen
 HiCache backend (created by SGLang's factory, memory store) and the same pages through
 `cachegen.encode`/`decode` directly. Writes JSON.
 

@@ -12,7 +12,7 @@ LICENSES = Path("/usr/share/common-licenses")
 # a strong copyleft, a permissive licence with a patent grant, a file-level copyleft, a licence
 # for documentation rather than code, and program source (Python's own argparse module).
 DEFAULT_DOCS = ("GPL-3", "Apache-2.0", "MPL-2.0", "GFDL-1.3", "python:argparse")
-# Text that calibration (bench/calibrate_profile.py) uses and the benchmark never scores.
+# Text that calibration (bench/smollm2_profile.py) uses and the benchmark never scores.
 CALIBRATION_DOCS = (
     "GPL-2",
     "LGPL-2.1",

@@ -1,9 +1,9 @@
 """KV cache quality benchmark on a real LLM (SmolLM2-135M-Instruct) and real documents.
 
-    python bench/quality.py                       # every method, default documents
-    python bench/quality.py --methods cg3,int8 --docs GPL-3 --out /tmp/q
+    python bench/codec_quality.py                       # every method, default documents
+    python bench/codec_quality.py --methods cg3,int8 --docs GPL-3 --out /tmp/q
 
-Writes quality.json and quality.md (see ``kvquality.report``) and prints the pooled table.
+Writes quality.json and quality.md (see ``lib.kvquality.report``) and prints the pooled table.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from kvquality import (
+from lib.kvquality import (
     CONT_TOKENS,
     DEFAULT_DOCS,
     DEFAULT_METHODS,
@@ -25,7 +25,7 @@ from kvquality import (
     pool,
     run_quality,
 )
-from kvquality.report import run_info, table, write_report
+from lib.kvquality.report import run_info, table, write_report
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -18,6 +18,9 @@ from typing import Any
 
 import numpy as np
 
+LAYERS = 2  # layers coded by torchac, spread over the depth
+SYMBOLS = 3_200_000  # about this many symbols per cache (tokens cut to fit)
+
 
 @dataclass(frozen=True)
 class TorchacCase:
@@ -86,3 +89,18 @@ def matches(case: TorchacCase, decoded: list[Any]) -> bool:
     import torch
 
     return all(torch.equal(d.reshape(-1), s) for d, s in zip(decoded, case.symbols, strict=True))
+
+
+def layers_spread(num_layers: int, n: int = LAYERS) -> list[int]:
+    """``n`` layer indices spread evenly from the first to the last layer."""
+    return sorted({int(round(x)) for x in np.linspace(0, num_layers - 1, n)})
+
+
+def subset(kv: np.ndarray, groups: list[Any]) -> tuple[TorchacCase, dict]:
+    """The symbols torchac codes: K and V of a few layers, tokens cut to ~SYMBOLS."""
+    layers = layers_spread(kv.shape[0])
+    chosen = [groups[2 * layer + kv_index].symbols for layer in layers for kv_index in (0, 1)]
+    per_token = sum(g.shape[1] for g in chosen)
+    tokens = min(kv.shape[2], max(1, SYMBOLS // per_token))
+    case = prepare(chosen, tokens)
+    return case, {"layers": layers, "tokens": tokens, "symbols": case.count}

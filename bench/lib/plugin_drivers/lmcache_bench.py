@@ -1,4 +1,4 @@
-"""Runs in the LMCache environment for bench/plugins.py: bytes and speed of 256-token chunks
+"""Runs in the LMCache environment for bench/plugin_cost.py: bytes and speed of 256-token chunks
 through LMCache's naive serde and the cachegen serde (LMCache's async serde processor), and
 the same chunks through `cachegen.encode`/`decode` directly. Writes JSON.
 

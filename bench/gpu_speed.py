@@ -21,6 +21,7 @@ import torch
 
 import cachegen
 from cachegen import _core
+from lib.runinfo import RunInfo, describe
 
 LAYERS, HEADS, DIM, TOKENS = 32, 8, 128, 8192
 RESULTS = Path(__file__).parent / "results"
@@ -56,6 +57,7 @@ def median_seconds(fn, runs: int, stages: tuple[str, ...] = ()) -> tuple[float, 
 
 
 def main() -> None:
+    info = RunInfo.capture()
     runs = int(os.environ.get("RUNS", "7"))
     kv = kv_cache()
     nbytes = kv.numel() * 2
@@ -107,7 +109,7 @@ def main() -> None:
     parse_s, _ = median_seconds(lambda: _core.Blob(cpu_blob, False), runs)
     stream = torch.cuda.current_stream().cuda_stream
     resident = _core.to_device(_core.Blob(cpu_blob), 0, stream)
-    outs = [g.as_tuple() for g in cachegen.tensors.views(out).groups]
+    outs = [g.native() for g in cachegen.tensors.views(out).groups]
     kernel_s, _ = median_seconds(lambda: resident.decode_into(outs, stream), runs)
     decode_stages = {"parse + validate (host, no CRC)": parse_s * 1e3, **decode_stages}
 
@@ -124,6 +126,7 @@ def main() -> None:
 
     info = cachegen.inspect(cpu_blob)
     result = {
+        "run": info.finish().as_dict(),
         "device": torch.cuda.get_device_name(0),
         "shape": [LAYERS, 2, TOKENS, HEADS, DIM],
         "dtype": "float16",
@@ -186,6 +189,8 @@ def main() -> None:
     ]
     md = [
         f"# GPU codec throughput on {result['device']}",
+        "",
+        describe(result["run"]),
         "",
         f"KV {LAYERS}x2x{TOKENS}x{HEADS}x{DIM} fp16 ({gb:.2f} GB), level {result['level']}, "
         f"blob {len(cpu_blob) / 1e6:.1f} MB ({info.bits_per_element:.2f} bits/element); "

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import datetime
 import json
-import os
-import platform
-import subprocess
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -15,49 +11,16 @@ from typing import Any
 import torch
 import transformers
 
+from ..runinfo import RunInfo, describe
 from .harness import Result, pool
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (falls back to ``platform.processor()``)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def git_commit() -> str:
-    """HEAD's commit, marked ``-dirty`` when tracked files differ from it."""
-
-    def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
-        ).stdout.strip()
-
-    try:
-        dirty = git("status", "--porcelain", "--untracked-files=no")
-        return git("rev-parse", "HEAD") + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def run_info(model: str, prefix: int, cont: int) -> dict[str, Any]:
     """Where and on what the numbers were taken; call it before the run, as the tree may move."""
     import cachegen
 
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "commit": git_commit(),
+    return RunInfo.capture().as_dict() | {
         "cachegen_build": cachegen.build_info(),
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "model": model,
@@ -89,9 +52,8 @@ def markdown(results: Sequence[Result], info: dict[str, Any]) -> str:
         "",
         f"{info['model']}; prefix {info['prefix_tokens']} tokens, continuation "
         f"{info['continuation_tokens']} tokens (teacher forcing) on the decoded prefix cache.",
-        f"Documents: {', '.join(docs)}. Date {info['date']}, commit `{info['commit']}`.",
-        f"Machine: {info['platform']}, {info['cpu']} ({info['cpus']} CPUs); "
-        f"torch {info['torch']}, transformers {info['transformers']}.",
+        f"Documents: {', '.join(docs)}. {describe(info)} torch {info['torch']}, "
+        f"transformers {info['transformers']}.",
         "",
         "bits/elt: every byte of the blob x 8 / KV elements. KL: mean KL(uncompressed || decoded)"
         " of next-token distributions, nats. top-1: agreement of the argmax with the"

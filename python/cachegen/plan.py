@@ -1,0 +1,171 @@
+"""The encode plan: how every (layer, K/V) group is quantized, decided in one place.
+
+The core's quantizers (src/quant.hpp) take, per group, a quantizer and its parameter, optional
+token and channel step weights and a count of verbatim first rows. For the "token" quantizer,
+token t of channel c gets about the step
+
+    param * layer_weight * token_weight[t] * channel_weight[c] * rms(token t)
+
+(the core then floors it at the token's range / 127 and rounds it to its 1/8-octave grid),
+except the first `raw_rows` tokens (attention sinks), which are stored verbatim. `plan_encode`
+composes those factors from their sources:
+
+* `param`: the config's per-layer schedule (`CodecConfig.layer_params`);
+* `layer_weight`, `channel_weight`: the model profile (`ModelProfile.layer_weight`,
+  `channel_weights`), folded into `param` and the channel weights;
+* `token_weight`: the token's place in the context (`weights.token_weights`, the recency law)
+  times its predicted importance (`importance.importance_weights`, from the profile);
+* `raw_rows`: the context's sink tokens in this group (`weights.sink_rows`).
+
+`encode` and `quantize` both run an `EncodePlan`, so what `quantize` shows is what `encode`
+stores.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import _core
+from .config import QUANTIZERS, CodecConfig
+from .importance import importance_weights, layer_magnitudes, token_scores
+from .info import FLAG_TORCH_SOURCE
+from .kvstats import key_channel_weights
+from .profile import ModelProfile
+from .tensors import DTYPE_CODES, LAYOUTS, GroupView, KVViews
+from .weights import TOKEN_WEIGHT_BOUNDS, sink_rows, token_weights
+
+_TOKEN = QUANTIZERS["token"]
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """How one (layer, K/V) group is quantized."""
+
+    view: GroupView
+    quantizer: int  # a `config.QUANTIZERS` id
+    param: float  # step fraction (bins for "token-absmax"), times the profile's layer weight
+    max_tables: int
+    token_weights: np.ndarray | None = None  # float32 [tokens]; None = all 1
+    channel_weights: np.ndarray | None = None  # float32 [heads * head_dim]; None = all 1
+    raw_rows: int = 0  # first tokens stored verbatim (attention sinks)
+
+    def native(self) -> _core.GroupSpec:
+        return _core.GroupSpec(
+            self.view.native(),
+            self.quantizer,
+            self.param,
+            self.max_tables,
+            self.token_weights,
+            self.channel_weights,
+            self.raw_rows,
+        )
+
+
+@dataclass(frozen=True)
+class EncodePlan:
+    """Every group's plan (K then V per layer) and the blob header's fields."""
+
+    groups: tuple[GroupPlan, ...]
+    dtype: str
+    layout: str
+    level: int
+    segment_symbols: int
+    flags: int
+
+    def request(self, threads: int) -> _core.EncodeRequest:
+        """The core's request for this plan, run on `threads` threads (0 = all cores)."""
+        return _core.EncodeRequest(
+            [g.native() for g in self.groups],
+            DTYPE_CODES[self.dtype],
+            LAYOUTS[self.layout],
+            self.level,
+            self.segment_symbols,
+            self.flags,
+            threads,
+        )
+
+
+def plan_encode(
+    kv: Any,
+    v: KVViews,
+    config: CodecConfig,
+    profile: ModelProfile | None = None,
+    position: int = 0,
+    context_end: int | None = None,
+    threads: int = 1,
+) -> EncodePlan:
+    """The plan for the groups `v` describes; `kv` is what they view (read only for a profile's
+    importance on a GPU: see `importance.layer_keys`). `position` is the context position of
+    the cache's first token, `context_end` one past its last (default: the cache's end)."""
+    if profile is not None:
+        profile.check(v.groups)
+    tokens = max(g.tokens for g in v.groups)
+    end = position + tokens if context_end is None else context_end
+    if position < 0 or end < position + tokens:
+        raise ValueError("need 0 <= position and context_end >= position + tokens")
+    # Sinks and recency weights depend only on a group's token count (a layer holding fewer
+    # tokens, a sliding window, holds the last ones): computed once per distinct count.
+    place = functools.cache(lambda n: token_weights(n, position + tokens - n, end, config.recency))
+    sinks = functools.cache(lambda n: sink_rows(n, position + tokens - n, config.sink_tokens))
+    num_layers = len(v.groups) // 2
+    groups: list[GroupPlan] = []
+    for layer in range(num_layers):
+        pair = v.groups[2 * layer : 2 * layer + 2]
+        params = config.layer_params(layer, num_layers)
+        token_w = None  # K's and V's alike
+        if any(q == _TOKEN for q, _ in params):
+            token_w = _layer_token_weights(kv, v, layer, place(pair[0].tokens), profile, threads)
+        for side, (group, (quantizer, param)) in enumerate(zip(pair, params, strict=True)):
+            if quantizer != _TOKEN:
+                groups.append(GroupPlan(group, quantizer, param, config.max_tables))
+                continue
+            channel_w = None
+            raw_rows = sinks(group.tokens)
+            if profile is not None:
+                param *= profile.layer_weight(layer, side)
+                channel_w = _float32(profile.channel_weights(layer, side, group.head_dim))
+            elif side == 0 and config.key_spread > 0:
+                channel_w = _key_spread(kv, v, layer, raw_rows, config.key_spread, threads)
+            groups.append(
+                GroupPlan(group, quantizer, param, config.max_tables, token_w, channel_w, raw_rows)
+            )
+    flags = FLAG_TORCH_SOURCE if v.framework == "torch" else 0
+    return EncodePlan(tuple(groups), v.dtype, v.layout, config.level, config.segment_symbols, flags)
+
+
+def _key_spread(
+    kv: Any, v: KVViews, layer: int, skip: int, strength: float, threads: int
+) -> np.ndarray | None:
+    """Model-free key channel weights (`cachegen.kvstats`); None for an odd head_dim."""
+    head_dim = v.groups[2 * layer].head_dim
+    if head_dim % 2:
+        return None
+    mag = layer_magnitudes(kv, v, layer, threads)
+    return _float32(key_channel_weights(mag, head_dim, skip, strength))
+
+
+def _layer_token_weights(
+    kv: Any,
+    v: KVViews,
+    layer: int,
+    place: np.ndarray | None,
+    profile: ModelProfile | None,
+    threads: int,
+) -> np.ndarray | None:
+    """A layer's token step weights: its place in the context times the importance the
+    profile predicts from its keys."""
+    if profile is None or not profile.importance:
+        return _float32(place)
+    w = importance_weights(token_scores(kv, v, layer, profile.importance[layer], threads))
+    if place is not None:
+        w = np.clip(w * place, TOKEN_WEIGHT_BOUNDS[0], TOKEN_WEIGHT_BOUNDS[1])
+    return _float32(w)
+
+
+def _float32(w: np.ndarray | None) -> np.ndarray | None:
+    """Weights as the core takes them: contiguous little-endian float32."""
+    return None if w is None else np.ascontiguousarray(w, dtype="<f4")

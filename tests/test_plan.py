@@ -1,0 +1,172 @@
+"""The encode plan: per group the quantizer, its parameter, token and channel weights and
+verbatim rows, against the laws written out here; the core request carries it unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from kvgen import synthetic_kv
+
+import cachegen
+from cachegen import _core
+from cachegen.config import QUANTIZERS
+from cachegen.importance import importance_weights, token_scores
+from cachegen.plan import plan_encode
+from cachegen.tensors import views
+
+LAYERS, TOKENS, HEADS, DIM = 3, 100, 2, 16
+LEVEL = cachegen.CodecConfig.from_level(10)
+
+
+def recency(positions: np.ndarray, context_end: int) -> np.ndarray:
+    """The recency law of `CodecConfig.recency` = 0.75 (reference 64, offset 16)."""
+    after = context_end - 1 - positions
+    return np.clip(((after + 16) / 80) ** 0.75, 1 / 64, 1).astype(np.float32)
+
+
+def plan_of(kv, config=LEVEL, **options) -> cachegen.plan.EncodePlan:
+    return plan_encode(kv, views(kv), config, **options)
+
+
+def test_level_plan_steps_sinks_and_recency():
+    kv = synthetic_kv(LAYERS, TOKENS, HEADS, DIM)
+    plan = plan_of(kv)
+    assert len(plan.groups) == 2 * LAYERS
+    weights = recency(np.arange(TOKENS), TOKENS)
+    for i, g in enumerate(plan.groups):
+        assert g.quantizer == QUANTIZERS["token"] and g.max_tables == LEVEL.max_tables
+        assert g.param == (LEVEL.key_param, LEVEL.value_param)[i % 2]
+        assert g.raw_rows == 1  # the context's first token
+        np.testing.assert_array_equal(g.token_weights, weights)
+        if i % 2:
+            assert g.channel_weights is None
+        else:  # keys: each RoPE pair's rms over the tokens but the sink, to the power 0.5
+            np.testing.assert_allclose(g.channel_weights, key_spread(kv[i // 2, 0]), rtol=1e-4)
+    assert (plan.dtype, plan.layout, plan.level, plan.flags) == ("float16", "stacked", 10, 0)
+
+
+def key_spread(keys: np.ndarray) -> np.ndarray:
+    """`CodecConfig.key_spread` = 0.5 of keys `[tokens, heads, dim]` written out (no clipping
+    at these spreads)."""
+    x = keys[1:].astype(np.float64)
+    half = x.shape[-1] // 2
+    rms = np.sqrt((x[..., :half] ** 2 + x[..., half:] ** 2).mean(axis=0) / 2)
+    w = np.sqrt(rms) / np.exp(np.log(np.sqrt(rms)).mean())
+    return np.concatenate([w, w], axis=1).reshape(-1)
+
+
+def test_a_later_chunk_has_no_sink_and_weights_by_distance_to_the_end():
+    kv = synthetic_kv(LAYERS, TOKENS, HEADS, DIM)
+    plan = plan_of(kv, position=300, context_end=420)
+    for g in plan.groups:
+        assert g.raw_rows == 0
+        np.testing.assert_array_equal(g.token_weights, recency(300 + np.arange(TOKENS), 420))
+    far = plan_of(kv, position=300, context_end=1000)  # every token 600+ from the end: 1
+    assert all(g.token_weights is None for g in far.groups)
+
+
+def test_a_sliding_window_layer_holds_the_last_tokens():
+    kv = synthetic_kv(2, TOKENS, HEADS, DIM, layout="pairs")
+    kv[1] = tuple(x[:, :, -40:] for x in kv[1])
+    plan = plan_of(kv)
+    assert [g.raw_rows for g in plan.groups] == [1, 1, 0, 0]
+    window = recency(np.arange(TOKENS - 40, TOKENS), TOKENS)
+    for g in plan.groups[2:]:
+        np.testing.assert_array_equal(g.token_weights, window)
+
+
+def test_reference_quantizer_takes_bins_and_no_weights():
+    config = cachegen.CodecConfig.cachegen_reference(1)  # K 16/16/12 bins, V 16/12
+    plan = plan_of(synthetic_kv(32, 20, HEADS, DIM), config)
+    keys, values = plan.groups[0::2], plan.groups[1::2]
+    assert [g.param for g in keys[9:11]] == [16.0, 16.0] and keys[20].param == 12.0
+    assert [g.param for g in values[1:3]] == [16.0, 12.0]
+    for g in plan.groups:
+        assert g.quantizer == QUANTIZERS["token-absmax"]
+        assert g.token_weights is g.channel_weights is None and g.raw_rows == 0
+
+
+def test_profile_scales_layer_steps_and_channels():
+    heads = ((1.0, 4.0),) * LAYERS  # geometric mean 2: the layer's step doubles
+    profile = cachegen.ModelProfile("test", heads, ((0.5, 0.5),) * LAYERS)
+    plan = plan_of(synthetic_kv(LAYERS, TOKENS, HEADS, DIM), profile=profile)
+    k, v = plan.groups[0], plan.groups[1]
+    assert k.param == pytest.approx(2 * LEVEL.key_param)
+    assert v.param == pytest.approx(0.5 * LEVEL.value_param)
+    np.testing.assert_allclose(k.channel_weights, np.repeat([0.5, 2.0], DIM))
+    np.testing.assert_array_equal(v.channel_weights, np.ones(HEADS * DIM, np.float32))
+
+
+def test_profile_importance_multiplies_the_recency_weights():
+    kv = synthetic_kv(LAYERS, TOKENS, HEADS, DIM)
+    row = tuple(np.linspace(-1, 1, HEADS * DIM // 2))
+    ones = ((1.0,) * HEADS,) * LAYERS
+    profile = cachegen.ModelProfile("test", ones, ones, importance=(row,) * LAYERS)
+    plan = plan_of(kv, profile=profile)
+    v = views(kv)
+    for layer in range(LAYERS):
+        importance = importance_weights(token_scores(kv, v, layer, row, 1))
+        want = np.clip(importance * recency(np.arange(TOKENS), TOKENS), 2.0**-14, 2.0**14)
+        for g in plan.groups[2 * layer : 2 * layer + 2]:
+            np.testing.assert_array_equal(g.token_weights, want.astype(np.float32))
+    assert not np.array_equal(plan.groups[0].token_weights, plan.groups[2].token_weights)
+
+
+def test_the_request_carries_the_plan():
+    kv = torch.from_numpy(synthetic_kv(LAYERS, TOKENS, HEADS, DIM))
+    plan = plan_of(kv)
+    request = plan.request(2)
+    assert (request.dtype, request.layout, request.level) == (1, 0, 10)
+    assert (request.segment_symbols, request.flags, request.threads) == (1 << 16, 1, 2)
+    for g, spec in zip(plan.groups, request.groups, strict=True):
+        view = spec.view
+        assert (view.address, view.tokens, view.heads, view.head_dim) == (
+            g.view.address,
+            TOKENS,
+            HEADS,
+            DIM,
+        )
+        assert tuple(view.strides) == g.view.strides and view.block_table == 0
+        assert (spec.quantizer, spec.param, spec.raw_rows) == (g.quantizer, np.float32(g.param), 1)
+        np.testing.assert_array_equal(spec.token_weights, g.token_weights)
+        want = [] if g.channel_weights is None else g.channel_weights
+        np.testing.assert_array_equal(spec.channel_weights, want)
+
+
+def test_quantize_runs_the_plan_that_encode_stores():
+    """The reconstruction of `quantize`'s output is what `decode` returns, sinks included."""
+    kv = synthetic_kv(LAYERS, TOKENS, HEADS, DIM)
+    out = cachegen.decode(cachegen.encode(kv, config=LEVEL, position=0))
+    groups = cachegen.quantize(kv, config=LEVEL)
+    for i, q in enumerate(groups):
+        want = out[i // 2, i % 2].reshape(TOKENS, -1).astype(np.float32)
+        np.testing.assert_array_equal(q.dequantize().astype(np.float16), want)
+        assert len(q.raw) == 1
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("dtype", 9, "unknown dtype code"),
+        ("layout", 2, "unknown layout"),
+        ("level", 256, "level out of range"),
+        ("segment_symbols", 1023, "segment_symbols"),
+        ("flags", 2, "unknown flags"),
+    ],
+)
+def test_the_core_request_refuses_bad_header_fields(field, value, match):
+    plan = plan_of(synthetic_kv(1, 8, HEADS, DIM))
+    fields = {"dtype": 1, "layout": 0, "level": 10, "segment_symbols": 1 << 16, "flags": 0}
+    groups = [g.native() for g in plan.groups]
+    with pytest.raises(ValueError, match=match):
+        _core.EncodeRequest(groups, **(fields | {field: value}))
+
+
+def test_the_core_view_and_spec_refuse_bad_codes():
+    view = plan_of(synthetic_kv(1, 8, HEADS, DIM)).groups[0].view
+    with pytest.raises(ValueError, match="unknown dtype code"):
+        _core.TensorView(view.address, 7, 8, HEADS, DIM, view.strides)
+    for quantizer in (0, 6, 257):
+        with pytest.raises(ValueError, match="unknown quantizer id"):
+            _core.GroupSpec(view.native(), quantizer, 0.5, 8)
