@@ -39,8 +39,21 @@ def test_level_plan_steps_sinks_and_recency():
         assert g.param == (LEVEL.key_param, LEVEL.value_param)[i % 2]
         assert g.raw_rows == 1  # the context's first token
         np.testing.assert_array_equal(g.token_weights, weights)
-        assert g.channel_weights is None
+        if i % 2:
+            assert g.channel_weights is None
+        else:  # keys: each RoPE pair's rms over the tokens but the sink, to the power 0.5
+            np.testing.assert_allclose(g.channel_weights, key_spread(kv[i // 2, 0]), rtol=1e-4)
     assert (plan.dtype, plan.layout, plan.level, plan.flags) == ("float16", "stacked", 10, 0)
+
+
+def key_spread(keys: np.ndarray) -> np.ndarray:
+    """`CodecConfig.key_spread` = 0.5 of keys `[tokens, heads, dim]` written out (no clipping
+    at these spreads)."""
+    x = keys[1:].astype(np.float64)
+    half = x.shape[-1] // 2
+    rms = np.sqrt((x[..., :half] ** 2 + x[..., half:] ** 2).mean(axis=0) / 2)
+    w = np.sqrt(rms) / np.exp(np.log(np.sqrt(rms)).mean())
+    return np.concatenate([w, w], axis=1).reshape(-1)
 
 
 def test_a_later_chunk_has_no_sink_and_weights_by_distance_to_the_end():
@@ -117,7 +130,8 @@ def test_the_request_carries_the_plan():
         assert tuple(view.strides) == g.view.strides and view.block_table == 0
         assert (spec.quantizer, spec.param, spec.raw_rows) == (g.quantizer, np.float32(g.param), 1)
         np.testing.assert_array_equal(spec.token_weights, g.token_weights)
-        assert spec.channel_weights == []
+        want = [] if g.channel_weights is None else g.channel_weights
+        np.testing.assert_array_equal(spec.channel_weights, want)
 
 
 def test_quantize_runs_the_plan_that_encode_stores():

@@ -3,10 +3,10 @@
 The round-trip tests compare `decode(encode(x))` with `cachegen.quantize`, the same C++ fit as
 `encode`: a wrong step size would pass them. These tests derive each token's step from the
 specification alone (key step 0.1^((level-1)/26) of the token's rms, values 3x coarser, the
-recency law, the first token verbatim, steps on the 1/8-octave grid and never so fine that
-|x| / step exceeds 127), find the step the decoder actually used from the decoded values, and
-check that it lies within the grid's rounding of the specified one and that every element's
-error is at most half of it.
+recency law, the first token verbatim, key channels scaled by the square root of their RoPE
+pair's rms, steps on the 1/8-octave grid and never so fine that |x| / step exceeds 127), find
+the step the decoder actually used from the decoded values, and check that it lies within the
+grid's rounding of the specified one and that every element's error is at most half of it.
 """
 
 from __future__ import annotations
@@ -34,6 +34,22 @@ def recency(positions: np.ndarray, context_end: int) -> np.ndarray:
     tokens after it in the context."""
     after = context_end - 1 - positions
     return np.clip(((after + 16) / 80) ** 0.75, 1 / 64, 1)
+
+
+def key_scales(keys: np.ndarray, skip: int) -> np.ndarray:
+    """Per-channel key scales `[heads * dim]` of keys `[tokens, heads, dim]`: the rms over
+    tokens (but the first `skip`) of each RoPE pair's magnitude (channels i and i + dim/2),
+    to the power 0.5, geometric mean 1, within [1/16, 16], on the step grid. Ones for odd dim."""
+    tokens, heads, dim = keys.shape
+    if dim % 2:
+        return np.ones(heads * dim)
+    x = keys[skip:] if tokens > skip else keys
+    half = dim // 2
+    mag2 = np.square(x[..., :half], dtype=np.float64) + np.square(x[..., half:], dtype=np.float64)
+    rms = np.sqrt(mag2.mean(axis=0) / 2)
+    log_w = 0.5 * np.log(np.maximum(rms, rms.max() * 1e-6 + 1e-30))
+    w = np.exp(np.clip(log_w - log_w.mean(), -np.log(16), np.log(16)))
+    return grid(np.round(GRID * np.log2(np.concatenate([w, w], axis=1)))).reshape(-1)
 
 
 def grid(code: np.ndarray) -> np.ndarray:
@@ -92,8 +108,10 @@ def check_level(kv: np.ndarray, level: int, position: int = 0, context_end: int 
     )
     fractions = spec_steps(level)
     weights = recency(np.arange(position, position + tokens), end)
+    sink = position == 0
     for g, (x, y) in enumerate(zip(layer_rows(kv), layer_rows(out), strict=True)):
-        check_group(x, y, fractions[g % 2], weights, sink=position == 0)
+        scales = key_scales(kv[g // 2, 0], int(sink)) if g % 2 == 0 else 1.0
+        check_group(x / scales, y / scales, fractions[g % 2], weights, sink)
 
 
 @pytest.mark.parametrize("level", [1, 8, cachegen.DEFAULT_LEVEL, 21, max(cachegen.LEVELS)])

@@ -23,6 +23,7 @@ from .api import (
 from .calibrate import calibrate
 from .config import DEFAULT_LEVEL, LEVELS, LOSSLESS, QUANTIZERS, CodecConfig
 from .profile import ModelProfile
+from .targets import expected_kl, level_for_kl
 
 __version__ = "0.1.0"  # the one version source: pyproject.toml reads it at build time
 
@@ -44,7 +45,9 @@ __all__ = [
     "decode",
     "encode",
     "entropy_stats",
+    "expected_kl",
     "inspect",
+    "level_for_kl",
     "paged",
     "quantize",
 ]

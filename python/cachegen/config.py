@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 # Quantizer ids as stored in the wire format (src/quant.hpp).
 QUANTIZERS: dict[str, int] = {
@@ -21,18 +23,29 @@ Schedule = float | tuple[tuple[float, float], ...]
 
 DEFAULT_LEVEL = 15
 
+#: What the level numbers mean. Stored contexts record it beside the settings of each level
+#: they hold, and reuse only chunks coded under the same ladder, so a changed ladder never
+#: silently changes what a stored level delivers. 1: levels 1-27 of per-token steps; 2: levels
+#: without a profile also scale key channels by the cache's statistics, and finer levels
+#: follow 27.
+LADDER_VERSION = 2
+#: The ladder of stored contexts that record none.
+LEGACY_LADDER_VERSION = 1
+
 #: The lossless level: the cache's own fp16/bf16/fp32 bits, entropy coded (format v4). Above the
 #: ladder, so "higher = larger, better" still orders every level; not in `LEVELS`.
 LOSSLESS = 100
 
 # Project ladder: per-token steps for keys and values as a fraction of the token's rms, values
 # three times as coarse as keys (attention scores are more sensitive to key error than outputs
-# are to value error). Key steps fall geometrically from 1 to 0.1 in 26 steps of 0.915x (~0.11
-# bits), so a quality target finds a level within a few percent of it. The ratios and exponents
+# are to value error). Key steps fall geometrically by 0.915x (~0.11 bits) a level, from 1 at
+# level 1 through 0.1 at level 27 to 0.0316 at level 40, the near-lossless end (mean KL about
+# 1e-4); finer steps would mostly meet the bound |x| / step <= 127. The ratios and exponents
 # here were chosen on text never scored; bench/results/ladder_experiments.md has the record,
-# bench/results/ladder.md the measured quality.
+# bench/results/ladder.md and ladder_models.md the measured quality.
 _VALUE_RATIO = 3.0
-_KEY_STEPS = tuple(round(0.1 ** (i / 26), 4) for i in range(27))
+_FINEST_LEVEL = 40
+_KEY_STEPS = tuple(round(0.1 ** (i / 26), 4) for i in range(_FINEST_LEVEL))
 _LEVEL_STEPS: dict[int, tuple[float, float]] = {
     n: (k, round(_VALUE_RATIO * k, 4)) for n, k in enumerate(_KEY_STEPS, start=1)
 }
@@ -42,6 +55,10 @@ _LEVEL_STEPS: dict[int, tuple[float, float]] = {
 # every channel. The last ~64 tokens are refined by the recency law (`cachegen.weights`).
 LEVEL_SINK_TOKENS = 1
 LEVEL_RECENCY = 0.75
+# Without a profile, every level scales each key channel pair's step by its rms to this power
+# (`cachegen.kvstats`): the same level then means about the same quality on models with and
+# without outlier channels.
+LEVEL_KEY_SPREAD = 0.5
 
 # CacheGen's artifact levels (bins), layer groups cut at 10/32 and 20/32 of depth for keys and
 # 2/32 for values, as LMCache's defaults for 32-layer models.
@@ -90,6 +107,8 @@ class CodecConfig:
         recency: exponent of the recency law: a token's step is scaled by
             min(1, ((d + 16) / 80) ** recency), d = tokens after it in the context ("token"
             quantizers only; 0 = off).
+        key_spread: without a profile, each key channel pair's step is scaled by its rms over
+            the cache to this power (`cachegen.kvstats`; 0 = off, "token" keys only).
         level: recorded in the blob (0 for a custom config).
     """
 
@@ -101,6 +120,7 @@ class CodecConfig:
     segment_symbols: int = 1 << 16
     sink_tokens: int = 0
     recency: float = 0.0
+    key_spread: float = 0.0
     level: int = 0
     name: str = field(default="custom", compare=False)
 
@@ -116,9 +136,11 @@ class CodecConfig:
             raise ValueError("level must be in [0, 255]")
         if self.sink_tokens < 0 or not 0.0 <= self.recency <= 2.0:
             raise ValueError("sink_tokens must be >= 0 and recency in [0, 2]")
-        weighted = self.sink_tokens > 0 or self.recency > 0
+        if not 0.0 <= self.key_spread <= 1.0:
+            raise ValueError("key_spread must be in [0, 1]")
+        weighted = self.sink_tokens > 0 or self.recency > 0 or self.key_spread > 0
         if weighted and "token" not in (self.key_quantizer, self.value_quantizer):
-            raise ValueError("sink_tokens/recency need a 'token' quantizer")
+            raise ValueError("sink_tokens/recency/key_spread need a 'token' quantizer")
 
     @classmethod
     def from_level(cls, level: int) -> CodecConfig:
@@ -137,6 +159,7 @@ class CodecConfig:
             value_param=v,
             sink_tokens=LEVEL_SINK_TOKENS,
             recency=LEVEL_RECENCY,
+            key_spread=LEVEL_KEY_SPREAD,
             level=level,
             name=f"level-{level}",
         )
@@ -169,6 +192,10 @@ class CodecConfig:
             value_param=_schedule(_V_CUTS, v),
             name=f"cachegen-ref-{level}",
         )
+
+    def to_json(self) -> dict[str, Any]:
+        """The settings as plain JSON values (what a stored context records per level)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
 
     def layer_params(
         self, layer: int, num_layers: int

@@ -57,15 +57,18 @@ def _magnitudes(group: GroupView, threads: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.float32).reshape(group.tokens, -1)
 
 
+def layer_magnitudes(kv: Any, v: KVViews, layer: int, threads: int) -> np.ndarray:
+    """`pair_magnitudes` of layer `layer`'s keys, from the views on the host."""
+    if v.device is None:
+        return _magnitudes(v.groups[2 * layer], threads)
+    return pair_magnitudes(layer_keys(kv, v.layout, layer), threads)
+
+
 def token_scores(
     kv: Any, v: KVViews, layer: int, coefficients: Sequence[float], threads: int
 ) -> np.ndarray:
     """A layer's per-token scores (predicted log attention mass + a constant)."""
-    if v.device is None:
-        mag = _magnitudes(v.groups[2 * layer], threads)
-    else:
-        mag = pair_magnitudes(layer_keys(kv, v.layout, layer), threads)
-    return mag @ np.asarray(coefficients, dtype=np.float64)
+    return layer_magnitudes(kv, v, layer, threads) @ np.asarray(coefficients, dtype=np.float64)
 
 
 def importance_weights(scores: np.ndarray) -> np.ndarray:

@@ -31,8 +31,9 @@ import numpy as np
 
 from . import _core
 from .config import QUANTIZERS, CodecConfig
-from .importance import importance_weights, token_scores
+from .importance import importance_weights, layer_magnitudes, token_scores
 from .info import FLAG_TORCH_SOURCE
+from .kvstats import key_channel_weights
 from .profile import ModelProfile
 from .tensors import DTYPE_CODES, LAYOUTS, GroupView, KVViews
 from .weights import TOKEN_WEIGHT_BOUNDS, sink_rows, token_weights
@@ -123,15 +124,28 @@ def plan_encode(
                 groups.append(GroupPlan(group, quantizer, param, config.max_tables))
                 continue
             channel_w = None
+            raw_rows = sinks(group.tokens)
             if profile is not None:
                 param *= profile.layer_weight(layer, side)
                 channel_w = _float32(profile.channel_weights(layer, side, group.head_dim))
-            raw_rows = sinks(group.tokens)
+            elif side == 0 and config.key_spread > 0:
+                channel_w = _key_spread(kv, v, layer, raw_rows, config.key_spread, threads)
             groups.append(
                 GroupPlan(group, quantizer, param, config.max_tables, token_w, channel_w, raw_rows)
             )
     flags = FLAG_TORCH_SOURCE if v.framework == "torch" else 0
     return EncodePlan(tuple(groups), v.dtype, v.layout, config.level, config.segment_symbols, flags)
+
+
+def _key_spread(
+    kv: Any, v: KVViews, layer: int, skip: int, strength: float, threads: int
+) -> np.ndarray | None:
+    """Model-free key channel weights (`cachegen.kvstats`); None for an odd head_dim."""
+    head_dim = v.groups[2 * layer].head_dim
+    if head_dim % 2:
+        return None
+    mag = layer_magnitudes(kv, v, layer, threads)
+    return _float32(key_channel_weights(mag, head_dim, skip, strength))
 
 
 def _layer_token_weights(

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 import cachegen
+from cachegen.config import LADDER_VERSION, LEGACY_LADDER_VERSION
 from cachegen.store.base import Store
 from cachegen.store.errors import ContextMissing, ObjectCorrupted, ObjectMissing
 
@@ -112,6 +113,8 @@ class Context:
     complete: bool
     #: The level ladder's measured quality, as given to `save_context` (complete contexts only).
     quality: dict[str, Any] | None = None
+    #: The ladder the chunks were coded with (`cachegen.config.LADDER_VERSION`).
+    ladder_version: int = LEGACY_LADDER_VERSION
 
     @property
     def prefix_tokens(self) -> int:
@@ -188,10 +191,11 @@ def _layer_tokens(raw: object) -> tuple[int, ...] | None:
 
 @dataclass(frozen=True)
 class _Record:
-    """A chunk record as read back: the chunk and the codec version that wrote it."""
+    """A chunk record as read back: the chunk, the codec version and the ladder that wrote it."""
 
     chunk: ChunkInfo
     codec_version: int
+    ladder_version: int = LEGACY_LADDER_VERSION
 
 
 def _read_record(key: str, raw: bytes | None, auth: Authenticator | None) -> _Record | None:
@@ -201,9 +205,10 @@ def _read_record(key: str, raw: bytes | None, auth: Authenticator | None) -> _Re
     try:
         body = unseal(key, raw, auth)
         version = body.get("codec_version", LEGACY_CODEC_VERSION)
-        if not isinstance(version, int):
+        ladder = body.get("ladder_version", LEGACY_LADDER_VERSION)
+        if not isinstance(version, int) or not isinstance(ladder, int):
             return None
-        return _Record(ChunkInfo.from_json(key, body["chunk"], auth), version)
+        return _Record(ChunkInfo.from_json(key, body["chunk"], auth), version, ladder)
     except (ObjectCorrupted, KeyError):
         return None
 
@@ -284,13 +289,23 @@ def save_context(
         **_manifest_identity(model_id, chunk_tokens, len(tokens)),
         "codec_version": version,
         "levels": levels,
+        "ladder": _ladder_record(levels),
         "created": time.time(),
         "quality": quality,
         "chunks": [c.to_json() for c in chunks],
     }
     key = manifest_key(hashes[-1])
     store.put(key, seal(key, manifest, auth))  # the commit point: last, one atomic put
-    return Context(store, model_id, version, chunk_tokens, len(tokens), chunks, True, quality)
+    n = len(tokens)
+    return Context(store, model_id, version, chunk_tokens, n, chunks, True, quality, LADDER_VERSION)
+
+
+def _ladder_record(levels: list[int]) -> dict[str, Any]:
+    """What each stored level means: the ladder's version, every level's settings and the KL
+    measured for it without a profile (`cachegen.targets`)."""
+    configs = {str(lv): cachegen.CodecConfig.from_level(lv).to_json() for lv in levels}
+    kl = {str(lv): cachegen.expected_kl(lv) for lv in levels}
+    return {"version": LADDER_VERSION, "levels": configs, "expected_kl": kl}
 
 
 @dataclass(frozen=True)
@@ -314,6 +329,8 @@ class _Chunker:
         old = record.chunk if record else None
         if old is not None and (old.stop, old.layer_tokens) != (stop, inside):
             old = None  # stored with other layer spans (another context length): replace
+        if record and record.ladder_version != LADDER_VERSION:
+            old = None  # its levels meant something else: never mixed with this ladder's
         if record and old is not None and set(self.levels) <= set(old.levels):
             # Stored by a context with this prefix: reuse it. Its record is rewritten all the
             # same, so that its age tells a concurrent `collect_garbage` it is in use.
@@ -379,7 +396,12 @@ def _write_chunk(
 ) -> None:
     store.put_many(objects)
     key = record_key(chunk.hash)
-    record = {"kind": "cachegen.chunk", "codec_version": version, "chunk": chunk.to_json()}
+    record = {
+        "kind": "cachegen.chunk",
+        "codec_version": version,
+        "ladder_version": LADDER_VERSION,
+        "chunk": chunk.to_json(),
+    }
     store.put(key, seal(key, record, auth))
 
 
@@ -435,7 +457,18 @@ def _open_chain(
                 key, f"no stored chunk starts this context of {model_id!r}"
             ) from None
         chunks = [r.chunk for r in records]
-        return Context(store, model_id, records[0].codec_version, chunk_tokens, n, chunks, False)
+        first = records[0]
+        return Context(
+            store,
+            model_id,
+            first.codec_version,
+            chunk_tokens,
+            n,
+            chunks,
+            False,
+            None,
+            first.ladder_version,
+        )
     body = unseal(key, raw, auth)
     expect = _manifest_identity(model_id, chunk_tokens, n)
     if any(body.get(k) != v for k, v in expect.items()):
@@ -446,7 +479,19 @@ def _open_chain(
     version = body.get("codec_version")
     if not isinstance(version, int):
         raise ObjectCorrupted(key, f"bad codec version {version!r}")
-    return Context(store, model_id, version, chunk_tokens, n, chunks, True, body.get("quality"))
+    quality = body.get("quality")
+    ladder = _manifest_ladder(key, body.get("ladder"))
+    return Context(store, model_id, version, chunk_tokens, n, chunks, True, quality, ladder)
+
+
+def _manifest_ladder(key: str, record: Any) -> int:
+    """The ladder version a manifest records (manifests of the first ladder record none)."""
+    if record is None:
+        return LEGACY_LADDER_VERSION
+    version = record.get("version") if isinstance(record, dict) else None
+    if not isinstance(version, int):
+        raise ObjectCorrupted(key, f"bad ladder record {record!r}")
+    return version
 
 
 def _stored_prefix(
@@ -463,6 +508,8 @@ def _stored_prefix(
             span = (i * chunk_tokens, min((i + 1) * chunk_tokens, n))
             if record is None or record.chunk.hash != hashes[i] or record.chunk.span != span:
                 return found
+            if found and record.ladder_version != found[0].ladder_version:
+                return found  # a prefix's levels mean one thing throughout
             found.append(record)
     return found
 

@@ -1,0 +1,194 @@
+"""The level ladder on several real models: does a level mean the same quality everywhere?
+
+    python bench/ladder_models.py --models smollm2,gemma3 --docs GPL-3,python:argparse \
+        --levels 1,5,10,15,20,27,34,40 --refs 1,2,3,4,5 --cont 128
+
+For every model and document: the uncompressed cache's continuation against each level's
+decoded cache (no profile) and the CacheGen reference's. Writes ladder_models.json and
+ladder_models.md: KL per level and model pooled over the documents, its spread across models,
+whether it falls monotonically with the level, and per model the bits the ladder needs at each
+KL target against the reference's bits there. Each (model, document, coding) result is kept in
+a JSON-lines file under the KV cache folder (``lib.kvquality.model.KV_CACHE``), keyed by the
+coding's full settings, so an interrupted run resumes and a rerun recomputes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import cachegen
+from ladder_report import TARGETS, reference_bits
+from lib.kvquality import Result, evaluate, load_document, load_model, pool, prepare
+from lib.kvquality.methods import codec_method
+from lib.kvquality.model import KV_CACHE
+from lib.kvquality.report import run_info
+
+RESULTS = Path(__file__).resolve().parent / "results"
+STORE = KV_CACHE / "ladder_models.jsonl"
+
+
+def codings(levels: list[int], flat: list[int], refs: list[int]) -> dict[str, cachegen.CodecConfig]:
+    """Method key -> settings: `cgN` ladder levels, `flatN` the same without the key spread
+    (ladder version 1's levels), `refN` the CacheGen reference."""
+    out = {f"cg{lv}": cachegen.CodecConfig.from_level(lv) for lv in levels}
+    plain = (cachegen.CodecConfig.from_level(lv) for lv in flat)
+    out |= {f"flat{c.level}": dataclasses.replace(c, key_spread=0.0) for c in plain}
+    out |= {f"ref{r}": cachegen.CodecConfig.cachegen_reference(r) for r in refs}
+    return out
+
+
+def cache_key(model: str, doc: str, prefix: int, cont: int, config: cachegen.CodecConfig) -> str:
+    settings = json.dumps(config.to_json(), sort_keys=True)
+    return f"{model}|{doc}|{prefix}|{cont}|{cachegen.FORMAT_VERSION}|{settings}"
+
+
+def stored_results() -> dict[str, dict]:
+    if not STORE.exists():
+        return {}
+    rows = (json.loads(line) for line in STORE.read_text().splitlines() if line.strip())
+    return {r["key"]: r["result"] for r in rows}
+
+
+def run(models: list[str], docs: list[str], todo: dict, prefix: int, cont: int) -> list[dict]:
+    """Every (model, document, coding) result as a dict with a `model` field."""
+    done = stored_results()
+    out = []
+    for name in docs:  # every model on a document before the next document
+        for model in models:
+            keys = {m: cache_key(model, name, prefix, cont, c) for m, c in todo.items()}
+            missing = [m for m in todo if keys[m] not in done]
+            if missing:
+                lm = load_model(model)
+                case = prepare(lm, load_document(name), prefix, cont)
+                for m in missing:
+                    r = evaluate(lm, case, codec_method(m, m, config=todo[m]))
+                    done[keys[m]] = dataclasses.asdict(r)
+                    with STORE.open("a") as f:
+                        f.write(json.dumps({"key": keys[m], "result": done[keys[m]]}) + "\n")
+                    print(
+                        f"{model} {name} {m}: {r.bits_per_element:.3f} b/e KL {r.kl_mean:.2e}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                del case
+            out += [{"model": model, **done[keys[m]]} for m in todo]
+    return out
+
+
+def pooled(rows: list[dict]) -> dict[str, dict[str, Result]]:
+    """model -> method -> result pooled over documents."""
+    by_model: dict[str, list[Result]] = defaultdict(list)
+    for r in rows:
+        by_model[r["model"]].append(Result(**{k: v for k, v in r.items() if k != "model"}))
+    return {m: {r.method: r for r in pool(rs)} for m, rs in by_model.items()}
+
+
+def level_table(p: dict[str, dict[str, Result]], levels: list[int], prefix: str) -> list[str]:
+    models = list(p)
+    head = "| level | " + " | ".join(f"{m} bits/elt | {m} KL" for m in models)
+    lines = [head + " | KL max/min across models |", "|---" * (2 * len(models) + 2) + "|"]
+    for lv in levels:
+        rs = [p[m][f"{prefix}{lv}"] for m in models]
+        kls = [r.kl_mean for r in rs]
+        cells = " | ".join(f"{r.bits_per_element:.3f} | {r.kl_mean:.2e}" for r in rs)
+        lines.append(f"| {lv} | {cells} | {max(kls) / min(kls):.2f} |")
+    return lines
+
+
+def monotone(p: dict[str, dict[str, Result]], levels: list[int]) -> list[str]:
+    out = []
+    for m, rs in p.items():
+        kls = [rs[f"cg{lv}"].kl_mean for lv in levels]
+        steps = zip(levels, levels[1:], kls, kls[1:], strict=False)
+        bad = [(a, b) for a, b, x, y in steps if y > x]
+        out.append(f"- {m}: " + ("monotone" if not bad else f"NOT monotone at {bad}"))
+    return out
+
+
+def curve(rs: dict[str, Result], keys: list[str]) -> list[tuple[float, float]]:
+    return sorted((rs[k].bits_per_element, rs[k].kl_mean) for k in keys)
+
+
+def bits(b: float | None) -> str:
+    return f"{b:.3f}" if b else "out of range"
+
+
+def ratio_table(
+    p: dict[str, dict[str, Result]], levels: list[int], flat_levels: list[int], refs: list[int]
+) -> list[str]:
+    """Bits at each KL target (log-KL interpolation between measured points) of the ladder,
+    of version 1's flat levels and of the reference, and the ratios to the reference."""
+    lines = [
+        "| model | KL target | ladder bits/elt | flat (v1) bits/elt | reference bits/elt "
+        "| ladder / reference | flat / reference |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m, rs in p.items():
+        ours = curve(rs, [f"cg{lv}" for lv in levels])
+        flat = curve(rs, [f"flat{lv}" for lv in flat_levels])
+        ref = curve(rs, [f"ref{r}" for r in refs])
+        for t in TARGETS:
+            ob, fb, rb = (reference_bits(c, t) for c in (ours, flat, ref))
+            r1 = f"{ob / rb:.3f}" if ob and rb else "n/a"
+            r2 = f"{fb / rb:.3f}" if fb and rb else "n/a"
+            lines.append(f"| {m} | {t} | {bits(ob)} | {bits(fb)} | {bits(rb)} | {r1} | {r2} |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--models", default="smollm2,gemma3")
+    ap.add_argument("--docs", default="GPL-3,python:argparse")
+    ap.add_argument("--levels", default="1,5,10,15,20,27,34,40")
+    ap.add_argument("--flat", default="5,15,27,40", help="levels also run without key spread")
+    ap.add_argument("--refs", default="1,3,5")
+    ap.add_argument("--prefix", type=int, default=1536)
+    ap.add_argument("--cont", type=int, default=128)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    a = ap.parse_args()
+    levels = [int(x) for x in a.levels.split(",")]
+    refs = [int(x) for x in a.refs.split(",") if x]
+    models, docs = a.models.split(","), a.docs.split(",")
+    info = run_info(", ".join(models), a.prefix, a.cont)
+    flat = [int(x) for x in a.flat.split(",") if x]
+    rows = run(models, docs, codings(levels, flat, refs), a.prefix, a.cont)
+    p = pooled(rows)
+    (a.out / "ladder_models.json").write_text(json.dumps({"run": info, "rows": rows}, indent=1))
+    md = [
+        "# The ladder on several models (no profile)",
+        "",
+        f"Models {', '.join(models)}; documents {', '.join(docs)} (never tuned on); "
+        f"{a.prefix}-token prefix, {a.cont} scored continuation tokens; ladder version "
+        f"{cachegen.config.LADDER_VERSION}. {info['cpu']}, {info['cpus']} cores shared, "
+        f"commit {info['commit'][:12]}, {info['date']}. Reproduce: `python bench/ladder_models.py "
+        f"--models {a.models} --docs {a.docs} --levels {a.levels} --flat {a.flat} "
+        f"--refs {a.refs} "
+        f"--cont {a.cont}`.",
+        "",
+        "## Mean KL per level, pooled over the documents",
+        "",
+        *level_table(p, levels, "cg"),
+        "",
+        "## The same levels without the key spread (ladder version 1)",
+        "",
+        *level_table(p, flat, "flat"),
+        "",
+        "## KL falls with the level (pooled)",
+        "",
+        *monotone(p, levels),
+        "",
+        "## Bits at the issue's KL targets against the CacheGen reference",
+        "",
+        *ratio_table(p, levels, flat, refs),
+    ]
+    (a.out / "ladder_models.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

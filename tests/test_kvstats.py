@@ -1,0 +1,64 @@
+"""Model-free key spread: key channel weights read from the cache itself."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import cachegen
+from cachegen.importance import pair_magnitudes
+from cachegen.kvstats import SPREAD_BOUND, key_channel_weights
+
+
+def keys_with_outlier(tokens: int = 200, heads: int = 2, dim: int = 16) -> np.ndarray:
+    """[tokens, heads, dim] keys whose RoPE pair 3 of head 0 is 30x the others."""
+    k = np.random.default_rng(1).standard_normal((tokens, heads, dim)).astype(np.float32)
+    k[:, 0, [3, 3 + dim // 2]] *= 30
+    return k
+
+
+def test_weights_follow_the_pair_rms_to_the_strength() -> None:
+    k = keys_with_outlier()
+    w = key_channel_weights(pair_magnitudes(k), 16, skip=1, strength=0.5)
+    assert w.shape == (32,)
+    assert np.exp(np.log(w).mean()) == pytest.approx(1.0, rel=1e-5)
+    assert w[3] == w[11] and w[3] / np.median(w) == pytest.approx(np.sqrt(30), rel=0.15)
+    ones = key_channel_weights(pair_magnitudes(k), 16, skip=1, strength=0.0)
+    np.testing.assert_array_equal(ones, 1.0)
+
+
+def test_weights_are_bounded_and_skip_the_sink() -> None:
+    k = keys_with_outlier()
+    k[0] *= 1e6  # a sink unlike every other token must not set the weights
+    k[:, 1, 5] = k[:, 1, 13] = 0.0  # an all-zero pair
+    w = key_channel_weights(pair_magnitudes(k), 16, skip=1, strength=1.0)
+    assert np.all((1 / SPREAD_BOUND <= w) & (w <= SPREAD_BOUND))
+    k[0] /= 1e6
+    again = key_channel_weights(pair_magnitudes(k), 16, skip=1, strength=1.0)
+    np.testing.assert_allclose(w, again, rtol=1e-5)
+
+
+def test_levels_code_ordinary_channels_finer_beside_an_outlier() -> None:
+    k = keys_with_outlier()
+    kv = np.stack([k, k * 0.5], axis=0)[None]  # [1 layer, K/V, tokens, heads, dim]
+    level = cachegen.CodecConfig.from_level(15)
+    flat = dataclasses.replace(level, key_spread=0.0)
+    normal = np.ones(32, dtype=bool)
+    normal[[3, 11]] = False
+
+    def key_error(config: cachegen.CodecConfig) -> float:
+        out = cachegen.decode(cachegen.encode(kv, config=config))
+        err = (out[0, 0, 1:] - kv[0, 0, 1:]).reshape(len(k) - 1, -1)[:, normal]
+        return float(np.sqrt(np.mean(err**2)))
+
+    assert level.key_spread > 0
+    assert key_error(level) < 0.5 * key_error(flat)
+
+
+def test_key_spread_is_checked() -> None:
+    with pytest.raises(ValueError, match="key_spread"):
+        cachegen.CodecConfig(key_spread=1.5)
+    with pytest.raises(ValueError, match="key_spread"):
+        cachegen.CodecConfig(key_quantizer="layer", value_quantizer="layer", key_spread=0.5)
