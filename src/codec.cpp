@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <numeric>
 #include <string>
+#include <tuple>
 
 #include "parallel.hpp"
 #include "segment.hpp"
@@ -95,50 +97,59 @@ EncodedGroup encode_group(const GroupSpec& s, uint32_t segment_symbols, CpuPath 
   return e;
 }
 
-// Decoder tables of one group, built per thread on first use and kept while the thread's
-// segments stay in that group (segments of a group are adjacent). One per thread, living across
-// calls so its memory is reused; `call` tells calls apart.
+// Decoder tables of a layer's K and V groups, built per thread on first use and kept while the
+// thread's segments stay in that layer (decode_into hands out a layer's K and V segments
+// interleaved). One per thread, living across calls so its memory is reused; `call` tells
+// calls apart.
 class LutCache {
  public:
   const DecodeTables& get(const ParsedBlob& blob, uint64_t call, uint32_t group) {
-    if (call == call_ && group == group_) return tables_;
+    Slot& s = slots_[group % 2];
+    if (call == s.call && group == s.group) return s.tables;
     const TableSet& ts = blob.groups[group].tables;
-    luts_.resize(ts.tables.size() * rans::kProbScale);
+    s.luts.resize(ts.tables.size() * rans::kProbScale);
     for (size_t t = 0; t < ts.tables.size(); ++t)
-      fill_decoder_lut(ts.tables[t], luts_.data() + t * rans::kProbScale);
-    fill_channel_offsets(ts.channel_table, offsets_);
-    tables_ = {luts_.data(), offsets_.data(), (uint32_t)ts.channel_table.size()};
-    call_ = call;
-    group_ = group;
-    return tables_;
+      fill_decoder_lut(ts.tables[t], s.luts.data() + t * rans::kProbScale);
+    fill_channel_offsets(ts.channel_table, s.offsets);
+    s.tables = {s.luts.data(), s.offsets.data(), (uint32_t)ts.channel_table.size()};
+    s.call = call;
+    s.group = group;
+    return s.tables;
   }
 
  private:
-  uint64_t call_ = 0;
-  uint32_t group_ = 0;
-  std::vector<uint32_t> luts_, offsets_;
-  DecodeTables tables_;
+  struct Slot {
+    uint64_t call = 0;
+    uint32_t group = 0;
+    std::vector<uint32_t> luts, offsets;
+    DecodeTables tables;
+  };
+  Slot slots_[2];
 };
 
-// A group's fp32 parameters, expanded per thread on first use like LutCache: decode memory is the
-// output plus a group's parameters per thread, not every group's parameters at once.
+// A layer's K and V groups' fp32 parameters, expanded per thread on first use like LutCache:
+// decode memory is the output plus two groups' parameters per thread, not every group's at once.
 class ParamCache {
  public:
   const DequantParams& get(const ParsedBlob& blob, uint64_t call, uint32_t group) {
-    if (call != call_ || group != group_) {
+    Slot& s = slots_[group % 2];
+    if (call != s.call || group != s.group) {
       const GroupDesc& d = blob.groups[group].desc;
-      params_ = {};  // the previous group's memory goes before the next one's is taken
-      params_ = expand_params(blob.groups[group].quant, d.tokens, d.channels());
-      call_ = call;
-      group_ = group;
+      s.params = {};  // the previous group's memory goes before the next one's is taken
+      s.params = expand_params(blob.groups[group].quant, d.tokens, d.channels());
+      s.call = call;
+      s.group = group;
     }
-    return params_;
+    return s.params;
   }
 
  private:
-  uint64_t call_ = 0;
-  uint32_t group_ = 0;
-  DequantParams params_;
+  struct Slot {
+    uint64_t call = 0;
+    uint32_t group = 0;
+    DequantParams params;
+  };
+  Slot slots_[2];
 };
 
 void check_outputs(const ParsedBlob& blob, const std::vector<TensorView>& outs) {
@@ -171,15 +182,17 @@ const int8_t* segment_symbols(const ParsedBlob& blob, const uint8_t* data, uint6
   return scratch.data();
 }
 
-void dequantize_store(CpuPath path, const int8_t* sym, float a, const DequantParams& p, uint32_t n,
-                      DType dtype, void* dst) {
+// Channels [c, c + n) of one row reconstructed and converted into dst.
+void dequantize_store(CpuPath path, const int8_t* sym, float a, const DequantParams& p, uint32_t c,
+                      uint32_t n, DType dtype, void* dst) {
+  const float *b = p.b.data() + c, *o = p.o.data() + c;
   switch (path) {
     case CpuPath::Avx512:
-      return dequantize_row_avx512(sym, a, p.b.data(), p.o.data(), n, dtype, dst);
+      return dequantize_row_avx512(sym + c, a, b, o, n, dtype, dst);
     case CpuPath::Avx2:
-      return dequantize_row_avx2(sym, a, p.b.data(), p.o.data(), n, dtype, dst);
+      return dequantize_row_avx2(sym + c, a, b, o, n, dtype, dst);
     case CpuPath::Scalar:
-      return dequantize_store_row(sym, a, p.b.data(), p.o.data(), n, dtype, dst);
+      return dequantize_store_row(sym + c, a, b, o, n, dtype, dst);
   }
 }
 
@@ -187,29 +200,51 @@ void dequantize_store(CpuPath path, const int8_t* sym, float a, const DequantPar
 // reconstructed and written out.
 constexpr uint32_t kTileSymbols = 1u << 13;
 
+// Where the fused decode writes a reconstructed row: whole (dense rows), head by head (each
+// head's dims contiguous: FlashAttention pages), or into a staging tile placed afterwards
+// (the vLLM CPU backend's transposed key pages, element-strided views).
+enum class Placement { Rows, Heads, Staged };
+
+Placement placement_of(const TensorView& v) {
+  if (v.dense_rows()) return Placement::Rows;
+  return v.s_dim == 1 && v.s_token != 1 ? Placement::Heads : Placement::Staged;
+}
+
 // A quantized segment decoded a tile of rows at a time, each tile's rows reconstructed and
-// converted straight into a dense-row output. Rows of a corrupt segment may be written before
-// the stream's end reports it.
+// converted in the output's dtype straight into the output where its heads' dims are
+// contiguous, else into a staging tile that is then placed. Rows of a corrupt segment may be
+// written before the stream's end reports it.
 void decode_fused(const ParsedBlob& blob, const uint8_t* data, uint64_t call, CpuPath path,
                   const Segment& s, const DequantParams& p, const TensorView& v) {
   thread_local std::vector<int8_t> tile;
+  thread_local std::vector<uint8_t> staged;
   const DecodeTables& t = lut_cache().get(blob, call, s.group);
   const uint32_t C = t.channels, rows = std::clamp<uint32_t>(kTileSymbols / C, 1, s.token_count);
   tile.resize((size_t)rows * C);
-  const size_t elem = dtype_size(v.dtype);
+  const size_t elem = dtype_size(v.dtype), row_bytes = C * elem;
+  const Placement placement = placement_of(v);
+  if (placement == Placement::Staged) staged.resize(rows * row_bytes);
   RansCursor r(data + s.offset, s.bytes);
   for (uint32_t k0 = 0; k0 < s.token_count; k0 += rows) {
-    const uint32_t n = std::min(rows, s.token_count - k0);
+    const uint32_t n = std::min(rows, s.token_count - k0), t0 = s.token_begin + k0;
     decode_symbols(path, r, t, (size_t)n * C, tile.data());
-    for (uint32_t k = 0; k < n; ++k) {
-      const uint32_t token = s.token_begin + k0 + k;
-      if (token < p.raw_rows) {
-        store_row(v, token, p.raw.data() + (size_t)token * C);
+    // Raw rows (the sink) are the group's first tokens, so a tile's are a prefix of it.
+    const uint32_t raw = p.raw_rows > t0 ? std::min(n, p.raw_rows - t0) : 0;
+    for (uint32_t k = 0; k < raw; ++k) store_row(v, t0 + k, p.raw.data() + (size_t)(t0 + k) * C);
+    for (uint32_t k = raw; k < n; ++k) {
+      const int8_t* sym = tile.data() + (size_t)k * C;
+      uint8_t* row = static_cast<uint8_t*>(v.data) + v.token_offset(t0 + k) * (int64_t)elem;
+      if (placement == Placement::Heads) {
+        for (uint32_t h = 0; h < v.heads; ++h)
+          dequantize_store(path, sym, p.a[t0 + k], p, h * v.head_dim, v.head_dim, v.dtype,
+                           row + h * v.s_head * (int64_t)elem);
         continue;
       }
-      uint8_t* dst = static_cast<uint8_t*>(v.data) + v.token_offset(token) * (int64_t)elem;
-      dequantize_store(path, tile.data() + (size_t)k * C, p.a[token], p, C, v.dtype, dst);
+      uint8_t* dst = placement == Placement::Rows ? row : staged.data() + (k - raw) * row_bytes;
+      dequantize_store(path, sym, p.a[t0 + k], p, 0, C, v.dtype, dst);
     }
+    if (placement == Placement::Staged && n > raw)
+      store_native_rows(v, t0 + raw, n - raw, staged.data());
   }
   r.finish();
 }
@@ -221,10 +256,9 @@ void decode_segment_into(const ParsedBlob& blob, const uint8_t* data,
   thread_local ParamCache params;
   const GroupDesc& d = blob.groups[s.group].desc;
   const uint32_t C = d.channels(), W = d.symbols_per_token();
-  // The vector paths fuse decode, dequantization and conversion where rows are dense; the
-  // scalar path keeps the separate passes it has always had.
-  const bool fused =
-      path != CpuPath::Scalar && d.quantizer != Quantizer::Lossless && outs[s.group].dense_rows();
+  // The vector paths fuse decode, dequantization and conversion; the scalar path keeps the
+  // separate passes it has always had.
+  const bool fused = path != CpuPath::Scalar && d.quantizer != Quantizer::Lossless;
   if (fused)
     return decode_fused(blob, data, call, path, s, params.get(blob, call, s.group), outs[s.group]);
   const int8_t* sym = segment_symbols(blob, data, call, path, s);
@@ -327,13 +361,22 @@ void decode_into(const ParsedBlob& blob, const uint8_t* data, const std::vector<
   check_outputs(blob, outs);
   const uint64_t call = ++g_calls;
   const CpuPath path = cpu_path();
-  // Segments go out in runs of adjacent ones, so a thread mostly stays in one group and builds
-  // its decoder tables and parameters once, not once per segment it happens to get.
-  const size_t n = blob.segments.size();
+  // A layer's K and V segments of the same tokens go out one after the other: outputs that
+  // interleave K and V in a row (FlashAttention and vLLM CPU pages) then have each cache line
+  // written twice while it is still in cache. In runs of adjacent ones, so a thread mostly stays
+  // in one layer and builds its decoder tables and parameters once, not once per segment.
+  std::vector<uint32_t> order(blob.segments.size());
+  std::iota(order.begin(), order.end(), 0u);
+  std::stable_sort(order.begin(), order.end(), [&](uint32_t x, uint32_t y) {
+    const Segment &a = blob.segments[x], &b = blob.segments[y];
+    return std::tuple(a.group / 2, a.token_begin, a.group) <
+           std::tuple(b.group / 2, b.token_begin, b.group);
+  });
+  const size_t n = order.size();
   const size_t run = std::max<size_t>(1, n / ((size_t)resolve_threads(threads) * 8));
   parallel_for((n + run - 1) / run, threads, [&](size_t r) {
     for (size_t i = r * run; i < std::min(n, (r + 1) * run); ++i)
-      decode_segment_into(blob, data, outs, call, path, blob.segments[i]);
+      decode_segment_into(blob, data, outs, call, path, blob.segments[order[i]]);
   });
 }
 

@@ -175,32 +175,23 @@ void transpose_rows(const T* tile, uint32_t C, uint32_t m, const TensorView& v, 
     }
 }
 
-// Token-adjacent views: the tile is converted in one pass, then transposed into each block's
-// token run.
-template <typename T, typename Store>
-void store_columns(const TensorView& v, uint32_t token, uint32_t n, const float* rows,
-                   Store store) {
-  thread_local std::vector<T> dense;
+// Places n rows already in the view's element type ([n, C], dense) into a view whose rows are
+// not dense: token-adjacent views (s_token == 1) a block's token run at a time through the
+// transpose, others run by run (per head, or per element).
+template <typename T>
+void place_rows(const TensorView& v, uint32_t token, uint32_t n, const T* dense) {
   const uint32_t C = v.channels(), end = token + n;
-  dense.resize((size_t)n * C);
-  store(dense.data(), rows, n * C);
-  for (uint32_t a = token; a < end;) {
-    const uint32_t b = v.block_table ? std::min(end, (a / v.block_size + 1) * v.block_size) : end;
-    T* base = static_cast<T*>(v.data) + v.token_offset(a);
-    transpose_rows(dense.data() + (size_t)(a - token) * C, C, b - a, v, base);
-    a = b;
+  if (v.s_token == 1) {
+    for (uint32_t a = token; a < end;) {
+      const uint32_t b = v.block_table ? std::min(end, (a / v.block_size + 1) * v.block_size) : end;
+      T* base = static_cast<T*>(v.data) + v.token_offset(a);
+      transpose_rows(dense + (size_t)(a - token) * C, C, b - a, v, base);
+      a = b;
+    }
+    return;
   }
-}
-
-// Rows split into runs (per head): the tile is converted in one pass, then copied run by run.
-template <typename T, typename Store>
-void store_runs(const TensorView& v, uint32_t token, uint32_t n, const float* rows, Store store) {
-  thread_local std::vector<T> dense;
-  const uint32_t C = v.channels();
-  dense.resize((size_t)n * C);
-  store(dense.data(), rows, n * C);
   for (uint32_t k = 0; k < n; ++k)
-    for_runs<T>(v, token + k, dense.data() + (size_t)k * C,
+    for_runs<T>(v, token + k, dense + (size_t)k * C,
                 [](T* t, const T* r, uint32_t m) { std::memcpy(t, r, m * sizeof(T)); });
 }
 
@@ -211,12 +202,19 @@ void store_rows(const TensorView& v, uint32_t token, uint32_t n, const float* ro
     for (uint32_t k = 0; k < n; ++k) store_row(v, token + k, rows + (size_t)k * v.channels());
     return;
   }
+  // The tile is converted in one pass, then placed.
   with_store(v.dtype, [&](auto t, auto store) {
-    if (v.s_token == 1)
-      store_columns<decltype(t)>(v, token, n, rows, store);
-    else
-      store_runs<decltype(t)>(v, token, n, rows, store);
+    using T = decltype(t);
+    thread_local std::vector<T> dense;
+    dense.resize((size_t)n * v.channels());
+    store(dense.data(), rows, n * v.channels());
+    place_rows(v, token, n, dense.data());
   });
+}
+
+void store_native_rows(const TensorView& v, uint32_t token, uint32_t n, const void* rows) {
+  if (dtype_size(v.dtype) == 2) return place_rows(v, token, n, static_cast<const uint16_t*>(rows));
+  place_rows(v, token, n, static_cast<const float*>(rows));
 }
 
 // A row's raw bits, element type T (the dtype's width), through for_runs.

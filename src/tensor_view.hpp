@@ -49,6 +49,9 @@ void store_row(const TensorView& v, uint32_t token, const float* row);
 // n consecutive tokens' rows ([n, channels] fp32); views whose tokens are adjacent in memory
 // (the vLLM CPU backend's keys) are written a channel at a time.
 void store_rows(const TensorView& v, uint32_t token, uint32_t n, const float* rows);
+// n consecutive tokens' rows already in the view's dtype ([n, channels], dense), into a view
+// whose rows are not dense (paged heads, transposed key pages).
+void store_native_rows(const TensorView& v, uint32_t token, uint32_t n, const void* rows);
 
 // A row's raw bits in the view's own dtype: channels() elements of dtype_size bytes.
 void load_bits(const TensorView& v, uint32_t token, uint8_t* bits);
