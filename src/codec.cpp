@@ -182,17 +182,19 @@ const int8_t* segment_symbols(const ParsedBlob& blob, const uint8_t* data, uint6
   return scratch.data();
 }
 
-// Channels [c, c + n) of one row reconstructed and converted into dst.
-void dequantize_store(CpuPath path, const int8_t* sym, float a, const DequantParams& p, uint32_t c,
-                      uint32_t n, DType dtype, void* dst) {
-  const float *b = p.b.data() + c, *o = p.o.data() + c;
+// One row reconstructed and converted into dst, laid out as `runs`.
+void dequantize_store(CpuPath path, const int8_t* sym, float a, const DequantParams& p,
+                      RowRuns runs, DType dtype, void* dst) {
+  const float *b = p.b.data(), *o = p.o.data();
   switch (path) {
     case CpuPath::Avx512:
-      return dequantize_row_avx512(sym + c, a, b, o, n, dtype, dst);
+      return dequantize_row_avx512(sym, a, b, o, runs, dtype, dst);
     case CpuPath::Avx2:
-      return dequantize_row_avx2(sym + c, a, b, o, n, dtype, dst);
+      return dequantize_row_avx2(sym, a, b, o, runs, dtype, dst);
     case CpuPath::Scalar:
-      return dequantize_store_row(sym + c, a, b, o, n, dtype, dst);
+      for (uint32_t r = 0, c = 0; r < runs.count; ++r, c += runs.length)
+        dequantize_store_row(sym + c, a, b + c, o + c, runs.length, dtype,
+                             static_cast<uint8_t*>(dst) + r * runs.stride);
   }
 }
 
@@ -224,6 +226,9 @@ void decode_fused(const ParsedBlob& blob, const uint8_t* data, uint64_t call, Cp
   const size_t elem = dtype_size(v.dtype), row_bytes = C * elem;
   const Placement placement = placement_of(v);
   if (placement == Placement::Staged) staged.resize(rows * row_bytes);
+  const RowRuns runs = placement == Placement::Heads
+                           ? RowRuns{v.heads, v.head_dim, v.s_head * (int64_t)elem}
+                           : RowRuns{1, C, 0};
   RansCursor r(data + s.offset, s.bytes);
   for (uint32_t k0 = 0; k0 < s.token_count; k0 += rows) {
     const uint32_t n = std::min(rows, s.token_count - k0), t0 = s.token_begin + k0;
@@ -234,14 +239,8 @@ void decode_fused(const ParsedBlob& blob, const uint8_t* data, uint64_t call, Cp
     for (uint32_t k = raw; k < n; ++k) {
       const int8_t* sym = tile.data() + (size_t)k * C;
       uint8_t* row = static_cast<uint8_t*>(v.data) + v.token_offset(t0 + k) * (int64_t)elem;
-      if (placement == Placement::Heads) {
-        for (uint32_t h = 0; h < v.heads; ++h)
-          dequantize_store(path, sym, p.a[t0 + k], p, h * v.head_dim, v.head_dim, v.dtype,
-                           row + h * v.s_head * (int64_t)elem);
-        continue;
-      }
-      uint8_t* dst = placement == Placement::Rows ? row : staged.data() + (k - raw) * row_bytes;
-      dequantize_store(path, sym, p.a[t0 + k], p, 0, C, v.dtype, dst);
+      uint8_t* dst = placement == Placement::Staged ? staged.data() + (k - raw) * row_bytes : row;
+      dequantize_store(path, sym, p.a[t0 + k], p, runs, v.dtype, dst);
     }
     if (placement == Placement::Staged && n > raw)
       store_native_rows(v, t0 + raw, n - raw, staged.data());

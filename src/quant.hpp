@@ -252,9 +252,16 @@ void dequantize_row(const int8_t* symbols, const DequantParams& p, uint32_t toke
 // versions (src/simd/) fuse the two in registers; they need a CPU with AVX2 / AVX-512.
 void dequantize_store_row(const int8_t* symbols, float a, const float* b, const float* o,
                           uint32_t n, DType dtype, void* dst);
-void dequantize_row_avx2(const int8_t* symbols, float a, const float* b, const float* o, uint32_t n,
-                         DType dtype, void* dst);
+// A row stored as `count` runs of `length` adjacent elements, run r at dst + r * stride bytes
+// (one run for a dense row; one per head where heads are strided, as in paged caches).
+struct RowRuns {
+  uint32_t count = 1;
+  uint32_t length = 0;
+  int64_t stride = 0;
+};
+void dequantize_row_avx2(const int8_t* symbols, float a, const float* b, const float* o,
+                         RowRuns runs, DType dtype, void* dst);
 void dequantize_row_avx512(const int8_t* symbols, float a, const float* b, const float* o,
-                           uint32_t n, DType dtype, void* dst);
+                           RowRuns runs, DType dtype, void* dst);
 
 }  // namespace cachegen

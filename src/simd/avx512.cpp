@@ -101,8 +101,9 @@ CG_AVX512 void dequantize_row_avx512_impl(const int8_t* sym, float a, const floa
         _mm512_storeu_ps(d + i, dequant16(sym + i, va, b + i, o + i));
       break;
   }
-  dequantize_store_row(sym + i, a, b + i, o + i, n - i, dtype,
-                       (uint8_t*)dst + (size_t)i * dtype_size(dtype));
+  if (i < n)
+    dequantize_store_row(sym + i, a, b + i, o + i, n - i, dtype,
+                         (uint8_t*)dst + (size_t)i * dtype_size(dtype));
 }
 
 // q = x / freq and r = x % freq for 16 lanes with x < freq << 20 (so q < 2^20): x times a
@@ -174,9 +175,11 @@ void decode_avx512(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) 
   decode_scalar(r, t, n - head - done, out + head + done);
 }
 
-void dequantize_row_avx512(const int8_t* sym, float a, const float* b, const float* o, uint32_t n,
+void dequantize_row_avx512(const int8_t* sym, float a, const float* b, const float* o, RowRuns runs,
                            DType dtype, void* dst) {
-  dequantize_row_avx512_impl(sym, a, b, o, n, dtype, dst);
+  for (uint32_t r = 0, c = 0; r < runs.count; ++r, c += runs.length)
+    dequantize_row_avx512_impl(sym + c, a, b + c, o + c, runs.length, dtype,
+                               static_cast<uint8_t*>(dst) + r * runs.stride);
 }
 
 uint16_t* encode_avx512(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
@@ -194,9 +197,11 @@ namespace cachegen {
 void decode_avx512(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
   decode_scalar(r, t, n, out);
 }
-void dequantize_row_avx512(const int8_t* sym, float a, const float* b, const float* o, uint32_t n,
+void dequantize_row_avx512(const int8_t* sym, float a, const float* b, const float* o, RowRuns runs,
                            DType dtype, void* dst) {
-  dequantize_store_row(sym, a, b, o, n, dtype, dst);
+  for (uint32_t r = 0, c = 0; r < runs.count; ++r, c += runs.length)
+    dequantize_store_row(sym + c, a, b + c, o + c, runs.length, dtype,
+                         static_cast<uint8_t*>(dst) + r * runs.stride);
 }
 uint16_t* encode_avx512(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
                         uint16_t* top) {

@@ -388,9 +388,11 @@ void dequantize_rows_match_scalar() {
         }
         for (CpuPath path : available_cpu_paths()) {
           if (path == CpuPath::Avx2)
-            dequantize_row_avx2(sym.data(), a, b.data(), o.data(), n, dt, got.data());
+            dequantize_row_avx2(sym.data(), a, b.data(), o.data(), RowRuns{1, n, 0}, dt,
+                                got.data());
           else if (path == CpuPath::Avx512)
-            dequantize_row_avx512(sym.data(), a, b.data(), o.data(), n, dt, got.data());
+            dequantize_row_avx512(sym.data(), a, b.data(), o.data(), RowRuns{1, n, 0}, dt,
+                                  got.data());
           else
             continue;
           CHECK(got == want);
