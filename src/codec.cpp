@@ -192,9 +192,9 @@ void dequantize_store(CpuPath path, const int8_t* sym, float a, const DequantPar
     case CpuPath::Avx2:
       return dequantize_row_avx2(sym, a, b, o, runs, dtype, dst);
     case CpuPath::Scalar:
-      for (uint32_t r = 0, c = 0; r < runs.count; ++r, c += runs.length)
-        dequantize_store_row(sym + c, a, b + c, o + c, runs.length, dtype,
-                             static_cast<uint8_t*>(dst) + r * runs.stride);
+      for_each_run(runs, dst, [&](uint32_t c, uint8_t* d) {
+        dequantize_store_row(sym + c, a, b + c, o + c, runs.length, dtype, d);
+      });
   }
 }
 

@@ -259,6 +259,12 @@ struct RowRuns {
   uint32_t length = 0;
   int64_t stride = 0;
 };
+// Calls store(first channel, dst of the run) for each run of a row laid out as `runs`.
+template <typename Store>
+void for_each_run(RowRuns runs, void* dst, Store&& store) {
+  for (uint32_t r = 0; r < runs.count; ++r)
+    store(r * runs.length, static_cast<uint8_t*>(dst) + r * runs.stride);
+}
 void dequantize_row_avx2(const int8_t* symbols, float a, const float* b, const float* o,
                          RowRuns runs, DType dtype, void* dst);
 void dequantize_row_avx512(const int8_t* symbols, float a, const float* b, const float* o,

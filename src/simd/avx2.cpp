@@ -246,9 +246,9 @@ void decode_avx2(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
 
 void dequantize_row_avx2(const int8_t* sym, float a, const float* b, const float* o, RowRuns runs,
                          DType dtype, void* dst) {
-  for (uint32_t r = 0, c = 0; r < runs.count; ++r, c += runs.length)
-    dequantize_row_avx2_impl(sym + c, a, b + c, o + c, runs.length, dtype,
-                             static_cast<uint8_t*>(dst) + r * runs.stride);
+  for_each_run(runs, dst, [&](uint32_t c, uint8_t* d) {
+    dequantize_row_avx2_impl(sym + c, a, b + c, o + c, runs.length, dtype, d);
+  });
 }
 
 uint16_t* encode_avx2(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
@@ -268,9 +268,9 @@ void decode_avx2(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
 }
 void dequantize_row_avx2(const int8_t* sym, float a, const float* b, const float* o, RowRuns runs,
                          DType dtype, void* dst) {
-  for (uint32_t r = 0, c = 0; r < runs.count; ++r, c += runs.length)
-    dequantize_store_row(sym + c, a, b + c, o + c, runs.length, dtype,
-                         static_cast<uint8_t*>(dst) + r * runs.stride);
+  for_each_run(runs, dst, [&](uint32_t c, uint8_t* d) {
+    dequantize_store_row(sym + c, a, b + c, o + c, runs.length, dtype, d);
+  });
 }
 uint16_t* encode_avx2(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
                       uint16_t* top) {
