@@ -11,11 +11,9 @@ neighbours.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -23,7 +21,7 @@ import numpy as np
 import cachegen
 from cachegen.outputs import check_outputs
 from cachegen.tensors import views
-from lib.basebuild import load_base, summary
+from lib.basebuild import ab_run, summary
 from lib.runinfo import RunInfo
 
 
@@ -76,21 +74,16 @@ def compare(name: str, kv: object, base: ModuleType, rounds: int, threads: int) 
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", type=Path, required=True, help="folder holding the base cachegen/")
-    ap.add_argument("--rounds", type=int, default=11)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
-    args = ap.parse_args()
+    ab = ab_run(__doc__, rounds=11)
     global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
-    base = load_base(args.base)
+    CLOCK = ab.clock
+    base = ab.base
     print(RunInfo.capture().line())
-    print(f"rounds {args.rounds}, threads {args.threads}, {args.clock} clock")
+    print(f"rounds {ab.rounds}, threads {ab.threads}, {ab.clock_name} clock")
     print("| workload | op | base (no checks) | checked | checked / base, medians (mins) |")
     print("|---|---|---|---|---|")
     for name, kv in workloads().items():
-        for line in compare(name, kv, base, args.rounds, args.threads):
+        for line in compare(name, kv, base, ab.rounds, ab.threads):
             print(line, flush=True)
 
 

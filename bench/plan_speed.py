@@ -12,18 +12,16 @@ neighbours.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 
 import cachegen
 from cachegen import profiles
-from lib.basebuild import load_base, summary
+from lib.basebuild import ab_run, summary
 from lib.runinfo import RunInfo
 
 SMOLLM2 = (30, 256, 3, 64)  # layers, tokens, kv heads, head dim
@@ -94,21 +92,16 @@ def compare(name: str, run: Callable[[ModuleType], object], base: ModuleType, ro
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--base", type=Path, required=True, help="folder holding the base cachegen/")
-    ap.add_argument("--rounds", type=int, default=21)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
-    args = ap.parse_args()
+    ab = ab_run(__doc__, rounds=21)
     global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
-    base = load_base(args.base)
+    CLOCK = ab.clock
+    base = ab.base
     print(RunInfo.capture().line())
-    print(f"rounds {args.rounds}, threads {args.threads}, {args.clock} clock, same bytes checked")
+    print(f"rounds {ab.rounds}, threads {ab.threads}, {ab.clock_name} clock, same bytes checked")
     print("| workload | base | this | this / base, medians (mins) |")
     print("|---|---|---|---|")
-    for name, run in workloads(args.threads).items():
-        print(compare(name, run, base, args.rounds), flush=True)
+    for name, run in workloads(ab.threads).items():
+        print(compare(name, run, base, ab.rounds), flush=True)
 
 
 if __name__ == "__main__":
