@@ -26,7 +26,7 @@ if [ -n "$NCU" ] && [ -z "${SKIP_NCU:-}" ]; then
   timeout 200 "$NCU" --clock-control none -c 6 \
     -k 'regex:decode_kernel|encode_kernel|quantize_hist|fit_tables_kernel' \
     --section SpeedOfLight --section Occupancy --section LaunchStats \
-    --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
+    --section WarpStateStats --section MemoryWorkloadAnalysis \
     $PY bench/gpu_kernels.py >"$LOGS/ncu.txt" 2>&1 || echo "ncu failed (see ncu.txt)"
   grep -E "decode_kernel|encode_kernel|quantize_hist|fit_tables|Duration|Achieved Occupancy|Registers Per|Stall|Memory Throughput|Compute \(SM\)" \
     "$LOGS/ncu.txt" | head -60

@@ -17,7 +17,8 @@ namespace {
 void check_supported(Quantizer kind, uint8_t all_flags) {
   if (kind == Quantizer::Lossless)
     throw InputError("the lossless level has no GPU encoder: encode a host copy of the cache");
-  const uint8_t flags = all_flags & ~(kTokenCodes | kChannelCodes);  // how scales travel
+  // How scales travel and the verbatim rows do not change which parameters the kernels fit.
+  const uint8_t flags = all_flags & ~(kTokenCodes | kChannelCodes | kRawRows);
   const bool ok = flags == kTokenScale ||
                   (flags == (kChannelScale | kChannelOffset) &&
                    (kind == Quantizer::ChannelStep || kind == Quantizer::LayerStep)) ||
