@@ -102,14 +102,17 @@ struct View {
   const int32_t* block_table;     // device memory; null: a plain view
   uint32_t block_size;
   int64_t s_block;
+  bool dense;  // a token's channels are adjacent (TensorView::dense_rows): channel c at token + c
 
   __device__ int64_t token(uint32_t t) const {
     return token_offset(block_table, block_size, s_block, s_token, t);
   }
-  __device__ int64_t offset(uint32_t t, uint32_t c) const {
+  __device__ int64_t in_token(uint32_t c) const {  // channel c's offset from its token's
+    if (dense) return c;
     const uint32_t h = head_shift < 32 ? c >> head_shift : c / head_dim;
-    return token(t) + (int64_t)h * s_head + (int64_t)(c - h * head_dim) * s_dim;
+    return (int64_t)h * s_head + (int64_t)(c - h * head_dim) * s_dim;
   }
+  __device__ int64_t offset(uint32_t t, uint32_t c) const { return token(t) + in_token(c); }
 };
 
 // `table`: v's block table in device memory (null for a plain view).
@@ -117,7 +120,8 @@ inline View to_view(const TensorView& v, const int32_t* table) {
   uint32_t shift = 32;
   for (uint32_t k = 0; k < 31; ++k)
     if ((1u << k) == v.head_dim) shift = k;
-  return {v.data, v.s_token, v.s_head, v.s_dim, v.head_dim, shift, table, v.block_size, v.s_block};
+  return {v.data, v.s_token, v.s_head,     v.s_dim,   v.head_dim,
+          shift,  table,     v.block_size, v.s_block, v.dense_rows()};
 }
 
 // Device views of host TensorViews: the paged ones' block tables (validated by check_paging)
@@ -153,9 +157,9 @@ __device__ float load_elem(const View& v, uint32_t t, uint32_t c) {
   return D == DType::F16 ? f16_to_f32(h) : bf16_to_f32(h);
 }
 
+// Stores x at element i of v (an offset from View::offset) in v's dtype.
 template <DType D>
-__device__ void store_elem(const View& v, uint32_t t, uint32_t c, float x) {
-  const int64_t i = v.offset(t, c);
+__device__ void store_at(const View& v, int64_t i, float x) {
   if constexpr (D == DType::F32) {
     static_cast<float*>(v.data)[i] = x;
   } else {

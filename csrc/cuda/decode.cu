@@ -33,10 +33,11 @@ struct GroupDev {
 
 // A lossless symbol (plane p of channel c) is byte p of that element's bits: stored as is, the
 // output having the blob's dtype.
-__device__ void store_plane(const View& out, uint32_t t, uint32_t column, uint32_t channels,
+// `row`: the token's offset (View::token).
+__device__ void store_plane(const View& out, int64_t row, uint32_t column, uint32_t channels,
                             uint32_t planes, int sym) {
   const uint32_t p = column / channels, c = column - p * channels;
-  static_cast<uint8_t*>(out.data)[out.offset(t, c) * planes + p] = (uint8_t)sym;
+  static_cast<uint8_t*>(out.data)[(row + out.in_token(c)) * planes + p] = (uint8_t)sym;
 }
 
 struct SegmentDev {
@@ -53,7 +54,11 @@ __device__ void decode_segment(const uint8_t* blob, const SegmentDev& s, const G
   uint32_t x = st[0] | (uint32_t)st[1] << 16;
   const uint16_t* words = reinterpret_cast<const uint16_t*>(seg + rans::kStateBytes);
   const uint32_t C = g.channels, n = s.token_count * C, below = (1u << lane) - 1;
+  const uint32_t t_end = s.token_begin + s.token_count;
   uint32_t c = lane % C, t = s.token_begin + lane / C, wp = 0, overrun = 0;
+  // Token t's offset, followed as t advances (every C / 32 steps at most): a paged output's
+  // block lookup is not paid per symbol.
+  int64_t row = t < t_end ? out.token(t) : 0;
   for (uint32_t p0 = 0; p0 < n; p0 += 32) {
     const bool active = p0 + lane < n;
     uint32_t need = 0, e = 0;
@@ -68,43 +73,56 @@ __device__ void decode_segment(const uint8_t* blob, const SegmentDev& s, const G
     const size_t i = rans::clamp_word(wp + __popc(mask & below), s.words, need, overrun);
     x = rans::dec_renorm(x, need, need && s.words ? words[i] : 0);
     wp += __popc(mask);
-    if (active && g.planes > 1) {
-      store_plane(out, t, c, C / g.planes, g.planes, (int)rans::dec_symbol_index(e) - kSymbolBias);
-    } else if (active) {
+    if (active) {
       const int sym = (int)rans::dec_symbol_index(e) - kSymbolBias;
-      store_elem<D>(out, t, c,
+      if (g.planes > 1)
+        store_plane(out, row, c, C / g.planes, g.planes, sym);
+      else
+        store_at<D>(out, row + out.in_token(c),
                     t < g.raw_rows
                         ? __ldg(g.raw + (size_t)t * C + c)
                         : dequantize(sym, __ldg(g.a + t), __ldg(g.b + c), __ldg(g.o + c)));
     }
     c += 32 % C;
-    t += 32 / C;
-    if (c >= C) c -= C, ++t;
+    uint32_t next = t + 32 / C;
+    if (c >= C) c -= C, ++next;
+    if (next != t) {
+      t = next;
+      if (t < t_end) row = out.token(t);
+    }
   }
   const bool clean = !overrun && wp == s.words && x == rans::kLowerBound;
   if (!__all_sync(~0u, clean) && lane == 0) atomicAdd(bad, 1u);
 }
 
-// One block: up to kWarps segments of one group; its tables go to shared memory if kShared.
-template <DType D, bool kShared>
+// One block: up to kWarps segments of one group. One launch runs every block: first those whose
+// group has more tables than shared memory holds (they read them from global memory, and run
+// longest), then those that copy their group's tables to shared memory.
+template <DType D>
 __global__ void __launch_bounds__(kWarps * 32)
-    decode_kernel(const uint8_t* blob, const SegmentDev* segs, const Work* work,
-                  const GroupDev* groups, const View* outs, uint32_t* bad) {
+    decode_kernel(const uint8_t* blob, const SegmentDev* segs, const Work* global_work,
+                  uint32_t global_blocks, const Work* shared_work, const GroupDev* groups,
+                  const View* outs, uint32_t* bad) {
   extern __shared__ uint4 smem[];
-  const Work w = work[blockIdx.x];
+  const bool shared = blockIdx.x >= global_blocks;
+  const Work w = shared ? shared_work[blockIdx.x - global_blocks] : global_work[blockIdx.x];
   const uint32_t gi = segs[w.first_segment].group;
   const GroupDev g = groups[gi];
-  const uint8_t* tables = g.tables;
-  if constexpr (kShared) {
+  if (shared) {  // uniform over the block
     const uint4* src = reinterpret_cast<const uint4*>(g.tables);
     for (uint32_t i = threadIdx.x; i < g.num_tables * kTableBytes / 16; i += blockDim.x)
       smem[i] = src[i];
     __syncthreads();
-    tables = reinterpret_cast<const uint8_t*>(smem);
   }
+  // Copies in registers: the output stores could alias them for all the compiler knows.
+  const View out = outs[gi];
   const uint32_t warp = threadIdx.x / 32;
-  if (warp < w.count)
-    decode_segment<D>(blob, segs[w.first_segment + warp], g, outs[gi], tables, bad);
+  if (warp >= w.count) return;
+  const SegmentDev s = segs[w.first_segment + warp];
+  if (shared)  // two inlined copies, so that this one's table reads are shared-memory loads
+    decode_segment<D>(blob, s, g, out, reinterpret_cast<const uint8_t*>(smem), bad);
+  else
+    decode_segment<D>(blob, s, g, out, g.tables, bad);
 }
 
 // Decode tables built on the device from the parsed 12-bit frequencies (512 bytes per table
@@ -577,12 +595,9 @@ void DeviceBlob::decode_into(const std::vector<TensorView>& outs, uintptr_t stre
   CG_CUDA(cudaMemsetAsync(bad, 0, 4, st));
   const View* v = dev.get<const View>();
   with_dtype(outs[0].dtype, [&]<DType D>() {
-    if (s.blocks[0])
-      decode_kernel<D, true><<<s.blocks[0], kWarps * 32, s.shared_bytes, st>>>(
-          s.blob, s.segs, s.work[0], s.group_devs, v, bad);
-    if (s.blocks[1])
-      decode_kernel<D, false>
-          <<<s.blocks[1], kWarps * 32, 0, st>>>(s.blob, s.segs, s.work[1], s.group_devs, v, bad);
+    if (s.blocks[0] + s.blocks[1])
+      decode_kernel<D><<<s.blocks[0] + s.blocks[1], kWarps * 32, s.shared_bytes, st>>>(
+          s.blob, s.segs, s.work[1], s.blocks[1], s.work[0], s.group_devs, v, bad);
   });
   CG_CUDA(cudaGetLastError());
   const Pinned corrupt_host(4);

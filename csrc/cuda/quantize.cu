@@ -187,7 +187,7 @@ constexpr uint32_t kQuantTokens = 1024;  // tokens per quantize_hist tile (x 32 
 template <DType D>
 __global__ void __launch_bounds__(256) quantize_hist(const GroupDev* groups) {
   __shared__ uint32_t hist[32][kAlphabet + 1];  // +1: lanes with equal symbols, other banks
-  const GroupDev& g = groups[blockIdx.z];
+  const GroupDev g = groups[blockIdx.z];        // in registers: the stores below could alias it
   const uint32_t lane = threadIdx.x % 32, c0 = blockIdx.y * 32, t0 = blockIdx.x * kQuantTokens;
   if (c0 >= g.channels || t0 >= g.tokens) return;
   for (uint32_t i = threadIdx.x; i < 32 * (kAlphabet + 1); i += blockDim.x) (&hist[0][0])[i] = 0;

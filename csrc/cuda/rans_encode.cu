@@ -38,24 +38,31 @@ __device__ void encode_segment(const SegmentDev& s, const GroupDev& g, const Enc
   if (lane == 0) sizes[index] = rans::kStateBytes + 2 * pushed;
 }
 
-template <bool kShared>
+// One launch runs every block: first those whose group's tables stay in global memory, then
+// those that copy them to shared memory (two inlined copies of encode_segment, so that the
+// latter's table reads are shared-memory loads).
 __global__ void __launch_bounds__(kWarps * 32)
-    encode_kernel(const SegmentDev* segs, const Work* work, const GroupDev* groups, uint8_t* buf,
-                  uint32_t* sizes) {
+    encode_kernel(const SegmentDev* segs, const Work* global_work, uint32_t global_blocks,
+                  const Work* shared_work, const GroupDev* groups, uint8_t* buf, uint32_t* sizes) {
   extern __shared__ uint4 smem[];
-  const Work w = work[blockIdx.x];
-  const GroupDev& g = groups[segs[w.first_segment].group];
-  const EncTable* tables = g.tables;
-  if constexpr (kShared) {
+  const bool shared = blockIdx.x >= global_blocks;
+  const Work w = shared ? shared_work[blockIdx.x - global_blocks] : global_work[blockIdx.x];
+  // A copy in registers: the stores below could alias it for all the compiler knows.
+  const GroupDev g = groups[segs[w.first_segment].group];
+  if (shared) {  // uniform over the block
     const uint4* src = reinterpret_cast<const uint4*>(g.tables);
     for (uint32_t i = threadIdx.x; i < g.num_tables * sizeof(EncTable) / 16; i += blockDim.x)
       smem[i] = src[i];
     __syncthreads();
-    tables = reinterpret_cast<const EncTable*>(smem);
   }
   const uint32_t warp = threadIdx.x / 32;
-  if (warp < w.count)
-    encode_segment(segs[w.first_segment + warp], g, tables, buf, sizes, w.first_segment + warp);
+  if (warp >= w.count) return;
+  const uint32_t index = w.first_segment + warp;
+  const SegmentDev s = segs[index];
+  if (shared)
+    encode_segment(s, g, reinterpret_cast<const EncTable*>(smem), buf, sizes, index);
+  else
+    encode_segment(s, g, g.tables, buf, sizes, index);
 }
 
 // Exclusive prefix sum of the segment sizes into offsets[0..n], offsets[n] = total. One block.
@@ -102,12 +109,10 @@ void queue_rans(const SegmentPlan& sp, const SegmentDev* segs, const Work* const
                 const GroupDev* devs, uint8_t* buf, uint32_t* sizes, uint64_t* offsets,
                 cudaStream_t st) {
   const uint32_t nseg = (uint32_t)sp.segs.size();
-  if (!sp.work[0].empty())
-    encode_kernel<true>
-        <<<sp.work[0].size(), kWarps * 32, sp.shared_bytes, st>>>(segs, work[0], devs, buf, sizes);
-  if (!sp.work[1].empty())
-    encode_kernel<false>
-        <<<sp.work[1].size(), kWarps * 32, 0, st>>>(segs, work[1], devs, buf, sizes);
+  const uint32_t global_blocks = (uint32_t)sp.work[1].size();
+  if (const uint32_t blocks = (uint32_t)sp.work[0].size() + global_blocks)
+    encode_kernel<<<blocks, kWarps * 32, sp.shared_bytes, st>>>(segs, work[1], global_blocks,
+                                                                work[0], devs, buf, sizes);
   scan_sizes<<<1, 1024, 0, st>>>(sizes, nseg, offsets);
   CG_CUDA(cudaGetLastError());
 }
