@@ -262,6 +262,28 @@ py::bytes key_magnitudes_py(const TensorView& keys, int threads) {
   return as_bytes(mag);
 }
 
+// Float64 bytes of one K group's per-pair sums of squared magnitudes (src/importance.hpp).
+py::bytes key_square_sums_py(const TensorView& keys, uint32_t skip, int threads) {
+  std::vector<double> sums;
+  {
+    py::gil_scoped_release nogil;
+    sums = key_pair_square_sums(keys, skip, threads);
+  }
+  return as_bytes(sums);
+}
+
+#ifdef CACHEGEN_WITH_CUDA
+py::bytes key_square_sums_cuda_py(const TensorView& keys, uint32_t skip, int device,
+                                  uintptr_t stream) {
+  std::vector<double> sums;
+  {
+    py::gil_scoped_release nogil;
+    sums = cuda::key_pair_square_sums(keys, skip, device, stream);
+  }
+  return as_bytes(sums);
+}
+#endif
+
 void decode_py(Blob& b, const std::vector<TensorView>& outs, int threads) {
   py::gil_scoped_release nogil;
   b.ensure_verified();
@@ -376,6 +398,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("encode", &encode_py, py::arg("request"));
   m.def("quantize", &quantize_py, py::arg("request"));
   m.def("key_magnitudes", &key_magnitudes_py, py::arg("keys"), py::arg("threads") = 0);
+  m.def("key_square_sums", &key_square_sums_py, py::arg("keys"), py::arg("skip"),
+        py::arg("threads") = 0);
   m.def("build_info", &build_info_py);
 #ifdef CACHEGEN_WITH_CUDA
   py::class_<cuda::DeviceBlob>(m, "DeviceBlob")
@@ -390,6 +414,8 @@ PYBIND11_MODULE(_core, m) {
            "The blob, in place, with its decode plan; its checksum is checked on the device.");
   m.def("parse_device", &parse_device_py, py::arg("address"), py::arg("size"), py::arg("device"),
         py::arg("stream"), "Parse a blob in device memory (head and trailer copied to the host).");
+  m.def("key_square_sums_cuda", &key_square_sums_cuda_py, py::arg("keys"), py::arg("skip"),
+        py::arg("device"), py::arg("stream"));
   m.def("cuda_device_name", &cuda::device_name, py::arg("device") = 0);
   m.def("cuda_timings", &timings_py, py::arg("which"),
         "Host wall-clock stages (ms) of the last GPU 'encode', 'decode' (blob to device) or "

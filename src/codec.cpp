@@ -343,7 +343,7 @@ void encode(const EncodeRequest& req, const BlobAllocator& alloc) {
   parallel_for(groups.size(), req.threads, [&](size_t g) {
     groups[g] = encode_group(req.groups[g], req.segment_symbols, path);
   });
-  write_blob(blob_header(req), groups, alloc);
+  write_blob(blob_header(req), groups, alloc, req.threads);
 }
 
 std::vector<uint8_t> encode(const EncodeRequest& req) {

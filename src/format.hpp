@@ -81,13 +81,15 @@ struct EncodedGroup {
 using BlobAllocator = std::function<uint8_t*(size_t)>;
 
 // Serialize into memory obtained once from `alloc(total_bytes)`. Fills in segment numbering.
-void write_blob(BlobHeader h, std::vector<EncodedGroup>& groups, const BlobAllocator& alloc);
+// `threads` (0: all cores) write long caches' side data in parallel.
+void write_blob(BlobHeader h, std::vector<EncodedGroup>& groups, const BlobAllocator& alloc,
+                int threads);
 
 // Everything before the payload (header, descriptors, side data, segment index, padding), for
 // writers that place the payload and the CRC themselves (the GPU encoder): groups' payload
 // vectors are ignored, `payload_bytes` is the sum of their segment_bytes. The blob is then
 // head + payload + CRC32C(head + payload), total_bytes = head.size() + payload_bytes + 4.
-std::vector<uint8_t> blob_head(BlobHeader h, std::vector<EncodedGroup>& groups,
+std::vector<uint8_t> blob_head(BlobHeader h, std::vector<EncodedGroup>& groups, int threads,
                                uint64_t payload_bytes);
 
 // Parse and validate; throws FormatError. The blob must outlive uses of Segment offsets.

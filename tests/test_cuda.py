@@ -364,3 +364,24 @@ def test_lossless_decodes_on_gpu(dtype):
         cachegen.encode(kv.cuda(), level=cachegen.LOSSLESS)
     with pytest.raises(ValueError, match="own dtype"):
         cachegen.decode(blob, device="cuda", dtype="float32" if dtype != "float32" else "float16")
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+def test_key_square_sums_on_gpu_equal_host(dtype):
+    """The key spread's statistic, computed on the device, is the host's float64 bit for bit."""
+    from cachegen.importance import key_square_sums
+    from cachegen.tensors import views
+
+    kv = torch_cpu(synthetic_kv(2, 1000, 3, 64, dtype=dtype))
+    on_gpu = kv.cuda()  # alive while the views are read
+    for layer, skip in ((0, 4), (1, 0), (1, 2000)):
+        want = key_square_sums(views(kv), layer, skip, threads=2)
+        got = key_square_sums(views(on_gpu), layer, skip, threads=2)
+        assert got[1] == want[1] and got[0].tobytes() == want[0].tobytes()
+    bad = kv.clone()
+    bad[0, 0, 9, 1, 5] = float("nan")
+    bad = bad.cuda()
+    with pytest.raises(ValueError, match="nan"):
+        key_square_sums(views(bad), 0, 0, threads=2)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import cachegen
-from cachegen.importance import pair_magnitudes
+from cachegen.importance import key_square_sums, pair_magnitudes
 from cachegen.kvstats import SPREAD_BOUND, key_channel_weights
+from cachegen.tensors import views
 
 
 def keys_with_outlier(tokens: int = 200, heads: int = 2, dim: int = 16) -> np.ndarray:
@@ -19,13 +20,54 @@ def keys_with_outlier(tokens: int = 200, heads: int = 2, dim: int = 16) -> np.nd
     return k
 
 
+def one_layer(k: np.ndarray) -> np.ndarray:
+    """A one-layer stacked cache with keys k."""
+    return np.stack([k, k], axis=0)[None]
+
+
+def sums_of(k: np.ndarray, skip: int, threads: int = 1) -> tuple[np.ndarray, int]:
+    kv = one_layer(k)  # alive while the views are read
+    return key_square_sums(views(kv), 0, skip, threads)
+
+
+def spread(k: np.ndarray, strength: float, skip: int = 1) -> np.ndarray:
+    sums, count = sums_of(k, skip)
+    return key_channel_weights(sums, count, k.shape[2], strength)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+def test_square_sums_are_the_magnitudes_sums_whatever_the_threads(dtype: str) -> None:
+    k = keys_with_outlier(tokens=1000).astype(dtype)  # several 256-token blocks
+    want = np.square(pair_magnitudes(k)[3:], dtype=np.float64).sum(axis=0)
+    sums, count = sums_of(k, 3)
+    assert count == 997
+    np.testing.assert_allclose(sums, want, rtol=1e-12)
+    for threads in (2, 0):
+        again, _ = sums_of(k, 3, threads)
+        assert again.tobytes() == sums.tobytes()
+
+
+def test_square_sums_count_every_token_when_skip_leaves_none() -> None:
+    k = keys_with_outlier(tokens=4)
+    sums, count = sums_of(k, 4)
+    assert count == 4
+    np.testing.assert_allclose(sums, np.square(pair_magnitudes(k), dtype=np.float64).sum(0))
+
+
+def test_square_sums_refuse_nan_keys() -> None:
+    k = keys_with_outlier()
+    k[7, 1, 2] = np.nan
+    with pytest.raises(ValueError, match="nan"):
+        sums_of(k, 1)
+
+
 def test_weights_follow_the_pair_rms_to_the_strength() -> None:
     k = keys_with_outlier()
-    w = key_channel_weights(pair_magnitudes(k), 16, skip=1, strength=0.5)
+    w = spread(k, 0.5)
     assert w.shape == (32,)
     assert np.exp(np.log(w).mean()) == pytest.approx(1.0, rel=1e-5)
     assert w[3] == w[11] and w[3] / np.median(w) == pytest.approx(np.sqrt(30), rel=0.15)
-    ones = key_channel_weights(pair_magnitudes(k), 16, skip=1, strength=0.0)
+    ones = spread(k, 0.0)
     np.testing.assert_array_equal(ones, 1.0)
 
 
@@ -33,10 +75,10 @@ def test_weights_are_bounded_and_skip_the_sink() -> None:
     k = keys_with_outlier()
     k[0] *= 1e6  # a sink unlike every other token must not set the weights
     k[:, 1, 5] = k[:, 1, 13] = 0.0  # an all-zero pair
-    w = key_channel_weights(pair_magnitudes(k), 16, skip=1, strength=1.0)
+    w = spread(k, 1.0)
     assert np.all((1 / SPREAD_BOUND <= w) & (w <= SPREAD_BOUND))
     k[0] /= 1e6
-    again = key_channel_weights(pair_magnitudes(k), 16, skip=1, strength=1.0)
+    again = spread(k, 1.0)
     np.testing.assert_allclose(w, again, rtol=1e-5)
 
 

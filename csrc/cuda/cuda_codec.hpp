@@ -65,4 +65,9 @@ ParsedBlob parse_device_blob(const uint8_t* data, size_t size, int device, uintp
 void encode(const EncodeRequest& req, int device, uintptr_t stream, const BlobAllocator& alloc,
             bool device_out = false);
 
+// importance.hpp key_pair_square_sums of keys in device memory, computed on `stream`: the same
+// float64 sums as the host's.
+std::vector<double> key_pair_square_sums(const TensorView& keys, uint32_t skip, int device,
+                                         uintptr_t stream);
+
 }  // namespace cachegen::cuda

@@ -303,7 +303,7 @@ std::pair<std::vector<uint8_t>, uint64_t> code_segments(const EncodeRequest& req
   CG_CUDA(cudaMemcpyAsync(sizes.get() + 4 * nseg, coding.offsets() + nseg, 8,
                           cudaMemcpyDeviceToHost, st));
   for (EncodedGroup& g : fitted.groups) g.segment_bytes.assign(g.group.desc.num_segments, 0);
-  std::vector<uint8_t> head = blob_head(blob_header(req), fitted.groups, 0);
+  std::vector<uint8_t> head = blob_head(blob_header(req), fitted.groups, req.threads, 0);
   CG_CUDA(cudaStreamSynchronize(st));
   uint64_t payload_bytes;
   std::memcpy(&payload_bytes, sizes.get() + 4 * nseg, 8);

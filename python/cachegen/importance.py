@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from . import _core
-from .tensors import GroupView, KVViews, array_group, device_of, to_host
+from .tensors import GroupView, KVViews, array_group, current_stream, device_of, to_host
 
 #: Exponent from predicted attention mass to step weight (0.5 would be the high-rate optimum
 #: for a perfect predictor; the prediction is rough, a smaller exponent pays off better).
@@ -62,6 +62,20 @@ def layer_magnitudes(kv: Any, v: KVViews, layer: int, threads: int) -> np.ndarra
     if v.device is None:
         return _magnitudes(v.groups[2 * layer], threads)
     return pair_magnitudes(layer_keys(kv, v.layout, layer), threads)
+
+
+def key_square_sums(v: KVViews, layer: int, skip: int, threads: int) -> tuple[np.ndarray, int]:
+    """Per RoPE pair of layer `layer`'s keys: the float64 sum of the squared pair magnitudes over
+    the tokens from `skip` on (all of them if none are left), and how many tokens it counts.
+    Computed where the keys are, without a copy: the core's GPU sums are the host's, bit for bit.
+    """
+    keys = v.groups[2 * layer]
+    if v.device is None:
+        raw = _core.key_square_sums(keys.native(), skip, threads)
+    else:
+        stream = current_stream(v.framework, v.device)
+        raw = _core.key_square_sums_cuda(keys.native(), skip, v.device, stream)
+    return np.frombuffer(raw, dtype=np.float64), keys.tokens - (skip if keys.tokens > skip else 0)
 
 
 def token_scores(

@@ -21,19 +21,14 @@ SPREAD_BOUND = 16.0
 
 
 def key_channel_weights(
-    magnitudes: np.ndarray, head_dim: int, skip: int, strength: float
+    square_sums: np.ndarray, count: int, head_dim: int, strength: float
 ) -> np.ndarray:
     """Per-channel key step weights `[heads * head_dim]` (geometric mean 1, then clipped to
-    `SPREAD_BOUND`) from a layer's pair magnitudes `[tokens, heads * head_dim/2]`
-    (`importance.pair_magnitudes`).
-
-    Args:
-        skip: leading tokens left out of the statistics (attention sinks stored verbatim, whose
-            keys are unlike the others'); all tokens count if none are left.
-        strength: exponent of the pair rms (0 gives all ones).
+    `SPREAD_BOUND`) from a layer's per-pair sums of squared magnitudes over `count` tokens
+    (`importance.key_square_sums`, which leaves out the attention sinks stored verbatim: their
+    keys are unlike the others'). `strength` is the exponent of the pair rms (0 gives all ones).
     """
-    rows = magnitudes[skip:] if len(magnitudes) > skip else magnitudes
-    rms = np.sqrt(np.mean(np.square(rows, dtype=np.float64), axis=0) / 2.0)
+    rms = np.sqrt(square_sums / count / 2.0)
     floor = max(float(rms.max()), 1e-30) * 1e-6  # all-zero pairs: as fine as the finest
     log_w = strength * np.log(np.maximum(rms, floor))
     bound = np.log(SPREAD_BOUND)

@@ -31,7 +31,7 @@ import numpy as np
 
 from . import _core
 from .config import QUANTIZERS, CodecConfig
-from .importance import importance_weights, layer_magnitudes, token_scores
+from .importance import importance_weights, key_square_sums, token_scores
 from .info import FLAG_TORCH_SOURCE
 from .kvstats import key_channel_weights
 from .profile import ModelProfile
@@ -129,7 +129,7 @@ def plan_encode(
                 param *= profile.layer_weight(layer, side)
                 channel_w = _float32(profile.channel_weights(layer, side, group.head_dim))
             elif side == 0 and config.key_spread > 0:
-                channel_w = _key_spread(kv, v, layer, raw_rows, config.key_spread, threads)
+                channel_w = _key_spread(v, layer, raw_rows, config.key_spread, threads)
             groups.append(
                 GroupPlan(group, quantizer, param, config.max_tables, token_w, channel_w, raw_rows)
             )
@@ -138,14 +138,14 @@ def plan_encode(
 
 
 def _key_spread(
-    kv: Any, v: KVViews, layer: int, skip: int, strength: float, threads: int
+    v: KVViews, layer: int, skip: int, strength: float, threads: int
 ) -> np.ndarray | None:
     """Model-free key channel weights (`cachegen.kvstats`); None for an odd head_dim."""
     head_dim = v.groups[2 * layer].head_dim
     if head_dim % 2:
         return None
-    mag = layer_magnitudes(kv, v, layer, threads)
-    return _float32(key_channel_weights(mag, head_dim, skip, strength))
+    sums, count = key_square_sums(v, layer, skip, threads)
+    return _float32(key_channel_weights(sums, count, head_dim, strength))
 
 
 def _layer_token_weights(
