@@ -19,6 +19,15 @@ status=0
 timeout 300 $PY -m pytest tests/test_cuda.py -q -rs -p no:cacheprovider --timeout 120 -n 8 \
   >"$LOGS/tests.log" 2>&1 || status=1
 tail -15 "$LOGS/tests.log"
+# The per-symbol decode path on the outputs the staged one takes, and the two timed alternately.
+CACHEGEN_GPU_DECODE=direct timeout 200 $PY -m pytest tests/test_cuda.py -q -p no:cacheprovider \
+  --timeout 120 -n 8 >"$LOGS/tests_direct.log" 2>&1 || status=1
+tail -3 "$LOGS/tests_direct.log"
+for round in 1 2; do
+  for path in direct staged; do
+    CACHEGEN_GPU_DECODE=$path timeout 100 $PY bench/gpu_decode_paths.py || status=1
+  done
+done 2>&1 | tee "$LOGS/decode_paths.log"
 timeout 200 $PY bench/gpu_speed.py >"$LOGS/bench.log" 2>&1 || status=1
 tail -25 "$LOGS/bench.log"
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)

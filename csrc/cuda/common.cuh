@@ -103,6 +103,7 @@ struct View {
   uint32_t block_size;
   int64_t s_block;
   bool dense;  // a token's channels are adjacent (TensorView::dense_rows): channel c at token + c
+  bool vec8;   // dense, and every run of 8 channels from a multiple of 8 is 16-byte aligned
 
   __device__ int64_t token(uint32_t t) const {
     return token_offset(block_table, block_size, s_block, s_token, t);
@@ -120,8 +121,12 @@ inline View to_view(const TensorView& v, const int32_t* table) {
   uint32_t shift = 32;
   for (uint32_t k = 0; k < 31; ++k)
     if ((1u << k) == v.head_dim) shift = k;
-  return {v.data, v.s_token, v.s_head,     v.s_dim,   v.head_dim,
-          shift,  table,     v.block_size, v.s_block, v.dense_rows()};
+  const size_t e = dtype_size(v.dtype);
+  const bool vec8 = v.dense_rows() && v.channels() % 8 == 0 &&
+                    reinterpret_cast<uintptr_t>(v.data) % 16 == 0 && (v.s_token * e) % 16 == 0 &&
+                    (!v.block_table || (v.s_block * e) % 16 == 0);
+  return {v.data, v.s_token,    v.s_head,  v.s_dim,        v.head_dim, shift,
+          table,  v.block_size, v.s_block, v.dense_rows(), vec8};
 }
 
 // Device views of host TensorViews: the paged ones' block tables (validated by check_paging)
@@ -164,6 +169,26 @@ __device__ void store_at(const View& v, int64_t i, float x) {
     static_cast<float*>(v.data)[i] = x;
   } else {
     static_cast<uint16_t*>(v.data)[i] = D == DType::F16 ? f32_to_f16(x) : f32_to_bf16(x);
+  }
+}
+
+// Stores v[0..8) at elements i..i+8 of out (16-byte aligned: View::vec8) in out's dtype.
+template <DType D>
+__device__ void store8(const View& out, int64_t i, const float (&v)[8]) {
+  if constexpr (D == DType::F32) {
+    auto* dst = reinterpret_cast<float4*>(static_cast<float*>(out.data) + i);
+    dst[0] = make_float4(v[0], v[1], v[2], v[3]);
+    dst[1] = make_float4(v[4], v[5], v[6], v[7]);
+  } else {
+    uint32_t w[4];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const uint16_t lo = D == DType::F16 ? f32_to_f16(v[2 * k]) : f32_to_bf16(v[2 * k]);
+      const uint16_t hi = D == DType::F16 ? f32_to_f16(v[2 * k + 1]) : f32_to_bf16(v[2 * k + 1]);
+      w[k] = lo | (uint32_t)hi << 16;
+    }
+    *reinterpret_cast<uint4*>(static_cast<uint16_t*>(out.data) + i) =
+        make_uint4(w[0], w[1], w[2], w[3]);
   }
 }
 

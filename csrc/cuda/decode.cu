@@ -3,9 +3,11 @@
 // the order rans.hpp defines; symbols are dequantized and stored in the output's dtype at once.
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <exception>
 #include <mutex>
 #include <optional>
+#include <string_view>
 #include <thread>
 
 #include "common.cuh"
@@ -15,6 +17,16 @@
 
 namespace cachegen::cuda {
 namespace {
+
+// Whether aligned outputs take the staged decode (decode_segment_staged): yes, unless
+// CACHEGEN_GPU_DECODE=direct forces the per-symbol stores (for tests of that path).
+bool staged_stores() {
+  static const bool staged = [] {
+    const char* v = std::getenv("CACHEGEN_GPU_DECODE");
+    return !(v && std::string_view(v) == "direct");
+  }();
+  return staged;
+}
 
 // A decode table on the device: the symbol of each slot, then one entry base per symbol.
 constexpr uint32_t kTableBytes = rans::kProbScale + 4 * kAlphabet;
@@ -45,36 +57,56 @@ struct SegmentDev {
   uint32_t words, group, token_begin, token_count;
 };
 
-template <DType D>
-__device__ void decode_segment(const uint8_t* blob, const SegmentDev& s, const GroupDev& g,
-                               const View& out, const uint8_t* tables, uint32_t* bad) {
-  const uint32_t lane = threadIdx.x % 32;
-  const uint8_t* seg = blob + s.offset;
-  const uint16_t* st = reinterpret_cast<const uint16_t*>(seg) + 2 * lane;  // 2-byte aligned only
-  uint32_t x = st[0] | (uint32_t)st[1] << 16;
-  const uint16_t* words = reinterpret_cast<const uint16_t*>(seg + rans::kStateBytes);
-  const uint32_t C = g.channels, n = s.token_count * C, below = (1u << lane) - 1;
-  const uint32_t t_end = s.token_begin + s.token_count;
-  uint32_t c = lane % C, t = s.token_begin + lane / C, wp = 0, overrun = 0;
-  // Token t's offset, followed as t advances (every C / 32 steps at most): a paged output's
-  // block lookup is not paid per symbol.
-  int64_t row = t < t_end ? out.token(t) : 0;
-  for (uint32_t p0 = 0; p0 < n; p0 += 32) {
-    const bool active = p0 + lane < n;
+// One lane's rANS state in a segment; step() decodes the lane's symbol of the next step of 32
+// (called by every lane, active or not: the refill is a warp-wide ballot).
+struct LaneDecoder {
+  const uint16_t* words;
+  uint32_t x, nwords, below, wp = 0, overrun = 0;
+
+  __device__ LaneDecoder(const uint8_t* seg, uint32_t words_count, uint32_t lane)
+      : words(reinterpret_cast<const uint16_t*>(seg + rans::kStateBytes)),
+        nwords(words_count),
+        below((1u << lane) - 1) {
+    const uint16_t* st = reinterpret_cast<const uint16_t*>(seg) + 2 * lane;  // 2-byte aligned
+    x = st[0] | (uint32_t)st[1] << 16;
+  }
+  // `table`: the symbol's decode table (read only if active).
+  __device__ int step(bool active, const uint8_t* table) {
     uint32_t need = 0, e = 0;
     if (active) {
-      const uint8_t* table = tables + __ldg(g.table_of + c) * kTableBytes;
       const uint32_t slot = x & (rans::kProbScale - 1);
       e = reinterpret_cast<const uint32_t*>(table + rans::kProbScale)[table[slot]] + slot;
       x = rans::dec_advance(x, e);
       need = rans::dec_needs_word(x);
     }
     const uint32_t mask = __ballot_sync(~0u, need);
-    const size_t i = rans::clamp_word(wp + __popc(mask & below), s.words, need, overrun);
-    x = rans::dec_renorm(x, need, need && s.words ? words[i] : 0);
+    const size_t i = rans::clamp_word(wp + __popc(mask & below), nwords, need, overrun);
+    x = rans::dec_renorm(x, need, need && nwords ? words[i] : 0);
     wp += __popc(mask);
+    return (int)rans::dec_symbol_index(e) - kSymbolBias;
+  }
+  // Whether the whole warp ended its segment exactly.
+  __device__ bool clean() const {
+    return __all_sync(~0u, !overrun && wp == nwords && x == rans::kLowerBound);
+  }
+};
+
+// Each symbol dequantized and stored as it is decoded: any output layout, lossless planes.
+template <DType D>
+__device__ void decode_segment(const uint8_t* blob, const SegmentDev& s, const GroupDev& g,
+                               const View& out, const uint8_t* tables, uint32_t* bad) {
+  const uint32_t lane = threadIdx.x % 32;
+  LaneDecoder dec(blob + s.offset, s.words, lane);
+  const uint32_t C = g.channels, n = s.token_count * C;
+  const uint32_t t_end = s.token_begin + s.token_count;
+  uint32_t c = lane % C, t = s.token_begin + lane / C;
+  // Token t's offset, followed as t advances (every C / 32 steps at most): a paged output's
+  // block lookup is not paid per symbol.
+  int64_t row = t < t_end ? out.token(t) : 0;
+  for (uint32_t p0 = 0; p0 < n; p0 += 32) {
+    const bool active = p0 + lane < n;
+    const int sym = dec.step(active, tables + (active ? __ldg(g.table_of + c) * kTableBytes : 0));
     if (active) {
-      const int sym = (int)rans::dec_symbol_index(e) - kSymbolBias;
       if (g.planes > 1)
         store_plane(out, row, c, C / g.planes, g.planes, sym);
       else
@@ -91,18 +123,79 @@ __device__ void decode_segment(const uint8_t* blob, const SegmentDev& s, const G
       if (t < t_end) row = out.token(t);
     }
   }
-  const bool clean = !overrun && wp == s.words && x == rans::kLowerBound;
-  if (!__all_sync(~0u, clean) && lane == 0) atomicAdd(bad, 1u);
+  if (!dec.clean() && lane == 0) atomicAdd(bad, 1u);
 }
 
-// One block: up to kWarps segments of one group. One launch runs every block: first those whose
-// group has more tables than shared memory holds (they read them from global memory, and run
-// longest), then those that copy their group's tables to shared memory.
+// Steps of 32 symbols a warp stages in shared memory before storing them as whole rows.
+constexpr uint32_t kStageSteps = 32;
+
+// Stores `count` staged symbols (a multiple of 8, in segment order from symbol `first`): each
+// lane dequantizes runs of 8 channels of one token and stores them with 16-byte stores.
 template <DType D>
-__global__ void __launch_bounds__(kWarps * 32)
+__device__ void store_staged(const int8_t* stage, uint32_t first, uint32_t count,
+                             const SegmentDev& s, const GroupDev& g, const View& out) {
+  const uint32_t C = g.channels;
+  for (uint32_t j = threadIdx.x % 32; j < count / 8; j += 32) {
+    const uint32_t p = first + 8 * j, t = s.token_begin + p / C, c = p % C;
+    float v[8];
+    if (t < g.raw_rows) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) v[i] = __ldg(g.raw + (size_t)t * C + c + i);
+    } else {
+      const uint2 sy = *reinterpret_cast<const uint2*>(stage + 8 * j);
+      const float4 b0 = __ldg(reinterpret_cast<const float4*>(g.b + c));
+      const float4 b1 = __ldg(reinterpret_cast<const float4*>(g.b + c + 4));
+      const float4 o0 = __ldg(reinterpret_cast<const float4*>(g.o + c));
+      const float4 o1 = __ldg(reinterpret_cast<const float4*>(g.o + c + 4));
+      const float a = __ldg(g.a + t);
+      const float b[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
+      const float o[8] = {o0.x, o0.y, o0.z, o0.w, o1.x, o1.y, o1.z, o1.w};
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const uint32_t word = i < 4 ? sy.x : sy.y;
+        v[i] = dequantize((int8_t)(word >> (8 * (i % 4))), a, b[i], o[i]);
+      }
+    }
+    store8<D>(out, out.token(t) + c, v);
+  }
+}
+
+// decode_segment for outputs whose rows take 16-byte stores (View::vec8), lossless aside:
+// symbols staged in shared memory, then dequantized and stored 8 channels at a time.
+template <DType D>
+__device__ void decode_segment_staged(const uint8_t* blob, const SegmentDev& s, const GroupDev& g,
+                                      const View& out, const uint8_t* tables, int8_t* stage,
+                                      uint32_t* bad) {
+  const uint32_t lane = threadIdx.x % 32;
+  LaneDecoder dec(blob + s.offset, s.words, lane);
+  const uint32_t C = g.channels, n = s.token_count * C;
+  uint32_t c = lane % C, k = 0, first = 0;
+  for (uint32_t p0 = 0; p0 < n; p0 += 32) {
+    const bool active = p0 + lane < n;
+    const int sym = dec.step(active, tables + (active ? __ldg(g.table_of + c) * kTableBytes : 0));
+    if (active) stage[k * 32 + lane] = (int8_t)sym;
+    c += 32 % C;
+    if (c >= C) c -= C;
+    if (++k == kStageSteps || p0 + 32 >= n) {
+      __syncwarp();
+      store_staged<D>(stage, first, min(k * 32, n - first), s, g, out);
+      __syncwarp();
+      first += k * 32;
+      k = 0;
+    }
+  }
+  if (!dec.clean() && lane == 0) atomicAdd(bad, 1u);
+}
+
+// One block: up to kWarps segments of one group; 6 blocks per SM (40 registers, no spills, by
+// ptxas -v). One launch runs every block: first those whose group has more tables than shared
+// memory holds (they read them from global memory, and run longest), then those that copy their
+// group's tables to shared memory.
+template <DType D>
+__global__ void __launch_bounds__(kWarps * 32, 6)
     decode_kernel(const uint8_t* blob, const SegmentDev* segs, const Work* global_work,
                   uint32_t global_blocks, const Work* shared_work, const GroupDev* groups,
-                  const View* outs, uint32_t* bad) {
+                  const View* outs, bool staged, uint32_t* bad) {
   extern __shared__ uint4 smem[];
   const bool shared = blockIdx.x >= global_blocks;
   const Work w = shared ? shared_work[blockIdx.x - global_blocks] : global_work[blockIdx.x];
@@ -119,10 +212,19 @@ __global__ void __launch_bounds__(kWarps * 32)
   const uint32_t warp = threadIdx.x / 32;
   if (warp >= w.count) return;
   const SegmentDev s = segs[w.first_segment + warp];
-  if (shared)  // two inlined copies, so that this one's table reads are shared-memory loads
-    decode_segment<D>(blob, s, g, out, reinterpret_cast<const uint8_t*>(smem), bad);
-  else
+  // Inlined copies per table place, so that the shared ones' table reads are shared loads.
+  const auto* shared_tables = reinterpret_cast<const uint8_t*>(smem);
+  if (staged && out.vec8 && g.planes == 1) {
+    __shared__ __align__(16) int8_t stage[kWarps][kStageSteps * 32];
+    if (shared)
+      decode_segment_staged<D>(blob, s, g, out, shared_tables, stage[warp], bad);
+    else
+      decode_segment_staged<D>(blob, s, g, out, g.tables, stage[warp], bad);
+  } else if (shared) {
+    decode_segment<D>(blob, s, g, out, shared_tables, bad);
+  } else {
     decode_segment<D>(blob, s, g, out, g.tables, bad);
+  }
 }
 
 // Decode tables built on the device from the parsed 12-bit frequencies (512 bytes per table
@@ -597,7 +699,7 @@ void DeviceBlob::decode_into(const std::vector<TensorView>& outs, uintptr_t stre
   with_dtype(outs[0].dtype, [&]<DType D>() {
     if (s.blocks[0] + s.blocks[1])
       decode_kernel<D><<<s.blocks[0] + s.blocks[1], kWarps * 32, s.shared_bytes, st>>>(
-          s.blob, s.segs, s.work[1], s.blocks[1], s.work[0], s.group_devs, v, bad);
+          s.blob, s.segs, s.work[1], s.blocks[1], s.work[0], s.group_devs, v, staged_stores(), bad);
   });
   CG_CUDA(cudaGetLastError());
   const Pinned corrupt_host(4);
