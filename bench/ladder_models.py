@@ -1,7 +1,7 @@
 """The level ladder on several real models: does a level mean the same quality everywhere?
 
     python bench/ladder_models.py --models smollm2,gemma3 --docs GPL-3,python:argparse \
-        --levels 1,5,10,15,20,27,34,40 --refs 1,2,3,4,5 --cont 128
+        --levels 1,5,10,15,20,27,34,40,41,42,43,44 --refs 1,2,3,4,5 --cont 128
 
 For every model and document: the uncompressed cache's continuation against each level's
 decoded cache (no profile) and the CacheGen reference's. Writes ladder_models.json and
@@ -144,7 +144,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--models", default="smollm2,gemma3")
     ap.add_argument("--docs", default="GPL-3,python:argparse")
-    ap.add_argument("--levels", default="1,5,10,15,20,27,34,40")
+    ap.add_argument("--levels", default="1,5,10,15,20,27,34,40,41,42,43,44")
     ap.add_argument("--flat", default="5,15,27,40", help="levels also run without key spread")
     ap.add_argument("--refs", default="1,3,5")
     ap.add_argument("--prefix", type=int, default=1536)

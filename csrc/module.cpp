@@ -60,14 +60,14 @@ TensorView make_view(uintptr_t address, int dtype, uint32_t tokens, uint32_t hea
 
 GroupSpec make_spec(const TensorView& view, int quantizer, float param, uint32_t max_tables,
                     const std::optional<Floats>& token_weights,
-                    const std::optional<Floats>& channel_weights, uint32_t raw_rows) {
+                    const std::optional<Floats>& channel_weights, uint32_t raw_rows, bool center) {
   if (quantizer < 0 || quantizer > 255 || !valid_quantizer((uint8_t)quantizer))
     throw InputError("unknown quantizer id");
   return {view,
           (Quantizer)quantizer,
           param,
           max_tables,
-          {float32s(token_weights), float32s(channel_weights)},
+          {float32s(token_weights), float32s(channel_weights), center},
           raw_rows};
 }
 
@@ -370,7 +370,8 @@ PYBIND11_MODULE(_core, m) {
   py::class_<GroupSpec>(m, "GroupSpec", "How to code one (layer, K/V) group.")
       .def(py::init(&make_spec), py::arg("view"), py::arg("quantizer"), py::arg("param"),
            py::arg("max_tables"), py::arg("token_weights") = py::none(),
-           py::arg("channel_weights") = py::none(), py::arg("raw_rows") = 0)
+           py::arg("channel_weights") = py::none(), py::arg("raw_rows") = 0,
+           py::arg("center") = false)
       .def_readonly("view", &GroupSpec::view)
       .def_property_readonly("quantizer", [](const GroupSpec& s) { return (int)s.quantizer; })
       .def_readonly("param", &GroupSpec::param)
@@ -378,7 +379,8 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("token_weights", [](const GroupSpec& s) { return s.weights.token; })
       .def_property_readonly("channel_weights",
                              [](const GroupSpec& s) { return s.weights.channel; })
-      .def_readonly("raw_rows", &GroupSpec::raw_rows);
+      .def_readonly("raw_rows", &GroupSpec::raw_rows)
+      .def_property_readonly("center", [](const GroupSpec& s) { return s.weights.center; });
   py::class_<EncodeRequest>(m, "EncodeRequest", "Groups (K then V per layer) and blob header.")
       .def(py::init(&make_request), py::arg("groups"), py::arg("dtype"), py::arg("layout"),
            py::arg("level"), py::arg("segment_symbols"), py::arg("flags") = 0,

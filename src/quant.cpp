@@ -117,6 +117,22 @@ void fit_channel_steps(const ChannelStats& s, uint32_t tokens, float q, GroupQua
   }
 }
 
+// TokenStep with `center`: every channel's offset, its mean over all tokens (as the GPU's
+// channel statistics take it); finiteness is checked by the token pass that follows.
+void center_channels(const TensorView& v, GroupQuant& g) {
+  const uint32_t C = v.channels();
+  ChannelStats s(C);
+  std::vector<float> row(C);
+  for (uint32_t t = 0; t < v.tokens; ++t) {
+    load_row(v, t, row.data());
+    s.add(row.data());
+  }
+  g.channel_offset.resize(C);
+  for (uint32_t c = 0; c < C; ++c)
+    g.channel_offset[c] =
+        channel_fit(s.sum[c], s.sum_sq[c], s.lo[c], s.hi[c], v.tokens, 1.0f).offset;
+}
+
 // LayerStep: offsets as per channel, one step from the pooled deviation statistics.
 void fit_layer_step(const ChannelStats& s, uint32_t tokens, float q, GroupQuant& g) {
   const size_t C = s.sum.size();
@@ -194,6 +210,7 @@ GroupQuant quantizer_layout(Quantizer kind, float param, const StepWeights& w, u
     g.flags |= kRawRows;
     g.raw_rows = raw_rows;
   }
+  if (w.center) g.flags |= kChannelOffset;
   if (!w.channel.empty()) {  // stored as grid scales b; fits must use the stored values
     g.flags |= kChannelScale | kChannelCodes;
     for (float x : w.channel) g.channel_scale.push_back(step_code_value(nearest_step_code(x)));
@@ -211,6 +228,9 @@ GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v, const
   const bool per_token = g.flags & kTokenScale;
   std::vector<float> row(C), inv_b;
   for (uint16_t b : g.channel_scale) inv_b.push_back(inverse_scale(b));
+  if (w.center) center_channels(v, g);
+  std::vector<float> o;
+  for (uint16_t x : g.channel_offset) o.push_back(f16_to_f32(x));
   ChannelStats cs(per_token ? 0 : C);
   for (uint32_t t = 0; t < T; ++t) {
     load_row(v, t, row.data());
@@ -219,6 +239,7 @@ GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v, const
       cs.add(row.data());
       continue;
     }
+    for (size_t c = 0; c < o.size(); ++c) row[c] = add_rn(row[c], -o[c]);
     for (size_t c = 0; c < inv_b.size(); ++c) row[c] *= inv_b[c];
     const RowStats rs = row_stats(row.data(), C);
     const float q = weighted_param(param, w.token.empty() ? nullptr : w.token.data(), t);

@@ -209,11 +209,15 @@ DequantParams expand_params(const GroupQuant& q, uint32_t tokens, uint32_t chann
 // Optional step weights of the TokenStep quantizer (empty = all 1). A token's step is scaled by
 // its token weight (finer where the model is more sensitive, e.g. recent tokens); channel
 // weights are stored as the per-channel scale b, so each channel's step is scaled by its own.
+// `center`: each channel's mean over the group (fp16) is stored as its offset o and taken off
+// before the token fit, so a channel with a large constant part (an outlier channel) no longer
+// sets every row's range, which bounds how fine a token's step can be.
 constexpr float kMinWeight = 1.0f / 16384, kMaxWeight = 16384.0f;  // fp16 normals, exact
 struct StepWeights {
   std::vector<float> token;    // tokens entries or empty
   std::vector<float> channel;  // channels entries or empty
-  bool empty() const { return token.empty() && channel.empty(); }
+  bool center = false;
+  bool empty() const { return token.empty() && channel.empty() && !center; }
 };
 
 // A quantizer's flags, max symbol, raw row count and (from channel weights) channel scales,

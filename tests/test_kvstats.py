@@ -104,3 +104,8 @@ def test_key_spread_is_checked() -> None:
         cachegen.CodecConfig(key_spread=1.5)
     with pytest.raises(ValueError, match="key_spread"):
         cachegen.CodecConfig(key_quantizer="layer", value_quantizer="layer", key_spread=0.5)
+
+
+def test_key_center_needs_token_keys() -> None:
+    with pytest.raises(ValueError, match="key_center"):
+        cachegen.CodecConfig(key_quantizer="channel", key_center=True)

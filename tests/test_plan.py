@@ -3,6 +3,8 @@ verbatim rows, against the laws written out here; the core request carries it un
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -170,3 +172,27 @@ def test_the_core_view_and_spec_refuse_bad_codes():
     for quantizer in (0, 6, 257):
         with pytest.raises(ValueError, match="unknown quantizer id"):
             _core.GroupSpec(view.native(), quantizer, 0.5, 8)
+
+
+def test_levels_above_40_center_keys_only():
+    kv = synthetic_kv(LAYERS, TOKENS, HEADS, DIM)
+    assert not any(g.center for g in plan_of(kv, cachegen.CodecConfig.from_level(40)).groups)
+    plan = plan_of(kv, cachegen.CodecConfig.from_level(41))
+    assert [g.center for g in plan.groups] == [True, False] * LAYERS
+    assert [s.center for s in plan.request(1).groups] == [True, False] * LAYERS
+
+
+def test_centered_keys_store_their_channel_means_as_offsets():
+    kv = synthetic_kv(LAYERS, TOKENS, HEADS, DIM, dtype="float32")
+    kv[:, 0, :, 0, 3] += 400.0  # a key channel with a large constant part
+    groups = cachegen.quantize(kv, level=max(cachegen.LEVELS))
+    for layer in range(LAYERS):
+        keys = kv[layer, 0].reshape(TOKENS, -1).astype(np.float64)
+        want = keys.mean(axis=0).astype(np.float16).astype(np.float32)
+        np.testing.assert_array_equal(groups[2 * layer].o, want)
+        assert not groups[2 * layer + 1].o.any()  # values: no offsets
+    # Uncentered, channel 3 sets every key row's range, and the range bounds its step.
+    top = cachegen.CodecConfig.from_level(max(cachegen.LEVELS))
+    plain = cachegen.quantize(kv, config=dataclasses.replace(top, key_center=False))
+    for centered, uncentered in zip(groups[0::2], plain[0::2], strict=True):
+        assert np.median(centered.a[1:]) < np.median(uncentered.a[1:]) / 4

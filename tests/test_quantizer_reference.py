@@ -4,7 +4,8 @@ The round-trip tests compare `decode(encode(x))` with `cachegen.quantize`, the s
 `encode`: a wrong step size would pass them. These tests derive each token's step from the
 specification alone (key step 0.1^((level-1)/26) of the token's rms, values 3x coarser, the
 recency law, the first token verbatim, key channels scaled by the square root of their RoPE
-pair's rms, steps on the 1/8-octave grid and never so fine that |x| / step exceeds 127), find
+pair's rms, above level 40 keys less their channel means, steps on the 1/8-octave grid and never
+so fine that |x| / step exceeds 127), find
 the step the decoder actually used from the decoded values, and check that it lies within the
 grid's rounding of the specified one and that every element's error is at most half of it.
 """
@@ -21,6 +22,7 @@ import cachegen
 
 GRID = 8  # steps per octave
 MAX_SYMBOL = 127
+CENTERED_FROM = 41  # levels from here on take each key channel's mean off first
 
 
 def spec_steps(level: int) -> tuple[float, float]:
@@ -52,25 +54,41 @@ def key_scales(keys: np.ndarray, skip: int) -> np.ndarray:
     return grid(np.round(GRID * np.log2(np.concatenate([w, w], axis=1)))).reshape(-1)
 
 
+def key_offsets(keys: np.ndarray) -> np.ndarray:
+    """Per-channel key offsets `[heads * dim]`: each channel's mean over all tokens, as stored
+    (fp16)."""
+    mean = keys.reshape(len(keys), -1).astype(np.float64).mean(axis=0)
+    return mean.astype(np.float16).astype(np.float64)
+
+
 def grid(code: np.ndarray) -> np.ndarray:
     """The step of a grid code, as stored (fp16)."""
     return np.exp2(code / GRID).astype(np.float16).astype(np.float64)
 
 
-def decoded_step(row: np.ndarray, around: float) -> float | None:
+def decoded_step(row: np.ndarray, around: float, slack: np.ndarray) -> float | None:
     """The grid step nearest to `around` (within two codes) of which every decoded value is an
-    integer multiple; None if there is none. Nearest first: a row of few or zero symbols is a
-    multiple of several steps."""
+    integer multiple, give or take `slack` (the output dtype's rounding); None if there is
+    none. Nearest first: a row of few or zero symbols is a multiple of several steps."""
     centre = int(np.round(GRID * np.log2(around)))
     for step in grid(centre + np.array([0, -1, 1, -2, 2])):
         k = row / step
-        if np.all(np.abs(k - np.round(k)) <= 1e-3 * np.maximum(1, np.abs(k))):
+        if np.all(np.abs(k - np.round(k)) <= 1e-3 * np.maximum(1, np.abs(k)) + slack / step):
             return float(step)
     return None
 
 
-def check_group(x: np.ndarray, y: np.ndarray, fraction: float, weights: np.ndarray, sink: bool):
-    """x: input rows [tokens, channels] (fp32 of the stored dtype); y: decoded rows."""
+def check_group(
+    x: np.ndarray,
+    y: np.ndarray,
+    fraction: float,
+    weights: np.ndarray,
+    sink: bool,
+    slack: np.ndarray,
+):
+    """x: input rows [tokens, channels] (fp32 of the stored dtype, less any offsets); y:
+    decoded rows (less the same offsets); slack: how far the output dtype's rounding may move
+    each decoded value."""
     first = 1 if sink else 0
     if sink:
         np.testing.assert_array_equal(y[0], x[0])
@@ -81,7 +99,7 @@ def check_group(x: np.ndarray, y: np.ndarray, fraction: float, weights: np.ndarr
             np.testing.assert_array_equal(y[t], 0)
             continue
         wanted = max(fraction * weights[t] * rms, absmax / MAX_SYMBOL)
-        step = decoded_step(y[t].astype(np.float64), wanted)
+        step = decoded_step(y[t], wanted, slack[t])
         assert step is not None, f"token {t}: decoded values are not multiples of a grid step"
         # Nearest grid point (within 2^(1/16)), one code coarser where that would clip.
         assert wanted * 2 ** (-1 / 16) * 0.999 <= step <= wanted * 2 ** (1 / 8) * 1.001, (
@@ -89,8 +107,8 @@ def check_group(x: np.ndarray, y: np.ndarray, fraction: float, weights: np.ndarr
         )
         assert absmax / step <= MAX_SYMBOL + 0.5
         # Half a step of rounding, plus the output dtype's own rounding of the result.
-        err = np.abs(x[t].astype(np.float64) - y[t])
-        assert np.all(err <= step / 2 * 1.001 + np.abs(y[t]) * 2.0**-8), f"token {t}"
+        err = np.abs(x[t] - y[t])
+        assert np.all(err <= step / 2 * 1.001 + slack[t]), f"token {t}"
 
 
 def layer_rows(kv: np.ndarray) -> list[np.ndarray]:
@@ -111,10 +129,16 @@ def check_level(kv: np.ndarray, level: int, position: int = 0, context_end: int 
     sink = position == 0
     for g, (x, y) in enumerate(zip(layer_rows(kv), layer_rows(out), strict=True)):
         scales = key_scales(kv[g // 2, 0], int(sink)) if g % 2 == 0 else 1.0
-        check_group(x / scales, y / scales, fractions[g % 2], weights, sink)
+        centered = g % 2 == 0 and level >= CENTERED_FROM
+        offsets = key_offsets(kv[g // 2, 0]) if centered else 0.0
+        slack = np.abs(y.astype(np.float64)) * 2.0**-8 / scales
+        x, y = x.astype(np.float64) - offsets, y.astype(np.float64) - offsets
+        check_group(x / scales, y / scales, fractions[g % 2], weights, sink, slack)
 
 
-@pytest.mark.parametrize("level", [1, 8, cachegen.DEFAULT_LEVEL, 21, max(cachegen.LEVELS)])
+@pytest.mark.parametrize(
+    "level", [1, 8, cachegen.DEFAULT_LEVEL, 21, CENTERED_FROM - 1, max(cachegen.LEVELS)]
+)
 @pytest.mark.parametrize("dtype", ["float16", "float32"])
 def test_level_steps_follow_the_specification(level: int, dtype: str) -> None:
     check_level(synthetic_kv(3, 150, 2, 32, dtype=dtype, seed=level), level)

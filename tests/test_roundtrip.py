@@ -142,7 +142,12 @@ def test_quality_ordering_of_levels():
         err = cachegen.decode(blob).astype(np.float32) - kv.astype(np.float32)
         errors.append(float(np.sqrt(np.mean(err**2))))
         sizes.append(len(blob))
-    assert sizes == sorted(sizes) and errors == sorted(errors, reverse=True)
+    assert errors == sorted(errors, reverse=True)
+    # Sizes grow with the level within the plain levels and within the key-centered ones
+    # (41 on); centering can cost fewer bits than it saves where key channels have a mean.
+    plain = [n for lv, n in zip(cachegen.LEVELS, sizes, strict=True) if lv <= 40]
+    centered = [n for lv, n in zip(cachegen.LEVELS, sizes, strict=True) if lv > 40]
+    assert plain == sorted(plain) and centered == sorted(centered)
 
 
 def test_coded_payload_within_one_percent_of_entropy():

@@ -169,6 +169,17 @@ def test_core_rejects_bad_weights(token_w, channel_w, quantizer, raw_rows, match
         _core.quantize(_core.EncodeRequest([bad, value], 1, 0, 0, 1 << 16, threads=1))
 
 
+@pytest.mark.parametrize("quantizer", [1, 2, 4])
+def test_core_centers_only_token_step_groups(quantizer):
+    kv = synthetic_kv(1, 10, 2, 8)
+    plan = plan_encode(kv, cachegen.tensors.views(kv), PLAIN)
+    key, value = (g.native() for g in plan.groups)
+    param = 16.0 if quantizer == 1 else 0.5
+    bad = _core.GroupSpec(key.view, quantizer, param, 8, center=True)
+    with pytest.raises(ValueError, match="token-step"):
+        _core.quantize(_core.EncodeRequest([bad, value], 1, 0, 0, 1 << 16, threads=1))
+
+
 def test_importance_fit_recovers_a_planted_model():
     rng = np.random.default_rng(0)
     coef = rng.normal(size=6)

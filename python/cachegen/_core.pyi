@@ -62,6 +62,7 @@ class GroupSpec:
         token_weights: npt.ArrayLike | None = None,
         channel_weights: npt.ArrayLike | None = None,
         raw_rows: int = 0,
+        center: bool = False,
     ) -> None: ...
     @property
     def view(self) -> TensorView: ...
@@ -77,6 +78,8 @@ class GroupSpec:
     def channel_weights(self) -> list[float]: ...
     @property
     def raw_rows(self) -> int: ...
+    @property
+    def center(self) -> bool: ...
 
 class EncodeRequest:
     """Groups (K then V per layer) and blob header (see `cachegen.plan.EncodePlan`)."""

@@ -27,7 +27,8 @@ DEFAULT_LEVEL = 15
 #: they hold, and reuse only chunks coded under the same ladder, so a changed ladder never
 #: silently changes what a stored level delivers. 1: levels 1-27 of per-token steps; 2: levels
 #: without a profile also scale key channels by the cache's statistics, and finer levels
-#: follow 27.
+#: follow 27 (levels 41-44, with centered keys, were appended later: appending leaves every
+#: stored level's settings as they were, so the version stands).
 LADDER_VERSION = 2
 #: The ladder of stored contexts that record none.
 LEGACY_LADDER_VERSION = 1
@@ -39,12 +40,17 @@ LOSSLESS = 100
 # Project ladder: per-token steps for keys and values as a fraction of the token's rms, values
 # three times as coarse as keys (attention scores are more sensitive to key error than outputs
 # are to value error). Key steps fall geometrically by 0.915x (~0.11 bits) a level, from 1 at
-# level 1 through 0.1 at level 27 to 0.0316 at level 40, the near-lossless end (mean KL about
-# 1e-4); finer steps would mostly meet the bound |x| / step <= 127. The ratios and exponents
+# level 1 through 0.1 at level 27 and 0.0316 at level 40 to 0.0222 at level 44, the
+# near-lossless end (pooled mean KL under 1e-4 on both models measured). From level 40 on, key
+# steps mostly meet the bound |x| / step <= 127 (symbols are int8), which models with outlier
+# key channels reach through those channels' large constant part: levels above 40 also center
+# keys (`key_center`), which lowers that bound; finer steps than level 44's gain little under
+# it. Levels 1-40 are as they were before levels 41-44 were added. The ratios and exponents
 # here were chosen on text never scored; bench/results/ladder_experiments.md has the record,
 # bench/results/ladder.md and ladder_models.md the measured quality.
 _VALUE_RATIO = 3.0
-_FINEST_LEVEL = 40
+_FINEST_LEVEL = 44
+_CENTERED_FROM = 41
 _KEY_STEPS = tuple(round(0.1 ** (i / 26), 4) for i in range(_FINEST_LEVEL))
 _LEVEL_STEPS: dict[int, tuple[float, float]] = {
     n: (k, round(_VALUE_RATIO * k, 4)) for n, k in enumerate(_KEY_STEPS, start=1)
@@ -73,6 +79,10 @@ _REFERENCE_BINS: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
     4: ((64, 64, 64), (64, 64)),
     5: ((128, 128, 128), (128, 128)),
 }
+
+
+# Settings added after stored contexts began recording settings, with their defaults.
+_ADDED_SETTINGS: dict[str, Any] = {"key_center": False}
 
 
 def _schedule(cuts: Sequence[float], values: Sequence[int]) -> Schedule:
@@ -109,6 +119,9 @@ class CodecConfig:
             quantizers only; 0 = off).
         key_spread: without a profile, each key channel pair's step is scaled by its rms over
             the cache to this power (`cachegen.kvstats`; 0 = off, "token" keys only).
+        key_center: each key channel's mean over the group is stored as its offset and taken
+            off before the token fit, so outlier channels with a large constant part stop
+            bounding every token's step by its range ("token" keys only).
         level: recorded in the blob (0 for a custom config).
     """
 
@@ -121,6 +134,7 @@ class CodecConfig:
     sink_tokens: int = 0
     recency: float = 0.0
     key_spread: float = 0.0
+    key_center: bool = False
     level: int = 0
     name: str = field(default="custom", compare=False)
 
@@ -138,6 +152,8 @@ class CodecConfig:
             raise ValueError("sink_tokens must be >= 0 and recency in [0, 2]")
         if not 0.0 <= self.key_spread <= 1.0:
             raise ValueError("key_spread must be in [0, 1]")
+        if self.key_center and self.key_quantizer != "token":
+            raise ValueError("key_center needs 'token' keys")
         weighted = self.sink_tokens > 0 or self.recency > 0 or self.key_spread > 0
         if weighted and "token" not in (self.key_quantizer, self.value_quantizer):
             raise ValueError("sink_tokens/recency/key_spread need a 'token' quantizer")
@@ -160,6 +176,7 @@ class CodecConfig:
             sink_tokens=LEVEL_SINK_TOKENS,
             recency=LEVEL_RECENCY,
             key_spread=LEVEL_KEY_SPREAD,
+            key_center=level >= _CENTERED_FROM,
             level=level,
             name=f"level-{level}",
         )
@@ -194,8 +211,15 @@ class CodecConfig:
         )
 
     def to_json(self) -> dict[str, Any]:
-        """The settings as plain JSON values (what a stored context records per level)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "name"}
+        """The settings as plain JSON values (what a stored context records per level). A
+        setting added later is left out while it has its default, so the record of a level
+        that does not use it reads as it always did."""
+        fields = dataclasses.asdict(self)
+        return {
+            k: v
+            for k, v in fields.items()
+            if k != "name" and not (k in _ADDED_SETTINGS and v == _ADDED_SETTINGS[k])
+        }
 
     def layer_params(
         self, layer: int, num_layers: int

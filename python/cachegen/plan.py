@@ -7,7 +7,9 @@ token t of channel c gets about the step
     param * layer_weight * token_weight[t] * channel_weight[c] * rms(token t)
 
 (the core then floors it at the token's range / 127 and rounds it to its 1/8-octave grid),
-except the first `raw_rows` tokens (attention sinks), which are stored verbatim. `plan_encode`
+except the first `raw_rows` tokens (attention sinks), which are stored verbatim. With `center`
+(the config's `key_center`, keys only), the group's channel means are stored as offsets and
+taken off before rms and range are. `plan_encode`
 composes those factors from their sources:
 
 * `param`: the config's per-layer schedule (`CodecConfig.layer_params`);
@@ -52,6 +54,7 @@ class GroupPlan:
     token_weights: np.ndarray | None = None  # float32 [tokens]; None = all 1
     channel_weights: np.ndarray | None = None  # float32 [heads * head_dim]; None = all 1
     raw_rows: int = 0  # first tokens stored verbatim (attention sinks)
+    center: bool = False  # "token" only: channel means stored as offsets, taken off first
 
     def native(self) -> _core.GroupSpec:
         return _core.GroupSpec(
@@ -62,6 +65,7 @@ class GroupPlan:
             self.token_weights,
             self.channel_weights,
             self.raw_rows,
+            self.center,
         )
 
 
@@ -130,8 +134,11 @@ def plan_encode(
                 channel_w = _float32(profile.channel_weights(layer, side, group.head_dim))
             elif side == 0 and config.key_spread > 0:
                 channel_w = _key_spread(v, layer, raw_rows, config.key_spread, threads)
+            center = side == 0 and config.key_center
             groups.append(
-                GroupPlan(group, quantizer, param, config.max_tables, token_w, channel_w, raw_rows)
+                GroupPlan(
+                    group, quantizer, param, config.max_tables, token_w, channel_w, raw_rows, center
+                )
             )
     flags = FLAG_TORCH_SOURCE if v.framework == "torch" else 0
     return EncodePlan(tuple(groups), v.dtype, v.layout, config.level, config.segment_symbols, flags)

@@ -23,7 +23,7 @@ from .config import LEVELS, LOSSLESS
 #: Pooled mean KL (nats) per measured level without a profile, the worse of the two models
 #: (bench/results/ladder_models.md, ladder version 2: GPL-3 and argparse's source, 1536-token
 #: prefix, 128 scored tokens). The two models' KLs at one level differ by 1.02-1.38x at levels
-#: 10-34, 2.1x at level 5 and 1.8x at level 40.
+#: 10-34, 1.29-1.61x at levels 41-44, 2.1x at level 5 and 1.8x at level 40.
 LEVEL_KL: dict[int, float] = {
     1: 0.178,
     5: 0.0968,
@@ -33,6 +33,10 @@ LEVEL_KL: dict[int, float] = {
     27: 0.00128,
     34: 0.000311,
     40: 0.00019,
+    41: 0.000120,
+    42: 0.000105,
+    43: 0.000103,
+    44: 0.0000933,
 }
 
 

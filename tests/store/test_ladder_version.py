@@ -56,6 +56,36 @@ def test_manifest_records_the_ladder_and_each_levels_settings(store: Store) -> N
     assert body["ladder"]["expected_kl"] == {"3": cachegen.expected_kl(3), "15": 0.00809}
 
 
+def test_appended_levels_leave_the_records_of_the_others_as_they_were(store: Store) -> None:
+    """Levels above 40 came later with a new setting (`key_center`): a record of an older level
+    holds exactly the settings it held before, and every record reads back as its level."""
+    assert cachegen.CodecConfig.from_level(40).to_json() == {
+        "key_quantizer": "token",
+        "value_quantizer": "token",
+        "key_param": 0.0316,
+        "value_param": 0.0948,
+        "max_tables": 16,
+        "segment_symbols": 65536,
+        "sink_tokens": 1,
+        "recency": 0.75,
+        "key_spread": 0.5,
+        "level": 40,
+    }
+    top = max(cachegen.LEVELS)
+    ids, kv = make(200)
+    save_context(store, MODEL, ids, kv, chunk_tokens=CHUNK, levels=[40, top])
+    ctx = open_context(store, MODEL, ids, chunk_tokens=CHUNK)
+    body = stored.unseal(
+        stored.manifest_key(ctx.chunks[-1].hash),
+        store.get(stored.manifest_key(ctx.chunks[-1].hash)),
+        None,
+    )
+    for level in (40, top):
+        record = body["ladder"]["levels"][str(level)]
+        assert cachegen.CodecConfig(**record) == cachegen.CodecConfig.from_level(level)
+    assert body["ladder"]["levels"][str(top)]["key_center"] is True
+
+
 def test_chunks_of_another_ladder_are_recoded_not_reused(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
