@@ -65,6 +65,18 @@ void transpose8x8(const uint16_t* src, uint32_t src_stride, uint16_t* dst, int64
 }
 #endif
 
+constexpr uintptr_t kLine = 64;  // cache line bytes
+
+// Into L2 (prefetcht1), not L1: L1 holds the decoding tile's symbols and tables.
+void prefetch(const uint8_t* p) { __builtin_prefetch(p, 0, 2); }
+
+// Every line of [p, p + n).
+void prefetch_lines(const uint8_t* p, size_t n) {
+  const uintptr_t end = (uintptr_t)p + n;
+  for (uintptr_t a = (uintptr_t)p & ~(kLine - 1); a < end; a += kLine)
+    prefetch(reinterpret_cast<const uint8_t*>(a));
+}
+
 void f16_to_f32_n(const uint16_t* src, float* dst, uint32_t n) {
 #ifdef CG_X86
   if (has_f16c()) return f16_to_f32_f16c(src, dst, n);
@@ -215,6 +227,22 @@ void store_rows(const TensorView& v, uint32_t token, uint32_t n, const float* ro
 void store_native_rows(const TensorView& v, uint32_t token, uint32_t n, const void* rows) {
   if (dtype_size(v.dtype) == 2) return place_rows(v, token, n, static_cast<const uint16_t*>(rows));
   place_rows(v, token, n, static_cast<const float*>(rows));
+}
+
+void prefetch_row(const TensorView& v, uint32_t token) {
+  const size_t elem = dtype_size(v.dtype);
+  const uint8_t* base = static_cast<const uint8_t*>(v.data) + v.token_offset(token) * elem;
+  if (v.dense_rows()) return prefetch_lines(base, v.channels() * elem);
+  if (v.s_token == 1) {
+    if ((uintptr_t)base % kLine >= elem) return;  // its lines were fetched with an earlier token
+    for (uint32_t h = 0; h < v.heads; ++h)
+      for (uint32_t d = 0; d < v.head_dim; ++d)
+        prefetch(base + (h * v.s_head + d * v.s_dim) * elem);
+    return;
+  }
+  if (v.s_dim == 1)
+    for (uint32_t h = 0; h < v.heads; ++h)
+      prefetch_lines(base + h * v.s_head * elem, v.head_dim * elem);
 }
 
 // A row's raw bits, element type T (the dtype's width), through for_runs.
