@@ -228,6 +228,34 @@ uint32_t tile_rows(const TensorView& v, uint32_t t0, uint32_t k0, uint32_t count
   return v.s_token == 1 && k0 + n < count && n > over ? n - over : n;
 }
 
+// The byte address of a view's rows, token after token up to `end`: the block table is read as
+// each block starts instead of a division for every row.
+class RowWalk {
+ public:
+  RowWalk(const TensorView& v, uint32_t token, uint32_t end)
+      : v_(v), step_(v.s_token * (int64_t)dtype_size(v.dtype)), token_(token), end_(end) {
+    seek();
+  }
+  uint32_t token() const { return token_; }
+  uint8_t* row() const { return row_; }
+  void next() {
+    if (++token_ == end_) return;
+    if (v_.block_table && ++in_block_ == v_.block_size) return seek();
+    row_ += step_;
+  }
+
+ private:
+  void seek() {
+    if (token_ == end_) return;
+    row_ = static_cast<uint8_t*>(v_.data) + v_.token_offset(token_) * (int64_t)dtype_size(v_.dtype);
+    in_block_ = v_.block_table ? token_ % v_.block_size : 0;
+  }
+  const TensorView& v_;
+  const int64_t step_;
+  uint32_t token_, end_, in_block_ = 0;
+  uint8_t* row_ = nullptr;
+};
+
 // A quantized segment decoded a tile of rows at a time, each tile's rows reconstructed and
 // converted in the output's dtype straight into the output where its heads' dims are
 // contiguous, else into a staging tile that is then placed. Rows of a corrupt segment may be
@@ -249,21 +277,28 @@ void decode_fused(const ParsedBlob& blob, const uint8_t* data, uint64_t call, Cp
                            ? RowRuns{v.heads, v.head_dim, v.s_head * (int64_t)elem}
                            : RowRuns{1, C, 0};
   RansCursor r(data + s.offset, s.bytes);
-  for (uint32_t k = 0; k < std::min(kPrefetchRows, s.token_count); ++k)
-    prefetch_row(v, s.token_begin + k);
+  const uint32_t end = s.token_begin + s.token_count;
+  // `ahead` runs kPrefetchRows rows before `at`, prefetching each row it passes.
+  RowWalk at(v, s.token_begin, end), ahead(v, s.token_begin, end);
+  for (; ahead.token() < std::min(end, s.token_begin + kPrefetchRows); ahead.next())
+    prefetch_row(v, ahead.row());
   for (uint32_t k0 = 0, n; k0 < s.token_count; k0 += n) {
     const uint32_t t0 = s.token_begin + k0;
     n = tile_rows(v, t0, k0, s.token_count, rows);
     decode_symbols(path, r, t, (size_t)n * C, tile);
     // Raw rows (the sink) are the group's first tokens, so a tile's are a prefix of it.
     const uint32_t raw = p.raw_rows > t0 ? std::min(n, p.raw_rows - t0) : 0;
-    for (uint32_t k = 0; k < raw; ++k) store_row(v, t0 + k, p.raw.data() + (size_t)(t0 + k) * C);
-    for (uint32_t k = raw; k < n; ++k) {
-      const int8_t* sym = tile + (size_t)k * C;
-      uint8_t* row = static_cast<uint8_t*>(v.data) + v.token_offset(t0 + k) * (int64_t)elem;
-      uint8_t* dst = placement == Placement::Staged ? staged + (k - raw) * row_bytes : row;
-      dequantize_store(path, sym, p.a[t0 + k], p, runs, v.dtype, dst);
-      if (k0 + k + kPrefetchRows < s.token_count) prefetch_row(v, t0 + k + kPrefetchRows);
+    for (uint32_t k = 0; k < n; ++k, at.next()) {
+      if (k < raw) {
+        store_row(v, t0 + k, p.raw.data() + (size_t)(t0 + k) * C);
+        continue;
+      }
+      uint8_t* dst = placement == Placement::Staged ? staged + (k - raw) * row_bytes : at.row();
+      dequantize_store(path, tile + (size_t)k * C, p.a[t0 + k], p, runs, v.dtype, dst);
+      if (ahead.token() < end) {
+        prefetch_row(v, ahead.row());
+        ahead.next();
+      }
     }
     if (placement == Placement::Staged && n > raw) store_native_rows(v, t0 + raw, n - raw, staged);
   }

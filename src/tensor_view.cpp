@@ -229,9 +229,8 @@ void store_native_rows(const TensorView& v, uint32_t token, uint32_t n, const vo
   place_rows(v, token, n, static_cast<const float*>(rows));
 }
 
-void prefetch_row(const TensorView& v, uint32_t token) {
+void prefetch_row(const TensorView& v, const uint8_t* base) {
   const size_t elem = dtype_size(v.dtype);
-  const uint8_t* base = static_cast<const uint8_t*>(v.data) + v.token_offset(token) * elem;
   if (v.dense_rows()) return prefetch_lines(base, v.channels() * elem);
   if (v.s_token == 1) {
     if ((uintptr_t)base % kLine >= elem) return;  // its lines were fetched with an earlier token

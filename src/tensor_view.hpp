@@ -53,10 +53,10 @@ void store_rows(const TensorView& v, uint32_t token, uint32_t n, const float* ro
 // whose rows are not dense (paged heads, transposed key pages).
 void store_native_rows(const TensorView& v, uint32_t token, uint32_t n, const void* rows);
 
-// Asks the cache for the lines of token t's row that a store is about to write (a hint: no
-// fault, no effect on the data). A token-adjacent view (s_token == 1) fetches its channels' lines
-// at the token that starts them; an element-strided one gets none.
-void prefetch_row(const TensorView& v, uint32_t token);
+// Asks the cache for the lines of the row at `row` (a token's first element) that a store is
+// about to write (a hint: no fault, no effect on the data). A token-adjacent view (s_token == 1)
+// fetches its channels' lines at the token that starts them; an element-strided one gets none.
+void prefetch_row(const TensorView& v, const uint8_t* row);
 
 // A row's raw bits in the view's own dtype: channels() elements of dtype_size bytes.
 void load_bits(const TensorView& v, uint32_t token, uint8_t* bits);
