@@ -114,14 +114,15 @@ def test_decode_paged_writes_exactly_the_slots(layout, dtype, cpu_path):
         assert torch.equal(c, b)
 
 
-@pytest.mark.parametrize("layout", list(paged.LAYOUTS))
-def test_decode_paged_over_many_tiles_and_segments(layout, cpu_path):
+@pytest.mark.parametrize(("layout", "dtype"), CASES)
+def test_decode_paged_over_many_tiles_and_segments(layout, dtype, cpu_path):
     """Segments that start off an 8-token boundary and decode in several tiles each (the vector
-    paths cut the tiles of transposed key pages to 8-token bounds), after verbatim sink rows:
-    every slot holds what `decode` gives."""
-    blocks, heads, block, dim, tokens = 48, 3, 32, 16, 700
-    kv = torch.from_numpy(synthetic_kv(2, tokens, heads, dim, "float32", seed=11)).half()
-    # 209-token segments; a tile is 170 rows of these 48 channels.
+    paths cut the tiles of transposed key pages to 8-token bounds), after verbatim sink rows,
+    with head runs of whole cache lines (which the vector paths write with non-temporal
+    stores): every slot holds what `decode` gives."""
+    blocks, heads, block, dim, tokens = 48, 3, 32, 32, 700
+    kv = torch.from_numpy(synthetic_kv(2, tokens, heads, dim, "float32", seed=11)).to(dtype)
+    # 209-token segments; a tile is 85 rows of these 96 channels.
     config = dataclasses.replace(
         CodecConfig.from_level(cachegen.DEFAULT_LEVEL),
         segment_symbols=209 * heads * dim,
@@ -130,7 +131,7 @@ def test_decode_paged_over_many_tiles_and_segments(layout, cpu_path):
     blob = cachegen.encode(kv, config=config)
     ids = [int(b) for b in np.random.default_rng(5).permutation(blocks)[: -(-tokens // block)]]
     shape = (blocks, heads, block, dim)
-    caches = [empty_cache(layout, torch.float16, seed=20 + i, shape=shape) for i in range(2)]
+    caches = [empty_cache(layout, dtype, seed=20 + i, shape=shape) for i in range(2)]
     paged.decode_paged(blob, caches, layout, ids)
     assert torch.equal(gather(layout, caches, ids, tokens), cachegen.decode(blob))
 

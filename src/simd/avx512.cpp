@@ -82,6 +82,19 @@ CG_AVX512 inline __m256i to_bf16(__m512 f) {
   return _mm512_cvtepi32_epi16(h);
 }
 
+// Stores of 16 converted elements: non-temporal (Stream; d aligned to their size) or cached.
+template <bool Stream>
+CG_AVX512 inline void store16(void* d, __m256i x) {
+  if constexpr (Stream) return _mm256_stream_si256((__m256i*)d, x);
+  _mm256_storeu_si256((__m256i*)d, x);
+}
+template <bool Stream>
+CG_AVX512 inline void store16(void* d, __m512 x) {
+  if constexpr (Stream) return _mm512_stream_ps((float*)d, x);
+  _mm512_storeu_ps((float*)d, x);
+}
+
+template <bool Stream>
 CG_AVX512 void dequantize_row_avx512_impl(const int8_t* sym, float a, const float* b,
                                           const float* o, uint32_t n, DType dtype, void* dst) {
   const __m512 va = _mm512_set1_ps(a);
@@ -89,16 +102,16 @@ CG_AVX512 void dequantize_row_avx512_impl(const int8_t* sym, float a, const floa
   switch (dtype) {
     case DType::F16:
       for (uint16_t* d = (uint16_t*)dst; i + 16 <= n; i += 16)
-        _mm256_storeu_si256((__m256i*)(d + i), _mm512_cvtps_ph(dequant16(sym + i, va, b + i, o + i),
-                                                               _MM_FROUND_TO_NEAREST_INT));
+        store16<Stream>(d + i, _mm512_cvtps_ph(dequant16(sym + i, va, b + i, o + i),
+                                               _MM_FROUND_TO_NEAREST_INT));
       break;
     case DType::BF16:
       for (uint16_t* d = (uint16_t*)dst; i + 16 <= n; i += 16)
-        _mm256_storeu_si256((__m256i*)(d + i), to_bf16(dequant16(sym + i, va, b + i, o + i)));
+        store16<Stream>(d + i, to_bf16(dequant16(sym + i, va, b + i, o + i)));
       break;
     case DType::F32:
       for (float* d = (float*)dst; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(d + i, dequant16(sym + i, va, b + i, o + i));
+        store16<Stream>(d + i, dequant16(sym + i, va, b + i, o + i));
       break;
   }
   if (i < n)
@@ -178,7 +191,9 @@ void decode_avx512(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) 
 void dequantize_row_avx512(const int8_t* sym, float a, const float* b, const float* o, RowRuns runs,
                            DType dtype, void* dst) {
   for_each_run(runs, dst, [&](uint32_t c, uint8_t* d) {
-    dequantize_row_avx512_impl(sym + c, a, b + c, o + c, runs.length, dtype, d);
+    if (runs.stream && whole_lines(d, runs.length, dtype))
+      return dequantize_row_avx512_impl<true>(sym + c, a, b + c, o + c, runs.length, dtype, d);
+    dequantize_row_avx512_impl<false>(sym + c, a, b + c, o + c, runs.length, dtype, d);
   });
 }
 
