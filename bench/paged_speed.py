@@ -217,8 +217,10 @@ def markdown(info: dict, speed_rows: list[SpeedRow], size_rows: list[SizeRow]) -
         "the two runs of each round, that of the process's median CPU time (both threads) and "
         "that of the fastest run of each (the least disturbed) are given too. The control row "
         "decodes into FlashAttention's NHD rows (`[tokens, "
-        "heads, 2 * head_dim]`, K then V) of one plain array per layer, without a block table: "
-        "where it scatters as much as the paged rows, the scatter is the machine's load.",
+        "heads, 2 * head_dim]`, K then V) of one plain array per layer, without a block table. "
+        "numpy aligns that array to 16 bytes only, so its head runs are written with cached "
+        "stores, while the paged caches (torch, 64-byte aligned) have head runs of whole cache "
+        "lines, which the decode writes with non-temporal stores.",
         "",
         verdict(speed_rows),
         "",
