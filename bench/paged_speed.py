@@ -80,8 +80,9 @@ CONTROL = "flash-nhd rows, no block table"
 
 def nhd_rows(layers: int, tokens: int, heads: int, dim: int) -> tuple[np.ndarray, KVViews]:
     """The control: one `[tokens, heads, 2 * dim]` array per layer (FlashAttention's NHD rows,
-    K then V) as plain strided views, so the row layout's cost shows apart from the paging."""
-    rows = np.zeros((layers, tokens, heads, 2 * dim), np.float16)
+    K then V) as plain strided views, so the row layout's cost shows apart from the paging.
+    Allocated by torch like the paged caches (64-byte aligned, no huge pages)."""
+    rows = torch.zeros((layers, tokens, heads, 2 * dim), dtype=torch.float16).numpy()
     groups = [
         GroupView(
             rows[layer].ctypes.data + 2 * side * dim,
@@ -217,10 +218,9 @@ def markdown(info: dict, speed_rows: list[SpeedRow], size_rows: list[SizeRow]) -
         "the two runs of each round, that of the process's median CPU time (both threads) and "
         "that of the fastest run of each (the least disturbed) are given too. The control row "
         "decodes into FlashAttention's NHD rows (`[tokens, "
-        "heads, 2 * head_dim]`, K then V) of one plain array per layer, without a block table. "
-        "numpy aligns that array to 16 bytes only, so its head runs are written with cached "
-        "stores, while the paged caches (torch, 64-byte aligned) have head runs of whole cache "
-        "lines, which the decode writes with non-temporal stores.",
+        "heads, 2 * head_dim]`, K then V) of one plain array per layer (allocated by torch, "
+        "as the paged caches are), without a block table: what the block table costs shows as "
+        "the difference between the control and the flash-nhd rows.",
         "",
         verdict(speed_rows),
         "",
