@@ -208,8 +208,9 @@ constexpr uint32_t kTileSymbols = 1u << 13;
 constexpr uint32_t kPrefetchRows = 12;
 
 // Tiles of a token-adjacent output end on a multiple of this many tokens, so its transposes move
-// whole 8x8 pieces (no element-wise tail) that stay within cache lines.
-constexpr uint32_t kTransposeTokens = 8;
+// whole pieces (no element-wise tail) and a channel's tokens of a tile fill whole 64-byte lines
+// of 16-bit elements (in blocks of a multiple of 32 tokens, as the vLLM CPU backend's are).
+constexpr uint32_t kTransposeTokens = 32;
 
 // Where the fused decode writes a reconstructed row: whole (dense rows), head by head (each
 // head's dims contiguous: FlashAttention pages), or into a staging tile placed afterwards
@@ -313,9 +314,10 @@ void decode_fused(const ParsedBlob& blob, const uint8_t* data, uint64_t call, Cp
         ahead.next();
       }
     }
-    if (placement == Placement::Staged && n > raw) store_native_rows(v, t0 + raw, n - raw, staged);
+    if (placement == Placement::Staged && n > raw)
+      store_native_rows(v, t0 + raw, n - raw, staged, path == CpuPath::Avx512);
   }
-  if (stream) stream_fence();
+  stream_fence();  // the segment's non-temporal stores, if any, land before it is reported done
   r.finish();
 }
 

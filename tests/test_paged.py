@@ -23,18 +23,23 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def empty_cache(
-    layout: str, dtype: torch.dtype, seed: int, shape: tuple[int, int, int, int] = GEOMETRY
+    layout: str,
+    dtype: torch.dtype,
+    seed: int,
+    shape: tuple[int, int, int, int] = GEOMETRY,
+    offset: int = 0,
 ) -> torch.Tensor:
     """A layer cache of logical shape [blocks, heads, block, 2 * dim] (`shape` gives blocks,
     heads, block, dim) in the layout's physical order, filled with noise (what other requests
-    left there)."""
+    left there), starting `offset` elements into its memory (torch aligns it to 64 bytes)."""
     blocks, heads, block, dim = shape
     g = torch.Generator().manual_seed(seed)
-    if layout == "flash-nhd":
-        x = torch.randn(blocks, block, heads, 2 * dim, generator=g).permute(0, 2, 1, 3)
-    else:
-        x = torch.randn(blocks, heads, block, 2 * dim, generator=g)
-    return x.to(dtype)
+    nhd = layout == "flash-nhd"
+    physical = (blocks, block, heads, 2 * dim) if nhd else (blocks, heads, block, 2 * dim)
+    x = torch.randn(physical, generator=g).to(dtype)
+    memory = torch.empty(x.numel() + offset, dtype=dtype)[offset:].view(physical)
+    memory.copy_(x)
+    return memory.permute(0, 2, 1, 3) if nhd else memory
 
 
 def split(layout: str, cache: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -114,12 +119,13 @@ def test_decode_paged_writes_exactly_the_slots(layout, dtype, cpu_path):
         assert torch.equal(c, b)
 
 
+@pytest.mark.parametrize("offset", [0, 8])
 @pytest.mark.parametrize(("layout", "dtype"), CASES)
-def test_decode_paged_over_many_tiles_and_segments(layout, dtype, cpu_path):
-    """Segments that start off an 8-token boundary and decode in several tiles each (the vector
-    paths cut the tiles of transposed key pages to 8-token bounds), after verbatim sink rows,
-    with head runs of whole cache lines (which the vector paths write with non-temporal
-    stores): every slot holds what `decode` gives."""
+def test_decode_paged_over_many_tiles_and_segments(layout, dtype, offset, cpu_path):
+    """Segments that start off a 32-token boundary and decode in several tiles each (the vector
+    paths cut the tiles of transposed key pages to 32-token bounds), after verbatim sink rows,
+    in caches whose head runs and key-page rows are whole cache lines (written with
+    non-temporal stores) or, 8 elements in, are not: every slot holds what `decode` gives."""
     blocks, heads, block, dim, tokens = 48, 3, 32, 32, 700
     kv = torch.from_numpy(synthetic_kv(2, tokens, heads, dim, "float32", seed=11)).to(dtype)
     # 209-token segments; a tile is 85 rows of these 96 channels.
@@ -131,7 +137,7 @@ def test_decode_paged_over_many_tiles_and_segments(layout, dtype, cpu_path):
     blob = cachegen.encode(kv, config=config)
     ids = [int(b) for b in np.random.default_rng(5).permutation(blocks)[: -(-tokens // block)]]
     shape = (blocks, heads, block, dim)
-    caches = [empty_cache(layout, dtype, seed=20 + i, shape=shape) for i in range(2)]
+    caches = [empty_cache(layout, dtype, 20 + i, shape, offset) for i in range(2)]
     paged.decode_paged(blob, caches, layout, ids)
     assert torch.equal(gather(layout, caches, ids, tokens), cachegen.decode(blob))
 
