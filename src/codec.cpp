@@ -202,6 +202,16 @@ void dequantize_store(CpuPath path, const int8_t* sym, float a, const DequantPar
 // reconstructed and written out.
 constexpr uint32_t kTileSymbols = 1u << 13;
 
+// A tile's rows are written in a burst after its symbols decode, and a paged output's rows jump
+// from block to block, where the hardware prefetchers lose the stream: the rows this far ahead
+// are prefetched while a row is written, so their lines are in cache when the stores come.
+constexpr uint32_t kPrefetchRows = 12;
+
+// Tiles of a token-adjacent output end on a multiple of this many tokens, so its transposes move
+// whole pieces (no element-wise tail) and a channel's tokens of a tile fill whole 64-byte lines
+// of 16-bit elements (in blocks of a multiple of 32 tokens, as the vLLM CPU backend's are).
+constexpr uint32_t kTransposeTokens = 32;
+
 // Where the fused decode writes a reconstructed row: whole (dense rows), head by head (each
 // head's dims contiguous: FlashAttention pages), or into a staging tile placed afterwards
 // (the vLLM CPU backend's transposed key pages, element-strided views).
@@ -212,39 +222,102 @@ Placement placement_of(const TensorView& v) {
   return v.s_dim == 1 && v.s_token != 1 ? Placement::Heads : Placement::Staged;
 }
 
+// Whether every head run of a Heads output is whole 64-byte lines. Such runs are written past
+// the caches (RowRuns::stream): each lands in its own block, where a cached store first reads
+// the line from memory. Dense rows keep cached stores, which measured faster there (the hardware
+// prefetchers follow them).
+bool streams_heads(const TensorView& v) {
+  const int64_t e = (int64_t)dtype_size(v.dtype);
+  const bool lines = v.s_head * e % 64 == 0 && v.s_token * e % 64 == 0 &&
+                     (!v.block_table || v.s_block * e % 64 == 0);
+  return lines && whole_lines(v.data, v.head_dim, v.dtype);
+}
+
+// Rows of the tile at row k0 of a segment of `count`: at most `rows`, cut to end on a multiple of
+// kTransposeTokens (the segment's last tile excepted) for a token-adjacent output.
+uint32_t tile_rows(const TensorView& v, uint32_t t0, uint32_t k0, uint32_t count, uint32_t rows) {
+  const uint32_t n = std::min(rows, count - k0), over = (t0 + n) % kTransposeTokens;
+  return v.s_token == 1 && k0 + n < count && n > over ? n - over : n;
+}
+
+// The byte address of a view's rows, token after token up to `end`: the block table is read as
+// each block starts instead of a division for every row.
+class RowWalk {
+ public:
+  RowWalk(const TensorView& v, uint32_t token, uint32_t end)
+      : v_(v), step_(v.s_token * (int64_t)dtype_size(v.dtype)), token_(token), end_(end) {
+    seek();
+  }
+  uint32_t token() const { return token_; }
+  uint8_t* row() const { return row_; }
+  void next() {
+    if (++token_ == end_) return;
+    if (v_.block_table && ++in_block_ == v_.block_size) return seek();
+    row_ += step_;
+  }
+
+ private:
+  void seek() {
+    if (token_ == end_) return;
+    row_ = static_cast<uint8_t*>(v_.data) + v_.token_offset(token_) * (int64_t)dtype_size(v_.dtype);
+    in_block_ = v_.block_table ? token_ % v_.block_size : 0;
+  }
+  const TensorView& v_;
+  const int64_t step_;
+  uint32_t token_, end_, in_block_ = 0;
+  uint8_t* row_ = nullptr;
+};
+
 // A quantized segment decoded a tile of rows at a time, each tile's rows reconstructed and
 // converted in the output's dtype straight into the output where its heads' dims are
 // contiguous, else into a staging tile that is then placed. Rows of a corrupt segment may be
 // written before the stream's end reports it.
 void decode_fused(const ParsedBlob& blob, const uint8_t* data, uint64_t call, CpuPath path,
                   const Segment& s, const DequantParams& p, const TensorView& v) {
-  thread_local std::vector<int8_t> tile;
-  thread_local std::vector<uint8_t> staged;
+  thread_local std::vector<int8_t> tile_buffer;
+  thread_local std::vector<uint8_t> staged_buffer;
   const DecodeTables& t = lut_cache().get(blob, call, s.group);
   const uint32_t C = t.channels, rows = std::clamp<uint32_t>(kTileSymbols / C, 1, s.token_count);
-  tile.resize((size_t)rows * C);
+  tile_buffer.resize((size_t)rows * C);
   const size_t elem = dtype_size(v.dtype), row_bytes = C * elem;
   const Placement placement = placement_of(v);
-  if (placement == Placement::Staged) staged.resize(rows * row_bytes);
+  if (placement == Placement::Staged) staged_buffer.resize(rows * row_bytes);
+  // Locals: the thread-local vectors' addresses would be looked up again after every call.
+  int8_t* const tile = tile_buffer.data();
+  uint8_t* const staged = staged_buffer.data();
+  const bool stream = placement == Placement::Heads && streams_heads(v);
   const RowRuns runs = placement == Placement::Heads
-                           ? RowRuns{v.heads, v.head_dim, v.s_head * (int64_t)elem}
+                           ? RowRuns{v.heads, v.head_dim, v.s_head * (int64_t)elem, stream}
                            : RowRuns{1, C, 0};
   RansCursor r(data + s.offset, s.bytes);
-  for (uint32_t k0 = 0; k0 < s.token_count; k0 += rows) {
-    const uint32_t n = std::min(rows, s.token_count - k0), t0 = s.token_begin + k0;
-    decode_symbols(path, r, t, (size_t)n * C, tile.data());
+  const uint32_t end = s.token_begin + s.token_count;
+  // `ahead` runs kPrefetchRows rows before `at`, prefetching each row it passes (streamed rows
+  // need no lines in cache).
+  RowWalk at(v, s.token_begin, end), ahead(v, stream ? end : s.token_begin, end);
+  for (; ahead.token() < std::min(end, s.token_begin + kPrefetchRows); ahead.next())
+    prefetch_row(v, ahead.row());
+  for (uint32_t k0 = 0, n; k0 < s.token_count; k0 += n) {
+    const uint32_t t0 = s.token_begin + k0;
+    n = tile_rows(v, t0, k0, s.token_count, rows);
+    decode_symbols(path, r, t, (size_t)n * C, tile);
     // Raw rows (the sink) are the group's first tokens, so a tile's are a prefix of it.
     const uint32_t raw = p.raw_rows > t0 ? std::min(n, p.raw_rows - t0) : 0;
-    for (uint32_t k = 0; k < raw; ++k) store_row(v, t0 + k, p.raw.data() + (size_t)(t0 + k) * C);
-    for (uint32_t k = raw; k < n; ++k) {
-      const int8_t* sym = tile.data() + (size_t)k * C;
-      uint8_t* row = static_cast<uint8_t*>(v.data) + v.token_offset(t0 + k) * (int64_t)elem;
-      uint8_t* dst = placement == Placement::Staged ? staged.data() + (k - raw) * row_bytes : row;
-      dequantize_store(path, sym, p.a[t0 + k], p, runs, v.dtype, dst);
+    for (uint32_t k = 0; k < n; ++k, at.next()) {
+      if (k < raw) {
+        store_row(v, t0 + k, p.raw.data() + (size_t)(t0 + k) * C);
+        continue;
+      }
+      uint8_t* dst = placement == Placement::Staged ? staged + (k - raw) * row_bytes : at.row();
+      dequantize_store(path, tile + (size_t)k * C, p.a[t0 + k], p, runs, v.dtype, dst);
+      if (ahead.token() < end) {
+        prefetch_row(v, ahead.row());
+        ahead.next();
+      }
     }
     if (placement == Placement::Staged && n > raw)
-      store_native_rows(v, t0 + raw, n - raw, staged.data());
+      store_native_rows(v, t0 + raw, n - raw, staged, path == CpuPath::Avx512);
   }
+  stream_fence();  // the segment's non-temporal stores, if any, land before it is reported done
   r.finish();
 }
 

@@ -257,11 +257,14 @@ void dequantize_row(const int8_t* symbols, const DequantParams& p, uint32_t toke
 void dequantize_store_row(const int8_t* symbols, float a, const float* b, const float* o,
                           uint32_t n, DType dtype, void* dst);
 // A row stored as `count` runs of `length` adjacent elements, run r at dst + r * stride bytes
-// (one run for a dense row; one per head where heads are strided, as in paged caches).
+// (one run for a dense row; one per head where heads are strided, as in paged caches). With
+// `stream`, the vector paths write runs that are whole 64-byte lines with non-temporal stores
+// (past the caches, no read of the line first); stream_fence() must follow them.
 struct RowRuns {
   uint32_t count = 1;
   uint32_t length = 0;
   int64_t stride = 0;
+  bool stream = false;
 };
 // Calls store(first channel, dst of the run) for each run of a row laid out as `runs`.
 template <typename Store>
@@ -273,5 +276,11 @@ void dequantize_row_avx2(const int8_t* symbols, float a, const float* b, const f
                          RowRuns runs, DType dtype, void* dst);
 void dequantize_row_avx512(const int8_t* symbols, float a, const float* b, const float* o,
                            RowRuns runs, DType dtype, void* dst);
+// Orders this thread's earlier non-temporal stores before its later stores (an sfence).
+void stream_fence();
+// Whether a run of n elements of `dtype` at dst is whole aligned cache lines.
+inline bool whole_lines(const void* dst, uint32_t n, DType dtype) {
+  return (uintptr_t)dst % 64 == 0 && n * dtype_size(dtype) % 64 == 0;
+}
 
 }  // namespace cachegen

@@ -65,6 +65,18 @@ void transpose8x8(const uint16_t* src, uint32_t src_stride, uint16_t* dst, int64
 }
 #endif
 
+constexpr uintptr_t kLine = 64;  // cache line bytes
+
+// Into L2 (prefetcht1), not L1: L1 holds the decoding tile's symbols and tables.
+void prefetch(const uint8_t* p) { __builtin_prefetch(p, 0, 2); }
+
+// Every line of [p, p + n).
+void prefetch_lines(const uint8_t* p, size_t n) {
+  const uintptr_t end = (uintptr_t)p + n;
+  for (uintptr_t a = (uintptr_t)p & ~(kLine - 1); a < end; a += kLine)
+    prefetch(reinterpret_cast<const uint8_t*>(a));
+}
+
 void f16_to_f32_n(const uint16_t* src, float* dst, uint32_t n) {
 #ifdef CG_X86
   if (has_f16c()) return f16_to_f32_f16c(src, dst, n);
@@ -151,9 +163,11 @@ namespace {
 // Scatters a converted tile's rows ([m, C], row stride C) into a token-adjacent view (s_token ==
 // 1, e.g. the vLLM CPU backend's transposed key pages), whose m tokens from `base` are adjacent:
 // channel c's tokens go to base + h*s_head + d*s_dim. Eight channels of 16-bit elements move
-// eight tokens at a time through an SSE2 transpose; the rest one element at a time.
+// 32 tokens at a time through the AVX-512 transpose (`avx512`), then eight at a time through an
+// SSE2 one; the rest one element at a time.
 template <typename T>
-void transpose_rows(const T* tile, uint32_t C, uint32_t m, const TensorView& v, T* base) {
+void transpose_rows(const T* tile, uint32_t C, uint32_t m, const TensorView& v, T* base,
+                    bool avx512) {
   for (uint32_t h = 0; h < v.heads; ++h)
     for (uint32_t d = 0; d < v.head_dim;) {
       const uint32_t c = h * v.head_dim + d;
@@ -162,6 +176,8 @@ void transpose_rows(const T* tile, uint32_t C, uint32_t m, const TensorView& v, 
       if constexpr (sizeof(T) == 2) {
         if (d + 8 <= v.head_dim) {
           uint32_t k = 0;
+          for (; avx512 && k + 32 <= m; k += 32)
+            transpose_lines_avx512(tile + (size_t)k * C + c, C, dst + k, v.s_dim);
           for (; k + 8 <= m; k += 8) transpose8x8(tile + (size_t)k * C + c, C, dst + k, v.s_dim);
           for (uint32_t j = 0; j < 8; ++j)
             for (uint32_t t = k; t < m; ++t) dst[j * v.s_dim + t] = tile[(size_t)t * C + c + j];
@@ -179,13 +195,13 @@ void transpose_rows(const T* tile, uint32_t C, uint32_t m, const TensorView& v, 
 // not dense: token-adjacent views (s_token == 1) a block's token run at a time through the
 // transpose, others run by run (per head, or per element).
 template <typename T>
-void place_rows(const TensorView& v, uint32_t token, uint32_t n, const T* dense) {
+void place_rows(const TensorView& v, uint32_t token, uint32_t n, const T* dense, bool avx512) {
   const uint32_t C = v.channels(), end = token + n;
   if (v.s_token == 1) {
     for (uint32_t a = token; a < end;) {
       const uint32_t b = v.block_table ? std::min(end, (a / v.block_size + 1) * v.block_size) : end;
       T* base = static_cast<T*>(v.data) + v.token_offset(a);
-      transpose_rows(dense + (size_t)(a - token) * C, C, b - a, v, base);
+      transpose_rows(dense + (size_t)(a - token) * C, C, b - a, v, base, avx512);
       a = b;
     }
     return;
@@ -208,13 +224,30 @@ void store_rows(const TensorView& v, uint32_t token, uint32_t n, const float* ro
     thread_local std::vector<T> dense;
     dense.resize((size_t)n * v.channels());
     store(dense.data(), rows, n * v.channels());
-    place_rows(v, token, n, dense.data());
+    place_rows(v, token, n, dense.data(), false);
   });
 }
 
-void store_native_rows(const TensorView& v, uint32_t token, uint32_t n, const void* rows) {
-  if (dtype_size(v.dtype) == 2) return place_rows(v, token, n, static_cast<const uint16_t*>(rows));
-  place_rows(v, token, n, static_cast<const float*>(rows));
+void store_native_rows(const TensorView& v, uint32_t token, uint32_t n, const void* rows,
+                       bool avx512) {
+  if (dtype_size(v.dtype) == 2)
+    return place_rows(v, token, n, static_cast<const uint16_t*>(rows), avx512);
+  place_rows(v, token, n, static_cast<const float*>(rows), avx512);
+}
+
+void prefetch_row(const TensorView& v, const uint8_t* base) {
+  const size_t elem = dtype_size(v.dtype);
+  if (v.dense_rows()) return prefetch_lines(base, v.channels() * elem);
+  if (v.s_token == 1) {
+    if ((uintptr_t)base % kLine >= elem) return;  // its lines were fetched with an earlier token
+    for (uint32_t h = 0; h < v.heads; ++h)
+      for (uint32_t d = 0; d < v.head_dim; ++d)
+        prefetch(base + (h * v.s_head + d * v.s_dim) * elem);
+    return;
+  }
+  if (v.s_dim == 1)
+    for (uint32_t h = 0; h < v.heads; ++h)
+      prefetch_lines(base + h * v.s_head * elem, v.head_dim * elem);
 }
 
 // A row's raw bits, element type T (the dtype's width), through for_runs.

@@ -13,40 +13,57 @@ from kvgen import synthetic_kv
 
 import cachegen
 from cachegen import _core, paged
+from cachegen.config import CodecConfig
 from cachegen.importance import token_scores
 from cachegen.tensors import GroupView, Paging
 
 LAYERS, HEADS, DIM, BLOCK, BLOCKS = 3, 2, 16, 16, 12
+GEOMETRY = (BLOCKS, HEADS, BLOCK, DIM)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-def empty_cache(layout: str, dtype: torch.dtype, seed: int) -> torch.Tensor:
-    """A layer cache of logical shape [blocks, heads, block, 2 * dim] in the layout's physical
-    order, filled with noise (what other requests left there)."""
+def empty_cache(
+    layout: str,
+    dtype: torch.dtype,
+    seed: int,
+    shape: tuple[int, int, int, int] = GEOMETRY,
+    offset: int = 0,
+) -> torch.Tensor:
+    """A layer cache of logical shape [blocks, heads, block, 2 * dim] (`shape` gives blocks,
+    heads, block, dim) in the layout's physical order, filled with noise (what other requests
+    left there), starting `offset` elements into its memory (torch aligns it to 64 bytes)."""
+    blocks, heads, block, dim = shape
     g = torch.Generator().manual_seed(seed)
-    if layout == "flash-nhd":
-        x = torch.randn(BLOCKS, BLOCK, HEADS, 2 * DIM, generator=g).permute(0, 2, 1, 3)
-    else:
-        x = torch.randn(BLOCKS, HEADS, BLOCK, 2 * DIM, generator=g)
-    return x.to(dtype)
+    nhd = layout == "flash-nhd"
+    physical = (blocks, block, heads, 2 * dim) if nhd else (blocks, heads, block, 2 * dim)
+    x = torch.randn(physical, generator=g).to(dtype)
+    memory = torch.empty(x.numel() + offset, dtype=dtype)[offset:].view(physical)
+    memory.copy_(x)
+    return memory.permute(0, 2, 1, 3) if nhd else memory
 
 
 def split(layout: str, cache: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """Reference K and V of every slot, [blocks, heads, block, dim] views of the cache (fp32
     numpy views keep the cache's memory: writes through them reach it)."""
+    blocks, heads, block, width = cache.shape
+    dim = width // 2
     if layout == "vllm-cpu":  # each (block, head) page: K as [dim, block], then V [block, dim]
-        page = cache.reshape(BLOCKS, HEADS, 2 * BLOCK * DIM)
-        k = page[:, :, : BLOCK * DIM].reshape(BLOCKS, HEADS, DIM, BLOCK).transpose(2, 3)
-        v = page[:, :, BLOCK * DIM :].reshape(BLOCKS, HEADS, BLOCK, DIM)
+        page = cache.reshape(blocks, heads, 2 * block * dim)
+        k = page[:, :, : block * dim].reshape(blocks, heads, dim, block).transpose(2, 3)
+        v = page[:, :, block * dim :].reshape(blocks, heads, block, dim)
         return k, v
-    return cache[..., :DIM], cache[..., DIM:]
+    return cache[..., :dim], cache[..., dim:]
 
 
 def gather(layout: str, caches: list[torch.Tensor], ids: list[int], tokens: int) -> torch.Tensor:
     """Tokens [0, tokens) of blocks `ids` as a stacked [layers, 2, tokens, heads, dim] cache."""
     out = []
     for cache in caches:
-        kv = [x[ids].transpose(1, 2).reshape(-1, HEADS, DIM)[:tokens] for x in split(layout, cache)]
+        _, heads, _, width = cache.shape
+        kv = [
+            x[ids].transpose(1, 2).reshape(-1, heads, width // 2)[:tokens]
+            for x in split(layout, cache)
+        ]
         out.append(torch.stack(kv))
     return torch.stack(out)
 
@@ -54,8 +71,9 @@ def gather(layout: str, caches: list[torch.Tensor], ids: list[int], tokens: int)
 def scatter(layout: str, caches: list[torch.Tensor], ids: list[int], kv: torch.Tensor) -> None:
     for cache, layer in zip(caches, kv, strict=True):
         for x, src in zip(split(layout, cache), layer, strict=True):
+            block = cache.shape[2]
             for t in range(src.shape[0]):
-                x[ids[t // BLOCK], :, t % BLOCK] = src[t]
+                x[ids[t // block], :, t % block] = src[t]
 
 
 def filled(layout: str, dtype: torch.dtype, ids: list[int], tokens: int) -> list[torch.Tensor]:
@@ -99,6 +117,29 @@ def test_decode_paged_writes_exactly_the_slots(layout, dtype, cpu_path):
     scatter(layout, caches, target_ids, gather(layout, before, target_ids, tokens))
     for c, b in zip(caches, before, strict=True):
         assert torch.equal(c, b)
+
+
+@pytest.mark.parametrize("offset", [0, 8])
+@pytest.mark.parametrize(("layout", "dtype"), CASES)
+def test_decode_paged_over_many_tiles_and_segments(layout, dtype, offset, cpu_path):
+    """Segments that start off a 32-token boundary and decode in several tiles each (the vector
+    paths cut the tiles of transposed key pages to 32-token bounds), after verbatim sink rows,
+    in caches whose head runs and key-page rows are whole cache lines (written with
+    non-temporal stores) or, 8 elements in, are not: every slot holds what `decode` gives."""
+    blocks, heads, block, dim, tokens = 48, 3, 32, 32, 700
+    kv = torch.from_numpy(synthetic_kv(2, tokens, heads, dim, "float32", seed=11)).to(dtype)
+    # 209-token segments; a tile is 85 rows of these 96 channels.
+    config = dataclasses.replace(
+        CodecConfig.from_level(cachegen.DEFAULT_LEVEL),
+        segment_symbols=209 * heads * dim,
+        sink_tokens=4,
+    )
+    blob = cachegen.encode(kv, config=config)
+    ids = [int(b) for b in np.random.default_rng(5).permutation(blocks)[: -(-tokens // block)]]
+    shape = (blocks, heads, block, dim)
+    caches = [empty_cache(layout, dtype, 20 + i, shape, offset) for i in range(2)]
+    paged.decode_paged(blob, caches, layout, ids)
+    assert torch.equal(gather(layout, caches, ids, tokens), cachegen.decode(blob))
 
 
 def test_numpy_caches_and_numpy_ids():

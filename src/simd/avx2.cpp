@@ -133,6 +133,19 @@ CG_AVX2 inline __m128i to_bf16(__m256 f) {
   return _mm_packus_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
 }
 
+// Stores of 8 converted elements: non-temporal (Stream; d aligned to their size) or cached.
+template <bool Stream>
+CG_AVX2 inline void store8(void* d, __m128i x) {
+  if constexpr (Stream) return _mm_stream_si128((__m128i*)d, x);
+  _mm_storeu_si128((__m128i*)d, x);
+}
+template <bool Stream>
+CG_AVX2 inline void store8(void* d, __m256 x) {
+  if constexpr (Stream) return _mm256_stream_ps((float*)d, x);
+  _mm256_storeu_ps((float*)d, x);
+}
+
+template <bool Stream>
 CG_AVX2 void dequantize_row_avx2_impl(const int8_t* sym, float a, const float* b, const float* o,
                                       uint32_t n, DType dtype, void* dst) {
   const __m256 va = _mm256_set1_ps(a);
@@ -140,16 +153,16 @@ CG_AVX2 void dequantize_row_avx2_impl(const int8_t* sym, float a, const float* b
   switch (dtype) {
     case DType::F16:
       for (uint16_t* d = (uint16_t*)dst; i + 8 <= n; i += 8)
-        _mm_storeu_si128((__m128i*)(d + i), _mm256_cvtps_ph(dequant8(sym + i, va, b + i, o + i),
-                                                            _MM_FROUND_TO_NEAREST_INT));
+        store8<Stream>(
+            d + i, _mm256_cvtps_ph(dequant8(sym + i, va, b + i, o + i), _MM_FROUND_TO_NEAREST_INT));
       break;
     case DType::BF16:
       for (uint16_t* d = (uint16_t*)dst; i + 8 <= n; i += 8)
-        _mm_storeu_si128((__m128i*)(d + i), to_bf16(dequant8(sym + i, va, b + i, o + i)));
+        store8<Stream>(d + i, to_bf16(dequant8(sym + i, va, b + i, o + i)));
       break;
     case DType::F32:
       for (float* d = (float*)dst; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(d + i, dequant8(sym + i, va, b + i, o + i));
+        store8<Stream>(d + i, dequant8(sym + i, va, b + i, o + i));
       break;
   }
   if (i < n)
@@ -247,9 +260,13 @@ void decode_avx2(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
 void dequantize_row_avx2(const int8_t* sym, float a, const float* b, const float* o, RowRuns runs,
                          DType dtype, void* dst) {
   for_each_run(runs, dst, [&](uint32_t c, uint8_t* d) {
-    dequantize_row_avx2_impl(sym + c, a, b + c, o + c, runs.length, dtype, d);
+    if (runs.stream && whole_lines(d, runs.length, dtype))
+      return dequantize_row_avx2_impl<true>(sym + c, a, b + c, o + c, runs.length, dtype, d);
+    dequantize_row_avx2_impl<false>(sym + c, a, b + c, o + c, runs.length, dtype, d);
   });
 }
+
+void stream_fence() { _mm_sfence(); }
 
 uint16_t* encode_avx2(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
                       uint16_t* top) {
@@ -272,6 +289,7 @@ void dequantize_row_avx2(const int8_t* sym, float a, const float* b, const float
     dequantize_store_row(sym + c, a, b + c, o + c, runs.length, dtype, d);
   });
 }
+void stream_fence() {}
 uint16_t* encode_avx2(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
                       uint16_t* top) {
   return encode_scalar(sym, 0, n, t, state, top);

@@ -6,6 +6,7 @@
 #include "quant.hpp"
 #include "segment.hpp"
 #include "segment_encode.hpp"
+#include "tensor_view.hpp"
 
 #ifdef CG_X86_SIMD
 #include <immintrin.h>
@@ -82,6 +83,19 @@ CG_AVX512 inline __m256i to_bf16(__m512 f) {
   return _mm512_cvtepi32_epi16(h);
 }
 
+// Stores of 16 converted elements: non-temporal (Stream; d aligned to their size) or cached.
+template <bool Stream>
+CG_AVX512 inline void store16(void* d, __m256i x) {
+  if constexpr (Stream) return _mm256_stream_si256((__m256i*)d, x);
+  _mm256_storeu_si256((__m256i*)d, x);
+}
+template <bool Stream>
+CG_AVX512 inline void store16(void* d, __m512 x) {
+  if constexpr (Stream) return _mm512_stream_ps((float*)d, x);
+  _mm512_storeu_ps((float*)d, x);
+}
+
+template <bool Stream>
 CG_AVX512 void dequantize_row_avx512_impl(const int8_t* sym, float a, const float* b,
                                           const float* o, uint32_t n, DType dtype, void* dst) {
   const __m512 va = _mm512_set1_ps(a);
@@ -89,16 +103,16 @@ CG_AVX512 void dequantize_row_avx512_impl(const int8_t* sym, float a, const floa
   switch (dtype) {
     case DType::F16:
       for (uint16_t* d = (uint16_t*)dst; i + 16 <= n; i += 16)
-        _mm256_storeu_si256((__m256i*)(d + i), _mm512_cvtps_ph(dequant16(sym + i, va, b + i, o + i),
-                                                               _MM_FROUND_TO_NEAREST_INT));
+        store16<Stream>(d + i, _mm512_cvtps_ph(dequant16(sym + i, va, b + i, o + i),
+                                               _MM_FROUND_TO_NEAREST_INT));
       break;
     case DType::BF16:
       for (uint16_t* d = (uint16_t*)dst; i + 16 <= n; i += 16)
-        _mm256_storeu_si256((__m256i*)(d + i), to_bf16(dequant16(sym + i, va, b + i, o + i)));
+        store16<Stream>(d + i, to_bf16(dequant16(sym + i, va, b + i, o + i)));
       break;
     case DType::F32:
       for (float* d = (float*)dst; i + 16 <= n; i += 16)
-        _mm512_storeu_ps(d + i, dequant16(sym + i, va, b + i, o + i));
+        store16<Stream>(d + i, dequant16(sym + i, va, b + i, o + i));
       break;
   }
   if (i < n)
@@ -166,6 +180,37 @@ CG_AVX512 uint16_t* encode_steps(const int8_t* sym, size_t steps, const EncodeTa
   return top;
 }
 
+// transpose_lines_avx512: four 8x8 blocks (rows k..k+8, k+8..k+16, ...) side by side in the
+// 128-bit lanes of eight registers, transposed at once by the SSE2 unpack sequence.
+CG_AVX512 void transpose32x8(const uint16_t* src, uint32_t src_stride, uint16_t* dst,
+                             int64_t dst_stride, bool stream) {
+  __m512i r[8], t[8], u[8];
+  for (int i = 0; i < 8; ++i) {
+    const uint16_t* row = src + (size_t)i * src_stride;
+    __m512i x = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i*)row));
+    x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i*)(row + 8 * src_stride)), 1);
+    x = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i*)(row + 16 * src_stride)), 2);
+    r[i] = _mm512_inserti32x4(x, _mm_loadu_si128((const __m128i*)(row + 24 * src_stride)), 3);
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi16(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi16(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 2; ++j) {
+      u[4 * i + 2 * j] = _mm512_unpacklo_epi32(t[4 * i + j], t[4 * i + j + 2]);
+      u[4 * i + 2 * j + 1] = _mm512_unpackhi_epi32(t[4 * i + j], t[4 * i + j + 2]);
+    }
+  for (int i = 0; i < 8; ++i) {
+    const __m512i col = i % 2 ? _mm512_unpackhi_epi64(u[i / 2], u[i / 2 + 4])
+                              : _mm512_unpacklo_epi64(u[i / 2], u[i / 2 + 4]);
+    if (stream)
+      _mm512_stream_si512((__m512i*)(dst + i * dst_stride), col);
+    else
+      _mm512_storeu_si512(dst + i * dst_stride, col);
+  }
+}
+
 }  // namespace
 
 void decode_avx512(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
@@ -178,8 +223,16 @@ void decode_avx512(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) 
 void dequantize_row_avx512(const int8_t* sym, float a, const float* b, const float* o, RowRuns runs,
                            DType dtype, void* dst) {
   for_each_run(runs, dst, [&](uint32_t c, uint8_t* d) {
-    dequantize_row_avx512_impl(sym + c, a, b + c, o + c, runs.length, dtype, d);
+    if (runs.stream && whole_lines(d, runs.length, dtype))
+      return dequantize_row_avx512_impl<true>(sym + c, a, b + c, o + c, runs.length, dtype, d);
+    dequantize_row_avx512_impl<false>(sym + c, a, b + c, o + c, runs.length, dtype, d);
   });
+}
+
+void transpose_lines_avx512(const uint16_t* src, uint32_t src_stride, uint16_t* dst,
+                            int64_t dst_stride) {
+  transpose32x8(src, src_stride, dst, dst_stride,
+                (uintptr_t)dst % 64 == 0 && dst_stride * 2 % 64 == 0);
 }
 
 uint16_t* encode_avx512(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
@@ -206,6 +259,11 @@ void dequantize_row_avx512(const int8_t* sym, float a, const float* b, const flo
 uint16_t* encode_avx512(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
                         uint16_t* top) {
   return encode_scalar(sym, 0, n, t, state, top);
+}
+void transpose_lines_avx512(const uint16_t* src, uint32_t src_stride, uint16_t* dst,
+                            int64_t dst_stride) {
+  for (int64_t j = 0; j < 8; ++j)
+    for (uint32_t k = 0; k < 32; ++k) dst[j * dst_stride + k] = src[(size_t)k * src_stride + j];
 }
 }  // namespace cachegen
 #endif
