@@ -231,29 +231,48 @@ GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v, const
   return g;
 }
 
-void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorView& v,
+void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorView& v, CpuPath path,
                     int8_t* symbols, uint32_t* hist) {
   const uint32_t T = v.tokens, C = v.channels();
   std::vector<float> inv_b(C), row(C);
   for (uint32_t c = 0; c < C; ++c) inv_b[c] = safe_inverse(p.b[c]);
   const int m = q.max_symbol;
   // Counted bin-major (count[symbol][channel]): a row's symbols cluster in a few bins, so its
-  // increments touch a few KB instead of one line in each channel's 1 KB histogram.
+  // increments touch a few KB instead of one line in each channel's 1 KB histogram. Counted a
+  // block of rows at a time, while the block's symbols are still in cache.
   thread_local std::vector<uint32_t> count;
   count.assign((size_t)256 * C, 0);
-  for (uint32_t t = 0; t < T; ++t) {
-    load_row(v, t, row.data());
-    int8_t* out = symbols + (size_t)t * C;
-    if (t < q.raw_rows)
-      std::fill(out, out + C, int8_t{0});
-    else
-      quantize_row(row.data(), safe_inverse(p.a[t]), inv_b.data(), p.o.data(), m, C, out);
-    for (uint32_t c = 0; c < C; ++c) count[(size_t)(out[c] + 128) * C + c]++;
+  for (uint32_t t0 = 0; t0 < T; t0 += kCountRows) {
+    const uint32_t rows = std::min(kCountRows, T - t0);
+    for (uint32_t t = t0; t < t0 + rows; ++t) {
+      load_row(v, t, row.data());
+      int8_t* out = symbols + (size_t)t * C;
+      const float inv_a = safe_inverse(p.a[t]);
+      if (t < q.raw_rows)
+        std::fill(out, out + C, int8_t{0});
+      else if (path == CpuPath::Avx512)
+        quantize_row_avx512(row.data(), inv_a, inv_b.data(), p.o.data(), m, C, out);
+      else
+        quantize_row(row.data(), inv_a, inv_b.data(), p.o.data(), m, C, out);
+    }
+    count_symbols(path, symbols + (size_t)t0 * C, rows, C, count.data());
   }
   for (uint32_t i = 0; i < 256; ++i) {
     const uint32_t* bin = count.data() + (size_t)i * C;
     if (std::all_of(bin, bin + C, [](uint32_t n) { return n == 0; })) continue;  // most are
     for (uint32_t c = 0; c < C; ++c) hist[c * 256 + i] += bin[c];
+  }
+}
+
+void count_symbols(CpuPath path, const int8_t* sym, uint32_t rows, uint32_t C, uint32_t* count) {
+  switch (path) {
+    case CpuPath::Avx512:
+      return count_symbols_avx512(sym, rows, C, count);
+    case CpuPath::Avx2:
+      return count_symbols_avx2(sym, rows, C, count);
+    case CpuPath::Scalar:
+      for (uint32_t r = 0; r < rows; ++r, sym += C)
+        for (uint32_t c = 0; c < C; ++c) count[(size_t)(sym[c] + 128) * C + c]++;
   }
 }
 

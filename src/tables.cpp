@@ -82,17 +82,40 @@ std::vector<uint8_t> initial_assignment(const std::vector<Histogram>& hists, uin
   return assign;
 }
 
+// Each channel's cross bits under every cluster's costs, one register of clusters at a time:
+// the costs transposed to cost[bin * stride + cluster].
+void vector_cross_bits(CpuPath path, const SparseHists& sh,
+                       const std::vector<std::array<float, kAlphabet>>& costs,
+                       std::vector<double>& bits) {
+  const uint32_t k = (uint32_t)costs.size(), stride = (k + 7) / 8 * 8;
+  std::vector<float> cost((size_t)kAlphabet * stride);
+  for (uint32_t j = 0; j < k; ++j)
+    for (int i = 0; i < kAlphabet; ++i) cost[(size_t)i * stride + j] = costs[j][i];
+  bits.resize(sh.channels() * stride);
+  for (size_t c = 0; c < sh.channels(); ++c) {
+    const uint32_t b = sh.begin[c], n = sh.begin[c + 1] - b;
+    double* out = bits.data() + c * stride;
+    if (path == CpuPath::Avx512)
+      cross_bits_avx512(sh.bin.data() + b, sh.count.data() + b, n, cost.data(), stride, out);
+    else
+      cross_bits_avx2(sh.bin.data() + b, sh.count.data() + b, n, cost.data(), stride, out);
+  }
+}
+
 Clusters cluster(const std::vector<Histogram>& hists, const SparseHists& sh, uint32_t k, int lo,
-                 int hi) {
+                 int hi, CpuPath path) {
   Clusters cl{{}, initial_assignment(hists, k)};
+  std::vector<double> bits;
+  const size_t stride = (k + 7) / 8 * 8;
   for (int round = 0; round < kLloydRounds; ++round) {
     std::vector<Histogram> merged = merge(sh, cl.assign, k);
     std::vector<std::array<float, kAlphabet>> costs;
     for (auto& m : merged) costs.push_back(neg_log2(m, lo, hi));
+    if (path != CpuPath::Scalar) vector_cross_bits(path, sh, costs, bits);
     for (size_t c = 0; c < hists.size(); ++c) {
       double best = INFINITY;
       for (uint32_t j = 0; j < k; ++j) {
-        double b = cross_bits(sh, c, costs[j]);
+        double b = path == CpuPath::Scalar ? cross_bits(sh, c, costs[j]) : bits[c * stride + j];
         if (b < best) best = b, cl.assign[c] = (uint8_t)j;
       }
     }
@@ -165,14 +188,14 @@ void check_range(int lo, int n, bool full_alphabet) {
 
 }  // namespace
 
-TableSet fit_tables(const std::vector<Histogram>& hists, uint32_t max_tables) {
+TableSet fit_tables(const std::vector<Histogram>& hists, uint32_t max_tables, CpuPath path) {
   Histogram all{};
   for (auto& h : hists)
     for (int i = 0; i < kAlphabet; ++i) all[i] += h[i];
   const std::pair<int, int> range = used_range(all);
   const SparseHists sparse(hists);
   return choose_tables(table_limit(max_tables, (uint32_t)hists.size()), [&](uint32_t k) {
-    return cluster(hists, sparse, k, range.first, range.second);
+    return cluster(hists, sparse, k, range.first, range.second, path);
   });
 }
 

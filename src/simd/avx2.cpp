@@ -7,6 +7,7 @@
 #include "quant.hpp"
 #include "segment.hpp"
 #include "segment_encode.hpp"
+#include "tables.hpp"
 
 #ifdef CG_X86_SIMD
 #include <immintrin.h>
@@ -235,6 +236,53 @@ CG_AVX2 uint16_t* encode_steps(const int8_t* sym, size_t steps, const EncodeTabl
   return top;
 }
 
+// Symbols within kWindow of zero are counted 32 channels at a time in 8-bit counters, one
+// register per value (as many as leave registers for the loop), by comparison; the rest one by
+// one.
+constexpr int kWindow = 6;
+
+CG_AVX2 void count32(const int8_t* sym, uint32_t rows, uint32_t C, uint32_t c0, uint32_t* count) {
+  const uint32_t width = std::min<uint32_t>(32, C - c0);
+  const uint32_t lanes = width == 32 ? ~0u : (1u << width) - 1;
+  __m256i cnt[2 * kWindow + 1];
+  for (__m256i& v : cnt) v = _mm256_setzero_si256();
+  alignas(32) int8_t tail[32] = {};
+  for (uint32_t t = 0; t < rows; ++t) {
+    const int8_t* row = sym + (size_t)t * C + c0;
+    if (width < 32) std::copy_n(row, width, tail);  // lanes past the row count as 0, then drop
+    const __m256i s = _mm256_loadu_si256((const __m256i*)(width < 32 ? tail : row));
+#pragma GCC unroll 13
+    for (int b = 0; b <= 2 * kWindow; ++b)
+      cnt[b] = _mm256_sub_epi8(cnt[b], _mm256_cmpeq_epi8(s, _mm256_set1_epi8((char)(b - kWindow))));
+    const __m256i shifted = _mm256_add_epi8(s, _mm256_set1_epi8(kWindow));
+    const __m256i top = _mm256_set1_epi8(2 * kWindow);
+    uint32_t out =
+        ~(uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_max_epu8(shifted, top), top)) &
+        lanes;
+    for (; out; out &= out - 1) {
+      const uint32_t i = (uint32_t)__builtin_ctz(out);
+      count[(size_t)(row[i] + 128) * C + c0 + i]++;
+    }
+  }
+  for (int b = 0; b <= 2 * kWindow; ++b) {
+    alignas(32) uint8_t n[32];
+    _mm256_store_si256((__m256i*)n, cnt[b]);
+    uint32_t* dst = count + (size_t)(b - kWindow + 128) * C + c0;
+    for (uint32_t i = 0; i < width; ++i) dst[i] += n[i];
+  }
+}
+
+// bits[j] for 4 clusters j: count[e] * cost, both as doubles, added in the order of e.
+CG_AVX2 void cross_bits4(const uint16_t* bin, const uint32_t* count, uint32_t n, const float* cost,
+                         uint32_t stride, double* bits) {
+  __m256d acc = _mm256_setzero_pd();
+  for (uint32_t e = 0; e < n; ++e) {
+    const __m256d c = _mm256_cvtps_pd(_mm_loadu_ps(cost + (size_t)bin[e] * stride));
+    acc = _mm256_add_pd(acc, _mm256_mul_pd(_mm256_set1_pd((double)count[e]), c));
+  }
+  _mm256_storeu_pd(bits, acc);
+}
+
 }  // namespace
 
 void decode_avx2(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
@@ -249,6 +297,15 @@ void dequantize_row_avx2(const int8_t* sym, float a, const float* b, const float
   for_each_run(runs, dst, [&](uint32_t c, uint8_t* d) {
     dequantize_row_avx2_impl(sym + c, a, b + c, o + c, runs.length, dtype, d);
   });
+}
+
+void count_symbols_avx2(const int8_t* symbols, uint32_t rows, uint32_t channels, uint32_t* count) {
+  for (uint32_t c0 = 0; c0 < channels; c0 += 32) count32(symbols, rows, channels, c0, count);
+}
+
+void cross_bits_avx2(const uint16_t* bin, const uint32_t* count, uint32_t n, const float* cost,
+                     uint32_t stride, double* bits) {
+  for (uint32_t j = 0; j < stride; j += 4) cross_bits4(bin, count, n, cost + j, stride, bits + j);
 }
 
 uint16_t* encode_avx2(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
@@ -275,6 +332,17 @@ void dequantize_row_avx2(const int8_t* sym, float a, const float* b, const float
 uint16_t* encode_avx2(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
                       uint16_t* top) {
   return encode_scalar(sym, 0, n, t, state, top);
+}
+void count_symbols_avx2(const int8_t* symbols, uint32_t rows, uint32_t channels, uint32_t* count) {
+  count_symbols(CpuPath::Scalar, symbols, rows, channels, count);
+}
+void cross_bits_avx2(const uint16_t* bin, const uint32_t* count, uint32_t n, const float* cost,
+                     uint32_t stride, double* bits) {
+  for (uint32_t j = 0; j < stride; ++j) {
+    bits[j] = 0.0;
+    for (uint32_t e = 0; e < n; ++e)
+      bits[j] += count[e] * (double)cost[(size_t)bin[e] * stride + j];
+  }
 }
 }  // namespace cachegen
 #endif

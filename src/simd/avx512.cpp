@@ -6,6 +6,7 @@
 #include "quant.hpp"
 #include "segment.hpp"
 #include "segment_encode.hpp"
+#include "tables.hpp"
 
 #ifdef CG_X86_SIMD
 #include <immintrin.h>
@@ -13,6 +14,7 @@
 // GCC 12 warns inside its own AVX-512 headers (their _mm512_undefined_* values), not here.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 #define CG_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,f16c,popcnt")))
@@ -166,6 +168,79 @@ CG_AVX512 uint16_t* encode_steps(const int8_t* sym, size_t steps, const EncodeTa
   return top;
 }
 
+CG_AVX512 inline __m512 negate(__m512 v) {
+  return _mm512_castsi512_ps(
+      _mm512_xor_si512(_mm512_castps_si512(v), _mm512_set1_epi32((int)0x80000000u)));
+}
+
+// quantize() on 16 lanes: (x - o) * (inv_a * inv_b), clamped to [-m, m] (max and min keep y
+// where the scalar comparisons would), rounded half to even by the 1.5 * 2^23 trick.
+CG_AVX512 inline __m128i quantize16(const float* x, __m512 inv_a, const float* inv_b,
+                                    const float* o, __m512 m) {
+  const __m512 inv = _mm512_mul_ps(inv_a, _mm512_loadu_ps(inv_b));
+  __m512 y = _mm512_mul_ps(_mm512_add_ps(_mm512_loadu_ps(x), negate(_mm512_loadu_ps(o))), inv);
+  y = _mm512_min_ps(m, _mm512_max_ps(negate(m), y));
+  y = _mm512_add_ps(_mm512_add_ps(y, _mm512_set1_ps(12582912.0f)), _mm512_set1_ps(-12582912.0f));
+  return _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(y));
+}
+
+// Adds 64 8-bit counts (the lanes in `lanes`) to 64 32-bit ones.
+CG_AVX512 inline void add_counts64(__m512i counts, __mmask64 lanes, uint32_t* dst) {
+  for (int k = 0; k < 4; ++k) {
+    const __mmask16 m = (__mmask16)(lanes >> (16 * k));
+    const __m512i wide = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(counts, k));
+    const __m512i sum = _mm512_add_epi32(_mm512_maskz_loadu_epi32(m, dst + 16 * k), wide);
+    _mm512_mask_storeu_epi32(dst + 16 * k, m, sum);
+  }
+}
+
+// Symbols within kWindow of zero (all but ~1% of them) are counted 64 channels at a time in
+// 8-bit counters, one register per value, by comparison; the rest one by one.
+constexpr int kWindow = 8;
+
+CG_AVX512 void count64(const int8_t* sym, uint32_t rows, uint32_t C, uint32_t c0, uint32_t* count) {
+  const __mmask64 lanes = C - c0 >= 64 ? ~0ull : (1ull << (C - c0)) - 1;
+  __m512i cnt[2 * kWindow + 1];
+  for (__m512i& v : cnt) v = _mm512_setzero_si512();
+  for (uint32_t t = 0; t < rows; ++t) {
+    const int8_t* row = sym + (size_t)t * C + c0;
+    const __m512i s = _mm512_maskz_loadu_epi8(lanes, row);
+#pragma GCC unroll 17
+    for (int b = 0; b <= 2 * kWindow; ++b)
+      cnt[b] = _mm512_mask_sub_epi8(
+          cnt[b], _mm512_cmpeq_epi8_mask(s, _mm512_set1_epi8((char)(b - kWindow))), cnt[b],
+          _mm512_set1_epi8(-1));
+    uint64_t out = _mm512_mask_cmpgt_epu8_mask(lanes, _mm512_add_epi8(s, _mm512_set1_epi8(kWindow)),
+                                               _mm512_set1_epi8(2 * kWindow));
+    for (; out; out &= out - 1) {
+      const uint32_t i = (uint32_t)__builtin_ctzll(out);
+      count[(size_t)(row[i] + 128) * C + c0 + i]++;
+    }
+  }
+  for (int b = 0; b <= 2 * kWindow; ++b)
+    add_counts64(cnt[b], lanes, count + (size_t)(b - kWindow + 128) * C + c0);
+}
+
+CG_AVX512 void quantize_row(const float* x, float inv_a, const float* inv_b, const float* o,
+                            int max_symbol, uint32_t n, int8_t* out) {
+  const __m512 va = _mm512_set1_ps(inv_a), m = _mm512_set1_ps((float)max_symbol);
+  uint32_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm_storeu_si128((__m128i*)(out + i), quantize16(x + i, va, inv_b + i, o + i, m));
+  for (; i < n; ++i) out[i] = (int8_t)quantize(x[i], mul_rn(inv_a, inv_b[i]), o[i], max_symbol);
+}
+
+// bits[j] for 8 clusters j: count[e] * cost, both as doubles, added in the order of e.
+CG_AVX512 void cross_bits8(const uint16_t* bin, const uint32_t* count, uint32_t n,
+                           const float* cost, uint32_t stride, double* bits) {
+  __m512d acc = _mm512_setzero_pd();
+  for (uint32_t e = 0; e < n; ++e) {
+    const __m512d c = _mm512_cvtps_pd(_mm256_loadu_ps(cost + (size_t)bin[e] * stride));
+    acc = _mm512_add_pd(acc, _mm512_mul_pd(_mm512_set1_pd((double)count[e]), c));
+  }
+  _mm512_storeu_pd(bits, acc);
+}
+
 }  // namespace
 
 void decode_avx512(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
@@ -180,6 +255,21 @@ void dequantize_row_avx512(const int8_t* sym, float a, const float* b, const flo
   for_each_run(runs, dst, [&](uint32_t c, uint8_t* d) {
     dequantize_row_avx512_impl(sym + c, a, b + c, o + c, runs.length, dtype, d);
   });
+}
+
+void quantize_row_avx512(const float* x, float inv_a, const float* inv_b, const float* o,
+                         int max_symbol, uint32_t n, int8_t* out) {
+  quantize_row(x, inv_a, inv_b, o, max_symbol, n, out);
+}
+
+void count_symbols_avx512(const int8_t* symbols, uint32_t rows, uint32_t channels,
+                          uint32_t* count) {
+  for (uint32_t c0 = 0; c0 < channels; c0 += 64) count64(symbols, rows, channels, c0, count);
+}
+
+void cross_bits_avx512(const uint16_t* bin, const uint32_t* count, uint32_t n, const float* cost,
+                       uint32_t stride, double* bits) {
+  for (uint32_t j = 0; j < stride; j += 8) cross_bits8(bin, count, n, cost + j, stride, bits + j);
 }
 
 uint16_t* encode_avx512(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
@@ -206,6 +296,24 @@ void dequantize_row_avx512(const int8_t* sym, float a, const float* b, const flo
 uint16_t* encode_avx512(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
                         uint16_t* top) {
   return encode_scalar(sym, 0, n, t, state, top);
+}
+void quantize_row_avx512(const float* x, float inv_a, const float* inv_b, const float* o,
+                         int max_symbol, uint32_t n, int8_t* out) {
+  for (uint32_t i = 0; i < n; ++i)
+    out[i] = (int8_t)quantize(x[i], mul_rn(inv_a, inv_b[i]), o[i], max_symbol);
+}
+void count_symbols_avx512(const int8_t* symbols, uint32_t rows, uint32_t channels,
+                          uint32_t* count) {
+  count_symbols(CpuPath::Scalar, symbols, rows, channels, count);
+}
+
+void cross_bits_avx512(const uint16_t* bin, const uint32_t* count, uint32_t n, const float* cost,
+                       uint32_t stride, double* bits) {
+  for (uint32_t j = 0; j < stride; ++j) {
+    bits[j] = 0.0;
+    for (uint32_t e = 0; e < n; ++e)
+      bits[j] += count[e] * (double)cost[(size_t)bin[e] * stride + j];
+  }
 }
 }  // namespace cachegen
 #endif
