@@ -62,22 +62,27 @@ std::vector<Histogram> merge(const SparseHists& sh, const std::vector<uint8_t>& 
   return merged;
 }
 
-// Initial clusters: channels sorted by spread (mean |index - 128|), cut into k equal runs.
-std::vector<uint8_t> initial_assignment(const std::vector<Histogram>& hists, uint32_t k) {
-  std::vector<double> spread(hists.size());
-  for (size_t c = 0; c < hists.size(); ++c) {
+// Channels sorted by spread (mean |index - 128|), the same for every table count.
+std::vector<uint32_t> spread_order(const SparseHists& sh) {
+  std::vector<double> spread(sh.channels());
+  for (size_t c = 0; c < sh.channels(); ++c) {
     double n = 0.0, s = 0.0;
-    for (int i = 0; i < kAlphabet; ++i) {
-      n += hists[c][i];
-      s += hists[c][i] * std::abs(i - 128);
+    for (uint32_t e = sh.begin[c]; e < sh.begin[c + 1]; ++e) {
+      n += sh.count[e];
+      s += sh.count[e] * std::abs(sh.bin[e] - 128);
     }
     spread[c] = n > 0 ? s / n : 0.0;
   }
-  std::vector<uint32_t> order(hists.size());
+  std::vector<uint32_t> order(sh.channels());
   std::iota(order.begin(), order.end(), 0u);
   std::stable_sort(order.begin(), order.end(),
                    [&](uint32_t a, uint32_t b) { return spread[a] < spread[b]; });
-  std::vector<uint8_t> assign(hists.size());
+  return order;
+}
+
+// Initial clusters: the channels in spread order cut into k equal runs.
+std::vector<uint8_t> initial_assignment(const std::vector<uint32_t>& order, uint32_t k) {
+  std::vector<uint8_t> assign(order.size());
   for (size_t r = 0; r < order.size(); ++r) assign[order[r]] = (uint8_t)(r * k / order.size());
   return assign;
 }
@@ -102,9 +107,9 @@ void vector_cross_bits(CpuPath path, const SparseHists& sh,
   }
 }
 
-Clusters cluster(const std::vector<Histogram>& hists, const SparseHists& sh, uint32_t k, int lo,
+Clusters cluster(const SparseHists& sh, const std::vector<uint32_t>& order, uint32_t k, int lo,
                  int hi, CpuPath path) {
-  Clusters cl{{}, initial_assignment(hists, k)};
+  Clusters cl{{}, initial_assignment(order, k)};
   std::vector<double> bits;
   const size_t stride = (k + 7) / 8 * 8;
   for (int round = 0; round < kLloydRounds; ++round) {
@@ -112,7 +117,7 @@ Clusters cluster(const std::vector<Histogram>& hists, const SparseHists& sh, uin
     std::vector<std::array<float, kAlphabet>> costs;
     for (auto& m : merged) costs.push_back(neg_log2(m, lo, hi));
     if (path != CpuPath::Scalar) vector_cross_bits(path, sh, costs, bits);
-    for (size_t c = 0; c < hists.size(); ++c) {
+    for (size_t c = 0; c < sh.channels(); ++c) {
       double best = INFINITY;
       for (uint32_t j = 0; j < k; ++j) {
         double b = path == CpuPath::Scalar ? cross_bits(sh, c, costs[j]) : bits[c * stride + j];
@@ -194,8 +199,9 @@ TableSet fit_tables(const std::vector<Histogram>& hists, uint32_t max_tables, Cp
     for (int i = 0; i < kAlphabet; ++i) all[i] += h[i];
   const std::pair<int, int> range = used_range(all);
   const SparseHists sparse(hists);
+  const std::vector<uint32_t> order = spread_order(sparse);
   return choose_tables(table_limit(max_tables, (uint32_t)hists.size()), [&](uint32_t k) {
-    return cluster(hists, sparse, k, range.first, range.second, path);
+    return cluster(sparse, order, k, range.first, range.second, path);
   });
 }
 
