@@ -1,5 +1,6 @@
 // Token importance features: the RoPE pair magnitudes of each token's keys.
 #pragma once
+#include <cstdint>
 #include <vector>
 
 #include "tensor_view.hpp"
@@ -10,6 +11,12 @@ namespace cachegen {
 // (t, h * head_dim/2 + p). RoPE rotates each such pair by a position-dependent angle, so the
 // magnitudes describe a token's key whatever its position. Computed in float32 with one rounding
 // per operation (no contraction). Throws InputError on an odd head_dim or a non-finite key.
+// The CPU path in effect (cpu_path()) picks the loop; every path gives the same bits.
 std::vector<float> key_pair_magnitudes(const TensorView& keys, int threads);
+
+// Vector kernels (src/simd/): m[p] = |(k[p], k[p + half])| for p < half, as the scalar loop
+// rounds it.
+void pair_magnitudes_avx2(const float* k, uint32_t half, float* m);
+void pair_magnitudes_avx512(const float* k, uint32_t half, float* m);
 
 }  // namespace cachegen

@@ -3,7 +3,9 @@
 // tables), and fused dequantization + fp16/bf16/fp32 conversion of a row. Bit-exact with the
 // scalar code.
 #include <algorithm>
+#include <cmath>
 
+#include "importance.hpp"
 #include "quant.hpp"
 #include "segment.hpp"
 #include "segment_encode.hpp"
@@ -283,6 +285,18 @@ CG_AVX2 void cross_bits4(const uint16_t* bin, const uint32_t* count, uint32_t n,
   _mm256_storeu_pd(bits, acc);
 }
 
+// |(k[p], k[p + half])| for p < half, 8 at a time: the scalar loop's multiplies, add and
+// correctly rounded square root.
+CG_AVX2 void pair_magnitudes8(const float* k, uint32_t half, float* m) {
+  uint32_t p = 0;
+  for (; p + 8 <= half; p += 8) {
+    const __m256 a = _mm256_loadu_ps(k + p), b = _mm256_loadu_ps(k + p + half);
+    _mm256_storeu_ps(m + p,
+                     _mm256_sqrt_ps(_mm256_add_ps(_mm256_mul_ps(a, a), _mm256_mul_ps(b, b))));
+  }
+  for (; p < half; ++p) m[p] = std::sqrt(k[p] * k[p] + k[p + half] * k[p + half]);
+}
+
 }  // namespace
 
 void decode_avx2(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
@@ -307,6 +321,8 @@ void cross_bits_avx2(const uint16_t* bin, const uint32_t* count, uint32_t n, con
                      uint32_t stride, double* bits) {
   for (uint32_t j = 0; j < stride; j += 4) cross_bits4(bin, count, n, cost + j, stride, bits + j);
 }
+
+void pair_magnitudes_avx2(const float* k, uint32_t half, float* m) { pair_magnitudes8(k, half, m); }
 
 uint16_t* encode_avx2(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
                       uint16_t* top) {
@@ -343,6 +359,9 @@ void cross_bits_avx2(const uint16_t* bin, const uint32_t* count, uint32_t n, con
     for (uint32_t e = 0; e < n; ++e)
       bits[j] += count[e] * (double)cost[(size_t)bin[e] * stride + j];
   }
+}
+void pair_magnitudes_avx2(const float* k, uint32_t half, float* m) {
+  for (uint32_t p = 0; p < half; ++p) m[p] = std::sqrt(k[p] * k[p] + k[p + half] * k[p + half]);
 }
 }  // namespace cachegen
 #endif

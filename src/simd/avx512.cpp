@@ -2,7 +2,9 @@
 // symbols; words move between the stream and the lanes that need them with expand / compress),
 // and fused dequantization + conversion of a row. Bit-exact with the scalar code.
 #include <algorithm>
+#include <cmath>
 
+#include "importance.hpp"
 #include "quant.hpp"
 #include "segment.hpp"
 #include "segment_encode.hpp"
@@ -241,6 +243,18 @@ CG_AVX512 void cross_bits8(const uint16_t* bin, const uint32_t* count, uint32_t 
   _mm512_storeu_pd(bits, acc);
 }
 
+// |(k[p], k[p + half])| for p < half, 16 at a time: the scalar loop's multiplies, add and
+// correctly rounded square root.
+CG_AVX512 void pair_magnitudes16(const float* k, uint32_t half, float* m) {
+  uint32_t p = 0;
+  for (; p + 16 <= half; p += 16) {
+    const __m512 a = _mm512_loadu_ps(k + p), b = _mm512_loadu_ps(k + p + half);
+    _mm512_storeu_ps(m + p,
+                     _mm512_sqrt_ps(_mm512_add_ps(_mm512_mul_ps(a, a), _mm512_mul_ps(b, b))));
+  }
+  for (; p < half; ++p) m[p] = std::sqrt(k[p] * k[p] + k[p + half] * k[p + half]);
+}
+
 }  // namespace
 
 void decode_avx512(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
@@ -270,6 +284,10 @@ void count_symbols_avx512(const int8_t* symbols, uint32_t rows, uint32_t channel
 void cross_bits_avx512(const uint16_t* bin, const uint32_t* count, uint32_t n, const float* cost,
                        uint32_t stride, double* bits) {
   for (uint32_t j = 0; j < stride; j += 8) cross_bits8(bin, count, n, cost + j, stride, bits + j);
+}
+
+void pair_magnitudes_avx512(const float* k, uint32_t half, float* m) {
+  pair_magnitudes16(k, half, m);
 }
 
 uint16_t* encode_avx512(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
@@ -314,6 +332,9 @@ void cross_bits_avx512(const uint16_t* bin, const uint32_t* count, uint32_t n, c
     for (uint32_t e = 0; e < n; ++e)
       bits[j] += count[e] * (double)cost[(size_t)bin[e] * stride + j];
   }
+}
+void pair_magnitudes_avx512(const float* k, uint32_t half, float* m) {
+  for (uint32_t p = 0; p < half; ++p) m[p] = std::sqrt(k[p] * k[p] + k[p + half] * k[p + half]);
 }
 }  // namespace cachegen
 #endif
