@@ -262,6 +262,16 @@ py::bytes key_magnitudes_py(const TensorView& keys, int threads) {
   return as_bytes(mag);
 }
 
+// Float64 bytes of one K group's mean squared pair magnitudes (see src/importance.hpp).
+py::bytes key_mean_squares_py(const TensorView& keys, uint32_t skip, int threads) {
+  std::vector<double> mean;
+  {
+    py::gil_scoped_release nogil;
+    mean = key_pair_mean_squares(keys, skip, threads);
+  }
+  return as_bytes(mean);
+}
+
 void decode_py(Blob& b, const std::vector<TensorView>& outs, int threads) {
   py::gil_scoped_release nogil;
   b.ensure_verified();
@@ -376,6 +386,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("encode", &encode_py, py::arg("request"));
   m.def("quantize", &quantize_py, py::arg("request"));
   m.def("key_magnitudes", &key_magnitudes_py, py::arg("keys"), py::arg("threads") = 0);
+  m.def("key_mean_squares", &key_mean_squares_py, py::arg("keys"), py::arg("skip"),
+        py::arg("threads") = 0);
   m.def("build_info", &build_info_py);
 #ifdef CACHEGEN_WITH_CUDA
   py::class_<cuda::DeviceBlob>(m, "DeviceBlob")

@@ -14,6 +14,12 @@ namespace cachegen {
 // The CPU path in effect (cpu_path()) picks the loop; every path gives the same bits.
 std::vector<float> key_pair_magnitudes(const TensorView& keys, int threads);
 
+// Per pair (h * head_dim/2 + p), the mean over tokens [skip, tokens) (all tokens if that is
+// none) of its squared magnitude in float64: each magnitude as key_pair_magnitudes gives it,
+// squared and summed in token order, as numpy's mean(square(m, float64), axis=0) sums a
+// [tokens, pairs] array. Throws as key_pair_magnitudes does.
+std::vector<double> key_pair_mean_squares(const TensorView& keys, uint32_t skip, int threads);
+
 // Vector kernels (src/simd/): m[p] = |(k[p], k[p + half])| for p < half, as the scalar loop
 // rounds it.
 void pair_magnitudes_avx2(const float* k, uint32_t half, float* m);

@@ -64,6 +64,17 @@ def layer_magnitudes(kv: Any, v: KVViews, layer: int, threads: int) -> np.ndarra
     return pair_magnitudes(layer_keys(kv, v.layout, layer), threads)
 
 
+def layer_mean_squares(kv: Any, v: KVViews, layer: int, skip: int, threads: int) -> np.ndarray:
+    """Per pair of layer `layer`'s keys, the float64 mean over tokens `skip:` (all if none are
+    left) of its squared magnitude: `np.mean(np.square(m, dtype=np.float64), axis=0)` of its
+    `pair_magnitudes` m, computed by the core without the magnitudes array."""
+    group = v.groups[2 * layer]
+    if v.device is not None:
+        group = array_group(to_host(layer_keys(kv, v.layout, layer)))
+    raw = _core.key_mean_squares(group.native(), skip, threads)
+    return np.frombuffer(raw, dtype=np.float64)
+
+
 def token_scores(
     kv: Any, v: KVViews, layer: int, coefficients: Sequence[float], threads: int
 ) -> np.ndarray:

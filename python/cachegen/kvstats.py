@@ -33,7 +33,13 @@ def key_channel_weights(
         strength: exponent of the pair rms (0 gives all ones).
     """
     rows = magnitudes[skip:] if len(magnitudes) > skip else magnitudes
-    rms = np.sqrt(np.mean(np.square(rows, dtype=np.float64), axis=0) / 2.0)
+    return spread_weights(np.mean(np.square(rows, dtype=np.float64), axis=0), head_dim, strength)
+
+
+def spread_weights(mean_squares: np.ndarray, head_dim: int, strength: float) -> np.ndarray:
+    """`key_channel_weights` from each pair's float64 mean squared magnitude over the tokens
+    (`importance.layer_mean_squares`)."""
+    rms = np.sqrt(mean_squares / 2.0)
     floor = max(float(rms.max()), 1e-30) * 1e-6  # all-zero pairs: as fine as the finest
     log_w = strength * np.log(np.maximum(rms, floor))
     bound = np.log(SPREAD_BOUND)

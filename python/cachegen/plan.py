@@ -31,9 +31,9 @@ import numpy as np
 
 from . import _core
 from .config import QUANTIZERS, CodecConfig
-from .importance import importance_weights, layer_magnitudes, token_scores
+from .importance import importance_weights, layer_mean_squares, token_scores
 from .info import FLAG_TORCH_SOURCE
-from .kvstats import key_channel_weights
+from .kvstats import spread_weights
 from .profile import ModelProfile
 from .tensors import DTYPE_CODES, LAYOUTS, GroupView, KVViews
 from .weights import TOKEN_WEIGHT_BOUNDS, sink_rows, token_weights
@@ -144,8 +144,8 @@ def _key_spread(
     head_dim = v.groups[2 * layer].head_dim
     if head_dim % 2:
         return None
-    mag = layer_magnitudes(kv, v, layer, threads)
-    return _float32(key_channel_weights(mag, head_dim, skip, strength))
+    mean_squares = layer_mean_squares(kv, v, layer, skip, threads)
+    return _float32(spread_weights(mean_squares, head_dim, strength))
 
 
 def _layer_token_weights(
