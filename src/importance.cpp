@@ -57,21 +57,26 @@ std::vector<double> key_pair_mean_squares(const TensorView& keys, uint32_t skip,
   const uint32_t half = keys.head_dim / 2, first = keys.tokens > skip ? skip : 0;
   const CpuPath path = cpu_path();
   std::vector<double> mean(keys.heads * half);
-  // A task per head, so each pair's sum runs in token order.
-  parallel_for(keys.heads, threads, [&](size_t h) {
-    TensorView head = keys;
-    head.heads = 1;
-    head.data = static_cast<uint8_t*>(keys.data) + h * keys.s_head * dtype_size(keys.dtype);
-    std::vector<float> row(keys.head_dim), m(half);
-    std::vector<double> sum(half, 0.0);
+  // Tasks take whole heads, so each pair's sum runs in token order; as few as the threads, so
+  // each streams its heads' rows.
+  const uint32_t tasks = std::min<uint32_t>(keys.heads, (uint32_t)resolve_threads(threads));
+  parallel_for(tasks, threads, [&](size_t task) {
+    const uint32_t h0 = (uint32_t)task * keys.heads / tasks;
+    const uint32_t h1 = (uint32_t)(task + 1) * keys.heads / tasks, width = (h1 - h0) * half;
+    TensorView part = keys;
+    part.heads = h1 - h0;
+    part.data = static_cast<uint8_t*>(keys.data) + h0 * keys.s_head * dtype_size(keys.dtype);
+    std::vector<float> row(part.channels()), m(width);
+    std::vector<double> sum(width, 0.0);
     for (uint32_t t = 0; t < keys.tokens; ++t) {
-      load_row(head, t, row.data());
-      pair_magnitudes(path, row.data(), half, m.data());
-      if (!all_finite(m.data(), half)) throw InputError("keys contain nan or inf");
+      load_row(part, t, row.data());
+      for (uint32_t h = 0; h < part.heads; ++h)
+        pair_magnitudes(path, row.data() + (size_t)h * keys.head_dim, half, m.data() + h * half);
+      if (!all_finite(m.data(), width)) throw InputError("keys contain nan or inf");
       if (t < first) continue;
-      for (uint32_t p = 0; p < half; ++p) sum[p] += (double)m[p] * m[p];
+      for (uint32_t p = 0; p < width; ++p) sum[p] += (double)m[p] * m[p];
     }
-    for (uint32_t p = 0; p < half; ++p) mean[h * half + p] = sum[p] / (keys.tokens - first);
+    for (uint32_t p = 0; p < width; ++p) mean[h0 * half + p] = sum[p] / (keys.tokens - first);
   });
   return mean;
 }
