@@ -47,6 +47,27 @@ const std::array<uint16_t, kMaxStepCode - kMinStepCode + 1>& grid_values() {
   return table;
 }
 
+// code_of for every grid value, sorted by value (positive fp16 values order as their bits),
+// built once: a token's code is a binary search, not a search of the grid.
+struct GridCode {
+  uint16_t value;
+  int16_t code;
+  bool operator<(const GridCode& o) const { return value < o.value; }
+};
+
+int grid_code(uint16_t step) {
+  static const std::vector<GridCode> table = [] {
+    std::vector<GridCode> t;
+    for (int k = kMinStepCode; k <= kMaxStepCode; ++k) {
+      const uint16_t v = step_code_value(k);
+      if (t.empty() || t.back().value != v) t.push_back({v, (int16_t)code_of(v)});
+    }
+    return t;
+  }();
+  const auto it = std::lower_bound(table.begin(), table.end(), GridCode{step, 0});
+  return it != table.end() && it->value == step ? it->code : code_of(step);  // code_of throws
+}
+
 uint64_t rice_bits(const std::vector<uint32_t>& z, int k) {
   uint64_t bits = 0;
   for (uint32_t v : z) bits += (v >> k) + 1 + k;
@@ -57,7 +78,7 @@ uint64_t rice_bits(const std::vector<uint32_t>& z, int k) {
 
 void write_step_codes(const std::vector<uint16_t>& steps, std::vector<uint8_t>& out) {
   std::vector<int> codes;
-  for (uint16_t s : steps) codes.push_back(code_of(s));
+  for (uint16_t s : steps) codes.push_back(grid_code(s));
   std::vector<int> sorted = codes;
   std::nth_element(sorted.begin(), sorted.begin() + sorted.size() / 2, sorted.end());
   const int16_t center = (int16_t)sorted[sorted.size() / 2];
