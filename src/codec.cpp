@@ -50,7 +50,7 @@ Group fit_group(const GroupSpec& s, uint32_t segment_symbols, CpuPath path, int8
   const uint32_t T = v.tokens, C = v.channels();
   Group g;
   g.desc = plan_group(s, segment_symbols);
-  g.quant = fit_quantizer(s.quantizer, s.param, v, s.weights, s.raw_rows);
+  g.quant = fit_quantizer(s.quantizer, s.param, v, s.weights, s.raw_rows, path);
   std::vector<Histogram>& hists = scratch().hists;
   hists.assign(g.desc.symbols_per_token(), Histogram{});
   if (s.quantizer == Quantizer::Lossless)

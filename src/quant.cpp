@@ -74,6 +74,32 @@ __attribute__((target("avx2"))) RowStats row_stats_avx2(const float* row, uint32
   _mm256_storeu_si256((__m256i*)m, mx);
   return finish_row_stats(s, m, row, i, n);
 }
+
+// The vector paths' pass over a token's row: whether it is finite, and row_stats of the row
+// scaled by inv_b (if any), with row_stats_avx2's lanes and order.
+__attribute__((target("avx2"))) bool scaled_row_stats_avx2(float* row, const float* inv_b,
+                                                           uint32_t n, RowStats& stats) {
+  __m256 sq = _mm256_setzero_ps();
+  __m256i mx = _mm256_setzero_si256(), bad = _mm256_setzero_si256();
+  const __m256i abs = _mm256_set1_epi32(0x7fffffff), exp = _mm256_set1_epi32(0x7f800000);
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 x = _mm256_loadu_ps(row + i);
+    const __m256i bits = _mm256_castps_si256(x);
+    bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(_mm256_and_si256(bits, exp), exp));
+    if (inv_b) x = _mm256_mul_ps(x, _mm256_loadu_ps(inv_b + i));
+    sq = _mm256_add_ps(sq, _mm256_mul_ps(x, x));
+    mx = _mm256_max_epu32(mx, _mm256_and_si256(_mm256_castps_si256(x), abs));
+  }
+  if (!_mm256_testz_si256(bad, bad) || !all_finite(row + i, n - i)) return false;
+  for (uint32_t c = i; inv_b && c < n; ++c) row[c] *= inv_b[c];
+  float s[8];
+  uint32_t m[8];
+  _mm256_storeu_ps(s, sq);
+  _mm256_storeu_si256((__m256i*)m, mx);
+  stats = finish_row_stats(s, m, row, i, n);
+  return true;
+}
 #endif
 
 RowStats row_stats(const float* row, uint32_t n) {
@@ -105,6 +131,22 @@ struct ChannelStats {
     }
   }
 };
+
+// A per-token quantizer's row statistics (the row scaled by inv_b, if any) after checking that
+// the row is finite; `row` may be scaled in place.
+RowStats token_row_stats(CpuPath path, float* row, const std::vector<float>& inv_b, uint32_t n) {
+#ifdef CG_X86_SIMD
+  RowStats rs;
+  if (path != CpuPath::Scalar) {
+    if (!scaled_row_stats_avx2(row, inv_b.empty() ? nullptr : inv_b.data(), n, rs))
+      throw InputError("KV tensor contains NaN or Inf");
+    return rs;
+  }
+#endif
+  check_finite(row, n);
+  for (size_t c = 0; c < inv_b.size(); ++c) row[c] *= inv_b[c];
+  return row_stats(row, n);
+}
 
 void fit_channel_steps(const ChannelStats& s, uint32_t tokens, float q, GroupQuant& g) {
   const size_t C = s.sum.size();
@@ -202,7 +244,7 @@ GroupQuant quantizer_layout(Quantizer kind, float param, const StepWeights& w, u
 }
 
 GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v, const StepWeights& w,
-                         uint32_t raw_rows) {
+                         uint32_t raw_rows, CpuPath path) {
   const uint32_t T = v.tokens, C = v.channels();
   GroupQuant g = quantizer_layout(kind, param, w, T, C, raw_rows);
   if (kind == Quantizer::Lossless) return g;
@@ -214,13 +256,12 @@ GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v, const
   ChannelStats cs(per_token ? 0 : C);
   for (uint32_t t = 0; t < T; ++t) {
     load_row(v, t, row.data());
-    check_finite(row.data(), C);
     if (!per_token) {
+      check_finite(row.data(), C);
       cs.add(row.data());
       continue;
     }
-    for (size_t c = 0; c < inv_b.size(); ++c) row[c] *= inv_b[c];
-    const RowStats rs = row_stats(row.data(), C);
+    const RowStats rs = token_row_stats(path, row.data(), inv_b, C);
     const float q = weighted_param(param, w.token.empty() ? nullptr : w.token.data(), t);
     g.token_scale.push_back(token_step(kind, q, g.max_symbol, rs.sum_sq, rs.absmax, C));
   }

@@ -225,9 +225,11 @@ GroupQuant quantizer_layout(Quantizer kind, float param, const StepWeights& w, u
                             uint32_t channels, uint32_t raw_rows = 0);
 
 // Fit the quantizer to a tensor (one pass over it); throws InputError on nan/inf. The first
-// `raw_rows` tokens are kept verbatim (per-token quantizers only).
+// `raw_rows` tokens are kept verbatim (per-token quantizers only). `path` picks the loops (every
+// path fits the same parameters).
 GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v,
-                         const StepWeights& w = {}, uint32_t raw_rows = 0);
+                         const StepWeights& w = {}, uint32_t raw_rows = 0,
+                         CpuPath path = CpuPath::Scalar);
 
 // Quantize into symbols ([tokens, channels] int8; zero for raw rows) and count them per channel
 // into hist[channel * 256 + symbol + 128], which must start zeroed; `path` picks the loops
