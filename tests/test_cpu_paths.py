@@ -130,3 +130,15 @@ def test_every_path_gives_the_key_statistics_bits(monkeypatch, cpu_path, skip):
     mean = np.mean(np.square(rows, dtype=np.float64), axis=0)
     core = np.frombuffer(_core.key_mean_squares(array_group(keys).native(), skip, 2), np.float64)
     np.testing.assert_array_equal(core.view(np.uint64), mean.view(np.uint64))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("channel", [0, 9, 99])  # a register's first lane, its middle, the tail
+@pytest.mark.parametrize("side", [0, 1])  # keys (with channel scales) and values
+def test_every_path_rejects_non_finite_values(cpu_path, bad, channel, side):
+    kv = synthetic_kv(1, 50, 5, 20, seed=6)
+    kv.reshape(1, 2, 50, 100)[0, side, 30, channel] = bad
+    with pytest.raises(ValueError, match="(?i)nan or inf"):
+        cachegen.encode(kv)
+    with pytest.raises(ValueError, match="(?i)nan or inf"):
+        cachegen.encode(kv, config=cachegen.CodecConfig(key_spread=0.0))
