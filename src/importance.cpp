@@ -8,15 +8,16 @@
 namespace cachegen {
 namespace {
 
-void pair_magnitudes(CpuPath path, const float* k, uint32_t half, float* m) {
+bool pair_magnitudes(CpuPath path, const float* k, uint32_t half, float* m, double* sum) {
   switch (path) {
     case CpuPath::Avx512:
-      return pair_magnitudes_avx512(k, half, m);
+      return pair_magnitudes_avx512(k, half, m, sum);
     case CpuPath::Avx2:
-      return pair_magnitudes_avx2(k, half, m);
+      return pair_magnitudes_avx2(k, half, m, sum);
     case CpuPath::Scalar:
-      for (uint32_t p = 0; p < half; ++p) m[p] = std::sqrt(k[p] * k[p] + k[p + half] * k[p + half]);
+      break;
   }
+  return pair_magnitudes_scalar(k, 0, half, m, sum);
 }
 
 void check_keys(const TensorView& keys) {
@@ -24,13 +25,17 @@ void check_keys(const TensorView& keys) {
   check_paging(keys, "keys");
 }
 
-bool all_finite(const float* m, uint32_t n) {
+}  // namespace
+
+bool pair_magnitudes_scalar(const float* k, uint32_t begin, uint32_t half, float* m, double* sum) {
   bool ok = true;
-  for (uint32_t i = 0; i < n; ++i) ok &= std::isfinite(m[i]);
+  for (uint32_t p = begin; p < half; ++p) {
+    m[p] = std::sqrt(k[p] * k[p] + k[p + half] * k[p + half]);
+    ok &= std::isfinite(m[p]);
+    if (sum) sum[p] += (double)m[p] * m[p];
+  }
   return ok;
 }
-
-}  // namespace
 
 std::vector<float> key_pair_magnitudes(const TensorView& keys, int threads) {
   check_keys(keys);
@@ -44,9 +49,11 @@ std::vector<float> key_pair_magnitudes(const TensorView& keys, int threads) {
     for (uint32_t t = (uint32_t)task * kTokensPerTask; t < end; ++t) {
       load_row(keys, t, row.data());
       float* m = mag.data() + (size_t)t * width;
+      bool finite = true;
       for (uint32_t h = 0; h < keys.heads; ++h)
-        pair_magnitudes(path, row.data() + (size_t)h * keys.head_dim, half, m + h * half);
-      if (!all_finite(m, width)) throw InputError("keys contain nan or inf");
+        finite &= pair_magnitudes(path, row.data() + (size_t)h * keys.head_dim, half, m + h * half,
+                                  nullptr);
+      if (!finite) throw InputError("keys contain nan or inf");
     }
   });
   return mag;
@@ -66,15 +73,15 @@ std::vector<double> key_pair_mean_squares(const TensorView& keys, uint32_t skip,
     TensorView part = keys;
     part.heads = h1 - h0;
     part.data = static_cast<uint8_t*>(keys.data) + h0 * keys.s_head * dtype_size(keys.dtype);
-    std::vector<float> row(part.channels()), m(width);
+    std::vector<float> row(part.channels()), m(half);
     std::vector<double> sum(width, 0.0);
     for (uint32_t t = 0; t < keys.tokens; ++t) {
       load_row(part, t, row.data());
+      bool finite = true;
       for (uint32_t h = 0; h < part.heads; ++h)
-        pair_magnitudes(path, row.data() + (size_t)h * keys.head_dim, half, m.data() + h * half);
-      if (!all_finite(m.data(), width)) throw InputError("keys contain nan or inf");
-      if (t < first) continue;
-      for (uint32_t p = 0; p < width; ++p) sum[p] += (double)m[p] * m[p];
+        finite &= pair_magnitudes(path, row.data() + (size_t)h * keys.head_dim, half, m.data(),
+                                  t < first ? nullptr : sum.data() + h * half);
+      if (!finite) throw InputError("keys contain nan or inf");
     }
     for (uint32_t p = 0; p < width; ++p) mean[h0 * half + p] = sum[p] / (keys.tokens - first);
   });

@@ -20,9 +20,11 @@ std::vector<float> key_pair_magnitudes(const TensorView& keys, int threads);
 // [tokens, pairs] array. Throws as key_pair_magnitudes does.
 std::vector<double> key_pair_mean_squares(const TensorView& keys, uint32_t skip, int threads);
 
-// Vector kernels (src/simd/): m[p] = |(k[p], k[p + half])| for p < half, as the scalar loop
-// rounds it.
-void pair_magnitudes_avx2(const float* k, uint32_t half, float* m);
-void pair_magnitudes_avx512(const float* k, uint32_t half, float* m);
+// m[p] = |(k[p], k[p + half])| for p in [begin, half) and, if `sum` is given, sum[p] += m[p]^2
+// in float64; returns whether every m[p] is finite. The vector kernels (src/simd/, p from 0) give
+// the same bits.
+bool pair_magnitudes_scalar(const float* k, uint32_t begin, uint32_t half, float* m, double* sum);
+bool pair_magnitudes_avx2(const float* k, uint32_t half, float* m, double* sum);
+bool pair_magnitudes_avx512(const float* k, uint32_t half, float* m, double* sum);
 
 }  // namespace cachegen

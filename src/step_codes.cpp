@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdint>
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "bits.hpp"
 #include "quant.hpp"
@@ -47,25 +49,19 @@ const std::array<uint16_t, kMaxStepCode - kMinStepCode + 1>& grid_values() {
   return table;
 }
 
-// code_of for every grid value, sorted by value (positive fp16 values order as their bits),
-// built once: a token's code is a binary search, not a search of the grid.
-struct GridCode {
-  uint16_t value;
-  int16_t code;
-  bool operator<(const GridCode& o) const { return value < o.value; }
-};
+// code_of for every fp16 value on the grid (kOffGrid elsewhere), built once: a token's code is
+// one lookup, not a search of the grid.
+constexpr int16_t kOffGrid = INT16_MIN;
 
 int grid_code(uint16_t step) {
-  static const std::vector<GridCode> table = [] {
-    std::vector<GridCode> t;
-    for (int k = kMinStepCode; k <= kMaxStepCode; ++k) {
-      const uint16_t v = step_code_value(k);
-      if (t.empty() || t.back().value != v) t.push_back({v, (int16_t)code_of(v)});
-    }
+  static const std::vector<int16_t> table = [] {
+    std::vector<int16_t> t(1 << 16, kOffGrid);
+    for (int k = kMinStepCode; k <= kMaxStepCode; ++k)
+      if (const uint16_t v = step_code_value(k); t[v] == kOffGrid) t[v] = (int16_t)code_of(v);
     return t;
   }();
-  const auto it = std::lower_bound(table.begin(), table.end(), GridCode{step, 0});
-  return it != table.end() && it->value == step ? it->code : code_of(step);  // code_of throws
+  const int code = table[step];
+  return code != kOffGrid ? code : code_of(step);  // off the grid: code_of reports it
 }
 
 uint64_t rice_bits(const std::vector<uint32_t>& z, int k) {

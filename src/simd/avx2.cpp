@@ -3,7 +3,6 @@
 // tables), and fused dequantization + fp16/bf16/fp32 conversion of a row. Bit-exact with the
 // scalar code.
 #include <algorithm>
-#include <cmath>
 
 #include "importance.hpp"
 #include "quant.hpp"
@@ -285,16 +284,27 @@ CG_AVX2 void cross_bits4(const uint16_t* bin, const uint32_t* count, uint32_t n,
   _mm256_storeu_pd(bits, acc);
 }
 
-// |(k[p], k[p + half])| for p < half, 8 at a time: the scalar loop's multiplies, add and
-// correctly rounded square root.
-CG_AVX2 void pair_magnitudes8(const float* k, uint32_t half, float* m) {
+// pair_magnitudes_scalar 8 pairs at a time: the same multiplies, add, correctly rounded square
+// root and float64 squares.
+CG_AVX2 bool pair_magnitudes8(const float* k, uint32_t half, float* m, double* sum) {
+  const __m256i exp = _mm256_set1_epi32(0x7f800000);
+  __m256i bad = _mm256_setzero_si256();
   uint32_t p = 0;
   for (; p + 8 <= half; p += 8) {
     const __m256 a = _mm256_loadu_ps(k + p), b = _mm256_loadu_ps(k + p + half);
-    _mm256_storeu_ps(m + p,
-                     _mm256_sqrt_ps(_mm256_add_ps(_mm256_mul_ps(a, a), _mm256_mul_ps(b, b))));
+    const __m256 v = _mm256_sqrt_ps(_mm256_add_ps(_mm256_mul_ps(a, a), _mm256_mul_ps(b, b)));
+    _mm256_storeu_ps(m + p, v);
+    bad = _mm256_or_si256(bad,
+                          _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(v), exp), exp));
+    if (!sum) continue;
+    const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+    const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+    _mm256_storeu_pd(sum + p, _mm256_add_pd(_mm256_loadu_pd(sum + p), _mm256_mul_pd(lo, lo)));
+    _mm256_storeu_pd(sum + p + 4,
+                     _mm256_add_pd(_mm256_loadu_pd(sum + p + 4), _mm256_mul_pd(hi, hi)));
   }
-  for (; p < half; ++p) m[p] = std::sqrt(k[p] * k[p] + k[p + half] * k[p + half]);
+  const bool tail = pair_magnitudes_scalar(k, p, half, m, sum);
+  return _mm256_testz_si256(bad, bad) && tail;
 }
 
 }  // namespace
@@ -322,7 +332,9 @@ void cross_bits_avx2(const uint16_t* bin, const uint32_t* count, uint32_t n, con
   for (uint32_t j = 0; j < stride; j += 4) cross_bits4(bin, count, n, cost + j, stride, bits + j);
 }
 
-void pair_magnitudes_avx2(const float* k, uint32_t half, float* m) { pair_magnitudes8(k, half, m); }
+bool pair_magnitudes_avx2(const float* k, uint32_t half, float* m, double* sum) {
+  return pair_magnitudes8(k, half, m, sum);
+}
 
 uint16_t* encode_avx2(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
                       uint16_t* top) {
@@ -360,8 +372,8 @@ void cross_bits_avx2(const uint16_t* bin, const uint32_t* count, uint32_t n, con
       bits[j] += count[e] * (double)cost[(size_t)bin[e] * stride + j];
   }
 }
-void pair_magnitudes_avx2(const float* k, uint32_t half, float* m) {
-  for (uint32_t p = 0; p < half; ++p) m[p] = std::sqrt(k[p] * k[p] + k[p + half] * k[p + half]);
+bool pair_magnitudes_avx2(const float* k, uint32_t half, float* m, double* sum) {
+  return pair_magnitudes_scalar(k, 0, half, m, sum);
 }
 }  // namespace cachegen
 #endif

@@ -2,7 +2,6 @@
 // symbols; words move between the stream and the lanes that need them with expand / compress),
 // and fused dequantization + conversion of a row. Bit-exact with the scalar code.
 #include <algorithm>
-#include <cmath>
 
 #include "importance.hpp"
 #include "quant.hpp"
@@ -243,16 +242,27 @@ CG_AVX512 void cross_bits8(const uint16_t* bin, const uint32_t* count, uint32_t 
   _mm512_storeu_pd(bits, acc);
 }
 
-// |(k[p], k[p + half])| for p < half, 16 at a time: the scalar loop's multiplies, add and
-// correctly rounded square root.
-CG_AVX512 void pair_magnitudes16(const float* k, uint32_t half, float* m) {
+// pair_magnitudes_scalar 16 pairs at a time: the same multiplies, add, correctly rounded
+// square root and float64 squares.
+CG_AVX512 bool pair_magnitudes16(const float* k, uint32_t half, float* m, double* sum) {
+  const __m512i exp = _mm512_set1_epi32(0x7f800000);
+  __mmask16 bad = 0;
   uint32_t p = 0;
   for (; p + 16 <= half; p += 16) {
     const __m512 a = _mm512_loadu_ps(k + p), b = _mm512_loadu_ps(k + p + half);
-    _mm512_storeu_ps(m + p,
-                     _mm512_sqrt_ps(_mm512_add_ps(_mm512_mul_ps(a, a), _mm512_mul_ps(b, b))));
+    const __m512 v = _mm512_sqrt_ps(_mm512_add_ps(_mm512_mul_ps(a, a), _mm512_mul_ps(b, b)));
+    _mm512_storeu_ps(m + p, v);
+    bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(v), exp), exp);
+    if (!sum) continue;
+    const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+    const __m512d hi =
+        _mm512_cvtps_pd(_mm256_castsi256_ps(_mm512_extracti64x4_epi64(_mm512_castps_si512(v), 1)));
+    _mm512_storeu_pd(sum + p, _mm512_add_pd(_mm512_loadu_pd(sum + p), _mm512_mul_pd(lo, lo)));
+    _mm512_storeu_pd(sum + p + 8,
+                     _mm512_add_pd(_mm512_loadu_pd(sum + p + 8), _mm512_mul_pd(hi, hi)));
   }
-  for (; p < half; ++p) m[p] = std::sqrt(k[p] * k[p] + k[p + half] * k[p + half]);
+  const bool tail = pair_magnitudes_scalar(k, p, half, m, sum);
+  return !bad && tail;
 }
 
 }  // namespace
@@ -286,8 +296,8 @@ void cross_bits_avx512(const uint16_t* bin, const uint32_t* count, uint32_t n, c
   for (uint32_t j = 0; j < stride; j += 8) cross_bits8(bin, count, n, cost + j, stride, bits + j);
 }
 
-void pair_magnitudes_avx512(const float* k, uint32_t half, float* m) {
-  pair_magnitudes16(k, half, m);
+bool pair_magnitudes_avx512(const float* k, uint32_t half, float* m, double* sum) {
+  return pair_magnitudes16(k, half, m, sum);
 }
 
 uint16_t* encode_avx512(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
@@ -333,8 +343,8 @@ void cross_bits_avx512(const uint16_t* bin, const uint32_t* count, uint32_t n, c
       bits[j] += count[e] * (double)cost[(size_t)bin[e] * stride + j];
   }
 }
-void pair_magnitudes_avx512(const float* k, uint32_t half, float* m) {
-  for (uint32_t p = 0; p < half; ++p) m[p] = std::sqrt(k[p] * k[p] + k[p + half] * k[p + half]);
+bool pair_magnitudes_avx512(const float* k, uint32_t half, float* m, double* sum) {
+  return pair_magnitudes_scalar(k, 0, half, m, sum);
 }
 }  // namespace cachegen
 #endif
