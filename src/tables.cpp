@@ -191,6 +191,25 @@ void check_range(int lo, int n, bool full_alphabet) {
     throw FormatError("probability table symbol range invalid");
 }
 
+// log2((f + 1) / f) and log2(f / (f - 1)) for every frequency f, computed once: the drift fix
+// of normalize() reads them instead of calling log2 per candidate (the same doubles).
+struct DriftLogs {
+  std::array<double, rans::kProbScale + 1> up{}, down{};
+};
+
+const DriftLogs& drift_logs() {
+  static const DriftLogs logs = [] {
+    DriftLogs l;
+    for (uint32_t i = 1; i <= rans::kProbScale; ++i) {
+      const double f = i;
+      l.up[i] = std::log2((f + 1) / f);
+      l.down[i] = std::log2(f / (f - 1));
+    }
+    return l;
+  }();
+  return logs;
+}
+
 }  // namespace
 
 TableSet fit_tables(const std::vector<Histogram>& hists, uint32_t max_tables, CpuPath path) {
@@ -254,14 +273,15 @@ Table normalize(const Histogram& counts) {
     sum += t.freq[i];
   }
   // Fix the rounding drift one unit at a time where it costs the fewest bits.
+  const DriftLogs& logs = drift_logs();
   while (sum != (int)rans::kProbScale) {
     const bool grow = sum < (int)rans::kProbScale;
     int pick = -1;
     double best = INFINITY;
     for (int i = 0; i < kAlphabet; ++i) {
       if (!counts[i] || (!grow && t.freq[i] <= 1)) continue;
-      double f = t.freq[i];
-      double cost = grow ? -counts[i] * std::log2((f + 1) / f) : counts[i] * std::log2(f / (f - 1));
+      const int f = t.freq[i];
+      double cost = grow ? -counts[i] * logs.up[f] : counts[i] * logs.down[f];
       if (cost < best) best = cost, pick = i;
     }
     t.freq[pick] = (uint16_t)(t.freq[pick] + (grow ? 1 : -1));
