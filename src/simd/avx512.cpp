@@ -110,20 +110,18 @@ CG_AVX512 void dequantize_row_avx512_impl(const int8_t* sym, float a, const floa
 }
 
 // q = x / freq and r = x % freq for 16 lanes with x < freq << 20 (so q < 2^20): x times a
-// reciprocal refined once (about 22 correct bits) lies within 0.3 of x / freq, so its truncation
-// is q - 1, q or q + 1, and the remainder's sign and size correct it exactly.
+// reciprocal refined once (about 22 correct bits) lies within 0.3 of x / freq = q + r / freq,
+// so rounded to nearest it is q or q + 1, and the remainder's sign corrects it exactly.
 CG_AVX512 inline __m512i divide16(__m512i x, __m512i freq, __m512i& r) {
   const __m512 f = _mm512_cvtepu32_ps(freq);
   __m512 inv = _mm512_rcp14_ps(f);
   inv = _mm512_mul_ps(inv, _mm512_sub_ps(_mm512_set1_ps(2.0f), _mm512_mul_ps(f, inv)));
-  __m512i q = _mm512_cvttps_epu32(_mm512_mul_ps(_mm512_cvtepu32_ps(x), inv));
-  r = _mm512_sub_epi32(x, _mm512_mullo_epi32(q, freq));  // in [-freq, 2 freq)
-  const __mmask16 low = _mm512_cmplt_epi32_mask(r, _mm512_setzero_si512());
-  const __mmask16 high = _mm512_cmpge_epi32_mask(r, freq);
-  q = _mm512_mask_sub_epi32(q, low, q, _mm512_set1_epi32(1));
-  r = _mm512_mask_add_epi32(r, low, r, freq);
-  q = _mm512_mask_add_epi32(q, high, q, _mm512_set1_epi32(1));
-  r = _mm512_mask_sub_epi32(r, high, r, freq);
+  __m512i q = _mm512_cvt_roundps_epu32(_mm512_mul_ps(_mm512_cvtepu32_ps(x), inv),
+                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  r = _mm512_sub_epi32(x, _mm512_mullo_epi32(q, freq));  // in [-freq, freq)
+  const __mmask16 over = _mm512_cmplt_epi32_mask(r, _mm512_setzero_si512());
+  q = _mm512_mask_sub_epi32(q, over, q, _mm512_set1_epi32(1));
+  r = _mm512_mask_add_epi32(r, over, r, freq);
   return q;
 }
 
