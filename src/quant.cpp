@@ -134,7 +134,8 @@ struct ChannelStats {
 
 // A per-token quantizer's row statistics (the row scaled by inv_b, if any) after checking that
 // the row is finite; `row` may be scaled in place.
-RowStats token_row_stats(CpuPath path, float* row, const std::vector<float>& inv_b, uint32_t n) {
+RowStats token_row_stats([[maybe_unused]] CpuPath path, float* row, const std::vector<float>& inv_b,
+                         uint32_t n) {
 #ifdef CG_X86_SIMD
   RowStats rs;
   if (path != CpuPath::Scalar) {

@@ -212,6 +212,15 @@ const DriftLogs& drift_logs() {
 
 }  // namespace
 
+void cross_bits_scalar(const uint16_t* bin, const uint32_t* count, uint32_t n, const float* cost,
+                       uint32_t stride, double* bits) {
+  for (uint32_t j = 0; j < stride; ++j) {
+    bits[j] = 0.0;
+    for (uint32_t e = 0; e < n; ++e)
+      bits[j] += count[e] * (double)cost[(size_t)bin[e] * stride + j];
+  }
+}
+
 TableSet fit_tables(const std::vector<Histogram>& hists, uint32_t max_tables, CpuPath path) {
   Histogram all{};
   for (auto& h : hists)

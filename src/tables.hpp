@@ -37,9 +37,11 @@ struct TableSet {
 TableSet fit_tables(const std::vector<Histogram>& hists, uint32_t max_tables,
                     CpuPath path = CpuPath::Scalar);
 
-// The table fit's vector kernels (src/simd/): bits[j] = the sum over e < n of
-// count[e] * cost[bin[e] * stride + j] for each j < stride (a multiple of 8), in doubles and in
-// the order of e, so each is bit for bit the scalar sum.
+// bits[j] = the sum over e < n of count[e] * cost[bin[e] * stride + j] for each j < stride, in
+// doubles and in the order of e: each channel's cross bits under a register of clusters. The
+// vector kernels (src/simd/; stride a multiple of 8) give the same bits.
+void cross_bits_scalar(const uint16_t* bin, const uint32_t* count, uint32_t n, const float* cost,
+                       uint32_t stride, double* bits);
 void cross_bits_avx2(const uint16_t* bin, const uint32_t* count, uint32_t n, const float* cost,
                      uint32_t stride, double* bits);
 void cross_bits_avx512(const uint16_t* bin, const uint32_t* count, uint32_t n, const float* cost,

@@ -1,7 +1,8 @@
 // AVX2 kernels: rANS decode and encode 8 lanes per register (4 registers per step of kLanes
 // symbols; words move between the stream and the lanes that need them through permutation
-// tables), and fused dequantization + fp16/bf16/fp32 conversion of a row. Bit-exact with the
-// scalar code.
+// tables), and fused dequantization + fp16/bf16/fp32 conversion of a row; for the encoder,
+// symbol counts, the table fit's cross bits and key pair magnitudes. Bit-exact with the scalar
+// code.
 #include <algorithm>
 
 #include "importance.hpp"
@@ -366,11 +367,7 @@ void count_symbols_avx2(const int8_t* symbols, uint32_t rows, uint32_t channels,
 }
 void cross_bits_avx2(const uint16_t* bin, const uint32_t* count, uint32_t n, const float* cost,
                      uint32_t stride, double* bits) {
-  for (uint32_t j = 0; j < stride; ++j) {
-    bits[j] = 0.0;
-    for (uint32_t e = 0; e < n; ++e)
-      bits[j] += count[e] * (double)cost[(size_t)bin[e] * stride + j];
-  }
+  cross_bits_scalar(bin, count, n, cost, stride, bits);
 }
 bool pair_magnitudes_avx2(const float* k, uint32_t half, float* m, double* sum) {
   return pair_magnitudes_scalar(k, 0, half, m, sum);

@@ -1,6 +1,7 @@
 // AVX-512 kernels: rANS decode and encode 16 lanes per register (2 registers per step of kLanes
 // symbols; words move between the stream and the lanes that need them with expand / compress),
-// and fused dequantization + conversion of a row. Bit-exact with the scalar code.
+// and fused dequantization + conversion of a row; for the encoder, quantized rows, symbol
+// counts, the table fit's cross bits and key pair magnitudes. Bit-exact with the scalar code.
 #include <algorithm>
 
 #include "importance.hpp"
@@ -167,6 +168,7 @@ CG_AVX512 uint16_t* encode_steps(const int8_t* sym, size_t steps, const EncodeTa
   return top;
 }
 
+// -v, exactly (the sign bit flipped).
 CG_AVX512 inline __m512 negate(__m512 v) {
   return _mm512_castsi512_ps(
       _mm512_xor_si512(_mm512_castps_si512(v), _mm512_set1_epi32((int)0x80000000u)));
@@ -335,11 +337,7 @@ void count_symbols_avx512(const int8_t* symbols, uint32_t rows, uint32_t channel
 
 void cross_bits_avx512(const uint16_t* bin, const uint32_t* count, uint32_t n, const float* cost,
                        uint32_t stride, double* bits) {
-  for (uint32_t j = 0; j < stride; ++j) {
-    bits[j] = 0.0;
-    for (uint32_t e = 0; e < n; ++e)
-      bits[j] += count[e] * (double)cost[(size_t)bin[e] * stride + j];
-  }
+  cross_bits_scalar(bin, count, n, cost, stride, bits);
 }
 bool pair_magnitudes_avx512(const float* k, uint32_t half, float* m, double* sum) {
   return pair_magnitudes_scalar(k, 0, half, m, sum);
