@@ -75,8 +75,10 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     print(info.line())
     print(f"Load average at the end {'/'.join(f'{x:.2f}' for x in os.getloadavg())}.")
-    print(f"{args.rounds} rounds x {args.per_child} encodes per case, threads {args.threads}, ")
-    print(f"{args.clock} clock; base {builds['base']}. Same bytes everywhere: {len(hashes) == 1}.")
+    print(
+        f"{args.rounds} rounds x {args.per_child} encodes per case, threads {args.threads}, "
+        f"{args.clock} clock; base {builds['base']}. Same bytes everywhere: {len(hashes) == 1}."
+    )
     print()
     print("| build | path | encode |")
     print("|---|---|---|")
