@@ -87,40 +87,42 @@ std::vector<uint8_t> initial_assignment(const std::vector<uint32_t>& order, uint
   return assign;
 }
 
-// Each channel's cross bits under every cluster's costs, one register of clusters at a time:
-// the costs transposed to cost[bin * stride + cluster].
-void vector_cross_bits(CpuPath path, const SparseHists& sh,
-                       const std::vector<std::array<float, kAlphabet>>& costs,
-                       std::vector<double>& bits) {
-  const uint32_t k = (uint32_t)costs.size(), stride = (k + 7) / 8 * 8;
+// Every cluster's costs transposed to cost[bin * stride + cluster], stride = the cluster count
+// rounded up to a register of 8, so a vector kernel scores a channel under 8 clusters at once.
+std::vector<float> transposed_costs(const std::vector<std::array<float, kAlphabet>>& costs,
+                                    uint32_t stride) {
   std::vector<float> cost((size_t)kAlphabet * stride);
-  for (uint32_t j = 0; j < k; ++j)
+  for (size_t j = 0; j < costs.size(); ++j)
     for (int i = 0; i < kAlphabet; ++i) cost[(size_t)i * stride + j] = costs[j][i];
-  bits.resize(sh.channels() * stride);
-  for (size_t c = 0; c < sh.channels(); ++c) {
-    const uint32_t b = sh.begin[c], n = sh.begin[c + 1] - b;
-    double* out = bits.data() + c * stride;
-    if (path == CpuPath::Avx512)
-      cross_bits_avx512(sh.bin.data() + b, sh.count.data() + b, n, cost.data(), stride, out);
-    else
-      cross_bits_avx2(sh.bin.data() + b, sh.count.data() + b, n, cost.data(), stride, out);
-  }
+  return cost;
+}
+
+// Channel c's cross bits under every cluster (bits[0, stride)) by a vector kernel.
+void vector_cross_bits(CpuPath path, const SparseHists& sh, size_t c,
+                       const std::vector<float>& cost, uint32_t stride, double* bits) {
+  const uint32_t b = sh.begin[c], n = sh.begin[c + 1] - b;
+  if (path == CpuPath::Avx512)
+    cross_bits_avx512(sh.bin.data() + b, sh.count.data() + b, n, cost.data(), stride, bits);
+  else
+    cross_bits_avx2(sh.bin.data() + b, sh.count.data() + b, n, cost.data(), stride, bits);
 }
 
 Clusters cluster(const SparseHists& sh, const std::vector<uint32_t>& order, uint32_t k, int lo,
                  int hi, CpuPath path) {
   Clusters cl{{}, initial_assignment(order, k)};
-  std::vector<double> bits;
-  const size_t stride = (k + 7) / 8 * 8;
+  const uint32_t stride = (k + 7) / 8 * 8;
+  std::vector<double> bits(stride);
   for (int round = 0; round < kLloydRounds; ++round) {
     std::vector<Histogram> merged = merge(sh, cl.assign, k);
     std::vector<std::array<float, kAlphabet>> costs;
     for (auto& m : merged) costs.push_back(neg_log2(m, lo, hi));
-    if (path != CpuPath::Scalar) vector_cross_bits(path, sh, costs, bits);
+    const bool vector = path != CpuPath::Scalar;
+    const std::vector<float> cost = vector ? transposed_costs(costs, stride) : std::vector<float>{};
     for (size_t c = 0; c < sh.channels(); ++c) {
+      if (vector) vector_cross_bits(path, sh, c, cost, stride, bits.data());
       double best = INFINITY;
       for (uint32_t j = 0; j < k; ++j) {
-        double b = path == CpuPath::Scalar ? cross_bits(sh, c, costs[j]) : bits[c * stride + j];
+        double b = vector ? bits[j] : cross_bits(sh, c, costs[j]);
         if (b < best) best = b, cl.assign[c] = (uint8_t)j;
       }
     }
