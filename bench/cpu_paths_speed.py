@@ -188,8 +188,11 @@ def markdown(report: dict[str, Any]) -> str:
         "the copy is `numpy.copyto` between two fp16 arrays of the output's size, one thread. "
         "CPU util = process CPU time / wall time: below the thread count means other jobs took "
         "the cores. The scalar path is the pre-SIMD coder (whole-segment decode, then "
-        "dequantization and conversion per tile); the quantizer's loop improvements (bin-major "
-        "histograms, AVX2 clones of the row loops) serve every path.",
+        "dequantization and conversion per tile; scalar rANS encode, symbol counts, table fit "
+        "and key statistics); the vector paths have their own kernels for those. Loop "
+        "improvements that change no kernel serve every path: bin-major histograms and AVX2 "
+        "clones of the quantizer's row loops, the table fit's spread order computed once per "
+        "group, the key statistics summed in the core, step codes by table lookup.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -45,19 +45,19 @@ uint32_t segment_tokens(uint32_t target_symbols, uint32_t channels) {
 }
 
 // Quantize a group (or split it into byte planes) into `symbols` and fit its tables.
-Group fit_group(const GroupSpec& s, uint32_t segment_symbols, int8_t* symbols) {
+Group fit_group(const GroupSpec& s, uint32_t segment_symbols, CpuPath path, int8_t* symbols) {
   const TensorView& v = s.view;
   const uint32_t T = v.tokens, C = v.channels();
   Group g;
   g.desc = plan_group(s, segment_symbols);
-  g.quant = fit_quantizer(s.quantizer, s.param, v, s.weights, s.raw_rows);
+  g.quant = fit_quantizer(s.quantizer, s.param, v, s.weights, s.raw_rows, path);
   std::vector<Histogram>& hists = scratch().hists;
   hists.assign(g.desc.symbols_per_token(), Histogram{});
   if (s.quantizer == Quantizer::Lossless)
     split_planes(v, symbols, hists[0].data());
   else
-    quantize_group(g.quant, expand_params(g.quant, T, C), v, symbols, hists[0].data());
-  g.tables = fit_tables(hists, s.max_tables);
+    quantize_group(g.quant, expand_params(g.quant, T, C), v, path, symbols, hists[0].data());
+  g.tables = fit_tables(hists, s.max_tables, path);
   return g;
 }
 
@@ -80,7 +80,7 @@ EncodedGroup encode_group(const GroupSpec& s, uint32_t segment_symbols, CpuPath 
   const GroupDesc plan = plan_group(s, segment_symbols);
   const size_t n = (size_t)plan.tokens * plan.symbols_per_token();
   sc.symbols.resize(n);
-  EncodedGroup e{fit_group(s, segment_symbols, sc.symbols.data()), {}, {}};
+  EncodedGroup e{fit_group(s, segment_symbols, path, sc.symbols.data()), {}, {}};
   const GroupDesc& d = e.group.desc;
   const uint32_t W = d.symbols_per_token();
   sc.words.resize((size_t)d.seg_tokens * W + kWordSlack);
@@ -400,10 +400,11 @@ std::vector<Quantized> quantize(const EncodeRequest& req) {
     if (s.quantizer == Quantizer::Lossless)
       throw InputError("the lossless quantizer has no quantization stage");
   std::vector<Quantized> out(req.groups.size());
+  const CpuPath path = cpu_path();
   parallel_for(out.size(), req.threads, [&](size_t i) {
     const TensorView& v = req.groups[i].view;
     out[i].symbols.resize((size_t)v.tokens * v.channels());
-    const Group g = fit_group(req.groups[i], req.segment_symbols, out[i].symbols.data());
+    const Group g = fit_group(req.groups[i], req.segment_symbols, path, out[i].symbols.data());
     out[i].params = expand_params(g.quant, v.tokens, v.channels());
   });
   return out;

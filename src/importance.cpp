@@ -2,40 +2,65 @@
 
 #include <cmath>
 
+#include "cpu_path.hpp"
 #include "parallel.hpp"
 
 namespace cachegen {
 namespace {
+
+bool pair_magnitudes(CpuPath path, const float* k, uint32_t half, float* m, double* sum) {
+  switch (path) {
+    case CpuPath::Avx512:
+      return pair_magnitudes_avx512(k, half, m, sum);
+    case CpuPath::Avx2:
+      return pair_magnitudes_avx2(k, half, m, sum);
+    case CpuPath::Scalar:
+      break;
+  }
+  return pair_magnitudes_scalar(k, 0, half, m, sum);
+}
 
 void check_keys(const TensorView& keys) {
   if (keys.head_dim % 2) throw InputError("key pair magnitudes need an even head_dim");
   check_paging(keys, "keys");
 }
 
-// Token t's magnitudes into m (heads * head_dim/2); `row` is scratch of keys.channels().
-void token_magnitudes(const TensorView& keys, uint32_t t, float* row, float* m) {
+// Token t's magnitudes into m (heads * head_dim/2), their squares added to sum if given;
+// `row` is scratch of keys.channels().
+void token_magnitudes(const TensorView& keys, CpuPath path, uint32_t t, float* row, float* m,
+                      double* sum) {
   const uint32_t half = keys.head_dim / 2;
   load_row(keys, t, row);
-  for (uint32_t h = 0; h < keys.heads; ++h) {
-    const float* k = row + (size_t)h * keys.head_dim;
-    for (uint32_t p = 0; p < half; ++p) m[h * half + p] = pair_magnitude(k[p], k[p + half]);
-  }
-  for (uint32_t i = 0; i < keys.heads * half; ++i)
-    if (!std::isfinite(m[i])) throw InputError("keys contain nan or inf");
+  bool finite = true;
+  for (uint32_t h = 0; h < keys.heads; ++h)
+    finite &= pair_magnitudes(path, row + (size_t)h * keys.head_dim, half, m + h * half,
+                              sum ? sum + h * half : nullptr);
+  if (!finite) throw InputError("keys contain nan or inf");
 }
 
 }  // namespace
+
+bool pair_magnitudes_scalar(const float* k, uint32_t begin, uint32_t half, float* m, double* sum) {
+  bool ok = true;
+  for (uint32_t p = begin; p < half; ++p) {
+    m[p] = pair_magnitude(k[p], k[p + half]);
+    ok &= std::isfinite(m[p]);
+    if (sum) sum[p] += (double)m[p] * m[p];
+  }
+  return ok;
+}
 
 std::vector<float> key_pair_magnitudes(const TensorView& keys, int threads) {
   check_keys(keys);
   const uint32_t width = keys.heads * (keys.head_dim / 2);
   constexpr uint32_t kTokensPerTask = 256;
+  const CpuPath path = cpu_path();
   std::vector<float> mag((size_t)keys.tokens * width);
   parallel_for((keys.tokens + kTokensPerTask - 1) / kTokensPerTask, threads, [&](size_t task) {
     std::vector<float> row(keys.channels());
     const uint32_t end = std::min<uint32_t>(keys.tokens, (uint32_t)(task + 1) * kTokensPerTask);
     for (uint32_t t = (uint32_t)task * kTokensPerTask; t < end; ++t)
-      token_magnitudes(keys, t, row.data(), mag.data() + (size_t)t * width);
+      token_magnitudes(keys, path, t, row.data(), mag.data() + (size_t)t * width, nullptr);
   });
   return mag;
 }
@@ -45,16 +70,14 @@ std::vector<double> key_pair_square_sums(const TensorView& keys, uint32_t skip, 
   const uint32_t width = keys.heads * (keys.head_dim / 2);
   const uint32_t first = pair_sum_first(keys.tokens, skip), n = keys.tokens - first;
   const uint32_t blocks = (n + kPairSumTokens - 1) / kPairSumTokens;
+  const CpuPath path = cpu_path();
   std::vector<double> partial((size_t)blocks * width);
   parallel_for(blocks, threads, [&](size_t b) {
     std::vector<float> row(keys.channels()), m(width);
-    double* sum = partial.data() + b * width;
     const uint32_t begin = first + (uint32_t)b * kPairSumTokens;
     const uint32_t end = std::min(keys.tokens, begin + kPairSumTokens);
-    for (uint32_t t = begin; t < end; ++t) {
-      token_magnitudes(keys, t, row.data(), m.data());
-      for (uint32_t i = 0; i < width; ++i) sum[i] += (double)m[i] * (double)m[i];
-    }
+    for (uint32_t t = begin; t < end; ++t)
+      token_magnitudes(keys, path, t, row.data(), m.data(), partial.data() + b * width);
   });
   std::vector<double> sums(width, 0.0);
   for (uint32_t b = 0; b < blocks; ++b)

@@ -2,6 +2,7 @@
 // sums over tokens (the key spread's statistic, kvstats.py).
 #pragma once
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "quant.hpp"
@@ -21,7 +22,8 @@ CG_HD float pair_magnitude(float a, float b) {
 // [tokens, heads * head_dim/2], row-major: |(k[t, h, p], k[t, h, p + head_dim/2])| at
 // (t, h * head_dim/2 + p). RoPE rotates each such pair by a position-dependent angle, so the
 // magnitudes describe a token's key whatever its position. Throws InputError on an odd
-// head_dim or a non-finite key.
+// head_dim or a non-finite key. The CPU path in effect (cpu_path()) picks the loop; every path
+// gives the same bits.
 std::vector<float> key_pair_magnitudes(const TensorView& keys, int threads);
 
 // Tokens per block of key_pair_square_sums.
@@ -32,8 +34,15 @@ CG_HD uint32_t pair_sum_first(uint32_t tokens, uint32_t skip) { return tokens > 
 
 // Per pair (heads * head_dim/2 of them): the sum over tokens from pair_sum_first of the squared
 // magnitude, in float64. Each block of kPairSumTokens tokens is summed in token order, then the
-// blocks in order: the same float64 whatever the thread count, and what the CUDA kernel
-// (csrc/cuda/key_stats.cu) computes. Throws InputError as key_pair_magnitudes does.
+// blocks in order: the same float64 whatever the thread count and CPU path, and what the CUDA
+// kernel (csrc/cuda/key_stats.cu) computes. Throws InputError as key_pair_magnitudes does.
 std::vector<double> key_pair_square_sums(const TensorView& keys, uint32_t skip, int threads);
+
+// m[p] = pair_magnitude(k[p], k[p + half]) for p in [begin, half) and, if `sum` is given,
+// sum[p] += m[p]^2 in float64; returns whether every m[p] is finite. The vector kernels
+// (src/simd/, p from 0) give the same bits.
+bool pair_magnitudes_scalar(const float* k, uint32_t begin, uint32_t half, float* m, double* sum);
+bool pair_magnitudes_avx2(const float* k, uint32_t half, float* m, double* sum);
+bool pair_magnitudes_avx512(const float* k, uint32_t half, float* m, double* sum);
 
 }  // namespace cachegen

@@ -74,6 +74,32 @@ __attribute__((target("avx2"))) RowStats row_stats_avx2(const float* row, uint32
   _mm256_storeu_si256((__m256i*)m, mx);
   return finish_row_stats(s, m, row, i, n);
 }
+
+// The vector paths' pass over a token's row: whether it is finite, and row_stats of the row
+// scaled by inv_b (if any), with row_stats_avx2's lanes and order.
+__attribute__((target("avx2"))) bool scaled_row_stats_avx2(float* row, const float* inv_b,
+                                                           uint32_t n, RowStats& stats) {
+  __m256 sq = _mm256_setzero_ps();
+  __m256i mx = _mm256_setzero_si256(), bad = _mm256_setzero_si256();
+  const __m256i abs = _mm256_set1_epi32(0x7fffffff), exp = _mm256_set1_epi32(0x7f800000);
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 x = _mm256_loadu_ps(row + i);
+    const __m256i bits = _mm256_castps_si256(x);
+    bad = _mm256_or_si256(bad, _mm256_cmpeq_epi32(_mm256_and_si256(bits, exp), exp));
+    if (inv_b) x = _mm256_mul_ps(x, _mm256_loadu_ps(inv_b + i));
+    sq = _mm256_add_ps(sq, _mm256_mul_ps(x, x));
+    mx = _mm256_max_epu32(mx, _mm256_and_si256(_mm256_castps_si256(x), abs));
+  }
+  if (!_mm256_testz_si256(bad, bad) || !all_finite(row + i, n - i)) return false;
+  for (uint32_t c = i; inv_b && c < n; ++c) row[c] *= inv_b[c];
+  float s[8];
+  uint32_t m[8];
+  _mm256_storeu_ps(s, sq);
+  _mm256_storeu_si256((__m256i*)m, mx);
+  stats = finish_row_stats(s, m, row, i, n);
+  return true;
+}
 #endif
 
 RowStats row_stats(const float* row, uint32_t n) {
@@ -105,6 +131,23 @@ struct ChannelStats {
     }
   }
 };
+
+// A per-token quantizer's row statistics (the row scaled by inv_b, if any) after checking that
+// the row is finite; `row` may be scaled in place.
+RowStats token_row_stats([[maybe_unused]] CpuPath path, float* row, const std::vector<float>& inv_b,
+                         uint32_t n) {
+#ifdef CG_X86_SIMD
+  RowStats rs;
+  if (path != CpuPath::Scalar) {
+    if (!scaled_row_stats_avx2(row, inv_b.empty() ? nullptr : inv_b.data(), n, rs))
+      throw InputError("KV tensor contains NaN or Inf");
+    return rs;
+  }
+#endif
+  check_finite(row, n);
+  for (size_t c = 0; c < inv_b.size(); ++c) row[c] *= inv_b[c];
+  return row_stats(row, n);
+}
 
 void fit_channel_steps(const ChannelStats& s, uint32_t tokens, float q, GroupQuant& g) {
   const size_t C = s.sum.size();
@@ -219,7 +262,7 @@ GroupQuant quantizer_layout(Quantizer kind, float param, const StepWeights& w, u
 }
 
 GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v, const StepWeights& w,
-                         uint32_t raw_rows) {
+                         uint32_t raw_rows, CpuPath path) {
   const uint32_t T = v.tokens, C = v.channels();
   GroupQuant g = quantizer_layout(kind, param, w, T, C, raw_rows);
   if (kind == Quantizer::Lossless) return g;
@@ -234,14 +277,13 @@ GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v, const
   ChannelStats cs(per_token ? 0 : C);
   for (uint32_t t = 0; t < T; ++t) {
     load_row(v, t, row.data());
-    check_finite(row.data(), C);
     if (!per_token) {
+      check_finite(row.data(), C);
       cs.add(row.data());
       continue;
     }
-    for (size_t c = 0; c < o.size(); ++c) row[c] = add_rn(row[c], -o[c]);
-    for (size_t c = 0; c < inv_b.size(); ++c) row[c] *= inv_b[c];
-    const RowStats rs = row_stats(row.data(), C);
+    for (size_t c = 0; c < o.size(); ++c) row[c] = add_rn(row[c], -o[c]);  // centered keys
+    const RowStats rs = token_row_stats(path, row.data(), inv_b, C);
     const float q = weighted_param(param, w.token.empty() ? nullptr : w.token.data(), t);
     g.token_scale.push_back(token_step(kind, q, g.max_symbol, rs.sum_sq, rs.absmax, C));
   }
@@ -252,29 +294,48 @@ GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v, const
   return g;
 }
 
-void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorView& v,
+void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorView& v, CpuPath path,
                     int8_t* symbols, uint32_t* hist) {
   const uint32_t T = v.tokens, C = v.channels();
   std::vector<float> inv_b(C), row(C);
   for (uint32_t c = 0; c < C; ++c) inv_b[c] = safe_inverse(p.b[c]);
   const int m = q.max_symbol;
   // Counted bin-major (count[symbol][channel]): a row's symbols cluster in a few bins, so its
-  // increments touch a few KB instead of one line in each channel's 1 KB histogram.
+  // increments touch a few KB instead of one line in each channel's 1 KB histogram. Counted a
+  // block of rows at a time, while the block's symbols are still in cache.
   thread_local std::vector<uint32_t> count;
   count.assign((size_t)256 * C, 0);
-  for (uint32_t t = 0; t < T; ++t) {
-    load_row(v, t, row.data());
-    int8_t* out = symbols + (size_t)t * C;
-    if (t < q.raw_rows)
-      std::fill(out, out + C, int8_t{0});
-    else
-      quantize_row(row.data(), safe_inverse(p.a[t]), inv_b.data(), p.o.data(), m, C, out);
-    for (uint32_t c = 0; c < C; ++c) count[(size_t)(out[c] + 128) * C + c]++;
+  for (uint32_t t0 = 0; t0 < T; t0 += kCountRows) {
+    const uint32_t rows = std::min(kCountRows, T - t0);
+    for (uint32_t t = t0; t < t0 + rows; ++t) {
+      load_row(v, t, row.data());
+      int8_t* out = symbols + (size_t)t * C;
+      const float inv_a = safe_inverse(p.a[t]);
+      if (t < q.raw_rows)
+        std::fill(out, out + C, int8_t{0});
+      else if (path == CpuPath::Avx512)
+        quantize_row_avx512(row.data(), inv_a, inv_b.data(), p.o.data(), m, C, out);
+      else
+        quantize_row(row.data(), inv_a, inv_b.data(), p.o.data(), m, C, out);
+    }
+    count_symbols(path, symbols + (size_t)t0 * C, rows, C, count.data());
   }
   for (uint32_t i = 0; i < 256; ++i) {
     const uint32_t* bin = count.data() + (size_t)i * C;
     if (std::all_of(bin, bin + C, [](uint32_t n) { return n == 0; })) continue;  // most are
     for (uint32_t c = 0; c < C; ++c) hist[c * 256 + i] += bin[c];
+  }
+}
+
+void count_symbols(CpuPath path, const int8_t* sym, uint32_t rows, uint32_t C, uint32_t* count) {
+  switch (path) {
+    case CpuPath::Avx512:
+      return count_symbols_avx512(sym, rows, C, count);
+    case CpuPath::Avx2:
+      return count_symbols_avx2(sym, rows, C, count);
+    case CpuPath::Scalar:
+      for (uint32_t r = 0; r < rows; ++r, sym += C)
+        for (uint32_t c = 0; c < C; ++c) count[(size_t)(sym[c] + 128) * C + c]++;
   }
 }
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common.hpp"
+#include "cpu_path.hpp"
 #include "half.hpp"
 #include "tensor_view.hpp"
 
@@ -228,14 +229,28 @@ GroupQuant quantizer_layout(Quantizer kind, float param, const StepWeights& w, u
                             uint32_t channels, uint32_t raw_rows = 0);
 
 // Fit the quantizer to a tensor (one pass over it); throws InputError on nan/inf. The first
-// `raw_rows` tokens are kept verbatim (per-token quantizers only).
+// `raw_rows` tokens are kept verbatim (per-token quantizers only). `path` picks the loops (every
+// path fits the same parameters).
 GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v,
-                         const StepWeights& w = {}, uint32_t raw_rows = 0);
+                         const StepWeights& w = {}, uint32_t raw_rows = 0,
+                         CpuPath path = CpuPath::Scalar);
 
 // Quantize into symbols ([tokens, channels] int8; zero for raw rows) and count them per channel
-// into hist[channel * 256 + symbol + 128], which must start zeroed.
-void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorView& v,
+// into hist[channel * 256 + symbol + 128], which must start zeroed; `path` picks the loops
+// (every path gives the same symbols and counts).
+void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorView& v, CpuPath path,
                     int8_t* symbols, uint32_t* hist);
+
+// The encoder's vector kernels (src/simd/): n symbols quantize(x[c], inv_a * inv_b[c], o[c],
+// max_symbol), bit for bit, and the counts of `rows` rows of symbols ([rows, channels], rows
+// <= kCountRows) added to count[(symbol + 128) * channels + channel].
+constexpr uint32_t kCountRows = 255;  // the vector counters are 8 bits wide
+void count_symbols(CpuPath path, const int8_t* symbols, uint32_t rows, uint32_t channels,
+                   uint32_t* count);
+void quantize_row_avx512(const float* x, float inv_a, const float* inv_b, const float* o,
+                         int max_symbol, uint32_t n, int8_t* out);
+void count_symbols_avx2(const int8_t* symbols, uint32_t rows, uint32_t channels, uint32_t* count);
+void count_symbols_avx512(const int8_t* symbols, uint32_t rows, uint32_t channels, uint32_t* count);
 
 // Lossless symbols of a tensor in its own dtype of P bytes: token t's row of C * P symbols is
 // P planes of C, plane p holding byte p (little-endian) of each channel's value, so each plane

@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdint>
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "bits.hpp"
 #include "quant.hpp"
@@ -47,6 +49,21 @@ const std::array<uint16_t, kMaxStepCode - kMinStepCode + 1>& grid_values() {
   return table;
 }
 
+// code_of for every fp16 value on the grid (kOffGrid elsewhere), built once: a token's code is
+// one lookup, not a search of the grid.
+constexpr int16_t kOffGrid = INT16_MIN;
+
+int grid_code(uint16_t step) {
+  static const std::vector<int16_t> table = [] {
+    std::vector<int16_t> t(1 << 16, kOffGrid);
+    for (int k = kMinStepCode; k <= kMaxStepCode; ++k)
+      if (const uint16_t v = step_code_value(k); t[v] == kOffGrid) t[v] = (int16_t)code_of(v);
+    return t;
+  }();
+  const int code = table[step];
+  return code != kOffGrid ? code : code_of(step);  // off the grid: code_of reports it
+}
+
 uint64_t rice_bits(const std::vector<uint32_t>& z, int k) {
   uint64_t bits = 0;
   for (uint32_t v : z) bits += (v >> k) + 1 + k;
@@ -57,7 +74,7 @@ uint64_t rice_bits(const std::vector<uint32_t>& z, int k) {
 
 void write_step_codes(const std::vector<uint16_t>& steps, std::vector<uint8_t>& out) {
   std::vector<int> codes;
-  for (uint16_t s : steps) codes.push_back(code_of(s));
+  for (uint16_t s : steps) codes.push_back(grid_code(s));
   std::vector<int> sorted = codes;
   std::nth_element(sorted.begin(), sorted.begin() + sorted.size() / 2, sorted.end());
   const int16_t center = (int16_t)sorted[sorted.size() / 2];

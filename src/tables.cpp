@@ -62,37 +62,67 @@ std::vector<Histogram> merge(const SparseHists& sh, const std::vector<uint8_t>& 
   return merged;
 }
 
-// Initial clusters: channels sorted by spread (mean |index - 128|), cut into k equal runs.
-std::vector<uint8_t> initial_assignment(const std::vector<Histogram>& hists, uint32_t k) {
-  std::vector<double> spread(hists.size());
-  for (size_t c = 0; c < hists.size(); ++c) {
+// Channels sorted by spread (mean |index - 128|), the same for every table count.
+std::vector<uint32_t> spread_order(const SparseHists& sh) {
+  std::vector<double> spread(sh.channels());
+  for (size_t c = 0; c < sh.channels(); ++c) {
     double n = 0.0, s = 0.0;
-    for (int i = 0; i < kAlphabet; ++i) {
-      n += hists[c][i];
-      s += hists[c][i] * std::abs(i - 128);
+    for (uint32_t e = sh.begin[c]; e < sh.begin[c + 1]; ++e) {
+      n += sh.count[e];
+      s += sh.count[e] * std::abs(sh.bin[e] - 128);
     }
     spread[c] = n > 0 ? s / n : 0.0;
   }
-  std::vector<uint32_t> order(hists.size());
+  std::vector<uint32_t> order(sh.channels());
   std::iota(order.begin(), order.end(), 0u);
   std::stable_sort(order.begin(), order.end(),
                    [&](uint32_t a, uint32_t b) { return spread[a] < spread[b]; });
-  std::vector<uint8_t> assign(hists.size());
+  return order;
+}
+
+// Initial clusters: the channels in spread order cut into k equal runs.
+std::vector<uint8_t> initial_assignment(const std::vector<uint32_t>& order, uint32_t k) {
+  std::vector<uint8_t> assign(order.size());
   for (size_t r = 0; r < order.size(); ++r) assign[order[r]] = (uint8_t)(r * k / order.size());
   return assign;
 }
 
-Clusters cluster(const std::vector<Histogram>& hists, const SparseHists& sh, uint32_t k, int lo,
-                 int hi) {
-  Clusters cl{{}, initial_assignment(hists, k)};
+// Every cluster's costs transposed to cost[bin * stride + cluster], stride = the cluster count
+// rounded up to a register of 8, so a vector kernel scores a channel under 8 clusters at once.
+std::vector<float> transposed_costs(const std::vector<std::array<float, kAlphabet>>& costs,
+                                    uint32_t stride) {
+  std::vector<float> cost((size_t)kAlphabet * stride);
+  for (size_t j = 0; j < costs.size(); ++j)
+    for (int i = 0; i < kAlphabet; ++i) cost[(size_t)i * stride + j] = costs[j][i];
+  return cost;
+}
+
+// Channel c's cross bits under every cluster (bits[0, stride)) by a vector kernel.
+void vector_cross_bits(CpuPath path, const SparseHists& sh, size_t c,
+                       const std::vector<float>& cost, uint32_t stride, double* bits) {
+  const uint32_t b = sh.begin[c], n = sh.begin[c + 1] - b;
+  if (path == CpuPath::Avx512)
+    cross_bits_avx512(sh.bin.data() + b, sh.count.data() + b, n, cost.data(), stride, bits);
+  else
+    cross_bits_avx2(sh.bin.data() + b, sh.count.data() + b, n, cost.data(), stride, bits);
+}
+
+Clusters cluster(const SparseHists& sh, const std::vector<uint32_t>& order, uint32_t k, int lo,
+                 int hi, CpuPath path) {
+  Clusters cl{{}, initial_assignment(order, k)};
+  const uint32_t stride = (k + 7) / 8 * 8;
+  std::vector<double> bits(stride);
   for (int round = 0; round < kLloydRounds; ++round) {
     std::vector<Histogram> merged = merge(sh, cl.assign, k);
     std::vector<std::array<float, kAlphabet>> costs;
     for (auto& m : merged) costs.push_back(neg_log2(m, lo, hi));
-    for (size_t c = 0; c < hists.size(); ++c) {
+    const bool vector = path != CpuPath::Scalar;
+    const std::vector<float> cost = vector ? transposed_costs(costs, stride) : std::vector<float>{};
+    for (size_t c = 0; c < sh.channels(); ++c) {
+      if (vector) vector_cross_bits(path, sh, c, cost, stride, bits.data());
       double best = INFINITY;
       for (uint32_t j = 0; j < k; ++j) {
-        double b = cross_bits(sh, c, costs[j]);
+        double b = vector ? bits[j] : cross_bits(sh, c, costs[j]);
         if (b < best) best = b, cl.assign[c] = (uint8_t)j;
       }
     }
@@ -163,16 +193,45 @@ void check_range(int lo, int n, bool full_alphabet) {
     throw FormatError("probability table symbol range invalid");
 }
 
+// log2((f + 1) / f) and log2(f / (f - 1)) for every frequency f, computed once: the drift fix
+// of normalize() reads them instead of calling log2 per candidate (the same doubles).
+struct DriftLogs {
+  std::array<double, rans::kProbScale + 1> up{}, down{};
+};
+
+const DriftLogs& drift_logs() {
+  static const DriftLogs logs = [] {
+    DriftLogs l;
+    for (uint32_t i = 1; i <= rans::kProbScale; ++i) {
+      const double f = i;
+      l.up[i] = std::log2((f + 1) / f);
+      l.down[i] = std::log2(f / (f - 1));
+    }
+    return l;
+  }();
+  return logs;
+}
+
 }  // namespace
 
-TableSet fit_tables(const std::vector<Histogram>& hists, uint32_t max_tables) {
+void cross_bits_scalar(const uint16_t* bin, const uint32_t* count, uint32_t n, const float* cost,
+                       uint32_t stride, double* bits) {
+  for (uint32_t j = 0; j < stride; ++j) {
+    bits[j] = 0.0;
+    for (uint32_t e = 0; e < n; ++e)
+      bits[j] += count[e] * (double)cost[(size_t)bin[e] * stride + j];
+  }
+}
+
+TableSet fit_tables(const std::vector<Histogram>& hists, uint32_t max_tables, CpuPath path) {
   Histogram all{};
   for (auto& h : hists)
     for (int i = 0; i < kAlphabet; ++i) all[i] += h[i];
   const std::pair<int, int> range = used_range(all);
   const SparseHists sparse(hists);
+  const std::vector<uint32_t> order = spread_order(sparse);
   return choose_tables(table_limit(max_tables, (uint32_t)hists.size()), [&](uint32_t k) {
-    return cluster(hists, sparse, k, range.first, range.second);
+    return cluster(sparse, order, k, range.first, range.second, path);
   });
 }
 
@@ -225,14 +284,15 @@ Table normalize(const Histogram& counts) {
     sum += t.freq[i];
   }
   // Fix the rounding drift one unit at a time where it costs the fewest bits.
+  const DriftLogs& logs = drift_logs();
   while (sum != (int)rans::kProbScale) {
     const bool grow = sum < (int)rans::kProbScale;
     int pick = -1;
     double best = INFINITY;
     for (int i = 0; i < kAlphabet; ++i) {
       if (!counts[i] || (!grow && t.freq[i] <= 1)) continue;
-      double f = t.freq[i];
-      double cost = grow ? -counts[i] * std::log2((f + 1) / f) : counts[i] * std::log2(f / (f - 1));
+      const int f = t.freq[i];
+      double cost = grow ? -counts[i] * logs.up[f] : counts[i] * logs.down[f];
       if (cost < best) best = cost, pick = i;
     }
     t.freq[pick] = (uint16_t)(t.freq[pick] + (grow ? 1 : -1));

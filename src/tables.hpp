@@ -8,6 +8,7 @@
 #include <functional>
 #include <vector>
 
+#include "cpu_path.hpp"
 #include "rans.hpp"
 
 namespace cachegen {
@@ -31,8 +32,20 @@ struct TableSet {
 };
 
 // Cluster channels into at most max_tables tables, choosing the count that minimizes the
-// estimated coded size including the tables themselves.
-TableSet fit_tables(const std::vector<Histogram>& hists, uint32_t max_tables);
+// estimated coded size including the tables themselves; `path` picks the loops (every path
+// gives the same tables).
+TableSet fit_tables(const std::vector<Histogram>& hists, uint32_t max_tables,
+                    CpuPath path = CpuPath::Scalar);
+
+// bits[j] = the sum over e < n of count[e] * cost[bin[e] * stride + j] for each j < stride, in
+// doubles and in the order of e: each channel's cross bits under a register of clusters. The
+// vector kernels (src/simd/; stride a multiple of 8) give the same bits.
+void cross_bits_scalar(const uint16_t* bin, const uint32_t* count, uint32_t n, const float* cost,
+                       uint32_t stride, double* bits);
+void cross_bits_avx2(const uint16_t* bin, const uint32_t* count, uint32_t n, const float* cost,
+                     uint32_t stride, double* bits);
+void cross_bits_avx512(const uint16_t* bin, const uint32_t* count, uint32_t n, const float* cost,
+                       uint32_t stride, double* bits);
 
 // The table counts fit_tables tries: 1, 2, 4, ... up to this.
 uint32_t table_limit(uint32_t max_tables, uint32_t columns);

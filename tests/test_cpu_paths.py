@@ -4,12 +4,17 @@ bytes."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from kvgen import synthetic_kv
 
 import cachegen
+from cachegen import _core
+from cachegen.importance import pair_magnitudes
+from cachegen.tensors import array_group
 
 
 def test_build_info_reports_the_widest_path_by_default(monkeypatch):
@@ -91,3 +96,50 @@ def test_every_path_encodes_the_scalar_bytes(monkeypatch, cpu_path, config, shap
     want = cachegen.encode(kv, config=config)
     monkeypatch.setenv("CACHEGEN_CPU_PATH", cpu_path)
     assert cachegen.encode(kv, config=config) == want
+
+
+# The encoder's vector kernels on what their fast cases leave out: channel counts that end
+# mid-register (100 = 64 + 36 = 3 * 32 + 4), more rows than one block of 8-bit counters, symbols
+# far outside the counters' window (the finest level; an extreme outlier channel), many tables.
+WIDE = [
+    cachegen.CodecConfig.from_level(39),
+    dataclasses.replace(cachegen.CodecConfig.from_level(39), max_tables=128),
+    cachegen.CodecConfig(key_quantizer="channel", value_quantizer="layer", key_param=0.01),
+]
+
+
+@pytest.mark.parametrize("config", WIDE, ids=lambda c: c.name)
+def test_every_path_encodes_the_scalar_bytes_of_wide_symbols(monkeypatch, cpu_path, config):
+    kv = synthetic_kv(1, 700, 5, 20, seed=3)
+    kv[0, :, :, 2, 7] *= 300  # symbols up to the quantizer's limit
+    monkeypatch.setenv("CACHEGEN_CPU_PATH", "scalar")
+    want = cachegen.encode(kv, config=config)
+    monkeypatch.setenv("CACHEGEN_CPU_PATH", cpu_path)
+    assert cachegen.encode(kv, config=config) == want
+
+
+@pytest.mark.parametrize("skip", [0, 3, 500])
+def test_every_path_gives_the_key_statistics_bits(monkeypatch, cpu_path, skip):
+    keys = synthetic_kv(1, 300, 3, 50, seed=4)[0, 0]  # 25 pairs per head: a vector and a tail
+    monkeypatch.setenv("CACHEGEN_CPU_PATH", "scalar")
+    want = pair_magnitudes(keys, threads=2)
+    monkeypatch.setenv("CACHEGEN_CPU_PATH", cpu_path)
+    got = pair_magnitudes(keys, threads=2)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    # The core's blocked sums (importance.hpp key_pair_square_sums), written out in numpy.
+    squares = np.square(want[skip:] if skip < len(want) else want, dtype=np.float64)
+    blocks = np.stack([squares[i : i + 256].sum(axis=0) for i in range(0, len(squares), 256)])
+    core = np.frombuffer(_core.key_square_sums(array_group(keys).native(), skip, 2), np.float64)
+    np.testing.assert_array_equal(core.view(np.uint64), blocks.sum(axis=0).view(np.uint64))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("channel", [0, 9, 99])  # a register's first lane, its middle, the tail
+@pytest.mark.parametrize("side", [0, 1])  # keys (with channel scales) and values
+def test_every_path_rejects_non_finite_values(cpu_path, bad, channel, side):
+    kv = synthetic_kv(1, 50, 5, 20, seed=6)
+    kv.reshape(1, 2, 50, 100)[0, side, 30, channel] = bad
+    with pytest.raises(ValueError, match="(?i)nan or inf"):
+        cachegen.encode(kv)
+    with pytest.raises(ValueError, match="(?i)nan or inf"):
+        cachegen.encode(kv, config=cachegen.CodecConfig(key_spread=0.0))

@@ -1,12 +1,15 @@
 // AVX2 kernels: rANS decode and encode 8 lanes per register (4 registers per step of kLanes
 // symbols; words move between the stream and the lanes that need them through permutation
-// tables), and fused dequantization + fp16/bf16/fp32 conversion of a row. Bit-exact with the
-// scalar code.
+// tables), and fused dequantization + fp16/bf16/fp32 conversion of a row; for the encoder,
+// symbol counts, the table fit's cross bits and key pair magnitudes. Bit-exact with the scalar
+// code.
 #include <algorithm>
 
+#include "importance.hpp"
 #include "quant.hpp"
 #include "segment.hpp"
 #include "segment_encode.hpp"
+#include "tables.hpp"
 
 #ifdef CG_X86_SIMD
 #include <immintrin.h>
@@ -248,6 +251,76 @@ CG_AVX2 uint16_t* encode_steps(const int8_t* sym, size_t steps, const EncodeTabl
   return top;
 }
 
+// Symbols within kWindow of zero are counted 32 channels at a time in 8-bit counters, one
+// register per value (as many as leave registers for the loop), by comparison; the rest one by
+// one.
+constexpr int kWindow = 6;
+
+CG_AVX2 void count32(const int8_t* sym, uint32_t rows, uint32_t C, uint32_t c0, uint32_t* count) {
+  const uint32_t width = std::min<uint32_t>(32, C - c0);
+  const uint32_t lanes = width == 32 ? ~0u : (1u << width) - 1;
+  __m256i cnt[2 * kWindow + 1];
+  for (__m256i& v : cnt) v = _mm256_setzero_si256();
+  alignas(32) int8_t tail[32] = {};
+  for (uint32_t t = 0; t < rows; ++t) {
+    const int8_t* row = sym + (size_t)t * C + c0;
+    if (width < 32) std::copy_n(row, width, tail);  // lanes past the row count as 0, then drop
+    const __m256i s = _mm256_loadu_si256((const __m256i*)(width < 32 ? tail : row));
+#pragma GCC unroll 13
+    for (int b = 0; b <= 2 * kWindow; ++b)
+      cnt[b] = _mm256_sub_epi8(cnt[b], _mm256_cmpeq_epi8(s, _mm256_set1_epi8((char)(b - kWindow))));
+    const __m256i shifted = _mm256_add_epi8(s, _mm256_set1_epi8(kWindow));
+    const __m256i top = _mm256_set1_epi8(2 * kWindow);
+    uint32_t out =
+        ~(uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_max_epu8(shifted, top), top)) &
+        lanes;
+    for (; out; out &= out - 1) {
+      const uint32_t i = (uint32_t)__builtin_ctz(out);
+      count[(size_t)(row[i] + 128) * C + c0 + i]++;
+    }
+  }
+  for (int b = 0; b <= 2 * kWindow; ++b) {
+    alignas(32) uint8_t n[32];
+    _mm256_store_si256((__m256i*)n, cnt[b]);
+    uint32_t* dst = count + (size_t)(b - kWindow + 128) * C + c0;
+    for (uint32_t i = 0; i < width; ++i) dst[i] += n[i];
+  }
+}
+
+// bits[j] for 4 clusters j: count[e] * cost, both as doubles, added in the order of e.
+CG_AVX2 void cross_bits4(const uint16_t* bin, const uint32_t* count, uint32_t n, const float* cost,
+                         uint32_t stride, double* bits) {
+  __m256d acc = _mm256_setzero_pd();
+  for (uint32_t e = 0; e < n; ++e) {
+    const __m256d c = _mm256_cvtps_pd(_mm_loadu_ps(cost + (size_t)bin[e] * stride));
+    acc = _mm256_add_pd(acc, _mm256_mul_pd(_mm256_set1_pd((double)count[e]), c));
+  }
+  _mm256_storeu_pd(bits, acc);
+}
+
+// pair_magnitudes_scalar 8 pairs at a time: the same multiplies, add, correctly rounded square
+// root and float64 squares.
+CG_AVX2 bool pair_magnitudes8(const float* k, uint32_t half, float* m, double* sum) {
+  const __m256i exp = _mm256_set1_epi32(0x7f800000);
+  __m256i bad = _mm256_setzero_si256();
+  uint32_t p = 0;
+  for (; p + 8 <= half; p += 8) {
+    const __m256 a = _mm256_loadu_ps(k + p), b = _mm256_loadu_ps(k + p + half);
+    const __m256 v = _mm256_sqrt_ps(_mm256_add_ps(_mm256_mul_ps(a, a), _mm256_mul_ps(b, b)));
+    _mm256_storeu_ps(m + p, v);
+    bad = _mm256_or_si256(bad,
+                          _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(v), exp), exp));
+    if (!sum) continue;
+    const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+    const __m256d hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+    _mm256_storeu_pd(sum + p, _mm256_add_pd(_mm256_loadu_pd(sum + p), _mm256_mul_pd(lo, lo)));
+    _mm256_storeu_pd(sum + p + 4,
+                     _mm256_add_pd(_mm256_loadu_pd(sum + p + 4), _mm256_mul_pd(hi, hi)));
+  }
+  const bool tail = pair_magnitudes_scalar(k, p, half, m, sum);
+  return _mm256_testz_si256(bad, bad) && tail;
+}
+
 }  // namespace
 
 void decode_avx2(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
@@ -267,6 +340,19 @@ void dequantize_row_avx2(const int8_t* sym, float a, const float* b, const float
 }
 
 void stream_fence() { _mm_sfence(); }
+
+void count_symbols_avx2(const int8_t* symbols, uint32_t rows, uint32_t channels, uint32_t* count) {
+  for (uint32_t c0 = 0; c0 < channels; c0 += 32) count32(symbols, rows, channels, c0, count);
+}
+
+void cross_bits_avx2(const uint16_t* bin, const uint32_t* count, uint32_t n, const float* cost,
+                     uint32_t stride, double* bits) {
+  for (uint32_t j = 0; j < stride; j += 4) cross_bits4(bin, count, n, cost + j, stride, bits + j);
+}
+
+bool pair_magnitudes_avx2(const float* k, uint32_t half, float* m, double* sum) {
+  return pair_magnitudes8(k, half, m, sum);
+}
 
 uint16_t* encode_avx2(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
                       uint16_t* top) {
@@ -293,6 +379,16 @@ void stream_fence() {}
 uint16_t* encode_avx2(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
                       uint16_t* top) {
   return encode_scalar(sym, 0, n, t, state, top);
+}
+void count_symbols_avx2(const int8_t* symbols, uint32_t rows, uint32_t channels, uint32_t* count) {
+  count_symbols(CpuPath::Scalar, symbols, rows, channels, count);
+}
+void cross_bits_avx2(const uint16_t* bin, const uint32_t* count, uint32_t n, const float* cost,
+                     uint32_t stride, double* bits) {
+  cross_bits_scalar(bin, count, n, cost, stride, bits);
+}
+bool pair_magnitudes_avx2(const float* k, uint32_t half, float* m, double* sum) {
+  return pair_magnitudes_scalar(k, 0, half, m, sum);
 }
 }  // namespace cachegen
 #endif

@@ -1,11 +1,14 @@
 // AVX-512 kernels: rANS decode and encode 16 lanes per register (2 registers per step of kLanes
 // symbols; words move between the stream and the lanes that need them with expand / compress),
-// and fused dequantization + conversion of a row. Bit-exact with the scalar code.
+// and fused dequantization + conversion of a row; for the encoder, quantized rows, symbol
+// counts, the table fit's cross bits and key pair magnitudes. Bit-exact with the scalar code.
 #include <algorithm>
 
+#include "importance.hpp"
 #include "quant.hpp"
 #include "segment.hpp"
 #include "segment_encode.hpp"
+#include "tables.hpp"
 #include "tensor_view.hpp"
 
 #ifdef CG_X86_SIMD
@@ -14,6 +17,7 @@
 // GCC 12 warns inside its own AVX-512 headers (their _mm512_undefined_* values), not here.
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
 
 #define CG_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,f16c,popcnt")))
@@ -121,20 +125,18 @@ CG_AVX512 void dequantize_row_avx512_impl(const int8_t* sym, float a, const floa
 }
 
 // q = x / freq and r = x % freq for 16 lanes with x < freq << 20 (so q < 2^20): x times a
-// reciprocal refined once (about 22 correct bits) lies within 0.3 of x / freq, so its truncation
-// is q - 1, q or q + 1, and the remainder's sign and size correct it exactly.
+// reciprocal refined once (about 22 correct bits) lies within 0.3 of x / freq = q + r / freq,
+// so rounded to nearest it is q or q + 1, and the remainder's sign corrects it exactly.
 CG_AVX512 inline __m512i divide16(__m512i x, __m512i freq, __m512i& r) {
   const __m512 f = _mm512_cvtepu32_ps(freq);
   __m512 inv = _mm512_rcp14_ps(f);
   inv = _mm512_mul_ps(inv, _mm512_sub_ps(_mm512_set1_ps(2.0f), _mm512_mul_ps(f, inv)));
-  __m512i q = _mm512_cvttps_epu32(_mm512_mul_ps(_mm512_cvtepu32_ps(x), inv));
-  r = _mm512_sub_epi32(x, _mm512_mullo_epi32(q, freq));  // in [-freq, 2 freq)
-  const __mmask16 low = _mm512_cmplt_epi32_mask(r, _mm512_setzero_si512());
-  const __mmask16 high = _mm512_cmpge_epi32_mask(r, freq);
-  q = _mm512_mask_sub_epi32(q, low, q, _mm512_set1_epi32(1));
-  r = _mm512_mask_add_epi32(r, low, r, freq);
-  q = _mm512_mask_add_epi32(q, high, q, _mm512_set1_epi32(1));
-  r = _mm512_mask_sub_epi32(r, high, r, freq);
+  __m512i q = _mm512_cvt_roundps_epu32(_mm512_mul_ps(_mm512_cvtepu32_ps(x), inv),
+                                       _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  r = _mm512_sub_epi32(x, _mm512_mullo_epi32(q, freq));  // in [-freq, freq)
+  const __mmask16 over = _mm512_cmplt_epi32_mask(r, _mm512_setzero_si512());
+  q = _mm512_mask_sub_epi32(q, over, q, _mm512_set1_epi32(1));
+  r = _mm512_mask_add_epi32(r, over, r, freq);
   return q;
 }
 
@@ -211,6 +213,103 @@ CG_AVX512 void transpose32x8(const uint16_t* src, uint32_t src_stride, uint16_t*
   }
 }
 
+// -v, exactly (the sign bit flipped).
+CG_AVX512 inline __m512 negate(__m512 v) {
+  return _mm512_castsi512_ps(
+      _mm512_xor_si512(_mm512_castps_si512(v), _mm512_set1_epi32((int)0x80000000u)));
+}
+
+// quantize() on 16 lanes: (x - o) * (inv_a * inv_b), clamped to [-m, m] (max and min keep y
+// where the scalar comparisons would), rounded half to even by the 1.5 * 2^23 trick.
+CG_AVX512 inline __m128i quantize16(const float* x, __m512 inv_a, const float* inv_b,
+                                    const float* o, __m512 m) {
+  const __m512 inv = _mm512_mul_ps(inv_a, _mm512_loadu_ps(inv_b));
+  __m512 y = _mm512_mul_ps(_mm512_add_ps(_mm512_loadu_ps(x), negate(_mm512_loadu_ps(o))), inv);
+  y = _mm512_min_ps(m, _mm512_max_ps(negate(m), y));
+  y = _mm512_add_ps(_mm512_add_ps(y, _mm512_set1_ps(12582912.0f)), _mm512_set1_ps(-12582912.0f));
+  return _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(y));
+}
+
+// Adds 64 8-bit counts (the lanes in `lanes`) to 64 32-bit ones.
+CG_AVX512 inline void add_counts64(__m512i counts, __mmask64 lanes, uint32_t* dst) {
+  for (int k = 0; k < 4; ++k) {
+    const __mmask16 m = (__mmask16)(lanes >> (16 * k));
+    const __m512i wide = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(counts, k));
+    const __m512i sum = _mm512_add_epi32(_mm512_maskz_loadu_epi32(m, dst + 16 * k), wide);
+    _mm512_mask_storeu_epi32(dst + 16 * k, m, sum);
+  }
+}
+
+// Symbols within kWindow of zero (all but ~1% of them) are counted 64 channels at a time in
+// 8-bit counters, one register per value, by comparison; the rest one by one.
+constexpr int kWindow = 8;
+
+CG_AVX512 void count64(const int8_t* sym, uint32_t rows, uint32_t C, uint32_t c0, uint32_t* count) {
+  const __mmask64 lanes = C - c0 >= 64 ? ~0ull : (1ull << (C - c0)) - 1;
+  __m512i cnt[2 * kWindow + 1];
+  for (__m512i& v : cnt) v = _mm512_setzero_si512();
+  for (uint32_t t = 0; t < rows; ++t) {
+    const int8_t* row = sym + (size_t)t * C + c0;
+    const __m512i s = _mm512_maskz_loadu_epi8(lanes, row);
+#pragma GCC unroll 17
+    for (int b = 0; b <= 2 * kWindow; ++b)
+      cnt[b] = _mm512_mask_sub_epi8(
+          cnt[b], _mm512_cmpeq_epi8_mask(s, _mm512_set1_epi8((char)(b - kWindow))), cnt[b],
+          _mm512_set1_epi8(-1));
+    uint64_t out = _mm512_mask_cmpgt_epu8_mask(lanes, _mm512_add_epi8(s, _mm512_set1_epi8(kWindow)),
+                                               _mm512_set1_epi8(2 * kWindow));
+    for (; out; out &= out - 1) {
+      const uint32_t i = (uint32_t)__builtin_ctzll(out);
+      count[(size_t)(row[i] + 128) * C + c0 + i]++;
+    }
+  }
+  for (int b = 0; b <= 2 * kWindow; ++b)
+    add_counts64(cnt[b], lanes, count + (size_t)(b - kWindow + 128) * C + c0);
+}
+
+CG_AVX512 void quantize_row(const float* x, float inv_a, const float* inv_b, const float* o,
+                            int max_symbol, uint32_t n, int8_t* out) {
+  const __m512 va = _mm512_set1_ps(inv_a), m = _mm512_set1_ps((float)max_symbol);
+  uint32_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm_storeu_si128((__m128i*)(out + i), quantize16(x + i, va, inv_b + i, o + i, m));
+  for (; i < n; ++i) out[i] = (int8_t)quantize(x[i], mul_rn(inv_a, inv_b[i]), o[i], max_symbol);
+}
+
+// bits[j] for 8 clusters j: count[e] * cost, both as doubles, added in the order of e.
+CG_AVX512 void cross_bits8(const uint16_t* bin, const uint32_t* count, uint32_t n,
+                           const float* cost, uint32_t stride, double* bits) {
+  __m512d acc = _mm512_setzero_pd();
+  for (uint32_t e = 0; e < n; ++e) {
+    const __m512d c = _mm512_cvtps_pd(_mm256_loadu_ps(cost + (size_t)bin[e] * stride));
+    acc = _mm512_add_pd(acc, _mm512_mul_pd(_mm512_set1_pd((double)count[e]), c));
+  }
+  _mm512_storeu_pd(bits, acc);
+}
+
+// pair_magnitudes_scalar 16 pairs at a time: the same multiplies, add, correctly rounded
+// square root and float64 squares.
+CG_AVX512 bool pair_magnitudes16(const float* k, uint32_t half, float* m, double* sum) {
+  const __m512i exp = _mm512_set1_epi32(0x7f800000);
+  __mmask16 bad = 0;
+  uint32_t p = 0;
+  for (; p + 16 <= half; p += 16) {
+    const __m512 a = _mm512_loadu_ps(k + p), b = _mm512_loadu_ps(k + p + half);
+    const __m512 v = _mm512_sqrt_ps(_mm512_add_ps(_mm512_mul_ps(a, a), _mm512_mul_ps(b, b)));
+    _mm512_storeu_ps(m + p, v);
+    bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(_mm512_castps_si512(v), exp), exp);
+    if (!sum) continue;
+    const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+    const __m512d hi =
+        _mm512_cvtps_pd(_mm256_castsi256_ps(_mm512_extracti64x4_epi64(_mm512_castps_si512(v), 1)));
+    _mm512_storeu_pd(sum + p, _mm512_add_pd(_mm512_loadu_pd(sum + p), _mm512_mul_pd(lo, lo)));
+    _mm512_storeu_pd(sum + p + 8,
+                     _mm512_add_pd(_mm512_loadu_pd(sum + p + 8), _mm512_mul_pd(hi, hi)));
+  }
+  const bool tail = pair_magnitudes_scalar(k, p, half, m, sum);
+  return !bad && tail;
+}
+
 }  // namespace
 
 void decode_avx512(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
@@ -233,6 +332,25 @@ void transpose_lines_avx512(const uint16_t* src, uint32_t src_stride, uint16_t* 
                             int64_t dst_stride) {
   transpose32x8(src, src_stride, dst, dst_stride,
                 (uintptr_t)dst % 64 == 0 && dst_stride * 2 % 64 == 0);
+}
+
+void quantize_row_avx512(const float* x, float inv_a, const float* inv_b, const float* o,
+                         int max_symbol, uint32_t n, int8_t* out) {
+  quantize_row(x, inv_a, inv_b, o, max_symbol, n, out);
+}
+
+void count_symbols_avx512(const int8_t* symbols, uint32_t rows, uint32_t channels,
+                          uint32_t* count) {
+  for (uint32_t c0 = 0; c0 < channels; c0 += 64) count64(symbols, rows, channels, c0, count);
+}
+
+void cross_bits_avx512(const uint16_t* bin, const uint32_t* count, uint32_t n, const float* cost,
+                       uint32_t stride, double* bits) {
+  for (uint32_t j = 0; j < stride; j += 8) cross_bits8(bin, count, n, cost + j, stride, bits + j);
+}
+
+bool pair_magnitudes_avx512(const float* k, uint32_t half, float* m, double* sum) {
+  return pair_magnitudes16(k, half, m, sum);
 }
 
 uint16_t* encode_avx512(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
@@ -264,6 +382,24 @@ void transpose_lines_avx512(const uint16_t* src, uint32_t src_stride, uint16_t* 
                             int64_t dst_stride) {
   for (int64_t j = 0; j < 8; ++j)
     for (uint32_t k = 0; k < 32; ++k) dst[j * dst_stride + k] = src[(size_t)k * src_stride + j];
+}
+
+void quantize_row_avx512(const float* x, float inv_a, const float* inv_b, const float* o,
+                         int max_symbol, uint32_t n, int8_t* out) {
+  for (uint32_t i = 0; i < n; ++i)
+    out[i] = (int8_t)quantize(x[i], mul_rn(inv_a, inv_b[i]), o[i], max_symbol);
+}
+void count_symbols_avx512(const int8_t* symbols, uint32_t rows, uint32_t channels,
+                          uint32_t* count) {
+  count_symbols(CpuPath::Scalar, symbols, rows, channels, count);
+}
+
+void cross_bits_avx512(const uint16_t* bin, const uint32_t* count, uint32_t n, const float* cost,
+                       uint32_t stride, double* bits) {
+  cross_bits_scalar(bin, count, n, cost, stride, bits);
+}
+bool pair_magnitudes_avx512(const float* k, uint32_t half, float* m, double* sum) {
+  return pair_magnitudes_scalar(k, 0, half, m, sum);
 }
 }  // namespace cachegen
 #endif
