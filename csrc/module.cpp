@@ -344,7 +344,9 @@ PYBIND11_MODULE(_core, m) {
       py::set_error(PyExc_ValueError, e.what());
     }
   });
-  py::class_<TensorView>(m, "TensorView",
+  // Classes are module-local: a second build of the module (bench/lib/basebuild A/B runs) can
+  // load beside this one.
+  py::class_<TensorView>(m, "TensorView", py::module_local(),
                          "One K or V tensor in memory: element (token, head, dim) at address + "
                          "token offset + head*s_head + dim*s_dim (strides in elements); a paged "
                          "view finds token t in block block_table[t // block_size].")
@@ -367,7 +369,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("block_size", &TensorView::block_size)
       .def_readonly("num_blocks", &TensorView::num_blocks)
       .def_readonly("s_block", &TensorView::s_block);
-  py::class_<GroupSpec>(m, "GroupSpec", "How to code one (layer, K/V) group.")
+  py::class_<GroupSpec>(m, "GroupSpec", py::module_local(), "How to code one (layer, K/V) group.")
       .def(py::init(&make_spec), py::arg("view"), py::arg("quantizer"), py::arg("param"),
            py::arg("max_tables"), py::arg("token_weights") = py::none(),
            py::arg("channel_weights") = py::none(), py::arg("raw_rows") = 0,
@@ -381,7 +383,8 @@ PYBIND11_MODULE(_core, m) {
                              [](const GroupSpec& s) { return s.weights.channel; })
       .def_readonly("raw_rows", &GroupSpec::raw_rows)
       .def_property_readonly("center", [](const GroupSpec& s) { return s.weights.center; });
-  py::class_<EncodeRequest>(m, "EncodeRequest", "Groups (K then V per layer) and blob header.")
+  py::class_<EncodeRequest>(m, "EncodeRequest", py::module_local(),
+                            "Groups (K then V per layer) and blob header.")
       .def(py::init(&make_request), py::arg("groups"), py::arg("dtype"), py::arg("layout"),
            py::arg("level"), py::arg("segment_symbols"), py::arg("flags") = 0,
            py::arg("threads") = 0)
@@ -392,7 +395,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("segment_symbols", &EncodeRequest::segment_symbols)
       .def_readonly("flags", &EncodeRequest::flags)
       .def_readonly("threads", &EncodeRequest::threads);
-  py::class_<Blob>(m, "Blob")
+  py::class_<Blob>(m, "Blob", py::module_local())
       .def(py::init<py::buffer, bool>(), py::arg("blob"), py::arg("verify") = true)
       .def("info", &blob_info)
       .def("decode_into", &decode_py, py::arg("outs"), py::arg("threads") = 0)
@@ -404,12 +407,12 @@ PYBIND11_MODULE(_core, m) {
         py::arg("threads") = 0);
   m.def("build_info", &build_info_py);
 #ifdef CACHEGEN_WITH_CUDA
-  py::class_<cuda::DeviceBlob>(m, "DeviceBlob")
+  py::class_<cuda::DeviceBlob>(m, "DeviceBlob", py::module_local())
       .def("decode_into", &decode_cuda_py, py::arg("outs"), py::arg("stream"));
   m.def("to_device", &to_device_py, py::arg("blob"), py::arg("device"), py::arg("stream"));
   m.def("encode_cuda", &encode_cuda_py, py::arg("request"), py::arg("device"), py::arg("stream"),
         py::arg("device_alloc") = py::none());
-  py::class_<DeviceParsed>(m, "DeviceParsed")
+  py::class_<DeviceParsed>(m, "DeviceParsed", py::module_local())
       .def("info", [](const DeviceParsed& d) { return parsed_info(d.parsed, d.size); })
       .def_readonly("device", &DeviceParsed::device)
       .def("to_device", &resident_py, py::arg("stream"),
