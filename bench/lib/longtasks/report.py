@@ -19,7 +19,9 @@ from .stats import (
     agreement,
     best_low,
     bits_per_element,
+    instances_needed,
     smallest_meeting,
+    where_right,
 )
 
 FAMILIES = {"cg": "ladder level", "ref": "CacheGen reference", "int": "int"}
@@ -47,14 +49,15 @@ def _label(method: str) -> str:
 def coding_table(rows: Sequence[Row]) -> list[str]:
     """Per coding: bits, agreement and accuracy with intervals, agreement per task, seconds."""
     tasks = list(dict.fromkeys(r.task for r in rows))
-    head = "| coding | bits/elt | agreement [95% CI] | accuracy [95% CI] | "
+    head = "| coding | bits/elt | agreement [95% CI] | agreement where uncompressed is right | "
     lines = [
-        head + " | ".join(f"{t} agree" for t in tasks) + " | s/instance |",
-        "|---|--:|--:|--:|" + "--:|" * len(tasks) + "--:|",
+        head + "accuracy [95% CI] | " + " | ".join(f"{t} agree" for t in tasks) + " | s/instance |",
+        "|---|--:|--:|--:|--:|" + "--:|" * len(tasks) + "--:|",
     ]
     exact = [r for r in rows if r.method == EXACT]
+    right = where_right(rows)
     lines.append(
-        f"| uncompressed | - | - | {accuracy(rows, EXACT)} | "
+        f"| uncompressed | - | - | - | {accuracy(rows, EXACT)} | "
         + " | ".join("-" for _ in tasks)
         + f" | {statistics.median(r.seconds for r in exact):.1f} (prefill) |"
     )
@@ -63,7 +66,7 @@ def coding_table(rows: Sequence[Row]) -> list[str]:
         seconds = statistics.median(r.seconds for r in rows if r.method == m)
         lines.append(
             f"| {_label(m)} | {bits_per_element(rows, m):.3f} | {agreement(rows, m)} | "
-            f"{accuracy(rows, m)} | "
+            f"{agreement(right, m) if right else '-'} | {accuracy(rows, m)} | "
             + " | ".join(f"{100 * a.share:.0f}%" for a in per_task)
             + f" | {seconds:.1f} |"
         )
@@ -170,12 +173,40 @@ def markdown(data: dict[str, Any]) -> str:
         *headline(by_model),
         "",
         f"With {n} instances a model's lower bound is at most {100 * best_low(n):.1f}% "
-        f"(every answer agreeing); the criterion needs at least 124 instances to be reachable.",
+        f"(every answer agreeing); the criterion needs at least {instances_needed()} instances to "
+        f"be reachable.",
     ]
     for model, rs in by_model.items():
         lines += ["", f"## {model}", "", *coding_table(rs), "", *accuracy_table(rs)]
     lines += ["", "## Cost (this run, this machine)", "", *cost_lines(by_model), ""]
     return "\n".join(lines)
+
+
+LOOKS = {
+    "cg": ("tab:blue", "o", "-"),
+    "ref": ("tab:orange", "^", "-"),
+    "int": ("tab:brown", "D", ""),
+}
+
+
+def _draw(ax: Any, rows: Sequence[Row], family: str, score: Any) -> None:
+    """One family's ``score`` (agreement or accuracy) against bits, each point with its
+    interval and labelled with its level."""
+    ms = [m for m in _methods(rows) if _family(m) == family]
+    if not ms:
+        return
+    colour, marker, line = LOOKS[family]
+    x = [bits_per_element(rows, m) for m in ms]
+    rates = [score(rows, m) for m in ms]
+    y = [r.share for r in rates]
+    low = [max(0.0, s - r.interval[0]) for s, r in zip(y, rates, strict=True)]
+    high = [max(0.0, r.interval[1] - s) for s, r in zip(y, rates, strict=True)]
+    name = FAMILIES[family] + ("-N" if family == "int" else "s")
+    ax.errorbar(x, y, yerr=[low, high], marker=marker, color=colour, ls=line, capsize=3, label=name)
+    for m, xy in zip(ms, zip(x, y, strict=True), strict=True):
+        ax.annotate(
+            str(_number(m)), xy, xytext=(3, 3), textcoords="offset points", fontsize=7, color=colour
+        )
 
 
 def plot(data: dict[str, Any], path: Path) -> Path:
@@ -186,38 +217,14 @@ def plot(data: dict[str, Any], path: Path) -> Path:
     fig, axes = plt.subplots(len(models), 2, figsize=(11, 4 * len(models)), squeeze=False)
     for (agree_ax, acc_ax), model in zip(axes, models, strict=True):
         mine = [r for r in rows if r.model == model]
-        for family, (colour, marker) in {
-            "cg": ("tab:blue", "o"),
-            "ref": ("tab:orange", "^"),
-            "int": ("tab:brown", "D"),
-        }.items():
-            ms = [m for m in _methods(mine) if _family(m) == family]
-            if not ms:
-                continue
-            x = [bits_per_element(mine, m) for m in ms]
-            for ax, score in ((agree_ax, agreement), (acc_ax, accuracy)):
-                rates = [score(mine, m) for m in ms]
-                y = [r.share for r in rates]
-                err = [
-                    [s - r.interval[0] for s, r in zip(y, rates, strict=True)],
-                    [r.interval[1] - s for s, r in zip(y, rates, strict=True)],
-                ]
-                style = "-" if family != "int" else "none"
-                ax.errorbar(
-                    x,
-                    y,
-                    yerr=err,
-                    marker=marker,
-                    color=colour,
-                    ls=style,
-                    capsize=3,
-                    label=FAMILIES[family] + ("-N" if family == "int" else "s"),
-                )
+        for family in LOOKS:
+            _draw(agree_ax, mine, family, agreement)
+            _draw(acc_ax, mine, family, accuracy)
         exact = accuracy(mine, EXACT)
         acc_ax.axhline(exact.share, color="black", ls="--", lw=1, label="uncompressed")
         acc_ax.axhspan(*exact.interval, color="black", alpha=0.08)
         agree_ax.axhline(NEED_SHARE, color="red", ls=":", lw=1, label=f"{NEED_SHARE:.0%}")
-        agree_ax.set_ylabel("answers equal to uncompressed")
+        agree_ax.set_ylabel("answers equal to the uncompressed cache's")
         acc_ax.set_ylabel("answers holding the ground truth")
         for ax in (agree_ax, acc_ax):
             ax.set_xlabel("bits per KV element")

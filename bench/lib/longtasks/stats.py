@@ -67,6 +67,12 @@ def agreement(rows: Sequence[Row], method: str) -> Rate:
     return Rate(sum(r.answer == exact[_instance(r)] for r in mine), len(mine))
 
 
+def where_right(rows: Sequence[Row]) -> list[Row]:
+    """The rows of the instances that the uncompressed cache answers correctly."""
+    right = {_instance(r) for r in rows if r.method == EXACT and correct(r.answer, r.truth)}
+    return [r for r in rows if _instance(r) in right]
+
+
 def accuracy(rows: Iterable[Row], method: str) -> Rate:
     """How often ``method``'s answer holds the ground truth."""
     mine = [r for r in rows if r.method == method]
@@ -87,3 +93,11 @@ def smallest_meeting(rates: dict[int, Rate]) -> int | None:
 def best_low(n: int) -> float:
     """The lower bound that ``n`` instances give at best (all agree)."""
     return wilson(n, n)[0]
+
+
+def instances_needed(low: float = NEED_LOW) -> int:
+    """The fewest instances whose lower bound can reach ``low`` (all agreeing)."""
+    n = 1
+    while best_low(n) < low:
+        n += 1
+    return n
