@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,9 +37,18 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
 
 
+def models(text: str, per_task: int) -> dict[str, int]:
+    """``smollm2,gemma3:5`` -> instances per task of each model (``per_task`` unless given)."""
+    out = {}
+    for item in text.split(","):
+        name, _, count = item.partition(":")
+        out[name] = int(count) if count else per_task
+    return out
+
+
 def parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--models", default="smollm2")
+    ap.add_argument("--models", default="smollm2", help="MODEL[:PER_TASK],...")
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--per-task", type=int, default=50)
     ap.add_argument("--levels", default="15,20,27,34,40", help="ladder levels")
@@ -63,11 +73,11 @@ def main() -> None:
     torch.set_num_threads(a.torch_threads)
     keys = [f"cg{x}" for x in _ints(a.levels)] + [f"ref{x}" for x in _ints(a.refs)]
     coders = [coder(k) for k in keys + [f"int{x}" for x in _ints(a.ints)]]
-    instances = suite(a.tasks.split(","), a.per_task, a.seed, tuple(_ints(a.lengths)))
     store = AnswerStore(a.store)
     info = run_info(a.models, 0, 0)
     rows: list[Row] = []
-    for model in a.models.split(","):
+    for model, per_task in models(a.models, a.per_task).items():
+        instances = suite(a.tasks.split(","), per_task, a.seed, tuple(_ints(a.lengths)))
         lm = load_model(model)
         for n, inst in enumerate(instances, 1):
             t0 = time.perf_counter()
@@ -80,6 +90,7 @@ def main() -> None:
             )
     command = " ".join(["python", "bench/tasks.py", *sys.argv[1:]])
     settings = {"command": command, "chunk_tokens": a.chunk, "lengths": a.lengths}
+    settings["load_average_end"] = os.getloadavg()[0]  # how busy the machine was
     data = {"run": info | settings, "rows": [r.__dict__ for r in rows]}
     (a.out / "tasks.json").write_text(json.dumps(data, indent=1) + "\n")
     print(write_report(data, a.out))
