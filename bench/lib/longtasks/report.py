@@ -135,7 +135,7 @@ def cost_lines(by_model: dict[str, list[Row]]) -> list[str]:
         per_coding = statistics.median(r.seconds for r in codings)
         instance = sum(r.seconds for r in rows) / len(exact)
         out.append(
-            f"- {model}: prefill + uncompressed answer (median) {prefill}; round trip + answer "
+            f"- {model}: prefill (median) {prefill}; round trip + answer "
             f"per coding {per_coding:.1f} s (median); {instance:.0f} s per instance with "
             f"{len(_methods(rows))} codings (mean)."
         )
@@ -156,7 +156,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"key-value retrieval with the asked-about fact at depths 0.1-0.9, variable tracking "
         f"(a 3-hop assignment chain beside a distractor chain), two-hop lookup (person -> city "
         f"-> postal code); filler from Python's reference documentation (`pydoc_data`, never "
-        f"used to tune or report the ladder); contexts of {run['lengths']} tokens. Each "
+        f"used to tune or report the ladder); contexts of {run['lengths'].replace(',', ', ')} "
+        f"tokens. Each "
         f"instance is prefilled once; its exact KV is coded in chunks of {run['chunk_tokens']} "
         f"tokens at their positions (as `save_context` stores them), decoded, and the model "
         f"answers greedily after the question (up to the first newline, answer tokens + 4 at "
