@@ -18,10 +18,12 @@ from lib.longtasks.stats import (  # noqa: E402
     agreement,
     best_low,
     correct,
+    first_word,
     instances_needed,
     smallest_meeting,
     where_right,
     wilson,
+    word_agreement,
 )
 
 
@@ -141,6 +143,9 @@ def test_answer_scoring() -> None:
     assert agreement(rows, "cg5") == Rate(3, 4)  # instance 3: exact says 8
     assert accuracy(rows, "cg5") == Rate(4, 4) and accuracy(rows, EXACT) == Rate(3, 4)
     assert agreement(where_right(rows), "cg5") == Rate(3, 3)
+    assert first_word(" 79959. Remember it.") == "79959" and first_word("...") == ""
+    rows.append(row(3, "cg9", "8. Remember it."))
+    assert word_agreement(rows, "cg9") == Rate(1, 1) and agreement(rows, "cg9") == Rate(0, 1)
     with pytest.raises(ValueError, match="no uncompressed answer"):
         agreement(rows[1:], "cg5")
     rates = {5: Rate(120, 124), 10: Rate(200, 200), 20: Rate(124, 124), 30: Rate(99, 100)}

@@ -22,6 +22,7 @@ from .stats import (
     instances_needed,
     smallest_meeting,
     where_right,
+    word_agreement,
 )
 
 FAMILIES = {"cg": "ladder level", "ref": "CacheGen reference", "int": "int"}
@@ -49,15 +50,16 @@ def _label(method: str) -> str:
 def coding_table(rows: Sequence[Row]) -> list[str]:
     """Per coding: bits, agreement and accuracy with intervals, agreement per task, seconds."""
     tasks = list(dict.fromkeys(r.task for r in rows))
-    head = "| coding | bits/elt | agreement [95% CI] | agreement where uncompressed is right | "
+    head = "| coding | bits/elt | agreement [95% CI] | first-word agreement | agreement where "
+    head += "uncompressed is right | accuracy [95% CI] | "
     lines = [
-        head + "accuracy [95% CI] | " + " | ".join(f"{t} agree" for t in tasks) + " | s/instance |",
-        "|---|--:|--:|--:|--:|" + "--:|" * len(tasks) + "--:|",
+        head + " | ".join(f"{t} agree" for t in tasks) + " | s/instance |",
+        "|---|--:|--:|--:|--:|--:|" + "--:|" * len(tasks) + "--:|",
     ]
     exact = [r for r in rows if r.method == EXACT]
     right = where_right(rows)
     lines.append(
-        f"| uncompressed | - | - | - | {accuracy(rows, EXACT)} | "
+        f"| uncompressed | - | - | - | - | {accuracy(rows, EXACT)} | "
         + " | ".join("-" for _ in tasks)
         + f" | {statistics.median(r.seconds for r in exact):.1f} (prefill) |"
     )
@@ -66,7 +68,8 @@ def coding_table(rows: Sequence[Row]) -> list[str]:
         seconds = statistics.median(r.seconds for r in rows if r.method == m)
         lines.append(
             f"| {_label(m)} | {bits_per_element(rows, m):.3f} | {agreement(rows, m)} | "
-            f"{agreement(right, m) if right else '-'} | {accuracy(rows, m)} | "
+            f"{word_agreement(rows, m)} | {agreement(right, m) if right else '-'} | "
+            f"{accuracy(rows, m)} | "
             + " | ".join(f"{100 * a.share:.0f}%" for a in per_task)
             + f" | {seconds:.1f} |"
         )
@@ -83,8 +86,8 @@ def accuracy_table(rows: Sequence[Row]) -> list[str]:
     return lines
 
 
-def _smallest(rows: Sequence[Row], family: str) -> str:
-    rates = {_number(m): agreement(rows, m) for m in _methods(rows) if _family(m) == family}
+def _smallest(rows: Sequence[Row], family: str, score: Any = agreement) -> str:
+    rates = {_number(m): score(rows, m) for m in _methods(rows) if _family(m) == family}
     if not rates:
         return "not run"
     found = smallest_meeting(rates)
@@ -94,16 +97,16 @@ def _smallest(rows: Sequence[Row], family: str) -> str:
     return f"{found}: {bits_per_element(rows, m):.3f} b/e, {rates[found]}"
 
 
-def _int_cell(rows: Sequence[Row], bits: int) -> str:
+def _int_cell(rows: Sequence[Row], bits: int, score: Any = agreement) -> str:
     m = f"int{bits}"
     if not any(r.method == m for r in rows):
         return "not run"
-    rate = agreement(rows, m)
+    rate = score(rows, m)
     verdict = "meets" if rate.meets() else "does not meet"
     return f"{bits_per_element(rows, m):.3f} b/e, {rate}, {verdict}"
 
 
-def headline(by_model: dict[str, list[Row]]) -> list[str]:
+def headline(by_model: dict[str, list[Row]], score: Any = agreement) -> list[str]:
     """The issue's number per model: the smallest coding whose answers agree enough."""
     lines = [
         "| model | instances | smallest ladder level | smallest CacheGen reference | int4 | int8 |",
@@ -112,10 +115,10 @@ def headline(by_model: dict[str, list[Row]]) -> list[str]:
     for model, rows in by_model.items():
         n = sum(r.method == EXACT for r in rows)
         cells = [
-            _smallest(rows, "cg"),
-            _smallest(rows, "ref"),
-            _int_cell(rows, 4),
-            _int_cell(rows, 8),
+            _smallest(rows, "cg", score),
+            _smallest(rows, "ref", score),
+            _int_cell(rows, 4, score),
+            _int_cell(rows, 8, score),
         ]
         lines.append(f"| {model} | {n} | " + " | ".join(cells) + " |")
     return lines
@@ -172,6 +175,11 @@ def markdown(data: dict[str, Any]) -> str:
         f"(>= {NEED_SHARE:.0%} of instances, lower bound >= {NEED_LOW:.0%})",
         "",
         *headline(by_model),
+        "",
+        "The same on the answers' first words (the number or name the answer gives; an answer "
+        "that goes on after it, e.g. `79959. Remember it.` against `79959.`, agrees here):",
+        "",
+        *headline(by_model, word_agreement),
         "",
         f"With {n} instances a model's lower bound is at most {100 * best_low(n):.1f}% "
         f"(every answer agreeing); the criterion needs at least {instances_needed()} instances to "

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from .runner import EXACT, Row
@@ -57,14 +57,26 @@ def _instance(r: Row) -> tuple[str, str, int]:
     return r.model, r.task, r.index
 
 
-def agreement(rows: Sequence[Row], method: str) -> Rate:
-    """How often ``method``'s answer equals the uncompressed cache's on the same instance."""
-    exact = {_instance(r): r.answer for r in rows if r.method == EXACT}
+def first_word(answer: str) -> str:
+    """The answer's first run of letters and digits: what it names, without what follows."""
+    found = re.search(r"[0-9A-Za-z]+", answer)
+    return found[0] if found else ""
+
+
+def agreement(rows: Sequence[Row], method: str, part: Callable[[str], str] = lambda a: a) -> Rate:
+    """How often ``part`` of ``method``'s answer (all of it by default) equals the same part of
+    the uncompressed cache's answer on the same instance."""
+    exact = {_instance(r): part(r.answer) for r in rows if r.method == EXACT}
     mine = [r for r in rows if r.method == method]
     missing = [_instance(r) for r in mine if _instance(r) not in exact]
     if missing:
         raise ValueError(f"no uncompressed answer for {missing[:3]}")
-    return Rate(sum(r.answer == exact[_instance(r)] for r in mine), len(mine))
+    return Rate(sum(part(r.answer) == exact[_instance(r)] for r in mine), len(mine))
+
+
+def word_agreement(rows: Sequence[Row], method: str) -> Rate:
+    """Agreement of the answers' first words (``first_word``)."""
+    return agreement(rows, method, first_word)
 
 
 def where_right(rows: Sequence[Row]) -> list[Row]:
