@@ -187,7 +187,16 @@ def markdown(data: dict[str, Any]) -> str:
     ]
     for model, rs in by_model.items():
         lines += ["", f"## {model}", "", *coding_table(rs), "", *accuracy_table(rs)]
-    lines += ["", "## Cost (this run, this machine)", "", *cost_lines(by_model), ""]
+    lines += [
+        "",
+        "## Cost (this machine)",
+        "",
+        "Seconds as measured when each answer was first computed (a resumed run keeps them), "
+        "so at the load of that time, not necessarily the one in the header.",
+        "",
+        *cost_lines(by_model),
+        "",
+    ]
     return "\n".join(lines)
 
 
