@@ -87,14 +87,19 @@ def prefill(lm: LoadedModel, ids: torch.Tensor) -> KV:
     path = KV_CACHE / lm.key / f"{digest}.pt"
     if path.exists():
         return torch.load(path)
-    with torch.inference_mode():
-        out = lm.model(ids, use_cache=True)
-    kv = [(k.clone(), v.clone()) for k, v in from_cache(out.cache)]
+    kv = compute_kv(lm, ids)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(kv, tmp)
     tmp.replace(path)
     return kv
+
+
+def compute_kv(lm: LoadedModel, ids: torch.Tensor) -> KV:
+    """The model's KV cache per layer over ``ids`` (shape ``[1, tokens]``), never stored."""
+    with torch.inference_mode():
+        out = lm.model(ids, use_cache=True, logits_to_keep=1)
+    return [(k.clone(), v.clone()) for k, v in from_cache(out.cache)]
 
 
 def continue_logits(lm: LoadedModel, kv: KV, ids: torch.Tensor) -> torch.Tensor:
