@@ -230,14 +230,22 @@ CG_AVX512 inline __m128i quantize16(const float* x, __m512 inv_a, const float* i
   return _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(y));
 }
 
+// Adds the 8-bit counts of 16 lanes from lane 16 * K (the lanes in `lanes`) to 32-bit ones. K is a
+// template parameter: the extract's lane index must be an immediate in unoptimized builds too.
+template <int K>
+CG_AVX512 inline void add_counts16(__m512i counts, __mmask64 lanes, uint32_t* dst) {
+  const __mmask16 m = (__mmask16)(lanes >> (16 * K));
+  const __m512i wide = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(counts, K));
+  const __m512i sum = _mm512_add_epi32(_mm512_maskz_loadu_epi32(m, dst + 16 * K), wide);
+  _mm512_mask_storeu_epi32(dst + 16 * K, m, sum);
+}
+
 // Adds 64 8-bit counts (the lanes in `lanes`) to 64 32-bit ones.
 CG_AVX512 inline void add_counts64(__m512i counts, __mmask64 lanes, uint32_t* dst) {
-  for (int k = 0; k < 4; ++k) {
-    const __mmask16 m = (__mmask16)(lanes >> (16 * k));
-    const __m512i wide = _mm512_cvtepu8_epi32(_mm512_extracti32x4_epi32(counts, k));
-    const __m512i sum = _mm512_add_epi32(_mm512_maskz_loadu_epi32(m, dst + 16 * k), wide);
-    _mm512_mask_storeu_epi32(dst + 16 * k, m, sum);
-  }
+  add_counts16<0>(counts, lanes, dst);
+  add_counts16<1>(counts, lanes, dst);
+  add_counts16<2>(counts, lanes, dst);
+  add_counts16<3>(counts, lanes, dst);
 }
 
 // Symbols within kWindow of zero (all but ~1% of them) are counted 64 channels at a time in
