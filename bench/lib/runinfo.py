@@ -11,6 +11,7 @@ import datetime
 import os
 import platform
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ class RunInfo:
     commit: str  # HEAD, with ``-dirty`` when tracked files differ from it
     platform: str
     python: str
+    package: str = ""  # the cachegen package measured (its folder)
     load_average_end: float | None = None
 
     @classmethod
@@ -43,6 +45,7 @@ class RunInfo:
             commit=git_commit(),
             platform=platform.platform(),
             python=platform.python_version(),
+            package=measured_package(),
         )
 
     def finish(self) -> RunInfo:
@@ -67,6 +70,21 @@ def describe(run: dict[str, Any]) -> str:
         f"Machine: {run['machine']}, {run['cpu']} ({run['cpus']} CPUs), load average {load}; "
         f"{run['date']}, commit `{commit}`."
     )
+
+
+def measured_package() -> str:
+    """The folder of the cachegen package this process imports; a warning on stderr when it is
+    not this checkout's (an installed copy measures another build than `commit` names)."""
+    import cachegen
+
+    folder = Path(cachegen.__file__).resolve().parent
+    if REPO / "python" not in folder.parents:
+        print(
+            f"warning: cachegen is imported from {folder}, not from this checkout's python/: "
+            "the figures are of that build (run with PYTHONPATH=python)",
+            file=sys.stderr,
+        )
+    return str(folder)
 
 
 def cpu_model() -> str:
