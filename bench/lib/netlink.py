@@ -37,6 +37,12 @@ def _run(*cmd: str) -> None:
         raise LinkError(f"{' '.join(cmd)} failed ({done.returncode}): {done.stderr.strip()}")
 
 
+def burst_bytes(rate_bps: float) -> int:
+    """The tbf bucket `NetLink.shape` gives a rate: at least one timer tick of traffic (and a few
+    large packets). A transfer that starts on a full bucket gets that much at once."""
+    return max(int(rate_bps / 100), 64 * 1024)
+
+
 @dataclass
 class NetLink:
     """The namespace, veth pair and S3 server; a context manager that tears them down."""
@@ -168,8 +174,7 @@ class NetLink:
             netem = ("netem", "delay", delay, "limit", "100000")
             self._in_ns("tc", "qdisc", "replace", *dev, "root", "handle", "1:", *netem)
             parent = ("parent", "1:1")
-        # tbf needs a bucket of at least one timer tick of traffic (and a few large packets).
-        burst = str(max(int(rate_bps / 100), 64 * 1024))
+        burst = str(burst_bytes(rate_bps))
         tbf = ("tbf", "rate", f"{int(rate_bps * 8)}bit", "burst", burst, "latency", "200ms")
         self._in_ns("tc", "qdisc", "replace", *dev, *parent, "handle", "10:", *tbf)
 
