@@ -20,11 +20,6 @@ bool pair_magnitudes(CpuPath path, const float* k, uint32_t half, float* m, doub
   return pair_magnitudes_scalar(k, 0, half, m, sum);
 }
 
-void check_keys(const TensorView& keys) {
-  if (keys.head_dim % 2) throw InputError("key pair magnitudes need an even head_dim");
-  check_paging(keys, "keys");
-}
-
 // Token t's magnitudes into m (heads * head_dim/2), their squares added to sum if given;
 // `row` is scratch of keys.channels().
 void token_magnitudes(const TensorView& keys, CpuPath path, uint32_t t, float* row, float* m,
@@ -39,6 +34,11 @@ void token_magnitudes(const TensorView& keys, CpuPath path, uint32_t t, float* r
 }
 
 }  // namespace
+
+void check_keys(const TensorView& keys) {
+  if (keys.head_dim % 2) throw InputError("key pair magnitudes need an even head_dim");
+  check_paging(keys, "keys");
+}
 
 bool pair_magnitudes_scalar(const float* k, uint32_t begin, uint32_t half, float* m, double* sum) {
   bool ok = true;

@@ -26,6 +26,10 @@ CG_HD float pair_magnitude(float a, float b) {
 // gives the same bits.
 std::vector<float> key_pair_magnitudes(const TensorView& keys, int threads);
 
+// Throws InputError unless `keys` can give pair magnitudes (even head_dim, valid paging): the
+// check of every key statistic, host and device.
+void check_keys(const TensorView& keys);
+
 // Tokens per block of key_pair_square_sums.
 constexpr uint32_t kPairSumTokens = 256;
 

@@ -42,7 +42,7 @@ __global__ void sum_blocks(const double* partial, uint32_t width, uint32_t block
 
 std::vector<double> key_pair_square_sums(const TensorView& keys, uint32_t skip, int device,
                                          uintptr_t stream) {
-  if (keys.head_dim % 2) throw InputError("key pair magnitudes need an even head_dim");
+  check_keys(keys);
   use_device(device);
   const cudaStream_t st = as_stream(stream);
   const uint32_t half = keys.head_dim / 2, width = keys.heads * half;
