@@ -182,29 +182,12 @@ const int8_t* segment_symbols(const ParsedBlob& blob, const uint8_t* data, uint6
   return scratch.data();
 }
 
-// One row reconstructed and converted into dst, laid out as `runs`.
-void dequantize_store(CpuPath path, const int8_t* sym, float a, const DequantParams& p,
-                      RowRuns runs, DType dtype, void* dst) {
-  const float *b = p.b.data(), *o = p.o.data();
-  switch (path) {
-    case CpuPath::Avx512:
-      return dequantize_row_avx512(sym, a, b, o, runs, dtype, dst);
-    case CpuPath::Avx2:
-      return dequantize_row_avx2(sym, a, b, o, runs, dtype, dst);
-    case CpuPath::Scalar:
-      for_each_run(runs, dst, [&](uint32_t c, uint8_t* d) {
-        dequantize_store_row(sym + c, a, b + c, o + c, runs.length, dtype, d);
-      });
-  }
-}
-
 // Symbols per tile of the fused decode: the tile's symbols stay in L1 while its rows are
 // reconstructed and written out.
 constexpr uint32_t kTileSymbols = 1u << 13;
 
-// A tile's rows are written in a burst after its symbols decode, and a paged output's rows jump
-// from block to block, where the hardware prefetchers lose the stream: the rows this far ahead
-// are prefetched while a row is written, so their lines are in cache when the stores come.
+// Rows written through the caches are prefetched this far ahead of the row being written: a
+// paged output's rows jump from block to block, where the hardware prefetchers lose the stream.
 constexpr uint32_t kPrefetchRows = 12;
 
 // Tiles of a token-adjacent output end on a multiple of this many tokens, so its transposes move
@@ -231,6 +214,15 @@ bool streams_heads(const TensorView& v) {
   const bool lines = v.s_head * e % 64 == 0 && v.s_token * e % 64 == 0 &&
                      (!v.block_table || v.s_block * e % 64 == 0);
   return lines && whole_lines(v.data, v.head_dim, v.dtype);
+}
+
+// Whether a Staged output's rows leave through transposes that write whole 64-byte lines past
+// the caches (transpose_lines_avx512: 16-bit elements, aligned 32-token pieces of a channel).
+bool streams_transposes(const TensorView& v, CpuPath path) {
+  const bool lines = v.s_dim * 2 % 64 == 0 && v.s_head * 2 % 64 == 0 &&
+                     (!v.block_table || v.s_block * 2 % 64 == 0);
+  return path == CpuPath::Avx512 && v.s_token == 1 && dtype_size(v.dtype) == 2 && lines &&
+         (uintptr_t)v.data % 64 == 0;
 }
 
 // Rows of the tile at row k0 of a segment of `count`: at most `rows`, cut to end on a multiple of
@@ -268,6 +260,22 @@ class RowWalk {
   uint8_t* row_ = nullptr;
 };
 
+// A tile's n rows (row k's scale a[k]) reconstructed and converted into dsts[k], each laid out
+// as `runs`.
+void dequantize_tile(CpuPath path, const int8_t* sym, const float* a, const DequantParams& p,
+                     uint32_t n, RowRuns runs, DType dtype, uint8_t* const* dsts) {
+  const float *b = p.b.data(), *o = p.o.data();
+  const uint32_t C = (uint32_t)p.b.size();
+  switch (path) {
+    case CpuPath::Avx512:
+      return dequantize_rows_avx512(sym, a, b, o, C, n, runs, dtype, dsts);
+    case CpuPath::Avx2:
+      return dequantize_rows_avx2(sym, a, b, o, C, n, runs, dtype, dsts);
+    case CpuPath::Scalar:
+      return dequantize_rows_scalar(sym, a, b, o, C, n, runs, dtype, dsts);
+  }
+}
+
 // A quantized segment decoded a tile of rows at a time, each tile's rows reconstructed and
 // converted in the output's dtype straight into the output where its heads' dims are
 // contiguous, else into a staging tile that is then placed. Rows of a corrupt segment may be
@@ -276,23 +284,28 @@ void decode_fused(const ParsedBlob& blob, const uint8_t* data, uint64_t call, Cp
                   const Segment& s, const DequantParams& p, const TensorView& v) {
   thread_local std::vector<int8_t> tile_buffer;
   thread_local std::vector<uint8_t> staged_buffer;
+  thread_local std::vector<uint8_t*> dst_buffer;
   const DecodeTables& t = lut_cache().get(blob, call, s.group);
   const uint32_t C = t.channels, rows = std::clamp<uint32_t>(kTileSymbols / C, 1, s.token_count);
   tile_buffer.resize((size_t)rows * C);
+  dst_buffer.resize(rows);
   const size_t elem = dtype_size(v.dtype), row_bytes = C * elem;
   const Placement placement = placement_of(v);
   if (placement == Placement::Staged) staged_buffer.resize(rows * row_bytes);
   // Locals: the thread-local vectors' addresses would be looked up again after every call.
   int8_t* const tile = tile_buffer.data();
   uint8_t* const staged = staged_buffer.data();
-  const bool stream = placement == Placement::Heads && streams_heads(v);
+  uint8_t** const dsts = dst_buffer.data();
+  const bool stream = placement == Placement::Heads    ? streams_heads(v)
+                      : placement == Placement::Staged ? streams_transposes(v, path)
+                                                       : false;
   const RowRuns runs = placement == Placement::Heads
                            ? RowRuns{v.heads, v.head_dim, v.s_head * (int64_t)elem, stream}
                            : RowRuns{1, C, 0};
   RansCursor r(data + s.offset, s.bytes);
   const uint32_t end = s.token_begin + s.token_count;
-  // `ahead` runs kPrefetchRows rows before `at`, prefetching each row it passes (streamed rows
-  // need no lines in cache).
+  // Rows written through the caches go one at a time, `ahead` prefetching the row kPrefetchRows
+  // after each; streamed rows (no line is read first) go a tile per call.
   RowWalk at(v, s.token_begin, end), ahead(v, stream ? end : s.token_begin, end);
   for (; ahead.token() < std::min(end, s.token_begin + kPrefetchRows); ahead.next())
     prefetch_row(v, ahead.row());
@@ -302,13 +315,16 @@ void decode_fused(const ParsedBlob& blob, const uint8_t* data, uint64_t call, Cp
     decode_symbols(path, r, t, (size_t)n * C, tile);
     // Raw rows (the sink) are the group's first tokens, so a tile's are a prefix of it.
     const uint32_t raw = p.raw_rows > t0 ? std::min(n, p.raw_rows - t0) : 0;
-    for (uint32_t k = 0; k < n; ++k, at.next()) {
-      if (k < raw) {
-        store_row(v, t0 + k, p.raw.data() + (size_t)(t0 + k) * C);
-        continue;
-      }
-      uint8_t* dst = placement == Placement::Staged ? staged + (k - raw) * row_bytes : at.row();
-      dequantize_store(path, tile + (size_t)k * C, p.a[t0 + k], p, runs, v.dtype, dst);
+    for (uint32_t k = 0; k < n; ++k, at.next())
+      if (k >= raw)
+        dsts[k] = placement == Placement::Staged ? staged + (k - raw) * row_bytes : at.row();
+    for (uint32_t k = 0; k < raw; ++k) store_row(v, t0 + k, p.raw.data() + (size_t)(t0 + k) * C);
+    if (stream)
+      dequantize_tile(path, tile + (size_t)raw * C, p.a.data() + t0 + raw, p, n - raw, runs,
+                      v.dtype, dsts + raw);
+    for (uint32_t k = raw; !stream && k < n; ++k) {
+      dequantize_tile(path, tile + (size_t)k * C, p.a.data() + t0 + k, p, 1, runs, v.dtype,
+                      dsts + k);
       if (ahead.token() < end) {
         prefetch_row(v, ahead.row());
         ahead.next();

@@ -395,4 +395,13 @@ void dequantize_store_row(const int8_t* __restrict symbols, float a, const float
   }
 }
 
+void dequantize_rows_scalar(const int8_t* sym, const float* a, const float* b, const float* o,
+                            uint32_t C, uint32_t n, RowRuns runs, DType dtype,
+                            uint8_t* const* dst) {
+  for (uint32_t k = 0; k < n; ++k, sym += C)
+    for_each_run(runs, dst[k], [&](uint32_t c, uint8_t* d) {
+      dequantize_store_row(sym + c, a[k], b + c, o + c, runs.length, dtype, d);
+    });
+}
+
 }  // namespace cachegen

@@ -6,6 +6,7 @@
 #pragma once
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #include "common.hpp"
@@ -287,15 +288,35 @@ void for_each_run(RowRuns runs, void* dst, Store&& store) {
   for (uint32_t r = 0; r < runs.count; ++r)
     store(r * runs.length, static_cast<uint8_t*>(dst) + r * runs.stride);
 }
-void dequantize_row_avx2(const int8_t* symbols, float a, const float* b, const float* o,
-                         RowRuns runs, DType dtype, void* dst);
-void dequantize_row_avx512(const int8_t* symbols, float a, const float* b, const float* o,
-                           RowRuns runs, DType dtype, void* dst);
+// n rows of C symbols (row k's scale a[k]) reconstructed and converted into dst[k], each laid
+// out as `runs`: a tile in one call (the vector versions choose its dtype and store kind once).
+void dequantize_rows_scalar(const int8_t* symbols, const float* a, const float* b, const float* o,
+                            uint32_t C, uint32_t n, RowRuns runs, DType dtype, uint8_t* const* dst);
+void dequantize_rows_avx2(const int8_t* symbols, const float* a, const float* b, const float* o,
+                          uint32_t C, uint32_t n, RowRuns runs, DType dtype, uint8_t* const* dst);
+void dequantize_rows_avx512(const int8_t* symbols, const float* a, const float* b, const float* o,
+                            uint32_t C, uint32_t n, RowRuns runs, DType dtype, uint8_t* const* dst);
 // Orders this thread's earlier non-temporal stores before its later stores (an sfence).
 void stream_fence();
 // Whether a run of n elements of `dtype` at dst is whole aligned cache lines.
 inline bool whole_lines(const void* dst, uint32_t n, DType dtype) {
   return (uintptr_t)dst % 64 == 0 && n * dtype_size(dtype) % 64 == 0;
+}
+// The row kernels' dispatch: f(std::integral_constant<DType, dtype>, std::bool_constant<stream>)
+// where stream says the n rows at dst, laid out as `runs`, all go past the caches (whole lines).
+template <typename F>
+void with_row_kind(DType dtype, RowRuns runs, uint8_t* const* dst, uint32_t n, F&& f) {
+  bool stream = runs.stream && (runs.count == 1 || runs.stride % 64 == 0);
+  for (uint32_t k = 0; stream && k < n; ++k) stream = whole_lines(dst[k], runs.length, dtype);
+  const auto go = [&](auto d) { return stream ? f(d, std::true_type{}) : f(d, std::false_type{}); };
+  switch (dtype) {
+    case DType::F16:
+      return go(std::integral_constant<DType, DType::F16>{});
+    case DType::BF16:
+      return go(std::integral_constant<DType, DType::BF16>{});
+    case DType::F32:
+      return go(std::integral_constant<DType, DType::F32>{});
+  }
 }
 
 }  // namespace cachegen

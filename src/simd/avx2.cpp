@@ -148,29 +148,33 @@ CG_AVX2 inline void store8(void* d, __m256 x) {
   _mm256_storeu_ps((float*)d, x);
 }
 
-template <bool Stream>
-CG_AVX2 void dequantize_row_avx2_impl(const int8_t* sym, float a, const float* b, const float* o,
-                                      uint32_t n, DType dtype, void* dst) {
-  const __m256 va = _mm256_set1_ps(a);
-  uint32_t i = 0;
-  switch (dtype) {
-    case DType::F16:
-      for (uint16_t* d = (uint16_t*)dst; i + 8 <= n; i += 8)
-        store8<Stream>(
-            d + i, _mm256_cvtps_ph(dequant8(sym + i, va, b + i, o + i), _MM_FROUND_TO_NEAREST_INT));
-      break;
-    case DType::BF16:
-      for (uint16_t* d = (uint16_t*)dst; i + 8 <= n; i += 8)
-        store8<Stream>(d + i, to_bf16(dequant8(sym + i, va, b + i, o + i)));
-      break;
-    case DType::F32:
-      for (float* d = (float*)dst; i + 8 <= n; i += 8)
-        store8<Stream>(d + i, dequant8(sym + i, va, b + i, o + i));
-      break;
+// 8 reconstructions in the dtype D: 16-bit ones in a 128-bit register, fp32 in a 256-bit one.
+template <DType D>
+CG_AVX2 inline auto convert8(__m256 x) {
+  if constexpr (D == DType::F16)
+    return _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT);
+  else if constexpr (D == DType::BF16)
+    return to_bf16(x);
+  else
+    return x;
+}
+
+// n rows of C symbols reconstructed into dst[k], laid out as `runs` (see dequantize_rows_avx2).
+template <DType D, bool Stream>
+CG_AVX2 void dequantize_rows_impl(const int8_t* sym, const float* a, const float* b, const float* o,
+                                  uint32_t C, uint32_t n, RowRuns runs, uint8_t* const* dst) {
+  constexpr size_t e = D == DType::F32 ? 4 : 2;
+  for (uint32_t k = 0; k < n; ++k, sym += C) {
+    const __m256 va = _mm256_set1_ps(a[k]);
+    for (uint32_t r = 0, c = 0; r < runs.count; ++r) {
+      uint8_t* d = dst[k] + r * runs.stride;
+      const uint32_t end = c + runs.length;
+      for (; c + 8 <= end; c += 8, d += 8 * e)
+        store8<Stream>(d, convert8<D>(dequant8(sym + c, va, b + c, o + c)));
+      if (c < end) dequantize_store_row(sym + c, a[k], b + c, o + c, end - c, D, d);
+      c = end;
+    }
   }
-  if (i < n)
-    dequantize_store_row(sym + i, a, b + i, o + i, n - i, dtype,
-                         (uint8_t*)dst + (size_t)i * dtype_size(dtype));
 }
 
 // q = x / freq and r = x % freq for 8 lanes with x < freq << 20 (so q < 2^20): x (converted
@@ -330,12 +334,11 @@ void decode_avx2(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
   decode_scalar(r, t, n - head - done, out + head + done);
 }
 
-void dequantize_row_avx2(const int8_t* sym, float a, const float* b, const float* o, RowRuns runs,
-                         DType dtype, void* dst) {
-  for_each_run(runs, dst, [&](uint32_t c, uint8_t* d) {
-    if (runs.stream && whole_lines(d, runs.length, dtype))
-      return dequantize_row_avx2_impl<true>(sym + c, a, b + c, o + c, runs.length, dtype, d);
-    dequantize_row_avx2_impl<false>(sym + c, a, b + c, o + c, runs.length, dtype, d);
+void dequantize_rows_avx2(const int8_t* sym, const float* a, const float* b, const float* o,
+                          uint32_t C, uint32_t n, RowRuns runs, DType dtype, uint8_t* const* dst) {
+  with_row_kind(dtype, runs, dst, n, [&](auto d, auto stream) {
+    dequantize_rows_impl<decltype(d)::value, decltype(stream)::value>(sym, a, b, o, C, n, runs,
+                                                                      dst);
   });
 }
 
@@ -369,11 +372,9 @@ namespace cachegen {
 void decode_avx2(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
   decode_scalar(r, t, n, out);
 }
-void dequantize_row_avx2(const int8_t* sym, float a, const float* b, const float* o, RowRuns runs,
-                         DType dtype, void* dst) {
-  for_each_run(runs, dst, [&](uint32_t c, uint8_t* d) {
-    dequantize_store_row(sym + c, a, b + c, o + c, runs.length, dtype, d);
-  });
+void dequantize_rows_avx2(const int8_t* sym, const float* a, const float* b, const float* o,
+                          uint32_t C, uint32_t n, RowRuns runs, DType dtype, uint8_t* const* dst) {
+  dequantize_rows_scalar(sym, a, b, o, C, n, runs, dtype, dst);
 }
 void stream_fence() {}
 uint16_t* encode_avx2(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,

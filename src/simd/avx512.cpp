@@ -99,29 +99,48 @@ CG_AVX512 inline void store16(void* d, __m512 x) {
   _mm512_storeu_ps((float*)d, x);
 }
 
-template <bool Stream>
-CG_AVX512 void dequantize_row_avx512_impl(const int8_t* sym, float a, const float* b,
-                                          const float* o, uint32_t n, DType dtype, void* dst) {
-  const __m512 va = _mm512_set1_ps(a);
-  uint32_t i = 0;
-  switch (dtype) {
-    case DType::F16:
-      for (uint16_t* d = (uint16_t*)dst; i + 16 <= n; i += 16)
-        store16<Stream>(d + i, _mm512_cvtps_ph(dequant16(sym + i, va, b + i, o + i),
-                                               _MM_FROUND_TO_NEAREST_INT));
-      break;
-    case DType::BF16:
-      for (uint16_t* d = (uint16_t*)dst; i + 16 <= n; i += 16)
-        store16<Stream>(d + i, to_bf16(dequant16(sym + i, va, b + i, o + i)));
-      break;
-    case DType::F32:
-      for (float* d = (float*)dst; i + 16 <= n; i += 16)
-        store16<Stream>(d + i, dequant16(sym + i, va, b + i, o + i));
-      break;
+// 16 reconstructions in the dtype D: 16-bit ones in a 256-bit register, fp32 in a 512-bit one.
+template <DType D>
+CG_AVX512 inline auto convert16(__m512 x) {
+  if constexpr (D == DType::F16)
+    return _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT);
+  else if constexpr (D == DType::BF16)
+    return to_bf16(x);
+  else
+    return x;
+}
+
+// The first lanes of `m` of a run's last 16: masked loads and a cached masked store (no call
+// and no spill in the row loop).
+template <DType D>
+CG_AVX512 inline void tail16(const int8_t* s, __m512 a, const float* b, const float* o, __mmask16 m,
+                             uint8_t* d) {
+  const __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, s)));
+  const __m512 x = _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(v, a), _mm512_maskz_loadu_ps(m, b)),
+                                 _mm512_maskz_loadu_ps(m, o));
+  if constexpr (D == DType::F32)
+    _mm512_mask_storeu_ps(d, m, x);
+  else
+    _mm256_mask_storeu_epi16(d, m, convert16<D>(x));
+}
+
+// n rows of C symbols reconstructed into dst[k], laid out as `runs` (see dequantize_rows_avx512).
+template <DType D, bool Stream>
+CG_AVX512 void dequantize_rows_impl(const int8_t* sym, const float* a, const float* b,
+                                    const float* o, uint32_t C, uint32_t n, RowRuns runs,
+                                    uint8_t* const* dst) {
+  constexpr size_t e = D == DType::F32 ? 4 : 2;
+  for (uint32_t k = 0; k < n; ++k, sym += C) {
+    const __m512 va = _mm512_set1_ps(a[k]);
+    for (uint32_t r = 0, c = 0; r < runs.count; ++r) {
+      uint8_t* d = dst[k] + r * runs.stride;
+      const uint32_t end = c + runs.length;
+      for (; c + 16 <= end; c += 16, d += 16 * e)
+        store16<Stream>(d, convert16<D>(dequant16(sym + c, va, b + c, o + c)));
+      if (c < end) tail16<D>(sym + c, va, b + c, o + c, (__mmask16)((1u << (end - c)) - 1), d);
+      c = end;
+    }
   }
-  if (i < n)
-    dequantize_store_row(sym + i, a, b + i, o + i, n - i, dtype,
-                         (uint8_t*)dst + (size_t)i * dtype_size(dtype));
 }
 
 // q = x / freq and r = x % freq for 16 lanes with x < freq << 20 (so q < 2^20): x times a
@@ -327,19 +346,19 @@ void decode_avx512(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) 
   decode_scalar(r, t, n - head - done, out + head + done);
 }
 
-void dequantize_row_avx512(const int8_t* sym, float a, const float* b, const float* o, RowRuns runs,
-                           DType dtype, void* dst) {
-  for_each_run(runs, dst, [&](uint32_t c, uint8_t* d) {
-    if (runs.stream && whole_lines(d, runs.length, dtype))
-      return dequantize_row_avx512_impl<true>(sym + c, a, b + c, o + c, runs.length, dtype, d);
-    dequantize_row_avx512_impl<false>(sym + c, a, b + c, o + c, runs.length, dtype, d);
-  });
-}
-
 void transpose_lines_avx512(const uint16_t* src, uint32_t src_stride, uint16_t* dst,
                             int64_t dst_stride) {
   transpose32x8(src, src_stride, dst, dst_stride,
                 (uintptr_t)dst % 64 == 0 && dst_stride * 2 % 64 == 0);
+}
+
+void dequantize_rows_avx512(const int8_t* sym, const float* a, const float* b, const float* o,
+                            uint32_t C, uint32_t n, RowRuns runs, DType dtype,
+                            uint8_t* const* dst) {
+  with_row_kind(dtype, runs, dst, n, [&](auto d, auto stream) {
+    dequantize_rows_impl<decltype(d)::value, decltype(stream)::value>(sym, a, b, o, C, n, runs,
+                                                                      dst);
+  });
 }
 
 void quantize_row_avx512(const float* x, float inv_a, const float* inv_b, const float* o,
@@ -376,12 +395,6 @@ namespace cachegen {
 void decode_avx512(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
   decode_scalar(r, t, n, out);
 }
-void dequantize_row_avx512(const int8_t* sym, float a, const float* b, const float* o, RowRuns runs,
-                           DType dtype, void* dst) {
-  for_each_run(runs, dst, [&](uint32_t c, uint8_t* d) {
-    dequantize_store_row(sym + c, a, b + c, o + c, runs.length, dtype, d);
-  });
-}
 uint16_t* encode_avx512(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
                         uint16_t* top) {
   return encode_scalar(sym, 0, n, t, state, top);
@@ -392,6 +405,11 @@ void transpose_lines_avx512(const uint16_t* src, uint32_t src_stride, uint16_t* 
     for (uint32_t k = 0; k < 32; ++k) dst[j * dst_stride + k] = src[(size_t)k * src_stride + j];
 }
 
+void dequantize_rows_avx512(const int8_t* sym, const float* a, const float* b, const float* o,
+                            uint32_t C, uint32_t n, RowRuns runs, DType dtype,
+                            uint8_t* const* dst) {
+  dequantize_rows_scalar(sym, a, b, o, C, n, runs, dtype, dst);
+}
 void quantize_row_avx512(const float* x, float inv_a, const float* inv_b, const float* o,
                          int max_symbol, uint32_t n, int8_t* out) {
   for (uint32_t i = 0; i < n; ++i)

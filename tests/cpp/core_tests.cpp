@@ -387,14 +387,11 @@ void dequantize_rows_match_scalar() {
           CHECK(std::memcmp(want.data() + c * dtype_size(dt), &bits, dtype_size(dt)) == 0);
         }
         for (CpuPath path : available_cpu_paths()) {
-          if (path == CpuPath::Avx2)
-            dequantize_row_avx2(sym.data(), a, b.data(), o.data(), RowRuns{1, n, 0}, dt,
-                                got.data());
-          else if (path == CpuPath::Avx512)
-            dequantize_row_avx512(sym.data(), a, b.data(), o.data(), RowRuns{1, n, 0}, dt,
-                                  got.data());
-          else
-            continue;
+          uint8_t* dst = got.data();
+          const auto rows = path == CpuPath::Avx512 ? dequantize_rows_avx512
+                            : path == CpuPath::Avx2 ? dequantize_rows_avx2
+                                                    : dequantize_rows_scalar;
+          rows(sym.data(), &a, b.data(), o.data(), n, 1, RowRuns{1, n, 0}, dt, &dst);
           CHECK(got == want);
         }
       }
