@@ -217,7 +217,7 @@ bool streams_heads(const TensorView& v) {
 }
 
 // Whether a Staged output's rows leave through transposes that write whole 64-byte lines past
-// the caches (transpose_lines_avx512: 16-bit elements, aligned 32-token pieces of a channel).
+// the caches (transpose_tile_avx512: 16-bit elements, aligned 32-token pieces of a channel).
 bool streams_transposes(const TensorView& v, CpuPath path) {
   const bool lines = v.s_dim * 2 % 64 == 0 && v.s_head * 2 % 64 == 0 &&
                      (!v.block_table || v.s_block * 2 % 64 == 0);

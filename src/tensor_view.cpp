@@ -162,12 +162,19 @@ namespace {
 
 // Scatters a converted tile's rows ([m, C], row stride C) into a token-adjacent view (s_token ==
 // 1, e.g. the vLLM CPU backend's transposed key pages), whose m tokens from `base` are adjacent:
-// channel c's tokens go to base + h*s_head + d*s_dim. Eight channels of 16-bit elements move
-// 32 tokens at a time through the AVX-512 transpose (`avx512`), then eight at a time through an
-// SSE2 one; the rest one element at a time.
+// channel c's tokens go to base + h*s_head + d*s_dim. Whole groups of eight channels of 16-bit
+// elements move their first tokens 32 at a time through the AVX-512 transpose (`avx512`), one
+// call for the tile, then eight at a time through an SSE2 one; the rest one element at a time.
 template <typename T>
 void transpose_rows(const T* tile, uint32_t C, uint32_t m, const TensorView& v, T* base,
                     bool avx512) {
+  uint32_t k0 = 0;
+#ifdef CG_X86
+  if constexpr (sizeof(T) == 2) {
+    k0 = avx512 ? m / 32 * 32 : 0;
+    if (k0) transpose_tile_avx512(tile, C, k0, v, base);
+  }
+#endif
   for (uint32_t h = 0; h < v.heads; ++h)
     for (uint32_t d = 0; d < v.head_dim;) {
       const uint32_t c = h * v.head_dim + d;
@@ -175,9 +182,7 @@ void transpose_rows(const T* tile, uint32_t C, uint32_t m, const TensorView& v, 
 #ifdef CG_X86
       if constexpr (sizeof(T) == 2) {
         if (d + 8 <= v.head_dim) {
-          uint32_t k = 0;
-          for (; avx512 && k + 32 <= m; k += 32)
-            transpose_lines_avx512(tile + (size_t)k * C + c, C, dst + k, v.s_dim);
+          uint32_t k = k0;
           for (; k + 8 <= m; k += 8) transpose8x8(tile + (size_t)k * C + c, C, dst + k, v.s_dim);
           for (uint32_t j = 0; j < 8; ++j)
             for (uint32_t t = k; t < m; ++t) dst[j * v.s_dim + t] = tile[(size_t)t * C + c + j];

@@ -51,15 +51,16 @@ void store_row(const TensorView& v, uint32_t token, const float* row);
 void store_rows(const TensorView& v, uint32_t token, uint32_t n, const float* rows);
 // n consecutive tokens' rows already in the view's dtype ([n, channels], dense), into a view
 // whose rows are not dense (paged heads, transposed key pages). `avx512`: a token-adjacent view
-// of 16-bit elements moves 32 tokens at a time through transpose_lines_avx512 (the CPU must
+// of 16-bit elements moves 32 tokens at a time through transpose_tile_avx512 (the CPU must
 // have AVX-512; stream_fence() must follow).
 void store_native_rows(const TensorView& v, uint32_t token, uint32_t n, const void* rows,
                        bool avx512);
-// dst[j * dst_stride + k] = src[k * src_stride + j] for 32 rows k by 8 columns j of 16-bit
-// elements: a column's 32 elements leave in one 64-byte store, non-temporal where that store is
-// a whole aligned cache line (src/simd/avx512.cpp).
-void transpose_lines_avx512(const uint16_t* src, uint32_t src_stride, uint16_t* dst,
-                            int64_t dst_stride);
+// The first m tokens (a multiple of 32) of every whole group of 8 channels of a tile ([m, C]
+// 16-bit rows, row stride C) into a token-adjacent view's tokens from `base` (see store_rows):
+// each 32 tokens of a channel leave in one 64-byte store, non-temporal where that store is a
+// whole aligned cache line (src/simd/avx512.cpp).
+void transpose_tile_avx512(const uint16_t* tile, uint32_t C, uint32_t m, const TensorView& v,
+                           uint16_t* base);
 
 // Asks the cache for the lines of the row at `row` (a token's first element) that a store is
 // about to write (a hint: no fault, no effect on the data). A token-adjacent view (s_token == 1)

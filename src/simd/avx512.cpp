@@ -201,8 +201,9 @@ CG_AVX512 uint16_t* encode_steps(const int8_t* sym, size_t steps, const EncodeTa
   return top;
 }
 
-// transpose_lines_avx512: four 8x8 blocks (rows k..k+8, k+8..k+16, ...) side by side in the
-// 128-bit lanes of eight registers, transposed at once by the SSE2 unpack sequence.
+// transpose_tile_avx512's 32 tokens of 8 channels: four 8x8 blocks (rows k..k+8, k+8..k+16, ...)
+// side by side in the 128-bit lanes of eight registers, transposed at once by the SSE2 unpack
+// sequence.
 CG_AVX512 void transpose32x8(const uint16_t* src, uint32_t src_stride, uint16_t* dst,
                              int64_t dst_stride, bool stream) {
   __m512i r[8], t[8], u[8];
@@ -230,6 +231,19 @@ CG_AVX512 void transpose32x8(const uint16_t* src, uint32_t src_stride, uint16_t*
     else
       _mm512_storeu_si512(dst + i * dst_stride, col);
   }
+}
+
+// transpose_tile_avx512: the view's strides are whole lines or not for the whole tile.
+CG_AVX512 void transpose_tile(const uint16_t* tile, uint32_t C, uint32_t m, const TensorView& v,
+                              uint16_t* base) {
+  const bool stream = (uintptr_t)base % 64 == 0 && v.s_dim * 2 % 64 == 0 && v.s_head * 2 % 64 == 0;
+  for (uint32_t h = 0; h < v.heads; ++h)
+    for (uint32_t d = 0; d + 8 <= v.head_dim; d += 8) {
+      const uint16_t* src = tile + h * v.head_dim + d;
+      uint16_t* dst = base + h * v.s_head + d * v.s_dim;
+      for (uint32_t k = 0; k < m; k += 32)
+        transpose32x8(src + (size_t)k * C, C, dst + k, v.s_dim, stream);
+    }
 }
 
 // -v, exactly (the sign bit flipped).
@@ -346,10 +360,9 @@ void decode_avx512(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) 
   decode_scalar(r, t, n - head - done, out + head + done);
 }
 
-void transpose_lines_avx512(const uint16_t* src, uint32_t src_stride, uint16_t* dst,
-                            int64_t dst_stride) {
-  transpose32x8(src, src_stride, dst, dst_stride,
-                (uintptr_t)dst % 64 == 0 && dst_stride * 2 % 64 == 0);
+void transpose_tile_avx512(const uint16_t* tile, uint32_t C, uint32_t m, const TensorView& v,
+                           uint16_t* base) {
+  transpose_tile(tile, C, m, v, base);
 }
 
 void dequantize_rows_avx512(const int8_t* sym, const float* a, const float* b, const float* o,
@@ -399,10 +412,13 @@ uint16_t* encode_avx512(const int8_t* sym, size_t n, const EncodeTables& t, uint
                         uint16_t* top) {
   return encode_scalar(sym, 0, n, t, state, top);
 }
-void transpose_lines_avx512(const uint16_t* src, uint32_t src_stride, uint16_t* dst,
-                            int64_t dst_stride) {
-  for (int64_t j = 0; j < 8; ++j)
-    for (uint32_t k = 0; k < 32; ++k) dst[j * dst_stride + k] = src[(size_t)k * src_stride + j];
+void transpose_tile_avx512(const uint16_t* tile, uint32_t C, uint32_t m, const TensorView& v,
+                           uint16_t* base) {
+  for (uint32_t h = 0; h < v.heads; ++h)
+    for (uint32_t d = 0; d + 8 <= v.head_dim; d += 8)
+      for (uint32_t j = 0; j < 8; ++j)
+        for (uint32_t k = 0; k < m; ++k)
+          base[h * v.s_head + (d + j) * v.s_dim + k] = tile[(size_t)k * C + h * v.head_dim + d + j];
 }
 
 void dequantize_rows_avx512(const int8_t* sym, const float* a, const float* b, const float* o,
