@@ -8,9 +8,10 @@ the level ladder, against the ladder alone and the CacheGen reference, on real m
 Per model the transform is learned on the prefix caches of the `--fit` texts (the ones
 calibration tunes on) and evaluated on `--docs` (never tuned on). Per level: bits/element of
 the whole blob and mean KL of the continuation for the ladder (`cgN`), its levels without the
-key spread (`flatN`), and transform -> level -> inverse (`tN`: the level without the key
-spread, whose RoPE-pair statistics mean nothing on coefficients; `tsN`: with it, for the
-record). Then each curve's bits at the KL targets (log-KL interpolation) and the ratios. The
+key spread (`flatN`), and transform -> level -> inverse: `tN` the level without the key
+spread (whose RoPE-pair statistics mean nothing on coefficients), `twN` the same with the
+transform's own key spread (key coefficients scaled by their fit rms^0.5, the ladder's
+strength), `tsN` the level as it is (the pair statistics read on coefficients). Then each curve's bits at the KL targets (log-KL interpolation) and the ratios. The
 decode cost: `cachegen.decode` of the coefficients' blob alone and the inverse transform
 (re-RoPE included), one thread, medians. Results are stored and resumed as
 `bench/ladder_models.py` does (the transform's digest in their keys); the transform itself is
@@ -50,10 +51,11 @@ def prefix_cache(model: str, doc: str, prefix: int) -> KV:
 
 
 @functools.cache
-def transform_of(model: str, fit: tuple[str, ...], prefix: int) -> Transform:
+def transform_of(model: str, fit: tuple[str, ...], prefix: int, key_spread: float) -> Transform:
     """The model's transform, learned on the prefix caches of the `fit` documents."""
     caches = [prefix_cache(model, name, prefix) for name in fit]
-    return learn_transform(caches, Rope.from_config(load_model(model).model.config))
+    rope = Rope.from_config(load_model(model).model.config)
+    return learn_transform(caches, rope, key_spread)
 
 
 def transform_method(t: Transform, key: str, config: cachegen.CodecConfig) -> Method:
@@ -66,9 +68,9 @@ def transform_method(t: Transform, key: str, config: cachegen.CodecConfig) -> Me
     return Method(key, f"KLT + {config.name}", encode, decode)
 
 
-def transform_variant(fit: tuple[str, ...], prefix: int) -> Variant:
+def transform_variant(fit: tuple[str, ...], prefix: int, key_spread: float) -> Variant:
     def get(model: str) -> Transform:
-        return transform_of(model, fit, prefix)
+        return transform_of(model, fit, prefix, key_spread)
 
     return Variant(
         tag=lambda model: f"klt-{get(model).digest()[:16]}|",
@@ -76,13 +78,15 @@ def transform_variant(fit: tuple[str, ...], prefix: int) -> Variant:
     )
 
 
-def transform_codings(levels: list[int]) -> dict[str, cachegen.CodecConfig]:
-    """`tN`: level N without the key spread; `tsN`: level N as it is."""
+def transform_codings(levels: list[int], prefix: str, pair_spread: bool = False) -> dict:
+    """`{prefix}N`: level N without the key spread, and with `pair_spread` also `tsN`: level N
+    as it is (the key spread's RoPE-pair statistics read on coefficients)."""
     out = {}
     for lv in levels:
         c = cachegen.CodecConfig.from_level(lv)
-        out[f"t{lv}"] = dataclasses.replace(c, key_spread=0.0)
-        out[f"ts{lv}"] = c
+        out[f"{prefix}{lv}"] = dataclasses.replace(c, key_spread=0.0)
+        if pair_spread:
+            out[f"ts{lv}"] = c
     return out
 
 
@@ -114,18 +118,19 @@ def decode_cost(model: str, doc: str, t: Transform, prefix: int) -> dict[str, fl
 def level_table(p: dict[str, dict[str, Result]], levels: list[int]) -> list[str]:
     lines = [
         "| model | level | ladder bits/elt | ladder KL | flat bits/elt | flat KL "
-        "| KLT bits/elt | KLT KL | KLT+spread bits/elt | KLT+spread KL |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| KLT bits/elt | KLT KL | KLT+spread bits/elt | KLT+spread KL "
+        "| KLT, pair spread bits/elt | KLT, pair spread KL |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for m, rs in p.items():
         for lv in levels:
-            cells = [rs[f"{k}{lv}"] for k in ("cg", "flat", "t", "ts")]
+            cells = [rs[f"{k}{lv}"] for k in ("cg", "flat", "t", "tw", "ts")]
             txt = " | ".join(f"{r.bits_per_element:.3f} | {r.kl_mean:.2e}" for r in cells)
             lines.append(f"| {m} | {lv} | {txt} |")
     return lines
 
 
-CURVES = ("cg", "flat", "t", "ts", "ref")
+CURVES = ("cg", "flat", "t", "tw", "ts", "ref")
 
 
 def equal_kl(rs: dict[str, Result], levels: list[int], refs: list[int]) -> dict[float, dict]:
@@ -144,15 +149,16 @@ def bits(b: float | None) -> str:
 
 def ratio_table(at: dict[str, dict[float, dict]]) -> list[str]:
     lines = [
-        "| model | docs | KL target | ladder | flat | KLT | KLT+spread | reference "
-        "| KLT / ladder | KLT / flat | ladder / ref | KLT / ref |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| model | docs | KL target | ladder | flat | KLT | KLT+spread | KLT, pair spread "
+        "| reference | KLT / ladder | KLT+spread / ladder | ladder / ref | KLT / ref "
+        "| KLT+spread / ref |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for name, by_target in at.items():
         for target, b in by_target.items():
             cells = [bits(b[c]) for c in CURVES]
-            cells += [ratio(b["t"], b["cg"]), ratio(b["t"], b["flat"])]
-            cells += [ratio(b["cg"], b["ref"]), ratio(b["t"], b["ref"])]
+            cells += [ratio(b["t"], b["cg"]), ratio(b["tw"], b["cg"]), ratio(b["cg"], b["ref"])]
+            cells += [ratio(b["t"], b["ref"]), ratio(b["tw"], b["ref"])]
             lines.append(f"| {name} | {target} | " + " | ".join(cells) + " |")
     return lines
 
@@ -173,19 +179,24 @@ def main() -> None:
     refs = [int(x) for x in a.refs.split(",")]
     models, docs, fit = a.models.split(","), a.docs.split(","), tuple(a.fit.split(","))
     info = run_info(", ".join(models), a.prefix, a.cont)
-    variant = transform_variant(fit, a.prefix)
+    spreads = {"t": 0.0, "tw": cachegen.config.LEVEL_KEY_SPREAD}
     rows = run(models, docs, codings(levels, levels, refs), a.prefix, a.cont, PLAIN)
-    rows += run(models, docs, transform_codings(levels), a.prefix, a.cont, variant)
+    for name, spread in spreads.items():
+        variant = transform_variant(fit, a.prefix, spread)
+        todo = transform_codings(levels, name, pair_spread=spread == 0)
+        rows += run(models, docs, todo, a.prefix, a.cont, variant)
     p = pooled(rows)
     at = {f"{m} | pooled": equal_kl(rs, levels, refs) for m, rs in p.items()}
     for doc in docs:
         per = pooled([r for r in rows if r["doc"] == load_document(doc).name])
         at |= {f"{m} | {doc}": equal_kl(rs, levels, refs) for m, rs in per.items()}
-    transforms = {m: transform_of(m, fit, a.prefix) for m in models}
-    cost = {m: decode_cost(m, docs[0], transforms[m], a.prefix) for m in models}
+    transforms = {
+        (m, k): transform_of(m, fit, a.prefix, s) for m in models for k, s in spreads.items()
+    }
+    cost = {m: decode_cost(m, docs[0], transforms[m, "tw"], a.prefix) for m in models}
     objects = {
-        m: {"digest": t.digest(), "bytes": len(t.to_bytes()), "layers": t.num_layers}
-        for m, t in transforms.items()
+        f"{m} {k}": {"digest": t.digest(), "bytes": len(t.to_bytes()), "layers": t.num_layers}
+        for (m, k), t in transforms.items()
     }
     report = {"run": info, "fit": fit, "transforms": objects, "decode": cost, "rows": rows}
     report["equal_kl"] = {k: {str(t): b for t, b in v.items()} for k, v in at.items()}
@@ -211,7 +222,7 @@ def main() -> None:
         *(
             f"| {m} | {c['decode_s']:.3f} | {c['coefficients_decode_s']:.3f} | "
             f"{c['inverse_s']:.3f} | {c['inverse_over_decode']:.2f}x | "
-            f"{objects[m]['bytes'] / 1e6:.2f} MB fp32, sha256 {objects[m]['digest'][:16]}… |"
+            f"{objects[m + ' tw']['bytes'] / 1e6:.2f} MB fp32 |"
             for m, c in cost.items()
         ),
     ]

@@ -43,9 +43,10 @@ def rope_keys(pre: np.ndarray, positions: np.ndarray, r: Rope, layer: int) -> np
 
 
 @pytest.mark.parametrize("position", [0, 17, 5000])
-def test_inverse_undoes_forward_on_random_data(position: int) -> None:
+@pytest.mark.parametrize("key_spread", [0.0, 0.5])
+def test_inverse_undoes_forward_on_random_data(position: int, key_spread: float) -> None:
     kv = stacked(1)
-    t = learn_transform([stacked(2)], rope())
+    t = learn_transform([stacked(2)], rope(), key_spread)
     coeffs = forward(kv, t, position)
     assert coeffs.shape == kv.shape and coeffs.dtype == kv.dtype
     back = inverse(coeffs, t, position)
@@ -61,6 +62,19 @@ def test_bases_are_orthonormal_and_strongest_first() -> None:
     # ... the coefficients' energies are the covariance's eigenvalues, strongest first
     assert np.all(np.diff(energy, axis=-1) <= 1e-5 * energy[..., :1])
     assert np.all(energy[..., 0] > 2 * energy[..., -1])
+
+
+def test_key_spread_scales_key_coefficients_by_their_rms() -> None:
+    plain, spread = (learn_transform([stacked(1)], rope(), s) for s in (0.0, 0.5))
+    rms = np.sqrt((forward(stacked(1), plain)[:, 0, 1:] ** 2).mean(axis=1)).reshape(LAYERS, -1)
+    for layer, (p, s) in enumerate(zip(plain.keys, spread.keys, strict=True)):
+        assert np.all(p.scales == 1) and np.array_equal(p.vectors, s.vectors)
+        np.testing.assert_allclose(np.log(s.scales).mean(), 0, atol=1e-5)
+        # the coefficients' own rms over the fit data, to the power 0.5, up to one factor
+        ratio = s.scales**2 / rms[layer]
+        np.testing.assert_allclose(ratio, ratio[0], rtol=1e-3)
+    assert all(np.all(b.scales == 1) for b in spread.values)
+    assert spread.digest() != plain.digest()
 
 
 def low_rank_pre_rope(seed: int, tokens: int, rank: int) -> np.ndarray:

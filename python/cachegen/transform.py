@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .kvstats import SPREAD_BOUND
 from .tensors import is_torch
 
 #: Tokens at the start of a context left out of fitting: the attention sink's keys and values
@@ -94,10 +95,11 @@ def rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, back: bool) -> np.nd
 
 @dataclass(frozen=True)
 class Basis:
-    """One (layer, K/V) group's transform: coefficients = (x - mean) @ vectors."""
+    """One (layer, K/V) group's transform: coefficients = (x - mean) @ vectors / scales."""
 
     mean: np.ndarray  # float32 [channels]
     vectors: np.ndarray  # float32 [channels, channels], orthonormal columns, strongest first
+    scales: np.ndarray  # float32 [channels]: the codec's equal steps become these steps
     heads: int
 
     @property
@@ -119,13 +121,13 @@ class Transform:
 
     def to_bytes(self) -> bytes:
         """Canonical bytes: per layer heads, head_dim, inverse RoPE frequencies, then K's and
-        V's mean and vectors, little-endian float32."""
+        V's mean, vectors and scales, little-endian float32."""
         parts = [b"cachegen-klt-1", struct.pack("<I", self.num_layers)]
         for layer, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
             parts.append(struct.pack("<II", k.heads, k.head_dim))
             parts.append(self.rope.inv_freq[layer].astype("<f4").tobytes())
             for b in (k, v):
-                parts += [b.mean.astype("<f4").tobytes(), b.vectors.astype("<f4").tobytes()]
+                parts += [a.astype("<f4").tobytes() for a in (b.mean, b.vectors, b.scales)]
         return b"".join(parts)
 
     def digest(self) -> str:
@@ -133,10 +135,15 @@ class Transform:
         return hashlib.sha256(self.to_bytes()).hexdigest()
 
 
-def learn_transform(caches: Sequence[Any], rope: Rope, skip: int = FIT_SKIP_TOKENS) -> Transform:
+def learn_transform(
+    caches: Sequence[Any], rope: Rope, key_spread: float = 0.0, skip: int = FIT_SKIP_TOKENS
+) -> Transform:
     """Fit the transform to `caches` (each starting at context position 0, all of one model):
     per (layer, K/V), the mean and the covariance's eigenvectors over every token but the first
-    `skip` of each cache, keys rotated back to position 0 first."""
+    `skip` of each cache, keys rotated back to position 0 first. With `key_spread` > 0 each key
+    coefficient is divided by its rms over the fit to that power (relative to the layer's
+    geometric mean), so the codec's steps grow with a coefficient's scale as a level's key
+    spread makes them grow with a raw key channel's (`cachegen.kvstats`)."""
     if not caches:
         raise TransformError("need at least one cache to learn from")
     layers = [_groups(kv) for kv in caches]
@@ -149,7 +156,8 @@ def learn_transform(caches: Sequence[Any], rope: Rope, skip: int = FIT_SKIP_TOKE
         rows = [_fit_rows(g, i, rope, skip) for g in layers]
         if len({r.shape[1] for r in rows}) != 1:
             raise TransformError(f"group {i}: caches to learn from differ in channels")
-        bases.append(_klt(np.concatenate(rows), layers[0][i].shape[1]))
+        spread = key_spread if i % 2 == 0 else 0.0
+        bases.append(_klt(np.concatenate(rows), layers[0][i].shape[1], spread))
     return Transform(tuple(bases[0::2]), tuple(bases[1::2]), rope)
 
 
@@ -182,11 +190,11 @@ def _forward(x: np.ndarray, b: Basis, angles: tuple[np.ndarray, np.ndarray] | No
     if angles is not None:
         x = rotate(x, *angles, back=True)
     rows = x.reshape(len(x), -1) - b.mean
-    return (rows @ b.vectors).reshape(x.shape)
+    return (rows @ b.vectors / b.scales).reshape(x.shape)
 
 
 def _inverse(c: np.ndarray, b: Basis, angles: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
-    x = (c.reshape(len(c), -1) @ b.vectors.T + b.mean).reshape(c.shape)
+    x = ((c.reshape(len(c), -1) * b.scales) @ b.vectors.T + b.mean).reshape(c.shape)
     return rotate(x, *angles, back=False) if angles is not None else x
 
 
@@ -200,17 +208,30 @@ def _fit_rows(groups: list[np.ndarray], i: int, rope: Rope, skip: int) -> np.nda
     return x.reshape(len(x), -1)[skip:].astype(np.float64)
 
 
-def _klt(rows: np.ndarray, heads: int) -> Basis:
+def _klt(rows: np.ndarray, heads: int, spread: float) -> Basis:
     if len(rows) < 2:
         raise TransformError("need at least two tokens per group to learn from")
     mean = rows.mean(axis=0)
     centered = rows - mean
-    values, vectors = np.linalg.eigh(centered.T @ centered / len(rows))
-    vectors = vectors[:, np.argsort(values)[::-1]]
+    variances, vectors = np.linalg.eigh(centered.T @ centered / len(rows))
+    order = np.argsort(variances)[::-1]
+    variances, vectors = variances[order], vectors[:, order]
     # Each vector's sign fixed (largest component positive), so a fit is reproducible.
     signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(vectors.shape[1])])
     vectors = vectors * np.where(signs == 0, 1.0, signs)
-    return Basis(mean.astype(np.float32), np.ascontiguousarray(vectors, dtype=np.float32), heads)
+    scales = _spread_scales(variances, spread)
+    return Basis(
+        mean.astype(np.float32), np.ascontiguousarray(vectors, dtype=np.float32), scales, heads
+    )
+
+
+def _spread_scales(variances: np.ndarray, strength: float) -> np.ndarray:
+    """Each coefficient's rms to the power `strength`, geometric mean 1, within
+    `kvstats.SPREAD_BOUND` (all ones for strength 0): the level's key spread, read off the fit."""
+    rms = np.sqrt(np.maximum(variances, 0.0))
+    log_w = strength * np.log(np.maximum(rms, max(float(rms.max()), 1e-30) * 1e-6))
+    bound = np.log(SPREAD_BOUND)
+    return np.exp(np.clip(log_w - log_w.mean(), -bound, bound)).astype(np.float32)
 
 
 def _groups(kv: Any) -> list[np.ndarray]:
