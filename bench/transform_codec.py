@@ -11,9 +11,10 @@ the whole blob and mean KL of the continuation for the ladder (`cgN`), its level
 key spread (`flatN`), and transform -> level -> inverse: `tN` the level without the key
 spread (whose RoPE-pair statistics mean nothing on coefficients), `twN` the same with the
 transform's own key spread (key coefficients scaled by their fit rms^0.5, the ladder's
-strength), `tsN` the level as it is (the pair statistics read on coefficients). Then each curve's bits at the KL targets (log-KL interpolation) and the ratios. The
-decode cost: `cachegen.decode` of the coefficients' blob alone and the inverse transform
-(re-RoPE included), one thread, medians. Results are stored and resumed as
+strength), `tsN` the level as it is (the pair statistics read on coefficients). Then each
+curve's bits at the KL targets (log-KL interpolation) and the ratios. The decode cost:
+`cachegen.decode` of the coefficients' blob alone and the inverse transform (re-RoPE
+included), one thread, medians. Results are stored and resumed as
 `bench/ladder_models.py` does (the transform's digest in their keys); the transform itself is
 a per-model object and not counted in the blob's bits (its size is reported). Writes
 transform_codec.json and prints the tables of bench/results/transform_codec.md.
