@@ -10,8 +10,8 @@ calibration tunes on) and evaluated on `--docs` (never tuned on). Per level: bit
 the whole blob and mean KL of the continuation for the ladder (`cgN`), its levels without the
 key spread (`flatN`), and transform -> level -> inverse: `tN` the level without the key
 spread (whose RoPE-pair statistics mean nothing on coefficients), `twN` the same with the
-transform's own key spread (key coefficients scaled by their fit rms^0.5, the ladder's
-strength), `tsN` the level as it is (the pair statistics read on coefficients). Then each
+ladder's key spread folded into the transform (key channels divided by the weights the
+level's key spread gives them on the fit, then the KLT), `tsN` the level as it is (the pair statistics read on coefficients). Then each
 curve's bits at the KL targets (log-KL interpolation) and the ratios. The decode cost:
 `cachegen.decode` of the coefficients' blob alone and the inverse transform (re-RoPE
 included), one thread, medians. Results are stored and resumed as

@@ -8,6 +8,9 @@ import pytest
 import torch
 
 import cachegen
+from cachegen.importance import key_square_sums
+from cachegen.kvstats import key_channel_weights
+from cachegen.tensors import views
 from cachegen.transform import (
     Rope,
     Transform,
@@ -64,17 +67,20 @@ def test_bases_are_orthonormal_and_strongest_first() -> None:
     assert np.all(energy[..., 0] > 2 * energy[..., -1])
 
 
-def test_key_spread_scales_key_coefficients_by_their_rms() -> None:
-    plain, spread = (learn_transform([stacked(1)], rope(), s) for s in (0.0, 0.5))
-    rms = np.sqrt((forward(stacked(1), plain)[:, 0, 1:] ** 2).mean(axis=1)).reshape(LAYERS, -1)
+def test_key_spread_weights_are_the_ladders_for_the_same_keys() -> None:
+    r = rope()
+    kv = roped_cache(1, TOKENS, 0, r) + stacked(2)
+    kv[:, 0, :, 0, [1, 1 + DIM // 2]] *= 20  # an outlier RoPE pair
+    plain, spread = (learn_transform([kv], r, s) for s in (0.0, 0.5))
     for layer, (p, s) in enumerate(zip(plain.keys, spread.keys, strict=True)):
-        assert np.all(p.scales == 1) and np.array_equal(p.vectors, s.vectors)
-        np.testing.assert_allclose(np.log(s.scales).mean(), 0, atol=1e-5)
-        # the coefficients' own rms over the fit data, to the power 0.5, up to one factor
-        ratio = s.scales**2 / rms[layer]
-        np.testing.assert_allclose(ratio, ratio[0], rtol=1e-3)
-    assert all(np.all(b.scales == 1) for b in spread.values)
+        assert np.all(p.weights == 1)
+        # RoPE keeps a pair's magnitude: the weights the level's plan reads off the RoPE'd keys
+        sums, count = key_square_sums(views(kv), layer, 1, 1)
+        np.testing.assert_allclose(s.weights, key_channel_weights(sums, count, DIM, 0.5), rtol=1e-4)
+        assert s.weights.argmax() == 1 and s.weights.max() / s.weights.min() > 3
+    assert all(np.all(b.weights == 1) for b in spread.values)
     assert spread.digest() != plain.digest()
+    np.testing.assert_allclose(inverse(forward(kv, spread, 9), spread, 9), kv, atol=1e-4)
 
 
 def low_rank_pre_rope(seed: int, tokens: int, rank: int) -> np.ndarray:

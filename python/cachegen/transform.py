@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from .kvstats import SPREAD_BOUND
+from .kvstats import key_channel_weights
 from .tensors import is_torch
 
 #: Tokens at the start of a context left out of fitting: the attention sink's keys and values
@@ -95,11 +95,11 @@ def rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, back: bool) -> np.nd
 
 @dataclass(frozen=True)
 class Basis:
-    """One (layer, K/V) group's transform: coefficients = (x - mean) @ vectors / scales."""
+    """One (layer, K/V) group's transform: coefficients = (x / weights - mean) @ vectors."""
 
     mean: np.ndarray  # float32 [channels]
     vectors: np.ndarray  # float32 [channels, channels], orthonormal columns, strongest first
-    scales: np.ndarray  # float32 [channels]: the codec's equal steps become these steps
+    weights: np.ndarray  # float32 [channels]: a channel's error grows with its weight
     heads: int
 
     @property
@@ -121,13 +121,13 @@ class Transform:
 
     def to_bytes(self) -> bytes:
         """Canonical bytes: per layer heads, head_dim, inverse RoPE frequencies, then K's and
-        V's mean, vectors and scales, little-endian float32."""
+        V's mean, vectors and weights, little-endian float32."""
         parts = [b"cachegen-klt-1", struct.pack("<I", self.num_layers)]
         for layer, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
             parts.append(struct.pack("<II", k.heads, k.head_dim))
             parts.append(self.rope.inv_freq[layer].astype("<f4").tobytes())
             for b in (k, v):
-                parts += [a.astype("<f4").tobytes() for a in (b.mean, b.vectors, b.scales)]
+                parts += [a.astype("<f4").tobytes() for a in (b.mean, b.vectors, b.weights)]
         return b"".join(parts)
 
     def digest(self) -> str:
@@ -140,10 +140,11 @@ def learn_transform(
 ) -> Transform:
     """Fit the transform to `caches` (each starting at context position 0, all of one model):
     per (layer, K/V), the mean and the covariance's eigenvectors over every token but the first
-    `skip` of each cache, keys rotated back to position 0 first. With `key_spread` > 0 each key
-    coefficient is divided by its rms over the fit to that power (relative to the layer's
-    geometric mean), so the codec's steps grow with a coefficient's scale as a level's key
-    spread makes them grow with a raw key channel's (`cachegen.kvstats`)."""
+    `skip` of each cache, keys rotated back to position 0 first. With `key_spread` > 0 the key
+    channels are first divided by the weights a level's key spread gives them
+    (`kvstats.key_channel_weights` of their RoPE pairs' rms over the fit), so the error the
+    codec's equal steps leave in a key channel grows with those weights, as it does under the
+    ladder's key spread."""
     if not caches:
         raise TransformError("need at least one cache to learn from")
     layers = [_groups(kv) for kv in caches]
@@ -189,12 +190,12 @@ def _apply(kv: Any, t: Transform, position: int, inverse: bool) -> Any:
 def _forward(x: np.ndarray, b: Basis, angles: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
     if angles is not None:
         x = rotate(x, *angles, back=True)
-    rows = x.reshape(len(x), -1) - b.mean
-    return (rows @ b.vectors / b.scales).reshape(x.shape)
+    rows = x.reshape(len(x), -1) / b.weights - b.mean
+    return (rows @ b.vectors).reshape(x.shape)
 
 
 def _inverse(c: np.ndarray, b: Basis, angles: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
-    x = ((c.reshape(len(c), -1) * b.scales) @ b.vectors.T + b.mean).reshape(c.shape)
+    x = ((c.reshape(len(c), -1) @ b.vectors.T + b.mean) * b.weights).reshape(c.shape)
     return rotate(x, *angles, back=False) if angles is not None else x
 
 
@@ -211,27 +212,28 @@ def _fit_rows(groups: list[np.ndarray], i: int, rope: Rope, skip: int) -> np.nda
 def _klt(rows: np.ndarray, heads: int, spread: float) -> Basis:
     if len(rows) < 2:
         raise TransformError("need at least two tokens per group to learn from")
+    weights = _spread_weights(rows, heads, spread)
+    rows = rows / weights
     mean = rows.mean(axis=0)
     centered = rows - mean
     variances, vectors = np.linalg.eigh(centered.T @ centered / len(rows))
-    order = np.argsort(variances)[::-1]
-    variances, vectors = variances[order], vectors[:, order]
+    vectors = vectors[:, np.argsort(variances)[::-1]]
     # Each vector's sign fixed (largest component positive), so a fit is reproducible.
     signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(vectors.shape[1])])
     vectors = vectors * np.where(signs == 0, 1.0, signs)
-    scales = _spread_scales(variances, spread)
     return Basis(
-        mean.astype(np.float32), np.ascontiguousarray(vectors, dtype=np.float32), scales, heads
+        mean.astype(np.float32), np.ascontiguousarray(vectors, dtype=np.float32), weights, heads
     )
 
 
-def _spread_scales(variances: np.ndarray, strength: float) -> np.ndarray:
-    """Each coefficient's rms to the power `strength`, geometric mean 1, within
-    `kvstats.SPREAD_BOUND` (all ones for strength 0): the level's key spread, read off the fit."""
-    rms = np.sqrt(np.maximum(variances, 0.0))
-    log_w = strength * np.log(np.maximum(rms, max(float(rms.max()), 1e-30) * 1e-6))
-    bound = np.log(SPREAD_BOUND)
-    return np.exp(np.clip(log_w - log_w.mean(), -bound, bound)).astype(np.float32)
+def _spread_weights(rows: np.ndarray, heads: int, strength: float) -> np.ndarray:
+    """A level's key spread over `rows` `[tokens, heads * head_dim]` (all ones for 0). A pair's
+    rms is the same before and after RoPE, so rotated-back keys give the ladder's weights."""
+    if strength == 0:
+        return np.ones(rows.shape[1], np.float32)
+    half = rows.shape[1] // heads // 2
+    pairs = np.square(rows).reshape(len(rows), heads, 2, half).sum(axis=(0, 2)).reshape(-1)
+    return key_channel_weights(pairs, len(rows), 2 * half, strength)
 
 
 def _groups(kv: Any) -> list[np.ndarray]:
