@@ -11,13 +11,14 @@ the whole blob and mean KL of the continuation for the ladder (`cgN`), its level
 key spread (`flatN`), and transform -> level -> inverse: `tN` the level without the key
 spread (whose RoPE-pair statistics mean nothing on coefficients), `twN` the same with the
 ladder's key spread folded into the transform (key channels divided by the weights the
-level's key spread gives them on the fit, then the KLT), `tsN` the level as it is (the pair statistics read on coefficients). Then each
-curve's bits at the KL targets (log-KL interpolation) and the ratios. The decode cost:
-`cachegen.decode` of the coefficients' blob alone and the inverse transform (re-RoPE
-included), one thread, medians. Results are stored and resumed as
-`bench/ladder_models.py` does (the transform's digest in their keys); the transform itself is
-a per-model object and not counted in the blob's bits (its size is reported). Writes
-transform_codec.json and prints the tables of bench/results/transform_codec.md.
+level's key spread gives them on the fit, then the KLT), `tsN` the level as it is (the pair
+statistics read on coefficients). Then each curve's bits at the KL targets (log-KL
+interpolation) and the ratios. The decode cost: `cachegen.decode` of the coefficients' blob
+alone and the inverse transform (re-RoPE included), one thread, medians. Results are stored
+and resumed as `bench/ladder_models.py` does (the transform's digest in their keys); the
+transform itself is a per-model object and not counted in the blob's bits (its size is
+reported). Writes transform_codec.json and prints the tables of
+bench/results/transform_codec.md.
 """
 
 from __future__ import annotations
