@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import cachegen
 from cachegen.importance import key_square_sums
@@ -20,6 +19,8 @@ from cachegen.transform import (
     learn_transform,
     rotate,
 )
+
+torch = pytest.importorskip("torch")
 
 HEADS, DIM, LAYERS, TOKENS = 2, 8, 3, 300
 
@@ -120,6 +121,7 @@ def test_unrotated_keys_do_not_fit_a_low_rank_basis() -> None:
 
 
 def test_rope_is_the_one_transformers_applies() -> None:
+    pytest.importorskip("transformers")
     from transformers import Gemma3TextConfig, LlamaConfig
     from transformers.models.gemma3.modeling_gemma3 import Gemma3RotaryEmbedding
     from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
