@@ -196,6 +196,12 @@ def test_bad_input_is_a_typed_error() -> None:
         forward(stacked(1), t, position=-1)
     with pytest.raises(TransformError, match="RoPE has"):
         learn_transform([stacked(1)], Rope.from_thetas([1e4], DIM))
+    nan = stacked(1)
+    nan[1, 0, 5, 0, 3] = np.nan
+    with pytest.raises(TransformError, match="NaN"):
+        learn_transform([nan], rope())
+    with pytest.raises(TransformError, match="at least two"):
+        learn_transform([stacked(1, tokens=2)], rope())
     with pytest.raises(TransformError, match="at least one"):
         learn_transform([], rope())
     with pytest.raises(TransformError, match="not supported"):
