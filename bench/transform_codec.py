@@ -2,7 +2,8 @@
 the level ladder, against the ladder alone and the CacheGen reference, on real models.
 
     OPENBLAS_NUM_THREADS=1 python bench/transform_codec.py --models smollm2,gemma3 \\
-        --fit GPL-2,LGPL-2.1 --docs GPL-3,python:argparse --levels 1,5,10,15,20,27,34 \\
+        --fit GPL-2,LGPL-2.1,python:difflib,python:typing \\
+        --docs GPL-3,python:argparse,Apache-2.0,MPL-2.0 --levels 1,5,10,15,20,27,34 \\
         --refs 1,3,5 --cont 128
 
 Per model the transform is learned on the prefix caches of the `--fit` texts (the ones
@@ -168,8 +169,8 @@ def ratio_table(at: dict[str, dict[float, dict]]) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--models", default="smollm2,gemma3")
-    ap.add_argument("--fit", default="GPL-2,LGPL-2.1")
-    ap.add_argument("--docs", default="GPL-3,python:argparse")
+    ap.add_argument("--fit", default="GPL-2,LGPL-2.1,python:difflib,python:typing")
+    ap.add_argument("--docs", default="GPL-3,python:argparse,Apache-2.0,MPL-2.0")
     ap.add_argument("--levels", default="1,5,10,15,20,27,34")
     ap.add_argument("--refs", default="1,3,5")
     ap.add_argument("--prefix", type=int, default=1536)
