@@ -194,6 +194,8 @@ def test_bad_input_is_a_typed_error() -> None:
         inverse([(torch.zeros(1, HEADS, 4, DIM),)], t)
     with pytest.raises(TransformError, match="position"):
         forward(stacked(1), t, position=-1)
+    with pytest.raises(TransformError, match="1-D float32"):
+        Rope((np.ones(DIM // 2),))
     with pytest.raises(TransformError, match="RoPE has"):
         learn_transform([stacked(1)], Rope.from_thetas([1e4], DIM))
     nan = stacked(1)

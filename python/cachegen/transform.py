@@ -19,6 +19,7 @@ it as a per-model object.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from collections.abc import Sequence
@@ -45,6 +46,11 @@ class Rope:
     channel pair (i, i + head_dim/2) at position p is rotated by p * inv_freq[i]."""
 
     inv_freq: tuple[np.ndarray, ...]
+
+    def __post_init__(self) -> None:
+        for f in self.inv_freq:
+            if not isinstance(f, np.ndarray) or f.dtype != np.float32 or f.ndim != 1:
+                raise TransformError("RoPE inverse frequencies are 1-D float32 arrays")
 
     @classmethod
     def from_thetas(cls, thetas: Sequence[float], head_dim: int) -> Rope:
@@ -79,10 +85,15 @@ class Rope:
         return cls.from_thetas([float(p["rope_theta"]) for p in per_layer], head_dim)
 
     def angles(self, layer: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """cos and sin `[tokens, head_dim]` at `positions`, in float32 as transformers does."""
-        f = positions.astype(np.float32)[:, None] * self.inv_freq[layer][None, :]
-        f = np.concatenate([f, f], axis=1)
-        return np.cos(f), np.sin(f)
+        """cos and sin `[tokens, head_dim]` of `layer` at `positions`."""
+        return _angles(self.inv_freq[layer], positions)
+
+
+def _angles(inv_freq: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin `[tokens, head_dim]` at `positions`, in float32 as transformers does."""
+    f = positions.astype(np.float32)[:, None] * inv_freq[None, :]
+    f = np.concatenate([f, f], axis=1)
+    return np.cos(f), np.sin(f)
 
 
 def rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, back: bool) -> np.ndarray:
@@ -179,12 +190,17 @@ def _apply(kv: Any, t: Transform, position: int, inverse: bool) -> Any:
     groups = _groups(kv)
     _check(groups, t, position)
     end = position + max(g.shape[0] for g in groups)
+
+    @functools.cache  # layers sharing a RoPE base and a token count share cos and sin
+    def angles(freqs: bytes, tokens: int) -> tuple[np.ndarray, np.ndarray]:
+        return _angles(np.frombuffer(freqs, np.float32), np.arange(end - tokens, end))
+
     out = []
     for i, g in enumerate(groups):
-        layer, basis = i // 2, (t.keys, t.values)[i % 2][i // 2]
+        basis = (t.keys, t.values)[i % 2][i // 2]
         x = g.astype(np.float32)
-        angles = t.rope.angles(layer, np.arange(end - len(x), end)) if i % 2 == 0 else None
-        out.append(_inverse(x, basis, angles) if inverse else _forward(x, basis, angles))
+        rope = angles(t.rope.inv_freq[i // 2].tobytes(), len(x)) if i % 2 == 0 else None
+        out.append(_inverse(x, basis, rope) if inverse else _forward(x, basis, rope))
     return _rebuild(kv, [o.astype(g.dtype, copy=False) for o, g in zip(out, groups, strict=True)])
 
 
