@@ -19,12 +19,14 @@ import dataclasses
 import json
 import sys
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import cachegen
 from ladder_report import TARGETS, reference_bits
 from lib.kvquality import Result, evaluate, load_document, load_model, pool, prepare
-from lib.kvquality.methods import codec_method
+from lib.kvquality.methods import Method, codec_method
 from lib.kvquality.model import KV_CACHE
 from lib.kvquality.report import run_info
 
@@ -42,9 +44,24 @@ def codings(levels: list[int], flat: list[int], refs: list[int]) -> dict[str, ca
     return out
 
 
-def cache_key(model: str, doc: str, prefix: int, cont: int, config: cachegen.CodecConfig) -> str:
+@dataclass(frozen=True)
+class Variant:
+    """How a model's cache is coded around the codec: `method(model, key, config)` makes the
+    method, `tag(model)` names what it adds (a transform's digest; "" for the plain codec) in
+    the keys of stored results."""
+
+    tag: Callable[[str], str]
+    method: Callable[[str, str, cachegen.CodecConfig], Method]
+
+
+PLAIN = Variant(lambda model: "", lambda model, key, config: codec_method(key, key, config=config))
+
+
+def cache_key(
+    model: str, doc: str, prefix: int, cont: int, config: cachegen.CodecConfig, tag: str = ""
+) -> str:
     settings = json.dumps(config.to_json(), sort_keys=True)
-    return f"{model}|{doc}|{prefix}|{cont}|{cachegen.FORMAT_VERSION}|{settings}"
+    return f"{tag}{model}|{doc}|{prefix}|{cont}|{cachegen.FORMAT_VERSION}|{settings}"
 
 
 def stored_results() -> dict[str, dict]:
@@ -54,19 +71,27 @@ def stored_results() -> dict[str, dict]:
     return {r["key"]: r["result"] for r in rows}
 
 
-def run(models: list[str], docs: list[str], todo: dict, prefix: int, cont: int) -> list[dict]:
+def run(
+    models: list[str],
+    docs: list[str],
+    todo: dict,
+    prefix: int,
+    cont: int,
+    variant: Variant = PLAIN,
+) -> list[dict]:
     """Every (model, document, coding) result as a dict with a `model` field."""
     done = stored_results()
     out = []
     for name in docs:  # every model on a document before the next document
         for model in models:
-            keys = {m: cache_key(model, name, prefix, cont, c) for m, c in todo.items()}
+            tag = variant.tag(model)
+            keys = {m: cache_key(model, name, prefix, cont, c, tag) for m, c in todo.items()}
             missing = [m for m in todo if keys[m] not in done]
             if missing:
                 lm = load_model(model)
                 case = prepare(lm, load_document(name), prefix, cont)
                 for m in missing:
-                    r = evaluate(lm, case, codec_method(m, m, config=todo[m]))
+                    r = evaluate(lm, case, variant.method(model, m, todo[m]))
                     done[keys[m]] = dataclasses.asdict(r)
                     with STORE.open("a") as f:
                         f.write(json.dumps({"key": keys[m], "result": done[keys[m]]}) + "\n")

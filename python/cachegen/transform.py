@@ -1,0 +1,337 @@
+"""A per-model decorrelating transform of the KV cache: per layer, a KLT over all the layer's
+channels (heads together), keys made RoPE-aware.
+
+Keys are cached after RoPE, which rotates each channel pair (i, i + head_dim/2) of a head by a
+position-dependent angle; before RoPE they are a low-rank projection of the hidden state. So
+keys are first rotated back to position 0 (`Rope`, the rotate-half convention Hugging Face
+models apply), then, like values, centered by the layer's mean and projected on the
+eigenvectors of their covariance, strongest first. The coefficients have the cache's shape and
+dtype, so they go through `cachegen.encode`/`decode` unchanged; `inverse` undoes the projection
+and rotates keys to their positions again.
+
+    t = learn_transform([kv_a, kv_b], Rope.from_config(model.config))
+    blob = cachegen.encode(forward(kv, t), config=...)
+    kv2 = inverse(cachegen.decode(blob), t)
+
+`Transform.digest()` names a transform (sha256 of its canonical bytes), so a blob could refer to
+it as a per-model object.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .kvstats import key_channel_weights
+from .tensors import is_torch
+
+#: Tokens at the start of a context left out of fitting: the attention sink's keys and values
+#: are unlike every other token's.
+FIT_SKIP_TOKENS = 1
+
+
+class TransformError(ValueError):
+    """A cache or configuration that does not fit the transform."""
+
+
+@dataclass(frozen=True)
+class Rope:
+    """Per layer, the inverse frequencies `[head_dim / 2]` (float32) of its rotate-half RoPE:
+    channel pair (i, i + head_dim/2) at position p is rotated by p * inv_freq[i]."""
+
+    inv_freq: tuple[np.ndarray, ...]
+
+    def __post_init__(self) -> None:
+        for f in self.inv_freq:
+            if not isinstance(f, np.ndarray) or f.dtype != np.float32 or f.ndim != 1:
+                raise TransformError("RoPE inverse frequencies are 1-D float32 arrays")
+
+    @classmethod
+    def from_thetas(cls, thetas: Sequence[float], head_dim: int) -> Rope:
+        """Default RoPE with base `thetas[layer]`, computed in float32 as transformers does."""
+        if head_dim < 2 or head_dim % 2:
+            raise TransformError(f"RoPE needs an even head_dim, got {head_dim}")
+        # float32 exponents; the power rounded once to float32, as torch's float32 pow does
+        exponents = (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)).astype(
+            np.float64
+        )
+        powers = [(float(theta) ** exponents).astype(np.float32) for theta in thetas]
+        return cls(tuple(np.float32(1.0) / p for p in powers))
+
+    @classmethod
+    def from_config(cls, config: Any) -> Rope:
+        """The RoPE of a Hugging Face text model config: one base (`rope_theta`), or a base per
+        layer type (`rope_parameters[layer_type]`, e.g. Gemma-3's sliding and full layers).
+        Only the default RoPE type is known (no scaling)."""
+        layers = config.num_hidden_layers
+        head_dim = getattr(config, "head_dim", None) or (
+            config.hidden_size // config.num_attention_heads
+        )
+        params = getattr(config, "rope_parameters", None) or {
+            "rope_theta": config.rope_theta,
+            "rope_type": "default",
+        }
+        types = getattr(config, "layer_types", None) or ["full_attention"] * layers
+        per_layer = [params.get(kind, params) for kind in types]
+        for p in per_layer:
+            if p.get("rope_type", "default") != "default":
+                raise TransformError(f"RoPE type {p['rope_type']!r} is not supported")
+        return cls.from_thetas([float(p["rope_theta"]) for p in per_layer], head_dim)
+
+    def angles(self, layer: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """cos and sin `[tokens, head_dim]` of `layer` at `positions`."""
+        return _angles(self.inv_freq[layer], positions)
+
+
+def _angles(inv_freq: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin `[tokens, head_dim]` at `positions`, in float32 as transformers does."""
+    f = positions.astype(np.float32)[:, None] * inv_freq[None, :]
+    f = np.concatenate([f, f], axis=1)
+    return np.cos(f), np.sin(f)
+
+
+def rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, back: bool) -> np.ndarray:
+    """Rotate-half RoPE of `x` `[tokens, heads, head_dim]` (float32); `back` undoes it."""
+    half = x.shape[-1] // 2
+    rot = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    s = -sin if back else sin
+    return x * cos[:, None, :] + rot * s[:, None, :]
+
+
+@dataclass(frozen=True)
+class Basis:
+    """One (layer, K/V) group's transform: coefficients = (x / weights - mean) @ vectors."""
+
+    mean: np.ndarray  # float32 [channels]
+    vectors: np.ndarray  # float32 [channels, channels], orthonormal columns, strongest first
+    weights: np.ndarray  # float32 [channels]: a channel's error grows with its weight
+    heads: int
+
+    @property
+    def head_dim(self) -> int:
+        return len(self.mean) // self.heads
+
+
+@dataclass(frozen=True)
+class Transform:
+    """Per layer, the key and value bases, and the RoPE keys are rotated back with."""
+
+    keys: tuple[Basis, ...]
+    values: tuple[Basis, ...]
+    rope: Rope
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.keys)
+
+    def to_bytes(self) -> bytes:
+        """Canonical bytes: per layer heads, head_dim, inverse RoPE frequencies, then K's and
+        V's mean, vectors and weights, little-endian float32."""
+        parts = [b"cachegen-klt-1", struct.pack("<I", self.num_layers)]
+        for layer, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
+            parts.append(struct.pack("<II", k.heads, k.head_dim))
+            parts.append(self.rope.inv_freq[layer].astype("<f4").tobytes())
+            for b in (k, v):
+                parts += [a.astype("<f4").tobytes() for a in (b.mean, b.vectors, b.weights)]
+        return b"".join(parts)
+
+    def digest(self) -> str:
+        """sha256 of `to_bytes()`, hex: the transform's name as a per-model object."""
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+
+def learn_transform(
+    caches: Sequence[Any], rope: Rope, key_spread: float = 0.0, skip: int = FIT_SKIP_TOKENS
+) -> Transform:
+    """Fit the transform to `caches` (each starting at context position 0, all of one model):
+    per (layer, K/V), the mean and the covariance's eigenvectors over every token but the first
+    `skip` of each cache, keys rotated back to position 0 first. With `key_spread` > 0 the key
+    channels are first divided by the weights a level's key spread gives them
+    (`kvstats.key_channel_weights` of their RoPE pairs' rms over the fit), so the error the
+    codec's equal steps leave in a key channel grows with those weights, as it does under the
+    ladder's key spread (measured to code larger than 0 at equal KL on both models tried:
+    bench/results/transform_codec.md)."""
+    if not caches:
+        raise TransformError("need at least one cache to learn from")
+    layers = [_groups(kv) for kv in caches]
+    num_layers = len(layers[0]) // 2
+    if any(len(g) != 2 * num_layers for g in layers):
+        raise TransformError("caches to learn from differ in layer count")
+    _check_rope(rope, num_layers, layers[0])
+    bases = []
+    for i in range(2 * num_layers):
+        rows = [_fit_rows(g, i, rope, skip) for g in layers]
+        if len({r.shape[1] for r in rows}) != 1:
+            raise TransformError(f"group {i}: caches to learn from differ in channels")
+        spread = key_spread if i % 2 == 0 else 0.0
+        bases.append(_klt(np.concatenate(rows), layers[0][i].shape[1], spread))
+    return Transform(tuple(bases[0::2]), tuple(bases[1::2]), rope)
+
+
+def forward(kv: Any, transform: Transform, position: int = 0) -> Any:
+    """The coefficients of `kv` (a cache whose first token is at context `position`), shaped,
+    typed and laid out as `kv`. A layer holding fewer tokens (a sliding window) holds the
+    last ones."""
+    return _apply(kv, transform, position, inverse=False)
+
+
+def inverse(coefficients: Any, transform: Transform, position: int = 0) -> Any:
+    """The cache whose coefficients are `coefficients` (undoes `forward`)."""
+    return _apply(coefficients, transform, position, inverse=True)
+
+
+def _apply(kv: Any, t: Transform, position: int, inverse: bool) -> Any:
+    groups = _groups(kv)
+    _check(groups, t, position)
+    end = position + max(g.shape[0] for g in groups)
+
+    @functools.cache  # layers sharing a RoPE base and a token count share cos and sin
+    def angles(freqs: bytes, tokens: int) -> tuple[np.ndarray, np.ndarray]:
+        return _angles(np.frombuffer(freqs, np.float32), np.arange(end - tokens, end))
+
+    out = []
+    for i, g in enumerate(groups):
+        basis = (t.keys, t.values)[i % 2][i // 2]
+        x = g.astype(np.float32)
+        rope = angles(t.rope.inv_freq[i // 2].tobytes(), len(x)) if i % 2 == 0 else None
+        out.append(_inverse(x, basis, rope) if inverse else _forward(x, basis, rope))
+    return _rebuild(kv, [o.astype(g.dtype, copy=False) for o, g in zip(out, groups, strict=True)])
+
+
+def _forward(x: np.ndarray, b: Basis, angles: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    if angles is not None:
+        x = rotate(x, *angles, back=True)
+    rows = x.reshape(len(x), -1) / b.weights - b.mean
+    return (rows @ b.vectors).reshape(x.shape)
+
+
+def _inverse(c: np.ndarray, b: Basis, angles: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    x = ((c.reshape(len(c), -1) @ b.vectors.T + b.mean) * b.weights).reshape(c.shape)
+    return rotate(x, *angles, back=False) if angles is not None else x
+
+
+def _fit_rows(groups: list[np.ndarray], i: int, rope: Rope, skip: int) -> np.ndarray:
+    """Group `i`'s rows `[tokens, channels]` to fit on, keys rotated back to position 0."""
+    x = groups[i].astype(np.float32)
+    if i % 2 == 0:
+        end = max(g.shape[0] for g in groups)
+        x = rotate(x, *rope.angles(i // 2, np.arange(end - len(x), end)), back=True)
+        skip = max(skip - (end - len(x)), 0)  # a sliding window may no longer hold the sinks
+    return x.reshape(len(x), -1)[skip:].astype(np.float64)
+
+
+def _klt(rows: np.ndarray, heads: int, spread: float) -> Basis:
+    if len(rows) < 2:
+        raise TransformError("need at least two tokens per group to learn from")
+    if not np.isfinite(rows).all():
+        raise TransformError("caches to learn from hold NaN or Inf")
+    weights = _spread_weights(rows, heads, spread)
+    rows = rows / weights
+    mean = rows.mean(axis=0)
+    centered = rows - mean
+    variances, vectors = np.linalg.eigh(centered.T @ centered / len(rows))
+    vectors = vectors[:, np.argsort(variances)[::-1]]
+    # Each vector's sign fixed (largest component positive), so a fit is reproducible.
+    signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(vectors.shape[1])])
+    vectors = vectors * np.where(signs == 0, 1.0, signs)
+    return Basis(
+        mean.astype(np.float32), np.ascontiguousarray(vectors, dtype=np.float32), weights, heads
+    )
+
+
+def _spread_weights(rows: np.ndarray, heads: int, strength: float) -> np.ndarray:
+    """A level's key spread over `rows` `[tokens, heads * head_dim]` (all ones for 0). A pair's
+    rms is the same before and after RoPE, so rotated-back keys give the ladder's weights."""
+    if strength == 0:
+        return np.ones(rows.shape[1], np.float32)
+    half = rows.shape[1] // heads // 2
+    pairs = np.square(rows).reshape(len(rows), heads, 2, half).sum(axis=(0, 2)).reshape(-1)
+    return key_channel_weights(pairs, len(rows), 2 * half, strength)
+
+
+def _groups(kv: Any) -> list[np.ndarray]:
+    """K, V per layer as `[tokens, heads, head_dim]` arrays (views where possible) of a cache
+    in the "stacked" `[layers, 2, tokens, heads, head_dim]` or "pairs" (Hugging Face
+    `[1, heads, tokens, head_dim]` per K and V) layout, numpy or CPU torch."""
+    if _is_array(kv):
+        a = _host(kv)
+        if a.ndim != 5 or a.shape[1] != 2:
+            raise TransformError(
+                f"a stacked cache is [layers, 2, tokens, heads, dim], got {a.shape}"
+            )
+        return [a[layer, side] for layer in range(a.shape[0]) for side in (0, 1)]
+    if not isinstance(kv, Sequence) or not kv:
+        raise TransformError("a cache is a stacked array or a non-empty sequence of (K, V)")
+    out = []
+    for layer, pair in enumerate(kv):
+        if not isinstance(pair, Sequence) or len(pair) != 2:
+            raise TransformError(f"layer {layer}: expected a (K, V) pair")
+        for t in pair:
+            a = _host(t) if _is_array(t) else None
+            if a is None or a.ndim != 4 or a.shape[0] != 1:
+                raise TransformError(f"layer {layer}: K and V are [1, heads, tokens, dim] arrays")
+            out.append(a[0].transpose(1, 0, 2))
+    return out
+
+
+def _rebuild(like: Any, groups: list[np.ndarray]) -> Any:
+    """`groups` in the layout and framework of `like`."""
+    torch = is_torch(like if _is_array(like) else like[0][0])
+    if _is_array(like):
+        out = np.stack([np.stack(groups[i : i + 2]) for i in range(0, len(groups), 2)])
+        return _like(out, torch)
+    pairs = [g.transpose(1, 0, 2)[None] for g in groups]
+    return [
+        (_like(k, torch), _like(v, torch)) for k, v in zip(pairs[0::2], pairs[1::2], strict=True)
+    ]
+
+
+def _like(a: np.ndarray, torch: bool) -> Any:
+    a = np.ascontiguousarray(a)
+    if not torch:
+        return a
+    import torch as th
+
+    return th.from_numpy(a)
+
+
+def _is_array(x: Any) -> bool:
+    return isinstance(x, np.ndarray) or is_torch(x)
+
+
+def _host(x: Any) -> np.ndarray:
+    if str(x.dtype).removeprefix("torch.") not in ("float16", "float32"):
+        raise TransformError(f"float16 or float32 caches only, got {x.dtype}")
+    if is_torch(x):
+        if x.device.type != "cpu":
+            raise TransformError("the transform runs on CPU tensors")
+        return x.detach().numpy()
+    return x
+
+
+def _check_rope(rope: Rope, num_layers: int, groups: list[np.ndarray]) -> None:
+    if len(rope.inv_freq) != num_layers:
+        raise TransformError(f"RoPE has {len(rope.inv_freq)} layers, the cache {num_layers}")
+    for layer in range(num_layers):
+        if 2 * len(rope.inv_freq[layer]) != groups[2 * layer].shape[2]:
+            raise TransformError(f"layer {layer}: RoPE frequencies do not fit head_dim")
+
+
+def _check(groups: list[np.ndarray], t: Transform, position: int) -> None:
+    if len(groups) != 2 * t.num_layers:
+        raise TransformError(f"cache has {len(groups) // 2} layers, the transform {t.num_layers}")
+    if position < 0:
+        raise TransformError("position must be >= 0")
+    for i, g in enumerate(groups):
+        b = (t.keys, t.values)[i % 2][i // 2]
+        if g.shape[1:] != (b.heads, b.head_dim):
+            raise TransformError(
+                f"layer {i // 2} {'KV'[i % 2]}: [heads, dim] {g.shape[1:]}, "
+                f"transform {(b.heads, b.head_dim)}"
+            )
