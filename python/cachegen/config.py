@@ -28,8 +28,9 @@ DEFAULT_LEVEL = 15
 #: silently changes what a stored level delivers. 1: levels 1-27 of per-token steps; 2: levels
 #: without a profile also scale key channels by the cache's statistics, and finer levels
 #: follow 27 (levels 41-44, with centered keys, were appended later: appending leaves every
-#: stored level's settings as they were, so the version stands).
-LADDER_VERSION = 2
+#: stored level's settings as they were, so the version stands); 3: each layer's key spread
+#: strength is read from its keys' outlier ratio (`key_spread_auto`).
+LADDER_VERSION = 3
 #: The ladder of stored contexts that record none.
 LEGACY_LADDER_VERSION = 1
 
@@ -61,9 +62,9 @@ _LEVEL_STEPS: dict[int, tuple[float, float]] = {
 # every channel. The last ~64 tokens are refined by the recency law (`cachegen.weights`).
 LEVEL_SINK_TOKENS = 1
 LEVEL_RECENCY = 0.75
-# Without a profile, every level scales each key channel pair's step by its rms to this power
-# (`cachegen.kvstats`): the same level then means about the same quality on models with and
-# without outlier channels.
+# Without a profile, every level scales each key channel pair's step by its rms to a power read
+# from the layer's keys, within +-this (`cachegen.kvstats.spread_strength`): the same level then
+# means about the same quality on models with and without outlier channels.
 LEVEL_KEY_SPREAD = 0.5
 
 # CacheGen's artifact levels (bins), layer groups cut at 10/32 and 20/32 of depth for keys and
@@ -82,7 +83,7 @@ _REFERENCE_BINS: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
 
 
 # Settings added after stored contexts began recording settings, with their defaults.
-_ADDED_SETTINGS: dict[str, Any] = {"key_center": False}
+_ADDED_SETTINGS: dict[str, Any] = {"key_center": False, "key_spread_auto": False}
 
 
 def _schedule(cuts: Sequence[float], values: Sequence[int]) -> Schedule:
@@ -123,6 +124,8 @@ class CodecConfig:
             off before the token fit, so outlier channels with a large constant part stop
             bounding every token's step by its range ("token" keys only).
         level: recorded in the blob (0 for a custom config).
+        key_spread_auto: the key spread's power is instead read per layer from the keys'
+            outlier ratio, within [-key_spread, key_spread] (`cachegen.kvstats.spread_strength`).
     """
 
     key_quantizer: str = "token"
@@ -136,6 +139,7 @@ class CodecConfig:
     key_spread: float = 0.0
     key_center: bool = False
     level: int = 0
+    key_spread_auto: bool = False
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -152,6 +156,8 @@ class CodecConfig:
             raise ValueError("sink_tokens must be >= 0 and recency in [0, 2]")
         if not 0.0 <= self.key_spread <= 1.0:
             raise ValueError("key_spread must be in [0, 1]")
+        if self.key_spread_auto and self.key_spread == 0.0:
+            raise ValueError("key_spread_auto needs key_spread > 0 (its bound)")
         if self.key_center and self.key_quantizer != "token":
             raise ValueError("key_center needs 'token' keys")
         weighted = self.sink_tokens > 0 or self.recency > 0 or self.key_spread > 0
@@ -176,6 +182,7 @@ class CodecConfig:
             sink_tokens=LEVEL_SINK_TOKENS,
             recency=LEVEL_RECENCY,
             key_spread=LEVEL_KEY_SPREAD,
+            key_spread_auto=True,
             key_center=level >= _CENTERED_FROM,
             level=level,
             name=f"level-{level}",

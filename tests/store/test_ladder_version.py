@@ -57,8 +57,8 @@ def test_manifest_records_the_ladder_and_each_levels_settings(store: Store) -> N
 
 
 def test_appended_levels_leave_the_records_of_the_others_as_they_were(store: Store) -> None:
-    """Levels above 40 came later with a new setting (`key_center`): a record of an older level
-    holds exactly the settings it held before, and every record reads back as its level."""
+    """Settings added later (`key_center`, `key_spread_auto`) are recorded only where a level
+    uses them, so a record names every setting it was coded with and reads back as its level."""
     assert cachegen.CodecConfig.from_level(40).to_json() == {
         "key_quantizer": "token",
         "value_quantizer": "token",
@@ -70,6 +70,7 @@ def test_appended_levels_leave_the_records_of_the_others_as_they_were(store: Sto
         "recency": 0.75,
         "key_spread": 0.5,
         "level": 40,
+        "key_spread_auto": True,
     }
     top = max(cachegen.LEVELS)
     ids, kv = make(200)
