@@ -70,8 +70,8 @@ def test_appended_levels_leave_the_records_of_the_others_as_they_were(store: Sto
         "recency": 0.75,
         "key_spread": 0.5,
         "level": 40,
-        "key_spread_auto": True,
     }
+    assert cachegen.CodecConfig.from_level(27).to_json()["key_spread_auto"] is True
     top = max(cachegen.LEVELS)
     ids, kv = make(200)
     save_context(store, MODEL, ids, kv, chunk_tokens=CHUNK, levels=[40, top])
