@@ -84,7 +84,8 @@ def run(models: list[str], docs: list[str], todo: dict, prefix: int, cont: int) 
                         flush=True,
                     )
                 del case
-            out += [{"model": model, **done[keys[m]]} for m in todo]
+            # a stored result may come from another method key with the same settings
+            out += [{"model": model, **done[keys[m]], "method": m} for m in todo]
     return out
 
 
