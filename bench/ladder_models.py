@@ -34,12 +34,20 @@ RESULTS = Path(__file__).resolve().parent / "results"
 STORE = KV_CACHE / "ladder_models.jsonl"
 
 
-def codings(levels: list[int], flat: list[int], refs: list[int]) -> dict[str, cachegen.CodecConfig]:
+def codings(
+    levels: list[int], flat: list[int], fixed: list[int], refs: list[int]
+) -> dict[str, cachegen.CodecConfig]:
     """Method key -> settings: `cgN` ladder levels, `flatN` the same without the key spread
-    (ladder version 1's levels), `refN` the CacheGen reference."""
+    (ladder version 1's levels), `fixedN` with the key spread's strength fixed at its bound
+    (version 2's), `refN` the CacheGen reference."""
     out = {f"cg{lv}": cachegen.CodecConfig.from_level(lv) for lv in levels}
-    plain = (cachegen.CodecConfig.from_level(lv) for lv in flat)
-    out |= {f"flat{c.level}": dataclasses.replace(c, key_spread=0.0) for c in plain}
+    plain = [cachegen.CodecConfig.from_level(lv) for lv in flat]
+    out |= {
+        f"flat{c.level}": dataclasses.replace(c, key_spread=0.0, key_spread_auto=False)
+        for c in plain
+    }
+    spread = [cachegen.CodecConfig.from_level(lv) for lv in fixed]
+    out |= {f"fixed{c.level}": dataclasses.replace(c, key_spread_auto=False) for c in spread}
     out |= {f"ref{r}": cachegen.CodecConfig.cachegen_reference(r) for r in refs}
     return out
 
@@ -101,7 +109,8 @@ def run(
                         flush=True,
                     )
                 del case
-            out += [{"model": model, **done[keys[m]]} for m in todo]
+            # a stored result may come from another method key with the same settings
+            out += [{"model": model, **done[keys[m]], "method": m} for m in todo]
     return out
 
 
@@ -125,6 +134,13 @@ def level_table(p: dict[str, dict[str, Result]], levels: list[int], prefix: str)
     return lines
 
 
+def fixed_section(p: dict[str, dict[str, Result]], fixed: list[int]) -> list[str]:
+    if not fixed:
+        return []
+    title = "## The same levels with the key spread's strength fixed at 0.5 (ladder version 2)"
+    return [title, "", *level_table(p, fixed, "fixed"), ""]
+
+
 def monotone(p: dict[str, dict[str, Result]], levels: list[int]) -> list[str]:
     out = []
     for m, rs in p.items():
@@ -135,6 +151,13 @@ def monotone(p: dict[str, dict[str, Result]], levels: list[int]) -> list[str]:
     return out
 
 
+LADDER_NAMES = {
+    "cg": "ladder",
+    "flat": "no spread (v1)",
+    "fixed": "fixed spread (v2)",
+}
+
+
 def curve(rs: dict[str, Result], keys: list[str]) -> list[tuple[float, float]]:
     return sorted((rs[k].bits_per_element, rs[k].kl_mean) for k in keys)
 
@@ -143,25 +166,25 @@ def bits(b: float | None) -> str:
     return f"{b:.3f}" if b else "out of range"
 
 
-def ratio_table(
-    p: dict[str, dict[str, Result]], levels: list[int], flat_levels: list[int], refs: list[int]
-) -> list[str]:
-    """Bits at each KL target (log-KL interpolation between measured points) of the ladder,
-    of version 1's flat levels and of the reference, and the ratios to the reference."""
+def ratio_table(p: dict[str, dict[str, Result]], ladders: dict[str, list[int]]) -> list[str]:
+    """Bits at each KL target (log-KL interpolation between measured points) of each ladder
+    (method prefix -> its levels; `ref` the reference's), and their ratios to the reference."""
+    names = [n for n in ladders if n != "ref"]
     lines = [
-        "| model | KL target | ladder bits/elt | flat (v1) bits/elt | reference bits/elt "
-        "| ladder / reference | flat / reference |",
-        "|---|---|---|---|---|---|---|",
+        "| model | KL target | reference bits/elt | "
+        + " | ".join(f"{LADDER_NAMES[n]} bits/elt | / reference" for n in names)
+        + " |",
+        "|---" * (3 + 2 * len(names)) + "|",
     ]
     for m, rs in p.items():
-        ours = curve(rs, [f"cg{lv}" for lv in levels])
-        flat = curve(rs, [f"flat{lv}" for lv in flat_levels])
-        ref = curve(rs, [f"ref{r}" for r in refs])
+        curves = {n: curve(rs, [f"{n}{lv}" for lv in lvs]) for n, lvs in ladders.items()}
         for t in TARGETS:
-            ob, fb, rb = (reference_bits(c, t) for c in (ours, flat, ref))
-            r1 = f"{ob / rb:.3f}" if ob and rb else "n/a"
-            r2 = f"{fb / rb:.3f}" if fb and rb else "n/a"
-            lines.append(f"| {m} | {t} | {bits(ob)} | {bits(fb)} | {bits(rb)} | {r1} | {r2} |")
+            rb = reference_bits(curves["ref"], t)
+            cells = []
+            for n in names:
+                b = reference_bits(curves[n], t)
+                cells += [bits(b), f"{b / rb:.3f}" if b and rb else "n/a"]
+            lines.append(f"| {m} | {t} | {bits(rb)} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -171,6 +194,9 @@ def main() -> None:
     ap.add_argument("--docs", default="GPL-3,python:argparse")
     ap.add_argument("--levels", default="1,5,10,15,20,27,34,40,41,42,43,44")
     ap.add_argument("--flat", default="5,15,27,40", help="levels also run without key spread")
+    ap.add_argument(
+        "--fixed", default="", help="levels also run with the spread's strength fixed (v2)"
+    )
     ap.add_argument("--refs", default="1,3,5")
     ap.add_argument("--prefix", type=int, default=1536)
     ap.add_argument("--cont", type=int, default=128)
@@ -181,8 +207,10 @@ def main() -> None:
     models, docs = a.models.split(","), a.docs.split(",")
     info = run_info(", ".join(models), a.prefix, a.cont)
     flat = [int(x) for x in a.flat.split(",") if x]
-    rows = run(models, docs, codings(levels, flat, refs), a.prefix, a.cont)
+    fixed = [int(x) for x in a.fixed.split(",") if x]
+    rows = run(models, docs, codings(levels, flat, fixed, refs), a.prefix, a.cont)
     p = pooled(rows)
+    ladders = {"cg": levels, "flat": flat, "fixed": fixed, "ref": refs}
     (a.out / "ladder_models.json").write_text(json.dumps({"run": info, "rows": rows}, indent=1))
     md = [
         "# The ladder on several models (no profile)",
@@ -192,7 +220,7 @@ def main() -> None:
         f"{cachegen.config.LADDER_VERSION}. {info['cpu']}, {info['cpus']} cores shared, "
         f"commit {info['commit'][:12]}, {info['date']}. Reproduce: `python bench/ladder_models.py "
         f"--models {a.models} --docs {a.docs} --levels {a.levels} --flat {a.flat} "
-        f"--refs {a.refs} "
+        f"--fixed {a.fixed} --refs {a.refs} "
         f"--cont {a.cont}`.",
         "",
         "## Mean KL per level, pooled over the documents",
@@ -203,13 +231,14 @@ def main() -> None:
         "",
         *level_table(p, flat, "flat"),
         "",
+        *fixed_section(p, fixed),
         "## KL falls with the level (pooled)",
         "",
         *monotone(p, levels),
         "",
         "## Bits at the issue's KL targets against the CacheGen reference",
         "",
-        *ratio_table(p, levels, flat, refs),
+        *ratio_table(p, {n: lv for n, lv in ladders.items() if lv}),
     ]
     (a.out / "ladder_models.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

@@ -9,7 +9,7 @@ import pytest
 
 import cachegen
 from cachegen.importance import key_square_sums, pair_magnitudes
-from cachegen.kvstats import SPREAD_BOUND, key_channel_weights
+from cachegen.kvstats import SPREAD_BOUND, key_channel_weights, spread_strength
 from cachegen.tensors import views
 
 
@@ -86,7 +86,7 @@ def test_levels_code_ordinary_channels_finer_beside_an_outlier() -> None:
     k = keys_with_outlier()
     kv = np.stack([k, k * 0.5], axis=0)[None]  # [1 layer, K/V, tokens, heads, dim]
     level = cachegen.CodecConfig.from_level(15)
-    flat = dataclasses.replace(level, key_spread=0.0)
+    flat = dataclasses.replace(level, key_spread=0.0, key_spread_auto=False)
     normal = np.ones(32, dtype=bool)
     normal[[3, 11]] = False
 
@@ -99,11 +99,34 @@ def test_levels_code_ordinary_channels_finer_beside_an_outlier() -> None:
     assert key_error(level) < 0.5 * key_error(flat)
 
 
+def test_strength_follows_the_outlier_ratio_within_the_bound() -> None:
+    sums = np.ones(32)
+    assert spread_strength(sums, 0.5) == -0.5  # no outlier: the large pairs finer
+    sums[3] = 11.7**2  # an rms ratio of 11.7: neutral
+    assert spread_strength(sums, 0.5) == pytest.approx(0.0, abs=1e-12)
+    sums[3] = 18.0**2
+    assert spread_strength(sums, 0.5) == pytest.approx(0.75 * np.log(18 / 11.7))
+    sums[3] = 1e4**2
+    assert spread_strength(sums, 0.3) == 0.3
+    assert spread_strength(np.r_[np.zeros(20), np.ones(12)], 0.5) == 0.5  # median zero
+    assert spread_strength(np.zeros(32), 0.5) == 0.0
+
+
+def test_strength_ratio_skips_the_sink() -> None:
+    k = keys_with_outlier()
+    k[0] *= 1e6
+    assert spread_strength(sums_of(k, 1)[0], 0.5) == 0.5  # the outlier pair is 30x
+    k[:, 0, [3, 11]] /= 30
+    assert spread_strength(sums_of(k, 1)[0], 0.5) == -0.5
+
+
 def test_key_spread_is_checked() -> None:
     with pytest.raises(ValueError, match="key_spread"):
         cachegen.CodecConfig(key_spread=1.5)
     with pytest.raises(ValueError, match="key_spread"):
         cachegen.CodecConfig(key_quantizer="layer", value_quantizer="layer", key_spread=0.5)
+    with pytest.raises(ValueError, match="key_spread_auto"):
+        cachegen.CodecConfig(key_spread_auto=True)
 
 
 def test_key_center_needs_token_keys() -> None:

@@ -43,19 +43,43 @@ def test_level_plan_steps_sinks_and_recency():
         np.testing.assert_array_equal(g.token_weights, weights)
         if i % 2:
             assert g.channel_weights is None
-        else:  # keys: each RoPE pair's rms over the tokens but the sink, to the power 0.5
+        else:  # keys: each RoPE pair's rms over the tokens but the sink, to a power of its own
             np.testing.assert_allclose(g.channel_weights, key_spread(kv[i // 2, 0]), rtol=1e-4)
     assert (plan.dtype, plan.layout, plan.level, plan.flags) == ("float16", "stacked", 10, 0)
 
 
-def key_spread(keys: np.ndarray) -> np.ndarray:
-    """`CodecConfig.key_spread` = 0.5 of keys `[tokens, heads, dim]` written out (no clipping
-    at these spreads)."""
+def pair_rms(keys: np.ndarray) -> np.ndarray:
+    """`[heads, dim/2]` rms of keys' `[tokens, heads, dim]` RoPE pairs over the tokens but the
+    sink."""
     x = keys[1:].astype(np.float64)
     half = x.shape[-1] // 2
-    rms = np.sqrt((x[..., :half] ** 2 + x[..., half:] ** 2).mean(axis=0) / 2)
-    w = np.sqrt(rms) / np.exp(np.log(np.sqrt(rms)).mean())
+    return np.sqrt((x[..., :half] ** 2 + x[..., half:] ** 2).mean(axis=0) / 2)
+
+
+def key_spread(keys: np.ndarray) -> np.ndarray:
+    """The levels' key spread of keys `[tokens, heads, dim]` written out: the pair rms to the
+    power 0.75 ln(outlier ratio / 11.7) within +-0.5, the ratio that of the largest mean
+    square to the median one, square-rooted; geometric mean 1 (no clipping at these spreads)."""
+    rms = pair_rms(keys)
+    ratio = np.sqrt(np.max(rms**2) / np.median(rms**2))
+    strength = np.clip(0.75 * np.log(ratio / 11.7), -0.5, 0.5)
+    w = rms**strength / np.exp(np.log(rms**strength).mean())
     return np.concatenate([w, w], axis=1).reshape(-1)
+
+
+@pytest.mark.parametrize("outlier", [40.0, 1.0])
+def test_levels_read_the_spread_from_the_keys_outliers(outlier: float) -> None:
+    """Keys whose largest pair stands 40x above the others get it coded coarser; keys whose
+    pairs are of a kind (a gentle slope, no outlier) get their largest pair coded finer."""
+    rng = np.random.default_rng(3)
+    k = rng.standard_normal((TOKENS, HEADS, DIM)).astype(np.float32)
+    k *= np.tile(np.linspace(1.0, 4.0, DIM // 2), 2)  # pairs of a kind, up to 4x apart
+    k[:, 0, [2, 2 + DIM // 2]] *= outlier
+    kv = np.stack([k, k], axis=0)[None]
+    (keys, _) = plan_of(kv).groups
+    largest = int(np.argmax(pair_rms(k)[0]))
+    above = keys.channel_weights[largest] / np.exp(np.log(keys.channel_weights).mean())
+    assert above > 2.0 if outlier > 1 else above < 0.8
 
 
 def test_a_later_chunk_has_no_sink_and_weights_by_distance_to_the_end():

@@ -28,8 +28,10 @@ DEFAULT_LEVEL = 15
 #: silently changes what a stored level delivers. 1: levels 1-27 of per-token steps; 2: levels
 #: without a profile also scale key channels by the cache's statistics, and finer levels
 #: follow 27 (levels 41-44, with centered keys, were appended later: appending leaves every
-#: stored level's settings as they were, so the version stands).
-LADDER_VERSION = 2
+#: stored level's settings as they were, so the version stands); 3: each layer's key spread
+#: strength is read from its keys' outlier ratio (`key_spread_auto`) at levels 1-27, and
+#: levels 42-44 are spaced further apart at the top.
+LADDER_VERSION = 3
 #: The ladder of stored contexts that record none.
 LEGACY_LADDER_VERSION = 1
 
@@ -40,31 +42,42 @@ LOSSLESS = 100
 # Project ladder: per-token steps for keys and values as a fraction of the token's rms, values
 # three times as coarse as keys (attention scores are more sensitive to key error than outputs
 # are to value error). Key steps fall geometrically by 0.915x (~0.11 bits) a level, from 1 at
-# level 1 through 0.1 at level 27 and 0.0316 at level 40 to 0.0222 at level 44, the
-# near-lossless end (pooled mean KL under 1e-4 on both models measured). From level 40 on, key
-# steps mostly meet the bound |x| / step <= 127 (symbols are int8), which models with outlier
-# key channels reach through those channels' large constant part: levels above 40 also center
-# keys (`key_center`), which lowers that bound; finer steps than level 44's gain little under
-# it. Levels 1-40 are as they were before levels 41-44 were added. The ratios and exponents
-# here were chosen on text never scored; bench/results/ladder_experiments.md has the record,
-# bench/results/ladder.md and ladder_models.md the measured quality.
+# level 1 through 0.1 at level 27 and 0.0316 at level 40. From level 40 on, key steps mostly
+# meet the bound |x| / step <= 127 (symbols are int8), which models with outlier key channels
+# reach through those channels' large constant part: levels above 40 also center keys
+# (`key_center`), which lowers that bound, and sit on a plateau of KL (~6-9e-5 on both models
+# measured) where one 0.915x step moves KL less than 128 scored tokens measure it: they are
+# spaced 2-3 steps apart, and the finest also halves the value/key ratio's distance to 1, so
+# the pooled KL falls with each. The ratios and exponents here were chosen on text never
+# scored; bench/results/ladder_experiments.md has the record, bench/results/ladder.md and
+# ladder_models.md the measured quality.
 _VALUE_RATIO = 3.0
-_FINEST_LEVEL = 44
 _CENTERED_FROM = 41
-_KEY_STEPS = tuple(round(0.1 ** (i / 26), 4) for i in range(_FINEST_LEVEL))
-_LEVEL_STEPS: dict[int, tuple[float, float]] = {
-    n: (k, round(_VALUE_RATIO * k, 4)) for n, k in enumerate(_KEY_STEPS, start=1)
-}
+#: Level -> (place on the 0.915x key step scale, value/key ratio) where not (level, 3).
+_TOP_LEVELS = {42: (43, 3.0), 43: (46, 3.0), 44: (48, 2.0)}
+
+
+def _level_steps(level: int) -> tuple[float, float]:
+    place, ratio = _TOP_LEVELS.get(level, (level, _VALUE_RATIO))
+    k = round(0.1 ** ((place - 1) / 26), 4)
+    return k, round(ratio * k, 4)
+
+
+_LEVEL_STEPS: dict[int, tuple[float, float]] = {n: _level_steps(n) for n in range(1, 45)}
 
 # Every level stores the first token (the attention sink) verbatim: every later query attends
 # to it, so any error there is a quality floor, and its wide symbols would widen the tables of
 # every channel. The last ~64 tokens are refined by the recency law (`cachegen.weights`).
 LEVEL_SINK_TOKENS = 1
 LEVEL_RECENCY = 0.75
-# Without a profile, every level scales each key channel pair's step by its rms to this power
+# Without a profile, every level scales each key channel pair's step by its rms to a power
 # (`cachegen.kvstats`): the same level then means about the same quality on models with and
-# without outlier channels.
+# without outlier channels. Up to `LEVEL_SPREAD_AUTO_TO` the power is read from each layer's
+# keys, within +-this (`kvstats.spread_strength`); finer levels take this power everywhere: a
+# negative one there drives the larger pairs into the int8 bound, where KL stalls (3.6e-4 from
+# level 38 on, both models measured).
 LEVEL_KEY_SPREAD = 0.5
+LEVEL_SPREAD_AUTO_TO = 27
 
 # CacheGen's artifact levels (bins), layer groups cut at 10/32 and 20/32 of depth for keys and
 # 2/32 for values, as LMCache's defaults for 32-layer models.
@@ -82,7 +95,7 @@ _REFERENCE_BINS: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
 
 
 # Settings added after stored contexts began recording settings, with their defaults.
-_ADDED_SETTINGS: dict[str, Any] = {"key_center": False}
+_ADDED_SETTINGS: dict[str, Any] = {"key_center": False, "key_spread_auto": False}
 
 
 def _schedule(cuts: Sequence[float], values: Sequence[int]) -> Schedule:
@@ -123,6 +136,8 @@ class CodecConfig:
             off before the token fit, so outlier channels with a large constant part stop
             bounding every token's step by its range ("token" keys only).
         level: recorded in the blob (0 for a custom config).
+        key_spread_auto: the key spread's power is instead read per layer from the keys'
+            outlier ratio, within [-key_spread, key_spread] (`cachegen.kvstats.spread_strength`).
     """
 
     key_quantizer: str = "token"
@@ -136,6 +151,7 @@ class CodecConfig:
     key_spread: float = 0.0
     key_center: bool = False
     level: int = 0
+    key_spread_auto: bool = False
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -152,6 +168,8 @@ class CodecConfig:
             raise ValueError("sink_tokens must be >= 0 and recency in [0, 2]")
         if not 0.0 <= self.key_spread <= 1.0:
             raise ValueError("key_spread must be in [0, 1]")
+        if self.key_spread_auto and self.key_spread == 0.0:
+            raise ValueError("key_spread_auto needs key_spread > 0 (its bound)")
         if self.key_center and self.key_quantizer != "token":
             raise ValueError("key_center needs 'token' keys")
         weighted = self.sink_tokens > 0 or self.recency > 0 or self.key_spread > 0
@@ -176,6 +194,7 @@ class CodecConfig:
             sink_tokens=LEVEL_SINK_TOKENS,
             recency=LEVEL_RECENCY,
             key_spread=LEVEL_KEY_SPREAD,
+            key_spread_auto=level <= LEVEL_SPREAD_AUTO_TO,
             key_center=level >= _CENTERED_FROM,
             level=level,
             name=f"level-{level}",

@@ -35,7 +35,7 @@ from . import _core
 from .config import QUANTIZERS, CodecConfig
 from .importance import importance_weights, key_square_sums, token_scores
 from .info import FLAG_TORCH_SOURCE
-from .kvstats import key_channel_weights
+from .kvstats import key_channel_weights, spread_strength
 from .profile import ModelProfile
 from .tensors import DTYPE_CODES, LAYOUTS, GroupView, KVViews
 from .weights import TOKEN_WEIGHT_BOUNDS, sink_rows, token_weights
@@ -133,7 +133,7 @@ def plan_encode(
                 param *= profile.layer_weight(layer, side)
                 channel_w = _float32(profile.channel_weights(layer, side, group.head_dim))
             elif side == 0 and config.key_spread > 0:
-                channel_w = _key_spread(v, layer, raw_rows, config.key_spread, threads)
+                channel_w = _key_spread(v, layer, raw_rows, config, threads)
             center = side == 0 and config.key_center
             groups.append(
                 GroupPlan(
@@ -145,13 +145,19 @@ def plan_encode(
 
 
 def _key_spread(
-    v: KVViews, layer: int, skip: int, strength: float, threads: int
+    v: KVViews, layer: int, skip: int, config: CodecConfig, threads: int
 ) -> np.ndarray | None:
-    """Model-free key channel weights (`cachegen.kvstats`); None for an odd head_dim."""
+    """Model-free key channel weights (`cachegen.kvstats`); None for an odd head_dim or a
+    strength of 0."""
     head_dim = v.groups[2 * layer].head_dim
     if head_dim % 2:
         return None
     sums, count = key_square_sums(v, layer, skip, threads)
+    strength = config.key_spread
+    if config.key_spread_auto:
+        strength = spread_strength(sums, strength)
+    if strength == 0.0:
+        return None
     return _float32(key_channel_weights(sums, count, head_dim, strength))
 
 

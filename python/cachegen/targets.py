@@ -21,22 +21,22 @@ from collections.abc import Mapping
 from .config import LEVELS, LOSSLESS
 
 #: Pooled mean KL (nats) per measured level without a profile, the worse of the two models
-#: (bench/results/ladder_models.md, ladder version 2: GPL-3 and argparse's source, 1536-token
-#: prefix, 128 scored tokens). The two models' KLs at one level differ by 1.02-1.38x at levels
-#: 10-34, 1.29-1.61x at levels 41-44, 2.1x at level 5 and 1.8x at level 40.
+#: (bench/results/ladder_models.md, ladder version 3: GPL-3 and argparse's source, 1536-token
+#: prefix, 128 scored tokens). The two models' KLs at one level differ by 1.01-1.43x at levels
+#: 1-34, 1.29-1.79x at levels 40-44.
 LEVEL_KL: dict[int, float] = {
-    1: 0.178,
-    5: 0.0968,
-    10: 0.0247,
-    15: 0.00809,
-    20: 0.00347,
-    27: 0.00128,
+    1: 0.172,
+    5: 0.0782,
+    10: 0.0305,
+    15: 0.0103,
+    20: 0.00350,
+    27: 0.00142,
     34: 0.000311,
     40: 0.00019,
     41: 0.000120,
-    42: 0.000105,
-    43: 0.000103,
-    44: 0.0000933,
+    42: 0.000103,
+    43: 0.0000924,
+    44: 0.0000805,
 }
 
 
