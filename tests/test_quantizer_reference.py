@@ -2,12 +2,13 @@
 
 The round-trip tests compare `decode(encode(x))` with `cachegen.quantize`, the same C++ fit as
 `encode`: a wrong step size would pass them. These tests derive each token's step from the
-specification alone (key step 0.1^((level-1)/26) of the token's rms, values 3x coarser, the
-recency law, the first token verbatim, key channels scaled by the square root of their RoPE
-pair's rms, above level 40 keys less their channel means, steps on the 1/8-octave grid and never
-so fine that |x| / step exceeds 127), find
-the step the decoder actually used from the decoded values, and check that it lies within the
-grid's rounding of the specified one and that every element's error is at most half of it.
+specification alone (ladder version 3: key step 0.1^((place-1)/26) of the token's rms, the place
+being the level but at the top three, values 3x coarser (2x at level 44), the recency law, the
+first token verbatim, key channels scaled by their RoPE pair's rms to a power read from the
+keys' outlier ratio up to level 27 and 0.5 above, above level 40 keys less their channel means,
+steps on the 1/8-octave grid and never so fine that |x| / step exceeds 127), find the steps the
+decoded values are multiples of, and check that one of them lies within the grid's rounding of
+the specified one with every element's error at most half of it.
 """
 
 from __future__ import annotations
@@ -25,10 +26,28 @@ MAX_SYMBOL = 127
 CENTERED_FROM = 41  # levels from here on take each key channel's mean off first
 
 
+#: Levels whose key step sits elsewhere on the 0.915x scale, and their value/key ratio.
+TOP_LEVELS = {42: (43, 3.0), 43: (46, 3.0), 44: (48, 2.0)}
+SPREAD_AUTO_TO = 27  # levels up to here read the key spread's power from the keys
+SPREAD = 0.5  # the key spread's power from there on, and the bound of the one read
+
+
 def spec_steps(level: int) -> tuple[float, float]:
     """(key, value) step as a fraction of a token's rms, from the ladder's definition."""
-    key = round(0.1 ** ((level - 1) / 26), 4)
-    return key, round(3 * key, 4)
+    place, ratio = TOP_LEVELS.get(level, (level, 3.0))
+    key = round(0.1 ** ((place - 1) / 26), 4)
+    return key, round(ratio * key, 4)
+
+
+def spread_power(mean_squares: np.ndarray, level: int) -> float:
+    """The key spread's power: 0.75 ln(largest / median pair rms / 11.7) within +-0.5 up to
+    level 27, 0.5 above."""
+    if level > SPREAD_AUTO_TO:
+        return SPREAD
+    largest, median = mean_squares.max(), np.median(mean_squares)
+    if median <= 0:
+        return SPREAD if largest > 0 else 0.0
+    return float(np.clip(0.75 * np.log(np.sqrt(largest / median) / 11.7), -SPREAD, SPREAD))
 
 
 def recency(positions: np.ndarray, context_end: int) -> np.ndarray:
@@ -38,18 +57,22 @@ def recency(positions: np.ndarray, context_end: int) -> np.ndarray:
     return np.clip(((after + 16) / 80) ** 0.75, 1 / 64, 1)
 
 
-def key_scales(keys: np.ndarray, skip: int) -> np.ndarray:
+def key_scales(keys: np.ndarray, skip: int, level: int) -> np.ndarray:
     """Per-channel key scales `[heads * dim]` of keys `[tokens, heads, dim]`: the rms over
     tokens (but the first `skip`) of each RoPE pair's magnitude (channels i and i + dim/2),
-    to the power 0.5, geometric mean 1, within [1/16, 16], on the step grid. Ones for odd dim."""
+    to the level's spread power, geometric mean 1, within [1/16, 16], on the step grid. Ones
+    for odd dim or a power of 0."""
     tokens, heads, dim = keys.shape
     if dim % 2:
         return np.ones(heads * dim)
     x = keys[skip:] if tokens > skip else keys
     half = dim // 2
     mag2 = np.square(x[..., :half], dtype=np.float64) + np.square(x[..., half:], dtype=np.float64)
+    power = spread_power(mag2.mean(axis=0), level)
+    if power == 0:
+        return np.ones(heads * dim)
     rms = np.sqrt(mag2.mean(axis=0) / 2)
-    log_w = 0.5 * np.log(np.maximum(rms, rms.max() * 1e-6 + 1e-30))
+    log_w = power * np.log(np.maximum(rms, rms.max() * 1e-6 + 1e-30))
     w = np.exp(np.clip(log_w - log_w.mean(), -np.log(16), np.log(16)))
     return grid(np.round(GRID * np.log2(np.concatenate([w, w], axis=1)))).reshape(-1)
 
@@ -130,7 +153,7 @@ def check_level(kv: np.ndarray, level: int, position: int = 0, context_end: int 
     weights = recency(np.arange(position, position + tokens), end)
     sink = position == 0
     for g, (x, y) in enumerate(zip(layer_rows(kv), layer_rows(out), strict=True)):
-        scales = key_scales(kv[g // 2, 0], int(sink)) if g % 2 == 0 else 1.0
+        scales = key_scales(kv[g // 2, 0], int(sink), level) if g % 2 == 0 else 1.0
         centered = g % 2 == 0 and level >= CENTERED_FROM
         offsets = key_offsets(kv[g // 2, 0]) if centered else 0.0
         # Half an ulp of the output dtype plus the fp32 arithmetic's roundings (s * a * b + o):
