@@ -264,16 +264,8 @@ class RowWalk {
 // as `runs`.
 void dequantize_tile(CpuPath path, const int8_t* sym, const float* a, const DequantParams& p,
                      uint32_t n, RowRuns runs, DType dtype, uint8_t* const* dsts) {
-  const float *b = p.b.data(), *o = p.o.data();
-  const uint32_t C = (uint32_t)p.b.size();
-  switch (path) {
-    case CpuPath::Avx512:
-      return dequantize_rows_avx512(sym, a, b, o, C, n, runs, dtype, dsts);
-    case CpuPath::Avx2:
-      return dequantize_rows_avx2(sym, a, b, o, C, n, runs, dtype, dsts);
-    case CpuPath::Scalar:
-      return dequantize_rows_scalar(sym, a, b, o, C, n, runs, dtype, dsts);
-  }
+  on_path(path, dequantize_rows_scalar, dequantize_rows_avx2, dequantize_rows_avx512)(
+      sym, a, p.b.data(), p.o.data(), (uint32_t)p.b.size(), n, runs, dtype, dsts);
 }
 
 // A quantized segment decoded a tile of rows at a time, each tile's rows reconstructed and

@@ -23,4 +23,11 @@ std::vector<CpuPath> available_cpu_paths();  // scalar first
 // or a path this CPU (or this build) lacks.
 CpuPath cpu_path();
 
+// The kernel of `path` among one per path with the same signature: every path-dispatched call
+// (decode, encode, dequantization, symbol counts, key statistics) goes through here.
+template <typename F>
+F* on_path(CpuPath path, F* scalar, F* avx2, F* avx512) {
+  return path == CpuPath::Avx512 ? avx512 : path == CpuPath::Avx2 ? avx2 : scalar;
+}
+
 }  // namespace cachegen

@@ -9,15 +9,10 @@ namespace cachegen {
 namespace {
 
 bool pair_magnitudes(CpuPath path, const float* k, uint32_t half, float* m, double* sum) {
-  switch (path) {
-    case CpuPath::Avx512:
-      return pair_magnitudes_avx512(k, half, m, sum);
-    case CpuPath::Avx2:
-      return pair_magnitudes_avx2(k, half, m, sum);
-    case CpuPath::Scalar:
-      break;
-  }
-  return pair_magnitudes_scalar(k, 0, half, m, sum);
+  const auto scalar = +[](const float* x, uint32_t h, float* y, double* s) {
+    return pair_magnitudes_scalar(x, 0, h, y, s);
+  };
+  return on_path(path, scalar, pair_magnitudes_avx2, pair_magnitudes_avx512)(k, half, m, sum);
 }
 
 // Token t's magnitudes into m (heads * head_dim/2), their squares added to sum if given;

@@ -327,16 +327,14 @@ void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorVie
   }
 }
 
+void count_symbols_scalar(const int8_t* sym, uint32_t rows, uint32_t C, uint32_t* count) {
+  for (uint32_t r = 0; r < rows; ++r, sym += C)
+    for (uint32_t c = 0; c < C; ++c) count[(size_t)(sym[c] + 128) * C + c]++;
+}
+
 void count_symbols(CpuPath path, const int8_t* sym, uint32_t rows, uint32_t C, uint32_t* count) {
-  switch (path) {
-    case CpuPath::Avx512:
-      return count_symbols_avx512(sym, rows, C, count);
-    case CpuPath::Avx2:
-      return count_symbols_avx2(sym, rows, C, count);
-    case CpuPath::Scalar:
-      for (uint32_t r = 0; r < rows; ++r, sym += C)
-        for (uint32_t c = 0; c < C; ++c) count[(size_t)(sym[c] + 128) * C + c]++;
-  }
+  on_path(path, count_symbols_scalar, count_symbols_avx2, count_symbols_avx512)(sym, rows, C,
+                                                                                count);
 }
 
 void split_planes(const TensorView& v, int8_t* symbols, uint32_t* hist) {

@@ -250,6 +250,7 @@ void count_symbols(CpuPath path, const int8_t* symbols, uint32_t rows, uint32_t 
                    uint32_t* count);
 void quantize_row_avx512(const float* x, float inv_a, const float* inv_b, const float* o,
                          int max_symbol, uint32_t n, int8_t* out);
+void count_symbols_scalar(const int8_t* symbols, uint32_t rows, uint32_t channels, uint32_t* count);
 void count_symbols_avx2(const int8_t* symbols, uint32_t rows, uint32_t channels, uint32_t* count);
 void count_symbols_avx512(const int8_t* symbols, uint32_t rows, uint32_t channels, uint32_t* count);
 

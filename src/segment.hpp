@@ -80,14 +80,7 @@ void decode_avx512(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out);
 
 inline void decode_symbols(CpuPath path, RansCursor& r, const DecodeTables& t, size_t n,
                            int8_t* out) {
-  switch (path) {
-    case CpuPath::Avx512:
-      return decode_avx512(r, t, n, out);
-    case CpuPath::Avx2:
-      return decode_avx2(r, t, n, out);
-    case CpuPath::Scalar:
-      return decode_scalar(r, t, n, out);
-  }
+  on_path(path, decode_scalar, decode_avx2, decode_avx512)(r, t, n, out);
 }
 
 // Decodes a whole segment (tokens * channels symbols) into out ([tokens, channels]); throws

@@ -71,15 +71,9 @@ uint16_t* encode_avx512(const int8_t* sym, size_t n, const EncodeTables& t, uint
 
 inline uint16_t* encode_symbols(CpuPath path, const int8_t* sym, size_t n, const EncodeTables& t,
                                 uint32_t* state, uint16_t* top) {
-  switch (path) {
-    case CpuPath::Avx512:
-      return encode_avx512(sym, n, t, state, top);
-    case CpuPath::Avx2:
-      return encode_avx2(sym, n, t, state, top);
-    case CpuPath::Scalar:
-      break;
-  }
-  return encode_scalar(sym, 0, n, t, state, top);
+  const auto scalar = +[](const int8_t* s, size_t m, const EncodeTables& e, uint32_t* x,
+                          uint16_t* w) { return encode_scalar(s, 0, m, e, x, w); };
+  return on_path(path, scalar, encode_avx2, encode_avx512)(sym, n, t, state, top);
 }
 
 }  // namespace cachegen

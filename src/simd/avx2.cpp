@@ -382,7 +382,7 @@ uint16_t* encode_avx2(const int8_t* sym, size_t n, const EncodeTables& t, uint32
   return encode_scalar(sym, 0, n, t, state, top);
 }
 void count_symbols_avx2(const int8_t* symbols, uint32_t rows, uint32_t channels, uint32_t* count) {
-  count_symbols(CpuPath::Scalar, symbols, rows, channels, count);
+  count_symbols_scalar(symbols, rows, channels, count);
 }
 void cross_bits_avx2(const uint16_t* bin, const uint32_t* count, uint32_t n, const float* cost,
                      uint32_t stride, double* bits) {

@@ -433,7 +433,7 @@ void quantize_row_avx512(const float* x, float inv_a, const float* inv_b, const 
 }
 void count_symbols_avx512(const int8_t* symbols, uint32_t rows, uint32_t channels,
                           uint32_t* count) {
-  count_symbols(CpuPath::Scalar, symbols, rows, channels, count);
+  count_symbols_scalar(symbols, rows, channels, count);
 }
 
 void cross_bits_avx512(const uint16_t* bin, const uint32_t* count, uint32_t n, const float* cost,
