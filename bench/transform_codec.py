@@ -28,8 +28,6 @@ import argparse
 import dataclasses
 import functools
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -41,6 +39,7 @@ from ladder_report import TARGETS, reference_bits
 from lib.kvquality import Result, load_document, load_model, prefill
 from lib.kvquality.methods import KV, Method
 from lib.kvquality.report import run_info
+from lib.rounds import median_seconds
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DECODE_LEVEL = 15
@@ -93,15 +92,6 @@ def transform_codings(levels: list[int], prefix: str, pair_spread: bool = False)
     return out
 
 
-def median_s(fn, repeats: int = 5) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def decode_cost(model: str, doc: str, t: Transform, prefix: int) -> dict[str, float]:
     """Seconds (median of 5, one thread) to decode level `DECODE_LEVEL` plain, and with the
     transform: the coefficients' decode and the inverse transform."""
@@ -111,9 +101,9 @@ def decode_cost(model: str, doc: str, t: Transform, prefix: int) -> dict[str, fl
     coded = cachegen.encode(forward(kv, t), config=config)
     coeffs = list(cachegen.decode(coded, threads=1))
     out = {
-        "decode_s": median_s(lambda: cachegen.decode(plain, threads=1)),
-        "coefficients_decode_s": median_s(lambda: cachegen.decode(coded, threads=1)),
-        "inverse_s": median_s(lambda: inverse(coeffs, t)),
+        "decode_s": median_seconds(lambda: cachegen.decode(plain, threads=1)),
+        "coefficients_decode_s": median_seconds(lambda: cachegen.decode(coded, threads=1)),
+        "inverse_s": median_seconds(lambda: inverse(coeffs, t)),
     }
     return out | {"inverse_over_decode": out["inverse_s"] / out["decode_s"]}
 

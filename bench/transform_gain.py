@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ import torch
 import cachegen
 from lib.kvquality import load_document
 from lib.kvquality.model import KV_CACHE
+from lib.rounds import median_seconds
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PREFIX = 1536
@@ -105,15 +104,6 @@ def layer_gains(model: str, fit_kv, ev_kv) -> list[dict]:
     return out
 
 
-def median_s(fn, repeats: int = 5) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def decode_cost(kv) -> dict[str, float]:
     """Seconds (median) to decode the cache at the default level and to apply one inverse
     transform per layer and K/V, one thread each."""
@@ -123,8 +113,8 @@ def decode_cost(kv) -> dict[str, float]:
         (torch.randn(t.shape[1] * t.shape[3], t.shape[1] * t.shape[3]), t) for p in kv for t in p
     ]
     coeffs = [(m, t[0].permute(1, 0, 2).reshape(t.shape[2], -1).float()) for m, t in mats]
-    dec = median_s(lambda: cachegen.decode(blob, threads=1))
-    inv = median_s(lambda: [x @ m for m, x in coeffs])
+    dec = median_seconds(lambda: cachegen.decode(blob, threads=1))
+    inv = median_seconds(lambda: [x @ m for m, x in coeffs])
     return {"decode_s": dec, "inverse_transform_s": inv, "ratio": inv / dec}
 
 

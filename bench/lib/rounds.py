@@ -62,3 +62,13 @@ def run_rounds(cases: list[Case], rounds: int, deadline: float) -> None:
         for c in cases:
             c.run()
         last = time.perf_counter() - start
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int = 5) -> float:
+    """The median wall time of `repeats` calls of `fn`, one after another."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
