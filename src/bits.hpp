@@ -75,6 +75,20 @@ class BitReader {
     }
     throw FormatError(std::string(what_) + ": code out of range");
   }
+  // A Rice code: a unary quotient (at most `limit`) then k <= 24 low bits. One window read
+  // serves the whole code when it fits, as almost every code does.
+  uint32_t rice(int k, uint32_t limit) {
+    const uint64_t w = peek();
+    const uint32_t run = ~w ? (uint32_t)__builtin_ctzll(~w) : 64;
+    if (run + 1 + (uint32_t)k > kWindow) {
+      const uint32_t q = unary(limit);
+      return (q << k) | take(k);
+    }
+    skip(run + 1);
+    if (run > limit) throw FormatError(std::string(what_) + ": code out of range");
+    skip((uint32_t)k);
+    return (run << k) | (uint32_t)((w >> (run + 1)) & ((uint64_t{1} << k) - 1));
+  }
   size_t end_pos() const { return (bit_ + 7) / 8; }
 
  private:

@@ -453,10 +453,17 @@ void decode_into(const ParsedBlob& blob, const uint8_t* data, const std::vector<
     return std::tuple(a.group / 2, a.token_begin, a.group) <
            std::tuple(b.group / 2, b.token_begin, b.group);
   });
-  const size_t n = order.size();
-  const size_t run = std::max<size_t>(1, n / ((size_t)resolve_threads(threads) * 8));
-  parallel_for((n + run - 1) / run, threads, [&](size_t r) {
-    for (size_t i = r * run; i < std::min(n, (r + 1) * run); ++i)
+  // Runs shrink as the work left does (guided scheduling): long runs first, so a thread
+  // rarely changes layer, and short ones last, so the threads finish together.
+  const size_t n = order.size(), workers = (size_t)resolve_threads(threads);
+  std::vector<size_t> starts{0};
+  for (size_t left = n; left;) {
+    const size_t run = std::min(left, std::max<size_t>(2, left / (2 * workers)));
+    starts.push_back(starts.back() + run);
+    left -= run;
+  }
+  parallel_for(starts.size() - 1, threads, [&](size_t r) {
+    for (size_t i = starts[r]; i < starts[r + 1]; ++i)
       decode_segment_into(blob, data, outs, call, path, blob.segments[order[i]]);
   });
 }

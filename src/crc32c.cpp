@@ -58,6 +58,30 @@ __attribute__((target("sse4.2"))) uint32_t crc_sse42(const uint8_t* p, size_t n,
   return c32;
 }
 
+// Three streams at once: the crc32 instruction's latency is three times its throughput, so one
+// stream leaves the unit two thirds idle. Returns the CRC (not the register) of p[0, n).
+__attribute__((target("sse4.2"))) uint32_t crc_sse42_x3(const uint8_t* p, size_t n, uint32_t crc) {
+  constexpr size_t kMinBytes = 3 * 1024;  // below this the combines cost more than they save
+  if (n < kMinBytes) return ~crc_sse42(p, n, ~crc);
+  const size_t third = n / 3 / 8 * 8;
+  const uint8_t *b = p + third, *c = b + third;
+  uint64_t ra = ~crc, rb = ~0u, rc = ~0u;
+  for (size_t i = 0; i < third; i += 8) {
+    uint64_t va, vb, vc;
+    std::memcpy(&va, p + i, 8);
+    std::memcpy(&vb, b + i, 8);
+    std::memcpy(&vc, c + i, 8);
+    ra = _mm_crc32_u64(ra, va);
+    rb = _mm_crc32_u64(rb, vb);
+    rc = _mm_crc32_u64(rc, vc);
+  }
+  const size_t rest = n - 3 * third;
+  const uint32_t last = ~crc_sse42(c + third, rest, (uint32_t)rc);
+  static const CrcPowers pw = crc_powers();
+  const uint32_t ab = crc_combine(~(uint32_t)ra, ~(uint32_t)rb, third, pw);
+  return crc_combine(ab, last, third + rest, pw);
+}
+
 bool has_sse42() {
   static const bool yes = __builtin_cpu_supports("sse4.2");
   return yes;
@@ -65,11 +89,10 @@ bool has_sse42() {
 #endif
 
 uint32_t crc_serial(const uint8_t* data, size_t n, uint32_t crc) {
-  crc = ~crc;
 #ifdef CG_X86
-  if (has_sse42()) return ~crc_sse42(data, n, crc);
+  if (has_sse42()) return crc_sse42_x3(data, n, crc);
 #endif
-  return ~crc_table(data, n, crc);
+  return ~crc_table(data, n, ~crc);
 }
 
 }  // namespace

@@ -1,16 +1,12 @@
-// parallel_for over [0, n) on up to `threads` OS threads, handing out indices dynamically so
-// uneven work (groups of different sizes) balances; the first exception is rethrown.
+// parallel_for over [0, n) on up to `threads` threads, handing out indices dynamically so uneven
+// work (groups of different sizes) balances; the first exception is rethrown. The calling thread
+// works too, helped by threads of one process-wide pool that live across calls: a call neither
+// starts threads nor finds its helpers' per-thread buffers (decoder tables, scratch) gone.
 #pragma once
 #include <algorithm>
-#include <atomic>
 #include <cstddef>
-#include <exception>
-#include <mutex>
-#include <stdexcept>
-#include <string>
-#include <system_error>
 #include <thread>
-#include <vector>
+#include <type_traits>
 
 namespace cachegen {
 
@@ -23,6 +19,11 @@ inline int resolve_threads(int threads) {
   return std::max(1u, std::thread::hardware_concurrency());
 }
 
+// Runs body(ctx, i) for every i < n on the caller and up to `helpers` pool threads (fewer if
+// the pool cannot start more); returns once every index has run. Calls may nest and may come
+// from several threads at once.
+void run_parallel(size_t n, size_t helpers, void (*body)(void* ctx, size_t i), void* ctx);
+
 template <typename F>
 void parallel_for(size_t n, int threads, F&& fn) {
   const size_t workers = std::min<size_t>(n, (size_t)resolve_threads(threads));
@@ -30,34 +31,9 @@ void parallel_for(size_t n, int threads, F&& fn) {
     for (size_t i = 0; i < n; ++i) fn(i);
     return;
   }
-  std::atomic<size_t> next{0};
-  std::exception_ptr error;
-  std::mutex error_mutex;
-  auto work = [&] {
-    for (size_t i; (i = next.fetch_add(1)) < n;) {
-      try {
-        fn(i);
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(error_mutex);
-        if (!error) error = std::current_exception();
-        next = n;
-      }
-    }
-  };
-  std::vector<std::thread> pool;
-  pool.reserve(workers - 1);
-  try {
-    for (size_t w = 1; w < workers; ++w) pool.emplace_back(work);
-  } catch (const std::system_error& e) {
-    // Out of threads (resource limits): stop the ones running and report, rather than let a
-    // joinable std::thread's destructor terminate the process.
-    next = n;
-    for (auto& t : pool) t.join();
-    throw std::runtime_error(std::string("could not start a worker thread: ") + e.what());
-  }
-  work();
-  for (auto& t : pool) t.join();
-  if (error) std::rethrow_exception(error);
+  using Fn = std::remove_reference_t<F>;
+  run_parallel(n, workers - 1, [](void* f, size_t i) { (*static_cast<Fn*>(f))(i); },
+               const_cast<void*>(static_cast<const void*>(&fn)));
 }
 
 }  // namespace cachegen

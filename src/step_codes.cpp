@@ -108,8 +108,7 @@ std::vector<uint16_t> read_step_codes(const uint8_t* data, size_t& pos, size_t e
   const auto& grid = grid_values();
   std::vector<uint16_t> steps(count);
   for (uint16_t& step : steps) {
-    const uint32_t q = r.unary(kMaxZigzag >> k);
-    const int code = center + unzigzag((q << k) | r.take(k));
+    const int code = center + unzigzag(r.rice(k, kMaxZigzag >> k));
     if (code < kMinStepCode || code > kMaxStepCode)
       throw FormatError("scale codes: code out of range");
     step = grid[code - kMinStepCode];

@@ -347,12 +347,14 @@ std::array<rans::EncSym, kAlphabet> encoder_symbols(const Table& t) {
 }
 
 void fill_decoder_lut(const Table& t, uint32_t* lut) {
+  // A slot's entry is its symbol's base plus the slot: runs of bases, then the slots added in
+  // one pass (two loops the compiler vectorizes, where a per-symbol ramp is mostly loop tails).
   uint32_t cum = 0;
   for (int i = 0; i < kAlphabet; ++i) {
-    const uint32_t base = rans::dec_entry_base(i, t.freq[i], cum);
-    for (uint32_t k = 0; k < t.freq[i]; ++k) lut[cum + k] = base + cum + k;
+    std::fill_n(lut + cum, t.freq[i], rans::dec_entry_base(i, t.freq[i], cum));
     cum += t.freq[i];
   }
+  for (uint32_t slot = 0; slot < rans::kProbScale; ++slot) lut[slot] += slot;
 }
 
 double code_length_bits(const Histogram& counts, const Table& t) {

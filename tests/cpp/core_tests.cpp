@@ -2,19 +2,33 @@
 // probability tables and the table-count search, one rANS segment (every CPU path against the
 // scalar one), the fused dequantize-and-convert rows, the checksum and the half-precision
 // conversions. Built and run by CTest (CMake option CACHEGEN_TESTS), also under ASan + UBSan.
+#include <algorithm>
 #include <array>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <mutex>
 #include <random>
+#include <set>
+#include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
+
+#ifdef __linux__
+#include <dirent.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "bits.hpp"
 #include "cpu_path.hpp"
 #include "crc32c.hpp"
 #include "half.hpp"
+#include "parallel.hpp"
 #include "quant.hpp"
 #include "rans.hpp"
 #include "segment.hpp"
@@ -399,6 +413,16 @@ void dequantize_rows_match_scalar() {
   }
 }
 
+// CRC32C one bit at a time: the reference the table, three-stream and parallel paths must match.
+uint32_t crc_bitwise(const uint8_t* p, size_t n, uint32_t crc = 0) {
+  crc = ~crc;
+  for (size_t i = 0; i < n; ++i) {
+    crc ^= p[i];
+    for (int k = 0; k < 8; ++k) crc = (crc >> 1) ^ (kCrc32cPoly & (0u - (crc & 1)));
+  }
+  return ~crc;
+}
+
 void crc32c_known_values() {
   const char* check = "123456789";
   CHECK(crc32c(reinterpret_cast<const uint8_t*>(check), 9) == 0xe3069283u);
@@ -410,6 +434,72 @@ void crc32c_known_values() {
   const uint32_t a = crc32c(data.data(), cut), b = crc32c(data.data() + cut, data.size() - cut);
   CHECK(crc_combine(a, b, data.size() - cut, crc_powers()) == whole);
   CHECK(crc32c(data.data() + cut, data.size() - cut, a) == whole);  // streaming form
+  // Lengths on either side of the three-stream and parallel-chunk thresholds, odd offsets.
+  std::vector<uint8_t> big(3u << 20 | 11);
+  for (auto& b : big) b = (uint8_t)rng();
+  for (size_t n : {size_t{0}, size_t{1}, size_t{7}, size_t{3071}, size_t{3072}, size_t{3077},
+                   size_t{65539}, size_t{(1u << 20) - 1}, size_t{(2u << 20) + 5}, big.size() - 3})
+    for (size_t at : {size_t{0}, size_t{3}}) {
+      CHECK(crc32c(big.data() + at, n) == crc_bitwise(big.data() + at, n));
+      CHECK(crc32c(big.data() + at, n, 0x1234567u) == crc_bitwise(big.data() + at, n, 0x1234567u));
+    }
+}
+
+// The pool: every index once, nested calls, an exception reported and the pool still serving,
+// several callers at once, and the same helper threads from one call to the next.
+void parallel_for_runs_every_index() {
+  std::vector<std::atomic<int>> hits(5000);
+  parallel_for(hits.size(), 4, [&](size_t i) { hits[i]++; });
+  bool once = true;
+  for (auto& h : hits) once &= h.exchange(0) == 1;
+  CHECK(once);
+  parallel_for(50, 3, [&](size_t i) {
+    parallel_for(100, 3, [&](size_t j) { hits[i * 100 + j]++; });
+  });
+  once = true;
+  for (auto& h : hits) once &= h.exchange(0) == 1;
+  CHECK(once);
+  bool raised = false;
+  try {
+    parallel_for(1000, 4, [](size_t i) {
+      if (i == 500) throw std::runtime_error("index 500");
+    });
+  } catch (const std::runtime_error& e) {
+    raised = std::string(e.what()) == "index 500";
+  }
+  CHECK(raised);
+  std::vector<std::thread> callers;
+  for (int c = 0; c < 4; ++c)
+    callers.emplace_back([&] {
+      for (int k = 0; k < 20; ++k) parallel_for(hits.size(), 3, [&](size_t i) { hits[i]++; });
+    });
+  for (auto& t : callers) t.join();
+  once = true;
+  for (auto& h : hits) once &= h.exchange(0) == 80;
+  CHECK(once);
+#ifdef __linux__
+  // A call's helpers are threads that were alive before it: the pool's, not new ones.
+  auto tasks = [] {
+    std::set<long> ids;
+    if (DIR* d = opendir("/proc/self/task")) {
+      while (dirent* e = readdir(d))
+        if (e->d_name[0] != '.') ids.insert(std::atol(e->d_name));
+      closedir(d);
+    }
+    return ids;
+  };
+  auto nap = [](size_t) { std::this_thread::sleep_for(std::chrono::milliseconds(20)); };
+  parallel_for(8, 3, nap);
+  const std::set<long> before = tasks();
+  std::mutex m;
+  std::set<long> used;
+  parallel_for(8, 3, [&](size_t i) {
+    nap(i);
+    std::lock_guard<std::mutex> lock(m);
+    used.insert((long)syscall(SYS_gettid));
+  });
+  CHECK(used.size() == 3 && std::includes(before.begin(), before.end(), used.begin(), used.end()));
+#endif
 }
 
 void half_conversions_round_trip() {
@@ -440,6 +530,7 @@ int main() {
   for (CpuPath p : available_cpu_paths()) std::printf(" %s", cpu_path_name(p));
   std::printf("\n");
   crc32c_known_values();
+  parallel_for_runs_every_index();
   half_conversions_round_trip();
   if (g_failures) {
     std::fprintf(stderr, "%d check(s) failed\n", g_failures);
