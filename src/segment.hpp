@@ -74,6 +74,32 @@ inline void decode_scalar(RansCursor& r, const DecodeTables& t, size_t n, int8_t
   r.channel = c;
 }
 
+// Whole steps of a vector kernel, to the stream's end: `steps_fn(cursor, steps, out)` runs steps
+// while the kLanes words a step may read remain, and returns how many ran. The last steps read a
+// copy of the words left, padded with the last word as rans::clamp_word reads past the end, so
+// the scalar loop is left only the symbols short of a whole step, and a corrupt stream decodes
+// and flags overrun exactly as it does there.
+template <typename StepsFn>
+size_t vector_steps(RansCursor& r, size_t steps, int8_t* out, StepsFn&& steps_fn) {
+  size_t done = steps_fn(r, steps, out);
+  if (done == steps || r.wp > r.nwords) return done;  // done, or overran already
+  uint16_t pad[2 * rans::kLanes], last = 0;
+  const size_t left = r.nwords - r.wp;
+  if (r.nwords) std::memcpy(&last, r.words + 2 * (r.nwords - 1), 2);
+  std::fill(pad, pad + 2 * rans::kLanes, last);
+  std::memcpy(pad, r.words + 2 * r.wp, 2 * left);
+  RansCursor tail = r;
+  tail.words = reinterpret_cast<const uint8_t*>(pad);
+  tail.nwords = left + rans::kLanes;  // steps start while at most `left` words are used
+  tail.wp = 0;
+  done += steps_fn(tail, steps - done, out + done * rans::kLanes);
+  std::memcpy(r.state, tail.state, rans::kStateBytes);
+  r.channel = tail.channel;
+  r.wp += tail.wp;
+  r.overrun |= tail.wp > left;
+  return done;
+}
+
 // Vector kernels (src/simd/decode_*.cpp): the same result as decode_scalar, bit for bit.
 void decode_avx2(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out);
 void decode_avx512(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out);

@@ -356,7 +356,11 @@ CG_AVX512 bool pair_magnitudes16(const float* k, uint32_t half, float* m, double
 void decode_avx512(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
   const size_t head = std::min(n, (size_t)((rans::kLanes - r.lane) % rans::kLanes));
   decode_scalar(r, t, head, out);
-  const size_t done = decode_steps(r, t, (n - head) / rans::kLanes, out + head) * rans::kLanes;
+  const size_t done = vector_steps(r, (n - head) / rans::kLanes, out + head,
+                                   [&](RansCursor& c, size_t steps, int8_t* o) {
+                                     return decode_steps(c, t, steps, o);
+                                   }) *
+                      rans::kLanes;
   decode_scalar(r, t, n - head - done, out + head + done);
 }
 
