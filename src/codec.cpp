@@ -296,9 +296,10 @@ void decode_fused(const ParsedBlob& blob, const uint8_t* data, uint64_t call, Cp
                            : RowRuns{1, C, 0};
   RansCursor r(data + s.offset, s.bytes);
   const uint32_t end = s.token_begin + s.token_count;
-  // Rows written through the caches go one at a time, `ahead` prefetching the row kPrefetchRows
-  // after each; streamed rows (no line is read first) go a tile per call.
-  RowWalk at(v, s.token_begin, end), ahead(v, stream ? end : s.token_begin, end);
+  // A paged output's rows written through the caches go one at a time, `ahead` prefetching the
+  // row kPrefetchRows after each (see kPrefetchRows); other rows go a tile per call.
+  const bool row_by_row = !stream && v.block_table;
+  RowWalk at(v, s.token_begin, end), ahead(v, row_by_row ? s.token_begin : end, end);
   for (; ahead.token() < std::min(end, s.token_begin + kPrefetchRows); ahead.next())
     prefetch_row(v, ahead.row());
   for (uint32_t k0 = 0, n; k0 < s.token_count; k0 += n) {
@@ -311,10 +312,10 @@ void decode_fused(const ParsedBlob& blob, const uint8_t* data, uint64_t call, Cp
       if (k >= raw)
         dsts[k] = placement == Placement::Staged ? staged + (k - raw) * row_bytes : at.row();
     for (uint32_t k = 0; k < raw; ++k) store_row(v, t0 + k, p.raw.data() + (size_t)(t0 + k) * C);
-    if (stream)
+    if (!row_by_row)
       dequantize_tile(path, tile + (size_t)raw * C, p.a.data() + t0 + raw, p, n - raw, runs,
                       v.dtype, dsts + raw);
-    for (uint32_t k = raw; !stream && k < n; ++k) {
+    for (uint32_t k = raw; row_by_row && k < n; ++k) {
       dequantize_tile(path, tile + (size_t)k * C, p.a.data() + t0 + k, p, 1, runs, v.dtype,
                       dsts + k);
       if (ahead.token() < end) {
