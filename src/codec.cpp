@@ -21,6 +21,9 @@ struct Scratch {
   std::vector<uint16_t> words;
 };
 
+// Scratch a thread keeps once a group is done: a typical group's symbols, not the largest's.
+constexpr size_t kKeptScratchBytes = 8u << 20;
+
 Scratch& scratch() {
   thread_local Scratch s;
   return s;
@@ -94,6 +97,8 @@ EncodedGroup encode_group(const GroupSpec& s, uint32_t segment_symbols, CpuPath 
                    sc.words.data() + sc.words.size(), e.payload);
     e.segment_bytes.push_back((uint32_t)(e.payload.size() - before));
   }
+  // Pool threads keep their scratch between calls; a big group's symbols are not worth keeping.
+  if (sc.symbols.capacity() > kKeptScratchBytes) std::vector<int8_t>().swap(sc.symbols);
   return e;
 }
 
