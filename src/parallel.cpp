@@ -1,5 +1,7 @@
 #include "parallel.hpp"
 
+#include <pthread.h>
+
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -7,8 +9,6 @@
 #include <mutex>
 #include <system_error>
 #include <vector>
-
-#include <pthread.h>
 
 namespace cachegen {
 namespace {
@@ -19,8 +19,8 @@ struct Job {
   void (*body)(void*, size_t);
   void* ctx;
   std::atomic<size_t> next{0};
-  size_t seats;      // helpers that may still join (under the pool's mutex)
-  size_t inside = 0; // helpers working on it now (under the pool's mutex)
+  size_t seats;       // helpers that may still join (under the pool's mutex)
+  size_t inside = 0;  // helpers working on it now (under the pool's mutex)
   std::exception_ptr error;
   std::mutex error_mutex;
 

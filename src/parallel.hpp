@@ -32,8 +32,9 @@ void parallel_for(size_t n, int threads, F&& fn) {
     return;
   }
   using Fn = std::remove_reference_t<F>;
-  run_parallel(n, workers - 1, [](void* f, size_t i) { (*static_cast<Fn*>(f))(i); },
-               const_cast<void*>(static_cast<const void*>(&fn)));
+  run_parallel(
+      n, workers - 1, [](void* f, size_t i) { (*static_cast<Fn*>(f))(i); },
+      const_cast<void*>(static_cast<const void*>(&fn)));
 }
 
 }  // namespace cachegen

@@ -453,9 +453,8 @@ void parallel_for_runs_every_index() {
   bool once = true;
   for (auto& h : hits) once &= h.exchange(0) == 1;
   CHECK(once);
-  parallel_for(50, 3, [&](size_t i) {
-    parallel_for(100, 3, [&](size_t j) { hits[i * 100 + j]++; });
-  });
+  parallel_for(50, 3,
+               [&](size_t i) { parallel_for(100, 3, [&](size_t j) { hits[i * 100 + j]++; }); });
   once = true;
   for (auto& h : hits) once &= h.exchange(0) == 1;
   CHECK(once);
