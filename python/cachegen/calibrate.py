@@ -7,9 +7,11 @@ sensitivity. High-rate theory makes the rate-optimal step proportional to sensit
 (every head then adds the same distortion); `strength` below 1/2 hedges against measurement
 noise on a few texts. The key channels' RoPE frequency bands are measured the same way, each
 band of every layer's keys coded at once. Costs 2 * layers * heads + bands continuation passes
-per text (SmolLM2-135M with a 1536-token prefix and a 256-token continuation: about 3.5 minutes
-per text on two cores), with a progress bar, each result kept on disk as it comes
-(`cachegen.measurements`) so that a rerun after a failure resumes.
+per text; a pass that changes layer L's cache computes only the layers from L up, the ones below
+replaying the text's reference run (`cachegen.replay`): SmolLM2-135M with a 1536-token prefix and
+a 256-token continuation takes about 260 s of CPU per text, 2.1 minutes on two cores. A progress
+bar shows the passes, each result kept on disk as it comes (`cachegen.measurements`) so that a
+rerun after a failure resumes.
 
 One more pass with attention weights fits the token-importance model (`cachegen.importance`):
 per layer, the log of the attention mass each prefix token receives from the continuation,
@@ -88,8 +90,7 @@ def calibrate(
             `strength` and `bound` only shape the result: they are not part of the key.
         replay: a pass that changes the cache of layers >= L only replays the outputs the
             layers below L gave in the text's reference run instead of computing them: the
-            same measurements at about half the cost (SmolLM2-135M: 555 passes over three
-            texts in under 10 minutes of two cores). Checked once per text on the model at
+            same measurements at about half the cost. Checked once per text on the model at
             hand, with full passes where replaying does not give the reference run back;
             False always runs full passes (to time them, say).
     """
