@@ -9,7 +9,7 @@ noise on a few texts. The key channels' RoPE frequency bands are measured the sa
 band of every layer's keys coded at once. Costs 2 * layers * heads + bands continuation passes
 per text; a pass that changes layer L's cache computes only the layers from L up, the ones below
 replaying the text's reference run (`cachegen.replay`): SmolLM2-135M with a 1536-token prefix and
-a 256-token continuation takes about 260 s of CPU per text, 2.1 minutes on two cores. A progress
+a 256-token continuation takes 220-260 s of CPU per text, 2 minutes of two cores. A progress
 bar shows the passes, each result kept on disk as it comes (`cachegen.measurements`) so that a
 rerun after a failure resumes.
 
