@@ -4,8 +4,8 @@
 
 Calibration texts: GPL-1, GPL-2 and LGPL-2.1 from /usr/share/common-licenses and the sources of
 Python's difflib, typing and pathlib (the benchmark scores GPL-3, Apache-2.0, MPL-2.0, GFDL-1.3
-and argparse's source). Same prefix/continuation split as the quality benchmark. About 19
-minutes on two cores.
+and argparse's source). Same prefix/continuation split as the quality benchmark. About 13
+minutes on two cores (twice the three texts of bench/results/calibrate_time.md).
 """
 
 from __future__ import annotations

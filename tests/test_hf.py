@@ -316,11 +316,12 @@ def test_calibrate_resumes_after_a_failure(
     assert not _cache_dir.exists() and capsys.readouterr().err == ""
     # Per text: the attention pass, 4 layers x K/V x 2 heads, 2 key bands.
     passes = 2 * (1 + 4 * 2 * 2 + 2)
-    assert full == 1 + 2 * (4 + passes // 2 - 1)  # shape probe; per text 2 prefills, reference
+    # Shape probe; per text 2 prefills, the reference and its layer replay check.
+    assert full == 1 + 2 * (5 + passes // 2 - 1)
 
-    # Forwards: 1 shape probe, 2-3 the attention pass (stored), 4 prefill, 5 reference, 6-9
-    # four sensitivity passes (stored), 10 fails.
-    calls["fail_at"] = 10
+    # Forwards: 1 shape probe, 2-3 the attention pass (stored), 4 prefill, 5 reference, 6 the
+    # replay check, 7-10 four sensitivity passes (stored), 11 fails.
+    calls["fail_at"] = 11
     with pytest.raises(RuntimeError, match="interrupted"):
         cachegen.calibrate(model, texts, **options)
     assert len(list((_cache_dir / "calibrate").iterdir())) == 1
