@@ -13,6 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from tiny_lm import sharpened, tiny_qwen2  # noqa: E402
+
 from cachegen.hf import from_cache, to_cache  # noqa: E402
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -23,26 +25,6 @@ def _cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """calibrate() keeps its measurements under the user cache dir: a temporary one here."""
     monkeypatch.setenv("CACHEGEN_CACHE_DIR", str(tmp_path / "cache"))
     return tmp_path / "cache"
-
-
-def _tiny(
-    layer_types: list[str], window: int = 8, positions: int = 128
-) -> transformers.PreTrainedModel:
-    """A 4-layer random Qwen2 whose layers are full or sliding-window attention."""
-    torch.manual_seed(0)
-    config = transformers.Qwen2Config(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=len(layer_types),
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        use_sliding_window=True,
-        sliding_window=window,
-        layer_types=layer_types,
-        max_position_embeddings=positions,
-    )
-    return transformers.Qwen2ForCausalLM(config).eval()
 
 
 def _continue(
@@ -63,7 +45,7 @@ def _copy(kv: list[tuple[torch.Tensor, torch.Tensor]]) -> list[tuple[torch.Tenso
 
 
 def test_from_cache_layout_with_sliding_layers() -> None:
-    model = _tiny(["sliding_attention", "full_attention"] * 2, window=8)
+    model = tiny_qwen2(["sliding_attention", "full_attention"] * 2, window=8)
     ids = torch.randint(0, 64, (1, 20))
     kv = from_cache(_prefill(model, ids))
     # Sliding layers keep window - 1 tokens, full layers all 20: [batch, kv_heads, tokens, dim].
@@ -73,7 +55,7 @@ def test_from_cache_layout_with_sliding_layers() -> None:
 
 @pytest.mark.parametrize("window", [8, 32])  # window exceeded / not reached by 20 tokens
 def test_round_trip_mixed_sliding_gives_identical_logits(window: int) -> None:
-    model = _tiny(["sliding_attention", "full_attention"] * 2, window=window)
+    model = tiny_qwen2(["sliding_attention", "full_attention"] * 2, window=window)
     ids = torch.randint(0, 64, (1, 26))
     original = _prefill(model, ids[:, :20])
     rebuilt = to_cache(_copy(from_cache(original)), model.config)
@@ -84,7 +66,7 @@ def test_round_trip_mixed_sliding_gives_identical_logits(window: int) -> None:
 
 
 def test_generate_continues_from_rebuilt_cache() -> None:
-    model = _tiny(["sliding_attention", "full_attention"] * 2, window=8)
+    model = tiny_qwen2(["sliding_attention", "full_attention"] * 2, window=8)
     ids = torch.randint(0, 64, (1, 20))
     expected = model.generate(ids, max_new_tokens=6, do_sample=False)
     # As with any cache handed to generate(), it covers all but the last prompt token.
@@ -96,7 +78,7 @@ def test_generate_continues_from_rebuilt_cache() -> None:
 
 def test_decoded_cache_feeds_the_model() -> None:
     cachegen = pytest.importorskip("cachegen")
-    model = _tiny(["sliding_attention", "full_attention"] * 2, window=8)
+    model = tiny_qwen2(["sliding_attention", "full_attention"] * 2, window=8)
     ids = torch.randint(0, 64, (1, 26))
     kv = from_cache(_prefill(model, ids[:, :20]))
     decoded = cachegen.decode(cachegen.encode(kv, level=max(cachegen.LEVELS)))
@@ -108,7 +90,7 @@ def test_decoded_cache_feeds_the_model() -> None:
 
 
 def test_all_sliding_needs_seq_length() -> None:
-    model = _tiny(["sliding_attention"] * 2, window=8)
+    model = tiny_qwen2(["sliding_attention"] * 2, window=8)
     ids = torch.randint(0, 64, (1, 26))
     original = _prefill(model, ids[:, :20])
     kv = from_cache(original)
@@ -127,13 +109,13 @@ def test_from_cache_rejects_non_cache() -> None:
 
 
 def test_from_cache_rejects_empty_layers() -> None:
-    model = _tiny(["full_attention"] * 2)
+    model = tiny_qwen2(["full_attention"] * 2)
     with pytest.raises(ValueError, match="layer 0"):
         from_cache(transformers.DynamicCache(config=model.config))
 
 
 def test_to_cache_rejects_bad_input() -> None:
-    config = _tiny(["full_attention"] * 2).config
+    config = tiny_qwen2(["full_attention"] * 2).config
     good = (torch.zeros(1, 2, 5, 8), torch.zeros(1, 2, 5, 8))
     with pytest.raises(ValueError, match="2 cache layers, kv has 1"):
         to_cache([good], config)
@@ -166,22 +148,13 @@ def test_smollm2_round_trip_identical_logits() -> None:
     assert torch.equal(continue_logits(lm, _copy(kv), ids[:, 64:]), expected)
 
 
-def _sharp(model: transformers.PreTrainedModel) -> transformers.PreTrainedModel:
-    """Larger query and key projections: peaked attention, so keys matter as in a trained LM."""
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.self_attn.q_proj.weight.mul_(8)
-            layer.self_attn.k_proj.weight.mul_(8)
-    return model
-
-
 def test_calibrate_profile_on_a_tiny_model() -> None:
     """calibrate(): one KL measurement per (layer, K/V, head), turned into clipped step weights
     that encode() accepts; strength 0 gives all-ones weights."""
     import cachegen
     from cachegen.calibrate import MEASURE_CONFIG, _group_shapes, _sensitivity
 
-    model = _sharp(_tiny(["full_attention"] * 4))
+    model = sharpened(tiny_qwen2(["full_attention"] * 4))
     texts = [
         torch.randint(0, 64, (1, 100), generator=torch.Generator().manual_seed(s)) for s in (1, 2)
     ]
@@ -218,7 +191,7 @@ def test_calibrate_fits_token_importance_to_attention() -> None:
     from cachegen.calibrate import _attention_mass
     from cachegen.importance import fit
 
-    model = _tiny(["full_attention"] * 4)
+    model = tiny_qwen2(["full_attention"] * 4)
     text = torch.randint(0, 64, (1, 120), generator=torch.Generator().manual_seed(3))
     prof = cachegen.calibrate(model, [text], name="tiny", continuation=16)
     assert [len(row) for row in prof.importance] == [2 * 4] * 4  # kv heads * head_dim / 2
@@ -247,7 +220,7 @@ def test_attention_mass_on_sliding_layers_is_aligned_by_position() -> None:
     see it, as one uncached pass over the whole text shows at the same absolute positions."""
     from cachegen.calibrate import _attention_mass
 
-    model = _tiny(SLIDING, window=96, positions=256)
+    model = tiny_qwen2(SLIDING, window=96, positions=256)
     text, n, cont = _texts(200, (4,))[0], 184, 16
     features, mass = _attention_mass(model, text, cont, torch)
     model.set_attn_implementation("eager")
@@ -270,7 +243,7 @@ def test_calibrate_sliding_window_model_longer_prefix() -> None:
     cache (layers of different token counts), whole and as a chunk that starts later."""
     import cachegen
 
-    model = _sharp(_tiny(SLIDING, window=96, positions=256))
+    model = sharpened(tiny_qwen2(SLIDING, window=96, positions=256))
     texts = _texts(200, (5, 6))
     prof = cachegen.calibrate(model, texts, name="sliding", continuation=16, progress=False)
     assert prof.num_layers == 4 and len(prof.importance) == 4
@@ -300,7 +273,7 @@ def test_calibrate_resumes_after_a_failure(
     a bar of passes goes to stderr."""
     import cachegen
 
-    model = _tiny(SLIDING, window=96, positions=256)
+    model = tiny_qwen2(SLIDING, window=96, positions=256)
     texts = _texts(200, (7, 8))
     calls = {"n": 0, "fail_at": 0}
 
@@ -338,7 +311,7 @@ def test_calibrate_resumes_after_a_failure(
 def test_run_digest_follows_weights_texts_and_settings() -> None:
     from cachegen.measurements import run_digest
 
-    model = _tiny(["full_attention"] * 2)
+    model = tiny_qwen2(["full_attention"] * 2)
     texts = _texts(40, (1,))
     base = run_digest(model, texts, {"continuation": 16})
     assert base == run_digest(model, [t.clone() for t in texts], {"continuation": 16})
@@ -355,7 +328,7 @@ def test_sensitivity_reference_matches_one_uncached_pass(layer_types: list[str])
     cache at the true positions, also when every layer slides (no layer tells the length)."""
     from cachegen.calibrate import MEASURE_CONFIG, _Coded
 
-    model = _tiny(layer_types, window=96, positions=256)
+    model = tiny_qwen2(layer_types, window=96, positions=256)
     text = _texts(200, (9,))[0]
     ref = _Coded.of(model, text, MEASURE_CONFIG, 16, torch).ref
     with torch.inference_mode():
@@ -367,7 +340,7 @@ def test_calibrate_measures_again_what_a_damaged_checkpoint_lost(_cache_dir: Pat
     """Damaged saved measurements (a truncated file) are measured again, not trusted."""
     import cachegen
 
-    model = _tiny(["full_attention"] * 2, positions=256)
+    model = tiny_qwen2(["full_attention"] * 2, positions=256)
     texts = _texts(120, (3,))
     options = {"name": "tiny", "continuation": 16, "key_bands": 2, "progress": False}
     calls = {"n": 0}

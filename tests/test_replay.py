@@ -10,6 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from tiny_lm import sharpened, tiny_qwen2  # noqa: E402
+
 from cachegen.calibrate import MEASURE_CONFIG, _Coded  # noqa: E402
 from cachegen.replay import LayerReplay, decoder_layers  # noqa: E402
 
@@ -17,28 +19,6 @@ from cachegen.replay import LayerReplay, decoder_layers  # noqa: E402
 @pytest.fixture(autouse=True)
 def _cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CACHEGEN_CACHE_DIR", str(tmp_path / "cache"))
-
-
-def _tiny(layer_types: list[str]) -> transformers.PreTrainedModel:
-    torch.manual_seed(0)
-    config = transformers.Qwen2Config(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=len(layer_types),
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        use_sliding_window=True,
-        sliding_window=24,
-        layer_types=layer_types,
-        max_position_embeddings=128,
-    )
-    model = transformers.Qwen2ForCausalLM(config).eval()
-    with torch.no_grad():  # peaked attention, so keys matter as in a trained LM
-        for layer in model.model.layers:
-            layer.self_attn.q_proj.weight.mul_(8)
-            layer.self_attn.k_proj.weight.mul_(8)
-    return model
 
 
 def _text(n: int, seed: int, vocab: int = 64) -> torch.Tensor:
@@ -88,11 +68,11 @@ def test_replayed_passes_equal_full_passes_on_smollm2() -> None:
 )
 def test_replayed_passes_equal_full_passes_on_tiny_models(layer_types: list[str]) -> None:
     """Sliding-window layers too, with a prefix longer than their window."""
-    _same_passes(_tiny(layer_types), _text(110, 3), 16)
+    _same_passes(sharpened(tiny_qwen2(layer_types, window=24)), _text(110, 3), 16)
 
 
 def test_replay_skips_the_layers_below_the_first_changed_one() -> None:
-    model = _tiny(["full_attention"] * 4)
+    model = sharpened(tiny_qwen2(["full_attention"] * 4, window=24))
     ran: list[int] = []
     for i, layer in enumerate(model.model.layers):
         layer.mlp.register_forward_hook(lambda *_args, i=i: ran.append(i))
@@ -107,7 +87,7 @@ def test_replay_skips_the_layers_below_the_first_changed_one() -> None:
 
 
 def test_replay_falls_back_to_full_passes_when_it_does_not_reproduce_the_run() -> None:
-    model = _tiny(["full_attention"] * 3)
+    model = sharpened(tiny_qwen2(["full_attention"] * 3, window=24))
     replay = LayerReplay(decoder_layers(model, 3))
     text = _text(20, 5)
 
@@ -124,7 +104,7 @@ def test_replay_falls_back_to_full_passes_when_it_does_not_reproduce_the_run() -
 
 
 def test_decoder_layers_not_found_means_no_replay() -> None:
-    model = _tiny(["full_attention"] * 2)
+    model = sharpened(tiny_qwen2(["full_attention"] * 2, window=24))
     assert len(decoder_layers(model, 2)) == 2
     assert decoder_layers(model, 3) == []  # not one layer per cache layer
     assert decoder_layers(torch.nn.Linear(2, 2), 2) == []
@@ -133,7 +113,7 @@ def test_decoder_layers_not_found_means_no_replay() -> None:
 def test_calibrate_with_and_without_replay_gives_the_same_profile() -> None:
     import cachegen
 
-    model = _tiny(["sliding_attention", "full_attention"] * 2)
+    model = sharpened(tiny_qwen2(["sliding_attention", "full_attention"] * 2, window=24))
     texts = [_text(110, s) for s in (6, 7)]
     options = {"name": "tiny", "continuation": 16, "progress": False, "resume": False}
     assert cachegen.calibrate(model, texts, **options) == cachegen.calibrate(
