@@ -25,6 +25,7 @@ from pathlib import Path
 
 import cachegen
 from ladder_report import TARGETS, reference_bits
+from lib.cli import add_scoring_args, ints, words
 from lib.kvquality import Result, evaluate, load_document, load_model, pool, prepare
 from lib.kvquality.methods import Method, codec_method
 from lib.kvquality.model import KV_CACHE
@@ -190,24 +191,16 @@ def ratio_table(p: dict[str, dict[str, Result]], ladders: dict[str, list[int]]) 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--models", default="smollm2,gemma3")
-    ap.add_argument("--docs", default="GPL-3,python:argparse")
-    ap.add_argument("--levels", default="1,5,10,15,20,27,34,40,41,42,43,44")
+    add_scoring_args(ap, docs="GPL-3,python:argparse", levels="1,5,10,15,20,27,34,40,41,42,43,44")
     ap.add_argument("--flat", default="5,15,27,40", help="levels also run without key spread")
     ap.add_argument(
         "--fixed", default="", help="levels also run with the spread's strength fixed (v2)"
     )
-    ap.add_argument("--refs", default="1,3,5")
-    ap.add_argument("--prefix", type=int, default=1536)
-    ap.add_argument("--cont", type=int, default=128)
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args()
-    levels = [int(x) for x in a.levels.split(",")]
-    refs = [int(x) for x in a.refs.split(",") if x]
-    models, docs = a.models.split(","), a.docs.split(",")
+    levels, refs, flat, fixed = ints(a.levels), ints(a.refs), ints(a.flat), ints(a.fixed)
+    models, docs = words(a.models), words(a.docs)
     info = run_info(", ".join(models), a.prefix, a.cont)
-    flat = [int(x) for x in a.flat.split(",") if x]
-    fixed = [int(x) for x in a.fixed.split(",") if x]
     rows = run(models, docs, codings(levels, flat, fixed, refs), a.prefix, a.cont)
     p = pooled(rows)
     ladders = {"cg": levels, "flat": flat, "fixed": fixed, "ref": refs}

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from lib.cli import ints
 from lib.kvquality.model import KV_CACHE, load_model
 from lib.kvquality.report import run_info
 from lib.longtasks.generators import LENGTHS, TASKS, suite
@@ -31,10 +32,6 @@ from lib.longtasks.report import write_report
 from lib.longtasks.runner import AnswerStore, Row, coder, run_instance
 
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x]
 
 
 def models(text: str, per_task: int) -> dict[str, int]:
@@ -71,13 +68,13 @@ def parse() -> argparse.Namespace:
 def main() -> None:
     a = parse()
     torch.set_num_threads(a.torch_threads)
-    keys = [f"cg{x}" for x in _ints(a.levels)] + [f"ref{x}" for x in _ints(a.refs)]
-    coders = [coder(k) for k in keys + [f"int{x}" for x in _ints(a.ints)]]
+    keys = [f"cg{x}" for x in ints(a.levels)] + [f"ref{x}" for x in ints(a.refs)]
+    coders = [coder(k) for k in keys + [f"int{x}" for x in ints(a.ints)]]
     store = AnswerStore(a.store)
     info = run_info(a.models, 0, 0)
     rows: list[Row] = []
     for model, per_task in models(a.models, a.per_task).items():
-        instances = suite(a.tasks.split(","), per_task, a.seed, tuple(_ints(a.lengths)))
+        instances = suite(a.tasks.split(","), per_task, a.seed, tuple(ints(a.lengths)))
         lm = load_model(model)
         for n, inst in enumerate(instances, 1):
             t0 = time.perf_counter()

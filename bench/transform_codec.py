@@ -36,6 +36,7 @@ import cachegen
 from cachegen.transform import Rope, Transform, forward, inverse, learn_transform
 from ladder_models import PLAIN, Variant, codings, curve, pooled, run
 from ladder_report import TARGETS, reference_bits
+from lib.cli import add_scoring_args, ints, words
 from lib.kvquality import Result, load_document, load_model, prefill
 from lib.kvquality.methods import KV, Method
 from lib.kvquality.report import run_info
@@ -158,19 +159,15 @@ def ratio_table(at: dict[str, dict[float, dict]]) -> list[str]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--models", default="smollm2,gemma3")
+    add_scoring_args(
+        ap, docs="GPL-3,python:argparse,Apache-2.0,MPL-2.0", levels="1,5,10,15,20,27,34"
+    )
     ap.add_argument("--fit", default="GPL-2,LGPL-2.1,python:difflib,python:typing")
-    ap.add_argument("--docs", default="GPL-3,python:argparse,Apache-2.0,MPL-2.0")
-    ap.add_argument("--levels", default="1,5,10,15,20,27,34")
-    ap.add_argument("--refs", default="1,3,5")
-    ap.add_argument("--prefix", type=int, default=1536)
-    ap.add_argument("--cont", type=int, default=128)
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args()
     torch.set_num_threads(1)
-    levels = [int(x) for x in a.levels.split(",")]
-    refs = [int(x) for x in a.refs.split(",")]
-    models, docs, fit = a.models.split(","), a.docs.split(","), tuple(a.fit.split(","))
+    levels, refs = ints(a.levels), ints(a.refs)
+    models, docs, fit = words(a.models), words(a.docs), tuple(words(a.fit))
     info = run_info(", ".join(models), a.prefix, a.cont)
     spreads = {"t": 0.0, "tw": cachegen.config.LEVEL_KEY_SPREAD}
     rows = run(models, docs, codings(levels, levels, refs), a.prefix, a.cont, PLAIN)

@@ -3,6 +3,7 @@
 // segment decodes a tile of rows at a time; the vector kernels (src/simd/) run the same steps
 // and fall back to decode_scalar wherever fewer than a full step's words remain.
 #pragma once
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -80,7 +81,7 @@ inline void decode_scalar(RansCursor& r, const DecodeTables& t, size_t n, int8_t
 // the scalar loop is left only the symbols short of a whole step, and a corrupt stream decodes
 // and flags overrun exactly as it does there.
 template <typename StepsFn>
-size_t vector_steps(RansCursor& r, size_t steps, int8_t* out, StepsFn&& steps_fn) {
+size_t whole_steps(RansCursor& r, size_t steps, int8_t* out, StepsFn&& steps_fn) {
   size_t done = steps_fn(r, steps, out);
   if (done == steps || r.wp > r.nwords) return done;  // done, or overran already
   uint16_t pad[2 * rans::kLanes], last = 0;
@@ -98,6 +99,18 @@ size_t vector_steps(RansCursor& r, size_t steps, int8_t* out, StepsFn&& steps_fn
   r.wp += tail.wp;
   r.overrun |= tail.wp > left;
   return done;
+}
+
+// The next n symbols through a vector kernel's whole steps (`steps_fn`, as whole_steps takes
+// it), the symbols before the cursor is back at lane 0 and those short of a step decoded by the
+// scalar loop: what each vector path's decode is, its kernel aside.
+template <typename StepsFn>
+void decode_vector(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out,
+                   StepsFn&& steps_fn) {
+  const size_t head = std::min(n, (size_t)((rans::kLanes - r.lane) % rans::kLanes));
+  decode_scalar(r, t, head, out);
+  const size_t done = whole_steps(r, (n - head) / rans::kLanes, out + head, steps_fn);
+  decode_scalar(r, t, n - head - done * rans::kLanes, out + head + done * rans::kLanes);
 }
 
 // Vector kernels (src/simd/decode_*.cpp): the same result as decode_scalar, bit for bit.

@@ -52,6 +52,7 @@ LOSSLESS = 100
 # scored; bench/results/ladder_experiments.md has the record, bench/results/ladder.md and
 # ladder_models.md the measured quality.
 _VALUE_RATIO = 3.0
+_FINEST_LEVEL = 44
 _CENTERED_FROM = 41
 #: Level -> (place on the 0.915x key step scale, value/key ratio) where not (level, 3).
 _TOP_LEVELS = {42: (43, 3.0), 43: (46, 3.0), 44: (48, 2.0)}
@@ -63,7 +64,9 @@ def _level_steps(level: int) -> tuple[float, float]:
     return k, round(ratio * k, 4)
 
 
-_LEVEL_STEPS: dict[int, tuple[float, float]] = {n: _level_steps(n) for n in range(1, 45)}
+_LEVEL_STEPS: dict[int, tuple[float, float]] = {
+    n: _level_steps(n) for n in range(1, _FINEST_LEVEL + 1)
+}
 
 # Every level stores the first token (the attention sink) verbatim: every later query attends
 # to it, so any error there is a quality floor, and its wide symbols would widen the tables of

@@ -82,7 +82,7 @@ CG_AVX2 inline void store_symbols(__m256i s0, __m256i s1, __m256i s2, __m256i s3
 }
 
 // Up to `steps` whole steps (the cursor at lane 0); returns how many ran. Every step reads at
-// most kLanes words, so it runs only while that many remain: the scalar loop does the rest.
+// most kLanes words, so it runs only while that many remain (whole_steps pads the last ones).
 CG_AVX2 size_t decode_steps(RansCursor& r, const DecodeTables& t, size_t steps, int8_t* out) {
   // Locals, not fields: the symbol stores could alias the cursor and the tables.
   const uint32_t *lut = t.lut, *chan_off = t.chan_off;
@@ -328,14 +328,9 @@ CG_AVX2 bool pair_magnitudes8(const float* k, uint32_t half, float* m, double* s
 }  // namespace
 
 void decode_avx2(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
-  const size_t head = std::min(n, (size_t)((rans::kLanes - r.lane) % rans::kLanes));
-  decode_scalar(r, t, head, out);
-  const size_t done = vector_steps(r, (n - head) / rans::kLanes, out + head,
-                                   [&](RansCursor& c, size_t steps, int8_t* o) {
-                                     return decode_steps(c, t, steps, o);
-                                   }) *
-                      rans::kLanes;
-  decode_scalar(r, t, n - head - done, out + head + done);
+  decode_vector(r, t, n, out, [&](RansCursor& c, size_t steps, int8_t* o) {
+    return decode_steps(c, t, steps, o);
+  });
 }
 
 void dequantize_rows_avx2(const int8_t* sym, const float* a, const float* b, const float* o,

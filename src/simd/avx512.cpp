@@ -46,7 +46,7 @@ CG_AVX512 inline __m512i step16(__m512i x, const uint32_t* off, const uint32_t* 
 }
 
 // Up to `steps` whole steps (the cursor at lane 0); returns how many ran. Every step reads at
-// most kLanes words, so it runs only while that many remain: the scalar loop does the rest.
+// most kLanes words, so it runs only while that many remain (whole_steps pads the last ones).
 CG_AVX512 size_t decode_steps(RansCursor& r, const DecodeTables& t, size_t steps, int8_t* out) {
   // Locals, not fields: the symbol stores could alias the cursor and the tables.
   const uint32_t *lut = t.lut, *off = t.chan_off;
@@ -354,14 +354,9 @@ CG_AVX512 bool pair_magnitudes16(const float* k, uint32_t half, float* m, double
 }  // namespace
 
 void decode_avx512(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
-  const size_t head = std::min(n, (size_t)((rans::kLanes - r.lane) % rans::kLanes));
-  decode_scalar(r, t, head, out);
-  const size_t done = vector_steps(r, (n - head) / rans::kLanes, out + head,
-                                   [&](RansCursor& c, size_t steps, int8_t* o) {
-                                     return decode_steps(c, t, steps, o);
-                                   }) *
-                      rans::kLanes;
-  decode_scalar(r, t, n - head - done, out + head + done);
+  decode_vector(r, t, n, out, [&](RansCursor& c, size_t steps, int8_t* o) {
+    return decode_steps(c, t, steps, o);
+  });
 }
 
 void transpose_tile_avx512(const uint16_t* tile, uint32_t C, uint32_t m, const TensorView& v,
