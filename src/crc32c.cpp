@@ -77,7 +77,7 @@ __attribute__((target("sse4.2"))) uint32_t crc_sse42_x3(const uint8_t* p, size_t
   }
   const size_t rest = n - 3 * third;
   const uint32_t last = ~crc_sse42(c + third, rest, (uint32_t)rc);
-  static const CrcPowers pw = crc_powers();
+  const CrcPowers& pw = crc_powers();
   const uint32_t ab = crc_combine(~(uint32_t)ra, ~(uint32_t)rb, third, pw);
   return crc_combine(ab, last, third + rest, pw);
 }
@@ -97,14 +97,17 @@ uint32_t crc_serial(const uint8_t* data, size_t n, uint32_t crc) {
 
 }  // namespace
 
-CrcPowers crc_powers() {
-  CrcPowers pw;
-  uint32_t p = 1u << 30;  // x^1
-  for (auto& v : pw.x2n) {
-    v = p;
-    p = crc_multmodp(p, p);
-  }
-  return pw;
+const CrcPowers& crc_powers() {
+  static const CrcPowers powers = [] {
+    CrcPowers pw;
+    uint32_t p = 1u << 30;  // x^1
+    for (auto& v : pw.x2n) {
+      v = p;
+      p = crc_multmodp(p, p);
+    }
+    return pw;
+  }();
+  return powers;
 }
 
 uint32_t crc32c(const uint8_t* data, size_t n, uint32_t crc) {
@@ -115,7 +118,7 @@ uint32_t crc32c(const uint8_t* data, size_t n, uint32_t crc) {
   parallel_for(chunks, 0, [&](size_t i) {
     part[i] = crc_serial(data + i * kParallelChunk, length(i), i ? 0 : crc);
   });
-  static const CrcPowers pw = crc_powers();
+  const CrcPowers& pw = crc_powers();
   for (size_t i = 1; i < chunks; ++i) part[0] = crc_combine(part[0], part[i], length(i), pw);
   return part[0];
 }

@@ -19,11 +19,11 @@ CG_HD uint32_t crc_multmodp(uint32_t a, uint32_t b) {
   return p;
 }
 
-// x^(2^k) mod p for k < 64: the powers crc_combine needs.
+// x^(2^k) mod p for k < 64: the powers crc_combine needs, computed once per process.
 struct CrcPowers {
   uint32_t x2n[64];
 };
-CrcPowers crc_powers();
+const CrcPowers& crc_powers();
 
 // CRC32C of A then B from crc(A), crc(B) and len(B): chunks can be checksummed in parallel.
 CG_HD uint32_t crc_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b, const CrcPowers& pw) {

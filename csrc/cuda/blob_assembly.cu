@@ -42,7 +42,7 @@ void patch_head(std::vector<uint8_t>& head, const uint32_t* sizes, uint32_t nseg
 void assemble_blob(const std::vector<uint8_t>& head, const CodedSegments& coded,
                    const BlobAllocator& alloc, bool device_out, int threads, cudaStream_t st,
                    StageTimer& timer) {
-  static const CrcPowers pw = crc_powers();
+  const CrcPowers& pw = crc_powers();
   const uint64_t total = coded.payload_bytes, blob_bytes = head.size() + total + 4;
   // The payload goes straight into the caller's device memory, or into scratch to download.
   std::optional<DeviceBuffer> scratch;

@@ -212,7 +212,7 @@ size_t crc_scratch_bytes(size_t n) {
 
 void crc32c_device(const uint8_t* data, size_t n, uint32_t* out, uint8_t* scratch,
                    cudaStream_t st) {
-  static const CrcPowers pw = crc_powers();
+  const CrcPowers& pw = crc_powers();
   if (n == 0) {
     CG_CUDA(cudaMemsetAsync(out, 0, 4, st));
     return;
