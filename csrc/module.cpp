@@ -71,8 +71,21 @@ GroupSpec make_spec(const TensorView& view, int quantizer, float param, uint32_t
           raw_rows};
 }
 
+// The transform record of a request: None, or (32-byte sha256 digest, context position).
+TransformRecord transform_record(const py::object& t) {
+  TransformRecord r;
+  if (t.is_none()) return r;
+  const auto pair = t.cast<std::pair<py::bytes, uint64_t>>();
+  const std::string digest = pair.first;
+  if (digest.size() != r.digest.size()) throw InputError("transform digest must be 32 bytes");
+  std::memcpy(r.digest.data(), digest.data(), r.digest.size());
+  r.position = pair.second;
+  return r;
+}
+
 EncodeRequest make_request(std::vector<GroupSpec> groups, int dtype, int layout, int level,
-                           uint32_t segment_symbols, uint32_t flags, int threads) {
+                           uint32_t segment_symbols, uint32_t flags, int threads,
+                           const py::object& transform) {
   EncodeRequest req;
   req.groups = std::move(groups);
   req.dtype = to_dtype(dtype);
@@ -82,8 +95,9 @@ EncodeRequest make_request(std::vector<GroupSpec> groups, int dtype, int layout,
   req.level = (uint8_t)level;
   if (segment_symbols < 1024) throw InputError("segment_symbols must be >= 1024");
   req.segment_symbols = segment_symbols;
-  if (flags & ~kKnownFlags) throw InputError("unknown flags");
-  req.flags = flags;
+  if (flags & ~(kKnownFlags & ~kFlagTransform)) throw InputError("unknown flags");
+  req.flags = flags | (transform.is_none() ? 0 : kFlagTransform);
+  req.transform = transform_record(transform);
   req.threads = threads;
   return req;
 }
@@ -142,6 +156,11 @@ py::dict parsed_info(const ParsedBlob& p, size_t total_bytes) {
   d["total_bytes"] = total_bytes;
   d["checksum"] = p.checksum;
   d["flags"] = p.header.flags;
+  const TransformRecord& t = p.header.transform;
+  d["transform"] =
+      p.header.flags & kFlagTransform
+          ? py::make_tuple(py::bytes((const char*)t.digest.data(), t.digest.size()), t.position)
+          : py::object(py::none());
   py::list groups;
   for (const Group& g : p.groups) groups.append(group_dict(g));
   d["groups"] = groups;
@@ -387,7 +406,7 @@ PYBIND11_MODULE(_core, m) {
                             "Groups (K then V per layer) and blob header.")
       .def(py::init(&make_request), py::arg("groups"), py::arg("dtype"), py::arg("layout"),
            py::arg("level"), py::arg("segment_symbols"), py::arg("flags") = 0,
-           py::arg("threads") = 0)
+           py::arg("threads") = 0, py::arg("transform") = py::none())
       .def_readonly("groups", &EncodeRequest::groups)
       .def_property_readonly("dtype", [](const EncodeRequest& r) { return (int)r.dtype; })
       .def_property_readonly("layout", [](const EncodeRequest& r) { return (int)r.layout; })

@@ -405,6 +405,7 @@ BlobHeader blob_header(const EncodeRequest& req) {
   h.layout = req.layout;
   h.level = req.level;
   h.flags = req.flags;
+  h.transform = req.transform;
   return h;
 }
 

@@ -25,6 +25,7 @@ struct EncodeRequest {
   Layout layout = Layout::Stacked;
   uint8_t level = 0;
   uint32_t flags = 0;
+  TransformRecord transform;            // written with kFlagTransform
   uint32_t segment_symbols = 1u << 16;  // target symbols per segment
   int threads = 0;                      // 0 = all cores
 };

@@ -313,12 +313,13 @@ void parse_sides(const std::vector<DescFields>& descs, uint16_t version, DType d
     if (e) std::rethrow_exception(e);
 }
 
-// The header's fields at their places (header_layout.hpp).
+// The header's fields at their places (header_layout.hpp), then the transform record if any.
 void write_header(const BlobHeader& h, uint64_t total, uint64_t side_off, uint64_t index_off,
                   uint64_t payload_off, uint8_t* out) {
+  const bool transform = h.flags & kFlagTransform;
   std::memcpy(out + field::Magic::at, kMagic, sizeof(kMagic));
-  put<field::Version>(out, kFormatVersion);
-  put<field::HeaderBytes>(out, kHeaderBytes);
+  put<field::Version>(out, transform ? 5 : 4);
+  put<field::HeaderBytes>(out, (uint16_t)header_bytes(h.flags));
   put<field::TotalBytes>(out, total);
   put<field::NumLayers>(out, h.num_layers);
   put<field::DType>(out, (uint8_t)h.dtype);
@@ -331,6 +332,15 @@ void write_header(const BlobHeader& h, uint64_t total, uint64_t side_off, uint64
   put<field::IndexOffset>(out, index_off);
   put<field::PayloadOffset>(out, payload_off);
   put<field::Reserved>(out, 0);
+  if (!transform) return;
+  std::memcpy(out + kHeaderBytes, h.transform.digest.data(), h.transform.digest.size());
+  std::memcpy(out + kHeaderBytes + h.transform.digest.size(), &h.transform.position, 8);
+}
+
+// The transform record came with version 5.
+void check_transform_version(uint16_t version, uint32_t flags) {
+  if ((flags & kFlagTransform) && version < 5)
+    fail("transform record in a version " + std::to_string(version) + " blob");
 }
 
 }  // namespace
@@ -357,14 +367,14 @@ std::vector<uint8_t> blob_head(BlobHeader h, std::vector<EncodedGroup>& groups, 
     segments += (uint32_t)groups[i].segment_bytes.size();
   }
   h.num_segments = segments;
-  const uint64_t side_off = kHeaderBytes + (uint64_t)groups.size() * kGroupDescBytes;
+  const uint64_t side_off = header_bytes(h.flags) + (uint64_t)groups.size() * kGroupDescBytes;
   const uint64_t index_off = align8(side_off + side_total);
   const uint64_t payload_off = align8(index_off + 4ull * segments);
   const uint64_t total = payload_off + payload + 4;
 
   std::vector<uint8_t> out(payload_off);
   write_header(h, total, side_off, index_off, payload_off, out.data());
-  Writer w(out.data(), kHeaderBytes);
+  Writer w(out.data(), header_bytes(h.flags));
   uint64_t off = side_off;
   for (size_t i = 0; i < groups.size(); ++i) {
     write_desc(groups[i].group, (uint32_t)sides[i].size(), off, w);
@@ -408,8 +418,10 @@ ParsedBlob parse_blob(const uint8_t* data, size_t size, bool verify) {
   } catch (const FormatError&) {
     // What a verifying parse reports first: a bad checksum, once the length has been checked.
     if (size >= kHeaderBytes + 4 && std::memcmp(data, kMagic, 4) == 0) {
+      const uint32_t flags = get<field::Flags>(data);
       if (readable_version(get<field::Version>(data)) &&
-          get<field::HeaderBytes>(data) == kHeaderBytes && get<field::TotalBytes>(data) == size)
+          get<field::HeaderBytes>(data) == header_bytes(flags & kKnownFlags) &&
+          get<field::TotalBytes>(data) == size)
         verify_checksum(data, size);
     }
     throw;
@@ -424,8 +436,10 @@ ParsedBlob parse_checked(const uint8_t* data, size_t size, bool verify) {
   if (!readable_version(version))
     fail("unsupported format version " + std::to_string(version) + " (this build reads 1 to " +
          std::to_string(kFormatVersion) + ")");
-  if (get<field::HeaderBytes>(data) != kHeaderBytes) fail("bad header size");
+  const uint32_t head = header_bytes(get<field::Flags>(data) & kKnownFlags);
+  if (get<field::HeaderBytes>(data) != head) fail("bad header size");
   if (get<field::TotalBytes>(data) != size) fail("blob length does not match header (truncated?)");
+  if (size < head + 4) fail("blob too short to be a cachegen blob");
   ParsedBlob b;
   b.header.version = version;
   uint32_t stored_crc;
@@ -442,6 +456,11 @@ ParsedBlob parse_checked(const uint8_t* data, size_t size, bool verify) {
   h.num_segments = get<field::NumSegments>(data);
   h.flags = get<field::Flags>(data);
   if (h.flags & ~kKnownFlags) fail("unknown header flags");
+  check_transform_version(version, h.flags);
+  if (h.flags & kFlagTransform) {
+    std::memcpy(h.transform.digest.data(), data + kHeaderBytes, h.transform.digest.size());
+    std::memcpy(&h.transform.position, data + kHeaderBytes + h.transform.digest.size(), 8);
+  }
   const uint64_t side_off = get<field::SideOffset>(data);
   const uint64_t index_off = get<field::IndexOffset>(data);
   const uint64_t payload_off = get<field::PayloadOffset>(data);
@@ -453,16 +472,16 @@ ParsedBlob parse_checked(const uint8_t* data, size_t size, bool verify) {
   h.layout = (Layout)layout;
   const uint64_t ngroups = 2ull * h.num_layers;
   const uint64_t end = size - 4;
-  if (side_off != kHeaderBytes + ngroups * kGroupDescBytes || side_off > index_off ||
-      index_off > end || index_off % 8 ||
-      payload_off != align8(index_off + 4ull * h.num_segments) || payload_off > end)
+  if (side_off != head + ngroups * kGroupDescBytes || side_off > index_off || index_off > end ||
+      index_off % 8 || payload_off != align8(index_off + 4ull * h.num_segments) ||
+      payload_off > end)
     fail("section offsets inconsistent");
 
   MetaBudget budget(size);
   budget.charge(ngroups * sizeof(Group) + (uint64_t)h.num_segments * sizeof(Segment));
   b.groups.reserve(ngroups);
   b.segments.reserve(h.num_segments);
-  Reader dr(data, kHeaderBytes, side_off);
+  Reader dr(data, head, side_off);
   uint64_t side_cursor = side_off;
   uint32_t seg_cursor = 0;
   std::vector<DescFields> descs;

@@ -3,6 +3,7 @@
 // segment payloads, CRC32C trailer. Everything little-endian. parse_blob validates every field
 // before anything is allocated or read from it.
 #pragma once
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -15,26 +16,46 @@
 namespace cachegen {
 
 // 2: scale codes (kTokenCodes, kChannelCodes); 3: raw rows (kRawRows); 4: lossless groups
-// (Quantizer::Lossless, tables over the full byte alphabet). Versions 1 to 3 read.
-constexpr uint16_t kFormatVersion = 4;
+// (Quantizer::Lossless, tables over the full byte alphabet); 5: the transform record
+// (kFlagTransform). A blob is written in the lowest version that holds it (4, or 5 with a
+// transform record), so readers of version 4 keep reading every blob without one.
+constexpr uint16_t kFormatVersion = 5;
 constexpr uint8_t kCodecRans32x32 = 1;
 
 enum class Layout : uint8_t { Stacked = 0, Pairs = 1 };
 
+// The per-model transform a blob's groups are coefficients of (docs/FORMAT.md, "Transform
+// record"): its sha256, and the context position of the blob's first token (keys are rotated
+// back from there).
+struct TransformRecord {
+  std::array<uint8_t, 32> digest{};
+  uint64_t position = 0;
+};
+
 struct BlobHeader {
-  uint16_t version = kFormatVersion;  // as read; written blobs are always the current version
+  uint16_t version = kFormatVersion;  // as read; written: 4, or 5 with a transform record
   uint32_t num_layers = 0;
   DType dtype = DType::F16;
   Layout layout = Layout::Stacked;
   uint8_t level = 0;  // 0 = custom config
   uint8_t codec = kCodecRans32x32;
   uint32_t num_segments = 0;
-  uint32_t flags = 0;  // kFlag* bits
+  uint32_t flags = 0;         // kFlag* bits
+  TransformRecord transform;  // with kFlagTransform
 };
 
 // The caller encoded torch tensors (decode returns torch by default). Informational only.
 constexpr uint32_t kFlagTorchSource = 1;
-constexpr uint32_t kKnownFlags = kFlagTorchSource;
+// The groups hold a per-model transform's coefficients; a transform record follows the header
+// (version 5 on). Decoding the cache needs that transform: the core decodes coefficients.
+constexpr uint32_t kFlagTransform = 2;
+constexpr uint32_t kKnownFlags = kFlagTorchSource | kFlagTransform;
+constexpr uint32_t kTransformRecordBytes = 40;
+
+// The header's size as its flags make it: the fixed header, then the transform record if any.
+inline uint32_t header_bytes(uint32_t flags) {
+  return kHeaderBytes + (flags & kFlagTransform ? kTransformRecordBytes : 0);
+}
 
 struct GroupDesc {
   uint32_t tokens = 0;

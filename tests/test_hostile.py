@@ -24,7 +24,7 @@ def blob() -> bytes:
 
 
 def test_valid_blob_is_accepted(blob):
-    assert cachegen.inspect(blob).version == cachegen.FORMAT_VERSION
+    assert cachegen.inspect(blob).version == 4  # the lowest version that holds it
     assert cachegen.entropy_stats(blob)["symbols"] == cachegen.inspect(blob).elements
 
 

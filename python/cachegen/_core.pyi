@@ -93,6 +93,7 @@ class EncodeRequest:
         segment_symbols: int,
         flags: int = 0,
         threads: int = 0,
+        transform: tuple[bytes, int] | None = None,
     ) -> None: ...
     @property
     def groups(self) -> list[GroupSpec]: ...

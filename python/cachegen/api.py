@@ -6,6 +6,7 @@ numpy, torch or CuPy) in `cachegen.devices` and `cachegen.dispatch`; a blob's fa
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +26,10 @@ from .tensors import (
     check_writable,
     dtype_name,
     is_device_blob,
+    is_torch,
     views,
 )
+from .transform import Transform, Transforms, coefficient_config, forward, inverse, resolve
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT_BYTES",
@@ -76,6 +79,7 @@ def encode(
     context_end: int | None = None,
     threads: int | None = None,
     device: Any = None,
+    transform: Transform | None = None,
 ) -> Any:
     """Compress a KV cache into a self-describing blob.
 
@@ -101,13 +105,29 @@ def encode(
             caller's current stream and complete on return; the same bytes as the host blob.
             `decode` accepts it as is (decoding in place on that GPU); `bytes(blob.cpu())`
             (torch) or `cupy.asnumpy(blob).tobytes()` turn it into the host blob.
+        transform: a per-model `cachegen.transform.Transform` (experimental): the blob holds
+            the cache's coefficients (`transform.forward` at `position`), coded at the level
+            without its key spread, and names the transform by digest (format version 5);
+            decoding needs the transform (`decode(..., transforms=...)`). Host caches (numpy
+            or CPU torch, fp16/fp32, stacked or per-layer pairs) and host blobs only; not with
+            a profile (its weights read raw key channels).
     """
-    v = views(kv)
     config = _config(level, config)
+    record = None
+    if transform is not None:
+        if profile is not None:
+            raise ValueError("a profile weighs raw key channels: not with a transform")
+        if "lossless" in (config.key_quantizer, config.value_quantizer):
+            raise ValueError("lossless coding keeps the cache's own bits: not with a transform")
+        if device not in (None, "cpu"):
+            raise ValueError("a transform-coded blob is encoded on the host")
+        kv, config = forward(kv, transform, position), coefficient_config(config)
+        record = (bytes.fromhex(transform.digest()), position)
+    v = views(kv)
     target = devices.encode_target(device, v)
     n = dispatch.threads_arg(threads)
     plan = plan_encode(kv, v, config, profile, position, context_end, n)
-    return dispatch.encode(plan, v, target, n)
+    return dispatch.encode(dataclasses.replace(plan, transform=record), v, target, n)
 
 
 @dataclass(frozen=True)
@@ -172,6 +192,7 @@ def decode(
     device: Any = None,
     threads: int | None = None,
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+    transforms: Transforms | None = None,
 ) -> Any:
     """Decompress a blob into a KV cache of the structure that was encoded.
 
@@ -192,6 +213,11 @@ def decode(
             (default `DEFAULT_MAX_OUTPUT_BYTES`, 8 GiB) before allocating the output. Decoding
             needs the output plus memory proportional to the blob (parsing refuses blobs that
             claim more metadata than their size pays for).
+        transforms: where to find the transform a blob names (`BlobInfo.transform`): a
+            `Transform`, a digest -> transform mapping, or a function of the digest
+            (`cachegen.transform.stored_transforms(store)`); unused for other blobs. The
+            coefficients decode to fp32 on the host, the inverse runs there (numpy), and the
+            result is converted into the requested output.
 
     Raises:
         FormatError: the blob is malformed, truncated, corrupted or of an unsupported version.
@@ -200,6 +226,8 @@ def decode(
             before them (a host blob), and reports a bad rANS stream after them: when it raises
             for a corrupted payload, `out=` may already have been partly or fully overwritten
             (its contents are then unspecified); decode into a scratch buffer if that matters.
+        cachegen.transform.TransformMissing (a FormatError): the blob names a transform that
+            `transforms` does not hold; raised before anything is written.
     """
     if isinstance(out, ViewSource):
         raise TypeError("decode into paged blocks with cachegen.paged.decode_paged")
@@ -210,21 +238,70 @@ def decode(
     on_device = is_device_blob(blob)
     parsed = dispatch.parse(blob, on_device or devices.decode_target(device, out_views) is None)
     info = blob_info(parsed)
+    if info.transform is None:
+        if out is None:
+            out = _new_output(info, dtype, framework, device, max_output_bytes)
+        v = _check_output(info, blob, out, out_views)
+        dispatch.decode_into(parsed, v, dispatch.threads_arg(threads))
+        return out
+    t = resolve(info.transform.digest, transforms)
     if out is None:
-        name = info.dtype if dtype is None else dtype_name(dtype)
-        fw, gpu = devices.output_place(framework, device, info.from_torch)
-        nbytes = info.elements * DTYPE_SIZES[name]
-        if nbytes > max_output_bytes:
-            raise FormatError(f"blob decodes to {nbytes} bytes, over max_output_bytes")
-        out = allocate(info.layout, info.shapes, name, fw, gpu)
+        out = _new_output(info, dtype, framework, device, max_output_bytes)
+    _check_output(info, blob, out, out_views)
+    if on_device:  # the inverse runs on the host
+        parsed = dispatch.parse(devices.host_bytes(blob))
+    if 4 * info.elements > max_output_bytes:
+        raise FormatError("blob's fp32 coefficients are over max_output_bytes")
+    coefficients = allocate(info.layout, info.shapes, "float32", "numpy", None)
+    dispatch.decode_into(parsed, views(coefficients), dispatch.threads_arg(threads))
+    _copy_cache(out, inverse(coefficients, t, info.transform.position))
+    return out
+
+
+def _new_output(
+    info: BlobInfo, dtype: Any, framework: str | None, device: Any, max_output_bytes: int
+) -> Any:
+    """A fresh output for `info`'s cache, in the requested dtype, framework and device."""
+    name = info.dtype if dtype is None else dtype_name(dtype)
+    fw, gpu = devices.output_place(framework, device, info.from_torch)
+    nbytes = info.elements * DTYPE_SIZES[name]
+    if nbytes > max_output_bytes:
+        raise FormatError(f"blob decodes to {nbytes} bytes, over max_output_bytes")
+    return allocate(info.layout, info.shapes, name, fw, gpu)
+
+
+def _check_output(info: BlobInfo, blob: Any, out: Any, out_views: Any) -> Any:
+    """`out`'s views, once it is known to fit the blob and to be writable."""
     v = views(out) if out_views is None else out_views
     if v.layout != info.layout or [g.shape for g in v.groups] != info.shapes:
         raise ValueError("out= does not match the blob's layout and shapes")
     check_writable(out)
     if out_views is not None:  # the caller's memory (what decode allocates is fresh)
         check_outputs(out, v, blob)
-    dispatch.decode_into(parsed, v, dispatch.threads_arg(threads))
-    return out
+    return v
+
+
+def _copy_cache(out: Any, cache: Any) -> None:
+    """`cache` (numpy fp32, the blob's layout) converted into `out` (same layout and shapes)."""
+    if isinstance(cache, np.ndarray):
+        _assign(out, cache)
+        return
+    for dst, src in zip(out, cache, strict=True):
+        _assign(dst[0], src[0])
+        _assign(dst[1], src[1])
+
+
+def _assign(dst: Any, src: np.ndarray) -> None:
+    if isinstance(dst, np.ndarray):
+        dst[...] = src
+    elif is_torch(dst):
+        import torch
+
+        dst.copy_(torch.from_numpy(src))
+    else:  # CuPy
+        import cupy
+
+        dst[...] = cupy.asarray(src, dtype=dst.dtype)
 
 
 def entropy_stats(blob: bytes, threads: int | None = None) -> dict[str, float]:

@@ -31,6 +31,14 @@ class GroupInfo:
 
 
 @dataclass(frozen=True)
+class TransformRef:
+    """The per-model transform a blob's groups are coefficients of (`cachegen.transform`)."""
+
+    digest: str  # sha256 of the transform's canonical bytes, hex
+    position: int  # context position of the blob's first token (keys rotate from there)
+
+
+@dataclass(frozen=True)
 class BlobInfo:
     """Header facts of a blob, read without decoding its payload."""
 
@@ -46,6 +54,7 @@ class BlobInfo:
     from_torch: bool
     keys: list[GroupInfo]
     values: list[GroupInfo]
+    transform: TransformRef | None = None  # decoding the cache needs this transform
 
     @property
     def elements(self) -> int:
@@ -80,6 +89,7 @@ def blob_info(parsed: Any) -> BlobInfo:
     """The facts of a parsed blob (host or device: see `dispatch.parse`)."""
     d = parsed.info()
     groups = [_group_info(g) for g in d["groups"]]
+    t = d["transform"]
     return BlobInfo(
         version=d["version"],
         num_layers=d["num_layers"],
@@ -93,4 +103,5 @@ def blob_info(parsed: Any) -> BlobInfo:
         from_torch=bool(d["flags"] & FLAG_TORCH_SOURCE),
         keys=groups[0::2],
         values=groups[1::2],
+        transform=None if t is None else TransformRef(t[0].hex(), t[1]),
     )

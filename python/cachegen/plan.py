@@ -79,6 +79,7 @@ class EncodePlan:
     level: int
     segment_symbols: int
     flags: int
+    transform: tuple[bytes, int] | None = None  # (sha256 digest, position): the blob names it
 
     def request(self, threads: int) -> _core.EncodeRequest:
         """The core's request for this plan, run on `threads` threads (0 = all cores)."""
@@ -90,6 +91,7 @@ class EncodePlan:
             self.segment_symbols,
             self.flags,
             threads,
+            self.transform,
         )
 
 

@@ -13,23 +13,32 @@ and rotates keys to their positions again.
     blob = cachegen.encode(forward(kv, t), config=...)
     kv2 = inverse(cachegen.decode(blob), t)
 
-`Transform.digest()` names a transform (sha256 of its canonical bytes), so a blob could refer to
-it as a per-model object.
+`Transform.digest()` names a transform (sha256 of its canonical bytes). `cachegen.encode(kv,
+transform=t, position=p)` runs `forward` and writes a blob that names `t` by digest (format
+version 5); `cachegen.decode(blob, transforms=...)` finds it by that digest and runs `inverse`,
+and raises `TransformMissing` when it cannot. `put_transform` / `stored_transforms` keep
+transforms in a store beside the blobs that name them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ._core import FormatError
+from .config import CodecConfig
 from .kvstats import key_channel_weights
 from .tensors import is_torch
+
+if TYPE_CHECKING:
+    from .store.base import Store
 
 #: Tokens at the start of a context left out of fitting: the attention sink's keys and values
 #: are unlike every other token's.
@@ -38,6 +47,18 @@ FIT_SKIP_TOKENS = 1
 
 class TransformError(ValueError):
     """A cache or configuration that does not fit the transform."""
+
+
+class TransformMissing(FormatError):
+    """A blob's groups are coefficients of a transform that the decoder was not given."""
+
+    def __init__(self, digest: str, detail: str = "") -> None:
+        super().__init__(
+            f"the blob is coded with transform {digest}, which was not supplied"
+            + (f" ({detail})" if detail else "")
+            + ": pass it as decode(..., transforms=...)"
+        )
+        self.digest = digest
 
 
 @dataclass(frozen=True)
@@ -133,7 +154,7 @@ class Transform:
     def to_bytes(self) -> bytes:
         """Canonical bytes: per layer heads, head_dim, inverse RoPE frequencies, then K's and
         V's mean, vectors and weights, little-endian float32."""
-        parts = [b"cachegen-klt-1", struct.pack("<I", self.num_layers)]
+        parts = [_MAGIC, struct.pack("<I", self.num_layers)]
         for layer, (k, v) in enumerate(zip(self.keys, self.values, strict=True)):
             parts.append(struct.pack("<II", k.heads, k.head_dim))
             parts.append(self.rope.inv_freq[layer].astype("<f4").tobytes())
@@ -143,7 +164,135 @@ class Transform:
 
     def digest(self) -> str:
         """sha256 of `to_bytes()`, hex: the transform's name as a per-model object."""
+        return self._digest
+
+    @functools.cached_property
+    def _digest(self) -> str:  # a transform is immutable: hashed once
         return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> Transform:
+        """The transform `to_bytes()` wrote. Every size is checked against the bytes left
+        before anything is read or allocated; raises TransformError on anything else."""
+        r = _Reader(memoryview(data).cast("B"))
+        if bytes(r.take(len(_MAGIC))) != _MAGIC:
+            raise TransformError("not a cachegen transform (bad magic)")
+        (layers,) = r.unpack("<I")
+        if not 1 <= layers <= _MAX_LAYERS:
+            raise TransformError(f"transform layer count {layers} out of range")
+        freqs, keys, values = [], [], []
+        for layer in range(layers):
+            heads, head_dim = r.unpack("<II")
+            if not (1 <= heads and 2 <= head_dim and head_dim % 2 == 0):
+                raise TransformError(f"layer {layer}: bad heads / head_dim {heads}, {head_dim}")
+            channels = heads * head_dim
+            if channels > _MAX_CHANNELS:
+                raise TransformError(f"layer {layer}: {channels} channels, over {_MAX_CHANNELS}")
+            freqs.append(r.floats(head_dim // 2))
+            for bases in (keys, values):
+                mean, vectors, weights = (r.floats(n) for n in (channels, channels**2, channels))
+                bases.append(Basis(mean, vectors.reshape(channels, channels), weights, heads))
+        if r.left:
+            raise TransformError(f"{r.left} trailing bytes after the transform")
+        return cls(tuple(keys), tuple(values), Rope(tuple(freqs)))
+
+
+_MAGIC = b"cachegen-klt-1"
+_MAX_LAYERS = 4096
+_MAX_CHANNELS = 1 << 14  # a [channels, channels] basis of 1 GiB fp32
+
+
+class _Reader:
+    """Bounds-checked reads from canonical transform bytes."""
+
+    def __init__(self, data: memoryview) -> None:
+        self.data, self.pos = data, 0
+
+    @property
+    def left(self) -> int:
+        return len(self.data) - self.pos
+
+    def take(self, n: int) -> memoryview:
+        if n > self.left:
+            raise TransformError("transform bytes truncated")
+        self.pos += n
+        return self.data[self.pos - n : self.pos]
+
+    def unpack(self, fmt: str) -> tuple[int, ...]:
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
+
+    def floats(self, n: int) -> np.ndarray:
+        a = np.frombuffer(self.take(4 * n), "<f4").astype(np.float32)
+        if not np.isfinite(a).all():
+            raise TransformError("transform holds NaN or Inf")
+        return a
+
+
+#: What `cachegen.decode(transforms=...)` takes: a transform, a digest -> transform mapping, or
+#: a function returning the transform of a digest (None when it has none).
+Transforms = Transform | Mapping[str, Transform] | Callable[[str], Transform | None]
+
+
+def resolve(digest: str, transforms: Transforms | None) -> Transform:
+    """The transform named `digest` among `transforms`; TransformMissing if there is none or
+    what was found has another digest."""
+    if transforms is None:
+        found = None
+    elif isinstance(transforms, Transform):
+        found = transforms if transforms.digest() == digest else None
+        if found is None:
+            raise TransformMissing(digest, f"the transform given is {transforms.digest()}")
+    elif isinstance(transforms, Mapping):
+        found = transforms.get(digest)
+    else:
+        found = transforms(digest)
+    if found is None:
+        raise TransformMissing(digest)
+    if found.digest() != digest:
+        raise TransformMissing(digest, f"what was found for it is {found.digest()}")
+    return found
+
+
+def coefficient_config(config: CodecConfig) -> CodecConfig:
+    """`config` for coefficients: without the key spread, whose RoPE-pair statistics mean
+    nothing in the transform's coordinates."""
+    return dataclasses.replace(config, key_spread=0.0, key_spread_auto=False)
+
+
+#: Where a store keeps transforms: `transform/<digest>`.
+STORE_PREFIX = "transform/"
+
+
+def put_transform(store: Store, transform: Transform) -> str:
+    """Store `transform` under `transform/<digest>` (once) before blobs naming it are stored;
+    returns the key."""
+    key = STORE_PREFIX + transform.digest()
+    if not store.exists(key):
+        store.put(key, transform.to_bytes())
+    return key
+
+
+def stored_transforms(store: Store) -> Callable[[str], Transform | None]:
+    """A `transforms=` for `cachegen.decode` that reads `transform/<digest>` from `store` (each
+    once): None when it is missing; ObjectCorrupted when its bytes are not what the digest
+    names or do not parse."""
+    from .store.errors import ObjectCorrupted, ObjectMissing
+
+    @functools.cache
+    def get(digest: str) -> Transform | None:
+        key = STORE_PREFIX + digest
+        try:
+            data = store.get(key)
+        except ObjectMissing:
+            return None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise ObjectCorrupted(key, "its bytes do not hash to its digest")
+        try:
+            return Transform.from_bytes(data)
+        except TransformError as e:
+            raise ObjectCorrupted(key, str(e)) from e
+
+    return get
 
 
 def learn_transform(

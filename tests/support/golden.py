@@ -1,6 +1,7 @@
 """Golden blobs: deterministic inputs (integer hashing, no RNG or libm) and the blobs that
 freeze each wire format version (`<case>.v<version>.cgkv`) and each revision of the encoder's
-choices within a version (`<case>.v<version>e<revision>.cgkv` from revision 2 on).
+choices within a version (`<case>.v<version>e<revision>.cgkv` from revision 2 on). A case is
+written in the version the encoder writes it in: 4, or 5 with a transform record.
 `python tests/support/golden.py` writes the current version's and revision's blobs into
 tests/data/ and keeps the older ones, only for a deliberate format or encoder change."""
 
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 import cachegen
+from cachegen.transform import Basis, Rope, Transform
 
 DATA = Path(__file__).parents[1] / "data"
 # The encoder's choices within the current format version: 2 chooses the table count by the
@@ -33,7 +35,25 @@ def deterministic_kv(shape: tuple[int, ...], seed: int) -> np.ndarray:
     return (acc.reshape(shape) * channel_scale).astype(np.float32)
 
 
-def cases() -> dict[str, tuple[object, cachegen.CodecConfig]]:
+def exact_transform(layers: int, heads: int, head_dim: int) -> Transform:
+    """A transform whose inverse is exact in fp32 on every platform: signed permutations, a
+    dyadic mean, and RoPE at zero frequency (cos 1, sin 0)."""
+    c = heads * head_dim
+
+    def basis(shift: int) -> Basis:
+        vectors = np.zeros((c, c), np.float32)
+        vectors[np.arange(c), (np.arange(c) * 5 + shift) % c] = np.where(np.arange(c) % 3, 1, -1)
+        mean = ((np.arange(c) + shift) % 7 - 3).astype(np.float32) / 4
+        return Basis(mean, vectors, np.ones(c, np.float32), heads)
+
+    return Transform(
+        tuple(basis(2 * i) for i in range(layers)),
+        tuple(basis(2 * i + 1) for i in range(layers)),
+        Rope(tuple(np.zeros(head_dim // 2, np.float32) for _ in range(layers))),
+    )
+
+
+def cases() -> dict[str, tuple[object, cachegen.CodecConfig, Transform | None]]:
     stacked = deterministic_kv((3, 2, 50, 2, 24), 1).astype(np.float16)
     pairs = [
         (deterministic_kv((1, 2, 40, 16), 2), deterministic_kv((1, 2, 40, 16), 3)),
@@ -41,7 +61,7 @@ def cases() -> dict[str, tuple[object, cachegen.CodecConfig]]:
     ]
     small = cachegen.CodecConfig("channel", "token", 0.6, 0.6, max_tables=4, segment_symbols=1024)
     sink = cachegen.CodecConfig(key_param=0.4, value_param=1.2, sink_tokens=1, recency=0.75)
-    return {
+    plain = {
         "stacked_f16_sink": (stacked, sink),
         "stacked_f16_steps": (stacked, cachegen.CodecConfig("channel", "token", 0.5, 0.7, 8)),
         "stacked_f16_ref2": (
@@ -52,6 +72,18 @@ def cases() -> dict[str, tuple[object, cachegen.CodecConfig]]:
         "stacked_f16_lossless": (stacked, cachegen.CodecConfig.lossless()),
         "pairs_f32_lossless": (pairs, replace(cachegen.CodecConfig.lossless(), max_tables=4)),
     }
+    found = {name: (kv, config, None) for name, (kv, config) in plain.items()}
+    found["stacked_f16_transform"] = (stacked, sink, exact_transform(3, 2, 24))
+    return found
+
+
+def golden_transforms() -> dict[str, Transform]:
+    """The transforms the golden blobs name, by digest."""
+    return {t.digest(): t for _, _, t in cases().values() if t is not None}
+
+
+def written_version(case: str) -> int:
+    return 5 if cases()[case][2] is not None else 4
 
 
 def digest(kv: object) -> str:
@@ -62,9 +94,8 @@ def digest(kv: object) -> str:
     return h.hexdigest()
 
 
-def blob_name(
-    case: str, version: int = cachegen.FORMAT_VERSION, revision: int = ENCODER_REVISION
-) -> str:
+def blob_name(case: str, version: int | None = None, revision: int = ENCODER_REVISION) -> str:
+    version = written_version(case) if version is None else version
     return f"{case}.v{version}" + (f"e{revision}" if revision > 1 else "")
 
 
@@ -72,14 +103,14 @@ def main() -> None:
     DATA.mkdir(exist_ok=True)
     path = DATA / "golden.json"
     manifest = json.loads(path.read_text()) if path.exists() else {}
-    for case, (kv, config) in cases().items():
-        blob = cachegen.encode(kv, config=config)
+    for case, (kv, config, transform) in cases().items():
+        blob = cachegen.encode(kv, config=config, transform=transform)
         name = blob_name(case)
         (DATA / f"{name}.cgkv").write_bytes(blob)
         manifest[name] = {
-            "decoded_sha256": digest(cachegen.decode(blob)),
+            "decoded_sha256": digest(cachegen.decode(blob, transforms=golden_transforms())),
             "bytes": len(blob),
-            "version": cachegen.FORMAT_VERSION,
+            "version": written_version(case),
         }
     path.write_text(json.dumps(manifest, indent=2) + "\n")
 

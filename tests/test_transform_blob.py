@@ -1,0 +1,265 @@
+"""Transform-coded blobs (format version 5): the blob names its transform by digest and position,
+decode finds it (a transform, a mapping, a store) or raises TransformMissing before writing
+anything, older-version and hostile headers are refused, and transforms round-trip through
+their canonical bytes and a store."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+import numpy as np
+import pytest
+from blobcraft import reseal
+
+import cachegen
+from cachegen import FormatError
+from cachegen.store import MemoryStore
+from cachegen.store.errors import ObjectCorrupted
+from cachegen.transform import (
+    STORE_PREFIX,
+    Rope,
+    Transform,
+    TransformError,
+    TransformMissing,
+    forward,
+    inverse,
+    learn_transform,
+    put_transform,
+    stored_transforms,
+)
+
+LAYERS, HEADS, DIM = 2, 2, 16
+
+
+def cache(seed: int, tokens: int) -> np.ndarray:
+    """A stacked cache with correlated channels (a low-rank part), so the KLT has work to do."""
+    rng = np.random.default_rng(seed)
+    mix = np.random.default_rng(7).standard_normal((LAYERS, 2, 4, HEADS * DIM))
+    low = np.einsum("lstr,lsrc->lstc", rng.standard_normal((LAYERS, 2, tokens, 4)), mix)
+    x = low + 0.1 * rng.standard_normal(low.shape)
+    return x.reshape(LAYERS, 2, tokens, HEADS, DIM).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def transform() -> Transform:
+    return learn_transform([cache(1, 400)], Rope.from_thetas([1e4, 1e5], DIM))
+
+
+@pytest.fixture(scope="module")
+def kv() -> np.ndarray:
+    return cache(2, 200).astype(np.float16)
+
+
+@pytest.fixture(scope="module")
+def blob(transform: Transform, kv: np.ndarray) -> bytes:
+    return cachegen.encode(kv, 20, transform=transform, position=37)
+
+
+def test_blob_names_the_transform_and_position(blob: bytes, transform: Transform) -> None:
+    info = cachegen.inspect(blob)
+    assert info.version == 5
+    assert info.transform is not None
+    assert info.transform.digest == transform.digest()
+    assert info.transform.position == 37
+
+
+def test_plain_blobs_stay_version_4(kv: np.ndarray) -> None:
+    info = cachegen.inspect(cachegen.encode(kv, 20))
+    assert info.version == 4 and info.transform is None
+
+
+def test_decode_inverts_the_coefficients(blob: bytes, transform: Transform, kv) -> None:
+    out = cachegen.decode(blob, transforms=transform)
+    assert out.dtype == np.float16 and out.shape == kv.shape
+    # The same as decoding the coefficients by hand and inverting them.
+    coefficients = forward(kv, transform, 37)
+    plain = cachegen.encode(
+        coefficients,
+        config=cachegen.transform.coefficient_config(cachegen.CodecConfig.from_level(20)),
+        position=37,
+    )
+    by_hand = inverse(cachegen.decode(plain, dtype="float32"), transform, 37)
+    np.testing.assert_array_equal(out, by_hand.astype(np.float16))
+    rms = np.sqrt(np.mean(np.square(out.astype(np.float32) - kv)) / np.mean(np.square(kv)))
+    assert 0 < rms < 0.2
+
+
+def test_transforms_by_mapping_and_function(blob: bytes, transform: Transform) -> None:
+    a = cachegen.decode(blob, transforms={transform.digest(): transform})
+    b = cachegen.decode(blob, transforms=lambda d: transform if d == transform.digest() else None)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_output_dtype_framework_and_out(blob: bytes, transform: Transform, kv) -> None:
+    f32 = cachegen.decode(blob, transforms=transform, dtype="float32")
+    out = np.full(kv.shape, 7, np.float32)
+    assert cachegen.decode(blob, out=out, transforms=transform) is out
+    np.testing.assert_array_equal(out, f32)
+    torch = pytest.importorskip("torch")
+    t = cachegen.decode(blob, transforms=transform, framework="torch", dtype="bfloat16")
+    assert t.dtype == torch.bfloat16
+    np.testing.assert_array_equal(t.float().numpy(), torch.from_numpy(f32).bfloat16().float())
+
+
+def test_pairs_layout_round_trips(transform: Transform, kv: np.ndarray) -> None:
+    torch = pytest.importorskip("torch")
+    pairs = [
+        tuple(
+            torch.from_numpy(np.ascontiguousarray(kv[layer, side].transpose(1, 0, 2)[None]))
+            for side in (0, 1)
+        )
+        for layer in range(LAYERS)
+    ]
+    blob = cachegen.encode(pairs, 20, transform=transform)
+    out = cachegen.decode(blob, transforms=transform)
+    assert isinstance(out[0][0], torch.Tensor) and out[1][1].shape == pairs[1][1].shape
+    stacked = cachegen.decode(cachegen.encode(kv, 20, transform=transform), transforms=transform)
+    np.testing.assert_array_equal(out[1][1][0].numpy().transpose(1, 0, 2), stacked[1, 1])
+
+
+@pytest.mark.parametrize("given", ["none", "other", "mapping", "function", "liar"])
+def test_missing_transform_is_typed_and_writes_nothing(blob, transform, kv, given) -> None:
+    other = learn_transform([cache(3, 400)], Rope.from_thetas([1e4, 1e5], DIM))
+    transforms = {
+        "none": None,
+        "other": other,
+        "mapping": {other.digest(): other},
+        "function": lambda d: None,
+        "liar": lambda d: other,  # found something, but not what the blob names
+    }[given]
+    out = np.full(kv.shape, 3, np.float16)
+    with pytest.raises(TransformMissing, match=transform.digest()) as e:
+        cachegen.decode(blob, out=out, transforms=transforms)
+    assert isinstance(e.value, FormatError) and e.value.digest == transform.digest()
+    assert (out == 3).all()
+
+
+def test_transform_with_a_profile_lossless_or_on_a_gpu_is_refused(transform, kv) -> None:
+    ones = ((1.0,) * HEADS,) * LAYERS
+    profile = cachegen.ModelProfile("test", ones, ones)
+    with pytest.raises(ValueError, match="profile"):
+        cachegen.encode(kv, 20, transform=transform, profile=profile)
+    with pytest.raises(ValueError, match="host"):
+        cachegen.encode(kv, 20, transform=transform, device="cuda")
+    with pytest.raises(ValueError, match="lossless"):
+        cachegen.encode(kv, cachegen.LOSSLESS, transform=transform)
+
+
+def test_transform_that_does_not_fit_the_cache_is_typed(transform) -> None:
+    wrong = np.zeros((LAYERS, 2, 10, HEADS, DIM // 2), np.float16)
+    with pytest.raises(TransformError):
+        cachegen.encode(wrong, 20, transform=transform)
+
+
+def reheader(
+    blob: bytes,
+    version: int | None = None,
+    flags: int | None = None,
+    header_bytes: int | None = None,
+) -> bytes:
+    b = bytearray(blob)
+    if version is not None:
+        b[4:6] = struct.pack("<H", version)
+    if header_bytes is not None:
+        b[6:8] = struct.pack("<H", header_bytes)
+    if flags is not None:
+        b[28:32] = struct.pack("<I", flags)
+    return reseal(b)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"version": 4}, "transform record in a version 4 blob"),
+        ({"version": 6}, "unsupported format version 6"),
+        ({"flags": 0}, "bad header size"),  # the record's bytes left without the flag
+        ({"header_bytes": 64}, "bad header size"),
+    ],
+)
+def test_hostile_transform_headers(blob: bytes, change: dict, message: str) -> None:
+    with pytest.raises(FormatError, match=message):
+        cachegen.inspect(reheader(blob, **change))
+
+
+def test_plain_blob_claiming_a_transform_is_refused(kv: np.ndarray) -> None:
+    plain = cachegen.encode(kv, 20)
+    with pytest.raises(FormatError, match="bad header size"):
+        cachegen.inspect(reheader(plain, flags=2))
+    with pytest.raises(FormatError, match="transform record in a version 4"):
+        cachegen.inspect(reheader(plain, flags=2, header_bytes=104))
+
+
+def test_every_truncation_and_flip_of_the_record_is_caught(blob: bytes, transform) -> None:
+    for n in range(0, len(blob), 37):
+        with pytest.raises(FormatError):
+            cachegen.decode(blob[:n], transforms=transform)
+    for i in range(64, 104):  # the record: a flipped digest or position fails the checksum
+        b = bytearray(blob)
+        b[i] ^= 1
+        with pytest.raises(FormatError, match="checksum"):
+            cachegen.decode(bytes(b), transforms=transform)
+
+
+def test_canonical_bytes_round_trip(transform: Transform) -> None:
+    data = transform.to_bytes()
+    back = Transform.from_bytes(data)
+    assert back.to_bytes() == data and back.digest() == transform.digest()
+
+
+def test_bad_transform_bytes_are_typed(transform: Transform) -> None:
+    data = transform.to_bytes()
+    for n in [0, 5, 14, 18, 26, len(data) // 2, len(data) - 1]:
+        with pytest.raises(TransformError):
+            Transform.from_bytes(data[:n])
+    with pytest.raises(TransformError, match="trailing"):
+        Transform.from_bytes(data + b"\0")
+    huge = bytearray(data)
+    huge[14:18] = struct.pack("<I", 1 << 30)  # a layer count no bytes pay for
+    with pytest.raises(TransformError):
+        Transform.from_bytes(bytes(huge))
+    nan = bytearray(data)
+    nan[-4:] = struct.pack("<f", float("nan"))
+    with pytest.raises(TransformError, match="NaN"):
+        Transform.from_bytes(bytes(nan))
+
+
+def test_store_keeps_transforms_beside_blobs(blob: bytes, transform: Transform) -> None:
+    store = MemoryStore()
+    resolver = stored_transforms(store)
+    with pytest.raises(TransformMissing):
+        cachegen.decode(blob, transforms=resolver)
+    key = put_transform(store, transform)
+    assert key == STORE_PREFIX + transform.digest()
+    resolver = stored_transforms(store)
+    np.testing.assert_array_equal(
+        cachegen.decode(blob, transforms=resolver), cachegen.decode(blob, transforms=transform)
+    )
+
+
+def test_store_object_that_does_not_match_its_digest(blob: bytes, transform: Transform) -> None:
+    store = MemoryStore()
+    other = learn_transform([cache(4, 400)], Rope.from_thetas([1e4, 1e5], DIM))
+    store.put(STORE_PREFIX + transform.digest(), other.to_bytes())
+    with pytest.raises(ObjectCorrupted, match="digest"):
+        cachegen.decode(blob, transforms=stored_transforms(store))
+    garbage = b"not a transform at all"
+    store.put(STORE_PREFIX + hashlib.sha256(garbage).hexdigest(), garbage)
+    with pytest.raises(ObjectCorrupted, match="magic"):
+        stored_transforms(store)(hashlib.sha256(garbage).hexdigest())
+
+
+@pytest.mark.skipif(
+    not cachegen.build_info()["cuda_available"], reason="needs a CUDA build and a CUDA device"
+)
+def test_device_blob_and_device_output(blob: bytes, transform: Transform) -> None:
+    """A transform blob in GPU memory decodes (coefficients and inverse on the host) into a GPU
+    output equal to the host decode."""
+    torch = pytest.importorskip("torch")
+    host = cachegen.decode(blob, transforms=transform)
+    device_blob = torch.frombuffer(bytearray(blob), dtype=torch.uint8).cuda()
+    out = cachegen.decode(device_blob, transforms=transform)
+    assert out.is_cuda
+    np.testing.assert_array_equal(out.cpu().numpy(), host)
+    into = cachegen.decode(blob, transforms=transform, device="cuda")
+    np.testing.assert_array_equal(into.cpu().numpy(), host)
