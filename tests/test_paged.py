@@ -311,3 +311,19 @@ def test_transposed_key_pages_take_any_head_dim_and_token_count(dtype, dim, bloc
         for side, x in enumerate((k, v)):
             got = x[ids].transpose(1, 2).reshape(-1, heads, dim)[:tokens]
             assert torch.equal(got, want[layer, side])
+
+
+def test_transform_blob_is_refused_before_writing():
+    """A transform-coded blob holds coefficients, not a cache: paged decode refuses it."""
+    from cachegen.transform import Rope, learn_transform
+
+    tokens = 2 * BLOCK + 3
+    ids = random_table(3, tokens)
+    caches = [c.numpy() for c in filled("flash-hnd", torch.float16, ids, tokens)]
+    kv = gather("flash-hnd", [torch.from_numpy(c) for c in caches], ids, tokens).numpy()
+    t = learn_transform([kv.astype(np.float32)], Rope.from_thetas([1e4] * LAYERS, DIM))
+    blob = cachegen.encode(kv, level=5, transform=t)
+    out = [np.full_like(c, 3) for c in caches]
+    with pytest.raises(cachegen.FormatError, match="transform"):
+        paged.decode_paged(blob, out, "flash-hnd", ids)
+    assert all((o == 3).all() for o in out)

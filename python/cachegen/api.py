@@ -29,7 +29,15 @@ from .tensors import (
     is_torch,
     views,
 )
-from .transform import Transform, Transforms, coefficient_config, forward, inverse, resolve
+from .transform import (
+    Transform,
+    Transforms,
+    coefficient_buffers,
+    coefficient_config,
+    forward,
+    inverse_groups,
+    resolve,
+)
 
 __all__ = [
     "DEFAULT_MAX_OUTPUT_BYTES",
@@ -252,9 +260,11 @@ def decode(
         parsed = dispatch.parse(devices.host_bytes(blob))
     if 4 * info.elements > max_output_bytes:
         raise FormatError("blob's fp32 coefficients are over max_output_bytes")
-    coefficients = allocate(info.layout, info.shapes, "float32", "numpy", None)
+    coefficients, groups = coefficient_buffers(info.layout, info.shapes)
     dispatch.decode_into(parsed, views(coefficients), dispatch.threads_arg(threads))
-    _copy_cache(out, inverse(coefficients, t, info.transform.position))
+    cache = inverse_groups(groups, t, info.transform.position)
+    for dst, src in zip(_group_targets(out, info.layout), cache, strict=True):
+        _assign(dst, src)
     return out
 
 
@@ -281,14 +291,12 @@ def _check_output(info: BlobInfo, blob: Any, out: Any, out_views: Any) -> Any:
     return v
 
 
-def _copy_cache(out: Any, cache: Any) -> None:
-    """`cache` (numpy fp32, the blob's layout) converted into `out` (same layout and shapes)."""
-    if isinstance(cache, np.ndarray):
-        _assign(out, cache)
-        return
-    for dst, src in zip(out, cache, strict=True):
-        _assign(dst[0], src[0])
-        _assign(dst[1], src[1])
+def _group_targets(out: Any, layout: str) -> list[Any]:
+    """Views of `out` (numpy, torch or CuPy) per (layer, K/V) group as `[tokens, heads,
+    head_dim]`, K first."""
+    if layout == "stacked":
+        return [out[i // 2, i % 2] for i in range(2 * len(out))]
+    return [t[0].swapaxes(0, 1) for pair in out for t in pair]
 
 
 def _assign(dst: Any, src: np.ndarray) -> None:

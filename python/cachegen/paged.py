@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from . import api, dispatch
+from ._core import FormatError
 from .config import CodecConfig
 from .devices import host_bytes
 from .info import blob_info
@@ -261,7 +262,9 @@ def decode_paged(
     device); only the slots of the blob's tokens are written.
 
     Raises:
-        FormatError: the blob is malformed (reported before anything is written).
+        FormatError: the blob is malformed, or transform-coded (`cachegen.transform`: its
+            coefficients are not a cache; decode it with `cachegen.decode(transforms=...)`),
+            reported before anything is written.
         ValueError: the caches do not fit the blob (layer count, heads, head dim, dtype: the
             cache's own dtype is required, so a lossless blob stays exact), or the block ids do
             not (count, range, duplicates); nothing is written.
@@ -271,6 +274,11 @@ def decode_paged(
         blob = host_bytes(blob)
     parsed = dispatch.parse(blob, verify=not gpu)  # a GPU decode checks the CRC on the device
     info = blob_info(parsed)
+    if info.transform is not None:
+        raise FormatError(
+            f"the blob is coded with transform {info.transform.digest}: paged decode does not "
+            "apply transforms (cachegen.decode(blob, transforms=...) does)"
+        )
     pairs = list(zip(info.keys, info.values, strict=True))
     tokens = {g.tokens for pair in pairs for g in pair}
     if len(tokens) != 1:

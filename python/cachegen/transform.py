@@ -138,6 +138,13 @@ class Basis:
     def head_dim(self) -> int:
         return len(self.mean) // self.heads
 
+    @functools.cached_property
+    def inverse_factors(self) -> tuple[np.ndarray, np.ndarray]:
+        """x = coefficients @ matrix + offset: the weights folded into the basis and the mean
+        once, so the inverse is one product and one add per element."""
+        matrix = np.ascontiguousarray(self.vectors.T * self.weights)
+        return matrix, self.mean * self.weights
+
 
 @dataclass(frozen=True)
 class Transform:
@@ -337,6 +344,32 @@ def inverse(coefficients: Any, transform: Transform, position: int = 0) -> Any:
 
 def _apply(kv: Any, t: Transform, position: int, inverse: bool) -> Any:
     groups = _groups(kv)
+    out = _transform_groups(groups, t, position, inverse)
+    return _rebuild(kv, [o.astype(g.dtype, copy=False) for o, g in zip(out, groups, strict=True)])
+
+
+def inverse_groups(groups: list[np.ndarray], t: Transform, position: int = 0) -> list[np.ndarray]:
+    """`inverse` of coefficients given per (layer, K/V) group, K first, as `[tokens, heads,
+    head_dim]` arrays: the cache's groups in fp32, without rebuilding a layout (what a decode
+    into a caller's output needs)."""
+    return _transform_groups(groups, t, position, inverse=True)
+
+
+def coefficient_buffers(layout: str, shapes: Sequence[tuple[int, int, int]]) -> tuple[Any, list]:
+    """fp32 buffers for a blob's coefficients: a cache of `layout` and group `shapes` that
+    `cachegen.decode(out=)` takes, and the same memory per group as contiguous `[tokens, heads,
+    head_dim]` arrays (so the inverse's products read them without a copy)."""
+    if layout == "stacked":
+        cache = np.empty((len(shapes) // 2, 2, *shapes[0]), np.float32)
+        return cache, [cache[i // 2, i % 2] for i in range(len(shapes))]
+    groups = [np.empty(shape, np.float32) for shape in shapes]
+    views = [g.transpose(1, 0, 2)[None] for g in groups]  # [1, heads, tokens, head_dim]
+    return list(zip(views[0::2], views[1::2], strict=True)), groups
+
+
+def _transform_groups(
+    groups: list[np.ndarray], t: Transform, position: int, inverse: bool
+) -> list[np.ndarray]:
     _check(groups, t, position)
     end = position + max(g.shape[0] for g in groups)
 
@@ -347,10 +380,10 @@ def _apply(kv: Any, t: Transform, position: int, inverse: bool) -> Any:
     out = []
     for i, g in enumerate(groups):
         basis = (t.keys, t.values)[i % 2][i // 2]
-        x = g.astype(np.float32)
+        x = g.astype(np.float32, copy=False)
         rope = angles(t.rope.inv_freq[i // 2].tobytes(), len(x)) if i % 2 == 0 else None
         out.append(_inverse(x, basis, rope) if inverse else _forward(x, basis, rope))
-    return _rebuild(kv, [o.astype(g.dtype, copy=False) for o, g in zip(out, groups, strict=True)])
+    return out
 
 
 def _forward(x: np.ndarray, b: Basis, angles: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
@@ -361,7 +394,10 @@ def _forward(x: np.ndarray, b: Basis, angles: tuple[np.ndarray, np.ndarray] | No
 
 
 def _inverse(c: np.ndarray, b: Basis, angles: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
-    x = ((c.reshape(len(c), -1) @ b.vectors.T + b.mean) * b.weights).reshape(c.shape)
+    matrix, offset = b.inverse_factors
+    x = c.reshape(len(c), -1) @ matrix
+    x += offset
+    x = x.reshape(c.shape)
     return rotate(x, *angles, back=False) if angles is not None else x
 
 

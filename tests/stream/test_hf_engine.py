@@ -89,3 +89,49 @@ def test_prefill_calibrated_at_positions(model) -> None:
     assert costs.recompute_time(256, 512) >= costs.recompute_time(256, 0)
     with pytest.raises(RuntimeError):
         engine.finish()  # the calibration cache is not left behind
+
+
+def test_transform_coded_context_streams_with_its_transform(model) -> None:
+    """A context saved with a per-model transform loads through the engine when it is given the
+    store's transforms; without them each KV chunk fails to load and is recomputed."""
+    import torch
+
+    from cachegen.hf import from_cache
+    from cachegen.transform import Rope, learn_transform, stored_transforms
+
+    lm, tok = model
+
+    def prefill(path: str, n: int):
+        ids = tok(open(path, encoding="utf-8").read(), return_tensors="pt")["input_ids"][0, :n]
+        with torch.inference_mode():
+            out = lm(ids[None], use_cache=True)
+        return ids, [(k.clone(), v.clone()) for k, v in from_cache(out.cache)]
+
+    _, fit = prefill("/usr/share/common-licenses/GPL-2", 256)
+    t = learn_transform([fit], Rope.from_config(lm.config))
+    ids, kv = prefill("/usr/share/common-licenses/GPL-3", 128)
+    store = MemoryStore()
+    save_context(store, "smol", ids.numpy(), kv, levels=(20,), chunk_tokens=64, transform=t)
+    costs = CostModel(1e8, 500.0)
+    policy = fixed(20)
+    probe = ids[None, :1] * 0 + int(ids[-1])
+
+    def next_logits(cache):
+        with torch.inference_mode():
+            return lm(probe, cache=cache, use_cache=True).logits[0, -1].double()
+
+    ref = next_logits(_copy(kv, lm))
+    engine = HFEngine(lm, name="smol", transforms=stored_transforms(store))
+    result = Loader(store, engine, costs, 10.0, policy=policy).load(
+        "smol", ids.numpy(), chunk_tokens=64
+    )
+    assert result.report.choices == [20, 20]
+    got = next_logits(result.cache)
+    kl = float((ref.softmax(-1) * (ref.log_softmax(-1) - got.log_softmax(-1))).sum())
+    assert kl < 0.05
+    bare = Loader(store, HFEngine(lm, name="smol"), costs, 10.0, policy=policy).load(
+        "smol", ids.numpy(), chunk_tokens=64
+    )
+    assert bare.report.choices == [TEXT, TEXT] and bare.report.fallbacks == 2
+    assert "transform" in bare.report.chunks[0].fallback
+    assert bare.cache.get_seq_length() == 128

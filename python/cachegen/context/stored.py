@@ -9,10 +9,11 @@ exists, so a writer killed part-way leaves whole chunks and no context, never ha
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ import cachegen
 from cachegen.config import LADDER_VERSION, LEGACY_LADDER_VERSION
 from cachegen.store.base import Store
 from cachegen.store.errors import ContextMissing, ObjectCorrupted, ObjectMissing
+from cachegen.transform import Transform, put_transform, stored_transforms
 
 from .auth import Authenticator, AuthKey
 from .keys import (
@@ -115,6 +117,15 @@ class Context:
     quality: dict[str, Any] | None = None
     #: The ladder the chunks were coded with (`cachegen.config.LADDER_VERSION`).
     ladder_version: int = LEGACY_LADDER_VERSION
+    #: The digest of the per-model transform the chunks are coefficients of
+    #: (`save_context(transform=...)`), None for plain chunks.
+    transform: str | None = None
+
+    @functools.cached_property
+    def transforms(self) -> Callable[[str], Transform | None]:
+        """`decode(..., transforms=)` for this context's blobs: the store's transforms, each
+        fetched once (an engine adapter decoding fetched blobs passes it on)."""
+        return stored_transforms(self.store)
 
     @property
     def prefix_tokens(self) -> int:
@@ -146,7 +157,7 @@ class Context:
     def load(self, index: int, level: int) -> Any:
         """Chunk `index` at `level`, decoded into the layout it was saved in (only the layers
         with tokens in the chunk where layers differ: see `ChunkInfo.layer_tokens`)."""
-        return cachegen.decode(self.fetch(index, level))
+        return cachegen.decode(self.fetch(index, level), transforms=self.transforms)
 
     def load_prefix(self, level: int) -> Any:
         """The whole stored prefix at `level`, every layer's chunks joined along tokens: what
@@ -191,11 +202,19 @@ def _layer_tokens(raw: object) -> tuple[int, ...] | None:
 
 @dataclass(frozen=True)
 class _Record:
-    """A chunk record as read back: the chunk, the codec version and the ladder that wrote it."""
+    """A chunk record as read back: the chunk, the codec version and the ladder that wrote it,
+    and the transform its blobs are coefficients of."""
 
     chunk: ChunkInfo
     codec_version: int
     ladder_version: int = LEGACY_LADDER_VERSION
+    transform: str | None = None
+
+    @property
+    def coding(self) -> tuple[int, str | None]:
+        """What its levels mean: the ladder and the transform (chunks that differ in it are
+        never reused or joined into one prefix)."""
+        return self.ladder_version, self.transform
 
 
 def _read_record(key: str, raw: bytes | None, auth: Authenticator | None) -> _Record | None:
@@ -206,11 +225,19 @@ def _read_record(key: str, raw: bytes | None, auth: Authenticator | None) -> _Re
         body = unseal(key, raw, auth)
         version = body.get("codec_version", LEGACY_CODEC_VERSION)
         ladder = body.get("ladder_version", LEGACY_LADDER_VERSION)
+        transform = body.get("transform")
         if not isinstance(version, int) or not isinstance(ladder, int):
             return None
-        return _Record(ChunkInfo.from_json(key, body["chunk"], auth), version, ladder)
+        if transform is not None and not _is_digest(transform):
+            return None
+        chunk = ChunkInfo.from_json(key, body["chunk"], auth)
+        return _Record(chunk, version, ladder, transform)
     except (ObjectCorrupted, KeyError):
         return None
+
+
+def _is_digest(x: object) -> bool:
+    return isinstance(x, str) and len(x) == 64 and all(c in "0123456789abcdef" for c in x)
 
 
 def _check_save_args(
@@ -243,6 +270,7 @@ def save_context(
     threads: int | None = None,
     salt: Salt = None,
     auth_key: AuthKey = None,
+    transform: Transform | None = None,
 ) -> Context:
     """Store `kv` (the cache of `token_ids`) as chunks of `chunk_tokens`, each at every level.
 
@@ -258,9 +286,18 @@ def save_context(
     only `open_context` with the same salt finds them, and only chunks of that salt are reused.
     `auth_key` (at least 16 bytes, or a str) MACs every object written, so that only readers
     with the key use them, and only chunks MAC'd with it are reused.
+    `transform` (a `cachegen.transform.Transform` of this model; not with a profile) codes
+    every chunk's coefficients (`cachegen.encode(..., transform=)`): the transform is stored
+    first under `transform/<digest>`, the manifest and chunk records name it, and only chunks
+    coded with the same transform are reused. `Context.load` finds it in the store.
     """
     tokens = token_array(token_ids)
     levels = _check_save_args(tokens, kv, levels, quality)
+    if transform is not None and profile is not None:
+        raise ValueError("a profile weighs raw key channels: not with a transform")
+    digest = None if transform is None else transform.digest()
+    if transform is not None:
+        put_transform(store, transform)  # before any blob that names it
     auth = Authenticator.of(auth_key)
     version = cachegen.FORMAT_VERSION
     hashes = chunk_hashes(model_id, tokens, chunk_tokens, salt)
@@ -268,7 +305,7 @@ def save_context(
     raws = store.get_many(keys, missing_ok=True)
     records = [_read_record(k, r, auth) for k, r in zip(keys, raws, strict=True)]
 
-    chunker = _Chunker(kv, tokens, layer_counts(kv), levels, profile, threads, auth)
+    chunker = _Chunker(kv, tokens, layer_counts(kv), levels, profile, threads, auth, transform)
     chunks: list[ChunkInfo] = []
     pending: deque[Future[None]] = deque()
     # Encode chunk i+1 while chunk i uploads; the codec and the store clients release the GIL.
@@ -280,7 +317,7 @@ def save_context(
             while len(pending) >= _UPLOADS_IN_FLIGHT:
                 pending.popleft().result()
             pending.append(
-                uploader.submit(_write_chunk, store, chunk, objects, chunk_version, auth)
+                uploader.submit(_write_chunk, store, chunk, objects, chunk_version, auth, digest)
             )
         for f in pending:
             f.result()
@@ -292,12 +329,15 @@ def save_context(
         "ladder": _ladder_record(levels),
         "created": time.time(),
         "quality": quality,
+        "transform": digest,
         "chunks": [c.to_json() for c in chunks],
     }
     key = manifest_key(hashes[-1])
     store.put(key, seal(key, manifest, auth))  # the commit point: last, one atomic put
     n = len(tokens)
-    return Context(store, model_id, version, chunk_tokens, n, chunks, True, quality, LADDER_VERSION)
+    return Context(
+        store, model_id, version, chunk_tokens, n, chunks, True, quality, LADDER_VERSION, digest
+    )
 
 
 def _ladder_record(levels: list[int]) -> dict[str, Any]:
@@ -319,6 +359,7 @@ class _Chunker:
     profile: cachegen.ModelProfile | None
     threads: int | None
     auth: Authenticator | None
+    transform: Transform | None
 
     def chunk(
         self, index: int, chunk_hash: str, span: tuple[int, int], record: _Record | None
@@ -329,14 +370,20 @@ class _Chunker:
         old = record.chunk if record else None
         if old is not None and (old.stop, old.layer_tokens) != (stop, inside):
             old = None  # stored with other layer spans (another context length): replace
-        if record and record.ladder_version != LADDER_VERSION:
-            old = None  # its levels meant something else: never mixed with this ladder's
+        digest = None if self.transform is None else self.transform.digest()
+        if record and record.coding != (LADDER_VERSION, digest):
+            old = None  # its levels meant something else: never mixed with this coding's
         if record and old is not None and set(self.levels) <= set(old.levels):
             # Stored by a context with this prefix: reuse it. Its record is rewritten all the
             # same, so that its age tells a concurrent `collect_garbage` it is in use.
             return old, {}, record.codec_version
         part = slice_chunk(self.kv, start, stop)
-        where = {"position": start, "context_end": len(self.tokens), "profile": self.profile}
+        where = {
+            "position": start,
+            "context_end": len(self.tokens),
+            "profile": self.profile,
+            "transform": self.transform,
+        }
         blobs = {
             lv: cachegen.encode(part, level=lv, threads=self.threads, **where)
             for lv in self.levels
@@ -393,6 +440,7 @@ def _write_chunk(
     objects: dict[str, bytes],
     version: int,
     auth: Authenticator | None,
+    transform: str | None,
 ) -> None:
     store.put_many(objects)
     key = record_key(chunk.hash)
@@ -400,6 +448,7 @@ def _write_chunk(
         "kind": "cachegen.chunk",
         "codec_version": version,
         "ladder_version": LADDER_VERSION,
+        "transform": transform,
         "chunk": chunk.to_json(),
     }
     store.put(key, seal(key, record, auth))
@@ -468,6 +517,7 @@ def _open_chain(
             False,
             None,
             first.ladder_version,
+            first.transform,
         )
     body = unseal(key, raw, auth)
     expect = _manifest_identity(model_id, chunk_tokens, n)
@@ -481,7 +531,12 @@ def _open_chain(
         raise ObjectCorrupted(key, f"bad codec version {version!r}")
     quality = body.get("quality")
     ladder = _manifest_ladder(key, body.get("ladder"))
-    return Context(store, model_id, version, chunk_tokens, n, chunks, True, quality, ladder)
+    transform = body.get("transform")
+    if transform is not None and not _is_digest(transform):
+        raise ObjectCorrupted(key, f"bad transform digest {transform!r}")
+    return Context(
+        store, model_id, version, chunk_tokens, n, chunks, True, quality, ladder, transform
+    )
 
 
 def _manifest_ladder(key: str, record: Any) -> int:
@@ -508,7 +563,7 @@ def _stored_prefix(
             span = (i * chunk_tokens, min((i + 1) * chunk_tokens, n))
             if record is None or record.chunk.hash != hashes[i] or record.chunk.span != span:
                 return found
-            if found and record.ladder_version != found[0].ladder_version:
+            if found and record.coding != found[0].coding:
                 return found  # a prefix's levels mean one thing throughout
             found.append(record)
     return found

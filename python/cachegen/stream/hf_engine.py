@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     import torch
     from transformers import DynamicCache
 
+    from cachegen.transform import Transforms
+
 
 class HFEngine:
     """Fills a `DynamicCache` for `model` (a causal LM in eval mode) from blobs and text."""
@@ -25,7 +27,11 @@ class HFEngine:
     #: Any chunk can be recomputed on top of the cache built so far.
     recompute: Recompute = "chunk"
 
-    def __init__(self, model: Any, *, name: str | None = None) -> None:
+    def __init__(
+        self, model: Any, *, name: str | None = None, transforms: Transforms | None = None
+    ) -> None:
+        """`transforms` finds the transform of transform-coded blobs (`cachegen.decode`'s
+        argument, e.g. `cachegen.transform.stored_transforms(store)`)."""
         import torch
 
         self.model = model
@@ -35,6 +41,7 @@ class HFEngine:
         label = name or getattr(self.config, "_name_or_path", "") or type(model).__name__
         self._key = f"hf:{label}:{self._device}:{torch.get_num_threads()}t"
         self._cache: DynamicCache | None = None
+        self._transforms = transforms
 
     @property
     def key(self) -> str:
@@ -57,7 +64,13 @@ class HFEngine:
 
     def append_kv(self, blob: bytes) -> None:
         # The core writes the model's dtype on the model's device: no conversion pass after.
-        kv = cachegen.decode(blob, framework="torch", dtype=self._dtype, device=str(self._device))
+        kv = cachegen.decode(
+            blob,
+            framework="torch",
+            dtype=self._dtype,
+            device=str(self._device),
+            transforms=self._transforms,
+        )
         pairs = self._pairs(kv)
         cache = self._live()
         if len(pairs) != len(cache.layers):

@@ -1,0 +1,97 @@
+"""Stored contexts coded with a per-model transform, over every backend: the transform is
+stored once beside the chunks, manifests and records name it, chunks of another coding are
+never reused or joined into a prefix, and a missing transform is a typed miss."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cachegen
+from cachegen.context import collect_garbage, open_context, save_context
+from cachegen.store import Store
+from cachegen.transform import STORE_PREFIX, Rope, TransformMissing, learn_transform
+
+MODEL = "test-model"
+CHUNK = 128
+LEVELS = [5, 20]
+
+
+def make_kv(tokens: int, seed: int = 0) -> np.ndarray:
+    """[layers, 2, tokens, heads, dim], smooth along tokens like a real cache."""
+    rng = np.random.default_rng(seed)
+    walk = np.cumsum(rng.normal(size=(2, 2, tokens, 2, 16)), axis=2) / 8
+    return (walk + rng.normal(size=walk.shape)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def transform():
+    return learn_transform([make_kv(400, seed=5)], Rope.from_thetas([1e4, 1e5], 16))
+
+
+def ids(n: int) -> np.ndarray:
+    return np.random.default_rng(1).integers(0, 49152, size=n)
+
+
+def test_round_trip_names_and_finds_the_transform(store: Store, transform) -> None:
+    kv = make_kv(300)
+    save_context(store, MODEL, ids(300), kv, chunk_tokens=CHUNK, levels=LEVELS, transform=transform)
+    assert store.list(STORE_PREFIX) == [STORE_PREFIX + transform.digest()]
+    ctx = open_context(store, MODEL, ids(300), chunk_tokens=CHUNK)
+    assert ctx.complete and ctx.transform == transform.digest()
+    for i, c in enumerate(ctx.chunks):
+        assert cachegen.inspect(ctx.fetch(i, 20)).transform.position == c.start
+        part = kv[:, :, c.start : c.stop]
+        blob = cachegen.encode(part, 20, position=c.start, context_end=300, transform=transform)
+        np.testing.assert_array_equal(ctx.load(i, 20), cachegen.decode(blob, transforms=transform))
+    assert ctx.load_prefix(5).shape == kv.shape
+
+
+def test_other_codings_are_not_reused_or_joined(store: Store, transform) -> None:
+    kv = make_kv(300)
+    save_context(store, MODEL, ids(256), kv[:, :, :256], chunk_tokens=CHUNK, levels=LEVELS)
+    # The same tokens with the transform: every chunk coded anew, none of the plain ones reused.
+    ctx = save_context(
+        store, MODEL, ids(300), kv, chunk_tokens=CHUNK, levels=LEVELS, transform=transform
+    )
+    for i in range(len(ctx.chunks)):
+        assert cachegen.inspect(ctx.fetch(i, 5)).transform is not None
+    # Plain again over the first chunk only: the prefix of a longer context stops where the
+    # coding changes, so the plain chunk is not joined to transform-coded ones.
+    save_context(store, MODEL, ids(128), kv[:, :, :128], chunk_tokens=CHUNK, levels=LEVELS)
+    prefix = open_context(store, MODEL, ids(300)[:280], chunk_tokens=CHUNK)
+    assert not prefix.complete and prefix.transform is None and len(prefix.chunks) == 1
+
+
+def test_missing_transform_is_a_typed_miss(store: Store, transform) -> None:
+    save_context(
+        store, MODEL, ids(200), make_kv(200), chunk_tokens=CHUNK, levels=LEVELS, transform=transform
+    )
+    store.delete(STORE_PREFIX + transform.digest())
+    ctx = open_context(store, MODEL, ids(200), chunk_tokens=CHUNK)
+    with pytest.raises(TransformMissing):
+        ctx.load(0, 5)
+
+
+def test_collection_keeps_the_transform(store: Store, transform) -> None:
+    save_context(
+        store, MODEL, ids(200), make_kv(200), chunk_tokens=CHUNK, levels=LEVELS, transform=transform
+    )
+    collect_garbage(store, grace_s=0)
+    ctx = open_context(store, MODEL, ids(200), chunk_tokens=CHUNK)
+    assert ctx.load(1, 20).shape[2] == 200 - CHUNK
+
+
+def test_transform_with_a_profile_writes_nothing(store: Store, transform) -> None:
+    ones = ((1.0, 1.0),) * 2
+    with pytest.raises(ValueError, match="profile"):
+        save_context(
+            store,
+            MODEL,
+            ids(200),
+            make_kv(200),
+            chunk_tokens=CHUNK,
+            profile=cachegen.ModelProfile("m", ones, ones),
+            transform=transform,
+        )
+    assert store.list() == []
