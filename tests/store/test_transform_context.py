@@ -95,3 +95,21 @@ def test_transform_with_a_profile_writes_nothing(store: Store, transform) -> Non
             transform=transform,
         )
     assert store.list() == []
+
+
+def test_manifest_records_the_levels_as_coded(store: Store, transform) -> None:
+    """Under a transform a level is coded without its key spread, and the ladder's KL table
+    (measured without a transform) is not recorded as if it applied."""
+    from cachegen.context import stored
+
+    save_context(
+        store, MODEL, ids(200), make_kv(200), chunk_tokens=CHUNK, levels=LEVELS, transform=transform
+    )
+    ctx = open_context(store, MODEL, ids(200), chunk_tokens=CHUNK)
+    key = stored.manifest_key(ctx.chunks[-1].hash)
+    body = stored.unseal(key, store.get(key), None)
+    assert body["transform"] == transform.digest()
+    assert body["ladder"]["expected_kl"] is None
+    level = cachegen.CodecConfig(**body["ladder"]["levels"]["5"])
+    assert level.key_spread == 0 and level.key_spread_auto is False
+    assert level.key_param == cachegen.CodecConfig.from_level(5).key_param

@@ -24,7 +24,7 @@ import cachegen
 from cachegen.config import LADDER_VERSION, LEGACY_LADDER_VERSION
 from cachegen.store.base import Store
 from cachegen.store.errors import ContextMissing, ObjectCorrupted, ObjectMissing
-from cachegen.transform import Transform, put_transform, stored_transforms
+from cachegen.transform import Transform, coefficient_config, put_transform, stored_transforms
 
 from .auth import Authenticator, AuthKey
 from .keys import (
@@ -326,7 +326,7 @@ def save_context(
         **_manifest_identity(model_id, chunk_tokens, len(tokens)),
         "codec_version": version,
         "levels": levels,
-        "ladder": _ladder_record(levels),
+        "ladder": _ladder_record(levels, transform is not None),
         "created": time.time(),
         "quality": quality,
         "transform": digest,
@@ -340,12 +340,16 @@ def save_context(
     )
 
 
-def _ladder_record(levels: list[int]) -> dict[str, Any]:
-    """What each stored level means: the ladder's version, every level's settings and the KL
-    measured for it without a profile (`cachegen.targets`)."""
-    configs = {str(lv): cachegen.CodecConfig.from_level(lv).to_json() for lv in levels}
-    kl = {str(lv): cachegen.expected_kl(lv) for lv in levels}
-    return {"version": LADDER_VERSION, "levels": configs, "expected_kl": kl}
+def _ladder_record(levels: list[int], transformed: bool = False) -> dict[str, Any]:
+    """What each stored level means: the ladder's version, every level's settings as coded and
+    the KL measured for it without a profile (`cachegen.targets`); none under a transform,
+    whose levels that table does not describe (pass measured ones as `quality`)."""
+    configs = {lv: cachegen.CodecConfig.from_level(lv) for lv in levels}
+    if transformed:
+        configs = {lv: coefficient_config(c) for lv, c in configs.items()}
+    kl = None if transformed else {str(lv): cachegen.expected_kl(lv) for lv in levels}
+    settings = {str(lv): c.to_json() for lv, c in configs.items()}
+    return {"version": LADDER_VERSION, "levels": settings, "expected_kl": kl}
 
 
 @dataclass(frozen=True)
