@@ -89,6 +89,30 @@ def test_decoded_cache_feeds_the_model() -> None:
     assert logits.shape == (1, 6, 64) and torch.isfinite(logits).all()
 
 
+def test_learned_model_transform_codes_the_models_cache() -> None:
+    """learn_model_transform prefills the texts and learns with the config's RoPE: the same
+    transform as learning on those caches by hand; a blob coded with it decodes (sliding
+    layers included) into a cache the model continues from like the exact one."""
+    import cachegen
+    from cachegen.hf import learn_model_transform
+    from cachegen.transform import Rope, learn_transform
+
+    model = sharpened(tiny_qwen2(["sliding_attention", "full_attention"] * 2, window=16))
+    torch.manual_seed(1)
+    texts = [torch.randint(0, 64, (1, 48)) for _ in range(2)]
+    t = learn_model_transform(model, texts)
+    by_hand = [[(k.float(), v.float()) for k, v in from_cache(_prefill(model, x))] for x in texts]
+    assert t.digest() == learn_transform(by_hand, Rope.from_config(model.config)).digest()
+    ids = torch.randint(0, 64, (1, 40))
+    kv = from_cache(_prefill(model, ids[:, :34]))
+    decoded = cachegen.decode(cachegen.encode(kv, 40, transform=t), transforms=t)
+    assert [k.shape for k, _ in decoded] == [k.shape for k, _ in kv]
+    exact = _continue(model, to_cache(_copy(kv), model.config), ids[:, 34:])
+    coded = _continue(model, to_cache(decoded, model.config), ids[:, 34:])
+    kl = (exact.softmax(-1) * (exact.log_softmax(-1) - coded.log_softmax(-1))).sum(-1).mean()
+    assert float(kl) < 1e-2
+
+
 def test_all_sliding_needs_seq_length() -> None:
     model = tiny_qwen2(["sliding_attention"] * 2, window=8)
     ids = torch.randint(0, 64, (1, 26))

@@ -180,6 +180,19 @@ def test_digest_names_the_transform() -> None:
     assert learn_transform(data, other_rope).digest() != a.digest()
 
 
+def test_bfloat16_caches_keep_their_dtype_through_the_codec() -> None:
+    t = learn_transform([stacked(2)], rope())
+    kv = torch.from_numpy(stacked(1)).bfloat16()
+    coeffs = forward(kv, t, 9)
+    assert coeffs.dtype == torch.bfloat16
+    blob = cachegen.encode(kv, 27, transform=t, position=9)
+    assert cachegen.inspect(blob).dtype == "bfloat16"
+    back = cachegen.decode(blob, transforms=t)
+    assert back.dtype == torch.bfloat16 and back.shape == kv.shape
+    err = (back.float() - kv.float()).square().mean() / kv.float().square().mean()
+    assert float(err) < 0.01
+
+
 def test_bad_input_is_a_typed_error() -> None:
     t = learn_transform([stacked(1)], rope())
     with pytest.raises(TransformError, match="layers"):
@@ -188,8 +201,8 @@ def test_bad_input_is_a_typed_error() -> None:
         forward(stacked(1)[:, :, :, :1], t)
     with pytest.raises(TransformError, match="stacked"):
         forward(stacked(1)[0], t)
-    with pytest.raises(TransformError, match="float16 or float32"):
-        forward(torch.from_numpy(stacked(1)).bfloat16(), t)
+    with pytest.raises(TransformError, match="float16, bfloat16 or float32"):
+        forward(torch.from_numpy(stacked(1)).to(torch.float64), t)
     with pytest.raises(TransformError, match="pair"):
         inverse([(torch.zeros(1, HEADS, 4, DIM),)], t)
     with pytest.raises(TransformError, match="position"):

@@ -5,6 +5,7 @@
 same model can continue from. Both use the layered cache API of ``transformers`` >= 4.56
 (``cache.layers[i].keys``/``.values``), including sliding-window layers, which keep only the
 last ``sliding_window - 1`` tokens and so may be shorter than full-attention layers.
+``learn_model_transform`` learns a model's `cachegen.transform` from the caches of some texts.
 
 torch and transformers are imported only when a function is called, so ``import cachegen``
 works without them.
@@ -19,9 +20,29 @@ if TYPE_CHECKING:
     import torch
     from transformers import DynamicCache, PretrainedConfig
 
+    from .transform import Transform
+
 KVPair = tuple["torch.Tensor", "torch.Tensor"]
 
-__all__ = ["from_cache", "to_cache"]
+__all__ = ["from_cache", "learn_model_transform", "to_cache"]
+
+
+def learn_model_transform(model: Any, texts: Sequence[Any], key_spread: float = 0.0) -> Transform:
+    """`model`'s transform (`cachegen.transform.learn_transform`), learned on the KV caches of
+    `texts` (`[1, n]` token-id tensors, each prefilled from position 0) with the RoPE its config
+    describes. Learn on text you will not evaluate on: a few texts of 1-2K tokens
+    (`bench/results/transform_codec.md` measured 2 and 4 texts of 1535 tokens)."""
+    import torch
+
+    from .transform import Rope, learn_transform
+
+    rope = Rope.from_config(model.config)  # unsupported RoPE variants fail before any prefill
+    caches = []
+    with torch.inference_mode():
+        for ids in texts:
+            kv = from_cache(model(ids, use_cache=True).cache)
+            caches.append([(k.float(), v.float()) for k, v in kv])
+    return learn_transform(caches, rope, key_spread)
 
 
 def from_cache(cache: Any) -> list[KVPair]:

@@ -9,9 +9,9 @@ eigenvectors of their covariance, strongest first. The coefficients have the cac
 dtype, so they go through `cachegen.encode`/`decode` unchanged; `inverse` undoes the projection
 and rotates keys to their positions again.
 
-    t = learn_transform([kv_a, kv_b], Rope.from_config(model.config))
-    blob = cachegen.encode(forward(kv, t), config=...)
-    kv2 = inverse(cachegen.decode(blob), t)
+    t = learn_transform([kv_a, kv_b], Rope.from_config(model.config))  # or hf.learn_model_transform
+    blob = cachegen.encode(kv, 15, transform=t, position=p)   # forward(kv, t, p), coded
+    kv2 = cachegen.decode(blob, transforms=t)                  # inverse(coefficients, t, p)
 
 `Transform.digest()` names a transform (sha256 of its canonical bytes). `cachegen.encode(kv,
 transform=t, position=p)` runs `forward` and writes a blob that names `t` by digest (format
@@ -343,9 +343,7 @@ def inverse(coefficients: Any, transform: Transform, position: int = 0) -> Any:
 
 
 def _apply(kv: Any, t: Transform, position: int, inverse: bool) -> Any:
-    groups = _groups(kv)
-    out = _transform_groups(groups, t, position, inverse)
-    return _rebuild(kv, [o.astype(g.dtype, copy=False) for o, g in zip(out, groups, strict=True)])
+    return _rebuild(kv, _transform_groups(_groups(kv), t, position, inverse))
 
 
 def inverse_groups(groups: list[np.ndarray], t: Transform, position: int = 0) -> list[np.ndarray]:
@@ -466,24 +464,24 @@ def _groups(kv: Any) -> list[np.ndarray]:
 
 
 def _rebuild(like: Any, groups: list[np.ndarray]) -> Any:
-    """`groups` in the layout and framework of `like`."""
-    torch = is_torch(like if _is_array(like) else like[0][0])
+    """`groups` in the layout, framework and dtype of `like`."""
+    first = like if _is_array(like) else like[0][0]
     if _is_array(like):
         out = np.stack([np.stack(groups[i : i + 2]) for i in range(0, len(groups), 2)])
-        return _like(out, torch)
+        return _like(out, first)
     pairs = [g.transpose(1, 0, 2)[None] for g in groups]
     return [
-        (_like(k, torch), _like(v, torch)) for k, v in zip(pairs[0::2], pairs[1::2], strict=True)
+        (_like(k, first), _like(v, first)) for k, v in zip(pairs[0::2], pairs[1::2], strict=True)
     ]
 
 
-def _like(a: np.ndarray, torch: bool) -> Any:
-    a = np.ascontiguousarray(a)
-    if not torch:
-        return a
+def _like(a: np.ndarray, like: Any) -> Any:
+    """`a` as an array of `like`'s framework and dtype."""
+    if not is_torch(like):
+        return np.ascontiguousarray(a, dtype=like.dtype)
     import torch as th
 
-    return th.from_numpy(a)
+    return th.from_numpy(np.ascontiguousarray(a)).to(like.dtype)
 
 
 def _is_array(x: Any) -> bool:
@@ -491,13 +489,16 @@ def _is_array(x: Any) -> bool:
 
 
 def _host(x: Any) -> np.ndarray:
-    if str(x.dtype).removeprefix("torch.") not in ("float16", "float32"):
-        raise TransformError(f"float16 or float32 caches only, got {x.dtype}")
+    """A numpy view (fp16/fp32) or an fp32 copy (bf16) of a host cache tensor."""
+    name = str(x.dtype).removeprefix("torch.")
+    if name not in ("float16", "float32", "bfloat16"):
+        raise TransformError(f"float16, bfloat16 or float32 caches only, got {x.dtype}")
     if is_torch(x):
         if x.device.type != "cpu":
             raise TransformError("the transform runs on CPU tensors")
-        return x.detach().numpy()
-    return x
+        x = x.detach()
+        return x.float().numpy() if name == "bfloat16" else x.numpy()
+    return x.astype(np.float32) if name == "bfloat16" else x
 
 
 def _check_rope(rope: Rope, num_layers: int, groups: list[np.ndarray]) -> None:
