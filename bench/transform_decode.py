@@ -2,8 +2,9 @@
 `cachegen.encode(kv, level, transform=t)` / `cachegen.decode(blob, transforms=t)` against the
 plain level, on real caches, all in one run.
 
-    OPENBLAS_NUM_THREADS=1 PYTHONPATH=python:bench python bench/transform_decode.py  # results/transform_decode.*
-    OPENBLAS_NUM_THREADS=1 PYTHONPATH=python:bench python bench/transform_decode.py --models smollm2
+    export OPENBLAS_NUM_THREADS=1 PYTHONPATH=python:bench
+    python bench/transform_decode.py      # writes bench/results/transform_decode.{json,md}
+    python bench/transform_decode.py --models smollm2 --rounds 3 --out /tmp/td
 
 Per model the transform is learned as `bench/transform_codec.py` learns it (no key spread, on
 the fit documents' prefix caches); the cache is the document's prefix. Rounds interleave every
