@@ -117,8 +117,8 @@ def encode(
             the cache's coefficients (`transform.forward` at `position`), coded at the level
             without its key spread, and names the transform by digest (format version 5);
             decoding needs the transform (`decode(..., transforms=...)`). Host caches (numpy
-            or CPU torch, fp16/fp32, stacked or per-layer pairs) and host blobs only; not with
-            a profile (its weights read raw key channels).
+            or CPU torch, fp16/bf16/fp32, stacked or per-layer pairs) and host blobs only; not
+            with a profile (its weights read raw key channels) or the lossless level.
     """
     config = _config(level, config)
     record = None
@@ -252,7 +252,7 @@ def decode(
         v = _check_output(info, blob, out, out_views)
         dispatch.decode_into(parsed, v, dispatch.threads_arg(threads))
         return out
-    t = resolve(info.transform.digest, transforms)
+    t = resolve(info.transform.digest, transforms)  # before anything is allocated or written
     if out is None:
         out = _new_output(info, dtype, framework, device, max_output_bytes)
     _check_output(info, blob, out, out_views)
@@ -260,12 +260,20 @@ def decode(
         parsed = dispatch.parse(devices.host_bytes(blob))
     if 4 * info.elements > max_output_bytes:
         raise FormatError("blob's fp32 coefficients are over max_output_bytes")
+    _decode_transformed(parsed, info, t, out, threads)
+    return out
+
+
+def _decode_transformed(
+    parsed: Any, info: BlobInfo, t: Transform, out: Any, threads: int | None
+) -> None:
+    """A transform-coded blob into `out`: its coefficients decoded to fp32 group buffers on
+    the host, inverted there, each group converted into its place in `out`."""
     coefficients, groups = coefficient_buffers(info.layout, info.shapes)
     dispatch.decode_into(parsed, views(coefficients), dispatch.threads_arg(threads))
     cache = inverse_groups(groups, t, info.transform.position)
     for dst, src in zip(_group_targets(out, info.layout), cache, strict=True):
         _assign(dst, src)
-    return out
 
 
 def _new_output(
