@@ -6,6 +6,7 @@ their canonical bytes and a store."""
 from __future__ import annotations
 
 import hashlib
+import json
 import struct
 
 import numpy as np
@@ -263,3 +264,14 @@ def test_device_blob_and_device_output(blob: bytes, transform: Transform) -> Non
     np.testing.assert_array_equal(out.cpu().numpy(), host)
     into = cachegen.decode(blob, transforms=transform, device="cuda")
     np.testing.assert_array_equal(into.cpu().numpy(), host)
+
+
+def test_cli_inspect_names_the_transform(blob: bytes, transform: Transform, tmp_path, capsys):
+    from cachegen.cli import main
+
+    path = tmp_path / "t.cgkv"
+    path.write_bytes(blob)
+    assert main(["inspect", str(path), "--json"]) == 0
+    facts = json.loads(capsys.readouterr().out)
+    assert facts["version"] == 5
+    assert facts["transform"] == {"digest": transform.digest(), "position": 37}
