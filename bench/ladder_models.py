@@ -170,6 +170,8 @@ def bits(b: float | None) -> str:
 def ratio_table(p: dict[str, dict[str, Result]], ladders: dict[str, list[int]]) -> list[str]:
     """Bits at each KL target (log-KL interpolation between measured points) of each ladder
     (method prefix -> its levels; `ref` the reference's), and their ratios to the reference."""
+    if "ref" not in ladders:
+        return ["(no CacheGen reference levels in this run: `--refs` was empty)"]
     names = [n for n in ladders if n != "ref"]
     lines = [
         "| model | KL target | reference bits/elt | "
@@ -197,6 +199,7 @@ def main() -> None:
         "--fixed", default="", help="levels also run with the spread's strength fixed (v2)"
     )
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--name", default="ladder_models", help="the results' file name stem")
     a = ap.parse_args()
     levels, refs, flat, fixed = ints(a.levels), ints(a.refs), ints(a.flat), ints(a.fixed)
     models, docs = words(a.models), words(a.docs)
@@ -204,7 +207,7 @@ def main() -> None:
     rows = run(models, docs, codings(levels, flat, fixed, refs), a.prefix, a.cont)
     p = pooled(rows)
     ladders = {"cg": levels, "flat": flat, "fixed": fixed, "ref": refs}
-    (a.out / "ladder_models.json").write_text(json.dumps({"run": info, "rows": rows}, indent=1))
+    (a.out / f"{a.name}.json").write_text(json.dumps({"run": info, "rows": rows}, indent=1))
     md = [
         "# The ladder on several models (no profile)",
         "",
@@ -214,7 +217,7 @@ def main() -> None:
         f"commit {info['commit'][:12]}, {info['date']}. Reproduce: `python bench/ladder_models.py "
         f"--models {a.models} --docs {a.docs} --levels {a.levels} --flat {a.flat} "
         f"--fixed {a.fixed} --refs {a.refs} "
-        f"--cont {a.cont}`.",
+        f"--cont {a.cont} --name {a.name}`.",
         "",
         "## Mean KL per level, pooled over the documents",
         "",
@@ -233,7 +236,7 @@ def main() -> None:
         "",
         *ratio_table(p, {n: lv for n, lv in ladders.items() if lv}),
     ]
-    (a.out / "ladder_models.md").write_text("\n".join(md) + "\n")
+    (a.out / f"{a.name}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 
