@@ -16,7 +16,8 @@ CACHEGEN_CUDA=ON $PY -m pip install --no-build-isolation --no-deps -q -e . \
   >"$LOGS/build.log" 2>&1 || { tail -40 "$LOGS/build.log"; exit 1; }
 $PY -c "import cachegen, json; print(json.dumps(cachegen.build_info()))"
 status=0
-timeout 300 $PY -m pytest tests/test_cuda.py -q -rs -p no:cacheprovider --timeout 120 -n 8 \
+timeout 300 $PY -m pytest tests/test_cuda.py tests/test_transform_blob.py -q -rs -p no:cacheprovider \
+  --timeout 120 -n 8 \
   >"$LOGS/tests.log" 2>&1 || status=1
 tail -15 "$LOGS/tests.log"
 # The per-symbol decode path on the outputs the staged one takes, and the two timed alternately.
