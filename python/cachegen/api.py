@@ -25,6 +25,7 @@ from .tensors import (
     allocate,
     check_writable,
     dtype_name,
+    group_arrays,
     is_device_blob,
     is_torch,
     views,
@@ -272,7 +273,7 @@ def _decode_transformed(
     coefficients, groups = coefficient_buffers(info.layout, info.shapes)
     dispatch.decode_into(parsed, views(coefficients), dispatch.threads_arg(threads))
     cache = inverse_groups(groups, t, info.transform.position)
-    for dst, src in zip(_group_targets(out, info.layout), cache, strict=True):
+    for dst, src in zip(group_arrays(out), cache, strict=True):
         _assign(dst, src)
 
 
@@ -297,14 +298,6 @@ def _check_output(info: BlobInfo, blob: Any, out: Any, out_views: Any) -> Any:
     if out_views is not None:  # the caller's memory (what decode allocates is fresh)
         check_outputs(out, v, blob)
     return v
-
-
-def _group_targets(out: Any, layout: str) -> list[Any]:
-    """Views of `out` (numpy, torch or CuPy) per (layer, K/V) group as `[tokens, heads,
-    head_dim]`, K first."""
-    if layout == "stacked":
-        return [out[i // 2, i % 2] for i in range(2 * len(out))]
-    return [t[0].swapaxes(0, 1) for pair in out for t in pair]
 
 
 def _assign(dst: Any, src: np.ndarray) -> None:

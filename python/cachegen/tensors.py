@@ -243,6 +243,15 @@ def views(kv: Any) -> KVViews:
     )
 
 
+def group_arrays(kv: Any) -> list[Any]:
+    """Each (layer, K/V) group of a cache in either layout as a `[tokens, heads, head_dim]` view
+    in the cache's own framework (numpy, torch or CuPy), K then V per layer; checked as `views`
+    checks a cache."""
+    if views(kv).layout == "stacked":
+        return [kv[i // 2, i % 2] for i in range(2 * len(kv))]
+    return [t[0].swapaxes(0, 1) for pair in kv for t in pair]
+
+
 def is_device_blob(x: Any) -> bool:
     """Whether x is a blob in GPU memory: a torch CUDA tensor or a CUDA array (CuPy)."""
     if is_torch(x):

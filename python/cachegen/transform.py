@@ -35,7 +35,7 @@ import numpy as np
 from ._core import FormatError
 from .config import CodecConfig
 from .kvstats import key_channel_weights
-from .tensors import is_torch
+from .tensors import group_arrays, is_torch
 
 if TYPE_CHECKING:
     from .store.base import Store
@@ -439,28 +439,13 @@ def _spread_weights(rows: np.ndarray, heads: int, strength: float) -> np.ndarray
 
 
 def _groups(kv: Any) -> list[np.ndarray]:
-    """K, V per layer as `[tokens, heads, head_dim]` arrays (views where possible) of a cache
-    in the "stacked" `[layers, 2, tokens, heads, head_dim]` or "pairs" (Hugging Face
-    `[1, heads, tokens, head_dim]` per K and V) layout, numpy or CPU torch."""
-    if _is_array(kv):
-        a = _host(kv)
-        if a.ndim != 5 or a.shape[1] != 2:
-            raise TransformError(
-                f"a stacked cache is [layers, 2, tokens, heads, dim], got {a.shape}"
-            )
-        return [a[layer, side] for layer in range(a.shape[0]) for side in (0, 1)]
-    if not isinstance(kv, Sequence) or not kv:
-        raise TransformError("a cache is a stacked array or a non-empty sequence of (K, V)")
-    out = []
-    for layer, pair in enumerate(kv):
-        if not isinstance(pair, Sequence) or len(pair) != 2:
-            raise TransformError(f"layer {layer}: expected a (K, V) pair")
-        for t in pair:
-            a = _host(t) if _is_array(t) else None
-            if a is None or a.ndim != 4 or a.shape[0] != 1:
-                raise TransformError(f"layer {layer}: K and V are [1, heads, tokens, dim] arrays")
-            out.append(a[0].transpose(1, 0, 2))
-    return out
+    """K, V per layer as host `[tokens, heads, head_dim]` arrays (views where possible) of a
+    cache in the "stacked" or "pairs" layout, numpy or CPU torch."""
+    try:
+        arrays = group_arrays(kv)
+    except (TypeError, ValueError) as e:
+        raise TransformError(str(e)) from e
+    return [_host(a) for a in arrays]
 
 
 def _rebuild(like: Any, groups: list[np.ndarray]) -> Any:
