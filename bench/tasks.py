@@ -89,6 +89,7 @@ def main() -> None:
     settings = {"command": command, "chunk_tokens": a.chunk, "lengths": a.lengths}
     settings["load_average_end"] = os.getloadavg()[0]  # how busy the machine was
     data = {"run": info | settings, "rows": [r.__dict__ for r in rows]}
+    a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "tasks.json").write_text(json.dumps(data, indent=1) + "\n")
     print(write_report(data, a.out))
 
