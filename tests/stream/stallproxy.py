@@ -65,7 +65,11 @@ class StallProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return
-            upstream = socket.create_connection(self.target)
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:  # the upstream went first (a test's teardown): drop the client
+                client.close()
+                continue
             with self._lock:
                 silent = self._silence_new or len(self._pairs) in self._silent_at
                 pair = _Pair(client, upstream, silent)
