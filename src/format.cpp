@@ -316,9 +316,8 @@ void parse_sides(const std::vector<DescFields>& descs, uint16_t version, DType d
 // The header's fields at their places (header_layout.hpp), then the transform record if any.
 void write_header(const BlobHeader& h, uint64_t total, uint64_t side_off, uint64_t index_off,
                   uint64_t payload_off, uint8_t* out) {
-  const bool transform = h.flags & kFlagTransform;
   std::memcpy(out + field::Magic::at, kMagic, sizeof(kMagic));
-  put<field::Version>(out, transform ? 5 : 4);
+  put<field::Version>(out, written_version(h.flags));
   put<field::HeaderBytes>(out, (uint16_t)header_bytes(h.flags));
   put<field::TotalBytes>(out, total);
   put<field::NumLayers>(out, h.num_layers);
@@ -332,15 +331,9 @@ void write_header(const BlobHeader& h, uint64_t total, uint64_t side_off, uint64
   put<field::IndexOffset>(out, index_off);
   put<field::PayloadOffset>(out, payload_off);
   put<field::Reserved>(out, 0);
-  if (!transform) return;
-  std::memcpy(out + kHeaderBytes, h.transform.digest.data(), h.transform.digest.size());
-  std::memcpy(out + kHeaderBytes + h.transform.digest.size(), &h.transform.position, 8);
-}
-
-// The transform record came with version 5.
-void check_transform_version(uint16_t version, uint32_t flags) {
-  if ((flags & kFlagTransform) && version < 5)
-    fail("transform record in a version " + std::to_string(version) + " blob");
+  if (!(h.flags & kFlagTransform)) return;
+  put<field::TransformDigest>(out, h.transform.digest);
+  put<field::TransformPosition>(out, h.transform.position);
 }
 
 }  // namespace
@@ -456,10 +449,10 @@ ParsedBlob parse_checked(const uint8_t* data, size_t size, bool verify) {
   h.num_segments = get<field::NumSegments>(data);
   h.flags = get<field::Flags>(data);
   if (h.flags & ~kKnownFlags) fail("unknown header flags");
-  check_transform_version(version, h.flags);
   if (h.flags & kFlagTransform) {
-    std::memcpy(h.transform.digest.data(), data + kHeaderBytes, h.transform.digest.size());
-    std::memcpy(&h.transform.position, data + kHeaderBytes + h.transform.digest.size(), 8);
+    if (version < kTransformVersion)
+      fail("transform record in a version " + std::to_string(version) + " blob");
+    h.transform = {get<field::TransformDigest>(data), get<field::TransformPosition>(data)};
   }
   const uint64_t side_off = get<field::SideOffset>(data);
   const uint64_t index_off = get<field::IndexOffset>(data);

@@ -20,6 +20,7 @@ namespace cachegen {
 // (kFlagTransform). A blob is written in the lowest version that holds it (4, or 5 with a
 // transform record), so readers of version 4 keep reading every blob without one.
 constexpr uint16_t kFormatVersion = 5;
+constexpr uint16_t kTransformVersion = 5;  // the first version with the transform record
 constexpr uint8_t kCodecRans32x32 = 1;
 
 enum class Layout : uint8_t { Stacked = 0, Pairs = 1 };
@@ -50,11 +51,15 @@ constexpr uint32_t kFlagTorchSource = 1;
 // (version 5 on). Decoding the cache needs that transform: the core decodes coefficients.
 constexpr uint32_t kFlagTransform = 2;
 constexpr uint32_t kKnownFlags = kFlagTorchSource | kFlagTransform;
-constexpr uint32_t kTransformRecordBytes = 40;
 
 // The header's size as its flags make it: the fixed header, then the transform record if any.
 inline uint32_t header_bytes(uint32_t flags) {
   return kHeaderBytes + (flags & kFlagTransform ? kTransformRecordBytes : 0);
+}
+
+// The lowest version that holds a blob of these flags: what the writer writes.
+inline uint16_t written_version(uint32_t flags) {
+  return flags & kFlagTransform ? kTransformVersion : kTransformVersion - 1;
 }
 
 struct GroupDesc {

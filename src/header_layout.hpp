@@ -3,6 +3,7 @@
 // GPU code that patches a head (the encoder) or peeks at one (the device-blob parse) uses them
 // too. Usable from host and device code.
 #pragma once
+#include <array>
 #include <cstdint>
 #include <cstring>
 
@@ -39,9 +40,13 @@ using IndexOffset = HeaderField<uint64_t, SideOffset::end>;
 using PayloadOffset = HeaderField<uint64_t, IndexOffset::end>;
 using Reserved = HeaderField<uint64_t, PayloadOffset::end>;
 static_assert(Reserved::end == kHeaderBytes, "the header fields fill exactly 64 bytes");
+// The transform record (version 5 on, header flag bit 1) right after the fixed header.
+using TransformDigest = HeaderField<std::array<uint8_t, 32>, kHeaderBytes>;
+using TransformPosition = HeaderField<uint64_t, TransformDigest::end>;
 }  // namespace field
+constexpr uint32_t kTransformRecordBytes = field::TransformPosition::end - kHeaderBytes;
 
-// Reads field F of the header at `head` (at least kHeaderBytes readable).
+// Reads field F of the header at `head` (at least F::end bytes readable).
 template <typename F>
 CG_HD typename F::type get(const uint8_t* head) {
   typename F::type v;

@@ -275,3 +275,13 @@ def test_cli_inspect_names_the_transform(blob: bytes, transform: Transform, tmp_
     facts = json.loads(capsys.readouterr().out)
     assert facts["version"] == 5
     assert facts["transform"] == {"digest": transform.digest(), "position": 37}
+
+
+def test_store_resolver_finds_a_transform_stored_after_a_miss(blob, transform) -> None:
+    store = MemoryStore()
+    resolver = stored_transforms(store)
+    assert resolver(transform.digest()) is None
+    put_transform(store, transform)
+    assert resolver(transform.digest()).digest() == transform.digest()
+    store.delete(STORE_PREFIX + transform.digest())  # a hit is kept: fetched once
+    assert resolver(transform.digest()) is not None

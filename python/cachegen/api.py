@@ -247,21 +247,19 @@ def decode(
     on_device = is_device_blob(blob)
     parsed = dispatch.parse(blob, on_device or devices.decode_target(device, out_views) is None)
     info = blob_info(parsed)
-    if info.transform is None:
-        if out is None:
-            out = _new_output(info, dtype, framework, device, max_output_bytes)
-        v = _check_output(info, blob, out, out_views)
-        dispatch.decode_into(parsed, v, dispatch.threads_arg(threads))
-        return out
-    t = resolve(info.transform.digest, transforms)  # before anything is allocated or written
+    # A transform blob: its transform found, and its fp32 coefficients allowed, before anything
+    # is allocated or written.
+    t = None if info.transform is None else resolve(info.transform.digest, transforms)
+    if t is not None and 4 * info.elements > max_output_bytes:
+        raise FormatError("blob's fp32 coefficients are over max_output_bytes")
     if out is None:
         out = _new_output(info, dtype, framework, device, max_output_bytes)
-    _check_output(info, blob, out, out_views)
-    if on_device:  # the inverse runs on the host
-        parsed = dispatch.parse(devices.host_bytes(blob))
-    if 4 * info.elements > max_output_bytes:
-        raise FormatError("blob's fp32 coefficients are over max_output_bytes")
-    _decode_transformed(parsed, info, t, out, threads)
+    v = _check_output(info, blob, out, out_views)
+    if t is None:
+        dispatch.decode_into(parsed, v, dispatch.threads_arg(threads))
+    else:  # the inverse runs on the host
+        host = dispatch.parse(devices.host_bytes(blob)) if on_device else parsed
+        _decode_transformed(host, info, t, out, threads)
     return out
 
 

@@ -35,7 +35,7 @@ import numpy as np
 from ._core import FormatError
 from .config import CodecConfig
 from .kvstats import key_channel_weights
-from .tensors import group_arrays, is_torch
+from .tensors import dtype_name, group_arrays, is_torch
 
 if TYPE_CHECKING:
     from .store.base import Store
@@ -243,12 +243,8 @@ Transforms = Transform | Mapping[str, Transform] | Callable[[str], Transform | N
 def resolve(digest: str, transforms: Transforms | None) -> Transform:
     """The transform named `digest` among `transforms`; TransformMissing if there is none or
     what was found has another digest."""
-    if transforms is None:
-        found = None
-    elif isinstance(transforms, Transform):
-        found = transforms if transforms.digest() == digest else None
-        if found is None:
-            raise TransformMissing(digest, f"the transform given is {transforms.digest()}")
+    if transforms is None or isinstance(transforms, Transform):
+        found = transforms
     elif isinstance(transforms, Mapping):
         found = transforms.get(digest)
     else:
@@ -256,7 +252,7 @@ def resolve(digest: str, transforms: Transforms | None) -> Transform:
     if found is None:
         raise TransformMissing(digest)
     if found.digest() != digest:
-        raise TransformMissing(digest, f"what was found for it is {found.digest()}")
+        raise TransformMissing(digest, f"the transform given for it is {found.digest()}")
     return found
 
 
@@ -281,12 +277,15 @@ def put_transform(store: Store, transform: Transform) -> str:
 
 def stored_transforms(store: Store) -> Callable[[str], Transform | None]:
     """A `transforms=` for `cachegen.decode` that reads `transform/<digest>` from `store` (each
-    once): None when it is missing; ObjectCorrupted when its bytes are not what the digest
-    names or do not parse."""
+    found once): None while it is missing; ObjectCorrupted when its bytes are not what the
+    digest names or do not parse."""
     from .store.errors import ObjectCorrupted, ObjectMissing
 
-    @functools.cache
+    found: dict[str, Transform] = {}  # hits only: a transform stored later is still found
+
     def get(digest: str) -> Transform | None:
+        if digest in found:
+            return found[digest]
         key = STORE_PREFIX + digest
         try:
             data = store.get(key)
@@ -295,9 +294,10 @@ def stored_transforms(store: Store) -> Callable[[str], Transform | None]:
         if hashlib.sha256(data).hexdigest() != digest:
             raise ObjectCorrupted(key, "its bytes do not hash to its digest")
         try:
-            return Transform.from_bytes(data)
+            found[digest] = Transform.from_bytes(data)
         except TransformError as e:
             raise ObjectCorrupted(key, str(e)) from e
+        return found[digest]
 
     return get
 
@@ -474,16 +474,15 @@ def _is_array(x: Any) -> bool:
 
 
 def _host(x: Any) -> np.ndarray:
-    """A numpy view (fp16/fp32) or an fp32 copy (bf16) of a host cache tensor."""
-    name = str(x.dtype).removeprefix("torch.")
-    if name not in ("float16", "float32", "bfloat16"):
-        raise TransformError(f"float16, bfloat16 or float32 caches only, got {x.dtype}")
+    """A numpy view (fp16/fp32) or an fp32 copy (bf16) of a host cache tensor (its dtype was
+    checked by `group_arrays`)."""
+    bf16 = dtype_name(x) == "bfloat16"
     if is_torch(x):
         if x.device.type != "cpu":
             raise TransformError("the transform runs on CPU tensors")
         x = x.detach()
-        return x.float().numpy() if name == "bfloat16" else x.numpy()
-    return x.astype(np.float32) if name == "bfloat16" else x
+        return x.float().numpy() if bf16 else x.numpy()
+    return x.astype(np.float32) if bf16 else x
 
 
 def _check_rope(rope: Rope, num_layers: int, groups: list[np.ndarray]) -> None:

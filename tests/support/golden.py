@@ -7,6 +7,7 @@ tests/data/ and keeps the older ones, only for a deliberate format or encoder ch
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import replace
@@ -53,6 +54,7 @@ def exact_transform(layers: int, heads: int, head_dim: int) -> Transform:
     )
 
 
+@functools.cache  # read only; blob names and the manifest consult it per case
 def cases() -> dict[str, tuple[object, cachegen.CodecConfig, Transform | None]]:
     stacked = deterministic_kv((3, 2, 50, 2, 24), 1).astype(np.float16)
     pairs = [

@@ -295,9 +295,10 @@ def save_context(
     levels = _check_save_args(tokens, kv, levels, quality)
     if transform is not None and profile is not None:
         raise ValueError("a profile weighs raw key channels: not with a transform")
-    digest = None if transform is None else transform.digest()
+    digest = None
     if transform is not None:
         put_transform(store, transform)  # before any blob that names it
+        digest = transform.digest()
     auth = Authenticator.of(auth_key)
     version = cachegen.FORMAT_VERSION
     hashes = chunk_hashes(model_id, tokens, chunk_tokens, salt)
