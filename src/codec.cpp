@@ -304,18 +304,25 @@ void decode_fused(const ParsedBlob& blob, const uint8_t* data, uint64_t call, Cp
   // A paged output's rows written through the caches go one at a time, `ahead` prefetching the
   // row kPrefetchRows after each (see kPrefetchRows); other rows go a tile per call.
   const bool row_by_row = !stream && v.block_table;
+  // Rows written in place by the AVX-512 kernel decode straight into them (decode_rows_avx512).
+  const bool fuse =
+      path == CpuPath::Avx512 && placement != Placement::Staged && !row_by_row && rows_fuse(runs);
   RowWalk at(v, s.token_begin, end), ahead(v, row_by_row ? s.token_begin : end, end);
   for (; ahead.token() < std::min(end, s.token_begin + kPrefetchRows); ahead.next())
     prefetch_row(v, ahead.row());
   for (uint32_t k0 = 0, n; k0 < s.token_count; k0 += n) {
     const uint32_t t0 = s.token_begin + k0;
     n = tile_rows(v, t0, k0, s.token_count, rows);
-    decode_symbols(path, r, t, (size_t)n * C, tile);
     // Raw rows (the sink) are the group's first tokens, so a tile's are a prefix of it.
     const uint32_t raw = p.raw_rows > t0 ? std::min(n, p.raw_rows - t0) : 0;
     for (uint32_t k = 0; k < n; ++k, at.next())
       if (k >= raw)
         dsts[k] = placement == Placement::Staged ? staged + (k - raw) * row_bytes : at.row();
+    if (fuse && raw == 0 && r.lane == 0 && r.channel == 0) {
+      decode_rows_avx512(r, t, n, {p.a.data() + t0, p.b.data(), p.o.data(), runs, v.dtype, dsts});
+      continue;
+    }
+    decode_symbols(path, r, t, (size_t)n * C, tile);
     for (uint32_t k = 0; k < raw; ++k) store_row(v, t0 + k, p.raw.data() + (size_t)(t0 + k) * C);
     if (!row_by_row)
       dequantize_tile(path, tile + (size_t)raw * C, p.a.data() + t0 + raw, p, n - raw, runs,

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cpu_path.hpp"
+#include "quant.hpp"
 #include "rans.hpp"
 
 namespace cachegen {
@@ -75,14 +76,14 @@ inline void decode_scalar(RansCursor& r, const DecodeTables& t, size_t n, int8_t
   r.channel = c;
 }
 
-// Whole steps of a vector kernel, to the stream's end: `steps_fn(cursor, steps, out)` runs steps
-// while the kLanes words a step may read remain, and returns how many ran. The last steps read a
-// copy of the words left, padded with the last word as rans::clamp_word reads past the end, so
-// the scalar loop is left only the symbols short of a whole step, and a corrupt stream decodes
-// and flags overrun exactly as it does there.
+// Whole steps of a vector kernel, to the stream's end: `steps_fn(cursor, first, steps)` runs steps
+// from the segment-relative step `first` on while the kLanes words a step may read remain, and
+// returns how many ran. The last steps read a copy of the words left, padded with the last word as
+// rans::clamp_word reads past the end, so the scalar loop is left only the symbols short of a
+// whole step, and a corrupt stream decodes and flags overrun exactly as it does there.
 template <typename StepsFn>
-size_t whole_steps(RansCursor& r, size_t steps, int8_t* out, StepsFn&& steps_fn) {
-  size_t done = steps_fn(r, steps, out);
+size_t whole_steps(RansCursor& r, size_t steps, StepsFn&& steps_fn) {
+  size_t done = steps_fn(r, 0, steps);
   if (done == steps || r.wp > r.nwords) return done;  // done, or overran already
   uint16_t pad[2 * rans::kLanes], last = 0;
   const size_t left = r.nwords - r.wp;
@@ -93,7 +94,7 @@ size_t whole_steps(RansCursor& r, size_t steps, int8_t* out, StepsFn&& steps_fn)
   tail.words = reinterpret_cast<const uint8_t*>(pad);
   tail.nwords = left + rans::kLanes;  // steps start while at most `left` words are used
   tail.wp = 0;
-  done += steps_fn(tail, steps - done, out + done * rans::kLanes);
+  done += steps_fn(tail, done, steps - done);
   std::memcpy(r.state, tail.state, rans::kStateBytes);
   r.channel = tail.channel;
   r.wp += tail.wp;
@@ -101,21 +102,44 @@ size_t whole_steps(RansCursor& r, size_t steps, int8_t* out, StepsFn&& steps_fn)
   return done;
 }
 
-// The next n symbols through a vector kernel's whole steps (`steps_fn`, as whole_steps takes
-// it), the symbols before the cursor is back at lane 0 and those short of a step decoded by the
-// scalar loop: what each vector path's decode is, its kernel aside.
+// The next n symbols through a vector kernel's whole steps (`steps_fn(cursor, steps, out)` runs
+// up to `steps` steps into out and returns how many ran), the symbols before the cursor is back
+// at lane 0 and those short of a step decoded by the scalar loop: what each vector path's decode
+// is, its kernel aside.
 template <typename StepsFn>
 void decode_vector(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out,
                    StepsFn&& steps_fn) {
   const size_t head = std::min(n, (size_t)((rans::kLanes - r.lane) % rans::kLanes));
   decode_scalar(r, t, head, out);
-  const size_t done = whole_steps(r, (n - head) / rans::kLanes, out + head, steps_fn);
-  decode_scalar(r, t, n - head - done * rans::kLanes, out + head + done * rans::kLanes);
+  out += head;
+  const size_t done =
+      whole_steps(r, (n - head) / rans::kLanes, [&](RansCursor& c, size_t first, size_t steps) {
+        return steps_fn(c, steps, out + first * rans::kLanes);
+      });
+  decode_scalar(r, t, n - head - done * rans::kLanes, out + done * rans::kLanes);
 }
 
 // Vector kernels (src/simd/decode_*.cpp): the same result as decode_scalar, bit for bit.
 void decode_avx2(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out);
 void decode_avx512(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out);
+
+// Where decode_rows_avx512 puts what it decodes: row k of C channels reconstructed with scale
+// a[k] (and b, o per channel) and converted into dst[k], laid out as `runs` (see quant.hpp).
+struct RowSink {
+  const float *a, *b, *o;
+  RowRuns runs;
+  DType dtype;
+  uint8_t* const* dst;
+};
+
+// Whether decode_rows_avx512 can take rows laid out as `runs`: every step of kLanes channels
+// lands inside one run, so the kernel stores whole registers.
+inline bool rows_fuse(const RowRuns& runs) { return runs.length % rans::kLanes == 0; }
+
+// n rows of t.channels symbols decoded, reconstructed and converted in one pass, from a cursor
+// at a row's first symbol (rows_fuse(sink.runs)): the bits dequantize_rows_* writes from the
+// symbols decode_symbols gives, without the symbols' round trip through memory.
+void decode_rows_avx512(RansCursor& r, const DecodeTables& t, uint32_t n, const RowSink& sink);
 
 inline void decode_symbols(CpuPath path, RansCursor& r, const DecodeTables& t, size_t n,
                            int8_t* out) {

@@ -25,12 +25,13 @@
 namespace cachegen {
 namespace {
 
-// One decode step of 16 lanes: x advanced and renormalized with words taken from words[wp...].
+// One decode step of 16 lanes: x advanced and renormalized with words taken from words[wp...];
+// e gets the lanes' decode entries (their symbols in the top bytes).
 CG_AVX512 inline __m512i step16(__m512i x, const uint32_t* off, const uint32_t* lut,
-                                const uint8_t* words, size_t& wp, int8_t* out) {
+                                const uint8_t* words, size_t& wp, __m512i& e) {
   const __m512i m12 = _mm512_set1_epi32(0xfff);
   const __m512i idx = _mm512_add_epi32(_mm512_loadu_si512(off), _mm512_and_si512(x, m12));
-  const __m512i e = _mm512_i32gather_epi32(idx, lut, 4);
+  e = _mm512_i32gather_epi32(idx, lut, 4);
   const __m512i freq =
       _mm512_add_epi32(_mm512_and_si512(_mm512_srli_epi32(e, 12), m12), _mm512_set1_epi32(1));
   x = _mm512_add_epi32(_mm512_mullo_epi32(freq, _mm512_srli_epi32(x, rans::kProbBits)),
@@ -40,15 +41,21 @@ CG_AVX512 inline __m512i step16(__m512i x, const uint32_t* off, const uint32_t* 
       need, _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i*)(words + 2 * wp))));
   x = _mm512_mask_or_epi32(x, need, _mm512_slli_epi32(x, 16), w);
   wp += (size_t)_mm_popcnt_u32(need);
-  const __m128i sym = _mm512_cvtepi32_epi8(_mm512_srli_epi32(e, 24));
-  _mm_storeu_si128((__m128i*)out, _mm_xor_si128(sym, _mm_set1_epi8((char)0x80)));
   return x;
 }
 
-// Up to `steps` whole steps (the cursor at lane 0); returns how many ran. Every step reads at
-// most kLanes words, so it runs only while that many remain (whole_steps pads the last ones).
-CG_AVX512 size_t decode_steps(RansCursor& r, const DecodeTables& t, size_t steps, int8_t* out) {
-  // Locals, not fields: the symbol stores could alias the cursor and the tables.
+// The 16 symbols of decode entries e, as int8.
+CG_AVX512 inline void store_symbols(__m512i e, int8_t* out) {
+  const __m128i sym = _mm512_cvtepi32_epi8(_mm512_srli_epi32(e, 24));
+  _mm_storeu_si128((__m128i*)out, _mm_xor_si128(sym, _mm_set1_epi8((char)0x80)));
+}
+
+// Up to `steps` whole steps (the cursor at lane 0) through `use(e0, e1, done)`, which takes the
+// step's entries (lanes 0-15, 16-31); returns how many ran. Every step reads at most kLanes
+// words, so it runs only while that many remain (whole_steps pads the last ones).
+template <typename Use>
+CG_AVX512 inline size_t run_steps(RansCursor& r, const DecodeTables& t, size_t steps, Use&& use) {
+  // Locals, not fields: the stores could alias the cursor and the tables.
   const uint32_t *lut = t.lut, *off = t.chan_off;
   const uint8_t* words = r.words;
   const size_t nwords = r.nwords;
@@ -57,9 +64,11 @@ CG_AVX512 size_t decode_steps(RansCursor& r, const DecodeTables& t, size_t steps
   __m512i x1 = _mm512_loadu_si512(r.state + 16);
   size_t wp = r.wp, done = 0;
   uint32_t c = r.channel;
-  for (; done < steps && wp + rans::kLanes <= nwords; ++done, out += rans::kLanes) {
-    x0 = step16(x0, off + c, lut, words, wp, out);
-    x1 = step16(x1, off + c + 16, lut, words, wp, out + 16);
+  for (; done < steps && wp + rans::kLanes <= nwords; ++done) {
+    __m512i e0, e1;
+    x0 = step16(x0, off + c, lut, words, wp, e0);
+    x1 = step16(x1, off + c + 16, lut, words, wp, e1);
+    use(e0, e1, done);
     for (c += rans::kLanes; c >= C;) c -= C;
   }
   _mm512_storeu_si512(r.state, x0);
@@ -69,10 +78,28 @@ CG_AVX512 size_t decode_steps(RansCursor& r, const DecodeTables& t, size_t steps
   return done;
 }
 
-// 16 reconstructions x' = s * a * b + o, rounded as dequantize() rounds them.
+CG_AVX512 size_t decode_steps(RansCursor& r, const DecodeTables& t, size_t steps, int8_t* out) {
+  return run_steps(r, t, steps, [out](__m512i e0, __m512i e1, size_t k) CG_AVX512 {
+    store_symbols(e0, out + k * rans::kLanes);
+    store_symbols(e1, out + k * rans::kLanes + 16);
+  });
+}
+
+// 16 reconstructions x' = v * a * b + o, rounded as dequantize() rounds them.
+CG_AVX512 inline __m512 reconstruct16(__m512 v, __m512 a, const float* b, const float* o) {
+  return _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(v, a), _mm512_loadu_ps(b)), _mm512_loadu_ps(o));
+}
+
+// Of 16 int8 symbols.
 CG_AVX512 inline __m512 dequant16(const int8_t* s, __m512 a, const float* b, const float* o) {
   const __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)s)));
-  return _mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(v, a), _mm512_loadu_ps(b)), _mm512_loadu_ps(o));
+  return reconstruct16(v, a, b, o);
+}
+
+// Of the symbols of 16 decode entries.
+CG_AVX512 inline __m512 dequant_entries16(__m512i e, __m512 a, const float* b, const float* o) {
+  const __m512i s = _mm512_sub_epi32(_mm512_srli_epi32(e, 24), _mm512_set1_epi32(kSymbolBias));
+  return reconstruct16(_mm512_cvtepi32_ps(s), a, b, o);
 }
 
 // f32_to_bf16 on 16 lanes: round to nearest even, NaN made quiet.
@@ -141,6 +168,41 @@ CG_AVX512 void dequantize_rows_impl(const int8_t* sym, const float* a, const flo
       c = end;
     }
   }
+}
+
+// decode_rows_avx512's steps [first, first + steps) of n rows: each step's 32 entries
+// reconstructed and stored where their channels go, the row's runs walked as the steps go.
+template <DType D, bool Stream>
+CG_AVX512 size_t decode_rows_steps(RansCursor& r, const DecodeTables& t, const RowSink& s,
+                                   uint32_t n, size_t first, size_t steps) {
+  constexpr size_t e = D == DType::F32 ? 4 : 2;
+  const RowRuns runs = s.runs;
+  const uint32_t per_row = t.channels / rans::kLanes,
+                 c = (uint32_t)(first % per_row) * rans::kLanes;
+  uint32_t k = (uint32_t)(first / per_row), run = c / runs.length,
+           left = runs.length - c % runs.length;
+  uint8_t* d = s.dst[k] + run * runs.stride + (size_t)(c % runs.length) * e;
+  const float *b = s.b + c, *o = s.o + c;
+  __m512 va = _mm512_set1_ps(s.a[k]);
+  return run_steps(r, t, steps, [&](__m512i e0, __m512i e1, size_t) CG_AVX512 {
+    store16<Stream>(d, convert16<D>(dequant_entries16(e0, va, b, o)));
+    store16<Stream>(d + 16 * e, convert16<D>(dequant_entries16(e1, va, b + 16, o + 16)));
+    d += rans::kLanes * e;
+    b += rans::kLanes;
+    o += rans::kLanes;
+    if ((left -= rans::kLanes) > 0) return;
+    left = runs.length;
+    if (++run < runs.count) {
+      d = s.dst[k] + run * runs.stride;
+      return;
+    }
+    run = 0;
+    b = s.b;
+    o = s.o;
+    if (++k == n) return;  // the last row's done
+    d = s.dst[k];
+    va = _mm512_set1_ps(s.a[k]);
+  });
 }
 
 // q = x / freq and r = x % freq for 16 lanes with x < freq << 20 (so q < 2^20): x times a
@@ -359,6 +421,16 @@ void decode_avx512(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) 
   });
 }
 
+void decode_rows_avx512(RansCursor& r, const DecodeTables& t, uint32_t n, const RowSink& sink) {
+  with_row_kind(sink.dtype, sink.runs, sink.dst, n, [&](auto d, auto stream) {
+    whole_steps(r, (size_t)n * (t.channels / rans::kLanes),
+                [&](RansCursor& c, size_t first, size_t steps) {
+                  return decode_rows_steps<decltype(d)::value, decltype(stream)::value>(
+                      c, t, sink, n, first, steps);
+                });
+  });
+}
+
 void transpose_tile_avx512(const uint16_t* tile, uint32_t C, uint32_t m, const TensorView& v,
                            uint16_t* base) {
   transpose_tile(tile, C, m, v, base);
@@ -406,6 +478,11 @@ uint16_t* encode_avx512(const int8_t* sym, size_t n, const EncodeTables& t, uint
 namespace cachegen {
 void decode_avx512(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
   decode_scalar(r, t, n, out);
+}
+void decode_rows_avx512(RansCursor& r, const DecodeTables& t, uint32_t n, const RowSink& s) {
+  std::vector<int8_t> sym((size_t)n * t.channels);
+  decode_scalar(r, t, sym.size(), sym.data());
+  dequantize_rows_scalar(sym.data(), s.a, s.b, s.o, t.channels, n, s.runs, s.dtype, s.dst);
 }
 uint16_t* encode_avx512(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
                         uint16_t* top) {
