@@ -89,6 +89,35 @@ class BitReader {
     skip((uint32_t)k);
     return (run << k) | (uint32_t)((w >> (run + 1)) & ((uint64_t{1} << k) - 1));
   }
+  // n Rice codes, each as rice(k, limit) reads it, handed to put(value) in order. The codes are
+  // cut from one window kept in a register and reloaded only when what is left of it may not
+  // hold the next code: a code costs a count of ones and a shift, not a load after the last one.
+  // A stream that ends early throws at the next reload or after the last code.
+  template <typename Put>
+  void rice_codes(uint32_t n, int k, uint32_t limit, Put&& put) {
+    const uint64_t low = (uint64_t{1} << k) - 1;
+    uint64_t w = peek();
+    uint32_t left = kWindow;  // bits of w not yet used
+    for (uint32_t i = 0; i < n; ++i) {
+      uint32_t run = ~w ? (uint32_t)__builtin_ctzll(~w) : 64;
+      if (run + 1 + (uint32_t)k > left) {
+        skip(kWindow - left);
+        w = peek();
+        left = kWindow;
+        run = ~w ? (uint32_t)__builtin_ctzll(~w) : 64;
+        if (run + 1 + (uint32_t)k > kWindow) {  // longer than a window: the general reader
+          put(rice(k, limit));
+          w = peek();
+          continue;
+        }
+      }
+      if (run > limit) throw FormatError(std::string(what_) + ": code out of range");
+      put((run << k) | (uint32_t)((w >> (run + 1)) & low));
+      w >>= run + 1 + (uint32_t)k;
+      left -= run + 1 + (uint32_t)k;
+    }
+    skip(kWindow - left);
+  }
   size_t end_pos() const { return (bit_ + 7) / 8; }
 
  private:

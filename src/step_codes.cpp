@@ -107,12 +107,13 @@ std::vector<uint16_t> read_step_codes(const uint8_t* data, size_t& pos, size_t e
   BitReader r(data, pos + 3, end, "scale codes");
   const auto& grid = grid_values();
   std::vector<uint16_t> steps(count);
-  for (uint16_t& step : steps) {
-    const int code = center + unzigzag(r.rice(k, kMaxZigzag >> k));
+  uint16_t* step = steps.data();
+  r.rice_codes(count, k, kMaxZigzag >> k, [&](uint32_t z) {
+    const int code = center + unzigzag(z);
     if (code < kMinStepCode || code > kMaxStepCode)
       throw FormatError("scale codes: code out of range");
-    step = grid[code - kMinStepCode];
-  }
+    *step++ = grid[code - kMinStepCode];
+  });
   pos = r.end_pos();
   return steps;
 }

@@ -84,6 +84,36 @@ void bit_streams_round_trip() {
   CHECK(throws<FormatError>([&] { BitReader(ones.data(), 0, ones.size(), "t").unary(50); }));
 }
 
+// rice_codes against rice() one code at a time, on streams of short codes with runs of ones
+// longer than a window and than the limit mixed in, cut anywhere: the same values, the same end
+// position, and an error exactly where rice() gives one.
+void rice_codes_match_rice() {
+  std::mt19937 rng(3);
+  for (int trial = 0; trial < 300; ++trial) {
+    const int k = (int)(rng() % 6);
+    const uint32_t limit = 60 + rng() % 100, n = 1 + rng() % 200;
+    const uint32_t longest = trial % 3 ? limit : limit + 10;  // a third may break the limit
+    std::vector<uint8_t> bytes;
+    BitWriter w(bytes);
+    for (uint32_t i = 0; i < n; ++i) {
+      w.ones(rng() % 8 ? rng() % 5 : rng() % (longest + 1));
+      w.bits(0, 1);
+      w.bits(rng(), k);
+    }
+    w.finish();
+    const size_t end = rng() % 4 ? bytes.size() : rng() % (bytes.size() + 1);
+    std::vector<uint32_t> want, got;
+    BitReader one(bytes.data(), 0, end, "t"), many(bytes.data(), 0, end, "t");
+    const bool want_error = throws<FormatError>([&] {
+      for (uint32_t i = 0; i < n; ++i) want.push_back(one.rice(k, limit));
+    });
+    const bool got_error = throws<FormatError>(
+        [&] { many.rice_codes(n, k, limit, [&](uint32_t v) { got.push_back(v); }); });
+    CHECK(want_error == got_error);
+    if (!want_error) CHECK(got == want && many.end_pos() == one.end_pos());
+  }
+}
+
 void step_codes_round_trip() {
   std::mt19937 rng(2);
   std::vector<uint16_t> steps;
@@ -563,6 +593,7 @@ void half_conversions_round_trip() {
 
 int main() {
   bit_streams_round_trip();
+  rice_codes_match_rice();
   step_codes_round_trip();
   grid_codes_are_nearest_in_log_domain();
   tables_normalize_and_parse();
