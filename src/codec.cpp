@@ -340,9 +340,9 @@ void decode_fused(const ParsedBlob& blob, const uint8_t* data, uint64_t call, Cp
   // A paged output's rows written through the caches go one at a time, `ahead` prefetching the
   // row kPrefetchRows after each (see kPrefetchRows); other rows go a tile per call.
   const bool row_by_row = !stream && v.block_table;
-  // Rows written in place by the AVX-512 kernel decode straight into them (decode_rows_avx512).
+  // Rows written in place by a vector path decode straight into them (decode_rows_*).
   const bool fuse =
-      path == CpuPath::Avx512 && placement != Placement::Staged && !row_by_row && rows_fuse(runs);
+      path != CpuPath::Scalar && placement != Placement::Staged && !row_by_row && rows_fuse(runs);
   RowWalk at(v, s.token_begin, end), ahead(v, row_by_row ? s.token_begin : end, end);
   for (; ahead.token() < std::min(end, s.token_begin + kPrefetchRows); ahead.next())
     prefetch_row(v, ahead.row());
@@ -355,7 +355,8 @@ void decode_fused(const ParsedBlob& blob, const uint8_t* data, uint64_t call, Cp
       if (k >= raw)
         dsts[k] = placement == Placement::Staged ? staged + (k - raw) * row_bytes : at.row();
     if (fuse && raw == 0 && r.lane == 0 && r.channel == 0) {
-      decode_rows_avx512(r, t, n, {p.a.data() + t0, p.b.data(), p.o.data(), runs, v.dtype, dsts});
+      on_path(path, decode_rows_scalar, decode_rows_avx2, decode_rows_avx512)(
+          r, t, n, {p.a.data() + t0, p.b.data(), p.o.data(), runs, v.dtype, dsts});
       continue;
     }
     decode_symbols(path, r, t, (size_t)n * C, tile);

@@ -132,14 +132,81 @@ struct RowSink {
   uint8_t* const* dst;
 };
 
-// Whether decode_rows_avx512 can take rows laid out as `runs`: every step of kLanes channels
-// lands inside one run, so the kernel stores whole registers.
+// Whether decode_rows_* can take rows laid out as `runs`: every step of kLanes channels lands
+// inside one run, so a kernel stores whole registers.
 inline bool rows_fuse(const RowRuns& runs) { return runs.length % rans::kLanes == 0; }
+
+// Where the steps of decode_rows_* go, from the segment-relative step `first` of n rows on: the
+// address of the step's first channel in its row (Elem bytes per element), its b and o, the row's
+// a; next() moves on by a step, through the row's runs and on to the next row.
+template <size_t Elem>
+class StepRows {
+ public:
+  StepRows(const RowSink& s, uint32_t channels, uint32_t n, size_t first) : s_(s), n_(n) {
+    const uint32_t per_row = channels / rans::kLanes;
+    const uint32_t c = (uint32_t)(first % per_row) * rans::kLanes, in_run = c % s.runs.length;
+    k_ = (uint32_t)(first / per_row);
+    run_ = c / s.runs.length;
+    left_ = s.runs.length - in_run;
+    d_ = s.dst[k_] + run_ * s.runs.stride + (size_t)in_run * Elem;
+    b_ = s.b + c;
+    o_ = s.o + c;
+  }
+  uint8_t* dst() const { return d_; }
+  const float* b() const { return b_; }
+  const float* o() const { return o_; }
+  float a() const { return s_.a[k_]; }
+  void next() {
+    d_ += rans::kLanes * Elem;
+    b_ += rans::kLanes;
+    o_ += rans::kLanes;
+    if ((left_ -= rans::kLanes) > 0) return;
+    left_ = s_.runs.length;
+    if (++run_ < s_.runs.count) {
+      d_ = s_.dst[k_] + run_ * s_.runs.stride;
+      return;
+    }
+    run_ = 0;
+    b_ = s_.b;
+    o_ = s_.o;
+    if (++k_ < n_) d_ = s_.dst[k_];  // else the last row is done
+  }
+
+ private:
+  const RowSink& s_;
+  const uint32_t n_;
+  uint32_t k_, run_, left_;
+  uint8_t* d_;
+  const float *b_, *o_;
+};
 
 // n rows of t.channels symbols decoded, reconstructed and converted in one pass, from a cursor
 // at a row's first symbol (rows_fuse(sink.runs)): the bits dequantize_rows_* writes from the
-// symbols decode_symbols gives, without the symbols' round trip through memory.
+// symbols decode_symbols gives, without the symbols' round trip through memory. The vector paths
+// only: the scalar path keeps its symbols-then-rows tiles.
+void decode_rows_avx2(RansCursor& r, const DecodeTables& t, uint32_t n, const RowSink& sink);
 void decode_rows_avx512(RansCursor& r, const DecodeTables& t, uint32_t n, const RowSink& sink);
+
+// The same rows through the scalar loops: what a build without the vector kernels runs.
+inline void decode_rows_scalar(RansCursor& r, const DecodeTables& t, uint32_t n, const RowSink& s) {
+  std::vector<int8_t> sym((size_t)n * t.channels);
+  decode_scalar(r, t, sym.size(), sym.data());
+  dequantize_rows_scalar(sym.data(), s.a, s.b, s.o, t.channels, n, s.runs, s.dtype, s.dst);
+}
+
+// What each decode_rows_* is around its kernel: `steps_fn(dtype, stream, cursor, first, steps)`
+// (as whole_steps takes steps, with the row kind's tags of with_row_kind).
+template <typename StepsFn>
+void decode_rows_with(RansCursor& r, const DecodeTables& t, uint32_t n, const RowSink& sink,
+                      StepsFn&& steps_fn) {
+  if (n == 0) return;
+  with_row_kind(sink.dtype, sink.runs, sink.dst, n, [&](auto d, auto stream) {
+    whole_steps(r, (size_t)n * (t.channels / rans::kLanes),
+                [&](RansCursor& c, size_t first, size_t steps) {
+                  return steps_fn(d, stream, c, first, steps);
+                });
+  });
+}
 
 inline void decode_symbols(CpuPath path, RansCursor& r, const DecodeTables& t, size_t n,
                            int8_t* out) {

@@ -81,10 +81,12 @@ CG_AVX2 inline void store_symbols(__m256i s0, __m256i s1, __m256i s2, __m256i s3
   _mm256_storeu_si256((__m256i*)out, _mm256_xor_si256(order, _mm256_set1_epi8((char)0x80)));
 }
 
-// Up to `steps` whole steps (the cursor at lane 0); returns how many ran. Every step reads at
-// most kLanes words, so it runs only while that many remain (whole_steps pads the last ones).
-CG_AVX2 size_t decode_steps(RansCursor& r, const DecodeTables& t, size_t steps, int8_t* out) {
-  // Locals, not fields: the symbol stores could alias the cursor and the tables.
+// Up to `steps` whole steps (the cursor at lane 0) through `use(s0, s1, s2, s3, done)`, which
+// takes the step's symbol indices (lanes 0-7, ..., 24-31); returns how many ran. Every step reads
+// at most kLanes words, so it runs only while that many remain (whole_steps pads the last ones).
+template <typename Use>
+CG_AVX2 inline size_t run_steps(RansCursor& r, const DecodeTables& t, size_t steps, Use&& use) {
+  // Locals, not fields: the stores could alias the cursor and the tables.
   const uint32_t *lut = t.lut, *chan_off = t.chan_off;
   const uint8_t* words = r.words;
   const size_t nwords = r.nwords;
@@ -95,14 +97,14 @@ CG_AVX2 size_t decode_steps(RansCursor& r, const DecodeTables& t, size_t steps, 
   __m256i x3 = _mm256_loadu_si256((const __m256i*)(r.state + 24));
   size_t wp = r.wp, done = 0;
   uint32_t c = r.channel;
-  for (; done < steps && wp + rans::kLanes <= nwords; ++done, out += rans::kLanes) {
+  for (; done < steps && wp + rans::kLanes <= nwords; ++done) {
     const uint32_t* off = chan_off + c;
     __m256i s0, s1, s2, s3;
     x0 = step8(x0, off, lut, words, wp, s0);
     x1 = step8(x1, off + 8, lut, words, wp, s1);
     x2 = step8(x2, off + 16, lut, words, wp, s2);
     x3 = step8(x3, off + 24, lut, words, wp, s3);
-    store_symbols(s0, s1, s2, s3, out);
+    use(s0, s1, s2, s3, done);
     for (c += rans::kLanes; c >= C;) c -= C;
   }
   _mm256_storeu_si256((__m256i*)(r.state + 0), x0);
@@ -114,10 +116,27 @@ CG_AVX2 size_t decode_steps(RansCursor& r, const DecodeTables& t, size_t steps, 
   return done;
 }
 
-// 8 reconstructions x' = s * a * b + o, rounded as dequantize() rounds them.
+CG_AVX2 size_t decode_steps(RansCursor& r, const DecodeTables& t, size_t steps, int8_t* out) {
+  return run_steps(r, t, steps,
+                   [out](__m256i s0, __m256i s1, __m256i s2, __m256i s3, size_t k)
+                       CG_AVX2 { store_symbols(s0, s1, s2, s3, out + k * rans::kLanes); });
+}
+
+// 8 reconstructions x' = v * a * b + o, rounded as dequantize() rounds them.
+CG_AVX2 inline __m256 reconstruct8(__m256 v, __m256 a, const float* b, const float* o) {
+  return _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(v, a), _mm256_loadu_ps(b)), _mm256_loadu_ps(o));
+}
+
+// Of 8 int8 symbols.
 CG_AVX2 inline __m256 dequant8(const int8_t* s, __m256 a, const float* b, const float* o) {
   const __m256 v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i*)s)));
-  return _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(v, a), _mm256_loadu_ps(b)), _mm256_loadu_ps(o));
+  return reconstruct8(v, a, b, o);
+}
+
+// Of 8 symbol indices.
+CG_AVX2 inline __m256 dequant_indices8(__m256i s, __m256 a, const float* b, const float* o) {
+  const __m256i v = _mm256_sub_epi32(s, _mm256_set1_epi32(kSymbolBias));
+  return reconstruct8(_mm256_cvtepi32_ps(v), a, b, o);
 }
 
 // f32_to_bf16 on 8 lanes: round to nearest even, NaN made quiet.
@@ -175,6 +194,24 @@ CG_AVX2 void dequantize_rows_impl(const int8_t* sym, const float* a, const float
       c = end;
     }
   }
+}
+
+// decode_rows_avx2's steps [first, first + steps) of n rows: each step's 32 symbols
+// reconstructed and stored where their channels go.
+template <DType D, bool Stream>
+CG_AVX2 size_t decode_rows_steps(RansCursor& r, const DecodeTables& t, const RowSink& s, uint32_t n,
+                                 size_t first, size_t steps) {
+  constexpr size_t e = D == DType::F32 ? 4 : 2;
+  StepRows<e> at(s, t.channels, n, first);
+  return run_steps(
+      r, t, steps, [&](__m256i s0, __m256i s1, __m256i s2, __m256i s3, size_t) CG_AVX2 {
+        const __m256 a = _mm256_set1_ps(at.a());
+        const __m256i sym[4] = {s0, s1, s2, s3};
+        for (int i = 0; i < 4; ++i)
+          store8<Stream>(at.dst() + 8 * i * e,
+                         convert8<D>(dequant_indices8(sym[i], a, at.b() + 8 * i, at.o() + 8 * i)));
+        at.next();
+      });
 }
 
 // q = x / freq and r = x % freq for 8 lanes with x < freq << 20 (so q < 2^20): x (converted
@@ -333,6 +370,12 @@ void decode_avx2(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
   });
 }
 
+void decode_rows_avx2(RansCursor& r, const DecodeTables& t, uint32_t n, const RowSink& sink) {
+  decode_rows_with(r, t, n, sink, [&](auto d, auto stream, RansCursor& c, size_t first, size_t k) {
+    return decode_rows_steps<decltype(d)::value, decltype(stream)::value>(c, t, sink, n, first, k);
+  });
+}
+
 void dequantize_rows_avx2(const int8_t* sym, const float* a, const float* b, const float* o,
                           uint32_t C, uint32_t n, RowRuns runs, DType dtype, uint8_t* const* dst) {
   with_row_kind(dtype, runs, dst, n, [&](auto d, auto stream) {
@@ -370,6 +413,9 @@ uint16_t* encode_avx2(const int8_t* sym, size_t n, const EncodeTables& t, uint32
 namespace cachegen {
 void decode_avx2(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
   decode_scalar(r, t, n, out);
+}
+void decode_rows_avx2(RansCursor& r, const DecodeTables& t, uint32_t n, const RowSink& sink) {
+  decode_rows_scalar(r, t, n, sink);
 }
 void dequantize_rows_avx2(const int8_t* sym, const float* a, const float* b, const float* o,
                           uint32_t C, uint32_t n, RowRuns runs, DType dtype, uint8_t* const* dst) {

@@ -171,37 +171,18 @@ CG_AVX512 void dequantize_rows_impl(const int8_t* sym, const float* a, const flo
 }
 
 // decode_rows_avx512's steps [first, first + steps) of n rows: each step's 32 entries
-// reconstructed and stored where their channels go, the row's runs walked as the steps go.
+// reconstructed and stored where their channels go.
 template <DType D, bool Stream>
 CG_AVX512 size_t decode_rows_steps(RansCursor& r, const DecodeTables& t, const RowSink& s,
                                    uint32_t n, size_t first, size_t steps) {
   constexpr size_t e = D == DType::F32 ? 4 : 2;
-  const RowRuns runs = s.runs;
-  const uint32_t per_row = t.channels / rans::kLanes,
-                 c = (uint32_t)(first % per_row) * rans::kLanes;
-  uint32_t k = (uint32_t)(first / per_row), run = c / runs.length,
-           left = runs.length - c % runs.length;
-  uint8_t* d = s.dst[k] + run * runs.stride + (size_t)(c % runs.length) * e;
-  const float *b = s.b + c, *o = s.o + c;
-  __m512 va = _mm512_set1_ps(s.a[k]);
+  StepRows<e> at(s, t.channels, n, first);
   return run_steps(r, t, steps, [&](__m512i e0, __m512i e1, size_t) CG_AVX512 {
-    store16<Stream>(d, convert16<D>(dequant_entries16(e0, va, b, o)));
-    store16<Stream>(d + 16 * e, convert16<D>(dequant_entries16(e1, va, b + 16, o + 16)));
-    d += rans::kLanes * e;
-    b += rans::kLanes;
-    o += rans::kLanes;
-    if ((left -= rans::kLanes) > 0) return;
-    left = runs.length;
-    if (++run < runs.count) {
-      d = s.dst[k] + run * runs.stride;
-      return;
-    }
-    run = 0;
-    b = s.b;
-    o = s.o;
-    if (++k == n) return;  // the last row's done
-    d = s.dst[k];
-    va = _mm512_set1_ps(s.a[k]);
+    const __m512 a = _mm512_set1_ps(at.a());
+    store16<Stream>(at.dst(), convert16<D>(dequant_entries16(e0, a, at.b(), at.o())));
+    store16<Stream>(at.dst() + 16 * e,
+                    convert16<D>(dequant_entries16(e1, a, at.b() + 16, at.o() + 16)));
+    at.next();
   });
 }
 
@@ -422,12 +403,8 @@ void decode_avx512(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) 
 }
 
 void decode_rows_avx512(RansCursor& r, const DecodeTables& t, uint32_t n, const RowSink& sink) {
-  with_row_kind(sink.dtype, sink.runs, sink.dst, n, [&](auto d, auto stream) {
-    whole_steps(r, (size_t)n * (t.channels / rans::kLanes),
-                [&](RansCursor& c, size_t first, size_t steps) {
-                  return decode_rows_steps<decltype(d)::value, decltype(stream)::value>(
-                      c, t, sink, n, first, steps);
-                });
+  decode_rows_with(r, t, n, sink, [&](auto d, auto stream, RansCursor& c, size_t first, size_t k) {
+    return decode_rows_steps<decltype(d)::value, decltype(stream)::value>(c, t, sink, n, first, k);
   });
 }
 
@@ -479,10 +456,8 @@ namespace cachegen {
 void decode_avx512(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out) {
   decode_scalar(r, t, n, out);
 }
-void decode_rows_avx512(RansCursor& r, const DecodeTables& t, uint32_t n, const RowSink& s) {
-  std::vector<int8_t> sym((size_t)n * t.channels);
-  decode_scalar(r, t, sym.size(), sym.data());
-  dequantize_rows_scalar(sym.data(), s.a, s.b, s.o, t.channels, n, s.runs, s.dtype, s.dst);
+void decode_rows_avx512(RansCursor& r, const DecodeTables& t, uint32_t n, const RowSink& sink) {
+  decode_rows_scalar(r, t, n, sink);
 }
 uint16_t* encode_avx512(const int8_t* sym, size_t n, const EncodeTables& t, uint32_t* state,
                         uint16_t* top) {
