@@ -142,6 +142,8 @@ inline bool rows_fuse(const RowRuns& runs) { return runs.length % rans::kLanes =
 template <size_t Elem>
 class StepRows {
  public:
+  // The sink is copied: the kernels' stores may alias anything, so fields read through a
+  // reference would be read again after every store.
   StepRows(const RowSink& s, uint32_t channels, uint32_t n, size_t first) : s_(s), n_(n) {
     const uint32_t per_row = channels / rans::kLanes;
     const uint32_t c = (uint32_t)(first % per_row) * rans::kLanes, in_run = c % s.runs.length;
@@ -151,11 +153,12 @@ class StepRows {
     d_ = s.dst[k_] + run_ * s.runs.stride + (size_t)in_run * Elem;
     b_ = s.b + c;
     o_ = s.o + c;
+    a_ = s.a[k_];
   }
   uint8_t* dst() const { return d_; }
   const float* b() const { return b_; }
   const float* o() const { return o_; }
-  float a() const { return s_.a[k_]; }
+  float a() const { return a_; }
   void next() {
     d_ += rans::kLanes * Elem;
     b_ += rans::kLanes;
@@ -169,15 +172,18 @@ class StepRows {
     run_ = 0;
     b_ = s_.b;
     o_ = s_.o;
-    if (++k_ < n_) d_ = s_.dst[k_];  // else the last row is done
+    if (++k_ == n_) return;  // the last row is done
+    d_ = s_.dst[k_];
+    a_ = s_.a[k_];
   }
 
  private:
-  const RowSink& s_;
+  const RowSink s_;
   const uint32_t n_;
   uint32_t k_, run_, left_;
   uint8_t* d_;
   const float *b_, *o_;
+  float a_;
 };
 
 // n rows of t.channels symbols decoded, reconstructed and converted in one pass, from a cursor
