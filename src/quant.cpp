@@ -303,8 +303,12 @@ void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorVie
   // Counted bin-major (count[symbol][channel]): a row's symbols cluster in a few bins, so its
   // increments touch a few KB instead of one line in each channel's 1 KB histogram. Counted a
   // block of rows at a time, while the block's symbols are still in cache.
+  // Only the bins of symbols in [-m, m] can be counted (raw rows are zeros): those are cleared
+  // and read, not all 256 (a short group's counting is otherwise mostly clearing and scanning).
   thread_local std::vector<uint32_t> count;
-  count.assign((size_t)256 * C, 0);
+  const uint32_t lo = (uint32_t)(kSymbolBias - m), hi = (uint32_t)(kSymbolBias + m);
+  count.resize((size_t)256 * C);
+  std::fill(count.begin() + (size_t)lo * C, count.begin() + (size_t)(hi + 1) * C, 0u);
   for (uint32_t t0 = 0; t0 < T; t0 += kCountRows) {
     const uint32_t rows = std::min(kCountRows, T - t0);
     for (uint32_t t = t0; t < t0 + rows; ++t) {
@@ -320,11 +324,19 @@ void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorVie
     }
     count_symbols(path, symbols + (size_t)t0 * C, rows, C, count.data());
   }
-  for (uint32_t i = 0; i < 256; ++i) {
+  std::vector<uint32_t> used;  // most bins are empty
+  for (uint32_t i = lo; i <= hi; ++i) {
     const uint32_t* bin = count.data() + (size_t)i * C;
-    if (std::all_of(bin, bin + C, [](uint32_t n) { return n == 0; })) continue;  // most are
-    for (uint32_t c = 0; c < C; ++c) hist[c * 256 + i] += bin[c];
+    if (!std::all_of(bin, bin + C, [](uint32_t n) { return n == 0; })) used.push_back(i);
   }
+  // Added to the channels' histograms a block of channels at a time: the block's histograms stay
+  // in L1 while every bin is added, where a bin at a time would touch a line of each channel's.
+  constexpr uint32_t kBlock = 16;
+  for (uint32_t c0 = 0; c0 < C; c0 += kBlock)
+    for (uint32_t i : used) {
+      const uint32_t* bin = count.data() + (size_t)i * C;
+      for (uint32_t c = c0; c < std::min(C, c0 + kBlock); ++c) hist[(size_t)c * 256 + i] += bin[c];
+    }
 }
 
 void count_symbols_scalar(const int8_t* sym, uint32_t rows, uint32_t C, uint32_t* count) {

@@ -35,10 +35,11 @@ struct SparseHists {
   std::vector<uint16_t> bin;
   std::vector<uint32_t> count;
 
-  explicit SparseHists(const std::vector<Histogram>& hists) {
+  // [lo, hi]: the bins any channel uses.
+  SparseHists(const std::vector<Histogram>& hists, int lo, int hi) {
     begin.push_back(0);
     for (const Histogram& h : hists) {
-      for (int i = 0; i < kAlphabet; ++i)
+      for (int i = lo; i <= hi; ++i)
         if (h[i]) bin.push_back((uint16_t)i), count.push_back(h[i]);
       begin.push_back((uint32_t)bin.size());
     }
@@ -228,7 +229,7 @@ TableSet fit_tables(const std::vector<Histogram>& hists, uint32_t max_tables, Cp
   for (auto& h : hists)
     for (int i = 0; i < kAlphabet; ++i) all[i] += h[i];
   const std::pair<int, int> range = used_range(all);
-  const SparseHists sparse(hists);
+  const SparseHists sparse(hists, range.first, range.second);
   const std::vector<uint32_t> order = spread_order(sparse);
   return choose_tables(table_limit(max_tables, (uint32_t)hists.size()), [&](uint32_t k) {
     return cluster(sparse, order, k, range.first, range.second, path);
