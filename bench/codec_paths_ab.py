@@ -1,12 +1,14 @@
-"""CPU encode of real SmolLM2 KV at the default level, scalar path against the widest vector
-path, for this checkout and a base build in the same run: before/after of the encoder's SIMD
-work. Two builds' native cores cannot share a process (pybind11 registers their types once), so
+"""CPU encode or decode of real SmolLM2 KV at the default level, scalar path against the widest
+vector path, for this checkout and a base build in the same run: before/after of a change to the
+coder. Two builds' native cores cannot share a process (pybind11 registers their types once), so
 each (build, path) case runs in its own child process, and the cases alternate round by round
-so that all of them see the same machine state. A child times `--per-child` encodes after one
+so that all of them see the same machine state. A child times `--per-child` calls after one
 warm-up, on the process's CPU time by default (`--clock cpu`: on a shared machine, wall time
-mostly measures the neighbours).
+mostly measures the neighbours). `--tokens N` takes the cache's first N tokens (a stored
+context's chunk is 256); decode writes into a preallocated fp16 array.
 
-    PYTHONPATH=python python bench/encode_paths_ab.py --base build/base/python --threads 2
+    PYTHONPATH=python python bench/codec_paths_ab.py --base build/base/python --threads 2
+    PYTHONPATH=python python bench/codec_paths_ab.py --base build/base/python --op decode
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 import cachegen
 from lib import kvdata
 from lib.basebuild import summary
@@ -29,23 +33,30 @@ from lib.runinfo import RunInfo
 BENCH = Path(__file__).resolve().parent
 
 
-def child(threads: int, count: int, clock_name: str) -> None:
-    """Time `count` encodes with the cachegen on sys.path; print the times as JSON."""
-    kv = kvdata.real_kv()
-    clock = time.process_time if clock_name == "cpu" else time.perf_counter
-    blob = cachegen.encode(kv, threads=threads)
+def child(args: argparse.Namespace) -> None:
+    """Time `--per-child` calls of the op with the cachegen on sys.path; print the times and a
+    digest of what the op gives (the blob, or the decoded bits) as JSON."""
+    kv = np.ascontiguousarray(kvdata.real_kv()[:, :, : args.tokens or None])
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    blob = cachegen.encode(kv, threads=args.threads)
+    out = np.empty_like(kv)
+    if args.op == "encode":
+        call, result = (lambda: cachegen.encode(kv, threads=args.threads)), (lambda: blob)
+    else:
+        call, result = (lambda: cachegen.decode(blob, out=out, threads=args.threads)), out.tobytes
+    call()
     times = []
-    for _ in range(count):
+    for _ in range(args.per_child):
         t0 = clock()
-        cachegen.encode(kv, threads=threads)
+        call()
         times.append(clock() - t0)
-    print(json.dumps({"times": times, "blob": hashlib.sha256(blob).hexdigest()}))
+    print(json.dumps({"times": times, "digest": hashlib.sha256(result()).hexdigest()}))
 
 
 def run_case(pythonpath: Path, path: str, args: argparse.Namespace) -> dict:
     env = dict(os.environ, PYTHONPATH=f"{pythonpath}:{BENCH}", CACHEGEN_CPU_PATH=path)
-    cmd = [sys.executable, __file__, "--child", "--threads", str(args.threads)]
-    cmd += ["--per-child", str(args.per_child), "--clock", args.clock]
+    cmd = [sys.executable, __file__, "--child", "--threads", str(args.threads), "--op", args.op]
+    cmd += ["--per-child", str(args.per_child), "--clock", args.clock, "--tokens", str(args.tokens)]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.splitlines()[-1])
 
@@ -57,10 +68,12 @@ def main() -> None:
     ap.add_argument("--per-child", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
+    ap.add_argument("--op", choices=("encode", "decode"), default="encode")
+    ap.add_argument("--tokens", type=int, default=0, help="the cache's first N tokens (0: all)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        return child(args.threads, args.per_child, args.clock)
+        return child(args)
     info = RunInfo.capture()
     paths = ["scalar", cachegen.build_info()["cpu_paths"][-1]]
     builds = {"base": args.base.resolve(), "this": Path(cachegen.__file__).parents[1]}
@@ -71,16 +84,18 @@ def main() -> None:
         for b, p in order:
             res = run_case(builds[b], p, args)
             times[(b, p)] += res["times"]
-            hashes.add(res["blob"])
+            hashes.add(res["digest"])
     med = {k: statistics.median(v) for k, v in times.items()}
     print(info.line())
     print(f"Load average at the end {'/'.join(f'{x:.2f}' for x in os.getloadavg())}.")
+    tokens = args.tokens or "all"
     print(
-        f"{args.rounds} rounds x {args.per_child} encodes per case, threads {args.threads}, "
-        f"{args.clock} clock; base {builds['base']}. Same bytes everywhere: {len(hashes) == 1}."
+        f"{args.op}, first {tokens} tokens: {args.rounds} rounds x {args.per_child} calls per "
+        f"case, threads {args.threads}, {args.clock} clock; base {builds['base']}. "
+        f"Same bytes everywhere: {len(hashes) == 1}."
     )
     print()
-    print("| build | path | encode |")
+    print(f"| build | path | {args.op} |")
     print("|---|---|---|")
     for (b, p), xs in times.items():
         print(f"| {b} | {p} | {summary(xs)} |")
