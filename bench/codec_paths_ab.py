@@ -1,11 +1,12 @@
-"""CPU encode or decode of real SmolLM2 KV at the default level, scalar path against the widest
-vector path, for this checkout and a base build in the same run: before/after of a change to the
-coder. Two builds' native cores cannot share a process (pybind11 registers their types once), so
-each (build, path) case runs in its own child process, and the cases alternate round by round
-so that all of them see the same machine state. A child times `--per-child` calls after one
-warm-up, on the process's CPU time by default (`--clock cpu`: on a shared machine, wall time
-mostly measures the neighbours). `--tokens N` takes the cache's first N tokens (a stored
-context's chunk is 256); decode writes into a preallocated fp16 array.
+"""CPU encode or decode of a KV cache (real SmolLM2 or synthetic) at the default level, scalar
+path against the widest vector path, for this checkout and a base build in the same run:
+before/after of a change to the coder. Two builds' native cores cannot share a process (pybind11
+registers their types once), so each (build, path) case runs in its own child process, and the
+cases alternate round by round so that all of them see the same machine state. A child times
+`--per-child` calls after one warm-up, on the process's CPU time by default (`--clock cpu`: on a
+shared machine, wall time mostly measures the neighbours; `--clock wall` where the thread pool's
+waits should count). `--tokens N` takes the cache's first N tokens (a stored context's chunk is
+256); decode writes into a preallocated fp16 array.
 
     PYTHONPATH=python python bench/codec_paths_ab.py --base build/base/python --threads 2
     PYTHONPATH=python python bench/codec_paths_ab.py --base build/base/python --op decode
@@ -36,7 +37,8 @@ BENCH = Path(__file__).resolve().parent
 def child(args: argparse.Namespace) -> None:
     """Time `--per-child` calls of the op with the cachegen on sys.path; print the times and a
     digest of what the op gives (the blob, or the decoded bits) as JSON."""
-    kv = np.ascontiguousarray(kvdata.real_kv()[:, :, : args.tokens or None])
+    full = kvdata.real_kv() if args.cache == "real" else kvdata.synthetic_kv()
+    kv = np.ascontiguousarray(full[:, :, : args.tokens or None])
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     blob = cachegen.encode(kv, threads=args.threads)
     out = np.empty_like(kv)
@@ -57,6 +59,7 @@ def run_case(pythonpath: Path, path: str, args: argparse.Namespace) -> dict:
     env = dict(os.environ, PYTHONPATH=f"{pythonpath}:{BENCH}", CACHEGEN_CPU_PATH=path)
     cmd = [sys.executable, __file__, "--child", "--threads", str(args.threads), "--op", args.op]
     cmd += ["--per-child", str(args.per_child), "--clock", args.clock, "--tokens", str(args.tokens)]
+    cmd += ["--cache", args.cache]
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.splitlines()[-1])
 
@@ -70,6 +73,12 @@ def main() -> None:
     ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu")
     ap.add_argument("--op", choices=("encode", "decode"), default="encode")
     ap.add_argument("--tokens", type=int, default=0, help="the cache's first N tokens (0: all)")
+    ap.add_argument(
+        "--cache",
+        choices=("real", "synthetic"),
+        default="real",
+        help="SmolLM2's real KV (30 x 3 x 64) or kvdata's synthetic 32 layers x 8 heads x 128",
+    )
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -90,9 +99,9 @@ def main() -> None:
     print(f"Load average at the end {'/'.join(f'{x:.2f}' for x in os.getloadavg())}.")
     tokens = args.tokens or "all"
     print(
-        f"{args.op}, first {tokens} tokens: {args.rounds} rounds x {args.per_child} calls per "
-        f"case, threads {args.threads}, {args.clock} clock; base {builds['base']}. "
-        f"Same bytes everywhere: {len(hashes) == 1}."
+        f"{args.op}, {args.cache} cache, first {tokens} tokens: {args.rounds} rounds x "
+        f"{args.per_child} calls per case, threads {args.threads}, {args.clock} clock; "
+        f"base {builds['base']}. Same bytes everywhere: {len(hashes) == 1}."
     )
     print()
     print(f"| build | path | {args.op} |")
