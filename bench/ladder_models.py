@@ -135,11 +135,11 @@ def level_table(p: dict[str, dict[str, Result]], levels: list[int], prefix: str)
     return lines
 
 
-def fixed_section(p: dict[str, dict[str, Result]], fixed: list[int]) -> list[str]:
-    if not fixed:
-        return []
-    title = "## The same levels with the key spread's strength fixed at 0.5 (ladder version 2)"
-    return [title, "", *level_table(p, fixed, "fixed"), ""]
+def level_section(
+    p: dict[str, dict[str, Result]], levels: list[int], prefix: str, title: str
+) -> list[str]:
+    """A titled level table, or nothing for a ladder this run left out."""
+    return [f"## {title}", "", *level_table(p, levels, prefix), ""] if levels else []
 
 
 def monotone(p: dict[str, dict[str, Result]], levels: list[int]) -> list[str]:
@@ -223,11 +223,15 @@ def main() -> None:
         "",
         *level_table(p, levels, "cg"),
         "",
-        "## The same levels without the key spread (ladder version 1)",
-        "",
-        *level_table(p, flat, "flat"),
-        "",
-        *fixed_section(p, fixed),
+        *level_section(
+            p, flat, "flat", "The same levels without the key spread (ladder version 1)"
+        ),
+        *level_section(
+            p,
+            fixed,
+            "fixed",
+            "The same levels with the key spread's strength fixed at 0.5 (ladder version 2)",
+        ),
         "## KL falls with the level (pooled)",
         "",
         *monotone(p, levels),
