@@ -88,6 +88,22 @@ def test_strided_output_matches_dense(monkeypatch, cpu_path):
     assert not backing[..., 1::2].any()
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("offset", [0, 1], ids=["whole-lines", "unaligned"])
+def test_heads_major_output_matches_dense(monkeypatch, cpu_path, dtype, offset):
+    """Heads apart in memory (each head's tokens together, as attention kernels keep them): rows
+    go head by head, past the caches where every head's rows are whole aligned lines."""
+    kv = synthetic_kv(2, 300, 3, 64)
+    blob = cachegen.encode(kv)
+    want = decode_with(monkeypatch, "scalar", blob, framework="torch", dtype=dtype)
+    shape = (2, 2, 3, 300, 64)
+    backing = torch.zeros(int(np.prod(shape)) + offset, dtype=dtype)
+    out = backing[offset:].view(shape).permute(0, 1, 3, 2, 4)
+    got = decode_with(monkeypatch, cpu_path, blob, out=out)
+    assert torch.equal(bits(got), bits(want))
+    assert not backing[:offset].any()
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.name)
 @pytest.mark.parametrize("shape", [(2, 300, 3, 64), (1, 77, 1, 5), (1, 40, 2, 8)])
 def test_every_path_encodes_the_scalar_bytes(monkeypatch, cpu_path, config, shape):
