@@ -217,8 +217,10 @@ void check_weights(const std::vector<float>& w, size_t n, const char* what) {
 }  // namespace
 
 DequantParams expand_params(const GroupQuant& q, uint32_t tokens, uint32_t channels) {
-  DequantParams p{std::vector<float>(tokens, 1.0f), std::vector<float>(channels, 1.0f),
-                  std::vector<float>(channels, 0.0f)};
+  DequantParams p;
+  p.a.assign(tokens, 1.0f);
+  p.b.assign(channels, 1.0f);
+  p.o.assign(channels, 0.0f);
   if (q.flags & kTokenScale)
     for (uint32_t t = 0; t < tokens; ++t) p.a[t] = f16_to_f32(q.token_scale[t]);
   if (q.flags & kChannelScale)
