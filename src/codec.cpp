@@ -340,9 +340,11 @@ void decode_fused(const ParsedBlob& blob, const uint8_t* data, uint64_t call, Cp
   // A paged output's rows written through the caches go one at a time, `ahead` prefetching the
   // row kPrefetchRows after each (see kPrefetchRows); other rows go a tile per call.
   const bool row_by_row = !stream && v.block_table;
-  // Rows written in place by a vector path decode straight into them (decode_rows_*).
-  const bool fuse =
-      path != CpuPath::Scalar && placement != Placement::Staged && !row_by_row && rows_fuse(runs);
+  // A vector path decodes straight into the rows (decode_rows_*): the output's, prefetched a
+  // tile at a time first where they are paged and written through the caches, or the staging
+  // tile's.
+  const bool fuse = path != CpuPath::Scalar && rows_fuse(runs);
+  const bool prefetch_tile = row_by_row && placement != Placement::Staged;
   RowWalk at(v, s.token_begin, end), ahead(v, row_by_row ? s.token_begin : end, end);
   for (; ahead.token() < std::min(end, s.token_begin + kPrefetchRows); ahead.next())
     prefetch_row(v, ahead.row());
@@ -355,21 +357,22 @@ void decode_fused(const ParsedBlob& blob, const uint8_t* data, uint64_t call, Cp
       if (k >= raw)
         dsts[k] = placement == Placement::Staged ? staged + (k - raw) * row_bytes : at.row();
     if (fuse && raw == 0 && r.lane == 0 && r.channel == 0) {
+      for (uint32_t k = 0; prefetch_tile && k < n; ++k) prefetch_row(v, dsts[k]);
       on_path(path, decode_rows_scalar, decode_rows_avx2, decode_rows_avx512)(
           r, t, n, {p.a.data() + t0, p.b.data(), p.o.data(), runs, v.dtype, dsts});
-      continue;
-    }
-    decode_symbols(path, r, t, (size_t)n * C, tile);
-    for (uint32_t k = 0; k < raw; ++k) store_row(v, t0 + k, p.raw.data() + (size_t)(t0 + k) * C);
-    if (!row_by_row)
-      dequantize_tile(path, tile + (size_t)raw * C, p.a.data() + t0 + raw, p, n - raw, runs,
-                      v.dtype, dsts + raw);
-    for (uint32_t k = raw; row_by_row && k < n; ++k) {
-      dequantize_tile(path, tile + (size_t)k * C, p.a.data() + t0 + k, p, 1, runs, v.dtype,
-                      dsts + k);
-      if (ahead.token() < end) {
-        prefetch_row(v, ahead.row());
-        ahead.next();
+    } else {
+      decode_symbols(path, r, t, (size_t)n * C, tile);
+      for (uint32_t k = 0; k < raw; ++k) store_row(v, t0 + k, p.raw.data() + (size_t)(t0 + k) * C);
+      if (!row_by_row)
+        dequantize_tile(path, tile + (size_t)raw * C, p.a.data() + t0 + raw, p, n - raw, runs,
+                        v.dtype, dsts + raw);
+      for (uint32_t k = raw; row_by_row && k < n; ++k) {
+        dequantize_tile(path, tile + (size_t)k * C, p.a.data() + t0 + k, p, 1, runs, v.dtype,
+                        dsts + k);
+        if (ahead.token() < end) {
+          prefetch_row(v, ahead.row());
+          ahead.next();
+        }
       }
     }
     if (placement == Placement::Staged && n > raw)

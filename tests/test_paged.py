@@ -155,6 +155,51 @@ def test_numpy_caches_and_numpy_ids():
     assert np.array_equal(got.numpy(), cachegen.decode(blob))
 
 
+@pytest.mark.parametrize(("layout", "dtype"), CASES)
+def test_paged_layers_read_once_decode_many(layout, dtype):
+    """An engine's PagedLayers: caches read once, each blob's head read once (its token count
+    picks the blocks), and chunk after chunk lands in its blocks as decode_paged puts it."""
+    chunk, chunks = 2 * BLOCK, 3
+    tokens = chunk * chunks
+    ids = random_table(6, tokens)
+    kv = gather(layout, filled(layout, dtype, ids, tokens), ids, tokens)
+    blobs = [cachegen.encode(kv[:, :, i : i + chunk]) for i in range(0, tokens, chunk)]
+    caches = [empty_cache(layout, dtype, seed=30 + i) for i in range(LAYERS)]
+    want = [c.clone() for c in caches]
+    layers = paged.PagedLayers.of(caches, layout)
+    for n, blob in enumerate(blobs):
+        head = layers.read(blob)
+        assert head.tokens == chunk and head.info.num_layers == LAYERS
+        blocks = ids[n * chunk // BLOCK : (n + 1) * chunk // BLOCK]
+        layers.decode(head, blocks)
+        paged.decode_paged(blob, want, layout, blocks)
+    for c, w in zip(caches, want, strict=True):
+        assert torch.equal(c, w)
+
+
+def test_paged_layers_checks_each_blob():
+    """What decode_paged refuses, PagedLayers refuses too: blobs of another shape, layer
+    count or dtype, and block ids that do not fit, before anything is written."""
+    tokens = 2 * BLOCK
+    ids = random_table(7, tokens)
+    caches = [empty_cache("flash-hnd", torch.float16, seed=40 + i) for i in range(LAYERS)]
+    before = [c.clone() for c in caches]
+    layers = paged.PagedLayers.of(caches, "flash-hnd")
+    kv = torch.from_numpy(synthetic_kv(LAYERS, tokens, HEADS, DIM, "float32", seed=3))
+    with pytest.raises(ValueError, match="layers"):
+        layers.decode(cachegen.encode(kv[:2].half()), ids)
+    with pytest.raises(ValueError, match="dtype"):
+        layers.decode(cachegen.encode(kv), ids)
+    with pytest.raises(ValueError, match="heads"):
+        layers.decode(cachegen.encode(kv[..., : DIM // 2].half()), ids)
+    with pytest.raises(ValueError, match="block ids"):
+        layers.decode(layers.read(cachegen.encode(kv.half())), ids[:1])
+    with pytest.raises(cachegen.FormatError):
+        layers.read(b"not a blob")
+    for c, b in zip(caches, before, strict=True):
+        assert torch.equal(c, b)
+
+
 def setup_blob(layout="flash-hnd", dtype=torch.float16):
     tokens = 3 * BLOCK + 1
     ids = random_table(4, tokens)

@@ -34,7 +34,7 @@ from . import api, dispatch
 from ._core import FormatError
 from .config import CodecConfig
 from .devices import host_bytes
-from .info import blob_info
+from .info import BlobInfo, blob_info
 from .profile import ModelProfile
 from .tensors import (
     DTYPE_SIZES,
@@ -174,42 +174,121 @@ class PagedCache:
         return torch.cat(blocks)[: self.views.groups[0].tokens]
 
 
+@dataclass(frozen=True)
+class PagedLayers:
+    """Every layer's cache of one engine, read and checked once (addresses, geometry, dtype,
+    device): views and decodes then only build a request's block table. An engine that loads
+    chunk after chunk keeps one (build it again if the caches are reallocated).
+    `PagedLayers.of(layer_caches, layout)` makes one."""
+
+    caches: Sequence[Any]
+    addresses: tuple[int, ...]
+    geometry: tuple[PageGeometry, ...]
+    dtype: str
+    device: int | None
+    framework: str
+
+    @classmethod
+    def of(cls, layer_caches: Sequence[Any], layout: str | PagedLayout) -> PagedLayers:
+        lay = _layout(layout)
+        if isinstance(layer_caches, str | bytes) or not isinstance(layer_caches, Sequence):
+            raise TypeError("layer_caches must be a sequence of per-layer cache tensors")
+        if not layer_caches:
+            raise ValueError("layer_caches is empty")
+        raws = [_raw(c) for c in layer_caches]
+        geometry = tuple(lay.geometry(shape, st) for _, shape, st, _ in raws)
+        dtypes = {r[3] for r in raws}
+        devices = {device_of(c) for c in layer_caches}
+        sizes = {(g.block_size, g.num_blocks) for g in geometry}
+        if len(dtypes) != 1 or len(devices) != 1 or len(sizes) != 1:
+            raise ValueError("every layer cache needs the same dtype, device, block size and count")
+        device = devices.pop()
+        framework = "torch" if is_torch(layer_caches[0]) else "numpy"
+        if device is not None and framework != "torch":
+            framework = "cupy"
+        addresses = tuple(r[0] for r in raws)
+        return cls(layer_caches, addresses, geometry, dtypes.pop(), device, framework)
+
+    def views(self, block_ids: Any, num_tokens: int) -> PagedCache:
+        """Views of tokens [0, num_tokens) in blocks `block_ids` of each layer's cache."""
+        if not isinstance(num_tokens, int | np.integer) or num_tokens < 1:
+            raise ValueError(f"num_tokens must be a positive int, got {num_tokens!r}")
+        g0 = self.geometry[0]
+        table = _block_table(block_ids, int(num_tokens), g0.block_size, g0.num_blocks)
+        item = DTYPE_SIZES[self.dtype]
+        groups = []
+        for address, g in zip(self.addresses, self.geometry, strict=True):
+            paging = Paging(table.ctypes.data, g.block_size, g.num_blocks, g.s_block)
+            for p in (g.k, g.v):
+                strides = (p.s_token, p.s_head, p.s_dim)
+                start = address + p.offset * item
+                groups.append(
+                    GroupView(
+                        start, self.dtype, int(num_tokens), g.heads, g.head_dim, strides, paging
+                    )
+                )
+        same = len({(g.heads, g.head_dim) for g in self.geometry}) == 1
+        layout = "stacked" if same else "pairs"
+        v = KVViews(layout, self.framework, self.dtype, groups, self.device, table)
+        return PagedCache(self.caches, list(self.geometry), table, v)
+
+    def read(self, blob: Any) -> PagedBlob:
+        """A blob's head, parsed for `decode` (its checksum checked here where the caches are
+        on the host; a GPU decode checks it on the device), with how many tokens it holds.
+
+        Raises:
+            FormatError: the blob is malformed, or transform-coded (`cachegen.transform`: its
+                coefficients are not a cache; decode it with `cachegen.decode(transforms=...)`).
+            ValueError: its layers do not all hold the same tokens.
+        """
+        gpu = self.device is not None
+        if is_device_blob(blob) and not gpu:
+            blob = host_bytes(blob)
+        parsed = dispatch.parse(blob, verify=not gpu)
+        info = blob_info(parsed)
+        if info.transform is not None:
+            raise FormatError(
+                f"the blob is coded with transform {info.transform.digest}: paged decode does "
+                "not apply transforms (cachegen.decode(blob, transforms=...) does)"
+            )
+        tokens = {g.tokens for g in (*info.keys, *info.values)}
+        if len(tokens) != 1:
+            raise ValueError("decode_paged needs a blob whose layers all hold the same tokens")
+        return PagedBlob(parsed, info, tokens.pop())
+
+    def decode(self, blob: Any | PagedBlob, block_ids: Any, *, threads: int | None = None) -> None:
+        """`decode_paged` into these caches; `blob` may be what `read` gave."""
+        b = blob if isinstance(blob, PagedBlob) else self.read(blob)
+        info = b.info
+        if len(self.caches) != info.num_layers:
+            raise ValueError(f"blob has {info.num_layers} layers, got {len(self.caches)} caches")
+        paged = self.views(block_ids, b.tokens)
+        pairs = [g for pair in zip(info.keys, info.values, strict=True) for g in pair]
+        if [(g.heads, g.head_dim) for g in paged.views.groups] != [
+            (g.heads, g.head_dim) for g in pairs
+        ]:
+            raise ValueError("the caches' heads and head dims do not match the blob's")
+        if self.dtype != info.dtype:
+            raise ValueError(f"blob dtype {info.dtype}, cache dtype {self.dtype}")
+        if any(isinstance(c, np.ndarray) and not c.flags.writeable for c in self.caches):
+            raise ValueError("a layer cache is read-only")
+        dispatch.decode_into(b.parsed, paged.views, dispatch.threads_arg(threads))
+
+
+@dataclass(frozen=True)
+class PagedBlob:
+    """A blob's head as `PagedLayers.read` parsed it: `tokens` says how many blocks it needs."""
+
+    parsed: Any
+    info: BlobInfo
+    tokens: int
+
+
 def paged_views(
     layer_caches: Sequence[Any], layout: str | PagedLayout, block_ids: Any, num_tokens: int
 ) -> PagedCache:
     """Views of tokens [0, num_tokens) in blocks `block_ids` of each layer's cache."""
-    lay = _layout(layout)
-    if isinstance(layer_caches, str | bytes) or not isinstance(layer_caches, Sequence):
-        raise TypeError("layer_caches must be a sequence of per-layer cache tensors")
-    if not layer_caches:
-        raise ValueError("layer_caches is empty")
-    if not isinstance(num_tokens, int | np.integer) or num_tokens < 1:
-        raise ValueError(f"num_tokens must be a positive int, got {num_tokens!r}")
-    raws = [_raw(c) for c in layer_caches]
-    geometry = [lay.geometry(shape, st) for _, shape, st, _ in raws]
-    dtypes = {r[3] for r in raws}
-    devices = {device_of(c) for c in layer_caches}
-    sizes = {(g.block_size, g.num_blocks) for g in geometry}
-    if len(dtypes) != 1 or len(devices) != 1 or len(sizes) != 1:
-        raise ValueError("every layer cache needs the same dtype, device, block size and count")
-    dtype = dtypes.pop()
-    block_size, num_blocks = sizes.pop()
-    table = _block_table(block_ids, int(num_tokens), block_size, num_blocks)
-    groups = []
-    for (address, _, _, _), g in zip(raws, geometry, strict=True):
-        paging = Paging(table.ctypes.data, block_size, num_blocks, g.s_block)
-        for p in (g.k, g.v):
-            start = address + p.offset * DTYPE_SIZES[dtype]
-            strides = (p.s_token, p.s_head, p.s_dim)
-            groups.append(
-                GroupView(start, dtype, int(num_tokens), g.heads, g.head_dim, strides, paging)
-            )
-    same = len({(g.heads, g.head_dim) for g in geometry}) == 1
-    framework = "torch" if is_torch(layer_caches[0]) else "numpy"
-    if device_of(layer_caches[0]) is not None and framework != "torch":
-        framework = "cupy"
-    v = KVViews("stacked" if same else "pairs", framework, dtype, groups, devices.pop(), table)
-    return PagedCache(layer_caches, geometry, table, v)
+    return PagedLayers.of(layer_caches, layout).views(block_ids, num_tokens)
 
 
 def encode_paged(
@@ -259,7 +338,9 @@ def decode_paged(
     threads: int | None = None,
 ) -> None:
     """Decode a blob into blocks `block_ids` of a paged KV cache (in place, on the caches'
-    device); only the slots of the blob's tokens are written.
+    device); only the slots of the blob's tokens are written. An engine loading many blobs
+    into the same caches reads them once with `PagedLayers.of(layer_caches, layout)` and calls
+    its `decode`.
 
     Raises:
         FormatError: the blob is malformed, or transform-coded (`cachegen.transform`: its
@@ -269,32 +350,7 @@ def decode_paged(
             cache's own dtype is required, so a lossless blob stays exact), or the block ids do
             not (count, range, duplicates); nothing is written.
     """
-    gpu = any(device_of(c) is not None for c in layer_caches)
-    if is_device_blob(blob) and not gpu:
-        blob = host_bytes(blob)
-    parsed = dispatch.parse(blob, verify=not gpu)  # a GPU decode checks the CRC on the device
-    info = blob_info(parsed)
-    if info.transform is not None:
-        raise FormatError(
-            f"the blob is coded with transform {info.transform.digest}: paged decode does not "
-            "apply transforms (cachegen.decode(blob, transforms=...) does)"
-        )
-    pairs = list(zip(info.keys, info.values, strict=True))
-    tokens = {g.tokens for pair in pairs for g in pair}
-    if len(tokens) != 1:
-        raise ValueError("decode_paged needs a blob whose layers all hold the same tokens")
-    if len(layer_caches) != info.num_layers:
-        raise ValueError(f"blob has {info.num_layers} layers, got {len(layer_caches)} caches")
-    paged = paged_views(layer_caches, layout, block_ids, tokens.pop())
-    if [(g.heads, g.head_dim) for g in paged.views.groups] != [
-        (g.heads, g.head_dim) for pair in pairs for g in pair
-    ]:
-        raise ValueError("the caches' heads and head dims do not match the blob's")
-    if paged.views.dtype != info.dtype:
-        raise ValueError(f"blob dtype {info.dtype}, cache dtype {paged.views.dtype}")
-    if any(isinstance(c, np.ndarray) and not c.flags.writeable for c in layer_caches):
-        raise ValueError("a layer cache is read-only")
-    dispatch.decode_into(parsed, paged.views, dispatch.threads_arg(threads))
+    PagedLayers.of(layer_caches, layout).decode(blob, block_ids, threads=threads)
 
 
 @dataclass(frozen=True)

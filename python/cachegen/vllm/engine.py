@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-import cachegen
-from cachegen.paged import decode_paged
+from cachegen.paged import PagedLayers
 
 if TYPE_CHECKING:
     import torch
@@ -33,7 +32,8 @@ class VllmEngine:
         kv_elements_per_token: int,
         prefill_tps: float,
     ) -> None:
-        self._key, self._caches, self._layout = key, caches, layout
+        self._key = key
+        self._pages = PagedLayers.of(caches, layout)  # read once, not per chunk
         self._block_size = block_size
         self._elements = kv_elements_per_token
         self._prefill_tps = prefill_tps
@@ -57,11 +57,12 @@ class VllmEngine:
 
     def append_kv(self, blob: bytes) -> None:
         first = self._loaded // self._block_size
-        tokens = cachegen.inspect(blob).keys[0].tokens
+        head = self._pages.read(blob)  # parsed once, for the block count and the decode
+        tokens = head.tokens
         if tokens % self._block_size or first + tokens // self._block_size > len(self._block_ids):
             raise ValueError(f"a chunk of {tokens} tokens does not fit the request's blocks")
         ids = self._block_ids[first : first + tokens // self._block_size]
-        decode_paged(blob, self._caches, self._layout, ids)  # checks everything before writing
+        self._pages.decode(head, ids)  # checks everything before writing
         self._loaded += tokens
 
     def append_text(self, token_ids: np.ndarray) -> None:
