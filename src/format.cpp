@@ -287,6 +287,7 @@ Group parse_side(const DescFields& f, uint16_t version, DType dtype, const uint8
   } else {
     g.tables.channel_table.assign(W, 0);
   }
+  g.tables.tables.reserve(f.num_tables);
   for (int t = 0; t < f.num_tables; ++t)
     g.tables.tables.push_back(parse_table(data, r.pos(), end, version >= 3, lossless));
   if (r.pos() != end) fail("group side data has trailing bytes");

@@ -183,10 +183,15 @@ void put_golomb(uint32_t v, int k, BitWriter& w) {
   w.bits(v, k);
 }
 
+// One window read serves the whole code: at most 13 + 1 + 13 + 11 bits.
 uint32_t get_golomb(int k, BitReader& r) {
-  const uint32_t m = r.unary(13);  // u <= 4097 < 2^13
-  const uint32_t u = (1u << m) | r.take((int)m);
-  return ((u - 1) << k) | r.take(k);
+  const uint64_t w = r.peek();
+  const uint32_t m = ~w ? (uint32_t)__builtin_ctzll(~w) : 64;
+  if (m > 13) throw FormatError("probability table: code out of range");  // u <= 4097 < 2^13
+  const uint32_t u = (1u << m) | (uint32_t)((w >> (m + 1)) & ((1u << m) - 1));
+  const uint32_t low = (uint32_t)((w >> (2 * m + 1)) & ((1u << k) - 1));
+  r.skip(2 * m + 1 + (uint32_t)k);
+  return ((u - 1) << k) | low;
 }
 
 void check_range(int lo, int n, bool full_alphabet) {

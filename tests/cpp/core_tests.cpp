@@ -163,8 +163,14 @@ void tables_normalize_and_parse() {
   size_t pos = 0;
   CHECK(parse_table(out.data(), pos, out.size(), true).freq == t.freq);
   CHECK(pos == out.size());
+  for (size_t cut = 0; cut < out.size(); ++cut) {  // every truncation is reported
+    size_t p = 0;
+    CHECK(throws<FormatError>([&] { parse_table(out.data(), p, cut, true); }));
+  }
+  // A code whose unary prefix is longer than any frequency needs (here 16 ones) is refused.
+  const uint8_t long_code[] = {100, 3, 0xff, 0xff, 0, 0, 0, 0};
   size_t p = 0;
-  CHECK(throws<FormatError>([&] { parse_table(out.data(), p, out.size() / 2, true); }));
+  CHECK(throws<FormatError>([&] { parse_table(long_code, p, sizeof(long_code), true); }));
 }
 
 // `columns` columns of `n` symbols each: the first half narrow (three symbols), the rest wide.
