@@ -21,13 +21,13 @@ from .plan import plan_encode
 from .profile import ModelProfile
 from .tensors import (
     DTYPE_SIZES,
-    ViewSource,
     allocate,
     check_writable,
     dtype_name,
     group_arrays,
     is_device_blob,
     is_torch,
+    is_view_source,
     views,
 )
 from .transform import (
@@ -238,7 +238,7 @@ def decode(
         cachegen.transform.TransformMissing (a FormatError): the blob names a transform that
             `transforms` does not hold; raised before anything is written.
     """
-    if isinstance(out, ViewSource):
+    if is_view_source(out):
         raise TypeError("decode into paged blocks with cachegen.paged.decode_paged")
     out_views = None if out is None else views(out)  # computed once: it walks every tensor
     blob, framework, device = devices.place_blob(blob, out_views, framework, device)

@@ -90,6 +90,12 @@ class ViewSource(Protocol):
     def kv_views(self) -> KVViews: ...
 
 
+def is_view_source(x: Any) -> bool:
+    """Whether `x` gives its views itself (a `ViewSource`): what `isinstance` against the
+    protocol decides, without its cost on Python 3.11 (~12 us a call, on every decode)."""
+    return callable(getattr(x, "kv_views", None))
+
+
 def is_torch(x: Any) -> bool:
     return type(x).__module__.split(".")[0] == "torch"
 
@@ -228,7 +234,7 @@ def _device(arrays: list) -> int | None:
 
 def views(kv: Any) -> KVViews:
     """Zero-copy views of a KV cache in either layout, or of a `ViewSource`."""
-    if isinstance(kv, ViewSource):
+    if is_view_source(kv):
         return kv.kv_views()
     if _is_array(kv):
         dtype, groups = _stacked_views(kv)
