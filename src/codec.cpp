@@ -55,7 +55,7 @@ class PayloadPool {
 
  private:
   std::mutex mu_;
-  std::vector<std::vector<uint8_t>> kept_;  // cleared only by the taker: size() = pages in use
+  std::vector<std::vector<uint8_t>> kept_;  // as written (size() = bytes written; taker clears)
   size_t bytes_ = 0;
 };
 
@@ -337,8 +337,9 @@ void decode_fused(const ParsedBlob& blob, const uint8_t* data, uint64_t call, Cp
                            : RowRuns{1, C, 0};
   RansCursor r(data + s.offset, s.bytes);
   const uint32_t end = s.token_begin + s.token_count;
-  // A paged output's rows written through the caches go one at a time, `ahead` prefetching the
-  // row kPrefetchRows after each (see kPrefetchRows); other rows go a tile per call.
+  // Unfused, a paged output's rows written through the caches go one at a time, `ahead`
+  // prefetching the row kPrefetchRows after each (see kPrefetchRows); other rows go a tile per
+  // call.
   const bool row_by_row = !stream && v.block_table;
   // A vector path decodes straight into the rows (decode_rows_*): the output's, prefetched a
   // tile at a time first where they are paged and written through the caches, or the staging

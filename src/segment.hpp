@@ -123,7 +123,7 @@ void decode_vector(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out,
 void decode_avx2(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out);
 void decode_avx512(RansCursor& r, const DecodeTables& t, size_t n, int8_t* out);
 
-// Where decode_rows_avx512 puts what it decodes: row k of C channels reconstructed with scale
+// Where decode_rows_* put what they decode: row k of C channels reconstructed with scale
 // a[k] (and b, o per channel) and converted into dst[k], laid out as `runs` (see quant.hpp).
 struct RowSink {
   const float *a, *b, *o;
