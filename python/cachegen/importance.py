@@ -36,7 +36,7 @@ class KeySource(Protocol):
 def layer_keys(kv: Any, layout: str, layer: int) -> Any:
     """Layer `layer`'s keys as `[tokens, heads, head_dim]`, a view in the input's framework (a
     copy for a `KeySource`)."""
-    if isinstance(kv, KeySource):
+    if callable(getattr(kv, "layer_keys", None)):  # a KeySource (isinstance costs ~12 us)
         return kv.layer_keys(layer)
     if layout == "stacked":
         return kv[layer, 0]
