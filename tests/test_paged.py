@@ -198,6 +198,9 @@ def test_paged_layers_checks_each_blob():
         layers.read(b"not a blob")
     for c, b in zip(caches, before, strict=True):
         assert torch.equal(c, b)
+    caches[1].set_(caches[1].clone())  # its memory moved: the views read at `of` are stale
+    with pytest.raises(ValueError, match="moved"):
+        layers.decode(cachegen.encode(kv.half()), ids)
 
 
 def setup_blob(layout="flash-hnd", dtype=torch.float16):

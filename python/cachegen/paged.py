@@ -178,11 +178,12 @@ class PagedCache:
 class PagedLayers:
     """Every layer's cache of one engine, read and checked once (addresses, geometry, dtype,
     device): views and decodes then only build a request's block table. An engine that loads
-    chunk after chunk keeps one (build it again if the caches are reallocated).
+    chunk after chunk keeps one; a torch cache whose memory moved since (`set_`, `resize_`) is
+    refused, so build it again if the caches are reallocated.
     `PagedLayers.of(layer_caches, layout)` makes one."""
 
     caches: Sequence[Any]
-    addresses: tuple[int, ...]
+    placements: tuple[tuple[int, tuple[int, ...], tuple[int, ...]], ...]  # address, shape, strides
     geometry: tuple[PageGeometry, ...]
     dtype: str
     device: int | None
@@ -206,18 +207,25 @@ class PagedLayers:
         framework = "torch" if is_torch(layer_caches[0]) else "numpy"
         if device is not None and framework != "torch":
             framework = "cupy"
-        addresses = tuple(r[0] for r in raws)
-        return cls(layer_caches, addresses, geometry, dtypes.pop(), device, framework)
+        placements = tuple((r[0], tuple(r[1]), tuple(r[2])) for r in raws)
+        return cls(layer_caches, placements, geometry, dtypes.pop(), device, framework)
+
+    def _check_unmoved(self) -> None:
+        """Refuse caches whose memory moved since `of` (only torch tensors can, in place)."""
+        for c, placed in zip(self.caches, self.placements, strict=True):
+            if is_torch(c) and (c.data_ptr(), tuple(c.shape), tuple(c.stride())) != placed:
+                raise ValueError("a layer cache moved since PagedLayers.of; build it again")
 
     def views(self, block_ids: Any, num_tokens: int) -> PagedCache:
         """Views of tokens [0, num_tokens) in blocks `block_ids` of each layer's cache."""
         if not isinstance(num_tokens, int | np.integer) or num_tokens < 1:
             raise ValueError(f"num_tokens must be a positive int, got {num_tokens!r}")
+        self._check_unmoved()
         g0 = self.geometry[0]
         table = _block_table(block_ids, int(num_tokens), g0.block_size, g0.num_blocks)
         item = DTYPE_SIZES[self.dtype]
         groups = []
-        for address, g in zip(self.addresses, self.geometry, strict=True):
+        for (address, _, _), g in zip(self.placements, self.geometry, strict=True):
             paging = Paging(table.ctypes.data, g.block_size, g.num_blocks, g.s_block)
             for p in (g.k, g.v):
                 strides = (p.s_token, p.s_head, p.s_dim)
