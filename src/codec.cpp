@@ -343,7 +343,7 @@ void decode_fused(const ParsedBlob& blob, const uint8_t* data, uint64_t call, Cp
   const bool row_by_row = !stream && v.block_table;
   // A vector path decodes straight into the rows (decode_rows_*): the output's, prefetched a
   // tile at a time first where they are paged and written through the caches, or the staging
-  // tile's.
+  // tile's. rows_fuse means whole rows are whole steps, so every tile starts at lane 0.
   const bool fuse = path != CpuPath::Scalar && rows_fuse(runs);
   const bool prefetch_tile = row_by_row && placement != Placement::Staged;
   RowWalk at(v, s.token_begin, end), ahead(v, row_by_row ? s.token_begin : end, end);
@@ -352,32 +352,33 @@ void decode_fused(const ParsedBlob& blob, const uint8_t* data, uint64_t call, Cp
   for (uint32_t k0 = 0, n; k0 < s.token_count; k0 += n) {
     const uint32_t t0 = s.token_begin + k0;
     n = tile_rows(v, t0, k0, s.token_count, rows);
-    // Raw rows (the sink) are the group's first tokens, so a tile's are a prefix of it.
+    // Raw rows (the sink) are the group's first tokens, so a tile's are a prefix of it: their
+    // symbols (zeros) are decoded and passed over, the rows stored verbatim.
     const uint32_t raw = p.raw_rows > t0 ? std::min(n, p.raw_rows - t0) : 0;
-    for (uint32_t k = 0; k < n; ++k, at.next())
-      if (k >= raw)
-        dsts[k] = placement == Placement::Staged ? staged + (k - raw) * row_bytes : at.row();
-    if (fuse && raw == 0 && r.lane == 0 && r.channel == 0) {
-      for (uint32_t k = 0; prefetch_tile && k < n; ++k) prefetch_row(v, dsts[k]);
+    if (raw) decode_symbols(path, r, t, (size_t)raw * C, tile);
+    for (uint32_t k = 0; k < raw; ++k, at.next())
+      store_row(v, t0 + k, p.raw.data() + (size_t)(t0 + k) * C);
+    const uint32_t m = n - raw, q0 = t0 + raw;  // the tile's quantized rows
+    for (uint32_t k = 0; k < m; ++k, at.next())
+      dsts[k] = placement == Placement::Staged ? staged + k * row_bytes : at.row();
+    const float* a = p.a.data() + q0;
+    if (fuse) {
+      for (uint32_t k = 0; prefetch_tile && k < m; ++k) prefetch_row(v, dsts[k]);
       on_path(path, decode_rows_scalar, decode_rows_avx2, decode_rows_avx512)(
-          r, t, n, {p.a.data() + t0, p.b.data(), p.o.data(), runs, v.dtype, dsts});
+          r, t, m, {a, p.b.data(), p.o.data(), runs, v.dtype, dsts});
     } else {
-      decode_symbols(path, r, t, (size_t)n * C, tile);
-      for (uint32_t k = 0; k < raw; ++k) store_row(v, t0 + k, p.raw.data() + (size_t)(t0 + k) * C);
-      if (!row_by_row)
-        dequantize_tile(path, tile + (size_t)raw * C, p.a.data() + t0 + raw, p, n - raw, runs,
-                        v.dtype, dsts + raw);
-      for (uint32_t k = raw; row_by_row && k < n; ++k) {
-        dequantize_tile(path, tile + (size_t)k * C, p.a.data() + t0 + k, p, 1, runs, v.dtype,
-                        dsts + k);
+      decode_symbols(path, r, t, (size_t)m * C, tile);
+      if (!row_by_row) dequantize_tile(path, tile, a, p, m, runs, v.dtype, dsts);
+      for (uint32_t k = 0; row_by_row && k < m; ++k) {
+        dequantize_tile(path, tile + (size_t)k * C, a + k, p, 1, runs, v.dtype, dsts + k);
         if (ahead.token() < end) {
           prefetch_row(v, ahead.row());
           ahead.next();
         }
       }
     }
-    if (placement == Placement::Staged && n > raw)
-      store_native_rows(v, t0 + raw, n - raw, staged, path == CpuPath::Avx512);
+    if (placement == Placement::Staged && m)
+      store_native_rows(v, q0, m, staged, path == CpuPath::Avx512);
   }
   stream_fence();  // the segment's non-temporal stores, if any, land before it is reported done
   r.finish();
