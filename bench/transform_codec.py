@@ -25,7 +25,6 @@ bench/results/transform_codec.md.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -33,7 +32,14 @@ from pathlib import Path
 import torch
 
 import cachegen
-from cachegen.transform import Rope, Transform, forward, inverse, learn_transform
+from cachegen.transform import (
+    Rope,
+    Transform,
+    coefficient_config,
+    forward,
+    inverse,
+    learn_transform,
+)
 from ladder_models import PLAIN, Variant, codings, curve, pooled, run
 from ladder_report import TARGETS, reference_bits
 from lib.cli import add_scoring_args, ints, words
@@ -87,7 +93,7 @@ def transform_codings(levels: list[int], prefix: str, pair_spread: bool = False)
     out = {}
     for lv in levels:
         c = cachegen.CodecConfig.from_level(lv)
-        out[f"{prefix}{lv}"] = dataclasses.replace(c, key_spread=0.0)
+        out[f"{prefix}{lv}"] = coefficient_config(c)
         if pair_spread:
             out[f"ts{lv}"] = c
     return out
@@ -97,7 +103,7 @@ def decode_cost(model: str, doc: str, t: Transform, prefix: int) -> dict[str, fl
     """Seconds (median of 5, one thread) to decode level `DECODE_LEVEL` plain, and with the
     transform: the coefficients' decode and the inverse transform."""
     kv = prefix_cache(model, doc, prefix)
-    config = dataclasses.replace(cachegen.CodecConfig.from_level(DECODE_LEVEL), key_spread=0.0)
+    config = coefficient_config(cachegen.CodecConfig.from_level(DECODE_LEVEL))
     plain = cachegen.encode(kv, level=DECODE_LEVEL)
     coded = cachegen.encode(forward(kv, t), config=config)
     coeffs = list(cachegen.decode(coded, threads=1))
@@ -170,7 +176,7 @@ def main() -> None:
     models, docs, fit = words(a.models), words(a.docs), tuple(words(a.fit))
     info = run_info(", ".join(models), a.prefix, a.cont)
     spreads = {"t": 0.0, "tw": cachegen.config.LEVEL_KEY_SPREAD}
-    rows = run(models, docs, codings(levels, levels, refs), a.prefix, a.cont, PLAIN)
+    rows = run(models, docs, codings(levels, levels, [], refs), a.prefix, a.cont, PLAIN)
     for name, spread in spreads.items():
         variant = transform_variant(fit, a.prefix, spread)
         todo = transform_codings(levels, name, pair_spread=spread == 0)

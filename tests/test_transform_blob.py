@@ -136,15 +136,69 @@ def test_missing_transform_is_typed_and_writes_nothing(blob, transform, kv, give
     assert (out == 3).all()
 
 
-def test_transform_with_a_profile_lossless_or_on_a_gpu_is_refused(transform, kv) -> None:
-    ones = ((1.0,) * HEADS,) * LAYERS
-    profile = cachegen.ModelProfile("test", ones, ones)
-    with pytest.raises(ValueError, match="profile"):
-        cachegen.encode(kv, 20, transform=transform, profile=profile)
+def test_transform_lossless_or_on_a_gpu_is_refused(transform, kv) -> None:
     with pytest.raises(ValueError, match="host"):
         cachegen.encode(kv, 20, transform=transform, device="cuda")
     with pytest.raises(ValueError, match="lossless"):
         cachegen.encode(kv, cachegen.LOSSLESS, transform=transform)
+
+
+def profile_of(heads: tuple[float, ...], bands: tuple[float, ...] = (), seed: int = 0):
+    """A profile with these head weights in every layer, K and V, and an importance model."""
+    rng = np.random.default_rng(seed)
+    importance = tuple(tuple(rng.normal(0, 0.5, HEADS * DIM // 2)) for _ in range(LAYERS))
+    w = (heads,) * LAYERS
+    return cachegen.ModelProfile("test", w, w, importance=importance, key_bands=bands)
+
+
+def test_transform_takes_a_profile_by_layer_not_by_head_or_band(transform, kv) -> None:
+    # Head weights 1 and 4 (geometric mean 2) and any key bands code like 2 in every head.
+    flat = cachegen.encode(kv, 20, transform=transform, profile=profile_of((2.0, 2.0)))
+    spread = profile_of((1.0, 4.0), bands=(0.5, 2.0))
+    assert cachegen.encode(kv, 20, transform=transform, profile=spread) == flat
+    assert flat != cachegen.encode(kv, 20, transform=transform, profile=profile_of((1.0, 1.0)))
+    out = cachegen.decode(flat, transforms=transform, dtype="float32")
+    rms = np.sqrt(np.mean(np.square(out - kv)) / np.mean(np.square(kv)))
+    assert 0 < rms < 0.4
+
+
+def test_transform_encode_reads_importance_on_raw_keys(transform, kv, monkeypatch) -> None:
+    import cachegen.plan
+
+    seen = []
+    scores = cachegen.plan.token_scores
+    monkeypatch.setattr(
+        cachegen.plan, "token_scores", lambda src, *a: seen.append(src) or scores(src, *a)
+    )
+    cachegen.encode(kv, 20, transform=transform, profile=profile_of((1.0, 1.0)))
+    assert len(seen) == LAYERS and all(src is kv for src in seen)
+
+
+def test_transform_plan_reads_importance_on_raw_keys(kv) -> None:
+    from cachegen.plan import plan_encode
+    from cachegen.tensors import views
+    from cachegen.transform import coefficient_config, coefficient_profile
+
+    t = learn_transform([cache(1, 400)], Rope.from_thetas([1e4, 1e5], DIM))
+    profile = profile_of((1.0, 4.0), bands=(0.5, 2.0))
+    config = coefficient_config(cachegen.CodecConfig.from_level(20))
+    coefficients = forward(kv, t)
+    raw = plan_encode(kv, views(kv), config, profile)
+    coded = plan_encode(
+        coefficients,
+        views(coefficients),
+        config,
+        coefficient_profile(profile),
+        keys=(kv, views(kv)),
+    )
+    on_coefficients = plan_encode(
+        coefficients, views(coefficients), config, coefficient_profile(profile)
+    )
+    for r, c, wrong in zip(raw.groups, coded.groups, on_coefficients.groups, strict=True):
+        np.testing.assert_array_equal(c.token_weights, r.token_weights)
+        assert c.param == pytest.approx(r.param, rel=1e-12)
+        assert (c.channel_weights == 1).all() and not (r.channel_weights == 1).all()
+        assert not np.array_equal(wrong.token_weights, r.token_weights)
 
 
 def test_transform_that_does_not_fit_the_cache_is_typed(transform) -> None:

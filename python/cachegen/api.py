@@ -35,6 +35,7 @@ from .transform import (
     Transforms,
     coefficient_buffers,
     coefficient_config,
+    coefficient_profile,
     forward,
     inverse_groups,
     resolve,
@@ -119,23 +120,25 @@ def encode(
             without its key spread, and names the transform by digest (format version 5);
             decoding needs the transform (`decode(..., transforms=...)`). Host caches (numpy
             or CPU torch, fp16/bf16/fp32, stacked or per-layer pairs) and host blobs only; not
-            with a profile (its weights read raw key channels) or the lossless level.
+            the lossless level. With a `profile`, its weight per layer and K/V and its token
+            importance (predicted from the raw keys) apply, not its weights per head or key
+            band (`transform.coefficient_profile`).
     """
     config = _config(level, config)
-    record = None
+    record = keys = None
     if transform is not None:
-        if profile is not None:
-            raise ValueError("a profile weighs raw key channels: not with a transform")
         if "lossless" in (config.key_quantizer, config.value_quantizer):
             raise ValueError("lossless coding keeps the cache's own bits: not with a transform")
         if device not in (None, "cpu"):
             raise ValueError("a transform-coded blob is encoded on the host")
+        if profile is not None:
+            keys, profile = (kv, views(kv)), coefficient_profile(profile)
         kv, config = forward(kv, transform, position), coefficient_config(config)
         record = (bytes.fromhex(transform.digest()), position)
     v = views(kv)
     target = devices.encode_target(device, v)
     n = dispatch.threads_arg(threads)
-    plan = plan_encode(kv, v, config, profile, position, context_end, n)
+    plan = plan_encode(kv, v, config, profile, position, context_end, n, keys)
     return dispatch.encode(dataclasses.replace(plan, transform=record), v, target, n)
 
 

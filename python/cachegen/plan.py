@@ -103,10 +103,13 @@ def plan_encode(
     position: int = 0,
     context_end: int | None = None,
     threads: int = 1,
+    keys: tuple[Any, KVViews] | None = None,
 ) -> EncodePlan:
     """The plan for the groups `v` describes; `kv` is what they view (read only for a profile's
     importance on a GPU: see `importance.layer_keys`). `position` is the context position of
-    the cache's first token, `context_end` one past its last (default: the cache's end)."""
+    the cache's first token, `context_end` one past its last (default: the cache's end).
+    `keys`: the cache (and its views) whose keys the profile's importance reads, where the
+    groups hold something else (a transform's coefficients); default `kv`, `v`."""
     if profile is not None:
         profile.check(v.groups)
     tokens = max(g.tokens for g in v.groups)
@@ -124,7 +127,9 @@ def plan_encode(
         params = config.layer_params(layer, num_layers)
         token_w = None  # K's and V's alike
         if any(q == _TOKEN for q, _ in params):
-            token_w = _layer_token_weights(kv, v, layer, place(pair[0].tokens), profile, threads)
+            token_w = _layer_token_weights(
+                keys or (kv, v), layer, place(pair[0].tokens), profile, threads
+            )
         for side, (group, (quantizer, param)) in enumerate(zip(pair, params, strict=True)):
             if quantizer != _TOKEN:
                 groups.append(GroupPlan(group, quantizer, param, config.max_tables))
@@ -164,8 +169,7 @@ def _key_spread(
 
 
 def _layer_token_weights(
-    kv: Any,
-    v: KVViews,
+    keys: tuple[Any, KVViews],
     layer: int,
     place: np.ndarray | None,
     profile: ModelProfile | None,
@@ -175,7 +179,7 @@ def _layer_token_weights(
     profile predicts from its keys."""
     if profile is None or not profile.importance:
         return _float32(place)
-    w = importance_weights(token_scores(kv, v, layer, profile.importance[layer], threads))
+    w = importance_weights(token_scores(*keys, layer, profile.importance[layer], threads))
     if place is not None:
         w = np.clip(w * place, TOKEN_WEIGHT_BOUNDS[0], TOKEN_WEIGHT_BOUNDS[1])
     return _float32(w)

@@ -35,6 +35,7 @@ import numpy as np
 from ._core import FormatError
 from .config import CodecConfig
 from .kvstats import key_channel_weights
+from .profile import ModelProfile
 from .tensors import dtype_name, group_arrays, is_torch
 
 if TYPE_CHECKING:
@@ -260,6 +261,18 @@ def coefficient_config(config: CodecConfig) -> CodecConfig:
     """`config` for coefficients: without the key spread, whose RoPE-pair statistics mean
     nothing in the transform's coordinates."""
     return dataclasses.replace(config, key_spread=0.0, key_spread_auto=False)
+
+
+def coefficient_profile(profile: ModelProfile) -> ModelProfile:
+    """`profile` for coefficients: each layer's K and V weight (the geometric mean over its
+    heads) and the importance model, which reads the raw keys (`plan_encode(keys=...)`); not
+    the weights per head or key band, which weigh raw channels that a coefficient mixes."""
+
+    def flat(side: int) -> tuple[tuple[float, ...], ...]:
+        heads = (profile.key_weights, profile.value_weights)[side]
+        return tuple((profile.layer_weight(i, side),) * len(h) for i, h in enumerate(heads))
+
+    return dataclasses.replace(profile, key_weights=flat(0), value_weights=flat(1), key_bands=())
 
 
 #: Where a store keeps transforms: `transform/<digest>`.

@@ -82,19 +82,25 @@ def test_collection_keeps_the_transform(store: Store, transform) -> None:
     assert ctx.load(1, 20).shape[2] == 200 - CHUNK
 
 
-def test_transform_with_a_profile_writes_nothing(store: Store, transform) -> None:
-    ones = ((1.0, 1.0),) * 2
-    with pytest.raises(ValueError, match="profile"):
-        save_context(
-            store,
-            MODEL,
-            ids(200),
-            make_kv(200),
-            chunk_tokens=CHUNK,
-            profile=cachegen.ModelProfile("m", ones, ones),
-            transform=transform,
-        )
-    assert store.list() == []
+def test_transform_with_a_profile_codes_each_chunk_with_it(store: Store, transform) -> None:
+    kv, weights = make_kv(300), ((1.0, 3.0),) * 2
+    profile = cachegen.ModelProfile("m", weights, weights)
+    save_context(
+        store,
+        MODEL,
+        ids(300),
+        kv,
+        chunk_tokens=CHUNK,
+        levels=LEVELS,
+        profile=profile,
+        transform=transform,
+    )
+    ctx = open_context(store, MODEL, ids(300), chunk_tokens=CHUNK)
+    for i, c in enumerate(ctx.chunks):
+        part, where = kv[:, :, c.start : c.stop], {"position": c.start, "context_end": 300}
+        blob = cachegen.encode(part, 20, transform=transform, profile=profile, **where)
+        assert ctx.fetch(i, 20) == blob
+        assert blob != cachegen.encode(part, 20, transform=transform, **where)
 
 
 def test_manifest_records_the_levels_as_coded(store: Store, transform) -> None:

@@ -286,15 +286,14 @@ def save_context(
     only `open_context` with the same salt finds them, and only chunks of that salt are reused.
     `auth_key` (at least 16 bytes, or a str) MACs every object written, so that only readers
     with the key use them, and only chunks MAC'd with it are reused.
-    `transform` (a `cachegen.transform.Transform` of this model; not with a profile) codes
-    every chunk's coefficients (`cachegen.encode(..., transform=)`): the transform is stored
+    `transform` (a `cachegen.transform.Transform` of this model) codes every chunk's
+    coefficients (`cachegen.encode(..., transform=)`, with the profile's layer weights and
+    token importance if one is given): the transform is stored
     first under `transform/<digest>`, the manifest and chunk records name it, and only chunks
     coded with the same transform are reused. `Context.load` finds it in the store.
     """
     tokens = token_array(token_ids)
     levels = _check_save_args(tokens, kv, levels, quality)
-    if transform is not None and profile is not None:
-        raise ValueError("a profile weighs raw key channels: not with a transform")
     digest = None
     if transform is not None:
         put_transform(store, transform)  # before any blob that names it
