@@ -124,6 +124,26 @@ def test_profile_scales_layer_steps_and_channels():
     np.testing.assert_array_equal(v.channel_weights, np.ones(HEADS * DIM, np.float32))
 
 
+def test_importance_strength_is_the_power_of_the_predicted_mass():
+    kv = synthetic_kv(LAYERS, TOKENS, HEADS, DIM)
+    row = tuple(np.linspace(-0.2, 0.2, HEADS * DIM // 2))
+    ones = ((1.0,) * HEADS,) * LAYERS
+    profile = cachegen.ModelProfile("test", ones, ones, importance=(row,) * LAYERS)
+    flat = dataclasses.replace(LEVEL, recency=0.0)
+    weights = {
+        s: plan_of(kv, dataclasses.replace(flat, importance_strength=s), profile=profile)
+        .groups[0]
+        .token_weights
+        for s in (0.0, 0.15, 0.45)
+    }
+    assert (weights[0.0] == 1).all()
+    log15, log45 = np.log(weights[0.15].astype(np.float64)), np.log(weights[0.45])
+    assert np.ptp(log15) > 0.05
+    np.testing.assert_allclose(log45, 3 * log15, atol=1e-5)
+    with pytest.raises(ValueError, match="importance_strength"):
+        dataclasses.replace(flat, importance_strength=1.5)
+
+
 def test_profile_importance_multiplies_the_recency_weights():
     kv = synthetic_kv(LAYERS, TOKENS, HEADS, DIM)
     row = tuple(np.linspace(-1, 1, HEADS * DIM // 2))
@@ -132,7 +152,7 @@ def test_profile_importance_multiplies_the_recency_weights():
     plan = plan_of(kv, profile=profile)
     v = views(kv)
     for layer in range(LAYERS):
-        importance = importance_weights(token_scores(kv, v, layer, row, 1))
+        importance = importance_weights(token_scores(kv, v, layer, row, 1), 0.15)  # default
         want = np.clip(importance * recency(np.arange(TOKENS), TOKENS), 2.0**-14, 2.0**14)
         for g in plan.groups[2 * layer : 2 * layer + 2]:
             np.testing.assert_array_equal(g.token_weights, want.astype(np.float32))

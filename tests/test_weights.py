@@ -189,7 +189,7 @@ def test_importance_fit_recovers_a_planted_model():
 
 
 def test_importance_weights_follow_the_score():
-    w = importance_weights(np.linspace(-40, 40, 81))
+    w = importance_weights(np.linspace(-40, 40, 81), 0.15)
     assert np.all(np.diff(w) <= 0) and w[0] > 1 > w[-1]  # more attention, finer step
     assert w.max() == IMPORTANCE_BOUND and w.min() == 1 / IMPORTANCE_BOUND
     mid = w[38:43]  # unclipped: mass^-strength
@@ -210,7 +210,7 @@ def test_profile_importance_scales_token_steps():
     weighted = cachegen.quantize(kv, config=PLAIN, profile=prof)
     for i, (p, w) in enumerate(zip(plain, weighted, strict=True)):
         scores = pair_magnitudes(kv[i // 2, 0]) @ prof.importance[i // 2]
-        want = importance_weights(scores)
+        want = importance_weights(scores, PLAIN.importance_strength)
         # K and V of a layer alike; each step rounded to the 1/8-octave grid
         ratio = np.log2(w.a / p.a) - np.log2(want)
         assert np.abs(ratio).max() <= 1 / 8 + 1e-3 and abs(ratio.mean()) < 0.03

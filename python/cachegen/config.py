@@ -98,7 +98,11 @@ _REFERENCE_BINS: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
 
 
 # Settings added after stored contexts began recording settings, with their defaults.
-_ADDED_SETTINGS: dict[str, Any] = {"key_center": False, "key_spread_auto": False}
+_ADDED_SETTINGS: dict[str, Any] = {
+    "key_center": False,
+    "key_spread_auto": False,
+    "importance_strength": 0.15,
+}
 
 
 def _schedule(cuts: Sequence[float], values: Sequence[int]) -> Schedule:
@@ -141,6 +145,10 @@ class CodecConfig:
         level: recorded in the blob (0 for a custom config).
         key_spread_auto: the key spread's power is instead read per layer from the keys'
             outlier ratio, within [-key_spread, key_spread] (`cachegen.kvstats.spread_strength`).
+        importance_strength: with a profile that predicts token importance, each token's step
+            is scaled by its predicted attention mass to the power -importance_strength
+            (`cachegen.importance`; 0.5 would be the high-rate optimum for a perfect predictor,
+            the prediction is rough: a smaller power pays off better).
     """
 
     key_quantizer: str = "token"
@@ -155,6 +163,7 @@ class CodecConfig:
     key_center: bool = False
     level: int = 0
     key_spread_auto: bool = False
+    importance_strength: float = 0.15
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -171,6 +180,8 @@ class CodecConfig:
             raise ValueError("sink_tokens must be >= 0 and recency in [0, 2]")
         if not 0.0 <= self.key_spread <= 1.0:
             raise ValueError("key_spread must be in [0, 1]")
+        if not 0.0 <= self.importance_strength <= 1.0:
+            raise ValueError("importance_strength must be in [0, 1]")
         if self.key_spread_auto and self.key_spread == 0.0:
             raise ValueError("key_spread_auto needs key_spread > 0 (its bound)")
         if self.key_center and self.key_quantizer != "token":

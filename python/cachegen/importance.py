@@ -6,7 +6,7 @@ key; RoPE rotates each channel pair (i, i + head_dim/2) by an angle set by the p
 pairs' magnitudes are position-free features of it. A calibrated `ModelProfile` holds, per
 layer, a linear model of the log attention mass a token receives from those magnitudes
 (`ModelProfile.importance`, fitted by `cachegen.calibrate`); encoding scales each token's step
-by its predicted mass to the power -`IMPORTANCE_STRENGTH`.
+by its predicted mass to the power -strength (`CodecConfig.importance_strength`).
 """
 
 from __future__ import annotations
@@ -19,9 +19,6 @@ import numpy as np
 from . import _core
 from .tensors import GroupView, KVViews, array_group, current_stream, device_of, to_host
 
-#: Exponent from predicted attention mass to step weight (0.5 would be the high-rate optimum
-#: for a perfect predictor; the prediction is rough, a smaller exponent pays off better).
-IMPORTANCE_STRENGTH = 0.15
 #: Importance weights stay within [1/8, 8] of the layer's geometric mean.
 IMPORTANCE_BOUND = 8.0
 
@@ -85,10 +82,10 @@ def token_scores(
     return layer_magnitudes(kv, v, layer, threads) @ np.asarray(coefficients, dtype=np.float64)
 
 
-def importance_weights(scores: np.ndarray) -> np.ndarray:
+def importance_weights(scores: np.ndarray, strength: float) -> np.ndarray:
     """Per-token step weights from a layer's scores: (predicted mass)^-strength, bounded,
     relative to the layer's geometric mean."""
-    log_w = -IMPORTANCE_STRENGTH * (scores - scores.mean()) / np.log(2.0)
+    log_w = -strength * (scores - scores.mean()) / np.log(2.0)
     bound = np.log2(IMPORTANCE_BOUND)
     return 2.0 ** np.clip(log_w, -bound, bound)
 

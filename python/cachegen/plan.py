@@ -128,7 +128,7 @@ def plan_encode(
         token_w = None  # K's and V's alike
         if any(q == _TOKEN for q, _ in params):
             token_w = _layer_token_weights(
-                keys or (kv, v), layer, place(pair[0].tokens), profile, threads
+                keys or (kv, v), layer, place(pair[0].tokens), profile, config, threads
             )
         for side, (group, (quantizer, param)) in enumerate(zip(pair, params, strict=True)):
             if quantizer != _TOKEN:
@@ -173,13 +173,15 @@ def _layer_token_weights(
     layer: int,
     place: np.ndarray | None,
     profile: ModelProfile | None,
+    config: CodecConfig,
     threads: int,
 ) -> np.ndarray | None:
     """A layer's token step weights: its place in the context times the importance the
     profile predicts from its keys."""
     if profile is None or not profile.importance:
         return _float32(place)
-    w = importance_weights(token_scores(*keys, layer, profile.importance[layer], threads))
+    scores = token_scores(*keys, layer, profile.importance[layer], threads)
+    w = importance_weights(scores, config.importance_strength)
     if place is not None:
         w = np.clip(w * place, TOKEN_WEIGHT_BOUNDS[0], TOKEN_WEIGHT_BOUNDS[1])
     return _float32(w)

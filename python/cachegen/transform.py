@@ -257,10 +257,22 @@ def resolve(digest: str, transforms: Transforms | None) -> Transform:
     return found
 
 
+#: A profile's token importance weighs coefficients this strongly
+#: (`CodecConfig.importance_strength`): measured best at 0.35-0.5 on tuning texts, where the
+#: ladder's raw channels take 0.15 (`bench/results/transform_profile.md`).
+COEFFICIENT_IMPORTANCE = 0.35
+
+
 def coefficient_config(config: CodecConfig) -> CodecConfig:
     """`config` for coefficients: without the key spread, whose RoPE-pair statistics mean
-    nothing in the transform's coordinates."""
-    return dataclasses.replace(config, key_spread=0.0, key_spread_auto=False)
+    nothing in the transform's coordinates, and with a profile's token importance at
+    `COEFFICIENT_IMPORTANCE`."""
+    return dataclasses.replace(
+        config,
+        key_spread=0.0,
+        key_spread_auto=False,
+        importance_strength=COEFFICIENT_IMPORTANCE,
+    )
 
 
 def coefficient_profile(profile: ModelProfile) -> ModelProfile:

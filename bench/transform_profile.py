@@ -1,0 +1,189 @@
+"""A calibrated profile in front of the KLT, at equal KL: the profile's weight per layer and K/V
+and its token importance (read on the raw keys) on the transform's coefficients, against the
+ladder with the same profile and the CacheGen reference, on real models.
+
+    OPENBLAS_NUM_THREADS=1 python bench/calibrate_time.py --model gemma3 --out /tmp/gemma3.json
+    OPENBLAS_NUM_THREADS=1 python bench/transform_profile.py --models smollm2,gemma3 \\
+        --profile gemma3=/tmp/gemma3.json --docs GPL-3,python:argparse,Apache-2.0,MPL-2.0 \\
+        --levels 1,2,3,5,8,10,13,15,18,20,24,27 --refs 1,2,3,4,5 --cont 128
+
+SmolLM2 takes its shipped profile unless `--profile smollm2=PATH` names another. The transform
+is `bench/transform_codec.py`'s (learned on `--fit`, the texts calibration tunes on); the
+documents scored are never tuned on. Per level: bits/element of the whole blob and mean KL of
+the continuation for the ladder with the profile (`cgpN`), the transform without a profile
+(`tN`) and with it (`tpN`); then each curve's bits at the KL targets (log-KL interpolation;
+"<= x": the curve's coarsest level already beats the target, so x bounds its bits there) and
+their ratios to the reference's. Results are stored and resumed as `bench/ladder_models.py`
+does. Writes transform_profile.json and prints the tables of bench/results/transform_profile.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+from pathlib import Path
+
+import torch
+
+import cachegen
+from cachegen import profiles
+from cachegen.transform import coefficient_config
+from ladder_models import PLAIN, Variant, codings, curve, pooled, run
+from ladder_report import TARGETS, reference_bits
+from lib.cli import add_scoring_args, ints, words
+from lib.kvquality import Result, load_document
+from lib.kvquality.methods import KV, Method
+from lib.kvquality.report import run_info
+from transform_codec import transform_of
+
+RESULTS = Path(__file__).resolve().parent / "results"
+CURVES = {"cgp": "ladder + profile", "t": "KLT", "tp": "KLT + profile", "ref": "reference"}
+
+
+def profile_paths(specs: list[str]) -> dict[str, str]:
+    """`model=path` pairs; SmolLM2's shipped profile unless one is named for it."""
+    paths = {"smollm2": str(profiles.path(profiles.SMOLLM2))}
+    return paths | dict(s.split("=", 1) for s in specs)
+
+
+@functools.cache
+def profile_of(path: str) -> cachegen.ModelProfile:
+    return cachegen.ModelProfile.load(path)
+
+
+def coded(transform, profile: cachegen.ModelProfile | None, key: str, config) -> Method:
+    """The transform's blob (`cachegen.encode(..., transform=, profile=)`) and its decode."""
+
+    def encode(kv: KV) -> bytes:
+        return cachegen.encode(kv, config=config, transform=transform, profile=profile)
+
+    def decode(blob: bytes, like: KV) -> KV:
+        return list(cachegen.decode(blob, transforms=transform))
+
+    return Method(key, key, encode, decode)
+
+
+def variants(fit: tuple[str, ...], prefix: int, paths: dict[str, str]) -> dict[str, Variant]:
+    """How each curve codes a model's cache, tagged with what it adds to the codec."""
+
+    def t(model: str):
+        return transform_of(model, fit, prefix, 0.0)
+
+    def p(model: str) -> cachegen.ModelProfile:
+        return profile_of(paths[model])
+
+    def ladder(model: str, key: str, config) -> Method:
+        def encode(kv: KV) -> bytes:
+            return cachegen.encode(kv, config=config, profile=p(model))
+
+        return Method(key, key, encode, lambda blob, like: list(cachegen.decode(blob)))
+
+    return {
+        "cgp": Variant(lambda m: f"prof-{p(m).digest[:12]}|", ladder),
+        "t": Variant(
+            lambda m: f"klt-{t(m).digest()[:16]}|",
+            lambda m, key, c: coded(t(m), None, key, c),
+        ),
+        "tp": Variant(
+            lambda m: f"kltp-{t(m).digest()[:12]}-{p(m).digest[:12]}|",
+            lambda m, key, c: coded(t(m), p(m), key, c),
+        ),
+    }
+
+
+def bits_at(points: list[tuple[float, float]], target: float) -> tuple[float | None, str]:
+    """Bits at `target` and "" (interpolated), or the coarsest point's bits and "<= " where
+    every point is already below the target; (None, "") where none reaches it."""
+    b = reference_bits(points, target)
+    if b is None and points and all(kl < target for _, kl in points):
+        return points[0][0], "<= "
+    return b, ""
+
+
+def equal_kl(rs: dict[str, Result], levels: list[int], refs: list[int]) -> dict:
+    keys = {c: [f"{c}{lv}" for lv in (refs if c == "ref" else levels)] for c in CURVES}
+    return {t: {c: bits_at(curve(rs, keys[c]), t) for c in CURVES} for t in TARGETS}
+
+
+def cell(b: tuple[float | None, str]) -> str:
+    return f"{b[1]}{b[0]:.3f}" if b[0] else "out of range"
+
+
+def ratio(a: tuple[float | None, str], b: tuple[float | None, str]) -> str:
+    return f"{a[1]}{a[0] / b[0]:.3f}" if a[0] and b[0] and not b[1] else "n/a"
+
+
+def ratio_table(at: dict[str, dict]) -> list[str]:
+    lines = [
+        "| model | docs | KL target | " + " | ".join(CURVES.values()) + " | ladder + profile "
+        "/ ref | KLT + profile / ref | KLT + profile / ladder + profile |",
+        "|---|---|--:|" + "--:|" * (len(CURVES) + 3),
+    ]
+    for name, by_target in at.items():
+        for target, b in by_target.items():
+            cells = [cell(b[c]) for c in CURVES]
+            cells += [ratio(b["cgp"], b["ref"]), ratio(b["tp"], b["ref"])]
+            cells.append(ratio(b["tp"], b["cgp"]))
+            lines.append(f"| {name} | {target} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def level_table(p: dict[str, dict[str, Result]], levels: list[int]) -> list[str]:
+    names = [CURVES[c] for c in ("cgp", "t", "tp")]
+    lines = [
+        "| model | level | " + " | ".join(f"{n} bits/elt | {n} KL" for n in names) + " |",
+        "|---|--:|" + "--:|" * 6,
+    ]
+    for m, rs in p.items():
+        for lv in levels:
+            cells = [rs[f"{c}{lv}"] for c in ("cgp", "t", "tp")]
+            txt = " | ".join(f"{r.bits_per_element:.3f} | {r.kl_mean:.2e}" for r in cells)
+            lines.append(f"| {m} | {lv} | {txt} |")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    add_scoring_args(
+        ap, docs="GPL-3,python:argparse,Apache-2.0,MPL-2.0", levels="1,2,3,5,8,10,13,15,18,20,24,27"
+    )
+    ap.add_argument("--fit", default="GPL-2,LGPL-2.1,python:difflib,python:typing")
+    ap.add_argument("--profile", action="append", default=[], help="model=path of its profile")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    a = ap.parse_args()
+    torch.set_num_threads(1)
+    levels, refs = ints(a.levels), ints(a.refs)
+    models, docs, fit = words(a.models), words(a.docs), tuple(words(a.fit))
+    paths = profile_paths(a.profile)
+    info = run_info(", ".join(models), a.prefix, a.cont)
+    rows = run(models, docs, codings([], [], [], refs), a.prefix, a.cont, PLAIN)
+    for name, variant in variants(fit, a.prefix, paths).items():
+        config = coefficient_config if name != "cgp" else (lambda c: c)
+        todo = {f"{name}{lv}": config(cachegen.CodecConfig.from_level(lv)) for lv in levels}
+        rows += run(models, docs, todo, a.prefix, a.cont, variant)
+    p = pooled(rows)
+    at = {f"{m} | pooled": equal_kl(rs, levels, refs) for m, rs in p.items()}
+    for doc in docs:
+        per = pooled([r for r in rows if r["doc"] == load_document(doc).name])
+        at |= {f"{m} | {doc}": equal_kl(rs, levels, refs) for m, rs in per.items()}
+    record = {
+        "run": info,
+        "profiles": {m: profile_of(paths[m]).calibration for m in models},
+        "rows": rows,
+    }
+    (a.out / "transform_profile.json").write_text(json.dumps(record, indent=1) + "\n")
+    md = [
+        "### Bits/element and mean KL per level (pooled over the documents)",
+        "",
+        *level_table(p, levels),
+        "",
+        "### Bits/element at equal KL (log-KL interpolation; reference: CacheGen's quantizer)",
+        "",
+        *ratio_table(at),
+    ]
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
