@@ -11,7 +11,8 @@ SmolLM2 takes its shipped profile unless `--profile smollm2=PATH` names another.
 is `bench/transform_codec.py`'s (learned on `--fit`, the texts calibration tunes on); the
 documents scored are never tuned on. Per level: bits/element of the whole blob and mean KL of
 the continuation for the ladder with the profile (`cgpN`), the transform without a profile
-(`tN`) and with it (`tpN`); then each curve's bits at the KL targets (log-KL interpolation;
+(`tN`) and with it (`tpN`, and `tpxN`: level 1 made 2^(N/4) times as coarse, since its level 1
+is already far below KL 0.05); then each curve's bits at the KL targets (log-KL interpolation;
 "<= x": the curve's coarsest level already beats the target, so x bounds its bits there) and
 their ratios to the reference's. Results are stored and resumed as `bench/ladder_models.py`
 does. Writes transform_profile.json and prints the tables of bench/results/transform_profile.md.
@@ -20,6 +21,7 @@ does. Writes transform_profile.json and prints the tables of bench/results/trans
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -101,8 +103,21 @@ def bits_at(points: list[tuple[float, float]], target: float) -> tuple[float | N
     return b, ""
 
 
+def coarser(steps: int) -> dict[str, cachegen.CodecConfig]:
+    """`xN`: level 1 with both steps 2^(N/4) times as coarse, N = 1..`steps`, for a curve whose
+    level 1 is already below the KL targets (so their bits are measured, not bounded)."""
+    one = cachegen.CodecConfig.from_level(1)
+    return {
+        f"x{n}": dataclasses.replace(
+            one, key_param=one.key_param * 2 ** (n / 4), value_param=one.value_param * 2 ** (n / 4)
+        )
+        for n in range(1, steps + 1)
+    }
+
+
 def equal_kl(rs: dict[str, Result], levels: list[int], refs: list[int]) -> dict:
     keys = {c: [f"{c}{lv}" for lv in (refs if c == "ref" else levels)] for c in CURVES}
+    keys["tp"] += [k for k in rs if k.startswith("tpx")]
     return {t: {c: bits_at(curve(rs, keys[c]), t) for c in CURVES} for t in TARGETS}
 
 
@@ -150,6 +165,7 @@ def main() -> None:
     )
     ap.add_argument("--fit", default="GPL-2,LGPL-2.1,python:difflib,python:typing")
     ap.add_argument("--profile", action="append", default=[], help="model=path of its profile")
+    ap.add_argument("--coarser", type=int, default=4, help="settings coarser than level 1 (tp)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -161,6 +177,8 @@ def main() -> None:
     for name, variant in variants(fit, a.prefix, paths).items():
         config = coefficient_config if name != "cgp" else (lambda c: c)
         todo = {f"{name}{lv}": config(cachegen.CodecConfig.from_level(lv)) for lv in levels}
+        if name == "tp":
+            todo |= {f"tp{k}": config(c) for k, c in coarser(a.coarser).items()}
         rows += run(models, docs, todo, a.prefix, a.cont, variant)
     p = pooled(rows)
     at = {f"{m} | pooled": equal_kl(rs, levels, refs) for m, rs in p.items()}
