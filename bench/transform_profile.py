@@ -104,9 +104,10 @@ def bits_at(points: list[tuple[float, float]], target: float) -> tuple[float | N
 
 
 def coarser(steps: int) -> dict[str, cachegen.CodecConfig]:
-    """`xN`: level 1 with both steps 2^(N/4) times as coarse, N = 1..`steps`, for a curve whose
-    level 1 is already below the KL targets (so their bits are measured, not bounded)."""
-    one = cachegen.CodecConfig.from_level(1)
+    """`xN`: level 1 as coefficients with a profile take it, both steps 2^(N/4) times as
+    coarse, N = 1..`steps`, for a curve whose level 1 is already below the KL targets (so its
+    bits there are measured, not bounded)."""
+    one = coefficient_config(cachegen.CodecConfig.from_level(1), profiled=True)
     return {
         f"x{n}": dataclasses.replace(
             one, key_param=one.key_param * 2 ** (n / 4), value_param=one.value_param * 2 ** (n / 4)
@@ -175,10 +176,9 @@ def main() -> None:
     info = run_info(", ".join(models), a.prefix, a.cont)
     rows = run(models, docs, codings([], [], [], refs), a.prefix, a.cont, PLAIN)
     for name, variant in variants(fit, a.prefix, paths).items():
-        config = coefficient_config if name != "cgp" else (lambda c: c)
-        todo = {f"{name}{lv}": config(cachegen.CodecConfig.from_level(lv)) for lv in levels}
+        todo = {f"{name}{lv}": cachegen.CodecConfig.from_level(lv) for lv in levels}
         if name == "tp":
-            todo |= {f"tp{k}": config(c) for k, c in coarser(a.coarser).items()}
+            todo |= {f"tp{k}": c for k, c in coarser(a.coarser).items()}
         rows += run(models, docs, todo, a.prefix, a.cont, variant)
     p = pooled(rows)
     at = {f"{m} | pooled": equal_kl(rs, levels, refs) for m, rs in p.items()}

@@ -5,6 +5,7 @@ their canonical bytes and a store."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import struct
@@ -199,6 +200,27 @@ def test_transform_plan_reads_importance_on_raw_keys(kv) -> None:
         assert c.param == pytest.approx(r.param, rel=1e-12)
         assert (c.channel_weights == 1).all() and not (r.channel_weights == 1).all()
         assert not np.array_equal(wrong.token_weights, r.token_weights)
+
+
+def test_coefficient_config_of_a_level_and_of_a_custom_config() -> None:
+    from cachegen.transform import (
+        COEFFICIENT_IMPORTANCE,
+        COEFFICIENT_RECENCY,
+        coefficient_config,
+    )
+
+    level = cachegen.CodecConfig.from_level(15)
+    plain = coefficient_config(level)
+    assert plain.key_spread == 0 and not plain.key_spread_auto
+    assert (plain.recency, plain.importance_strength) == (level.recency, 0.15)
+    profiled = coefficient_config(level, profiled=True)
+    assert (profiled.recency, profiled.importance_strength) == (
+        COEFFICIENT_RECENCY,
+        COEFFICIENT_IMPORTANCE,
+    )
+    custom = dataclasses.replace(level, recency=0.5, importance_strength=0.2)
+    kept = coefficient_config(custom, profiled=True)
+    assert (kept.recency, kept.importance_strength, kept.key_spread) == (0.5, 0.2, 0.0)
 
 
 def test_transform_that_does_not_fit_the_cache_is_typed(transform) -> None:

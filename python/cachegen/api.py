@@ -131,9 +131,10 @@ def encode(
             raise ValueError("lossless coding keeps the cache's own bits: not with a transform")
         if device not in (None, "cpu"):
             raise ValueError("a transform-coded blob is encoded on the host")
+        config = coefficient_config(config, profiled=profile is not None)
         if profile is not None:
             keys, profile = (kv, views(kv)), coefficient_profile(profile)
-        kv, config = forward(kv, transform, position), coefficient_config(config)
+        kv = forward(kv, transform, position)
         record = (bytes.fromhex(transform.digest()), position)
     v = views(kv)
     target = devices.encode_target(device, v)

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._core import FormatError
-from .config import CodecConfig
+from .config import LEVELS, CodecConfig
 from .kvstats import key_channel_weights
 from .profile import ModelProfile
 from .tensors import dtype_name, group_arrays, is_torch
@@ -257,22 +257,26 @@ def resolve(digest: str, transforms: Transforms | None) -> Transform:
     return found
 
 
-#: A profile's token importance weighs coefficients this strongly
-#: (`CodecConfig.importance_strength`): measured best at 0.35-0.5 on tuning texts, where the
-#: ladder's raw channels take 0.15 (`bench/results/transform_profile.md`).
+#: A ladder level on coefficients with a profile: its token importance at this power
+#: (`CodecConfig.importance_strength`; the ladder's raw channels take 0.15) and the recency law
+#: at this exponent (`CodecConfig.recency`; otherwise 0.75), both chosen on tuning texts for
+#: SmolLM2 and Gemma-3 (`bench/results/transform_profile.md`; without a profile that recency
+#: cost Gemma-3 bits).
 COEFFICIENT_IMPORTANCE = 0.35
+COEFFICIENT_RECENCY = 1.25
 
 
-def coefficient_config(config: CodecConfig) -> CodecConfig:
+def coefficient_config(config: CodecConfig, profiled: bool = False) -> CodecConfig:
     """`config` for coefficients: without the key spread, whose RoPE-pair statistics mean
-    nothing in the transform's coordinates, and with a profile's token importance at
-    `COEFFICIENT_IMPORTANCE`."""
-    return dataclasses.replace(
-        config,
-        key_spread=0.0,
-        key_spread_auto=False,
-        importance_strength=COEFFICIENT_IMPORTANCE,
-    )
+    nothing in the transform's coordinates. A ladder level as it is (`CodecConfig.from_level`)
+    coded with a profile (`profiled`) also takes `COEFFICIENT_IMPORTANCE` and
+    `COEFFICIENT_RECENCY`; a custom config keeps its own."""
+    out = dataclasses.replace(config, key_spread=0.0, key_spread_auto=False)
+    if profiled and config.level in LEVELS and config == CodecConfig.from_level(config.level):
+        out = dataclasses.replace(
+            out, importance_strength=COEFFICIENT_IMPORTANCE, recency=COEFFICIENT_RECENCY
+        )
+    return out
 
 
 def coefficient_profile(profile: ModelProfile) -> ModelProfile:

@@ -10,7 +10,13 @@ import pytest
 import cachegen
 from cachegen.context import collect_garbage, open_context, save_context
 from cachegen.store import Store
-from cachegen.transform import STORE_PREFIX, Rope, TransformMissing, learn_transform
+from cachegen.transform import (
+    STORE_PREFIX,
+    Rope,
+    TransformMissing,
+    coefficient_config,
+    learn_transform,
+)
 
 MODEL = "test-model"
 CHUNK = 128
@@ -103,14 +109,18 @@ def test_transform_with_a_profile_codes_each_chunk_with_it(store: Store, transfo
         assert blob != cachegen.encode(part, 20, transform=transform, **where)
 
 
-def test_manifest_records_the_levels_as_coded(store: Store, transform) -> None:
-    """Under a transform a level is coded without its key spread, and the ladder's KL table
-    (measured without a transform) is not recorded as if it applied."""
+@pytest.mark.parametrize("profiled", [False, True])
+def test_manifest_records_the_levels_as_coded(store: Store, transform, profiled) -> None:
+    """Under a transform a level is coded without its key spread (and with a profile, with the
+    coefficients' importance power and recency), and the ladder's KL table (measured without
+    a transform) is not recorded as if it applied."""
     from cachegen.context import stored
 
-    save_context(
-        store, MODEL, ids(200), make_kv(200), chunk_tokens=CHUNK, levels=LEVELS, transform=transform
-    )
+    weights = ((1.0, 2.0),) * 2
+    profile = cachegen.ModelProfile("m", weights, weights) if profiled else None
+    kv = make_kv(200)
+    where = {"chunk_tokens": CHUNK, "levels": LEVELS, "transform": transform}
+    save_context(store, MODEL, ids(200), kv, profile=profile, **where)
     ctx = open_context(store, MODEL, ids(200), chunk_tokens=CHUNK)
     key = stored.manifest_key(ctx.chunks[-1].hash)
     body = stored.unseal(key, store.get(key), None)
@@ -119,3 +129,13 @@ def test_manifest_records_the_levels_as_coded(store: Store, transform) -> None:
     level = cachegen.CodecConfig(**body["ladder"]["levels"]["5"])
     assert level.key_spread == 0 and level.key_spread_auto is False
     assert level.key_param == cachegen.CodecConfig.from_level(5).key_param
+    assert level == coefficient_config(cachegen.CodecConfig.from_level(5), profiled)
+    # What the manifest records is what the chunk was coded with.
+    part = kv[:, :, :CHUNK]
+    blob = cachegen.encode(part, config=level, context_end=200, transform=transform)
+    if profiled:
+        assert blob != ctx.fetch(0, 5)  # a profile's head weights differ from none
+        blob = cachegen.encode(
+            part, config=level, context_end=200, transform=transform, profile=profile
+        )
+    assert blob == ctx.fetch(0, 5)

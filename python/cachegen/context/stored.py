@@ -326,7 +326,7 @@ def save_context(
         **_manifest_identity(model_id, chunk_tokens, len(tokens)),
         "codec_version": version,
         "levels": levels,
-        "ladder": _ladder_record(levels, transform is not None),
+        "ladder": _ladder_record(levels, transform is not None, profile is not None),
         "created": time.time(),
         "quality": quality,
         "transform": digest,
@@ -340,13 +340,15 @@ def save_context(
     )
 
 
-def _ladder_record(levels: list[int], transformed: bool = False) -> dict[str, Any]:
+def _ladder_record(
+    levels: list[int], transformed: bool = False, profiled: bool = False
+) -> dict[str, Any]:
     """What each stored level means: the ladder's version, every level's settings as coded and
     the KL measured for it without a profile (`cachegen.targets`); none under a transform,
     whose levels that table does not describe (pass measured ones as `quality`)."""
     configs = {lv: cachegen.CodecConfig.from_level(lv) for lv in levels}
     if transformed:
-        configs = {lv: coefficient_config(c) for lv, c in configs.items()}
+        configs = {lv: coefficient_config(c, profiled) for lv, c in configs.items()}
     kl = None if transformed else {str(lv): cachegen.expected_kl(lv) for lv in levels}
     settings = {str(lv): c.to_json() for lv, c in configs.items()}
     return {"version": LADDER_VERSION, "levels": settings, "expected_kl": kl}
