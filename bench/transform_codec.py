@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -163,13 +164,26 @@ def ratio_table(at: dict[str, dict[float, dict]]) -> list[str]:
     return lines
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    add_scoring_args(
-        ap, docs="GPL-3,python:argparse,Apache-2.0,MPL-2.0", levels="1,5,10,15,20,27,34"
-    )
+def add_transform_args(ap: argparse.ArgumentParser, levels: str) -> None:
+    """The transform benches' options: the scoring ones, the texts the transform is learned on
+    and where results go."""
+    add_scoring_args(ap, docs="GPL-3,python:argparse,Apache-2.0,MPL-2.0", levels=levels)
     ap.add_argument("--fit", default="GPL-2,LGPL-2.1,python:difflib,python:typing")
     ap.add_argument("--out", type=Path, default=RESULTS)
+
+
+def by_scope(rows: list[dict], docs: list[str], measure: Callable[[dict], dict]) -> dict:
+    """`measure` of each model's results pooled over the documents, then of each document's."""
+    at = {f"{m} | pooled": measure(rs) for m, rs in pooled(rows).items()}
+    for doc in docs:
+        per = pooled([r for r in rows if r["doc"] == load_document(doc).name])
+        at |= {f"{m} | {doc}": measure(rs) for m, rs in per.items()}
+    return at
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    add_transform_args(ap, levels="1,5,10,15,20,27,34")
     a = ap.parse_args()
     torch.set_num_threads(1)
     levels, refs = ints(a.levels), ints(a.refs)
@@ -182,10 +196,7 @@ def main() -> None:
         todo = transform_codings(levels, name, pair_spread=spread == 0)
         rows += run(models, docs, todo, a.prefix, a.cont, variant)
     p = pooled(rows)
-    at = {f"{m} | pooled": equal_kl(rs, levels, refs) for m, rs in p.items()}
-    for doc in docs:
-        per = pooled([r for r in rows if r["doc"] == load_document(doc).name])
-        at |= {f"{m} | {doc}": equal_kl(rs, levels, refs) for m, rs in per.items()}
+    at = by_scope(rows, docs, lambda rs: equal_kl(rs, levels, refs))
     transforms = {
         (m, k): transform_of(m, fit, a.prefix, s) for m in models for k, s in spreads.items()
     }

@@ -24,7 +24,6 @@ import argparse
 import dataclasses
 import functools
 import json
-from pathlib import Path
 
 import torch
 
@@ -33,13 +32,12 @@ from cachegen import profiles
 from cachegen.transform import coefficient_config
 from ladder_models import PLAIN, Variant, codings, curve, pooled, run
 from ladder_report import TARGETS, reference_bits
-from lib.cli import add_scoring_args, ints, words
-from lib.kvquality import Result, load_document
+from lib.cli import ints, words
+from lib.kvquality import Result
 from lib.kvquality.methods import KV, Method
 from lib.kvquality.report import run_info
-from transform_codec import transform_of
+from transform_codec import add_transform_args, by_scope, transform_of
 
-RESULTS = Path(__file__).resolve().parent / "results"
 CURVES = {"cgp": "ladder + profile", "t": "KLT", "tp": "KLT + profile", "ref": "reference"}
 
 
@@ -161,13 +159,9 @@ def level_table(p: dict[str, dict[str, Result]], levels: list[int]) -> list[str]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    add_scoring_args(
-        ap, docs="GPL-3,python:argparse,Apache-2.0,MPL-2.0", levels="1,2,3,5,8,10,13,15,18,20,24,27"
-    )
-    ap.add_argument("--fit", default="GPL-2,LGPL-2.1,python:difflib,python:typing")
+    add_transform_args(ap, levels="1,2,3,5,8,10,13,15,18,20,24,27")
     ap.add_argument("--profile", action="append", default=[], help="model=path of its profile")
     ap.add_argument("--coarser", type=int, default=4, help="settings coarser than level 1 (tp)")
-    ap.add_argument("--out", type=Path, default=RESULTS)
     a = ap.parse_args()
     torch.set_num_threads(1)
     levels, refs = ints(a.levels), ints(a.refs)
@@ -181,10 +175,7 @@ def main() -> None:
             todo |= {f"tp{k}": c for k, c in coarser(a.coarser).items()}
         rows += run(models, docs, todo, a.prefix, a.cont, variant)
     p = pooled(rows)
-    at = {f"{m} | pooled": equal_kl(rs, levels, refs) for m, rs in p.items()}
-    for doc in docs:
-        per = pooled([r for r in rows if r["doc"] == load_document(doc).name])
-        at |= {f"{m} | {doc}": equal_kl(rs, levels, refs) for m, rs in per.items()}
+    at = by_scope(rows, docs, lambda rs: equal_kl(rs, levels, refs))
     record = {
         "run": info,
         "profiles": {m: profile_of(paths[m]).calibration for m in models},
