@@ -35,6 +35,9 @@ class BitWriter {
   int fill_ = 0;
 };
 
+// The run of one-bits that starts `w` (its lowest bits): the unary prefix of a code read from it.
+inline uint32_t ones_run(uint64_t w) { return ~w ? (uint32_t)__builtin_ctzll(~w) : 64; }
+
 class BitReader {
  public:
   static constexpr uint32_t kWindow = 56;  // valid bits in every peek()
@@ -64,7 +67,7 @@ class BitReader {
   uint32_t unary(uint32_t limit) {
     for (uint32_t q = 0;;) {
       const uint64_t w = peek();
-      const uint32_t run = ~w ? (uint32_t)__builtin_ctzll(~w) : 64;
+      const uint32_t run = ones_run(w);
       if (run < kWindow) {
         skip(run + 1);
         if ((q += run) > limit) break;
@@ -79,7 +82,7 @@ class BitReader {
   // serves the whole code when it fits, as almost every code does.
   uint32_t rice(int k, uint32_t limit) {
     const uint64_t w = peek();
-    const uint32_t run = ~w ? (uint32_t)__builtin_ctzll(~w) : 64;
+    const uint32_t run = ones_run(w);
     if (run + 1 + (uint32_t)k > kWindow) {
       const uint32_t q = unary(limit);
       return (q << k) | take(k);
@@ -99,12 +102,12 @@ class BitReader {
     uint64_t w = peek();
     uint32_t left = kWindow;  // bits of w not yet used
     for (uint32_t i = 0; i < n; ++i) {
-      uint32_t run = ~w ? (uint32_t)__builtin_ctzll(~w) : 64;
+      uint32_t run = ones_run(w);
       if (run + 1 + (uint32_t)k > left) {
         skip(kWindow - left);
         w = peek();
         left = kWindow;
-        run = ~w ? (uint32_t)__builtin_ctzll(~w) : 64;
+        run = ones_run(w);
         if (run + 1 + (uint32_t)k > kWindow) {  // longer than a window: the general reader
           put(rice(k, limit));
           w = peek();

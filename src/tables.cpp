@@ -186,7 +186,7 @@ void put_golomb(uint32_t v, int k, BitWriter& w) {
 // One window read serves the whole code: at most 13 + 1 + 13 + 11 bits.
 uint32_t get_golomb(int k, BitReader& r) {
   const uint64_t w = r.peek();
-  const uint32_t m = ~w ? (uint32_t)__builtin_ctzll(~w) : 64;
+  const uint32_t m = ones_run(w);
   if (m > 13) throw FormatError("probability table: code out of range");  // u <= 4097 < 2^13
   const uint32_t u = (1u << m) | (uint32_t)((w >> (m + 1)) & ((1u << m) - 1));
   const uint32_t low = (uint32_t)((w >> (2 * m + 1)) & ((1u << k) - 1));
