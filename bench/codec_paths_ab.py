@@ -47,15 +47,15 @@ def op_call(
     args: argparse.Namespace, kv: np.ndarray
 ) -> tuple[Callable[[], Any], Callable[[], bytes]]:
     """The op as a call, and what it gives as bytes (compared across builds)."""
+    if args.op == "vllm-load":
+        return vllm_load(kv)
     blob = cachegen.encode(kv, threads=args.threads)
     if args.op == "encode":
         return (lambda: cachegen.encode(kv, threads=args.threads)), lambda: blob
     if args.op == "inspect":
         return (lambda: cachegen.inspect(blob)), lambda: repr(cachegen.inspect(blob)).encode()
     out = np.empty_like(kv)
-    if args.op == "decode":
-        return (lambda: cachegen.decode(blob, out=out, threads=args.threads)), out.tobytes
-    return vllm_load(kv)
+    return (lambda: cachegen.decode(blob, out=out, threads=args.threads)), out.tobytes
 
 
 def vllm_load(kv: np.ndarray) -> tuple[Callable[[], Any], Callable[[], bytes]]:

@@ -34,7 +34,7 @@ from ladder_models import PLAIN, Variant, codings, curve, pooled, run
 from ladder_report import TARGETS, reference_bits
 from lib.cli import ints, words
 from lib.kvquality import Result
-from lib.kvquality.methods import KV, Method
+from lib.kvquality.methods import KV, Method, codec_method
 from lib.kvquality.report import run_info
 from transform_codec import add_transform_args, by_scope, transform_of
 
@@ -73,14 +73,11 @@ def variants(fit: tuple[str, ...], prefix: int, paths: dict[str, str]) -> dict[s
     def p(model: str) -> cachegen.ModelProfile:
         return profile_of(paths[model])
 
-    def ladder(model: str, key: str, config) -> Method:
-        def encode(kv: KV) -> bytes:
-            return cachegen.encode(kv, config=config, profile=p(model))
-
-        return Method(key, key, encode, lambda blob, like: list(cachegen.decode(blob)))
-
     return {
-        "cgp": Variant(lambda m: f"prof-{p(m).digest[:12]}|", ladder),
+        "cgp": Variant(
+            lambda m: f"prof-{p(m).digest[:12]}|",
+            lambda m, key, c: codec_method(key, key, config=c, profile=p(m)),
+        ),
         "t": Variant(
             lambda m: f"klt-{t(m).digest()[:16]}|",
             lambda m, key, c: coded(t(m), None, key, c),

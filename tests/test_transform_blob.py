@@ -175,15 +175,14 @@ def test_transform_encode_reads_importance_on_raw_keys(transform, kv, monkeypatc
     assert len(seen) == LAYERS and all(src is kv for src in seen)
 
 
-def test_transform_plan_reads_importance_on_raw_keys(kv) -> None:
+def test_transform_plan_reads_importance_on_raw_keys(transform, kv) -> None:
     from cachegen.plan import plan_encode
     from cachegen.tensors import views
     from cachegen.transform import coefficient_config, coefficient_profile
 
-    t = learn_transform([cache(1, 400)], Rope.from_thetas([1e4, 1e5], DIM))
     profile = profile_of((1.0, 4.0), bands=(0.5, 2.0))
     config = coefficient_config(cachegen.CodecConfig.from_level(20))
-    coefficients = forward(kv, t)
+    coefficients = forward(kv, transform)
     raw = plan_encode(kv, views(kv), config, profile)
     coded = plan_encode(
         coefficients,

@@ -188,6 +188,7 @@ class PagedLayers:
     dtype: str
     device: int | None
     framework: str
+    layout: str  # of the views: "stacked" where every layer has the same heads and head dim
 
     @classmethod
     def of(cls, layer_caches: Sequence[Any], layout: str | PagedLayout) -> PagedLayers:
@@ -208,7 +209,9 @@ class PagedLayers:
         if device is not None and framework != "torch":
             framework = "cupy"
         placements = tuple((r[0], tuple(r[1]), tuple(r[2])) for r in raws)
-        return cls(layer_caches, placements, geometry, dtypes.pop(), device, framework)
+        same = len({(g.heads, g.head_dim) for g in geometry}) == 1
+        layout = "stacked" if same else "pairs"
+        return cls(layer_caches, placements, geometry, dtypes.pop(), device, framework, layout)
 
     def _check_unmoved(self) -> None:
         """Refuse caches whose memory moved since `of` (only torch tensors can, in place)."""
@@ -235,9 +238,7 @@ class PagedLayers:
                         start, self.dtype, int(num_tokens), g.heads, g.head_dim, strides, paging
                     )
                 )
-        same = len({(g.heads, g.head_dim) for g in self.geometry}) == 1
-        layout = "stacked" if same else "pairs"
-        v = KVViews(layout, self.framework, self.dtype, groups, self.device, table)
+        v = KVViews(self.layout, self.framework, self.dtype, groups, self.device, table)
         return PagedCache(self.caches, list(self.geometry), table, v)
 
     def read(self, blob: Any) -> PagedBlob:
