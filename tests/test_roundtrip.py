@@ -10,7 +10,7 @@ from kvgen import synthetic_kv
 import cachegen
 
 CONFIGS = [cachegen.CodecConfig.from_level(n) for n in cachegen.LEVELS] + [
-    cachegen.CodecConfig.cachegen_reference(n) for n in (1, 2, 3)
+    cachegen.CodecConfig.cachegen_reference(n) for n in cachegen.config.REFERENCE_LEVELS
 ]
 
 

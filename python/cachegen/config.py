@@ -94,7 +94,11 @@ _REFERENCE_BINS: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {
     # reaches the low-KL targets it is compared at (not levels of the CacheGen artifact).
     4: ((64, 64, 64), (64, 64)),
     5: ((128, 128, 128), (128, 128)),
+    # Symbols stop at +-127 (int8): 256 bins quantize as 255, the quantizer's finest.
+    6: ((256, 256, 256), (256, 256)),
 }
+#: The levels `CodecConfig.cachegen_reference` takes.
+REFERENCE_LEVELS = tuple(sorted(_REFERENCE_BINS))
 
 
 # Settings added after stored contexts began recording settings, with their defaults.
@@ -231,9 +235,11 @@ class CodecConfig:
     @classmethod
     def cachegen_reference(cls, level: int) -> CodecConfig:
         """CacheGen's reference quantizer at its artifact's level 1, 2 or 3, or at the finer
-        settings 4 (64 bins) and 5 (128 bins) that extend its curve to low KL."""
+        settings 4 (64 bins), 5 (128) and 6 (256) that extend its curve to low KL."""
         if level not in _REFERENCE_BINS:
-            raise ValueError(f"CacheGen reference level must be 1 to 5, got {level!r}")
+            raise ValueError(
+                f"CacheGen reference level must be one of {REFERENCE_LEVELS}, got {level!r}"
+            )
         k, v = _REFERENCE_BINS[level]
         return cls(
             key_quantizer="token-absmax",

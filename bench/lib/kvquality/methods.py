@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 import cachegen
+from cachegen.config import REFERENCE_LEVELS
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]
 
@@ -195,7 +196,8 @@ def profiled_method(level: int) -> Method:
 
 
 def reference_method(level: int) -> Method:
-    """cachegen's implementation of the CacheGen reference quantiser (levels 1..3)."""
+    """cachegen's implementation of the CacheGen reference quantiser (`REFERENCE_LEVELS`: its
+    artifact's 1-3 and finer settings past them)."""
     config = cachegen.CodecConfig.cachegen_reference(level)
     return codec_method(f"ref{level}", f"CacheGen reference level {level}", config=config)
 
@@ -206,7 +208,7 @@ METHODS: dict[str, Callable[[], Method]] = {
     "fp16": lambda: raw_method(16),
     **{f"cg{lv}": (lambda lv=lv: cachegen_method(lv)) for lv in cachegen.LEVELS},
     **{f"cgp{lv}": (lambda lv=lv: profiled_method(lv)) for lv in cachegen.LEVELS},
-    **{f"ref{lv}": (lambda lv=lv: reference_method(lv)) for lv in range(1, 6)},
+    **{f"ref{lv}": (lambda lv=lv: reference_method(lv)) for lv in REFERENCE_LEVELS},
     "int8": lambda: int_method(8),
     "int4": lambda: int_method(4),
     "zstd3": lambda: zstd_method(3),
