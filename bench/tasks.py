@@ -1,7 +1,7 @@
 """Task accuracy of coded KV caches: long-context tasks answered from each coding's cache.
 
     python bench/tasks.py --models smollm2,gemma3 --per-task 50 \
-        --levels 15,20,27,34,40 --refs 3,5 --ints 4,8
+        --levels 15,20,27,34,40,44,100 --refs 3,5 --ints 4,8
 
 Generated tasks (passkey and key-value retrieval at depths 0.1-0.9, variable tracking,
 two-hop lookup; contexts of 2K-4K tokens; ``lib.longtasks.generators``) are prefilled once per
@@ -51,6 +51,12 @@ def parse() -> argparse.Namespace:
     ap.add_argument("--levels", default="15,20,27,34,40", help="ladder levels")
     ap.add_argument("--refs", default="3,5", help="CacheGen reference levels")
     ap.add_argument("--ints", default="4,8", help="per-token int-N baselines")
+    ap.add_argument(
+        "--fp16",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the control: the cache rounded to fp16, as a serving engine holds it",
+    )
     ap.add_argument("--lengths", default=",".join(map(str, LENGTHS)), help="context tokens")
     ap.add_argument("--chunk", type=int, default=256, help="tokens per stored chunk")
     ap.add_argument("--seed", type=int, default=0)
@@ -69,7 +75,8 @@ def main() -> None:
     a = parse()
     torch.set_num_threads(a.torch_threads)
     keys = [f"cg{x}" for x in ints(a.levels)] + [f"ref{x}" for x in ints(a.refs)]
-    coders = [coder(k) for k in keys + [f"int{x}" for x in ints(a.ints)]]
+    keys += [f"int{x}" for x in ints(a.ints)] + ["fp16"] * a.fp16
+    coders = [coder(k) for k in keys]
     store = AnswerStore(a.store)
     info = run_info(a.models, 0, 0)
     rows: list[Row] = []

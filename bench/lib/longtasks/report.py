@@ -8,24 +8,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cachegen import LOSSLESS
 from cachegen.plotting import MissingPlotting, pyplot
 
 from ..runinfo import describe
 from .runner import EXACT, Row
 from .stats import (
+    DECIDED_GAP,
     NEED_LOW,
     NEED_SHARE,
     accuracy,
     agreement,
     best_low,
     bits_per_element,
+    decided,
     instances_needed,
     smallest_meeting,
     where_right,
     word_agreement,
 )
 
-FAMILIES = {"cg": "ladder level", "ref": "CacheGen reference", "int": "int"}
+FAMILIES = {"cg": "ladder level", "ref": "CacheGen reference", "int": "int", "fp": "fp"}
+#: Families named by their bits (int4, fp16) rather than as "family N".
+BITS_NAMED = ("int", "fp")
 
 
 def _family(method: str) -> str:
@@ -43,23 +48,27 @@ def _methods(rows: Sequence[Row]) -> list[str]:
 
 
 def _label(method: str) -> str:
-    family = _family(method)
-    return f"int{_number(method)}" if family == "int" else f"{FAMILIES[family]} {_number(method)}"
+    family, number = _family(method), _number(method)
+    if family in BITS_NAMED:
+        return method
+    if family == "cg" and number == LOSSLESS:
+        return f"lossless (level {LOSSLESS})"
+    return f"{FAMILIES[family]} {number}"
 
 
 def coding_table(rows: Sequence[Row]) -> list[str]:
     """Per coding: bits, agreement and accuracy with intervals, agreement per task, seconds."""
     tasks = list(dict.fromkeys(r.task for r in rows))
     head = "| coding | bits/elt | agreement [95% CI] | first-word agreement | agreement where "
-    head += "uncompressed is right | accuracy [95% CI] | "
+    head += "uncompressed is right | agreement on decided answers | accuracy [95% CI] | "
     lines = [
         head + " | ".join(f"{t} agree" for t in tasks) + " | s/instance |",
-        "|---|--:|--:|--:|--:|--:|" + "--:|" * len(tasks) + "--:|",
+        "|---|--:|--:|--:|--:|--:|--:|" + "--:|" * len(tasks) + "--:|",
     ]
     exact = [r for r in rows if r.method == EXACT]
-    right = where_right(rows)
+    right, sure = where_right(rows), decided(rows)
     lines.append(
-        f"| uncompressed | - | - | - | - | {accuracy(rows, EXACT)} | "
+        f"| uncompressed | - | - | - | - | - | {accuracy(rows, EXACT)} | "
         + " | ".join("-" for _ in tasks)
         + f" | {statistics.median(r.seconds for r in exact):.1f} (prefill) |"
     )
@@ -69,7 +78,7 @@ def coding_table(rows: Sequence[Row]) -> list[str]:
         lines.append(
             f"| {_label(m)} | {bits_per_element(rows, m):.3f} | {agreement(rows, m)} | "
             f"{word_agreement(rows, m)} | {agreement(right, m) if right else '-'} | "
-            f"{accuracy(rows, m)} | "
+            f"{agreement(sure, m) if sure else '-'} | {accuracy(rows, m)} | "
             + " | ".join(f"{100 * a.share:.0f}%" for a in per_task)
             + f" | {seconds:.1f} |"
         )
@@ -94,11 +103,11 @@ def _smallest(rows: Sequence[Row], family: str, score: Any = agreement) -> str:
     if found is None:
         return f"none of {sorted(rates)}"
     m = f"{family}{found}"
-    return f"{found}: {bits_per_element(rows, m):.3f} b/e, {rates[found]}"
+    name = "lossless" if family == "cg" and found == LOSSLESS else found
+    return f"{name}: {bits_per_element(rows, m):.3f} b/e, {rates[found]}"
 
 
-def _int_cell(rows: Sequence[Row], bits: int, score: Any = agreement) -> str:
-    m = f"int{bits}"
+def _int_cell(rows: Sequence[Row], m: str, score: Any = agreement) -> str:
     if not any(r.method == m for r in rows):
         return "not run"
     rate = score(rows, m)
@@ -109,19 +118,41 @@ def _int_cell(rows: Sequence[Row], bits: int, score: Any = agreement) -> str:
 def headline(by_model: dict[str, list[Row]], score: Any = agreement) -> list[str]:
     """The issue's number per model: the smallest coding whose answers agree enough."""
     lines = [
-        "| model | instances | smallest ladder level | smallest CacheGen reference | int4 | int8 |",
-        "|---|--:|---|---|---|---|",
+        "| model | instances | smallest ladder level | smallest CacheGen reference | int4 | int8 "
+        "| fp16 (control) |",
+        "|---|--:|---|---|---|---|---|",
     ]
     for model, rows in by_model.items():
         n = sum(r.method == EXACT for r in rows)
         cells = [
             _smallest(rows, "cg", score),
             _smallest(rows, "ref", score),
-            _int_cell(rows, 4, score),
-            _int_cell(rows, 8, score),
+            *(_int_cell(rows, m, score) for m in ("int4", "int8", "fp16")),
         ]
         lines.append(f"| {model} | {n} | " + " | ".join(cells) + " |")
     return lines
+
+
+def near_ties(by_model: dict[str, list[Row]]) -> list[str]:
+    """How many uncompressed answers hang on a near-tie, and the criterion without them."""
+    counts = []
+    for model, rows in by_model.items():
+        exact = [r for r in rows if r.method == EXACT]
+        kept = [r for r in exact if r.margin is not None]
+        ties = sum(r.margin < DECIDED_GAP for r in kept)
+        counts.append(
+            f"{model} {ties} of {len(kept)}" + (" with margins kept" * (len(kept) < len(exact)))
+        )
+    return [
+        "## Decided answers",
+        "",
+        f"An answer is decided when each token it took led the runner-up by >= {DECIDED_GAP} "
+        f"logits (`answer`'s margin); below that, a near-tie flips on changes far smaller than "
+        f"any coding's error. Uncompressed answers holding a near-tie: {'; '.join(counts)}. The "
+        f"criterion on the decided instances only:",
+        "",
+        *headline({m: decided(rows) for m, rows in by_model.items()}),
+    ]
 
 
 def cost_lines(by_model: dict[str, list[Row]]) -> list[str]:
@@ -184,6 +215,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"With {n} instances a model's lower bound is at most {100 * best_low(n):.1f}% "
         f"(every answer agreeing); the criterion needs at least {instances_needed()} instances to "
         f"be reachable.",
+        "",
+        *near_ties(by_model),
     ]
     for model, rs in by_model.items():
         lines += ["", f"## {model}", "", *coding_table(rs), "", *accuracy_table(rs)]
@@ -204,6 +237,7 @@ LOOKS = {
     "cg": ("tab:blue", "o", "-"),
     "ref": ("tab:orange", "^", "-"),
     "int": ("tab:brown", "D", ""),
+    "fp": ("tab:gray", "s", ""),
 }
 
 
@@ -219,7 +253,7 @@ def _draw(ax: Any, rows: Sequence[Row], family: str, score: Any) -> None:
     y = [r.share for r in rates]
     low = [max(0.0, s - r.interval[0]) for s, r in zip(y, rates, strict=True)]
     high = [max(0.0, r.interval[1] - s) for s, r in zip(y, rates, strict=True)]
-    name = FAMILIES[family] + ("-N" if family == "int" else "s")
+    name = FAMILIES[family] + ("-N" if family in BITS_NAMED else "s")
     ax.errorbar(x, y, yerr=[low, high], marker=marker, color=colour, ls=line, capsize=3, label=name)
     for m, xy in zip(ms, zip(x, y, strict=True), strict=True):
         ax.annotate(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -26,7 +27,7 @@ import cachegen
 from cachegen.context.layers import assemble, chunk_layer_tokens, layer_counts, slice_chunk
 from cachegen.hf import to_cache
 
-from ..kvquality.methods import int_method
+from ..kvquality.methods import Method, int_method, raw_method
 from ..kvquality.model import KV, LoadedModel, compute_kv
 from .generators import Instance
 from .prompt import Prompt, build
@@ -53,21 +54,24 @@ def _codec(key: str, config: cachegen.CodecConfig) -> Coder:
     return Coder(key, settings, encode, lambda blob, _: list(cachegen.decode(blob)))
 
 
-def _int(bits: int) -> Coder:
-    method = int_method(bits)
+def _whole(method: Method) -> Coder:
+    """A method that codes each chunk as it is, wherever it sits."""
     return Coder(method.key, method.label, lambda part, *_: method.encode(part), method.decode)
 
 
 def coder(key: str) -> Coder:
-    """``cgN``: ladder level N; ``refN``: CacheGen's reference quantizer N; ``int4``/``int8``:
-    uniform per-token quantisation."""
+    """``cgN``: ladder level N (``cg100``: lossless); ``refN``: CacheGen's reference quantizer
+    N; ``int4``/``int8``: uniform per-token quantisation; ``fp16``: the cache rounded to fp16,
+    what a serving engine holds (a control: no codec)."""
     if key.startswith("cg"):
         return _codec(key, cachegen.CodecConfig.from_level(int(key[2:])))
     if key.startswith("ref"):
         return _codec(key, cachegen.CodecConfig.cachegen_reference(int(key[3:])))
     if key in ("int4", "int8"):
-        return _int(int(key[3:]))
-    raise KeyError(f"unknown coding {key!r}: cgN, refN, int4 or int8")
+        return _whole(int_method(int(key[3:])))
+    if key == "fp16":
+        return _whole(raw_method(16))
+    raise KeyError(f"unknown coding {key!r}: cgN, refN, int4, int8 or fp16")
 
 
 def roundtrip(kv: KV, c: Coder, chunk_tokens: int) -> tuple[KV, int]:
@@ -85,22 +89,27 @@ def roundtrip(kv: KV, c: Coder, chunk_tokens: int) -> tuple[KV, int]:
     return assemble(decoded, inside, [b - a for a, b in spans]), nbytes
 
 
-def answer(lm: LoadedModel, kv: KV, question: torch.Tensor, max_new: int) -> str:
-    """The greedy answer after ``question`` on a fresh cache holding ``kv``: its first line."""
+def answer(lm: LoadedModel, kv: KV, question: torch.Tensor, max_new: int) -> tuple[str, float]:
+    """The greedy answer after ``question`` on a fresh cache holding ``kv`` (its first line),
+    and its margin: the smallest gap between the chosen token's logit and the runner-up's over
+    the tokens it took. A gap near 0 is a near-tie that any change to the cache may flip."""
     cache = to_cache(kv, lm.model.config)
     eos = lm.tokenizer.eos_token_id
     out: list[int] = []
+    margin = math.inf
     with torch.inference_mode():
         logits = lm.model(question, cache=cache, use_cache=True, logits_to_keep=1).logits
         while len(out) < max_new:
-            token = int(logits[0, -1].argmax())
+            top = logits[0, -1].float().topk(2)
+            margin = min(margin, float(top.values[0] - top.values[1]))
+            token = int(top.indices[0])
             if token == eos:
                 break
             out.append(token)
             if "\n" in lm.tokenizer.decode(out):
                 break
             logits = lm.model(torch.tensor([[token]]), cache=cache, use_cache=True).logits
-    return lm.tokenizer.decode(out).split("\n")[0].strip()
+    return lm.tokenizer.decode(out).split("\n")[0].strip(), margin
 
 
 def answer_tokens(lm: LoadedModel, instance: Instance) -> int:
@@ -123,6 +132,7 @@ class Row:
     blob_bytes: int  # the chunks' blobs (0 for EXACT)
     elements: int  # KV elements of the context
     seconds: float  # prefill for EXACT, else round trip + answer
+    margin: float | None = None  # `answer`'s margin (None: answered before it was kept)
 
 
 class AnswerStore:
@@ -154,6 +164,8 @@ def run_instance(
     settings = {c.key: c.settings for c in coders} | {EXACT: EXACT}
     keys = {m: store.key(lm, prompt, chunk_tokens, s) for m, s in settings.items()}
     missing = [m for m in keys if keys[m] not in store.rows]
+    if EXACT not in missing and store.rows[keys[EXACT]].get("margin") is None:
+        missing.append(EXACT)  # an answer kept before margins were: its margin is wanted
     if missing:
         t0 = time.perf_counter()
         kv = compute_kv(lm, prompt.context)
@@ -161,10 +173,10 @@ def run_instance(
         elements = sum(k.numel() + v.numel() for k, v in kv)
         max_new = answer_tokens(lm, instance)
 
-        def row(method: str, text: str, nbytes: int, seconds: float) -> Row:
+        def row(method: str, said: tuple[str, float], nbytes: int, seconds: float) -> Row:
             return Row(
                 lm.key, instance.task, instance.index, instance.depth, instance.tokens,
-                method, text, instance.answer, nbytes, elements, seconds,
+                method, said[0], instance.answer, nbytes, elements, seconds, said[1],
             )  # fmt: skip
 
         if EXACT in missing:
@@ -174,6 +186,6 @@ def run_instance(
         for c in (c for c in coders if c.key in missing):
             t0 = time.perf_counter()
             decoded, nbytes = roundtrip(kv, c, chunk_tokens)
-            text = answer(lm, decoded, prompt.question, max_new)
-            store.add(keys[c.key], row(c.key, text, nbytes, time.perf_counter() - t0))
+            said = answer(lm, decoded, prompt.question, max_new)
+            store.add(keys[c.key], row(c.key, said, nbytes, time.perf_counter() - t0))
     return [Row(**store.rows[keys[m]]) for m in keys]

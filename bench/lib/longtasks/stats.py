@@ -85,6 +85,20 @@ def where_right(rows: Sequence[Row]) -> list[Row]:
     return [r for r in rows if _instance(r) in right]
 
 
+#: An uncompressed answer is decided when every token it took led the runner-up by this many
+#: logits (a 10% odds ratio); below, a near-tie flips on changes far below any coding's error.
+DECIDED_GAP = 0.1
+
+
+def decided(rows: Sequence[Row], gap: float = DECIDED_GAP) -> list[Row]:
+    """The rows of the instances whose uncompressed answer is decided (``answer``'s margin >=
+    ``gap``); an instance whose margin was not kept counts as undecided."""
+    sure = {
+        _instance(r) for r in rows if r.method == EXACT and r.margin is not None and r.margin >= gap
+    }
+    return [r for r in rows if _instance(r) in sure]
+
+
 def accuracy(rows: Iterable[Row], method: str) -> Rate:
     """How often ``method``'s answer holds the ground truth."""
     mine = [r for r in rows if r.method == method]
