@@ -18,6 +18,7 @@ from lib.longtasks.stats import (  # noqa: E402
     accuracy,
     agreement,
     best_low,
+    by_margin,
     correct,
     decided,
     first_word,
@@ -157,6 +158,8 @@ def test_answer_scoring() -> None:
     ]
     assert {r.index for r in decided(rows)} == {2, 3}
     assert agreement(decided(rows), "cg5") == Rate(1, 2)
+    low, mid, high = by_margin(rows, (0.1, 1.0))  # a margin on an edge goes above it
+    assert [{r.index for r in part} for part in (low, mid, high)] == [{0}, {3}, {2}]
     rates = {5: Rate(120, 124), 10: Rate(200, 200), 20: Rate(124, 124), 30: Rate(99, 100)}
     assert smallest_meeting(rates) == 10
     assert smallest_meeting({5: Rate(99, 100)}) is None

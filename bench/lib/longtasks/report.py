@@ -21,6 +21,7 @@ from .stats import (
     agreement,
     best_low,
     bits_per_element,
+    by_margin,
     decided,
     instances_needed,
     smallest_meeting,
@@ -133,6 +134,25 @@ def headline(by_model: dict[str, list[Row]], score: Any = agreement) -> list[str
     return lines
 
 
+#: Edges of the margin classes in `margin_table` (logits).
+MARGIN_EDGES = (DECIDED_GAP, 0.5, 1.0)
+
+
+def margin_table(rows: Sequence[Row]) -> list[str]:
+    """Agreement per coding within classes of the uncompressed answer's margin."""
+    bins = by_margin(rows, MARGIN_EDGES)
+    bounds = ["0", *map(str, MARGIN_EDGES), "inf"]
+    names = [
+        f"margin {a}-{b} ({sum(r.method == EXACT for r in part)})"
+        for a, b, part in zip(bounds, bounds[1:], bins, strict=False)
+    ]
+    lines = ["| coding | " + " | ".join(names) + " |", "|---|" + "--:|" * len(bins)]
+    for m in _methods(rows):
+        cells = [str(agreement(part, m)) if part else "-" for part in bins]
+        lines.append(f"| {_label(m)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def near_ties(by_model: dict[str, list[Row]]) -> list[str]:
     """How many uncompressed answers hang on a near-tie, and the criterion without them."""
     counts = []
@@ -220,6 +240,8 @@ def markdown(data: dict[str, Any]) -> str:
     ]
     for model, rs in by_model.items():
         lines += ["", f"## {model}", "", *coding_table(rs), "", *accuracy_table(rs)]
+        lines += ["", "Agreement by the uncompressed answer's margin (logits; instances):", ""]
+        lines += margin_table(rs)
     lines += [
         "",
         "## Cost (this machine)",

@@ -3,6 +3,7 @@ truth, Wilson 95% intervals, and the smallest level that meets an agreement crit
 
 from __future__ import annotations
 
+import bisect
 import math
 import re
 from collections.abc import Callable, Iterable, Sequence
@@ -97,6 +98,17 @@ def decided(rows: Sequence[Row], gap: float = DECIDED_GAP) -> list[Row]:
         _instance(r) for r in rows if r.method == EXACT and r.margin is not None and r.margin >= gap
     }
     return [r for r in rows if _instance(r) in sure]
+
+
+def by_margin(rows: Sequence[Row], edges: Sequence[float]) -> list[list[Row]]:
+    """The rows split by their instance's uncompressed margin: below ``edges[0]``, between
+    consecutive edges, from ``edges[-1]`` on (instances without a margin left out)."""
+    margins = {_instance(r): r.margin for r in rows if r.method == EXACT and r.margin is not None}
+    bins: list[list[Row]] = [[] for _ in range(len(edges) + 1)]
+    for r in rows:
+        if _instance(r) in margins:
+            bins[bisect.bisect_right(edges, margins[_instance(r)])].append(r)
+    return bins
 
 
 def accuracy(rows: Iterable[Row], method: str) -> Rate:
