@@ -205,6 +205,7 @@ def test_coefficient_config_of_a_level_and_of_a_custom_config() -> None:
     from cachegen.transform import (
         COEFFICIENT_IMPORTANCE,
         COEFFICIENT_RECENCY,
+        COEFFICIENT_VALUE_RATIO,
         coefficient_config,
     )
 
@@ -212,6 +213,8 @@ def test_coefficient_config_of_a_level_and_of_a_custom_config() -> None:
     plain = coefficient_config(level)
     assert plain.key_spread == 0 and not plain.key_spread_auto
     assert (plain.recency, plain.importance_strength) == (level.recency, 0.15)
+    assert plain.key_param == level.key_param and level.value_param == 3 * level.key_param
+    assert plain.value_param == pytest.approx(COEFFICIENT_VALUE_RATIO * level.key_param)
     profiled = coefficient_config(level, profiled=True)
     assert (profiled.recency, profiled.importance_strength) == (
         COEFFICIENT_RECENCY,
@@ -220,6 +223,7 @@ def test_coefficient_config_of_a_level_and_of_a_custom_config() -> None:
     custom = dataclasses.replace(level, recency=0.5, importance_strength=0.2)
     kept = coefficient_config(custom, profiled=True)
     assert (kept.recency, kept.importance_strength, kept.key_spread) == (0.5, 0.2, 0.0)
+    assert kept.value_param == level.value_param
 
 
 def test_transform_that_does_not_fit_the_cache_is_typed(transform) -> None:

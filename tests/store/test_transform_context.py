@@ -11,6 +11,7 @@ import cachegen
 from cachegen.context import collect_garbage, open_context, save_context
 from cachegen.store import Store
 from cachegen.transform import (
+    COEFFICIENT_VERSION,
     STORE_PREFIX,
     Rope,
     TransformMissing,
@@ -126,6 +127,7 @@ def test_manifest_records_the_levels_as_coded(store: Store, transform, profiled)
     body = stored.unseal(key, store.get(key), None)
     assert body["transform"] == transform.digest()
     assert body["ladder"]["expected_kl"] is None
+    assert body["ladder"]["coefficient_version"] == COEFFICIENT_VERSION
     level = cachegen.CodecConfig(**body["ladder"]["levels"]["5"])
     assert level.key_spread == 0 and level.key_spread_auto is False
     assert level.key_param == cachegen.CodecConfig.from_level(5).key_param
@@ -139,3 +141,29 @@ def test_manifest_records_the_levels_as_coded(store: Store, transform, profiled)
             part, config=level, context_end=200, transform=transform, profile=profile
         )
     assert blob == ctx.fetch(0, 5)
+
+
+def test_chunks_of_an_older_coefficient_version_are_coded_anew(
+    store: Store, transform, monkeypatch
+) -> None:
+    """A transform chunk whose record names no coefficient version (written before levels on
+    coefficients changed meaning) is neither joined to chunks of this version nor reused."""
+    from cachegen.context import stored
+
+    where = {"chunk_tokens": CHUNK, "levels": LEVELS, "transform": transform}
+    kv = make_kv(256)
+    first = save_context(store, MODEL, ids(256), kv, **where)
+    key = stored.record_key(first.chunks[0].hash)
+    record = stored.unseal(key, store.get(key), None)
+    assert record["coefficient_version"] == COEFFICIENT_VERSION
+    del record["coefficient_version"]
+    store.put(key, stored.seal(key, record, None))
+    prefix = open_context(store, MODEL, ids(300)[:280], chunk_tokens=CHUNK)
+    assert len(prefix.chunks) == 1  # the second chunk is not joined to the older first
+    coded = []
+    encode = cachegen.encode
+    monkeypatch.setattr(
+        cachegen, "encode", lambda part, **kw: coded.append(kw["position"]) or encode(part, **kw)
+    )
+    save_context(store, MODEL, ids(256), kv, **where)
+    assert coded == [0] * len(LEVELS)  # the older chunk coded anew, the other one reused

@@ -24,7 +24,14 @@ import cachegen
 from cachegen.config import LADDER_VERSION, LEGACY_LADDER_VERSION
 from cachegen.store.base import Store
 from cachegen.store.errors import ContextMissing, ObjectCorrupted, ObjectMissing
-from cachegen.transform import Transform, coefficient_config, put_transform, stored_transforms
+from cachegen.transform import (
+    COEFFICIENT_VERSION,
+    LEGACY_COEFFICIENT_VERSION,
+    Transform,
+    coefficient_config,
+    put_transform,
+    stored_transforms,
+)
 
 from .auth import Authenticator, AuthKey
 from .keys import (
@@ -203,18 +210,24 @@ def _layer_tokens(raw: object) -> tuple[int, ...] | None:
 @dataclass(frozen=True)
 class _Record:
     """A chunk record as read back: the chunk, the codec version and the ladder that wrote it,
-    and the transform its blobs are coefficients of."""
+    and the transform its blobs are coefficients of with what the levels mean on them."""
 
     chunk: ChunkInfo
     codec_version: int
     ladder_version: int = LEGACY_LADDER_VERSION
     transform: str | None = None
+    coefficient_version: int | None = None  # None without a transform
 
     @property
-    def coding(self) -> tuple[int, str | None]:
-        """What its levels mean: the ladder and the transform (chunks that differ in it are
-        never reused or joined into one prefix)."""
-        return self.ladder_version, self.transform
+    def coding(self) -> tuple[int, str | None, int | None]:
+        """What its levels mean: the ladder, the transform and the coefficient version (chunks
+        that differ in it are never reused or joined into one prefix)."""
+        return self.ladder_version, self.transform, self.coefficient_version
+
+
+def _coding(transform: str | None) -> tuple[int, str | None, int | None]:
+    """The `coding` of chunks this version writes, under `transform` (a digest) or none."""
+    return LADDER_VERSION, transform, None if transform is None else COEFFICIENT_VERSION
 
 
 def _read_record(key: str, raw: bytes | None, auth: Authenticator | None) -> _Record | None:
@@ -226,12 +239,15 @@ def _read_record(key: str, raw: bytes | None, auth: Authenticator | None) -> _Re
         version = body.get("codec_version", LEGACY_CODEC_VERSION)
         ladder = body.get("ladder_version", LEGACY_LADDER_VERSION)
         transform = body.get("transform")
-        if not isinstance(version, int) or not isinstance(ladder, int):
+        coefficients = None
+        if transform is not None:
+            coefficients = body.get("coefficient_version", LEGACY_COEFFICIENT_VERSION)
+        if not all(isinstance(x, int) for x in (version, ladder, coefficients or 0)):
             return None
         if transform is not None and not _is_digest(transform):
             return None
         chunk = ChunkInfo.from_json(key, body["chunk"], auth)
-        return _Record(chunk, version, ladder, transform)
+        return _Record(chunk, version, ladder, transform, coefficients)
     except (ObjectCorrupted, KeyError):
         return None
 
@@ -345,13 +361,15 @@ def _ladder_record(
 ) -> dict[str, Any]:
     """What each stored level means: the ladder's version, every level's settings as coded and
     the KL measured for it without a profile (`cachegen.targets`); none under a transform,
-    whose levels that table does not describe (pass measured ones as `quality`)."""
+    whose levels that table does not describe (pass measured ones as `quality`), which records
+    the coefficient version instead."""
     configs = {lv: cachegen.CodecConfig.from_level(lv) for lv in levels}
     if transformed:
         configs = {lv: coefficient_config(c, profiled) for lv, c in configs.items()}
     kl = None if transformed else {str(lv): cachegen.expected_kl(lv) for lv in levels}
     settings = {str(lv): c.to_json() for lv, c in configs.items()}
-    return {"version": LADDER_VERSION, "levels": settings, "expected_kl": kl}
+    record = {"version": LADDER_VERSION, "levels": settings, "expected_kl": kl}
+    return record | ({"coefficient_version": COEFFICIENT_VERSION} if transformed else {})
 
 
 @dataclass(frozen=True)
@@ -377,7 +395,7 @@ class _Chunker:
         if old is not None and (old.stop, old.layer_tokens) != (stop, inside):
             old = None  # stored with other layer spans (another context length): replace
         digest = None if self.transform is None else self.transform.digest()
-        if record and record.coding != (LADDER_VERSION, digest):
+        if record and record.coding != _coding(digest):
             old = None  # its levels meant something else: never mixed with this coding's
         if record and old is not None and set(self.levels) <= set(old.levels):
             # Stored by a context with this prefix: reuse it. Its record is rewritten all the
@@ -457,6 +475,8 @@ def _write_chunk(
         "transform": transform,
         "chunk": chunk.to_json(),
     }
+    if transform is not None:
+        record["coefficient_version"] = COEFFICIENT_VERSION
     store.put(key, seal(key, record, auth))
 
 
