@@ -108,7 +108,7 @@ def _smallest(rows: Sequence[Row], family: str, score: Any = agreement) -> str:
     return f"{name}: {bits_per_element(rows, m):.3f} b/e, {rates[found]}"
 
 
-def _int_cell(rows: Sequence[Row], m: str, score: Any = agreement) -> str:
+def _baseline_cell(rows: Sequence[Row], m: str, score: Any = agreement) -> str:
     if not any(r.method == m for r in rows):
         return "not run"
     rate = score(rows, m)
@@ -128,7 +128,7 @@ def headline(by_model: dict[str, list[Row]], score: Any = agreement) -> list[str
         cells = [
             _smallest(rows, "cg", score),
             _smallest(rows, "ref", score),
-            *(_int_cell(rows, m, score) for m in ("int4", "int8", "fp16")),
+            *(_baseline_cell(rows, m, score) for m in ("int4", "int8", "fp16")),
         ]
         lines.append(f"| {model} | {n} | " + " | ".join(cells) + " |")
     return lines
