@@ -29,7 +29,7 @@ import torch
 
 import cachegen
 from cachegen import profiles
-from cachegen.transform import coefficient_config
+from cachegen.transform import COEFFICIENT_VERSION, coefficient_config
 from ladder_models import PLAIN, Variant, codings, curve, pooled, run
 from ladder_report import TARGETS, reference_bits
 from lib.cli import ints, words
@@ -65,7 +65,9 @@ def coded(transform, profile: cachegen.ModelProfile | None, key: str, config) ->
 
 
 def variants(fit: tuple[str, ...], prefix: int, paths: dict[str, str]) -> dict[str, Variant]:
-    """How each curve codes a model's cache, tagged with what it adds to the codec."""
+    """How each curve codes a model's cache, tagged with what it adds to the codec: a
+    transform curve's rows are keyed by the level, which `encode` turns into coefficient
+    settings, so their tags name the coefficient version too."""
 
     def t(model: str):
         return transform_of(model, fit, prefix, 0.0)
@@ -79,11 +81,11 @@ def variants(fit: tuple[str, ...], prefix: int, paths: dict[str, str]) -> dict[s
             lambda m, key, c: codec_method(key, key, config=c, profile=p(m)),
         ),
         "t": Variant(
-            lambda m: f"klt-{t(m).digest()[:16]}|",
+            lambda m: f"klt-{t(m).digest()[:16]}-c{COEFFICIENT_VERSION}|",
             lambda m, key, c: coded(t(m), None, key, c),
         ),
         "tp": Variant(
-            lambda m: f"kltp-{t(m).digest()[:12]}-{p(m).digest[:12]}|",
+            lambda m: f"kltp-{t(m).digest()[:12]}-{p(m).digest[:12]}-c{COEFFICIENT_VERSION}|",
             lambda m, key, c: coded(t(m), p(m), key, c),
         ),
     }
@@ -158,7 +160,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     add_transform_args(ap, levels="1,2,3,5,8,10,13,15,18,20,24,27")
     ap.add_argument("--profile", action="append", default=[], help="model=path of its profile")
-    ap.add_argument("--coarser", type=int, default=4, help="settings coarser than level 1 (tp)")
+    ap.add_argument("--coarser", type=int, default=6, help="settings coarser than level 1 (tp)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     levels, refs = ints(a.levels), ints(a.refs)
