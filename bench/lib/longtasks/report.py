@@ -48,13 +48,17 @@ def _methods(rows: Sequence[Row]) -> list[str]:
     return sorted(found, key=lambda m: (list(FAMILIES).index(_family(m)), _number(m)))
 
 
+def _lossless(method: str) -> bool:
+    return method == f"cg{LOSSLESS}"
+
+
 def _label(method: str) -> str:
-    family, number = _family(method), _number(method)
+    family = _family(method)
     if family in BITS_NAMED:
         return method
-    if family == "cg" and number == LOSSLESS:
+    if _lossless(method):
         return f"lossless (level {LOSSLESS})"
-    return f"{FAMILIES[family]} {number}"
+    return f"{FAMILIES[family]} {_number(method)}"
 
 
 def coding_table(rows: Sequence[Row]) -> list[str]:
@@ -104,7 +108,7 @@ def _smallest(rows: Sequence[Row], family: str, score: Any = agreement) -> str:
     if found is None:
         return f"none of {sorted(rates)}"
     m = f"{family}{found}"
-    name = "lossless" if family == "cg" and found == LOSSLESS else found
+    name = "lossless" if _lossless(m) else found
     return f"{name}: {bits_per_element(rows, m):.3f} b/e, {rates[found]}"
 
 
@@ -157,12 +161,11 @@ def near_ties(by_model: dict[str, list[Row]]) -> list[str]:
     """How many uncompressed answers hang on a near-tie, and the criterion without them."""
     counts = []
     for model, rows in by_model.items():
-        exact = [r for r in rows if r.method == EXACT]
-        kept = [r for r in exact if r.margin is not None]
-        ties = sum(r.margin < DECIDED_GAP for r in kept)
-        counts.append(
-            f"{model} {ties} of {len(kept)}" + (" with margins kept" * (len(kept) < len(exact)))
+        ties, sure = (
+            sum(r.method == EXACT for r in part) for part in by_margin(rows, (DECIDED_GAP,))
         )
+        unkept = sum(r.method == EXACT for r in rows) - ties - sure
+        counts.append(f"{model} {ties} of {ties + sure}" + (" with margins kept" if unkept else ""))
     return [
         "## Decided answers",
         "",

@@ -91,15 +91,6 @@ def where_right(rows: Sequence[Row]) -> list[Row]:
 DECIDED_GAP = 0.1
 
 
-def decided(rows: Sequence[Row], gap: float = DECIDED_GAP) -> list[Row]:
-    """The rows of the instances whose uncompressed answer is decided (``answer``'s margin >=
-    ``gap``); an instance whose margin was not kept counts as undecided."""
-    sure = {
-        _instance(r) for r in rows if r.method == EXACT and r.margin is not None and r.margin >= gap
-    }
-    return [r for r in rows if _instance(r) in sure]
-
-
 def by_margin(rows: Sequence[Row], edges: Sequence[float]) -> list[list[Row]]:
     """The rows split by their instance's uncompressed margin: below ``edges[0]``, between
     consecutive edges, from ``edges[-1]`` on (instances without a margin left out)."""
@@ -109,6 +100,12 @@ def by_margin(rows: Sequence[Row], edges: Sequence[float]) -> list[list[Row]]:
         if _instance(r) in margins:
             bins[bisect.bisect_right(edges, margins[_instance(r)])].append(r)
     return bins
+
+
+def decided(rows: Sequence[Row], gap: float = DECIDED_GAP) -> list[Row]:
+    """The rows of the instances whose uncompressed answer is decided (``answer``'s margin >=
+    ``gap``); an instance whose margin was not kept counts as undecided."""
+    return by_margin(rows, (gap,))[1]
 
 
 def accuracy(rows: Iterable[Row], method: str) -> Rate:
