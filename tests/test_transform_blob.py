@@ -213,7 +213,8 @@ def test_coefficient_config_of_a_level_and_of_a_custom_config() -> None:
     plain = coefficient_config(level)
     assert plain.key_spread == 0 and not plain.key_spread_auto
     assert (plain.recency, plain.importance_strength) == (level.recency, 0.15)
-    assert plain.key_param == level.key_param and level.value_param == 3 * level.key_param
+    assert plain.key_param == level.key_param
+    assert level.value_param == pytest.approx(3 * level.key_param)
     assert plain.value_param == pytest.approx(COEFFICIENT_VALUE_RATIO * level.key_param)
     profiled = coefficient_config(level, profiled=True)
     assert (profiled.recency, profiled.importance_strength) == (

@@ -242,9 +242,9 @@ def _read_record(key: str, raw: bytes | None, auth: Authenticator | None) -> _Re
         coefficients = None
         if transform is not None:
             coefficients = body.get("coefficient_version", LEGACY_COEFFICIENT_VERSION)
-        if not all(isinstance(x, int) for x in (version, ladder, coefficients or 0)):
-            return None
-        if transform is not None and not _is_digest(transform):
+            if not _is_digest(transform) or not isinstance(coefficients, int):
+                return None
+        if not isinstance(version, int) or not isinstance(ladder, int):
             return None
         chunk = ChunkInfo.from_json(key, body["chunk"], auth)
         return _Record(chunk, version, ladder, transform, coefficients)
