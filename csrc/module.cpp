@@ -27,6 +27,7 @@ namespace {
 
 // Step weights arrive as float32 arrays (one memcpy; other dtypes are cast the way numpy does).
 using Floats = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using Doubles = py::array_t<double, py::array::c_style | py::array::forcecast>;
 
 std::vector<float> float32s(const std::optional<Floats>& w) {
   if (!w) return {};
@@ -281,6 +282,20 @@ py::bytes key_magnitudes_py(const TensorView& keys, int threads) {
   return as_bytes(mag);
 }
 
+// Float64 bytes of one K group's importance scores (see src/importance.hpp).
+py::bytes key_scores_py(const TensorView& keys, const Doubles& coefficients,
+                        const std::optional<Floats>& inv_freq, uint64_t first, int threads) {
+  if (coefficients.ndim() != 1) throw InputError("importance coefficients must be 1-D");
+  std::vector<double> c(coefficients.data(), coefficients.data() + coefficients.size());
+  const std::vector<float> freq = float32s(inv_freq);
+  std::vector<double> scores;
+  {
+    py::gil_scoped_release nogil;
+    scores = key_scores(keys, c, freq, first, threads);
+  }
+  return as_bytes(scores);
+}
+
 // Float64 bytes of one K group's per-pair sums of squared magnitudes (src/importance.hpp).
 py::bytes key_square_sums_py(const TensorView& keys, uint32_t skip, int threads) {
   std::vector<double> sums;
@@ -378,10 +393,9 @@ PYBIND11_MODULE(_core, m) {
       .def_readonly("tokens", &TensorView::tokens)
       .def_readonly("heads", &TensorView::heads)
       .def_readonly("head_dim", &TensorView::head_dim)
-      .def_property_readonly("strides",
-                             [](const TensorView& v) {
-                               return std::array<int64_t, 3>{v.s_token, v.s_head, v.s_dim};
-                             })
+      .def_property_readonly(
+          "strides",
+          [](const TensorView& v) { return std::array<int64_t, 3>{v.s_token, v.s_head, v.s_dim}; })
       .def_property_readonly(
           "block_table",
           [](const TensorView& v) { return reinterpret_cast<uintptr_t>(v.block_table); })
@@ -422,6 +436,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("encode", &encode_py, py::arg("request"));
   m.def("quantize", &quantize_py, py::arg("request"));
   m.def("key_magnitudes", &key_magnitudes_py, py::arg("keys"), py::arg("threads") = 0);
+  m.def("key_scores", &key_scores_py, py::arg("keys"), py::arg("coefficients"),
+        py::arg("inv_freq") = py::none(), py::arg("first") = 0, py::arg("threads") = 0);
   m.def("key_square_sums", &key_square_sums_py, py::arg("keys"), py::arg("skip"),
         py::arg("threads") = 0);
   m.def("build_info", &build_info_py);

@@ -28,6 +28,34 @@ void token_magnitudes(const TensorView& keys, CpuPath path, uint32_t t, float* r
   if (!finite) throw InputError("keys contain nan or inf");
 }
 
+// One token's signed part: the key pairs (x1, x2) of every head rotated back by the angles
+// whose cos and sin are given per pair, dotted with the weights (w1, w2).
+double signed_score(const float* row, const double* sig, const double* cos, const double* sin,
+                    uint32_t heads, uint32_t head_dim) {
+  const uint32_t half = head_dim / 2;
+  double score = 0.0;
+  for (uint32_t h = 0; h < heads; ++h) {
+    const float* x = row + (size_t)h * head_dim;
+    const double* w = sig + (size_t)h * head_dim;
+    for (uint32_t p = 0; p < half; ++p) {
+      const double x1 = x[p], x2 = x[p + half];
+      score += w[p] * (x1 * cos[p] + x2 * sin[p]) + w[p + half] * (x2 * cos[p] - x1 * sin[p]);
+    }
+  }
+  return score;
+}
+
+void check_scores(const TensorView& keys, size_t coefficients, size_t inv_freq) {
+  const size_t half = keys.head_dim / 2, mags = (size_t)keys.heads * half;
+  if (inv_freq != 0 && inv_freq != half)
+    throw InputError("RoPE inverse frequencies: " + std::to_string(inv_freq) + ", keys need " +
+                     std::to_string(half));
+  const size_t need = mags + (inv_freq ? (size_t)keys.heads * keys.head_dim : 0);
+  if (coefficients != need)
+    throw InputError("importance coefficients: " + std::to_string(coefficients) + ", keys need " +
+                     std::to_string(need));
+}
+
 }  // namespace
 
 void check_keys(const TensorView& keys) {
@@ -58,6 +86,42 @@ std::vector<float> key_pair_magnitudes(const TensorView& keys, int threads) {
       token_magnitudes(keys, path, t, row.data(), mag.data() + (size_t)t * width, nullptr);
   });
   return mag;
+}
+
+std::vector<double> key_scores(const TensorView& keys, const std::vector<double>& coefficients,
+                               const std::vector<float>& inv_freq, uint64_t first, int threads) {
+  check_keys(keys);
+  check_scores(keys, coefficients.size(), inv_freq.size());
+  const uint32_t half = keys.head_dim / 2, width = keys.heads * half;
+  const CpuPath path = cpu_path();
+  std::vector<double> scores(keys.tokens);
+  parallel_for((keys.tokens + kScoreTokens - 1) / kScoreTokens, threads, [&](size_t task) {
+    std::vector<float> row(keys.channels()), m(width);
+    std::vector<double> cos(half), sin(half), step_cos(half), step_sin(half);
+    const uint32_t begin = (uint32_t)task * kScoreTokens;
+    const uint32_t end = std::min(keys.tokens, begin + kScoreTokens);
+    for (uint32_t p = 0; p < inv_freq.size(); ++p) {
+      const double w = inv_freq[p], angle = (double)(first + begin) * w;
+      cos[p] = std::cos(angle), sin[p] = std::sin(angle);
+      step_cos[p] = std::cos(w), step_sin[p] = std::sin(w);
+    }
+    for (uint32_t t = begin; t < end; ++t) {
+      token_magnitudes(keys, path, t, row.data(), m.data(), nullptr);
+      double score = 0.0;
+      for (uint32_t i = 0; i < width; ++i) score += coefficients[i] * m[i];
+      if (!inv_freq.empty()) {
+        score += signed_score(row.data(), coefficients.data() + width, cos.data(), sin.data(),
+                              keys.heads, keys.head_dim);
+        for (uint32_t p = 0; p < half; ++p) {  // one position on: angle + w
+          const double c = cos[p] * step_cos[p] - sin[p] * step_sin[p];
+          sin[p] = sin[p] * step_cos[p] + cos[p] * step_sin[p];
+          cos[p] = c;
+        }
+      }
+      scores[t] = score;
+    }
+  });
+  return scores;
 }
 
 std::vector<double> key_pair_square_sums(const TensorView& keys, uint32_t skip, int threads) {

@@ -1,5 +1,6 @@
-// Token importance features: the RoPE pair magnitudes of each token's keys, and their squared
-// sums over tokens (the key spread's statistic, kvstats.py).
+// Token importance features: the RoPE pair magnitudes of each token's keys, the scores a linear
+// model gives them with the keys rotated back to position 0 (importance.py), and the magnitudes'
+// squared sums over tokens (the key spread's statistic, kvstats.py).
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -25,6 +26,19 @@ CG_HD float pair_magnitude(float a, float b) {
 // head_dim or a non-finite key. The CPU path in effect (cpu_path()) picks the loop; every path
 // gives the same bits.
 std::vector<float> key_pair_magnitudes(const TensorView& keys, int threads);
+
+// Per token t, in float64: sum over (h, p) of mag[h * half + p] * |pair p of head h|, then,
+// with `inv_freq` (half entries; empty for none), the sum over channels c of
+// sig[h * head_dim + c] * the key rotated back to position 0 from context position first + t,
+// where coefficients = mag followed by sig. The rotation's cos and sin come from a float64
+// recurrence restarted at every kScoreTokens-th token: the same scores whatever the thread count
+// and CPU path. Throws InputError as key_pair_magnitudes does, or on a coefficient count or
+// inv_freq size that does not fit the keys.
+std::vector<double> key_scores(const TensorView& keys, const std::vector<double>& coefficients,
+                               const std::vector<float>& inv_freq, uint64_t first, int threads);
+
+// Tokens per task of key_scores (each starts its angle recurrence afresh).
+constexpr uint32_t kScoreTokens = 256;
 
 // Throws InputError unless `keys` can give pair magnitudes (even head_dim, valid paging): the
 // check of every key statistic, host and device.

@@ -210,19 +210,24 @@ def test_calibrate_profile_on_a_tiny_model() -> None:
 
 def test_calibrate_fits_token_importance_to_attention() -> None:
     """Per layer, the importance model is fitted to the attention mass each prefix token (less
-    the sink and the recency tail) draws from the continuation, against its key features."""
+    the sink and the recency tail) draws from the continuation, against its key features: the
+    RoPE pair magnitudes, then the keys rotated back to position 0 (the profile records the
+    model's RoPE bases for those)."""
     import cachegen
     from cachegen.calibrate import _attention_mass
     from cachegen.importance import fit
+    from cachegen.transform import rope_thetas
 
     model = tiny_qwen2(["full_attention"] * 4)
     text = torch.randint(0, 64, (1, 120), generator=torch.Generator().manual_seed(3))
     prof = cachegen.calibrate(model, [text], name="tiny", continuation=16)
-    assert [len(row) for row in prof.importance] == [2 * 4] * 4  # kv heads * head_dim / 2
-    features, mass = _attention_mass(model, text, 16, torch)
+    thetas = tuple(rope_thetas(model.config)[0])
+    assert prof.rope_thetas == thetas and len(thetas) == 4
+    assert [len(row) for row in prof.importance] == [2 * 4 + 2 * 8] * 4  # magnitudes, signed
+    features, mass = _attention_mass(model, text, 16, torch, thetas)
     assert model.config._attn_implementation != "eager"  # restored
     for layer, (f, m) in enumerate(zip(features, mass, strict=True)):
-        assert f.shape == (120 - 16 - 1 - 64, 8) and m.shape == (len(f),)
+        assert f.shape == (120 - 16 - 1 - 64, 24) and m.shape == (len(f),)
         assert np.all(m > 0) and np.all(m < 1)  # mean attention weights
         np.testing.assert_allclose(prof.importance[layer], fit([f], [m]))
     again = cachegen.ModelProfile.from_json(prof.to_json())
@@ -246,7 +251,7 @@ def test_attention_mass_on_sliding_layers_is_aligned_by_position() -> None:
 
     model = tiny_qwen2(SLIDING, window=96, positions=256)
     text, n, cont = _texts(200, (4,))[0], 184, 16
-    features, mass = _attention_mass(model, text, cont, torch)
+    features, mass = _attention_mass(model, text, cont, torch, ())
     model.set_attn_implementation("eager")
     with torch.inference_mode():
         whole = model(text, output_attentions=True).attentions
@@ -260,6 +265,54 @@ def test_attention_mass_on_sliding_layers_is_aligned_by_position() -> None:
             assert seen.min() < cont  # the window hides the oldest kept tokens from late queries
         want = att.sum((0, 1)).numpy() / (att.shape[0] * seen)
         np.testing.assert_allclose(m, want, rtol=1e-4)
+
+
+def test_signed_key_features_are_the_keys_before_rope() -> None:
+    """The signed features of every kept prefix token, sliding layers included, are its key
+    projection before RoPE: the rotation is undone at the token's own context position."""
+    from cachegen.calibrate import _attention_mass
+    from cachegen.transform import rope_thetas
+
+    model = tiny_qwen2(SLIDING, window=96, positions=256)
+    text, n, cont = _texts(200, (4,))[0], 184, 16
+    projected: dict[int, torch.Tensor] = {}
+
+    def keep(i: int) -> Any:
+        def hook(_module: Any, _inputs: Any, out: torch.Tensor) -> None:
+            projected.setdefault(i, out[0].detach())  # the prefix pass, the first call
+
+        return hook
+
+    hooks = [
+        layer.self_attn.k_proj.register_forward_hook(keep(i))
+        for i, layer in enumerate(model.model.layers)
+    ]
+    try:
+        thetas = tuple(rope_thetas(model.config)[0])
+        features, _ = _attention_mass(model, text, cont, torch, thetas)
+    finally:
+        for h in hooks:
+            h.remove()
+    for layer, f in enumerate(features):
+        first = n - 95 if layer % 2 == 0 else 1  # as in the test above
+        want = projected[layer][first : n - 64].numpy()  # [tokens, heads * head_dim]
+        np.testing.assert_allclose(f[:, 8:], want, atol=1e-5)
+
+
+def test_refit_importance_fits_what_calibrate_fits() -> None:
+    """A profile whose importance reads magnitudes only, refitted on the calibration text, has
+    calibrate's importance (signed features, RoPE bases) and keeps its measured weights."""
+    import dataclasses
+
+    import cachegen
+
+    model = tiny_qwen2(["full_attention"] * 4)
+    text = _texts(120, (3,))
+    prof = cachegen.calibrate(model, text, name="tiny", continuation=16, progress=False)
+    old = dataclasses.replace(
+        prof, importance=tuple(row[:8] for row in prof.importance), rope_thetas=()
+    )
+    assert cachegen.refit_importance(model, text, old, continuation=16) == prof
 
 
 def test_calibrate_sliding_window_model_longer_prefix() -> None:

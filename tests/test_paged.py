@@ -16,6 +16,7 @@ from cachegen import _core, paged
 from cachegen.config import CodecConfig
 from cachegen.importance import token_scores
 from cachegen.tensors import GroupView, Paging
+from cachegen.transform import Rope
 
 LAYERS, HEADS, DIM, BLOCK, BLOCKS = 3, 2, 16, 16, 12
 GEOMETRY = (BLOCKS, HEADS, BLOCK, DIM)
@@ -297,12 +298,16 @@ def test_importance_reads_gathered_keys_on_the_gpu_path():
     ids = random_table(6, tokens)
     caches = filled("vllm-cpu", torch.float16, ids, tokens)
     cache = paged.paged_views(caches, "vllm-cpu", ids, tokens)
-    coefficients = np.linspace(-1, 1, HEADS * DIM // 2)
     gpu_views = dataclasses.replace(cache.views, device=0)
-    for layer in range(LAYERS):
-        host = token_scores(cache, cache.views, layer, coefficients, 1)
-        for source in (cache, paged.PagedKV(caches, "vllm-cpu", ids, tokens)):
-            assert np.array_equal(token_scores(source, gpu_views, layer, coefficients, 1), host)
+    magnitudes = np.linspace(-1, 1, HEADS * DIM // 2)
+    signed = np.linspace(1, -1, HEADS * DIM // 2 + HEADS * DIM)
+    rope = Rope.from_thetas([1e4] * LAYERS, DIM)
+    for coefficients, options in ((magnitudes, ()), (signed, (rope, 3))):
+        for layer in range(LAYERS):
+            host = token_scores(cache, cache.views, layer, coefficients, 1, *options)
+            for source in (cache, paged.PagedKV(caches, "vllm-cpu", ids, tokens)):
+                got = token_scores(source, gpu_views, layer, coefficients, 1, *options)
+                assert np.array_equal(got, host)
 
 
 def test_encode_reads_a_paged_kv_in_place():
@@ -316,7 +321,16 @@ def test_encode_reads_a_paged_kv_in_place():
     ones = ((1.0,) * HEADS,) * LAYERS
     row = tuple(np.linspace(-1, 1, HEADS * DIM // 2))
     profile = cachegen.ModelProfile("t", ones, ((2.0, 0.5),) * LAYERS, importance=(row,) * LAYERS)
-    for options in ({"level": 5}, {"profile": profile, "position": 2, "context_end": 90}):
+    signed = dataclasses.replace(
+        profile,
+        importance=(row + tuple(np.linspace(1, -1, HEADS * DIM)),) * LAYERS,
+        rope_thetas=(1e4,) * LAYERS,
+    )
+    for options in (
+        {"level": 5},
+        {"profile": profile, "position": 2, "context_end": 90},
+        {"profile": signed, "position": 2, "context_end": 90},
+    ):
         assert cachegen.encode(kv, **options) == cachegen.encode(contiguous, **options)
         paged_q, gathered_q = (
             cachegen.quantize(kv, **options),

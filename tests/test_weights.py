@@ -15,11 +15,15 @@ from cachegen.importance import (
     IMPORTANCE_BOUND,
     fit,
     importance_weights,
+    key_features,
     layer_keys,
     pair_magnitudes,
+    profile_rope,
+    signed_keys,
     token_scores,
 )
 from cachegen.plan import plan_encode
+from cachegen.transform import Rope, rotate
 from cachegen.weights import sink_rows, token_weights
 
 PLAIN = cachegen.CodecConfig(key_param=0.5, value_param=1.0)
@@ -142,7 +146,8 @@ def test_profile_json_and_checks(tmp_path):
 def test_shipped_smollm2_profile():
     prof = profiles.load(profiles.SMOLLM2)
     assert prof.num_layers == 30 and {len(w) for w in prof.key_weights} == {3}
-    assert {len(row) for row in prof.importance} == {3 * 32}
+    assert {len(row) for row in prof.importance} == {3 * 32 + 3 * 64}  # magnitudes, signed
+    assert prof.rope_thetas == (1e5,) * 30  # SmolLM2's RoPE base, every layer
     assert "GPL-2" in prof.calibration  # calibrated on text the benchmark never scores
 
 
@@ -218,9 +223,10 @@ def test_profile_importance_scales_token_steps():
     assert cachegen.decode(blob).shape == kv.shape  # decoding needs no profile
 
 
-def test_importance_is_the_same_for_every_input_layout():
+@pytest.mark.parametrize("signed", [False, True])
+def test_importance_is_the_same_for_every_input_layout(signed):
     stacked = synthetic_kv(2, 40, 2, 16, seed=4)
-    prof = importance_profile(2, 2, 16)
+    prof = (signed_profile if signed else importance_profile)(2, 2, 16)
     want = [g.a for g in cachegen.quantize(stacked, level=5, profile=prof)]
     inputs = [synthetic_kv(2, 40, 2, 16, seed=4, layout="pairs")]
     torch = pytest.importorskip("torch")
@@ -311,3 +317,98 @@ def test_device_path_scores_equal_the_core(layout):
         host = token_scores(tensors, v, layer, coeffs, 1)
         device = token_scores(tensors, dataclasses.replace(v, device=0), layer, coeffs, 1)
         np.testing.assert_array_equal(device, host)
+
+
+def signed_profile(layers: int, heads: int, dim: int) -> cachegen.ModelProfile:
+    """Importance from the keys rotated back to position 0 (a fixed direction per layer), none
+    from the pair magnitudes."""
+    ones = tuple((1.0,) * heads for _ in range(layers))
+    rng = np.random.default_rng(11)
+    signed = np.round(rng.normal(size=(layers, heads * dim)), 3)  # exact in the JSON
+    rows = tuple(tuple([0.0] * (heads * dim // 2) + [float(x) for x in r]) for r in signed)
+    return cachegen.ModelProfile("test", ones, ones, importance=rows, rope_thetas=(1e4,) * layers)
+
+
+def test_signed_keys_undo_rope():
+    rope = Rope.from_thetas([1e4, 5e5], 16)
+    x0 = np.random.default_rng(3).normal(size=(40, 2, 16)).astype(np.float32)
+    for layer, first in ((0, 0), (1, 1000)):
+        keys = rotate(x0, *rope.angles(layer, np.arange(first, first + 40)), back=False)
+        got = signed_keys(keys, rope, layer, first)
+        np.testing.assert_allclose(got, x0.reshape(40, -1), atol=2e-3)
+        assert np.abs(signed_keys(keys, rope, layer, first + 7) - x0.reshape(40, -1)).max() > 0.1
+
+
+def test_signed_importance_does_not_depend_on_the_chunking():
+    """A token's score is the same in a chunk at its context position as in the whole cache,
+    so chunked and whole encodes weigh it alike."""
+    kv = synthetic_kv(2, 60, 2, 16, seed=6)
+    prof = signed_profile(2, 2, 16)
+    rope = profile_rope(prof.rope_thetas, 16)
+    whole, chunk = cachegen.tensors.views(kv), kv[:, :, 20:]
+    part = cachegen.tensors.views(chunk)
+    for layer in range(2):
+        want = token_scores(kv, whole, layer, prof.importance[layer], 1, rope)[20:]
+        got = token_scores(chunk, part, layer, prof.importance[layer], 1, rope, 20)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+        misplaced = token_scores(chunk, part, layer, prof.importance[layer], 1, rope)
+        assert np.abs(misplaced - want).max() > 0.1
+    config = dataclasses.replace(PLAIN, recency=0.0)
+    plan = plan_encode(chunk, part, config, prof, position=20)
+    for layer in range(2):
+        scores = token_scores(kv, whole, layer, prof.importance[layer], 1, rope)[20:]
+        want = importance_weights(scores, config.importance_strength).astype(np.float32)
+        np.testing.assert_allclose(plan.groups[2 * layer].token_weights, want, rtol=1e-5)
+
+
+def test_signed_importance_profile_checks():
+    prof = signed_profile(1, 2, 8)
+    assert prof.importance_width(2, 8) == 8 + 16
+    assert cachegen.ModelProfile.from_json(prof.to_json()) == prof
+    with pytest.raises(ValueError, match="RoPE bases"):
+        dataclasses.replace(prof, rope_thetas=(1e4, 1e4))
+    with pytest.raises(ValueError, match="RoPE bases"):
+        dataclasses.replace(prof, importance=(), rope_thetas=(1e4,))
+    with pytest.raises(ValueError, match="RoPE bases"):
+        dataclasses.replace(prof, rope_thetas=(float("nan"),))
+    magnitudes_only = dataclasses.replace(prof, importance=((1.0,) * 8,))
+    with pytest.raises(ValueError, match="needs 24 coefficients"):
+        cachegen.encode(synthetic_kv(1, 10, 2, 8), profile=magnitudes_only)
+    blob = cachegen.encode(synthetic_kv(1, 10, 2, 8), profile=prof, position=5)
+    assert cachegen.decode(blob).shape == (1, 2, 10, 2, 8)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32"])
+@pytest.mark.parametrize("first", [0, 37, 5000])
+def test_core_key_scores_equal_the_features_times_the_coefficients(cpu_path, dtype, first):
+    """The core scores keys in one pass (the rotation by a float64 recurrence, restarted every
+    256 tokens): what numpy gets from the features it fits on, for every thread count."""
+    kv = synthetic_kv(1, 600, 3, 16, dtype=dtype, seed=12)
+    keys = kv[0, 0]
+    rope = Rope.from_thetas([1e4], 16)
+    c = np.random.default_rng(13).normal(size=3 * 8 + 3 * 16)
+    want = key_features(keys, 1, rope, 0, first) @ c
+    group = cachegen.tensors.views(kv).groups[0].native()
+    runs = [_core.key_scores(group, c, rope.inv_freq[0], first, threads=t) for t in (1, 3)]
+    assert runs[0] == runs[1]
+    np.testing.assert_allclose(np.frombuffer(runs[0]), want, rtol=1e-4, atol=1e-3)
+    plain = np.frombuffer(_core.key_scores(group, c[:24], threads=2))
+    np.testing.assert_allclose(plain, pair_magnitudes(keys) @ c[:24], rtol=1e-6)
+
+
+def test_core_key_scores_checks():
+    kv = synthetic_kv(1, 10, 2, 8)
+    group = cachegen.tensors.views(kv).groups[0].native()
+    freq = Rope.from_thetas([1e4], 8).inv_freq[0]
+    with pytest.raises(ValueError, match="coefficients: 8, keys need 24"):
+        _core.key_scores(group, np.ones(8), freq)
+    with pytest.raises(ValueError, match="coefficients: 24, keys need 8"):
+        _core.key_scores(group, np.ones(24))
+    with pytest.raises(ValueError, match="inverse frequencies: 3, keys need 4"):
+        _core.key_scores(group, np.ones(24), freq[:3])
+    with pytest.raises(ValueError, match="1-D"):
+        _core.key_scores(group, np.ones((2, 12)), freq)
+    bad = kv.copy()
+    bad[0, 0, 4, 1, 2] = np.nan
+    with pytest.raises(ValueError, match="nan or inf"):
+        _core.key_scores(cachegen.tensors.views(bad).groups[0].native(), np.ones(24), freq)

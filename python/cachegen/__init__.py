@@ -20,7 +20,7 @@ from .api import (
     inspect,
     quantize,
 )
-from .calibrate import calibrate
+from .calibrate import calibrate, refit_importance
 from .config import DEFAULT_LEVEL, LEVELS, LOSSLESS, QUANTIZERS, CodecConfig
 from .profile import ModelProfile
 from .targets import expected_kl, level_for_kl
@@ -42,6 +42,7 @@ __all__ = [
     "QuantizedGroup",
     "build_info",
     "calibrate",
+    "refit_importance",
     "decode",
     "encode",
     "entropy_stats",

@@ -124,6 +124,16 @@ def quantize(request: EncodeRequest) -> list[tuple[bytes, bytes, bytes, bytes, b
     (float32), as bytes."""
 
 def key_magnitudes(keys: TensorView, threads: int = 0) -> bytes: ...
+def key_scores(
+    keys: TensorView,
+    coefficients: Any,
+    inv_freq: Any = None,
+    first: int = 0,
+    threads: int = 0,
+) -> bytes:
+    """Float64 importance scores per token: RoPE pair magnitudes, then (with `inv_freq`) the
+    keys rotated back to position 0 from context position `first`, times `coefficients`."""
+
 def key_square_sums(keys: TensorView, skip: int, threads: int = 0) -> bytes: ...
 def build_info() -> dict[str, Any]: ...
 

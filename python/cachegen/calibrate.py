@@ -15,7 +15,8 @@ rerun after a failure resumes.
 
 One more pass with attention weights fits the token-importance model (`cachegen.importance`):
 per layer, the log of the attention mass each prefix token receives from the continuation,
-against its keys' RoPE pair magnitudes.
+against its keys' RoPE pair magnitudes and, where the model's RoPE is the default one, its keys
+rotated back to position 0 (the profile then records the RoPE bases).
 
 Sliding-window layers keep only their last tokens: every per-layer measurement uses the prefix
 tokens the layer keeps, by absolute position, and the continuation queries that see them.
@@ -24,6 +25,7 @@ Needs torch and transformers (the `hf` extra).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,10 +36,11 @@ import numpy as np
 from .api import FORMAT_VERSION, decode, encode
 from .config import LEVEL_SINK_TOKENS, CodecConfig
 from .hf import from_cache, to_cache
-from .importance import fit, pair_magnitudes
+from .importance import fit, key_features, profile_rope
 from .measurements import Measurements, run_digest
 from .profile import ModelProfile, band_of_channels
 from .replay import LayerReplay, decoder_layers
+from .transform import TransformError, rope_thetas
 from .weights import RECENCY_REFERENCE
 
 # Tokens left out of the importance fit: the sink (context position 0), and the prefix's last
@@ -99,11 +102,13 @@ def calibrate(
     config = config or MEASURE_CONFIG
     _check_texts(texts, continuation)
     shapes = _group_shapes(model, texts[0], torch)
+    thetas = _thetas(model.config)
     settings = {
         "config": repr(config),
         "continuation": continuation,
         "key_bands": key_bands,
         "format": FORMAT_VERSION,
+        "rope_thetas": thetas,
     }
     digest = run_digest(model, texts, settings) if resume else None
     total = len(texts) * (1 + sum(heads for heads, _ in shapes) + key_bands)
@@ -111,7 +116,15 @@ def calibrate(
     try:
         runs = [
             _measure_text(
-                model, ids, f"text{i}", config, (continuation, key_bands), shapes, log, replay
+                model,
+                ids,
+                f"text{i}",
+                config,
+                (continuation, key_bands),
+                shapes,
+                log,
+                replay,
+                thetas,
             )
             for i, ids in enumerate(texts)
         ]
@@ -119,7 +132,17 @@ def calibrate(
         log.close(finished=False)  # keeps what was measured for the rerun
         raise
     log.close(finished=True)
-    return _profile(runs, name, config, continuation, strength, bound, key_bands)
+    profile = _profile(runs, name, config, continuation, strength, bound, key_bands)
+    return dataclasses.replace(profile, rope_thetas=thetas)
+
+
+def _thetas(config: Any) -> tuple[float, ...]:
+    """The model's RoPE bases for the importance model's signed features; () where its RoPE is
+    not the default one (magnitudes only)."""
+    try:
+        return tuple(rope_thetas(config)[0])
+    except (TransformError, AttributeError, KeyError):
+        return ()
 
 
 @dataclass
@@ -158,6 +181,7 @@ def _measure_text(
     shapes: list[tuple[int, int]],
     log: Measurements,
     replay: bool,
+    thetas: tuple[float, ...],
 ) -> _TextRun:
     """The attention pass and the sensitivity passes of one text, each loaded when `log` has
     it."""
@@ -167,7 +191,7 @@ def _measure_text(
     layers = len(shapes) // 2
 
     def attention() -> dict[str, np.ndarray]:
-        features, mass = _attention_mass(model, ids, cont, torch)
+        features, mass = _attention_mass(model, ids, cont, torch, thetas)
         return {
             f"{kind}{i}": a
             for kind, arrays in (("f", features), ("m", mass))
@@ -216,11 +240,34 @@ def _profile(
             f"{len(runs)} texts, {config.name}, continuation {continuation}, "
             f"strength {strength}, bound {bound}, {key_bands} key bands"
         ),
-        importance=tuple(
-            tuple(fit([r.features[layer] for r in runs], [r.mass[layer] for r in runs]))
-            for layer in range(len(runs[0].features))
-        ),
+        importance=_importance([r.features for r in runs], [r.mass for r in runs]),
         key_bands=tuple(float(x) for x in band_w),
+    )
+
+
+def refit_importance(
+    model: Any, texts: Sequence[Any], profile: ModelProfile, *, continuation: int = 256
+) -> ModelProfile:
+    """`profile` with its token-importance model fitted anew on `texts` as `calibrate` fits it
+    (the attention pass alone: seconds per text, the weights kept as measured), e.g. to give a
+    profile made before the signed key features (`ModelProfile.rope_thetas`) them."""
+    import torch
+
+    _check_texts(texts, continuation)
+    thetas = _thetas(model.config)
+    runs = [_attention_mass(model, ids, continuation, torch, thetas) for ids in texts]
+    importance = _importance([f for f, _ in runs], [m for _, m in runs])
+    return dataclasses.replace(profile, importance=importance, rope_thetas=thetas)
+
+
+def _importance(
+    features: list[list[np.ndarray]], mass: list[list[np.ndarray]]
+) -> tuple[tuple[float, ...], ...]:
+    """Per layer, the importance model fitted on every text's features and mass (per text, per
+    layer)."""
+    return tuple(
+        tuple(fit([f[layer] for f in features], [m[layer] for m in mass]))
+        for layer in range(len(features[0]))
     )
 
 
@@ -235,7 +282,7 @@ def _rows(w: list[np.ndarray]) -> tuple[tuple[float, ...], ...]:
 
 
 def _attention_mass(
-    model: Any, ids: Any, cont: int, torch: Any
+    model: Any, ids: Any, cont: int, torch: Any, thetas: tuple[float, ...]
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per layer: the key features of the prefix tokens the layer keeps and the mean attention
     each receives from the continuation queries that see it (over query heads), both without
@@ -253,11 +300,12 @@ def _attention_mass(
     finally:
         model.set_attn_implementation(before)
     features, mass = [], []
-    for (k, _), a, window in zip(kv, out.attentions, windows, strict=True):
+    for layer, ((k, _), a, window) in enumerate(zip(kv, out.attentions, windows, strict=True)):
         kept = k.shape[2]  # the layer's last `kept` prefix tokens lead its attention's keys
         rows = _fit_rows(n, kept)
         drawn = a[0, :, :, :kept].double().sum((0, 1)).numpy()
-        features.append(pair_magnitudes(k[0].swapaxes(0, 1))[rows])
+        rope = profile_rope(thetas, k.shape[3])
+        features.append(key_features(k[0].swapaxes(0, 1), 1, rope, layer, n - kept)[rows])
         mass.append((drawn / (a.shape[1] * _queries_seeing(n, kept, cont, window)))[rows])
     return features, mass
 

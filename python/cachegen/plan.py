@@ -33,7 +33,7 @@ import numpy as np
 
 from . import _core
 from .config import QUANTIZERS, CodecConfig
-from .importance import importance_weights, key_square_sums, token_scores
+from .importance import importance_weights, key_square_sums, profile_rope, token_scores
 from .info import FLAG_TORCH_SOURCE
 from .kvstats import key_channel_weights, spread_strength
 from .profile import ModelProfile
@@ -127,8 +127,9 @@ def plan_encode(
         params = config.layer_params(layer, num_layers)
         token_w = None  # K's and V's alike
         if any(q == _TOKEN for q, _ in params):
+            n = pair[0].tokens
             token_w = _layer_token_weights(
-                keys or (kv, v), layer, place(pair[0].tokens), profile, config, threads
+                keys or (kv, v), layer, (place(n), position + tokens - n), profile, config, threads
             )
         for side, (group, (quantizer, param)) in enumerate(zip(pair, params, strict=True)):
             if quantizer != _TOKEN:
@@ -171,16 +172,19 @@ def _key_spread(
 def _layer_token_weights(
     keys: tuple[Any, KVViews],
     layer: int,
-    place: np.ndarray | None,
+    where: tuple[np.ndarray | None, int],
     profile: ModelProfile | None,
     config: CodecConfig,
     threads: int,
 ) -> np.ndarray | None:
-    """A layer's token step weights: its place in the context times the importance the
-    profile predicts from its keys."""
+    """A layer's token step weights: its place in the context (`where`: the recency weights and
+    the context position of its first token) times the importance the profile predicts from
+    its keys."""
+    place, first = where
     if profile is None or not profile.importance:
         return _float32(place)
-    scores = token_scores(*keys, layer, profile.importance[layer], threads)
+    rope = profile_rope(profile.rope_thetas, keys[1].groups[2 * layer].head_dim)
+    scores = token_scores(*keys, layer, profile.importance[layer], threads, rope, first)
     w = importance_weights(scores, config.importance_strength)
     if place is not None:
         w = np.clip(w * place, TOKEN_WEIGHT_BOUNDS[0], TOKEN_WEIGHT_BOUNDS[1])

@@ -31,13 +31,17 @@ class ModelProfile:
         model: what the profile was calibrated for (a name; not checked against the model).
         key_weights / value_weights: `[layer][head]` step multipliers.
         calibration: how it was made (text, level, tokens), for the record.
-        importance: `[layer][heads * head_dim/2]` coefficients predicting a token's log
-            attention mass from its keys' RoPE pair magnitudes (`cachegen.importance`); empty
-            for none.
+        importance: per layer, coefficients predicting a token's log attention mass from its
+            keys (`cachegen.importance`): `heads * head_dim/2` on the RoPE pair magnitudes, then,
+            with `rope_thetas`, `heads * head_dim` on the key channels rotated back to position
+            0; empty for none.
         key_bands: step multipliers of the key channels by RoPE frequency band, highest
             frequency first (pair p of a head, channels p and p + head_dim/2, is in band
             `p * len(key_bands) // (head_dim/2)`), geometric mean 1; empty for none. Low
             frequencies carry what a query matches regardless of distance: finer steps there.
+        rope_thetas: the model's RoPE base per layer (default rotate-half RoPE), which the
+            importance model's signed key features need; empty where it reads magnitudes only
+            (profiles made before them, or models with another RoPE).
     """
 
     model: str
@@ -46,6 +50,7 @@ class ModelProfile:
     calibration: str = ""
     importance: Coefficients = ()
     key_bands: tuple[float, ...] = ()
+    rope_thetas: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.key_weights) != len(self.value_weights) or not self.key_weights:
@@ -61,6 +66,12 @@ class ModelProfile:
             raise ValueError("profile importance needs one coefficient row per layer")
         if not all(np.isfinite(row).all() for row in self.importance):
             raise ValueError("profile importance coefficients must be finite")
+        if self.rope_thetas and (
+            not self.importance
+            or len(self.rope_thetas) != self.num_layers
+            or not all(np.isfinite(t) and t > 1.0 for t in self.rope_thetas)
+        ):
+            raise ValueError("profile RoPE bases need importance and one base > 1 per layer")
 
     @property
     def num_layers(self) -> int:
@@ -103,11 +114,16 @@ class ModelProfile:
             k = groups[2 * layer]
             if k.head_dim % 2:
                 raise ValueError(f"profile {self.model!r}: importance needs an even head_dim")
-            if len(row) != k.heads * (k.head_dim // 2):
+            need = self.importance_width(k.heads, k.head_dim)
+            if len(row) != need:
                 raise ValueError(
                     f"profile {self.model!r}: layer {layer} importance needs "
-                    f"{k.heads * (k.head_dim // 2)} coefficients, has {len(row)}"
+                    f"{need} coefficients, has {len(row)}"
                 )
+
+    def importance_width(self, heads: int, head_dim: int) -> int:
+        """Coefficients per layer of the importance model over `heads` keys of `head_dim`."""
+        return heads * (head_dim // 2) + (heads * head_dim if self.rope_thetas else 0)
 
     def to_json(self) -> str:
         body = {
@@ -120,6 +136,8 @@ class ModelProfile:
             body["key_bands"] = [round(x, 4) for x in self.key_bands]
         if self.importance:
             body["importance"] = [[float(f"{x:.5g}") for x in row] for row in self.importance]
+        if self.rope_thetas:
+            body["rope_thetas"] = list(self.rope_thetas)
         return json.dumps(body, indent=1)
 
     @classmethod
@@ -133,6 +151,7 @@ class ModelProfile:
                 calibration=str(d.get("calibration", "")),
                 importance=tuple(tuple(float(x) for x in row) for row in d.get("importance", ())),
                 key_bands=tuple(float(x) for x in d.get("key_bands", ())),
+                rope_thetas=tuple(float(x) for x in d.get("rope_thetas", ())),
             )
         except (KeyError, TypeError, json.JSONDecodeError) as e:
             raise ValueError(f"not a cachegen model profile: {e!r}") from e

@@ -88,27 +88,33 @@ class Rope:
 
     @classmethod
     def from_config(cls, config: Any) -> Rope:
-        """The RoPE of a Hugging Face text model config: one base (`rope_theta`), or a base per
-        layer type (`rope_parameters[layer_type]`, e.g. Gemma-3's sliding and full layers).
-        Only the default RoPE type is known (no scaling)."""
-        layers = config.num_hidden_layers
-        head_dim = getattr(config, "head_dim", None) or (
-            config.hidden_size // config.num_attention_heads
-        )
-        params = getattr(config, "rope_parameters", None) or {
-            "rope_theta": config.rope_theta,
-            "rope_type": "default",
-        }
-        types = getattr(config, "layer_types", None) or ["full_attention"] * layers
-        per_layer = [params.get(kind, params) for kind in types]
-        for p in per_layer:
-            if p.get("rope_type", "default") != "default":
-                raise TransformError(f"RoPE type {p['rope_type']!r} is not supported")
-        return cls.from_thetas([float(p["rope_theta"]) for p in per_layer], head_dim)
+        """The RoPE of a Hugging Face text model config (`rope_thetas`)."""
+        return cls.from_thetas(*rope_thetas(config))
 
     def angles(self, layer: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """cos and sin `[tokens, head_dim]` of `layer` at `positions`."""
         return _angles(self.inv_freq[layer], positions)
+
+
+def rope_thetas(config: Any) -> tuple[list[float], int]:
+    """The RoPE base of each layer and the head_dim of a Hugging Face text model config: one
+    base (`rope_theta`), or a base per layer type (`rope_parameters[layer_type]`, e.g. Gemma-3's
+    sliding and full layers). Only the default RoPE type is known (no scaling): TransformError
+    for another."""
+    layers = config.num_hidden_layers
+    head_dim = getattr(config, "head_dim", None) or (
+        config.hidden_size // config.num_attention_heads
+    )
+    params = getattr(config, "rope_parameters", None) or {
+        "rope_theta": config.rope_theta,
+        "rope_type": "default",
+    }
+    types = getattr(config, "layer_types", None) or ["full_attention"] * layers
+    per_layer = [params.get(kind, params) for kind in types]
+    for p in per_layer:
+        if p.get("rope_type", "default") != "default":
+            raise TransformError(f"RoPE type {p['rope_type']!r} is not supported")
+    return [float(p["rope_theta"]) for p in per_layer], head_dim
 
 
 def _angles(inv_freq: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
