@@ -1,5 +1,7 @@
 """Decode and encode speed of the new default level (sink + recency, with and without the SmolLM2
-profile) against the previous default's steps without step weights, same run, same cache.
+profile, whose importance model reads signed key features, and with that profile's importance
+cut to the RoPE pair magnitudes) against the previous default's steps without step weights, same
+run, same cache.
 
     python bench/level_speed.py      # writes bench/results/level_speed.md
 
@@ -8,6 +10,7 @@ Real SmolLM2 KV (30 x 3 x 64 x 4096, `kvdata.real_kv`), 2 threads, medians of in
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from pathlib import Path
@@ -23,10 +26,17 @@ ROUNDS = 9
 OUT = Path(__file__).resolve().parent / "results" / "level_speed.md"
 
 
+def magnitudes_only(p: cachegen.ModelProfile, width: int) -> cachegen.ModelProfile:
+    """`p` with its importance model's first `width` coefficients (the pair magnitudes') only."""
+    rows = tuple(row[:width] for row in p.importance)
+    return dataclasses.replace(p, importance=rows, rope_thetas=())
+
+
 def main() -> None:
     info = RunInfo.capture()
     kv = kvdata.real_kv()
     default = cachegen.CodecConfig.from_level(cachegen.DEFAULT_LEVEL)
+    smollm2 = profiles.load(profiles.SMOLLM2)
     variants = {
         "previous default (k 0.35 / v 0.7, no step weights)": {
             "config": cachegen.CodecConfig(key_param=0.35, value_param=0.7)
@@ -34,7 +44,11 @@ def main() -> None:
         f"level {cachegen.DEFAULT_LEVEL} (sink + recency)": {"config": default},
         f"level {cachegen.DEFAULT_LEVEL} + SmolLM2 profile": {
             "config": default,
-            "profile": profiles.load(profiles.SMOLLM2),
+            "profile": smollm2,
+        },
+        f"level {cachegen.DEFAULT_LEVEL} + SmolLM2 profile, magnitudes only": {
+            "config": default,
+            "profile": magnitudes_only(smollm2, kv.shape[3] * kv.shape[4] // 2),
         },
     }
     blobs = {name: cachegen.encode(kv, threads=2, **opts) for name, opts in variants.items()}
