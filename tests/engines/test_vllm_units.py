@@ -36,6 +36,14 @@ def test_config_defaults_and_keys() -> None:
         cfg.check_block_size(96)
 
 
+def test_config_refuses_packed_cpu_pages() -> None:
+    """vLLM's AMX attention packs its CPU pages; plain ones (and GPUs: None) are read as is."""
+    for isa in (None, "vec", "vec16"):
+        ConnectorConfig.check_cpu_attention(isa)
+    with pytest.raises(ConfigError, match="'amx' kernels.*dtype float16 or float32"):
+        ConnectorConfig.check_cpu_attention("amx")
+
+
 @pytest.mark.parametrize(
     ("extra", "match"),
     [

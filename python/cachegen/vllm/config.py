@@ -127,6 +127,22 @@ class ConnectorConfig:
                 f"chunk_tokens {self.chunk_tokens} is not a multiple of the block size {block_size}"
             )
 
+    @staticmethod
+    def check_cpu_attention(isa: str | None) -> None:
+        """The connector reads and writes vLLM's CPU pages as plain rows of keys and values;
+        the AMX kernels (bf16 on a CPU with AMX tiles) pack them in their own tile order, which
+        plain rows would silently garble (wrong answers, stored garbage): refused."""
+        if isa in PACKED_CPU_ATTENTION:
+            raise ConfigError(
+                f"vLLM's CPU attention runs its {isa!r} kernels here, which pack the KV pages "
+                "in their own order; the connector reads and writes plain pages only: serve "
+                "with dtype float16 or float32"
+            )
+
+
+#: vLLM CPU attention kernels whose KV pages are not plain rows (`cachegen.paged`'s "vllm-cpu").
+PACKED_CPU_ATTENTION = ("amx",)
+
 
 def _levels(value: Any) -> tuple[int, ...]:
     if isinstance(value, int):

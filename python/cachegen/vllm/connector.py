@@ -171,6 +171,7 @@ class CacheGenConnector(KVConnectorBase_V1):
         self.cfg = ConnectorConfig.from_extra(tc.kv_connector_extra_config)
         self._block_size = vllm_config.cache_config.block_size
         self.cfg.check_block_size(self._block_size)
+        self.cfg.check_cpu_attention(_cpu_attention(vllm_config))
         if tc.kv_load_failure_policy != "recompute":
             log.warning(
                 "cachegen: kv_load_failure_policy is %r; with 'recompute' a chunk that fails "
@@ -512,6 +513,19 @@ def _identity(vllm_config: VllmConfig, cfg: ConnectorConfig, tp_rank: int) -> Id
         tp_rank=tp_rank,
         tp_size=pc.tensor_parallel_size,
     )
+
+
+def _cpu_attention(vllm_config: VllmConfig) -> str | None:
+    """The kernels vLLM's CPU attention picks for this model and cache ("vec", "amx", ...);
+    None off the CPU, or where this vLLM does not say."""
+    if not current_platform.is_cpu():
+        return None
+    try:
+        from vllm.v1.attention.backends.cpu_attn import _get_attn_isa
+    except ImportError:
+        return None
+    mc, cc = vllm_config.model_config, vllm_config.cache_config
+    return _get_attn_isa(mc.dtype, cc.block_size, mc.get_head_size(), cc.cache_dtype)
 
 
 def _layout_of(cache: torch.Tensor) -> str:
