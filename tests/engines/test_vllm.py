@@ -27,9 +27,13 @@ CHUNK = 256
 LOSSLESS = cachegen.LOSSLESS
 #: Levels with pooled KL <= 0.01 on SmolLM2 with its profile (bench/results/quality.json).
 LOSSY = (10, 15)
-#: Greedy agreement over 32 tokens a loaded prefix must reach: the first differing token shifts
-#: all after it (measured 17-32 of 32 at KL <= 0.01 and lossless).
-AGREEMENT_FLOOR = 0.25
+#: A greedy continuation from a lossy prefix may leave the reference's only at a near-tie: a
+#: token the reference chose by less than this many nats over its runner-up. Such ties flip with
+#: the last bits of the arithmetic (vLLM's own bf16 run and its float32 run part at them too),
+#: and the first differing token shifts all after it, so counting agreeing tokens measures where
+#: the first near-tie falls, not the cache (measured: levels 10 and 15 agree for 15 and 21 of 32
+#: tokens, then part where the reference led by 0.30 and 0.03 nats).
+NEAR_TIE = 0.5
 GENERATE = 32
 
 
@@ -72,7 +76,9 @@ def e2e(
     store = f"file://{folder}"
     silent = f"s3://bucket/kv?endpoint=http://127.0.0.1:{silent_server}&timeout=2&max_retries=0"
     a, b = prompts["A"], prompts["B"]
-    model = {"model": str(smollm2_checkpoint), "served_model_name": "smollm2"}
+    # float16: on a CPU with AMX tiles vLLM's bf16 attention packs its pages in its own order,
+    # which the connector refuses (test_vllm_units); float16 pages are plain rows everywhere.
+    model = {"model": str(smollm2_checkpoint), "served_model_name": "smollm2", "dtype": "float16"}
     n = len(a) // CHUNK  # whole chunks of A, saved per dtype
     warm = _ask("warm", b[-300:], tokens=1)  # a first request pays the engine's warm-up
     exact = {**model, "dtype": "float32"}
@@ -125,6 +131,7 @@ def e2e(
                 "name": "other",
                 "model": str(other_checkpoint),
                 "served_model_name": "smollm2",
+                "dtype": "float16",
                 "connector": _connector(store, save=False),
                 "steps": [_ask("B", b, tokens=1)],
             },
@@ -163,9 +170,11 @@ def test_second_engine_loads_every_whole_chunk_losslessly(
     assert got["tokens"] == exact["tokens"]
 
 
-def _agreement(tokens: list[int], reference: list[int]) -> int:
+def _first_divergence(tokens: list[int], reference: list[int]) -> int:
     assert len(tokens) == len(reference) == GENERATE
-    return sum(x == y for x, y in zip(tokens, reference, strict=True))
+    return next(
+        (i for i, (x, y) in enumerate(zip(tokens, reference, strict=True)) if x != y), GENERATE
+    )
 
 
 @pytest.mark.parametrize("level", LOSSY)
@@ -173,9 +182,14 @@ def test_lossy_levels_agree_with_recompute(e2e: dict[str, dict[str, Any]], level
     got, base = e2e["load"][f"L{level}"], e2e["base"]["B"]
     assert got["cachegen"]["loaded_tokens"] == 7 * CHUNK
     assert got["cachegen"]["levels"] == [str(level)] * 7
-    same = _agreement(got["tokens"], base["tokens"])
-    print(f"level {level}: greedy agreement {same}/{GENERATE} with vLLM's own prefix cache")
-    assert same / GENERATE >= AGREEMENT_FLOOR
+    first = _first_divergence(got["tokens"], base["tokens"])
+    control = _first_divergence(e2e["exact"]["B"]["tokens"], base["tokens"])
+    lead = base["margins"][first] if first < GENERATE else None
+    print(
+        f"level {level}: agrees with vLLM's own prefix cache for {first}/{GENERATE} tokens, "
+        f"then the reference led by {lead} nats (float32 without the connector: {control})"
+    )
+    assert first == GENERATE or lead < NEAR_TIE
 
 
 def test_damaged_chunk_shortens_the_prefix_and_changes_nothing(

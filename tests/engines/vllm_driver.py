@@ -78,6 +78,15 @@ def _wait_records(store: str, count: int, timeout_s: float) -> int:
         time.sleep(0.2)
 
 
+def _margins(steps: list[dict[int, Any]]) -> list[float]:
+    """Per generated token, the log-probability lead of the top token over the runner-up."""
+    out = []
+    for step in steps:
+        best = sorted((lp.logprob for lp in step.values()), reverse=True)
+        out.append(best[0] - best[1] if len(best) > 1 else float("inf"))
+    return out
+
+
 def _request(llm: Any, req: dict[str, Any]) -> dict[str, Any]:
     from vllm import SamplingParams
 
@@ -88,6 +97,7 @@ def _request(llm: Any, req: dict[str, Any]) -> dict[str, Any]:
         max_tokens=req.get("max_tokens", 32),
         ignore_eos=True,
         detokenize=False,
+        logprobs=2,
         extra_args=extra,
     )
     prompt = {"prompt_token_ids": req["prompt"]}
@@ -98,6 +108,7 @@ def _request(llm: Any, req: dict[str, Any]) -> dict[str, Any]:
         "name": req["name"],
         "request_id": out.request_id,
         "tokens": list(out.outputs[0].token_ids),
+        "margins": _margins(out.outputs[0].logprobs or []),
         "num_cached_tokens": out.num_cached_tokens,
         "cachegen": (out.kv_transfer_params or {}).get("cachegen"),
         "seconds": seconds,
