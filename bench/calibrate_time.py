@@ -40,10 +40,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     info = RunInfo.capture()
     lm = load_model(args.model)
-    texts = [
-        lm.tokenizer(doc.text, return_tensors="pt")["input_ids"][:, : args.prefix + args.cont]
-        for doc in load_documents(TEXTS)
-    ]
+    texts = [lm.first_ids(d.text, args.prefix + args.cont) for d in load_documents(TEXTS)]
     cpu, wall = time.process_time(), time.perf_counter()
     profile = cachegen.calibrate(
         lm.model,

@@ -19,10 +19,8 @@ import time
 from pathlib import Path
 
 import cachegen
-from lib.kvquality import load_documents, load_model
+from lib.kvquality import CONT_TOKENS, PREFIX_TOKENS, load_documents, load_model
 from lib.kvquality.docs import CALIBRATION_DOCS
-
-PREFIX, CONTINUATION = 1536, 256
 
 
 def main() -> None:
@@ -33,13 +31,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     lm = load_model(args.model)
-    texts = [
-        lm.tokenizer(doc.text, return_tensors="pt")["input_ids"][:, : PREFIX + CONTINUATION]
-        for doc in load_documents(CALIBRATION_DOCS[: args.texts])
-    ]
+    names = CALIBRATION_DOCS[: args.texts]
+    texts = [lm.first_ids(d.text, PREFIX_TOKENS + CONT_TOKENS) for d in load_documents(names)]
     t0 = time.perf_counter()
     old = cachegen.ModelProfile.load(args.profile)
-    profile = cachegen.refit_importance(lm.model, texts, old, continuation=CONTINUATION)
+    profile = cachegen.refit_importance(lm.model, texts, old, continuation=CONT_TOKENS)
     note = "; importance refitted with signed key features (bench/refit_importance.py)"
     if note not in profile.calibration:
         profile = dataclasses.replace(profile, calibration=profile.calibration + note)

@@ -28,10 +28,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=profiles.path(profiles.SMOLLM2))
     args = ap.parse_args()
     lm = load_model()
-    texts = []
-    for doc in load_documents(CALIBRATION_DOCS):
-        ids = lm.tokenizer(doc.text, return_tensors="pt")["input_ids"]
-        texts.append(ids[:, : PREFIX + CONTINUATION])
+    texts = [lm.first_ids(d.text, PREFIX + CONTINUATION) for d in load_documents(CALIBRATION_DOCS)]
     t0 = time.perf_counter()
     profile = cachegen.calibrate(lm.model, texts, name=profiles.SMOLLM2, continuation=CONTINUATION)
     texts_note = f"; texts {', '.join(CALIBRATION_DOCS)} ({PREFIX} + {CONTINUATION})"

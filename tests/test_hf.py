@@ -224,7 +224,7 @@ def test_calibrate_fits_token_importance_to_attention() -> None:
     thetas = tuple(rope_thetas(model.config)[0])
     assert prof.rope_thetas == thetas and len(thetas) == 4
     assert [len(row) for row in prof.importance] == [2 * 4 + 2 * 8] * 4  # magnitudes, signed
-    features, mass = _attention_mass(model, text, 16, torch, thetas)
+    features, mass = _attention_mass(model, text, 16, torch)
     assert model.config._attn_implementation != "eager"  # restored
     for layer, (f, m) in enumerate(zip(features, mass, strict=True)):
         assert f.shape == (120 - 16 - 1 - 64, 24) and m.shape == (len(f),)
@@ -251,14 +251,14 @@ def test_attention_mass_on_sliding_layers_is_aligned_by_position() -> None:
 
     model = tiny_qwen2(SLIDING, window=96, positions=256)
     text, n, cont = _texts(200, (4,))[0], 184, 16
-    features, mass = _attention_mass(model, text, cont, torch, ())
+    features, mass = _attention_mass(model, text, cont, torch)
     model.set_attn_implementation("eager")
     with torch.inference_mode():
         whole = model(text, output_attentions=True).attentions
     for layer, (f, m) in enumerate(zip(features, mass, strict=True)):
         first = n - 95 if layer % 2 == 0 else 1  # sliding: positions 89..183; full: 1..183
         positions = np.arange(first, n - 64)
-        assert f.shape == (len(positions), 8) and m.shape == (len(positions),)
+        assert f.shape == (len(positions), 8 + 16) and m.shape == (len(positions),)
         att = whole[layer][0, :, n:, positions].double()  # [heads, queries, kept positions]
         seen = (att[0] > 0).sum(0).numpy()
         if layer % 2 == 0:
@@ -271,7 +271,6 @@ def test_signed_key_features_are_the_keys_before_rope() -> None:
     """The signed features of every kept prefix token, sliding layers included, are its key
     projection before RoPE: the rotation is undone at the token's own context position."""
     from cachegen.calibrate import _attention_mass
-    from cachegen.transform import rope_thetas
 
     model = tiny_qwen2(SLIDING, window=96, positions=256)
     text, n, cont = _texts(200, (4,))[0], 184, 16
@@ -288,8 +287,7 @@ def test_signed_key_features_are_the_keys_before_rope() -> None:
         for i, layer in enumerate(model.model.layers)
     ]
     try:
-        thetas = tuple(rope_thetas(model.config)[0])
-        features, _ = _attention_mass(model, text, cont, torch, thetas)
+        features, _ = _attention_mass(model, text, cont, torch)
     finally:
         for h in hooks:
             h.remove()

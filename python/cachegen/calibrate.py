@@ -116,15 +116,7 @@ def calibrate(
     try:
         runs = [
             _measure_text(
-                model,
-                ids,
-                f"text{i}",
-                config,
-                (continuation, key_bands),
-                shapes,
-                log,
-                replay,
-                thetas,
+                model, ids, f"text{i}", config, (continuation, key_bands), shapes, log, replay
             )
             for i, ids in enumerate(texts)
         ]
@@ -181,7 +173,6 @@ def _measure_text(
     shapes: list[tuple[int, int]],
     log: Measurements,
     replay: bool,
-    thetas: tuple[float, ...],
 ) -> _TextRun:
     """The attention pass and the sensitivity passes of one text, each loaded when `log` has
     it."""
@@ -191,7 +182,7 @@ def _measure_text(
     layers = len(shapes) // 2
 
     def attention() -> dict[str, np.ndarray]:
-        features, mass = _attention_mass(model, ids, cont, torch, thetas)
+        features, mass = _attention_mass(model, ids, cont, torch)
         return {
             f"{kind}{i}": a
             for kind, arrays in (("f", features), ("m", mass))
@@ -254,10 +245,9 @@ def refit_importance(
     import torch
 
     _check_texts(texts, continuation)
-    thetas = _thetas(model.config)
-    runs = [_attention_mass(model, ids, continuation, torch, thetas) for ids in texts]
+    runs = [_attention_mass(model, ids, continuation, torch) for ids in texts]
     importance = _importance([f for f, _ in runs], [m for _, m in runs])
-    return dataclasses.replace(profile, importance=importance, rope_thetas=thetas)
+    return dataclasses.replace(profile, importance=importance, rope_thetas=_thetas(model.config))
 
 
 def _importance(
@@ -282,11 +272,12 @@ def _rows(w: list[np.ndarray]) -> tuple[tuple[float, ...], ...]:
 
 
 def _attention_mass(
-    model: Any, ids: Any, cont: int, torch: Any, thetas: tuple[float, ...]
+    model: Any, ids: Any, cont: int, torch: Any
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per layer: the key features of the prefix tokens the layer keeps and the mean attention
-    each receives from the continuation queries that see it (over query heads), both without
-    the `_FIT_SKIP` tokens."""
+    """Per layer: the key features of the prefix tokens the layer keeps (signed ones where the
+    model's RoPE is the default one, `_thetas`) and the mean attention each receives from the
+    continuation queries that see it (over query heads), both without the `_FIT_SKIP` tokens."""
+    thetas = _thetas(model.config)
     prefix, tail = ids[:, :-cont], ids[:, -cont:]
     n = prefix.shape[-1]
     before = model.config._attn_implementation

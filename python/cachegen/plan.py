@@ -116,10 +116,14 @@ def plan_encode(
     end = position + tokens if context_end is None else context_end
     if position < 0 or end < position + tokens:
         raise ValueError("need 0 <= position and context_end >= position + tokens")
+
+    def first(n: int) -> int:  # the context position of the first of a group's n tokens
+        return position + tokens - n
+
     # Sinks and recency weights depend only on a group's token count (a layer holding fewer
     # tokens, a sliding window, holds the last ones): computed once per distinct count.
-    place = functools.cache(lambda n: token_weights(n, position + tokens - n, end, config.recency))
-    sinks = functools.cache(lambda n: sink_rows(n, position + tokens - n, config.sink_tokens))
+    place = functools.cache(lambda n: token_weights(n, first(n), end, config.recency))
+    sinks = functools.cache(lambda n: sink_rows(n, first(n), config.sink_tokens))
     num_layers = len(v.groups) // 2
     groups: list[GroupPlan] = []
     for layer in range(num_layers):
@@ -129,7 +133,7 @@ def plan_encode(
         if any(q == _TOKEN for q, _ in params):
             n = pair[0].tokens
             token_w = _layer_token_weights(
-                keys or (kv, v), layer, (place(n), position + tokens - n), profile, config, threads
+                keys or (kv, v), layer, place(n), first(n), profile, config, threads
             )
         for side, (group, (quantizer, param)) in enumerate(zip(pair, params, strict=True)):
             if quantizer != _TOKEN:
@@ -172,15 +176,14 @@ def _key_spread(
 def _layer_token_weights(
     keys: tuple[Any, KVViews],
     layer: int,
-    where: tuple[np.ndarray | None, int],
+    place: np.ndarray | None,
+    first: int,
     profile: ModelProfile | None,
     config: CodecConfig,
     threads: int,
 ) -> np.ndarray | None:
-    """A layer's token step weights: its place in the context (`where`: the recency weights and
-    the context position of its first token) times the importance the profile predicts from
-    its keys."""
-    place, first = where
+    """A layer's token step weights: its place in the context (recency weights; its first token
+    at context position `first`) times the importance the profile predicts from its keys."""
     if profile is None or not profile.importance:
         return _float32(place)
     rope = profile_rope(profile.rope_thetas, keys[1].groups[2 * layer].head_dim)

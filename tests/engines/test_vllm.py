@@ -29,10 +29,10 @@ LOSSLESS = cachegen.LOSSLESS
 LOSSY = (10, 15)
 #: A greedy continuation from a lossy prefix may leave the reference's only at a near-tie: a
 #: token the reference chose by less than this many nats over its runner-up. Such ties flip with
-#: the last bits of the arithmetic (vLLM's own bf16 run and its float32 run part at them too),
-#: and the first differing token shifts all after it, so counting agreeing tokens measures where
-#: the first near-tie falls, not the cache (measured: levels 10 and 15 agree for 15 and 21 of 32
-#: tokens, then part where the reference led by 0.30 and 0.03 nats).
+#: small changes to the cache, and the first differing token shifts all after it, so counting
+#: agreeing tokens measures where the first near-tie falls, not the cache (measured: levels 10
+#: and 15 agree for 15 and 21 of 32 tokens, then part where the reference led by 0.30 and 0.03
+#: nats; a garbled cache parted at leads of 3.1 and 2.0).
 NEAR_TIE = 0.5
 GENERATE = 32
 

@@ -43,6 +43,10 @@ class LoadedModel:
     name: str
     key: str = DEFAULT_MODEL
 
+    def first_ids(self, text: str, tokens: int) -> torch.Tensor:
+        """``[1, <= tokens]`` ids of the start of ``text`` (how calibration takes its texts)."""
+        return self.tokenizer(text, return_tensors="pt")["input_ids"][:, :tokens]
+
 
 def _load_smollm2() -> tuple[Any, Any, str]:
     model, tokenizer = smollm2.load()
