@@ -15,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 
 from tiny_lm import sharpened, tiny_qwen2  # noqa: E402
 
-from cachegen.hf import from_cache, to_cache  # noqa: E402
+from cachegen.hf import from_cache, observed_attention, to_cache  # noqa: E402
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -265,6 +265,37 @@ def test_attention_mass_on_sliding_layers_is_aligned_by_position() -> None:
             assert seen.min() < cont  # the window hides the oldest kept tokens from late queries
         want = att.sum((0, 1)).numpy() / (att.shape[0] * seen)
         np.testing.assert_allclose(m, want, rtol=1e-4)
+
+
+@pytest.mark.parametrize("window", [1, 24])
+def test_observed_attention_is_what_the_last_queries_paid(window: int) -> None:
+    """Per layer and kept token: the attention the last `window` queries paid it, averaged over
+    query heads and the queries that see it (a sliding window hides old tokens from late ones),
+    as one eager pass over the whole text shows; the cache is the plain prefill's."""
+    model = tiny_qwen2(SLIDING, window=16, positions=128)
+    ids = _texts(60, (5,))[0]
+    before = model.config._attn_implementation
+    kv, attention = observed_attention(model, ids, window)
+    assert model.config._attn_implementation == before  # the model's own attention is back
+    want_kv = from_cache(_prefill(model, ids))
+    model.set_attn_implementation("eager")
+    with torch.inference_mode():
+        whole = model(ids, output_attentions=True).attentions
+    for (k, v), (wk, wv), a, att in zip(kv, want_kv, attention, whole, strict=True):
+        torch.testing.assert_close((k, v), (wk, wv), rtol=1e-4, atol=1e-5)
+        kept = k.shape[2]
+        paid = att[0, :, -window:, -kept:].double()
+        seen = (paid[0] > 0).sum(0).numpy()
+        assert a.shape == (kept,) and seen.min() >= 1
+        np.testing.assert_allclose(a, paid.sum((0, 1)).numpy() / (paid.shape[0] * seen), rtol=1e-4)
+
+
+def test_observed_attention_checks() -> None:
+    model = tiny_qwen2(SLIDING, window=16)
+    ids = _texts(20, (1,))[0]
+    for bad_ids, window in ((ids, 20), (ids, 0), (ids[0], 4), (torch.cat([ids, ids]), 4)):
+        with pytest.raises(ValueError, match="window"):
+            observed_attention(model, bad_ids, window)
 
 
 def test_signed_key_features_are_the_keys_before_rope() -> None:

@@ -17,6 +17,8 @@ from cachegen.importance import (
     importance_weights,
     key_features,
     layer_keys,
+    mixed_scores,
+    observed_scores,
     pair_magnitudes,
     profile_rope,
     signed_keys,
@@ -221,6 +223,75 @@ def test_profile_importance_scales_token_steps():
         assert np.abs(ratio).max() <= 1 / 8 + 1e-3 and abs(ratio.mean()) < 0.03
     blob = cachegen.encode(kv, config=PLAIN, profile=prof)
     assert cachegen.decode(blob).shape == kv.shape  # decoding needs no profile
+
+
+def _step_ratios(kv, **kwargs) -> list[np.ndarray]:
+    """log2 of each group's token steps over the same config's without importance."""
+    plain = cachegen.quantize(kv, config=PLAIN)
+    weighted = cachegen.quantize(kv, config=PLAIN, **kwargs)
+    return [np.log2(w.a / p.a) for p, w in zip(plain, weighted, strict=True)]
+
+
+def _observed(layers: int, tokens: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.lognormal(-5.0, 2.0, tokens) for _ in range(layers)]
+
+
+def test_observed_attention_scales_token_steps():
+    """Without a profile, a token's step follows the attention it drew, K and V alike."""
+    kv = synthetic_kv(2, 60, 2, 16)
+    attention = _observed(2, 60)
+    for i, r in enumerate(_step_ratios(kv, attention=attention)):
+        want = np.log2(importance_weights(np.log(attention[i // 2]), PLAIN.importance_strength))
+        assert np.abs(r - want).max() <= 1 / 8 + 1e-3 and abs((r - want).mean()) < 0.03
+    blob = cachegen.encode(kv, config=PLAIN, attention=attention)
+    assert cachegen.decode(blob).shape == kv.shape  # decoding needs no attention
+
+
+def test_observed_attention_is_mixed_with_the_profiles_prediction():
+    kv = synthetic_kv(2, 60, 2, 16, seed=2)
+    prof, attention = importance_profile(2, 2, 16), _observed(2, 60, seed=3)
+    for i, r in enumerate(_step_ratios(kv, profile=prof, attention=attention)):
+        predicted = pair_magnitudes(kv[i // 2, 0]) @ prof.importance[i // 2]
+        scores = mixed_scores(predicted, observed_scores(attention[i // 2]))
+        want = np.log2(importance_weights(scores, PLAIN.importance_strength))
+        assert np.abs(r - want).max() <= 1 / 8 + 1e-3 and abs((r - want).mean()) < 0.03
+    half = 0.5 * (np.log(attention[0]) - np.log(attention[0]).mean())
+    np.testing.assert_allclose(mixed_scores(None, np.log(attention[0])), np.log(attention[0]))
+    np.testing.assert_allclose(mixed_scores(np.zeros(60), np.log(attention[0])), half)
+
+
+def test_observed_attention_of_a_transform_chunk():
+    """With a transform, the attention weighs the coefficients' token steps as a profile does
+    (at the coefficients' importance power), and the blob decodes without it."""
+    from cachegen.transform import COEFFICIENT_IMPORTANCE, Rope, coefficient_config, learn_transform
+
+    kv = synthetic_kv(2, 64, 2, 16, seed=6, layout="pairs")
+    t = learn_transform([kv], Rope.from_thetas([10000.0, 10000.0], 16))
+    attention = _observed(2, 64, seed=7)
+    blob = cachegen.encode(kv, level=5, transform=t, attention=attention)
+    out = cachegen.decode(blob, transforms=t)
+    assert all(k.shape == kk.shape for (k, _), (kk, _) in zip(out, kv, strict=True))
+    config = coefficient_config(cachegen.CodecConfig.from_level(5), profiled=True)
+    assert config.importance_strength == COEFFICIENT_IMPORTANCE
+    assert blob != cachegen.encode(kv, level=5, transform=t)
+
+
+@pytest.mark.parametrize(
+    "attention, match",
+    [
+        ([np.ones(60)], r"one array per layer \(2\)"),
+        ("ab", "one array per layer"),
+        ([np.ones(60), np.ones(59)], r"attention\[1\]: shape \(59,\), need \(60,\)"),
+        ([np.ones(60), np.ones((60, 1))], r"attention\[1\]: shape"),
+        ([np.ones(60), -np.ones(60)], r"attention\[1\]: need finite values >= 0"),
+        ([np.full(60, np.nan), np.ones(60)], r"attention\[0\]: need finite"),
+    ],
+)
+def test_observed_attention_checks(attention, match):
+    kv = synthetic_kv(2, 60, 2, 16)
+    with pytest.raises(ValueError, match=match):
+        cachegen.encode(kv, config=PLAIN, attention=attention)
 
 
 @pytest.mark.parametrize("signed", [False, True])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,6 +91,7 @@ def encode(
     threads: int | None = None,
     device: Any = None,
     transform: Transform | None = None,
+    attention: Sequence[Any] | None = None,
 ) -> Any:
     """Compress a KV cache into a self-describing blob.
 
@@ -123,6 +125,13 @@ def encode(
             the lossless level. With a `profile`, its weight per layer and K/V and its token
             importance (predicted from the raw keys) apply, not its weights per head or key
             band (`transform.coefficient_profile`).
+        attention: what the engine saw at prefill: per layer, a 1-D array of the mean attention
+            each of this cache's tokens in that layer drew from the context's last queries
+            (`cachegen.hf.observed_attention`; slice it for a chunk of the context). Tokens
+            that drew more get finer steps: alone, or averaged with a profile's prediction
+            (`cachegen.importance`). Most worth it with a transform: 23% fewer bits at KL
+            0.002 without a profile, 12% with one (bench/results/ladder_experiments.md 37).
+            Decoding does not need it.
     """
     config = _config(level, config)
     record = keys = None
@@ -131,7 +140,8 @@ def encode(
             raise ValueError("lossless coding keeps the cache's own bits: not with a transform")
         if device not in (None, "cpu"):
             raise ValueError("a transform-coded blob is encoded on the host")
-        config = coefficient_config(config, profiled=profile is not None)
+        weighted = profile is not None or attention is not None
+        config = coefficient_config(config, profiled=weighted)
         if profile is not None:
             keys, profile = (kv, views(kv)), coefficient_profile(profile)
         kv = forward(kv, transform, position)
@@ -139,7 +149,7 @@ def encode(
     v = views(kv)
     target = devices.encode_target(device, v)
     n = dispatch.threads_arg(threads)
-    plan = plan_encode(kv, v, config, profile, position, context_end, n, keys)
+    plan = plan_encode(kv, v, config, profile, position, context_end, n, keys, attention)
     return dispatch.encode(dataclasses.replace(plan, transform=record), v, target, n)
 
 
@@ -170,11 +180,13 @@ def quantize(
     position: int = 0,
     context_end: int | None = None,
     threads: int | None = None,
+    attention: Sequence[Any] | None = None,
 ) -> list[QuantizedGroup]:
     """Run only the quantizer of `encode` (same arguments): per (layer, K/V) group, K first."""
     v = views(kv)
     n = dispatch.threads_arg(threads)
-    plan = plan_encode(kv, v, _config(level, config), profile, position, context_end, n)
+    config = _config(level, config)
+    plan = plan_encode(kv, v, config, profile, position, context_end, n, attention=attention)
     out = []
     for g, (sym, a, b, o, rows) in zip(v.groups, _core.quantize(plan.request(n)), strict=True):
         channels = g.heads * g.head_dim

@@ -35,7 +35,7 @@ import numpy as np
 
 from .api import FORMAT_VERSION, decode, encode
 from .config import LEVEL_SINK_TOKENS, CodecConfig
-from .hf import from_cache, to_cache
+from .hf import from_cache, layer_window, to_cache
 from .importance import fit, key_features, profile_rope
 from .measurements import Measurements, run_digest
 from .profile import ModelProfile, band_of_channels
@@ -286,7 +286,7 @@ def _attention_mass(
         with torch.inference_mode():
             kv = from_cache(model(prefix, use_cache=True).cache)
             cache = to_cache(kv, model.config, seq_length=n)
-            windows = [_window(layer) for layer in cache.layers]
+            windows = [layer_window(layer) for layer in cache.layers]
             out = model(tail, cache=cache, output_attentions=True)
     finally:
         model.set_attn_implementation(before)
@@ -299,11 +299,6 @@ def _attention_mass(
         features.append(key_features(k[0].swapaxes(0, 1), 1, rope, layer, n - kept)[rows])
         mass.append((drawn / (a.shape[1] * _queries_seeing(n, kept, cont, window)))[rows])
     return features, mass
-
-
-def _window(layer: Any) -> int | None:
-    """A cache layer's sliding window, None for full attention."""
-    return int(layer.sliding_window) if getattr(layer, "is_sliding", False) else None
 
 
 def _fit_rows(n: int, kept: int) -> slice:

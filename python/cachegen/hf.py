@@ -6,6 +6,8 @@ same model can continue from. Both use the layered cache API of ``transformers``
 (``cache.layers[i].keys``/``.values``), including sliding-window layers, which keep only the
 last ``sliding_window - 1`` tokens and so may be shorter than full-attention layers.
 ``learn_model_transform`` learns a model's `cachegen.transform` from the caches of some texts.
+``observed_attention`` prefills a context and records the attention its last queries pay to each
+token, which `cachegen.encode(attention=...)` turns into finer steps where it went.
 
 torch and transformers are imported only when a function is called, so ``import cachegen``
 works without them.
@@ -17,6 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from transformers import DynamicCache, PretrainedConfig
 
@@ -24,7 +27,7 @@ if TYPE_CHECKING:
 
 KVPair = tuple["torch.Tensor", "torch.Tensor"]
 
-__all__ = ["from_cache", "learn_model_transform", "to_cache"]
+__all__ = ["from_cache", "learn_model_transform", "observed_attention", "to_cache"]
 
 
 def learn_model_transform(model: Any, texts: Sequence[Any], key_spread: float = 0.0) -> Transform:
@@ -43,6 +46,61 @@ def learn_model_transform(model: Any, texts: Sequence[Any], key_spread: float = 
             kv = from_cache(model(ids, use_cache=True).cache)
             caches.append([(k.float(), v.float()) for k, v in kv])
     return learn_transform(caches, rope, key_spread)
+
+
+def observed_attention(
+    model: Any, ids: Any, window: int | None = None
+) -> tuple[list[KVPair], list[np.ndarray]]:
+    """Prefill `ids` (`[1, n]`) and return its cache (`from_cache`) with, per layer, the mean
+    attention each token the layer keeps drew from the context's last `window` queries (default
+    `cachegen.importance.OBSERVATION_WINDOW`), over query heads and the queries that see it:
+    `cachegen.encode(..., attention=...)` takes it (a chunk takes its tokens' slice).
+
+    The first n - window tokens are prefilled with the model's own attention; the last `window`
+    run with eager attention, the one that returns its weights (window x n per head and layer).
+
+    Raises:
+        ValueError: `ids` is not `[1, n]` with n > window >= 1.
+    """
+    import torch
+
+    from .importance import OBSERVATION_WINDOW
+
+    window = OBSERVATION_WINDOW if window is None else window
+    if ids.dim() != 2 or ids.shape[0] != 1 or not 1 <= window < ids.shape[1]:
+        raise ValueError(f"need ids [1, n] with n > window >= 1; got {tuple(ids.shape)}, {window}")
+    n = ids.shape[1]
+    before = model.config._attn_implementation
+    with torch.inference_mode():
+        cache = model(ids[:, :-window], use_cache=True).cache
+        model.set_attn_implementation("eager")  # the fused kernels return no attention weights
+        try:
+            weights = model(ids[:, -window:], cache=cache, output_attentions=True).attentions
+        finally:
+            model.set_attn_implementation(before)
+    kv = from_cache(cache)
+    attention = []
+    for (k, _), a, layer in zip(kv, weights, cache.layers, strict=True):
+        kept = k.shape[2]
+        drawn = a[0, :, :, -kept:].double().sum((0, 1)).cpu().numpy()
+        seeing = _queries_seeing(n, kept, window, layer_window(layer))
+        attention.append(drawn / (a.shape[1] * seeing))
+    return kv, attention
+
+
+def layer_window(layer: Any) -> int | None:
+    """A cache layer's sliding window, None for full attention."""
+    return int(layer.sliding_window) if getattr(layer, "is_sliding", False) else None
+
+
+def _queries_seeing(n: int, kept: int, window: int, sliding: int | None) -> Any:
+    """How many of the last `window` queries of an n-token context see each of the `kept`
+    last tokens: those at or after it, and in a `sliding` window less than `sliding` after it."""
+    import numpy as np
+
+    positions = np.arange(n - kept, n)
+    last = n - 1 if sliding is None else np.minimum(n - 1, positions + sliding - 1)
+    return last - np.maximum(positions, n - window) + 1
 
 
 def from_cache(cache: Any) -> list[KVPair]:

@@ -10,6 +10,12 @@ position 0 (signed: the fit can learn the direction the queries look in, 6.5% fe
 those features (`ModelProfile.importance`, fitted by `cachegen.calibrate`; the signed features
 where it records the model's RoPE, `rope_thetas`); encoding scales each token's step by its
 predicted mass to the power -strength (`CodecConfig.importance_strength`).
+
+An engine that prefilled the context can say more: the attention each token drew from the
+context's own last queries (`OBSERVATION_WINDOW` of them; `cachegen.hf.observed_attention`
+records it), which is where the next queries tend to look. Passed to `encode(attention=...)`,
+its log stands for the prediction without a profile and is averaged with it with one
+(`mixed_scores`; bench/results/ladder_experiments.md 37).
 """
 
 from __future__ import annotations
@@ -34,6 +40,13 @@ from .transform import Rope, rotate
 
 #: Importance weights stay within [1/8, 8] of the layer's geometric mean.
 IMPORTANCE_BOUND = 8.0
+#: How many of the context's last queries an engine's observed attention averages (64 beat 32
+#: and 256 on the tuning texts, ladder_experiments.md 37).
+OBSERVATION_WINDOW = 64
+#: The observed attention's share of a token's score where a profile predicts one too.
+OBSERVED_SHARE = 0.5
+#: Mean attention below this counts as this (a log must stay finite).
+_ATTENTION_FLOOR = 1e-9
 
 
 @runtime_checkable
@@ -141,6 +154,20 @@ def _scores(
 ) -> np.ndarray:
     raw = _core.key_scores(group.native(), c, freq, first, threads)
     return np.frombuffer(raw, dtype=np.float64)
+
+
+def observed_scores(attention: np.ndarray) -> np.ndarray:
+    """Scores (log mean attention) from a layer's observed attention per token."""
+    return np.log(np.maximum(np.asarray(attention, dtype=np.float64), _ATTENTION_FLOOR))
+
+
+def mixed_scores(predicted: np.ndarray | None, observed: np.ndarray | None) -> np.ndarray | None:
+    """A layer's token scores from the profile's prediction and the observed attention, either
+    of which may be missing: each centered, then mixed at `OBSERVED_SHARE`."""
+    if predicted is None or observed is None:
+        return observed if predicted is None else predicted
+    share = OBSERVED_SHARE
+    return share * (observed - observed.mean()) + (1 - share) * (predicted - predicted.mean())
 
 
 def importance_weights(scores: np.ndarray, strength: float) -> np.ndarray:

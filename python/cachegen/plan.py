@@ -16,7 +16,8 @@ composes those factors from their sources:
 * `layer_weight`, `channel_weight`: the model profile (`ModelProfile.layer_weight`,
   `channel_weights`), folded into `param` and the channel weights;
 * `token_weight`: the token's place in the context (`weights.token_weights`, the recency law)
-  times its predicted importance (`importance.importance_weights`, from the profile);
+  times its importance (`importance.importance_weights`), predicted by the profile and/or
+  observed by the engine at prefill (`attention`, `importance.mixed_scores`);
 * `raw_rows`: the context's sink tokens in this group (`weights.sink_rows`).
 
 `encode` and `quantize` both run an `EncodePlan`, so what `quantize` shows is what `encode`
@@ -26,6 +27,7 @@ stores.
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +35,14 @@ import numpy as np
 
 from . import _core
 from .config import QUANTIZERS, CodecConfig
-from .importance import importance_weights, key_square_sums, profile_rope, token_scores
+from .importance import (
+    importance_weights,
+    key_square_sums,
+    mixed_scores,
+    observed_scores,
+    profile_rope,
+    token_scores,
+)
 from .info import FLAG_TORCH_SOURCE
 from .kvstats import key_channel_weights, spread_strength
 from .profile import ModelProfile
@@ -104,14 +113,18 @@ def plan_encode(
     context_end: int | None = None,
     threads: int = 1,
     keys: tuple[Any, KVViews] | None = None,
+    attention: Sequence[np.ndarray] | None = None,
 ) -> EncodePlan:
     """The plan for the groups `v` describes; `kv` is what they view (read only for a profile's
     importance on a GPU: see `importance.layer_keys`). `position` is the context position of
     the cache's first token, `context_end` one past its last (default: the cache's end).
     `keys`: the cache (and its views) whose keys the profile's importance reads, where the
-    groups hold something else (a transform's coefficients); default `kv`, `v`."""
+    groups hold something else (a transform's coefficients); default `kv`, `v`. `attention`:
+    per layer, the mean attention each of its tokens drew at prefill (`encode`'s)."""
     if profile is not None:
         profile.check(v.groups)
+    if attention is not None:
+        attention = checked_attention(attention, v)
     tokens = max(g.tokens for g in v.groups)
     end = position + tokens if context_end is None else context_end
     if position < 0 or end < position + tokens:
@@ -132,8 +145,9 @@ def plan_encode(
         token_w = None  # K's and V's alike
         if any(q == _TOKEN for q, _ in params):
             n = pair[0].tokens
+            observed = None if attention is None else attention[layer]
             token_w = _layer_token_weights(
-                keys or (kv, v), layer, place(n), first(n), profile, config, threads
+                keys or (kv, v), layer, place(n), first(n), profile, observed, config, threads
             )
         for side, (group, (quantizer, param)) in enumerate(zip(pair, params, strict=True)):
             if quantizer != _TOKEN:
@@ -179,19 +193,42 @@ def _layer_token_weights(
     place: np.ndarray | None,
     first: int,
     profile: ModelProfile | None,
+    observed: np.ndarray | None,
     config: CodecConfig,
     threads: int,
 ) -> np.ndarray | None:
     """A layer's token step weights: its place in the context (recency weights; its first token
-    at context position `first`) times the importance the profile predicts from its keys."""
-    if profile is None or not profile.importance:
+    at context position `first`) times the importance the profile predicts from its keys
+    and/or the `observed` attention shows."""
+    predicted = None
+    if profile is not None and profile.importance:
+        rope = profile_rope(profile.rope_thetas, keys[1].groups[2 * layer].head_dim)
+        predicted = token_scores(*keys, layer, profile.importance[layer], threads, rope, first)
+    scores = mixed_scores(predicted, None if observed is None else observed_scores(observed))
+    if scores is None:
         return _float32(place)
-    rope = profile_rope(profile.rope_thetas, keys[1].groups[2 * layer].head_dim)
-    scores = token_scores(*keys, layer, profile.importance[layer], threads, rope, first)
     w = importance_weights(scores, config.importance_strength)
     if place is not None:
         w = np.clip(w * place, TOKEN_WEIGHT_BOUNDS[0], TOKEN_WEIGHT_BOUNDS[1])
     return _float32(w)
+
+
+def checked_attention(attention: Sequence[Any], v: KVViews) -> list[np.ndarray]:
+    """`encode`'s observed attention as float64 arrays, one per layer of its layer's tokens,
+    finite and >= 0; a ValueError naming the first that is not."""
+    layers = len(v.groups) // 2
+    if isinstance(attention, (str, bytes)) or len(attention) != layers:
+        raise ValueError(f"attention: need one array per layer ({layers})")
+    out = []
+    for layer, a in enumerate(attention):
+        x = np.asarray(a, dtype=np.float64)
+        tokens = v.groups[2 * layer].tokens
+        if x.shape != (tokens,):
+            raise ValueError(f"attention[{layer}]: shape {x.shape}, need ({tokens},)")
+        if not np.isfinite(x).all() or (x < 0).any():
+            raise ValueError(f"attention[{layer}]: need finite values >= 0")
+        out.append(x)
+    return out
 
 
 def _float32(w: np.ndarray | None) -> np.ndarray | None:

@@ -285,9 +285,9 @@ COEFFICIENT_RECENCY = 1.25
 def coefficient_config(config: CodecConfig, profiled: bool = False) -> CodecConfig:
     """`config` for coefficients: without the key spread, whose RoPE-pair statistics mean
     nothing in the transform's coordinates. A ladder level as it is (`CodecConfig.from_level`)
-    takes value steps `COEFFICIENT_VALUE_RATIO` times its key step, and coded with a profile
-    (`profiled`) also `COEFFICIENT_IMPORTANCE` and `COEFFICIENT_RECENCY`; a custom config keeps
-    its own."""
+    takes value steps `COEFFICIENT_VALUE_RATIO` times its key step, and coded with token
+    importance (`profiled`: a profile's or an engine's observed attention) also
+    `COEFFICIENT_IMPORTANCE` and `COEFFICIENT_RECENCY`; a custom config keeps its own."""
     out = dataclasses.replace(config, key_spread=0.0, key_spread_auto=False)
     if config.level not in LEVELS or config != CodecConfig.from_level(config.level):
         return out
