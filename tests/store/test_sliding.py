@@ -100,3 +100,30 @@ def test_bad_layer_counts_are_refused(store: Store) -> None:
     with pytest.raises(ValueError, match="tokens"):  # no layer holds all the context
         save_context(store, "tiny", list(range(12)), [(torch.zeros(1, 2, 10, 8),) * 2])
     assert store.list() == []
+
+
+def test_observed_attention_is_sliced_per_chunk(store: Store) -> None:
+    """`save_context(attention=)` codes each chunk with its slice of every layer's attention
+    (sliding layers by absolute position), as `encode(attention=)` of the chunk alone would."""
+    from tiny_lm import sharpened
+
+    from cachegen.context.layers import slice_attention, slice_chunk
+    from cachegen.hf import observed_attention
+
+    model = sharpened(tiny_model())  # peaked attention: tokens draw very different shares
+    ids = torch.randint(0, 64, (1, TOKENS), generator=torch.Generator().manual_seed(3))
+    kv, attention = observed_attention(model, ids, 6)
+    save_context(store, "tiny", ids[0], kv, levels=[5], chunk_tokens=CHUNK, attention=attention)
+    ctx = open_context(store, "tiny", ids[0], chunk_tokens=CHUNK)
+    for i, c in enumerate(ctx.chunks):
+        start, stop = c.span
+        part = slice_attention(attention, start, stop)
+        assert [len(a) for a in part] == [k.shape[2] for k, _ in slice_chunk(kv, start, stop)]
+        want = cachegen.encode(
+            slice_chunk(kv, start, stop), 5, position=start, context_end=TOKENS, attention=part
+        )
+        assert ctx.fetch(i, 5) == want
+        plain = cachegen.encode(slice_chunk(kv, start, stop), 5, position=start, context_end=TOKENS)
+        assert want != plain  # the attention moved the steps
+    with pytest.raises(ValueError, match="one array per layer"):
+        save_context(store, "tiny", ids[0], kv, levels=[5], attention=attention[:3])

@@ -54,13 +54,25 @@ def slice_chunk(kv: Any, start: int, stop: int) -> Any:
     if not isinstance(kv, list | tuple):
         return kv[:, :, start:stop]
     total = max(k.shape[2] for k, _ in kv)
-    parts = []
-    for k, v in kv:
-        first = total - k.shape[2]  # the absolute position of the layer's first token
-        lo, hi = max(start, first) - first, stop - first
-        if hi > lo:
-            parts.append((k[:, :, lo:hi], v[:, :, lo:hi]))
-    return parts
+    spans = [_span(total, k.shape[2], start, stop) for k, _ in kv]
+    return [(k[:, :, s], v[:, :, s]) for (k, v), s in zip(kv, spans, strict=True) if s]
+
+
+def slice_attention(attention: Sequence[Any], start: int, stop: int) -> list[Any]:
+    """Chunk ``[start, stop)`` of per-layer 1-D arrays over each layer's tokens (an engine's
+    observed attention, `cachegen.encode(attention=)`), laid out as `slice_chunk` lays out the
+    cache they belong to."""
+    total = max(len(a) for a in attention)
+    spans = [_span(total, len(a), start, stop) for a in attention]
+    return [a[s] for a, s in zip(attention, spans, strict=True) if s]
+
+
+def _span(total: int, count: int, start: int, stop: int) -> slice | None:
+    """Where chunk ``[start, stop)`` lies in a layer holding the last `count` of `total`
+    tokens; None where it holds none of them."""
+    first = total - count  # the absolute position of the layer's first token
+    lo, hi = max(start, first) - first, stop - first
+    return slice(lo, hi) if hi > lo else None
 
 
 def _cat(parts: list[Any]) -> Any:

@@ -50,7 +50,7 @@ from .keys import (
     tokens_key,
     unseal,
 )
-from .layers import assemble, chunk_layer_tokens, layer_counts, slice_chunk
+from .layers import assemble, chunk_layer_tokens, layer_counts, slice_attention, slice_chunk
 
 DEFAULT_CHUNK_TOKENS = 256
 #: Chunks encoded ahead of their upload; bounds memory while encode and upload overlap.
@@ -287,6 +287,7 @@ def save_context(
     salt: Salt = None,
     auth_key: AuthKey = None,
     transform: Transform | None = None,
+    attention: Sequence[Any] | None = None,
 ) -> Context:
     """Store `kv` (the cache of `token_ids`) as chunks of `chunk_tokens`, each at every level.
 
@@ -297,6 +298,9 @@ def save_context(
     Each chunk is coded knowing its place in the context (the first chunk holds the attention
     sink, the last the most recent tokens) and with the model's `profile`, if given.
     Chunks already stored by a context with the same prefix are reused, not re-encoded.
+    `attention`: what the engine observed at prefill, per layer over the tokens `kv` holds
+    (`cachegen.hf.observed_attention`); each chunk is encoded with its slice
+    (`cachegen.encode(attention=)`).
     `quality` (any JSON-serializable dict, e.g. measured KL per level) goes into the manifest.
     `salt` (bytes or str, e.g. vLLM's per-request ``cache_salt``) keys the chunks to a tenant:
     only `open_context` with the same salt finds them, and only chunks of that salt are reused.
@@ -321,7 +325,10 @@ def save_context(
     raws = store.get_many(keys, missing_ok=True)
     records = [_read_record(k, r, auth) for k, r in zip(keys, raws, strict=True)]
 
-    chunker = _Chunker(kv, tokens, layer_counts(kv), levels, profile, threads, auth, transform)
+    counts = layer_counts(kv)
+    if attention is not None and [len(a) for a in attention] != counts:
+        raise ValueError(f"attention: need one array per layer of its tokens {counts}")
+    chunker = _Chunker(kv, tokens, counts, levels, profile, threads, auth, transform, attention)
     chunks: list[ChunkInfo] = []
     pending: deque[Future[None]] = deque()
     # Encode chunk i+1 while chunk i uploads; the codec and the store clients release the GIL.
@@ -384,6 +391,10 @@ class _Chunker:
     threads: int | None
     auth: Authenticator | None
     transform: Transform | None
+    attention: Sequence[Any] | None
+
+    def _attention(self, start: int, stop: int) -> list[Any] | None:
+        return None if self.attention is None else slice_attention(self.attention, start, stop)
 
     def chunk(
         self, index: int, chunk_hash: str, span: tuple[int, int], record: _Record | None
@@ -407,6 +418,7 @@ class _Chunker:
             "context_end": len(self.tokens),
             "profile": self.profile,
             "transform": self.transform,
+            "attention": self._attention(start, stop),
         }
         blobs = {
             lv: cachegen.encode(part, level=lv, threads=self.threads, **where)
