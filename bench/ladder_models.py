@@ -55,15 +55,17 @@ def codings(
 
 @dataclass(frozen=True)
 class Variant:
-    """How a model's cache is coded around the codec: `method(model, key, config)` makes the
-    method, `tag(model)` names what it adds (a transform's digest; "" for the plain codec) in
-    the keys of stored results."""
+    """How a model's cache is coded around the codec: `method(model, key, config, doc)` makes
+    the method for a document, `tag(model)` names what it adds (a transform's digest; "" for
+    the plain codec) in the keys of stored results."""
 
     tag: Callable[[str], str]
-    method: Callable[[str, str, cachegen.CodecConfig], Method]
+    method: Callable[[str, str, cachegen.CodecConfig, str], Method]
 
 
-PLAIN = Variant(lambda model: "", lambda model, key, config: codec_method(key, key, config=config))
+PLAIN = Variant(
+    lambda model: "", lambda model, key, config, doc: codec_method(key, key, config=config)
+)
 
 
 def cache_key(
@@ -100,7 +102,7 @@ def run(
                 lm = load_model(model)
                 case = prepare(lm, load_document(name), prefix, cont)
                 for m in missing:
-                    r = evaluate(lm, case, variant.method(model, m, todo[m]))
+                    r = evaluate(lm, case, variant.method(model, m, todo[m], name))
                     done[keys[m]] = dataclasses.asdict(r)
                     with STORE.open("a") as f:
                         f.write(json.dumps({"key": keys[m], "result": done[keys[m]]}) + "\n")

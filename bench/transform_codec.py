@@ -84,7 +84,7 @@ def transform_variant(fit: tuple[str, ...], prefix: int, key_spread: float) -> V
 
     return Variant(
         tag=lambda model: f"klt-{get(model).digest()[:16]}|",
-        method=lambda model, key, config: transform_method(get(model), key, config),
+        method=lambda model, key, config, doc: transform_method(get(model), key, config),
     )
 
 

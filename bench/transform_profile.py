@@ -29,16 +29,21 @@ import torch
 
 import cachegen
 from cachegen import profiles
+from cachegen.hf import observed_attention
+from cachegen.importance import OBSERVATION_WINDOW, OBSERVED_SHARE
 from cachegen.transform import COEFFICIENT_VERSION, coefficient_config
 from ladder_models import PLAIN, Variant, codings, curve, pooled, run
 from ladder_report import TARGETS, reference_bits
 from lib.cli import ints, words
-from lib.kvquality import Result
+from lib.kvquality import Result, load_document, load_model
 from lib.kvquality.methods import KV, Method, codec_method
 from lib.kvquality.report import run_info
 from transform_codec import add_transform_args, by_scope, transform_of
 
 CURVES = {"cgp": "ladder + profile", "t": "KLT", "tp": "KLT + profile", "ref": "reference"}
+OBSERVED = {"to": "KLT + observed", "tpo": "KLT + profile + observed"}
+#: Curves whose level 1 is far below KL 0.05: they take `coarser` settings too.
+COARSE = ("tp", "to", "tpo")
 
 
 def profile_paths(specs: list[str]) -> dict[str, str]:
@@ -52,11 +57,24 @@ def profile_of(path: str) -> cachegen.ModelProfile:
     return cachegen.ModelProfile.load(path)
 
 
-def coded(transform, profile: cachegen.ModelProfile | None, key: str, config) -> Method:
-    """The transform's blob (`cachegen.encode(..., transform=, profile=)`) and its decode."""
+@functools.cache
+def observed(model: str, doc: str, prefix: int) -> tuple:
+    """The attention the document's prefix drew from its own last queries (per layer)."""
+    lm = load_model(model)
+    ids = lm.first_ids(load_document(doc).text, prefix)
+    return tuple(observed_attention(lm.model, ids)[1])
+
+
+def coded(
+    transform, profile: cachegen.ModelProfile | None, key: str, config, attention=None
+) -> Method:
+    """The transform's blob (`cachegen.encode(..., transform=, profile=, attention=)`) and its
+    decode."""
 
     def encode(kv: KV) -> bytes:
-        return cachegen.encode(kv, config=config, transform=transform, profile=profile)
+        return cachegen.encode(
+            kv, config=config, transform=transform, profile=profile, attention=attention
+        )
 
     def decode(blob: bytes, like: KV) -> KV:
         return list(cachegen.decode(blob, transforms=transform))
@@ -75,18 +93,30 @@ def variants(fit: tuple[str, ...], prefix: int, paths: dict[str, str]) -> dict[s
     def p(model: str) -> cachegen.ModelProfile:
         return profile_of(paths[model])
 
+    def seen(m: str, doc: str) -> tuple:
+        return observed(m, doc, prefix)
+
+    obs = f"o{OBSERVATION_WINDOW}-{OBSERVED_SHARE}"
     return {
         "cgp": Variant(
             lambda m: f"prof-{p(m).digest[:12]}|",
-            lambda m, key, c: codec_method(key, key, config=c, profile=p(m)),
+            lambda m, key, c, doc: codec_method(key, key, config=c, profile=p(m)),
         ),
         "t": Variant(
             lambda m: f"klt-{t(m).digest()[:16]}-c{COEFFICIENT_VERSION}|",
-            lambda m, key, c: coded(t(m), None, key, c),
+            lambda m, key, c, doc: coded(t(m), None, key, c),
         ),
         "tp": Variant(
             lambda m: f"kltp-{t(m).digest()[:12]}-{p(m).digest[:12]}-c{COEFFICIENT_VERSION}|",
-            lambda m, key, c: coded(t(m), p(m), key, c),
+            lambda m, key, c, doc: coded(t(m), p(m), key, c),
+        ),
+        "to": Variant(
+            lambda m: f"klt-{t(m).digest()[:16]}-c{COEFFICIENT_VERSION}-{obs}|",
+            lambda m, key, c, doc: coded(t(m), None, key, c, seen(m, doc)),
+        ),
+        "tpo": Variant(
+            lambda m: f"kltp-{t(m).digest()[:12]}-{p(m).digest[:12]}-c{COEFFICIENT_VERSION}-{obs}|",
+            lambda m, key, c, doc: coded(t(m), p(m), key, c, seen(m, doc)),
         ),
     }
 
@@ -114,9 +144,12 @@ def coarser(steps: int) -> dict[str, cachegen.CodecConfig]:
 
 
 def equal_kl(rs: dict[str, Result], levels: list[int], refs: list[int]) -> dict:
-    keys = {c: [f"{c}{lv}" for lv in (refs if c == "ref" else levels)] for c in CURVES}
-    keys["tp"] += [k for k in rs if k.startswith("tpx")]
-    return {t: {c: bits_at(curve(rs, keys[c]), t) for c in CURVES} for t in TARGETS}
+    curves = [c for c in CURVES | OBSERVED if c == "ref" or f"{c}{levels[0]}" in rs]
+    keys = {c: [f"{c}{lv}" for lv in (refs if c == "ref" else levels)] for c in curves}
+    for c in COARSE:
+        if c in keys:
+            keys[c] += [k for k in rs if k.startswith(f"{c}x")]
+    return {t: {c: bits_at(curve(rs, keys[c]), t) for c in curves} for t in TARGETS}
 
 
 def cell(b: tuple[float | None, str]) -> str:
@@ -142,6 +175,22 @@ def ratio_table(at: dict[str, dict]) -> list[str]:
     return lines
 
 
+def observed_table(at: dict[str, dict]) -> list[str]:
+    """Bits and ratios to the reference of the curves given observed attention, beside the
+    same transform without it."""
+    names = ["t", "to", "tp", "tpo"]
+    labels = [(CURVES | OBSERVED)[c] for c in names]
+    lines = [
+        "| model | docs | KL target | " + " | ".join(f"{n} | {n} / ref" for n in labels) + " |",
+        "|---|---|--:|" + "--:|" * (2 * len(names)),
+    ]
+    for name, by_target in at.items():
+        for target, b in by_target.items():
+            cells = [f"{cell(b[c])} | {ratio(b[c], b['ref'])}" for c in names]
+            lines.append(f"| {name} | {target} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def level_table(p: dict[str, dict[str, Result]], levels: list[int]) -> list[str]:
     names = [CURVES[c] for c in ("cgp", "t", "tp")]
     lines = [
@@ -161,6 +210,7 @@ def main() -> None:
     add_transform_args(ap, levels="1,2,3,5,8,10,13,15,18,20,24,27")
     ap.add_argument("--profile", action="append", default=[], help="model=path of its profile")
     ap.add_argument("--coarser", type=int, default=6, help="settings coarser than level 1 (tp)")
+    ap.add_argument("--observed", action="store_true", help="also the curves given attention")
     a = ap.parse_args()
     torch.set_num_threads(1)
     levels, refs = ints(a.levels), ints(a.refs)
@@ -169,9 +219,11 @@ def main() -> None:
     info = run_info(", ".join(models), a.prefix, a.cont)
     rows = run(models, docs, codings([], [], [], refs), a.prefix, a.cont, PLAIN)
     for name, variant in variants(fit, a.prefix, paths).items():
+        if name in OBSERVED and not a.observed:
+            continue
         todo = {f"{name}{lv}": cachegen.CodecConfig.from_level(lv) for lv in levels}
-        if name == "tp":
-            todo |= {f"tp{k}": c for k, c in coarser(a.coarser).items()}
+        if name in COARSE:
+            todo |= {f"{name}{k}": c for k, c in coarser(a.coarser).items()}
         rows += run(models, docs, todo, a.prefix, a.cont, variant)
     p = pooled(rows)
     at = by_scope(rows, docs, lambda rs: equal_kl(rs, levels, refs))
@@ -190,6 +242,9 @@ def main() -> None:
         "",
         *ratio_table(at),
     ]
+    if a.observed:
+        md += ["", "### Given the attention the prefix's last queries drew", ""]
+        md += observed_table(at)
     print("\n".join(md))
 
 
