@@ -129,8 +129,8 @@ def encode(
             each of this cache's tokens in that layer drew from the context's last queries
             (`cachegen.hf.observed_attention`; slice it for a chunk of the context). Tokens
             that drew more get finer steps: alone, or averaged with a profile's prediction
-            (`cachegen.importance`). Most worth it with a transform: 23% fewer bits at KL
-            0.002 without a profile, 12% with one (bench/results/ladder_experiments.md 37).
+            (`cachegen.importance`). Measured with a transform on held-out texts:
+            bench/results/transform_profile.md, ladder_experiments.md 37.
             Decoding does not need it.
     """
     config = _config(level, config)
