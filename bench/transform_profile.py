@@ -41,7 +41,13 @@ from lib.kvquality.report import run_info
 from transform_codec import add_transform_args, by_scope, transform_of
 
 CURVES = {"cgp": "ladder + profile", "t": "KLT", "tp": "KLT + profile", "ref": "reference"}
-OBSERVED = {"to": "KLT + observed", "tpo": "KLT + profile + observed"}
+OBSERVED = {
+    "cg": "ladder",
+    "cgo": "ladder + observed",
+    "cgpo": "ladder + profile + observed",
+    "to": "KLT + observed",
+    "tpo": "KLT + profile + observed",
+}
 #: Curves whose level 1 is far below KL 0.05: they take `coarser` settings too.
 COARSE = ("tp", "to", "tpo")
 
@@ -98,6 +104,17 @@ def variants(fit: tuple[str, ...], prefix: int, paths: dict[str, str]) -> dict[s
 
     obs = f"o{OBSERVATION_WINDOW}-{OBSERVED_SHARE}"
     return {
+        "cg": PLAIN,
+        "cgo": Variant(
+            lambda m: f"{obs}|",
+            lambda m, key, c, doc: codec_method(key, key, config=c, attention=seen(m, doc)),
+        ),
+        "cgpo": Variant(
+            lambda m: f"prof-{p(m).digest[:12]}-{obs}|",
+            lambda m, key, c, doc: codec_method(
+                key, key, config=c, profile=p(m), attention=seen(m, doc)
+            ),
+        ),
         "cgp": Variant(
             lambda m: f"prof-{p(m).digest[:12]}|",
             lambda m, key, c, doc: codec_method(key, key, config=c, profile=p(m)),
@@ -175,10 +192,9 @@ def ratio_table(at: dict[str, dict]) -> list[str]:
     return lines
 
 
-def observed_table(at: dict[str, dict]) -> list[str]:
-    """Bits and ratios to the reference of the curves given observed attention, beside the
-    same transform without it."""
-    names = ["t", "to", "tp", "tpo"]
+def observed_table(at: dict[str, dict], names: list[str]) -> list[str]:
+    """Bits and ratios to the reference of the curves `names` (those given observed attention
+    beside the same coding without it)."""
     labels = [(CURVES | OBSERVED)[c] for c in names]
     lines = [
         "| model | docs | KL target | " + " | ".join(f"{n} | {n} / ref" for n in labels) + " |",
@@ -244,7 +260,9 @@ def main() -> None:
     ]
     if a.observed:
         md += ["", "### Given the attention the prefix's last queries drew", ""]
-        md += observed_table(at)
+        md += observed_table(at, ["t", "to", "tp", "tpo"])
+        md += ["", "The ladder (raw channels) given it:", ""]
+        md += observed_table(at, ["cg", "cgo", "cgp", "cgpo"])
     print("\n".join(md))
 
 

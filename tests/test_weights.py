@@ -246,6 +246,9 @@ def test_observed_attention_scales_token_steps():
         assert np.abs(r - want).max() <= 1 / 8 + 1e-3 and abs((r - want).mean()) < 0.03
     blob = cachegen.encode(kv, config=PLAIN, attention=attention)
     assert cachegen.decode(blob).shape == kv.shape  # decoding needs no attention
+    torch = pytest.importorskip("torch")
+    as_tensors = [torch.from_numpy(a) for a in attention]  # float64, as given
+    assert cachegen.encode(kv, config=PLAIN, attention=as_tensors) == blob
 
 
 def test_observed_attention_is_mixed_with_the_profiles_prediction():

@@ -46,7 +46,7 @@ from .importance import (
 from .info import FLAG_TORCH_SOURCE
 from .kvstats import key_channel_weights, spread_strength
 from .profile import ModelProfile
-from .tensors import DTYPE_CODES, LAYOUTS, GroupView, KVViews
+from .tensors import DTYPE_CODES, LAYOUTS, GroupView, KVViews, device_of, to_host
 from .weights import TOKEN_WEIGHT_BOUNDS, sink_rows, token_weights
 
 _TOKEN = QUANTIZERS["token"]
@@ -214,14 +214,15 @@ def _layer_token_weights(
 
 
 def checked_attention(attention: Sequence[Any], v: KVViews) -> list[np.ndarray]:
-    """`encode`'s observed attention as float64 arrays, one per layer of its layer's tokens,
-    finite and >= 0; a ValueError naming the first that is not."""
+    """`encode`'s observed attention (numpy, torch or CUDA arrays) as float64 host arrays, one
+    per layer of its layer's tokens, finite and >= 0; a ValueError naming the first that is
+    not."""
     layers = len(v.groups) // 2
     if isinstance(attention, (str, bytes)) or len(attention) != layers:
         raise ValueError(f"attention: need one array per layer ({layers})")
     out = []
     for layer, a in enumerate(attention):
-        x = np.asarray(a, dtype=np.float64)
+        x = np.asarray(to_host(a) if device_of(a) is not None else a, dtype=np.float64)
         tokens = v.groups[2 * layer].tokens
         if x.shape != (tokens,):
             raise ValueError(f"attention[{layer}]: shape {x.shape}, need ({tokens},)")
