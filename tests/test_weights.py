@@ -267,7 +267,7 @@ def test_observed_attention_is_mixed_with_the_profiles_prediction():
 def test_observed_attention_of_a_transform_chunk():
     """With a transform, the attention weighs the coefficients' token steps as a profile does
     (at the coefficients' importance power), and the blob decodes without it."""
-    from cachegen.transform import COEFFICIENT_IMPORTANCE, Rope, coefficient_config, learn_transform
+    from cachegen.transform import Rope, coefficient_config, learn_transform
 
     kv = synthetic_kv(2, 64, 2, 16, seed=6, layout="pairs")
     t = learn_transform([kv], Rope.from_thetas([10000.0, 10000.0], 16))
@@ -275,8 +275,13 @@ def test_observed_attention_of_a_transform_chunk():
     blob = cachegen.encode(kv, level=5, transform=t, attention=attention)
     out = cachegen.decode(blob, transforms=t)
     assert all(k.shape == kk.shape for (k, _), (kk, _) in zip(out, kv, strict=True))
-    config = coefficient_config(cachegen.CodecConfig.from_level(5), profiled=True)
-    assert config.importance_strength == COEFFICIENT_IMPORTANCE
+    level = cachegen.CodecConfig.from_level(5)
+
+    def with_config(profiled: bool) -> bytes:  # a custom config is coded as it is
+        config = coefficient_config(level, profiled=profiled)
+        return cachegen.encode(kv, config=config, transform=t, attention=attention)
+
+    assert blob == with_config(True) != with_config(False)
     assert blob != cachegen.encode(kv, level=5, transform=t)
 
 

@@ -185,8 +185,9 @@ def quantize(
     """Run only the quantizer of `encode` (same arguments): per (layer, K/V) group, K first."""
     v = views(kv)
     n = dispatch.threads_arg(threads)
-    config = _config(level, config)
-    plan = plan_encode(kv, v, config, profile, position, context_end, n, attention=attention)
+    plan = plan_encode(
+        kv, v, _config(level, config), profile, position, context_end, n, attention=attention
+    )
     out = []
     for g, (sym, a, b, o, rows) in zip(v.groups, _core.quantize(plan.request(n)), strict=True):
         channels = g.heads * g.head_dim

@@ -35,7 +35,7 @@ import numpy as np
 
 from .api import FORMAT_VERSION, decode, encode
 from .config import LEVEL_SINK_TOKENS, CodecConfig
-from .hf import from_cache, layer_window, to_cache
+from .hf import eager_attention, from_cache, layer_window, mean_attention, to_cache
 from .importance import fit, key_features, profile_rope
 from .measurements import Measurements, run_digest
 from .profile import ModelProfile, band_of_channels
@@ -280,24 +280,19 @@ def _attention_mass(
     thetas = _thetas(model.config)
     prefix, tail = ids[:, :-cont], ids[:, -cont:]
     n = prefix.shape[-1]
-    before = model.config._attn_implementation
-    model.set_attn_implementation("eager")  # the fused kernels return no attention weights
-    try:
-        with torch.inference_mode():
-            kv = from_cache(model(prefix, use_cache=True).cache)
-            cache = to_cache(kv, model.config, seq_length=n)
-            windows = [layer_window(layer) for layer in cache.layers]
-            out = model(tail, cache=cache, output_attentions=True)
-    finally:
-        model.set_attn_implementation(before)
+    with eager_attention(model), torch.inference_mode():
+        kv = from_cache(model(prefix, use_cache=True).cache)
+        cache = to_cache(kv, model.config, seq_length=n)
+        windows = [layer_window(layer) for layer in cache.layers]
+        out = model(tail, cache=cache, output_attentions=True)
     features, mass = [], []
+    queries = range(n, n + cont)
     for layer, ((k, _), a, window) in enumerate(zip(kv, out.attentions, windows, strict=True)):
         kept = k.shape[2]  # the layer's last `kept` prefix tokens lead its attention's keys
         rows = _fit_rows(n, kept)
-        drawn = a[0, :, :, :kept].double().sum((0, 1)).numpy()
         rope = profile_rope(thetas, k.shape[3])
         features.append(key_features(k[0].swapaxes(0, 1), 1, rope, layer, n - kept)[rows])
-        mass.append((drawn / (a.shape[1] * _queries_seeing(n, kept, cont, window)))[rows])
+        mass.append(mean_attention(a, slice(0, kept), n - kept, queries, window)[rows])
     return features, mass
 
 
@@ -307,16 +302,6 @@ def _fit_rows(n: int, kept: int) -> slice:
     first = n - kept  # context position of the layer's first kept token
     start = max(_FIT_SKIP[0] - first, 0)
     return slice(start, max(kept - _FIT_SKIP[1], start))
-
-
-def _queries_seeing(n: int, kept: int, cont: int, window: int | None) -> np.ndarray:
-    """How many continuation queries (positions n ... n + cont - 1) attend to each of the
-    `kept` last prefix tokens: all of them, or in a sliding window those less than `window`
-    positions after the token."""
-    if window is None:
-        return np.full(kept, cont)
-    positions = np.arange(n - kept, n)
-    return np.clip(positions - n + window, 1, cont)
 
 
 @dataclass

@@ -15,7 +15,8 @@ works without them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -70,37 +71,52 @@ def observed_attention(
     if ids.dim() != 2 or ids.shape[0] != 1 or not 1 <= window < ids.shape[1]:
         raise ValueError(f"need ids [1, n] with n > window >= 1; got {tuple(ids.shape)}, {window}")
     n = ids.shape[1]
-    before = model.config._attn_implementation
     with torch.inference_mode():
         cache = model(ids[:, :-window], use_cache=True).cache
-        model.set_attn_implementation("eager")  # the fused kernels return no attention weights
-        try:
+        with eager_attention(model):
             weights = model(ids[:, -window:], cache=cache, output_attentions=True).attentions
-        finally:
-            model.set_attn_implementation(before)
-    kv = from_cache(cache)
-    attention = []
-    for (k, _), a, layer in zip(kv, weights, cache.layers, strict=True):
-        kept = k.shape[2]
-        drawn = a[0, :, :, -kept:].double().sum((0, 1)).cpu().numpy()
-        seeing = _queries_seeing(n, kept, window, layer_window(layer))
-        attention.append(drawn / (a.shape[1] * seeing))
+    kv, queries = from_cache(cache), range(n - window, n)
+    attention = [
+        mean_attention(a, slice(-k.shape[2], None), n - k.shape[2], queries, layer_window(layer))
+        for (k, _), a, layer in zip(kv, weights, cache.layers, strict=True)
+    ]
     return kv, attention
+
+
+@contextlib.contextmanager
+def eager_attention(model: Any) -> Iterator[None]:
+    """`model` runs with eager attention, the one that returns its weights (the fused kernels
+    return none); its own attention is back afterwards."""
+    before = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(before)
+
+
+def mean_attention(
+    weights: Any, columns: slice, first: int, queries: range, sliding: int | None
+) -> np.ndarray:
+    """Per key token of a layer's attention `weights` (`[1, heads, queries, keys]`; the tokens
+    are `columns` of its keys, at context positions `first`, `first + 1`, ...): the attention
+    it drew, averaged over the query heads and the queries (at context positions `queries`)
+    that see it: those at or after it, and in a `sliding` window less than `sliding` after it
+    (a token none sees drew nothing: 0)."""
+    import numpy as np
+
+    drawn = weights[0, :, :, columns].double().sum((0, 1)).cpu().numpy()
+    positions = np.arange(first, first + len(drawn))
+    last = queries.stop - 1
+    if sliding is not None:
+        last = np.minimum(last, positions + sliding - 1)
+    seeing = np.maximum(last - np.maximum(positions, queries.start) + 1, 1)
+    return drawn / (weights.shape[1] * seeing)
 
 
 def layer_window(layer: Any) -> int | None:
     """A cache layer's sliding window, None for full attention."""
     return int(layer.sliding_window) if getattr(layer, "is_sliding", False) else None
-
-
-def _queries_seeing(n: int, kept: int, window: int, sliding: int | None) -> Any:
-    """How many of the last `window` queries of an n-token context see each of the `kept`
-    last tokens: those at or after it, and in a `sliding` window less than `sliding` after it."""
-    import numpy as np
-
-    positions = np.arange(n - kept, n)
-    last = n - 1 if sliding is None else np.minimum(n - 1, positions + sliding - 1)
-    return last - np.maximum(positions, n - window) + 1
 
 
 def from_cache(cache: Any) -> list[KVPair]:

@@ -32,9 +32,8 @@ from .tensors import (
     KVViews,
     array_group,
     current_stream,
-    device_of,
     is_torch,
-    to_host,
+    on_host,
 )
 from .transform import Rope, rotate
 
@@ -70,18 +69,13 @@ def pair_magnitudes(keys: Any, threads: int = 1) -> np.ndarray:
     """`[tokens, heads * head_dim/2]` float32 |(k_i, k_{i+head_dim/2})| of keys `[tokens, heads,
     head_dim]` (numpy, torch or CUDA), computed by the core; CUDA keys on a host copy, so the
     same keys give the same magnitudes wherever they live."""
-    return _magnitudes(array_group(_on_host(keys)), threads)
-
-
-def _on_host(keys: Any) -> Any:
-    """`keys`, copied to the host if they are on a GPU."""
-    return to_host(keys) if device_of(keys) is not None else keys
+    return _magnitudes(array_group(on_host(keys)), threads)
 
 
 def _host_float32(x: Any) -> np.ndarray:
     if is_torch(x):
         return x.detach().float().cpu().numpy()
-    return np.asarray(_on_host(x), dtype=np.float32)
+    return np.asarray(on_host(x), dtype=np.float32)
 
 
 def _magnitudes(group: GroupView, threads: int) -> np.ndarray:
@@ -145,7 +139,7 @@ def token_scores(
     freq = None if rope is None else rope.inv_freq[layer]
     if v.device is None:
         return _scores(v.groups[2 * layer], c, freq, first, threads)
-    keys = _on_host(layer_keys(kv, v.layout, layer))  # alive while its view is read
+    keys = on_host(layer_keys(kv, v.layout, layer))  # alive while its view is read
     return _scores(array_group(keys), c, freq, first, threads)
 
 

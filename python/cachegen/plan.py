@@ -46,7 +46,7 @@ from .importance import (
 from .info import FLAG_TORCH_SOURCE
 from .kvstats import key_channel_weights, spread_strength
 from .profile import ModelProfile
-from .tensors import DTYPE_CODES, LAYOUTS, GroupView, KVViews, device_of, to_host
+from .tensors import DTYPE_CODES, LAYOUTS, GroupView, KVViews, on_host
 from .weights import TOKEN_WEIGHT_BOUNDS, sink_rows, token_weights
 
 _TOKEN = QUANTIZERS["token"]
@@ -124,7 +124,7 @@ def plan_encode(
     if profile is not None:
         profile.check(v.groups)
     if attention is not None:
-        attention = checked_attention(attention, v)
+        attention = _checked_attention(attention, v)
     tokens = max(g.tokens for g in v.groups)
     end = position + tokens if context_end is None else context_end
     if position < 0 or end < position + tokens:
@@ -213,7 +213,7 @@ def _layer_token_weights(
     return _float32(w)
 
 
-def checked_attention(attention: Sequence[Any], v: KVViews) -> list[np.ndarray]:
+def _checked_attention(attention: Sequence[Any], v: KVViews) -> list[np.ndarray]:
     """`encode`'s observed attention (numpy, torch or CUDA arrays) as float64 host arrays, one
     per layer of its layer's tokens, finite and >= 0; a ValueError naming the first that is
     not."""
@@ -222,7 +222,7 @@ def checked_attention(attention: Sequence[Any], v: KVViews) -> list[np.ndarray]:
         raise ValueError(f"attention: need one array per layer ({layers})")
     out = []
     for layer, a in enumerate(attention):
-        x = np.asarray(to_host(a) if device_of(a) is not None else a, dtype=np.float64)
+        x = np.asarray(on_host(a), dtype=np.float64)
         tokens = v.groups[2 * layer].tokens
         if x.shape != (tokens,):
             raise ValueError(f"attention[{layer}]: shape {x.shape}, need ({tokens},)")

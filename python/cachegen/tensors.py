@@ -175,6 +175,11 @@ def array_group(x: Any) -> GroupView:
     return _group(address, dtype, shape, strides)
 
 
+def on_host(x: Any) -> Any:
+    """`x` itself in host memory, else a host copy of it (`to_host`)."""
+    return to_host(x) if device_of(x) is not None else x
+
+
 def to_host(x: Any) -> Any:
     """A host copy of a CUDA tensor or array (torch stays torch, anything else becomes numpy)."""
     if is_torch(x):
