@@ -33,14 +33,8 @@ from pathlib import Path
 import torch
 
 import cachegen
-from cachegen.transform import (
-    Rope,
-    Transform,
-    coefficient_config,
-    forward,
-    inverse,
-    learn_transform,
-)
+from cachegen.hf import learn_model_transform
+from cachegen.transform import Transform, coefficient_config, forward, inverse
 from ladder_models import PLAIN, Variant, codings, curve, pooled, run
 from ladder_report import TARGETS, reference_bits
 from lib.cli import add_scoring_args, ints, words
@@ -61,11 +55,16 @@ def prefix_cache(model: str, doc: str, prefix: int) -> KV:
 
 
 @functools.cache
-def transform_of(model: str, fit: tuple[str, ...], prefix: int, key_spread: float) -> Transform:
-    """The model's transform, learned on the prefix caches of the `fit` documents."""
-    caches = [prefix_cache(model, name, prefix) for name in fit]
-    rope = Rope.from_config(load_model(model).model.config)
-    return learn_transform(caches, rope, key_spread)
+def transform_of(
+    model: str, fit: tuple[str, ...], prefix: int, key_spread: float, profile: str | None = None
+) -> Transform:
+    """The model's transform, learned on the `fit` documents' first `prefix` tokens by
+    `cachegen.hf.learn_model_transform` (key channels weighted by their queries' energy), with
+    the weights of the profile at path `profile` where one is named."""
+    lm = load_model(model)
+    texts = [lm.first_ids(load_document(name).text, prefix) for name in fit]
+    weights = cachegen.ModelProfile.load(profile) if profile else None
+    return learn_model_transform(lm.model, texts, key_spread, profile=weights)
 
 
 def transform_method(t: Transform, key: str, config: cachegen.CodecConfig) -> Method:

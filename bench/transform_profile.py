@@ -96,6 +96,12 @@ def variants(fit: tuple[str, ...], prefix: int, paths: dict[str, str]) -> dict[s
     def t(model: str):
         return transform_of(model, fit, prefix, 0.0)
 
+    def tw(model: str):  # learned with the profile's channel weights
+        return transform_of(model, fit, prefix, 0.0, paths[model])
+
+    def tp_tag(m: str) -> str:
+        return f"kltp-{tw(m).digest()[:12]}-{p(m).digest[:12]}-c{COEFFICIENT_VERSION}"
+
     def p(model: str) -> cachegen.ModelProfile:
         return profile_of(paths[model])
 
@@ -124,16 +130,18 @@ def variants(fit: tuple[str, ...], prefix: int, paths: dict[str, str]) -> dict[s
             lambda m, key, c, doc: coded(t(m), None, key, c),
         ),
         "tp": Variant(
-            lambda m: f"kltp-{t(m).digest()[:12]}-{p(m).digest[:12]}-c{COEFFICIENT_VERSION}|",
-            lambda m, key, c, doc: coded(t(m), p(m), key, c),
+            lambda m: f"{tp_tag(m)}|",
+            lambda m, key, c, doc: coded(tw(m), p(m), key, c),
         ),
         "to": Variant(
             lambda m: f"klt-{t(m).digest()[:16]}-c{COEFFICIENT_VERSION}-{obs}|",
             lambda m, key, c, doc: coded(t(m), None, key, c, seen(m, doc)),
         ),
         "tpo": Variant(
-            lambda m: f"kltp-{t(m).digest()[:12]}-{p(m).digest[:12]}-c{COEFFICIENT_VERSION}-{obs}|",
-            lambda m, key, c, doc: coded(t(m), p(m), key, c, seen(m, doc)),
+            lambda m: (
+                f"kltp-{tw(m).digest()[:12]}-{p(m).digest[:12]}-c{COEFFICIENT_VERSION}-{obs}|"
+            ),
+            lambda m, key, c, doc: coded(tw(m), p(m), key, c, seen(m, doc)),
         ),
     }
 

@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from tiny_lm import sharpened, tiny_qwen2  # noqa: E402
+from tiny_lm import sharpened, tiny_qwen2, tiny_qwen3  # noqa: E402
 
 from cachegen.hf import from_cache, observed_attention, to_cache  # noqa: E402
 
@@ -89,20 +89,30 @@ def test_decoded_cache_feeds_the_model() -> None:
     assert logits.shape == (1, 6, 64) and torch.isfinite(logits).all()
 
 
+def _by_hand_caches(model: Any, texts: list[torch.Tensor]) -> list:
+    return [[(k.float(), v.float()) for k, v in from_cache(_prefill(model, x))] for x in texts]
+
+
 def test_learned_model_transform_codes_the_models_cache() -> None:
-    """learn_model_transform prefills the texts and learns with the config's RoPE: the same
-    transform as learning on those caches by hand; a blob coded with it decodes (sliding
-    layers included) into a cache the model continues from like the exact one."""
+    """learn_model_transform prefills the texts and learns with the config's RoPE and the
+    keys weighted by their queries' energy: the same transform as learning on those caches by
+    hand; a blob coded with it decodes (sliding layers included) into a cache the model
+    continues from like the exact one."""
     import cachegen
-    from cachegen.hf import learn_model_transform
-    from cachegen.transform import Rope, learn_transform
+    from cachegen.hf import learn_model_transform, query_energy
+    from cachegen.transform import Rope, channel_weights, learn_transform
 
     model = sharpened(tiny_qwen2(["sliding_attention", "full_attention"] * 2, window=16))
     torch.manual_seed(1)
     texts = [torch.randint(0, 64, (1, 48)) for _ in range(2)]
     t = learn_model_transform(model, texts)
-    by_hand = [[(k.float(), v.float()) for k, v in from_cache(_prefill(model, x))] for x in texts]
-    assert t.digest() == learn_transform(by_hand, Rope.from_config(model.config)).digest()
+    by_hand = _by_hand_caches(model, texts)
+    energy = [a + b for a, b in zip(*(query_energy(model, x) for x in texts), strict=True)]
+    weights = channel_weights([(2, 8)] * 4, energy)
+    rope = Rope.from_config(model.config)
+    assert t.digest() == learn_transform(by_hand, rope, weights=weights).digest()
+    plain = learn_model_transform(model, texts, query_weights=False)
+    assert plain.digest() == learn_transform(by_hand, rope).digest() != t.digest()
     ids = torch.randint(0, 64, (1, 40))
     kv = from_cache(_prefill(model, ids[:, :34]))
     decoded = cachegen.decode(cachegen.encode(kv, 40, transform=t), transforms=t)
@@ -111,6 +121,78 @@ def test_learned_model_transform_codes_the_models_cache() -> None:
     coded = _continue(model, to_cache(decoded, model.config), ids[:, 34:])
     kl = (exact.softmax(-1) * (exact.log_softmax(-1) - coded.log_softmax(-1))).sum(-1).mean()
     assert float(kl) < 1e-2
+
+
+def test_learned_model_transform_with_a_profile_takes_its_weights() -> None:
+    """With a profile the channels take its weights per head and key band, not the queries'."""
+    import cachegen
+    from cachegen.hf import learn_model_transform
+    from cachegen.transform import Rope, channel_weights, learn_transform
+
+    model = tiny_qwen2(["full_attention"] * 2)
+    texts = [torch.randint(0, 64, (1, 40))]
+    profile = cachegen.ModelProfile(
+        model="tiny",
+        key_weights=((1.0, 2.0), (0.5, 1.0)),
+        value_weights=((1.0, 1.0), (3.0, 1.0)),
+        key_bands=(2.0, 0.5),
+    )
+    t = learn_model_transform(model, texts, profile=profile)
+    weights = channel_weights([(2, 8)] * 2, None, profile)
+    by_hand = learn_transform(_by_hand_caches(model, texts), Rope.from_config(model.config), 0.0)
+    assert (
+        t.digest()
+        == learn_transform(
+            _by_hand_caches(model, texts), Rope.from_config(model.config), weights=weights
+        ).digest()
+    )
+    assert t.digest() != by_hand.digest()
+    np.testing.assert_allclose(t.values[1].weights, np.repeat([np.sqrt(3), 1 / np.sqrt(3)], 8))
+
+
+def _queries_by_hand(model: Any, ids: torch.Tensor) -> list[np.ndarray]:
+    """Per layer, each query head's channels `[tokens, heads, head_dim]` over `ids`, from the
+    layer's input (the model's hidden states) through its norm, query projection and query
+    norm."""
+    c = model.config
+    with torch.inference_mode():
+        hidden = model(ids, output_hidden_states=True).hidden_states
+        out = []
+        for layer, h in zip(model.model.layers, hidden, strict=False):
+            a = layer.self_attn
+            q = a.q_proj(layer.input_layernorm(h))[0].view(ids.shape[1], c.num_attention_heads, -1)
+            out.append((a.q_norm(q) if hasattr(a, "q_norm") else q).double().numpy())
+    return out
+
+
+@pytest.mark.parametrize("make", [lambda: tiny_qwen2(["full_attention"] * 2), tiny_qwen3])
+def test_query_energy_is_the_squared_queries_per_key_channel(make: Any) -> None:
+    """Per key channel: the squared query channels of the heads that read its key head, summed
+    over tokens but the first, RoPE pairs pooled (after the query norm where there is one)."""
+    from cachegen.hf import query_energy
+
+    model = make()
+    ids = torch.randint(0, 64, (1, 30))
+    energy = query_energy(model, ids)
+    for e, q in zip(energy, _queries_by_hand(model, ids), strict=True):
+        per_head = (q[1:] ** 2).sum(0)  # [4 query heads, 8]
+        per_key = per_head.reshape(2, 2, 8).sum(1)
+        pairs = per_key[:, :4] + per_key[:, 4:]
+        np.testing.assert_allclose(e, np.concatenate([pairs, pairs], 1).reshape(-1), rtol=1e-9)
+    if hasattr(model.model.layers[0].self_attn, "q_norm"):  # pair (1, 5) of every head is zeroed
+        assert np.all(energy[0].reshape(2, 8)[:, [1, 5]] == 0)
+
+
+def test_query_energy_needs_query_projections() -> None:
+    from cachegen.hf import learn_model_transform, query_energy
+
+    model = tiny_qwen2(["full_attention"] * 2)
+    model.model.layers[1].self_attn.q_proj = None
+    ids = torch.randint(0, 64, (1, 12))
+    with pytest.raises(ValueError, match="q_proj"):
+        query_energy(model, ids)
+    with pytest.raises(ValueError, match="q_proj"):
+        learn_model_transform(model, [ids])
 
 
 def test_all_sliding_needs_seq_length() -> None:

@@ -11,12 +11,16 @@ from cachegen.importance import key_square_sums
 from cachegen.kvstats import key_channel_weights
 from cachegen.tensors import views
 from cachegen.transform import (
+    QUERY_ENERGY_BOUND,
+    QUERY_ENERGY_STRENGTH,
     Rope,
     Transform,
     TransformError,
+    channel_weights,
     forward,
     inverse,
     learn_transform,
+    query_energy_weights,
     rotate,
 )
 
@@ -82,6 +86,81 @@ def test_key_spread_weights_are_the_ladders_for_the_same_keys() -> None:
     assert all(np.all(b.weights == 1) for b in spread.values)
     assert spread.digest() != plain.digest()
     np.testing.assert_allclose(inverse(forward(kv, spread, 9), spread, 9), kv, atol=1e-4)
+
+
+def test_query_energy_weights_follow_the_energy_bounded() -> None:
+    energy = np.array([1.0, 32.0, 1024.0, 0.0, 1.0, 1.0, 4.0, 4.0])
+    w = query_energy_weights(energy)
+    assert w.dtype == np.float32 and w.shape == (8,)
+    # energy^-0.2 over the layer's geometric mean; a channel no query reads counts as 1e-6 of
+    # the strongest
+    np.testing.assert_allclose(w[1] / w[0], 32.0**-QUERY_ENERGY_STRENGTH, rtol=1e-6)
+    np.testing.assert_allclose(w[2] / w[0], 1024.0**-QUERY_ENERGY_STRENGTH, rtol=1e-6)
+    np.testing.assert_allclose(w[3] / w[2], 1e-6**-QUERY_ENERGY_STRENGTH, rtol=1e-6)
+    np.testing.assert_allclose(np.log(w).mean(), 0.0, atol=1e-6)
+    steep = query_energy_weights(energy, strength=1.0)
+    assert steep.max() == np.float32(QUERY_ENERGY_BOUND) and steep.min() >= 1 / QUERY_ENERGY_BOUND
+    for bad in ([1.0, np.nan], [1.0, -1.0], [0.0, 0.0], [[1.0]]):
+        with pytest.raises(TransformError, match="query energies"):
+            query_energy_weights(np.array(bad))
+
+
+def test_channel_weights_take_the_profile_or_the_queries() -> None:
+    energy = [np.random.default_rng(i).uniform(0.1, 50, HEADS * DIM) for i in range(LAYERS)]
+    shapes = [(HEADS, DIM)] * LAYERS
+    for (k, v), e in zip(channel_weights(shapes, energy), energy, strict=True):
+        np.testing.assert_array_equal(k, query_energy_weights(e))
+        np.testing.assert_array_equal(v, np.ones(HEADS * DIM, np.float32))
+    assert all(np.all(w == 1) for pair in channel_weights(shapes) for w in pair)
+    profile = cachegen.ModelProfile(
+        model="m",
+        key_weights=((1.0, 4.0),) * LAYERS,
+        value_weights=((2.0, 2.0),) * LAYERS,
+        key_bands=(2.0, 0.5),
+    )
+    for layer, (k, v) in enumerate(channel_weights(shapes, energy, profile)):
+        np.testing.assert_array_equal(k, profile.channel_weights(layer, 0, DIM))
+        np.testing.assert_array_equal(v, np.ones(HEADS * DIM, np.float32))
+    with pytest.raises(TransformError, match="query energies for"):
+        channel_weights(shapes, energy[:2])
+    with pytest.raises(TransformError, match="profile has"):
+        channel_weights(shapes[:2], None, profile)
+
+
+def test_a_channels_weight_sets_its_share_of_the_coding_error() -> None:
+    """A transform learned with a channel's weight 8 leaves that channel about 8x the error of
+    the others after coding (the equal steps act on the channel divided by its weight); the
+    inverse is still exact, and the weights multiply a key spread's."""
+    kv, r = stacked(1), rope()
+    weights = [(np.ones(HEADS * DIM), np.ones(HEADS * DIM)) for _ in range(LAYERS)]
+    weights[1][1][3] = 8.0
+    plain, weighted = learn_transform([kv], r), learn_transform([kv], r, weights=weights)
+    assert weighted.values[1].weights[3] == 8 and np.all(weighted.keys[1].weights == 1)
+    np.testing.assert_allclose(inverse(forward(kv, weighted, 5), weighted, 5), kv, atol=1e-4)
+
+    def rms_error(t: Transform) -> np.ndarray:
+        back = cachegen.decode(cachegen.encode(kv, 20, transform=t), transforms=t)
+        return np.sqrt(((back - kv)[1, 1, 1:].reshape(TOKENS - 1, -1) ** 2).mean(0))
+
+    e_plain, e_weighted = rms_error(plain), rms_error(weighted)
+    others = np.delete(e_weighted, 3) / np.delete(e_plain, 3)
+    assert e_weighted[3] / e_plain[3] > 3 * np.median(others)
+    spread = learn_transform([kv], r, 0.5, weights=weights)
+    np.testing.assert_allclose(
+        spread.values[1].weights, learn_transform([kv], r, 0.5).values[1].weights * weights[1][1]
+    )
+
+
+def test_channel_weights_are_checked() -> None:
+    kv, r = stacked(1), rope()
+    ones = [(np.ones(HEADS * DIM), np.ones(HEADS * DIM)) for _ in range(LAYERS)]
+    with pytest.raises(TransformError, match="layers of weights"):
+        learn_transform([kv], r, weights=ones[:2])
+    for bad in (np.ones(3), np.full(HEADS * DIM, np.nan), np.zeros(HEADS * DIM)):
+        w = list(ones)
+        w[2] = (np.ones(HEADS * DIM), bad)
+        with pytest.raises(TransformError, match="layer 2 V: channel weights"):
+            learn_transform([kv], r, weights=w)
 
 
 def low_rank_pre_rope(seed: int, tokens: int, rank: int) -> np.ndarray:

@@ -5,7 +5,8 @@
 same model can continue from. Both use the layered cache API of ``transformers`` >= 4.56
 (``cache.layers[i].keys``/``.values``), including sliding-window layers, which keep only the
 last ``sliding_window - 1`` tokens and so may be shorter than full-attention layers.
-``learn_model_transform`` learns a model's `cachegen.transform` from the caches of some texts.
+``learn_model_transform`` learns a model's `cachegen.transform` from the caches of some texts,
+weighting key channels by the energy of the queries that read them (``query_energy``).
 ``observed_attention`` prefills a context and records the attention its last queries pay to each
 token, which `cachegen.encode(attention=...)` turns into finer steps where it went.
 
@@ -24,29 +25,113 @@ if TYPE_CHECKING:
     import torch
     from transformers import DynamicCache, PretrainedConfig
 
+    from .profile import ModelProfile
     from .transform import Transform
 
 KVPair = tuple["torch.Tensor", "torch.Tensor"]
 
-__all__ = ["from_cache", "learn_model_transform", "observed_attention", "to_cache"]
+__all__ = ["from_cache", "learn_model_transform", "observed_attention", "query_energy", "to_cache"]
 
 
-def learn_model_transform(model: Any, texts: Sequence[Any], key_spread: float = 0.0) -> Transform:
+def learn_model_transform(
+    model: Any,
+    texts: Sequence[Any],
+    key_spread: float = 0.0,
+    *,
+    profile: ModelProfile | None = None,
+    query_weights: bool = True,
+) -> Transform:
     """`model`'s transform (`cachegen.transform.learn_transform`), learned on the KV caches of
     `texts` (`[1, n]` token-id tensors, each prefilled from position 0) with the RoPE its config
     describes. Learn on text you will not evaluate on: a few texts of 1-2K tokens
-    (`bench/results/transform_codec.md` measured 2 and 4 texts of 1535 tokens)."""
+    (`bench/results/transform_codec.md` measured 2 and 4 texts of 1535 tokens).
+
+    The channels are weighted as `cachegen.transform.channel_weights` says: by a `profile`'s
+    weights per head and key band (then encode with that profile), or without one the keys by
+    the energy of the queries that read them, measured in the same prefill (`query_weights`;
+    False learns the plain KLT)."""
     import torch
 
-    from .transform import Rope, learn_transform
+    from .transform import Rope, TransformError, channel_weights, learn_transform
 
     rope = Rope.from_config(model.config)  # unsupported RoPE variants fail before any prefill
-    caches = []
+    if not texts:
+        raise TransformError("need at least one text to learn from")
+    measure = query_weights and profile is None
+    caches, energies = [], []
     with torch.inference_mode():
         for ids in texts:
-            kv = from_cache(model(ids, use_cache=True).cache)
+            with _query_energy(model, on=measure) as energy:
+                kv = from_cache(model(ids, use_cache=True).cache)
             caches.append([(k.float(), v.float()) for k, v in kv])
-    return learn_transform(caches, rope, key_spread)
+            energies.append(energy)
+    shapes = [(k.shape[1], k.shape[3]) for k, _ in caches[0]]
+    summed = [sum(e) for e in zip(*energies, strict=True)] if measure else None
+    weights = channel_weights(shapes, summed, profile)
+    return learn_transform(caches, rope, key_spread, weights=weights)
+
+
+def query_energy(model: Any, ids: Any) -> list[np.ndarray]:
+    """Per layer of `model`, the energy of the queries that read each key channel over `ids`
+    (`[1, n]`, prefilled from position 0; the first token's query left out, as the transform's
+    fit leaves out its key): per key head `[kv_heads * head_dim]`, the sum over its query heads
+    and over tokens of the squared query channel, RoPE pairs (i, i + head_dim/2) pooled, since
+    RoPE turns a key pair's error against any part of its query pair. Read at the query
+    projection (after the query norm where the model has one).
+
+    Raises:
+        ValueError: the model's layers have no `self_attn.q_proj` to read queries at.
+    """
+    import torch
+
+    with torch.inference_mode(), _query_energy(model, on=True) as energy:
+        model(ids)
+    return energy
+
+
+@contextlib.contextmanager
+def _query_energy(model: Any, on: bool) -> Iterator[list[np.ndarray]]:
+    """Within the block, the model's forward passes add each layer's `query_energy` to the list
+    yielded (filled at exit; left empty when not `on`)."""
+    import numpy as np
+
+    from .replay import decoder_layers
+    from .transform import FIT_SKIP_TOKENS
+
+    out: list[np.ndarray] = []
+    if not on:
+        yield out
+        return
+    c = model.config
+    heads, kv_heads = c.num_attention_heads, c.num_key_value_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+    layers = decoder_layers(model, c.num_hidden_layers)
+    attns = [getattr(layer, "self_attn", None) for layer in layers]
+    if not layers or any(getattr(a, "q_proj", None) is None for a in attns):
+        raise ValueError("the model's layers have no self_attn.q_proj to read queries at")
+    sums = [np.zeros((heads, head_dim)) for _ in attns]
+
+    def hook(i: int) -> Any:
+        norm = getattr(attns[i], "q_norm", None)  # it rescales channels, zeroing some (Gemma-3)
+
+        def add(module: Any, args: Any, output: Any) -> None:
+            q = output.view(*output.shape[:-1], heads, head_dim)
+            q = (norm(q) if norm is not None else q)[0, FIT_SKIP_TOKENS:]
+            sums[i] += (q.double() ** 2).sum(0).cpu().numpy()
+
+        return add
+
+    handles = [a.q_proj.register_forward_hook(hook(i)) for i, a in enumerate(attns)]
+    try:
+        yield out
+    finally:
+        for h in handles:
+            h.remove()
+    half = head_dim // 2
+    for s in sums:
+        per_key = s.reshape(kv_heads, heads // kv_heads, head_dim).sum(1)
+        pairs = per_key[:, :half] + per_key[:, half:]
+        out.append(np.concatenate([pairs, pairs], axis=1).reshape(-1))
 
 
 def observed_attention(

@@ -13,6 +13,12 @@ and rotates keys to their positions again.
     blob = cachegen.encode(kv, 15, transform=t, position=p)   # forward(kv, t, p), coded
     kv2 = cachegen.decode(blob, transforms=t)                  # inverse(coefficients, t, p)
 
+Each channel is first divided by its step weight (`Basis.weights`), so the error the codec's
+equal steps leave in it grows with the weight: `learn_transform(weights=channel_weights(...))`
+takes a profile's measured weights per head and key band, or without a profile weights the key
+channels by the energy of the queries that read them (`cachegen.hf.query_energy`, which
+`cachegen.hf.learn_model_transform` measures in the same prefill).
+
 `Transform.digest()` names a transform (sha256 of its canonical bytes). `cachegen.encode(kv,
 transform=t, position=p)` runs `forward` and writes a blob that names `t` by digest (format
 version 5); `cachegen.decode(blob, transforms=...)` finds it by that digest and runs `inverse`,
@@ -353,17 +359,72 @@ def stored_transforms(store: Store) -> Callable[[str], Transform | None]:
     return get
 
 
+#: Key channels weighted by their queries' energy to this power (`query_energy_weights`): 0.2
+#: beat 0.35 and 0.25 at KL 0.002 on the tuning texts, with and without a profile, on SmolLM2
+#: and Gemma-3 (bench/results/ladder_experiments.md 38).
+QUERY_ENERGY_STRENGTH = 0.2
+#: Query-energy weights stay within [1/16, 16] of the layer's geometric mean (a channel no
+#: query reads, e.g. one a query norm zeroes, has energy 0).
+QUERY_ENERGY_BOUND = 16.0
+
+#: Per layer, the K and V channel weights `learn_transform` folds into the bases.
+ChannelWeights = Sequence[tuple[np.ndarray, np.ndarray]]
+
+
+def query_energy_weights(energy: np.ndarray, strength: float = QUERY_ENERGY_STRENGTH) -> np.ndarray:
+    """Step weights of a layer's key channels from their queries' energy (`[heads * head_dim]`,
+    `cachegen.hf.query_energy`): an error in a key channel moves the attention scores in
+    proportion to the query channels that read it, so its step is energy^-strength, relative to
+    the layer's geometric mean and bounded."""
+    e = np.asarray(energy, dtype=np.float64)
+    if e.ndim != 1 or not np.isfinite(e).all() or (e < 0).any() or not e.any():
+        raise TransformError("query energies are finite, >= 0 and not all 0, one per channel")
+    w = np.maximum(e, e.max() * 1e-6) ** -strength
+    w /= np.exp(np.log(w).mean())
+    return np.clip(w, 1 / QUERY_ENERGY_BOUND, QUERY_ENERGY_BOUND).astype(np.float32)
+
+
+def channel_weights(
+    shapes: Sequence[tuple[int, int]],
+    query_energy: Sequence[np.ndarray] | None = None,
+    profile: ModelProfile | None = None,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per layer of `shapes` (heads, head_dim), the K and V channel weights a transform learns
+    with: a `profile`'s weights per head and key band (`ModelProfile.channel_weights`; the
+    layer's own weight stays the codec's), measured, so they stand in for the key channels'
+    `query_energy_weights`, which a transform learned without a profile takes. At KL 0.002 on
+    four held-out texts, 0.88x and 0.97x the plain KLT's bits with a profile (SmolLM2, Gemma-3)
+    and 0.93x without one (bench/results/ladder_experiments.md 38)."""
+    if profile is not None:
+        if profile.num_layers != len(shapes):
+            raise TransformError(f"profile has {profile.num_layers} layers, caches {len(shapes)}")
+        return [
+            (profile.channel_weights(i, 0, head_dim), profile.channel_weights(i, 1, head_dim))
+            for i, (_, head_dim) in enumerate(shapes)
+        ]
+    if query_energy is not None and len(query_energy) != len(shapes):
+        raise TransformError(f"{len(query_energy)} query energies for {len(shapes)} layers")
+    ones = [np.ones(heads * head_dim, np.float32) for heads, head_dim in shapes]
+    if query_energy is None:
+        return [(w, w) for w in ones]
+    return [(query_energy_weights(e), w) for e, w in zip(query_energy, ones, strict=True)]
+
+
 def learn_transform(
-    caches: Sequence[Any], rope: Rope, key_spread: float = 0.0, skip: int = FIT_SKIP_TOKENS
+    caches: Sequence[Any],
+    rope: Rope,
+    key_spread: float = 0.0,
+    skip: int = FIT_SKIP_TOKENS,
+    weights: ChannelWeights | None = None,
 ) -> Transform:
     """Fit the transform to `caches` (each starting at context position 0, all of one model):
     per (layer, K/V), the mean and the covariance's eigenvectors over every token but the first
-    `skip` of each cache, keys rotated back to position 0 first. With `key_spread` > 0 the key
-    channels are first divided by the weights a level's key spread gives them
-    (`kvstats.key_channel_weights` of their RoPE pairs' rms over the fit), so the error the
-    codec's equal steps leave in a key channel grows with those weights, as it does under the
-    ladder's key spread (measured to code larger than 0 at equal KL on both models tried:
-    bench/results/transform_codec.md)."""
+    `skip` of each cache, keys rotated back to position 0 first. The channels are first divided
+    by their step weights, so that the error the codec's equal steps leave in a channel grows
+    with its weight: `weights` (per layer, K's and V's `[heads * head_dim]`, e.g. from
+    `channel_weights`), times with `key_spread` > 0 those a level's key spread gives the key
+    channels (`kvstats.key_channel_weights` of their RoPE pairs' rms over the fit; measured to
+    code larger than 0 at equal KL on both models tried: bench/results/transform_codec.md)."""
     if not caches:
         raise TransformError("need at least one cache to learn from")
     layers = [_groups(kv) for kv in caches]
@@ -371,14 +432,33 @@ def learn_transform(
     if any(len(g) != 2 * num_layers for g in layers):
         raise TransformError("caches to learn from differ in layer count")
     _check_rope(rope, num_layers, layers[0])
+    given = _checked_weights(weights, layers[0])
     bases = []
     for i in range(2 * num_layers):
         rows = [_fit_rows(g, i, rope, skip) for g in layers]
         if len({r.shape[1] for r in rows}) != 1:
             raise TransformError(f"group {i}: caches to learn from differ in channels")
         spread = key_spread if i % 2 == 0 else 0.0
-        bases.append(_klt(np.concatenate(rows), layers[0][i].shape[1], spread))
+        bases.append(_klt(np.concatenate(rows), layers[0][i].shape[1], spread, given[i]))
     return Transform(tuple(bases[0::2]), tuple(bases[1::2]), rope)
+
+
+def _checked_weights(weights: ChannelWeights | None, groups: list[np.ndarray]) -> list:
+    """Per group, K first, the given channel weights (None: all ones), checked."""
+    if weights is None:
+        return [None] * len(groups)
+    if len(weights) != len(groups) // 2:
+        raise TransformError(f"{len(weights)} layers of weights for {len(groups) // 2} layers")
+    out = []
+    for i, g in enumerate(groups):
+        w = np.asarray(weights[i // 2][i % 2], dtype=np.float32)
+        if w.shape != (g.shape[1] * g.shape[2],) or not (np.isfinite(w) & (w > 0)).all():
+            raise TransformError(
+                f"layer {i // 2} {'KV'[i % 2]}: channel weights must be {g.shape[1] * g.shape[2]}"
+                " finite values > 0"
+            )
+        out.append(w)
+    return out
 
 
 def forward(kv: Any, transform: Transform, position: int = 0) -> Any:
@@ -460,12 +540,14 @@ def _fit_rows(groups: list[np.ndarray], i: int, rope: Rope, skip: int) -> np.nda
     return x.reshape(len(x), -1)[skip:].astype(np.float64)
 
 
-def _klt(rows: np.ndarray, heads: int, spread: float) -> Basis:
+def _klt(rows: np.ndarray, heads: int, spread: float, given: np.ndarray | None) -> Basis:
     if len(rows) < 2:
         raise TransformError("need at least two tokens per group to learn from")
     if not np.isfinite(rows).all():
         raise TransformError("caches to learn from hold NaN or Inf")
     weights = _spread_weights(rows, heads, spread)
+    if given is not None:
+        weights = weights * given
     rows = rows / weights
     mean = rows.mean(axis=0)
     centered = rows - mean
