@@ -359,9 +359,9 @@ def stored_transforms(store: Store) -> Callable[[str], Transform | None]:
     return get
 
 
-#: Key channels weighted by their queries' energy to this power (`query_energy_weights`): 0.2
-#: beat 0.35 and 0.25 at KL 0.002 on the tuning texts, with and without a profile, on SmolLM2
-#: and Gemma-3 (bench/results/ladder_experiments.md 38).
+#: Key channels weighted by their queries' energy to this power (`query_energy_weights`): at
+#: KL 0.002 on the tuning texts 0.2 beat 0.25 and 0.35 on SmolLM2 and was 3.5% behind 0.25 on
+#: Gemma-3 (bench/results/ladder_experiments.md 38).
 QUERY_ENERGY_STRENGTH = 0.2
 #: Query-energy weights stay within [1/16, 16] of the layer's geometric mean (a channel no
 #: query reads, e.g. one a query norm zeroes, has energy 0).
@@ -392,9 +392,10 @@ def channel_weights(
     """Per layer of `shapes` (heads, head_dim), the K and V channel weights a transform learns
     with: a `profile`'s weights per head and key band (`ModelProfile.channel_weights`; the
     layer's own weight stays the codec's), measured, so they stand in for the key channels'
-    `query_energy_weights`, which a transform learned without a profile takes. At KL 0.002 on
-    four held-out texts, 0.88x and 0.97x the plain KLT's bits with a profile (SmolLM2, Gemma-3)
-    and 0.93x without one (bench/results/ladder_experiments.md 38)."""
+    `query_energy_weights`, which a transform learned without a profile takes. On four held-out
+    texts at KL 0.002, given the observed attention, 0.88x and 0.97x the bits of the unweighted
+    transform with a profile (SmolLM2, Gemma-3), 0.93x and 0.89x without one
+    (bench/results/ladder_experiments.md 38)."""
     if profile is not None:
         if profile.num_layers != len(shapes):
             raise TransformError(f"profile has {profile.num_layers} layers, caches {len(shapes)}")
