@@ -115,7 +115,7 @@ def _query_energy(model: Any, on: bool) -> Iterator[list[np.ndarray]]:
         norm = getattr(attns[i], "q_norm", None)  # it rescales channels, zeroing some (Gemma-3)
 
         def add(module: Any, args: Any, output: Any) -> None:
-            q = output.view(*output.shape[:-1], heads, head_dim)
+            q = output.reshape(*output.shape[:-1], heads, head_dim)
             q = (norm(q) if norm is not None else q)[0, FIT_SKIP_TOKENS:]
             sums[i] += (q.double() ** 2).sum(0).cpu().numpy()
 
