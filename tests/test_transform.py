@@ -8,10 +8,9 @@ import pytest
 
 import cachegen
 from cachegen.importance import key_square_sums
-from cachegen.kvstats import key_channel_weights
+from cachegen.kvstats import SPREAD_BOUND, key_channel_weights
 from cachegen.tensors import views
 from cachegen.transform import (
-    QUERY_ENERGY_BOUND,
     QUERY_ENERGY_STRENGTH,
     Rope,
     Transform,
@@ -89,29 +88,29 @@ def test_key_spread_weights_are_the_ladders_for_the_same_keys() -> None:
 
 
 def test_query_energy_weights_follow_the_energy_bounded() -> None:
-    energy = np.array([1.0, 32.0, 1024.0, 0.0, 1.0, 1.0, 4.0, 4.0])
-    w = query_energy_weights(energy)
-    assert w.dtype == np.float32 and w.shape == (8,)
-    # energy^-0.2 over the layer's geometric mean; a channel no query reads counts as 1e-6 of
-    # the strongest
-    np.testing.assert_allclose(w[1] / w[0], 32.0**-QUERY_ENERGY_STRENGTH, rtol=1e-6)
-    np.testing.assert_allclose(w[2] / w[0], 1024.0**-QUERY_ENERGY_STRENGTH, rtol=1e-6)
-    np.testing.assert_allclose(w[3] / w[2], 1e-6**-QUERY_ENERGY_STRENGTH, rtol=1e-6)
-    np.testing.assert_allclose(np.log(w).mean(), 0.0, atol=1e-6)
-    steep = query_energy_weights(energy, strength=1.0)
-    assert steep.max() == np.float32(QUERY_ENERGY_BOUND) and steep.min() >= 1 / QUERY_ENERGY_BOUND
+    energy = np.array([1.0, 32.0, 1024.0, 0.0, 1.0, 1.0, 4.0, 4.0])  # 2 heads x 4 pairs
+    w = query_energy_weights(energy, 8)
+    assert w.dtype == np.float32 and w.shape == (16,)
+    # a pair's two channels alike: energy^-0.2 over the layer's geometric mean, bounded (a pair
+    # no query reads at the bound), as the key spread weighs pair rms
+    np.testing.assert_array_equal(w.reshape(2, 2, 4)[:, 0], w.reshape(2, 2, 4)[:, 1])
+    pairs = w.reshape(2, 2, 4)[:, 0].ravel()
+    np.testing.assert_allclose(pairs[1] / pairs[0], 32.0**-QUERY_ENERGY_STRENGTH, rtol=1e-6)
+    np.testing.assert_allclose(pairs[2] / pairs[0], 1024.0**-QUERY_ENERGY_STRENGTH, rtol=1e-6)
+    assert pairs[3] == np.float32(SPREAD_BOUND) and pairs[3] == w.max()
+    np.testing.assert_array_equal(w, key_channel_weights(energy, 1, 8, -2 * QUERY_ENERGY_STRENGTH))
     for bad in ([1.0, np.nan], [1.0, -1.0], [0.0, 0.0], [[1.0]]):
         with pytest.raises(TransformError, match="query energies"):
-            query_energy_weights(np.array(bad))
+            query_energy_weights(np.array(bad), 4)
 
 
 def test_channel_weights_take_the_profile_or_the_queries() -> None:
-    energy = [np.random.default_rng(i).uniform(0.1, 50, HEADS * DIM) for i in range(LAYERS)]
+    energy = [np.random.default_rng(i).uniform(0.1, 50, HEADS * DIM // 2) for i in range(LAYERS)]
     shapes = [(HEADS, DIM)] * LAYERS
     for (k, v), e in zip(channel_weights(shapes, energy), energy, strict=True):
-        np.testing.assert_array_equal(k, query_energy_weights(e))
+        np.testing.assert_array_equal(k, query_energy_weights(e, DIM))
         np.testing.assert_array_equal(v, np.ones(HEADS * DIM, np.float32))
-    assert all(np.all(w == 1) for pair in channel_weights(shapes) for w in pair)
+    assert channel_weights(shapes) is None
     profile = cachegen.ModelProfile(
         model="m",
         key_weights=((1.0, 4.0),) * LAYERS,

@@ -72,12 +72,12 @@ def learn_model_transform(
 
 
 def query_energy(model: Any, ids: Any) -> list[np.ndarray]:
-    """Per layer of `model`, the energy of the queries that read each key channel over `ids`
+    """Per layer of `model`, the energy of the queries that read each key RoPE pair over `ids`
     (`[1, n]`, prefilled from position 0; the first token's query left out, as the transform's
-    fit leaves out its key): per key head `[kv_heads * head_dim]`, the sum over its query heads
-    and over tokens of the squared query channel, RoPE pairs (i, i + head_dim/2) pooled, since
-    RoPE turns a key pair's error against any part of its query pair. Read at the query
-    projection (after the query norm where the model has one).
+    fit leaves out its key): per key head `[kv_heads * head_dim/2]`, the sum over its query
+    heads and over tokens of the squared query pair (i, i + head_dim/2), the pair that reads key
+    pair i whatever RoPE turns it by. Read at the query projection (after the query norm where
+    the model has one).
 
     Raises:
         ValueError: the model's layers have no `self_attn.q_proj` to read queries at.
@@ -96,15 +96,14 @@ def _query_energy(model: Any, on: bool) -> Iterator[list[np.ndarray]]:
     import numpy as np
 
     from .replay import decoder_layers
-    from .transform import FIT_SKIP_TOKENS
+    from .transform import FIT_SKIP_TOKENS, config_head_dim
 
     out: list[np.ndarray] = []
     if not on:
         yield out
         return
     c = model.config
-    heads, kv_heads = c.num_attention_heads, c.num_key_value_heads
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // heads
+    heads, kv_heads, head_dim = c.num_attention_heads, c.num_key_value_heads, config_head_dim(c)
     layers = decoder_layers(model, c.num_hidden_layers)
     attns = [getattr(layer, "self_attn", None) for layer in layers]
     if not layers or any(getattr(a, "q_proj", None) is None for a in attns):
@@ -127,11 +126,8 @@ def _query_energy(model: Any, on: bool) -> Iterator[list[np.ndarray]]:
     finally:
         for h in handles:
             h.remove()
-    half = head_dim // 2
-    for s in sums:
-        per_key = s.reshape(kv_heads, heads // kv_heads, head_dim).sum(1)
-        pairs = per_key[:, :half] + per_key[:, half:]
-        out.append(np.concatenate([pairs, pairs], axis=1).reshape(-1))
+    for s in sums:  # per key head (its query heads summed), per pair
+        out.append(s.reshape(kv_heads, heads // kv_heads, 2, head_dim // 2).sum((1, 2)).ravel())
 
 
 def observed_attention(

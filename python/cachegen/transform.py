@@ -108,9 +108,7 @@ def rope_thetas(config: Any) -> tuple[list[float], int]:
     sliding and full layers). Only the default RoPE type is known (no scaling): TransformError
     for another."""
     layers = config.num_hidden_layers
-    head_dim = getattr(config, "head_dim", None) or (
-        config.hidden_size // config.num_attention_heads
-    )
+    head_dim = config_head_dim(config)
     params = getattr(config, "rope_parameters", None) or {
         "rope_theta": config.rope_theta,
         "rope_type": "default",
@@ -121,6 +119,11 @@ def rope_thetas(config: Any) -> tuple[list[float], int]:
         if p.get("rope_type", "default") != "default":
             raise TransformError(f"RoPE type {p['rope_type']!r} is not supported")
     return [float(p["rope_theta"]) for p in per_layer], head_dim
+
+
+def config_head_dim(config: Any) -> int:
+    """The head_dim of a Hugging Face text model config (its own, or hidden / query heads)."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 def _angles(inv_freq: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -363,39 +366,38 @@ def stored_transforms(store: Store) -> Callable[[str], Transform | None]:
 #: KL 0.002 on the tuning texts 0.2 beat 0.25 and 0.35 on SmolLM2 and was 3.5% behind 0.25 on
 #: Gemma-3 (bench/results/ladder_experiments.md 38).
 QUERY_ENERGY_STRENGTH = 0.2
-#: Query-energy weights stay within [1/16, 16] of the layer's geometric mean (a channel no
-#: query reads, e.g. one a query norm zeroes, has energy 0).
-QUERY_ENERGY_BOUND = 16.0
 
 #: Per layer, the K and V channel weights `learn_transform` folds into the bases.
 ChannelWeights = Sequence[tuple[np.ndarray, np.ndarray]]
 
 
-def query_energy_weights(energy: np.ndarray, strength: float = QUERY_ENERGY_STRENGTH) -> np.ndarray:
-    """Step weights of a layer's key channels from their queries' energy (`[heads * head_dim]`,
-    `cachegen.hf.query_energy`): an error in a key channel moves the attention scores in
-    proportion to the query channels that read it, so its step is energy^-strength, relative to
-    the layer's geometric mean and bounded."""
+def query_energy_weights(
+    energy: np.ndarray, head_dim: int, strength: float = QUERY_ENERGY_STRENGTH
+) -> np.ndarray:
+    """Step weights `[heads * head_dim]` of a layer's key channels from the energy of the
+    queries that read each RoPE pair (`[heads * head_dim/2]`, `cachegen.hf.query_energy`): an
+    error in a key pair moves the attention scores in proportion to the query pair that reads
+    it, so its step is energy^-strength, as `kvstats.key_channel_weights` weighs pairs (relative
+    to the layer's geometric mean, bounded; a pair no query reads, e.g. one a query norm zeroes,
+    as the finest)."""
     e = np.asarray(energy, dtype=np.float64)
     if e.ndim != 1 or not np.isfinite(e).all() or (e < 0).any() or not e.any():
-        raise TransformError("query energies are finite, >= 0 and not all 0, one per channel")
-    w = np.maximum(e, e.max() * 1e-6) ** -strength
-    w /= np.exp(np.log(w).mean())
-    return np.clip(w, 1 / QUERY_ENERGY_BOUND, QUERY_ENERGY_BOUND).astype(np.float32)
+        raise TransformError("query energies are finite, >= 0 and not all 0, one per pair")
+    return key_channel_weights(e, 1, head_dim, -2.0 * strength)  # energy = 2 rms^2
 
 
 def channel_weights(
     shapes: Sequence[tuple[int, int]],
     query_energy: Sequence[np.ndarray] | None = None,
     profile: ModelProfile | None = None,
-) -> list[tuple[np.ndarray, np.ndarray]]:
+) -> list[tuple[np.ndarray, np.ndarray]] | None:
     """Per layer of `shapes` (heads, head_dim), the K and V channel weights a transform learns
-    with: a `profile`'s weights per head and key band (`ModelProfile.channel_weights`; the
-    layer's own weight stays the codec's), measured, so they stand in for the key channels'
-    `query_energy_weights`, which a transform learned without a profile takes. On four held-out
-    texts at KL 0.002, given the observed attention, 0.88x and 0.97x the bits of the unweighted
-    transform with a profile (SmolLM2, Gemma-3), 0.93x and 0.89x without one
-    (bench/results/ladder_experiments.md 38)."""
+    with (None: none): a `profile`'s weights per head and key band (`ModelProfile.
+    channel_weights`; the layer's own weight stays the codec's), measured, so they stand in for
+    the key channels' `query_energy_weights`, which a transform learned without a profile takes
+    (values unweighted). On four held-out texts at KL 0.002, given the observed attention,
+    0.88x and 0.97x the bits of the unweighted transform with a profile (SmolLM2, Gemma-3),
+    0.93x and 0.89x without one (bench/results/ladder_experiments.md 38)."""
     if profile is not None:
         if profile.num_layers != len(shapes):
             raise TransformError(f"profile has {profile.num_layers} layers, caches {len(shapes)}")
@@ -403,12 +405,14 @@ def channel_weights(
             (profile.channel_weights(i, 0, head_dim), profile.channel_weights(i, 1, head_dim))
             for i, (_, head_dim) in enumerate(shapes)
         ]
-    if query_energy is not None and len(query_energy) != len(shapes):
-        raise TransformError(f"{len(query_energy)} query energies for {len(shapes)} layers")
-    ones = [np.ones(heads * head_dim, np.float32) for heads, head_dim in shapes]
     if query_energy is None:
-        return [(w, w) for w in ones]
-    return [(query_energy_weights(e), w) for e, w in zip(query_energy, ones, strict=True)]
+        return None
+    if len(query_energy) != len(shapes):
+        raise TransformError(f"{len(query_energy)} query energies for {len(shapes)} layers")
+    return [
+        (query_energy_weights(e, head_dim), np.ones(heads * head_dim, np.float32))
+        for e, (heads, head_dim) in zip(query_energy, shapes, strict=True)
+    ]
 
 
 def learn_transform(
