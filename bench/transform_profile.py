@@ -138,9 +138,7 @@ def variants(fit: tuple[str, ...], prefix: int, paths: dict[str, str]) -> dict[s
             lambda m, key, c, doc: coded(t(m), None, key, c, seen(m, doc)),
         ),
         "tpo": Variant(
-            lambda m: (
-                f"kltp-{tw(m).digest()[:12]}-{p(m).digest[:12]}-c{COEFFICIENT_VERSION}-{obs}|"
-            ),
+            lambda m: f"{tp_tag(m)}-{obs}|",
             lambda m, key, c, doc: coded(tw(m), p(m), key, c, seen(m, doc)),
         ),
     }

@@ -138,15 +138,10 @@ def test_learned_model_transform_with_a_profile_takes_its_weights() -> None:
         key_bands=(2.0, 0.5),
     )
     t = learn_model_transform(model, texts, profile=profile)
+    caches, rope = _by_hand_caches(model, texts), Rope.from_config(model.config)
     weights = channel_weights([(2, 8)] * 2, None, profile)
-    by_hand = learn_transform(_by_hand_caches(model, texts), Rope.from_config(model.config), 0.0)
-    assert (
-        t.digest()
-        == learn_transform(
-            _by_hand_caches(model, texts), Rope.from_config(model.config), weights=weights
-        ).digest()
-    )
-    assert t.digest() != by_hand.digest()
+    assert t.digest() == learn_transform(caches, rope, weights=weights).digest()
+    assert t.digest() != learn_transform(caches, rope).digest()
     np.testing.assert_allclose(t.values[1].weights, np.repeat([np.sqrt(3), 1 / np.sqrt(3)], 8))
 
 

@@ -61,7 +61,7 @@ def learn_model_transform(
     caches, energies = [], []
     with torch.inference_mode():
         for ids in texts:
-            with _query_energy(model, on=measure) as energy:
+            with _query_energy(model) if measure else contextlib.nullcontext([]) as energy:
                 kv = from_cache(model(ids, use_cache=True).cache)
             caches.append([(k.float(), v.float()) for k, v in kv])
             energies.append(energy)
@@ -84,24 +84,21 @@ def query_energy(model: Any, ids: Any) -> list[np.ndarray]:
     """
     import torch
 
-    with torch.inference_mode(), _query_energy(model, on=True) as energy:
+    with torch.inference_mode(), _query_energy(model) as energy:
         model(ids)
     return energy
 
 
 @contextlib.contextmanager
-def _query_energy(model: Any, on: bool) -> Iterator[list[np.ndarray]]:
+def _query_energy(model: Any) -> Iterator[list[np.ndarray]]:
     """Within the block, the model's forward passes add each layer's `query_energy` to the list
-    yielded (filled at exit; left empty when not `on`)."""
+    yielded (filled at exit)."""
     import numpy as np
 
     from .replay import decoder_layers
     from .transform import FIT_SKIP_TOKENS, config_head_dim
 
     out: list[np.ndarray] = []
-    if not on:
-        yield out
-        return
     c = model.config
     heads, kv_heads, head_dim = c.num_attention_heads, c.num_key_value_heads, config_head_dim(c)
     layers = decoder_layers(model, c.num_hidden_layers)

@@ -449,7 +449,8 @@ def learn_transform(
 
 
 def _checked_weights(weights: ChannelWeights | None, groups: list[np.ndarray]) -> list:
-    """Per group, K first, the given channel weights (None: all ones), checked."""
+    """Per group, K first, the given channel weights checked (None for each where none are
+    given)."""
     if weights is None:
         return [None] * len(groups)
     if len(weights) != len(groups) // 2:
