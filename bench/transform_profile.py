@@ -31,7 +31,7 @@ import cachegen
 from cachegen import profiles
 from cachegen.hf import observed_attention
 from cachegen.importance import OBSERVATION_WINDOW, OBSERVED_SHARE
-from cachegen.transform import COEFFICIENT_VERSION, coefficient_config
+from cachegen.transform import COEFFICIENT_VERSION, OBSERVED_RECENCY, coefficient_config
 from ladder_models import PLAIN, Variant, codings, curve, pooled, run
 from ladder_report import TARGETS, reference_bits
 from lib.cli import ints, words
@@ -109,6 +109,7 @@ def variants(fit: tuple[str, ...], prefix: int, paths: dict[str, str]) -> dict[s
         return observed(m, doc, prefix)
 
     obs = f"o{OBSERVATION_WINDOW}-{OBSERVED_SHARE}"
+    on_coefficients = f"{obs}-r{OBSERVED_RECENCY}"  # the transform's own recency law with it
     return {
         "cg": PLAIN,
         "cgo": Variant(
@@ -134,11 +135,11 @@ def variants(fit: tuple[str, ...], prefix: int, paths: dict[str, str]) -> dict[s
             lambda m, key, c, doc: coded(tw(m), p(m), key, c),
         ),
         "to": Variant(
-            lambda m: f"klt-{t(m).digest()[:16]}-c{COEFFICIENT_VERSION}-{obs}|",
+            lambda m: f"klt-{t(m).digest()[:16]}-c{COEFFICIENT_VERSION}-{on_coefficients}|",
             lambda m, key, c, doc: coded(t(m), None, key, c, seen(m, doc)),
         ),
         "tpo": Variant(
-            lambda m: f"{tp_tag(m)}-{obs}|",
+            lambda m: f"{tp_tag(m)}-{on_coefficients}|",
             lambda m, key, c, doc: coded(tw(m), p(m), key, c, seen(m, doc)),
         ),
     }
@@ -153,11 +154,11 @@ def bits_at(points: list[tuple[float, float]], target: float) -> tuple[float | N
     return b, ""
 
 
-def coarser(steps: int) -> dict[str, cachegen.CodecConfig]:
-    """`xN`: level 1 as coefficients with a profile take it, both steps 2^(N/4) times as
-    coarse, N = 1..`steps`, for a curve whose level 1 is already below the KL targets (so its
-    bits there are measured, not bounded)."""
-    one = coefficient_config(cachegen.CodecConfig.from_level(1), profiled=True)
+def coarser(steps: int, observed: bool = False) -> dict[str, cachegen.CodecConfig]:
+    """`xN`: level 1 as coefficients with a profile (or the `observed` attention) take it,
+    both steps 2^(N/4) times as coarse, N = 1..`steps`, for a curve whose level 1 is already
+    below the KL targets (so its bits there are measured, not bounded)."""
+    one = coefficient_config(cachegen.CodecConfig.from_level(1), True, observed)
     return {
         f"x{n}": dataclasses.replace(
             one, key_param=one.key_param * 2 ** (n / 4), value_param=one.value_param * 2 ** (n / 4)
@@ -245,7 +246,8 @@ def main() -> None:
             continue
         todo = {f"{name}{lv}": cachegen.CodecConfig.from_level(lv) for lv in levels}
         if name in COARSE:
-            todo |= {f"{name}{k}": c for k, c in coarser(a.coarser).items()}
+            settings = coarser(a.coarser, name in OBSERVED)
+            todo |= {f"{name}{k}": c for k, c in settings.items()}
         rows += run(models, docs, todo, a.prefix, a.cont, variant)
     p = pooled(rows)
     at = by_scope(rows, docs, lambda rs: equal_kl(rs, levels, refs))

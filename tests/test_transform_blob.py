@@ -206,6 +206,7 @@ def test_coefficient_config_of_a_level_and_of_a_custom_config() -> None:
         COEFFICIENT_IMPORTANCE,
         COEFFICIENT_RECENCY,
         COEFFICIENT_VALUE_RATIO,
+        OBSERVED_RECENCY,
         coefficient_config,
     )
 
@@ -221,6 +222,13 @@ def test_coefficient_config_of_a_level_and_of_a_custom_config() -> None:
         COEFFICIENT_RECENCY,
         COEFFICIENT_IMPORTANCE,
     )
+    observed = coefficient_config(level, observed=True)
+    assert observed == coefficient_config(level, profiled=True, observed=True)
+    assert (observed.recency, observed.importance_strength) == (
+        OBSERVED_RECENCY,
+        COEFFICIENT_IMPORTANCE,
+    )
+    assert OBSERVED_RECENCY != COEFFICIENT_RECENCY
     custom = dataclasses.replace(level, recency=0.5, importance_strength=0.2)
     kept = coefficient_config(custom, profiled=True)
     assert (kept.recency, kept.importance_strength, kept.key_spread) == (0.5, 0.2, 0.0)

@@ -266,7 +266,8 @@ def test_observed_attention_is_mixed_with_the_profiles_prediction():
 
 def test_observed_attention_of_a_transform_chunk():
     """With a transform, the attention weighs the coefficients' token steps as a profile does
-    (at the coefficients' importance power), and the blob decodes without it."""
+    (at the coefficients' importance power, with the recency law of observed attention), and
+    the blob decodes without it."""
     from cachegen.transform import Rope, coefficient_config, learn_transform
 
     kv = synthetic_kv(2, 64, 2, 16, seed=6, layout="pairs")
@@ -277,11 +278,12 @@ def test_observed_attention_of_a_transform_chunk():
     assert all(k.shape == kk.shape for (k, _), (kk, _) in zip(out, kv, strict=True))
     level = cachegen.CodecConfig.from_level(5)
 
-    def with_config(profiled: bool) -> bytes:  # a custom config is coded as it is
-        config = coefficient_config(level, profiled=profiled)
+    def with_config(**importance: bool) -> bytes:  # a custom config is coded as it is
+        config = coefficient_config(level, **importance)
         return cachegen.encode(kv, config=config, transform=t, attention=attention)
 
-    assert blob == with_config(True) != with_config(False)
+    assert blob == with_config(observed=True) != with_config()
+    assert blob != with_config(profiled=True)  # the recency law of a profile's prediction
     assert blob != cachegen.encode(kv, level=5, transform=t)
 
 

@@ -140,8 +140,8 @@ def encode(
             raise ValueError("lossless coding keeps the cache's own bits: not with a transform")
         if device not in (None, "cpu"):
             raise ValueError("a transform-coded blob is encoded on the host")
-        weighted = profile is not None or attention is not None
-        config = coefficient_config(config, profiled=weighted)
+        observed = attention is not None
+        config = coefficient_config(config, profile is not None, observed)
         if profile is not None:
             keys, profile = (kv, views(kv)), coefficient_profile(profile)
         kv = forward(kv, transform, position)

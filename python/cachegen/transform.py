@@ -289,24 +289,31 @@ COEFFICIENT_VALUE_RATIO = 2.0
 #: cost Gemma-3 bits).
 COEFFICIENT_IMPORTANCE = 0.35
 COEFFICIENT_RECENCY = 1.25
+#: The recency law's exponent where an engine's observed attention weighs the tokens: the
+#: context's last queries already favour the tokens near them, so the law need not do it twice
+#: (`bench/results/ladder_experiments.md` 40).
+OBSERVED_RECENCY = 0.5
 
 
-def coefficient_config(config: CodecConfig, profiled: bool = False) -> CodecConfig:
+def coefficient_config(
+    config: CodecConfig, profiled: bool = False, observed: bool = False
+) -> CodecConfig:
     """`config` for coefficients: without the key spread, whose RoPE-pair statistics mean
     nothing in the transform's coordinates. A ladder level as it is (`CodecConfig.from_level`)
     takes value steps `COEFFICIENT_VALUE_RATIO` times its key step, and coded with token
-    importance (`profiled`: a profile's or an engine's observed attention) also
-    `COEFFICIENT_IMPORTANCE` and `COEFFICIENT_RECENCY`; a custom config keeps its own."""
+    importance (`profiled`: a profile's prediction; `observed`: an engine's observed
+    attention, alone or with it) also `COEFFICIENT_IMPORTANCE` and the recency law at
+    `COEFFICIENT_RECENCY`, or at `OBSERVED_RECENCY` where the attention was observed; a
+    custom config keeps its own."""
     out = dataclasses.replace(config, key_spread=0.0, key_spread_auto=False)
     if config.level not in LEVELS or config != CodecConfig.from_level(config.level):
         return out
     out = dataclasses.replace(
         out, value_param=round(COEFFICIENT_VALUE_RATIO * float(out.key_param), 4)
     )
-    if profiled:
-        out = dataclasses.replace(
-            out, importance_strength=COEFFICIENT_IMPORTANCE, recency=COEFFICIENT_RECENCY
-        )
+    if profiled or observed:
+        recency = OBSERVED_RECENCY if observed else COEFFICIENT_RECENCY
+        out = dataclasses.replace(out, importance_strength=COEFFICIENT_IMPORTANCE, recency=recency)
     return out
 
 

@@ -110,18 +110,22 @@ def test_transform_with_a_profile_codes_each_chunk_with_it(store: Store, transfo
         assert blob != cachegen.encode(part, 20, transform=transform, **where)
 
 
-@pytest.mark.parametrize("profiled", [False, True])
-def test_manifest_records_the_levels_as_coded(store: Store, transform, profiled) -> None:
-    """Under a transform a level is coded without its key spread (and with a profile, with the
-    coefficients' importance power and recency), and the ladder's KL table (measured without
-    a transform) is not recorded as if it applied."""
+@pytest.mark.parametrize(
+    "profiled, observed", [(False, False), (True, False), (True, True), (False, True)]
+)
+def test_manifest_records_the_levels_as_coded(store: Store, transform, profiled, observed) -> None:
+    """Under a transform a level is coded without its key spread (and with a profile or
+    observed attention, with the coefficients' importance power and their recency), and the
+    ladder's KL table (measured without a transform) is not recorded as if it applied."""
     from cachegen.context import stored
 
     weights = ((1.0, 2.0),) * 2
     profile = cachegen.ModelProfile("m", weights, weights) if profiled else None
     kv = make_kv(200)
+    rng = np.random.default_rng(1)
+    attention = [rng.lognormal(-5.0, 2.0, 200) for _ in range(len(kv))] if observed else None
     where = {"chunk_tokens": CHUNK, "levels": LEVELS, "transform": transform}
-    save_context(store, MODEL, ids(200), kv, profile=profile, **where)
+    save_context(store, MODEL, ids(200), kv, profile=profile, attention=attention, **where)
     ctx = open_context(store, MODEL, ids(200), chunk_tokens=CHUNK)
     key = stored.manifest_key(ctx.chunks[-1].hash)
     body = stored.unseal(key, store.get(key), None)
@@ -131,16 +135,18 @@ def test_manifest_records_the_levels_as_coded(store: Store, transform, profiled)
     level = cachegen.CodecConfig(**body["ladder"]["levels"]["5"])
     assert level.key_spread == 0 and level.key_spread_auto is False
     assert level.key_param == cachegen.CodecConfig.from_level(5).key_param
-    assert level == coefficient_config(cachegen.CodecConfig.from_level(5), profiled)
+    assert level == coefficient_config(cachegen.CodecConfig.from_level(5), profiled, observed)
     # What the manifest records is what the chunk was coded with.
     part = kv[:, :, :CHUNK]
-    blob = cachegen.encode(part, config=level, context_end=200, transform=transform)
-    if profiled:
-        assert blob != ctx.fetch(0, 5)  # a profile's head weights differ from none
-        blob = cachegen.encode(
-            part, config=level, context_end=200, transform=transform, profile=profile
-        )
+    seen = None if attention is None else [a[:CHUNK] for a in attention]
+    blob = cachegen.encode(
+        part, config=level, context_end=200, transform=transform, profile=profile, attention=seen
+    )
     assert blob == ctx.fetch(0, 5)
+    if profiled:  # a profile's head weights differ from none
+        assert blob != cachegen.encode(
+            part, config=level, context_end=200, transform=transform, attention=seen
+        )
 
 
 def test_chunks_of_an_older_coefficient_version_are_coded_anew(

@@ -349,7 +349,9 @@ def save_context(
         **_manifest_identity(model_id, chunk_tokens, len(tokens)),
         "codec_version": version,
         "levels": levels,
-        "ladder": _ladder_record(levels, transform is not None, profile is not None),
+        "ladder": _ladder_record(
+            levels, transform is not None, profile is not None, attention is not None
+        ),
         "created": time.time(),
         "quality": quality,
         "transform": digest,
@@ -364,7 +366,7 @@ def save_context(
 
 
 def _ladder_record(
-    levels: list[int], transformed: bool = False, profiled: bool = False
+    levels: list[int], transformed: bool = False, profiled: bool = False, observed: bool = False
 ) -> dict[str, Any]:
     """What each stored level means: the ladder's version, every level's settings as coded and
     the KL measured for it without a profile (`cachegen.targets`); none under a transform,
@@ -372,7 +374,7 @@ def _ladder_record(
     the coefficient version instead."""
     configs = {lv: cachegen.CodecConfig.from_level(lv) for lv in levels}
     if transformed:
-        configs = {lv: coefficient_config(c, profiled) for lv, c in configs.items()}
+        configs = {lv: coefficient_config(c, profiled, observed) for lv, c in configs.items()}
     kl = None if transformed else {str(lv): cachegen.expected_kl(lv) for lv in levels}
     settings = {str(lv): c.to_json() for lv, c in configs.items()}
     record = {"version": LADDER_VERSION, "levels": settings, "expected_kl": kl}
