@@ -230,7 +230,7 @@ def level_table(p: dict[str, dict[str, Result]], levels: list[int]) -> list[str]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    add_transform_args(ap, levels="1,2,3,5,8,10,13,15,18,20,24,27")
+    add_transform_args(ap, levels="1,2,3,5,8,9,10,11,12,13,14,15,18,20,24,27")
     ap.add_argument("--profile", action="append", default=[], help="model=path of its profile")
     ap.add_argument("--coarser", type=int, default=6, help="settings coarser than level 1 (tp)")
     ap.add_argument("--observed", action="store_true", help="also the curves given attention")
