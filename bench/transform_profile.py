@@ -158,7 +158,7 @@ def coarser(steps: int, observed: bool = False) -> dict[str, cachegen.CodecConfi
     """`xN`: level 1 as coefficients with a profile (or the `observed` attention) take it,
     both steps 2^(N/4) times as coarse, N = 1..`steps`, for a curve whose level 1 is already
     below the KL targets (so its bits there are measured, not bounded)."""
-    one = coefficient_config(cachegen.CodecConfig.from_level(1), True, observed)
+    one = coefficient_config(cachegen.CodecConfig.from_level(1), profiled=True, observed=observed)
     return {
         f"x{n}": dataclasses.replace(
             one, key_param=one.key_param * 2 ** (n / 4), value_param=one.value_param * 2 ** (n / 4)

@@ -140,8 +140,7 @@ def encode(
             raise ValueError("lossless coding keeps the cache's own bits: not with a transform")
         if device not in (None, "cpu"):
             raise ValueError("a transform-coded blob is encoded on the host")
-        observed = attention is not None
-        config = coefficient_config(config, profile is not None, observed)
+        config = coefficient_config(config, profile is not None, attention is not None)
         if profile is not None:
             keys, profile = (kv, views(kv)), coefficient_profile(profile)
         kv = forward(kv, transform, position)

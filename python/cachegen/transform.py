@@ -282,11 +282,11 @@ COEFFICIENT_VERSION = 2
 LEGACY_COEFFICIENT_VERSION = 1
 #: A ladder level's value step on coefficients, over its key step.
 COEFFICIENT_VALUE_RATIO = 2.0
-#: A ladder level on coefficients with a profile: its token importance at this power
-#: (`CodecConfig.importance_strength`; the ladder's raw channels take 0.15) and the recency law
-#: at this exponent (`CodecConfig.recency`; otherwise 0.75), both chosen on tuning texts for
-#: SmolLM2 and Gemma-3 (`bench/results/transform_profile.md`; without a profile that recency
-#: cost Gemma-3 bits).
+#: A ladder level on coefficients with token importance (a profile's or observed attention):
+#: that importance at this power (`CodecConfig.importance_strength`; the ladder's raw channels
+#: take 0.15) and, for a profile's prediction, the recency law at this exponent
+#: (`CodecConfig.recency`; otherwise 0.75), both chosen on tuning texts for SmolLM2 and Gemma-3
+#: (`bench/results/transform_profile.md`; without a profile that recency cost Gemma-3 bits).
 COEFFICIENT_IMPORTANCE = 0.35
 COEFFICIENT_RECENCY = 1.25
 #: The recency law's exponent where an engine's observed attention weighs the tokens: the
