@@ -25,6 +25,7 @@ from pathlib import Path
 
 import cachegen
 from ladder_report import TARGETS, reference_bits
+from lib import RESULTS_FORMAT
 from lib.cli import add_scoring_args, ints, words
 from lib.kvquality import Result, evaluate, load_document, load_model, pool, prepare
 from lib.kvquality.methods import Method, codec_method
@@ -72,7 +73,7 @@ def cache_key(
     model: str, doc: str, prefix: int, cont: int, config: cachegen.CodecConfig, tag: str = ""
 ) -> str:
     settings = json.dumps(config.to_json(), sort_keys=True)
-    return f"{tag}{model}|{doc}|{prefix}|{cont}|{cachegen.FORMAT_VERSION}|{settings}"
+    return f"{tag}{model}|{doc}|{prefix}|{cont}|{RESULTS_FORMAT}|{settings}"
 
 
 def stored_results() -> dict[str, dict]:

@@ -61,14 +61,15 @@ TensorView make_view(uintptr_t address, int dtype, uint32_t tokens, uint32_t hea
 
 GroupSpec make_spec(const TensorView& view, int quantizer, float param, uint32_t max_tables,
                     const std::optional<Floats>& token_weights,
-                    const std::optional<Floats>& channel_weights, uint32_t raw_rows, bool center) {
+                    const std::optional<Floats>& channel_weights, uint32_t raw_rows, bool center,
+                    bool overflow) {
   if (quantizer < 0 || quantizer > 255 || !valid_quantizer((uint8_t)quantizer))
     throw InputError("unknown quantizer id");
   return {view,
           (Quantizer)quantizer,
           param,
           max_tables,
-          {float32s(token_weights), float32s(channel_weights), center},
+          {float32s(token_weights), float32s(channel_weights), center, overflow},
           raw_rows};
 }
 
@@ -141,6 +142,7 @@ py::dict group_dict(const Group& g) {
   d["tables"] = g.tables.tables.size();
   d["max_symbol"] = g.quant.max_symbol;
   d["raw_rows"] = g.quant.raw_rows;
+  d["overflow"] = g.quant.overflow.size();
   return d;
 }
 
@@ -266,9 +268,13 @@ py::list quantize_py(const EncodeRequest& req) {
     q = quantize(req);
   }
   py::list out;
-  for (const Quantized& g : q)
+  for (const Quantized& g : q) {
+    std::vector<int32_t> overflow;  // (token, channel, symbol) triples
+    for (const Overflow& e : g.params.overflow)
+      overflow.insert(overflow.end(), {(int32_t)e.token, (int32_t)e.channel, e.symbol});
     out.append(py::make_tuple(as_bytes(g.symbols), as_bytes(g.params.a), as_bytes(g.params.b),
-                              as_bytes(g.params.o), as_bytes(g.params.raw)));
+                              as_bytes(g.params.o), as_bytes(g.params.raw), as_bytes(overflow)));
+  }
   return out;
 }
 
@@ -406,7 +412,7 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init(&make_spec), py::arg("view"), py::arg("quantizer"), py::arg("param"),
            py::arg("max_tables"), py::arg("token_weights") = py::none(),
            py::arg("channel_weights") = py::none(), py::arg("raw_rows") = 0,
-           py::arg("center") = false)
+           py::arg("center") = false, py::arg("overflow") = false)
       .def_readonly("view", &GroupSpec::view)
       .def_property_readonly("quantizer", [](const GroupSpec& s) { return (int)s.quantizer; })
       .def_readonly("param", &GroupSpec::param)
@@ -415,7 +421,8 @@ PYBIND11_MODULE(_core, m) {
       .def_property_readonly("channel_weights",
                              [](const GroupSpec& s) { return s.weights.channel; })
       .def_readonly("raw_rows", &GroupSpec::raw_rows)
-      .def_property_readonly("center", [](const GroupSpec& s) { return s.weights.center; });
+      .def_property_readonly("center", [](const GroupSpec& s) { return s.weights.center; })
+      .def_property_readonly("overflow", [](const GroupSpec& s) { return s.weights.overflow; });
   py::class_<EncodeRequest>(m, "EncodeRequest", py::module_local(),
                             "Groups (K then V per layer) and blob header.")
       .def(py::init(&make_request), py::arg("groups"), py::arg("dtype"), py::arg("layout"),

@@ -1,6 +1,6 @@
 """Write the fuzz targets' seed corpora (fuzz/corpus/<target>/, files named by content hash):
 small valid blobs of every format version (the golden blobs, fresh encodes of every quantizer,
-dtype and layout, lossless, and spec-written blobs from tests/blobcraft.py), probability tables
+dtype and layout, lossless, overflow lists, and spec-written blobs from tests/blobcraft.py), probability tables
 and step-code streams written from docs/FORMAT.md.
 
     PYTHONPATH=python python fuzz/make_corpus.py
@@ -48,7 +48,12 @@ def encoded_blobs() -> list[bytes]:
         )
         blobs.append(cachegen.encode(kv, config=config))
     blobs.append(cachegen.encode(kv, config=cachegen.CodecConfig.cachegen_reference(2)))
+    fine = cachegen.CodecConfig(key_param=0.01, value_param=0.01, overflow=True)
+    blobs.append(cachegen.encode(synthetic_kv(1, 20, 1, 16), config=fine))
     return blobs
+
+
+OVERFLOW = [(1, 2, 300), (4, 0, -200), (4, 3, 32767)]
 
 
 def crafted_blobs() -> list[bytes]:
@@ -59,6 +64,10 @@ def crafted_blobs() -> list[bytes]:
         bc.blob(bc.layers(1, bc.zero_group(64, 1, 16, seg_tokens=8))),
         bc.blob([bc.scaled_group(4, 8, struct.pack("<e", 0.5), bc.CHANNEL_OFFSET)] * 2),
         bc.blob([bc.scaled_group(4, 8, struct.pack("<e", 0.5), bc.TOKEN_SCALE)] * 2, layout=0),
+        bc.blob(
+            bc.layers(1, bc.zero_group(6, 1, 4, raw_rows=1, raw_value=one, overflow=OVERFLOW)),
+            version=6,
+        ),
     ]
 
 

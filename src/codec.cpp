@@ -94,7 +94,10 @@ Group fit_group(const GroupSpec& s, uint32_t segment_symbols, CpuPath path, int8
   if (s.quantizer == Quantizer::Lossless)
     split_planes(v, symbols, hists[0].data());
   else
-    quantize_group(g.quant, expand_params(g.quant, T, C), v, path, symbols, hists[0].data());
+    quantize_group(g.quant, expand_params(g.quant, T, C), v, path, symbols, hists[0].data(),
+                   &g.quant.overflow);
+  // Nothing overflowed: the blob stays in the version before overflow lists.
+  if (g.quant.overflow.empty()) g.quant.flags &= (uint8_t)~kOverflow;
   g.tables = fit_tables(hists, s.max_tables, path);
   return g;
 }
@@ -382,6 +385,7 @@ void decode_fused(const ParsedBlob& blob, const uint8_t* data, uint64_t call, Cp
   }
   stream_fence();  // the segment's non-temporal stores, if any, land before it is reported done
   r.finish();
+  apply_overflow(p, v, s.token_begin, end);
 }
 
 // One segment decoded into its group's output.
@@ -416,6 +420,7 @@ void decode_segment_into(const ParsedBlob& blob, const uint8_t* data,
       dequantize_row(sym + (size_t)(k0 + k) * C, p, t0 + k, C, tile.data() + (size_t)k * C);
     store_rows(outs[s.group], t0, n, tile.data());
   }
+  apply_overflow(p, outs[s.group], s.token_begin, s.token_begin + s.token_count);
 }
 
 }  // namespace

@@ -32,6 +32,10 @@ class Writer {
     }
     pos_ += n;
   }
+  void varint(uint32_t v) {  // LEB128
+    for (; v >= 0x80; v >>= 7) put((uint8_t)(v | 0x80));
+    put((uint8_t)v);
+  }
   void zeros_to(size_t offset) {
     static const uint8_t kZeros[8] = {};
     while (pos_ < offset) bytes(kZeros, std::min<size_t>(8, offset - pos_));
@@ -54,6 +58,18 @@ class Reader {
     std::memcpy(&v, d_ + pos_, sizeof(T));
     pos_ += sizeof(T);
     return v;
+  }
+  uint32_t varint(const char* what) {  // LEB128, at most 5 bytes and 32 bits
+    uint64_t v = 0;
+    for (int shift = 0; shift < 35; shift += 7) {
+      const uint8_t b = get<uint8_t>(what);
+      v |= (uint64_t)(b & 0x7f) << shift;
+      if (!(b & 0x80)) {
+        if (v > UINT32_MAX) break;
+        return (uint32_t)v;
+      }
+    }
+    throw FormatError(std::string("malformed varint in ") + what);
   }
   std::vector<uint16_t> u16s(size_t n, const char* what) {
     need(n * 2, what);
@@ -139,12 +155,34 @@ void write_raw_rows(const GroupQuant& q, uint32_t channels, DType dtype, Writer&
   w.bytes(bytes.data(), bytes.size());
 }
 
+// Overflow list: a count, then per entry (ascending by token, then channel) three varints: the
+// token's distance from the previous entry's; the channel (for a second entry of a token, its
+// distance from the previous channel, less 1); the symbol's magnitude beyond max_symbol, less
+// 1, times 2, plus 1 if it is negative. Three bytes an entry on real KV.
+constexpr size_t kMinOverflowEntryBytes = 3;
+
+void write_overflow(const GroupQuant& q, Writer& w) {
+  w.put((uint32_t)q.overflow.size());
+  uint32_t token = 0, channel = 0;
+  for (size_t i = 0; i < q.overflow.size(); ++i) {
+    const Overflow& e = q.overflow[i];
+    const bool same = i > 0 && e.token == token;
+    w.varint(e.token - token);
+    w.varint(same ? e.channel - channel - 1 : e.channel);
+    const uint32_t magnitude = (uint32_t)(e.symbol < 0 ? -e.symbol : e.symbol);
+    w.varint((magnitude - q.max_symbol - 1) << 1 | (e.symbol < 0));
+    token = e.token;
+    channel = e.channel;
+  }
+}
+
 void write_side(const Group& g, DType dtype, Writer& w, std::vector<uint8_t>& out) {
   const GroupQuant& q = g.quant;
   if (q.flags & kTokenScale) write_scales(q.token_scale, q.flags & kTokenCodes, w, out);
   if (q.flags & kChannelScale) write_scales(q.channel_scale, q.flags & kChannelCodes, w, out);
   if (q.flags & kChannelOffset) w.bytes(q.channel_offset.data(), q.channel_offset.size() * 2);
   if (q.flags & kRawRows) write_raw_rows(q, g.desc.channels(), dtype, w);
+  if (q.flags & kOverflow) write_overflow(q, w);
   serialize_tables(g.tables, out);
 }
 
@@ -210,9 +248,12 @@ void check_desc(const DescFields& f, uint32_t expected_first, uint16_t version) 
     fail("segment length out of range");
   if (d.num_segments != segment_count(d.tokens, d.seg_tokens)) fail("segment count mismatch");
   if (d.first_segment != expected_first) fail("segment numbering mismatch");
-  if (f.flags &
-      ~(kTokenScale | kChannelScale | kChannelOffset | kTokenCodes | kChannelCodes | kRawRows))
+  if (f.flags & ~(kTokenScale | kChannelScale | kChannelOffset | kTokenCodes | kChannelCodes |
+                  kRawRows | kOverflow))
     fail("unknown quantizer flags");
+  if ((f.flags & kOverflow) && version < kOverflowVersion)
+    fail("overflow list in a version " + std::to_string(version) + " blob");
+  if ((f.flags & kOverflow) && !(f.flags & kTokenScale)) fail("overflow list without token scales");
   const bool token_codes = f.flags & kTokenCodes, channel_codes = f.flags & kChannelCodes;
   if ((token_codes || channel_codes) && version < 2) fail("scale codes in a version 1 blob");
   if ((f.flags & kRawRows) && version < 3)
@@ -259,6 +300,31 @@ void read_raw_rows(Reader& r, const GroupDesc& d, DType dtype, GroupQuant& q) {
     if (!std::isfinite(x)) fail("raw rows are not finite");
 }
 
+// Overflow list: a count in [1, quantized elements] whose entries (at least 3 bytes each) the
+// side data can hold, each at a quantized row's channel, beyond +-max_symbol and within
+// +-kMaxOverflowSymbol; ascending by construction.
+void read_overflow(Reader& r, const GroupDesc& d, GroupQuant& q) {
+  const uint32_t n = r.get<uint32_t>("overflow count");
+  const uint64_t elements = (uint64_t)(d.tokens - q.raw_rows) * d.channels();
+  if (n < 1 || n > elements) fail("overflow count out of range");
+  if ((uint64_t)n * kMinOverflowEntryBytes > r.end() - r.pos()) fail("truncated overflow list");
+  q.overflow.resize(n);
+  uint64_t token = 0, channel = 0;
+  for (uint32_t i = 0; i < n; ++i) {
+    const uint32_t gap = r.varint("overflow list");
+    const uint32_t at = r.varint("overflow list");
+    const uint32_t value = r.varint("overflow list");
+    channel = i > 0 && gap == 0 ? channel + 1 + at : at;
+    token += gap;
+    const uint64_t magnitude = (uint64_t)(value >> 1) + q.max_symbol + 1;
+    if (token < q.raw_rows || token >= d.tokens || channel >= d.channels())
+      fail("overflow entry out of range");
+    if (magnitude > kMaxOverflowSymbol) fail("overflow symbol out of range");
+    q.overflow[i] = {(uint32_t)token, (uint32_t)channel,
+                     (int32_t)(value & 1 ? -(int64_t)magnitude : (int64_t)magnitude)};
+  }
+}
+
 Group parse_side(const DescFields& f, uint16_t version, DType dtype, const uint8_t* data,
                  size_t begin, size_t end) {
   Group g;
@@ -280,6 +346,7 @@ Group parse_side(const DescFields& f, uint16_t version, DType dtype, const uint8
   check_finite_f16(g.quant.channel_scale, "channel scales");
   check_finite_f16(g.quant.channel_offset, "channel offsets");
   if (f.flags & kRawRows) read_raw_rows(r, f.desc, dtype, g.quant);
+  if (f.flags & kOverflow) read_overflow(r, f.desc, g.quant);
   if (f.num_tables > 1) {
     g.tables.channel_table = read_table_map(r, W, f.num_tables, version >= 3);
     for (uint8_t t : g.tables.channel_table)
@@ -315,10 +382,10 @@ void parse_sides(const std::vector<DescFields>& descs, uint16_t version, DType d
 }
 
 // The header's fields at their places (header_layout.hpp), then the transform record if any.
-void write_header(const BlobHeader& h, uint64_t total, uint64_t side_off, uint64_t index_off,
-                  uint64_t payload_off, uint8_t* out) {
+void write_header(const BlobHeader& h, bool overflow, uint64_t total, uint64_t side_off,
+                  uint64_t index_off, uint64_t payload_off, uint8_t* out) {
   std::memcpy(out + field::Magic::at, kMagic, sizeof(kMagic));
-  put<field::Version>(out, written_version(h.flags));
+  put<field::Version>(out, written_version(h.flags, overflow));
   put<field::HeaderBytes>(out, (uint16_t)header_bytes(h.flags));
   put<field::TotalBytes>(out, total);
   put<field::NumLayers>(out, h.num_layers);
@@ -367,7 +434,10 @@ std::vector<uint8_t> blob_head(BlobHeader h, std::vector<EncodedGroup>& groups, 
   const uint64_t total = payload_off + payload + 4;
 
   std::vector<uint8_t> out(payload_off);
-  write_header(h, total, side_off, index_off, payload_off, out.data());
+  const bool overflow = std::any_of(groups.begin(), groups.end(), [](const EncodedGroup& e) {
+    return (e.group.quant.flags & kOverflow) != 0;
+  });
+  write_header(h, overflow, total, side_off, index_off, payload_off, out.data());
   Writer w(out.data(), header_bytes(h.flags));
   uint64_t off = side_off;
   for (size_t i = 0; i < groups.size(); ++i) {

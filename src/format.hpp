@@ -17,10 +17,12 @@ namespace cachegen {
 
 // 2: scale codes (kTokenCodes, kChannelCodes); 3: raw rows (kRawRows); 4: lossless groups
 // (Quantizer::Lossless, tables over the full byte alphabet); 5: the transform record
-// (kFlagTransform). A blob is written in the lowest version that holds it (4, or 5 with a
-// transform record), so readers of version 4 keep reading every blob without one.
-constexpr uint16_t kFormatVersion = 5;
+// (kFlagTransform); 6: overflow lists (kOverflow). A blob is written in the lowest version that
+// holds it (4, 5 with a transform record, 6 with an overflow list), so older readers keep
+// reading every blob without what they lack.
+constexpr uint16_t kFormatVersion = 6;
 constexpr uint16_t kTransformVersion = 5;  // the first version with the transform record
+constexpr uint16_t kOverflowVersion = 6;   // the first version with overflow lists
 constexpr uint8_t kCodecRans32x32 = 1;
 
 enum class Layout : uint8_t { Stacked = 0, Pairs = 1 };
@@ -57,8 +59,10 @@ inline uint32_t header_bytes(uint32_t flags) {
   return kHeaderBytes + (flags & kFlagTransform ? kTransformRecordBytes : 0);
 }
 
-// The lowest version that holds a blob of these flags: what the writer writes.
-inline uint16_t written_version(uint32_t flags) {
+// The lowest version that holds a blob of these flags (and an overflow list in any group, if
+// `overflow`): what the writer writes.
+inline uint16_t written_version(uint32_t flags, bool overflow = false) {
+  if (overflow) return kOverflowVersion;
   return flags & kFlagTransform ? kTransformVersion : kTransformVersion - 1;
 }
 

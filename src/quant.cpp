@@ -229,6 +229,7 @@ DequantParams expand_params(const GroupQuant& q, uint32_t tokens, uint32_t chann
     for (uint32_t c = 0; c < channels; ++c) p.o[c] = f16_to_f32(q.channel_offset[c]);
   p.raw_rows = q.raw_rows;
   p.raw = q.raw;
+  p.overflow = q.overflow;
   return p;
 }
 
@@ -256,6 +257,7 @@ GroupQuant quantizer_layout(Quantizer kind, float param, const StepWeights& w, u
     g.raw_rows = raw_rows;
   }
   if (w.center) g.flags |= kChannelOffset;
+  if (w.overflow) g.flags |= kOverflow;
   if (!w.channel.empty()) {  // stored as grid scales b; fits must use the stored values
     g.flags |= kChannelScale | kChannelCodes;
     for (float x : w.channel) g.channel_scale.push_back(step_code_value(nearest_step_code(x)));
@@ -277,6 +279,7 @@ GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v, const
   std::vector<float> o;
   for (uint16_t x : g.channel_offset) o.push_back(f16_to_f32(x));
   ChannelStats cs(per_token ? 0 : C);
+  const int range_symbols = g.flags & kOverflow ? kMaxOverflowSymbol : kMaxSymbol;
   for (uint32_t t = 0; t < T; ++t) {
     load_row(v, t, row.data());
     if (!per_token) {
@@ -287,7 +290,8 @@ GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v, const
     for (size_t c = 0; c < o.size(); ++c) row[c] = add_rn(row[c], -o[c]);  // centered keys
     const RowStats rs = token_row_stats(path, row.data(), inv_b, C);
     const float q = weighted_param(param, w.token.empty() ? nullptr : w.token.data(), t);
-    g.token_scale.push_back(token_step(kind, q, g.max_symbol, rs.sum_sq, rs.absmax, C));
+    g.token_scale.push_back(
+        token_step(kind, q, g.max_symbol, rs.sum_sq, rs.absmax, C, range_symbols));
   }
   if (kind == Quantizer::LayerStep)
     fit_layer_step(cs, T, param, g);
@@ -296,8 +300,23 @@ GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v, const
   return g;
 }
 
+namespace {
+
+// A row's symbols that quantize_row clamped at +-m, unclamped (the same rounding), appended to
+// `out` where they lie beyond +-m.
+void find_overflow(const float* x, float inv_a, const float* inv_b, const float* o, int m,
+                   uint32_t token, uint32_t n, const int8_t* sym, std::vector<Overflow>& out) {
+  for (uint32_t c = 0; c < n; ++c) {
+    if (sym[c] != m && sym[c] != -m) continue;
+    const int s = quantize(x[c], mul_rn(inv_a, inv_b[c]), o[c], kMaxOverflowSymbol);
+    if (s > m || s < -m) out.push_back({token, c, s});
+  }
+}
+
+}  // namespace
+
 void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorView& v, CpuPath path,
-                    int8_t* symbols, uint32_t* hist) {
+                    int8_t* symbols, uint32_t* hist, std::vector<Overflow>* overflow) {
   const uint32_t T = v.tokens, C = v.channels();
   std::vector<float> inv_b(C), row(C);
   for (uint32_t c = 0; c < C; ++c) inv_b[c] = safe_inverse(p.b[c]);
@@ -323,6 +342,8 @@ void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorVie
         quantize_row_avx512(row.data(), inv_a, inv_b.data(), p.o.data(), m, C, out);
       else
         quantize_row(row.data(), inv_a, inv_b.data(), p.o.data(), m, C, out);
+      if (overflow && (q.flags & kOverflow) && t >= q.raw_rows)
+        find_overflow(row.data(), inv_a, inv_b.data(), p.o.data(), m, t, C, out, *overflow);
     }
     count_symbols(path, symbols + (size_t)t0 * C, rows, C, count.data());
   }
@@ -394,6 +415,20 @@ void dequantize_row(const int8_t* __restrict symbols, const DequantParams& p, ui
   const float* __restrict b = p.b.data();
   const float* __restrict o = p.o.data();
   for (uint32_t c = 0; c < channels; ++c) row[c] = dequantize(symbols[c], a, b[c], o[c]);
+}
+
+void apply_overflow(const DequantParams& p, const TensorView& v, uint32_t begin, uint32_t end) {
+  auto e = std::lower_bound(p.overflow.begin(), p.overflow.end(), begin,
+                            [](const Overflow& x, uint32_t t) { return x.token < t; });
+  if (e == p.overflow.end() || e->token >= end) return;  // most segments: nothing to patch
+  std::vector<float> row(v.channels());
+  while (e != p.overflow.end() && e->token < end) {
+    const uint32_t t = e->token;
+    load_row(v, t, row.data());
+    for (; e != p.overflow.end() && e->token == t; ++e)
+      row[e->channel] = dequantize(e->symbol, p.a[t], p.b[e->channel], p.o[e->channel]);
+    store_row(v, t, row.data());
+  }
 }
 
 void dequantize_store_row(const int8_t* __restrict symbols, float a, const float* __restrict b,

@@ -35,7 +35,9 @@ inline bool valid_quantizer(uint8_t q) { return q >= 1 && q <= 5; }
 
 // kTokenCodes / kChannelCodes (format v2): the token / channel scales lie on the step-code grid
 // below and travel as codes. kRawRows (format v3): the group's first tokens (attention sinks)
-// travel verbatim in the blob's dtype; their symbols are zero.
+// travel verbatim in the blob's dtype; their symbols are zero. kOverflow (format v6, TokenStep):
+// a token's step may be finer than its range / kMaxSymbol; a symbol beyond +-max_symbol is coded
+// as +-max_symbol and its value travels in the group's overflow list.
 enum QuantFlags : uint8_t {
   kTokenScale = 1,
   kChannelScale = 2,
@@ -43,6 +45,17 @@ enum QuantFlags : uint8_t {
   kTokenCodes = 8,
   kChannelCodes = 16,
   kRawRows = 32,
+  kOverflow = 64,
+};
+
+// The largest |symbol| an overflow entry holds: a token's step is never so fine that its largest
+// |deviation| needs more steps than this.
+constexpr int kMaxOverflowSymbol = 32767;
+
+// One symbol beyond +-max_symbol: where it is and its value.
+struct Overflow {
+  uint32_t token, channel;
+  int32_t symbol;
 };
 
 // Operations that the compiler must neither fuse nor reorder, so CPU and GPU agree bit for bit.
@@ -76,7 +89,7 @@ CG_HD float dequantize(int s, float a, float b, float o) {
   return add_rn(mul_rn(mul_rn((float)s, a), b), o);
 }
 
-// Round half to even via the 1.5 * 2^23 trick; exact for |y| <= 127.
+// Round half to even via the 1.5 * 2^23 trick; exact for |y| < 2^22 (every max_symbol).
 CG_HD int quantize(float x, float inv_step, float o, int max_symbol) {
   float y = mul_rn(add_rn(x, -o), inv_step);
   float m = (float)max_symbol;
@@ -89,14 +102,16 @@ CG_HD int quantize(float x, float inv_step, float o, int max_symbol) {
 CG_HD uint16_t step_to_f16(float step) { return f32_to_f16(65504.0f < step ? 65504.0f : step); }
 
 // The step of every quantizer with a rate knob is param * rms, but never so small that the
-// largest |deviation| (`range`) needs more than kMaxSymbol steps.
+// largest |deviation| (`range`) needs more than `range_symbols` steps (kMaxSymbol, or
+// kMaxOverflowSymbol where symbols may overflow).
 struct StepBounds {
   float by_rms, by_range;
   CG_HD float step() const { return by_rms < by_range ? by_range : by_rms; }
 };
 
-CG_HD StepBounds step_bounds(float param, double mean_square, double range) {
-  return {mul_rn(param, (float)sqrt(mean_square)), div_rn((float)range, (float)kMaxSymbol)};
+CG_HD StepBounds step_bounds(float param, double mean_square, double range,
+                             int range_symbols = kMaxSymbol) {
+  return {mul_rn(param, (float)sqrt(mean_square)), div_rn((float)range, (float)range_symbols)};
 }
 
 CG_HD uint16_t spread_step(float param, double mean_square, double range) {
@@ -160,9 +175,9 @@ CG_HD float inverse_scale(uint16_t b) { return div_rn(1.0f, f16_to_f32(b)); }
 
 // Step of one token (TokenAbsmax, TokenStep) from its row's sum of squares and max |x|.
 CG_HD uint16_t token_step(Quantizer kind, float param, int max_symbol, double sum_sq, float absmax,
-                          uint32_t channels) {
+                          uint32_t channels, int range_symbols = kMaxSymbol) {
   if (kind == Quantizer::TokenAbsmax) return step_to_f16(absmax / max_symbol);
-  return grid_step(step_bounds(param, sum_sq / channels, absmax));
+  return grid_step(step_bounds(param, sum_sq / channels, absmax, range_symbols));
 }
 
 // One channel from its sums over tokens: offset (fp16 mean) and step (ChannelStep), plus the
@@ -196,6 +211,7 @@ struct GroupQuant {
   std::vector<uint16_t> channel_offset;  // channels entries if kChannelOffset
   uint32_t raw_rows = 0;                 // kRawRows: this many first tokens are stored verbatim,
   std::vector<float> raw;                // [raw_rows, channels], values of the blob's dtype
+  std::vector<Overflow> overflow;        // kOverflow: ascending by (token, channel)
 };
 
 // Expanded fp32 parameters: a per token, b and o per channel, with 1/1/0 where absent, and the
@@ -204,6 +220,7 @@ struct DequantParams {
   std::vector<float> a, b, o;
   uint32_t raw_rows = 0;
   std::vector<float> raw;
+  std::vector<Overflow> overflow;
 };
 
 DequantParams expand_params(const GroupQuant& q, uint32_t tokens, uint32_t channels);
@@ -213,13 +230,17 @@ DequantParams expand_params(const GroupQuant& q, uint32_t tokens, uint32_t chann
 // weights are stored as the per-channel scale b, so each channel's step is scaled by its own.
 // `center`: each channel's mean over the group (fp16) is stored as its offset o and taken off
 // before the token fit, so a channel with a large constant part (an outlier channel) no longer
-// sets every row's range, which bounds how fine a token's step can be.
+// sets every row's range, which bounds how fine a token's step can be. `overflow`: that bound
+// is lifted instead (kOverflow): a token keeps its step, and its few symbols beyond
+// +-kMaxSymbol go to the overflow list (a transform's coefficients, where one strong
+// coefficient would otherwise coarsen a whole important token).
 constexpr float kMinWeight = 1.0f / 16384, kMaxWeight = 16384.0f;  // fp16 normals, exact
 struct StepWeights {
   std::vector<float> token;    // tokens entries or empty
   std::vector<float> channel;  // channels entries or empty
   bool center = false;
-  bool empty() const { return token.empty() && channel.empty() && !center; }
+  bool overflow = false;
+  bool empty() const { return token.empty() && channel.empty() && !center && !overflow; }
 };
 
 // A quantizer's flags, max symbol, raw row count and (from channel weights) channel scales,
@@ -238,9 +259,14 @@ GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v,
 
 // Quantize into symbols ([tokens, channels] int8; zero for raw rows) and count them per channel
 // into hist[channel * 256 + symbol + 128], which must start zeroed; `path` picks the loops
-// (every path gives the same symbols and counts).
+// (every path gives the same symbols and counts). With kOverflow, the symbols beyond
+// +-max_symbol are appended to `overflow` (clamped in `symbols`).
 void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorView& v, CpuPath path,
-                    int8_t* symbols, uint32_t* hist);
+                    int8_t* symbols, uint32_t* hist, std::vector<Overflow>* overflow = nullptr);
+
+// Rewrites the elements of `v`'s tokens [begin, end) that have overflow entries with their
+// values (the reconstruction their symbols give), after the rows were decoded clamped.
+void apply_overflow(const DequantParams& p, const TensorView& v, uint32_t begin, uint32_t end);
 
 // The encoder's vector kernels (src/simd/): n symbols quantize(x[c], inv_a * inv_b[c], o[c],
 // max_symbol), bit for bit, and the counts of `rows` rows of symbols ([rows, channels], rows

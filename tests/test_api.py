@@ -150,5 +150,5 @@ def test_a_gpu_decode_without_a_gpu_names_the_cause() -> None:
 
 def test_build_info():
     info = cachegen.build_info()
-    assert info["format_version"] == cachegen.FORMAT_VERSION == 5
+    assert info["format_version"] == cachegen.FORMAT_VERSION == 6
     assert info["crc32c"] in ("sse4.2", "table") and info["convert"] in ("f16c", "scalar")

@@ -121,6 +121,7 @@ WIDE = [
     cachegen.CodecConfig.from_level(39),
     dataclasses.replace(cachegen.CodecConfig.from_level(39), max_tables=128),
     cachegen.CodecConfig(key_quantizer="channel", value_quantizer="layer", key_param=0.01),
+    cachegen.CodecConfig(key_param=0.004, value_param=0.004, overflow=True, name="overflow"),
 ]
 
 

@@ -95,13 +95,13 @@ def test_version_field_is_checked(blob, version, message):
         cachegen.inspect(reseal(b))
 
 
-@pytest.mark.parametrize("qflags", [8, 16, 1 | 16, 32, 64])
+@pytest.mark.parametrize("qflags", [8, 16, 1 | 16, 32, 64, 128])
 def test_scale_code_flags_need_their_scales(blob, qflags):
-    """Group 0's qflags (descriptor byte 13) claiming codes or raw rows for scales it lacks,
-    or unknown."""
+    """Group 0's qflags (descriptor byte 13) claiming codes, raw rows or an overflow list for
+    scales it lacks or in a version before it, or unknown."""
     b = bytearray(blob)
     b[64 + 13] = qflags
-    match = "scale codes without|raw rows without|unknown quantizer flags"
+    match = "scale codes without|raw rows without|overflow list in a version|unknown quantizer"
     with pytest.raises(FormatError, match=match):
         cachegen.inspect(reseal(b))
 

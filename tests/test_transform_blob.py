@@ -261,7 +261,7 @@ def reheader(
     ("change", "message"),
     [
         ({"version": 4}, "transform record in a version 4 blob"),
-        ({"version": 6}, "unsupported format version 6"),
+        ({"version": 7}, "unsupported format version 7"),
         ({"flags": 0}, "bad header size"),  # the record's bytes left without the flag
         ({"header_bytes": 64}, "bad header size"),
     ],

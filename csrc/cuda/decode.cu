@@ -290,10 +290,13 @@ __global__ void expand_params_kernel(const ParamJob* jobs) {
 }
 
 // The side data a group's decode needs must match its descriptor (parse_blob guarantees it; a
-// plan is never built from anything else).
+// plan is never built from anything else). Overflow lists (a transform's coefficients, which
+// are inverted on the host anyway) have no device decoder.
 void check_side(const Group& g) {
   const GroupDesc& d = g.desc;
   const GroupQuant& q = g.quant;
+  if (q.flags & kOverflow)
+    throw FormatError("blob has overflow symbols, which decode on the host only: decode it there");
   const uint32_t T = d.tokens, C = d.channels();
   if ((q.flags & kTokenScale) && q.token_scale.size() != T)
     throw FormatError("token scale count mismatch");

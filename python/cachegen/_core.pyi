@@ -63,6 +63,7 @@ class GroupSpec:
         channel_weights: npt.ArrayLike | None = None,
         raw_rows: int = 0,
         center: bool = False,
+        overflow: bool = False,
     ) -> None: ...
     @property
     def view(self) -> TensorView: ...
@@ -80,6 +81,8 @@ class GroupSpec:
     def raw_rows(self) -> int: ...
     @property
     def center(self) -> bool: ...
+    @property
+    def overflow(self) -> bool: ...
 
 class EncodeRequest:
     """Groups (K then V per layer) and blob header (see `cachegen.plan.EncodePlan`)."""
@@ -119,9 +122,9 @@ class Blob:
     def entropy_stats(self, threads: int = 0) -> dict[str, float]: ...
 
 def encode(request: EncodeRequest) -> bytes: ...
-def quantize(request: EncodeRequest) -> list[tuple[bytes, bytes, bytes, bytes, bytes]]:
+def quantize(request: EncodeRequest) -> list[tuple[bytes, bytes, bytes, bytes, bytes, bytes]]:
     """Per group: symbols (int8), a per token, b per channel, o per channel and raw rows
-    (float32), as bytes."""
+    (float32), and the overflow list (int32 token, channel, symbol triples), as bytes."""
 
 def key_magnitudes(keys: TensorView, threads: int = 0) -> bytes: ...
 def key_scores(

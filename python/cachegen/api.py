@@ -155,17 +155,26 @@ def encode(
 @dataclass(frozen=True)
 class QuantizedGroup:
     """The quantization stage of one layer's K or V: x' = symbols * a[:, None] * b + o, but for
-    the first `len(raw)` tokens (attention sinks), which are kept verbatim."""
+    the first `len(raw)` tokens (attention sinks), which are kept verbatim, and the symbols
+    beyond the 8-bit alphabet (`CodecConfig.overflow`), whose values `overflow` holds."""
 
-    symbols: np.ndarray  # int8 [tokens, channels]
+    symbols: np.ndarray  # int8 [tokens, channels], an overflowing symbol clamped
     a: np.ndarray  # fp32 [tokens]
     b: np.ndarray  # fp32 [channels]
     o: np.ndarray  # fp32 [channels]
     raw: np.ndarray  # fp32 [raw rows, channels]
+    overflow: np.ndarray  # int32 [n, 3]: token, channel, symbol
+
+    def full_symbols(self) -> np.ndarray:
+        """int32 [tokens, channels]: the symbols with the overflowing ones in place."""
+        s = self.symbols.astype(np.int32)
+        t, c, v = self.overflow.T
+        s[t, c] = v
+        return s
 
     def dequantize(self) -> np.ndarray:
         """fp32 reconstruction, with the decoder's operation order."""
-        x = self.symbols.astype(np.float32) * self.a[:, None] * self.b + self.o
+        x = self.full_symbols().astype(np.float32) * self.a[:, None] * self.b + self.o
         x[: len(self.raw)] = self.raw
         return x
 
@@ -188,7 +197,9 @@ def quantize(
         kv, v, _config(level, config), profile, position, context_end, n, attention=attention
     )
     out = []
-    for g, (sym, a, b, o, rows) in zip(v.groups, _core.quantize(plan.request(n)), strict=True):
+    for g, (sym, a, b, o, rows, over) in zip(
+        v.groups, _core.quantize(plan.request(n)), strict=True
+    ):
         channels = g.heads * g.head_dim
         out.append(
             QuantizedGroup(
@@ -197,6 +208,7 @@ def quantize(
                 np.frombuffer(b, np.float32),
                 np.frombuffer(o, np.float32),
                 np.frombuffer(rows, np.float32).reshape(-1, channels),
+                np.frombuffer(over, np.int32).reshape(-1, 3),
             )
         )
     return out

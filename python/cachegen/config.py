@@ -106,6 +106,7 @@ _ADDED_SETTINGS: dict[str, Any] = {
     "key_center": False,
     "key_spread_auto": False,
     "importance_strength": 0.15,
+    "overflow": False,
 }
 
 
@@ -153,6 +154,11 @@ class CodecConfig:
             is scaled by its predicted attention mass to the power -importance_strength
             (`cachegen.importance`; 0.5 would be the high-rate optimum for a perfect predictor,
             the prediction is rough: a smaller power pays off better).
+        overflow: a "token" group's step is never made coarser than asked for to keep its
+            largest value within the 8-bit symbols: a symbol beyond them travels in the
+            group's overflow list (format v6; blobs with one decode on the host only). For a
+            transform's coefficients, where one strong coefficient of an important token would
+            otherwise coarsen the whole token (`bench/results/ladder_experiments.md` 41).
     """
 
     key_quantizer: str = "token"
@@ -168,6 +174,7 @@ class CodecConfig:
     level: int = 0
     key_spread_auto: bool = False
     importance_strength: float = 0.15
+    overflow: bool = False
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self) -> None:
@@ -190,9 +197,9 @@ class CodecConfig:
             raise ValueError("key_spread_auto needs key_spread > 0 (its bound)")
         if self.key_center and self.key_quantizer != "token":
             raise ValueError("key_center needs 'token' keys")
-        weighted = self.sink_tokens > 0 or self.recency > 0 or self.key_spread > 0
+        weighted = self.sink_tokens > 0 or self.recency > 0 or self.key_spread > 0 or self.overflow
         if weighted and "token" not in (self.key_quantizer, self.value_quantizer):
-            raise ValueError("sink_tokens/recency/key_spread need a 'token' quantizer")
+            raise ValueError("sink_tokens/recency/key_spread/overflow need a 'token' quantizer")
 
     @classmethod
     def from_level(cls, level: int) -> CodecConfig:

@@ -24,6 +24,7 @@ class GroupInfo:
     tables: int
     segments: int
     raw_rows: int = 0  # first tokens (attention sinks) stored verbatim
+    overflow: int = 0  # symbols beyond the 8-bit alphabet, carried in the side data
 
     @property
     def elements(self) -> int:
@@ -82,6 +83,7 @@ def _group_info(d: dict) -> GroupInfo:
         d["tables"],
         d["segments"],
         d["raw_rows"],
+        d["overflow"],
     )
 
 

@@ -64,6 +64,7 @@ class GroupPlan:
     channel_weights: np.ndarray | None = None  # float32 [heads * head_dim]; None = all 1
     raw_rows: int = 0  # first tokens stored verbatim (attention sinks)
     center: bool = False  # "token" only: channel means stored as offsets, taken off first
+    overflow: bool = False  # "token" only: symbols beyond 8 bits go to an overflow list
 
     def native(self) -> _core.GroupSpec:
         return _core.GroupSpec(
@@ -75,6 +76,7 @@ class GroupPlan:
             self.channel_weights,
             self.raw_rows,
             self.center,
+            self.overflow,
         )
 
 
@@ -163,7 +165,15 @@ def plan_encode(
             center = side == 0 and config.key_center
             groups.append(
                 GroupPlan(
-                    group, quantizer, param, config.max_tables, token_w, channel_w, raw_rows, center
+                    group,
+                    quantizer,
+                    param,
+                    config.max_tables,
+                    token_w,
+                    channel_w,
+                    raw_rows,
+                    center,
+                    config.overflow,
                 )
             )
     flags = FLAG_TORCH_SOURCE if v.framework == "torch" else 0

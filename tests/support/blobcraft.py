@@ -9,7 +9,7 @@ import struct
 from dataclasses import dataclass, field
 
 MAX_SEGMENT_SYMBOLS = 1 << 22
-TOKEN_SCALE, CHANNEL_SCALE, CHANNEL_OFFSET, TOKEN_CODES, RAW_ROWS = 1, 2, 4, 8, 32
+TOKEN_SCALE, CHANNEL_SCALE, CHANNEL_OFFSET, TOKEN_CODES, RAW_ROWS, OVERFLOW = 1, 2, 4, 8, 32, 64
 DTYPE_SIZES = {1: 2, 2: 2, 3: 4}
 
 
@@ -44,6 +44,28 @@ def zero_table() -> bytes:
     b.zeros(1)
     b.put(u, m)
     return bytes([128, 0]) + b.bytes()
+
+
+def varint(v: int) -> bytes:
+    """LEB128."""
+    out = bytearray()
+    while v >= 0x80:
+        out.append(v & 0x7F | 0x80)
+        v >>= 7
+    return bytes(out + bytes([v]))
+
+
+def overflow_list(entries: list[tuple[int, int, int]], max_symbol: int = 127) -> bytes:
+    """Overflow entries (token, channel, symbol), ascending, as docs/FORMAT.md writes them
+    (without the count)."""
+    out, token, channel = b"", 0, 0
+    for i, (t, c, s) in enumerate(entries):
+        same = i > 0 and t == token
+        sign = int(s < 0)
+        out += varint(t - token) + varint(c - channel - 1 if same else c)
+        out += varint((abs(s) - max_symbol - 1) << 1 | sign)
+        token, channel = t, c
+    return out
 
 
 def zero_step_codes(count: int) -> bytes:
@@ -89,15 +111,24 @@ def zero_group(
     raw_rows: int = 0,
     raw_value: bytes = b"\0\0",
     seg_tokens: int = 0,
+    overflow: list[tuple[int, int, int]] | bytes | None = None,
+    overflow_count: int | None = None,
 ) -> Group:
-    """An all-zero group in the token-step form (1-bit step codes), with `tables` identical
-    tables and `raw_rows` verbatim rows filled with `raw_value` (one element's bytes)."""
+    """An all-zero group in the token-step form (1-bit step codes: every step 1.0), with
+    `tables` identical tables, `raw_rows` verbatim rows filled with `raw_value` (one element's
+    bytes) and an `overflow` list: (token, channel, symbol) entries, or the entries' bytes (its
+    count written as `overflow_count` if given)."""
     channels = heads * head_dim
     side = zero_step_codes(tokens)
     flags = TOKEN_SCALE | TOKEN_CODES
     if raw_rows:
         flags |= RAW_ROWS
         side += struct.pack("<I", raw_rows) + raw_value * (raw_rows * channels)
+    if overflow is not None:
+        flags |= OVERFLOW
+        count = len(overflow) if overflow_count is None else overflow_count
+        entries = overflow if isinstance(overflow, bytes) else overflow_list(overflow)
+        side += struct.pack("<I", count) + entries
     if tables > 1:
         side += bytes((channels * (tables - 1).bit_length() + 7) // 8)
     side += zero_table() * tables

@@ -1,7 +1,8 @@
 """Golden blobs: deterministic inputs (integer hashing, no RNG or libm) and the blobs that
 freeze each wire format version (`<case>.v<version>.cgkv`) and each revision of the encoder's
 choices within a version (`<case>.v<version>e<revision>.cgkv` from revision 2 on). A case is
-written in the version the encoder writes it in: 4, or 5 with a transform record.
+written in the version the encoder writes it in: 4, 5 with a transform record, 6 with an
+overflow list.
 `python tests/support/golden.py` writes the current version's and revision's blobs into
 tests/data/ and keeps the older ones, only for a deliberate format or encoder change."""
 
@@ -73,6 +74,8 @@ def cases() -> dict[str, tuple[object, cachegen.CodecConfig, Transform | None]]:
         "pairs_f32_segments": (pairs, small),
         "stacked_f16_lossless": (stacked, cachegen.CodecConfig.lossless()),
         "pairs_f32_lossless": (pairs, replace(cachegen.CodecConfig.lossless(), max_tables=4)),
+        # Steps finer than most rows' range / 127: symbols beyond 8 bits in an overflow list.
+        "pairs_f32_overflow": (pairs, replace(small, value_param=0.004, overflow=True)),
     }
     found = {name: (kv, config, None) for name, (kv, config) in plain.items()}
     found["stacked_f16_transform"] = (stacked, sink, exact_transform(3, 2, 24))
@@ -85,7 +88,8 @@ def golden_transforms() -> dict[str, Transform]:
 
 
 def written_version(case: str) -> int:
-    return 5 if cases()[case][2] is not None else 4
+    _, config, transform = cases()[case]
+    return 6 if config.overflow else 5 if transform is not None else 4
 
 
 def digest(kv: object) -> str:

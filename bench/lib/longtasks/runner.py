@@ -27,6 +27,7 @@ import cachegen
 from cachegen.context.layers import assemble, chunk_layer_tokens, layer_counts, slice_chunk
 from cachegen.hf import to_cache
 
+from .. import RESULTS_FORMAT
 from ..kvquality.methods import Method, int_method, raw_method
 from ..kvquality.model import KV, LoadedModel, compute_kv
 from .generators import Instance
@@ -146,7 +147,7 @@ class AnswerStore:
     def key(self, lm: LoadedModel, prompt: Prompt, chunk_tokens: int, settings: str) -> str:
         what = prompt.context.numpy().tobytes() + b"|" + prompt.question.numpy().tobytes()
         digest = hashlib.sha256(what).hexdigest()[:24]
-        return f"{lm.key}|{digest}|{chunk_tokens}|{cachegen.FORMAT_VERSION}|{settings}"
+        return f"{lm.key}|{digest}|{chunk_tokens}|{RESULTS_FORMAT}|{settings}"
 
     def add(self, key: str, row: Row) -> None:
         self.rows[key] = asdict(row)
