@@ -233,6 +233,8 @@ def test_coefficient_config_of_a_level_and_of_a_custom_config() -> None:
     kept = coefficient_config(custom, profiled=True)
     assert (kept.recency, kept.importance_strength, kept.key_spread) == (0.5, 0.2, 0.0)
     assert kept.value_param == level.value_param
+    # A level keeps every token's step with an overflow list; a custom config decides.
+    assert plain.overflow and profiled.overflow and observed.overflow and not kept.overflow
 
 
 def test_transform_that_does_not_fit_the_cache_is_typed(transform) -> None:

@@ -276,8 +276,10 @@ def resolve(digest: str, transforms: Transforms | None) -> Transform:
 #: chunks and contexts so that chunks coded under another meaning are never reused or joined
 #: with these. 1: the level's own steps, values three times as coarse as keys; 2: values twice
 #: as coarse as keys (tuning texts, SmolLM2 and Gemma-3, with and without a profile: 5-9% fewer
-#: bits at KL 0.002 and 0.01, or equal; `bench/results/transform_profile.md`).
-COEFFICIENT_VERSION = 2
+#: bits at KL 0.002 and 0.01, or equal; `bench/results/transform_profile.md`); 3: a token's step
+#: as asked for, its symbols beyond 8 bits in an overflow list (`CodecConfig.overflow`;
+#: `bench/results/ladder_experiments.md` 41).
+COEFFICIENT_VERSION = 3
 #: The coefficient version of transform records that name none.
 LEGACY_COEFFICIENT_VERSION = 1
 #: A ladder level's value step on coefficients, over its key step.
@@ -303,13 +305,14 @@ def coefficient_config(
     takes value steps `COEFFICIENT_VALUE_RATIO` times its key step, and coded with token
     importance (`profiled`: a profile's prediction; `observed`: an engine's observed
     attention, alone or with it) also `COEFFICIENT_IMPORTANCE` and the recency law at
-    `COEFFICIENT_RECENCY`, or at `OBSERVED_RECENCY` where the attention was observed; a
-    custom config keeps its own."""
+    `COEFFICIENT_RECENCY`, or at `OBSERVED_RECENCY` where the attention was observed, and
+    keeps every token's step with an overflow list (one strong coefficient would otherwise
+    coarsen a whole token, most often an important one); a custom config keeps its own."""
     out = dataclasses.replace(config, key_spread=0.0, key_spread_auto=False)
     if config.level not in LEVELS or config != CodecConfig.from_level(config.level):
         return out
     out = dataclasses.replace(
-        out, value_param=round(COEFFICIENT_VALUE_RATIO * float(out.key_param), 4)
+        out, value_param=round(COEFFICIENT_VALUE_RATIO * float(out.key_param), 4), overflow=True
     )
     if profiled or observed:
         recency = OBSERVED_RECENCY if observed else COEFFICIENT_RECENCY
