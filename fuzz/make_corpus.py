@@ -1,7 +1,7 @@
 """Write the fuzz targets' seed corpora (fuzz/corpus/<target>/, files named by content hash):
 small valid blobs of every format version (the golden blobs, fresh encodes of every quantizer,
-dtype and layout, lossless, overflow lists, and spec-written blobs from tests/blobcraft.py), probability tables
-and step-code streams written from docs/FORMAT.md.
+dtype and layout, lossless, overflow lists, and spec-written blobs from tests/blobcraft.py),
+probability tables and step-code streams written from docs/FORMAT.md.
 
     PYTHONPATH=python python fuzz/make_corpus.py
 """
