@@ -96,15 +96,7 @@ def exp_golomb_table(freqs: dict[int, int]) -> bytes:
 def varint_table(freqs: dict[int, int]) -> bytes:
     """A v1/v2 table: lo, n - 1, then LEB128 frequencies."""
     lo, hi = min(freqs), max(freqs)
-    out = bytearray([lo, hi - lo])
-    for i in range(lo, hi + 1):
-        f = freqs.get(i, 0)
-        while True:
-            out.append((f & 0x7F) | (0x80 if f > 0x7F else 0))
-            f >>= 7
-            if not f:
-                break
-    return bytes(out)
+    return bytes([lo, hi - lo]) + b"".join(bc.varint(freqs.get(i, 0)) for i in range(lo, hi + 1))
 
 
 def laplace_freqs(width: float, center: int = 128, lo: int = 1) -> dict[int, int]:

@@ -129,4 +129,22 @@ class BitReader {
   const char* what_;
 };
 
+// A LEB128 varint of at most `max_bytes` bytes (<= 5) at data[pos..end), advancing pos; throws
+// FormatError("truncated <what>") past end and "malformed varint in <what>" on a longer code or
+// a value over 32 bits.
+inline uint32_t read_varint(const uint8_t* data, size_t& pos, size_t end, int max_bytes,
+                            const char* what) {
+  uint64_t v = 0;
+  for (int i = 0; i < max_bytes; ++i) {
+    if (pos >= end) throw FormatError(std::string("truncated ") + what);
+    const uint8_t b = data[pos++];
+    v |= (uint64_t)(b & 0x7f) << (7 * i);
+    if (!(b & 0x80)) {
+      if (v > UINT32_MAX) break;
+      return (uint32_t)v;
+    }
+  }
+  throw FormatError(std::string("malformed varint in ") + what);
+}
+
 }  // namespace cachegen

@@ -59,18 +59,7 @@ class Reader {
     pos_ += sizeof(T);
     return v;
   }
-  uint32_t varint(const char* what) {  // LEB128, at most 5 bytes and 32 bits
-    uint64_t v = 0;
-    for (int shift = 0; shift < 35; shift += 7) {
-      const uint8_t b = get<uint8_t>(what);
-      v |= (uint64_t)(b & 0x7f) << shift;
-      if (!(b & 0x80)) {
-        if (v > UINT32_MAX) break;
-        return (uint32_t)v;
-      }
-    }
-    throw FormatError(std::string("malformed varint in ") + what);
-  }
+  uint32_t varint(const char* what) { return read_varint(d_, pos_, end_, 5, what); }
   std::vector<uint16_t> u16s(size_t n, const char* what) {
     need(n * 2, what);
     std::vector<uint16_t> v(n);

@@ -61,7 +61,7 @@ inline uint32_t header_bytes(uint32_t flags) {
 
 // The lowest version that holds a blob of these flags (and an overflow list in any group, if
 // `overflow`): what the writer writes.
-inline uint16_t written_version(uint32_t flags, bool overflow = false) {
+inline uint16_t written_version(uint32_t flags, bool overflow) {
   if (overflow) return kOverflowVersion;
   return flags & kFlagTransform ? kTransformVersion : kTransformVersion - 1;
 }

@@ -316,7 +316,7 @@ void find_overflow(const float* x, float inv_a, const float* inv_b, const float*
 }  // namespace
 
 void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorView& v, CpuPath path,
-                    int8_t* symbols, uint32_t* hist, std::vector<Overflow>* overflow) {
+                    int8_t* symbols, uint32_t* hist, std::vector<Overflow>& overflow) {
   const uint32_t T = v.tokens, C = v.channels();
   std::vector<float> inv_b(C), row(C);
   for (uint32_t c = 0; c < C; ++c) inv_b[c] = safe_inverse(p.b[c]);
@@ -342,8 +342,8 @@ void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorVie
         quantize_row_avx512(row.data(), inv_a, inv_b.data(), p.o.data(), m, C, out);
       else
         quantize_row(row.data(), inv_a, inv_b.data(), p.o.data(), m, C, out);
-      if (overflow && (q.flags & kOverflow) && t >= q.raw_rows)
-        find_overflow(row.data(), inv_a, inv_b.data(), p.o.data(), m, t, C, out, *overflow);
+      if ((q.flags & kOverflow) && t >= q.raw_rows)
+        find_overflow(row.data(), inv_a, inv_b.data(), p.o.data(), m, t, C, out, overflow);
     }
     count_symbols(path, symbols + (size_t)t0 * C, rows, C, count.data());
   }

@@ -262,7 +262,7 @@ GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v,
 // (every path gives the same symbols and counts). With kOverflow, the symbols beyond
 // +-max_symbol are appended to `overflow` (clamped in `symbols`).
 void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorView& v, CpuPath path,
-                    int8_t* symbols, uint32_t* hist, std::vector<Overflow>* overflow = nullptr);
+                    int8_t* symbols, uint32_t* hist, std::vector<Overflow>& overflow);
 
 // Rewrites the elements of `v`'s tokens [begin, end) that have overflow entries with their
 // values (the reconstruction their symbols give), after the rows were decoded clamped.

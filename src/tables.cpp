@@ -158,17 +158,6 @@ double written_bits(const Clusters& cl, const TableSet& ts) {
   return bits;
 }
 
-uint32_t get_varint(const uint8_t* data, size_t& pos, size_t end) {
-  uint32_t v = 0;
-  for (int shift = 0; shift < 21; shift += 7) {
-    if (pos >= end) throw FormatError("truncated probability table");
-    uint8_t b = data[pos++];
-    v |= (uint32_t)(b & 0x7f) << shift;
-    if (!(b & 0x80)) return v;
-  }
-  throw FormatError("malformed varint in probability table");
-}
-
 // Frequencies (format v3) as Exp-Golomb codes whose order follows the previous frequency: a
 // table's frequencies rise and fall smoothly, so the order tracks their magnitude.
 int bit_length(uint32_t v) { return v ? 32 - __builtin_clz(v) : 0; }
@@ -332,7 +321,7 @@ Table parse_table(const uint8_t* data, size_t& pos, size_t end, bool golomb, boo
   BitReader r(data, pos, end, "probability table");
   for (int i = lo; i < lo + n; ++i) {
     const uint32_t f = golomb ? get_golomb(golomb_order(i > lo ? t.freq[i - 1] : 0), r)
-                              : get_varint(data, pos, end);
+                              : read_varint(data, pos, end, 3, "probability table");
     if (f > rans::kProbScale) throw FormatError("probability table frequency out of range");
     t.freq[i] = (uint16_t)f;
     sum += f;

@@ -10,13 +10,10 @@ import numpy as np
 import pytest
 from blobcraft import reseal
 from exact import assert_same_bits
+from gpu import requires_cuda
 from kvgen import synthetic_kv
 
 import cachegen
-
-requires_cuda = pytest.mark.skipif(
-    not cachegen.build_info()["cuda_available"], reason="needs a CUDA build and a CUDA device"
-)
 
 # Levels with centered keys (key_center) have no GPU encoder yet: see the test below.
 GPU_LEVELS = [n for n in cachegen.LEVELS if not cachegen.CodecConfig.from_level(n).key_center]

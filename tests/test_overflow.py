@@ -9,6 +9,7 @@ import dataclasses
 import blobcraft as bc
 import numpy as np
 import pytest
+from gpu import requires_cuda
 from kvgen import synthetic_kv
 
 import cachegen
@@ -113,11 +114,6 @@ def test_a_list_in_an_older_version_is_refused():
     group = bc.zero_group(3, 1, 4, overflow=[(0, 0, 200)])
     with pytest.raises(FormatError, match="overflow list in a version 5 blob"):
         cachegen.decode(bc.blob(bc.layers(1, group), version=5))
-
-
-requires_cuda = pytest.mark.skipif(
-    not cachegen.build_info()["cuda_available"], reason="needs a CUDA build and a CUDA device"
-)
 
 
 @requires_cuda

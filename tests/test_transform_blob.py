@@ -13,6 +13,7 @@ import struct
 import numpy as np
 import pytest
 from blobcraft import reseal
+from gpu import requires_cuda
 
 import cachegen
 from cachegen import FormatError
@@ -340,9 +341,7 @@ def test_store_object_that_does_not_match_its_digest(blob: bytes, transform: Tra
         stored_transforms(store)(hashlib.sha256(garbage).hexdigest())
 
 
-@pytest.mark.skipif(
-    not cachegen.build_info()["cuda_available"], reason="needs a CUDA build and a CUDA device"
-)
+@requires_cuda
 def test_device_blob_and_device_output(blob: bytes, transform: Transform) -> None:
     """A transform blob in GPU memory decodes (coefficients and inverse on the host) into a GPU
     output equal to the host decode."""
