@@ -62,14 +62,16 @@ TensorView make_view(uintptr_t address, int dtype, uint32_t tokens, uint32_t hea
 GroupSpec make_spec(const TensorView& view, int quantizer, float param, uint32_t max_tables,
                     const std::optional<Floats>& token_weights,
                     const std::optional<Floats>& channel_weights, uint32_t raw_rows, bool center,
-                    bool overflow) {
+                    bool overflow, uint32_t shape_count, const std::optional<Floats>& shape_dirs,
+                    const std::optional<Floats>& shape_diag) {
   if (quantizer < 0 || quantizer > 255 || !valid_quantizer((uint8_t)quantizer))
     throw InputError("unknown quantizer id");
   return {view,
           (Quantizer)quantizer,
           param,
           max_tables,
-          {float32s(token_weights), float32s(channel_weights), center, overflow},
+          {float32s(token_weights), float32s(channel_weights), center, overflow,
+           Shaping{shape_count, float32s(shape_dirs), float32s(shape_diag)}},
           raw_rows};
 }
 
@@ -412,7 +414,8 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init(&make_spec), py::arg("view"), py::arg("quantizer"), py::arg("param"),
            py::arg("max_tables"), py::arg("token_weights") = py::none(),
            py::arg("channel_weights") = py::none(), py::arg("raw_rows") = 0,
-           py::arg("center") = false, py::arg("overflow") = false)
+           py::arg("center") = false, py::arg("overflow") = false, py::arg("shape_count") = 0,
+           py::arg("shape_dirs") = py::none(), py::arg("shape_diag") = py::none())
       .def_readonly("view", &GroupSpec::view)
       .def_property_readonly("quantizer", [](const GroupSpec& s) { return (int)s.quantizer; })
       .def_readonly("param", &GroupSpec::param)
@@ -422,7 +425,9 @@ PYBIND11_MODULE(_core, m) {
                              [](const GroupSpec& s) { return s.weights.channel; })
       .def_readonly("raw_rows", &GroupSpec::raw_rows)
       .def_property_readonly("center", [](const GroupSpec& s) { return s.weights.center; })
-      .def_property_readonly("overflow", [](const GroupSpec& s) { return s.weights.overflow; });
+      .def_property_readonly("overflow", [](const GroupSpec& s) { return s.weights.overflow; })
+      .def_property_readonly("shape_count",
+                             [](const GroupSpec& s) { return s.weights.shape.count; });
   py::class_<EncodeRequest>(m, "EncodeRequest", py::module_local(),
                             "Groups (K then V per layer) and blob header.")
       .def(py::init(&make_request), py::arg("groups"), py::arg("dtype"), py::arg("layout"),

@@ -94,8 +94,8 @@ Group fit_group(const GroupSpec& s, uint32_t segment_symbols, CpuPath path, int8
   if (s.quantizer == Quantizer::Lossless)
     split_planes(v, symbols, hists[0].data());
   else
-    quantize_group(g.quant, expand_params(g.quant, T, C), v, path, symbols, hists[0].data(),
-                   g.quant.overflow);
+    quantize_group(g.quant, expand_params(g.quant, T, C), v, path, s.weights.shape, symbols,
+                   hists[0].data(), g.quant.overflow);
   // Nothing overflowed: the blob stays in the version before overflow lists.
   if (g.quant.overflow.empty()) g.quant.flags &= (uint8_t)~kOverflow;
   g.tables = fit_tables(hists, s.max_tables, path);

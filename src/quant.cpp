@@ -241,6 +241,7 @@ GroupQuant quantizer_layout(Quantizer kind, float param, const StepWeights& w, u
     throw InputError("step weights need the token-step quantizer");
   check_weights(w.token, tokens, "token");
   check_weights(w.channel, channels, "channel");
+  check_shaping(w.shape, tokens, channels);
   GroupQuant g;
   if (kind == Quantizer::Lossless) {
     if (raw_rows) throw InputError("raw rows need a per-token quantizer");
@@ -313,10 +314,27 @@ void find_overflow(const float* x, float inv_a, const float* inv_b, const float*
   }
 }
 
+// A row rounded over the full range, shaped, then clamped to +-m, what lies beyond appended
+// to `out` (with overflow lists; without, the shaping keeps within +-m).
+void quantize_shaped_row(const Shaping& sh, uint32_t t, const float* x, const DequantParams& p,
+                         float inv_a, const float* inv_b, int m, bool overflow, uint32_t C,
+                         int8_t* sym, std::vector<Overflow>& out) {
+  thread_local std::vector<int32_t> s;
+  s.resize(C);
+  const int limit = overflow ? kMaxOverflowSymbol : m;
+  for (uint32_t c = 0; c < C; ++c) s[c] = quantize(x[c], mul_rn(inv_a, inv_b[c]), p.o[c], limit);
+  shape_symbols(sh, t, x, p.a[t], p.b.data(), p.o.data(), limit, C, s.data());
+  for (uint32_t c = 0; c < C; ++c) {
+    sym[c] = (int8_t)std::clamp(s[c], -m, m);
+    if (s[c] > m || s[c] < -m) out.push_back({t, c, s[c]});
+  }
+}
+
 }  // namespace
 
 void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorView& v, CpuPath path,
-                    int8_t* symbols, uint32_t* hist, std::vector<Overflow>& overflow) {
+                    const Shaping& shape, int8_t* symbols, uint32_t* hist,
+                    std::vector<Overflow>& overflow) {
   const uint32_t T = v.tokens, C = v.channels();
   std::vector<float> inv_b(C), row(C);
   for (uint32_t c = 0; c < C; ++c) inv_b[c] = safe_inverse(p.b[c]);
@@ -336,13 +354,20 @@ void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorVie
       load_row(v, t, row.data());
       int8_t* out = symbols + (size_t)t * C;
       const float inv_a = safe_inverse(p.a[t]);
-      if (t < q.raw_rows)
+      if (t < q.raw_rows) {
         std::fill(out, out + C, int8_t{0});
-      else if (path == CpuPath::Avx512)
+        continue;
+      }
+      if (!shape.empty()) {
+        quantize_shaped_row(shape, t, row.data(), p, inv_a, inv_b.data(), m, q.flags & kOverflow, C,
+                            out, overflow);
+        continue;
+      }
+      if (path == CpuPath::Avx512)
         quantize_row_avx512(row.data(), inv_a, inv_b.data(), p.o.data(), m, C, out);
       else
         quantize_row(row.data(), inv_a, inv_b.data(), p.o.data(), m, C, out);
-      if ((q.flags & kOverflow) && t >= q.raw_rows)
+      if (q.flags & kOverflow)
         find_overflow(row.data(), inv_a, inv_b.data(), p.o.data(), m, t, C, out, overflow);
     }
     count_symbols(path, symbols + (size_t)t0 * C, rows, C, count.data());

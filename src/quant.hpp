@@ -12,6 +12,7 @@
 #include "common.hpp"
 #include "cpu_path.hpp"
 #include "half.hpp"
+#include "shaping.hpp"
 #include "tensor_view.hpp"
 
 namespace cachegen {
@@ -235,12 +236,16 @@ DequantParams expand_params(const GroupQuant& q, uint32_t tokens, uint32_t chann
 // +-kMaxSymbol go to the overflow list (a transform's coefficients, where one strong
 // coefficient would otherwise coarsen a whole important token).
 constexpr float kMinWeight = 1.0f / 16384, kMaxWeight = 16384.0f;  // fp16 normals, exact
+// `shape`: key rounding shaped away from the queries' shared directions (shaping.hpp).
 struct StepWeights {
   std::vector<float> token;    // tokens entries or empty
   std::vector<float> channel;  // channels entries or empty
   bool center = false;
   bool overflow = false;
-  bool empty() const { return token.empty() && channel.empty() && !center && !overflow; }
+  Shaping shape;
+  bool empty() const {
+    return token.empty() && channel.empty() && !center && !overflow && shape.empty();
+  }
 };
 
 // A quantizer's flags, max symbol, raw row count and (from channel weights) channel scales,
@@ -260,9 +265,11 @@ GroupQuant fit_quantizer(Quantizer kind, float param, const TensorView& v,
 // Quantize into symbols ([tokens, channels] int8; zero for raw rows) and count them per channel
 // into hist[channel * 256 + symbol + 128], which must start zeroed; `path` picks the loops
 // (every path gives the same symbols and counts). With kOverflow, the symbols beyond
-// +-max_symbol are appended to `overflow` (clamped in `symbols`).
+// +-max_symbol are appended to `overflow` (clamped in `symbols`). A non-empty `shape` shapes
+// each token's rounding (shaping.hpp) before it is clamped.
 void quantize_group(const GroupQuant& q, const DequantParams& p, const TensorView& v, CpuPath path,
-                    int8_t* symbols, uint32_t* hist, std::vector<Overflow>& overflow);
+                    const Shaping& shape, int8_t* symbols, uint32_t* hist,
+                    std::vector<Overflow>& overflow);
 
 // Rewrites the elements of `v`'s tokens [begin, end) that have overflow entries with their
 // values (the reconstruction their symbols give), after the rows were decoded clamped.

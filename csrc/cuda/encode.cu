@@ -41,6 +41,8 @@ GroupPlan group_plan(const GroupSpec& s, const EncodeRequest& req, EncodePlan& p
   p.quant = quantizer_layout(s.quantizer, s.param, s.weights, s.view.tokens, s.view.channels(),
                              s.raw_rows);
   check_supported(s.quantizer, p.quant.flags);
+  if (!s.weights.shape.empty())
+    throw InputError("shaped key rounding has no GPU encoder: encode on the CPU");
   const uint32_t T = p.desc.tokens, C = p.desc.channels();
   const uint8_t fl = p.quant.flags;
   p.token_scale = take(plan.scales, fl & kTokenScale ? T : 0);
