@@ -178,8 +178,25 @@ def test_query_energy_is_the_squared_queries_per_key_pair(make: Any) -> None:
         assert np.all(energy[0].reshape(2, 4)[:, 1] == 0)
 
 
+@pytest.mark.parametrize("make", [lambda: tiny_qwen2(["full_attention"] * 2), tiny_qwen3])
+def test_query_directions_are_those_of_the_last_queries(make: Any) -> None:
+    """`hf.query_directions` reads the last `window` queries (after the query norm, before
+    RoPE) at their positions, as `shaping.query_directions` takes them."""
+    from cachegen.hf import query_directions
+    from cachegen.shaping import query_directions as from_queries
+    from cachegen.transform import Rope
+
+    model = make()
+    ids = torch.randint(0, 64, (1, 30))
+    got = query_directions(model, ids, window=8)
+    by_hand = [q[-8:].astype(np.float32) for q in _queries_by_hand(model, ids)]
+    want = from_queries(by_hand, Rope.from_config(model.config), np.arange(22, 30))
+    for g, w in zip(got.directions + got.residual, want.directions + want.residual, strict=True):
+        np.testing.assert_allclose(np.abs(g), np.abs(w), rtol=1e-3, atol=1e-4)
+
+
 def test_query_energy_needs_query_projections() -> None:
-    from cachegen.hf import learn_model_transform, query_energy
+    from cachegen.hf import learn_model_transform, query_directions, query_energy
 
     model = tiny_qwen2(["full_attention"] * 2)
     model.model.layers[1].self_attn.q_proj = None
@@ -188,6 +205,8 @@ def test_query_energy_needs_query_projections() -> None:
         query_energy(model, ids)
     with pytest.raises(ValueError, match="q_proj"):
         learn_model_transform(model, [ids])
+    with pytest.raises(ValueError, match="q_proj"):
+        query_directions(model, ids)
 
 
 def test_all_sliding_needs_seq_length() -> None:

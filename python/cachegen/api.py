@@ -20,6 +20,7 @@ from .info import BlobInfo, GroupInfo, blob_info
 from .outputs import check_outputs
 from .plan import plan_encode
 from .profile import ModelProfile
+from .shaping import QueryDirections, key_shaping
 from .tensors import (
     DTYPE_SIZES,
     allocate,
@@ -92,6 +93,7 @@ def encode(
     device: Any = None,
     transform: Transform | None = None,
     attention: Sequence[Any] | None = None,
+    queries: QueryDirections | None = None,
 ) -> Any:
     """Compress a KV cache into a self-describing blob.
 
@@ -132,9 +134,15 @@ def encode(
             (`cachegen.importance`). Measured with a transform on held-out texts:
             bench/results/transform_profile.md, ladder_experiments.md 37.
             Decoding does not need it.
+        queries: what the context's last queries share (`cachegen.hf.query_directions`),
+            with a `transform` only: each key token's rounding is chosen so that the coming
+            queries' scores move less (`cachegen.shaping`; ladder_experiments.md 42-43).
+            Encoded on the CPU; decoding does not need it.
     """
     config = _config(level, config)
-    record = keys = None
+    record = keys = shaping = None
+    if queries is not None and transform is None:
+        raise ValueError("queries: shaping the keys' rounding needs a transform")
     if transform is not None:
         if "lossless" in (config.key_quantizer, config.value_quantizer):
             raise ValueError("lossless coding keeps the cache's own bits: not with a transform")
@@ -146,9 +154,16 @@ def encode(
         kv = forward(kv, transform, position)
         record = (bytes.fromhex(transform.digest()), position)
     v = views(kv)
+    if queries is not None:
+        if len(queries.directions) != len(v.groups) // 2:
+            raise ValueError(f"queries: need one entry per layer ({len(v.groups) // 2})")
+
+        def shaping(layer: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            return key_shaping(queries, transform, layer, positions, v.groups[2 * layer].heads)
+
     target = devices.encode_target(device, v)
     n = dispatch.threads_arg(threads)
-    plan = plan_encode(kv, v, config, profile, position, context_end, n, keys, attention)
+    plan = plan_encode(kv, v, config, profile, position, context_end, n, keys, attention, shaping)
     return dispatch.encode(dataclasses.replace(plan, transform=record), v, target, n)
 
 

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from transformers import DynamicCache, PretrainedConfig
 
     from .profile import ModelProfile
+    from .shaping import QueryDirections
     from .transform import Transform
 
 KVPair = tuple["torch.Tensor", "torch.Tensor"]
@@ -93,38 +94,79 @@ def query_energy(model: Any, ids: Any) -> list[np.ndarray]:
 def _query_energy(model: Any) -> Iterator[list[np.ndarray]]:
     """Within the block, the model's forward passes add each layer's `query_energy` to the list
     yielded (filled at exit)."""
-    import numpy as np
-
-    from .replay import decoder_layers
-    from .transform import FIT_SKIP_TOKENS, config_head_dim
+    from .transform import FIT_SKIP_TOKENS
 
     out: list[np.ndarray] = []
+    sums: dict[int, np.ndarray] = {}
+
+    def add(layer: int, q: Any) -> None:  # q [tokens, heads, head_dim]
+        s = (q[FIT_SKIP_TOKENS:].double() ** 2).sum(0).cpu().numpy()
+        sums[layer] = sums.get(layer, 0) + s
+
+    with _queries(model, add) as shape:
+        yield out
+    heads, kv_heads, head_dim = shape
+    for layer in sorted(sums):  # per key head (its query heads summed), per pair
+        s = sums[layer].reshape(kv_heads, heads // kv_heads, 2, head_dim // 2)
+        out.append(s.sum((1, 2)).ravel())
+
+
+@contextlib.contextmanager
+def _queries(model: Any, take: Any) -> Iterator[tuple[int, int, int]]:
+    """Within the block, each forward pass hands `take(layer, q)` every layer's queries `[tokens,
+    heads, head_dim]` of the batch's first row, before RoPE and after the query norm where the
+    model has one (it rescales channels, zeroing some: Gemma-3); yields (query heads, key heads,
+    head_dim)."""
+    from .replay import decoder_layers
+    from .transform import config_head_dim
+
     c = model.config
     heads, kv_heads, head_dim = c.num_attention_heads, c.num_key_value_heads, config_head_dim(c)
     layers = decoder_layers(model, c.num_hidden_layers)
     attns = [getattr(layer, "self_attn", None) for layer in layers]
-    if not layers or any(getattr(a, "q_proj", None) is None for a in attns):
+    if not attns or any(getattr(a, "q_proj", None) is None for a in attns):
         raise ValueError("the model's layers have no self_attn.q_proj to read queries at")
-    sums = [np.zeros((heads, head_dim)) for _ in attns]
 
     def hook(i: int) -> Any:
-        norm = getattr(attns[i], "q_norm", None)  # it rescales channels, zeroing some (Gemma-3)
+        norm = getattr(attns[i], "q_norm", None)
 
-        def add(module: Any, args: Any, output: Any) -> None:
+        def read(module: Any, args: Any, output: Any) -> None:
             q = output.reshape(*output.shape[:-1], heads, head_dim)
-            q = (norm(q) if norm is not None else q)[0, FIT_SKIP_TOKENS:]
-            sums[i] += (q.double() ** 2).sum(0).cpu().numpy()
+            take(i, (norm(q) if norm is not None else q)[0])
 
-        return add
+        return read
 
     handles = [a.q_proj.register_forward_hook(hook(i)) for i, a in enumerate(attns)]
     try:
-        yield out
+        yield heads, kv_heads, head_dim
     finally:
         for h in handles:
             h.remove()
-    for s in sums:  # per key head (its query heads summed), per pair
-        out.append(s.reshape(kv_heads, heads // kv_heads, 2, head_dim // 2).sum((1, 2)).ravel())
+
+
+def query_directions(model: Any, ids: Any, window: int | None = None) -> QueryDirections:
+    """What the last `window` queries of `ids` (`[1, n]`, prefilled from position 0; default
+    `importance.OBSERVATION_WINDOW`) share, per layer, for `encode(..., queries=)`
+    (`cachegen.shaping.query_directions`). One prefill; an engine can take the same queries in
+    its own."""
+    import numpy as np
+    import torch
+
+    from .importance import OBSERVATION_WINDOW
+    from .shaping import query_directions as directions
+    from .transform import Rope
+
+    rope = Rope.from_config(model.config)
+    n = ids.shape[1]
+    w = min(window or OBSERVATION_WINDOW, n)
+    seen: dict[int, np.ndarray] = {}
+
+    def take(layer: int, q: Any) -> None:
+        seen[layer] = q[-w:].float().cpu().numpy()
+
+    with torch.inference_mode(), _queries(model, take):
+        model(ids)
+    return directions([seen[i] for i in sorted(seen)], rope, np.arange(n - w, n))
 
 
 def observed_attention(

@@ -27,7 +27,7 @@ stores.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,8 +65,12 @@ class GroupPlan:
     raw_rows: int = 0  # first tokens stored verbatim (attention sinks)
     center: bool = False  # "token" only: channel means stored as offsets, taken off first
     overflow: bool = False  # "token" only: symbols beyond 8 bits go to an overflow list
+    # "token" keys only: float32 directions [tokens, D, channels] and diagonal [channels] their
+    # rounding is shaped by (`cachegen.shaping`)
+    shape: tuple[np.ndarray, np.ndarray] | None = None
 
     def native(self) -> _core.GroupSpec:
+        dirs, diag = self.shape if self.shape is not None else (None, None)
         return _core.GroupSpec(
             self.view.native(),
             self.quantizer,
@@ -77,6 +81,9 @@ class GroupPlan:
             self.raw_rows,
             self.center,
             self.overflow,
+            0 if dirs is None else dirs.shape[1],
+            None if dirs is None else dirs.reshape(-1),
+            diag,
         )
 
 
@@ -106,6 +113,10 @@ class EncodePlan:
         )
 
 
+# A key group's shaping (`GroupPlan.shape`) from its layer and its tokens' context positions.
+Shaping = Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
 def plan_encode(
     kv: Any,
     v: KVViews,
@@ -116,13 +127,15 @@ def plan_encode(
     threads: int = 1,
     keys: tuple[Any, KVViews] | None = None,
     attention: Sequence[np.ndarray] | None = None,
+    shaping: Shaping | None = None,
 ) -> EncodePlan:
     """The plan for the groups `v` describes; `kv` is what they view (read only for a profile's
     importance on a GPU: see `importance.layer_keys`). `position` is the context position of
     the cache's first token, `context_end` one past its last (default: the cache's end).
     `keys`: the cache (and its views) whose keys the profile's importance reads, where the
     groups hold something else (a transform's coefficients); default `kv`, `v`. `attention`:
-    per layer, the mean attention each of its tokens drew at prefill (`encode`'s)."""
+    per layer, the mean attention each of its tokens drew at prefill (`encode`'s). `shaping`:
+    a key group's rounding shaping, from its layer and its tokens' context positions."""
     if profile is not None:
         profile.check(v.groups)
     if attention is not None:
@@ -163,6 +176,9 @@ def plan_encode(
             elif side == 0 and config.key_spread > 0:
                 channel_w = _key_spread(v, layer, raw_rows, config, threads)
             center = side == 0 and config.key_center
+            shape = None
+            if side == 0 and shaping is not None:
+                shape = shaping(layer, np.arange(first(group.tokens), position + tokens))
             groups.append(
                 GroupPlan(
                     group,
@@ -174,6 +190,7 @@ def plan_encode(
                     raw_rows,
                     center,
                     config.overflow,
+                    shape,
                 )
             )
     flags = FLAG_TORCH_SOURCE if v.framework == "torch" else 0

@@ -173,3 +173,25 @@ def test_chunks_of_an_older_coefficient_version_are_coded_anew(
     )
     save_context(store, MODEL, ids(256), kv, **where)
     assert coded == [0] * len(LEVELS)  # the older chunk coded anew, the other one reused
+
+
+def test_shaped_chunks_are_coded_with_the_queries(store: Store, transform) -> None:
+    """`save_context(queries=)` shapes every chunk's keys as `encode(queries=)` at the chunk's
+    position does, and the manifest records the shaping's version."""
+    from cachegen.context import stored
+    from cachegen.shaping import SHAPING_VERSION, query_directions
+
+    kv = make_kv(200)
+    rng = np.random.default_rng(2)
+    q = rng.normal(size=(2, 32, 4, 16)) + 3 * rng.normal(size=(2, 1, 4, 16))
+    queries = query_directions(list(q.astype(np.float32)), transform.rope, np.arange(168, 200))
+    where = {"chunk_tokens": CHUNK, "levels": LEVELS, "transform": transform}
+    save_context(store, MODEL, ids(200), kv, queries=queries, **where)
+    ctx = open_context(store, MODEL, ids(200), chunk_tokens=CHUNK)
+    key = stored.manifest_key(ctx.chunks[-1].hash)
+    assert stored.unseal(key, store.get(key), None)["ladder"]["shaping_version"] == SHAPING_VERSION
+    c = ctx.chunks[1]
+    part = kv[:, :, c.start : c.stop]
+    at = {"position": c.start, "context_end": 200, "transform": transform}
+    blob = cachegen.encode(part, 20, queries=queries, **at)
+    assert ctx.fetch(1, 20) == blob != cachegen.encode(part, 20, **at)

@@ -22,6 +22,7 @@ import numpy as np
 
 import cachegen
 from cachegen.config import LADDER_VERSION, LEGACY_LADDER_VERSION
+from cachegen.shaping import SHAPING_VERSION, QueryDirections
 from cachegen.store.base import Store
 from cachegen.store.errors import ContextMissing, ObjectCorrupted, ObjectMissing
 from cachegen.transform import (
@@ -288,6 +289,7 @@ def save_context(
     auth_key: AuthKey = None,
     transform: Transform | None = None,
     attention: Sequence[Any] | None = None,
+    queries: QueryDirections | None = None,
 ) -> Context:
     """Store `kv` (the cache of `token_ids`) as chunks of `chunk_tokens`, each at every level.
 
@@ -300,7 +302,9 @@ def save_context(
     Chunks already stored by a context with the same prefix are reused, not re-encoded.
     `attention`: what the engine observed at prefill, per layer over the tokens `kv` holds
     (`cachegen.hf.observed_attention`); each chunk is encoded with its slice
-    (`cachegen.encode(attention=)`).
+    (`cachegen.encode(attention=)`). `queries`: what the context's last queries share
+    (`cachegen.hf.query_directions`), with a `transform`: every chunk's key rounding is shaped
+    by them (`cachegen.encode(queries=)`).
     `quality` (any JSON-serializable dict, e.g. measured KL per level) goes into the manifest.
     `salt` (bytes or str, e.g. vLLM's per-request ``cache_salt``) keys the chunks to a tenant:
     only `open_context` with the same salt finds them, and only chunks of that salt are reused.
@@ -328,7 +332,9 @@ def save_context(
     counts = layer_counts(kv)
     if attention is not None and [len(a) for a in attention] != counts:
         raise ValueError(f"attention: need one array per layer of its tokens {counts}")
-    chunker = _Chunker(kv, tokens, counts, levels, profile, threads, auth, transform, attention)
+    chunker = _Chunker(
+        kv, tokens, counts, levels, profile, threads, auth, transform, attention, queries
+    )
     chunks: list[ChunkInfo] = []
     pending: deque[Future[None]] = deque()
     # Encode chunk i+1 while chunk i uploads; the codec and the store clients release the GIL.
@@ -350,7 +356,11 @@ def save_context(
         "codec_version": version,
         "levels": levels,
         "ladder": _ladder_record(
-            levels, transform is not None, profile is not None, attention is not None
+            levels,
+            transform is not None,
+            profile is not None,
+            attention is not None,
+            queries is not None,
         ),
         "created": time.time(),
         "quality": quality,
@@ -366,18 +376,24 @@ def save_context(
 
 
 def _ladder_record(
-    levels: list[int], transformed: bool = False, profiled: bool = False, observed: bool = False
+    levels: list[int],
+    transformed: bool = False,
+    profiled: bool = False,
+    observed: bool = False,
+    shaped: bool = False,
 ) -> dict[str, Any]:
     """What each stored level means: the ladder's version, every level's settings as coded and
     the KL measured for it without a profile (`cachegen.targets`); none under a transform,
     whose levels that table does not describe (pass measured ones as `quality`), which records
-    the coefficient version instead."""
+    the coefficient version instead, and the shaping's where the keys were shaped."""
     configs = {lv: cachegen.CodecConfig.from_level(lv) for lv in levels}
     if transformed:
         configs = {lv: coefficient_config(c, profiled, observed) for lv, c in configs.items()}
     kl = None if transformed else {str(lv): cachegen.expected_kl(lv) for lv in levels}
     settings = {str(lv): c.to_json() for lv, c in configs.items()}
     record = {"version": LADDER_VERSION, "levels": settings, "expected_kl": kl}
+    if shaped:
+        record["shaping_version"] = SHAPING_VERSION
     return record | ({"coefficient_version": COEFFICIENT_VERSION} if transformed else {})
 
 
@@ -394,6 +410,7 @@ class _Chunker:
     auth: Authenticator | None
     transform: Transform | None
     attention: Sequence[Any] | None
+    queries: QueryDirections | None
 
     def _attention(self, start: int, stop: int) -> list[Any] | None:
         return None if self.attention is None else slice_attention(self.attention, start, stop)
@@ -421,6 +438,7 @@ class _Chunker:
             "profile": self.profile,
             "transform": self.transform,
             "attention": self._attention(start, stop),
+            "queries": self.queries,
         }
         blobs = {
             lv: cachegen.encode(part, level=lv, threads=self.threads, **where)
