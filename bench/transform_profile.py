@@ -12,10 +12,12 @@ is `bench/transform_codec.py`'s (learned on `--fit`, the texts calibration tunes
 documents scored are never tuned on. Per level: bits/element of the whole blob and mean KL of
 the continuation for the ladder with the profile (`cgpN`), the transform without a profile
 (`tN`) and with it (`tpN`, and `tpxN`: level 1 made 2^(N/4) times as coarse, since its level 1
-is already far below KL 0.05); then each curve's bits at the KL targets (log-KL interpolation;
-"<= x": the curve's coarsest level already beats the target, so x bounds its bits there) and
-their ratios to the reference's. Results are stored and resumed as `bench/ladder_models.py`
-does. Writes transform_profile.json and prints the tables of bench/results/transform_profile.md.
+is already far below KL 0.05; with `--observed` the curves given the prefix's observed
+attention, and `tpqN` with the keys' rounding shaped by its last queries too); then each curve's
+bits at the KL targets (log-KL interpolation; "<= x": the curve's coarsest level already beats
+the target, so x bounds its bits there) and their ratios to the reference's. Results are stored
+and resumed as `bench/ladder_models.py` does. Writes transform_profile.json and prints the
+tables of bench/results/transform_profile.md.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ import torch
 
 import cachegen
 from cachegen import profiles
-from cachegen.hf import observed_attention
+from cachegen.hf import observed_attention, query_directions
 from cachegen.importance import OBSERVATION_WINDOW, OBSERVED_SHARE
+from cachegen.shaping import SHAPE_AHEAD, SHAPE_DIRECTIONS, SHAPING_VERSION, QueryDirections
 from cachegen.transform import COEFFICIENT_VERSION, OBSERVED_RECENCY, coefficient_config
 from ladder_models import PLAIN, Variant, codings, curve, pooled, run
 from ladder_report import TARGETS, reference_bits
@@ -47,9 +50,10 @@ OBSERVED = {
     "cgpo": "ladder + profile + observed",
     "to": "KLT + observed",
     "tpo": "KLT + profile + observed",
+    "tpq": "KLT + profile + observed + shaped keys",
 }
 #: Curves whose level 1 is far below KL 0.05: they take `coarser` settings too.
-COARSE = ("tp", "to", "tpo")
+COARSE = ("tp", "to", "tpo", "tpq")
 
 
 def profile_paths(specs: list[str]) -> dict[str, str]:
@@ -71,15 +75,32 @@ def observed(model: str, doc: str, prefix: int) -> tuple:
     return tuple(observed_attention(lm.model, ids)[1])
 
 
+@functools.cache
+def directions(model: str, doc: str, prefix: int) -> QueryDirections:
+    """What the document's prefix's last queries share (`encode(..., queries=)`)."""
+    lm = load_model(model)
+    return query_directions(lm.model, lm.first_ids(load_document(doc).text, prefix))
+
+
 def coded(
-    transform, profile: cachegen.ModelProfile | None, key: str, config, attention=None
+    transform,
+    profile: cachegen.ModelProfile | None,
+    key: str,
+    config,
+    attention=None,
+    queries: QueryDirections | None = None,
 ) -> Method:
-    """The transform's blob (`cachegen.encode(..., transform=, profile=, attention=)`) and its
-    decode."""
+    """The transform's blob (`cachegen.encode(..., transform=, profile=, attention=,
+    queries=)`) and its decode."""
 
     def encode(kv: KV) -> bytes:
         return cachegen.encode(
-            kv, config=config, transform=transform, profile=profile, attention=attention
+            kv,
+            config=config,
+            transform=transform,
+            profile=profile,
+            attention=attention,
+            queries=queries,
         )
 
     def decode(blob: bytes, like: KV) -> KV:
@@ -110,6 +131,7 @@ def variants(fit: tuple[str, ...], prefix: int, paths: dict[str, str]) -> dict[s
 
     obs = f"o{OBSERVATION_WINDOW}-{OBSERVED_SHARE}"
     on_coefficients = f"{obs}-r{OBSERVED_RECENCY}"  # the transform's own recency law with it
+    shaped = f"s{SHAPING_VERSION}-q{SHAPE_DIRECTIONS}-{SHAPE_AHEAD}-{OBSERVATION_WINDOW}"
     return {
         "cg": PLAIN,
         "cgo": Variant(
@@ -141,6 +163,12 @@ def variants(fit: tuple[str, ...], prefix: int, paths: dict[str, str]) -> dict[s
         "tpo": Variant(
             lambda m: f"{tp_tag(m)}-{on_coefficients}|",
             lambda m, key, c, doc: coded(tw(m), p(m), key, c, seen(m, doc)),
+        ),
+        "tpq": Variant(
+            lambda m: f"{tp_tag(m)}-{on_coefficients}-{shaped}|",
+            lambda m, key, c, doc: coded(
+                tw(m), p(m), key, c, seen(m, doc), directions(m, doc, prefix)
+            ),
         ),
     }
 
@@ -268,7 +296,7 @@ def main() -> None:
     ]
     if a.observed:
         md += ["", "### Given the attention the prefix's last queries drew", ""]
-        md += observed_table(at, ["t", "to", "tp", "tpo"])
+        md += observed_table(at, ["t", "to", "tp", "tpo", "tpq"])
         md += ["", "The ladder (raw channels) given it:", ""]
         md += observed_table(at, ["cg", "cgo", "cgp", "cgpo"])
     print("\n".join(md))
