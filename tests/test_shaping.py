@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from kvgen import low_rank_kv
 
 import cachegen
 from cachegen import _core
@@ -17,11 +18,7 @@ LAYERS, KV_HEADS, QUERY_HEADS, DIM, TOKENS = 2, 2, 4, 16, 120
 
 
 def cache(seed: int, tokens: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    mix = np.random.default_rng(7).standard_normal((LAYERS, 2, 4, KV_HEADS * DIM))
-    low = np.einsum("lstr,lsrc->lstc", rng.standard_normal((LAYERS, 2, tokens, 4)), mix)
-    x = low + 0.1 * rng.standard_normal(low.shape)
-    return x.reshape(LAYERS, 2, tokens, KV_HEADS, DIM).astype(np.float32)
+    return low_rank_kv(seed, tokens, LAYERS, KV_HEADS, DIM)
 
 
 @pytest.fixture(scope="module")

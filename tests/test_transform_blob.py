@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from blobcraft import reseal
 from gpu import requires_cuda
+from kvgen import low_rank_kv
 
 import cachegen
 from cachegen import FormatError
@@ -36,12 +37,7 @@ LAYERS, HEADS, DIM = 2, 2, 16
 
 
 def cache(seed: int, tokens: int) -> np.ndarray:
-    """A stacked cache with correlated channels (a low-rank part), so the KLT has work to do."""
-    rng = np.random.default_rng(seed)
-    mix = np.random.default_rng(7).standard_normal((LAYERS, 2, 4, HEADS * DIM))
-    low = np.einsum("lstr,lsrc->lstc", rng.standard_normal((LAYERS, 2, tokens, 4)), mix)
-    x = low + 0.1 * rng.standard_normal(low.shape)
-    return x.reshape(LAYERS, 2, tokens, HEADS, DIM).astype(np.float32)
+    return low_rank_kv(seed, tokens, LAYERS, HEADS, DIM)
 
 
 @pytest.fixture(scope="module")

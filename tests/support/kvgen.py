@@ -24,6 +24,16 @@ def synthetic_kv(layers, tokens, heads, dim, dtype="float16", seed=0, layout="st
     return [tuple(_cast(x.transpose(1, 0, 2)[None], dtype) for x in p) for p in out]
 
 
+def low_rank_kv(seed: int, tokens: int, layers: int, heads: int, dim: int) -> np.ndarray:
+    """A stacked fp32 cache with correlated channels (a rank-4 part shared by every seed, plus
+    noise), so that a KLT has work to do."""
+    rng = np.random.default_rng(seed)
+    mix = np.random.default_rng(7).standard_normal((layers, 2, 4, heads * dim))
+    low = np.einsum("lstr,lsrc->lstc", rng.standard_normal((layers, 2, tokens, 4)), mix)
+    x = low + 0.1 * rng.standard_normal(low.shape)
+    return x.reshape(layers, 2, tokens, heads, dim).astype(np.float32)
+
+
 def _cast(x: np.ndarray, dtype: str):
     if dtype == "bfloat16":
         torch = pytest.importorskip("torch")
