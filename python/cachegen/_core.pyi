@@ -64,6 +64,9 @@ class GroupSpec:
         raw_rows: int = 0,
         center: bool = False,
         overflow: bool = False,
+        shape_count: int = 0,
+        shape_dirs: npt.ArrayLike | None = None,
+        shape_diag: npt.ArrayLike | None = None,
     ) -> None: ...
     @property
     def view(self) -> TensorView: ...
@@ -83,6 +86,8 @@ class GroupSpec:
     def center(self) -> bool: ...
     @property
     def overflow(self) -> bool: ...
+    @property
+    def shape_count(self) -> int: ...
 
 class EncodeRequest:
     """Groups (K then V per layer) and blob header (see `cachegen.plan.EncodePlan`)."""
