@@ -93,7 +93,7 @@ def test_shaping_keeps_every_symbol_within_one_step(transform, queries) -> None:
 def test_query_directions_of_identical_queries_are_the_query() -> None:
     rope = Rope.from_thetas([1e4], DIM)
     q = np.tile(np.arange(1, DIM + 1, dtype=np.float32), (8, 2, 1))  # [n, heads, dim]
-    qd = query_directions([q], rope, np.arange(8) * 0, ahead=5)
+    qd = query_directions([q], rope, np.zeros(8, int), ahead=5)  # all at one position
     turned = rotate(q[:1], *rope.angles(0, np.array([5])), back=False)[0]
     for h in range(2):
         top = qd.directions[0][h, 0]

@@ -20,7 +20,7 @@ from .info import BlobInfo, GroupInfo, blob_info
 from .outputs import check_outputs
 from .plan import plan_encode
 from .profile import ModelProfile
-from .shaping import QueryDirections, key_shaping
+from .shaping import QueryDirections, key_shapings
 from .tensors import (
     DTYPE_SIZES,
     allocate,
@@ -155,12 +155,7 @@ def encode(
         record = (bytes.fromhex(transform.digest()), position)
     v = views(kv)
     if queries is not None:
-        if len(queries.directions) != len(v.groups) // 2:
-            raise ValueError(f"queries: need one entry per layer ({len(v.groups) // 2})")
-
-        def shaping(layer: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            return key_shaping(queries, transform, layer, positions, v.groups[2 * layer].heads)
-
+        shaping = key_shapings(queries, transform, [g.heads for g in v.groups[0::2]])
     target = devices.encode_target(device, v)
     n = dispatch.threads_arg(threads)
     plan = plan_encode(kv, v, config, profile, position, context_end, n, keys, attention, shaping)

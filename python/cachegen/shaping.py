@@ -11,7 +11,7 @@ are mapped into its coefficient space.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,9 +96,16 @@ def key_shaping(
         kv = (h // per) * head_dim
         out[:, h * k : (h + 1) * k, kv : kv + head_dim] = seen
     out = (out * weights) @ vectors  # the score change per unit of each coefficient
-    diag = np.zeros(kv_heads * head_dim)
-    for h in range(heads):
-        kv = (h // per) * head_dim
-        diag[kv : kv + head_dim] += rest[h]
+    diag = rest.astype(np.float64).reshape(kv_heads, per, head_dim).sum(axis=1).ravel()
     diag = ((vectors**2) * (weights**2 * diag)[:, None]).sum(axis=0)
     return out.astype(np.float32), diag.astype(np.float32)
+
+
+def key_shapings(
+    q: QueryDirections, t: Transform, kv_heads: Sequence[int]
+) -> Callable[[int, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """`plan_encode`'s `shaping` for a cache of `kv_heads[layer]` key heads per layer: a key
+    group's `key_shaping` from its layer and its tokens' context positions."""
+    if len(q.directions) != len(kv_heads):
+        raise ValueError(f"queries: need one entry per layer ({len(kv_heads)})")
+    return lambda layer, positions: key_shaping(q, t, layer, positions, kv_heads[layer])
