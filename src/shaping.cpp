@@ -29,29 +29,34 @@ void shape_symbols(const Shaping& sh, uint32_t t, const float* x, float a, const
                    const float* o, int limit, uint32_t channels, int32_t* s) {
   const uint32_t D = sh.count, C = channels;
   const float* dirs = sh.dirs.data() + (size_t)t * D * C;
-  thread_local std::vector<double> e, step, self, r;
+  thread_local std::vector<double> e, step, self, r, cross;
   thread_local std::vector<uint8_t> flipped;
-  e.resize(C), step.resize(C), self.resize(C), r.assign(D, 0.0), flipped.assign(C, 0);
+  e.resize(C), step.resize(C), cross.resize(C), r.assign(D, 0.0), flipped.assign(C, 0);
   for (uint32_t c = 0; c < C; ++c) {
     step[c] = (double)a * b[c];
     e[c] = (double)s[c] * step[c] + o[c] - x[c];
-    double g2 = sh.diag[c];
-    for (uint32_t d = 0; d < D; ++d) {
-      const double g = dirs[(size_t)d * C + c];
-      r[d] += g * e[c];
-      g2 += g * g;
+  }
+  self.assign(sh.diag.begin(), sh.diag.end());
+  // Direction-major loops over contiguous channels; each sum keeps its order (bit-identical).
+  for (uint32_t d = 0; d < D; ++d) {
+    const float* g = dirs + (size_t)d * C;
+    for (uint32_t c = 0; c < C; ++c) {
+      r[d] += g[c] * e[c];
+      self[c] += (double)g[c] * g[c];  // J's curvature along channel c, per step^2
     }
-    self[c] = g2;  // J's curvature along channel c, per step^2
   }
   for (int flip = 0; flip < kMaxShapeFlips; ++flip) {
+    for (uint32_t c = 0; c < C; ++c) cross[c] = sh.diag[c] * e[c];
+    for (uint32_t d = 0; d < D; ++d) {
+      const float* g = dirs + (size_t)d * C;
+      for (uint32_t c = 0; c < C; ++c) cross[c] += r[d] * g[c];
+    }
     double best = 0.0;
     uint32_t pick = C;
     for (uint32_t c = 0; c < C; ++c) {
       const int dir = e[c] > 0.0 ? -1 : 1;  // toward the value's other side
       if (flipped[c] || step[c] <= 0.0 || std::abs(s[c] + dir) > limit) continue;
-      double cross = sh.diag[c] * e[c];
-      for (uint32_t d = 0; d < D; ++d) cross += r[d] * dirs[(size_t)d * C + c];
-      const double gain = step[c] * (step[c] * self[c] + 2.0 * dir * cross);
+      const double gain = step[c] * (step[c] * self[c] + 2.0 * dir * cross[c]);
       if (gain < best) best = gain, pick = c;
     }
     if (pick == C) return;

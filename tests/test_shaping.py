@@ -90,6 +90,24 @@ def test_shaping_keeps_every_symbol_within_one_step(transform, queries) -> None:
     assert flipped > 0
 
 
+def test_key_shaping_is_each_coefficients_score_change(transform, queries) -> None:
+    """Entry [t, direction, j]: how much a unit of coefficient j moves the direction's score
+    against token t's key (decoded and turned to its position), on its own key head only."""
+    layer, positions = 1, np.array([3, 50, 119])
+    dirs, _ = key_shaping(queries, transform, layer, positions, KV_HEADS)
+    matrix, _ = transform.keys[layer].inverse_factors  # a unit of coefficient j, as channels
+    cos, sin = transform.rope.angles(layer, positions)
+    units = np.broadcast_to(matrix, (len(positions), *matrix.shape))
+    units = units.reshape(len(positions), -1, DIM)  # [tokens, coefficients x key heads, dim]
+    keys = rotate(units, cos, sin, back=False).reshape(len(positions), -1, KV_HEADS, DIM)
+    u = queries.directions[layer]  # [query heads, k, dim]
+    per = QUERY_HEADS // KV_HEADS
+    want = np.concatenate(
+        [np.einsum("kd,tjd->tkj", u[h], keys[:, :, h // per]) for h in range(QUERY_HEADS)], 1
+    )
+    np.testing.assert_allclose(dirs, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
 def test_query_directions_of_identical_queries_are_the_query() -> None:
     rope = Rope.from_thetas([1e4], DIM)
     q = np.tile(np.arange(1, DIM + 1, dtype=np.float32), (8, 2, 1))  # [n, heads, dim]
