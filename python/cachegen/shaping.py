@@ -90,16 +90,16 @@ def key_shaping(
     cos, sin = t.rope.angles(layer, np.asarray(positions))
     vectors = basis.vectors.astype(np.float64)
     weights = basis.weights.astype(np.float64)
-    out = np.empty((len(positions), heads * k, kv_heads * head_dim))
+    out = np.empty((len(positions), heads * k, kv_heads * head_dim), np.float32)
     for h in range(heads):
         seen = rotate(np.broadcast_to(dirs[h], (len(positions), k, head_dim)), cos, sin, back=True)
         block = slice((h // per) * head_dim, (h // per + 1) * head_dim)
         # a direction reads its own key head's channels only: the score change per unit of
-        # each coefficient
+        # each coefficient (float64 products, rounded once as they are stored)
         out[:, h * k : (h + 1) * k] = (seen * weights[block]) @ vectors[block]
     diag = rest.astype(np.float64).reshape(kv_heads, per, head_dim).sum(axis=1).ravel()
     diag = ((vectors**2) * (weights**2 * diag)[:, None]).sum(axis=0)
-    return out.astype(np.float32), diag.astype(np.float32)
+    return out, diag.astype(np.float32)
 
 
 def key_shapings(
