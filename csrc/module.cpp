@@ -35,6 +35,22 @@ std::vector<float> float32s(const std::optional<Floats>& w) {
   return std::vector<float>(w->data(), w->data() + w->size());
 }
 
+// Directions for the core to read in place: the request shares the array (and releases it under
+// the GIL) instead of copying a float per key element and direction, twice.
+Shaping shaping(uint32_t count, const std::optional<Floats>& dirs,
+                const std::optional<Floats>& diag) {
+  Shaping s{count, nullptr, 0, float32s(diag)};
+  if (!dirs) return s;
+  if (dirs->ndim() != 1) throw InputError("shaping directions must be a 1-D float32 array");
+  std::shared_ptr<Floats> keep(new Floats(*dirs), [](Floats* a) {
+    py::gil_scoped_acquire gil;
+    delete a;
+  });
+  s.dirs = std::shared_ptr<const float>(keep, keep->data());
+  s.dirs_size = (size_t)keep->size();
+  return s;
+}
+
 DType to_dtype(int code) {
   if (code < 0 || code > 255 || !valid_dtype((uint8_t)code))
     throw InputError("unknown dtype code " + std::to_string(code));
@@ -71,7 +87,7 @@ GroupSpec make_spec(const TensorView& view, int quantizer, float param, uint32_t
           param,
           max_tables,
           {float32s(token_weights), float32s(channel_weights), center, overflow,
-           Shaping{shape_count, float32s(shape_dirs), float32s(shape_diag)}},
+           shaping(shape_count, shape_dirs, shape_diag)},
           raw_rows};
 }
 

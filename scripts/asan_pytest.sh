@@ -33,4 +33,5 @@ python3 -m pytest -q -p no:cacheprovider \
   tests/test_roundtrip.py tests/test_hostile.py tests/test_hostile_values.py tests/test_api.py \
   tests/test_golden.py tests/test_buffers.py tests/test_lossless.py tests/test_paged.py \
   tests/test_quantizer_reference.py tests/test_transform_blob.py tests/test_weights.py \
+  tests/test_shaping.py \
   --deselect tests/test_buffers.py::test_failed_thread_start_is_not_an_abort "$@"

@@ -9,17 +9,17 @@ namespace cachegen {
 
 void check_shaping(const Shaping& s, uint32_t tokens, uint32_t channels) {
   if (s.empty()) {
-    if (!s.dirs.empty() || !s.diag.empty()) throw InputError("shaping: no direction count");
+    if (s.dirs_size || !s.diag.empty()) throw InputError("shaping: no direction count");
     return;
   }
   if (s.count > kMaxShapeDirections)
     throw InputError("shaping: at most " + std::to_string(kMaxShapeDirections) +
                      " directions per token");
-  if (s.dirs.size() != (size_t)tokens * s.count * channels)
+  if (!s.dirs || s.dirs_size != (size_t)tokens * s.count * channels)
     throw InputError("shaping: need tokens x directions x channels direction entries");
   if (s.diag.size() != channels) throw InputError("shaping: need one diagonal entry per channel");
-  for (float x : s.dirs)
-    if (!std::isfinite(x)) throw InputError("shaping: directions must be finite");
+  for (size_t i = 0; i < s.dirs_size; ++i)
+    if (!std::isfinite(s.dirs.get()[i])) throw InputError("shaping: directions must be finite");
   for (float x : s.diag)
     if (!(x >= 0.0f) || !std::isfinite(x))
       throw InputError("shaping: the diagonal must be finite and >= 0");
@@ -28,7 +28,7 @@ void check_shaping(const Shaping& s, uint32_t tokens, uint32_t channels) {
 void shape_symbols(const Shaping& sh, uint32_t t, const float* x, float a, const float* b,
                    const float* o, int limit, uint32_t channels, int32_t* s) {
   const uint32_t D = sh.count, C = channels;
-  const float* dirs = sh.dirs.data() + (size_t)t * D * C;
+  const float* dirs = sh.dirs.get() + (size_t)t * D * C;
   thread_local std::vector<double> e, step, self, r, cross;
   thread_local std::vector<uint8_t> flipped;
   e.resize(C), step.resize(C), cross.resize(C), r.assign(D, 0.0), flipped.assign(C, 0);

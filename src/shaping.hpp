@@ -6,7 +6,9 @@
 //   J = sum_d (dirs[d] . e)^2 + sum_c diag[c] e_c^2,   e_c = x'_c - x_c,
 // at most kMaxShapeFlips a token; every symbol stays within one step of its value.
 #pragma once
+#include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace cachegen {
@@ -15,8 +17,11 @@ constexpr uint32_t kMaxShapeDirections = 64;
 constexpr int kMaxShapeFlips = 16;
 
 struct Shaping {
-  uint32_t count = 0;       // directions per token (0: no shaping)
-  std::vector<float> dirs;  // tokens x count x channels
+  uint32_t count = 0;  // directions per token (0: no shaping)
+  // tokens x count x channels (dirs_size floats), shared and not copied: a request's groups
+  // read the caller's buffer in place (a large one: a float per key element and direction)
+  std::shared_ptr<const float> dirs;
+  size_t dirs_size = 0;
   std::vector<float> diag;  // channels, >= 0
   bool empty() const { return count == 0; }
 };

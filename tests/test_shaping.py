@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import pytest
 from kvgen import low_rank_kv
@@ -146,6 +148,23 @@ def test_encode_refuses_queries_that_do_not_fit(transform, queries) -> None:
         cachegen.encode(kv, 10, transform=transform, queries=odd)
 
 
+def _request(kv: np.ndarray, count: int, dirs, diag) -> _core.EncodeRequest:
+    """The core's request for `kv` with its key group shaped by `dirs` and `diag`."""
+    plan = plan_encode(kv, views(kv), cachegen.CodecConfig.from_level(10))
+    g = plan.groups[0]
+    spec = _core.GroupSpec(
+        g.view.native(), g.quantizer, g.param, g.max_tables, None, None, 0, False, False, count,
+        dirs, diag,
+    )  # fmt: skip
+    return _core.EncodeRequest(
+        [spec, plan.groups[1].native()],
+        DTYPE_CODES[plan.dtype],
+        LAYOUTS[plan.layout],
+        plan.level,
+        plan.segment_symbols,
+    )
+
+
 @pytest.mark.parametrize(
     "count, dirs, diag, match",
     [
@@ -155,33 +174,24 @@ def test_encode_refuses_queries_that_do_not_fit(transform, queries) -> None:
         (1, np.zeros(40), -np.ones(8), ">= 0"),
         (65, np.zeros(65 * 40), np.zeros(8), "at most 64"),
         (0, np.zeros(40), None, "no direction count"),
+        (1, np.zeros((5, 8)), np.zeros(8), "1-D"),
     ],
 )
 def test_core_checks_the_shaping(count, dirs, diag, match) -> None:
     """A group of 5 tokens x 8 channels: directions must be 5 x count x 8, diag 8."""
     kv = np.random.default_rng(0).standard_normal((1, 2, 5, 1, 8)).astype(np.float32)
-    plan = plan_encode(kv, views(kv), cachegen.CodecConfig.from_level(10))
-    g = plan.groups[0]
-    spec = _core.GroupSpec(
-        g.view.native(),
-        g.quantizer,
-        g.param,
-        g.max_tables,
-        None,
-        None,
-        0,
-        False,
-        False,
-        count,
-        dirs,
-        diag,
-    )
-    request = _core.EncodeRequest(
-        [spec, plan.groups[1].native()],
-        DTYPE_CODES[plan.dtype],
-        LAYOUTS[plan.layout],
-        plan.level,
-        plan.segment_symbols,
-    )
     with pytest.raises(ValueError, match=match):
-        _core.quantize(request)
+        _core.quantize(_request(kv, count, dirs, diag))
+
+
+def test_the_request_keeps_the_directions_it_reads_in_place() -> None:
+    """The core reads the directions from the caller's array without a copy, and the request
+    keeps that array alive after the caller lets it go."""
+    rng = np.random.default_rng(1)
+    kv = rng.standard_normal((1, 2, 5, 1, 8)).astype(np.float32)
+    dirs = rng.standard_normal(5 * 2 * 8).astype(np.float32)
+    kept = _core.quantize(_request(kv, 2, dirs, np.zeros(8, np.float32)))
+    request = _request(kv, 2, dirs.copy(), np.zeros(8, np.float32))
+    gc.collect()
+    assert _core.quantize(request) == kept
+    assert kept != _core.quantize(_request(kv, 0, None, None))  # the directions mattered

@@ -66,7 +66,7 @@ class GroupPlan:
     center: bool = False  # "token" only: channel means stored as offsets, taken off first
     overflow: bool = False  # "token" only: symbols beyond 8 bits go to an overflow list
     # "token" keys only: float32 directions [tokens, D, channels] and diagonal [channels] their
-    # rounding is shaped by (`cachegen.shaping`)
+    # rounding is shaped by (`cachegen.shaping`); the core reads the directions in place
     shape: tuple[np.ndarray, np.ndarray] | None = None
 
     def native(self) -> _core.GroupSpec:
