@@ -17,7 +17,8 @@ attention, and `tpqN` with the keys' rounding shaped by its last queries too); t
 bits at the KL targets (log-KL interpolation; "<= x": the curve's coarsest level already beats
 the target, so x bounds its bits there) and their ratios to the reference's. Results are stored
 and resumed as `bench/ladder_models.py` does. Writes transform_profile.json and prints the
-tables of bench/results/transform_profile.md.
+tables of bench/results/transform_profile.md; `--curves to,tpq` runs only the curves named (and
+the reference) and prints their one table (the 256-token rows there).
 """
 
 from __future__ import annotations
@@ -262,15 +263,19 @@ def main() -> None:
     ap.add_argument("--profile", action="append", default=[], help="model=path of its profile")
     ap.add_argument("--coarser", type=int, default=6, help="settings coarser than level 1 (tp)")
     ap.add_argument("--observed", action="store_true", help="also the curves given attention")
+    ap.add_argument(
+        "--curves", default="", help="only these curves (e.g. to,tpq) and the reference: one table"
+    )
     a = ap.parse_args()
     torch.set_num_threads(1)
     levels, refs = ints(a.levels), ints(a.refs)
     models, docs, fit = words(a.models), words(a.docs), tuple(words(a.fit))
     paths = profile_paths(a.profile)
+    only = words(a.curves) if a.curves else []
     info = run_info(", ".join(models), a.prefix, a.cont)
     rows = run(models, docs, codings([], [], [], refs), a.prefix, a.cont, PLAIN)
     for name, variant in variants(fit, a.prefix, paths).items():
-        if name in OBSERVED and not a.observed:
+        if (name in OBSERVED and not a.observed) or (only and name not in only):
             continue
         todo = {f"{name}{lv}": cachegen.CodecConfig.from_level(lv) for lv in levels}
         if name in COARSE:
@@ -285,6 +290,9 @@ def main() -> None:
         "rows": rows,
     }
     (a.out / "transform_profile.json").write_text(json.dumps(record, indent=1) + "\n")
+    if only:
+        print("\n".join(observed_table(at, only)))
+        return
     md = [
         "### Bits/element and mean KL per level (pooled over the documents)",
         "",
