@@ -183,11 +183,14 @@ def bits_at(points: list[tuple[float, float]], target: float) -> tuple[float | N
     return b, ""
 
 
-def coarser(steps: int, observed: bool = False) -> dict[str, cachegen.CodecConfig]:
-    """`xN`: level 1 as coefficients with a profile (or the `observed` attention) take it,
-    both steps 2^(N/4) times as coarse, N = 1..`steps`, for a curve whose level 1 is already
-    below the KL targets (so its bits there are measured, not bounded)."""
-    one = coefficient_config(cachegen.CodecConfig.from_level(1), profiled=True, observed=observed)
+def coarser(
+    steps: int, profiled: bool = True, observed: bool = False
+) -> dict[str, cachegen.CodecConfig]:
+    """`xN`: level 1 as coefficients coded with token importance (a profile's, `profiled`, or
+    the `observed` attention) take it, both steps 2^(N/4) times as coarse, N = 1..`steps`, for
+    a curve whose level 1 is already below the KL targets (so its bits there are measured, not
+    bounded)."""
+    one = coefficient_config(cachegen.CodecConfig.from_level(1), profiled, observed)
     return {
         f"x{n}": dataclasses.replace(
             one, key_param=one.key_param * 2 ** (n / 4), value_param=one.value_param * 2 ** (n / 4)
@@ -279,7 +282,7 @@ def main() -> None:
             continue
         todo = {f"{name}{lv}": cachegen.CodecConfig.from_level(lv) for lv in levels}
         if name in COARSE:
-            settings = coarser(a.coarser, name in OBSERVED)
+            settings = coarser(a.coarser, name.startswith("tp"), name in OBSERVED)
             todo |= {f"{name}{k}": c for k, c in settings.items()}
         rows += run(models, docs, todo, a.prefix, a.cont, variant)
     p = pooled(rows)

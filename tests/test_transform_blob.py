@@ -204,6 +204,7 @@ def test_coefficient_config_of_a_level_and_of_a_custom_config() -> None:
         COEFFICIENT_RECENCY,
         COEFFICIENT_VALUE_RATIO,
         OBSERVED_RECENCY,
+        PROFILED_VALUE_RATIO,
         coefficient_config,
     )
 
@@ -219,8 +220,12 @@ def test_coefficient_config_of_a_level_and_of_a_custom_config() -> None:
         COEFFICIENT_RECENCY,
         COEFFICIENT_IMPORTANCE,
     )
+    assert profiled.value_param == pytest.approx(PROFILED_VALUE_RATIO * level.key_param)
+    assert PROFILED_VALUE_RATIO != COEFFICIENT_VALUE_RATIO
     observed = coefficient_config(level, observed=True)
-    assert observed == coefficient_config(level, profiled=True, observed=True)
+    assert observed.value_param == plain.value_param  # observed attention alone: no profile
+    both = coefficient_config(level, profiled=True, observed=True)
+    assert both == dataclasses.replace(observed, value_param=profiled.value_param)
     assert (observed.recency, observed.importance_strength) == (
         OBSERVED_RECENCY,
         COEFFICIENT_IMPORTANCE,

@@ -278,12 +278,17 @@ def resolve(digest: str, transforms: Transforms | None) -> Transform:
 #: as coarse as keys (tuning texts, SmolLM2 and Gemma-3, with and without a profile: 5-9% fewer
 #: bits at KL 0.002 and 0.01, or equal; `bench/results/transform_profile.md`); 3: a token's step
 #: as asked for, its symbols beyond 8 bits in an overflow list (`CodecConfig.overflow`;
-#: `bench/results/ladder_experiments.md` 41).
-COEFFICIENT_VERSION = 3
+#: `bench/results/ladder_experiments.md` 41); 4: with a profile, values 1.5 times as coarse as
+#: keys (`PROFILED_VALUE_RATIO`; `ladder_experiments.md` 45).
+COEFFICIENT_VERSION = 4
 #: The coefficient version of transform records that name none.
 LEGACY_COEFFICIENT_VERSION = 1
 #: A ladder level's value step on coefficients, over its key step.
 COEFFICIENT_VALUE_RATIO = 2.0
+#: The same with a profile: once the keys' steps follow the profile's importance and shaping,
+#: the values carry most of the KL (Gemma-3: 71-78% at levels 9-13), and finer values pay (tuning
+#: texts, over 256 tokens: Gemma-3 2% / 12% fewer bits at KL 0.002 / 0.01, SmolLM2 equal).
+PROFILED_VALUE_RATIO = 1.5
 #: A ladder level on coefficients with token importance (a profile's or observed attention):
 #: that importance at this power (`CodecConfig.importance_strength`; the ladder's raw channels
 #: take 0.15) and, for a profile's prediction, the recency law at this exponent
@@ -302,7 +307,8 @@ def coefficient_config(
 ) -> CodecConfig:
     """`config` for coefficients: without the key spread, whose RoPE-pair statistics mean
     nothing in the transform's coordinates. A ladder level as it is (`CodecConfig.from_level`)
-    takes value steps `COEFFICIENT_VALUE_RATIO` times its key step, and coded with token
+    takes value steps `COEFFICIENT_VALUE_RATIO` (with a profile `PROFILED_VALUE_RATIO`) times
+    its key step, and coded with token
     importance (`profiled`: a profile's prediction; `observed`: an engine's observed
     attention, alone or with it) also `COEFFICIENT_IMPORTANCE` and the recency law at
     `COEFFICIENT_RECENCY`, or at `OBSERVED_RECENCY` where the attention was observed, and
@@ -311,9 +317,9 @@ def coefficient_config(
     out = dataclasses.replace(config, key_spread=0.0, key_spread_auto=False)
     if config.level not in LEVELS or config != CodecConfig.from_level(config.level):
         return out
-    out = dataclasses.replace(
-        out, value_param=round(COEFFICIENT_VALUE_RATIO * float(out.key_param), 4), overflow=True
-    )
+    ratio = PROFILED_VALUE_RATIO if profiled else COEFFICIENT_VALUE_RATIO
+    value_param = round(ratio * float(out.key_param), 4)
+    out = dataclasses.replace(out, value_param=value_param, overflow=True)
     if profiled or observed:
         recency = OBSERVED_RECENCY if observed else COEFFICIENT_RECENCY
         out = dataclasses.replace(out, importance_strength=COEFFICIENT_IMPORTANCE, recency=recency)
