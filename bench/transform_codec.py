@@ -206,6 +206,7 @@ def main() -> None:
     }
     report = {"run": info, "fit": fit, "transforms": objects, "decode": cost, "rows": rows}
     report["equal_kl"] = {k: {str(t): b for t, b in v.items()} for k, v in at.items()}
+    a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "transform_codec.json").write_text(json.dumps(report, indent=1))
     md = [
         f"Run: {info['cpu']}, {info['cpus']} cores shared, commit {info['commit'][:12]}, "

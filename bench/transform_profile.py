@@ -183,9 +183,7 @@ def bits_at(points: list[tuple[float, float]], target: float) -> tuple[float | N
     return b, ""
 
 
-def coarser(
-    steps: int, profiled: bool = True, observed: bool = False
-) -> dict[str, cachegen.CodecConfig]:
+def coarser(steps: int, profiled: bool, observed: bool) -> dict[str, cachegen.CodecConfig]:
     """`xN`: level 1 as coefficients coded with token importance (a profile's, `profiled`, or
     the `observed` attention) take it, both steps 2^(N/4) times as coarse, N = 1..`steps`, for
     a curve whose level 1 is already below the KL targets (so its bits there are measured, not
@@ -275,14 +273,19 @@ def main() -> None:
     models, docs, fit = words(a.models), words(a.docs), tuple(words(a.fit))
     paths = profile_paths(a.profile)
     only = words(a.curves) if a.curves else []
+    if unknown := set(only) - set(CURVES | OBSERVED) - {"ref"}:
+        ap.error(f"--curves: unknown {sorted(unknown)}; known {sorted(CURVES | OBSERVED)}")
     info = run_info(", ".join(models), a.prefix, a.cont)
     rows = run(models, docs, codings([], [], [], refs), a.prefix, a.cont, PLAIN)
     for name, variant in variants(fit, a.prefix, paths).items():
-        if (name in OBSERVED and not a.observed) or (only and name not in only):
+        # --curves names exactly what runs; without it --observed adds the observed curves
+        wanted = name in only if only else a.observed or name not in OBSERVED
+        if not wanted:
             continue
         todo = {f"{name}{lv}": cachegen.CodecConfig.from_level(lv) for lv in levels}
         if name in COARSE:
-            settings = coarser(a.coarser, name.startswith("tp"), name in OBSERVED)
+            profiled = name.startswith("tp")  # tp, tpo, tpq: the KLT with the profile
+            settings = coarser(a.coarser, profiled, name in OBSERVED)
             todo |= {f"{name}{k}": c for k, c in settings.items()}
         rows += run(models, docs, todo, a.prefix, a.cont, variant)
     p = pooled(rows)
@@ -292,9 +295,10 @@ def main() -> None:
         "profiles": {m: profile_of(paths[m]).calibration for m in models},
         "rows": rows,
     }
+    a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "transform_profile.json").write_text(json.dumps(record, indent=1) + "\n")
     if only:
-        print("\n".join(observed_table(at, only)))
+        print("\n".join(observed_table(at, [c for c in only if c != "ref"])))
         return
     md = [
         "### Bits/element and mean KL per level (pooled over the documents)",

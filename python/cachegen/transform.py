@@ -308,12 +308,12 @@ def coefficient_config(
     """`config` for coefficients: without the key spread, whose RoPE-pair statistics mean
     nothing in the transform's coordinates. A ladder level as it is (`CodecConfig.from_level`)
     takes value steps `COEFFICIENT_VALUE_RATIO` (with a profile `PROFILED_VALUE_RATIO`) times
-    its key step, and coded with token
-    importance (`profiled`: a profile's prediction; `observed`: an engine's observed
-    attention, alone or with it) also `COEFFICIENT_IMPORTANCE` and the recency law at
-    `COEFFICIENT_RECENCY`, or at `OBSERVED_RECENCY` where the attention was observed, and
-    keeps every token's step with an overflow list (one strong coefficient would otherwise
-    coarsen a whole token, most often an important one); a custom config keeps its own."""
+    its key step, and coded with token importance (`profiled`: a profile's prediction;
+    `observed`: an engine's observed attention, alone or with it) also
+    `COEFFICIENT_IMPORTANCE` and the recency law at `COEFFICIENT_RECENCY`, or at
+    `OBSERVED_RECENCY` where the attention was observed, and keeps every token's step with an
+    overflow list (one strong coefficient would otherwise coarsen a whole token, most often an
+    important one); a custom config keeps its own."""
     out = dataclasses.replace(config, key_spread=0.0, key_spread_auto=False)
     if config.level not in LEVELS or config != CodecConfig.from_level(config.level):
         return out
