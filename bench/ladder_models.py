@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import cachegen
-from ladder_report import TARGETS, reference_bits
 from lib import RESULTS_FORMAT
 from lib.cli import add_scoring_args, ints, words
+from lib.equal_kl import TARGETS, reference_bits
 from lib.kvquality import Result, evaluate, load_document, load_model, pool, prepare
 from lib.kvquality.methods import Method, codec_method
 from lib.kvquality.model import KV_CACHE

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from collections import defaultdict
 from pathlib import Path
 
+from lib.equal_kl import TARGETS, reference_bits
 from lib.kvquality.docs import CALIBRATION_DOCS
+from transform_codec import by_scope
+from transform_profile import equal_kl, observed_table
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = (0.002, 0.01, 0.05)
 # CacheGen as shipped stores a 33-entry 16-bit CDF per (layer, K/V, channel) in every 256-token
 # chunk: 33 * 16 / 256 = 2.06 bits per element on top of its symbols (CacheGen's paper and
 # LMCache's CacheGen code).
@@ -41,14 +42,37 @@ def points(rows: list[dict], prefix: str) -> list[tuple[float, float]]:
     )
 
 
-def reference_bits(ref: list[tuple[float, float]], kl: float) -> float | None:
-    """Bits the reference needs for `kl`, interpolating log KL linearly between its levels;
-    None if `kl` is outside the range its levels reach (no honest value without extrapolating)."""
-    for (b0, k0), (b1, k1) in zip(ref, ref[1:], strict=False):
-        if min(k0, k1) <= kl <= max(k0, k1) and k0 != k1:
-            f = (math.log(k0) - math.log(kl)) / (math.log(k0) - math.log(k1))
-            return b0 + f * (b1 - b0)
-    return None
+def targets_section(path: Path) -> list[str]:
+    """Both models at the KL targets, from `bench/transform_profile.py --curves ...`'s rows:
+    each curve's bits and their ratio to the reference, pooled and per document."""
+    data = json.loads(path.read_text())
+    rows, run = data["rows"], data["run"]
+    docs = list(dict.fromkeys(r["doc"] for r in rows))
+    curves = list(dict.fromkeys(r["method"].rstrip("0123456789") for r in rows))
+    curves = [c for c in curves if c != "ref" and not c.endswith("x")]
+    methods = {r["method"] for r in rows}
+    levels = sorted(int(m[len(curves[0]) :]) for m in methods if is_level(m, curves[0]))
+    refs = sorted(int(m[3:]) for m in methods if is_level(m, "ref"))
+    at = by_scope(rows, docs, lambda rs: equal_kl(rs, levels, refs))
+    return [
+        f"## Both models at the KL targets ({run['continuation_tokens']} scored tokens)",
+        "",
+        f"From `{path.name}` ({run['model']}, {run['cpu']}, {run['cpus']} cores, commit "
+        f"{run['commit'][:12]}, {run['date']}; {run['prefix_tokens']}-token prefix). The "
+        "transform (a RoPE-aware KLT per layer) given the attention the prefix's last queries "
+        "paid each token at prefill (`encode(kv, n, transform=t, attention=a)`: no profile), and "
+        "with the model's calibrated profile and keys shaped by those queries too "
+        "(`encode(kv, n, transform=t, profile=p, attention=a, queries=q)`), on texts never tuned "
+        "on; bits/element at each KL target (log-KL interpolation; `<=`: the coarsest setting "
+        "already beats the target, so a bound) and the ratio to the reference below. Method and "
+        "history: `transform_profile.md`. Reproduce: `OPENBLAS_NUM_THREADS=1 PYTHONPATH=python:"
+        "bench python bench/transform_profile.py --models smollm2,gemma3 --profile gemma3=bench/"
+        "results/gemma3-270m-profile.json --refs 1,2,3,4,5,6 --curves to,tpq --cont 256 --out "
+        "/tmp/tp256`, the rows copied to `bench/results/transform_profile_256.json`, then "
+        "`python bench/ladder_report.py`.",
+        "",
+        *observed_table(at, curves),
+    ]
 
 
 def ratio_rows(per_doc: list[dict], prefix: str) -> list[str]:
@@ -180,8 +204,10 @@ def main() -> None:
     data = json.loads((args.results / "quality.json").read_text())
     plot(data["per_doc"], ROOT / "docs" / "rate_quality.png")
     run = data["run"]
-    head = [
-        "# Level ladder vs the CacheGen reference",
+    head = ["# Level ladder vs the CacheGen reference", ""]
+    head += [*targets_section(args.results / "transform_profile_256.json"), ""]
+    head += [
+        "## The ladder on SmolLM2",
         "",
         f"From `quality.json` ({run['model']}, {run['cpu']}, commit {run['commit'][:12]}, "
         f"{run['date']}). Reference = CacheGen's quantizer and levels coded with cachegen's own "
@@ -194,8 +220,8 @@ def main() -> None:
         "`python bench/codec_quality.py && python bench/ladder_report.py`.",
     ]
     for prefix, title in LADDERS:
-        head += ["", f"## {title}", "", *ratio_rows(data["per_doc"], prefix)]
-    head += ["", "## Levels, pooled over the documents (the README's table)", ""]
+        head += ["", f"### {title}", "", *ratio_rows(data["per_doc"], prefix)]
+    head += ["", "### Levels, pooled over the documents (the README's table)", ""]
     head += level_rows(data["pooled"])
     (args.results / "ladder.md").write_text("\n".join(head) + "\n")
 

@@ -36,8 +36,8 @@ import cachegen
 from cachegen.hf import learn_model_transform
 from cachegen.transform import Transform, coefficient_config, forward, inverse
 from ladder_models import PLAIN, Variant, codings, curve, pooled, run
-from ladder_report import TARGETS, reference_bits
 from lib.cli import add_scoring_args, ints, words
+from lib.equal_kl import TARGETS, reference_bits
 from lib.kvquality import Result, load_document, load_model, prefill
 from lib.kvquality.methods import KV, Method
 from lib.kvquality.report import run_info

@@ -37,8 +37,8 @@ from cachegen.importance import OBSERVATION_WINDOW, OBSERVED_SHARE
 from cachegen.shaping import SHAPE_AHEAD, SHAPE_DIRECTIONS, SHAPING_VERSION, QueryDirections
 from cachegen.transform import COEFFICIENT_VERSION, OBSERVED_RECENCY, coefficient_config
 from ladder_models import PLAIN, Variant, codings, curve, pooled, run
-from ladder_report import TARGETS, reference_bits
 from lib.cli import ints, words
+from lib.equal_kl import TARGETS, bits_at
 from lib.kvquality import Result, load_document, load_model
 from lib.kvquality.methods import KV, Method, codec_method
 from lib.kvquality.report import run_info
@@ -172,15 +172,6 @@ def variants(fit: tuple[str, ...], prefix: int, paths: dict[str, str]) -> dict[s
             ),
         ),
     }
-
-
-def bits_at(points: list[tuple[float, float]], target: float) -> tuple[float | None, str]:
-    """Bits at `target` and "" (interpolated), or the coarsest point's bits and "<= " where
-    every point is already below the target; (None, "") where none reaches it."""
-    b = reference_bits(points, target)
-    if b is None and points and all(kl < target for _, kl in points):
-        return points[0][0], "<= "
-    return b, ""
 
 
 def coarser(steps: int, profiled: bool, observed: bool) -> dict[str, cachegen.CodecConfig]:
