@@ -210,6 +210,7 @@ def main() -> None:
     rows = run(models, docs, codings(levels, flat, fixed, refs), a.prefix, a.cont)
     p = pooled(rows)
     ladders = {"cg": levels, "flat": flat, "fixed": fixed, "ref": refs}
+    a.out.mkdir(parents=True, exist_ok=True)
     (a.out / f"{a.name}.json").write_text(json.dumps({"run": info, "rows": rows}, indent=1))
     md = [
         "# The ladder on several models (no profile)",

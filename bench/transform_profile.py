@@ -283,7 +283,7 @@ def main() -> None:
     at = by_scope(rows, docs, lambda rs: equal_kl(rs, levels, refs))
     record = {
         "run": info,
-        "profiles": {m: profile_of(paths[m]).calibration for m in models},
+        "profiles": {m: profile_of(p).calibration for m, p in paths.items() if m in models},
         "rows": rows,
     }
     a.out.mkdir(parents=True, exist_ok=True)
