@@ -1,11 +1,13 @@
-"""Rate-quality report of the level ladder against the CacheGen reference, from quality.json.
+"""Rate-quality report against the CacheGen reference, from transform_profile_256.json and
+quality.json.
 
     python bench/ladder_report.py [--results bench/results]
 
 Writes docs/rate_quality.png (bits/element vs mean KL, log scale) and
-bench/results/ladder.md: per document and KL target, the smallest ladder level that meets the
-target, the CacheGen reference's bits at the same KL (log-KL interpolation between its levels),
-and the ratio.
+bench/results/ladder.md: first both models' curves at the KL targets (the rows of
+`bench/transform_profile.py --curves ... --cont 256`), then SmolLM2's ladder: per document and
+KL target, the smallest ladder level that meets the target, the CacheGen reference's bits at
+the same KL (log-KL interpolation between its levels), and the ratio.
 """
 
 from __future__ import annotations
@@ -42,6 +44,11 @@ def points(rows: list[dict], prefix: str) -> list[tuple[float, float]]:
     )
 
 
+def short_commit(commit: str) -> str:
+    """A run's commit, abbreviated, still saying where the tree held changes beyond it."""
+    return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
+
+
 def targets_section(path: Path) -> list[str]:
     """Both models at the KL targets, from `bench/transform_profile.py --curves ...`'s rows:
     each curve's bits and their ratio to the reference, pooled and per document."""
@@ -58,7 +65,7 @@ def targets_section(path: Path) -> list[str]:
         f"## Both models at the KL targets ({run['continuation_tokens']} scored tokens)",
         "",
         f"From `{path.name}` ({run['model']}, {run['cpu']}, {run['cpus']} cores, commit "
-        f"{run['commit'][:12]}, {run['date']}; {run['prefix_tokens']}-token prefix). The "
+        f"{short_commit(run['commit'])}, {run['date']}; {run['prefix_tokens']}-token prefix). The "
         "transform (a RoPE-aware KLT per layer) given the attention the prefix's last queries "
         "paid each token at prefill (`encode(kv, n, transform=t, attention=a)`: no profile), and "
         "with the model's calibrated profile and keys shaped by those queries too "
@@ -209,7 +216,7 @@ def main() -> None:
     head += [
         "## The ladder on SmolLM2",
         "",
-        f"From `quality.json` ({run['model']}, {run['cpu']}, commit {run['commit'][:12]}, "
+        f"From `quality.json` ({run['model']}, {run['cpu']}, commit {short_commit(run['commit'])}, "
         f"{run['date']}). Reference = CacheGen's quantizer and levels coded with cachegen's own "
         "coder and compact tables (stricter than CacheGen as shipped, which adds ~2 bits/element "
         "of per-chunk CDFs at 256-token chunks; the last column adds those 2.06 bits to the "
