@@ -31,6 +31,7 @@ from lib.kvquality import Result, evaluate, load_document, load_model, pool, pre
 from lib.kvquality.methods import Method, codec_method
 from lib.kvquality.model import KV_CACHE
 from lib.kvquality.report import run_info
+from lib.runinfo import short_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STORE = KV_CACHE / "ladder_models.jsonl"
@@ -218,7 +219,8 @@ def main() -> None:
         f"Models {', '.join(models)}; documents {', '.join(docs)} (never tuned on); "
         f"{a.prefix}-token prefix, {a.cont} scored continuation tokens; ladder version "
         f"{cachegen.config.LADDER_VERSION}. {info['cpu']}, {info['cpus']} cores shared, "
-        f"commit {info['commit'][:12]}, {info['date']}. Reproduce: `python bench/ladder_models.py "
+        f"commit {short_commit(info['commit'])}, {info['date']}. "
+        "Reproduce: `python bench/ladder_models.py "
         f"--models {a.models} --docs {a.docs} --levels {a.levels} --flat {a.flat} "
         f"--fixed {a.fixed} --refs {a.refs} "
         f"--cont {a.cont} --name {a.name}`.",

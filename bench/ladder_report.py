@@ -19,6 +19,7 @@ from pathlib import Path
 
 from lib.equal_kl import TARGETS, reference_bits
 from lib.kvquality.docs import CALIBRATION_DOCS
+from lib.runinfo import short_commit
 from transform_codec import by_scope
 from transform_profile import equal_kl, observed_table
 
@@ -42,11 +43,6 @@ def points(rows: list[dict], prefix: str) -> list[tuple[float, float]]:
     return sorted(
         (r["bits_per_element"], r["kl_mean"]) for r in rows if is_level(r["method"], prefix)
     )
-
-
-def short_commit(commit: str) -> str:
-    """A run's commit, abbreviated, still saying where the tree held changes beyond it."""
-    return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
 def targets_section(path: Path) -> list[str]:

@@ -42,6 +42,7 @@ from lib.kvquality import Result, load_document, load_model, prefill
 from lib.kvquality.methods import KV, Method
 from lib.kvquality.report import run_info
 from lib.rounds import median_seconds
+from lib.runinfo import short_commit
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DECODE_LEVEL = 15
@@ -209,7 +210,7 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "transform_codec.json").write_text(json.dumps(report, indent=1))
     md = [
-        f"Run: {info['cpu']}, {info['cpus']} cores shared, commit {info['commit'][:12]}, "
+        f"Run: {info['cpu']}, {info['cpus']} cores shared, commit {short_commit(info['commit'])}, "
         f"{info['date']}; transforms learned on {', '.join(fit)}; evaluated on "
         f"{', '.join(docs)}; {a.prefix}-token prefix, {a.cont} scored continuation tokens.",
         "",

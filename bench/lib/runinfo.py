@@ -65,11 +65,15 @@ def describe(run: dict[str, Any]) -> str:
     load = f"{run['load_average']:.1f}"
     if run.get("load_average_end") is not None:
         load += f" at the start, {run['load_average_end']:.1f} at the end"
-    commit = run["commit"][:12] + ("-dirty" if run["commit"].endswith("-dirty") else "")
     return (
         f"Machine: {run['machine']}, {run['cpu']} ({run['cpus']} CPUs), load average {load}; "
-        f"{run['date']}, commit `{commit}`."
+        f"{run['date']}, commit `{short_commit(run['commit'])}`."
     )
+
+
+def short_commit(commit: str) -> str:
+    """A recorded commit, abbreviated, keeping its ``-dirty`` mark."""
+    return commit[:12] + ("-dirty" if commit.endswith("-dirty") else "")
 
 
 def measured_package() -> str:
